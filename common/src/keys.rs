@@ -1,0 +1,59 @@
+//! Redis key and channel names: the contract between the gate, the orchestrator, the
+//! statsd-listener and the control plane.
+//!
+//! All keys start with [`PREFIX`]. The Lua gate spells the same names out by hand
+//! (`gateway-lua/`); keep both in step and keep `docs/architecture.md` true.
+
+/// Prefix of every Roost key and channel.
+pub const PREFIX: &str = "roost";
+
+/// Control plane: the JSON model (functions and endpoints) it restores after a restart.
+pub const CONTROL_PLANE_STATE: &str = "roost:cp:state";
+
+/// Channel the gate publishes a function name on when a request finds it asleep.
+pub const WAKE_CHANNEL: &str = "roost:wake";
+
+/// Channel the orchestrator publishes a function name on once the function is ready
+/// (its endpoint ACKed by every Envoy).
+pub const READY_CHANNEL: &str = "roost:ready";
+
+/// Channel the statsd-listener publishes a scale-up signal on (JSON payload).
+pub const SCALE_CHANNEL: &str = "roost:scale";
+
+/// String key: present (value `1`) while the function has at least one replica that
+/// Envoy routes to. The gate proxies straight to Envoy when it is set.
+pub fn ready(function: &str) -> String {
+    format!("roost:fn:{function}:ready")
+}
+
+/// String key, `SET NX PX`: the singleflight lock of one wake-up of a function.
+pub fn wake_lock(function: &str) -> String {
+    format!("roost:fn:{function}:waking")
+}
+
+/// Hash key: the load the statsd-listener sees for one function (in flight, queued,
+/// started per second, no-healthy-host events, last request start).
+pub fn load(function: &str) -> String {
+    format!("roost:fn:{function}:load")
+}
+
+/// Hash key: the orchestrator's view of one function's replicas.
+pub fn replicas(function: &str) -> String {
+    format!("roost:fn:{function}:replicas")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_namespaced_per_function() {
+        assert_eq!(ready("hello"), "roost:fn:hello:ready");
+        assert_eq!(wake_lock("hello"), "roost:fn:hello:waking");
+        assert_eq!(load("hello"), "roost:fn:hello:load");
+        assert_eq!(replicas("hello"), "roost:fn:hello:replicas");
+        for key in [CONTROL_PLANE_STATE, WAKE_CHANNEL, READY_CHANNEL, SCALE_CHANNEL] {
+            assert!(key.starts_with(PREFIX), "{key} must start with {PREFIX}");
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Roost's control plane.
+pub mod ads;
+pub mod model;
+pub mod resources;

@@ -1,0 +1,490 @@
+//! Turns the [`Model`] into Envoy's xDS resources: one EDS cluster and one
+//! ClusterLoadAssignment per function, one public listener, and one route table with two
+//! routes per function. Each resource carries a version that is a hash of its encoded
+//! bytes, so an unchanged resource keeps its version across changes and restarts.
+
+use crate::model::{Function, Model};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    circuit_breakers::Thresholds,
+    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
+    CircuitBreakers, Cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    address, config_source::ConfigSourceSpecifier, data_source, socket_address::PortSpecifier,
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, HeaderValue,
+    HeaderValueOption, HealthStatus, SocketAddress,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::route::v3::{
+    retry_policy::RetryHostPredicate, route::Action, route_action::ClusterSpecifier,
+    route_match::PathSpecifier, DirectResponseAction, RetryPolicy, Route, RouteAction,
+    RouteConfiguration, RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::{CodecType, RouteSpecifier},
+    http_filter, HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use envoy_types::util::pack_any;
+use roost_common::naming::cluster_name;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Name of the public listener.
+pub const LISTENER_NAME: &str = "roost_http";
+/// Name of the route table the listener asks for over RDS.
+pub const ROUTE_CONFIG_NAME: &str = "roost_routes";
+/// What Envoy retries: only requests that never reached a function.
+pub const RETRY_ON: &str = "connect-failure,refused-stream,reset-before-request";
+
+/// The four resource types Roost serves, in the order changes are pushed
+/// (make before break: clusters, endpoints, listeners, routes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// CDS: `envoy.config.cluster.v3.Cluster`.
+    Cluster,
+    /// EDS: `envoy.config.endpoint.v3.ClusterLoadAssignment`.
+    Endpoint,
+    /// LDS: `envoy.config.listener.v3.Listener`.
+    Listener,
+    /// RDS: `envoy.config.route.v3.RouteConfiguration`.
+    Route,
+}
+
+impl Kind {
+    /// Every kind, in push order.
+    pub const ALL: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
+
+    /// The xDS type URL.
+    pub fn type_url(self) -> &'static str {
+        match self {
+            Kind::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            Kind::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            Kind::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            Kind::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        }
+    }
+
+    /// The kind of a type URL, if Roost serves it.
+    pub fn from_type_url(url: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.type_url() == url)
+    }
+
+    /// Short name for logs and the admin API.
+    pub fn short(self) -> &'static str {
+        match self {
+            Kind::Cluster => "cds",
+            Kind::Endpoint => "eds",
+            Kind::Listener => "lds",
+            Kind::Route => "rds",
+        }
+    }
+
+    /// Whether Envoy subscribes to this kind by wildcard (all resources) rather than by name.
+    pub fn is_wildcard(self) -> bool {
+        matches!(self, Kind::Cluster | Kind::Listener)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One resource and its version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    /// Hash of the encoded resource, as hex.
+    pub version: Arc<str>,
+    /// The packed resource.
+    pub body: Arc<Any>,
+}
+
+impl Resource {
+    /// Packs a message and versions it by the hash of its bytes.
+    pub fn new(body: Any) -> Resource {
+        Resource {
+            version: format!("{:016x}", fnv1a(&body.value)).into(),
+            body: Arc::new(body),
+        }
+    }
+}
+
+/// Every resource of every kind at one generation of the model.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Counts model changes since the control plane started; each change gets a new one.
+    pub generation: u64,
+    resources: [BTreeMap<String, Resource>; 4],
+}
+
+impl Snapshot {
+    /// An empty snapshot at `generation`.
+    pub fn empty(generation: u64) -> Snapshot {
+        Snapshot {
+            generation,
+            resources: Default::default(),
+        }
+    }
+
+    /// The same resources at another generation.
+    pub fn with_generation(&self, generation: u64) -> Snapshot {
+        Snapshot {
+            generation,
+            resources: self.resources.clone(),
+        }
+    }
+
+    /// The resources of one kind by name.
+    pub fn of(&self, kind: Kind) -> &BTreeMap<String, Resource> {
+        &self.resources[kind.index()]
+    }
+
+    /// Adds or replaces a resource (used by tests to build odd snapshots).
+    pub fn insert(&mut self, kind: Kind, name: impl Into<String>, body: Any) {
+        self.resources[kind.index()].insert(name.into(), Resource::new(body));
+    }
+
+    /// The names Envoy must have subscribed to for a kind it asks for by name: every
+    /// cluster's endpoints, and the route tables the listeners use.
+    pub fn expected_names(&self, kind: Kind) -> impl Iterator<Item = &String> {
+        let source = match kind {
+            Kind::Endpoint => Some(Kind::Cluster),
+            Kind::Route => Some(Kind::Route),
+            _ => None,
+        };
+        source.into_iter().flat_map(|k| self.of(k).keys())
+    }
+}
+
+/// Settings that shape every resource, from the control plane's configuration.
+#[derive(Debug, Clone)]
+pub struct BuildSettings {
+    /// Address the public listener binds inside Envoy.
+    pub listener_address: String,
+    /// Port of the public listener.
+    pub listener_port: u16,
+    /// Upstream connect timeout, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Retries of requests that never reached a function.
+    pub num_retries: u32,
+}
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        BuildSettings {
+            listener_address: "0.0.0.0".into(),
+            listener_port: 10000,
+            connect_timeout_ms: 250,
+            num_retries: 3,
+        }
+    }
+}
+
+/// Builds the snapshot of `model` at `generation`.
+pub fn build(model: &Model, settings: &BuildSettings, generation: u64) -> Snapshot {
+    let mut snap = Snapshot::empty(generation);
+    for (name, f) in &model.functions {
+        let cluster = cluster_name(name);
+        snap.insert(Kind::Cluster, &cluster, pack_any(function_cluster(&cluster, f, settings)));
+        snap.insert(Kind::Endpoint, &cluster, pack_any(load_assignment(&cluster, f)));
+    }
+    snap.insert(Kind::Listener, LISTENER_NAME, pack_any(listener(settings)));
+    snap.insert(Kind::Route, ROUTE_CONFIG_NAME, pack_any(route_table(model, settings)));
+    snap
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+fn millis(ms: u64) -> Duration {
+    Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+fn u32v(value: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value })
+}
+
+/// The EDS cluster of one function.
+pub fn function_cluster(name: &str, f: &Function, settings: &BuildSettings) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        }),
+        connect_timeout: Some(millis(settings.connect_timeout_ms)),
+        lb_policy: LbPolicy::LeastRequest as i32,
+        circuit_breakers: Some(CircuitBreakers {
+            // Cluster-wide limits high enough never to reject before the queue is seen.
+            thresholds: vec![Thresholds {
+                max_connections: u32v(100_000),
+                max_pending_requests: u32v(100_000),
+                max_requests: u32v(100_000),
+                max_retries: u32v(1_000),
+                ..Default::default()
+            }],
+            // One replica serves `concurrency` requests at once; the rest queue in Envoy.
+            per_host_thresholds: vec![Thresholds {
+                max_connections: u32v(f.concurrency),
+                ..Default::default()
+            }],
+        }),
+        ..Default::default()
+    }
+}
+
+/// The endpoints of one function (an empty assignment when it has none).
+pub fn load_assignment(name: &str, f: &Function) -> ClusterLoadAssignment {
+    let lb_endpoints = f
+        .endpoints
+        .iter()
+        .map(|(addr, ep)| LbEndpoint {
+            health_status: if ep.draining {
+                HealthStatus::Draining
+            } else {
+                HealthStatus::Healthy
+            } as i32,
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: Some(socket_address(&addr.ip().to_string(), addr.port())),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .collect::<Vec<_>>();
+    ClusterLoadAssignment {
+        cluster_name: name.to_string(),
+        endpoints: if lb_endpoints.is_empty() {
+            vec![]
+        } else {
+            vec![LocalityLbEndpoints {
+                lb_endpoints,
+                ..Default::default()
+            }]
+        },
+        ..Default::default()
+    }
+}
+
+fn socket_address(ip: &str, port: u16) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(port.into())),
+            ..Default::default()
+        })),
+    }
+}
+
+/// The public listener: HTTP connection manager with its routes over RDS.
+pub fn listener(settings: &BuildSettings) -> Listener {
+    let hcm = HttpConnectionManager {
+        stat_prefix: "roost".into(),
+        codec_type: CodecType::Auto as i32,
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: ROUTE_CONFIG_NAME.into(),
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
+            ..Default::default()
+        }],
+        // The gate sets X-Request-Id; Envoy keeps it (and makes one when it is missing).
+        preserve_external_request_id: true,
+        ..Default::default()
+    };
+    Listener {
+        name: LISTENER_NAME.into(),
+        address: Some(socket_address(&settings.listener_address, settings.listener_port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The route table: `/<name>` and `/<name>/...` to each function (prefix stripped), then
+/// a JSON 404 for everything else.
+pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguration {
+    let mut routes = Vec::with_capacity(model.functions.len() * 2 + 1);
+    for (name, f) in &model.functions {
+        let exact = PathSpecifier::Path(format!("/{name}"));
+        let below = PathSpecifier::Prefix(format!("/{name}/"));
+        for (suffix, spec) in [("exact", exact), ("prefix", below)] {
+            routes.push(function_route(name, suffix, spec, f, settings));
+        }
+    }
+    routes.push(not_found_route());
+    RouteConfiguration {
+        name: ROUTE_CONFIG_NAME.into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "functions".into(),
+            domains: vec!["*".into()],
+            routes,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn function_route(
+    name: &str,
+    suffix: &str,
+    spec: PathSpecifier,
+    f: &Function,
+    settings: &BuildSettings,
+) -> Route {
+    Route {
+        name: format!("{name}-{suffix}"),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(spec),
+            ..Default::default()
+        }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster_name(name))),
+            prefix_rewrite: "/".into(),
+            timeout: Some(millis(f.timeout_ms)),
+            retry_policy: Some(RetryPolicy {
+                retry_on: RETRY_ON.into(),
+                num_retries: u32v(settings.num_retries),
+                retry_host_predicate: vec![RetryHostPredicate {
+                    name: "envoy.retry_host_predicates.previous_hosts".into(),
+                    config_type: Some(
+                        envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+                            pack_any(PreviousHostsPredicate::default()),
+                        ),
+                    ),
+                }],
+                host_selection_retry_max_attempts: 5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn not_found_route() -> Route {
+    Route {
+        name: "not-found".into(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(Action::DirectResponse(DirectResponseAction {
+            status: 404,
+            body: Some(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(
+                    r#"{"error":"no such function","hint":"call /<function> with a function declared in global-function-definition.yml"}"#.into(),
+                )),
+                ..Default::default()
+            }),
+            body_format: None,
+        })),
+        response_headers_to_add: vec![HeaderValueOption {
+            header: Some(HeaderValue {
+                key: "content-type".into(),
+                value: "application/json".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// 64-bit FNV-1a: a stable hash (the same on every run and build) for resource versions.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Change;
+    use prost::Message;
+
+    fn model() -> Model {
+        let mut m = Model::default();
+        m.apply_all(&[
+            Change::PutFunction { function: "hello".into(), concurrency: Some(3), timeout_ms: Some(1500) },
+            Change::AddEndpoint { function: "hello".into(), address: "127.0.0.1:5000".into() },
+            Change::PutFunction { function: "empty".into(), concurrency: None, timeout_ms: None },
+        ])
+        .unwrap();
+        m
+    }
+
+    #[test]
+    fn one_cluster_and_assignment_per_function() {
+        let s = build(&model(), &BuildSettings::default(), 1);
+        let names: Vec<_> = s.of(Kind::Cluster).keys().cloned().collect();
+        assert_eq!(names, ["fn-empty", "fn-hello"]);
+        let c = Cluster::decode(&*s.of(Kind::Cluster)["fn-hello"].body.value).unwrap();
+        let per_host = &c.circuit_breakers.unwrap().per_host_thresholds[0];
+        assert_eq!(per_host.max_connections, u32v(3));
+        assert_eq!(c.connect_timeout, Some(millis(250)));
+        let cla = ClusterLoadAssignment::decode(&*s.of(Kind::Endpoint)["fn-empty"].body.value).unwrap();
+        assert!(cla.endpoints.is_empty(), "a function without endpoints gets an empty assignment");
+        assert_eq!(s.expected_names(Kind::Endpoint).count(), 2);
+    }
+
+    #[test]
+    fn routes_match_whole_segments_and_strip_the_prefix() {
+        let rc = route_table(&model(), &BuildSettings::default());
+        let routes = &rc.virtual_hosts[0].routes;
+        let specs: Vec<_> = routes.iter().map(|r| r.r#match.clone().unwrap().path_specifier.unwrap()).collect();
+        assert!(specs.contains(&PathSpecifier::Path("/hello".into())));
+        assert!(specs.contains(&PathSpecifier::Prefix("/hello/".into())));
+        assert!(!specs.contains(&PathSpecifier::Prefix("/hello".into())), "/hello must not match /hello2");
+        let Some(Action::Route(ra)) = &routes[2].action else { panic!("route action") };
+        assert_eq!(ra.prefix_rewrite, "/");
+        assert_eq!(ra.timeout, Some(millis(1500)));
+        assert_eq!(ra.retry_policy.as_ref().unwrap().retry_on, RETRY_ON);
+        assert_eq!(routes.last().unwrap().name, "not-found");
+    }
+
+    #[test]
+    fn versions_change_only_with_content() {
+        let settings = BuildSettings::default();
+        let mut m = model();
+        let a = build(&m, &settings, 1);
+        m.apply(&Change::AddEndpoint { function: "hello".into(), address: "127.0.0.1:5001".into() }).unwrap();
+        let b = build(&m, &settings, 2);
+        assert_eq!(a.of(Kind::Cluster)["fn-hello"].version, b.of(Kind::Cluster)["fn-hello"].version);
+        assert_ne!(a.of(Kind::Endpoint)["fn-hello"].version, b.of(Kind::Endpoint)["fn-hello"].version);
+        assert_eq!(a.of(Kind::Route)[ROUTE_CONFIG_NAME].version, b.of(Kind::Route)[ROUTE_CONFIG_NAME].version);
+    }
+
+    #[test]
+    fn type_urls_round_trip() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_type_url(k.type_url()), Some(k));
+        }
+        assert_eq!(Kind::from_type_url("type.googleapis.com/x"), None);
+        assert_eq!(pack_any(Cluster::default()).type_url, Kind::Cluster.type_url());
+    }
+}

@@ -1,0 +1,213 @@
+//! A minimal HTTP/1.1 client and a tiny upstream server, enough to drive Envoy in tests
+//! without pulling a full HTTP stack into every test build.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A response: status, headers (lowercased names) and body.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// Header names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body as text (lossy UTF-8), chunked encoding decoded.
+    pub body: String,
+}
+
+impl Response {
+    /// The first header with this (lowercase) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// GET `path` from 127.0.0.1:`port`.
+pub async fn get(port: u16, path: &str) -> Result<Response, String> {
+    request(port, "GET", path, &[], b"").await
+}
+
+/// Sends one request on a fresh connection (`Connection: close`) with a 10 s deadline.
+pub async fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, String> {
+    let fut = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+        s.write_all(body).await.map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+        parse_response(&buf)
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| format!("{method} {path} on port {port}: no answer in 10 s"))?
+}
+
+fn parse_response(buf: &[u8]) -> Result<Response, String> {
+    let end = find(buf, b"\r\n\r\n").ok_or("response without a complete head")?;
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let raw = &buf[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked { dechunk(raw) } else { raw.to_vec() };
+    Ok(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = find(raw, b"\r\n") {
+        let size_text = String::from_utf8_lossy(&raw[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or(0);
+        raw = &raw[eol + 2..];
+        if size == 0 || raw.len() < size {
+            break;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = raw.get(size + 2..).unwrap_or_default();
+    }
+    out
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Writes `payload` to 127.0.0.1:`port` and returns the first bytes answered within 1 s.
+pub async fn raw_exchange(port: u16, payload: &[u8]) -> Option<Vec<u8>> {
+    let fut = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        s.write_all(payload).await.ok()?;
+        let mut buf = vec![0; 512];
+        let n = s.read(&mut buf).await.ok()?;
+        buf.truncate(n);
+        Some(buf)
+    };
+    tokio::time::timeout(Duration::from_secs(1), fut).await.ok().flatten()
+}
+
+/// An HTTP/1.1 upstream on a free port that answers every request with
+/// `{"upstream":"<name>","path":"<path and query>"}`, optionally after a delay.
+/// It keeps connections alive, as Envoy expects.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Requests answered so far.
+    pub hits: Arc<AtomicU64>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl Upstream {
+    /// Starts an upstream that answers at once.
+    pub async fn start(name: &str) -> Upstream {
+        Self::start_with_delay(name, Duration::ZERO).await
+    }
+
+    /// Starts an upstream that waits `delay` before each answer.
+    pub async fn start_with_delay(name: &str, delay: Duration) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let port = listener.local_addr().expect("upstream address").port();
+        let hits = Arc::new(AtomicU64::new(0));
+        let (name, h) = (name.to_string(), hits.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(serve_conn(conn, name.clone(), h.clone(), delay));
+            }
+        });
+        Upstream {
+            port,
+            hits,
+            task: Arc::new(task),
+        }
+    }
+
+    /// Requests answered so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting new connections (open ones finish on their own).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_conn(mut conn: TcpStream, name: String, hits: Arc<AtomicU64>, delay: Duration) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(end) = find(&buf, b"\r\n\r\n") else {
+            let mut chunk = [0u8; 4096];
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let len: usize = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < end + 4 + len {
+            let mut chunk = [0u8; 4096];
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..end + 4 + len);
+        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        hits.fetch_add(1, Ordering::SeqCst);
+        let body = format!("{{\"upstream\":\"{name}\",\"path\":\"{path}\"}}");
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if conn.write_all(resp.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! Roost's test harness: the real Envoy and redis-server started on free loopback ports,
+//! a minimal HTTP/1.1 client and upstream, and polling with a deadline.
+//!
+//! # Layout
+//!
+//! - [`process`]: a child process killed on drop, and free ports.
+//! - [`envoy`]: finds the Envoy 1.40 binary, renders `envoy/bootstrap.yaml`, starts Envoy.
+//! - [`redis`]: starts (and kills, and restarts) a private `redis-server`.
+//! - [`http`]: a small HTTP/1.1 client, and an upstream server that says who it is.
+//! - [`wait_until`]: poll a condition until a deadline, never a bare sleep.
+//!
+//! Missing tools fail loudly with what to install: a test never skips silently.
+
+pub mod envoy;
+pub mod http;
+pub mod process;
+pub mod redis;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// The workspace root (the folder holding the root `Cargo.toml`).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives one folder below the workspace root")
+        .to_path_buf()
+}
+
+/// Polls `check` every 10 ms until it returns `Some`, or panics after `timeout` saying
+/// what was awaited.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
