@@ -5,10 +5,12 @@
 //! - [`keys`]: every Redis key and channel Roost uses, in one place, so the gate, the
 //!   orchestrator, the statsd-listener and the control plane cannot drift apart.
 //! - [`naming`]: function names, and the Envoy cluster name that belongs to each.
+//! - [`spec`]: the function definitions (`global-function-definition.yml`), parsed and validated.
 //! - [`telemetry`]: tracing setup shared by the binaries.
 //! - [`shutdown`]: one way to wait for SIGTERM/SIGINT and tell every task to stop.
 
 pub mod keys;
 pub mod naming;
 pub mod shutdown;
+pub mod spec;
 pub mod telemetry;

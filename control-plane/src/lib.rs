@@ -1,4 +1,152 @@
-//! Roost's control plane.
+//! Roost's control plane: Envoy's whole routing configuration, served over xDS.
+//!
+//! # Layout
+//!
+//! - [`model`]: the desired state (functions, settings, endpoints) and validated,
+//!   all-or-nothing changes to it.
+//! - [`resources`]: the model as Envoy resources (clusters, assignments, listener,
+//!   routes), versioned by content hash.
+//! - [`ads`]: the per-stream ADS protocol, SotW and delta, as pure state machines.
+//! - [`store`]: the single writer that applies changes and publishes snapshots.
+//! - [`registry`]: connected Envoys, their ACKs and NACKs, and waiting for sync.
+//! - [`xds`]: the tonic gRPC service running one task per Envoy stream.
+//! - [`admin`]: the HTTP/JSON admin API.
+//! - [`persist`]: the model saved in Redis, restored on start.
+//! - [`config`]: flags and `ROOST_...` environment variables.
+//!
+//! [`start`] binds both servers and returns their addresses; [`run`] waits for them.
+
+pub mod admin;
 pub mod ads;
+pub mod config;
 pub mod model;
+pub mod persist;
+pub mod registry;
 pub mod resources;
+pub mod store;
+pub mod xds;
+
+pub use config::Config;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Why the control plane could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A port could not be bound.
+    #[error("cannot listen on {addr} for the {what}: {source}; pick another address with {flag}")]
+    Bind {
+        /// Which server.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The flag that sets it.
+        flag: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The saved state could not be loaded.
+    #[error(transparent)]
+    State(#[from] persist::PersistError),
+    /// The gRPC server failed.
+    #[error("the xDS server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// The admin server failed.
+    #[error("the admin API server failed: {0}")]
+    Admin(std::io::Error),
+}
+
+/// A started control plane.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the ADS server listens.
+    pub xds_addr: SocketAddr,
+    /// Where the admin API listens.
+    pub admin_addr: SocketAddr,
+    /// The model (tests use it to publish odd snapshots).
+    pub store: Arc<store::Store>,
+    /// The connected Envoys.
+    pub registry: Arc<registry::Registry>,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// Waits until both servers have stopped (after `shutdown` is cancelled).
+    pub async fn wait(self) -> Result<(), Error> {
+        self.task.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Restores the saved state (when Redis is configured), binds both servers and starts
+/// serving. Nothing is served to Envoy before the state is restored.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
+    let (state_store, model) = match &config.redis_url {
+        Some(url) => {
+            let wait = Duration::from_secs(config.redis_startup_timeout_s);
+            let (s, m) = persist::StateStore::connect_and_load(url, wait, &shutdown).await?;
+            (Some(s), m)
+        }
+        None => (None, model::Model::default()),
+    };
+    let settings = resources::BuildSettings {
+        listener_address: config.listener_address.to_string(),
+        listener_port: config.listener_port,
+        connect_timeout_ms: config.connect_timeout_ms,
+        num_retries: config.retries,
+    };
+    let store = Arc::new(store::Store::new(model, settings));
+    let registry = Arc::new(registry::Registry::default());
+
+    let bind = |what, addr, flag| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { what, addr, flag, source })
+    };
+    let xds_listener = bind("xDS server", config.xds_bind, "--xds-bind / ROOST_XDS_BIND").await?;
+    let admin_listener = bind("admin API", config.admin_bind, "--admin-bind / ROOST_ADMIN_BIND").await?;
+    let xds_addr = xds_listener.local_addr().map_err(Error::Admin)?;
+    let admin_addr = admin_listener.local_addr().map_err(Error::Admin)?;
+
+    let xds = xds::XdsServer::new(store.snapshots(), registry.clone(), shutdown.clone());
+    let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(xds.into_service())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    let admin_state = admin::AdminState {
+        store: store.clone(),
+        registry: registry.clone(),
+        min_envoys: config.min_envoys,
+        sync_timeout: Duration::from_millis(config.sync_timeout_ms),
+    };
+    let admin = axum::serve(admin_listener, admin::router(admin_state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let persister = state_store.map(|s| tokio::spawn(s.run(store.models(), shutdown.clone())));
+    info!(%xds_addr, %admin_addr, listener_port = config.listener_port, "control plane serving");
+
+    let task = tokio::spawn(async move {
+        let (g, a) = tokio::join!(grpc, admin);
+        if let Some(p) = persister {
+            let _ = p.await;
+        }
+        g?;
+        a.map_err(Error::Admin)?;
+        info!("control plane stopped");
+        Ok(())
+    });
+    Ok(Running { xds_addr, admin_addr, store, registry, task })
+}
+
+/// Starts the control plane and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    start(config, shutdown).await?.wait().await
+}

@@ -361,3 +361,21 @@ mod tests {
         assert!(serde_json::from_str::<Change>(r#"{"op":"put_function","function":"a","bogus":1}"#).is_err());
     }
 }
+
+#[cfg(test)]
+mod persistence_tests {
+    use super::*;
+
+    #[test]
+    fn model_round_trips_through_json() {
+        let mut m = Model::default();
+        m.apply_all(&[
+            Change::PutFunction { function: "f".into(), concurrency: Some(2), timeout_ms: Some(10) },
+            Change::AddEndpoint { function: "f".into(), address: "[::1]:5000".into() },
+            Change::AddEndpoint { function: "f".into(), address: "10.0.0.1:80".into() },
+        ])
+        .unwrap();
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<Model>(&json).unwrap(), m);
+    }
+}

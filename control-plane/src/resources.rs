@@ -149,6 +149,11 @@ impl Snapshot {
         self.resources[kind.index()].insert(name.into(), Resource::new(body));
     }
 
+    /// Removes a resource, if present.
+    pub fn remove(&mut self, kind: Kind, name: &str) {
+        self.resources[kind.index()].remove(name);
+    }
+
     /// The names Envoy must have subscribed to for a kind it asks for by name: every
     /// cluster's endpoints, and the route tables the listeners use.
     pub fn expected_names(&self, kind: Kind) -> impl Iterator<Item = &String> {

@@ -62,8 +62,10 @@ impl Redis {
 /// Finds an executable on PATH or in /usr/sbin and /usr/bin.
 pub fn which(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
+    let found = path
+        .split(':')
         .chain(["/usr/sbin", "/usr/bin", "/sbin"])
         .map(|dir| std::path::Path::new(dir).join(name))
-        .find(|p| p.is_file())
+        .find(|p| p.is_file());
+    found
 }

@@ -192,7 +192,10 @@ pub struct StreamStatus {
     pub protocol: &'static str,
     /// Newest model generation that Envoy has ACKed completely on this stream.
     pub synced_generation: u64,
-    /// The current NACK, if the newest answer to some type was a rejection.
+    /// Newest model generation the stream has processed (sent, or found nothing to send).
+    pub seen_generation: u64,
+    /// The current NACK: the newest answer to some type was a rejection and no newer
+    /// response of that type is awaiting an answer.
     pub nack: Option<Nack>,
     /// Per type.
     pub kinds: Vec<KindStatus>,
@@ -234,7 +237,14 @@ impl Types {
                 .map(|s| s.synced_generation(snapshot))
                 .min()
                 .unwrap_or(0),
-            nack: self.states.iter().find_map(|s| s.nack.clone()),
+            seen_generation: snapshot.generation,
+            // A NACK stands until a newer response of its type is answered; while one is
+            // on its way, Envoy's verdict on it is still open.
+            nack: self
+                .states
+                .iter()
+                .filter(|s| s.pending.is_empty())
+                .find_map(|s| s.nack.clone()),
             kinds: self.states.iter().map(TypeState::status).collect(),
         }
     }

@@ -1,0 +1,1840 @@
+//! Function definitions: the typed, validated form of `faas-runtime/global-function-definition.yml`.
+//!
+//! # The file
+//!
+//! The seed's schema loads unchanged; everything Roost adds is optional and has a default.
+//! A field written with no value (`scaling:`) counts as absent.
+//!
+//! ```yaml
+//! usable-functions:
+//!   hello:                          # key: only used in messages
+//!     name: "hello"                 # URL path /hello, Envoy cluster fn-hello; default: the key
+//!     version: 0.1                  # required; a number or a string, becomes the image tag
+//!     configuration:                # the seed's block; for the python and command runtimes
+//!       programing_language: "python"        # (sic) optional; "python" or, with
+//!                                            # runtime: command, any text
+//!       base_function_file_name: "hello.py"  # the handler file, inside the folder
+//!       function_folder: "hello"             # faas-runtime/python/functions/hello/
+//!       extra_dependencies: ""               # pip packages, space separated or a list
+//!     runtime: python               # python (default) | command | image, or a mapping:
+//!                                   #   {kind: command, command: [sh, wc.sh]}
+//!                                   #   {kind: image, image: "my-image:1"}
+//!     scaling:
+//!       min_replicas: 0             # kept running even when idle
+//!       max_replicas: 10            # 1..=1000
+//!       target_concurrency: 1       # requests one replica serves at once (Envoy's
+//!                                   # per-host max_connections); more wait in a queue
+//!                                   # that makes the function scale up
+//!       idle_timeout: 10s           # no request started for this long: scale down
+//!     limits:
+//!       memory: 256m                # bytes, or with b, k, m, g (binary, as Docker)
+//!       cpu: 1.0                    # cores
+//!       pids: 128                   # processes and threads
+//!       timeout: 30s                # longest request
+//!     env:                          # extra environment; PORT and ROOST_* are Roost's
+//!       GREETING: "hi"
+//!     readiness:
+//!       path: /healthz              # probed until it answers 2xx; or `readiness: /healthz`
+//! ```
+//!
+//! Durations are a whole number with a unit, `500ms`, `10s`, `2m` or `1h`, or a bare
+//! number of seconds. Runtimes:
+//!
+//! - `python`: an image built from `python/functions/<function_folder>/` (relative to the
+//!   definitions file), `base_function_file_name` holding `async def handle(request)`.
+//! - `command`: any language. `command` (a list, or a string split at spaces; default
+//!   `./<base_function_file_name>`) runs in `command/functions/<function_folder>/` once per
+//!   request: the body on stdin, the response from stdout, stderr to the log.
+//! - `image`: an existing image that serves HTTP on `$PORT`; no `configuration`.
+//!
+//! # Validation
+//!
+//! [`parse`] checks the schema, [`load`] also checks that each function's folder and file
+//! exist, [`load_file`] reads the file first. All of them report every problem at once
+//! ([`SpecErrors`]), each naming the function, the field and what is allowed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+use serde_yaml::{Mapping, Value};
+
+use crate::naming::{validate_function_name, MAX_FUNCTION_NAME_LEN};
+
+/// The one top-level key of the file.
+pub const TOP_LEVEL_KEY: &str = "usable-functions";
+/// Folder of the python functions, relative to the definitions file.
+pub const PYTHON_FUNCTIONS_DIR: &str = "python/functions";
+/// Folder of the command functions, relative to the definitions file.
+pub const COMMAND_FUNCTIONS_DIR: &str = "command/functions";
+
+/// Default `scaling.min_replicas`: scale to zero when idle.
+pub const DEFAULT_MIN_REPLICAS: u32 = 0;
+/// Default `scaling.max_replicas`.
+pub const DEFAULT_MAX_REPLICAS: u32 = 10;
+/// Highest `scaling.max_replicas` accepted.
+pub const MAX_REPLICAS: u32 = 1000;
+/// Default `scaling.target_concurrency`: one request per replica at a time, as AWS Lambda
+/// does. Raise it for handlers that wait on I/O.
+pub const DEFAULT_TARGET_CONCURRENCY: u32 = 1;
+/// Highest `scaling.target_concurrency` accepted.
+pub const MAX_TARGET_CONCURRENCY: u32 = 10_000;
+/// Default `scaling.idle_timeout`, as in the seed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+const MIB: u64 = 1024 * 1024;
+/// Default `limits.memory`, in bytes.
+pub const DEFAULT_MEMORY: u64 = 256 * MIB;
+/// Lowest `limits.memory` accepted, in bytes (Docker refuses less).
+pub const MIN_MEMORY: u64 = 6 * MIB;
+/// Default `limits.cpu`, in cores.
+pub const DEFAULT_CPU: f64 = 1.0;
+/// Default `limits.pids`.
+pub const DEFAULT_PIDS: u32 = 128;
+/// Default `limits.timeout`: the longest a request may take.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `readiness.path`.
+pub const DEFAULT_READINESS_PATH: &str = "/healthz";
+
+const FUNCTION_FIELDS: &[&str] = &[
+    "name",
+    "version",
+    "configuration",
+    "runtime",
+    "scaling",
+    "limits",
+    "env",
+    "readiness",
+];
+const CONFIGURATION_FIELDS: &[&str] = &[
+    "programing_language",
+    "base_function_file_name",
+    "function_folder",
+    "extra_dependencies",
+];
+const RUNTIME_FIELDS: &[&str] = &["kind", "command", "image"];
+const SCALING_FIELDS: &[&str] = &[
+    "min_replicas",
+    "max_replicas",
+    "target_concurrency",
+    "idle_timeout",
+];
+const LIMITS_FIELDS: &[&str] = &["memory", "cpu", "pids", "timeout"];
+const READINESS_FIELDS: &[&str] = &["path"];
+
+const DURATION_HELP: &str =
+    "use a whole number with a unit: 500ms, 10s, 2m, 1h (a bare number means seconds)";
+const SIZE_HELP: &str = "use bytes, or a whole number with a unit: 512k, 128m, 1g";
+
+/// Valid function definitions, by function name.
+pub type Definitions = BTreeMap<String, FunctionSpec>;
+
+/// One validated function.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionSpec {
+    /// Its key under `usable-functions`.
+    pub key: String,
+    /// Its name: URL path segment, cluster name, image name.
+    pub name: String,
+    /// Its version, the image tag.
+    pub version: String,
+    /// How it runs.
+    pub runtime: Runtime,
+    /// How many replicas, and when to scale.
+    pub scaling: Scaling,
+    /// Resources of each replica.
+    pub limits: Limits,
+    /// Extra environment variables of each replica.
+    pub env: BTreeMap<String, String>,
+    /// HTTP path probed until a new replica is ready.
+    pub readiness_path: String,
+}
+
+/// How a function runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Runtime {
+    /// A Python handler, built into an image from its folder.
+    Python {
+        /// Folder, relative to the definitions file (`python/functions/<function_folder>`).
+        folder: PathBuf,
+        /// Handler file inside the folder.
+        file: String,
+        /// pip packages installed into the image.
+        extra_dependencies: Vec<String>,
+    },
+    /// A command run once per request: body on stdin, response from stdout.
+    Command {
+        /// Folder, relative to the definitions file (`command/functions/<function_folder>`);
+        /// the command runs in it.
+        folder: PathBuf,
+        /// The function's file inside the folder.
+        file: String,
+        /// Program and arguments.
+        command: Vec<String>,
+        /// `programing_language`, for information only.
+        language: Option<String>,
+    },
+    /// An existing image serving HTTP on `$PORT`.
+    Image {
+        /// Image reference.
+        image: String,
+    },
+}
+
+impl Runtime {
+    /// `python`, `command` or `image`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Runtime::Python { .. } => "python",
+            Runtime::Command { .. } => "command",
+            Runtime::Image { .. } => "image",
+        }
+    }
+
+    /// The function's folder (relative to the definitions file) and file in it, if it has
+    /// source code.
+    pub fn source(&self) -> Option<(&Path, &str)> {
+        match self {
+            Runtime::Python { folder, file, .. } | Runtime::Command { folder, file, .. } => {
+                Some((folder, file))
+            }
+            Runtime::Image { .. } => None,
+        }
+    }
+}
+
+/// When and how far a function scales.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Scaling {
+    /// Replicas kept even when idle.
+    pub min_replicas: u32,
+    /// Most replicas at once.
+    pub max_replicas: u32,
+    /// Requests one replica serves at once (Envoy's per-host `max_connections`).
+    pub target_concurrency: u32,
+    /// How long without a started request before scaling down.
+    #[serde(serialize_with = "serialize_duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Scaling {
+            min_replicas: DEFAULT_MIN_REPLICAS,
+            max_replicas: DEFAULT_MAX_REPLICAS,
+            target_concurrency: DEFAULT_TARGET_CONCURRENCY,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// Resources of one replica.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Limits {
+    /// Memory in bytes.
+    pub memory: u64,
+    /// CPU in cores.
+    pub cpu: f64,
+    /// Processes and threads.
+    pub pids: u32,
+    /// Longest a request may take.
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: DEFAULT_MEMORY,
+            cpu: DEFAULT_CPU,
+            pids: DEFAULT_PIDS,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// One problem with the function definitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SpecError {
+    /// The file could not be read.
+    #[error("cannot read {}: {message}; check the path and its permissions", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The text is not YAML (or repeats a key).
+    #[error("{message}; fix the YAML")]
+    Syntax {
+        /// What the YAML parser said, with the line.
+        message: String,
+    },
+    /// A field is missing, unknown or has a value that is not allowed.
+    #[error("{}{field}: {problem}; {allowed}", function_label(.function))]
+    Field {
+        /// The function's key under `usable-functions`, if the problem is in a function.
+        function: Option<String>,
+        /// Path of the field inside the function (or the file), such as `scaling.max_replicas`.
+        field: String,
+        /// What is wrong.
+        problem: String,
+        /// What is allowed, or what to do.
+        allowed: String,
+    },
+}
+
+fn function_label(function: &Option<String>) -> String {
+    match function {
+        Some(key) => format!("function {key:?}: "),
+        None => String::new(),
+    }
+}
+
+/// Every problem found in the function definitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(transparent)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} problem(s) in the function definitions:",
+            self.0.len()
+        )?;
+        for error in &self.0 {
+            write!(f, "\n  - {error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the definitions file at `path` and validates it, function folders and files
+/// included (relative to the file's folder).
+pub fn load_file(path: &Path) -> Result<Definitions, SpecErrors> {
+    let yaml = std::fs::read_to_string(path).map_err(|e| {
+        SpecErrors(vec![SpecError::Read {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }])
+    })?;
+    let base_dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    load(&yaml, base_dir)
+}
+
+/// Validates the definitions in `yaml`, checking that function folders and files exist
+/// under `base_dir` (the folder of the definitions file).
+pub fn load(yaml: &str, base_dir: &Path) -> Result<Definitions, SpecErrors> {
+    parse_inner(yaml, Some(base_dir))
+}
+
+/// Validates the definitions in `yaml` without looking at the file system.
+pub fn parse(yaml: &str) -> Result<Definitions, SpecErrors> {
+    parse_inner(yaml, None)
+}
+
+fn parse_inner(yaml: &str, base_dir: Option<&Path>) -> Result<Definitions, SpecErrors> {
+    let syntax = |message: String| SpecErrors(vec![SpecError::Syntax { message }]);
+    let mut root: Value = serde_yaml::from_str(yaml).map_err(|e| syntax(e.to_string()))?;
+    root.apply_merge().map_err(|e| syntax(e.to_string()))?;
+
+    let mut errors = Vec::new();
+    let mut definitions = Definitions::new();
+    let mut top = Check {
+        function: None,
+        errors: &mut errors,
+    };
+    let functions = function_mapping(&root, &mut top);
+
+    if let Some(functions) = functions {
+        // Name -> key of the function that has it, to report duplicates.
+        let mut keys_by_name: BTreeMap<String, String> = BTreeMap::new();
+        for (key, value) in functions {
+            let Some(key) = key.as_str() else {
+                errors.push(SpecError::Field {
+                    function: None,
+                    field: TOP_LEVEL_KEY.to_string(),
+                    problem: format!("the key {} is not a string", show(key)),
+                    allowed: "use the function's name as its key".to_string(),
+                });
+                continue;
+            };
+            let Some(spec) = parse_function(key, value, base_dir, &mut errors) else {
+                continue;
+            };
+            if let Some(first) = keys_by_name.get(&spec.name) {
+                errors.push(field_error(
+                    key,
+                    "name",
+                    format!("{:?} is already the name of function {first:?}", spec.name),
+                    "give every function its own name",
+                ));
+                continue;
+            }
+            keys_by_name.insert(spec.name.clone(), key.to_string());
+            definitions.insert(spec.name.clone(), spec);
+        }
+    }
+
+    if errors.is_empty() {
+        Ok(definitions)
+    } else {
+        Err(SpecErrors(errors))
+    }
+}
+
+/// The functions under `usable-functions`, after reporting what is wrong around them.
+fn function_mapping<'v>(root: &'v Value, top: &mut Check) -> Option<&'v Mapping> {
+    let how = format!("write `{TOP_LEVEL_KEY}:` with the functions under it");
+    let fields = match root {
+        // An empty file is more likely a half-written edit than "no functions".
+        Value::Null => {
+            top.fail(TOP_LEVEL_KEY, "the file is empty", how);
+            return None;
+        }
+        Value::Mapping(_) => top.map("", root, &[TOP_LEVEL_KEY])?,
+        other => {
+            let problem = format!("the file holds {}, not a mapping", show(other));
+            top.fail(TOP_LEVEL_KEY, problem, how);
+            return None;
+        }
+    };
+    match fields.values.get(TOP_LEVEL_KEY) {
+        None => {
+            top.fail(TOP_LEVEL_KEY, "missing", how);
+            None
+        }
+        Some(Value::Mapping(functions)) => Some(functions),
+        Some(Value::Null) => None, // no functions
+        Some(other) => {
+            let problem = format!("expected a mapping of functions, found {}", show(other));
+            top.fail(TOP_LEVEL_KEY, problem, how);
+            None
+        }
+    }
+}
+
+fn field_error(key: &str, field: &str, problem: String, allowed: &str) -> SpecError {
+    SpecError::Field {
+        function: Some(key.to_string()),
+        field: field.to_string(),
+        problem,
+        allowed: allowed.to_string(),
+    }
+}
+
+/// Parses one function; `None` after reporting its errors.
+fn parse_function(
+    key: &str,
+    value: &Value,
+    base_dir: Option<&Path>,
+    errors: &mut Vec<SpecError>,
+) -> Option<FunctionSpec> {
+    let errors_before = errors.len();
+    let mut c = Check {
+        function: Some(key),
+        errors,
+    };
+    if !value.is_mapping() {
+        c.fail(
+            &join(TOP_LEVEL_KEY, key),
+            format!("expected the function's fields, found {}", show(value)),
+            format!("write {} under it", FUNCTION_FIELDS.join(", ")),
+        );
+        return None;
+    }
+    let fields = c.map("", value, FUNCTION_FIELDS)?;
+
+    let name = match fields.get("name") {
+        Some((path, v)) => c.string(&path, v),
+        None => Some(key.to_string()),
+    };
+    if let Some(name) = &name {
+        if let Err(e) = validate_function_name(name) {
+            let problem = if fields.get("name").is_some() {
+                format!("{name:?} is not a safe URL path segment: {}", e.reason)
+            } else {
+                format!(
+                    "no name is given and the key {name:?} is not a valid name: {}",
+                    e.reason
+                )
+            };
+            c.fail(
+                "name",
+                problem,
+                format!(
+                    "use 1-{MAX_FUNCTION_NAME_LEN} characters of a-z, 0-9, '-' and '_', \
+                     starting with a letter or digit"
+                ),
+            );
+        }
+    }
+
+    let version = match fields.get("version") {
+        Some((path, v)) => c.version(&path, v),
+        None => {
+            c.fail(
+                "version",
+                "missing",
+                "add `version: 0.1` (a number or a string)",
+            );
+            None
+        }
+    };
+    let runtime = c.runtime(
+        fields.get("configuration").map(|(_, v)| v),
+        fields.get("runtime").map(|(_, v)| v),
+    );
+    if let (Some(runtime), Some(base_dir)) = (&runtime, base_dir) {
+        c.source_exists(base_dir, runtime);
+    }
+    let scaling = fields
+        .get("scaling")
+        .map(|(path, v)| c.scaling(&path, v))
+        .unwrap_or_default();
+    let limits = fields
+        .get("limits")
+        .map(|(path, v)| c.limits(&path, v))
+        .unwrap_or_default();
+    let env = fields
+        .get("env")
+        .map(|(path, v)| c.env(&path, v))
+        .unwrap_or_default();
+    let readiness_path = match fields.get("readiness") {
+        Some((path, v)) => c.readiness(&path, v),
+        None => Some(DEFAULT_READINESS_PATH.to_string()),
+    };
+
+    if c.errors.len() > errors_before {
+        return None;
+    }
+    Some(FunctionSpec {
+        key: key.to_string(),
+        name: name?,
+        version: version?,
+        runtime: runtime?,
+        scaling,
+        limits,
+        env,
+        readiness_path: readiness_path?,
+    })
+}
+
+/// The fields of one YAML mapping, with the path of the mapping.
+struct Fields<'v> {
+    path: String,
+    values: BTreeMap<&'v str, &'v Value>,
+}
+
+impl<'v> Fields<'v> {
+    /// The path and value of a field, if it is present and not empty.
+    fn get(&self, name: &str) -> Option<(String, &'v Value)> {
+        let value = self.values.get(name).copied().filter(|v| !v.is_null())?;
+        Some((join(&self.path, name), value))
+    }
+}
+
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+/// Short description of a YAML value for messages.
+fn show(value: &Value) -> String {
+    match value {
+        Value::Null => "nothing".to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Sequence(_) => "a list".to_string(),
+        Value::Mapping(_) => "a mapping".to_string(),
+        Value::Tagged(t) => format!("a value tagged {}", t.tag),
+    }
+}
+
+/// Collects the errors of one function (or of the top level when `function` is `None`).
+struct Check<'a> {
+    function: Option<&'a str>,
+    errors: &'a mut Vec<SpecError>,
+}
+
+impl Check<'_> {
+    fn fail(&mut self, field: &str, problem: impl Into<String>, allowed: impl Into<String>) {
+        self.errors.push(SpecError::Field {
+            function: self.function.map(str::to_string),
+            field: field.to_string(),
+            problem: problem.into(),
+            allowed: allowed.into(),
+        });
+    }
+
+    /// A mapping whose keys are among `allowed` (any key if `allowed` is empty); reports
+    /// every unknown key.
+    fn map<'v>(&mut self, path: &str, value: &'v Value, fields: &[&str]) -> Option<Fields<'v>> {
+        let allowed = if fields.is_empty() {
+            "write `NAME: value` lines".to_string()
+        } else {
+            format!("allowed fields here: {}", fields.join(", "))
+        };
+        let Value::Mapping(mapping) = value else {
+            self.fail(
+                path,
+                format!("expected a mapping, found {}", show(value)),
+                &allowed,
+            );
+            return None;
+        };
+        let mut values = BTreeMap::new();
+        for (key, value) in mapping {
+            match key.as_str() {
+                Some(key) if fields.is_empty() || fields.contains(&key) => {
+                    values.insert(key, value);
+                }
+                Some(key) => self.fail(&join(path, key), "unknown field", &allowed),
+                None => self.fail(
+                    path,
+                    format!("the key {} is not a string", show(key)),
+                    &allowed,
+                ),
+            }
+        }
+        Some(Fields {
+            path: path.to_string(),
+            values,
+        })
+    }
+
+    fn string(&mut self, path: &str, value: &Value) -> Option<String> {
+        match value {
+            Value::String(s) => Some(s.clone()),
+            other => {
+                self.fail(
+                    path,
+                    format!("expected a string, found {}", show(other)),
+                    "quote it",
+                );
+                None
+            }
+        }
+    }
+
+    fn uint(&mut self, path: &str, value: &Value, min: u32, max: u32) -> Option<u32> {
+        let n = value
+            .as_u64()
+            .filter(|n| (u64::from(min)..=u64::from(max)).contains(n));
+        if n.is_none() {
+            self.fail(
+                path,
+                format!("{} is not allowed", show(value)),
+                format!("use a whole number from {min} to {max}"),
+            );
+        }
+        n.map(|n| n as u32)
+    }
+
+    fn duration(&mut self, path: &str, value: &Value) -> Option<Duration> {
+        let d = match value {
+            Value::Number(n) => n.as_u64().map(Duration::from_secs),
+            Value::String(s) => parse_duration(s),
+            _ => None,
+        }
+        .filter(|d| !d.is_zero());
+        if d.is_none() {
+            self.fail(
+                path,
+                format!("{} is not a duration above zero", show(value)),
+                DURATION_HELP,
+            );
+        }
+        d
+    }
+
+    fn version(&mut self, path: &str, value: &Value) -> Option<String> {
+        let version = match value {
+            Value::Number(n) => n.to_string(),
+            Value::String(s) => s.clone(),
+            other => {
+                self.fail(
+                    path,
+                    format!("expected a number or a string, found {}", show(other)),
+                    "write a version such as 0.1 or \"1.2.0\"",
+                );
+                return None;
+            }
+        };
+        if !is_image_tag(&version) {
+            self.fail(
+                path,
+                format!("{version:?} cannot be an image tag"),
+                "use up to 128 characters of A-Z, a-z, 0-9, '_', '.' and '-', \
+                 not starting with '.' or '-'",
+            );
+            return None;
+        }
+        Some(version)
+    }
+
+    fn runtime(
+        &mut self,
+        configuration: Option<&Value>,
+        runtime: Option<&Value>,
+    ) -> Option<Runtime> {
+        // `runtime: <kind>`, or a mapping with the kind and its settings.
+        let mut settings = None;
+        let (kind_path, kind) = match runtime {
+            None => ("runtime".to_string(), None),
+            Some(Value::String(kind)) => ("runtime".to_string(), Some(kind.clone())),
+            Some(value) => {
+                let fields = self.map("runtime", value, RUNTIME_FIELDS)?;
+                let Some((path, v)) = fields.get("kind") else {
+                    self.fail(
+                        "runtime.kind",
+                        "missing",
+                        "add kind: python, command or image",
+                    );
+                    return None;
+                };
+                let kind = self.string(&path, v)?;
+                settings = Some(fields);
+                (path, Some(kind))
+            }
+        };
+        let configuration = match configuration {
+            Some(value) => Some(self.map("configuration", value, CONFIGURATION_FIELDS)?),
+            None => None,
+        };
+        let language = configuration
+            .as_ref()
+            .and_then(|c| c.get("programing_language"))
+            .and_then(|(path, v)| self.string(&path, v));
+
+        let kind = match kind {
+            Some(kind) => kind,
+            None => match language.as_deref() {
+                None | Some("python") => "python".to_string(),
+                Some(other) => {
+                    self.fail(
+                        "configuration.programing_language",
+                        format!("{other:?} has no built-in runtime"),
+                        "use \"python\"; for another language add `runtime: command` \
+                         (stdin in, stdout out) or `runtime: {kind: image, image: ...}`",
+                    );
+                    return None;
+                }
+            },
+        };
+        let (configuration, settings) = (configuration.as_ref(), settings.as_ref());
+        match kind.as_str() {
+            "python" => self.python(configuration, settings, language),
+            "command" => self.command_runtime(configuration, settings, language),
+            "image" => self.image(configuration, settings),
+            other => {
+                self.fail(
+                    &kind_path,
+                    format!("unknown runtime kind {other:?}"),
+                    "use python, command or image",
+                );
+                None
+            }
+        }
+    }
+
+    fn python(
+        &mut self,
+        configuration: Option<&Fields>,
+        settings: Option<&Fields>,
+        language: Option<String>,
+    ) -> Option<Runtime> {
+        self.not_for_kind("python", settings, "command");
+        self.not_for_kind("python", settings, "image");
+        if let Some(language) = language.filter(|l| l != "python") {
+            self.fail(
+                "configuration.programing_language",
+                format!("{language:?} does not match runtime python"),
+                "write \"python\", or use runtime command or image",
+            );
+        }
+        let (folder, file) = self.source(configuration, "python")?;
+        if !file.ends_with(".py") {
+            self.fail(
+                "configuration.base_function_file_name",
+                format!("{file:?} is not a Python file"),
+                "name the handler file *.py",
+            );
+        }
+        let extra_dependencies = configuration
+            .and_then(|c| c.get("extra_dependencies"))
+            .map(|(path, v)| self.pip_packages(&path, v))
+            .unwrap_or_default();
+        Some(Runtime::Python {
+            folder: Path::new(PYTHON_FUNCTIONS_DIR).join(folder),
+            file,
+            extra_dependencies,
+        })
+    }
+
+    fn command_runtime(
+        &mut self,
+        configuration: Option<&Fields>,
+        settings: Option<&Fields>,
+        language: Option<String>,
+    ) -> Option<Runtime> {
+        self.not_for_kind("command", settings, "image");
+        if let Some((path, v)) = configuration
+            .and_then(|c| c.get("extra_dependencies"))
+            .filter(|(_, v)| v.as_str() != Some(""))
+        {
+            self.fail(
+                &path,
+                format!("{} is not used by runtime command", show(v)),
+                "remove it; ship what the command needs in its folder",
+            );
+        }
+        let (folder, file) = self.source(configuration, "command")?;
+        let command = match settings.and_then(|s| s.get("command")) {
+            Some((path, v)) => self.command(&path, v)?,
+            None => vec![format!("./{file}")],
+        };
+        Some(Runtime::Command {
+            folder: Path::new(COMMAND_FUNCTIONS_DIR).join(folder),
+            file,
+            command,
+            language,
+        })
+    }
+
+    fn image(
+        &mut self,
+        configuration: Option<&Fields>,
+        settings: Option<&Fields>,
+    ) -> Option<Runtime> {
+        self.not_for_kind("image", settings, "command");
+        if configuration.is_some() {
+            self.fail(
+                "configuration",
+                "is not used by runtime image",
+                "remove it; the image already holds the function",
+            );
+        }
+        let Some((path, v)) = settings.and_then(|s| s.get("image")) else {
+            self.fail(
+                "runtime.image",
+                "missing",
+                "write `runtime: {kind: image, image: <image reference>}`",
+            );
+            return None;
+        };
+        let image = self.string(&path, v)?;
+        if image.is_empty() || image.len() > 255 || image.contains(char::is_whitespace) {
+            self.fail(
+                &path,
+                format!("{image:?} is not an image reference"),
+                "write a reference such as my-function:1, without spaces",
+            );
+            return None;
+        }
+        Some(Runtime::Image { image })
+    }
+
+    /// Reports `runtime.<field>` if it is set for a runtime `kind` that does not use it.
+    fn not_for_kind(&mut self, kind: &str, settings: Option<&Fields>, field: &str) {
+        if let Some((path, _)) = settings.and_then(|s| s.get(field)) {
+            self.fail(
+                &path,
+                format!("is not used by runtime {kind}"),
+                "remove it, or change runtime.kind",
+            );
+        }
+    }
+
+    /// `configuration.function_folder` and `configuration.base_function_file_name`.
+    fn source(&mut self, configuration: Option<&Fields>, kind: &str) -> Option<(String, String)> {
+        let Some(configuration) = configuration else {
+            self.fail(
+                "configuration",
+                "missing",
+                format!(
+                    "runtime {kind} needs configuration.function_folder and \
+                     configuration.base_function_file_name"
+                ),
+            );
+            return None;
+        };
+        let mut required = |name: &str| match configuration.get(name) {
+            Some((path, v)) => self.string(&path, v).map(|s| (path, s)),
+            None => {
+                self.fail(
+                    &join("configuration", name),
+                    "missing",
+                    format!("runtime {kind} needs it"),
+                );
+                None
+            }
+        };
+        let folder = required("function_folder");
+        let file = required("base_function_file_name");
+        let (folder_path, folder) = folder?;
+        let (file_path, file) = file?;
+        let folder_ok = !folder.is_empty()
+            && Path::new(&folder).components().count() == 1
+            && matches!(
+                Path::new(&folder).components().next(),
+                Some(Component::Normal(_))
+            );
+        if !folder_ok {
+            self.fail(
+                &folder_path,
+                format!("{folder:?} is not a folder name"),
+                "write one folder name, without '/' or '..'",
+            );
+        }
+        let file_ok = !file.is_empty()
+            && Path::new(&file)
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
+        if !file_ok {
+            self.fail(
+                &file_path,
+                format!("{file:?} is not a file inside the function folder"),
+                "write a relative path without '..'",
+            );
+        }
+        (folder_ok && file_ok).then_some((folder, file))
+    }
+
+    fn source_exists(&mut self, base_dir: &Path, runtime: &Runtime) {
+        let Some((folder, file)) = runtime.source() else {
+            return;
+        };
+        let dir = base_dir.join(folder);
+        if !dir.is_dir() {
+            self.fail(
+                "configuration.function_folder",
+                format!("the folder {} does not exist", dir.display()),
+                "create it, or fix function_folder",
+            );
+        } else if !dir.join(file).is_file() {
+            self.fail(
+                "configuration.base_function_file_name",
+                format!("the file {} does not exist", dir.join(file).display()),
+                "create it, or fix base_function_file_name",
+            );
+        }
+    }
+
+    /// A list of strings, or one string split at whitespace.
+    fn words(&mut self, path: &str, value: &Value, what: &str) -> Option<Vec<String>> {
+        match value {
+            Value::String(s) => Some(s.split_whitespace().map(str::to_string).collect()),
+            Value::Sequence(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| self.string(&format!("{path}[{i}]"), item))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .collect(),
+            other => {
+                self.fail(
+                    path,
+                    format!("expected a list or a string, found {}", show(other)),
+                    format!("write the {what} as a list, or as one string separated by spaces"),
+                );
+                None
+            }
+        }
+    }
+
+    fn pip_packages(&mut self, path: &str, value: &Value) -> Vec<String> {
+        let packages = self.words(path, value, "pip packages").unwrap_or_default();
+        for package in &packages {
+            if package.is_empty()
+                || package.starts_with('-')
+                || package.contains(char::is_whitespace)
+            {
+                self.fail(
+                    path,
+                    format!("{package:?} is not a pip package"),
+                    "list package names (with versions, like requests==2.32.3); pip options are not allowed",
+                );
+            }
+        }
+        packages
+    }
+
+    fn command(&mut self, path: &str, value: &Value) -> Option<Vec<String>> {
+        let command = self.words(path, value, "program and its arguments")?;
+        if command.first().is_none_or(|program| program.is_empty()) {
+            self.fail(
+                path,
+                "is empty",
+                "write the program and its arguments, like [sh, wc.sh]",
+            );
+            return None;
+        }
+        Some(command)
+    }
+
+    fn scaling(&mut self, path: &str, value: &Value) -> Scaling {
+        let mut scaling = Scaling::default();
+        let Some(fields) = self.map(path, value, SCALING_FIELDS) else {
+            return scaling;
+        };
+        if let Some((p, v)) = fields.get("min_replicas") {
+            scaling.min_replicas = self
+                .uint(&p, v, 0, MAX_REPLICAS)
+                .unwrap_or(scaling.min_replicas);
+        }
+        let mut max_ok = true;
+        if let Some((p, v)) = fields.get("max_replicas") {
+            match self.uint(&p, v, 1, MAX_REPLICAS) {
+                Some(max) => scaling.max_replicas = max,
+                None => max_ok = false,
+            }
+        }
+        if let Some((p, v)) = fields.get("target_concurrency") {
+            scaling.target_concurrency = self
+                .uint(&p, v, 1, MAX_TARGET_CONCURRENCY)
+                .unwrap_or(scaling.target_concurrency);
+        }
+        if let Some((p, v)) = fields.get("idle_timeout") {
+            scaling.idle_timeout = self.duration(&p, v).unwrap_or(scaling.idle_timeout);
+        }
+        if max_ok && scaling.min_replicas > scaling.max_replicas {
+            self.fail(
+                &join(path, "min_replicas"),
+                format!(
+                    "{} is above max_replicas ({})",
+                    scaling.min_replicas, scaling.max_replicas
+                ),
+                "make min_replicas at most max_replicas",
+            );
+        }
+        scaling
+    }
+
+    fn limits(&mut self, path: &str, value: &Value) -> Limits {
+        let mut limits = Limits::default();
+        let Some(fields) = self.map(path, value, LIMITS_FIELDS) else {
+            return limits;
+        };
+        if let Some((p, v)) = fields.get("memory") {
+            let memory = match v {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => parse_size(s),
+                _ => None,
+            }
+            .filter(|&bytes| bytes >= MIN_MEMORY);
+            match memory {
+                Some(memory) => limits.memory = memory,
+                None => self.fail(
+                    &p,
+                    format!("{} is not a memory size of at least 6m", show(v)),
+                    SIZE_HELP,
+                ),
+            }
+        }
+        if let Some((p, v)) = fields.get("cpu") {
+            match v.as_f64().filter(|cpu| cpu.is_finite() && *cpu > 0.0) {
+                Some(cpu) => limits.cpu = cpu,
+                None => self.fail(
+                    &p,
+                    format!("{} is not a number of cores above zero", show(v)),
+                    "write cores as a number, like 0.5 or 2",
+                ),
+            }
+        }
+        if let Some((p, v)) = fields.get("pids") {
+            limits.pids = self.uint(&p, v, 1, u32::MAX).unwrap_or(limits.pids);
+        }
+        if let Some((p, v)) = fields.get("timeout") {
+            limits.timeout = self.duration(&p, v).unwrap_or(limits.timeout);
+        }
+        limits
+    }
+
+    fn env(&mut self, path: &str, value: &Value) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        let Some(fields) = self.map(path, value, &[]) else {
+            return env;
+        };
+        for (&name, &value) in &fields.values {
+            let field = join(path, name);
+            let is_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !is_name {
+                self.fail(
+                    &field,
+                    format!("{name:?} is not an environment variable name"),
+                    "use A-Z, a-z, 0-9 and '_', not starting with a digit",
+                );
+            } else if name == "PORT" || name.starts_with("ROOST_") {
+                self.fail(
+                    &field,
+                    format!("{name} is set by Roost"),
+                    "choose another name (PORT and ROOST_* are reserved)",
+                );
+            }
+            let value = match value {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                Value::Null => String::new(),
+                other => {
+                    self.fail(
+                        &field,
+                        format!("expected a string, found {}", show(other)),
+                        "write a string, a number or true/false",
+                    );
+                    continue;
+                }
+            };
+            env.insert(name.to_string(), value);
+        }
+        env
+    }
+
+    /// `readiness: /path` or `readiness: {path: /path}`.
+    fn readiness(&mut self, path: &str, value: &Value) -> Option<String> {
+        let (path, value) = match value {
+            Value::Mapping(_) => {
+                let fields = self.map(path, value, READINESS_FIELDS)?;
+                match fields.get("path") {
+                    Some((p, v)) => (p, v),
+                    None => return Some(DEFAULT_READINESS_PATH.to_string()),
+                }
+            }
+            other => (path.to_string(), other),
+        };
+        let readiness = self.string(&path, value)?;
+        let ok = readiness.starts_with('/')
+            && readiness.len() <= 1024
+            && readiness.chars().all(|c| c.is_ascii_graphic());
+        if !ok {
+            self.fail(
+                &path,
+                format!("{readiness:?} is not an HTTP path"),
+                "write a path starting with '/', without spaces, like /healthz",
+            );
+            return None;
+        }
+        Some(readiness)
+    }
+}
+
+fn is_image_tag(tag: &str) -> bool {
+    tag.len() <= 128
+        && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Splits `"500ms"` into `(500, "ms")`: a whole number and the (trimmed) unit after it.
+fn number_and_unit(s: &str) -> Option<(u64, String)> {
+    let s = s.trim();
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let number = s[..end].parse().ok()?;
+    Some((number, s[end..].trim().to_ascii_lowercase()))
+}
+
+/// Parses a duration: a whole number with a unit (`500ms`, `10s`, `2m`, `1h`), or a bare
+/// number of seconds (`"10"`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let (number, unit) = number_and_unit(s)?;
+    let millis_per_unit = match unit.as_str() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    number
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+}
+
+/// Formats a duration the way [`parse_duration`] reads it, in the largest exact unit
+/// (`90s` is `90s`, `120s` is `2m`). Below a millisecond it writes nanoseconds, which
+/// [`parse_duration`] does not read.
+pub fn format_duration(d: Duration) -> String {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        return format!("{}ns", d.as_nanos());
+    }
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_string();
+    }
+    for (unit, unit_ms) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if ms.is_multiple_of(unit_ms) {
+            return format!("{}{unit}", ms / unit_ms);
+        }
+    }
+    format!("{ms}ms")
+}
+
+fn serialize_duration<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_duration(*d))
+}
+
+/// Parses a size in bytes: a whole number with an optional unit, `b`, `k`, `m` or `g`
+/// (also `kb`/`kib`, `mb`/`mib`, `gb`/`gib`, any case). Units are binary, as in Docker:
+/// `1k` is 1024 bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let (number, unit) = number_and_unit(s)?;
+    let bytes_per_unit = match unit.as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "ki" | "kib" => 1024,
+        "m" | "mb" | "mi" | "mib" => MIB,
+        "g" | "gb" | "gi" | "gib" => 1024 * MIB,
+        _ => return None,
+    };
+    number.checked_mul(bytes_per_unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const SEED: &str = r#"
+usable-functions:
+  example-faas:
+    name: "example-faas-name"
+    version: 0.1
+    configuration:
+      programing_language: "python"
+      base_function_file_name: "example.py"
+      function_folder: "example"
+      extra_dependencies: ""
+"#;
+
+    /// A folder under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("roost-spec-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn file(&self, path: &str, text: &str) -> PathBuf {
+            let path = self.0.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A python function definition with extra lines appended at the function's level.
+    fn python_fn(key: &str, extra: &str) -> String {
+        format!(
+            "  {key}:\n    version: 1\n    configuration:\n      \
+             base_function_file_name: main.py\n      function_folder: {key}\n{extra}"
+        )
+    }
+
+    fn with_functions(functions: &[String]) -> String {
+        format!("usable-functions:\n{}", functions.concat())
+    }
+
+    fn errors(yaml: &str) -> Vec<SpecError> {
+        parse(yaml).expect_err("expected errors").0
+    }
+
+    /// The (function, field) of each field error.
+    fn fields(errors: &[SpecError]) -> Vec<(String, String)> {
+        errors
+            .iter()
+            .map(|e| match e {
+                SpecError::Field {
+                    function, field, ..
+                } => (function.clone().unwrap_or_default(), field.clone()),
+                other => panic!("not a field error: {other}"),
+            })
+            .collect()
+    }
+
+    fn one_error(yaml: &str) -> (String, String, String) {
+        let errors = errors(yaml);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let (function, field) = fields(&errors).remove(0);
+        (function, field, errors[0].to_string())
+    }
+
+    #[test]
+    fn seed_file_loads_unchanged() {
+        let dir = TempDir::new();
+        let path = dir.file("global-function-definition.yml", SEED);
+        dir.file(
+            "python/functions/example/example.py",
+            "async def handle(request): ...",
+        );
+
+        let defs = load_file(&path).unwrap();
+        let spec = &defs["example-faas-name"];
+        assert_eq!(spec.key, "example-faas");
+        assert_eq!(spec.version, "0.1");
+        assert_eq!(
+            spec.runtime,
+            Runtime::Python {
+                folder: PathBuf::from("python/functions/example"),
+                file: "example.py".into(),
+                extra_dependencies: vec![],
+            }
+        );
+        assert_eq!(spec.scaling, Scaling::default());
+        assert_eq!(spec.limits, Limits::default());
+        assert!(spec.env.is_empty());
+        assert_eq!(spec.readiness_path, "/healthz");
+    }
+
+    #[test]
+    fn defaults() {
+        let scaling = Scaling::default();
+        assert_eq!(scaling.min_replicas, 0);
+        assert_eq!(scaling.max_replicas, 10);
+        assert_eq!(scaling.target_concurrency, 1);
+        assert_eq!(scaling.idle_timeout, Duration::from_secs(10));
+        let limits = Limits::default();
+        assert_eq!(limits.memory, 256 * 1024 * 1024);
+        assert_eq!(limits.cpu, 1.0);
+        assert_eq!(limits.pids, 128);
+        assert_eq!(limits.timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn repository_file_parses() {
+        let yaml = include_str!("../../faas-runtime/global-function-definition.yml");
+        let defs = parse(yaml).unwrap_or_else(|e| panic!("{e}"));
+        for name in ["hello", "add", "echo", "sleep"] {
+            assert_eq!(defs[name].runtime.kind(), "python", "{name}");
+        }
+        assert!(defs.values().any(|f| f.runtime.kind() == "command"));
+    }
+
+    #[test]
+    fn name_defaults_to_the_key_and_version_may_be_a_string() {
+        let defs = parse(&with_functions(&[python_fn("hello", "")])).unwrap();
+        assert_eq!(defs["hello"].name, "hello");
+        assert_eq!(defs["hello"].version, "1");
+        let yaml = SEED.replace("version: 0.1", "version: \"2.0.1-beta\"");
+        assert_eq!(
+            parse(&yaml).unwrap()["example-faas-name"].version,
+            "2.0.1-beta"
+        );
+    }
+
+    #[test]
+    fn extensions_are_read() {
+        let yaml = with_functions(&[python_fn(
+            "hello",
+            "    scaling:\n      min_replicas: 1\n      max_replicas: 3\n      \
+             target_concurrency: 4\n      idle_timeout: 2m\n    \
+             limits:\n      memory: 1g\n      cpu: 0.5\n      pids: 32\n      timeout: 500ms\n    \
+             env:\n      GREETING: hi\n      COUNT: 3\n      DEBUG: true\n    \
+             readiness:\n      path: /ready\n",
+        )]);
+        let spec = &parse(&yaml).unwrap()["hello"];
+        assert_eq!(
+            spec.scaling,
+            Scaling {
+                min_replicas: 1,
+                max_replicas: 3,
+                target_concurrency: 4,
+                idle_timeout: Duration::from_secs(120),
+            }
+        );
+        assert_eq!(
+            spec.limits,
+            Limits {
+                memory: 1024 * 1024 * 1024,
+                cpu: 0.5,
+                pids: 32,
+                timeout: Duration::from_millis(500),
+            }
+        );
+        assert_eq!(spec.env["GREETING"], "hi");
+        assert_eq!(spec.env["COUNT"], "3");
+        assert_eq!(spec.env["DEBUG"], "true");
+        assert_eq!(spec.readiness_path, "/ready");
+    }
+
+    #[test]
+    fn empty_sections_mean_defaults() {
+        let yaml = with_functions(&[python_fn("hello", "    scaling:\n    limits:\n    env:\n")]);
+        let spec = &parse(&yaml).unwrap()["hello"];
+        assert_eq!(spec.scaling, Scaling::default());
+        assert_eq!(spec.limits, Limits::default());
+    }
+
+    #[test]
+    fn readiness_shorthand() {
+        let yaml = with_functions(&[python_fn("hello", "    readiness: /up\n")]);
+        assert_eq!(parse(&yaml).unwrap()["hello"].readiness_path, "/up");
+    }
+
+    #[test]
+    fn extra_dependencies_as_string_or_list() {
+        let yaml = SEED.replace(
+            r#"extra_dependencies: """#,
+            "extra_dependencies: \"numpy requests==2.32.3\"",
+        );
+        let Runtime::Python {
+            extra_dependencies, ..
+        } = &parse(&yaml).unwrap()["example-faas-name"].runtime
+        else {
+            panic!("not python");
+        };
+        assert_eq!(extra_dependencies, &["numpy", "requests==2.32.3"]);
+        let yaml = SEED.replace(r#"extra_dependencies: """#, "extra_dependencies: [numpy]");
+        assert!(parse(&yaml).is_ok());
+    }
+
+    #[test]
+    fn pip_options_are_rejected() {
+        let yaml = SEED.replace(
+            r#"extra_dependencies: """#,
+            r#"extra_dependencies: "--index-url http://evil x""#,
+        );
+        let (_, field, message) = one_error(&yaml);
+        assert_eq!(field, "configuration.extra_dependencies");
+        assert!(message.contains("pip options"), "{message}");
+    }
+
+    #[test]
+    fn command_runtime() {
+        let yaml = "usable-functions:\n  wc:\n    version: 1\n    runtime:\n      kind: command\n      \
+                    command: [sh, wc.sh]\n    configuration:\n      programing_language: shell\n      \
+                    base_function_file_name: wc.sh\n      function_folder: wc\n";
+        assert_eq!(
+            parse(yaml).unwrap()["wc"].runtime,
+            Runtime::Command {
+                folder: PathBuf::from("command/functions/wc"),
+                file: "wc.sh".into(),
+                command: vec!["sh".into(), "wc.sh".into()],
+                language: Some("shell".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn command_defaults_to_running_the_file() {
+        let yaml = with_functions(&[python_fn("wc", "    runtime: command\n")]);
+        let Runtime::Command { command, .. } = &parse(&yaml).unwrap()["wc"].runtime else {
+            panic!("not command");
+        };
+        assert_eq!(command, &["./main.py"]);
+    }
+
+    #[test]
+    fn image_runtime() {
+        let yaml =
+            "usable-functions:\n  web:\n    version: 1\n    runtime:\n      kind: image\n      \
+                    image: my-web:1\n";
+        assert_eq!(
+            parse(yaml).unwrap()["web"].runtime,
+            Runtime::Image {
+                image: "my-web:1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn image_runtime_needs_an_image_and_no_configuration() {
+        let yaml = with_functions(&[python_fn("web", "    runtime: image\n")]);
+        let errors = errors(&yaml);
+        assert_eq!(
+            fields(&errors),
+            [
+                ("web".into(), "configuration".into()),
+                ("web".into(), "runtime.image".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_everywhere_are_all_reported() {
+        let yaml = format!(
+            "extra: 1\n{}",
+            with_functions(&[python_fn(
+                "hello",
+                "    colour: red\n    scaling:\n      max: 3\n    limits:\n      disk: 1g\n",
+            )])
+        );
+        let yaml = yaml.replace(
+            "function_folder: hello",
+            "function_folder: hello\n      lang: x",
+        );
+        let errors = errors(&yaml);
+        assert_eq!(
+            fields(&errors),
+            [
+                ("".into(), "extra".into()),
+                ("hello".into(), "colour".into()),
+                ("hello".into(), "configuration.lang".into()),
+                ("hello".into(), "scaling.max".into()),
+                ("hello".into(), "limits.disk".into()),
+            ]
+        );
+        let message = errors[3].to_string();
+        assert!(message.contains("unknown field"), "{message}");
+        assert!(message.contains("max_replicas"), "{message}");
+    }
+
+    #[test]
+    fn duplicate_name() {
+        let yaml = with_functions(&[
+            python_fn("a", "    name: same\n"),
+            python_fn("b", "    name: same\n"),
+        ]);
+        let (function, field, message) = one_error(&yaml);
+        assert_eq!((function.as_str(), field.as_str()), ("b", "name"));
+        assert!(
+            message.contains("already the name of function \"a\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unsafe_names() {
+        for name in ["Hello", "a/b", "a.b", "\"\""] {
+            let yaml = with_functions(&[python_fn("k", &format!("    name: {name}\n"))]);
+            let (function, field, message) = one_error(&yaml);
+            assert_eq!((function.as_str(), field.as_str()), ("k", "name"), "{name}");
+            assert!(message.contains("a-z, 0-9"), "{message}");
+        }
+        let yaml = with_functions(&[python_fn("Bad_Key", "")]);
+        let (_, field, message) = one_error(&yaml);
+        assert_eq!(field, "name");
+        assert!(message.contains("no name is given"), "{message}");
+    }
+
+    #[test]
+    fn version_errors() {
+        let yaml = SEED.replace("    version: 0.1\n", "");
+        assert_eq!(one_error(&yaml).1, "version");
+        let yaml = SEED.replace("version: 0.1", "version: \"1 0\"");
+        assert!(one_error(&yaml).2.contains("image tag"));
+        let yaml = SEED.replace("version: 0.1", "version: [1]");
+        assert_eq!(one_error(&yaml).1, "version");
+    }
+
+    #[test]
+    fn replica_errors() {
+        let cases = [
+            (
+                "min_replicas: 3\n      max_replicas: 2",
+                "scaling.min_replicas",
+            ),
+            ("max_replicas: 0", "scaling.max_replicas"),
+            ("max_replicas: 1001", "scaling.max_replicas"),
+            ("min_replicas: -1", "scaling.min_replicas"),
+            ("min_replicas: 11", "scaling.min_replicas"),
+            ("target_concurrency: 0", "scaling.target_concurrency"),
+            ("target_concurrency: many", "scaling.target_concurrency"),
+            ("idle_timeout: 0s", "scaling.idle_timeout"),
+            ("idle_timeout: 1.5s", "scaling.idle_timeout"),
+            ("idle_timeout: 10 days", "scaling.idle_timeout"),
+        ];
+        for (scaling, expected) in cases {
+            let yaml =
+                with_functions(&[python_fn("f", &format!("    scaling:\n      {scaling}\n"))]);
+            let (_, field, message) = one_error(&yaml);
+            assert_eq!(field, expected, "{scaling}");
+            assert!(message.starts_with("function \"f\": "), "{message}");
+        }
+    }
+
+    #[test]
+    fn limit_errors() {
+        let cases = [
+            ("memory: 1m", "limits.memory"),
+            ("memory: 12x", "limits.memory"),
+            ("memory: -5", "limits.memory"),
+            ("cpu: 0", "limits.cpu"),
+            ("cpu: lots", "limits.cpu"),
+            ("pids: 0", "limits.pids"),
+            ("timeout: forever", "limits.timeout"),
+        ];
+        for (limits, expected) in cases {
+            let yaml = with_functions(&[python_fn("f", &format!("    limits:\n      {limits}\n"))]);
+            assert_eq!(one_error(&yaml).1, expected, "{limits}");
+        }
+    }
+
+    #[test]
+    fn env_errors() {
+        let yaml = with_functions(&[python_fn(
+            "f",
+            "    env:\n      PORT: 1\n      ROOST_X: 1\n      1BAD: 1\n      LIST: [1]\n",
+        )]);
+        let errors = errors(&yaml);
+        let mut got: Vec<_> = fields(&errors).into_iter().map(|(_, f)| f).collect();
+        got.sort();
+        assert_eq!(got, ["env.1BAD", "env.LIST", "env.PORT", "env.ROOST_X"]);
+    }
+
+    #[test]
+    fn readiness_errors() {
+        let yaml = with_functions(&[python_fn("f", "    readiness:\n      path: healthz\n")]);
+        assert_eq!(one_error(&yaml).1, "readiness.path");
+        let yaml = with_functions(&[python_fn("f", "    readiness: /a b\n")]);
+        assert_eq!(one_error(&yaml).1, "readiness");
+    }
+
+    #[test]
+    fn runtime_errors() {
+        let yaml = SEED.replace("\"python\"", "\"go\"");
+        let (_, field, message) = one_error(&yaml);
+        assert_eq!(field, "configuration.programing_language");
+        assert!(message.contains("runtime: command"), "{message}");
+
+        let yaml = with_functions(&[python_fn("f", "    runtime: java\n")]);
+        let (_, field, message) = one_error(&yaml);
+        assert_eq!(field, "runtime");
+        assert!(message.contains("python, command or image"), "{message}");
+
+        let yaml = with_functions(&[python_fn("f", "    runtime:\n      kind: lambda\n")]);
+        assert_eq!(one_error(&yaml).1, "runtime.kind");
+
+        let yaml = with_functions(&[python_fn("f", "    runtime:\n      image: x\n")]);
+        assert_eq!(one_error(&yaml).1, "runtime.kind");
+
+        let yaml = with_functions(&[python_fn(
+            "f",
+            "    runtime:\n      kind: python\n      image: x\n",
+        )]);
+        assert_eq!(one_error(&yaml).1, "runtime.image");
+
+        let yaml = with_functions(&[python_fn(
+            "f",
+            "    runtime:\n      kind: command\n      command: []\n",
+        )]);
+        assert_eq!(one_error(&yaml).1, "runtime.command");
+    }
+
+    #[test]
+    fn python_needs_a_python_file_and_a_plain_folder() {
+        let yaml = SEED.replace("example.py", "example.rb");
+        assert_eq!(one_error(&yaml).1, "configuration.base_function_file_name");
+        let yaml = SEED.replace(
+            "function_folder: \"example\"",
+            "function_folder: \"../etc\"",
+        );
+        assert_eq!(one_error(&yaml).1, "configuration.function_folder");
+        let yaml = SEED.replace("example.py", "/etc/passwd.py");
+        assert_eq!(one_error(&yaml).1, "configuration.base_function_file_name");
+        let yaml = SEED.replace("      function_folder: \"example\"\n", "");
+        assert_eq!(one_error(&yaml).1, "configuration.function_folder");
+        let yaml = "usable-functions:\n  f:\n    version: 1\n";
+        assert_eq!(one_error(yaml).1, "configuration");
+    }
+
+    #[test]
+    fn missing_folder_and_file() {
+        let dir = TempDir::new();
+        dir.file("python/functions/has-folder/other.py", "");
+        let yaml = with_functions(&[python_fn("no-folder", ""), python_fn("has-folder", "")]);
+        let errors = load(&yaml, &dir.0).unwrap_err().0;
+        assert_eq!(
+            fields(&errors),
+            [
+                ("no-folder".into(), "configuration.function_folder".into()),
+                (
+                    "has-folder".into(),
+                    "configuration.base_function_file_name".into()
+                ),
+            ]
+        );
+        assert!(
+            errors[0].to_string().contains("does not exist"),
+            "{}",
+            errors[0]
+        );
+
+        dir.file("python/functions/has-folder/main.py", "");
+        dir.file("python/functions/no-folder/main.py", "");
+        assert_eq!(load(&yaml, &dir.0).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn all_errors_are_reported_at_once() {
+        let yaml = with_functions(&[
+            python_fn(
+                "a",
+                "    scaling:\n      max_replicas: 0\n      target_concurrency: 0\n",
+            ),
+            python_fn("b", "    limits:\n      memory: lots\n    unknown: 1\n"),
+            python_fn("c", ""),
+        ]);
+        let errors = parse(&yaml).unwrap_err();
+        assert_eq!(
+            fields(&errors.0),
+            [
+                ("a".into(), "scaling.max_replicas".into()),
+                ("a".into(), "scaling.target_concurrency".into()),
+                ("b".into(), "unknown".into()),
+                ("b".into(), "limits.memory".into()),
+            ]
+        );
+        assert!(errors.to_string().starts_with("4 problem(s)"), "{errors}");
+    }
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let yaml = with_functions(&[python_fn(
+            "f",
+            "    colour: red\n    scaling:\n      min_replicas: 4\n      max_replicas: 2\n",
+        )]);
+        assert_eq!(
+            parse(&yaml).unwrap_err().to_string(),
+            "2 problem(s) in the function definitions:\n  \
+             - function \"f\": colour: unknown field; allowed fields here: name, version, \
+             configuration, runtime, scaling, limits, env, readiness\n  \
+             - function \"f\": scaling.min_replicas: 4 is above max_replicas (2); \
+             make min_replicas at most max_replicas"
+        );
+    }
+
+    #[test]
+    fn file_level_errors() {
+        assert_eq!(one_error("").1, "usable-functions");
+        assert!(one_error("").2.contains("empty"));
+        assert_eq!(
+            fields(&errors("other: 1\n")),
+            [
+                ("".into(), "other".into()),
+                ("".into(), "usable-functions".into())
+            ]
+        );
+        assert_eq!(one_error("[1, 2]\n").1, "usable-functions");
+        assert_eq!(one_error("usable-functions: 3\n").1, "usable-functions");
+        assert_eq!(
+            one_error("usable-functions:\n  f:\n").1,
+            "usable-functions.f"
+        );
+        assert!(parse("usable-functions:\n").unwrap().is_empty());
+        assert!(parse("usable-functions: {}\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn yaml_errors() {
+        let errors = errors("usable-functions:\n  a: [\n");
+        assert!(
+            matches!(errors[..], [SpecError::Syntax { .. }]),
+            "{errors:?}"
+        );
+        let yaml = with_functions(&[python_fn("a", ""), python_fn("a", "")]);
+        let errors = self::errors(&yaml);
+        assert!(
+            matches!(errors[..], [SpecError::Syntax { .. }]),
+            "{errors:?}"
+        );
+        assert!(errors[0].to_string().contains("duplicate"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn merge_keys_share_settings() {
+        let yaml =
+            "usable-functions:\n  a:\n    version: 1\n    runtime: {kind: image, image: a}\n    \
+                    scaling: &s {max_replicas: 2}\n  b:\n    version: 1\n    \
+                    runtime: {kind: image, image: b}\n    scaling: *s\n";
+        assert_eq!(parse(yaml).unwrap()["b"].scaling.max_replicas, 2);
+    }
+
+    #[test]
+    fn read_error() {
+        let errors = load_file(Path::new("/nonexistent/roost.yml"))
+            .unwrap_err()
+            .0;
+        assert!(matches!(errors[..], [SpecError::Read { .. }]));
+        assert!(errors[0]
+            .to_string()
+            .starts_with("cannot read /nonexistent/roost.yml"));
+    }
+
+    #[test]
+    fn durations() {
+        let ms = Duration::from_millis;
+        assert_eq!(parse_duration("500ms"), Some(ms(500)));
+        assert_eq!(parse_duration("10s"), Some(ms(10_000)));
+        assert_eq!(parse_duration("10"), Some(ms(10_000)));
+        assert_eq!(parse_duration(" 2m "), Some(ms(120_000)));
+        assert_eq!(parse_duration("1h"), Some(ms(3_600_000)));
+        assert_eq!(parse_duration("3 S"), Some(ms(3_000)));
+        for bad in [
+            "",
+            "s",
+            "1.5s",
+            "-1s",
+            "10d",
+            "1m30s",
+            "99999999999999999999h",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        let integer = with_functions(&[python_fn("f", "    scaling:\n      idle_timeout: 5\n")]);
+        assert_eq!(
+            parse(&integer).unwrap()["f"].scaling.idle_timeout,
+            ms(5_000)
+        );
+    }
+
+    #[test]
+    fn durations_format_back() {
+        for (d, s) in [
+            (500, "500ms"),
+            (10_000, "10s"),
+            (120_000, "2m"),
+            (7_200_000, "2h"),
+            (0, "0s"),
+        ] {
+            assert_eq!(format_duration(Duration::from_millis(d)), s);
+            assert_eq!(parse_duration(s), Some(Duration::from_millis(d)));
+        }
+        assert_eq!(format_duration(Duration::from_micros(1500)), "1500000ns");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("100b"), Some(100));
+        assert_eq!(parse_size("512k"), Some(512 * 1024));
+        assert_eq!(parse_size("128m"), Some(128 * MIB));
+        assert_eq!(parse_size("128M"), Some(128 * MIB));
+        assert_eq!(parse_size("128MiB"), Some(128 * MIB));
+        assert_eq!(parse_size("1g"), Some(1024 * MIB));
+        assert_eq!(parse_size("2GB"), Some(2048 * MIB));
+        for bad in ["", "m", "1.5g", "-1m", "1t", "99999999999999999999g"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn serializes_durations_as_text() {
+        // Through serde_yaml, as serde_json is not a dependency of this crate.
+        let text = serde_yaml::to_string(&parse(SEED).unwrap()).unwrap();
+        assert!(text.contains("idle_timeout: 10s"), "{text}");
+        assert!(text.contains("kind: python"), "{text}");
+    }
+}

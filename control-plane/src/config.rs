@@ -1,0 +1,94 @@
+//! The control plane's configuration: command-line flags, each also read from a
+//! `ROOST_...` environment variable.
+
+use roost_common::telemetry::LogFormat;
+use std::net::SocketAddr;
+
+/// Roost's xDS control plane.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "control-plane", version, about = "Roost's xDS control plane: serves Envoy's listeners, routes, clusters and endpoints over ADS (state of the world and delta), with an HTTP/JSON admin API.")]
+pub struct Config {
+    /// Address of the gRPC ADS server that Envoy connects to.
+    #[arg(long, env = "ROOST_XDS_BIND", default_value = "0.0.0.0:18000")]
+    pub xds_bind: SocketAddr,
+
+    /// Address of the HTTP/JSON admin API.
+    #[arg(long, env = "ROOST_ADMIN_BIND", default_value = "0.0.0.0:18001")]
+    pub admin_bind: SocketAddr,
+
+    /// IP address the public listener binds inside Envoy.
+    #[arg(long, env = "ROOST_LISTENER_ADDRESS", default_value = "0.0.0.0")]
+    pub listener_address: std::net::IpAddr,
+
+    /// Port of the public listener pushed to Envoy.
+    #[arg(long, env = "ROOST_LISTENER_PORT", default_value_t = 10000, value_parser = clap::value_parser!(u16).range(1..))]
+    pub listener_port: u16,
+
+    /// Timeout for Envoy to connect to a function replica, in milliseconds (at most 1000).
+    #[arg(long, env = "ROOST_CONNECT_TIMEOUT_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub connect_timeout_ms: u64,
+
+    /// Retries of a request that never reached a replica (connect failure, refused stream,
+    /// reset before the request was sent), each on another replica when there is one.
+    #[arg(long, env = "ROOST_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub retries: u32,
+
+    /// Redis URL where the model is saved so a restarted control plane restores it (for
+    /// example redis://redis:6379/). Without it, state lives in memory only and the
+    /// orchestrator must register everything again after a restart.
+    #[arg(long, env = "ROOST_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// How long to keep trying to reach Redis at start-up before giving up, in seconds.
+    /// The xDS server does not start before the saved state is loaded, so Envoy never
+    /// gets an empty configuration from a control plane that has merely restarted.
+    #[arg(long, env = "ROOST_REDIS_STARTUP_TIMEOUT_S", default_value_t = 60)]
+    pub redis_startup_timeout_s: u64,
+
+    /// Envoys that must be connected and in sync before a wait for ACK succeeds.
+    #[arg(long, env = "ROOST_MIN_ENVOYS", default_value_t = 1)]
+    pub min_envoys: usize,
+
+    /// Default time a change waits for every Envoy's ACK, in milliseconds.
+    #[arg(long, env = "ROOST_SYNC_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=60000))]
+    pub sync_timeout_ms: u64,
+
+    /// Log format: text or json.
+    #[arg(long, env = "ROOST_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// A configuration for tests: every port chosen by the system, in-memory state.
+    pub fn for_tests() -> Config {
+        Config {
+            xds_bind: "127.0.0.1:0".parse().expect("literal address"),
+            admin_bind: "127.0.0.1:0".parse().expect("literal address"),
+            listener_address: "127.0.0.1".parse().expect("literal address"),
+            listener_port: 10000,
+            connect_timeout_ms: 250,
+            retries: 3,
+            redis_url: None,
+            redis_startup_timeout_s: 10,
+            min_envoys: 1,
+            sync_timeout_ms: 5000,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn defaults_parse_and_bad_values_are_refused() {
+        let c = Config::try_parse_from(["control-plane"]).unwrap();
+        assert_eq!(c.listener_port, 10000);
+        assert_eq!(c.connect_timeout_ms, 250);
+        let e = Config::try_parse_from(["control-plane", "--connect-timeout-ms", "5000"]).unwrap_err();
+        assert!(e.to_string().contains("5000"), "{e}");
+        assert!(Config::try_parse_from(["control-plane", "--log-format", "xml"]).is_err());
+    }
+}

