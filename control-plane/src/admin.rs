@@ -63,7 +63,16 @@ pub fn router(state: AdminState) -> Router {
 }
 
 fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
+    ApiError(status, message).into_response()
+}
+
+/// An error answer: its status and a message for `{"error": ...}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
 }
 
 fn model_error(e: ModelError) -> Response {
@@ -78,9 +87,9 @@ struct WaitParams {
     min_envoys: usize,
 }
 
-fn wait_params(state: &AdminState, q: &HashMap<String, String>) -> Result<WaitParams, Response> {
+fn wait_params(state: &AdminState, q: &HashMap<String, String>) -> Result<WaitParams, ApiError> {
     let bad = |name: &str, v: &str, allowed: &str| {
-        error(StatusCode::BAD_REQUEST, format!("invalid query parameter {name}={v:?}: {allowed}"))
+        ApiError(StatusCode::BAD_REQUEST, format!("invalid query parameter {name}={v:?}: {allowed}"))
     };
     let wait = match q.get("wait").map(String::as_str) {
         None | Some("false") | Some("0") => false,
@@ -120,7 +129,7 @@ async fn wait_response(state: &AdminState, generation: u64, p: &WaitParams) -> R
 async fn apply(state: &AdminState, q: &HashMap<String, String>, changes: Vec<Change>) -> Response {
     let params = match wait_params(state, q) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let generation = match state.store.apply(&changes) {
         Ok(g) => g,
@@ -133,9 +142,9 @@ async fn apply(state: &AdminState, q: &HashMap<String, String>, changes: Vec<Cha
     }
 }
 
-fn parse_json<T: for<'de> Deserialize<'de>>(body: &Bytes, what: &str) -> Result<T, Response> {
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &Bytes, what: &str) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}; expected {what}"))
+        ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}; expected {what}"))
     })
 }
 
@@ -196,7 +205,7 @@ async fn put_function(
     } else {
         match parse_json(&body, r#"{"concurrency": 1-10000, "timeout_ms": 1-3600000}, both optional"#) {
             Ok(v) => v,
-            Err(r) => return r,
+            Err(r) => return r.into_response(),
         }
     };
     let change = Change::PutFunction {
@@ -229,7 +238,7 @@ async fn add_endpoint(
 ) -> Response {
     let body: EndpointBody = match parse_json(&body, r#"{"address": "ip:port"}"#) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     apply(&s, &q, vec![Change::AddEndpoint { function: name, address: body.address }]).await
 }
@@ -260,7 +269,7 @@ async fn post_changes(
         r#"a list of changes like [{"op": "put_function", "function": "hello"}, {"op": "add_endpoint", "function": "hello", "address": "127.0.0.1:5000"}]"#,
     ) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     apply(&s, &q, changes).await
 }
@@ -275,7 +284,7 @@ async fn sync(
     };
     let mut params = match wait_params(&s, &q) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     params.wait = true;
     wait_response(&s, generation, &params).await

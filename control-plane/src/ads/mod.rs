@@ -100,7 +100,7 @@ impl TypeState {
         let Some(pos) = self.pending.iter().position(|p| p.nonce == nonce) else {
             return false;
         };
-        let answered = self.pending.drain(..=pos).last().expect("position is in range");
+        let answered = self.pending.drain(..=pos).next_back().expect("position is in range");
         match error {
             None => {
                 self.acked_generation = answered.generation;
