@@ -42,6 +42,25 @@ pub fn replicas(function: &str) -> String {
     format!("roost:fn:{function}:replicas")
 }
 
+/// Fields of the [`load`] hash the orchestrator reads.
+pub mod load_fields {
+    /// Requests in flight in Envoy (`upstream_rq_active`).
+    pub const IN_FLIGHT: &str = "in_flight";
+    /// Requests queued in Envoy (`upstream_rq_pending_active`).
+    pub const PENDING: &str = "pending";
+    /// Unix time in milliseconds when the last request started (moves only when
+    /// `upstream_rq_total` grows: idleness counts started requests).
+    pub const LAST_REQUEST_MS: &str = "last_request_ms";
+}
+
+/// Fields of the [`replicas`] hash.
+pub mod replica_fields {
+    /// Replicas serving.
+    pub const READY: &str = "ready";
+    /// Requests one replica serves at once.
+    pub const TARGET_CONCURRENCY: &str = "target_concurrency";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

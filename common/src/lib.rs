@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`hash`]: a stable hash for resource versions and definition fingerprints.
 //! - [`keys`]: every Redis key and channel Roost uses, in one place, so the gate, the
 //!   orchestrator, the statsd-listener and the control plane cannot drift apart.
 //! - [`naming`]: function names, and the Envoy cluster name that belongs to each.
@@ -9,6 +10,7 @@
 //! - [`telemetry`]: tracing setup shared by the binaries.
 //! - [`shutdown`]: one way to wait for SIGTERM/SIGINT and tell every task to stop.
 
+pub mod hash;
 pub mod keys;
 pub mod naming;
 pub mod shutdown;

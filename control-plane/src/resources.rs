@@ -31,6 +31,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use envoy_types::util::pack_any;
+pub use roost_common::hash::fnv1a;
 use roost_common::naming::cluster_name;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -414,16 +415,6 @@ fn not_found_route() -> Route {
         }],
         ..Default::default()
     }
-}
-
-/// 64-bit FNV-1a: a stable hash (the same on every run and build) for resource versions.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 #[cfg(test)]

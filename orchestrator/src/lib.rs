@@ -1,3 +1,144 @@
-//! Roost's orchestrator: reconciles the function definitions and the load in Redis against
-//! the running replicas. Not built yet: issue 4 tracks it. The crate exists so the
-//! workspace has its final shape; it holds no logic.
+//! Roost's orchestrator: holds the desired state (function definitions and load) against
+//! the actual state (replicas) and reconciles them.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags and `ROOST_...` environment variables.
+//! - [`definitions`]: watches and diffs `global-function-definition.yml`.
+//! - [`supervisor`]: one task per function; routes signals, events and edits; adoption.
+//! - [`function`]: a function's lifecycle: wake, scale, drain, roll over, crash.
+//! - [`policy`]: the scaling decision, a pure function.
+//! - [`runtime`]: where replicas run (processes or Docker), behind one trait.
+//! - [`probe`]: readiness probes.
+//! - [`cp`]: the control plane's admin API client.
+//! - [`envoy_admin`]: per-host in-flight requests from Envoy, to end drains early.
+//! - [`redis_io`]: ready flags, load, replica counts, wake and scale signals.
+//! - [`context`]: what the function tasks share, and metrics.
+//! - [`api`]: the HTTP status and wake API.
+
+pub mod api;
+pub mod config;
+pub mod context;
+pub mod cp;
+pub mod definitions;
+pub mod envoy_admin;
+pub mod function;
+pub mod policy;
+pub mod probe;
+pub mod redis_io;
+pub mod runtime;
+pub mod supervisor;
+
+pub use config::{Config, RuntimeKind};
+
+use context::{Ctx, Metrics, Settings};
+use runtime::Runtime;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Why the orchestrator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Redis URL is malformed.
+    #[error("invalid Redis URL {0:?}: {1}; use redis://host:port/")]
+    RedisUrl(String, redis::RedisError),
+    /// The runtime could not be set up.
+    #[error("cannot set up the {0} runtime: {1}")]
+    Runtime(&'static str, String),
+    /// The API port could not be bound.
+    #[error("cannot listen on {0} for the API: {1}; pick another address with --bind / ROOST_ORCHESTRATOR_BIND")]
+    Bind(SocketAddr, std::io::Error),
+    /// Metrics setup failed.
+    #[error("cannot set up statsd metrics: {0}")]
+    Metrics(std::io::Error),
+}
+
+/// A started orchestrator.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the HTTP API listens.
+    pub api_addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until it has stopped (after `shutdown` is cancelled).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+fn build_runtime(config: &Config) -> Result<Arc<dyn Runtime>, Error> {
+    let definitions_dir = config
+        .definitions
+        .parent()
+        .map(|p| if p.as_os_str().is_empty() { std::path::Path::new(".") } else { p })
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let definitions_dir = std::fs::canonicalize(&definitions_dir).unwrap_or(definitions_dir);
+    let runtime_dir = config.runtime_dir.clone().unwrap_or_else(|| definitions_dir.clone());
+    match config.runtime {
+        RuntimeKind::Process => {
+            let cfg = runtime::process::ProcessConfig {
+                definitions_dir,
+                runtime_dir,
+                python: config.python.clone(),
+                state_dir: config.state_dir.clone(),
+                bind_ip: "127.0.0.1".parse().expect("literal address"),
+            };
+            let rt = runtime::process::ProcessRuntime::new(cfg).map_err(|e| Error::Runtime("process", e.to_string()))?;
+            Ok(rt)
+        }
+        RuntimeKind::Docker => {
+            let _ = (definitions_dir, runtime_dir);
+            Err(Error::Runtime("docker", "not wired yet".into()))
+        }
+    }
+}
+
+/// Starts the orchestrator: its runtime, Redis connections, definitions watcher,
+/// supervisor and API. Returns once the API listens.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
+    let runtime = build_runtime(&config)?;
+    let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| Error::RedisUrl(config.redis_url.clone(), e))?;
+    let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|e| Error::Bind(config.bind, e))?;
+    let api_addr = listener.local_addr().map_err(|e| Error::Bind(config.bind, e))?;
+    let metrics = Metrics::new(config.statsd_addr.as_deref()).map_err(Error::Metrics)?;
+    let (sig_tx, signals) = mpsc::unbounded_channel();
+    let (read_tx, readings) = mpsc::unbounded_channel();
+    let (req_tx, requests) = mpsc::unbounded_channel();
+    let events = runtime.events();
+    let path = config.definitions.clone();
+    let initial = definitions::read(&path);
+    tokio::spawn(definitions::watch(path.clone(), Duration::from_millis(config.reload_interval_ms), read_tx, shutdown.clone()));
+    tokio::spawn(redis_io::listen(client.clone(), sig_tx, shutdown.clone()));
+    let api = axum::serve(listener, api::router(req_tx)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    info!(%api_addr, runtime = runtime.kind(), definitions = %path.display(), "orchestrator starting");
+    let task = tokio::spawn(async move {
+        let api = tokio::spawn(std::future::IntoFuture::into_future(api));
+        let Some(redis) = redis_io::RedisIo::connect(&client, &shutdown).await else { return };
+        let ctx = Arc::new(Ctx {
+            runtime,
+            cp: cp::ControlPlane::new(&config.control_plane_url, Duration::from_millis(config.sync_timeout_ms)),
+            redis,
+            envoy: envoy_admin::EnvoyAdmin::new(config.envoy_admin_url.clone()),
+            metrics,
+            settings: Settings {
+                probe_interval: Duration::from_millis(config.probe_interval_ms),
+                ready_timeout: Duration::from_millis(config.ready_timeout_ms),
+                stop_grace: Duration::from_millis(config.stop_grace_ms),
+            },
+        });
+        let inputs = supervisor::Inputs { readings, signals, events, requests };
+        let tick = Duration::from_millis(config.tick_ms);
+        let limit = Duration::from_millis(config.stop_grace_ms) + Duration::from_secs(10);
+        supervisor::run(ctx, path.display().to_string(), initial, inputs, tick, limit, shutdown).await;
+        let _ = api.await;
+        info!("orchestrator stopped");
+    });
+    Ok(Running { api_addr, task })
+}

@@ -1,0 +1,141 @@
+//! Watches the definitions file and hands every valid edit to the supervisor within a
+//! fraction of a second; an invalid edit is reported and the last good definitions keep
+//! serving.
+
+use roost_common::hash::fnv1a;
+use roost_common::spec::{self, Definitions, FunctionSpec};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// A new reading of the file.
+#[derive(Debug, Clone)]
+pub enum Reading {
+    /// The file is valid.
+    Loaded(Definitions),
+    /// The file is unreadable or invalid: every problem, one per line.
+    Invalid(String),
+}
+
+/// A fingerprint of a function's definition: replicas started from another one are
+/// rolled over.
+pub fn spec_hash(spec: &FunctionSpec) -> String {
+    let json = serde_json::to_string(spec).expect("definitions serialize");
+    format!("{:016x}", fnv1a(json.as_bytes()))
+}
+
+/// What changed between two sets of definitions.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    /// New functions.
+    pub added: BTreeSet<String>,
+    /// Functions gone.
+    pub removed: BTreeSet<String>,
+    /// Functions whose definition changed.
+    pub changed: BTreeSet<String>,
+}
+
+/// Compares two sets of definitions.
+pub fn diff(old: &Definitions, new: &Definitions) -> Diff {
+    let mut d = Diff::default();
+    for (name, spec) in new {
+        match old.get(name) {
+            None => {
+                d.added.insert(name.clone());
+            }
+            Some(o) if spec_hash(o) != spec_hash(spec) => {
+                d.changed.insert(name.clone());
+            }
+            Some(_) => {}
+        }
+    }
+    d.removed = old.keys().filter(|n| !new.contains_key(*n)).cloned().collect();
+    d
+}
+
+/// Reads and validates the file once.
+pub fn read(path: &Path) -> Reading {
+    match std::fs::read_to_string(path) {
+        Err(e) => Reading::Invalid(format!("cannot read {}: {e}", path.display())),
+        Ok(text) => parse(path, &text),
+    }
+}
+
+fn parse(path: &Path, text: &str) -> Reading {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    match spec::load(text, dir) {
+        Ok(defs) => Reading::Loaded(defs),
+        Err(errors) => Reading::Invalid(errors.to_string()),
+    }
+}
+
+/// Polls `path` every `interval` and sends a [`Reading`] whenever its content changes.
+pub async fn watch(path: PathBuf, interval: Duration, tx: mpsc::UnboundedSender<Reading>, shutdown: CancellationToken) {
+    let mut last = std::fs::read(&path).ok();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let now = std::fs::read(&path).ok();
+        if now == last {
+            continue;
+        }
+        last = now.clone();
+        let reading = match now {
+            None => Reading::Invalid(format!("cannot read {}", path.display())),
+            Some(bytes) => parse(&path, &String::from_utf8_lossy(&bytes)),
+        };
+        match &reading {
+            Reading::Loaded(d) => info!(functions = d.len(), "definitions reloaded"),
+            Reading::Invalid(e) => warn!(errors = %e, "definitions file invalid; keeping the last good definitions"),
+        }
+        if tx.send(reading).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defs(yaml: &str) -> Definitions {
+        spec::parse(yaml).unwrap()
+    }
+
+    #[test]
+    fn diff_finds_added_removed_and_changed() {
+        let a = defs("usable-functions:\n  a: {version: 1, runtime: {kind: image, image: x}}\n  b: {version: 1, runtime: {kind: image, image: x}}\n");
+        let b = defs("usable-functions:\n  b: {version: 2, runtime: {kind: image, image: x}}\n  c: {version: 1, runtime: {kind: image, image: x}}\n");
+        let d = diff(&a, &b);
+        assert_eq!(d.added, ["c".to_string()].into());
+        assert_eq!(d.removed, ["a".to_string()].into());
+        assert_eq!(d.changed, ["b".to_string()].into());
+        assert_eq!(diff(&b, &b), Diff::default());
+    }
+
+    #[tokio::test]
+    async fn an_edit_is_seen_and_a_broken_edit_is_reported() {
+        let dir = std::env::temp_dir().join(format!("roost-defs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("defs.yml");
+        std::fs::write(&path, "usable-functions:\n  a: {version: 1, runtime: {kind: image, image: x}}\n").unwrap();
+        assert!(matches!(read(&path), Reading::Loaded(d) if d.len() == 1));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        tokio::spawn(watch(path.clone(), Duration::from_millis(10), tx, stop.clone()));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        std::fs::write(&path, "usable-functions:\n  a: {version: 1, bogus: 2, runtime: {kind: image, image: x}}\n").unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        assert!(matches!(&r, Reading::Invalid(e) if e.contains("bogus")), "{r:?}");
+        std::fs::write(&path, "usable-functions:\n  a: {version: 2, runtime: {kind: image, image: x}}\n").unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        assert!(matches!(&r, Reading::Loaded(d) if d["a"].version == "2"), "{r:?}");
+        stop.cancel();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

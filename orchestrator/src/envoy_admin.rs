@@ -1,0 +1,77 @@
+//! Reads Envoy's admin API to learn when a draining replica has no request in flight
+//! (Envoy's per-host `rq_active`), so a drain ends as soon as it safely can.
+
+use roost_common::naming::cluster_name;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tracing::debug;
+
+/// Envoy admin API access (optional).
+#[derive(Debug, Clone)]
+pub struct EnvoyAdmin {
+    base: Option<String>,
+    http: reqwest::Client,
+}
+
+/// The `rq_active` of one host in Envoy's `/clusters` text output, if listed.
+pub fn host_rq_active(clusters: &str, cluster: &str, host: SocketAddr) -> Option<u64> {
+    let prefix = format!("{cluster}::{host}::rq_active::");
+    clusters
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+impl EnvoyAdmin {
+    /// `base` like `http://127.0.0.1:9901`; `None` when Envoy's admin API is not reachable
+    /// from the orchestrator.
+    pub fn new(base: Option<String>) -> EnvoyAdmin {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("a plain HTTP client always builds");
+        EnvoyAdmin { base: base.map(|b| b.trim_end_matches('/').to_string()), http }
+    }
+
+    /// Waits until Envoy has no request in flight on `host` of `function`, or `deadline`.
+    /// Without an admin URL it waits the whole deadline (the function's request timeout
+    /// bounds every request, so that is always safe, just slower). True when idle was seen.
+    pub async fn wait_host_idle(&self, function: &str, host: SocketAddr, deadline: Duration) -> bool {
+        let Some(base) = &self.base else {
+            tokio::time::sleep(deadline).await;
+            return true;
+        };
+        let cluster = cluster_name(function);
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            let body = async { self.http.get(format!("{base}/clusters")).send().await?.text().await };
+            match body.await {
+                Ok(text) => match host_rq_active(&text, &cluster, host) {
+                    Some(0) | None => return true,
+                    Some(n) => debug!(function, %host, in_flight = n, "waiting for in-flight requests"),
+                },
+                Err(e) => debug!(error = %e, "Envoy admin API not answering"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_per_host_active_requests() {
+        let text = "fn-hello::default_priority::max_connections::1\n\
+                    fn-hello::127.0.0.1:5000::cx_active::1\n\
+                    fn-hello::127.0.0.1:5000::rq_active::2\n\
+                    fn-hello::127.0.0.1:5001::rq_active::0\n";
+        let h = |s: &str| s.parse().unwrap();
+        assert_eq!(host_rq_active(text, "fn-hello", h("127.0.0.1:5000")), Some(2));
+        assert_eq!(host_rq_active(text, "fn-hello", h("127.0.0.1:5001")), Some(0));
+        assert_eq!(host_rq_active(text, "fn-hello", h("127.0.0.1:5002")), None);
+        assert_eq!(host_rq_active(text, "fn-other", h("127.0.0.1:5000")), None);
+    }
+}

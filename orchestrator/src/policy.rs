@@ -1,0 +1,140 @@
+//! The scaling decision as a pure function of what is observed: how many replicas to
+//! start and how many to drain. No clock, no I/O: the caller passes the durations.
+
+use roost_common::spec::Scaling;
+use std::time::Duration;
+
+/// What the orchestrator sees of one function at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Replicas serving (endpoint ACKed by Envoy, not draining).
+    pub ready: u32,
+    /// Replicas being started.
+    pub starting: u32,
+    /// Requests in flight in Envoy for the function.
+    pub in_flight: u64,
+    /// Requests queued in Envoy for the function.
+    pub pending: u64,
+    /// Time since the last request started; `None` if none was ever seen.
+    pub idle_for: Option<Duration>,
+    /// How long there have been more ready replicas than the load needs; `None` if
+    /// there are not more now.
+    pub surplus_for: Option<Duration>,
+}
+
+/// What to do now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Replicas to start.
+    pub start: u32,
+    /// Ready replicas to drain and stop.
+    pub drain: u32,
+}
+
+/// Replicas the current load needs: in-flight and queued requests over the target
+/// concurrency per replica, rounded up.
+pub fn needed(scaling: &Scaling, o: &Observed) -> u32 {
+    let target = u64::from(scaling.target_concurrency.max(1));
+    let demand = o.in_flight + o.pending;
+    demand.div_ceil(target).min(u64::from(u32::MAX)) as u32
+}
+
+/// Decides. Rules, in order:
+/// 1. Scale up when the load needs more than ready + starting (queueing in Envoy counts),
+///    never above `max_replicas`; keep at least `min_replicas`.
+/// 2. Scale to `min_replicas` once no request has started for `idle_timeout`.
+/// 3. Otherwise drain one surplus replica once the surplus has lasted `idle_timeout`.
+/// 4. Never drain while requests are queued.
+pub fn decide(scaling: &Scaling, o: &Observed) -> Decision {
+    let active = o.ready + o.starting;
+    let want = needed(scaling, o).max(scaling.min_replicas).min(scaling.max_replicas);
+    if want > active {
+        return Decision { start: want - active, drain: 0 };
+    }
+    if o.pending > 0 || o.starting > 0 {
+        return Decision::default();
+    }
+    let idle = o.idle_for.is_some_and(|d| d >= scaling.idle_timeout);
+    if idle && o.in_flight == 0 && o.ready > scaling.min_replicas {
+        return Decision { start: 0, drain: o.ready - scaling.min_replicas };
+    }
+    let floor = want.max(1).max(scaling.min_replicas);
+    if o.ready > floor && o.surplus_for.is_some_and(|d| d >= scaling.idle_timeout) {
+        return Decision { start: 0, drain: 1 };
+    }
+    Decision::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scaling(min: u32, max: u32, target: u32) -> Scaling {
+        Scaling {
+            min_replicas: min,
+            max_replicas: max,
+            target_concurrency: target,
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn queueing_scales_up_to_what_the_load_needs_capped_at_max() {
+        let s = scaling(0, 3, 1);
+        let o = Observed { ready: 1, in_flight: 1, pending: 4, ..Default::default() };
+        assert_eq!(decide(&s, &o), Decision { start: 2, drain: 0 });
+        let o = Observed { ready: 1, starting: 1, in_flight: 1, pending: 1, ..Default::default() };
+        assert_eq!(decide(&s, &o), Decision::default(), "one already starting covers the queue");
+    }
+
+    #[test]
+    fn target_concurrency_divides_the_load() {
+        let s = scaling(0, 10, 4);
+        let o = Observed { ready: 1, in_flight: 4, pending: 5, ..Default::default() };
+        assert_eq!(decide(&s, &o).start, 2); // 9 requests / 4 per replica = 3 replicas
+    }
+
+    #[test]
+    fn min_replicas_are_kept_running() {
+        let s = scaling(2, 5, 1);
+        assert_eq!(decide(&s, &Observed::default()).start, 2);
+        let o = Observed { ready: 2, idle_for: Some(60 * S), ..Default::default() };
+        assert_eq!(decide(&s, &o), Decision::default());
+    }
+
+    #[test]
+    fn idle_past_the_timeout_scales_to_zero() {
+        let s = scaling(0, 5, 1);
+        let o = Observed { ready: 3, idle_for: Some(10 * S), ..Default::default() };
+        assert_eq!(decide(&s, &o), Decision { start: 0, drain: 3 });
+        let o = Observed { ready: 3, idle_for: Some(9 * S), ..Default::default() };
+        assert_eq!(decide(&s, &o), Decision::default());
+    }
+
+    #[test]
+    fn a_request_in_flight_blocks_scale_to_zero() {
+        // Idleness counts started requests: a slow request that started long ago is
+        // still in flight, and the function must not be reaped under it.
+        let s = scaling(0, 5, 1);
+        let o = Observed { ready: 1, in_flight: 1, idle_for: Some(60 * S), ..Default::default() };
+        assert_eq!(decide(&s, &o), Decision::default());
+    }
+
+    #[test]
+    fn surplus_drains_one_at_a_time_after_the_timeout() {
+        let s = scaling(0, 5, 1);
+        let o = Observed { ready: 3, in_flight: 1, idle_for: Some(S), surplus_for: Some(10 * S), ..Default::default() };
+        assert_eq!(decide(&s, &o), Decision { start: 0, drain: 1 });
+        let o = Observed { surplus_for: Some(5 * S), ..o };
+        assert_eq!(decide(&s, &o), Decision::default());
+    }
+
+    #[test]
+    fn never_drains_while_queued() {
+        let s = scaling(0, 1, 1);
+        let o = Observed { ready: 1, in_flight: 1, pending: 3, idle_for: Some(60 * S), surplus_for: Some(60 * S), ..Default::default() };
+        assert_eq!(decide(&s, &o), Decision::default());
+    }
+}

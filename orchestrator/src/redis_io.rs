@@ -1,0 +1,203 @@
+//! The orchestrator's side of Redis: marks functions ready or not, reads the load the
+//! statsd-listener writes, publishes replica counts, and listens for wake and scale
+//! signals (reconnecting with backoff when Redis goes away).
+
+use futures::StreamExt;
+use redis::AsyncCommands;
+use roost_common::keys::{self, load_fields, replica_fields};
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// A signal from Redis for one function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// The gate found the function asleep.
+    Wake(String),
+    /// The statsd-listener saw queueing or saturation.
+    Scale(String),
+}
+
+/// The load of one function, as the statsd-listener last wrote it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// Requests queued in Envoy.
+    pub pending: u64,
+    /// Unix milliseconds of the last request start, if any was seen.
+    pub last_request_ms: Option<u64>,
+}
+
+impl Load {
+    /// Reads the fields of the load hash; absent or unreadable fields count as zero.
+    pub fn from_hash(h: &HashMap<String, String>) -> Load {
+        let num = |k: &str| h.get(k).and_then(|v| v.parse::<f64>().ok()).map(|v| v.max(0.0) as u64);
+        Load {
+            in_flight: num(load_fields::IN_FLIGHT).unwrap_or(0),
+            pending: num(load_fields::PENDING).unwrap_or(0),
+            last_request_ms: num(load_fields::LAST_REQUEST_MS).filter(|v| *v > 0),
+        }
+    }
+}
+
+/// Parses a signal's payload: a bare function name or JSON with a `function` field.
+pub fn function_of_payload(payload: &str) -> Option<String> {
+    let payload = payload.trim();
+    let name = match serde_json::from_str::<serde_json::Value>(payload) {
+        Ok(v) if v.is_object() => v["function"].as_str()?.to_string(),
+        _ => payload.to_string(),
+    };
+    roost_common::naming::validate_function_name(&name).ok()?;
+    Some(name)
+}
+
+/// Commands to Redis.
+#[derive(Clone)]
+pub struct RedisIo {
+    conn: redis::aio::ConnectionManager,
+}
+
+impl std::fmt::Debug for RedisIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisIo")
+    }
+}
+
+impl RedisIo {
+    /// Connects, retrying with backoff until `shutdown`.
+    pub async fn connect(client: &redis::Client, shutdown: &CancellationToken) -> Option<RedisIo> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match client.get_connection_manager().await {
+                Ok(conn) => return Some(RedisIo { conn }),
+                Err(e) => warn!(error = %e, retry_in = ?backoff, "Redis not reachable yet"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Marks the function ready and tells the gate.
+    pub async fn set_ready(&self, function: &str) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        let msg = json!({"function": function, "ready": true}).to_string();
+        redis::pipe()
+            .set(keys::ready(function), 1)
+            .ignore()
+            .del(keys::wake_lock(function))
+            .ignore()
+            .publish(keys::READY_CHANNEL, msg)
+            .ignore()
+            .query_async(&mut c)
+            .await
+    }
+
+    /// Marks the function not ready (the gate holds new requests and wakes it again).
+    pub async fn clear_ready(&self, function: &str) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        let msg = json!({"function": function, "ready": false}).to_string();
+        redis::pipe()
+            .del(keys::ready(function))
+            .ignore()
+            .publish(keys::READY_CHANNEL, msg)
+            .ignore()
+            .query_async(&mut c)
+            .await
+    }
+
+    /// The function's load; zero when the statsd-listener has written none.
+    pub async fn load(&self, function: &str) -> redis::RedisResult<Load> {
+        let mut c = self.conn.clone();
+        let h: HashMap<String, String> = c.hgetall(keys::load(function)).await?;
+        Ok(Load::from_hash(&h))
+    }
+
+    /// Publishes the replica count and target concurrency (read by the statsd-listener).
+    pub async fn set_replicas(&self, function: &str, ready: u32, target: u32) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        let items = [(replica_fields::READY, ready), (replica_fields::TARGET_CONCURRENCY, target)];
+        c.hset_multiple(keys::replicas(function), &items).await
+    }
+
+    /// Removes what Redis holds of a function that no longer exists.
+    pub async fn forget(&self, function: &str) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        c.del(&[keys::ready(function), keys::replicas(function), keys::wake_lock(function)]).await
+    }
+}
+
+/// Forwards wake and scale signals until `shutdown`, resubscribing after Redis restarts.
+pub async fn listen(client: redis::Client, tx: mpsc::UnboundedSender<Signal>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let result = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&[keys::WAKE_CHANNEL, keys::SCALE_CHANNEL]).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        }
+        .await;
+        match result {
+            Ok(mut pubsub) => {
+                info!("listening for wake and scale signals");
+                backoff = Duration::from_millis(100);
+                let mut messages = pubsub.on_message();
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        m = messages.next() => {
+                            let Some(m) = m else { break };
+                            let payload: String = m.get_payload().unwrap_or_default();
+                            let Some(function) = function_of_payload(&payload) else {
+                                debug!(payload, "ignoring a signal without a valid function name");
+                                continue;
+                            };
+                            let signal = if m.get_channel_name() == keys::WAKE_CHANNEL {
+                                Signal::Wake(function)
+                            } else {
+                                Signal::Scale(function)
+                            };
+                            if tx.send(signal).is_err() { return }
+                        }
+                    }
+                }
+                warn!("Redis subscription lost; resubscribing");
+            }
+            Err(e) => warn!(error = %e, retry_in = ?backoff, "cannot subscribe to Redis"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_name_a_function() {
+        assert_eq!(function_of_payload("hello"), Some("hello".into()));
+        assert_eq!(function_of_payload(r#"{"function":"add","pending":3}"#), Some("add".into()));
+        assert_eq!(function_of_payload("../etc"), None);
+        assert_eq!(function_of_payload(r#"{"nope":1}"#), None);
+    }
+
+    #[test]
+    fn load_reads_numbers_and_defaults_missing_fields() {
+        let mut h = HashMap::new();
+        h.insert("in_flight".to_string(), "3".to_string());
+        h.insert("pending".to_string(), "2.0".to_string());
+        h.insert("last_request_ms".to_string(), "1700000000000".to_string());
+        assert_eq!(Load::from_hash(&h), Load { in_flight: 3, pending: 2, last_request_ms: Some(1_700_000_000_000) });
+        assert_eq!(Load::from_hash(&HashMap::new()), Load::default());
+    }
+}

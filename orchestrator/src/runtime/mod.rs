@@ -1,0 +1,108 @@
+//! Where replicas run, behind one trait: local processes ([`process`]) or Docker
+//! containers ([`docker`]). The orchestrator's lifecycle code (probe, register, drain,
+//! reap) is the same for both.
+
+pub mod docker;
+pub mod process;
+
+use roost_common::spec::FunctionSpec;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// One running replica of a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    /// Unique id, chosen by the orchestrator (`<function>-<random>`).
+    pub id: String,
+    /// Function name.
+    pub function: String,
+    /// Function version (from the definitions) the replica runs.
+    pub version: String,
+    /// A hash of the function's definition the replica was started from; a replica whose
+    /// hash differs from the current definition is rolled over.
+    pub spec_hash: String,
+    /// Where Envoy and the readiness probe reach it (an IP address, never a name).
+    pub address: SocketAddr,
+    /// The runtime's own handle: a process id or a container id.
+    pub handle: String,
+}
+
+/// Something that happened to a replica outside the orchestrator's control.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeEvent {
+    /// The replica's process or container exited (crashed, killed, or stopped).
+    Exited {
+        /// The replica's id.
+        replica_id: String,
+        /// Its function.
+        function: String,
+        /// Exit code, signal or other reason, for the log.
+        reason: String,
+    },
+}
+
+/// Why a runtime operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The function cannot run on this runtime (for example an `image` function on the
+    /// process runtime).
+    #[error("function {function:?} cannot run on the {runtime} runtime: {reason}")]
+    Unsupported {
+        /// Function name.
+        function: String,
+        /// Runtime kind.
+        runtime: &'static str,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// Preparing (for example building the image) failed.
+    #[error("preparing function {function:?} failed: {reason}")]
+    Prepare {
+        /// Function name.
+        function: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Starting a replica failed.
+    #[error("starting a replica of {function:?} failed: {reason}")]
+    Start {
+        /// Function name.
+        function: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Stopping or listing failed.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Starts, stops and lists replicas. Implementations must be safe to call concurrently
+/// for different replicas.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// `process` or `docker`.
+    fn kind(&self) -> &'static str;
+
+    /// Makes everything a function needs before its first start (for Docker: builds its
+    /// image). Called when definitions are loaded or changed, never on the cold-start
+    /// path. Idempotent: a second call for an unchanged function is cheap.
+    async fn prepare(&self, spec: &FunctionSpec, spec_hash: &str) -> Result<(), RuntimeError>;
+
+    /// Starts one replica and returns as soon as it is started (not yet ready: the
+    /// orchestrator probes `spec.readiness_path`). The replica serves HTTP on the
+    /// returned address.
+    async fn start(&self, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Result<Replica, RuntimeError>;
+
+    /// Stops a replica: SIGTERM, then a hard kill after `grace`. Stopping a replica that
+    /// is already gone succeeds.
+    async fn stop(&self, replica: &Replica, grace: Duration) -> Result<(), RuntimeError>;
+
+    /// The replicas of this runtime running now (containers by their labels, processes
+    /// by their state files), so a restarted orchestrator can adopt them.
+    async fn list(&self) -> Result<Vec<Replica>, RuntimeError>;
+
+    /// The stream of replica exits. Called once, when the orchestrator starts.
+    fn events(&self) -> mpsc::UnboundedReceiver<RuntimeEvent>;
+}

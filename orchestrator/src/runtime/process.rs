@@ -1,0 +1,247 @@
+//! Replicas as local processes: the Python or command runtime started with
+//! `python3 -m roost_runtime`, one free loopback port per replica. For development and
+//! machines without Docker. `image` functions cannot run here.
+//!
+//! Each replica has a state file (`<state_dir>/<replica>.json`) so that an orchestrator
+//! that crashed and restarted can adopt the processes it left running. A graceful
+//! orchestrator shutdown stops its replicas first.
+
+use super::{Replica, Runtime, RuntimeError, RuntimeEvent};
+use roost_common::spec::{FunctionSpec, Runtime as Kind};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+/// Settings of the process runtime.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// Folder of `global-function-definition.yml` (function folders are relative to it).
+    pub definitions_dir: PathBuf,
+    /// Folder holding the `roost_runtime` package (`faas-runtime/`).
+    pub runtime_dir: PathBuf,
+    /// Python interpreter.
+    pub python: PathBuf,
+    /// Where replica state files go.
+    pub state_dir: PathBuf,
+    /// Address replicas listen on (loopback by default).
+    pub bind_ip: IpAddr,
+}
+
+/// The process runtime.
+#[derive(Debug)]
+pub struct ProcessRuntime {
+    config: ProcessConfig,
+    /// Exit notifications of the replicas this orchestrator started, by replica id.
+    exits: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    events_tx: mpsc::UnboundedSender<RuntimeEvent>,
+    events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+fn signal(pid: i32, sig: i32) {
+    if pid > 0 {
+        // SAFETY: sending a signal to a process id has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+fn free_port(ip: IpAddr) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+impl ProcessRuntime {
+    /// A process runtime; creates the state folder.
+    pub fn new(config: ProcessConfig) -> std::io::Result<Arc<ProcessRuntime>> {
+        std::fs::create_dir_all(&config.state_dir)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Arc::new(ProcessRuntime {
+            config,
+            exits: Mutex::default(),
+            events_tx: tx,
+            events_rx: Mutex::new(Some(rx)),
+        }))
+    }
+
+    fn state_file(&self, replica_id: &str) -> PathBuf {
+        self.config.state_dir.join(format!("{replica_id}.json"))
+    }
+
+    /// Watches a process this orchestrator did not start (adopted) until it exits.
+    fn watch_adopted(&self, replica: &Replica, pid: i32) {
+        let (tx, rx) = watch::channel(false);
+        self.exits.lock().unwrap().insert(replica.id.clone(), rx);
+        let (events, id, function, file) =
+            (self.events_tx.clone(), replica.id.clone(), replica.function.clone(), self.state_file(&replica.id));
+        tokio::spawn(async move {
+            while pid_alive(pid) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = std::fs::remove_file(file);
+            let _ = tx.send(true);
+            let _ = events.send(RuntimeEvent::Exited { replica_id: id, function, reason: "process gone".into() });
+        });
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for ProcessRuntime {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    async fn prepare(&self, spec: &FunctionSpec, _spec_hash: &str) -> Result<(), RuntimeError> {
+        match &spec.runtime {
+            Kind::Image { image } => Err(RuntimeError::Unsupported {
+                function: spec.name.clone(),
+                runtime: "process",
+                reason: format!("image {image:?} needs the Docker runtime (ROOST_RUNTIME=docker)"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn start(&self, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Result<Replica, RuntimeError> {
+        let fail = |reason: String| RuntimeError::Start { function: spec.name.clone(), reason };
+        let (kind, folder) = match &spec.runtime {
+            Kind::Python { folder, .. } => ("python", folder),
+            Kind::Command { folder, .. } => ("command", folder),
+            Kind::Image { .. } => return Err(self.prepare(spec, spec_hash).await.unwrap_err()),
+        };
+        let dir = self.config.definitions_dir.join(folder);
+        let port = free_port(self.config.bind_ip).map_err(|e| fail(format!("no free port: {e}")))?;
+        let mut cmd = Command::new(&self.config.python);
+        cmd.args(["-m", "roost_runtime", kind])
+            .current_dir(&dir)
+            .envs(&spec.env)
+            .env("PYTHONPATH", &self.config.runtime_dir)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PORT", port.to_string())
+            .env("ROOST_BIND", self.config.bind_ip.to_string())
+            .env("ROOST_FUNCTION_NAME", &spec.name)
+            .env("ROOST_FUNCTION_DIR", &dir)
+            .env("ROOST_TIMEOUT_S", spec.limits.timeout.as_secs_f64().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        match &spec.runtime {
+            Kind::Python { file, .. } => {
+                cmd.env("ROOST_FUNCTION_FILE", file);
+            }
+            Kind::Command { command, .. } => {
+                cmd.env("ROOST_COMMAND", serde_json::to_string(command).expect("strings serialize"));
+            }
+            Kind::Image { .. } => unreachable!("refused above"),
+        }
+        let mut child = cmd.spawn().map_err(|e| fail(format!("cannot run {}: {e}", self.config.python.display())))?;
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let replica = Replica {
+            id: replica_id.to_string(),
+            function: spec.name.clone(),
+            version: spec.version.clone(),
+            spec_hash: spec_hash.to_string(),
+            address: SocketAddr::new(self.config.bind_ip, port),
+            handle: pid.to_string(),
+        };
+        let state = serde_json::to_string(&replica).expect("replica serializes");
+        if let Err(e) = std::fs::write(self.state_file(replica_id), state) {
+            warn!(error = %e, "cannot write the replica's state file; it cannot be adopted after a crash");
+        }
+        for (stream, pipe) in [("stdout", child.stdout.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)), ("stderr", child.stderr.take().map(|p| Box::new(p) as _))] {
+            let Some(pipe) = pipe else { continue };
+            let (function, id) = (spec.name.clone(), replica_id.to_string());
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    info!(function = %function, replica = %id, stream, "{line}");
+                }
+            });
+        }
+        let (tx, rx) = watch::channel(false);
+        self.exits.lock().unwrap().insert(replica_id.to_string(), rx);
+        let (events, id, function, file) = (self.events_tx.clone(), replica_id.to_string(), spec.name.clone(), self.state_file(replica_id));
+        tokio::spawn(async move {
+            let reason = match child.wait().await {
+                Ok(status) => status.to_string(),
+                Err(e) => e.to_string(),
+            };
+            let _ = std::fs::remove_file(file);
+            let _ = tx.send(true);
+            let _ = events.send(RuntimeEvent::Exited { replica_id: id, function, reason });
+        });
+        Ok(replica)
+    }
+
+    async fn stop(&self, replica: &Replica, grace: Duration) -> Result<(), RuntimeError> {
+        let pid: i32 = replica.handle.parse().unwrap_or(0);
+        let exit = self.exits.lock().unwrap().get(&replica.id).cloned();
+        signal(pid, libc::SIGTERM);
+        let exited = async {
+            match exit {
+                Some(mut rx) => {
+                    let _ = rx.wait_for(|gone| *gone).await;
+                }
+                None => {
+                    while pid_alive(pid) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(grace, exited).await.is_err() {
+            warn!(replica = %replica.id, "replica ignored SIGTERM; killing it");
+            signal(pid, libc::SIGKILL);
+        }
+        self.exits.lock().unwrap().remove(&replica.id);
+        let _ = std::fs::remove_file(self.state_file(&replica.id));
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<Replica>, RuntimeError> {
+        let mut out = Vec::new();
+        let entries = std::fs::read_dir(&self.config.state_dir).map_err(|e| RuntimeError::Other(e.to_string()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let replica: Option<Replica> = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok());
+            let pid: i32 = replica.as_ref().and_then(|r| r.handle.parse().ok()).unwrap_or(0);
+            let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("roost_runtime"))
+                .unwrap_or(false);
+            match replica {
+                Some(r) if pid_alive(pid) && ours => {
+                    if !self.exits.lock().unwrap().contains_key(&r.id) {
+                        self.watch_adopted(&r, pid);
+                    }
+                    out.push(r);
+                }
+                _ => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn events(&self) -> mpsc::UnboundedReceiver<RuntimeEvent> {
+        self.events_rx
+            .lock()
+            .unwrap()
+            .take()
+            .expect("ProcessRuntime::events is called once")
+    }
+}
