@@ -3,7 +3,9 @@
 //! machines without Docker. `image` functions cannot run here.
 //!
 //! Each replica has a state file (`<state_dir>/<replica>.json`) so that an orchestrator
-//! that crashed and restarted can adopt the processes it left running. A graceful
+//! that crashed and restarted can adopt the processes it left running, and a log file
+//! (`<state_dir>/<replica>.log`, stdout and stderr) that the orchestrator follows into its
+//! own log: a file, not a pipe, so a replica outlives an orchestrator crash. A graceful
 //! orchestrator shutdown stops its replicas first.
 
 use super::{Replica, Runtime, RuntimeError, RuntimeEvent};
@@ -15,6 +17,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
+
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -79,10 +82,44 @@ impl ProcessRuntime {
         self.config.state_dir.join(format!("{replica_id}.json"))
     }
 
+    fn log_file(&self, replica_id: &str) -> PathBuf {
+        self.config.state_dir.join(format!("{replica_id}.log"))
+    }
+
+    /// Follows a replica's log file into the orchestrator's log until the replica exits.
+    fn follow_log(&self, replica: &Replica, from_end: bool, exit: watch::Receiver<bool>) {
+        let (path, function, id) = (self.log_file(&replica.id), replica.function.clone(), replica.id.clone());
+        tokio::spawn(async move {
+            let Ok(file) = tokio::fs::File::open(&path).await else { return };
+            let mut reader = BufReader::new(file);
+            if from_end {
+                use tokio::io::AsyncSeekExt;
+                let _ = reader.seek(std::io::SeekFrom::End(0)).await;
+            }
+            let mut line = String::new();
+            loop {
+                let done = *exit.borrow();
+                loop {
+                    line.clear();
+                    match reader.read_line(&mut line).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => info!(function = %function, replica = %id, "{}", line.trim_end()),
+                    }
+                }
+                if done {
+                    let _ = tokio::fs::remove_file(&path).await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
     /// Watches a process this orchestrator did not start (adopted) until it exits.
     fn watch_adopted(&self, replica: &Replica, pid: i32) {
         let (tx, rx) = watch::channel(false);
-        self.exits.lock().unwrap().insert(replica.id.clone(), rx);
+        self.exits.lock().unwrap().insert(replica.id.clone(), rx.clone());
+        self.follow_log(replica, true, rx);
         let (events, id, function, file) =
             (self.events_tx.clone(), replica.id.clone(), replica.function.clone(), self.state_file(&replica.id));
         tokio::spawn(async move {
@@ -122,6 +159,7 @@ impl Runtime for ProcessRuntime {
         };
         let dir = self.config.definitions_dir.join(folder);
         let port = free_port(self.config.bind_ip).map_err(|e| fail(format!("no free port: {e}")))?;
+        let log = std::fs::File::create(self.log_file(replica_id)).map_err(|e| fail(format!("cannot create its log file: {e}")))?;
         let mut cmd = Command::new(&self.config.python);
         cmd.args(["-m", "roost_runtime", kind])
             .current_dir(&dir)
@@ -134,8 +172,8 @@ impl Runtime for ProcessRuntime {
             .env("ROOST_FUNCTION_DIR", &dir)
             .env("ROOST_TIMEOUT_S", spec.limits.timeout.as_secs_f64().to_string())
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(Stdio::from(log.try_clone().map_err(|e| fail(format!("log file: {e}")))?))
+            .stderr(Stdio::from(log))
             .process_group(0);
         match &spec.runtime {
             Kind::Python { file, .. } => {
@@ -160,18 +198,9 @@ impl Runtime for ProcessRuntime {
         if let Err(e) = std::fs::write(self.state_file(replica_id), state) {
             warn!(error = %e, "cannot write the replica's state file; it cannot be adopted after a crash");
         }
-        for (stream, pipe) in [("stdout", child.stdout.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)), ("stderr", child.stderr.take().map(|p| Box::new(p) as _))] {
-            let Some(pipe) = pipe else { continue };
-            let (function, id) = (spec.name.clone(), replica_id.to_string());
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    info!(function = %function, replica = %id, stream, "{line}");
-                }
-            });
-        }
         let (tx, rx) = watch::channel(false);
-        self.exits.lock().unwrap().insert(replica_id.to_string(), rx);
+        self.exits.lock().unwrap().insert(replica_id.to_string(), rx.clone());
+        self.follow_log(&replica, false, rx);
         let (events, id, function, file) = (self.events_tx.clone(), replica_id.to_string(), spec.name.clone(), self.state_file(replica_id));
         tokio::spawn(async move {
             let reason = match child.wait().await {
@@ -215,6 +244,9 @@ impl Runtime for ProcessRuntime {
         let entries = std::fs::read_dir(&self.config.state_dir).map_err(|e| RuntimeError::Other(e.to_string()))?;
         for entry in entries.flatten() {
             let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
             let replica: Option<Replica> = std::fs::read_to_string(&path)
                 .ok()
                 .and_then(|s| serde_json::from_str(&s).ok());
@@ -231,6 +263,7 @@ impl Runtime for ProcessRuntime {
                 }
                 _ => {
                     let _ = std::fs::remove_file(&path);
+                    let _ = std::fs::remove_file(path.with_extension("log"));
                 }
             }
         }

@@ -1,0 +1,213 @@
+//! The orchestrator with the process runtime against real Redis, the real control plane
+//! and the real Envoy: cold wake, singleflight, scale to zero under a slow request, hot
+//! reload, and a crashed replica.
+
+mod support;
+
+use roost_testkit::wait_until;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+const HELLO: &str = r#"
+usable-functions:
+  hello:
+    name: hello
+    version: 0.1
+    configuration:
+      programing_language: python
+      base_function_file_name: hello.py
+      function_folder: hello
+    scaling: {idle_timeout: 1s}
+  sleep:
+    name: sleep
+    version: 0.1
+    configuration:
+      programing_language: python
+      base_function_file_name: sleep.py
+      function_folder: sleep
+    scaling: {idle_timeout: 1s, max_replicas: 3}
+"#;
+
+async fn orchestrator(b: &Backend, defs: &Defs, state: &std::path::Path) -> (roost_orchestrator::Running, CancellationToken) {
+    let stop = CancellationToken::new();
+    let running = roost_orchestrator::start(b.orchestrator_config(defs, state), stop.clone()).await.expect("orchestrator starts");
+    (running, stop)
+}
+
+fn state_dir(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("roost-state-{}-{tag}", std::process::id()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_wake_then_envoy_serves_at_once_and_one_replica_for_fifty_wakes() {
+    let b = Backend::start().await;
+    let defs = Defs::new(HELLO);
+    let (o, stop) = orchestrator(&b, &defs, &state_dir("wake")).await;
+    let api = o.api_addr.port();
+    // Declared but asleep: no replica.
+    wait_until(WAIT, "hello declared", || async { (!function_status(api, "hello").await.is_null()).then_some(()) }).await;
+    assert_eq!(function_status(api, "hello").await["state"], "sleeping");
+
+    // 50 simultaneous wakes: one replica, and every wake answered once it is ready.
+    let wakes: Vec<_> = (0..50).map(|_| tokio::spawn(wake(api, "hello"))).collect();
+    for w in wakes {
+        let (status, body) = w.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let f = function_status(api, "hello").await;
+    assert_eq!(f["replicas"].as_array().unwrap().len(), 1, "{f}");
+    assert_eq!(f["cold_starts"], 1, "{f}");
+
+    // Sent to Envoy as soon as the orchestrator reported ready: served, no retry.
+    let r = b.call("/hello").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&r.body).unwrap(), serde_json::json!({"Hello": "World"}));
+    let ready: Option<String> = redis_get(&b, "roost:fn:hello:ready").await;
+    assert_eq!(ready.as_deref(), Some("1"));
+
+    // Unknown function: a clear 404 from the orchestrator.
+    let (status, body) = wake(api, "nope").await;
+    assert_eq!(status, 404, "{body}");
+    stop.cancel();
+    o.wait().await;
+}
+
+async fn redis_get(b: &Backend, key: &str) -> Option<String> {
+    let client = redis::Client::open(b.redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("GET").arg(key).query_async(&mut c).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_function_goes_to_zero_without_failing_a_slow_request() {
+    let b = Backend::start().await;
+    let defs = Defs::new(HELLO);
+    let (o, stop) = orchestrator(&b, &defs, &state_dir("idle")).await;
+    let api = o.api_addr.port();
+    let (status, body) = wake(api, "sleep").await;
+    assert_eq!(status, 200, "{body}");
+    // A request that outlasts the 1 s idle timeout.
+    let slow = {
+        let port = b.listener;
+        tokio::spawn(async move { roost_testkit::http::get(port, "/sleep?ms=2500").await })
+    };
+    let r = slow.await.unwrap().expect("the slow request got an answer");
+    assert_eq!(r.status, 200, "slow request failed: {}", r.body);
+    wait_until(WAIT, "sleep at zero replicas", || async {
+        let f = function_status(api, "sleep").await;
+        (f["state"] == "sleeping" && f["replicas"].as_array().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(redis_get(&b, "roost:fn:sleep:ready").await, None, "not-ready after scale to zero");
+    // And Envoy has no endpoint left for it.
+    let fns = roost_testkit::http::get(b.cp.admin_addr.port(), "/functions/sleep").await.unwrap();
+    assert!(fns.body.contains("\"endpoints\":[]"), "{}", fns.body);
+    stop.cancel();
+    o.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_adds_changes_and_removes_functions_and_survives_a_broken_edit() {
+    let b = Backend::start().await;
+    let defs = Defs::new(HELLO);
+    let (o, stop) = orchestrator(&b, &defs, &state_dir("reload")).await;
+    let api = o.api_addr.port();
+    assert_eq!(wake(api, "hello").await.0, 200);
+
+    // Add a function: it answers within 2 s of the edit.
+    let with_add = format!(
+        "{HELLO}  add:\n    name: add\n    version: 0.1\n    configuration:\n      programing_language: python\n      base_function_file_name: add.py\n      function_folder: add\n"
+    );
+    defs.write(&with_add);
+    let t = std::time::Instant::now();
+    wait_until(Duration::from_secs(2), "add declared after the edit", || async {
+        (!function_status(api, "add").await.is_null()).then_some(())
+    })
+    .await;
+    assert_eq!(wake(api, "add").await.0, 200);
+    eprintln!("edit to add ready: {:?}", t.elapsed());
+
+    // A broken edit: reported, and hello keeps serving.
+    defs.write(&with_add.replace("version: 0.1\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py", "versoin: 0.1\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py"));
+    wait_until(WAIT, "the broken edit reported", || async {
+        let s = status(api).await;
+        s["definitions_error"].as_str().filter(|e| e.contains("versoin")).map(|_| ())
+    })
+    .await;
+    assert_eq!(b.call("/hello").await.status, 200);
+
+    // Change hello (new version) under steady traffic: the new replica is ready before
+    // the old one drains, and no request fails.
+    let stop_traffic = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let traffic = {
+        let (s, f, k, port) = (stop_traffic.clone(), failed.clone(), ok.clone(), b.listener);
+        tokio::spawn(async move {
+            let mut errors = Vec::new();
+            for _ in 0..10_000 {
+                if s.load(Ordering::SeqCst) { break }
+                match roost_testkit::http::get(port, "/hello").await {
+                    Ok(r) if r.status == 200 => { k.fetch_add(1, Ordering::SeqCst); }
+                    other => { f.fetch_add(1, Ordering::SeqCst); errors.push(format!("{other:?}")); }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            errors
+        })
+    };
+    let before: Vec<String> = function_status(api, "hello").await["replicas"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    defs.write(&with_add.replace("version: 0.1\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py", "version: 0.2\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py"));
+    wait_until(WAIT, "hello rolled over to 0.2", || async {
+        let f = function_status(api, "hello").await;
+        let reps = f["replicas"].as_array()?.clone();
+        (reps.len() == 1 && reps[0]["version"] == "0.2" && !before.contains(&reps[0]["id"].as_str()?.to_string())).then_some(())
+    })
+    .await;
+    let served = ok.load(Ordering::SeqCst);
+    wait_until(WAIT, "traffic after the swap", || async { (ok.load(Ordering::SeqCst) > served + 20).then_some(()) }).await;
+    stop_traffic.store(true, Ordering::SeqCst);
+    let errors = traffic.await.unwrap();
+    assert!(errors.is_empty(), "{} failed during the swap: {:?}", errors.len(), &errors[..errors.len().min(3)]);
+
+    // Remove add: it drains and leaves the control plane.
+    defs.write(&HELLO.replace("version: 0.1\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py", "version: 0.2\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py"));
+    wait_until(WAIT, "add removed from the control plane", || async {
+        let r = roost_testkit::http::get(b.cp.admin_addr.port(), "/functions/add").await.ok()?;
+        (r.status == 404).then_some(())
+    })
+    .await;
+    assert!(function_status(api, "add").await.is_null());
+    assert_eq!(b.call("/add").await.status, 404);
+    stop.cancel();
+    o.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_replica_loses_its_endpoint_and_the_next_wake_replaces_it() {
+    let b = Backend::start().await;
+    let defs = Defs::new(HELLO);
+    let (o, stop) = orchestrator(&b, &defs, &state_dir("crash")).await;
+    let api = o.api_addr.port();
+    assert_eq!(wake(api, "hello").await.0, 200);
+    let f = function_status(api, "hello").await;
+    let addr = f["replicas"][0]["address"].as_str().unwrap().to_string();
+    let pid: i32 = std::fs::read_dir(state_dir("crash")).unwrap().flatten()
+        .find_map(|e| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(e.path()).ok()?).ok())
+        .and_then(|v| v["handle"].as_str()?.parse().ok())
+        .expect("a replica state file");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_until(WAIT, "the dead replica's endpoint removed", || async {
+        let r = roost_testkit::http::get(b.cp.admin_addr.port(), "/functions/hello").await.ok()?;
+        (!r.body.contains(&addr)).then_some(())
+    })
+    .await;
+    assert_eq!(redis_get(&b, "roost:fn:hello:ready").await, None);
+    assert_eq!(wake(api, "hello").await.0, 200);
+    assert_eq!(b.call("/hello").await.status, 200);
+    stop.cancel();
+    o.wait().await;
+}

@@ -1,0 +1,130 @@
+//! The whole back end for orchestrator tests: real Redis, the real control plane
+//! (in-process), the real Envoy, and the orchestrator itself, with definitions in a
+//! temporary folder that points at the repo's example functions.
+
+#![allow(dead_code)]
+
+use roost_orchestrator::{Config as OrchConfig, RuntimeKind};
+use roost_testkit::envoy::{Envoy, EnvoyOptions, XdsMode};
+use roost_testkit::http;
+use roost_testkit::process::free_port;
+use roost_testkit::redis::Redis;
+use roost_testkit::{wait_until, workspace_root};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A temporary folder laid out like `faas-runtime/`: the definitions file written by the
+/// test, and links to the repo's function folders.
+pub struct Defs {
+    pub dir: PathBuf,
+}
+
+impl Defs {
+    pub fn new(yaml: &str) -> Defs {
+        let dir = std::env::temp_dir().join(format!("roost-orch-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo = workspace_root().join("faas-runtime");
+        for sub in ["python", "command"] {
+            let _ = std::os::unix::fs::symlink(repo.join(sub), dir.join(sub));
+        }
+        let d = Defs { dir };
+        d.write(yaml);
+        d
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("global-function-definition.yml")
+    }
+
+    /// Replaces the file in one step (write then rename), as an editor's save does.
+    pub fn write(&self, yaml: &str) {
+        let tmp = self.dir.join(".defs.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.path()).unwrap();
+    }
+}
+
+impl Drop for Defs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Redis, control plane and Envoy, ready for an orchestrator.
+pub struct Backend {
+    pub redis: Redis,
+    pub cp: roost_control_plane::Running,
+    pub envoy: Envoy,
+    pub listener: u16,
+    pub shutdown: CancellationToken,
+}
+
+impl Backend {
+    pub async fn start() -> Backend {
+        let redis = Redis::start().await;
+        let listener = free_port();
+        let shutdown = CancellationToken::new();
+        let config = roost_control_plane::Config { listener_port: listener, ..roost_control_plane::Config::for_tests() };
+        let cp = roost_control_plane::start(config, shutdown.clone()).await.expect("control plane starts");
+        let envoy = Envoy::start(&EnvoyOptions::new(cp.xds_addr.port(), XdsMode::Delta)).await;
+        wait_until(WAIT, "Envoy LIVE", || async { envoy.is_live().await.then_some(()) }).await;
+        Backend { redis, cp, envoy, listener, shutdown }
+    }
+
+    /// An orchestrator configuration for this back end and these definitions.
+    pub fn orchestrator_config(&self, defs: &Defs, state_dir: &std::path::Path) -> OrchConfig {
+        use clap::Parser;
+        let mut c = OrchConfig::parse_from(["orchestrator"]);
+        c.definitions = defs.path();
+        c.redis_url = self.redis.url();
+        c.control_plane_url = format!("http://{}", self.cp.admin_addr);
+        c.envoy_admin_url = Some(format!("http://127.0.0.1:{}", self.envoy.admin_port));
+        c.runtime = RuntimeKind::Process;
+        c.runtime_dir = Some(workspace_root().join("faas-runtime"));
+        c.state_dir = state_dir.to_path_buf();
+        c.bind = "127.0.0.1:0".parse().unwrap();
+        c.tick_ms = 100;
+        c.reload_interval_ms = 50;
+        c.stop_grace_ms = 2000;
+        c
+    }
+
+    /// A request through Envoy.
+    pub async fn call(&self, path: &str) -> http::Response {
+        http::get(self.listener, path).await.unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The orchestrator's /status.
+pub async fn status(api: u16) -> Value {
+    let r = http::get(api, "/status").await.expect("orchestrator /status");
+    serde_json::from_str(&r.body).expect("status JSON")
+}
+
+/// One function's entry in /status.
+pub async fn function_status(api: u16, name: &str) -> Value {
+    let s = status(api).await;
+    s["functions"].as_array().unwrap().iter().find(|f| f["name"] == name).cloned().unwrap_or(Value::Null)
+}
+
+/// Ready replicas of a function.
+pub async fn ready_replicas(api: u16, name: &str) -> usize {
+    let f = function_status(api, name).await;
+    f["replicas"].as_array().map(|r| r.iter().filter(|x| x["phase"] == "ready").count()).unwrap_or(0)
+}
+
+/// POST /functions/{name}/wake; status and body.
+pub async fn wake(api: u16, name: &str) -> (u16, Value) {
+    let r = http::request(api, "POST", &format!("/functions/{name}/wake"), &[], b"").await.expect("wake");
+    (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+}
