@@ -10,11 +10,16 @@ pub const PREFIX: &str = "roost";
 /// Control plane: the JSON model (functions and endpoints) it restores after a restart.
 pub const CONTROL_PLANE_STATE: &str = "roost:cp:state";
 
+/// Set: the names of every declared function (the orchestrator adds a function once the
+/// control plane routes it, and removes it when it leaves the definitions). The gate
+/// answers 404 for a name not in it.
+pub const FUNCTIONS: &str = "roost:functions";
+
 /// Channel the gate publishes a function name on when a request finds it asleep.
 pub const WAKE_CHANNEL: &str = "roost:wake";
 
-/// Channel the orchestrator publishes a function name on once the function is ready
-/// (its endpoint ACKed by every Envoy).
+/// Channel the orchestrator publishes on when a function becomes ready (its endpoint
+/// ACKed by every Envoy) or stops being ready: JSON `{"function": "<f>", "ready": true}`.
 pub const READY_CHANNEL: &str = "roost:ready";
 
 /// Channel the statsd-listener publishes a scale-up signal on (JSON payload).
@@ -71,7 +76,7 @@ mod tests {
         assert_eq!(wake_lock("hello"), "roost:fn:hello:waking");
         assert_eq!(load("hello"), "roost:fn:hello:load");
         assert_eq!(replicas("hello"), "roost:fn:hello:replicas");
-        for key in [CONTROL_PLANE_STATE, WAKE_CHANNEL, READY_CHANNEL, SCALE_CHANNEL] {
+        for key in [FUNCTIONS, CONTROL_PLANE_STATE, WAKE_CHANNEL, READY_CHANNEL, SCALE_CHANNEL] {
             assert!(key.starts_with(PREFIX), "{key} must start with {PREFIX}");
         }
     }

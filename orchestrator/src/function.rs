@@ -207,7 +207,10 @@ impl Actor {
     async fn register(&mut self) {
         let (s, name) = (&self.spec, &self.spec.name);
         match self.ctx.cp.put_function(name, s.scaling.target_concurrency, s.limits.timeout).await {
-            Ok(()) => self.registered = true,
+            Ok(()) => match self.ctx.redis.declare(name).await {
+                Ok(()) => self.registered = true,
+                Err(e) => warn!(error = %e, "cannot list the function in Redis; will retry"),
+            },
             Err(e) => {
                 warn!(error = %e, "cannot declare the function to the control plane; will retry");
                 self.last_error = Some(e.to_string());
@@ -262,7 +265,6 @@ impl Actor {
         self.starting.remove(&id);
         match result {
             Ok((replica, mut phases)) => {
-                self.registered = true;
                 let t = Instant::now();
                 if let Err(e) = self.ctx.redis.set_ready(&self.spec.name).await {
                     warn!(error = %e, "cannot mark the function ready in Redis");

@@ -126,10 +126,22 @@ impl RedisIo {
         c.hset_multiple(keys::replicas(function), &items).await
     }
 
+    /// Lists the function among the declared ones (the gate answers 404 for others).
+    pub async fn declare(&self, function: &str) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        c.sadd(keys::FUNCTIONS, function).await
+    }
+
     /// Removes what Redis holds of a function that no longer exists.
     pub async fn forget(&self, function: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
-        c.del(&[keys::ready(function), keys::replicas(function), keys::wake_lock(function)]).await
+        redis::pipe()
+            .srem(keys::FUNCTIONS, function)
+            .ignore()
+            .del(&[keys::ready(function), keys::replicas(function), keys::wake_lock(function)])
+            .ignore()
+            .query_async(&mut c)
+            .await
     }
 }
 
