@@ -1,0 +1,14 @@
+//! The `roost` command's library: each subcommand is a module, `main.rs` only parses.
+//!
+//! # Layout
+//!
+//! - [`up`]: runs the whole platform on this machine as processes, stops it on Ctrl-C.
+//! - [`client`]: talks to the orchestrator's API and the gate.
+//! - [`commands`]: `ls`, `invoke`, `status`, `validate`.
+//! - [`load`]: the load generator that prints requests per second, errors, latency and
+//!   replicas every second.
+
+pub mod client;
+pub mod commands;
+pub mod load;
+pub mod up;

@@ -1,0 +1,121 @@
+//! The `roost` command: parses the subcommand and hands it to the library.
+
+use clap::{Parser, Subcommand};
+use roost_cli::client::Endpoints;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Roost: a self-hosted Function-as-a-Service platform.
+#[derive(Parser)]
+#[command(name = "roost", version)]
+struct Cli {
+    /// The gate (public entry).
+    #[arg(long, global = true, env = "ROOST_GATE_URL", default_value = "http://127.0.0.1:8080")]
+    gate: String,
+    /// The orchestrator's API.
+    #[arg(long, global = true, env = "ROOST_ORCHESTRATOR_URL", default_value = "http://127.0.0.1:18002")]
+    orchestrator: String,
+    /// Redis (for load figures).
+    #[arg(long, global = true, env = "ROOST_REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    redis: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the whole platform on this machine, without Docker; Ctrl-C stops it.
+    Up {
+        /// The gate's port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The definitions file.
+        #[arg(long, default_value = "faas-runtime/global-function-definition.yml")]
+        definitions: PathBuf,
+        /// Where logs and state go.
+        #[arg(long, default_value = ".roost")]
+        work_dir: PathBuf,
+        /// The repository (envoy/, gateway-lua/, faas-runtime/); default: the current folder.
+        #[arg(long, env = "ROOST_HOME", default_value = ".")]
+        home: PathBuf,
+    },
+    /// List functions, their replicas and state.
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call a function through the gate (GET, or POST with --data).
+    Invoke {
+        /// Function name.
+        function: String,
+        /// A JSON body to POST.
+        #[arg(long)]
+        data: Option<String>,
+        /// Path and query after the function name.
+        #[arg(long, default_value = "")]
+        path: String,
+    },
+    /// Live replicas, in flight, queued and cold starts, refreshed every second.
+    Status {
+        /// Print once and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Check a definitions file and print every problem.
+    Validate {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Send requests to a function at a fixed rate and print each second's figures.
+    Load {
+        /// Function name.
+        #[arg(default_value = "hello")]
+        function: String,
+        /// Requests per second.
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        seconds: u64,
+        /// Path and query after the function name.
+        #[arg(long, default_value = "")]
+        path: String,
+        /// Most requests outstanding at once.
+        #[arg(long, default_value_t = 1000)]
+        max_outstanding: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let e = Endpoints { gate: cli.gate.trim_end_matches('/').into(), orchestrator: cli.orchestrator.trim_end_matches('/').into(), redis: cli.redis };
+    let result: anyhow::Result<bool> = match cli.command {
+        Cmd::Up { port, definitions, work_dir, home } => {
+            let exe = std::env::current_exe().unwrap_or_default();
+            let bin_dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+            let home = std::fs::canonicalize(&home).unwrap_or(home);
+            let opts = roost_cli::up::UpOptions { port, home, definitions: std::fs::canonicalize(&definitions).unwrap_or(definitions), work_dir, bin_dir };
+            let shutdown = roost_common::shutdown::on_signal();
+            roost_cli::up::run(opts, shutdown).await.map(|_| true).map_err(Into::into)
+        }
+        Cmd::Ls { json } => roost_cli::commands::ls(&e, json).await.map(|_| true),
+        Cmd::Invoke { function, data, path } => roost_cli::commands::invoke(&e, &function, data.as_deref(), &path).await,
+        Cmd::Status { once } => roost_cli::commands::watch(&e, once).await.map(|_| true),
+        Cmd::Validate { file } => Ok(roost_cli::commands::validate(&file)),
+        Cmd::Load { function, rate, seconds, path, max_outstanding } => {
+            let spec = roost_cli::load::LoadSpec { function, path, rate, duration: Duration::from_secs(seconds), max_outstanding };
+            roost_cli::load::run(&e, &spec).await.map(|(_, errors)| errors == 0)
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("roost: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

