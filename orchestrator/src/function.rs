@@ -66,7 +66,7 @@ pub struct ReplicaStatus {
 pub struct FunctionStatus {
     /// Function name.
     pub name: String,
-    /// `sleeping`, `waking`, `ready` or `removing`.
+    /// `sleeping`, `waking`, `ready`, `draining` (going to zero) or `removing`.
     pub state: &'static str,
     /// Replicas ready or draining.
     pub replicas: Vec<ReplicaStatus>,
@@ -470,6 +470,8 @@ impl Actor {
             "ready"
         } else if !self.starting.is_empty() {
             "waking"
+        } else if !self.replicas.is_empty() {
+            "draining"
         } else {
             "sleeping"
         };

@@ -104,6 +104,11 @@ fn build_runtime(config: &Config) -> Result<Arc<dyn Runtime>, Error> {
 /// supervisor and API. Returns once the API listens.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
     let runtime = build_runtime(&config)?;
+    start_with_runtime(config, runtime, shutdown).await
+}
+
+/// Like [`start`], with a runtime of the caller's (tests use an in-process one).
+pub async fn start_with_runtime(config: Config, runtime: Arc<dyn Runtime>, shutdown: CancellationToken) -> Result<Running, Error> {
     let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| Error::RedisUrl(config.redis_url.clone(), e))?;
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|e| Error::Bind(config.bind, e))?;
     let api_addr = listener.local_addr().map_err(|e| Error::Bind(config.bind, e))?;

@@ -32,7 +32,7 @@ pub async fn check(address: SocketAddr, path: &str, timeout: Duration) -> bool {
 pub async fn until_ready(address: SocketAddr, path: &str, interval: Duration, deadline: Duration) -> Option<Duration> {
     let start = Instant::now();
     loop {
-        if check(address, path, interval.max(Duration::from_millis(200))).await {
+        if check(address, path, Duration::from_secs(2)).await {
             return Some(start.elapsed());
         }
         if start.elapsed() >= deadline {

@@ -1,0 +1,165 @@
+//! The orchestrator's lifecycle with an in-process runtime whose replicas are local HTTP
+//! servers, against real Redis, the real control plane and the real Envoy. It isolates
+//! the orchestration (singleflight, ACK before ready, two-phase drain, crash handling,
+//! scale-up from the load in Redis) from any function runtime; the process and Docker
+//! runtimes have their own tests.
+
+mod support;
+
+use roost_common::spec::FunctionSpec;
+use roost_orchestrator::runtime::{Replica, Runtime, RuntimeError, RuntimeEvent};
+use roost_testkit::http::Upstream;
+use roost_testkit::wait_until;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::*;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Replicas are in-process upstreams that answer after `delay`.
+struct FakeRuntime {
+    delay: Duration,
+    starts: AtomicUsize,
+    live: Mutex<HashMap<String, Upstream>>,
+    tx: mpsc::UnboundedSender<RuntimeEvent>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
+}
+
+impl FakeRuntime {
+    fn new(delay: Duration) -> Arc<FakeRuntime> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Arc::new(FakeRuntime { delay, starts: AtomicUsize::new(0), live: Mutex::default(), tx, rx: Mutex::new(Some(rx)) })
+    }
+
+    /// Simulates a crash of a replica.
+    fn crash(&self, id: &str, function: &str) {
+        if let Some(u) = self.live.lock().unwrap().remove(id) {
+            u.stop();
+        }
+        let _ = self.tx.send(RuntimeEvent::Exited { replica_id: id.into(), function: function.into(), reason: "killed by the test".into() });
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for FakeRuntime {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+    async fn prepare(&self, _: &FunctionSpec, _: &str) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    async fn start(&self, spec: &FunctionSpec, hash: &str, id: &str) -> Result<Replica, RuntimeError> {
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        let u = Upstream::start_with_delay(id, self.delay).await;
+        let replica = Replica {
+            id: id.into(),
+            function: spec.name.clone(),
+            version: spec.version.clone(),
+            spec_hash: hash.into(),
+            address: format!("127.0.0.1:{}", u.port).parse().unwrap(),
+            handle: u.port.to_string(),
+        };
+        self.live.lock().unwrap().insert(id.into(), u);
+        Ok(replica)
+    }
+    async fn stop(&self, replica: &Replica, _: Duration) -> Result<(), RuntimeError> {
+        if let Some(u) = self.live.lock().unwrap().remove(&replica.id) {
+            u.stop();
+        }
+        Ok(())
+    }
+    async fn list(&self) -> Result<Vec<Replica>, RuntimeError> {
+        Ok(vec![])
+    }
+    fn events(&self) -> mpsc::UnboundedReceiver<RuntimeEvent> {
+        self.rx.lock().unwrap().take().unwrap()
+    }
+}
+
+const DEFS: &str = "usable-functions:\n  f:\n    version: 1\n    runtime: {kind: image, image: test}\n    scaling: {idle_timeout: 400ms, max_replicas: 3}\n";
+
+async fn start(b: &Backend, defs: &Defs, rt: Arc<FakeRuntime>) -> (roost_orchestrator::Running, CancellationToken) {
+    let stop = CancellationToken::new();
+    let state = std::env::temp_dir().join(format!("roost-fake-{}", std::process::id()));
+    let o = roost_orchestrator::start_with_runtime(b.orchestrator_config(defs, &state), rt, stop.clone()).await.unwrap();
+    wait_until(WAIT, "f declared", || async { (!function_status(o.api_addr.port(), "f").await.is_null()).then_some(()) }).await;
+    (o, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_wakes_start_one_replica_and_envoy_serves_when_ready() {
+    let b = Backend::start().await;
+    let defs = Defs::new(DEFS);
+    let rt = FakeRuntime::new(Duration::ZERO);
+    let (o, stop) = start(&b, &defs, rt.clone()).await;
+    let api = o.api_addr.port();
+    let wakes: Vec<_> = (0..50).map(|_| tokio::spawn(wake(api, "f"))).collect();
+    for w in wakes {
+        assert_eq!(w.await.unwrap().0, 200);
+    }
+    assert_eq!(rt.starts.load(Ordering::SeqCst), 1, "singleflight: one replica for 50 wakes");
+    let r = b.call("/f/x").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    stop.cancel();
+    o.wait().await;
+    assert!(rt.live.lock().unwrap().is_empty(), "shutdown stops every replica");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_to_zero_waits_for_the_request_in_flight() {
+    let b = Backend::start().await;
+    let defs = Defs::new(DEFS);
+    let rt = FakeRuntime::new(Duration::from_millis(1500));
+    let (o, stop) = start(&b, &defs, rt.clone()).await;
+    let api = o.api_addr.port();
+    assert_eq!(wake(api, "f").await.0, 200);
+    // This request is still in flight when the 400 ms idle timeout passes.
+    let port = b.listener;
+    let slow = tokio::spawn(async move { roost_testkit::http::get(port, "/f").await });
+    wait_until(WAIT, "f draining or asleep", || async {
+        let f = function_status(api, "f").await;
+        (f["state"] == "draining" || f["state"] == "sleeping").then_some(())
+    })
+    .await;
+    let r = slow.await.unwrap().expect("answered");
+    assert_eq!(r.status, 200, "the in-flight request must finish: {}", r.body);
+    wait_until(WAIT, "f asleep", || async { (function_status(api, "f").await["state"] == "sleeping").then_some(()) }).await;
+    assert!(rt.live.lock().unwrap().is_empty());
+    stop.cancel();
+    o.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_removes_the_endpoint_and_queueing_scales_up() {
+    let b = Backend::start().await;
+    let defs = Defs::new(&DEFS.replace("400ms", "1m"));
+    let rt = FakeRuntime::new(Duration::ZERO);
+    let (o, stop) = start(&b, &defs, rt.clone()).await;
+    let api = o.api_addr.port();
+    assert_eq!(wake(api, "f").await.0, 200);
+    let f = function_status(api, "f").await;
+    let (id, addr) = (f["replicas"][0]["id"].as_str().unwrap().to_string(), f["replicas"][0]["address"].as_str().unwrap().to_string());
+    rt.crash(&id, "f");
+    let cp = b.cp.admin_addr.port();
+    wait_until(WAIT, "the crashed replica's endpoint removed", || async {
+        let r = roost_testkit::http::get(cp, "/functions/f").await.ok()?;
+        (!r.body.contains(&addr)).then_some(())
+    })
+    .await;
+    assert_eq!(function_status(api, "f").await["state"], "sleeping");
+
+    // The load the statsd-listener would write: 1 in flight and 4 queued, target 1 per
+    // replica: the orchestrator scales to what the load needs, capped at max 3.
+    assert_eq!(wake(api, "f").await.0, 200);
+    let client = redis::Client::open(b.redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("HSET").arg("roost:fn:f:load").arg("in_flight").arg(1).arg("pending").arg(4).query_async(&mut c).await.unwrap();
+    let _: () = redis::cmd("PUBLISH").arg("roost:scale").arg(r#"{"function":"f"}"#).query_async(&mut c).await.unwrap();
+    wait_until(WAIT, "three replicas ready", || async { (ready_replicas(api, "f").await == 3).then_some(()) }).await;
+    let replicas: String = redis::cmd("HGET").arg("roost:fn:f:replicas").arg("ready").query_async(&mut c).await.unwrap();
+    assert_eq!(replicas, "3");
+    stop.cancel();
+    o.wait().await;
+}
