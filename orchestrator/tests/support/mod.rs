@@ -105,16 +105,19 @@ impl Drop for Backend {
     }
 }
 
-/// The orchestrator's /status.
+/// The orchestrator's /status (`Null` while it does not answer, for polling).
 pub async fn status(api: u16) -> Value {
-    let r = http::get(api, "/status").await.expect("orchestrator /status");
-    serde_json::from_str(&r.body).expect("status JSON")
+    match http::get(api, "/status").await {
+        Ok(r) => serde_json::from_str(&r.body).expect("status JSON"),
+        Err(_) => Value::Null,
+    }
 }
 
 /// One function's entry in /status.
 pub async fn function_status(api: u16, name: &str) -> Value {
     let s = status(api).await;
-    s["functions"].as_array().unwrap().iter().find(|f| f["name"] == name).cloned().unwrap_or(Value::Null)
+    let Some(list) = s["functions"].as_array() else { return Value::Null };
+    list.iter().find(|f| f["name"] == name).cloned().unwrap_or(Value::Null)
 }
 
 /// Ready replicas of a function.
