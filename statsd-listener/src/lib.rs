@@ -1,1 +1,108 @@
-//! Roost's statsd listener (issue 3): placeholder until it is built.
+//! Roost's statsd listener: sees, per function and within a second, the requests in
+//! flight, the requests queued inside Envoy and when the last request started; writes
+//! that load to Redis and signals scale-ups the moment a function queues.
+//!
+//! # Layout
+//!
+//! - [`parser`]: the statsd / DogStatsD line format, a pure function.
+//! - [`aggregate`]: per-function load from Envoy's cluster stats, and the scale-up rule.
+//! - [`server`]: the UDP loop.
+//! - [`sink`]: writing to Redis, reconnecting, bounded while Redis is away.
+//! - [`metrics`]: `/metrics` in Prometheus text format.
+//! - [`config`]: flags and `ROOST_...` variables.
+
+pub mod aggregate;
+pub mod config;
+pub mod metrics;
+pub mod parser;
+pub mod server;
+pub mod sink;
+
+pub use config::Config;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Why the listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A socket could not be bound.
+    #[error("cannot listen on {addr} for {what}: {source}; pick another address with {flag}")]
+    Bind {
+        /// Which socket.
+        what: &'static str,
+        /// Address.
+        addr: SocketAddr,
+        /// The flag that sets it.
+        flag: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The Redis URL is malformed.
+    #[error("invalid Redis URL {0:?}: {1}; use redis://host:port/")]
+    RedisUrl(String, redis::RedisError),
+}
+
+/// A started listener.
+#[derive(Debug)]
+pub struct Running {
+    /// The UDP address it receives on.
+    pub udp_addr: SocketAddr,
+    /// The `/metrics` address.
+    pub metrics_addr: SocketAddr,
+    /// Its counters.
+    pub stats: Arc<metrics::Stats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until it has stopped (after `shutdown`).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Binds the sockets and starts receiving.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
+    let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| Error::RedisUrl(config.redis_url.clone(), e))?;
+    let socket = tokio::net::UdpSocket::bind(config.bind).await.map_err(|source| Error::Bind {
+        what: "statsd (UDP)",
+        addr: config.bind,
+        flag: "--bind / ROOST_STATSD_BIND",
+        source,
+    })?;
+    server::grow_receive_buffer(&socket, 8 << 20);
+    let listener = tokio::net::TcpListener::bind(config.metrics_bind).await.map_err(|source| Error::Bind {
+        what: "/metrics",
+        addr: config.metrics_bind,
+        flag: "--metrics-bind / ROOST_METRICS_BIND",
+        source,
+    })?;
+    let udp_addr = socket.local_addr().expect("bound socket has an address");
+    let metrics_addr = listener.local_addr().expect("bound socket has an address");
+    let stats = Arc::new(metrics::Stats::default());
+    let sink = Arc::new(sink::Sink::default());
+    let s = stats.clone();
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(move || {
+            let s = s.clone();
+            async move { ([("content-type", "text/plain; version=0.0.4")], metrics::render(&s)) }
+        }))
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    let http = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    info!(%udp_addr, %metrics_addr, "statsd listener receiving");
+    let flush = Duration::from_millis(config.flush_interval_ms);
+    let (st, sk, sd) = (stats.clone(), sink.clone(), shutdown.clone());
+    let task = tokio::spawn(async move {
+        let writer = tokio::spawn(sink::run(sk.clone(), client, st.clone(), sd.clone()));
+        let http = tokio::spawn(std::future::IntoFuture::into_future(http));
+        server::run(socket, sk, st, flush, sd).await;
+        let _ = writer.await;
+        let _ = http.await;
+        info!("statsd listener stopped");
+    });
+    Ok(Running { udp_addr, metrics_addr, stats, task })
+}

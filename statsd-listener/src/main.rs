@@ -1,6 +1,24 @@
-//! The `statsd-listener` binary: placeholder until issue 3 builds it.
+//! The `statsd-listener` binary: parses its configuration, sets up tracing, receives
+//! until SIGTERM or SIGINT.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("roost statsd-listener: not implemented yet (tracked in issue 3)");
-    std::process::ExitCode::from(2)
+use clap::Parser;
+use roost_statsd_listener::{start, Config};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    roost_common::telemetry::init_tracing(config.log_format, "info");
+    let shutdown = roost_common::shutdown::on_signal();
+    match start(config, shutdown).await {
+        Ok(running) => {
+            running.wait().await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "statsd listener failed to start");
+            eprintln!("statsd-listener: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,224 @@
+//! Per-function load from Envoy's cluster stats, and the scale-up decision: pure code,
+//! fed parsed metrics and the time, tested without sockets.
+
+use crate::parser::{Kind, Metric};
+use roost_common::naming::function_of_cluster;
+use std::collections::HashMap;
+
+/// Most functions tracked; metrics of further functions are counted and dropped, so a
+/// flood of odd cluster names cannot grow memory without bound.
+pub const MAX_FUNCTIONS: usize = 10_000;
+
+/// The load of one function.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Load {
+    /// Requests in flight (`upstream_rq_active`).
+    pub in_flight: f64,
+    /// Requests queued in Envoy (`upstream_rq_pending_active`).
+    pub pending: f64,
+    /// Requests started per second over the last flush interval.
+    pub rps: f64,
+    /// Requests started, in total, since the listener started.
+    pub requests_total: f64,
+    /// No-healthy-host events, in total (`upstream_cx_none_healthy`).
+    pub none_healthy_total: f64,
+    /// Unix milliseconds of the last flush that saw a request start (0: none yet).
+    pub last_request_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    load: Load,
+    started_since_flush: f64,
+    dirty: bool,
+}
+
+/// Which Envoy stat a metric is, for a Roost function cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stat {
+    /// `upstream_rq_active`
+    Active,
+    /// `upstream_rq_pending_active`
+    Pending,
+    /// `upstream_rq_total`
+    Total,
+    /// `upstream_cx_none_healthy`
+    NoneHealthy,
+}
+
+/// Splits `[prefix.]cluster.fn-<f>.<stat>` into the function and the stat.
+pub fn classify(name: &str) -> Option<(&str, Stat)> {
+    let rest = name.strip_prefix("envoy.").unwrap_or(name);
+    let rest = rest.strip_prefix("cluster.")?;
+    let (cluster, stat) = rest.rsplit_once('.')?;
+    let function = function_of_cluster(cluster)?;
+    let stat = match stat {
+        "upstream_rq_active" => Stat::Active,
+        "upstream_rq_pending_active" => Stat::Pending,
+        "upstream_rq_total" => Stat::Total,
+        "upstream_cx_none_healthy" => Stat::NoneHealthy,
+        _ => return None,
+    };
+    Some((function, stat))
+}
+
+/// The aggregator.
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    functions: HashMap<String, State>,
+    /// Metrics dropped because [`MAX_FUNCTIONS`] were already tracked.
+    pub dropped: u64,
+}
+
+/// What one metric did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// Not a stat Roost reads.
+    Ignored,
+    /// Recorded.
+    Recorded,
+    /// Recorded, and the function now has requests queued: signal at once.
+    Queued,
+}
+
+impl Aggregator {
+    /// Records one metric at `now_ms`.
+    pub fn observe(&mut self, m: &Metric<'_>, now_ms: u64) -> Observed {
+        let Some((function, stat)) = classify(m.name) else { return Observed::Ignored };
+        if !self.functions.contains_key(function) && self.functions.len() >= MAX_FUNCTIONS {
+            self.dropped += 1;
+            return Observed::Ignored;
+        }
+        let s = self.functions.entry(function.to_string()).or_default();
+        s.dirty = true;
+        let scaled = m.value / m.sample_rate;
+        let gauge = |current: f64| match m.kind {
+            Kind::Gauge { delta: true } => (current + m.value).max(0.0),
+            _ => m.value.max(0.0),
+        };
+        match stat {
+            Stat::Active => s.load.in_flight = gauge(s.load.in_flight),
+            Stat::Pending => {
+                s.load.pending = gauge(s.load.pending);
+                if s.load.pending > 0.0 {
+                    return Observed::Queued;
+                }
+            }
+            Stat::Total => {
+                if scaled > 0.0 {
+                    s.started_since_flush += scaled;
+                    s.load.requests_total += scaled;
+                    s.load.last_request_ms = now_ms;
+                }
+            }
+            Stat::NoneHealthy => s.load.none_healthy_total += scaled,
+        }
+        Observed::Recorded
+    }
+
+    /// The functions that changed since the last flush, with their load; `elapsed_ms`
+    /// is the time since the last flush (for requests per second).
+    pub fn flush(&mut self, elapsed_ms: u64) -> Vec<(String, Load)> {
+        let secs = (elapsed_ms.max(1) as f64) / 1000.0;
+        let mut out = Vec::new();
+        for (name, s) in &mut self.functions {
+            if !s.dirty {
+                continue;
+            }
+            s.load.rps = s.started_since_flush / secs;
+            s.started_since_flush = 0.0;
+            s.dirty = false;
+            out.push((name.clone(), s.load));
+        }
+        out
+    }
+
+    /// The current load of one function.
+    pub fn load(&self, function: &str) -> Option<Load> {
+        self.functions.get(function).map(|s| s.load)
+    }
+
+    /// Every function's current load.
+    pub fn all(&self) -> Vec<(String, Load)> {
+        self.functions.iter().map(|(n, s)| (n.clone(), s.load)).collect()
+    }
+}
+
+/// Whether a function should get another replica now: requests queue in Envoy, or the
+/// requests in flight per ready replica exceed the target concurrency.
+pub fn needs_scale_up(load: &Load, ready_replicas: u32, target_concurrency: u32) -> bool {
+    let capacity = f64::from(ready_replicas.max(1)) * f64::from(target_concurrency.max(1));
+    load.pending > 0.0 || load.in_flight > capacity
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parser::parse_line;
+
+    fn feed(a: &mut Aggregator, line: &str, now: u64) -> Observed {
+        a.observe(&parse_line(line.as_bytes()).unwrap(), now)
+    }
+
+    #[test]
+    fn classifies_only_function_clusters() {
+        assert_eq!(classify("envoy.cluster.fn-hello.upstream_rq_active"), Some(("hello", Stat::Active)));
+        assert_eq!(classify("cluster.fn-a_b.upstream_rq_total"), Some(("a_b", Stat::Total)));
+        assert_eq!(classify("envoy.cluster.roost_xds.upstream_rq_active"), None);
+        assert_eq!(classify("envoy.cluster.fn-hello.upstream_cx_total"), None);
+        assert_eq!(classify("roost.orchestrator.cold_starts"), None);
+    }
+
+    #[test]
+    fn gauges_counters_and_rates() {
+        let mut a = Aggregator::default();
+        feed(&mut a, "envoy.cluster.fn-h.upstream_rq_active:3|g", 1000);
+        feed(&mut a, "envoy.cluster.fn-h.upstream_rq_active:-1|g", 1000);
+        feed(&mut a, "envoy.cluster.fn-h.upstream_rq_total:5|c", 1000);
+        feed(&mut a, "envoy.cluster.fn-h.upstream_rq_total:1|c|@0.5", 1100);
+        let out = a.flush(500);
+        assert_eq!(out.len(), 1);
+        let l = out[0].1;
+        assert_eq!((l.in_flight, l.requests_total, l.rps, l.last_request_ms), (2.0, 7.0, 14.0, 1100));
+        assert!(a.flush(250).is_empty(), "nothing changed, nothing flushed");
+    }
+
+    #[test]
+    fn idleness_counts_started_requests_not_finished_ones() {
+        let mut a = Aggregator::default();
+        feed(&mut a, "envoy.cluster.fn-h.upstream_rq_total:1|c", 1000);
+        // A long request still in flight: the gauge repeats, nothing new starts.
+        feed(&mut a, "envoy.cluster.fn-h.upstream_rq_active:1|g", 5000);
+        feed(&mut a, "envoy.cluster.fn-h.upstream_rq_total:0|c", 5000);
+        assert_eq!(a.load("h").unwrap().last_request_ms, 1000);
+        assert_eq!(a.load("h").unwrap().in_flight, 1.0);
+    }
+
+    #[test]
+    fn queueing_is_signalled_at_once() {
+        let mut a = Aggregator::default();
+        assert_eq!(feed(&mut a, "envoy.cluster.fn-h.upstream_rq_pending_active:0|g", 1), Observed::Recorded);
+        assert_eq!(feed(&mut a, "envoy.cluster.fn-h.upstream_rq_pending_active:9|g", 2), Observed::Queued);
+        assert_eq!(feed(&mut a, "other.metric:1|c", 3), Observed::Ignored);
+    }
+
+    #[test]
+    fn scale_up_decision() {
+        let l = |in_flight, pending| Load { in_flight, pending, ..Default::default() };
+        assert!(needs_scale_up(&l(1.0, 1.0), 1, 1));
+        assert!(!needs_scale_up(&l(1.0, 0.0), 1, 1));
+        assert!(needs_scale_up(&l(3.0, 0.0), 1, 2));
+        assert!(!needs_scale_up(&l(4.0, 0.0), 2, 2));
+        assert!(!needs_scale_up(&l(0.0, 0.0), 0, 1));
+    }
+
+    #[test]
+    fn tracked_functions_are_bounded() {
+        let mut a = Aggregator::default();
+        for i in 0..MAX_FUNCTIONS + 5 {
+            feed(&mut a, &format!("envoy.cluster.fn-f{i}.upstream_rq_active:1|g"), 1);
+        }
+        assert_eq!(a.all().len(), MAX_FUNCTIONS);
+        assert_eq!(a.dropped, 5);
+    }
+}

@@ -1,0 +1,183 @@
+//! Writes each function's load to Redis (at most once per flush per function) and
+//! publishes scale-up signals, reconnecting with backoff when Redis goes away. While
+//! Redis is away only the newest load of each function is kept, so memory stays bounded.
+
+use crate::aggregate::{needs_scale_up, Load, MAX_FUNCTIONS};
+use crate::metrics::Stats;
+use redis::aio::ConnectionManager;
+use roost_common::keys::{self, load_fields, replica_fields};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Shortest time between two scale signals of one function.
+const SIGNAL_EVERY: Duration = Duration::from_millis(200);
+
+/// Loads waiting to be written.
+#[derive(Debug, Default)]
+pub struct Sink {
+    queue: Mutex<HashMap<String, (Load, bool)>>,
+    wake: Notify,
+}
+
+impl Sink {
+    /// Queues a function's newest load; `urgent` writes it (and decides on scaling) now
+    /// rather than at the next flush.
+    pub fn push(&self, function: &str, load: Load, urgent: bool) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= MAX_FUNCTIONS && !q.contains_key(function) {
+            return;
+        }
+        let entry = q.entry(function.to_string()).or_insert((load, false));
+        entry.0 = load;
+        entry.1 |= urgent;
+        drop(q);
+        if urgent {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Asks the writer to write now.
+    pub fn kick(&self) {
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> HashMap<String, (Load, bool)> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn put_back(&self, items: HashMap<String, (Load, bool)>) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        for (f, v) in items {
+            q.entry(f).or_insert(v);
+        }
+    }
+
+    /// Number of functions waiting to be written.
+    pub fn len(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A number as Redis stores it: whole numbers without a fraction (`2`, not `2.0`).
+pub fn fmt_num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn num(v: &Option<String>, default: u32) -> u32 {
+    v.as_deref().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// Writes until `shutdown`.
+pub async fn run(sink: Arc<Sink>, client: redis::Client, stats: Arc<Stats>, shutdown: CancellationToken) {
+    let mut conn: Option<ConnectionManager> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut last_signal: HashMap<String, Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = sink.wake.notified() => {}
+        }
+        if sink.is_empty() {
+            continue;
+        }
+        if conn.is_none() {
+            match client.get_connection_manager().await {
+                Ok(c) => {
+                    info!("connected to Redis");
+                    conn = Some(c);
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, retry_in = ?backoff, "Redis unreachable; keeping the newest load per function");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    sink.kick();
+                    continue;
+                }
+            }
+        }
+        let items = sink.take();
+        let c = conn.as_mut().expect("connected above");
+        match write(c, &items, &mut last_signal, &stats).await {
+            Ok(()) => {}
+            Err(e) => {
+                stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "writing to Redis failed; will retry");
+                sink.put_back(items);
+                conn = None;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                sink.kick();
+            }
+        }
+    }
+}
+
+async fn write(
+    c: &mut ConnectionManager,
+    items: &HashMap<String, (Load, bool)>,
+    last_signal: &mut HashMap<String, Instant>,
+    stats: &Stats,
+) -> redis::RedisResult<()> {
+    let names: Vec<&String> = items.keys().collect();
+    let mut read = redis::pipe();
+    for f in &names {
+        read.cmd("HMGET").arg(keys::replicas(f)).arg(replica_fields::READY).arg(replica_fields::TARGET_CONCURRENCY);
+    }
+    let replicas: Vec<(Option<String>, Option<String>)> = read.query_async(c).await?;
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let mut write = redis::pipe();
+    for (f, (ready, target)) in names.iter().zip(&replicas) {
+        let load = &items[*f].0;
+        write
+            .cmd("HSET")
+            .arg(keys::load(f))
+            .arg(load_fields::IN_FLIGHT)
+            .arg(fmt_num(load.in_flight))
+            .arg(load_fields::PENDING)
+            .arg(fmt_num(load.pending))
+            .arg(load_fields::LAST_REQUEST_MS)
+            .arg(load.last_request_ms)
+            .arg("rps")
+            .arg(fmt_num(load.rps))
+            .arg("requests_total")
+            .arg(fmt_num(load.requests_total))
+            .arg("none_healthy_total")
+            .arg(fmt_num(load.none_healthy_total))
+            .arg("updated_ms")
+            .arg(now_ms)
+            .ignore();
+        let (ready, target) = (num(ready, 1), num(target, 1));
+        let due = last_signal.get(*f).is_none_or(|t| t.elapsed() >= SIGNAL_EVERY);
+        if needs_scale_up(load, ready, target) && due {
+            let msg = serde_json::json!({
+                "function": f, "pending": load.pending, "in_flight": load.in_flight,
+                "ready": ready, "target_concurrency": target,
+            });
+            write.publish(keys::SCALE_CHANNEL, msg.to_string()).ignore();
+            last_signal.insert((*f).clone(), Instant::now());
+            stats.scale_signals.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    write.query_async::<()>(c).await
+}
