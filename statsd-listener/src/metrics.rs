@@ -41,7 +41,8 @@ pub fn render(stats: &Stats) -> String {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
     }
     let loads = stats.loads.lock().unwrap_or_else(|e| e.into_inner());
-    let series: [(&str, &str, &str, fn(&Load) -> f64); 6] = [
+    type Series = (&'static str, &'static str, &'static str, fn(&Load) -> f64);
+    let series: [Series; 6] = [
         ("roost_function_in_flight", "gauge", "Requests in flight in Envoy.", |l| l.in_flight),
         ("roost_function_pending", "gauge", "Requests queued in Envoy.", |l| l.pending),
         ("roost_function_requests_per_second", "gauge", "Requests started per second over the last flush.", |l| l.rps),

@@ -36,8 +36,8 @@ pub fn grow_receive_buffer(socket: &UdpSocket, bytes: usize) {
     }
 }
 
-/// Handles one datagram: returns the functions that just queued.
-pub fn handle_datagram<'a>(agg: &mut Aggregator, stats: &Stats, datagram: &'a [u8], now: u64, queued: &mut HashSet<String>) {
+/// Handles one datagram; adds the functions that have requests queued to `queued`.
+pub fn handle_datagram(agg: &mut Aggregator, stats: &Stats, datagram: &[u8], now: u64, queued: &mut HashSet<String>) {
     stats.packets.fetch_add(1, Ordering::Relaxed);
     let (mut lines, mut errors) = (0u64, 0u64);
     for line in parse_datagram(datagram) {
