@@ -211,3 +211,25 @@ async fn a_crashed_replica_loses_its_endpoint_and_the_next_wake_replaces_it() {
     stop.cancel();
     o.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queueing_in_envoy_brings_a_second_replica() {
+    // The whole loop: Envoy queues behind a busy replica, its statsd reaches the real
+    // statsd-listener, which signals the orchestrator through Redis.
+    let b = Backend::start().await;
+    let defs = Defs::new(HELLO);
+    let (o, stop) = orchestrator(&b, &defs, &state_dir("queue")).await;
+    let api = o.api_addr.port();
+    assert_eq!(wake(api, "sleep").await.0, 200);
+    let started = std::time::Instant::now();
+    let port = b.listener;
+    let load: Vec<_> = (0..6).map(|_| tokio::spawn(async move { roost_testkit::http::get(port, "/sleep?ms=1500").await })).collect();
+    wait_until(WAIT, "a second replica of sleep", || async { (ready_replicas(api, "sleep").await >= 2).then_some(()) }).await;
+    eprintln!("second replica ready {:?} after the load started", started.elapsed());
+    for l in load {
+        let r = l.await.unwrap().expect("answered");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    stop.cancel();
+    o.wait().await;
+}

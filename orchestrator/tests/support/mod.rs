@@ -54,10 +54,11 @@ impl Drop for Defs {
     }
 }
 
-/// Redis, control plane and Envoy, ready for an orchestrator.
+/// Redis, control plane, statsd-listener and Envoy, ready for an orchestrator.
 pub struct Backend {
     pub redis: Redis,
     pub cp: roost_control_plane::Running,
+    pub statsd: roost_statsd_listener::Running,
     pub envoy: Envoy,
     pub listener: u16,
     pub shutdown: CancellationToken,
@@ -70,9 +71,16 @@ impl Backend {
         let shutdown = CancellationToken::new();
         let config = roost_control_plane::Config { listener_port: listener, ..roost_control_plane::Config::for_tests() };
         let cp = roost_control_plane::start(config, shutdown.clone()).await.expect("control plane starts");
-        let envoy = Envoy::start(&EnvoyOptions::new(cp.xds_addr.port(), XdsMode::Delta)).await;
+        let mut sc = <roost_statsd_listener::Config as clap::Parser>::parse_from(["statsd-listener"]);
+        sc.bind = "127.0.0.1:0".parse().unwrap();
+        sc.metrics_bind = "127.0.0.1:0".parse().unwrap();
+        sc.redis_url = redis.url();
+        let statsd = roost_statsd_listener::start(sc, shutdown.clone()).await.expect("statsd-listener starts");
+        let mut opts = EnvoyOptions::new(cp.xds_addr.port(), XdsMode::Delta);
+        opts.statsd_port = Some(statsd.udp_addr.port());
+        let envoy = Envoy::start(&opts).await;
         wait_until(WAIT, "Envoy LIVE", || async { envoy.is_live().await.then_some(()) }).await;
-        Backend { redis, cp, envoy, listener, shutdown }
+        Backend { redis, cp, statsd, envoy, listener, shutdown }
     }
 
     /// An orchestrator configuration for this back end and these definitions.
@@ -90,6 +98,7 @@ impl Backend {
         c.tick_ms = 100;
         c.reload_interval_ms = 50;
         c.stop_grace_ms = 2000;
+        c.statsd_addr = Some(self.statsd.udp_addr.to_string());
         c
     }
 
