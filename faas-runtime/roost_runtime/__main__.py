@@ -2,7 +2,6 @@
 
 import asyncio
 import importlib.util
-import inspect
 import json
 import os
 import sys
@@ -33,7 +32,7 @@ def load_python_handler(name, folder, file):
 
     async def handler(request):
         result = handle(request)
-        if inspect.isawaitable(result):
+        if hasattr(result, "__await__"):
             result = await result
         if not serialized:
             return Response(result)  # JSON-encoded, as the seed did

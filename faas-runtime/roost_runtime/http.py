@@ -6,8 +6,6 @@ import json
 import signal
 import sys
 import time
-import traceback
-import uuid
 from urllib.parse import parse_qs, urlsplit
 
 MAX_HEAD = 64 * 1024
@@ -207,6 +205,8 @@ class Server:
             return json_response(504, {"error": f"the function did not answer within {self.timeout} s",
                                        "function": self.name, "request_id": request_id})
         except Exception as e:  # a crashing function answers 500, the server lives on
+            import traceback  # only on the error path: keeps start-up fast
+
             log(f"function {self.name}: request {request_id or '-'} raised:\n{traceback.format_exc()}")
             return json_response(500, {"error": f"{type(e).__name__}: {e}", "function": self.name,
                                        "request_id": request_id})
@@ -274,7 +274,3 @@ async def serve(name, handler, host, port, max_body, timeout, drain_s=25.0):
         except Exception:
             pass
     log(f"function {name}: stopped after draining for {time.monotonic() - t:.3f} s")
-
-
-def new_request_id():
-    return uuid.uuid4().hex

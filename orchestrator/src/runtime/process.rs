@@ -61,14 +61,28 @@ fn signal(pid: i32, sig: i32) {
     }
 }
 
+/// The interpreter's own path (`sys.executable`), or the given name when it cannot run.
+fn resolve_interpreter(python: &std::path::Path) -> PathBuf {
+    std::process::Command::new(python)
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| python.to_path_buf())
+}
+
 fn free_port(ip: IpAddr) -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
 impl ProcessRuntime {
-    /// A process runtime; creates the state folder.
-    pub fn new(config: ProcessConfig) -> std::io::Result<Arc<ProcessRuntime>> {
+    /// A process runtime; creates the state folder and resolves the interpreter to its
+    /// real path once (a shim such as pyenv's costs tens of milliseconds per start).
+    pub fn new(mut config: ProcessConfig) -> std::io::Result<Arc<ProcessRuntime>> {
         std::fs::create_dir_all(&config.state_dir)?;
+        config.python = resolve_interpreter(&config.python);
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Arc::new(ProcessRuntime {
             config,
