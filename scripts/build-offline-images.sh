@@ -12,18 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { echo "build-offline-images: $*" >&2; }
 
-base=roost/platform-base:bookworm
-if ! docker image inspect "$base" >/dev/null 2>&1; then
-  command -v debootstrap >/dev/null || { log "installing debootstrap"; apt-get install -y -qq debootstrap >/dev/null; }
-  root=$(mktemp -d)
-  log "debootstrap bookworm into $root (about a minute)"
-  debootstrap --variant=minbase \
-    --include=python3,redis-server,nginx-light,libnginx-mod-http-lua,lua-nginx-redis,lua-cjson,ca-certificates \
-    bookworm "$root" http://deb.debian.org/debian >/dev/null
-  rm -rf "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/var/cache/apt/*
-  tar -C "$root" -c . | docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - "$base" >/dev/null
-  rm -rf "$root"
-fi
+scripts/build-base-image.sh
 
 log "building Roost's release binaries"
 cargo build --release --locked -p roost-control-plane -p roost-orchestrator -p roost-statsd-listener >&2

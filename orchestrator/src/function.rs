@@ -433,10 +433,12 @@ impl Actor {
     }
 
     async fn exited(&mut self, id: &str, reason: &str) {
-        let Some(slot) = self.replicas.remove(id) else { return };
-        if slot.draining {
+        // A draining replica exits because the drain stopped it; its drain task reports
+        // when it is gone.
+        if self.replicas.get(id).is_none_or(|s| s.draining) {
             return;
         }
+        let slot = self.replicas.remove(id).expect("checked above");
         warn!(replica = %id, reason, "replica exited unexpectedly; removing its endpoint");
         self.ctx.metrics.failure(&self.spec.name, "crash");
         self.last_error = Some(format!("replica {id} exited: {reason}"));

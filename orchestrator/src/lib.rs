@@ -72,7 +72,7 @@ impl Running {
     }
 }
 
-fn build_runtime(config: &Config) -> Result<Arc<dyn Runtime>, Error> {
+async fn build_runtime(config: &Config) -> Result<Arc<dyn Runtime>, Error> {
     let definitions_dir = config
         .definitions
         .parent()
@@ -94,8 +94,16 @@ fn build_runtime(config: &Config) -> Result<Arc<dyn Runtime>, Error> {
             Ok(rt)
         }
         RuntimeKind::Docker => {
-            let _ = (definitions_dir, runtime_dir);
-            Err(Error::Runtime("docker", "not wired yet".into()))
+            let cfg = runtime::docker::DockerConfig {
+                socket: config.docker_socket.clone(),
+                base_image: config.base_image.clone(),
+                network: config.docker_network.clone(),
+                port: 8080,
+                definitions_dir,
+                runtime_dir,
+            };
+            let rt = runtime::docker::DockerRuntime::connect(cfg).await.map_err(|e| Error::Runtime("docker", e.to_string()))?;
+            Ok(rt)
         }
     }
 }
@@ -103,7 +111,7 @@ fn build_runtime(config: &Config) -> Result<Arc<dyn Runtime>, Error> {
 /// Starts the orchestrator: its runtime, Redis connections, definitions watcher,
 /// supervisor and API. Returns once the API listens.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
-    let runtime = build_runtime(&config)?;
+    let runtime = build_runtime(&config).await?;
     start_with_runtime(config, runtime, shutdown).await
 }
 

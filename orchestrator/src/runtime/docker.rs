@@ -1,1 +1,373 @@
-//! Docker runtime: being written (see helper brief); placeholder so the crate compiles.
+//! Replicas as Docker containers, through the Docker API (bollard). Function images are
+//! built through the API from the base image, the runtime package and the function's
+//! folder; containers are labelled, limited and hardened, and attached only to the
+//! internal functions network.
+
+use super::{Replica, Runtime, RuntimeError, RuntimeEvent};
+use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::{ClientVersion, Docker};
+use futures::StreamExt;
+use roost_common::spec::{FunctionSpec, Runtime as Kind};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// Label on every container and image Roost manages.
+pub const MANAGED: &str = "roost.managed";
+
+/// Settings of the Docker runtime.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// The Docker socket.
+    pub socket: PathBuf,
+    /// Base image of function images (Python 3 in it).
+    pub base_image: String,
+    /// The network function containers join, and nothing else.
+    pub network: String,
+    /// Port the runtime listens on inside a container.
+    pub port: u16,
+    /// Folder of the definitions file (function folders are relative to it).
+    pub definitions_dir: PathBuf,
+    /// Folder holding the `roost_runtime` package.
+    pub runtime_dir: PathBuf,
+}
+
+/// The Docker runtime.
+pub struct DockerRuntime {
+    docker: Docker,
+    config: DockerConfig,
+    /// One build at a time per image tag: concurrent prepares of a function wait for it.
+    builds: tokio::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
+}
+
+impl std::fmt::Debug for DockerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerRuntime").field("config", &self.config).finish()
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Other(e.to_string())
+}
+
+/// Gone, or already being removed.
+fn is_gone(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404 | 409, .. })
+}
+
+/// A Docker-safe tag fragment of a version.
+fn tag_part(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+/// The image tag of a function at a definition hash.
+pub fn image_tag(spec: &FunctionSpec, spec_hash: &str) -> String {
+    match &spec.runtime {
+        Kind::Image { image } => image.clone(),
+        _ => format!("roost-fn-{}:{}-{}", spec.name, tag_part(&spec.version), &spec_hash[..spec_hash.len().min(12)]),
+    }
+}
+
+/// The Dockerfile of a python or command function image.
+pub fn dockerfile(spec: &FunctionSpec, base: &str) -> String {
+    let mut d = format!("FROM {base}\nCOPY roost_runtime /opt/roost/roost_runtime\nCOPY function /opt/roost/function\n");
+    let (kind, extra) = match &spec.runtime {
+        Kind::Python { extra_dependencies, .. } => ("python", extra_dependencies.clone()),
+        _ => ("command", Vec::new()),
+    };
+    if !extra.is_empty() {
+        d.push_str(&format!("RUN python3 -m pip install --no-cache-dir --target /opt/roost/deps {}\n", extra.join(" ")));
+    }
+    d.push_str("ENV PYTHONPATH=/opt/roost:/opt/roost/deps PYTHONDONTWRITEBYTECODE=1 ROOST_FUNCTION_DIR=/opt/roost/function\n");
+    d.push_str(&format!("WORKDIR /opt/roost/function\nCMD [\"python3\", \"-m\", \"roost_runtime\", \"{kind}\"]\n"));
+    d
+}
+
+fn add_dir(tar: &mut tar::Builder<Vec<u8>>, src: &Path, name: &str) -> std::io::Result<()> {
+    tar.append_dir_all(name, src)
+}
+
+impl DockerRuntime {
+    /// Connects to the Docker engine (API 1.41, which Docker 20.10 and later speak) and
+    /// starts following container exits.
+    pub async fn connect(config: DockerConfig) -> Result<std::sync::Arc<DockerRuntime>, RuntimeError> {
+        let socket = config.socket.to_string_lossy().to_string();
+        let docker = Docker::connect_with_unix(&socket, 120, &ClientVersion { major_version: 1, minor_version: 41 })
+            .map_err(|e| other(format!("cannot use the Docker socket {socket}: {e}; is Docker running, and is the socket mounted?")))?;
+        docker.ping().await.map_err(|e| other(format!("the Docker engine at {socket} does not answer: {e}")))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rt = std::sync::Arc::new(DockerRuntime { docker: docker.clone(), config, builds: Default::default(), events_rx: Mutex::new(Some(rx)) });
+        rt.ensure_network().await?;
+        tokio::spawn(follow_exits(docker, tx));
+        Ok(rt)
+    }
+
+    async fn ensure_network(&self) -> Result<(), RuntimeError> {
+        if self.docker.inspect_network(&self.config.network, None).await.is_ok() {
+            return Ok(());
+        }
+        let req = NetworkCreateRequest {
+            name: self.config.network.clone(),
+            driver: Some("bridge".into()),
+            internal: Some(true),
+            labels: Some(HashMap::from([(MANAGED.to_string(), "true".to_string())])),
+            ..Default::default()
+        };
+        match self.docker.create_network(req).await {
+            Ok(_) => {
+                info!(network = %self.config.network, "created the functions network (internal)");
+                Ok(())
+            }
+            Err(e) if self.docker.inspect_network(&self.config.network, None).await.is_ok() => {
+                let _ = e;
+                Ok(())
+            }
+            Err(e) => Err(other(format!("cannot create network {}: {e}", self.config.network))),
+        }
+    }
+
+    fn context(&self, spec: &FunctionSpec, folder: &Path) -> std::io::Result<Vec<u8>> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let docker_file = dockerfile(spec, &self.config.base_image);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(docker_file.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "Dockerfile", docker_file.as_bytes())?;
+        add_dir(&mut tar, &self.config.runtime_dir.join("roost_runtime"), "roost_runtime")?;
+        add_dir(&mut tar, folder, "function")?;
+        tar.into_inner()
+    }
+
+    fn replica_of(&self, c: &bollard::models::ContainerSummary) -> Option<Replica> {
+        let labels = c.labels.as_ref()?;
+        let ip = c.network_settings.as_ref()?.networks.as_ref()?.get(&self.config.network)?.ip_address.clone()?;
+        Some(Replica {
+            id: labels.get("roost.replica")?.clone(),
+            function: labels.get("roost.function")?.clone(),
+            version: labels.get("roost.version")?.clone(),
+            spec_hash: labels.get("roost.spec-hash")?.clone(),
+            address: SocketAddr::new(ip.parse().ok()?, self.config.port),
+            handle: c.id.clone()?,
+        })
+    }
+}
+
+/// Follows Docker's events and reports Roost containers that die.
+async fn follow_exits(docker: Docker, tx: mpsc::UnboundedSender<RuntimeEvent>) {
+    loop {
+        let filters = HashMap::from([
+            ("type", vec!["container"]),
+            ("event", vec!["die"]),
+            ("label", vec!["roost.managed=true"]),
+        ]);
+        let mut events = docker.events(Some(EventsOptionsBuilder::default().filters(&filters).build()));
+        while let Some(ev) = events.next().await {
+            let Ok(ev) = ev else { break };
+            let attrs = ev.actor.and_then(|a| a.attributes).unwrap_or_default();
+            let (Some(id), Some(function)) = (attrs.get("roost.replica"), attrs.get("roost.function")) else { continue };
+            let reason = format!("container died (exit code {})", attrs.get("exitCode").map(String::as_str).unwrap_or("?"));
+            if tx.send(RuntimeEvent::Exited { replica_id: id.clone(), function: function.clone(), reason }).is_err() {
+                return;
+            }
+        }
+        warn!("Docker event stream ended; following again");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for DockerRuntime {
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn prepare(&self, spec: &FunctionSpec, spec_hash: &str) -> Result<(), RuntimeError> {
+        let tag = image_tag(spec, spec_hash);
+        if self.docker.inspect_image(&tag).await.is_ok() {
+            return Ok(());
+        }
+        let lock = self.builds.lock().await.entry(tag.clone()).or_default().clone();
+        let _building = lock.lock().await;
+        if self.docker.inspect_image(&tag).await.is_ok() {
+            return Ok(()); // built while this call waited
+        }
+        let fail = |reason: String| RuntimeError::Prepare { function: spec.name.clone(), reason };
+        let folder = match &spec.runtime {
+            Kind::Image { image } => {
+                return Err(fail(format!("image {image:?} is not on this Docker engine; load or build it first (no registry is used)")));
+            }
+            Kind::Python { folder, .. } | Kind::Command { folder, .. } => self.config.definitions_dir.join(folder),
+        };
+        let body = self.context(spec, &folder).map_err(|e| fail(format!("cannot pack {}: {e}", folder.display())))?;
+        let labels = HashMap::from([
+            (MANAGED.to_string(), "true".to_string()),
+            ("roost.function".to_string(), spec.name.clone()),
+            ("roost.version".to_string(), spec.version.clone()),
+            ("roost.spec-hash".to_string(), spec_hash.to_string()),
+        ]);
+        let options = BuildImageOptionsBuilder::default().dockerfile("Dockerfile").t(&tag).rm(true).forcerm(true).labels(&labels).build();
+        info!(function = %spec.name, image = %tag, "building the function image");
+        let mut stream = self.docker.build_image(options, None, Some(bollard::body_full(body.into())));
+        let mut tail: Vec<String> = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(line) = info.stream.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+                        info!(function = %spec.name, "build: {line}");
+                        tail.push(line.to_string());
+                        if tail.len() > 10 {
+                            tail.remove(0);
+                        }
+                    }
+                    if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                        return Err(fail(format!("image build failed: {err}; last output: {}", tail.join(" | "))));
+                    }
+                }
+                Err(e) => return Err(fail(format!("image build failed: {e}; last output: {}", tail.join(" | ")))),
+            }
+        }
+        Ok(())
+    }
+
+    async fn start(&self, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Result<Replica, RuntimeError> {
+        let fail = |reason: String| RuntimeError::Start { function: spec.name.clone(), reason };
+        let image = image_tag(spec, spec_hash);
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(format!("PORT={}", self.config.port));
+        env.push("ROOST_BIND=0.0.0.0".into());
+        env.push(format!("ROOST_FUNCTION_NAME={}", spec.name));
+        env.push(format!("ROOST_TIMEOUT_S={}", spec.limits.timeout.as_secs_f64()));
+        match &spec.runtime {
+            Kind::Python { file, .. } => env.push(format!("ROOST_FUNCTION_FILE={file}")),
+            Kind::Command { command, .. } => env.push(format!("ROOST_COMMAND={}", serde_json::to_string(command).expect("strings serialize"))),
+            Kind::Image { .. } => {}
+        }
+        let labels = HashMap::from([
+            (MANAGED.to_string(), "true".to_string()),
+            ("roost.function".to_string(), spec.name.clone()),
+            ("roost.version".to_string(), spec.version.clone()),
+            ("roost.replica".to_string(), replica_id.to_string()),
+            ("roost.spec-hash".to_string(), spec_hash.to_string()),
+            ("roost.network".to_string(), self.config.network.clone()),
+        ]);
+        let host = HostConfig {
+            memory: Some(spec.limits.memory as i64),
+            memory_swap: Some(spec.limits.memory as i64),
+            nano_cpus: Some((spec.limits.cpu * 1e9) as i64),
+            pids_limit: Some(i64::from(spec.limits.pids)),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(HashMap::from([("/tmp".to_string(), "rw,noexec,nosuid,size=16m".to_string())])),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            cap_drop: Some(vec!["ALL".into()]),
+            network_mode: Some(self.config.network.clone()),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(image),
+            env: Some(env),
+            labels: Some(labels),
+            user: Some("65534:65534".into()),
+            host_config: Some(host),
+            ..Default::default()
+        };
+        let name = format!("roost-{replica_id}");
+        let created = self
+            .docker
+            .create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body)
+            .await
+            .map_err(|e| fail(format!("create: {e}")))?;
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            let _ = self.docker.remove_container(&created.id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+            return Err(fail(format!("start: {e}")));
+        }
+        let inspect = self.docker.inspect_container(&created.id, None).await.map_err(|e| fail(format!("inspect: {e}")))?;
+        let ip = inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|n| n.get(&self.config.network).and_then(|e| e.ip_address.clone()))
+            .filter(|ip| !ip.is_empty())
+            .ok_or_else(|| fail(format!("the container has no address on network {}", self.config.network)))?;
+        let ip = ip.parse().map_err(|e| fail(format!("bad container address {ip:?}: {e}")))?;
+        Ok(Replica {
+            id: replica_id.to_string(),
+            function: spec.name.clone(),
+            version: spec.version.clone(),
+            spec_hash: spec_hash.to_string(),
+            address: SocketAddr::new(ip, self.config.port),
+            handle: created.id,
+        })
+    }
+
+    async fn stop(&self, replica: &Replica, grace: Duration) -> Result<(), RuntimeError> {
+        let t = grace.as_secs().max(1) as i32;
+        match self.docker.stop_container(&replica.handle, Some(StopContainerOptionsBuilder::default().t(t).build())).await {
+            Ok(()) => {}
+            Err(e) if is_gone(&e) => return Ok(()),
+            Err(e) => warn!(replica = %replica.id, error = %e, "stop failed; removing by force"),
+        }
+        match self.docker.remove_container(&replica.handle, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_gone(&e) => Ok(()),
+            Err(e) => Err(other(format!("cannot remove container {}: {e}", replica.handle))),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Replica>, RuntimeError> {
+        let mine = format!("roost.network={}", self.config.network);
+        let filters = HashMap::from([("label", vec!["roost.managed=true", mine.as_str()])]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+            .await
+            .map_err(other)?;
+        let mut out = Vec::new();
+        for c in &list {
+            let running = c.state.as_ref().map(|s| format!("{s:?}").to_lowercase().contains("running")).unwrap_or(false);
+            match self.replica_of(c).filter(|_| running) {
+                Some(r) => out.push(r),
+                None => {
+                    // Stopped or unreadable: a leftover; remove it.
+                    if let Some(id) = &c.id {
+                        let _ = self.docker.remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn events(&self) -> mpsc::UnboundedReceiver<RuntimeEvent> {
+        self.events_rx.lock().unwrap().take().expect("DockerRuntime::events is called once")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> FunctionSpec {
+        roost_common::spec::parse(yaml).unwrap().into_values().next().unwrap()
+    }
+
+    #[test]
+    fn tags_and_dockerfiles() {
+        let s = spec("usable-functions:\n  hello:\n    version: 0.1\n    configuration: {programing_language: python, base_function_file_name: hello.py, function_folder: hello, extra_dependencies: \"requests\"}\n");
+        assert_eq!(image_tag(&s, "0123456789abcdef"), "roost-fn-hello:0.1-0123456789ab");
+        let d = dockerfile(&s, "roost/base:bookworm");
+        assert!(d.starts_with("FROM roost/base:bookworm\n"));
+        assert!(d.contains("pip install --no-cache-dir --target /opt/roost/deps requests"));
+        assert!(d.contains(r#"CMD ["python3", "-m", "roost_runtime", "python"]"#));
+        let img = spec("usable-functions:\n  x:\n    version: 1\n    runtime: {kind: image, image: \"my:1\"}\n");
+        assert_eq!(image_tag(&img, "h"), "my:1");
+    }
+}
