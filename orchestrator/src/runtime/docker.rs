@@ -46,6 +46,8 @@ pub struct DockerRuntime {
     config: DockerConfig,
     /// One build at a time per image tag: concurrent prepares of a function wait for it.
     builds: tokio::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    /// The image prepared for each definition hash.
+    images: Mutex<HashMap<String, String>>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
 }
 
@@ -69,11 +71,13 @@ fn tag_part(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
-/// The image tag of a function at a definition hash.
-pub fn image_tag(spec: &FunctionSpec, spec_hash: &str) -> String {
+/// The image tag of a function: its version and a hash of its build context (the
+/// Dockerfile, the runtime package and the function's folder), so any change to what goes
+/// into the image gives a new tag.
+pub fn image_tag(spec: &FunctionSpec, context: &[u8]) -> String {
     match &spec.runtime {
         Kind::Image { image } => image.clone(),
-        _ => format!("roost-fn-{}:{}-{}", spec.name, tag_part(&spec.version), &spec_hash[..spec_hash.len().min(12)]),
+        _ => format!("roost-fn-{}:{}-{:016x}", spec.name, tag_part(&spec.version), roost_common::hash::fnv1a(context)),
     }
 }
 
@@ -87,6 +91,8 @@ pub fn dockerfile(spec: &FunctionSpec, base: &str) -> String {
     if !extra.is_empty() {
         d.push_str(&format!("RUN python3 -m pip install --no-cache-dir --target /opt/roost/deps {}\n", extra.join(" ")));
     }
+    // Compiled once at build time: the root file system is read-only at run time.
+    d.push_str("RUN python3 -m compileall -q /opt/roost\n");
     d.push_str("ENV PYTHONPATH=/opt/roost:/opt/roost/deps PYTHONDONTWRITEBYTECODE=1 ROOST_FUNCTION_DIR=/opt/roost/function\n");
     d.push_str(&format!("WORKDIR /opt/roost/function\nCMD [\"python3\", \"-m\", \"roost_runtime\", \"{kind}\"]\n"));
     d
@@ -105,7 +111,7 @@ impl DockerRuntime {
             .map_err(|e| other(format!("cannot use the Docker socket {socket}: {e}; is Docker running, and is the socket mounted?")))?;
         docker.ping().await.map_err(|e| other(format!("the Docker engine at {socket} does not answer: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let rt = std::sync::Arc::new(DockerRuntime { docker: docker.clone(), config, builds: Default::default(), events_rx: Mutex::new(Some(rx)) });
+        let rt = std::sync::Arc::new(DockerRuntime { docker: docker.clone(), config, builds: Default::default(), images: Default::default(), events_rx: Mutex::new(Some(rx)) });
         rt.ensure_network().await?;
         tokio::spawn(follow_exits(docker, tx));
         Ok(rt)
@@ -192,23 +198,27 @@ impl Runtime for DockerRuntime {
     }
 
     async fn prepare(&self, spec: &FunctionSpec, spec_hash: &str) -> Result<(), RuntimeError> {
-        let tag = image_tag(spec, spec_hash);
+        let fail = |reason: String| RuntimeError::Prepare { function: spec.name.clone(), reason };
+        let body = match &spec.runtime {
+            Kind::Image { .. } => Vec::new(),
+            Kind::Python { folder, .. } | Kind::Command { folder, .. } => {
+                let folder = self.config.definitions_dir.join(folder);
+                self.context(spec, &folder).map_err(|e| fail(format!("cannot pack {}: {e}", folder.display())))?
+            }
+        };
+        let tag = image_tag(spec, &body);
+        self.images.lock().unwrap().insert(spec_hash.to_string(), tag.clone());
         if self.docker.inspect_image(&tag).await.is_ok() {
             return Ok(());
+        }
+        if let Kind::Image { image } = &spec.runtime {
+            return Err(fail(format!("image {image:?} is not on this Docker engine; load or build it first (no registry is used)")));
         }
         let lock = self.builds.lock().await.entry(tag.clone()).or_default().clone();
         let _building = lock.lock().await;
         if self.docker.inspect_image(&tag).await.is_ok() {
             return Ok(()); // built while this call waited
         }
-        let fail = |reason: String| RuntimeError::Prepare { function: spec.name.clone(), reason };
-        let folder = match &spec.runtime {
-            Kind::Image { image } => {
-                return Err(fail(format!("image {image:?} is not on this Docker engine; load or build it first (no registry is used)")));
-            }
-            Kind::Python { folder, .. } | Kind::Command { folder, .. } => self.config.definitions_dir.join(folder),
-        };
-        let body = self.context(spec, &folder).map_err(|e| fail(format!("cannot pack {}: {e}", folder.display())))?;
         let labels = HashMap::from([
             (MANAGED.to_string(), "true".to_string()),
             ("roost.function".to_string(), spec.name.clone()),
@@ -241,7 +251,7 @@ impl Runtime for DockerRuntime {
 
     async fn start(&self, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Result<Replica, RuntimeError> {
         let fail = |reason: String| RuntimeError::Start { function: spec.name.clone(), reason };
-        let image = image_tag(spec, spec_hash);
+        let image = self.images.lock().unwrap().get(spec_hash).cloned().ok_or_else(|| fail("not prepared".into()))?;
         let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.push(format!("PORT={}", self.config.port));
         env.push("ROOST_BIND=0.0.0.0".into());
@@ -362,12 +372,13 @@ mod tests {
     #[test]
     fn tags_and_dockerfiles() {
         let s = spec("usable-functions:\n  hello:\n    version: 0.1\n    configuration: {programing_language: python, base_function_file_name: hello.py, function_folder: hello, extra_dependencies: \"requests\"}\n");
-        assert_eq!(image_tag(&s, "0123456789abcdef"), "roost-fn-hello:0.1-0123456789ab");
+        assert_eq!(image_tag(&s, b"ctx"), format!("roost-fn-hello:0.1-{:016x}", roost_common::hash::fnv1a(b"ctx")));
+        assert_ne!(image_tag(&s, b"ctx"), image_tag(&s, b"ctx2"));
         let d = dockerfile(&s, "roost/base:bookworm");
         assert!(d.starts_with("FROM roost/base:bookworm\n"));
         assert!(d.contains("pip install --no-cache-dir --target /opt/roost/deps requests"));
         assert!(d.contains(r#"CMD ["python3", "-m", "roost_runtime", "python"]"#));
         let img = spec("usable-functions:\n  x:\n    version: 1\n    runtime: {kind: image, image: \"my:1\"}\n");
-        assert_eq!(image_tag(&img, "h"), "my:1");
+        assert_eq!(image_tag(&img, b""), "my:1");
     }
 }
