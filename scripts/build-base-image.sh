@@ -11,7 +11,7 @@ if docker image inspect roost/base:bookworm >/dev/null 2>&1; then
   exit 0
 fi
 if ! docker image inspect roost/platform-base:bookworm >/dev/null 2>&1; then
-  command -v debootstrap >/dev/null || { log "installing debootstrap"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
+  command -v debootstrap >/dev/null || { log "installing debootstrap"; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
   root=$(mktemp -d)
   trap 'rm -rf "$root"' EXIT
   log "debootstrap bookworm into $root (about a minute)"

@@ -25,4 +25,10 @@ if ! ls .venv/lib/python3*/site-packages/envoy/_bin/envoy >/dev/null 2>&1; then
 fi
 envoy_bin=$(ls .venv/lib/python3*/site-packages/envoy/_bin/envoy | head -n1)
 "$envoy_bin" --version | grep -q "/$envoy_version/" || { echo "install-deps: $envoy_bin is not Envoy $envoy_version" >&2; exit 1; }
+# The Docker runtime's tests need the function base image, built offline (no registry).
+if docker info >/dev/null 2>&1; then
+  scripts/build-base-image.sh
+else
+  echo "install-deps: no Docker engine reachable; the Docker runtime's tests will fail until one is" >&2
+fi
 echo "install-deps: ok (envoy at $envoy_bin, $(redis-server --version | cut -d' ' -f3))"
