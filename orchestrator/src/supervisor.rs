@@ -175,6 +175,7 @@ pub async fn run(ctx: Arc<Ctx>, definitions_path: String, initial: Reading, mut 
     if tokio::time::timeout(drain_limit, all).await.is_err() {
         warn!("replicas still stopping at the shutdown deadline");
     }
+    ctx.runtime.close().await;
 }
 
 /// Adopts the runtime's running replicas of known functions (probed, then registered

@@ -20,6 +20,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+/// A container created ahead of time.
+#[derive(Debug, Clone)]
+struct Spare {
+    container: String,
+    label_id: String,
+}
+
 /// Label on every container and image Roost manages.
 pub const MANAGED: &str = "roost.managed";
 
@@ -48,6 +55,13 @@ pub struct DockerRuntime {
     builds: tokio::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     /// The image prepared for each definition hash.
     images: Mutex<HashMap<String, String>>,
+    /// A container created ahead of time for each definition hash (created, not
+    /// started), so a cold start only starts it: the engine's create step is off the
+    /// cold path.
+    spares: std::sync::Arc<Mutex<HashMap<String, Spare>>>,
+    /// Replica ids of containers created as spares: their label's id -> the id the
+    /// orchestrator gave the replica.
+    aliases: std::sync::Arc<Mutex<HashMap<String, String>>>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
 }
 
@@ -111,9 +125,9 @@ impl DockerRuntime {
             .map_err(|e| other(format!("cannot use the Docker socket {socket}: {e}; is Docker running, and is the socket mounted?")))?;
         docker.ping().await.map_err(|e| other(format!("the Docker engine at {socket} does not answer: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let rt = std::sync::Arc::new(DockerRuntime { docker: docker.clone(), config, builds: Default::default(), images: Default::default(), events_rx: Mutex::new(Some(rx)) });
+        let rt = std::sync::Arc::new(DockerRuntime { docker: docker.clone(), config, builds: Default::default(), images: Default::default(), spares: Default::default(), aliases: Default::default(), events_rx: Mutex::new(Some(rx)) });
         rt.ensure_network().await?;
-        tokio::spawn(follow_exits(docker, tx));
+        tokio::spawn(follow_exits(docker, tx, rt.aliases.clone()));
         Ok(rt)
     }
 
@@ -154,6 +168,27 @@ impl DockerRuntime {
         tar.into_inner()
     }
 
+    /// Creates a spare container for `spec_hash` in the background, if it has none.
+    fn spawn_spare(&self, spec: &FunctionSpec, spec_hash: &str, image: &str) {
+        if self.spares.lock().unwrap().contains_key(spec_hash) {
+            return;
+        }
+        let (docker, config, spares) = (self.docker.clone(), self.config.clone(), self.spares.clone());
+        let (spec, hash, image) = (spec.clone(), spec_hash.to_string(), image.to_string());
+        tokio::spawn(async move {
+            let label_id = format!("{}-spare-{:x}", spec.name, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+            match create(&docker, &config, &spec, &hash, &image, &label_id).await {
+                Ok(container) => {
+                    let previous = spares.lock().unwrap().insert(hash, Spare { container, label_id });
+                    if let Some(old) = previous {
+                        let _ = docker.remove_container(&old.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                    }
+                }
+                Err(e) => warn!(function = %spec.name, error = %e, "cannot create a spare container"),
+            }
+        });
+    }
+
     fn replica_of(&self, c: &bollard::models::ContainerSummary) -> Option<Replica> {
         let labels = c.labels.as_ref()?;
         let ip = c.network_settings.as_ref()?.networks.as_ref()?.get(&self.config.network)?.ip_address.clone()?;
@@ -168,8 +203,56 @@ impl DockerRuntime {
     }
 }
 
+/// Creates (does not start) a replica container of a prepared function.
+async fn create(docker: &Docker, config: &DockerConfig, spec: &FunctionSpec, spec_hash: &str, image: &str, replica_id: &str) -> Result<String, String> {
+    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.push(format!("PORT={}", config.port));
+    env.push("ROOST_BIND=0.0.0.0".into());
+    env.push(format!("ROOST_FUNCTION_NAME={}", spec.name));
+    env.push(format!("ROOST_TIMEOUT_S={}", spec.limits.timeout.as_secs_f64()));
+    match &spec.runtime {
+        Kind::Python { file, .. } => env.push(format!("ROOST_FUNCTION_FILE={file}")),
+        Kind::Command { command, .. } => env.push(format!("ROOST_COMMAND={}", serde_json::to_string(command).expect("strings serialize"))),
+        Kind::Image { .. } => {}
+    }
+    let labels = HashMap::from([
+        (MANAGED.to_string(), "true".to_string()),
+        ("roost.function".to_string(), spec.name.clone()),
+        ("roost.version".to_string(), spec.version.clone()),
+        ("roost.replica".to_string(), replica_id.to_string()),
+        ("roost.spec-hash".to_string(), spec_hash.to_string()),
+        ("roost.network".to_string(), config.network.clone()),
+    ]);
+    let host = HostConfig {
+        memory: Some(spec.limits.memory as i64),
+        memory_swap: Some(spec.limits.memory as i64),
+        nano_cpus: Some((spec.limits.cpu * 1e9) as i64),
+        pids_limit: Some(i64::from(spec.limits.pids)),
+        readonly_rootfs: Some(true),
+        tmpfs: Some(HashMap::from([("/tmp".to_string(), "rw,noexec,nosuid,size=16m".to_string())])),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        cap_drop: Some(vec!["ALL".into()]),
+        network_mode: Some(config.network.clone()),
+        ..Default::default()
+    };
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        env: Some(env),
+        labels: Some(labels),
+        user: Some("65534:65534".into()),
+        host_config: Some(host),
+        ..Default::default()
+    };
+    let name = format!("roost-{replica_id}");
+    docker
+        .create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body)
+        .await
+        .map(|c| c.id)
+        .map_err(|e| format!("create: {e}"))
+}
+
 /// Follows Docker's events and reports Roost containers that die.
-async fn follow_exits(docker: Docker, tx: mpsc::UnboundedSender<RuntimeEvent>) {
+async fn follow_exits(docker: Docker, tx: mpsc::UnboundedSender<RuntimeEvent>, aliases: std::sync::Arc<Mutex<HashMap<String, String>>>) {
     loop {
         let filters = HashMap::from([
             ("type", vec!["container"]),
@@ -181,6 +264,7 @@ async fn follow_exits(docker: Docker, tx: mpsc::UnboundedSender<RuntimeEvent>) {
             let Ok(ev) = ev else { break };
             let attrs = ev.actor.and_then(|a| a.attributes).unwrap_or_default();
             let (Some(id), Some(function)) = (attrs.get("roost.replica"), attrs.get("roost.function")) else { continue };
+            let id = aliases.lock().unwrap().remove(id).unwrap_or_else(|| id.clone());
             let reason = format!("container died (exit code {})", attrs.get("exitCode").map(String::as_str).unwrap_or("?"));
             if tx.send(RuntimeEvent::Exited { replica_id: id.clone(), function: function.clone(), reason }).is_err() {
                 return;
@@ -209,6 +293,7 @@ impl Runtime for DockerRuntime {
         let tag = image_tag(spec, &body);
         self.images.lock().unwrap().insert(spec_hash.to_string(), tag.clone());
         if self.docker.inspect_image(&tag).await.is_ok() {
+            self.spawn_spare(spec, spec_hash, &tag);
             return Ok(());
         }
         if let Kind::Image { image } = &spec.runtime {
@@ -246,61 +331,41 @@ impl Runtime for DockerRuntime {
                 Err(e) => return Err(fail(format!("image build failed: {e}; last output: {}", tail.join(" | ")))),
             }
         }
+        self.spawn_spare(spec, spec_hash, &tag);
         Ok(())
     }
 
     async fn start(&self, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Result<Replica, RuntimeError> {
         let fail = |reason: String| RuntimeError::Start { function: spec.name.clone(), reason };
         let image = self.images.lock().unwrap().get(spec_hash).cloned().ok_or_else(|| fail("not prepared".into()))?;
-        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        env.push(format!("PORT={}", self.config.port));
-        env.push("ROOST_BIND=0.0.0.0".into());
-        env.push(format!("ROOST_FUNCTION_NAME={}", spec.name));
-        env.push(format!("ROOST_TIMEOUT_S={}", spec.limits.timeout.as_secs_f64()));
-        match &spec.runtime {
-            Kind::Python { file, .. } => env.push(format!("ROOST_FUNCTION_FILE={file}")),
-            Kind::Command { command, .. } => env.push(format!("ROOST_COMMAND={}", serde_json::to_string(command).expect("strings serialize"))),
-            Kind::Image { .. } => {}
+        let spare = self.spares.lock().unwrap().remove(spec_hash);
+        let mut container = None;
+        if let Some(s) = spare {
+            self.aliases.lock().unwrap().insert(s.label_id.clone(), replica_id.to_string());
+            match self.docker.start_container(&s.container, None).await {
+                Ok(()) => container = Some(s.container),
+                Err(e) => {
+                    // Removed behind our back (for example as a leftover at start-up).
+                    warn!(error = %e, "the spare container would not start; creating one");
+                    self.aliases.lock().unwrap().remove(&s.label_id);
+                    let _ = self.docker.remove_container(&s.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                }
+            }
         }
-        let labels = HashMap::from([
-            (MANAGED.to_string(), "true".to_string()),
-            ("roost.function".to_string(), spec.name.clone()),
-            ("roost.version".to_string(), spec.version.clone()),
-            ("roost.replica".to_string(), replica_id.to_string()),
-            ("roost.spec-hash".to_string(), spec_hash.to_string()),
-            ("roost.network".to_string(), self.config.network.clone()),
-        ]);
-        let host = HostConfig {
-            memory: Some(spec.limits.memory as i64),
-            memory_swap: Some(spec.limits.memory as i64),
-            nano_cpus: Some((spec.limits.cpu * 1e9) as i64),
-            pids_limit: Some(i64::from(spec.limits.pids)),
-            readonly_rootfs: Some(true),
-            tmpfs: Some(HashMap::from([("/tmp".to_string(), "rw,noexec,nosuid,size=16m".to_string())])),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            cap_drop: Some(vec!["ALL".into()]),
-            network_mode: Some(self.config.network.clone()),
-            ..Default::default()
+        let container = match container {
+            Some(c) => c,
+            None => {
+                let c = create(&self.docker, &self.config, spec, spec_hash, &image, replica_id).await.map_err(fail)?;
+                if let Err(e) = self.docker.start_container(&c, None).await {
+                    let _ = self.docker.remove_container(&c, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                    return Err(fail(format!("start: {e}")));
+                }
+                c
+            }
         };
-        let body = ContainerCreateBody {
-            image: Some(image),
-            env: Some(env),
-            labels: Some(labels),
-            user: Some("65534:65534".into()),
-            host_config: Some(host),
-            ..Default::default()
-        };
-        let name = format!("roost-{replica_id}");
-        let created = self
-            .docker
-            .create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body)
-            .await
-            .map_err(|e| fail(format!("create: {e}")))?;
-        if let Err(e) = self.docker.start_container(&created.id, None).await {
-            let _ = self.docker.remove_container(&created.id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
-            return Err(fail(format!("start: {e}")));
-        }
-        let inspect = self.docker.inspect_container(&created.id, None).await.map_err(|e| fail(format!("inspect: {e}")))?;
+        // The next cold start gets a container created now, off its path.
+        self.spawn_spare(spec, spec_hash, &image);
+        let inspect = self.docker.inspect_container(&container, None).await.map_err(|e| fail(format!("inspect: {e}")))?;
         let ip = inspect
             .network_settings
             .and_then(|n| n.networks)
@@ -314,7 +379,7 @@ impl Runtime for DockerRuntime {
             version: spec.version.clone(),
             spec_hash: spec_hash.to_string(),
             address: SocketAddr::new(ip, self.config.port),
-            handle: created.id,
+            handle: container,
         })
     }
 
@@ -358,6 +423,13 @@ impl Runtime for DockerRuntime {
 
     fn events(&self) -> mpsc::UnboundedReceiver<RuntimeEvent> {
         self.events_rx.lock().unwrap().take().expect("DockerRuntime::events is called once")
+    }
+
+    async fn close(&self) {
+        let spares: Vec<Spare> = self.spares.lock().unwrap().drain().map(|(_, s)| s).collect();
+        for s in spares {
+            let _ = self.docker.remove_container(&s.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+        }
     }
 }
 

@@ -105,4 +105,8 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// The stream of replica exits. Called once, when the orchestrator starts.
     fn events(&self) -> mpsc::UnboundedReceiver<RuntimeEvent>;
+
+    /// Releases what the runtime holds besides replicas (for Docker: containers created
+    /// ahead of time). Called once, after every replica has stopped.
+    async fn close(&self) {}
 }
