@@ -1,0 +1,195 @@
+//! The whole platform as a user runs it without Docker: `roost up` starts redis-server,
+//! the control plane, the statsd-listener, Envoy, the orchestrator (functions as
+//! processes) and the gate (Debian's nginx with Lua); requests go to the gate.
+//!
+//! `cargo test --workspace` builds the sibling binaries this needs; run alone, build them
+//! first with `cargo build --workspace --bins`.
+
+use roost_testkit::http;
+use roost_testkit::process::{free_port, Guard};
+use roost_testkit::{wait_until, workspace_root};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+const DEFS: &str = r#"
+usable-functions:
+  hello:
+    version: 0.1
+    configuration: {programing_language: python, base_function_file_name: hello.py, function_folder: hello}
+    scaling: {idle_timeout: 2s}
+  add:
+    version: 0.1
+    configuration: {programing_language: python, base_function_file_name: add.py, function_folder: add}
+    scaling: {idle_timeout: 2s, target_concurrency: 100}
+  sleep:
+    version: 0.1
+    configuration: {programing_language: python, base_function_file_name: sleep.py, function_folder: sleep}
+    scaling: {idle_timeout: 2s, max_replicas: 3}
+"#;
+
+struct Platform {
+    guard: Guard,
+    dir: PathBuf,
+    port: u16,
+    orchestrator: u16,
+}
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_roost")).parent().unwrap().to_path_buf()
+}
+
+impl Platform {
+    async fn up() -> Platform {
+        for b in ["control-plane", "orchestrator", "statsd-listener"] {
+            assert!(bin_dir().join(b).is_file(), "{b} is not built next to roost: run `cargo build --workspace --bins` (cargo test --workspace does)");
+        }
+        let dir = std::env::temp_dir().join(format!("roost-e2e-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for sub in ["python", "command"] {
+            std::os::unix::fs::symlink(workspace_root().join("faas-runtime").join(sub), dir.join(sub)).unwrap();
+        }
+        std::fs::write(dir.join("global-function-definition.yml"), DEFS).unwrap();
+        let port = free_port();
+        let guard = Guard::spawn(
+            "roost up",
+            Command::new(env!("CARGO_BIN_EXE_roost"))
+                .args(["up", "--port", &port.to_string()])
+                .arg("--definitions").arg(dir.join("global-function-definition.yml"))
+                .arg("--work-dir").arg(dir.join(".roost"))
+                .arg("--home").arg(workspace_root())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit()),
+        );
+        let endpoints = dir.join(".roost/endpoints.env");
+        wait_until(WAIT, "roost up to report its endpoints", || async { endpoints.is_file().then_some(()) }).await;
+        let text = std::fs::read_to_string(&endpoints).unwrap();
+        let orchestrator = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ROOST_ORCHESTRATOR_URL=http://127.0.0.1:"))
+            .and_then(|p| p.parse().ok())
+            .expect("orchestrator URL in endpoints.env");
+        Platform { guard, dir, port, orchestrator }
+    }
+
+    async fn status(&self, function: &str) -> Value {
+        let r = http::get(self.orchestrator, "/status").await.expect("orchestrator status");
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        v["functions"].as_array().unwrap().iter().find(|f| f["name"] == function).cloned().unwrap_or(Value::Null)
+    }
+
+    fn definitions(&self) -> PathBuf {
+        self.dir.join("global-function-definition.yml")
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let _ = self.guard.terminate();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roost_up_serves_wakes_scales_and_sleeps_without_errors() {
+    let p = Platform::up().await;
+
+    // A cold /hello: held by the gate while the function wakes, then answered.
+    let t = Instant::now();
+    let r = http::get(p.port, "/hello").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap(), serde_json::json!({"Hello": "World"}));
+    let cold = r.header("x-roost-cold-start").unwrap_or("none").to_string();
+    assert!(cold.ends_with("ms"), "the first request waited for a cold start: {cold}");
+    assert!(r.header("x-request-id").is_some_and(|id| !id.is_empty()));
+    eprintln!("cold /hello answered in {:?} (gate says {cold})", t.elapsed());
+    let r = http::request(p.port, "GET", "/hello", &[("X-Request-Id", "my-id-1")], b"").await.unwrap();
+    assert_eq!((r.status, r.header("x-request-id"), r.header("x-roost-cold-start")), (200, Some("my-id-1"), Some("none")));
+
+    // 100 concurrent requests to a sleeping `add`, each with its own numbers: all right,
+    // from one replica.
+    let calls: Vec<_> = (0..100)
+        .map(|i| {
+            let port = p.port;
+            tokio::spawn(async move {
+                let body = format!(r#"{{"value1": {i}, "value2": 1000}}"#);
+                let r = http::request(port, "POST", "/add", &[("Content-Type", "application/json")], body.as_bytes()).await.unwrap();
+                (i, r)
+            })
+        })
+        .collect();
+    for c in calls {
+        let (i, r) = c.await.unwrap();
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+        assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap()["result"], i + 1000, "request {i}");
+    }
+    let add = p.status("add").await;
+    assert_eq!(add["cold_starts"], 1, "one replica for 100 concurrent cold requests: {add}");
+
+    // Unknown function and oversized body.
+    let r = http::get(p.port, "/nope").await.unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(r.body.contains("no function named"));
+    let big = vec![b'x'; 11 * 1024 * 1024];
+    let r = http::request(p.port, "POST", "/add", &[], &big).await.unwrap();
+    assert_eq!(r.status, 413, "{}", r.body);
+
+    // An edit that adds a function makes it answer within 2 s.
+    let t = Instant::now();
+    let more = format!("{DEFS}  echo:\n    version: 0.1\n    configuration: {{programing_language: python, base_function_file_name: echo.py, function_folder: echo}}\n");
+    write_atomically(&p.definitions(), &more);
+    wait_until(Duration::from_secs(2), "echo to answer after the edit", || async {
+        let r = http::get(p.port, "/echo/x?y=1").await.ok()?;
+        (r.status == 200 && r.body.contains("\"path\": \"/x\"")).then_some(())
+    })
+    .await;
+    eprintln!("edit to first answer: {:?}", t.elapsed());
+
+    // Sustained load on `sleep` adds replicas, with no error. (Requests already queued
+    // behind a replica stay with it: Envoy binds a pending request to the host it picked,
+    // so the burst is sized to finish within the client's 10 s even served one by one.)
+    let mut errors = Vec::new();
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            let port = p.port;
+            tokio::spawn(async move { http::get(port, "/sleep?ms=500").await })
+        })
+        .collect();
+    let mut peak = 0;
+    for _ in 0..100 {
+        let n = p.status("sleep").await["replicas"].as_array().map(|r| r.len()).unwrap_or(0);
+        peak = peak.max(n);
+        if peak >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for l in load {
+        match l.await.unwrap() {
+            Ok(r) if r.status == 200 => {}
+            other => errors.push(format!("{other:?}")),
+        }
+    }
+    assert!(peak >= 2, "queueing should add a replica (peak {peak})");
+    assert!(errors.is_empty(), "{errors:?}");
+
+    // Idle brings everything back to zero.
+    wait_until(WAIT, "every function at zero replicas", || async {
+        for f in ["hello", "add", "sleep", "echo"] {
+            if p.status(f).await["state"] != "sleeping" {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
