@@ -164,8 +164,11 @@ async fn orchestrator_routes_a_container_through_envoy_and_reaps_it() {
     let net = network() + "-c";
     let _g = NetworkGuard(net.clone());
     let rt = runtime(&net).await;
+    // Build the image first: a first build can outlast the test client's 10 s timeout on
+    // a busy machine, and the cold start measured here is the one after it.
+    rt.prepare(&hello(), "warm-up").await.expect("image builds");
     let b = Backend::start().await;
-    let defs = Defs::new("usable-functions:\n  hello:\n    version: 0.1\n    configuration: {programing_language: python, base_function_file_name: hello.py, function_folder: hello}\n    scaling: {idle_timeout: 1s}\n");
+    let defs = Defs::new("usable-functions:\n  hello:\n    version: 0.1\n    configuration: {programing_language: python, base_function_file_name: hello.py, function_folder: hello}\n    limits: {memory: 64m, pids: 64}\n    scaling: {idle_timeout: 1s}\n");
     let stop = tokio_util::sync::CancellationToken::new();
     let state = std::env::temp_dir().join(format!("roost-docker-{}", std::process::id()));
     let o = roost_orchestrator::start_with_runtime(b.orchestrator_config(&defs, &state), rt, stop.clone()).await.unwrap();
