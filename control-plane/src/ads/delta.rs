@@ -39,18 +39,11 @@ impl DeltaStream {
     /// counts), and answers with what Envoy is now missing. The first request of a type
     /// is always answered, even with nothing, so Envoy finishes its initial fetch.
     pub fn on_request(&mut self, req: &DeltaDiscoveryRequest, snapshot: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
-        if let Some(node) = &req.node {
-            if self.types.node_id.is_empty() {
-                self.types.node_id = node.id.clone();
-            }
-        }
-        let Some(kind) = Kind::from_type_url(&req.type_url) else {
+        let Some((kind, first)) = self.types.begin(req.node.as_ref(), &req.type_url) else {
             return vec![];
         };
         let st = self.types.get(kind);
-        let first = !st.initialized;
         if first {
-            st.initialized = true;
             st.wildcard = kind.is_wildcard() && req.resource_names_subscribe.is_empty();
             st.sent = req
                 .initial_resource_versions

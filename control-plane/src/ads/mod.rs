@@ -222,6 +222,22 @@ impl Types {
         &mut self.states[kind as usize]
     }
 
+    /// Starts handling a request: remembers Envoy's node id (sent on the first request
+    /// only), finds the type, and marks it initialized. Returns the type and whether this
+    /// was its first request; `None` for a type Roost does not serve.
+    fn begin(&mut self, node: Option<&envoy_types::pb::envoy::config::core::v3::Node>, type_url: &str) -> Option<(Kind, bool)> {
+        if let Some(node) = node {
+            if self.node_id.is_empty() {
+                self.node_id = node.id.clone();
+            }
+        }
+        let kind = Kind::from_type_url(type_url)?;
+        let st = self.get(kind);
+        let first = !st.initialized;
+        st.initialized = true;
+        Some((kind, first))
+    }
+
     fn nonce(&mut self) -> String {
         self.next_nonce += 1;
         self.next_nonce.to_string()

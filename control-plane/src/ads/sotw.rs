@@ -36,19 +36,11 @@ impl SotwStream {
     /// Handles one request from Envoy: the first request of a type gets the full state;
     /// an ACK or NACK updates the bookkeeping; a stale nonce is ignored.
     pub fn on_request(&mut self, req: &DiscoveryRequest, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
-        if let Some(node) = &req.node {
-            if self.types.node_id.is_empty() {
-                self.types.node_id = node.id.clone();
-            }
-        }
-        let Some(kind) = Kind::from_type_url(&req.type_url) else {
+        let Some((kind, first)) = self.types.begin(req.node.as_ref(), &req.type_url) else {
             return vec![];
         };
         let st = self.types.get(kind);
-        let first = !st.initialized;
-        if first {
-            st.initialized = true;
-        } else if !req.response_nonce.is_empty() {
+        if !first && !req.response_nonce.is_empty() {
             if st.is_stale(&req.response_nonce) {
                 return vec![]; // a newer response is on its way to Envoy
             }
