@@ -182,6 +182,29 @@ async fn roost_up_serves_wakes_scales_and_sleeps_without_errors() {
     assert!(peak >= 2, "queueing should add a replica (peak {peak})");
     assert!(errors.is_empty(), "{errors:?}");
 
+    // The CLI against the running platform: ls, invoke, validate and the load script.
+    let roost = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_roost"))
+            .args(args)
+            .env("ROOST_GATE_URL", format!("http://127.0.0.1:{}", p.port))
+            .env("ROOST_ORCHESTRATOR_URL", format!("http://127.0.0.1:{}", p.orchestrator))
+            .output()
+            .unwrap()
+    };
+    let ls = roost(&["ls", "--json"]);
+    assert!(ls.status.success());
+    let listed: Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert!(listed.as_array().unwrap().iter().any(|f| f["name"] == "add"), "{listed}");
+    let inv = roost(&["invoke", "add", "--data", r#"{"value1": 20, "value2": 22}"#]);
+    assert!(inv.status.success());
+    assert!(String::from_utf8_lossy(&inv.stdout).contains("42"));
+    let val = roost(&["validate", p.definitions().to_str().unwrap()]);
+    assert!(val.status.success(), "{}", String::from_utf8_lossy(&val.stderr));
+    let load = roost(&["load", "hello", "--rate", "40", "--seconds", "2"]);
+    let out = String::from_utf8_lossy(&load.stdout);
+    assert!(load.status.success(), "{out}");
+    assert!(out.contains("REQ/S") && out.contains(", 0 errors"), "{out}");
+
     // Idle brings everything back to zero.
     wait_until(WAIT, "every function at zero replicas", || async {
         for f in ["hello", "add", "sleep", "echo"] {

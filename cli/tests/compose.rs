@@ -1,0 +1,93 @@
+//! `docker compose up` on a machine with a Docker engine and no registry: every image is
+//! built offline (scripts/build-offline-images.sh), the platform comes up, `/hello`
+//! answers through the gate, a burst scales `sleep` up, idle reaps it, and
+//! `docker compose down` leaves no function container behind.
+
+use roost_testkit::http;
+use roost_testkit::process::free_port;
+use roost_testkit::{wait_until, workspace_root};
+use serde_json::Value;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// `docker compose` (the plugin) when present, else the older `docker-compose`.
+fn compose() -> Vec<String> {
+    let plugin = Command::new("docker").args(["compose", "version"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if plugin { vec!["docker".into(), "compose".into()] } else { vec!["docker-compose".into()] }
+}
+
+fn run(args: &[&str], env: &[(String, String)]) -> Output {
+    let c = compose();
+    let out = Command::new(&c[0])
+        .args(&c[1..])
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(workspace_root())
+        .output()
+        .expect("the Compose tool runs (install docker-compose or the compose plugin)");
+    assert!(out.status.success(), "{c:?} {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn managed_containers() -> String {
+    let out = Command::new("docker").args(["ps", "-a", "--filter", "label=roost.managed=true", "--format", "{{.Names}}"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+struct Down(Vec<(String, String)>, String);
+impl Drop for Down {
+    fn drop(&mut self) {
+        let c = compose();
+        let _ = Command::new(&c[0]).args(&c[1..]).args(["-p", &self.1, "down", "-t", "40"]).envs(self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))).current_dir(workspace_root()).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
+    let built = Command::new("bash").arg(workspace_root().join("scripts/build-offline-images.sh")).output().unwrap();
+    assert!(built.status.success(), "offline images: {}", String::from_utf8_lossy(&built.stderr));
+    let mut env: Vec<(String, String)> = String::from_utf8_lossy(&built.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    assert_eq!(env.len(), 6, "six image overrides: {env:?}");
+    let (gate, orch) = (free_port(), free_port());
+    env.push(("ROOST_GATE_PORT".into(), gate.to_string()));
+    env.push(("ROOST_ORCHESTRATOR_PORT".into(), orch.to_string()));
+    let project = format!("roost-e2e-{}", std::process::id());
+    let _ = Command::new("docker").args(["network", "rm", "roost-functions"]).output();
+    let _down = Down(env.clone(), project.clone());
+    run(&["-p", &project, "up", "-d"], &env);
+
+    wait_until(WAIT, "/hello through the gate", || async {
+        let r = http::get(gate, "/hello").await.ok()?;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    let r = http::get(gate, "/hello").await.unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap(), serde_json::json!({"Hello": "World"}));
+
+    let status = |name: &'static str| async move {
+        let r = http::get(orch, "/status").await.ok()?;
+        let v: Value = serde_json::from_str(&r.body).ok()?;
+        v["functions"].as_array()?.iter().find(|f| f["name"] == name).cloned()
+    };
+    // A burst on `sleep` (target concurrency 1) brings a second container.
+    let burst: Vec<_> = (0..6).map(|_| tokio::spawn(async move { http::get(gate, "/sleep?ms=1500").await })).collect();
+    wait_until(WAIT, "a second sleep container", || async {
+        let f = status("sleep").await?;
+        (f["replicas"].as_array()?.len() >= 2).then_some(())
+    })
+    .await;
+    for b in burst {
+        let r = b.await.unwrap().expect("answered");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // Idle (sleep's idle timeout is 5 s) reaps it.
+    wait_until(WAIT, "sleep reaped", || async { (status("sleep").await?["state"] == "sleeping").then_some(()) }).await;
+
+    run(&["-p", &project, "down", "-t", "40"], &env);
+    assert_eq!(managed_containers(), "", "docker compose down left function containers behind");
+}
