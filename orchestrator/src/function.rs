@@ -374,6 +374,9 @@ impl Actor {
     }
 
     async fn publish_replicas(&self) {
+        if self.registered {
+            let _ = self.ctx.redis.refresh(&self.spec.name, self.ready_count() > 0).await;
+        }
         let target = self.spec.scaling.target_concurrency;
         if let Err(e) = self.ctx.redis.set_replicas(&self.spec.name, self.ready_count(), target).await {
             warn!(error = %e, "cannot publish the replica count to Redis");

@@ -126,6 +126,18 @@ impl RedisIo {
         c.hset_multiple(keys::replicas(function), &items).await
     }
 
+    /// Re-asserts what Redis must hold of a function (declared; ready or not), without
+    /// publishing: after a Redis restart everything is back within one tick.
+    pub async fn refresh(&self, function: &str, ready: bool) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        let mut p = redis::pipe();
+        p.sadd(keys::FUNCTIONS, function).ignore();
+        if ready {
+            p.set(keys::ready(function), 1).ignore();
+        }
+        p.query_async(&mut c).await
+    }
+
     /// Lists the function among the declared ones (the gate answers 404 for others).
     pub async fn declare(&self, function: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();

@@ -233,3 +233,32 @@ async fn queueing_in_envoy_brings_a_second_replica() {
     stop.cancel();
     o.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_is_healed_within_a_tick() {
+    let mut b = Backend::start().await;
+    let defs = Defs::new(HELLO);
+    let (o, stop) = orchestrator(&b, &defs, &state_dir("redis")).await;
+    let api = o.api_addr.port();
+    assert_eq!(wake(api, "hello").await.0, 200);
+    b.redis.restart().await; // a new, empty Redis on the same port
+    wait_until(WAIT, "declared functions and the ready flag back in the new Redis", || async {
+        let client = redis::Client::open(b.redis.url()).ok()?;
+        let mut c = client.get_multiplexed_async_connection().await.ok()?;
+        let member: bool = redis::cmd("SISMEMBER").arg("roost:functions").arg("hello").query_async(&mut c).await.ok()?;
+        let ready: Option<String> = redis::cmd("GET").arg("roost:fn:hello:ready").query_async(&mut c).await.ok()?;
+        (member && ready.as_deref() == Some("1")).then_some(())
+    })
+    .await;
+    assert_eq!(b.call("/hello").await.status, 200);
+    // Wake signals flow again through the new Redis (the subscription came back).
+    wait_until(WAIT, "sleep woken by a wake published on the new Redis", || async {
+        let client = redis::Client::open(b.redis.url()).ok()?;
+        let mut c = client.get_multiplexed_async_connection().await.ok()?;
+        let _: i64 = redis::cmd("PUBLISH").arg("roost:wake").arg("sleep").query_async(&mut c).await.ok()?;
+        (function_status(api, "sleep").await["state"] == "ready").then_some(())
+    })
+    .await;
+    stop.cancel();
+    o.wait().await;
+}
