@@ -168,3 +168,30 @@ async fn envoys_own_503_sends_the_request_through_the_wake_path_again() {
     assert_eq!(hits.load(Ordering::SeqCst), 2, "Envoy saw the request twice");
     assert_eq!(wakes.load(Ordering::SeqCst), 1, "the 503 woke the function");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_ready_notice_is_recovered_without_held_requests_polling() {
+    let redis = Redis::start().await;
+    let (envoy, _) = fake_envoy(0).await;
+    let (_g, port) = gate(&redis, envoy, &[]);
+    wait_gate(port).await;
+    redis_cmd(&redis, &["SADD", "roost:functions", "q"]).await;
+    let held: Vec<_> = (0..20).map(|_| tokio::spawn(async move { http::get(port, "/q").await.unwrap() })).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis_cmd(&redis, &["CONFIG", "RESETSTAT"]).await;
+    // The function becomes ready, but the notice is lost (no PUBLISH).
+    redis_cmd(&redis, &["SET", "roost:fn:q:ready", "1"]).await;
+    for h in held {
+        let r = h.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut c).await.unwrap();
+    let gets: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .and_then(|v| v.split(',').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(gets <= 3, "20 held requests asked Redis {gets} times: they must not each poll");
+}

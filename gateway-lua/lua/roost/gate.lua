@@ -190,17 +190,24 @@ local function hold(r, fn)
                 ["function"] = fn })
         end
         local woken = sem:wait(math.min(left, REPUBLISH))
-        if not woken and not dict:get("ready:" .. fn) then
-            -- A ready notice may have been missed (Redis or the subscriber restarted):
-            -- ask once, and wake again (the orchestrator's wake is idempotent).
+        -- A ready notice may have been missed (Redis or the subscriber restarted). Held
+        -- requests do not poll: one of them per function, across all workers, asks
+        -- Redis once every REPUBLISH seconds and wakes again (the orchestrator's wake is
+        -- idempotent); the others see the shared ready flag it sets.
+        if not woken and not dict:get("ready:" .. fn) and dict:add("recheck:" .. fn, true, REPUBLISH) then
             local r2 = connect()
             if r2 then
-                if is_ready(r2, fn) then
-                    release(r2)
+                local ready = is_ready(r2, fn)
+                if not ready then
+                    publish_wake(r2, fn, false)
+                end
+                release(r2)
+                if ready then
+                    if sem:count() < 0 then
+                        sem:post(-sem:count())
+                    end
                     break
                 end
-                publish_wake(r2, fn, false)
-                release(r2)
             end
         end
     end
