@@ -72,7 +72,21 @@ impl Guard {
 }
 
 impl Drop for Guard {
+    /// SIGTERM first, so a process can stop what it started (nginx its workers, the
+    /// orchestrator its replicas); SIGKILL after 10 s.
     fn drop(&mut self) {
-        self.kill();
+        let Some(mut c) = self.child.take() else { return };
+        if let Ok(None) = c.try_wait() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
