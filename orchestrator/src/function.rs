@@ -356,9 +356,15 @@ impl Actor {
             self.start_replica();
         }
         if decision.drain > 0 {
+            // Replicas of an older definition go first.
             let mut victims = self.outdated();
-            victims.extend(self.replicas.iter().filter(|(_, s)| !s.draining).map(|(id, _)| id.clone()));
-            victims.dedup();
+            let current: Vec<String> = self
+                .replicas
+                .iter()
+                .filter(|(id, s)| !s.draining && !victims.contains(id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            victims.extend(current);
             for id in victims.into_iter().take(decision.drain as usize) {
                 info!(replica = %id, ?observed, "scaling down");
                 self.ctx.metrics.scale(&self.spec.name, "down");
