@@ -1,109 +1,173 @@
-"""Entry point: ``python3 -m roost_runtime python|command`` (see the package docstring)."""
+"""``python3 -m roost_runtime python|command``: reads the environment (see README.md),
+listens, loads the function, serves it, and prints ``ROOST_READY <port>`` once it does.
 
-import asyncio
-import importlib.util
+The order matters for start-up time: the socket listens before asyncio (most of the
+start-up) is imported, so a readiness probe that arrives early waits in the listen
+backlog and is answered the moment the server runs, instead of being refused and retried
+an interval later. /healthz answers only once the function is loaded."""
+
 import json
 import os
+import socket
 import sys
 
-from .http import HttpError, Response, json_response, log, serve
+USAGE = """usage: python3 -m roost_runtime python|command
+
+Serves one function over HTTP/1.1. Configuration through the environment:
+  PORT (5000; 0 picks a free port)  ROOST_BIND (0.0.0.0)  ROOST_FUNCTION_NAME
+  ROOST_FUNCTION_DIR (the function's folder; default: the current folder)
+  ROOST_FUNCTION_FILE (python: the handler file, e.g. hello.py)
+  ROOST_COMMAND (command: a JSON list, e.g. ["sh", "wc.sh"]; default ["./$ROOST_FUNCTION_FILE"])
+  ROOST_TIMEOUT_S (per request; 0 or unset: none)  ROOST_MAX_BODY (10m)
+  ROOST_DRAIN_S  ROOST_CONTENT_TYPE (command)  ROOST_ACCESS_LOG (0)
+Prints "ROOST_READY <port>" on stdout once it serves; logs go to stderr."""
+
+SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
-def env_float(name, default):
-    value = os.environ.get(name, "")
+class Config:
+    """The runtime's settings from the environment; every bad variable is reported."""
+
+    def __init__(self, kind, env):
+        errors = []
+
+        def number(var, default, minimum=0.0):
+            raw = env.get(var, "").strip()
+            if not raw:
+                return default
+            try:
+                value = float(raw)
+                if not value >= minimum or value == float("inf"):
+                    raise ValueError
+                return value
+            except ValueError:
+                errors.append(f"{var}={raw!r}: expected a number of seconds >= {minimum:g}")
+                return default
+
+        self.kind = kind
+        if kind not in ("python", "command"):
+            errors.append(f"unknown kind {kind!r}: use python or command")
+        self.name = env.get("ROOST_FUNCTION_NAME") or "function"
+        self.folder = os.path.abspath(env.get("ROOST_FUNCTION_DIR") or ".")
+        if not os.path.isdir(self.folder):
+            errors.append(f"ROOST_FUNCTION_DIR={self.folder!r} is not a folder")
+        self.host = env.get("ROOST_BIND") or "0.0.0.0"
+        raw_port = env.get("PORT", "").strip() or "5000"
+        self.port = int(raw_port) if raw_port.isdigit() and int(raw_port) < 65536 else None
+        if self.port is None:
+            errors.append(f"PORT={raw_port!r}: expected a port number 0-65535")
+        self.timeout = number("ROOST_TIMEOUT_S", 0.0)
+        # A request cannot outlast its timeout, so the drain needs no longer than that.
+        self.drain_s = number("ROOST_DRAIN_S", self.timeout + 1.0 if self.timeout else 30.0)
+        raw_size = env.get("ROOST_MAX_BODY", "").strip().lower()
+        self.max_body = 10 << 20
+        if raw_size:
+            unit = SIZE_UNITS.get(raw_size[-1:], 1)
+            digits = raw_size[:-1] if raw_size[-1:] in SIZE_UNITS else raw_size
+            if digits.isdigit():
+                self.max_body = int(digits) * unit
+            else:
+                errors.append(f"ROOST_MAX_BODY={raw_size!r}: expected bytes, or a size like 512k, 10m")
+        self.access_log = env.get("ROOST_ACCESS_LOG", "").lower() in ("1", "true", "yes", "on")
+        self.content_type = env.get("ROOST_CONTENT_TYPE") or None
+        self.file = env.get("ROOST_FUNCTION_FILE") or None
+        self.command = None
+        if kind == "python" and not self.file:
+            errors.append("ROOST_FUNCTION_FILE is not set: name the handler file, for example hello.py")
+        if kind == "command":
+            raw = env.get("ROOST_COMMAND", "")
+            if raw.strip():
+                try:
+                    command = json.loads(raw)
+                except ValueError:
+                    command = None
+                if isinstance(command, list) and command and all(isinstance(c, str) and c for c in command):
+                    self.command = command
+                else:
+                    errors.append(f'ROOST_COMMAND={raw!r}: expected a JSON list of strings, for example ["sh", "wc.sh"]')
+            elif self.file:
+                self.command = [os.path.join(".", self.file)]
+            else:
+                errors.append('set ROOST_COMMAND to a JSON list, for example ["sh", "wc.sh"] '
+                              '(or ROOST_FUNCTION_FILE to an executable file)')
+        self.errors = errors
+
+
+def log(message):
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def listen(host, port):
+    """A listening TCP socket on ``host:port`` (the first address ``host`` resolves to)."""
+    infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
     try:
-        return float(value) if value else default
-    except ValueError:
-        sys.exit(f"roost_runtime: {name}={value!r} is not a number")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
-def load_python_handler(name, folder, file):
-    path = os.path.join(folder, file)
-    if not os.path.isfile(path):
-        sys.exit(f"roost_runtime: function {name}: handler file {path} not found")
-    sys.path.insert(0, folder)
-    spec = importlib.util.spec_from_file_location(f"roost_function_{name.replace('-', '_')}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    handle = getattr(module, "handle", None)
-    if handle is None:
-        sys.exit(f"roost_runtime: function {name}: {path} defines no handle(request)")
-    serialized = bool(getattr(module, "handler_run_config", {}).get("is_return_serialized"))
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if len(argv) > 1:
+        print(USAGE, file=sys.stderr)
+        return 2
+    config = Config(argv[0] if argv else "python", os.environ)
+    if config.errors:
+        for e in config.errors:
+            log(f"roost_runtime: {e}")
+        return 2
+    try:
+        sock = listen(config.host, config.port)
+    except OSError as e:
+        log(f"roost_runtime: function {config.name}: cannot listen on {config.host}:{config.port}: {e}")
+        return 1
 
-    async def handler(request):
-        result = handle(request)
-        if hasattr(result, "__await__"):
-            result = await result
-        if not serialized:
-            return Response(result)  # JSON-encoded, as the seed did
-        if isinstance(result, Response):
-            return result
-        if isinstance(result, tuple) and len(result) == 2:
-            return Response(result[0], status=result[1])
-        return Response(result)
+    import asyncio
 
-    return handler
+    from .http import Request, Server, serve
+    from .kinds import LoadError, check_command, command_handler, load_python
 
+    # stdout carries the readiness line only: what the function prints goes to the log.
+    ready_out = sys.stdout
+    sys.stdout = sys.stderr
+    os.chdir(config.folder)
+    try:
+        if config.kind == "python":
+            handler, request_class = load_python(config.name, config.folder, config.file)
+            timeout = config.timeout
+        else:
+            check_command(config.command, config.folder)
+            handler = command_handler(config.name, config.folder, config.command, config.timeout,
+                                      config.content_type)
+            request_class, timeout = None, 0.0  # the command handler kills on its own timeout
+    except LoadError as e:
+        log(f"roost_runtime: function {config.name}: {e}")
+        return 1
 
-def command_handler(name, folder, command, timeout):
-    content_type = os.environ.get("ROOST_CONTENT_TYPE")
-
-    async def handler(request):
-        env = dict(os.environ)
-        env.update({"REQUEST_METHOD": request.method, "REQUEST_PATH": request.path,
-                    "QUERY_STRING": request.query_string,
-                    "REQUEST_ID": request.headers.get("x-request-id", "")})
-        proc = await asyncio.create_subprocess_exec(
-            *command, cwd=folder, env=env, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    def ready(port):
         try:
-            out, err = await asyncio.wait_for(proc.communicate(await request.body()), timeout or None)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise HttpError(504, f"the command did not finish within {timeout} s")
-        if err:
-            log(f"function {name} (stderr): {err.decode(errors='replace').rstrip()}")
-        if proc.returncode != 0:
-            tail = err.decode(errors="replace").strip().splitlines()[-5:]
-            return json_response(500, {"error": f"the command exited with {proc.returncode}",
-                                       "function": name, "stderr": tail})
-        if content_type:
-            return Response(out, content_type=content_type)
-        try:
-            json.loads(out)
-            return Response(out, content_type="application/json")
-        except ValueError:
-            return Response(out, content_type="text/plain; charset=utf-8")
+            ready_out.write(f"ROOST_READY {port}\n")
+            ready_out.flush()
+            os.dup2(2, 1)  # anything else written to fd 1 (child processes) goes to the log
+        except (OSError, ValueError):
+            pass  # nobody reads stdout: the HTTP readiness probe still works
 
-    return handler
-
-
-def main():
-    kind = sys.argv[1] if len(sys.argv) > 1 else "python"
-    name = os.environ.get("ROOST_FUNCTION_NAME", "function")
-    folder = os.path.abspath(os.environ.get("ROOST_FUNCTION_DIR", "."))
-    port = int(os.environ.get("PORT", "5000"))
-    host = os.environ.get("ROOST_BIND", "0.0.0.0")
-    timeout = env_float("ROOST_TIMEOUT_S", 0.0)
-    max_body = int(env_float("ROOST_MAX_BODY", 10 * 1024 * 1024))
-    if kind == "python":
-        file = os.environ.get("ROOST_FUNCTION_FILE")
-        if not file:
-            sys.exit("roost_runtime: set ROOST_FUNCTION_FILE to the handler file (for example hello.py)")
-        handler = load_python_handler(name, folder, file)
-    elif kind == "command":
-        try:
-            command = json.loads(os.environ.get("ROOST_COMMAND", ""))
-            assert isinstance(command, list) and command and all(isinstance(c, str) for c in command)
-        except (ValueError, AssertionError):
-            sys.exit('roost_runtime: set ROOST_COMMAND to a JSON list, for example ["sh", "wc.sh"]')
-        handler = command_handler(name, folder, command, timeout)
-        timeout = 0.0  # the command handler enforces it and kills the process
-    else:
-        sys.exit(f"roost_runtime: unknown kind {kind!r}: use python or command")
-    asyncio.run(serve(name, handler, host, port, max_body, timeout))
+    server = Server(config.name, handler, max_body=config.max_body, timeout=timeout,
+                    make_request=request_class or Request, access_log=config.access_log)
+    asyncio.run(serve(server, sock, config.drain_s, on_ready=ready))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

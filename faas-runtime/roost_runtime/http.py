@@ -1,276 +1,583 @@
-"""HTTP/1.1 on asyncio streams: request parsing, responses, keep-alive, and the server
-loop that hands each request to a handler. No dependency beyond the standard library."""
+"""HTTP/1.1 for one function: the request and response objects, request parsing, response
+encoding, and the server (keep-alive, body limit, per-request timeout, graceful drain).
+
+Standard library only, and nothing beyond asyncio and json on the start path: modules
+needed only on an error path or on first use (traceback, urllib.parse) are imported there.
+"""
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
-from urllib.parse import parse_qs, urlsplit
 
-MAX_HEAD = 64 * 1024
+MAX_HEAD = 64 * 1024  # request line and headers together
+MAX_HEADERS = 100
+
+REASONS = {
+    100: "Continue", 200: "OK", 201: "Created", 202: "Accepted", 204: "No Content",
+    301: "Moved Permanently", 302: "Found", 303: "See Other", 304: "Not Modified",
+    307: "Temporary Redirect", 308: "Permanent Redirect", 400: "Bad Request",
+    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    408: "Request Timeout", 409: "Conflict", 410: "Gone", 411: "Length Required", 413: "Content Too Large",
+    415: "Unsupported Media Type", 418: "I'm a Teapot", 422: "Unprocessable Content", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
+    502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+
+
+def log(message):
+    """One line on stderr (the replica's log)."""
+    try:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 class HttpError(Exception):
-    """An error answered with a status and a JSON body."""
+    """Answers the caller ``status`` with the JSON ``{"error": message, "function": ...,
+    "request_id": ..., **extra}``. A function may raise it, for example
+    ``raise HttpError(400, "send a number")``."""
 
-    def __init__(self, status, message):
+    def __init__(self, status, message, **extra):
         super().__init__(message)
-        self.status = status
-        self.message = message
+        self.status = int(status)
+        self.message = str(message)
+        self.extra = extra
+
+
+class BadRequest(HttpError, ValueError):
+    """The request body could not be decoded (400). Also a ValueError, so a function that
+    catches ValueError around ``await request.json()`` sees it."""
+
+    def __init__(self, message):
+        super().__init__(400, message)
 
 
 class Headers:
-    """Case-insensitive request headers."""
+    """Case-insensitive request headers. ``get``/``[]`` give the value (repeated headers
+    joined with ", "), ``get_all`` every value; iteration, ``keys()`` and ``items()`` use
+    lower-case names; ``raw`` is the list of (name, value) pairs as received."""
 
-    def __init__(self, pairs):
-        self._items = [(k, v) for k, v in pairs]
-        self._map = {}
-        for k, v in self._items:
-            self._map.setdefault(k.lower(), v)
+    __slots__ = ("raw", "_map")
+
+    def __init__(self, pairs=()):
+        self.raw = list(pairs)
+        m = {}
+        for k, v in self.raw:
+            m.setdefault(k.lower(), []).append(v)
+        self._map = m
 
     def get(self, name, default=None):
-        return self._map.get(name.lower(), default)
+        values = self._map.get(name.lower())
+        return ", ".join(values) if values else default
+
+    def get_all(self, name):
+        return list(self._map.get(name.lower(), ()))
 
     def __getitem__(self, name):
-        return self._map[name.lower()]
+        values = self._map.get(name.lower())
+        if not values:
+            raise KeyError(name)
+        return ", ".join(values)
 
     def __contains__(self, name):
-        return name.lower() in self._map
+        return isinstance(name, str) and name.lower() in self._map
+
+    def __iter__(self):
+        return iter(self._map)
+
+    def __len__(self):
+        return len(self._map)
+
+    def keys(self):
+        return list(self._map)
 
     def items(self):
-        return list(self._items)
+        return [(k, ", ".join(v)) for k, v in self._map.items()]
 
     def __repr__(self):
-        return f"Headers({self._items!r})"
+        return f"Headers({self.raw!r})"
 
 
 class Request:
-    """What a function gets: method, path, query, headers and the body.
+    """What a function's ``handle(request)`` gets.
 
-    ``query`` maps each parameter to its first value; ``query_all`` to every value."""
+    - ``method``: "GET", "POST", ...
+    - ``path``: the path as received, percent-encoding kept, without the query (Envoy has
+      already replaced the ``/<function>`` prefix with ``/``)
+    - ``query``: dict, each parameter's first value (``?a=1&a=2`` -> ``{"a": "1"}``), decoded;
+      ``query_all``: dict of lists; ``query_string``: the raw query; ``query_params``: alias
+      of ``query`` (Starlette's name, which the seed's functions used)
+    - ``headers``: case-insensitive (see ``Headers``)
+    - ``request_id``: ``X-Request-Id`` from the request, or one made up for it
+    - ``await request.body()`` (bytes; ``read()`` is an alias), ``await request.text()``,
+      ``await request.json()`` (a body that is not JSON raises ``BadRequest``: a 400 for the
+      caller unless the function catches it)
+    """
 
-    def __init__(self, method, target, headers, body):
-        split = urlsplit(target)
+    def __init__(self, method, target, version, headers, body, request_id):
         self.method = method
-        self.path = split.path or "/"
-        self.query_string = split.query
-        self.query_all = parse_qs(split.query, keep_blank_values=True)
-        self.query = {k: v[0] for k, v in self.query_all.items()}
+        self.target = target
+        self.http_version = version
+        if target.startswith(("http://", "https://")):  # absolute form: keep path and query
+            rest = target.split("://", 1)[1]
+            slash = rest.find("/")
+            target = rest[slash:] if slash >= 0 else "/"
+        path, _, query = target.partition("?")
+        self.path = path.partition("#")[0] or "/"
+        self.query_string = query.partition("#")[0]
         self.headers = headers
+        self.request_id = request_id
         self._body = body
+        self._query_all = None
+
+    @property
+    def query_all(self):
+        if self._query_all is None:
+            if self.query_string:
+                from urllib.parse import parse_qs  # first use only: keeps start-up fast
+
+                self._query_all = parse_qs(self.query_string, keep_blank_values=True)
+            else:
+                self._query_all = {}
+        return self._query_all
+
+    @property
+    def query(self):
+        return {k: v[0] for k, v in self.query_all.items()}
+
+    query_params = query
+
+    @property
+    def content_type(self):
+        """The media type of the body without parameters, lower case ("" if none)."""
+        return self.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+    def _charset(self):
+        for param in self.headers.get("content-type", "").split(";")[1:]:
+            k, _, v = param.partition("=")
+            if k.strip().lower() == "charset":
+                return v.strip().strip('"') or "utf-8"
+        return "utf-8"
+
+    def _text(self):
+        try:
+            return self._body.decode(self._charset(), errors="replace")
+        except LookupError:
+            return self._body.decode("utf-8", errors="replace")
+
+    def _json(self):
+        if not self._body.strip():
+            raise BadRequest("the request has no body; send JSON")
+        try:
+            return json.loads(self._body)
+        except ValueError as e:
+            raise BadRequest(f"the request body is not valid JSON: {e}") from None
 
     async def body(self):
         return self._body
 
+    read = body
+
     async def text(self):
-        return self._body.decode("utf-8", errors="replace")
+        return self._text()
 
     async def json(self):
-        if not self._body:
-            raise HttpError(400, "the request has no body; send JSON")
-        try:
-            return json.loads(self._body)
-        except ValueError as e:
-            raise HttpError(400, f"the request body is not valid JSON: {e}")
+        return self._json()
+
+    def __repr__(self):
+        return f"<Request {self.method} {self.target} id={self.request_id}>"
+
+
+class SyncRequest(Request):
+    """The request a plain ``def handle(request)`` gets (it runs in a worker thread):
+    ``body()``, ``read()``, ``text()`` and ``json()`` return their values directly."""
+
+    def body(self):
+        return self._body
+
+    read = body
+
+    def text(self):
+        return self._text()
+
+    def json(self):
+        return self._json()
+
+
+def _json_bytes(value):
+    return json.dumps(value).encode()
 
 
 class Response:
-    """A response a function returns when it sets ``is_return_serialized``."""
+    """A response of a function's own: ``Response(body, status=200, headers=None)``.
+
+    ``body``: ``str`` (text/plain; charset=utf-8), ``bytes`` (application/octet-stream),
+    ``None`` (empty) or anything else, sent as JSON (application/json). A ``Content-Type``
+    in ``headers`` or ``content_type=`` overrides the default."""
+
+    __slots__ = ("body", "status", "headers")
 
     def __init__(self, body=b"", status=200, headers=None, content_type=None):
-        if isinstance(body, str):
-            body = body.encode()
-            content_type = content_type or "text/plain; charset=utf-8"
-        elif isinstance(body, (bytes, bytearray)):
-            body = bytes(body)
-            content_type = content_type or "application/octet-stream"
+        if body is None:
+            body, default_type = b"", None
+        elif isinstance(body, str):
+            body, default_type = body.encode(), "text/plain; charset=utf-8"
+        elif isinstance(body, (bytes, bytearray, memoryview)):
+            body, default_type = bytes(body), "application/octet-stream"
         else:
-            body = json.dumps(body).encode()
-            content_type = content_type or "application/json"
+            body, default_type = _json_bytes(body), "application/json"
+        status = int(status)
+        if not 100 <= status <= 599:
+            raise ValueError(f"status {status} is not an HTTP status (100-599)")
         self.body = body
-        self.status = int(status)
+        self.status = status
         self.headers = dict(headers or {})
-        self.headers.setdefault("Content-Type", content_type)
+        content_type = content_type or default_type
+        if content_type and not any(k.lower() == "content-type" for k in self.headers):
+            self.headers["Content-Type"] = content_type
+
+    def __repr__(self):
+        return f"<Response {self.status} {len(self.body)} bytes>"
 
 
-REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 404: "Not Found",
-           405: "Method Not Allowed", 411: "Length Required", 413: "Payload Too Large",
-           431: "Request Header Fields Too Large", 500: "Internal Server Error",
-           503: "Service Unavailable", 504: "Gateway Timeout"}
-
-
-def json_response(status, payload):
+def json_error(status, message, function, request_id, **extra):
+    payload = {"error": message, "function": function, "request_id": request_id}
+    payload.update(extra)
     return Response(payload, status=status)
 
 
-def log(*parts):
-    print(*parts, file=sys.stderr, flush=True)
+# Headers the server writes itself; a function's values for them are dropped.
+_OWN_HEADERS = frozenset(("content-length", "connection", "transfer-encoding", "keep-alive"))
 
 
-async def read_request(reader, max_body):
-    """Reads one request; None at a clean end of the connection."""
+def encode(response, request_id, keep_alive, head_only=False):
+    """The bytes of a response: status line, headers, body."""
+    status = response.status
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}"]
+    has_id = False
+    for k, v in response.headers.items():
+        k, v = str(k), str(v)
+        lk = k.lower()
+        if lk in _OWN_HEADERS:
+            continue
+        if "\r" in v or "\n" in v or "\r" in k or "\n" in k or ":" in k or not k:
+            raise ValueError(f"bad response header {k!r}: {v!r}")
+        has_id = has_id or lk == "x-request-id"
+        lines.append(f"{k}: {v}")
+    if request_id and not has_id:
+        lines.append(f"X-Request-Id: {request_id}")
+    body = response.body
+    if status < 200 or status in (204, 304):
+        body = b""
+    else:
+        lines.append(f"Content-Length: {len(body)}")
+    lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
+    return head if head_only else head + body
+
+
+def new_request_id():
+    return os.urandom(8).hex()
+
+
+async def read_head(reader):
+    """Reads the request line and headers: (method, target, version, Headers), or None at
+    a clean end of the connection. Raises HttpError for a malformed head."""
     try:
-        head = await reader.readuntil(b"\r\n\r\n")
+        raw = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError as e:
         if not e.partial.strip():
             return None
-        raise HttpError(400, "truncated request head")
+        raise HttpError(400, "the connection ended inside the request head") from None
     except asyncio.LimitOverrunError:
-        raise HttpError(431, "request head too large")
-    lines = head.decode("latin-1").split("\r\n")
-    try:
-        method, target, version = lines[0].split(" ", 2)
-    except ValueError:
-        raise HttpError(400, f"bad request line {lines[0]!r}")
+        raise HttpError(431, f"the request head is over {MAX_HEAD} bytes") from None
+    # Tolerate empty lines before the request line (RFC 9112 2.2).
+    lines = raw.lstrip(b"\r\n").decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise HttpError(400, f"bad request line {lines[0][:200]!r}")
+    method, target, version = parts
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise HttpError(505, f"{version[:20]!r} is not supported; use HTTP/1.1")
     pairs = []
     for line in lines[1:]:
         if not line:
             continue
+        if line[0] in " \t":
+            raise HttpError(400, "folded header lines are not allowed")
         name, sep, value = line.partition(":")
-        if not sep:
-            raise HttpError(400, f"bad header line {line!r}")
-        pairs.append((name.strip(), value.strip()))
-    headers = Headers(pairs)
-    body = b""
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        chunks = []
-        size_total = 0
-        while True:
-            size_line = await reader.readline()
-            size = int(size_line.split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass
-                break
-            size_total += size
-            if size_total > max_body:
-                raise HttpError(413, f"the request body is over the {max_body}-byte limit")
-            chunks.append(await reader.readexactly(size))
-            await reader.readline()
-        body = b"".join(chunks)
+        if not sep or not name or name != name.strip():
+            raise HttpError(400, f"bad header line {line[:200]!r}")
+        pairs.append((name, value.strip(" \t")))
+    if len(pairs) > MAX_HEADERS:
+        raise HttpError(431, f"more than {MAX_HEADERS} request headers")
+    return method, target, version, Headers(pairs)
+
+
+def too_large(limit):
+    return HttpError(413, f"the request body is over the limit of {limit} bytes")
+
+
+async def read_body(reader, writer, headers, version, limit):
+    """Reads the body (Content-Length or chunked), at most ``limit`` bytes; answers
+    ``Expect: 100-continue`` once the body is known to be acceptable."""
+    te = headers.get("transfer-encoding")
+    cl = headers.get("content-length")
+    if te is not None:
+        if cl is not None:
+            raise HttpError(400, "both Transfer-Encoding and Content-Length are set")
+        if te.strip().lower() != "chunked":
+            raise HttpError(501, f"Transfer-Encoding {te!r} is not supported; use chunked")
+    elif cl is not None:
+        values = {v.strip() for v in cl.split(",")}
+        if len(values) != 1 or not next(iter(values)).isdigit():
+            raise HttpError(400, f"bad Content-Length {cl!r}")
+        length = int(values.pop())
+        if length > limit:
+            raise too_large(limit)
+        if length == 0:
+            return b""
     else:
-        length = headers.get("content-length")
-        if length:
-            try:
-                n = int(length)
-            except ValueError:
-                raise HttpError(400, f"bad Content-Length {length!r}")
-            if n > max_body:
-                raise HttpError(413, f"the request body is over the {max_body}-byte limit")
-            body = await reader.readexactly(n)
-    keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-    return Request(method, target, headers, body), keep_alive
+        return b""
+    if version == "HTTP/1.1" and headers.get("expect", "").lower() == "100-continue":
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    if te is None:
+        return await reader.readexactly(length)
+    chunks, total = [], 0
+    while True:
+        line = await _read_line(reader)
+        size_text = line.split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+            if size < 0 or not size_text or size_text[:1] in b"+-" or b"_" in size_text:
+                raise ValueError
+        except ValueError:
+            raise HttpError(400, f"bad chunk size {size_text[:20]!r}") from None
+        if size == 0:
+            while await _read_line(reader):  # trailers, up to the empty line
+                pass
+            return b"".join(chunks)
+        total += size
+        if total > limit:
+            raise too_large(limit)
+        chunks.append(await reader.readexactly(size))
+        if await reader.readexactly(2) != b"\r\n":
+            raise HttpError(400, "a chunk does not end with CRLF")
 
 
-def encode(response, request_id, keep_alive):
-    reason = REASONS.get(response.status, "Status")
-    head = [f"HTTP/1.1 {response.status} {reason}"]
-    headers = dict(response.headers)
-    headers["Content-Length"] = str(len(response.body))
-    if request_id:
-        headers.setdefault("X-Request-Id", request_id)
-    headers["Connection"] = "keep-alive" if keep_alive else "close"
-    for k, v in headers.items():
-        head.append(f"{k}: {v}")
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
+async def _read_line(reader):
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.LimitOverrunError:
+        raise HttpError(400, "a chunk line is too long") from None
+    return line.rstrip(b"\r\n")
+
+
+class _Connection:
+    __slots__ = ("writer", "busy")
+
+    def __init__(self, writer):
+        self.writer = writer
+        self.busy = False
 
 
 class Server:
-    """Serves one handler: ``async handler(request) -> Response``."""
+    """Serves one function. ``handler`` is ``async handler(request) -> Response``;
+    ``make_request`` builds the request object (``Request`` or ``SyncRequest``)."""
 
-    def __init__(self, name, handler, max_body, timeout):
+    def __init__(self, name, handler, *, max_body, timeout, make_request=Request, access_log=False):
         self.name = name
         self.handler = handler
+        self.make_request = make_request
         self.max_body = max_body
         self.timeout = timeout
+        self.access_log = access_log
         self.in_flight = 0
         self.connections = set()
         self.stopping = False
         self.idle = asyncio.Event()
         self.idle.set()
 
-    async def respond(self, request):
-        if request.path == "/healthz" and request.method == "GET":
-            return json_response(200, {"status": "ok", "in_flight": self.in_flight - 1})
-        request_id = request.headers.get("x-request-id", "")
+    async def call(self, request):
+        """The function's response, or a JSON error: never raises (except cancellation)."""
+        rid = request.request_id
+        task = asyncio.ensure_future(self.handler(request))
         try:
             if self.timeout:
-                return await asyncio.wait_for(self.handler(request), self.timeout)
-            return await self.handler(request)
+                done, _ = await asyncio.wait((task,), timeout=self.timeout)
+                if not done:
+                    task.cancel()
+                    log(f"{self.name}: request {rid} timed out after {self.timeout:g} s")
+                    return json_error(504, f"the function did not answer within {self.timeout:g} s",
+                                      self.name, rid)
+            else:
+                await asyncio.wait((task,))
+            if task.cancelled():
+                raise RuntimeError("the function's task was cancelled")
+            response = task.result()
+            if not isinstance(response, Response):
+                raise TypeError(f"the runtime's handler returned {type(response).__name__}, not a Response")
+            return response
         except HttpError as e:
-            return json_response(e.status, {"error": e.message, "function": self.name, "request_id": request_id})
-        except asyncio.TimeoutError:
-            log(f"function {self.name}: request {request_id or '-'} timed out after {self.timeout} s")
-            return json_response(504, {"error": f"the function did not answer within {self.timeout} s",
-                                       "function": self.name, "request_id": request_id})
-        except Exception as e:  # a crashing function answers 500, the server lives on
-            import traceback  # only on the error path: keeps start-up fast
+            return json_error(e.status, e.message, self.name, rid, **e.extra)
+        except asyncio.CancelledError:
+            if not task.done():
+                task.cancel()
+            raise
+        except Exception as e:
+            import traceback  # the error path only: keeps start-up fast
 
-            log(f"function {self.name}: request {request_id or '-'} raised:\n{traceback.format_exc()}")
-            return json_response(500, {"error": f"{type(e).__name__}: {e}", "function": self.name,
-                                       "request_id": request_id})
+            log(f"{self.name}: request {rid} ({request.method} {request.target}) raised:\n"
+                + traceback.format_exc().rstrip())
+            return json_error(500, f"{type(e).__name__}: {e}", self.name, rid)
+
+    def _begin(self):
+        self.in_flight += 1
+        self.idle.clear()
+
+    def _end(self):
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
 
     async def connection(self, reader, writer):
-        self.connections.add(writer)
+        conn = _Connection(writer)
+        self.connections.add(conn)
         try:
             while not self.stopping:
                 try:
-                    parsed = await read_request(reader, self.max_body)
+                    head = await read_head(reader)
                 except HttpError as e:
-                    writer.write(encode(json_response(e.status, {"error": e.message, "function": self.name}), "", False))
-                    await writer.drain()
+                    await self._fail(reader, writer, e, new_request_id())
                     return
-                except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+                if head is None:
                     return
-                if parsed is None:
-                    return
-                request, keep_alive = parsed
-                self.in_flight += 1
-                self.idle.clear()
-                try:
-                    response = await self.respond(request)
-                finally:
-                    self.in_flight -= 1
-                    if self.in_flight == 0:
-                        self.idle.set()
+                conn.busy = True
+                method, target, version, headers = head
+                rid = headers.get("x-request-id") or new_request_id()
+                if version == "HTTP/1.1":
+                    keep_alive = "close" not in headers.get("connection", "").lower()
+                else:
+                    keep_alive = "keep-alive" in headers.get("connection", "").lower()
+                if (method == "GET" or method == "HEAD") and target == "/healthz":
+                    try:
+                        await read_body(reader, writer, headers, version, self.max_body)
+                    except HttpError as e:
+                        await self._fail(reader, writer, e, rid)
+                        return
+                    response = Response(b'{"status": "ok"}', headers={
+                        "Content-Type": "application/json", "X-Roost-In-Flight": str(self.in_flight)})
+                else:
+                    started = time.monotonic()
+                    self._begin()
+                    try:
+                        try:
+                            body = await read_body(reader, writer, headers, version, self.max_body)
+                        except HttpError as e:
+                            await self._fail(reader, writer, e, rid)
+                            return
+                        request = self.make_request(method, target, version, headers, body, rid)
+                        response = await self.call(request)
+                    finally:
+                        self._end()
+                    if self.access_log:
+                        log(f"{self.name}: {method} {target} {response.status} "
+                            f"{(time.monotonic() - started) * 1000:.1f}ms id={rid}")
                 keep_alive = keep_alive and not self.stopping
-                writer.write(encode(response, request.headers.get("x-request-id", ""), keep_alive))
+                try:
+                    data = encode(response, rid, keep_alive, head_only=method == "HEAD")
+                except ValueError as e:
+                    log(f"{self.name}: request {rid}: cannot send the function's response: {e}")
+                    data = encode(json_error(500, f"the function's response is invalid: {e}", self.name, rid),
+                                  rid, keep_alive)
+                writer.write(data)
                 await writer.drain()
+                conn.busy = False
                 if not keep_alive:
                     return
-        except ConnectionError:
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass  # the client went away
+        except Exception:  # a bug of the runtime's: lose this connection, not the server
+            import traceback
+
+            log(f"{self.name}: connection failed:\n{traceback.format_exc().rstrip()}")
         finally:
-            self.connections.discard(writer)
-            try:
-                writer.close()
-            except Exception:
-                pass
+            self.connections.discard(conn)
+            writer.close()
+
+    async def _fail(self, reader, writer, error, rid):
+        """Answers a request the server refuses (bad head, body too large) and closes the
+        connection, reading what the client still sends for a moment first, so that the
+        client gets the answer instead of a reset."""
+        writer.write(encode(json_error(error.status, error.message, self.name, rid), rid, False))
+        try:
+            await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                chunk = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
+                if not chunk:
+                    break
+        except (ConnectionError, TimeoutError, OSError):
+            pass
+
+    def close_idle(self):
+        """Closes the keep-alive connections that wait for their next request."""
+        for conn in list(self.connections):
+            if not conn.busy:
+                conn.writer.close()
 
 
-async def serve(name, handler, host, port, max_body, timeout, drain_s=25.0):
-    """Listens, prints ``ROOST_READY <port>``, serves until SIGTERM/SIGINT, then stops
-    accepting, lets in-flight requests finish (at most ``drain_s``) and returns."""
-    server = Server(name, handler, max_body, timeout)
-    listener = await asyncio.start_server(server.connection, host, port, limit=MAX_HEAD, reuse_address=True)
+async def serve(server, sock, drain_s, on_ready=None):
+    """Serves on the listening socket ``sock``, calls ``on_ready(port)``, serves until
+    SIGTERM or SIGINT, then stops accepting, closes idle keep-alive connections, lets
+    in-flight requests finish (at most ``drain_s`` seconds; a second signal stops waiting)
+    and returns. Past the bound it exits the process at once: a plain ``def`` handler
+    still running in a worker thread would otherwise hold the exit up."""
+    listener = await asyncio.start_server(server.connection, sock=sock, limit=MAX_HEAD)
+    host, port = sock.getsockname()[:2]
     stop = asyncio.Event()
+    signals = []
+
+    def on_signal(signum):
+        signals.append(signum)
+        stop.set()
+        if len(signals) == 1:
+            log(f"{server.name}: {signal.Signals(signum).name}: draining {server.in_flight} request(s)")
+        else:
+            log(f"{server.name}: second signal: not waiting any longer")
+            server.idle.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"ROOST_READY {port}", flush=True)
-    log(f"function {name}: serving on {host}:{port}")
+        loop.add_signal_handler(sig, on_signal, sig)
+    if on_ready is not None:
+        on_ready(port)
+    log(f"{server.name}: serving on {host}:{port}")
     await stop.wait()
+    t = time.monotonic()
     server.stopping = True
     listener.close()
-    t = time.monotonic()
+    server.close_idle()
     try:
         await asyncio.wait_for(server.idle.wait(), drain_s)
     except asyncio.TimeoutError:
-        log(f"function {name}: {server.in_flight} request(s) still running after {drain_s} s; exiting")
-    for w in list(server.connections):
-        try:
-            w.close()
-        except Exception:
-            pass
-    log(f"function {name}: stopped after draining for {time.monotonic() - t:.3f} s")
+        pass
+    if server.in_flight:
+        log(f"{server.name}: {server.in_flight} request(s) still running after "
+            f"{time.monotonic() - t:.3f} s; exiting without them")
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(0)
+    for conn in list(server.connections):
+        conn.writer.close()
+    log(f"{server.name}: stopped after draining for {time.monotonic() - t:.3f} s")
