@@ -1,35 +1,138 @@
 #!/bin/sh
-# Renders nginx.conf for this machine and runs the gate in the foreground.
-#   ROOST_GATE_PORT (8080)  ROOST_GATE_PREFIX (/tmp/roost-gate)  ROOST_ENVOY_ADDR (127.0.0.1:10000)
-#   ROOST_REDIS_HOST (127.0.0.1)  ROOST_REDIS_PORT (6379)  ROOST_GATE_MAX_BODY (10485760)
-#   ROOST_GATE_MAX_HELD (1000)  ROOST_GATE_WAKE_TIMEOUT_MS (30000)  ROOST_GATE_LOG_LEVEL (warn)
+# Runs Roost's gate: renders nginx.conf (next to this script) into a prefix folder for
+# this machine and starts nginx (Debian's, with the Lua module) or OpenResty in the
+# foreground, logging to stderr. Used by compose, `roost up` and the tests.
+#
+#   run.sh            render, then exec nginx
+#   run.sh --check    only check that nginx and its Lua libraries are installed
+#   run.sh --render   only render; prints the path of the rendered nginx.conf
+#
+# Environment (defaults in brackets):
+#   ROOST_GATE_PORT             public port                          [8080]
+#   ROOST_GATE_PREFIX           nginx prefix: conf, pid, temp files  [/tmp/roost-gate]
+#   ROOST_ENVOY_ADDR            host:port of Envoy's public listener [127.0.0.1:10000]
+#   ROOST_REDIS_HOST            Redis host (a name needs a resolver) [127.0.0.1]
+#   ROOST_REDIS_PORT            Redis port                           [6379]
+#   ROOST_GATE_MAX_BODY         body limit, bytes (or 64k, 10m)      [10485760]
+#   ROOST_GATE_MAX_HELD         held requests per function           [1000]
+#   ROOST_GATE_WAKE_TIMEOUT_MS  how long a request is held           [30000]
+#   ROOST_GATE_CACHE_TTL_MS     ready/declared cache period          [1000]
+#   ROOST_GATE_REPUBLISH_MS     re-check and re-publish while held   [2000]
+#   ROOST_GATE_REDIS_TIMEOUT_MS Redis connect/read timeout           [1000]
+#   ROOST_GATE_PING_MS          idle subscription PINGs Redis after  [5000]
+#   ROOST_GATE_WORKERS          nginx worker processes               [auto]
+#   ROOST_GATE_LOG_LEVEL        error_log level                      [warn]
+#   ROOST_GATE_RESOLVER         DNS server for ROOST_REDIS_HOST      [first nameserver of /etc/resolv.conf]
+#   ROOST_GATE_NGINX            the nginx binary                     [openresty, else nginx]
+#   ROOST_GATE_LUA_PATH         a folder searched first for Lua modules (e.g. a
+#                               lua-resty-redis of your own: resty/redis.lua)  [none]
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
+mode=${1:-run}
+
 : "${ROOST_GATE_PORT:=8080}"
 : "${ROOST_GATE_PREFIX:=/tmp/roost-gate}"
 : "${ROOST_ENVOY_ADDR:=127.0.0.1:10000}"
 : "${ROOST_REDIS_HOST:=127.0.0.1}"
 : "${ROOST_REDIS_PORT:=6379}"
 : "${ROOST_GATE_MAX_BODY:=10485760}"
+: "${ROOST_GATE_WORKERS:=auto}"
 : "${ROOST_GATE_LOG_LEVEL:=warn}"
-export ROOST_REDIS_HOST ROOST_REDIS_PORT
-mkdir -p "$ROOST_GATE_PREFIX/tmp" "$ROOST_GATE_PREFIX/logs"
-if command -v openresty >/dev/null 2>&1; then
-  bin=openresty; modules=""
+export ROOST_REDIS_HOST ROOST_REDIS_PORT ROOST_GATE_MAX_BODY ROOST_ENVOY_ADDR
+
+die() {
+  echo "roost gate: $*" >&2
+  exit 1
+}
+install_hint="install Debian's nginx-light libnginx-mod-http-lua lua-nginx-redis lua-cjson lua-resty-core (apt-get install ...), or use OpenResty"
+
+# --- which nginx, and does it need the Lua module loaded -------------------------------
+if [ -n "${ROOST_GATE_NGINX:-}" ]; then
+  bin=$(command -v "$ROOST_GATE_NGINX" 2>/dev/null) || die "ROOST_GATE_NGINX=$ROOST_GATE_NGINX is not a program: $install_hint"
+elif command -v openresty >/dev/null 2>&1; then
+  bin=$(command -v openresty)
+elif command -v nginx >/dev/null 2>&1; then
+  bin=$(command -v nginx)
+elif [ -x /usr/sbin/nginx ]; then
+  bin=/usr/sbin/nginx
 else
-  bin=nginx
-  modules="load_module /usr/lib/nginx/modules/ndk_http_module.so; load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;"
+  die "no nginx found: $install_hint"
 fi
-# Host names (compose) need a resolver; use the system's first nameserver.
-resolver=$(awk '/^nameserver/ {print $2; exit}' /etc/resolv.conf 2>/dev/null || true)
-[ -n "$resolver" ] || resolver=127.0.0.11
-sed -e "s|@LOAD_MODULES@|$modules|" \
-    -e "s|@PREFIX@|$ROOST_GATE_PREFIX|g" \
-    -e "s|@LUA_DIR@|$here/lua|g" \
-    -e "s|@PORT@|$ROOST_GATE_PORT|g" \
-    -e "s|@ENVOY_ADDR@|$ROOST_ENVOY_ADDR|g" \
-    -e "s|@MAX_BODY@|$ROOST_GATE_MAX_BODY|g" \
-    -e "s|@RESOLVER@|$resolver|g" \
-    -e "s|@LOG_LEVEL@|$ROOST_GATE_LOG_LEVEL|g" \
-    "$here/nginx.conf.in" > "$ROOST_GATE_PREFIX/nginx.conf"
-exec "$bin" -p "$ROOST_GATE_PREFIX" -c "$ROOST_GATE_PREFIX/nginx.conf"
+version=$("$bin" -V 2>&1) || die "$bin -V failed ($version): $install_hint"
+modules=""
+case "$version" in
+  *ngx_lua* | *lua-nginx-module* | *openresty*)
+    ;; # OpenResty: Lua, resty.core and resty.redis built in
+  *)
+    moddir=$(printf '%s\n' "$version" | sed -n 's/.*--modules-path=\([^ ]*\).*/\1/p')
+    [ -n "$moddir" ] || moddir=/usr/lib/nginx/modules
+    for m in ndk_http_module ngx_http_lua_module; do
+      [ -f "$moddir/$m.so" ] || die "$moddir/$m.so is missing: $install_hint"
+      modules="${modules}load_module $moddir/$m.so;
+"
+    done
+    found() {
+      for f in "$@"; do [ -f "$f" ] && return 0; done
+      return 1
+    }
+    found /usr/share/lua/5.1/resty/core.lua /usr/local/share/lua/5.1/resty/core.lua ||
+      die "resty.core (lua-resty-core) is missing: $install_hint"
+    found /usr/share/lua/5.1/nginx/redis.lua /usr/share/lua/5.1/resty/redis.lua \
+      /usr/local/share/lua/5.1/resty/redis.lua "${ROOST_GATE_LUA_PATH:-/nonexistent}/resty/redis.lua" ||
+      die "no Redis client for Lua (lua-nginx-redis) found: $install_hint"
+    found /usr/lib/*/lua/5.1/cjson.so /usr/lib/lua/5.1/cjson.so /usr/local/lib/lua/5.1/cjson.so ||
+      die "lua-cjson is missing: $install_hint"
+    ;;
+esac
+[ "$mode" = "--check" ] && { echo "roost gate: $bin is ready"; exit 0; }
+
+# --- validate what goes into the configuration ------------------------------------------
+expect() { # value, extended regex, what
+  printf '%s\n' "$1" | grep -Eqx "$2" || die "$3 must match $2, got '$1'"
+}
+expect "$ROOST_GATE_PORT" '[0-9]{1,5}' ROOST_GATE_PORT
+expect "$ROOST_ENVOY_ADDR" '[A-Za-z0-9._-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}' ROOST_ENVOY_ADDR
+expect "$ROOST_GATE_MAX_BODY" '[0-9]+[kKmMgG]?' ROOST_GATE_MAX_BODY
+expect "$ROOST_GATE_WORKERS" 'auto|[0-9]{1,3}' ROOST_GATE_WORKERS
+expect "$ROOST_GATE_LOG_LEVEL" 'debug|info|notice|warn|error|crit|alert|emerg' ROOST_GATE_LOG_LEVEL
+if [ -z "${ROOST_GATE_RESOLVER:-}" ]; then
+  ROOST_GATE_RESOLVER=$(awk '$1 == "nameserver" && $2 ~ /^[0-9.]+$/ {print $2; exit}' /etc/resolv.conf 2>/dev/null || true)
+  if [ -z "$ROOST_GATE_RESOLVER" ]; then
+    v6=$(awk '$1 == "nameserver" && $2 ~ /^[0-9a-fA-F:]+$/ {print $2; exit}' /etc/resolv.conf 2>/dev/null || true)
+    [ -n "$v6" ] && ROOST_GATE_RESOLVER="[$v6]" || ROOST_GATE_RESOLVER=127.0.0.1
+  fi
+fi
+expect "$ROOST_GATE_RESOLVER" '[][0-9A-Fa-f:. ]+' ROOST_GATE_RESOLVER
+lua_path="$here/lua/?.lua"
+[ -n "${ROOST_GATE_LUA_PATH:-}" ] && lua_path="$ROOST_GATE_LUA_PATH/?.lua;$lua_path"
+case "$lua_path" in *'|'* | *'&'* | *'\'* | *'"'*) die "the Lua path $lua_path has a character sed cannot take" ;; esac
+
+# --- render ---------------------------------------------------------------------------
+prefix=$ROOST_GATE_PREFIX
+mkdir -p "$prefix/logs" # OpenResty opens logs/ before it reads -e
+conf=$prefix/nginx.conf
+line() { # marker, directive: replaces the line that ends in #@marker
+  printf 's|^\\([[:space:]]*\\)[^#]*#@%s$|\\1%s  #@%s|\n' "$1" "$2" "$1"
+}
+{
+  printf '# Rendered by %s/run.sh from %s/nginx.conf; edit that one.\n' "$here" "$here"
+  printf '%s' "$modules"
+  sed -e '/#@module$/d' \
+    -e "$(line workers "worker_processes $ROOST_GATE_WORKERS;")" \
+    -e "$(line log_level "error_log stderr $ROOST_GATE_LOG_LEVEL;")" \
+    -e "/#@lua_path\$/s|\\\$prefix/lua/?\\.lua|$lua_path|" \
+    -e "$(line resolver "resolver $ROOST_GATE_RESOLVER valid=10s ipv6=off;")" \
+    -e "$(line envoy "server $ROOST_ENVOY_ADDR max_fails=0;")" \
+    -e "$(line listen "listen $ROOST_GATE_PORT reuseport;")" \
+    -e "$(line max_body "client_max_body_size $ROOST_GATE_MAX_BODY;")" \
+    -e "$(line body_buffer "client_body_buffer_size $ROOST_GATE_MAX_BODY;")" \
+    "$here/nginx.conf"
+} >"$conf.tmp"
+for marker in workers log_level lua_path resolver envoy listen max_body body_buffer; do
+  grep -q "#@$marker\$" "$conf.tmp" || die "nginx.conf lost its #@$marker line"
+done
+grep -q "$here/lua/" "$conf.tmp" || die "nginx.conf lost its lua_package_path"
+mv "$conf.tmp" "$conf"
+[ "$mode" = "--render" ] && { echo "$conf"; exit 0; }
+
+exec "$bin" -p "$prefix/" -c "$conf" -e stderr

@@ -1,283 +1,657 @@
--- Roost's gate: the public entry. A ready function is proxied straight to Envoy (the
--- ready flag is cached for a second); a sleeping one is woken once through Redis and
--- its requests are held until the orchestrator says it is ready (a subscription per
--- worker wakes them; nobody polls). Redis keys: see common/src/keys.rs.
+-- Roost's gate: the public entry in front of Envoy (gateway-lua/README.md).
+--
+-- /<function>[/...]:
+--   * not in the Redis set roost:functions -> 404 JSON;
+--   * ready (roost:fn:<f>:ready) -> proxied to Envoy; the ready flag lives in a shared
+--     dict kept true by one roost:ready subscriber per worker, so a ready function costs
+--     no Redis round trip per request (one background refresh per cache period);
+--   * asleep -> woken once (SET roost:fn:<f>:waking NX PX, and only the winner PUBLISHes
+--     roost:wake <f>) and held, without polling, until the worker's subscriber sees
+--     {"function":"<f>","ready":true} on roost:ready and posts the function's semaphore.
+--     A notice can be lost (Redis or the orchestrator restarting): while requests wait,
+--     one of them per worker and function checks the ready key and re-publishes the
+--     wake every ROOST_GATE_REPUBLISH_MS (the orchestrator's wake is idempotent).
+--   * more than ROOST_GATE_MAX_HELD held for one function -> 503 JSON + Retry-After;
+--     held longer than ROOST_GATE_WAKE_TIMEOUT_MS -> 504 JSON.
+-- Envoy's own 503 (no x-envoy-upstream-service-time: the endpoint vanished in a
+-- scale-down) sends the request through the wake path once more (@rewake).
+--
+-- Redis names: common/src/keys.rs. Runs on OpenResty (resty.redis) and on Debian's
+-- nginx + libnginx-mod-http-lua + lua-nginx-redis (nginx.redis).
 
 local cjson = require("cjson.safe")
-local ok_resty, redis_mod = pcall(require, "resty.redis")
-if not ok_resty then
-    redis_mod = require("nginx.redis") -- Debian's lua-nginx-redis
-end
 local semaphore = require("ngx.semaphore")
 
-local _M = {}
+local redis_mod, redis_mod_name
+do
+    local ok, mod = pcall(require, "resty.redis")
+    if ok then
+        redis_mod, redis_mod_name = mod, "resty.redis"
+    else
+        redis_mod, redis_mod_name = require("nginx.redis"), "nginx.redis"
+    end
+end
+pcall(cjson.encode_escape_forward_slash, false)
 
+local ngx = ngx
+local now = ngx.now
 local dict = ngx.shared.roost_gate
-local waiting = {} -- function -> semaphore, per worker
+
+local FUNCTIONS = "roost:functions"
+local WAKE_CHANNEL = "roost:wake"
+local READY_CHANNEL = "roost:ready"
+
+local function ready_key(fn) return "roost:fn:" .. fn .. ":ready" end
+local function wake_lock_key(fn) return "roost:fn:" .. fn .. ":waking" end
+
+local _M = { _VERSION = "1" }
+
 local conf = {}
 
-local READY_TTL = 1     -- seconds a ready flag is trusted without asking Redis
-local KNOWN_TTL = 1     -- seconds a declared function is trusted
-local REPUBLISH = 2     -- seconds between wake re-publishes while a request waits
+-- Per worker.
+local waiters = {}      -- function -> semaphore its held requests wait on
+local held_here = {}    -- function -> requests held in this worker
+local epoch = {}        -- function -> ready notices seen by this worker
+local next_recheck = {} -- function -> time of the next lost-notice check
 
 local function env_num(name, default)
     local v = tonumber(os.getenv(name) or "")
-    return v or default
+    if v and v >= 0 then
+        return v
+    end
+    return default
+end
+
+-- Sizes as nginx writes them: 1048576, 1024k, 10m.
+local function size_bytes(s, default)
+    local n, unit = tostring(s or ""):match("^(%d+)([kKmMgG]?)$")
+    if not n then
+        return default
+    end
+    local mult = ({ [""] = 1, k = 1024, m = 1048576, g = 1073741824 })[unit:lower()]
+    return tonumber(n) * mult
 end
 
 function _M.init()
     conf.redis_host = os.getenv("ROOST_REDIS_HOST") or "127.0.0.1"
     conf.redis_port = env_num("ROOST_REDIS_PORT", 6379)
+    conf.redis_timeout = env_num("ROOST_GATE_REDIS_TIMEOUT_MS", 1000)
     conf.max_held = env_num("ROOST_GATE_MAX_HELD", 1000)
-    conf.wake_timeout = env_num("ROOST_GATE_WAKE_TIMEOUT_MS", 30000) / 1000
+    conf.wake_timeout_ms = env_num("ROOST_GATE_WAKE_TIMEOUT_MS", 30000)
+    conf.wake_timeout = conf.wake_timeout_ms / 1000
+    conf.cache_ttl = env_num("ROOST_GATE_CACHE_TTL_MS", 1000) / 1000
+    conf.republish = math.max(env_num("ROOST_GATE_REPUBLISH_MS", 2000), 50) / 1000
+    conf.max_body = size_bytes(os.getenv("ROOST_GATE_MAX_BODY"), 10485760)
+    -- The subscriber's idle read: past it, it PINGs Redis to find a dead connection.
+    conf.sub_idle = math.max(env_num("ROOST_GATE_PING_MS", 5000), 100) / 1000
 end
 
-local function connect()
-    local r = redis_mod:new()
-    r:set_timeouts(1000, 1000, 1000)
-    local ok, err = r:connect(conf.redis_host, conf.redis_port)
+---------------------------------------------------------------------------------------
+-- Redis
+
+-- lua-nginx-redis 0.27 (Debian) has only set_timeout (one timeout for everything);
+-- lua-resty-redis has set_timeouts too. The module answers any unknown name with a
+-- Redis command, hence rawget.
+local has_set_timeouts = rawget(redis_mod, "set_timeouts") ~= nil
+
+local function connect(read_ms)
+    local r, err = redis_mod:new()
+    if not r then
+        return nil, err
+    end
+    local t = conf.redis_timeout
+    read_ms = read_ms or t
+    if has_set_timeouts then
+        r:set_timeouts(t, t, read_ms)
+    else
+        r:set_timeout(t)
+    end
+    local ok
+    ok, err = r:connect(conf.redis_host, conf.redis_port)
     if not ok then
         return nil, err
+    end
+    if not has_set_timeouts and read_ms ~= t then
+        r:set_timeout(read_ms)
     end
     return r
 end
 
 local function release(r)
-    r:set_keepalive(30000, 64)
-end
-
-local function json_exit(status, body, headers)
-    ngx.status = status
-    ngx.header["Content-Type"] = "application/json"
-    for k, v in pairs(headers or {}) do
-        ngx.header[k] = v
+    local ok = r:set_keepalive(30000, 64)
+    if not ok then
+        r:close()
     end
-    ngx.say(cjson.encode(body))
-    return ngx.exit(status)
 end
 
-local function sem_for(fn)
-    local s = waiting[fn]
-    if not s then
-        s = semaphore.new(0)
-        waiting[fn] = s
+---------------------------------------------------------------------------------------
+-- The caches (shared by the workers)
+--
+--   ready:<f>   expiry time (ngx.now()) of a ready flag; present = ready. It is not
+--               deleted when it expires: the next request triggers one background
+--               refresh and goes on with it (a wrong one ends in Envoy's 503, which
+--               @rewake handles); a not-ready notice deletes it at once.
+--   gen:<f>     bumped by every notice, so a refresh that raced a notice is dropped.
+--   known:<f>   the function is in roost:functions (cache_ttl); unknown:<f> it is not
+--               (a quarter of it, so a new function answers quickly).
+--   held:<f>    requests held for <f> across all workers (the cap).
+--   sub:<id>    worker <id> has a live subscription; `subscriptions` counts the
+--               subscriptions made since the start (both for /healthz).
+
+local function mark_ready(fn)
+    dict:set("ready:" .. fn, now() + conf.cache_ttl)
+end
+
+local function post_waiters(fn)
+    local s = waiters[fn]
+    if s then
+        local c = s:count()
+        if c < 0 then
+            s:post(-c)
+        end
     end
-    return s
 end
 
--- The subscriber: one per worker, for the lifetime of the worker.
-local function on_ready_message(payload)
-    local msg = cjson.decode(payload)
-    if type(msg) ~= "table" or type(msg["function"]) ~= "string" then
+-- A ready function found in this worker: its held requests go.
+local function released(fn)
+    epoch[fn] = (epoch[fn] or 0) + 1
+    mark_ready(fn)
+    post_waiters(fn)
+end
+
+local function refresh(premature, fn)
+    if premature then
         return
     end
-    local fn = msg["function"]
-    if msg.ready then
-        dict:set("ready:" .. fn, true, READY_TTL)
-        local s = waiting[fn]
-        if s and s:count() < 0 then
-            s:post(-s:count())
-        end
+    local gen = dict:get("gen:" .. fn)
+    local r = connect()
+    if not r then
+        return -- keep the cached flag: Redis being away must not stop ready functions
+    end
+    r:init_pipeline()
+    r:sismember(FUNCTIONS, fn)
+    r:get(ready_key(fn))
+    local res = r:commit_pipeline()
+    if not res then
+        r:close()
+        return
+    end
+    release(r)
+    if dict:get("gen:" .. fn) ~= gen then
+        return -- a notice came meanwhile; it is newer than this answer
+    end
+    if res[1] == 1 then
+        dict:set("known:" .. fn, true, conf.cache_ttl)
+    else
+        dict:delete("known:" .. fn)
+    end
+    if res[1] == 1 and res[2] == "1" then
+        mark_ready(fn)
     else
         dict:delete("ready:" .. fn)
     end
 end
 
-local function subscribe(premature)
+-- Whether the cache says ready (stale or not); a stale flag triggers one refresh.
+local function cached_ready(fn)
+    local expires = dict:get("ready:" .. fn)
+    if not expires then
+        return false
+    end
+    if expires < now() and dict:add("refresh:" .. fn, true, conf.cache_ttl) then
+        local ok, err = ngx.timer.at(0, refresh, fn)
+        if not ok then
+            ngx.log(ngx.WARN, "roost gate: cannot refresh the ready flag of ", fn, ": ", err)
+        end
+    end
+    return true
+end
+
+---------------------------------------------------------------------------------------
+-- The subscriber: one per worker, for the worker's lifetime.
+
+local function on_notice(payload)
+    local msg = cjson.decode(payload)
+    if type(msg) ~= "table" or type(msg["function"]) ~= "string" then
+        ngx.log(ngx.WARN, "roost gate: ignoring a malformed notice on ", READY_CHANNEL, ": ", payload)
+        return
+    end
+    local fn = msg["function"]
+    dict:incr("gen:" .. fn, 1, 0)
+    if msg.ready == true then
+        released(fn)
+    elseif msg.ready == false then
+        dict:delete("ready:" .. fn)
+    end
+end
+
+local function on_reply(res)
+    if type(res) == "table" and res[1] == "message" and res[2] == READY_CHANNEL then
+        on_notice(res[3])
+    end
+end
+
+local recheck
+
+-- After (re)subscribing: notices sent while the subscription was down are lost, so
+-- every cached flag is refreshed (kept meanwhile) and held requests check at once.
+local function after_subscribe()
+    for _, k in ipairs(dict:get_keys(0)) do
+        if k:sub(1, 6) == "ready:" then
+            dict:set(k, 0)
+        end
+    end
+    for fn, n in pairs(held_here) do
+        if n > 0 then
+            ngx.timer.at(0, function(premature)
+                if not premature then
+                    recheck(fn)
+                end
+            end)
+        end
+    end
+end
+
+local function subscribe_once()
+    local r, err = connect(conf.sub_idle * 1000)
+    if not r then
+        return "connect: " .. tostring(err)
+    end
+    local ok
+    ok, err = r:subscribe(READY_CHANNEL)
+    if not ok then
+        r:close()
+        return "subscribe: " .. tostring(err)
+    end
+    local sub_key = "sub:" .. ngx.worker.id()
+    dict:set(sub_key, true)
+    dict:incr("subscriptions", 1, 0)
+    after_subscribe()
+    local pinged = false
+    while not ngx.worker.exiting() do
+        local res
+        res, err = r:read_reply()
+        if res then
+            pinged = false -- anything from Redis proves the connection alive
+            on_reply(res)
+        elseif err == "timeout" then
+            -- Idle: a PING (allowed while subscribed, answered ["pong", ""]) finds a
+            -- dead connection; no answer within another period ends this one.
+            if pinged then
+                err = "no answer to PING"
+                break
+            end
+            pinged = true
+            res, err = r:ping()
+            if res then
+                -- lua-resty-redis >= 0.28 keeps notices that came first for read_reply;
+                -- 0.27 returns the first reply, which may be a notice.
+                pinged = false
+                on_reply(res)
+            elseif err ~= "timeout" then
+                break
+            end
+        else
+            break
+        end
+    end
+    dict:delete(sub_key)
+    r:close()
+    return err
+end
+
+local function subscriber(premature)
     if premature then
         return
     end
-    local backoff = 0.1
+    local backoff = 0.05
     while not ngx.worker.exiting() do
-        local r, err = connect()
-        if r then
-            r:set_timeouts(1000, 1000, 5000)
-            local ok
-            ok, err = r:subscribe("roost:ready")
-            if ok then
-                backoff = 0.1
-                while not ngx.worker.exiting() do
-                    local res, rerr = r:read_reply()
-                    if res then
-                        if res[1] == "message" then
-                            on_ready_message(res[3])
-                        end
-                    elseif rerr ~= "timeout" then
-                        err = rerr
-                        break
-                    end
-                end
-            end
-            r:close()
-        end
+        local started = now()
+        local err = subscribe_once()
         if ngx.worker.exiting() then
             return
         end
-        ngx.log(ngx.WARN, "roost gate: Redis subscription lost (", tostring(err), "); retrying")
+        if now() - started > 5 then
+            backoff = 0.05 -- it ran for a while: reconnect quickly
+        end
+        ngx.log(ngx.WARN, "roost gate: the subscription to ", READY_CHANNEL, " ended (",
+            tostring(err), "); reconnecting in ", backoff, " s")
         ngx.sleep(backoff)
         backoff = math.min(backoff * 2, 2)
     end
 end
 
 function _M.init_worker()
-    local ok, err = ngx.timer.at(0, subscribe)
+    if ngx.worker.id() == 0 then
+        ngx.log(ngx.NOTICE, "roost gate: Redis client ", redis_mod_name, " ", tostring(rawget(redis_mod, "_VERSION")),
+            ", Redis at ", conf.redis_host, ":", conf.redis_port)
+    end
+    local ok, err = ngx.timer.at(0, subscriber)
     if not ok then
         ngx.log(ngx.ERR, "roost gate: cannot start the subscriber: ", err)
     end
 end
 
--- /<function>[/...] -> function name, or nil.
-local function function_of(uri)
-    return ngx.re.match(uri, [[^/([a-z0-9][a-z0-9_-]{0,62})(?:/|$)]], "jo")
+---------------------------------------------------------------------------------------
+-- Answers
+
+local function ensure_request_id()
+    local id = ngx.var.roost_request_id
+    if id ~= "" then
+        return id
+    end
+    local h = ngx.var.http_x_request_id
+    if not h or not ngx.re.find(h, [[^[\x21-\x7e]{1,200}$]], "jo") then
+        h = ngx.var.request_id -- 32 hex digits, made by nginx
+    end
+    ngx.var.roost_request_id = h
+    ngx.req.set_header("X-Request-Id", h)
+    return h
 end
 
-local function is_declared(r, fn)
-    if dict:get("known:" .. fn) then
-        return true
+local function json_exit(status, body, headers)
+    body.request_id = ngx.var.roost_request_id
+    ngx.status = status
+    ngx.header["Content-Type"] = "application/json"
+    ngx.header["Cache-Control"] = "no-store"
+    for k, v in pairs(headers or {}) do
+        ngx.header[k] = v
     end
-    local member = r:sismember("roost:functions", fn)
-    if member == 1 then
-        dict:set("known:" .. fn, true, KNOWN_TTL)
-        return true
-    end
-    return false
+    ngx.say(cjson.encode(body))
+    return ngx.exit(ngx.HTTP_OK)
 end
 
-local function is_ready(r, fn)
-    if dict:get("ready:" .. fn) then
-        return true
+local function add_cold_ms(ms)
+    local before = tonumber(ngx.var.roost_cold_ms) or 0
+    ngx.var.roost_cold_ms = tostring(before + ms)
+end
+
+function _M.header_filter()
+    local id = ngx.var.roost_request_id
+    if id == "" then
+        return
     end
-    local v = r:get("roost:fn:" .. fn .. ":ready")
+    ngx.header["X-Request-Id"] = id
+    local cold = ngx.var.roost_cold_ms
+    ngx.header["X-Roost-Cold-Start"] = cold ~= "" and (cold .. "ms") or "none"
+end
+
+---------------------------------------------------------------------------------------
+-- Holding
+
+local function on_abort()
+    -- The client hung up while held: give its place back (the thread is gone after).
+    local fn = ngx.ctx.holding
+    if fn then
+        ngx.ctx.holding = nil
+        held_here[fn] = held_here[fn] - 1
+        dict:incr("held:" .. fn, -1, 0)
+    end
+    return ngx.exit(499)
+end
+
+-- One held request per worker and function: is it ready after all (a lost notice)?
+-- If not, publish the wake again, without the lock.
+recheck = function(fn)
+    local r = connect()
+    if not r then
+        return
+    end
+    local v, err = r:get(ready_key(fn))
     if v == "1" then
-        dict:set("ready:" .. fn, true, READY_TTL)
-        return true
+        release(r)
+        released(fn)
+        return
     end
-    return false
+    if err then
+        r:close()
+        return
+    end
+    r:publish(WAKE_CHANNEL, fn)
+    release(r)
 end
 
-local function publish_wake(r, fn, first)
-    if first then
-        local got = r:set("roost:fn:" .. fn .. ":waking", "1", "NX", "PX", math.floor(conf.wake_timeout * 1000))
-        if got ~= "OK" then
-            return -- someone else is waking it
-        end
+local function wake(r, fn)
+    local got, err = r:set(wake_lock_key(fn), "1", "NX", "PX", math.max(conf.wake_timeout_ms, 1000))
+    if got == "OK" then
+        return r:publish(WAKE_CHANNEL, fn)
     end
-    r:publish("roost:wake", fn)
+    if got == nil then
+        return nil, err
+    end
+    return true -- someone else is waking it
 end
 
--- Holds the request until the function is ready; returns the time waited (ms).
-local function hold(r, fn)
+-- Holds the request until `fn` is ready. `force`: Envoy just failed it, so only a new
+-- notice (or the ready key found by a recheck) releases it, not the cached flag.
+-- `r`: a Redis connection to wake the function with, or nil if a request of this
+-- worker already did. Returns when released; answers 503/504 otherwise.
+local function hold(fn, force, r)
     local held = dict:incr("held:" .. fn, 1, 0)
     if held > conf.max_held then
-        dict:incr("held:" .. fn, -1)
-        release(r)
-        return json_exit(503, { error = "too many requests are waiting for " .. fn .. " to wake; retry shortly",
-            ["function"] = fn }, { ["Retry-After"] = "1" })
+        dict:incr("held:" .. fn, -1, 0)
+        if r then
+            release(r)
+        end
+        return json_exit(503, {
+            error = "too many requests are waiting for \"" .. fn .. "\" to wake; retry shortly",
+            ["function"] = fn,
+        }, { ["Retry-After"] = "1" })
     end
-    local start = ngx.now()
-    publish_wake(r, fn, true)
-    release(r)
-    local sem = sem_for(fn)
+    held_here[fn] = (held_here[fn] or 0) + 1
+    if held_here[fn] == 1 then
+        -- The first held request of this worker: the first lost-notice check is one
+        -- period away.
+        next_recheck[fn] = now() + conf.republish
+    end
+    ngx.ctx.holding = fn
+    if not ngx.ctx.abort_handler then
+        ngx.ctx.abort_handler = true
+        local ok, err = ngx.on_abort(on_abort)
+        if not ok then
+            ngx.log(ngx.WARN, "roost gate: ngx.on_abort: ", err)
+        end
+    end
+
+    local start = now()
+    local sem = waiters[fn]
+    if not sem then
+        sem = semaphore.new(0)
+        waiters[fn] = sem
+    end
+    local epoch0 = epoch[fn] or 0
+
+    if r then
+        local ok, err = wake(r, fn)
+        if ok then
+            release(r)
+        else
+            r:close()
+            ngx.log(ngx.WARN, "roost gate: cannot publish the wake of ", fn, ": ", err)
+        end
+    end
+
     local deadline = start + conf.wake_timeout
+    local outcome
     while true do
-        if dict:get("ready:" .. fn) then
+        if (epoch[fn] or 0) ~= epoch0 or (not force and dict:get("ready:" .. fn)) then
+            outcome = "ready"
             break
         end
-        local left = deadline - ngx.now()
+        ngx.update_time()
+        local left = deadline - now()
         if left <= 0 then
-            dict:incr("held:" .. fn, -1)
-            return json_exit(504, { error = fn .. " did not become ready within " .. conf.wake_timeout .. " s",
-                ["function"] = fn })
+            outcome = "timeout"
+            break
         end
-        local woken = sem:wait(math.min(left, REPUBLISH))
-        -- A ready notice may have been missed (Redis or the subscriber restarted). Held
-        -- requests do not poll: one of them per function, across all workers, asks
-        -- Redis once every REPUBLISH seconds and wakes again (the orchestrator's wake is
-        -- idempotent); the others see the shared ready flag it sets.
-        if not woken and not dict:get("ready:" .. fn) and dict:add("recheck:" .. fn, true, REPUBLISH) then
-            local r2 = connect()
-            if r2 then
-                local ready = is_ready(r2, fn)
-                if not ready then
-                    publish_wake(r2, fn, false)
-                end
-                release(r2)
-                if ready then
-                    if sem:count() < 0 then
-                        sem:post(-sem:count())
-                    end
-                    break
-                end
+        local ok, err = sem:wait(math.min(left, conf.republish))
+        if not ok and err == "timeout" then
+            ngx.update_time()
+            if now() >= (next_recheck[fn] or 0) and now() < deadline then
+                next_recheck[fn] = now() + conf.republish
+                recheck(fn)
             end
         end
     end
-    dict:incr("held:" .. fn, -1)
+
+    ngx.ctx.holding = nil
+    held_here[fn] = held_here[fn] - 1
+    dict:incr("held:" .. fn, -1, 0)
     ngx.update_time()
-    return math.floor((ngx.now() - start) * 1000 + 0.5)
+    add_cold_ms(math.floor((now() - start) * 1000 + 0.5))
+    if outcome == "timeout" then
+        return json_exit(504, {
+            error = "function \"" .. fn .. "\" did not become ready within " .. conf.wake_timeout_ms .. " ms",
+            ["function"] = fn,
+        })
+    end
 end
 
-local function request_id()
-    local h = ngx.req.get_headers()["x-request-id"]
-    if type(h) == "table" then
-        h = h[1]
-    end
-    if not h or h == "" or #h > 200 then
-        h = ngx.var.request_id
-        ngx.req.set_header("X-Request-Id", h)
-    end
-    ngx.ctx.request_id = h
+---------------------------------------------------------------------------------------
+-- Phases
+
+-- The function a request names: the first segment of the path as sent (Envoy routes
+-- on the same text).
+local function function_of_request()
+    local m = ngx.re.match(ngx.var.request_uri, [[^/([^/?#]*)]], "jo")
+    return m and m[1] or ""
 end
 
-local function gate(force_wake)
-    if not ngx.ctx.request_id then
-        request_id()
+-- common/src/naming.rs: 1-63 of a-z, 0-9, '-', '_', starting with a letter or digit.
+local function valid_name(fn)
+    return #fn <= 63 and ngx.re.find(fn, [[^[a-z0-9][a-z0-9_-]*$]], "jo") ~= nil
+end
+
+local function redis_unavailable(err)
+    return json_exit(503, { error = "the gate cannot reach Redis (" .. tostring(err) .. "); retry shortly" },
+        { ["Retry-After"] = "1" })
+end
+
+local function not_found(fn)
+    if fn == "" then
+        return json_exit(404, { error = "no function named in the path: call /<function>[/...]" })
     end
-    local m = function_of(ngx.var.uri)
-    if not m then
-        return json_exit(404, { error = "call /<function>: the path does not name a function" })
+    return json_exit(404, {
+        error = "no function named \"" .. fn .. "\"",
+        hint = "declare it in global-function-definition.yml",
+    })
+end
+
+-- Lets the request through to Envoy once `fn` is ready: at once from the cache, or
+-- after a Redis check, or after waking it and holding the request.
+local function admit(fn, force)
+    if not force and cached_ready(fn) then
+        return
     end
-    local fn = m[1]
-    if not force_wake and dict:get("ready:" .. fn) then
-        return -- the common path: no Redis round trip
+    if dict:get("unknown:" .. fn) then
+        return not_found(fn)
+    end
+    -- Another request of this worker is already held for it: it woke the function.
+    if not force and (held_here[fn] or 0) > 0 and dict:get("known:" .. fn) then
+        return hold(fn, false, nil)
     end
     local r, err = connect()
     if not r then
-        return json_exit(503, { error = "the gate cannot reach Redis: " .. tostring(err) }, { ["Retry-After"] = "1" })
+        return redis_unavailable(err)
     end
-    if not is_declared(r, fn) then
-        release(r)
-        return json_exit(404, { error = "no function named \"" .. fn .. "\"",
-            hint = "declare it in global-function-definition.yml" })
+    local gen = dict:get("gen:" .. fn)
+    r:init_pipeline()
+    r:sismember(FUNCTIONS, fn)
+    r:get(ready_key(fn))
+    local res
+    res, err = r:commit_pipeline()
+    if not res or type(res[1]) ~= "number" then
+        r:close()
+        return redis_unavailable(err or (res and type(res[1]) == "table" and res[1][2]))
     end
-    if not force_wake and is_ready(r, fn) then
+    if res[1] ~= 1 then
         release(r)
+        dict:set("unknown:" .. fn, true, conf.cache_ttl / 4)
+        dict:delete("known:" .. fn)
+        return not_found(fn)
+    end
+    dict:set("known:" .. fn, true, conf.cache_ttl)
+    if res[2] == "1" and not force then
+        release(r)
+        if dict:get("gen:" .. fn) == gen then
+            mark_ready(fn)
+        end
         return
     end
-    local waited = hold(r, fn)
-    ngx.ctx.cold_ms = (ngx.ctx.cold_ms or 0) + waited
+    return hold(fn, force, r)
 end
 
 function _M.access()
-    return gate(false)
+    ensure_request_id()
+    local fn = function_of_request()
+    if not valid_name(fn) then
+        return not_found(fn)
+    end
+    ngx.var.roost_function = fn
+    -- Read the body now: a chunked body over the limit is refused (413) before any
+    -- wake, a held request has its body, and a body in memory can be sent again.
+    ngx.req.read_body()
+    admit(fn, false)
+    return ngx.exec("@envoy")
 end
 
--- Envoy answered 503. Envoy's own 503 (no replica: one vanished in a scale-down)
--- carries no x-envoy-upstream-service-time; a function's own 503 does.
+-- Envoy answered 503.
 function _M.rewake()
-    if ngx.var.upstream_http_x_envoy_upstream_service_time then
-        return json_exit(503, { error = "the function answered 503" })
+    local fn = ngx.var.roost_function
+    -- A function's own 503 passed through Envoy's router, which stamps it with
+    -- x-envoy-upstream-service-time; an overflow of Envoy's queue says x-envoy-overloaded.
+    -- Neither is a vanished endpoint: answer 503 and never send the request again.
+    local overloaded = ngx.var.upstream_http_x_envoy_overloaded
+    if ngx.var.upstream_http_x_envoy_upstream_service_time or overloaded then
+        return json_exit(503, {
+            error = "function \"" .. fn .. "\" answered 503 (Service Unavailable)",
+            ["function"] = fn,
+            from = overloaded and "envoy (overloaded)" or "function",
+        }, { ["Retry-After"] = ngx.var.upstream_http_retry_after or "1" })
     end
-    local m = function_of(ngx.var.uri)
-    if m then
-        dict:delete("ready:" .. m[1])
+    -- Only a body kept whole (in memory, or a file) can be sent again.
+    local has_body = (tonumber(ngx.var.content_length) or 0) > 0 or ngx.var.http_transfer_encoding ~= nil
+    if has_body and not ngx.req.get_body_data() and not ngx.req.get_body_file() then
+        return json_exit(503, { error = "no replica of \"" .. fn .. "\" is available; retry shortly",
+            ["function"] = fn }, { ["Retry-After"] = "1" })
     end
-    return gate(true)
+    dict:delete("ready:" .. fn)
+    dict:incr("gen:" .. fn, 1, 0)
+    admit(fn, true)
+    -- Released: proxy_pass in @rewake sends it again; a second 503 reaches the client.
 end
 
-function _M.headers()
-    ngx.header["X-Request-Id"] = ngx.ctx.request_id
-    local cold = ngx.ctx.cold_ms
-    ngx.header["X-Roost-Cold-Start"] = cold and (cold .. "ms") or "none"
+function _M.too_large()
+    ensure_request_id()
+    ngx.status = 413
+    ngx.header["Content-Type"] = "application/json"
+    ngx.header["Cache-Control"] = "no-store"
+    ngx.say(cjson.encode({
+        error = "the request body is over the limit of " .. conf.max_body .. " bytes",
+        limit = conf.max_body,
+        request_id = ngx.var.roost_request_id,
+    }))
+    return ngx.exit(ngx.HTTP_OK)
+end
+
+function _M.healthz()
+    local held = {}
+    local subscribed = 0
+    for _, k in ipairs(dict:get_keys(0)) do
+        if k:sub(1, 5) == "held:" then
+            held[k:sub(6)] = dict:get(k)
+        elseif k:sub(1, 4) == "sub:" then
+            subscribed = subscribed + 1
+        end
+    end
+    -- cjson writes an empty table as {}.
+    ngx.say(cjson.encode({
+        status = "ok",
+        workers = ngx.worker.count(),
+        subscribed = subscribed,
+        subscriptions = dict:get("subscriptions") or 0,
+        held = held,
+    }))
 end
 
 return _M

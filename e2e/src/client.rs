@@ -1,0 +1,170 @@
+//! A small HTTP/1.1 client: one request per connection (`Connection: close`), a fixed
+//! or chunked body, and a deadline. A server may answer before it has read the whole
+//! body (413): a failed write still reads the answer.
+
+use roost_testkit::http::Response;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A request body.
+#[derive(Debug, Clone, Copy)]
+pub enum Body<'a> {
+    /// No body (and no Content-Length).
+    None,
+    /// With Content-Length.
+    Fixed(&'a [u8]),
+    /// With Transfer-Encoding: chunked, in chunks of at most 1000 bytes.
+    Chunked(&'a [u8]),
+}
+
+/// How long one request may take.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// GET `path` from 127.0.0.1:`port`.
+pub async fn get(port: u16, path: &str) -> Result<Response, String> {
+    request(port, "GET", path, &[], Body::None).await
+}
+
+/// Sends one request and reads the whole answer.
+pub async fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Body<'_>,
+) -> Result<Response, String> {
+    let fut = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+        let mut head =
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+        match body {
+            Body::None => {}
+            Body::Fixed(b) => head.push_str(&format!("Content-Length: {}\r\n", b.len())),
+            Body::Chunked(_) => head.push_str("Transfer-Encoding: chunked\r\n"),
+        }
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
+        match body {
+            Body::None => {}
+            Body::Fixed(b) => out.extend_from_slice(b),
+            Body::Chunked(b) => {
+                for chunk in b.chunks(1000) {
+                    out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                    out.extend_from_slice(chunk);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+        }
+        // The server may refuse the body and close early; its answer is still there.
+        let _ = s.write_all(&out).await;
+        let mut buf = Vec::new();
+        let read = s.read_to_end(&mut buf).await;
+        if buf.is_empty() {
+            return Err(format!("{method} {path}: no answer ({read:?})"));
+        }
+        parse_response(&buf)
+    };
+    tokio::time::timeout(DEADLINE, fut)
+        .await
+        .map_err(|_| format!("{method} {path} on port {port}: no answer in {DEADLINE:?}"))?
+}
+
+/// Opens a connection and sends a GET without reading the answer: a client that will
+/// hang up (drop the stream) while the gate holds its request.
+pub async fn send_and_keep(port: u16, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the gate");
+    let head = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    s.write_all(head.as_bytes())
+        .await
+        .expect("send a request to the gate");
+    s
+}
+
+/// Parses a whole HTTP/1.1 answer (chunked bodies decoded).
+pub fn parse_response(buf: &[u8]) -> Result<Response, String> {
+    let end = find(buf, b"\r\n\r\n").ok_or_else(|| {
+        format!(
+            "answer without a complete head: {:?}",
+            String::from_utf8_lossy(buf)
+        )
+    })?;
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let raw = &buf[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked { dechunk(raw) } else { raw.to_vec() };
+    Ok(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = find(raw, b"\r\n") {
+        let size_text = String::from_utf8_lossy(&raw[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or(0);
+        raw = &raw[eol + 2..];
+        if size == 0 || raw.len() < size {
+            break;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = raw.get(size + 2..).unwrap_or_default();
+    }
+    out
+}
+
+pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The body of an answer as JSON, or a panic that shows it.
+pub fn json(r: &Response) -> serde_json::Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| {
+        panic!(
+            "the body of a {} answer is not JSON ({e}): {:?}",
+            r.status, r.body
+        )
+    })
+}
+
+/// `X-Roost-Cold-Start` in milliseconds: `None` for `none`; panics on anything else.
+pub fn cold_start_ms(r: &Response) -> Option<u64> {
+    let v = r.header("x-roost-cold-start").unwrap_or_else(|| {
+        panic!(
+            "no X-Roost-Cold-Start in a {} answer: {:?}",
+            r.status, r.headers
+        )
+    });
+    if v == "none" {
+        return None;
+    }
+    Some(
+        v.strip_suffix("ms")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("X-Roost-Cold-Start is neither `none` nor `<n>ms`: {v:?}")),
+    )
+}

@@ -1,0 +1,70 @@
+//! Talking to the test Redis: commands, the Roost keys the orchestrator writes, and how
+//! many times a command was called (to prove the gate does not poll).
+
+use redis::aio::MultiplexedConnection;
+
+/// A connection to the Redis on 127.0.0.1:`port`.
+pub async fn connect(port: u16) -> MultiplexedConnection {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("a Redis URL");
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("connect to Redis on port {port}: {e}"))
+}
+
+/// Runs one command, panicking with it on an error.
+pub async fn cmd(c: &mut MultiplexedConnection, args: &[&str]) -> redis::Value {
+    let mut command = redis::cmd(args[0]);
+    for a in &args[1..] {
+        command.arg(*a);
+    }
+    command
+        .query_async(c)
+        .await
+        .unwrap_or_else(|e| panic!("Redis {args:?}: {e}"))
+}
+
+/// Lists `function` in `roost:functions`, as the orchestrator does for a declared one.
+pub async fn declare(c: &mut MultiplexedConnection, function: &str) {
+    cmd(c, &["SADD", "roost:functions", function]).await;
+}
+
+/// Marks `function` ready and says so on `roost:ready`, as the orchestrator does.
+pub async fn mark_ready(c: &mut MultiplexedConnection, function: &str) {
+    cmd(c, &["SET", &format!("roost:fn:{function}:ready"), "1"]).await;
+    cmd(c, &["DEL", &format!("roost:fn:{function}:waking")]).await;
+    let msg = serde_json::json!({"function": function, "ready": true}).to_string();
+    cmd(c, &["PUBLISH", "roost:ready", &msg]).await;
+}
+
+/// Marks `function` not ready and says so, as the orchestrator does before a drain.
+pub async fn mark_asleep(c: &mut MultiplexedConnection, function: &str) {
+    cmd(c, &["DEL", &format!("roost:fn:{function}:ready")]).await;
+    let msg = serde_json::json!({"function": function, "ready": false}).to_string();
+    cmd(c, &["PUBLISH", "roost:ready", &msg]).await;
+}
+
+/// How many times Redis ran `command` (lowercase) since the start or `CONFIG RESETSTAT`.
+pub async fn calls(c: &mut MultiplexedConnection, command: &str) -> u64 {
+    let info = match cmd(c, &["INFO", "commandstats"]).await {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis::Value::VerbatimString { text, .. } => text,
+        other => panic!("INFO commandstats answered {other:?}"),
+    };
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The subscribers of `channel`.
+pub async fn subscribers(c: &mut MultiplexedConnection, channel: &str) -> i64 {
+    match cmd(c, &["PUBSUB", "NUMSUB", channel]).await {
+        redis::Value::Array(v) => match v.get(1) {
+            Some(redis::Value::Int(n)) => *n,
+            other => panic!("PUBSUB NUMSUB answered {other:?}"),
+        },
+        other => panic!("PUBSUB NUMSUB answered {other:?}"),
+    }
+}
