@@ -25,8 +25,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start the whole platform on this machine, without Docker; Ctrl-C stops it.
+    /// Start the whole platform on this machine; Ctrl-C stops it.
     Up {
+        /// Where replicas run: processes, or Docker containers.
+        #[arg(long, env = "ROOST_RUNTIME", value_enum, default_value = "process")]
+        runtime: roost_cli::up::Runtime,
         /// The gate's port.
         #[arg(long, default_value_t = 8080)]
         port: u16,
@@ -93,11 +96,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let e = Endpoints { gate: cli.gate.trim_end_matches('/').into(), orchestrator: cli.orchestrator.trim_end_matches('/').into(), redis: cli.redis };
     let result: anyhow::Result<bool> = match cli.command {
-        Cmd::Up { port, definitions, work_dir, home } => {
+        Cmd::Up { runtime, port, definitions, work_dir, home } => {
             let exe = std::env::current_exe().unwrap_or_default();
             let bin_dir = exe.parent().map(PathBuf::from).unwrap_or_default();
             let home = std::fs::canonicalize(&home).unwrap_or(home);
-            let opts = roost_cli::up::UpOptions { port, home, definitions: std::fs::canonicalize(&definitions).unwrap_or(definitions), work_dir, bin_dir };
+            let opts = roost_cli::up::UpOptions { port, home, definitions: std::fs::canonicalize(&definitions).unwrap_or(definitions), work_dir, bin_dir, runtime };
             let shutdown = roost_common::shutdown::on_signal();
             roost_cli::up::run(opts, shutdown).await.map(|_| true).map_err(Into::into)
         }

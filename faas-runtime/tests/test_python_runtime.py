@@ -101,6 +101,17 @@ class ExampleFunctions(unittest.TestCase):
         self.assertEqual(status, 400)
         self.assertIn("ms must be", body["error"])
 
+    def test_whoami_names_its_replica_and_checks_ms(self):
+        r = python_function("whoami", "whoami.py")
+        self.addCleanup(r.stop)
+        status, _, body = r.json("GET", "/?ms=5")
+        self.assertEqual(status, 200)
+        self.assertEqual(body["replica"].rsplit(":", 1)[1], str(r.proc.pid))
+        self.assertEqual(r.json("GET", "/")[2], body)
+        status, _, body = r.json("GET", "/?ms=-1")
+        self.assertEqual(status, 400)
+        self.assertIn("ms must be", body["error"])
+
 
 class AccessLog(unittest.TestCase):
     def test_access_log_line_per_request(self):

@@ -74,6 +74,8 @@ pub struct FunctionStatus {
     pub starting: usize,
     /// Cold starts completed.
     pub cold_starts: u64,
+    /// The phases of the last completed cold start.
+    pub last_cold_start: Option<Phases>,
     /// The last failure, if any.
     pub last_error: Option<String>,
 }
@@ -124,6 +126,7 @@ struct Actor {
     removing: bool,
     shutting_down: bool,
     cold_starts: u64,
+    last_cold_start: Option<Phases>,
     last_error: Option<String>,
     next_id: u64,
 }
@@ -146,6 +149,7 @@ pub fn spawn(ctx: Arc<Ctx>, spec: Arc<FunctionSpec>, hash: String) -> (mpsc::Unb
         removing: false,
         shutting_down: false,
         cold_starts: 0,
+        last_cold_start: None,
         last_error: None,
         next_id: 0,
     };
@@ -272,6 +276,7 @@ impl Actor {
                 phases.notice_ms = ms(t.elapsed());
                 phases.total_ms += phases.notice_ms;
                 self.cold_starts += 1;
+                self.last_cold_start = Some(phases);
                 self.last_ready_at = Some(Instant::now());
                 self.ctx.metrics.cold_start(&self.spec.name, &phases);
                 info!(replica = %replica.id, address = %replica.address, total_ms = phases.total_ms, "replica ready");
@@ -502,6 +507,7 @@ impl Actor {
                 .collect(),
             starting: self.starting.len(),
             cold_starts: self.cold_starts,
+            last_cold_start: self.last_cold_start,
             last_error: self.last_error.clone(),
         }
     }

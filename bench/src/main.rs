@@ -1,0 +1,37 @@
+//! The `roost-bench` command: runs the suite and writes its report.
+
+use clap::Parser;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = roost_bench::Config::parse();
+    let command = std::env::var("ROOST_BENCH_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
+    let out = config.out.clone();
+    let home = config.home.clone();
+    match roost_bench::run(config, command).await {
+        Ok((report, complete)) => {
+            let text = report.render();
+            println!("{text}");
+            if out != "-" {
+                let path = home.join(&out);
+                let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+                if let Err(e) = std::fs::write(&path, roost_bench::report::splice(&doc, &text)) {
+                    eprintln!("roost-bench: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+                eprintln!("roost-bench: wrote {}", path.display());
+            }
+            if complete {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("roost-bench: some scenarios failed; their rows say why");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("roost-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The platform under test: the whole of Roost started by `roost up`'s own code with the
+//! suite's function definitions, and the orchestrator's status read back.
+
+use crate::client;
+use roost_cli::up::{Platform, Runtime, UpOptions};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Idle timeout of the functions that go back to zero in the suite.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The suite's functions, all served by the example functions in `faas-runtime/`.
+pub const DEFINITIONS: &str = r#"# Written by roost-bench: the functions its scenarios call.
+usable-functions:
+  cold:            # cold start: back to zero 300 ms after each call
+    version: "1"
+    configuration: {programing_language: python, base_function_file_name: hello.py, function_folder: hello}
+    scaling: {max_replicas: 1, idle_timeout: 300ms}
+  burst:           # 200 requests at once from zero
+    version: "1"
+    configuration: {programing_language: python, base_function_file_name: hello.py, function_folder: hello}
+    scaling: {max_replicas: 10, target_concurrency: 1, idle_timeout: 1s}
+  warm:            # warm overhead: one replica that never sleeps and takes all the load
+    version: "1"
+    configuration: {programing_language: python, base_function_file_name: hello.py, function_folder: hello}
+    scaling: {min_replicas: 1, max_replicas: 1, target_concurrency: 64, idle_timeout: 1h}
+  whoami:          # autoscale: one request at a time per replica, each names its replica
+    version: "1"
+    configuration: {programing_language: python, base_function_file_name: whoami.py, function_folder: whoami}
+    scaling: {min_replicas: 1, max_replicas: 4, target_concurrency: 1, idle_timeout: 1s}
+  onoff:           # scale to zero under an on/off load
+    version: "1"
+    configuration: {programing_language: python, base_function_file_name: hello.py, function_folder: hello}
+    scaling: {max_replicas: 2, target_concurrency: 8, idle_timeout: 1s}
+"#;
+
+/// Roost, running, with where to reach it.
+pub struct Roost {
+    platform: Option<Platform>,
+    /// The gate.
+    pub gate: SocketAddr,
+    /// Envoy's listener (behind the gate).
+    pub envoy: SocketAddr,
+    /// The orchestrator's API.
+    pub orchestrator: SocketAddr,
+    /// Which runtime.
+    pub runtime: Runtime,
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+impl Roost {
+    /// Starts every component with the suite's definitions under `work_dir`.
+    pub async fn start(home: &Path, bin_dir: &Path, work_dir: &Path, runtime: Runtime) -> anyhow::Result<Roost> {
+        std::fs::create_dir_all(work_dir)?;
+        // Function folders are found next to the definitions file: link the examples in.
+        for kind in ["python", "command"] {
+            let link = work_dir.join(kind);
+            if !link.exists() {
+                std::os::unix::fs::symlink(home.join("faas-runtime").join(kind), &link)?;
+            }
+        }
+        let definitions = work_dir.join("functions.yml");
+        std::fs::write(&definitions, DEFINITIONS)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let opts = UpOptions { port, home: home.to_path_buf(), definitions, work_dir: work_dir.to_path_buf(), bin_dir: bin_dir.to_path_buf(), runtime };
+        let platform = roost_cli::up::start(&opts).await?;
+        let a = platform.addresses.clone();
+        let roost = Roost { platform: Some(platform), gate: local(a.gate), envoy: local(a.envoy), orchestrator: local(a.orchestrator), runtime };
+        roost.wait_for("every function declared", Duration::from_secs(30), |s| s["functions"].as_array().is_some_and(|f| f.len() == 5)).await?;
+        Ok(roost)
+    }
+
+    /// The orchestrator's `/status`.
+    pub async fn status(&self) -> anyhow::Result<Value> {
+        let r = client::get_once(self.orchestrator, "/status").await?;
+        anyhow::ensure!(r.head.status == 200, "orchestrator /status answered {}", r.head.status);
+        Ok(serde_json::from_slice(&r.body)?)
+    }
+
+    /// One function's entry of `/status` (`Null` when not declared).
+    pub async fn function(&self, name: &str) -> anyhow::Result<Value> {
+        let s = self.status().await?;
+        Ok(s["functions"].as_array().and_then(|f| f.iter().find(|f| f["name"] == name).cloned()).unwrap_or(Value::Null))
+    }
+
+    /// Polls `/status` every 10 ms until `ok` holds, for at most `timeout`.
+    pub async fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(s) = self.status().await {
+                if ok(&s) {
+                    return Ok(s);
+                }
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("waited {timeout:?} for {what}; orchestrator status: {}", self.status().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Polls one function's status until `ok` holds; returns it.
+    pub async fn wait_function(&self, name: &str, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        let s = self
+            .wait_for(&format!("{name}: {what}"), timeout, |s| s["functions"].as_array().and_then(|f| f.iter().find(|f| f["name"] == name)).is_some_and(&ok))
+            .await?;
+        Ok(s["functions"].as_array().and_then(|f| f.iter().find(|f| f["name"] == name).cloned()).unwrap_or(Value::Null))
+    }
+
+    /// Fails if a component has exited.
+    pub fn check(&mut self) -> anyhow::Result<()> {
+        if let Some(p) = self.platform.as_mut() {
+            p.check()?;
+        }
+        Ok(())
+    }
+
+    /// Stops every component.
+    pub fn stop(mut self) {
+        if let Some(p) = self.platform.take() {
+            p.stop();
+        }
+    }
+}
+
+/// Ready replicas in a function's status entry.
+pub fn ready_replicas(f: &Value) -> usize {
+    f["replicas"].as_array().map(|r| r.iter().filter(|x| x["phase"] == "ready").count()).unwrap_or(0)
+}

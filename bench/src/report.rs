@@ -1,0 +1,549 @@
+//! The report: every figure of a run as markdown (a summary against the targets and the
+//! floor, then the detail of each scenario), and its place in `docs/benchmarks.md`
+//! between two marker lines, so the prose around it stays as written.
+
+use crate::client::LoadResult;
+use crate::components::Component;
+use crate::floors::DockerFloor;
+use crate::machine::Machine;
+use crate::scenarios::{Autoscale, Burst, ColdStart, Overhead, ScaleToZero, OFF_FACTORS};
+use crate::stats::Summary;
+use std::fmt::Write;
+
+/// The line before the generated part.
+pub const BEGIN: &str = "<!-- roost-bench:begin: written by `bash scripts/bench.sh`; edit outside these markers -->";
+/// The line after it.
+pub const END: &str = "<!-- roost-bench:end -->";
+
+/// A scenario's result, or why it has none.
+pub type Outcome<T> = Result<T, String>;
+
+/// Everything measured on one runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeRun {
+    /// `process` or `docker`.
+    pub runtime: String,
+    /// Cold start by phase.
+    pub cold: Outcome<ColdStart>,
+    /// Burst from zero.
+    pub burst: Outcome<Burst>,
+    /// Warm overhead at each concurrency.
+    pub overhead: Outcome<Vec<Overhead>>,
+    /// Autoscale reaction.
+    pub autoscale: Outcome<Autoscale>,
+    /// Scale to zero.
+    pub zero: Outcome<ScaleToZero>,
+}
+
+/// The machine's floor.
+#[derive(Debug, Clone)]
+pub struct Floors {
+    /// Loopback HTTP with no proxy, per concurrency.
+    pub loopback: Vec<(usize, LoadResult)>,
+    /// `python -c pass`, ms.
+    pub python: Outcome<Vec<f64>>,
+    /// The runtime started by hand until its first answer, ms.
+    pub runtime: Outcome<Vec<f64>>,
+    /// Docker start and unpause (None: no Docker engine).
+    pub docker: Option<Outcome<DockerFloor>>,
+}
+
+/// One run of the suite.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Where it ran.
+    pub machine: Machine,
+    /// When (UTC, as `date -u` prints it).
+    pub date: String,
+    /// The command that ran it.
+    pub command: String,
+    /// Wall time of the whole suite, seconds.
+    pub seconds: f64,
+    /// Cold-start rounds per runtime.
+    pub rounds: usize,
+    /// Size of the burst.
+    pub burst_size: usize,
+    /// Per runtime.
+    pub runtimes: Vec<RuntimeRun>,
+    /// Runtimes not measured, and why.
+    pub skipped: Vec<String>,
+    /// The floor.
+    pub floors: Floors,
+    /// `xds-bench`.
+    pub xds: Option<Outcome<Component>>,
+    /// `statsd-bench`.
+    pub statsd: Option<Outcome<Component>>,
+}
+
+/// Milliseconds, with two decimals below 10 and one above.
+pub fn ms(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else if v.abs() < 10.0 {
+        format!("{v:.2} ms")
+    } else {
+        format!("{v:.1} ms")
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 && a.is_finite() {
+        format!("{:.1}x", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+fn p50(v: &[f64]) -> f64 {
+    Summary::of(v).map_or(f64::NAN, |s| s.p50)
+}
+
+fn p99(v: &[f64]) -> f64 {
+    Summary::of(v).map_or(f64::NAN, |s| s.p99)
+}
+
+fn max(v: &[f64]) -> f64 {
+    Summary::of(v).map_or(f64::NAN, |s| s.max)
+}
+
+/// The cold-start target of a runtime (p50, ms): 100 ms for processes, faasd's 390 ms
+/// start of a stopped function for containers.
+pub fn cold_target(runtime: &str) -> f64 {
+    if runtime == "docker" {
+        390.0
+    } else {
+        100.0
+    }
+}
+
+impl Report {
+    fn loopback(&self, c: usize) -> Option<&LoadResult> {
+        self.floors.loopback.iter().find(|(k, _)| *k == c).map(|(_, r)| r)
+    }
+
+    /// Renders the generated part (without the markers).
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let m = &self.machine;
+        let _ = writeln!(s, "## Suite results\n");
+        let _ = writeln!(
+            s,
+            "Commit `{}`, {}. Command: `{}` ({:.0} s in all).\n\nMachine: {} x {}, {:.1} GiB RAM, {}, Linux {}, Docker Engine {}, Envoy {}, Python {}. Every figure below comes from this one run; the floor was measured on the same machine in the same run.\n",
+            m.commit,
+            self.date,
+            self.command,
+            self.seconds,
+            m.cpus,
+            m.cpu,
+            m.memory_gib,
+            m.os,
+            m.kernel,
+            m.docker.as_deref().unwrap_or("(none)"),
+            m.envoy,
+            m.python
+        );
+        for why in &self.skipped {
+            let _ = writeln!(s, "Not measured: {why}\n");
+        }
+        self.summary(&mut s);
+        self.cold_detail(&mut s);
+        self.burst_detail(&mut s);
+        self.overhead_detail(&mut s);
+        self.autoscale_detail(&mut s);
+        self.zero_detail(&mut s);
+        self.floor_detail(&mut s);
+        self.components_detail(&mut s);
+        s
+    }
+
+    fn summary(&self, s: &mut String) {
+        let _ = writeln!(s, "### Against the targets\n");
+        let _ = writeln!(s, "| measure | Roost | floor | Roost / floor | target | |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---|---|");
+        let runtime_floor = self.floors.runtime.as_ref().ok().map(|v| p50(v));
+        let docker_floor = self.floors.docker.as_ref().and_then(|d| d.as_ref().ok()).map(|d| p50(&d.start_ms));
+        for r in &self.runtimes {
+            let rt = r.runtime.as_str();
+            match &r.cold {
+                Ok(c) => {
+                    let (floor, what) = if rt == "docker" {
+                        (docker_floor.zip(runtime_floor).map(|(d, p)| d + p), "docker start + runtime start")
+                    } else {
+                        (runtime_floor, "runtime started by hand")
+                    };
+                    let target = cold_target(rt);
+                    let _ = writeln!(
+                        s,
+                        "| cold start through the gate, {rt}, p50 / p99 | {} / {} | {} ({what}) | {} | p50 <= {target:.0} ms | {} |",
+                        ms(p50(&c.e2e)),
+                        ms(p99(&c.e2e)),
+                        floor.map_or("-".into(), ms),
+                        floor.map_or("-".into(), |f| ratio(p50(&c.e2e), f)),
+                        met(p50(&c.e2e) <= target)
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "| cold start, {rt} | failed: {e} | | | | **failed** |");
+                }
+            }
+            match &r.burst {
+                Ok(b) => {
+                    let _ = writeln!(
+                        s,
+                        "| burst of {} from zero, {rt}: errors; p50 / p99; replicas started | {} errors; {} / {}; {} | | | 0 errors | {} |",
+                        self.burst_size,
+                        b.load.errors,
+                        ms(p50(&b.load.latencies_ms)),
+                        ms(p99(&b.load.latencies_ms)),
+                        b.replicas_started,
+                        met(b.load.errors == 0)
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "| burst, {rt} | failed: {e} | | | | **failed** |");
+                }
+            }
+            match &r.overhead {
+                Ok(os) => {
+                    for o in os {
+                        let (d, g) = (&o.direct.latencies_ms, &o.gate.latencies_ms);
+                        let (add50, add99) = (p50(g) - p50(d), p99(g) - p99(d));
+                        let floor = self.loopback(o.concurrency).map(|l| p50(&l.latencies_ms));
+                        let _ = writeln!(
+                            s,
+                            "| warm overhead, {rt}, {} conn: added p50 / p99 (gate + Envoy minus direct) | +{} / +{} | {} (loopback p50) | {} | <= 0.5 ms / <= 2 ms | {} |",
+                            o.concurrency,
+                            ms(add50),
+                            ms(add99),
+                            floor.map_or("-".into(), ms),
+                            floor.map_or("-".into(), |f| ratio(p50(g), f)),
+                            met(add50 <= 0.5 && add99 <= 2.0)
+                        );
+                        let tr = o.gate.throughput() / o.direct.throughput().max(1e-9);
+                        let _ = writeln!(
+                            s,
+                            "| warm throughput, {rt}, {} conn: gate + Envoy / direct | {:.0} / {:.0} req/s = {tr:.2} | {} req/s (loopback) | | >= 0.5 | {} |",
+                            o.concurrency,
+                            o.gate.throughput(),
+                            o.direct.throughput(),
+                            self.loopback(o.concurrency).map_or("-".into(), |l| format!("{:.0}", l.throughput())),
+                            met(tr >= 0.5 && o.gate.errors == 0)
+                        );
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "| warm overhead, {rt} | failed: {e} | | | | **failed** |");
+                }
+            }
+            match &r.autoscale {
+                Ok(a) => {
+                    let _ = writeln!(
+                        s,
+                        "| autoscale: load start to a second replica answering, {rt}, p50 / max | {} / {} | | | <= 1500 ms | {} |",
+                        ms(p50(&a.samples)),
+                        ms(max(&a.samples)),
+                        met(max(&a.samples) <= 1500.0 && a.load.errors == 0)
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "| autoscale, {rt} | failed: {e} | | | | **failed** |");
+                }
+            }
+            match &r.zero {
+                Ok(z) => {
+                    let _ = writeln!(
+                        s,
+                        "| scale to zero: at zero after the idle timeout, {rt}, p50 / max | +{} / +{} | | | <= 1000 ms | {} |",
+                        ms(p50(&z.late_ms)),
+                        ms(max(&z.late_ms)),
+                        met(max(&z.late_ms) <= 1000.0)
+                    );
+                    let total = z.onoff.ok + z.onoff.errors;
+                    let _ = writeln!(
+                        s,
+                        "| on/off load, {rt}: failed requests ({} cycles, {} cold starts) | {} of {total} | | | 0 of >= 10,000 | {} |",
+                        z.cycles,
+                        z.cold_starts,
+                        z.onoff.errors,
+                        met(z.onoff.errors == 0 && total >= 10_000)
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "| scale to zero, {rt} | failed: {e} | | | | **failed** |");
+                }
+            }
+        }
+        for c in [&self.xds, &self.statsd].into_iter().flatten() {
+            match c {
+                Ok(c) => {
+                    for (what, value, target) in &c.headlines {
+                        let _ = writeln!(s, "| {what} | {value} | | | {target} | see below |");
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "| component benchmark | failed: {e} | | | | **failed** |");
+                }
+            }
+        }
+        let _ = writeln!(s);
+    }
+
+    fn cold_detail(&self, s: &mut String) {
+        let runs: Vec<(&str, &ColdStart)> = self.runtimes.iter().filter_map(|r| r.cold.as_ref().ok().map(|c| (r.runtime.as_str(), c))).collect();
+        if runs.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "### Cold start from zero, by phase ({} rounds per runtime)\n", self.rounds);
+        let _ = writeln!(s, "Each round waits until `cold` is at zero (idle timeout 300 ms), sends one GET through the gate and times it until the 200 arrives; the phases are the orchestrator's own (`last_cold_start` in its `/status`). *Outside the orchestrator* is the rest: the gate's wake reaching the orchestrator through Redis, the ready notice reaching the gate, and the first request through gate, Envoy and runtime.\n");
+        let mut head = "| phase |".to_string();
+        let mut rule = "|---|".to_string();
+        for (rt, _) in &runs {
+            let _ = write!(head, " {rt} p50 | {rt} p99 |");
+            rule.push_str("---:|---:|");
+        }
+        let _ = writeln!(s, "{head}\n{rule}");
+        let rows: [(&str, fn(&ColdStart) -> &Vec<f64>); 7] = [
+            ("start (process spawned / container started)", |c| &c.start),
+            ("readiness (probed every 10 ms)", |c| &c.readiness),
+            ("xDS: endpoint ACKed by Envoy", |c| &c.ack),
+            ("ready notice in Redis", |c| &c.notice),
+            ("orchestrator total", |c| &c.total),
+            ("outside the orchestrator", |c| &c.outside),
+            ("**request to 200 through the gate**", |c| &c.e2e),
+        ];
+        for (name, get) in rows {
+            let mut line = format!("| {name} |");
+            for (_, c) in &runs {
+                let _ = write!(line, " {} | {} |", ms(p50(get(c))), ms(p99(get(c))));
+            }
+            let _ = writeln!(s, "{line}");
+        }
+        let _ = writeln!(s, "\nWith {} samples the p99 is the slowest round.\n", self.rounds);
+    }
+
+    fn burst_detail(&self, s: &mut String) {
+        let _ = writeln!(s, "### Burst from zero\n");
+        let _ = writeln!(s, "{} GETs sent at once, each on its own connection, through the gate to `burst` while it is at zero (target concurrency 1, at most 10 replicas).\n", self.burst_size);
+        let _ = writeln!(s, "| runtime | answered 200 | errors | p50 | p99 | max | replicas started | first errors |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|");
+        for r in &self.runtimes {
+            match &r.burst {
+                Ok(b) => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                        r.runtime,
+                        b.load.ok,
+                        b.load.errors,
+                        ms(p50(&b.load.latencies_ms)),
+                        ms(p99(&b.load.latencies_ms)),
+                        ms(max(&b.load.latencies_ms)),
+                        b.replicas_started,
+                        b.load.failures.join("; ")
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "| {} | failed: {e} | | | | | | |", r.runtime);
+                }
+            }
+        }
+        let _ = writeln!(s);
+    }
+
+    fn overhead_detail(&self, s: &mut String) {
+        let _ = writeln!(s, "### Warm overhead\n");
+        let _ = writeln!(s, "`warm` (the `hello` function, one replica, never asleep) under a closed loop: each connection sends its next GET when the last is answered. Direct, Envoy only, and gate + Envoy take turns in three slices each, so the machine's drift hits them alike. The loopback floor is the same client against a Rust HTTP server in the suite's own process.\n");
+        let _ = writeln!(s, "| runtime | connections | path | p50 | p99 | req/s | errors |");
+        let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|");
+        for (c, l) in &self.floors.loopback {
+            let _ = writeln!(s, "| (floor) | {c} | loopback, no proxy | {} | {} | {:.0} | {} |", ms(p50(&l.latencies_ms)), ms(p99(&l.latencies_ms)), l.throughput(), l.errors);
+        }
+        for r in &self.runtimes {
+            match &r.overhead {
+                Ok(os) => {
+                    for o in os {
+                        for (path, l) in [("direct to the replica", &o.direct), ("Envoy", &o.envoy), ("gate + Envoy", &o.gate)] {
+                            let _ = writeln!(s, "| {} | {} | {path} | {} | {} | {:.0} | {} |", r.runtime, o.concurrency, ms(p50(&l.latencies_ms)), ms(p99(&l.latencies_ms)), l.throughput(), l.errors);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "| {} | | failed: {e} | | | | |", r.runtime);
+                }
+            }
+        }
+        let _ = writeln!(s);
+    }
+
+    fn autoscale_detail(&self, s: &mut String) {
+        let _ = writeln!(s, "### Autoscale reaction\n");
+        let _ = writeln!(s, "`whoami` (one request at a time per replica, each answer names its replica) starts each round with one warm replica; then 4 connections call `/whoami?ms=50` back to back through the gate. A sample is the time from the load's start until an answer names a second replica, so it includes that answer's 50 ms.\n");
+        let _ = writeln!(s, "| runtime | rounds | p50 | max | samples | requests | errors |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---|---:|---:|");
+        for r in &self.runtimes {
+            match &r.autoscale {
+                Ok(a) => {
+                    let list: Vec<String> = a.samples.iter().map(|v| format!("{v:.0}")).collect();
+                    let _ = writeln!(s, "| {} | {} | {} | {} | {} ms | {} | {} |", r.runtime, a.samples.len(), ms(p50(&a.samples)), ms(max(&a.samples)), list.join(", "), a.load.ok + a.load.errors, a.load.errors);
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "| {} | failed: {e} | | | | | |", r.runtime);
+                }
+            }
+        }
+        let _ = writeln!(s);
+    }
+
+    fn zero_detail(&self, s: &mut String) {
+        let _ = writeln!(s, "### Scale to zero\n");
+        let factors: Vec<String> = OFF_FACTORS.iter().map(|f| format!("{f}")).collect();
+        let _ = writeln!(s, "`onoff` has an idle timeout of 1 s. *Late* is the time from the last answer plus the idle timeout until the orchestrator reports the function at zero (no replica left, all stopped). The on/off load then alternates 1 s of 8 connections calling back to back through the gate with a pause of {} times the idle timeout, so loads start before, while and after the function goes to sleep.\n", factors.join(", "));
+        let _ = writeln!(s, "| runtime | late p50 | late max | on/off cycles | requests | failed | cold starts | first failures |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|");
+        for r in &self.runtimes {
+            match &r.zero {
+                Ok(z) => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                        r.runtime,
+                        ms(p50(&z.late_ms)),
+                        ms(max(&z.late_ms)),
+                        z.cycles,
+                        z.onoff.ok + z.onoff.errors,
+                        z.onoff.errors,
+                        z.cold_starts,
+                        z.onoff.failures.join("; ")
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "| {} | failed: {e} | | | | | | |", r.runtime);
+                }
+            }
+        }
+        let _ = writeln!(s);
+    }
+
+    fn floor_detail(&self, s: &mut String) {
+        let _ = writeln!(s, "### The floor\n");
+        let _ = writeln!(s, "| what | p50 | p99 | samples |");
+        let _ = writeln!(s, "|---|---:|---:|---:|");
+        let mut row = |what: &str, v: &Outcome<Vec<f64>>| {
+            let _ = match v {
+                Ok(v) => writeln!(s, "| {what} | {} | {} | {} |", ms(p50(v)), ms(p99(v)), v.len()),
+                Err(e) => writeln!(s, "| {what} | failed: {e} | | |"),
+            };
+        };
+        row("`python -c pass` (the interpreter alone)", &self.floors.python);
+        row("runtime started by hand until its first answer (`python -m roost_runtime`, `hello`)", &self.floors.runtime);
+        match &self.floors.docker {
+            Some(Ok(d)) => {
+                row("`docker start` of a created container (API, hardened, internal network)", &Ok(d.start_ms.clone()));
+                row("`docker unpause` of a paused container (API)", &Ok(d.unpause_ms.clone()));
+            }
+            Some(Err(e)) => row("docker start", &Err(e.clone())),
+            None => {}
+        }
+        for (c, l) in &self.floors.loopback {
+            row(&format!("loopback HTTP request, no proxy, {c} connection(s)"), &Ok(l.latencies_ms.clone()));
+        }
+        let _ = writeln!(s);
+    }
+
+    fn components_detail(&self, s: &mut String) {
+        for (title, c) in [("Control plane: `xds-bench`", &self.xds), ("statsd-listener: `statsd-bench`", &self.statsd)] {
+            match c {
+                Some(Ok(c)) => {
+                    let _ = writeln!(s, "### {title}\n\n{}\n", c.table.trim_end());
+                }
+                Some(Err(e)) => {
+                    let _ = writeln!(s, "### {title}\n\nFailed: {e}\n");
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// Puts `generated` between the markers of `doc`, or, when they are missing, at the end.
+pub fn splice(doc: &str, generated: &str) -> String {
+    let block = format!("{BEGIN}\n\n{}\n\n{END}\n", generated.trim_end());
+    match (doc.find(BEGIN), doc.find(END)) {
+        (Some(b), Some(e)) if e > b => {
+            let rest = doc[e + END.len()..].trim_start_matches('\n');
+            if rest.is_empty() {
+                format!("{}{block}", &doc[..b])
+            } else {
+                format!("{}{block}\n{rest}", &doc[..b])
+            }
+        }
+        _ => format!("{}\n\n{block}", doc.trim_end()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splice_replaces_only_between_the_markers() {
+        let doc = format!("# Benchmarks\n\nintro\n\n{BEGIN}\nold figures\n{END}\n\n## Notes\nkept\n");
+        let out = splice(&doc, "new figures\n");
+        assert_eq!(out, format!("# Benchmarks\n\nintro\n\n{BEGIN}\n\nnew figures\n\n{END}\n\n## Notes\nkept\n"));
+        assert_eq!(splice(&out, "new figures"), out, "splicing twice changes nothing");
+        let appended = splice("# Benchmarks\n", "x");
+        assert!(appended.starts_with("# Benchmarks\n\n") && appended.contains(&format!("{BEGIN}\n\nx\n\n{END}")));
+    }
+
+    fn load(lat: &[f64], errors: u64, secs: f64) -> LoadResult {
+        LoadResult { ok: lat.len() as u64, errors, latencies_ms: lat.to_vec(), failures: vec![], elapsed: std::time::Duration::from_secs_f64(secs) }
+    }
+
+    #[test]
+    fn summary_judges_targets_and_ratios_from_the_samples() {
+        let cold = ColdStart { e2e: vec![80.0, 90.0, 150.0], total: vec![70.0, 80.0, 140.0], outside: vec![10.0; 3], ..Default::default() };
+        let run = RuntimeRun {
+            runtime: "process".into(),
+            cold: Ok(cold),
+            burst: Ok(Burst { load: load(&[100.0, 200.0], 1, 1.0), replicas_started: 3 }),
+            overhead: Ok(vec![Overhead { concurrency: 1, direct: load(&[1.0, 1.0], 0, 1.0), envoy: load(&[1.2, 1.3], 0, 1.0), gate: load(&[1.4, 4.0], 0, 1.0) }]),
+            autoscale: Ok(Autoscale { samples: vec![400.0, 1600.0], load: load(&[50.0], 0, 1.0) }),
+            zero: Err("Redis went away".into()),
+        };
+        let r = Report {
+            machine: crate::machine::Machine { cpu: "cpu".into(), cpus: 2, memory_gib: 23.0, kernel: "6".into(), os: "Debian".into(), docker: None, envoy: "1.40.0".into(), python: "3.11".into(), commit: "abc".into() },
+            date: "today".into(),
+            command: "bash scripts/bench.sh".into(),
+            seconds: 1.0,
+            rounds: 3,
+            burst_size: 2,
+            runtimes: vec![run],
+            skipped: vec!["docker: no engine".into()],
+            floors: Floors { loopback: vec![(1, load(&[0.1, 0.1], 0, 1.0))], python: Ok(vec![10.0]), runtime: Ok(vec![45.0]), docker: None },
+            xds: None,
+            statsd: None,
+        };
+        let text = r.render();
+        let line = |start: &str| text.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("no line {start:?} in\n{text}")).to_string();
+        // Cold p50 90 ms <= 100: met; ratio to the 45 ms floor 2.0x.
+        let cold = line("| cold start through the gate, process");
+        assert!(cold.contains("90.0 ms / 150.0 ms") && cold.contains("2.0x") && cold.ends_with("| met |"), "{cold}");
+        // One burst error misses the target.
+        assert!(line("| burst of 2").ends_with("**missed** |"));
+        // Added p50 +0.40 ms is within 0.5 but p99 +3 ms is not.
+        let o = line("| warm overhead, process, 1 conn");
+        assert!(o.contains("+0.40 ms / +3.00 ms") && o.ends_with("**missed** |"), "{o}");
+        assert!(line("| warm throughput, process, 1 conn").contains("= 1.00"));
+        assert!(line("| autoscale").contains("**missed**"));
+        assert!(line("| scale to zero, process").contains("failed: Redis went away"));
+        assert!(text.contains("Not measured: docker: no engine"));
+    }
+}

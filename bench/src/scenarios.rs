@@ -1,0 +1,233 @@
+//! The scenarios run against a started platform: cold start by phase, a burst from
+//! zero, warm overhead (direct, Envoy, gate and Envoy), autoscale reaction, and scale
+//! to zero with an on/off load. Each is bounded in requests and time.
+
+use crate::client::{self, Conn, LoadResult};
+use crate::platform::{ready_replicas, Roost, IDLE_TIMEOUT};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Cold starts through the gate, with the orchestrator's phases of each.
+#[derive(Debug, Default, Clone)]
+pub struct ColdStart {
+    /// Request sent to the gate until its 200 arrived, ms.
+    pub e2e: Vec<f64>,
+    /// Process or container started.
+    pub start: Vec<f64>,
+    /// Readiness probe passed.
+    pub readiness: Vec<f64>,
+    /// Endpoint ACKed by Envoy.
+    pub ack: Vec<f64>,
+    /// Ready flag set and published.
+    pub notice: Vec<f64>,
+    /// The orchestrator's total.
+    pub total: Vec<f64>,
+    /// The rest: the gate's wake signal reaching the orchestrator, the ready notice
+    /// reaching the gate, and the first request through gate, Envoy and runtime.
+    pub outside: Vec<f64>,
+}
+
+/// `rounds` cold starts of `cold` (idle timeout 300 ms) through the gate, after one
+/// uncounted warm-up (which, with Docker, builds the image).
+pub async fn cold_start(roost: &Roost, rounds: usize) -> anyhow::Result<ColdStart> {
+    let mut out = ColdStart::default();
+    for round in 0..=rounds {
+        let f = roost.wait_function("cold", "back at zero", WAIT, |f| f["state"] == "sleeping").await?;
+        let before = f["cold_starts"].as_u64().unwrap_or(0);
+        let t = Instant::now();
+        let r = client::get_once(roost.gate, "/cold").await?;
+        let e2e = ms(t.elapsed());
+        anyhow::ensure!(r.head.status == 200, "cold start round {round}: HTTP {}: {}", r.head.status, String::from_utf8_lossy(&r.body));
+        let f = roost.function("cold").await?;
+        anyhow::ensure!(f["cold_starts"].as_u64() == Some(before + 1), "cold start round {round}: expected one cold start, status: {f}");
+        if round == 0 {
+            continue;
+        }
+        let p = &f["last_cold_start"];
+        let get = |k: &str| p[k].as_f64().ok_or_else(|| anyhow::anyhow!("status without last_cold_start.{k}: {f}"));
+        out.e2e.push(e2e);
+        out.start.push(get("start_ms")?);
+        out.readiness.push(get("readiness_ms")?);
+        out.ack.push(get("ack_ms")?);
+        out.notice.push(get("notice_ms")?);
+        out.total.push(get("total_ms")?);
+        out.outside.push(e2e - get("total_ms")?);
+    }
+    Ok(out)
+}
+
+/// A burst of simultaneous requests to a sleeping function.
+#[derive(Debug, Clone)]
+pub struct Burst {
+    /// What the clients saw.
+    pub load: LoadResult,
+    /// Replicas started for it (counted 1 s after the last answer).
+    pub replicas_started: u64,
+}
+
+/// `n` requests at once to `burst`, asleep.
+pub async fn burst(roost: &Roost, n: usize) -> anyhow::Result<Burst> {
+    let f = roost.wait_function("burst", "asleep", WAIT, |f| f["state"] == "sleeping").await?;
+    let before = f["cold_starts"].as_u64().unwrap_or(0);
+    let load = client::burst(roost.gate, "/burst", n).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = roost.function("burst").await?["cold_starts"].as_u64().unwrap_or(0);
+    Ok(Burst { load, replicas_started: after - before })
+}
+
+/// The same function at one concurrency, three ways.
+#[derive(Debug, Clone)]
+pub struct Overhead {
+    /// Connections, each with one request outstanding.
+    pub concurrency: usize,
+    /// Straight to the replica.
+    pub direct: LoadResult,
+    /// Through Envoy only.
+    pub envoy: LoadResult,
+    /// Through the gate and Envoy: what users get.
+    pub gate: LoadResult,
+}
+
+/// `warm` (one replica, never asleep) at each concurrency: direct, through Envoy, and
+/// through gate and Envoy, interleaved in `reps` slices of `slice` each so drift on the
+/// machine hits all three alike.
+pub async fn overhead(roost: &Roost, concurrencies: &[usize], reps: usize, slice: Duration) -> anyhow::Result<Vec<Overhead>> {
+    let f = roost.wait_function("warm", "its replica ready", WAIT, |f| ready_replicas(f) == 1).await?;
+    let direct: SocketAddr = f["replicas"][0]["address"].as_str().unwrap_or_default().parse()?;
+    let mut out = Vec::new();
+    for &c in concurrencies {
+        let mut o = Overhead { concurrency: c, direct: LoadResult::default(), envoy: LoadResult::default(), gate: LoadResult::default() };
+        for (addr, path) in [(direct, "/"), (roost.envoy, "/warm"), (roost.gate, "/warm")] {
+            let _ = client::closed_loop(addr, path, c, Duration::from_millis(300)).await;
+        }
+        for _ in 0..reps {
+            o.direct.merge(client::closed_loop(direct, "/", c, slice).await);
+            o.envoy.merge(client::closed_loop(roost.envoy, "/warm", c, slice).await);
+            o.gate.merge(client::closed_loop(roost.gate, "/warm", c, slice).await);
+        }
+        out.push(o);
+    }
+    Ok(out)
+}
+
+/// Autoscale reaction rounds.
+#[derive(Debug, Default, Clone)]
+pub struct Autoscale {
+    /// Load start until the first answer from a second replica, ms.
+    pub samples: Vec<f64>,
+    /// Requests answered and failed during the rounds.
+    pub load: LoadResult,
+}
+
+/// `rounds` times: `whoami` at one warm replica (one request at a time each), then
+/// `concurrency` clients each calling `/whoami?ms=<handler_ms>` back to back through the
+/// gate; the sample is the time until an answer names another replica.
+pub async fn autoscale(roost: &Roost, rounds: usize, concurrency: usize, handler_ms: u64) -> anyhow::Result<Autoscale> {
+    let mut out = Autoscale::default();
+    let path = format!("/whoami?ms={handler_ms}");
+    for round in 0..rounds {
+        roost.wait_function("whoami", "exactly one replica", WAIT, |f| ready_replicas(f) == 1 && f["replicas"].as_array().map_or(0, Vec::len) == 1 && f["starting"] == 0).await?;
+        let first = client::get_once(roost.gate, "/whoami").await?;
+        anyhow::ensure!(first.head.status == 200, "whoami answered {}", first.head.status);
+        let first: serde_json::Value = serde_json::from_slice(&first.body)?;
+        let first = first["replica"].as_str().unwrap_or_default().to_string();
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(10);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Duration>();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (path, first, tx, stop, gate) = (path.clone(), first.clone(), tx.clone(), stop.clone(), roost.gate);
+                tokio::spawn(async move {
+                    let mut load = LoadResult::default();
+                    let mut conn = Conn::connect(gate).await.ok();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                        let Some(c) = conn.as_mut().filter(|c| c.is_open()) else {
+                            conn = Conn::connect(gate).await.ok();
+                            if conn.is_none() {
+                                load.errors += 1;
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            continue;
+                        };
+                        match c.get(&path).await {
+                            Ok(r) if r.head.status == 200 => {
+                                load.ok += 1;
+                                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                                if v["replica"].as_str().is_some_and(|id| id != first) {
+                                    let _ = tx.send(start.elapsed());
+                                }
+                            }
+                            Ok(r) => {
+                                load.errors += 1;
+                                load.failures.push(format!("HTTP {}", r.head.status));
+                            }
+                            Err(e) => {
+                                load.errors += 1;
+                                load.failures.push(e.to_string());
+                            }
+                        }
+                    }
+                    load
+                })
+            })
+            .collect();
+        drop(tx);
+        let seen = rx.recv().await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in futures::future::join_all(workers).await {
+            out.load.merge(w?);
+        }
+        let seen = seen.ok_or_else(|| anyhow::anyhow!("autoscale round {round}: no second replica answered within 10 s"))?;
+        out.samples.push(ms(seen));
+    }
+    Ok(out)
+}
+
+/// Scale to zero: timing and an on/off load.
+#[derive(Debug, Default, Clone)]
+pub struct ScaleToZero {
+    /// From the idle timeout's end (last answer + timeout) until the function was at
+    /// zero, ms.
+    pub late_ms: Vec<f64>,
+    /// Every request of the on/off load.
+    pub onoff: LoadResult,
+    /// On/off cycles run.
+    pub cycles: usize,
+    /// Cold starts during the on/off load.
+    pub cold_starts: u64,
+}
+
+/// The pauses of the on/off load, as multiples of the idle timeout: some end before it,
+/// some just at or after it (while the function goes to sleep), some long after.
+pub const OFF_FACTORS: [f64; 8] = [0.5, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0];
+
+/// `rounds` timings of `onoff` going to zero, then on/off cycles (1 s at
+/// `concurrency`, then a pause from [`OFF_FACTORS`]) until at least `min_requests`
+/// requests and every pause were run, or `max_time` passed.
+pub async fn scale_to_zero(roost: &Roost, rounds: usize, concurrency: usize, min_requests: u64, max_time: Duration) -> anyhow::Result<ScaleToZero> {
+    let mut out = ScaleToZero::default();
+    for round in 0..rounds {
+        roost.wait_function("onoff", "asleep", WAIT, |f| f["state"] == "sleeping").await?;
+        let r = client::get_once(roost.gate, "/onoff").await?;
+        anyhow::ensure!(r.head.status == 200, "scale-to-zero round {round}: HTTP {}", r.head.status);
+        let last = Instant::now();
+        roost.wait_function("onoff", "back at zero", WAIT, |f| f["state"] == "sleeping").await?;
+        out.late_ms.push(ms(last.elapsed()) - ms(IDLE_TIMEOUT));
+    }
+    let before = roost.function("onoff").await?["cold_starts"].as_u64().unwrap_or(0);
+    let start = Instant::now();
+    while (out.onoff.ok + out.onoff.errors < min_requests || out.cycles < OFF_FACTORS.len()) && start.elapsed() < max_time {
+        out.onoff.merge(client::closed_loop(roost.gate, "/onoff", concurrency, Duration::from_secs(1)).await);
+        tokio::time::sleep(IDLE_TIMEOUT.mul_f64(OFF_FACTORS[out.cycles % OFF_FACTORS.len()])).await;
+        out.cycles += 1;
+    }
+    out.cold_starts = roost.function("onoff").await?["cold_starts"].as_u64().unwrap_or(0) - before;
+    Ok(out)
+}
