@@ -134,12 +134,18 @@ impl Conn {
 
     /// Sends `GET path` and reads the whole response.
     pub async fn get(&mut self, path: &str) -> Result<Reply, ClientError> {
-        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: roost-bench\r\n\r\n");
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(req.as_bytes())).await {
+        self.request("GET", path, REQUEST_TIMEOUT).await
+    }
+
+    /// Sends a body-less request and reads the whole response, waiting at most `timeout`.
+    pub async fn request(&mut self, method: &str, path: &str, timeout: Duration) -> Result<Reply, ClientError> {
+        let body_length = if method == "GET" { "" } else { "Content-Length: 0\r\n" };
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: roost-bench\r\n{body_length}\r\n");
+        match tokio::time::timeout(timeout, self.exchange(req.as_bytes())).await {
             Ok(r) => r.inspect_err(|_| self.open = false),
             Err(_) => {
                 self.open = false;
-                Err(ClientError::Timeout(REQUEST_TIMEOUT))
+                Err(ClientError::Timeout(timeout))
             }
         }
     }
@@ -327,7 +333,7 @@ mod tests {
     fn head_parsing_and_framing() {
         assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Len").unwrap().is_none());
         let h = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello").unwrap().unwrap();
-        assert_eq!((h.status, h.len, h.header("x-a")), (200, 44, Some("b")));
+        assert_eq!((h.status, h.len, h.header("x-a")), (200, 46, Some("b")));
         assert_eq!(framing(&h).unwrap(), Framing::Length(5));
         let h = parse_head(b"HTTP/1.1 502 Bad Gateway\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
         assert_eq!(framing(&h).unwrap(), Framing::Chunked);

@@ -22,28 +22,28 @@ pub async fn loopback_http(concurrency: usize, duration: Duration) -> LoadResult
     r
 }
 
-/// `python -c pass`, spawn to exit, `rounds` times (ms).
-pub fn python_bare(python: &str, rounds: usize) -> anyhow::Result<Vec<f64>> {
+/// `python <flags> -c pass`, spawn to exit, `rounds` times (ms).
+pub fn python_bare(python: &str, flags: &[&str], rounds: usize) -> anyhow::Result<Vec<f64>> {
     let mut out = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let t = Instant::now();
-        let status = Command::new(python).args(["-c", "pass"]).status()?;
+        let status = Command::new(python).args(flags).args(["-c", "pass"]).status()?;
         anyhow::ensure!(status.success(), "{python} -c pass failed: {status}");
         out.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(out)
 }
 
-/// The function runtime started by hand exactly as the process runtime starts it
-/// (`python -m roost_runtime python`, the `hello` function), from spawn until its first
-/// answer to `GET /`: it announces `ROOST_READY <port>` on stdout, so nothing polls.
+/// The function runtime started by hand as the process runtime starts it (`python -S -m
+/// roost_runtime python`, the `hello` function), from spawn until its first answer to
+/// `GET /`: it announces `ROOST_READY <port>` on stdout, so nothing polls.
 pub async fn runtime_bare(python: &str, runtime_dir: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
     let dir = runtime_dir.join("python/functions/hello");
     let mut out = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let t = Instant::now();
         let mut child = Command::new(python)
-            .args(["-m", "roost_runtime", "python"])
+            .args(["-S", "-m", "roost_runtime", "python"])
             .current_dir(&dir)
             .env("PYTHONPATH", runtime_dir)
             .env("PYTHONDONTWRITEBYTECODE", "1")

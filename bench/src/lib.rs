@@ -150,10 +150,11 @@ pub async fn run(c: Config, command: String) -> anyhow::Result<(Report, bool)> {
     for conns in [1, 16] {
         loopback.push((conns, floors::loopback_http(conns, Duration::from_millis(c.slice_ms * 3)).await));
     }
-    let python = err(floors::python_bare(&c.python, rounds));
+    let python = err(floors::python_bare(&c.python, &[], rounds));
+    let python_s = err(floors::python_bare(&c.python, &["-S"], rounds));
     let runtime_floor = err(floors::runtime_bare(&c.python, &home.join("faas-runtime"), rounds).await);
     let docker_floor = if docker { Some(err(floors::docker(&c.docker_socket, &c.base_image, rounds).await)) } else { None };
-    let floors = Floors { loopback, python, runtime: runtime_floor, docker: docker_floor };
+    let floors = Floors { loopback, python, python_s, runtime: runtime_floor, docker: docker_floor };
 
     let work = std::env::temp_dir().join(format!("roost-bench-{}", std::process::id()));
     let mut runs = Vec::new();
@@ -174,6 +175,7 @@ pub async fn run(c: Config, command: String) -> anyhow::Result<(Report, bool)> {
     };
     let complete = runs.iter().all(|r| r.cold.is_ok() && r.burst.is_ok() && r.overhead.is_ok() && r.autoscale.is_ok() && r.zero.is_ok())
         && floors.python.is_ok()
+        && floors.python_s.is_ok()
         && floors.runtime.is_ok()
         && floors.docker.as_ref().is_none_or(|d| d.is_ok())
         && [&xds, &statsd].iter().all(|x| x.as_ref().is_none_or(|x| x.is_ok()));

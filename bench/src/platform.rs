@@ -1,7 +1,7 @@
 //! The platform under test: the whole of Roost started by `roost up`'s own code with the
 //! suite's function definitions, and the orchestrator's status read back.
 
-use crate::client;
+use crate::client::{self, Conn};
 use roost_cli::up::{Platform, Runtime, UpOptions};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -35,6 +35,9 @@ usable-functions:
     configuration: {programing_language: python, base_function_file_name: hello.py, function_folder: hello}
     scaling: {max_replicas: 2, target_concurrency: 8, idle_timeout: 1s}
 "#;
+
+/// The functions of [`DEFINITIONS`].
+pub const FUNCTIONS: [&str; 5] = ["cold", "burst", "warm", "whoami", "onoff"];
 
 /// Roost, running, with where to reach it.
 pub struct Roost {
@@ -71,7 +74,15 @@ impl Roost {
         let platform = roost_cli::up::start(&opts).await?;
         let a = platform.addresses.clone();
         let roost = Roost { platform: Some(platform), gate: local(a.gate), envoy: local(a.envoy), orchestrator: local(a.orchestrator), runtime };
-        roost.wait_for("every function declared", Duration::from_secs(30), |s| s["functions"].as_array().is_some_and(|f| f.len() == 5)).await?;
+        roost.wait_for("every function declared", Duration::from_secs(30), |s| s["functions"].as_array().is_some_and(|f| f.len() == FUNCTIONS.len())).await?;
+        // Wake each function once through the orchestrator (no gate deadline): with
+        // Docker this builds the images and prepares the spares before any figure is
+        // taken. The sleeping ones go back to zero before their scenarios start.
+        for name in FUNCTIONS {
+            let mut c = Conn::connect(roost.orchestrator).await?;
+            let r = c.request("POST", &format!("/functions/{name}/wake"), Duration::from_secs(600)).await?;
+            anyhow::ensure!(r.head.status == 200, "waking {name} failed: HTTP {}: {}", r.head.status, String::from_utf8_lossy(&r.body));
+        }
         Ok(roost)
     }
 

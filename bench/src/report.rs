@@ -42,6 +42,8 @@ pub struct Floors {
     pub loopback: Vec<(usize, LoadResult)>,
     /// `python -c pass`, ms.
     pub python: Outcome<Vec<f64>>,
+    /// `python -S -c pass` (no `site` module), ms.
+    pub python_s: Outcome<Vec<f64>>,
     /// The runtime started by hand until its first answer, ms.
     pub runtime: Outcome<Vec<f64>>,
     /// Docker start and unpause (None: no Docker engine).
@@ -443,7 +445,8 @@ impl Report {
             };
         };
         row("`python -c pass` (the interpreter alone)", &self.floors.python);
-        row("runtime started by hand until its first answer (`python -m roost_runtime`, `hello`)", &self.floors.runtime);
+        row("`python -S -c pass` (the interpreter without `site`, as replicas start)", &self.floors.python_s);
+        row("runtime started by hand until its first answer (`python -S -m roost_runtime`, `hello`)", &self.floors.runtime);
         match &self.floors.docker {
             Some(Ok(d)) => {
                 row("`docker start` of a created container (API, hardened, internal network)", &Ok(d.start_ms.clone()));
@@ -527,7 +530,7 @@ mod tests {
             burst_size: 2,
             runtimes: vec![run],
             skipped: vec!["docker: no engine".into()],
-            floors: Floors { loopback: vec![(1, load(&[0.1, 0.1], 0, 1.0))], python: Ok(vec![10.0]), runtime: Ok(vec![45.0]), docker: None },
+            floors: Floors { loopback: vec![(1, load(&[0.1, 0.1], 0, 1.0))], python: Ok(vec![10.0]), python_s: Ok(vec![5.0]), runtime: Ok(vec![45.0]), docker: None },
             xds: None,
             statsd: None,
         };

@@ -101,6 +101,7 @@ async fn build_runtime(config: &Config) -> Result<Arc<dyn Runtime>, Error> {
                 port: 8080,
                 definitions_dir,
                 runtime_dir,
+                warm_spares: config.docker_warm_spares,
             };
             let rt = runtime::docker::DockerRuntime::connect(cfg).await.map_err(|e| Error::Runtime("docker", e.to_string()))?;
             Ok(rt)

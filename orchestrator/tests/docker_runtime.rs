@@ -32,6 +32,7 @@ async fn runtime(net: &str) -> Arc<DockerRuntime> {
         port: 8080,
         definitions_dir: repo.clone(),
         runtime_dir: repo,
+        warm_spares: true,
     })
     .await
     .expect("the Docker engine answers (is dockerd running?)")

@@ -2,6 +2,12 @@
 //! built through the API from the base image, the runtime package and the function's
 //! folder; containers are labelled, limited and hardened, and attached only to the
 //! internal functions network.
+//!
+//! Cold starts: each function has one spare container prepared ahead of time. With warm
+//! spares (the default) the spare is started, probed ready and then paused, so a cold
+//! start is an `unpause` (about 15 ms) instead of a `start` and a Python start (about
+//! 0.5 s on a 2-vCPU VM). A paused container uses no CPU; it keeps its memory (about
+//! 20 MB for the Python runtime). Without warm spares the spare is only created.
 
 use super::{Replica, Runtime, RuntimeError, RuntimeEvent};
 use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
@@ -20,11 +26,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-/// A container created ahead of time.
+/// A container prepared ahead of time.
 #[derive(Debug, Clone)]
 struct Spare {
     container: String,
     label_id: String,
+    /// Started, probed ready and paused, at this address; `None`: only created.
+    warm: Option<SocketAddr>,
 }
 
 /// Label on every container and image Roost manages.
@@ -45,6 +53,9 @@ pub struct DockerConfig {
     pub definitions_dir: PathBuf,
     /// Folder holding the `roost_runtime` package.
     pub runtime_dir: PathBuf,
+    /// Keep each function's spare started, ready and paused (cold start = unpause),
+    /// instead of only created.
+    pub warm_spares: bool,
 }
 
 /// The Docker runtime.
@@ -169,7 +180,9 @@ impl DockerRuntime {
         tar.into_inner()
     }
 
-    /// Creates a spare container for `spec_hash` in the background, if it has none.
+    /// Prepares a spare container for `spec_hash` in the background, if it has none:
+    /// created, then (with warm spares) started, probed ready and paused. A spare that
+    /// cannot be warmed is replaced by a created one.
     fn spawn_spare(&self, spec: &FunctionSpec, spec_hash: &str, image: &str) {
         if self.spares.lock().unwrap().contains_key(spec_hash) {
             return;
@@ -178,9 +191,21 @@ impl DockerRuntime {
         let (spec, hash, image) = (spec.clone(), spec_hash.to_string(), image.to_string());
         tokio::spawn(async move {
             let label_id = format!("{}-spare-{:x}", spec.name, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
-            match create(&docker, &config, &spec, &hash, &image, &label_id).await {
+            let mut created = create(&docker, &config, &spec, &hash, &image, &label_id).await;
+            let mut warm = None;
+            if let (Ok(container), true) = (&created, config.warm_spares) {
+                match warm_up(&docker, &config, &spec, container).await {
+                    Ok(address) => warm = Some(address),
+                    Err(e) => {
+                        warn!(function = %spec.name, error = %e, "cannot keep a warm (paused) spare; keeping a created one");
+                        let _ = docker.remove_container(container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                        created = create(&docker, &config, &spec, &hash, &image, &label_id).await;
+                    }
+                }
+            }
+            match created {
                 Ok(container) => {
-                    let previous = spares.lock().unwrap().insert(hash, Spare { container, label_id });
+                    let previous = spares.lock().unwrap().insert(hash, Spare { container, label_id, warm });
                     if let Some(old) = previous {
                         let _ = docker.remove_container(&old.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
                     }
@@ -250,6 +275,30 @@ async fn create(docker: &Docker, config: &DockerConfig, spec: &FunctionSpec, spe
         .await
         .map(|c| c.id)
         .map_err(|e| format!("create: {e}"))
+}
+
+/// Where a started container listens on the functions network.
+async fn address_of(docker: &Docker, config: &DockerConfig, container: &str) -> Result<SocketAddr, String> {
+    let inspect = docker.inspect_container(container, None).await.map_err(|e| format!("inspect: {e}"))?;
+    let ip = inspect
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| n.get(&config.network).and_then(|e| e.ip_address.clone()))
+        .filter(|ip| !ip.is_empty())
+        .ok_or_else(|| format!("the container has no address on network {}", config.network))?;
+    let ip = ip.parse().map_err(|e| format!("bad container address {ip:?}: {e}"))?;
+    Ok(SocketAddr::new(ip, config.port))
+}
+
+/// Starts a created spare, waits until it answers its readiness path, and pauses it.
+async fn warm_up(docker: &Docker, config: &DockerConfig, spec: &FunctionSpec, container: &str) -> Result<SocketAddr, String> {
+    docker.start_container(container, None).await.map_err(|e| format!("start: {e}"))?;
+    let address = address_of(docker, config, container).await?;
+    crate::probe::until_ready(address, &spec.readiness_path, Duration::from_millis(10), Duration::from_secs(30))
+        .await
+        .ok_or_else(|| format!("the spare did not answer {} within 30 s", spec.readiness_path))?;
+    docker.pause_container(container).await.map_err(|e| format!("pause: {e}"))?;
+    Ok(address)
 }
 
 /// Follows Docker's events and reports Roost containers that die.
@@ -341,10 +390,18 @@ impl Runtime for DockerRuntime {
         let image = self.images.lock().unwrap().get(spec_hash).cloned().ok_or_else(|| fail("not prepared".into()))?;
         let spare = self.spares.lock().unwrap().remove(spec_hash);
         let mut container = None;
+        let mut warm = None;
         if let Some(s) = spare {
             self.aliases.lock().unwrap().insert(s.label_id.clone(), replica_id.to_string());
-            match self.docker.start_container(&s.container, None).await {
-                Ok(()) => container = Some(s.container),
+            let resumed = match s.warm {
+                Some(_) => self.docker.unpause_container(&s.container).await,
+                None => self.docker.start_container(&s.container, None).await,
+            };
+            match resumed {
+                Ok(()) => {
+                    container = Some(s.container);
+                    warm = s.warm;
+                }
                 Err(e) => {
                     // Removed behind our back (for example as a leftover at start-up).
                     warn!(error = %e, "the spare container would not start; creating one");
@@ -366,20 +423,16 @@ impl Runtime for DockerRuntime {
         };
         // The next cold start gets a container created now, off its path.
         self.spawn_spare(spec, spec_hash, &image);
-        let inspect = self.docker.inspect_container(&container, None).await.map_err(|e| fail(format!("inspect: {e}")))?;
-        let ip = inspect
-            .network_settings
-            .and_then(|n| n.networks)
-            .and_then(|n| n.get(&self.config.network).and_then(|e| e.ip_address.clone()))
-            .filter(|ip| !ip.is_empty())
-            .ok_or_else(|| fail(format!("the container has no address on network {}", self.config.network)))?;
-        let ip = ip.parse().map_err(|e| fail(format!("bad container address {ip:?}: {e}")))?;
+        let address = match warm {
+            Some(a) => a,
+            None => address_of(&self.docker, &self.config, &container).await.map_err(fail)?,
+        };
         Ok(Replica {
             id: replica_id.to_string(),
             function: spec.name.clone(),
             version: spec.version.clone(),
             spec_hash: spec_hash.to_string(),
-            address: SocketAddr::new(ip, self.config.port),
+            address,
             handle: container,
         })
     }
