@@ -88,6 +88,15 @@ pub fn ms(v: f64) -> String {
     }
 }
 
+/// A difference in milliseconds, signed.
+pub fn delta_ms(v: f64) -> String {
+    if v < 0.0 {
+        format!("-{}", ms(-v))
+    } else {
+        format!("+{}", ms(v))
+    }
+}
+
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 && a.is_finite() {
         format!("{:.1}x", a / b)
@@ -221,10 +230,10 @@ impl Report {
                         let floor = self.loopback(o.concurrency).map(|l| p50(&l.latencies_ms));
                         let _ = writeln!(
                             s,
-                            "| warm overhead, {rt}, {} conn: added p50 / p99 (gate + Envoy minus direct) | +{} / +{} | {} (loopback p50) | {} | <= 0.5 ms / <= 2 ms | {} |",
+                            "| warm overhead, {rt}, {} conn: added p50 / p99 (gate + Envoy minus direct) | {} / {} | {} (loopback p50) | {} | <= 0.5 ms / <= 2 ms | {} |",
                             o.concurrency,
-                            ms(add50),
-                            ms(add99),
+                            delta_ms(add50),
+                            delta_ms(add99),
                             floor.map_or("-".into(), ms),
                             floor.map_or("-".into(), |f| ratio(p50(g), f)),
                             met(add50 <= 0.5 && add99 <= 2.0)
@@ -263,9 +272,9 @@ impl Report {
                 Ok(z) => {
                     let _ = writeln!(
                         s,
-                        "| scale to zero: at zero after the idle timeout, {rt}, p50 / max | +{} / +{} | | | <= 1000 ms | {} |",
-                        ms(p50(&z.late_ms)),
-                        ms(max(&z.late_ms)),
+                        "| scale to zero: at zero after the idle timeout, {rt}, p50 / max | {} / {} | | | <= 1000 ms | {} |",
+                        delta_ms(p50(&z.late_ms)),
+                        delta_ms(max(&z.late_ms)),
                         met(max(&z.late_ms) <= 1000.0)
                     );
                     let total = z.onoff.ok + z.onoff.errors;

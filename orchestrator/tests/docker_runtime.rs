@@ -184,8 +184,14 @@ async fn orchestrator_routes_a_container_through_envoy_and_reaps_it() {
         (function_status(api, "hello").await["state"] == "sleeping").then_some(())
     })
     .await;
-    let left = std::process::Command::new("docker").args(["ps", "-q", "--filter", "label=roost.function=hello", "--filter", &format!("network={net}")]).output().unwrap();
-    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "a container was left running");
+    let ps = |status: &str| {
+        let out = std::process::Command::new("docker").args(["ps", "-q", "--filter", "label=roost.function=hello", "--filter", &format!("network={net}"), "--filter", &format!("status={status}")]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().count()
+    };
+    assert_eq!(ps("running"), 0, "a container was left running");
+    // The next cold start's spare: started, ready, and paused (no CPU) until it is needed.
+    wait_until(WAIT, "one paused spare", || async { (ps("paused") == 1).then_some(()) }).await;
     stop.cancel();
     o.wait().await;
+    assert_eq!(ps("paused") + ps("running") + ps("created"), 0, "the orchestrator's stop left a container behind");
 }

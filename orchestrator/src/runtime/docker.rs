@@ -70,6 +70,8 @@ pub struct DockerRuntime {
     /// started), so a cold start only starts it: the engine's create step is off the
     /// cold path.
     spares: std::sync::Arc<Mutex<HashMap<String, Spare>>>,
+    /// Set (under the `spares` lock) by `close`: a spare finished after it is removed.
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Replica ids of containers created as spares: their label's id -> the id the
     /// orchestrator gave the replica.
     aliases: std::sync::Arc<Mutex<HashMap<String, String>>>,
@@ -137,7 +139,7 @@ impl DockerRuntime {
             .map_err(|e| other(format!("cannot use the Docker socket {socket}: {e}; is Docker running, and is the socket mounted?")))?;
         docker.ping().await.map_err(|e| other(format!("the Docker engine at {socket} does not answer: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let rt = std::sync::Arc::new(DockerRuntime { docker: docker.clone(), config, builds: Default::default(), images: Default::default(), spares: Default::default(), aliases: Default::default(), events_rx: Mutex::new(Some(rx)) });
+        let rt = std::sync::Arc::new(DockerRuntime { docker: docker.clone(), config, builds: Default::default(), images: Default::default(), spares: Default::default(), closed: Default::default(), aliases: Default::default(), events_rx: Mutex::new(Some(rx)) });
         rt.ensure_network().await?;
         tokio::spawn(follow_exits(docker, tx, rt.aliases.clone()));
         Ok(rt)
@@ -187,7 +189,7 @@ impl DockerRuntime {
         if self.spares.lock().unwrap().contains_key(spec_hash) {
             return;
         }
-        let (docker, config, spares) = (self.docker.clone(), self.config.clone(), self.spares.clone());
+        let (docker, config, spares, closed) = (self.docker.clone(), self.config.clone(), self.spares.clone(), self.closed.clone());
         let (spec, hash, image) = (spec.clone(), spec_hash.to_string(), image.to_string());
         tokio::spawn(async move {
             let label_id = format!("{}-spare-{:x}", spec.name, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
@@ -205,7 +207,14 @@ impl DockerRuntime {
             }
             match created {
                 Ok(container) => {
-                    let previous = spares.lock().unwrap().insert(hash, Spare { container, label_id, warm });
+                    let previous = {
+                        let mut spares = spares.lock().unwrap();
+                        if closed.load(std::sync::atomic::Ordering::SeqCst) {
+                            Some(Spare { container, label_id, warm })
+                        } else {
+                            spares.insert(hash, Spare { container, label_id, warm })
+                        }
+                    };
                     if let Some(old) = previous {
                         let _ = docker.remove_container(&old.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
                     }
@@ -480,7 +489,11 @@ impl Runtime for DockerRuntime {
     }
 
     async fn close(&self) {
-        let spares: Vec<Spare> = self.spares.lock().unwrap().drain().map(|(_, s)| s).collect();
+        let spares: Vec<Spare> = {
+            let mut spares = self.spares.lock().unwrap();
+            self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+            spares.drain().map(|(_, s)| s).collect()
+        };
         for s in spares {
             let _ = self.docker.remove_container(&s.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
         }
