@@ -238,7 +238,9 @@ impl LoadResult {
         }
     }
 
-    fn record(&mut self, started: Instant, result: Result<Reply, ClientError>) {
+    /// Counts one request that started at `started`: a 2xx answer with its latency, or
+    /// a failure, described.
+    pub fn record(&mut self, started: Instant, result: Result<Reply, ClientError>) {
         match result {
             Ok(r) if (200..300).contains(&r.head.status) => {
                 self.ok += 1;
@@ -256,6 +258,35 @@ impl LoadResult {
     }
 }
 
+/// One connection of a closed loop: sends `GET path` again as soon as the last answer
+/// came, while `go()` holds, showing each answer to `seen`; a failed connection is
+/// replaced.
+pub async fn loop_worker(addr: SocketAddr, path: &str, go: impl Fn() -> bool, mut seen: impl FnMut(&Reply)) -> LoadResult {
+    let mut result = LoadResult::default();
+    let mut conn: Option<Conn> = None;
+    while go() {
+        let t = Instant::now();
+        let mut c = match conn.take() {
+            Some(c) if c.is_open() => c,
+            _ => match Conn::connect(addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    result.record(t, Err(e));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let r = c.get(path).await;
+        if let Ok(reply) = &r {
+            seen(reply);
+        }
+        result.record(t, r);
+        conn = Some(c);
+    }
+    result
+}
+
 /// `concurrency` keep-alive connections, each sending its next request as soon as the
 /// last is answered, until `duration` has passed. A failed connection is replaced.
 pub async fn closed_loop(addr: SocketAddr, path: &str, concurrency: usize, duration: Duration) -> LoadResult {
@@ -264,29 +295,7 @@ pub async fn closed_loop(addr: SocketAddr, path: &str, concurrency: usize, durat
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let path = path.to_string();
-            tokio::spawn(async move {
-                let mut result = LoadResult::default();
-                let mut conn: Option<Conn> = None;
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    let c = match conn.take() {
-                        Some(c) if c.is_open() => c,
-                        _ => match Conn::connect(addr).await {
-                            Ok(c) => c,
-                            Err(e) => {
-                                result.record(t, Err(e));
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                                continue;
-                            }
-                        },
-                    };
-                    let mut c = c;
-                    let r = c.get(&path).await;
-                    result.record(t, r);
-                    conn = Some(c);
-                }
-                result
-            })
+            tokio::spawn(async move { loop_worker(addr, &path, || Instant::now() < deadline, |_| {}).await })
         })
         .collect();
     let mut total = LoadResult::default();

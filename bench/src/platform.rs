@@ -95,8 +95,7 @@ impl Roost {
 
     /// One function's entry of `/status` (`Null` when not declared).
     pub async fn function(&self, name: &str) -> anyhow::Result<Value> {
-        let s = self.status().await?;
-        Ok(s["functions"].as_array().and_then(|f| f.iter().find(|f| f["name"] == name).cloned()).unwrap_or(Value::Null))
+        Ok(entry(&self.status().await?, name).cloned().unwrap_or(Value::Null))
     }
 
     /// Polls `/status` every 10 ms until `ok` holds, for at most `timeout`.
@@ -117,10 +116,8 @@ impl Roost {
 
     /// Polls one function's status until `ok` holds; returns it.
     pub async fn wait_function(&self, name: &str, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
-        let s = self
-            .wait_for(&format!("{name}: {what}"), timeout, |s| s["functions"].as_array().and_then(|f| f.iter().find(|f| f["name"] == name)).is_some_and(&ok))
-            .await?;
-        Ok(s["functions"].as_array().and_then(|f| f.iter().find(|f| f["name"] == name).cloned()).unwrap_or(Value::Null))
+        let s = self.wait_for(&format!("{name}: {what}"), timeout, |s| entry(s, name).is_some_and(&ok)).await?;
+        Ok(entry(&s, name).cloned().unwrap_or(Value::Null))
     }
 
     /// Fails if a component has exited.
@@ -137,6 +134,11 @@ impl Roost {
             p.stop();
         }
     }
+}
+
+/// A function's entry in the orchestrator's `/status`.
+fn entry<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["functions"].as_array()?.iter().find(|f| f["name"] == name)
 }
 
 /// Ready replicas in a function's status entry.

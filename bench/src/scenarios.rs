@@ -2,7 +2,7 @@
 //! zero, warm overhead (direct, Envoy, gate and Envoy), autoscale reaction, and scale
 //! to zero with an on/off load. Each is bounded in requests and time.
 
-use crate::client::{self, Conn, LoadResult};
+use crate::client::{self, LoadResult};
 use crate::platform::{ready_replicas, Roost, IDLE_TIMEOUT};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -145,36 +145,14 @@ pub async fn autoscale(roost: &Roost, rounds: usize, concurrency: usize, handler
             .map(|_| {
                 let (path, first, tx, stop, gate) = (path.clone(), first.clone(), tx.clone(), stop.clone(), roost.gate);
                 tokio::spawn(async move {
-                    let mut load = LoadResult::default();
-                    let mut conn = Conn::connect(gate).await.ok();
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
-                        let Some(c) = conn.as_mut().filter(|c| c.is_open()) else {
-                            conn = Conn::connect(gate).await.ok();
-                            if conn.is_none() {
-                                load.errors += 1;
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                            }
-                            continue;
-                        };
-                        match c.get(&path).await {
-                            Ok(r) if r.head.status == 200 => {
-                                load.ok += 1;
-                                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-                                if v["replica"].as_str().is_some_and(|id| id != first) {
-                                    let _ = tx.send(start.elapsed());
-                                }
-                            }
-                            Ok(r) => {
-                                load.errors += 1;
-                                load.failures.push(format!("HTTP {}", r.head.status));
-                            }
-                            Err(e) => {
-                                load.errors += 1;
-                                load.failures.push(e.to_string());
-                            }
+                    let go = || !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline;
+                    client::loop_worker(gate, &path, go, |r| {
+                        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                        if r.head.status == 200 && v["replica"].as_str().is_some_and(|id| id != first) {
+                            let _ = tx.send(start.elapsed());
                         }
-                    }
-                    load
+                    })
+                    .await
                 })
             })
             .collect();

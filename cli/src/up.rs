@@ -338,8 +338,7 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
 /// Starts everything and runs until `shutdown`.
 pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpError> {
     let mut platform = start(&opts).await?;
-    let Addresses { control_plane: cp_admin, envoy_admin, orchestrator: orch, ref redis_url, .. } = platform.addresses;
-    let redis_url = redis_url.clone();
+    let Addresses { control_plane: cp_admin, envoy_admin, orchestrator: orch, redis_url, .. } = platform.addresses.clone();
     let logs = platform.logs.clone();
     println!("Roost is up ({} runtime).", opts.runtime.as_str());
     println!("  functions:     http://localhost:{}/<name>   (try: curl localhost:{}/hello)", opts.port, opts.port);
