@@ -40,6 +40,12 @@ struct Down(Vec<(String, String)>, String);
 impl Drop for Down {
     fn drop(&mut self) {
         let c = compose();
+        if std::thread::panicking() {
+            // The platform's own account of the failure, before it is taken down.
+            if let Ok(out) = Command::new(&c[0]).args(&c[1..]).args(["-p", &self.1, "logs", "--no-color", "--tail", "200"]).envs(self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))).current_dir(workspace_root()).output() {
+                eprintln!("--- docker compose logs (last 200 lines per service) ---\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            }
+        }
         let _ = Command::new(&c[0]).args(&c[1..]).args(["-p", &self.1, "down", "-t", "40"]).envs(self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))).current_dir(workspace_root()).output();
     }
 }
