@@ -47,6 +47,10 @@ pub struct Config {
     /// Length of each warm-overhead slice, in milliseconds (three per path).
     #[arg(long, env = "ROOST_BENCH_SLICE_MS", default_value_t = 2_000)]
     pub slice_ms: u64,
+    /// Scenarios to run (default: all). A run of only some prints its report and cannot
+    /// write `docs/benchmarks.md` (use `--out -`), so the page always holds a whole run.
+    #[arg(long, env = "ROOST_BENCH_SCENARIOS", value_enum, value_delimiter = ',')]
+    pub scenarios: Vec<Scenario>,
     /// Skip the component benchmarks (xds-bench, statsd-bench).
     #[arg(long, env = "ROOST_BENCH_SKIP_COMPONENTS")]
     pub skip_components: bool,
@@ -59,6 +63,42 @@ pub struct Config {
     /// Python of the process runtime.
     #[arg(long, env = "ROOST_PYTHON", default_value = "python3")]
     pub python: String,
+}
+
+/// One scenario of a runtime's run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Cold start from zero, by phase.
+    Cold,
+    /// A burst from zero.
+    Burst,
+    /// Warm overhead: direct, Envoy, gate and Envoy.
+    Overhead,
+    /// Autoscale reaction.
+    Autoscale,
+    /// Scale to zero and the on/off load.
+    Zero,
+}
+
+impl Config {
+    fn runs(&self, s: Scenario) -> bool {
+        self.scenarios.is_empty() || self.scenarios.contains(&s)
+    }
+
+    /// Refuses a partial run that would overwrite the page's whole one.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.scenarios.is_empty() && self.out != "-" {
+            return Err("--scenarios runs only part of the suite: add --out - (the page keeps whole runs only)".into());
+        }
+        Ok(())
+    }
+}
+
+const NOT_SELECTED: &str = "not run (--scenarios)";
+
+/// Figures, or a scenario left out on purpose.
+fn ran<T>(r: &Result<T, String>) -> bool {
+    r.as_ref().err().is_none_or(|e| e == NOT_SELECTED)
 }
 
 /// A failure as the report shows it: printed whole on stderr, kept to one short line
@@ -100,16 +140,36 @@ async fn run_runtime(c: &Config, bin_dir: &std::path::Path, work: &std::path::Pa
         Err(e) => return failed(&err::<()>(Err(e.context("the platform did not start"))).unwrap_err()),
     };
     let rounds = c.rounds as usize;
-    progress(&format!("{name}: cold start, {rounds} rounds"));
-    let cold = err(scenarios::cold_start(&roost, rounds).await);
-    progress(&format!("{name}: burst of {}", c.burst));
-    let burst = err(scenarios::burst(&roost, c.burst as usize).await);
-    progress(&format!("{name}: warm overhead"));
-    let overhead = err(scenarios::overhead(&roost, &[1, 16], 3, Duration::from_millis(c.slice_ms)).await);
-    progress(&format!("{name}: autoscale reaction"));
-    let autoscale = err(scenarios::autoscale(&roost, 5, 4, 50).await);
-    progress(&format!("{name}: scale to zero and the on/off load"));
-    let zero = err(scenarios::scale_to_zero(&roost, 5, 8, c.onoff_requests, Duration::from_secs(180)).await);
+    let cold = if c.runs(Scenario::Cold) {
+        progress(&format!("{name}: cold start, {rounds} rounds"));
+        err(scenarios::cold_start(&roost, rounds).await)
+    } else {
+        Err(NOT_SELECTED.to_string())
+    };
+    let burst = if c.runs(Scenario::Burst) {
+        progress(&format!("{name}: burst of {}", c.burst));
+        err(scenarios::burst(&roost, c.burst as usize).await)
+    } else {
+        Err(NOT_SELECTED.to_string())
+    };
+    let overhead = if c.runs(Scenario::Overhead) {
+        progress(&format!("{name}: warm overhead"));
+        err(scenarios::overhead(&roost, &[1, 16], 3, Duration::from_millis(c.slice_ms)).await)
+    } else {
+        Err(NOT_SELECTED.to_string())
+    };
+    let autoscale = if c.runs(Scenario::Autoscale) {
+        progress(&format!("{name}: autoscale reaction"));
+        err(scenarios::autoscale(&roost, 5, 4, 50).await)
+    } else {
+        Err(NOT_SELECTED.to_string())
+    };
+    let zero = if c.runs(Scenario::Zero) {
+        progress(&format!("{name}: scale to zero and the on/off load"));
+        err(scenarios::scale_to_zero(&roost, 5, 8, c.onoff_requests, Duration::from_secs(180)).await)
+    } else {
+        Err(NOT_SELECTED.to_string())
+    };
     let check = roost.check();
     roost.stop();
     let mut run = RuntimeRun { runtime: name.clone(), cold, burst, overhead, autoscale, zero };
@@ -173,7 +233,7 @@ pub async fn run(c: Config, command: String) -> anyhow::Result<(Report, bool)> {
         let statsd = err(components::statsd(&examples));
         (Some(xds), Some(statsd))
     };
-    let complete = runs.iter().all(|r| r.cold.is_ok() && r.burst.is_ok() && r.overhead.is_ok() && r.autoscale.is_ok() && r.zero.is_ok())
+    let complete = runs.iter().all(|r| ran(&r.cold) && ran(&r.burst) && ran(&r.overhead) && ran(&r.autoscale) && ran(&r.zero))
         && floors.python.is_ok()
         && floors.python_s.is_ok()
         && floors.runtime.is_ok()

@@ -6,6 +6,10 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = roost_bench::Config::parse();
+    if let Err(e) = config.check() {
+        eprintln!("roost-bench: {e}");
+        return ExitCode::from(2);
+    }
     let command = std::env::var("ROOST_BENCH_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
     let out = config.out.clone();
     let home = config.home.clone();
