@@ -2,6 +2,8 @@
 //! or chunked body, and a deadline. A server may answer before it has read the whole
 //! body (413): a failed write still reads the answer.
 
+pub(crate) use roost_testkit::http::find;
+pub use roost_testkit::http::parse_response;
 use roost_testkit::http::Response;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -87,58 +89,6 @@ pub async fn send_and_keep(port: u16, path: &str) -> TcpStream {
         .await
         .expect("send a request to the gate");
     s
-}
-
-/// Parses a whole HTTP/1.1 answer (chunked bodies decoded).
-pub fn parse_response(buf: &[u8]) -> Result<Response, String> {
-    let end = find(buf, b"\r\n\r\n").ok_or_else(|| {
-        format!(
-            "answer without a complete head: {:?}",
-            String::from_utf8_lossy(buf)
-        )
-    })?;
-    let head = String::from_utf8_lossy(&buf[..end]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let raw = &buf[end + 4..];
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
-    let body = if chunked { dechunk(raw) } else { raw.to_vec() };
-    Ok(Response {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = find(raw, b"\r\n") {
-        let size_text = String::from_utf8_lossy(&raw[..eol]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .unwrap_or(0);
-        raw = &raw[eol + 2..];
-        if size == 0 || raw.len() < size {
-            break;
-        }
-        out.extend_from_slice(&raw[..size]);
-        raw = raw.get(size + 2..).unwrap_or_default();
-    }
-    out
-}
-
-pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The body of an answer as JSON, or a panic that shows it.

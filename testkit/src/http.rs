@@ -64,8 +64,16 @@ pub async fn request(
         .map_err(|_| format!("{method} {path} on port {port}: no answer in 10 s"))?
 }
 
-fn parse_response(buf: &[u8]) -> Result<Response, String> {
-    let end = find(buf, b"\r\n\r\n").ok_or("response without a complete head")?;
+/// Parses a whole HTTP/1.1 response, as read to the end after the server closed the
+/// connection: the status line, the headers (names lowercased) and the body, a chunked
+/// one decoded (otherwise everything after the head, whatever Content-Length says).
+pub fn parse_response(buf: &[u8]) -> Result<Response, String> {
+    let end = find(buf, b"\r\n\r\n").ok_or_else(|| {
+        format!(
+            "answer without a complete head: {:?}",
+            String::from_utf8_lossy(buf)
+        )
+    })?;
     let head = String::from_utf8_lossy(&buf[..end]);
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
@@ -81,7 +89,7 @@ fn parse_response(buf: &[u8]) -> Result<Response, String> {
     let raw = &buf[end + 4..];
     let chunked = headers
         .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+        .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
     let body = if chunked { dechunk(raw) } else { raw.to_vec() };
     Ok(Response {
         status,
@@ -106,7 +114,8 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     out
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+/// Where `needle` first starts in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
@@ -209,5 +218,34 @@ async fn serve_conn(mut conn: TcpStream, name: String, hits: Arc<AtomicU64>, del
         if conn.write_all(resp.as_bytes()).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_fixed_body() {
+        let r = parse_response(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok")
+            .unwrap();
+        assert_eq!((r.status, r.body.as_str()), (201, "ok"));
+        assert_eq!(r.header("x-a"), Some("b"));
+    }
+
+    #[test]
+    fn decodes_a_chunked_body_whatever_the_case() {
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.body, "abcde");
+    }
+
+    #[test]
+    fn refuses_an_incomplete_head() {
+        let e = parse_response(b"HTTP/1.1 200 OK\r\n").unwrap_err();
+        assert!(e.contains("without a complete head"), "{e}");
+        assert!(parse_response(b"garbage\r\n\r\n").is_err());
     }
 }
