@@ -9,10 +9,12 @@
 //! - [`spec`]: the function definitions (`global-function-definition.yml`), parsed and validated.
 //! - [`telemetry`]: tracing setup shared by the binaries.
 //! - [`shutdown`]: one way to wait for SIGTERM/SIGINT and tell every task to stop.
+//! - [`service`]: a service binary's `main` (tracing, shutdown token, exit code) in one call.
 
 pub mod hash;
 pub mod keys;
 pub mod naming;
+pub mod service;
 pub mod shutdown;
 pub mod spec;
 pub mod telemetry;

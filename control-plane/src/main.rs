@@ -8,14 +8,12 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    roost_common::telemetry::init_tracing(config.log_format, "info");
-    let shutdown = roost_common::shutdown::on_signal();
-    match run(config, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "control plane failed");
-            eprintln!("control-plane: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let log_format = config.log_format;
+    roost_common::service::run(
+        "control-plane",
+        "control plane failed",
+        log_format,
+        |shutdown| run(config, shutdown),
+    )
+    .await
 }

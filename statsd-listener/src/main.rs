@@ -2,23 +2,21 @@
 //! until SIGTERM or SIGINT.
 
 use clap::Parser;
-use roost_statsd_listener::{start, Config};
+use roost_statsd_listener::{start, Config, Error};
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    roost_common::telemetry::init_tracing(config.log_format, "info");
-    let shutdown = roost_common::shutdown::on_signal();
-    match start(config, shutdown).await {
-        Ok(running) => {
-            running.wait().await;
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "statsd listener failed to start");
-            eprintln!("statsd-listener: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let log_format = config.log_format;
+    roost_common::service::run(
+        "statsd-listener",
+        "statsd listener failed to start",
+        log_format,
+        |shutdown| async move {
+            start(config, shutdown).await?.wait().await;
+            Ok::<(), Error>(())
+        },
+    )
+    .await
 }
