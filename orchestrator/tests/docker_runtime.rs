@@ -89,8 +89,32 @@ async fn container_is_built_started_hardened_probed_and_stopped() {
     assert_eq!(host.pids_limit, Some(64));
     assert_eq!(c.config.unwrap().user.as_deref(), Some("65534:65534"));
 
+    // Both cold starts came while a spare was being prepared (by `prepare`, then by the
+    // first start): each waited for it and took it, instead of starting a container of
+    // its own beside the preparation. A spare's container is named after its spare label.
+    let second = rt.start(&spec, "testhash0001", "hello-test-a2").await.expect("a second container starts");
+    for r in [&replica, &second] {
+        let c = docker.inspect_container(&r.handle, None::<InspectContainerOptions>).await.unwrap();
+        let name = c.name.unwrap_or_default();
+        assert!(name.starts_with("/roost-hello-spare-"), "replica {} is not the spare that was being prepared: container {name}", r.id);
+    }
+    assert_ne!(second.handle, replica.handle);
+    assert!(raw_get(second.address, "/").await.contains(r#"{"Hello": "World"}"#));
+
     rt.stop(&replica, Duration::from_secs(5)).await.unwrap();
+    rt.stop(&second, Duration::from_secs(5)).await.unwrap();
     assert!(docker.inspect_container(&replica.handle, None::<InspectContainerOptions>).await.is_err(), "container removed");
+    // The next spare (one: a single preparation per function) is paused; close removes it.
+    let on_net = |status: &'static str| {
+        let net = net.clone();
+        move || {
+            let out = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=roost.network={net}"), "--filter", &format!("status={status}")]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).split_whitespace().count()
+        }
+    };
+    wait_until(WAIT, "the next spare, paused", || async { (on_net("paused")() == 1).then_some(()) }).await;
+    rt.close().await;
+    assert_eq!(on_net("paused")() + on_net("running")() + on_net("created")(), 0, "close left a container behind");
 }
 
 async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {

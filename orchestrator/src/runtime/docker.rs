@@ -8,6 +8,13 @@
 //! start is an `unpause` (about 15 ms) instead of a `start` and a Python start (about
 //! 0.5 s on a 2-vCPU VM). A paused container uses no CPU; it keeps its memory (about
 //! 20 MB for the Python runtime). Without warm spares the spare is only created.
+//!
+//! A cold start takes the spare and a new one is prepared in the background; there is
+//! at most one preparation per function at a time. A cold start that comes while the
+//! spare is still being prepared waits for it (bounded) and takes it, rather than
+//! starting a second container beside the preparation; only when no spare comes (the
+//! preparation failed, or another cold start waits for it) does it create and start a
+//! container of its own.
 
 use super::{Replica, Runtime, RuntimeError, RuntimeEvent};
 use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
@@ -23,7 +30,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 /// A container prepared ahead of time.
@@ -34,6 +41,13 @@ struct Spare {
     /// Started, probed ready and paused, at this address; `None`: only created.
     warm: Option<SocketAddr>,
 }
+
+/// How long a spare's warm-up may take to answer its readiness path.
+const WARM_UP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long a cold start waits for the spare being prepared: its warm-up deadline and a
+/// margin for the engine's create, start and pause calls.
+const SPARE_WAIT: Duration = Duration::from_secs(WARM_UP_DEADLINE.as_secs() + 10);
 
 /// Label on every container and image Roost manages.
 pub const MANAGED: &str = "roost.managed";
@@ -66,12 +80,10 @@ pub struct DockerRuntime {
     builds: tokio::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     /// The image prepared for each definition hash.
     images: Mutex<HashMap<String, String>>,
-    /// A container created ahead of time for each definition hash (created, not
-    /// started), so a cold start only starts it: the engine's create step is off the
-    /// cold path.
-    spares: std::sync::Arc<Mutex<HashMap<String, Spare>>>,
-    /// Set (under the `spares` lock) by `close`: a spare finished after it is removed.
-    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The container prepared ahead of time for each definition hash (warm and paused,
+    /// or created), or its preparation in flight, so the cold path only unpauses (or
+    /// starts) it. Closed by `close`: a spare finished after it is removed.
+    spares: std::sync::Arc<SpareSlots<Spare>>,
     /// Replica ids of containers created as spares: their label's id -> the id the
     /// orchestrator gave the replica.
     aliases: std::sync::Arc<Mutex<HashMap<String, String>>>,
@@ -139,7 +151,7 @@ impl DockerRuntime {
             .map_err(|e| other(format!("cannot use the Docker socket {socket}: {e}; is Docker running, and is the socket mounted?")))?;
         docker.ping().await.map_err(|e| other(format!("the Docker engine at {socket} does not answer: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let rt = std::sync::Arc::new(DockerRuntime { docker: docker.clone(), config, builds: Default::default(), images: Default::default(), spares: Default::default(), closed: Default::default(), aliases: Default::default(), events_rx: Mutex::new(Some(rx)) });
+        let rt = std::sync::Arc::new(DockerRuntime { docker: docker.clone(), config, builds: Default::default(), images: Default::default(), spares: SpareSlots::new(), aliases: Default::default(), events_rx: Mutex::new(Some(rx)) });
         rt.ensure_network().await?;
         tokio::spawn(follow_exits(docker, tx, rt.aliases.clone()));
         Ok(rt)
@@ -182,14 +194,12 @@ impl DockerRuntime {
         tar.into_inner()
     }
 
-    /// Prepares a spare container for `spec_hash` in the background, if it has none:
-    /// created, then (with warm spares) started, probed ready and paused. A spare that
-    /// cannot be warmed is replaced by a created one.
+    /// Prepares a spare container for `spec_hash` in the background, unless one is ready
+    /// or being prepared: created, then (with warm spares) started, probed ready and
+    /// paused. A spare that cannot be warmed is replaced by a created one.
     fn spawn_spare(&self, spec: &FunctionSpec, spec_hash: &str, image: &str) {
-        if self.spares.lock().unwrap().contains_key(spec_hash) {
-            return;
-        }
-        let (docker, config, spares, closed) = (self.docker.clone(), self.config.clone(), self.spares.clone(), self.closed.clone());
+        let Some(preparation) = self.spares.begin(spec_hash) else { return };
+        let (docker, config) = (self.docker.clone(), self.config.clone());
         let (spec, hash, image) = (spec.clone(), spec_hash.to_string(), image.to_string());
         tokio::spawn(async move {
             let label_id = format!("{}-spare-{:x}", spec.name, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
@@ -207,19 +217,15 @@ impl DockerRuntime {
             }
             match created {
                 Ok(container) => {
-                    let previous = {
-                        let mut spares = spares.lock().unwrap();
-                        if closed.load(std::sync::atomic::Ordering::SeqCst) {
-                            Some(Spare { container, label_id, warm })
-                        } else {
-                            spares.insert(hash, Spare { container, label_id, warm })
-                        }
-                    };
-                    if let Some(old) = previous {
-                        let _ = docker.remove_container(&old.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                    // Handed back after `close`: removed, never left behind.
+                    if let Some(left) = preparation.finish(Some(Spare { container, label_id, warm })) {
+                        let _ = docker.remove_container(&left.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
                     }
                 }
-                Err(e) => warn!(function = %spec.name, error = %e, "cannot create a spare container"),
+                Err(e) => {
+                    warn!(function = %spec.name, error = %e, "cannot create a spare container");
+                    let _ = preparation.finish(None);
+                }
             }
         });
     }
@@ -227,8 +233,10 @@ impl DockerRuntime {
     fn replica_of(&self, c: &bollard::models::ContainerSummary) -> Option<Replica> {
         let labels = c.labels.as_ref()?;
         let ip = c.network_settings.as_ref()?.networks.as_ref()?.get(&self.config.network)?.ip_address.clone()?;
+        let label_id = labels.get("roost.replica")?;
         Some(Replica {
-            id: labels.get("roost.replica")?.clone(),
+            // A spare taken by a start is the replica the orchestrator named.
+            id: self.aliases.lock().unwrap().get(label_id).unwrap_or(label_id).clone(),
             function: labels.get("roost.function")?.clone(),
             version: labels.get("roost.version")?.clone(),
             spec_hash: labels.get("roost.spec-hash")?.clone(),
@@ -303,9 +311,9 @@ async fn address_of(docker: &Docker, config: &DockerConfig, container: &str) -> 
 async fn warm_up(docker: &Docker, config: &DockerConfig, spec: &FunctionSpec, container: &str) -> Result<SocketAddr, String> {
     docker.start_container(container, None).await.map_err(|e| format!("start: {e}"))?;
     let address = address_of(docker, config, container).await?;
-    crate::probe::until_ready(address, &spec.readiness_path, Duration::from_millis(10), Duration::from_secs(30))
+    crate::probe::until_ready(address, &spec.readiness_path, Duration::from_millis(10), WARM_UP_DEADLINE)
         .await
-        .ok_or_else(|| format!("the spare did not answer {} within 30 s", spec.readiness_path))?;
+        .ok_or_else(|| format!("the spare did not answer {} within {WARM_UP_DEADLINE:?}", spec.readiness_path))?;
     docker.pause_container(container).await.map_err(|e| format!("pause: {e}"))?;
     Ok(address)
 }
@@ -331,6 +339,187 @@ async fn follow_exits(docker: Docker, tx: mpsc::UnboundedSender<RuntimeEvent>, a
         }
         warn!("Docker event stream ended; following again");
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Each definition hash's spare: ready, or being prepared. Pure bookkeeping (no Docker),
+/// so that `start`, `spawn_spare` and `close` agree on it without races:
+/// - at most one preparation per hash: [`SpareSlots::begin`] refuses while a spare is
+///   ready or being prepared;
+/// - a claim during a preparation waits for it (once, bounded) and takes what it made;
+///   only one claim waits on a preparation (it reserves the spare), the others fall
+///   back at once instead of waiting for a spare they would not get;
+/// - after [`SpareSlots::close`] nothing is kept: a preparation that ends is handed its
+///   spare back to remove, and a claim waiting on it wakes and falls back.
+struct SpareSlots<T> {
+    inner: Mutex<SlotsInner<T>>,
+}
+
+struct SlotsInner<T> {
+    slots: HashMap<String, Slot<T>>,
+    closed: bool,
+    /// Identifies preparations, so a late end or release never touches a newer slot.
+    next_id: u64,
+}
+
+enum Slot<T> {
+    /// Prepared and not taken. `reserved`: the claim that waited on its preparation is
+    /// about to take it; other claims leave it.
+    Ready { spare: T, id: u64, reserved: bool },
+    /// Being prepared. `done` is never sent on: it is dropped when the slot leaves this
+    /// state (prepared, failed, or closed), which wakes every receiver, even one that
+    /// subscribed just before (a watch receiver sees a closed channel at once: no lost
+    /// wake-up). `reserved`: a claim waits on it.
+    Preparing { id: u64, done: watch::Sender<()>, reserved: bool },
+}
+
+/// What a claim got.
+#[derive(Debug, PartialEq, Eq)]
+enum Claim<T> {
+    /// A spare that was ready.
+    Ready(T),
+    /// The spare of the preparation the claim waited for.
+    Prepared(T),
+    /// None: none ready, the preparation failed, timed out or was closed, or another
+    /// claim has the spare.
+    Missing,
+}
+
+impl<T> SpareSlots<T> {
+    fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(SpareSlots { inner: Mutex::new(SlotsInner { slots: HashMap::new(), closed: false, next_id: 0 }) })
+    }
+
+    /// Starts preparing `key`'s spare, unless one is ready or being prepared, or the
+    /// slots are closed. The preparation ends with [`Preparation::finish`]; dropped
+    /// unfinished (a panic), it counts as failed.
+    fn begin(self: &std::sync::Arc<Self>, key: &str) -> Option<Preparation<T>> {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.closed || inner.slots.contains_key(key) {
+            return None;
+        }
+        inner.next_id += 1;
+        let id = inner.next_id;
+        inner.slots.insert(key.to_string(), Slot::Preparing { id, done: watch::channel(()).0, reserved: false });
+        Some(Preparation { slots: self.clone(), key: key.to_string(), id, finished: false })
+    }
+
+    /// Takes `key`'s spare: a ready one at once; one being prepared (that no other claim
+    /// waits for) once its preparation ends, waiting at most `wait` and only once.
+    async fn claim(&self, key: &str, wait: Duration) -> Claim<T> {
+        let (id, mut done) = {
+            let mut inner = self.inner.lock().unwrap();
+            match inner.slots.get_mut(key) {
+                Some(Slot::Ready { reserved: false, .. }) => match inner.slots.remove(key) {
+                    Some(Slot::Ready { spare, .. }) => return Claim::Ready(spare),
+                    _ => unreachable!("matched just above, under the lock"),
+                },
+                Some(Slot::Preparing { id, done, reserved }) if !*reserved => {
+                    *reserved = true;
+                    (*id, done.subscribe())
+                }
+                _ => return Claim::Missing,
+            }
+        };
+        // Releases the reservation however this ends (also if the claim is dropped).
+        let reservation = Reservation { slots: self, key, id };
+        // `changed` only ends with an error, when the preparation ends (see `Slot`).
+        let _ = tokio::time::timeout(wait, done.changed()).await;
+        reservation.take()
+    }
+
+    /// Closes: no preparation begins any more, the ready spares are returned (to remove),
+    /// and preparations in flight are forgotten (a claim waiting on one wakes and gets
+    /// `Missing`; the spare it makes is handed back to its preparer to remove).
+    fn close(&self) -> Vec<T> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.closed = true;
+        inner
+            .slots
+            .drain()
+            .filter_map(|(_, slot)| match slot {
+                Slot::Ready { spare, .. } => Some(spare),
+                Slot::Preparing { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// One spare being prepared; see [`SpareSlots::begin`].
+struct Preparation<T> {
+    slots: std::sync::Arc<SpareSlots<T>>,
+    key: String,
+    id: u64,
+    finished: bool,
+}
+
+impl<T> Preparation<T> {
+    /// Ends the preparation: `Some(spare)` becomes the ready spare (for the claim that
+    /// waits, if one does), `None` frees the slot for another preparation. Returns a
+    /// spare that cannot be kept (the slots were closed): the caller removes it.
+    #[must_use = "a spare handed back must be removed"]
+    fn finish(mut self, spare: Option<T>) -> Option<T> {
+        self.end(spare)
+    }
+
+    fn end(&mut self, spare: Option<T>) -> Option<T> {
+        self.finished = true;
+        let mut inner = self.slots.inner.lock().unwrap();
+        let reserved = match inner.slots.get(&self.key) {
+            Some(Slot::Preparing { id, reserved, .. }) if *id == self.id && !inner.closed => *reserved,
+            _ => return spare,
+        };
+        // Replacing (or removing) the slot drops `done`: a waiting claim wakes, and finds
+        // the spare already in place once it gets the lock.
+        match spare {
+            Some(spare) => {
+                inner.slots.insert(self.key.clone(), Slot::Ready { spare, id: self.id, reserved });
+            }
+            None => {
+                inner.slots.remove(&self.key);
+            }
+        }
+        None
+    }
+}
+
+impl<T> Drop for Preparation<T> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.end(None);
+        }
+    }
+}
+
+/// A claim's hold on a spare being prepared; see [`SpareSlots::claim`].
+struct Reservation<'a, T> {
+    slots: &'a SpareSlots<T>,
+    key: &'a str,
+    id: u64,
+}
+
+impl<T> Reservation<'_, T> {
+    /// The spare the preparation made, if it is there now.
+    fn take(&self) -> Claim<T> {
+        let mut inner = self.slots.inner.lock().unwrap();
+        if matches!(inner.slots.get(self.key), Some(Slot::Ready { id, .. }) if *id == self.id) {
+            if let Some(Slot::Ready { spare, .. }) = inner.slots.remove(self.key) {
+                return Claim::Prepared(spare);
+            }
+        }
+        Claim::Missing
+    }
+}
+
+impl<T> Drop for Reservation<'_, T> {
+    fn drop(&mut self) {
+        // Not taken (timed out, failed, dropped): the spare, or the preparation, is free
+        // for any claim again.
+        let mut inner = self.slots.inner.lock().unwrap();
+        match inner.slots.get_mut(self.key) {
+            Some(Slot::Ready { id, reserved, .. } | Slot::Preparing { id, reserved, .. }) if *id == self.id => *reserved = false,
+            _ => {}
+        }
     }
 }
 
@@ -397,7 +586,16 @@ impl Runtime for DockerRuntime {
     async fn start(&self, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Result<Replica, RuntimeError> {
         let fail = |reason: String| RuntimeError::Start { function: spec.name.clone(), reason };
         let image = self.images.lock().unwrap().get(spec_hash).cloned().ok_or_else(|| fail("not prepared".into()))?;
-        let spare = self.spares.lock().unwrap().remove(spec_hash);
+        // A ready spare, or the one being prepared (waited for, once); else none.
+        let waited = std::time::Instant::now();
+        let spare = match self.spares.claim(spec_hash, SPARE_WAIT).await {
+            Claim::Ready(s) => Some(s),
+            Claim::Prepared(s) => {
+                info!(function = %spec.name, waited_ms = waited.elapsed().as_millis() as u64, "took the spare that was being prepared");
+                Some(s)
+            }
+            Claim::Missing => None,
+        };
         let mut container = None;
         let mut warm = None;
         if let Some(s) = spare {
@@ -430,7 +628,7 @@ impl Runtime for DockerRuntime {
                 c
             }
         };
-        // The next cold start gets a container created now, off its path.
+        // The next cold start's spare is prepared now, off its path (unless one already is).
         self.spawn_spare(spec, spec_hash, &image);
         let address = match warm {
             Some(a) => a,
@@ -489,12 +687,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn close(&self) {
-        let spares: Vec<Spare> = {
-            let mut spares = self.spares.lock().unwrap();
-            self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-            spares.drain().map(|(_, s)| s).collect()
-        };
-        for s in spares {
+        for s in self.spares.close() {
             let _ = self.docker.remove_container(&s.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
         }
     }
@@ -519,5 +712,150 @@ mod tests {
         assert!(d.contains(r#"CMD ["python3", "-S", "-m", "roost_runtime", "python"]"#));
         let img = spec("usable-functions:\n  x:\n    version: 1\n    runtime: {kind: image, image: \"my:1\"}\n");
         assert_eq!(image_tag(&img, b""), "my:1");
+    }
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_ready_spare_is_claimed_once_and_a_new_preparation_can_begin() {
+        let slots = SpareSlots::new();
+        assert_eq!(slots.claim("h", WAIT).await, Claim::Missing, "nothing prepared");
+        let p = slots.begin("h").expect("the first preparation begins");
+        assert!(slots.begin("h").is_none(), "one preparation per hash while one is in flight");
+        assert!(slots.begin("other").is_some_and(|p| p.finish(None).is_none()), "other hashes are independent");
+        assert_eq!(p.finish(Some("spare-1")), None);
+        assert!(slots.begin("h").is_none(), "none while a spare is ready");
+        assert_eq!(slots.claim("h", WAIT).await, Claim::Ready("spare-1"));
+        assert_eq!(slots.claim("h", WAIT).await, Claim::Missing, "taken once");
+        let p = slots.begin("h").expect("the next one begins once the spare is taken");
+        assert_eq!(p.finish(Some("spare-2")), None);
+        assert_eq!(slots.claim("h", WAIT).await, Claim::Ready("spare-2"));
+    }
+
+    #[tokio::test]
+    async fn a_claim_during_a_preparation_waits_for_it_and_takes_its_spare() {
+        let slots = SpareSlots::new();
+        let p = slots.begin("h").unwrap();
+        let claim = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.claim("h", WAIT).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!claim.is_finished(), "the claim waits for the preparation");
+        assert_eq!(p.finish(Some("spare")), None);
+        assert_eq!(claim.await.unwrap(), Claim::Prepared("spare"));
+        assert_eq!(slots.claim("h", WAIT).await, Claim::Missing);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_claim_wakes_as_soon_as_the_preparation_ends() {
+        // The claim subscribes and sleeps first, then the preparation ends: the claim
+        // wakes at once instead of sleeping out its (here an hour long) bound.
+        let slots = SpareSlots::new();
+        let p = slots.begin("h").unwrap();
+        let claim = slots.claim("h", Duration::from_secs(3600));
+        let finish = async {
+            assert_eq!(p.finish(Some("spare")), None);
+        };
+        let (got, ()) = tokio::time::timeout(WAIT, async { futures::join!(claim, finish) }).await.expect("no lost wake-up");
+        assert_eq!(got, Claim::Prepared("spare"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_preparation_gives_the_fallback_and_frees_the_slot() {
+        let slots = SpareSlots::<&str>::new();
+        let p = slots.begin("h").unwrap();
+        let claim = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.claim("h", WAIT).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(p.finish(None), None);
+        assert_eq!(claim.await.unwrap(), Claim::Missing);
+        assert!(slots.begin("h").is_some(), "a new preparation may begin");
+
+        // A preparation dropped unfinished (its task panicked) counts as failed.
+        let slots = SpareSlots::<&str>::new();
+        let p = slots.begin("h").unwrap();
+        let claim = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.claim("h", WAIT).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(p);
+        assert_eq!(claim.await.unwrap(), Claim::Missing);
+        assert!(slots.begin("h").is_some());
+    }
+
+    #[tokio::test]
+    async fn two_concurrent_claims_get_one_spare_and_one_fallback() {
+        let slots = SpareSlots::new();
+        let p = slots.begin("h").unwrap();
+        let claims: Vec<_> = (0..2)
+            .map(|_| {
+                let slots = slots.clone();
+                tokio::spawn(async move { slots.claim("h", WAIT).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(p.finish(Some("spare")), None);
+        let mut got = Vec::new();
+        for c in claims {
+            got.push(c.await.unwrap());
+        }
+        got.sort_by_key(|c| matches!(c, Claim::Missing));
+        assert_eq!(got, vec![Claim::Prepared("spare"), Claim::Missing]);
+        // Racing on a ready spare too: one gets it.
+        let p = slots.begin("h").unwrap();
+        assert_eq!(p.finish(Some("spare-2")), None);
+        let (a, b) = futures::join!(slots.claim("h", WAIT), slots.claim("h", WAIT));
+        assert_eq!([a, b].into_iter().filter(|c| *c == Claim::Ready("spare-2")).count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_claim_waits_at_most_its_bound_and_then_releases_the_spare() {
+        let slots = SpareSlots::new();
+        let p = slots.begin("h").unwrap();
+        assert_eq!(slots.claim("h", Duration::from_millis(20)).await, Claim::Missing, "timed out");
+        assert!(slots.begin("h").is_none(), "the preparation still runs");
+        assert_eq!(p.finish(Some("spare")), None);
+        assert_eq!(slots.claim("h", WAIT).await, Claim::Ready("spare"), "not kept for the claim that gave up");
+
+        // A claim dropped while it waits releases its reservation too.
+        let p = slots.begin("h").unwrap();
+        let waiting = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.claim("h", WAIT).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting.abort();
+        let _ = waiting.await;
+        let claim = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.claim("h", WAIT).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(p.finish(Some("spare-2")), None);
+        assert_eq!(claim.await.unwrap(), Claim::Prepared("spare-2"));
+    }
+
+    #[tokio::test]
+    async fn close_during_a_preparation_wakes_the_claim_and_hands_the_spare_back() {
+        let slots = SpareSlots::new();
+        let ready = slots.begin("ready").unwrap();
+        assert_eq!(ready.finish(Some("ready-spare")), None);
+        let p = slots.begin("h").unwrap();
+        let claim = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.claim("h", Duration::from_secs(3600)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(slots.close(), vec!["ready-spare"], "ready spares are returned to remove");
+        let got = tokio::time::timeout(WAIT, claim).await.expect("a waiting claim does not hang after close");
+        assert_eq!(got.unwrap(), Claim::Missing);
+        assert_eq!(p.finish(Some("late")), Some("late"), "a spare finished after close is handed back");
+        assert!(slots.begin("h").is_none(), "no preparation after close");
+        assert_eq!(slots.claim("h", WAIT).await, Claim::Missing);
+        assert!(slots.close().is_empty());
     }
 }
