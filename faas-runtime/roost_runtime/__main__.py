@@ -1,5 +1,12 @@
-"""``python3 -m roost_runtime python|command``: reads the environment (see README.md),
+"""``python3 -m roost_runtime python|command|spare``: reads the environment (see README.md),
 listens, loads the function, serves it, and prints ``ROOST_READY <port>`` once it does.
+
+``spare`` is a runtime started ahead of time for a pool (the orchestrator's process
+runtime keeps one): it listens and imports everything the runtime needs, then reads the
+function it is to serve as one JSON line on stdin, ``{"kind": "python", "env": {...}}``,
+puts ``env`` into its environment and goes on as ``python`` or ``command`` would. A
+cold start from a spare skips the interpreter's start and the imports. It exits quietly
+if stdin closes before an assignment arrives.
 
 The order matters for start-up time: the socket listens before asyncio (most of the
 start-up) is imported, so a readiness probe that arrives early waits in the listen
@@ -11,7 +18,7 @@ import os
 import socket
 import sys
 
-USAGE = """usage: python3 -m roost_runtime python|command
+USAGE = """usage: python3 -m roost_runtime python|command|spare
 
 Serves one function over HTTP/1.1. Configuration through the environment:
   PORT (5000; 0 picks a free port)  ROOST_BIND (0.0.0.0)  ROOST_FUNCTION_NAME
@@ -20,9 +27,22 @@ Serves one function over HTTP/1.1. Configuration through the environment:
   ROOST_COMMAND (command: a JSON list, e.g. ["sh", "wc.sh"]; default ["./$ROOST_FUNCTION_FILE"])
   ROOST_TIMEOUT_S (per request; 0 or unset: none)  ROOST_MAX_BODY (10m)
   ROOST_DRAIN_S  ROOST_CONTENT_TYPE (command)  ROOST_ACCESS_LOG (0)
-Prints "ROOST_READY <port>" on stdout once it serves; logs go to stderr."""
+Prints "ROOST_READY <port>" on stdout once it serves; logs go to stderr.
+spare: listens on ROOST_BIND:PORT, imports the runtime, then reads one line on stdin,
+  {"kind": "python"|"command", "env": {"ROOST_FUNCTION_FILE": "hello.py", ...}},
+  adds env to its environment and serves that function."""
 
 SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def bind_address(env, errors):
+    """``(host, port)`` from ROOST_BIND and PORT; a bad PORT is added to ``errors``."""
+    host = env.get("ROOST_BIND") or "0.0.0.0"
+    raw_port = env.get("PORT", "").strip() or "5000"
+    port = int(raw_port) if raw_port.isdigit() and int(raw_port) < 65536 else None
+    if port is None:
+        errors.append(f"PORT={raw_port!r}: expected a port number 0-65535")
+    return host, port
 
 
 class Config:
@@ -51,11 +71,7 @@ class Config:
         self.folder = os.path.abspath(env.get("ROOST_FUNCTION_DIR") or ".")
         if not os.path.isdir(self.folder):
             errors.append(f"ROOST_FUNCTION_DIR={self.folder!r} is not a folder")
-        self.host = env.get("ROOST_BIND") or "0.0.0.0"
-        raw_port = env.get("PORT", "").strip() or "5000"
-        self.port = int(raw_port) if raw_port.isdigit() and int(raw_port) < 65536 else None
-        if self.port is None:
-            errors.append(f"PORT={raw_port!r}: expected a port number 0-65535")
+        self.host, self.port = bind_address(env, errors)
         self.timeout = number("ROOST_TIMEOUT_S", 0.0)
         # A request cannot outlast its timeout, so the drain needs no longer than that.
         self.drain_s = number("ROOST_DRAIN_S", self.timeout + 1.0 if self.timeout else 30.0)
@@ -122,6 +138,8 @@ def main(argv=None):
     if len(argv) > 1:
         print(USAGE, file=sys.stderr)
         return 2
+    if argv and argv[0] == "spare":
+        return spare()
     config = Config(argv[0] if argv else "python", os.environ)
     if config.errors:
         for e in config.errors:
@@ -132,7 +150,56 @@ def main(argv=None):
     except OSError as e:
         log(f"roost_runtime: function {config.name}: cannot listen on {config.host}:{config.port}: {e}")
         return 1
+    return run(config, sock)
 
+
+def spare():
+    """Listens and imports, then serves the function the first stdin line assigns."""
+    errors = []
+    host, port = bind_address(os.environ, errors)
+    if errors:
+        for e in errors:
+            log(f"roost_runtime: spare: {e}")
+        return 2
+    try:
+        sock = listen(host, port)
+    except OSError as e:
+        log(f"roost_runtime: spare: cannot listen on {host}:{port}: {e}")
+        return 1
+    # What every function needs, imported before any is known: most of a start.
+    import asyncio  # noqa: F401
+
+    from . import http, kinds  # noqa: F401
+
+    start_dir = os.getcwd()
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0  # stdin closed before an assignment: the pool is being emptied
+    try:
+        assignment = json.loads(line)
+        kind, env = assignment["kind"], assignment["env"]
+        if not (isinstance(kind, str) and isinstance(env, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        log('roost_runtime: spare: the assignment is not {"kind": "python"|"command", "env": {"NAME": "value", ...}}: '
+            f"{line[:200]!r}")
+        return 2
+    os.environ.update(env)
+    config = Config(kind, os.environ)
+    if config.errors:
+        for e in config.errors:
+            log(f"roost_runtime: {e}")
+        return 2
+    # As if started for this function: `-m` put the start folder first on sys.path.
+    if sys.path and sys.path[0] in ("", start_dir):
+        sys.path[0] = config.folder
+    sys.argv[1:] = [kind]
+    return run(config, sock)
+
+
+def run(config, sock):
+    """Loads the function and serves it on the listening ``sock`` until a signal."""
     import asyncio
 
     from .http import Request, Server, serve

@@ -89,6 +89,7 @@ async fn build_runtime(config: &Config) -> Result<Arc<dyn Runtime>, Error> {
                 python: config.python.clone(),
                 state_dir: config.state_dir.clone(),
                 bind_ip: "127.0.0.1".parse().expect("literal address"),
+                spares: config.process_spares as usize,
             };
             let rt = runtime::process::ProcessRuntime::new(cfg).map_err(|e| Error::Runtime("process", e.to_string()))?;
             Ok(rt)

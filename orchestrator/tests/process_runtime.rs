@@ -262,3 +262,73 @@ async fn a_redis_restart_is_healed_within_a_tick() {
     stop.cancel();
     o.wait().await;
 }
+
+/// The pids of spare runtimes started in `state` (a spare's working folder).
+fn spares_in(state: &std::path::Path) -> Vec<i32> {
+    let state = std::fs::canonicalize(state).unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains("roost_runtime\0spare")
+                && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == state)
+        })
+        .collect()
+}
+
+/// The pid of a replica, from its state file.
+fn replica_pid(state: &std::path::Path, function: &str) -> i32 {
+    std::fs::read_dir(state)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{function}-")) && e.path().extension().is_some_and(|x| x == "json"))
+        .find_map(|e| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(e.path()).ok()?).ok()?["handle"].as_str()?.parse().ok())
+        .expect("a replica state file")
+}
+
+/// The command line of a replica.
+fn replica_cmdline(state: &std::path::Path, function: &str) -> String {
+    let pid = replica_pid(state, function);
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).replace('\0', " ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_starts_take_a_spare_runtime_and_the_pool_is_refilled_and_emptied_on_stop() {
+    let b = Backend::start().await;
+    let defs = Defs::new(&format!(
+        "{HELLO}  seeded:\n    name: seeded\n    version: 0.1\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py\n      function_folder: hello\n    env: {{PYTHONHASHSEED: \"0\"}}\n"
+    ));
+    let state = state_dir("spares");
+    let mut config = b.orchestrator_config(&defs, &state);
+    config.process_spares = 1;
+    let stop = CancellationToken::new();
+    let o = roost_orchestrator::start(config, stop.clone()).await.expect("orchestrator starts");
+    let api = o.api_addr.port();
+    wait_until(WAIT, "one spare runtime", || async { (spares_in(&state).len() == 1).then_some(()) }).await;
+    let spare = spares_in(&state)[0];
+
+    // The cold start hands the spare its function: the replica is that process.
+    assert_eq!(wake(api, "hello").await.0, 200);
+    assert_eq!(replica_pid(&state, "hello"), spare, "the replica is the spare");
+    let r = b.call("/hello").await;
+    assert_eq!((r.status, r.body.as_str()), (200, r#"{"Hello": "World"}"#));
+    // And a new spare takes its place.
+    wait_until(WAIT, "the pool refilled", || async {
+        let now = spares_in(&state);
+        (now.len() == 1 && now[0] != spare).then_some(())
+    })
+    .await;
+
+    // PYTHONHASHSEED is read when the interpreter starts: that function starts fresh.
+    assert_eq!(wake(api, "seeded").await.0, 200);
+    assert!(replica_cmdline(&state, "seeded").contains("roost_runtime python"), "{}", replica_cmdline(&state, "seeded"));
+    assert_eq!(b.call("/seeded").await.status, 200);
+    assert_eq!(spares_in(&state).len(), 1, "the spare is left for the next cold start");
+
+    stop.cancel();
+    o.wait().await;
+    assert_eq!(spares_in(&state), Vec::<i32>::new(), "no spare outlives the orchestrator");
+    assert!(!std::fs::read_dir(&state).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("spare-")), "spare logs removed");
+}

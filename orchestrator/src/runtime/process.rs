@@ -7,6 +7,16 @@
 //! folders `site` would have added (site-packages and what `.pth` files name) are put on
 //! `PYTHONPATH` instead, so the same packages import.
 //!
+//! Spares: the runtime keeps a pool of runtimes started ahead of time (`python3 -S -m
+//! roost_runtime spare`: the interpreter started, asyncio and the runtime imported, the
+//! port listening) that belong to no function yet. A cold start hands one its function
+//! as a line on its stdin, so it skips the interpreter's start and the imports (most of
+//! a start: about 100 ms of 120 ms here); the pool is refilled in the background. A spare
+//! runs no function code, so a function at zero still runs nothing. A function whose
+//! environment sets what the interpreter or the C library reads only at start-up
+//! (`PYTHON*`, `LD_*`, `LC_*`, `LANG`, `TZ`, `MALLOC_*`) is always started fresh, as is
+//! every start while the pool is empty.
+//!
 //! Each replica has a state file (`<state_dir>/<replica>.json`) so that an orchestrator
 //! that crashed and restarted can adopt the processes it left running, and a log file
 //! (`<state_dir>/<replica>.log`, stdout and stderr) that the orchestrator follows into its
@@ -40,15 +50,132 @@ pub struct ProcessConfig {
     pub state_dir: PathBuf,
     /// Address replicas listen on (loopback by default).
     pub bind_ip: IpAddr,
+    /// Runtimes kept started ahead of time for any function (0: none).
+    pub spares: usize,
+}
+
+/// Variables set by the runtime itself for every replica: a function's values for them
+/// are dropped (as they always were: these were set last).
+const RUNTIME_VARS: [&str; 4] = ["PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PORT", "ROOST_BIND"];
+
+/// Whether a variable is read only when a process starts (by the interpreter or the C
+/// library), so that a spare, started before its function was known, would miss it.
+pub fn read_at_start(name: &str) -> bool {
+    ["PYTHON", "LD_", "LC_", "MALLOC_"].iter().any(|p| name.starts_with(p)) || ["LANG", "LANGUAGE", "TZ"].contains(&name)
+}
+
+/// A runtime started ahead of time, waiting on stdin for the function it is to serve.
+#[derive(Debug)]
+struct Spare {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    port: u16,
+    log: PathBuf,
+}
+
+/// How replicas and spares are started: the interpreter, its flags and the runtime's
+/// environment.
+#[derive(Debug)]
+struct Launcher {
+    config: ProcessConfig,
+    /// `PYTHONPATH` of every replica: the runtime, then the folders `site` would add;
+    /// `None` when they could not be read (then replicas start without `-S`).
+    python_path: Option<std::ffi::OsString>,
+}
+
+impl Launcher {
+    /// `python3 [-S] -m roost_runtime <mode>` on `port`, writing to `log`, with `env`
+    /// (a function's variables) under the runtime's own.
+    fn command(&self, mode: &str, port: u16, log: std::fs::File, env: &[(String, String)]) -> std::io::Result<Command> {
+        let mut cmd = Command::new(&self.config.python);
+        if self.python_path.is_some() {
+            cmd.arg("-S");
+        }
+        cmd.args(["-m", "roost_runtime", mode])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("PYTHONPATH", self.python_path.clone().unwrap_or_else(|| self.config.runtime_dir.clone().into_os_string()))
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PORT", port.to_string())
+            .env("ROOST_BIND", self.config.bind_ip.to_string())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .process_group(0);
+        Ok(cmd)
+    }
+
+    /// Starts a spare: listening, importing, waiting for its function.
+    fn spare(&self, seq: u64) -> std::io::Result<Spare> {
+        let port = free_port(self.config.bind_ip)?;
+        let log = self.config.state_dir.join(format!("spare-{}-{seq}.log", std::process::id()));
+        let mut cmd = self.command("spare", port, std::fs::File::create(&log)?, &[])?;
+        cmd.current_dir(&self.config.state_dir).stdin(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        Ok(Spare { child, stdin, port, log })
+    }
+}
+
+/// The spares, kept at their number by [`Pool::top_up`].
+#[derive(Debug)]
+struct Pool {
+    launcher: Arc<Launcher>,
+    spares: Mutex<Vec<Spare>>,
+    /// Set by `close`: no spare is started after it.
+    closed: std::sync::atomic::AtomicBool,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+impl Pool {
+    /// Starts spares until there are as many as configured.
+    fn top_up(&self) {
+        let mut spares = self.spares.lock().unwrap();
+        while spares.len() < self.launcher.config.spares && !self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            match self.launcher.spare(self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                Ok(s) => spares.push(s),
+                Err(e) => {
+                    warn!(error = %e, "cannot start a spare runtime; cold starts start one each");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A live spare, if any (the oldest: the likeliest to have finished importing).
+    fn take(&self) -> Option<Spare> {
+        let mut spares = self.spares.lock().unwrap();
+        while !spares.is_empty() {
+            let mut s = spares.remove(0);
+            match s.child.try_wait() {
+                Ok(None) => return Some(s),
+                _ => {
+                    warn!(log = %s.log.display(), "a spare runtime had exited; its log is kept");
+                }
+            }
+        }
+        None
+    }
+
+    /// Ends every spare: stdin closed (a spare then exits by itself), killed if it has
+    /// not after a second.
+    async fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let spares: Vec<Spare> = self.spares.lock().unwrap().drain(..).collect();
+        for Spare { mut child, stdin, log, .. } in spares {
+            drop(stdin);
+            if tokio::time::timeout(Duration::from_secs(1), child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+            let _ = std::fs::remove_file(log);
+        }
+    }
 }
 
 /// The process runtime.
 #[derive(Debug)]
 pub struct ProcessRuntime {
     config: ProcessConfig,
-    /// `PYTHONPATH` of every replica: the runtime, then the folders `site` would add;
-    /// `None` when they could not be read (then replicas start without `-S`).
-    python_path: Option<std::ffi::OsString>,
+    launcher: Arc<Launcher>,
+    pool: Arc<Pool>,
     /// Exit notifications of the replicas this orchestrator started, by replica id.
     exits: Mutex<HashMap<String, watch::Receiver<bool>>>,
     events_tx: mpsc::UnboundedSender<RuntimeEvent>,
@@ -101,6 +228,21 @@ fn free_port(ip: IpAddr) -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
+/// What a replica of `spec` (in `dir`) gets in its environment besides the runtime's own
+/// variables: the function's variables, then the runtime's settings for it.
+pub fn function_env(spec: &FunctionSpec, dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = spec.env.iter().filter(|(k, _)| !RUNTIME_VARS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    env.push(("ROOST_FUNCTION_NAME".into(), spec.name.clone()));
+    env.push(("ROOST_FUNCTION_DIR".into(), dir.display().to_string()));
+    env.push(("ROOST_TIMEOUT_S".into(), spec.limits.timeout.as_secs_f64().to_string()));
+    match &spec.runtime {
+        Kind::Python { file, .. } => env.push(("ROOST_FUNCTION_FILE".into(), file.clone())),
+        Kind::Command { command, .. } => env.push(("ROOST_COMMAND".into(), serde_json::to_string(command).expect("strings serialize"))),
+        Kind::Image { .. } => {}
+    }
+    env
+}
+
 impl ProcessRuntime {
     /// A process runtime; creates the state folder and resolves the interpreter to its
     /// real path once (a shim such as pyenv's costs tens of milliseconds per start).
@@ -109,10 +251,19 @@ impl ProcessRuntime {
         let (python, site) = resolve_interpreter(&config.python);
         config.python = python;
         let python_path = site.and_then(|dirs| std::env::join_paths(std::iter::once(config.runtime_dir.display().to_string()).chain(dirs)).ok());
+        // Logs of spares an earlier orchestrator left (the spares exited with it).
+        for entry in std::fs::read_dir(&config.state_dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("spare-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let launcher = Arc::new(Launcher { config: config.clone(), python_path });
+        let pool = Arc::new(Pool { launcher: launcher.clone(), spares: Mutex::default(), closed: Default::default(), seq: Default::default() });
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Arc::new(ProcessRuntime {
             config,
-            python_path,
+            launcher,
+            pool,
             exits: Mutex::default(),
             events_tx: tx,
             events_rx: Mutex::new(Some(rx)),
@@ -125,6 +276,67 @@ impl ProcessRuntime {
 
     fn log_file(&self, replica_id: &str) -> PathBuf {
         self.config.state_dir.join(format!("{replica_id}.log"))
+    }
+
+    /// Starts a replica of a function of `kind` in `dir` as a new process.
+    fn start_fresh(&self, kind: &str, dir: &std::path::Path, env: &[(String, String)], replica_id: &str) -> Result<(tokio::process::Child, u16), String> {
+        let port = free_port(self.config.bind_ip).map_err(|e| format!("no free port: {e}"))?;
+        let log = std::fs::File::create(self.log_file(replica_id)).map_err(|e| format!("cannot create its log file: {e}"))?;
+        let mut cmd = self.launcher.command(kind, port, log, env).map_err(|e| format!("log file: {e}"))?;
+        cmd.current_dir(dir).stdin(Stdio::null());
+        let child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", self.config.python.display()))?;
+        Ok((child, port))
+    }
+
+    /// Hands a spare its function: its log becomes the replica's, then one line on stdin.
+    async fn assign(&self, spare: Spare, kind: &str, env: &[(String, String)], replica_id: &str) -> std::io::Result<(tokio::process::Child, u16)> {
+        use tokio::io::AsyncWriteExt;
+        let Spare { mut child, mut stdin, port, log } = spare;
+        let env: serde_json::Map<String, serde_json::Value> = env.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+        let mut line = serde_json::to_vec(&serde_json::json!({"kind": kind, "env": env})).expect("strings serialize");
+        line.push(b'\n');
+        let handed = async {
+            std::fs::rename(&log, self.log_file(replica_id))?;
+            stdin.write_all(&line).await?;
+            stdin.flush().await
+        };
+        if let Err(e) = handed.await {
+            let _ = child.kill().await;
+            let _ = std::fs::remove_file(&log);
+            return Err(e);
+        }
+        Ok((child, port))
+    }
+
+    /// Records a started replica (state file, log, exit watch) and returns it.
+    fn track(&self, mut child: tokio::process::Child, port: u16, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Replica {
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let replica = Replica {
+            id: replica_id.to_string(),
+            function: spec.name.clone(),
+            version: spec.version.clone(),
+            spec_hash: spec_hash.to_string(),
+            address: SocketAddr::new(self.config.bind_ip, port),
+            handle: pid.to_string(),
+        };
+        let state = serde_json::to_string(&replica).expect("replica serializes");
+        if let Err(e) = std::fs::write(self.state_file(replica_id), state) {
+            warn!(error = %e, "cannot write the replica's state file; it cannot be adopted after a crash");
+        }
+        let (tx, rx) = watch::channel(false);
+        self.exits.lock().unwrap().insert(replica_id.to_string(), rx.clone());
+        self.follow_log(&replica, false, rx);
+        let (events, id, function, file) = (self.events_tx.clone(), replica_id.to_string(), spec.name.clone(), self.state_file(replica_id));
+        tokio::spawn(async move {
+            let reason = match child.wait().await {
+                Ok(status) => status.to_string(),
+                Err(e) => e.to_string(),
+            };
+            let _ = std::fs::remove_file(file);
+            let _ = tx.send(true);
+            let _ = events.send(RuntimeEvent::Exited { replica_id: id, function, reason });
+        });
+        replica
     }
 
     /// Follows a replica's log file into the orchestrator's log until the replica exits.
@@ -187,7 +399,10 @@ impl Runtime for ProcessRuntime {
                 runtime: "process",
                 reason: format!("image {image:?} needs the Docker runtime (ROOST_RUNTIME=docker)"),
             }),
-            _ => Ok(()),
+            _ => {
+                self.pool.top_up();
+                Ok(())
+            }
         }
     }
 
@@ -199,63 +414,21 @@ impl Runtime for ProcessRuntime {
             Kind::Image { .. } => return Err(self.prepare(spec, spec_hash).await.unwrap_err()),
         };
         let dir = self.config.definitions_dir.join(folder);
-        let port = free_port(self.config.bind_ip).map_err(|e| fail(format!("no free port: {e}")))?;
-        let log = std::fs::File::create(self.log_file(replica_id)).map_err(|e| fail(format!("cannot create its log file: {e}")))?;
-        let mut cmd = Command::new(&self.config.python);
-        if self.python_path.is_some() {
-            cmd.arg("-S");
-        }
-        cmd.args(["-m", "roost_runtime", kind])
-            .current_dir(&dir)
-            .envs(&spec.env)
-            .env("PYTHONPATH", self.python_path.clone().unwrap_or_else(|| self.config.runtime_dir.clone().into_os_string()))
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("PORT", port.to_string())
-            .env("ROOST_BIND", self.config.bind_ip.to_string())
-            .env("ROOST_FUNCTION_NAME", &spec.name)
-            .env("ROOST_FUNCTION_DIR", &dir)
-            .env("ROOST_TIMEOUT_S", spec.limits.timeout.as_secs_f64().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().map_err(|e| fail(format!("log file: {e}")))?))
-            .stderr(Stdio::from(log))
-            .process_group(0);
-        match &spec.runtime {
-            Kind::Python { file, .. } => {
-                cmd.env("ROOST_FUNCTION_FILE", file);
-            }
-            Kind::Command { command, .. } => {
-                cmd.env("ROOST_COMMAND", serde_json::to_string(command).expect("strings serialize"));
-            }
-            Kind::Image { .. } => unreachable!("refused above"),
-        }
-        let mut child = cmd.spawn().map_err(|e| fail(format!("cannot run {}: {e}", self.config.python.display())))?;
-        let pid = child.id().map(|p| p as i32).unwrap_or(0);
-        let replica = Replica {
-            id: replica_id.to_string(),
-            function: spec.name.clone(),
-            version: spec.version.clone(),
-            spec_hash: spec_hash.to_string(),
-            address: SocketAddr::new(self.config.bind_ip, port),
-            handle: pid.to_string(),
+        let env = function_env(spec, &dir);
+        let spare = if env.iter().any(|(k, _)| read_at_start(k)) { None } else { self.pool.take() };
+        let (child, port) = match spare {
+            Some(s) => match self.assign(s, kind, &env, replica_id).await {
+                Ok(started) => started,
+                Err(e) => {
+                    warn!(function = %spec.name, error = %e, "a spare runtime would not take the function; starting one");
+                    self.start_fresh(kind, &dir, &env, replica_id).map_err(fail)?
+                }
+            },
+            None => self.start_fresh(kind, &dir, &env, replica_id).map_err(fail)?,
         };
-        let state = serde_json::to_string(&replica).expect("replica serializes");
-        if let Err(e) = std::fs::write(self.state_file(replica_id), state) {
-            warn!(error = %e, "cannot write the replica's state file; it cannot be adopted after a crash");
-        }
-        let (tx, rx) = watch::channel(false);
-        self.exits.lock().unwrap().insert(replica_id.to_string(), rx.clone());
-        self.follow_log(&replica, false, rx);
-        let (events, id, function, file) = (self.events_tx.clone(), replica_id.to_string(), spec.name.clone(), self.state_file(replica_id));
-        tokio::spawn(async move {
-            let reason = match child.wait().await {
-                Ok(status) => status.to_string(),
-                Err(e) => e.to_string(),
-            };
-            let _ = std::fs::remove_file(file);
-            let _ = tx.send(true);
-            let _ = events.send(RuntimeEvent::Exited { replica_id: id, function, reason });
-        });
-        Ok(replica)
+        let pool = self.pool.clone();
+        tokio::spawn(async move { pool.top_up() });
+        Ok(self.track(child, port, spec, spec_hash, replica_id))
     }
 
     async fn stop(&self, replica: &Replica, grace: Duration) -> Result<(), RuntimeError> {
@@ -320,6 +493,10 @@ impl Runtime for ProcessRuntime {
             .unwrap()
             .take()
             .expect("ProcessRuntime::events is called once")
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
     }
 }
 
