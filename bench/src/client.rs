@@ -241,10 +241,15 @@ impl LoadResult {
     /// Counts one request that started at `started`: a 2xx answer with its latency, or
     /// a failure, described.
     pub fn record(&mut self, started: Instant, result: Result<Reply, ClientError>) {
+        self.record_took(started.elapsed(), result)
+    }
+
+    /// Counts one request that took `took` (measured when its answer came).
+    pub fn record_took(&mut self, took: Duration, result: Result<Reply, ClientError>) {
         match result {
             Ok(r) if (200..300).contains(&r.head.status) => {
                 self.ok += 1;
-                self.latencies_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+                self.latencies_ms.push(took.as_secs_f64() * 1000.0);
             }
             Ok(r) => {
                 self.errors += 1;
@@ -321,14 +326,15 @@ pub async fn burst(addr: SocketAddr, path: &str, n: usize) -> LoadResult {
                     Ok(mut c) => c.get(&path).await,
                     Err(e) => Err(e),
                 };
-                (t, r)
+                // Timed here, when the answer came (not when every task is joined).
+                (t.elapsed(), r)
             })
         })
         .collect();
     let mut total = LoadResult::default();
     for t in futures::future::join_all(tasks).await {
-        let (t, r) = t.expect("burst task panicked");
-        total.record(t, r);
+        let (took, r) = t.expect("burst task panicked");
+        total.record_took(took, r);
     }
     total.elapsed = start.elapsed();
     total
@@ -385,5 +391,27 @@ mod tests {
         let b = burst(dead, "/", 3).await;
         assert_eq!((b.ok, b.errors), (0, 3));
         assert!(b.failures[0].contains("refused"), "{:?}", b.failures);
+    }
+
+    #[tokio::test]
+    async fn each_request_of_a_burst_is_timed_when_its_own_answer_comes() {
+        // The first connection is answered at once, the second after 300 ms.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            for delay in [0u64, 300] {
+                let (mut c, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = c.read(&mut buf).await;
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                });
+            }
+        });
+        let mut b = burst(addr, "/", 2).await;
+        assert_eq!((b.ok, b.errors), (2, 0));
+        b.latencies_ms.sort_by(f64::total_cmp);
+        assert!(b.latencies_ms[0] < 250.0 && b.latencies_ms[1] >= 300.0, "{:?}", b.latencies_ms);
     }
 }
