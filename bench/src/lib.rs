@@ -184,8 +184,8 @@ async fn run_runtime(c: &Config, bin_dir: &std::path::Path, work: &std::path::Pa
 pub async fn run(c: Config, command: String) -> anyhow::Result<(Report, bool)> {
     let t0 = Instant::now();
     let home = std::fs::canonicalize(&c.home)?;
-    let python = machine::resolve_python(&c.python);
-    let c = Config { home: home.clone(), python, ..c };
+    let launcher = floors::launcher(&c.python, &home.join("faas-runtime"));
+    let c = Config { home: home.clone(), python: launcher.python().display().to_string(), ..c };
     let bin_dir = match &c.bin_dir {
         Some(d) => d.clone(),
         None => std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default(),
@@ -205,16 +205,17 @@ pub async fn run(c: Config, command: String) -> anyhow::Result<(Report, bool)> {
     }
     let rounds = c.rounds as usize;
 
-    progress("floor: loopback HTTP, python, the runtime by hand, docker start");
+    progress("floor: loopback HTTP, python, the runtime by hand (fresh and as a spare), docker start");
     let mut loopback = Vec::new();
     for conns in [1, 16] {
         loopback.push((conns, floors::loopback_http(conns, Duration::from_millis(c.slice_ms * 3)).await));
     }
     let python = err(floors::python_bare(&c.python, &[], rounds));
     let python_s = err(floors::python_bare(&c.python, &["-S"], rounds));
-    let runtime_floor = err(floors::runtime_bare(&c.python, &home.join("faas-runtime"), rounds).await);
+    let runtime_floor = err(floors::runtime_bare(&launcher, &home.join("faas-runtime"), rounds).await);
+    let spare_floor = err(floors::spare_bare(&launcher, &home.join("faas-runtime"), rounds).await);
     let docker_floor = if docker { Some(err(floors::docker(&c.docker_socket, &c.base_image, rounds).await)) } else { None };
-    let floors = Floors { loopback, python, python_s, runtime: runtime_floor, docker: docker_floor };
+    let floors = Floors { loopback, python, python_s, runtime: runtime_floor, spare: spare_floor, docker: docker_floor };
 
     let work = std::env::temp_dir().join(format!("roost-bench-{}", std::process::id()));
     let mut runs = Vec::new();
@@ -237,6 +238,7 @@ pub async fn run(c: Config, command: String) -> anyhow::Result<(Report, bool)> {
         && floors.python.is_ok()
         && floors.python_s.is_ok()
         && floors.runtime.is_ok()
+        && floors.spare.is_ok()
         && floors.docker.as_ref().is_none_or(|d| d.is_ok())
         && [&xds, &statsd].iter().all(|x| x.as_ref().is_none_or(|x| x.is_ok()));
     let date = std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();

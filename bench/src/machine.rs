@@ -38,12 +38,6 @@ pub fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines().filter_map(|l| l.split_once(':')).find(|(k, _)| k.trim() == key).map(|(_, v)| v.trim())
 }
 
-/// The interpreter's own path (`sys.executable`), as the orchestrator resolves it, so a
-/// version manager's shim is not timed; the given name when it cannot run.
-pub fn resolve_python(python: &str) -> String {
-    output(python, &["-c", "import sys; print(sys.executable)"], Path::new(".")).filter(|p| !p.is_empty()).unwrap_or_else(|| python.to_string())
-}
-
 /// Reads the machine; `home` is the repository, `envoy` Envoy's binary.
 pub fn read(home: &Path, envoy: &Path, python: &str) -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

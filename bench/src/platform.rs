@@ -50,6 +50,10 @@ pub struct Roost {
     pub orchestrator: SocketAddr,
     /// Which runtime.
     pub runtime: Runtime,
+    /// Envoy's binary (for the proxy floor).
+    pub envoy_bin: std::path::PathBuf,
+    /// Where this run keeps its files.
+    pub work_dir: std::path::PathBuf,
 }
 
 fn local(port: u16) -> SocketAddr {
@@ -73,7 +77,8 @@ impl Roost {
         let opts = UpOptions { port, home: home.to_path_buf(), definitions, work_dir: work_dir.to_path_buf(), bin_dir: bin_dir.to_path_buf(), runtime };
         let platform = roost_cli::up::start(&opts).await?;
         let a = platform.addresses.clone();
-        let roost = Roost { platform: Some(platform), gate: local(a.gate), envoy: local(a.envoy), orchestrator: local(a.orchestrator), runtime };
+        let envoy_bin = roost_cli::up::find_envoy(home)?;
+        let roost = Roost { platform: Some(platform), gate: local(a.gate), envoy: local(a.envoy), orchestrator: local(a.orchestrator), runtime, envoy_bin, work_dir: work_dir.to_path_buf() };
         roost.wait_for("every function declared", Duration::from_secs(30), |s| s["functions"].as_array().is_some_and(|f| f.len() == FUNCTIONS.len())).await?;
         // Wake each function once through the orchestrator (no gate deadline): with
         // Docker this builds the images and prepares the spares before any figure is

@@ -3,6 +3,7 @@
 //! to zero with an on/off load. Each is bounded in requests and time.
 
 use crate::client::{self, LoadResult};
+use crate::floors;
 use crate::platform::{ready_replicas, Roost, IDLE_TIMEOUT};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -88,31 +89,40 @@ pub struct Overhead {
     pub concurrency: usize,
     /// Straight to the replica.
     pub direct: LoadResult,
+    /// Through a bare Envoy (static configuration): the floor of Envoy alone.
+    pub bare_envoy: LoadResult,
+    /// Through a bare nginx and a bare Envoy: the floor of gate and Envoy.
+    pub bare_chain: LoadResult,
     /// Through Envoy only.
     pub envoy: LoadResult,
     /// Through the gate and Envoy: what users get.
     pub gate: LoadResult,
 }
 
-/// `warm` (one replica, never asleep) at each concurrency: direct, through Envoy, and
-/// through gate and Envoy, interleaved in `reps` slices of `slice` each so drift on the
-/// machine hits all three alike.
+/// `warm` (one replica, never asleep) at each concurrency: direct, through a bare Envoy,
+/// through a bare nginx and Envoy (the floor, [`floors::ProxyChain`]), through Roost's
+/// Envoy, and through gate and Envoy, interleaved in `reps` slices of `slice` each so
+/// drift on the machine hits all five alike.
 pub async fn overhead(roost: &Roost, concurrencies: &[usize], reps: usize, slice: Duration) -> anyhow::Result<Vec<Overhead>> {
     let f = roost.wait_function("warm", "its replica ready", WAIT, |f| ready_replicas(f) == 1).await?;
     let direct: SocketAddr = f["replicas"][0]["address"].as_str().unwrap_or_default().parse()?;
+    let chain = floors::ProxyChain::start(&roost.envoy_bin, direct, "/warm", &roost.work_dir.join("proxy-floor")).await?;
+    let paths = [(direct, "/"), (chain.envoy_addr, "/warm"), (chain.nginx_addr, "/warm"), (roost.envoy, "/warm"), (roost.gate, "/warm")];
     let mut out = Vec::new();
     for &c in concurrencies {
-        let mut o = Overhead { concurrency: c, direct: LoadResult::default(), envoy: LoadResult::default(), gate: LoadResult::default() };
-        for (addr, path) in [(direct, "/"), (roost.envoy, "/warm"), (roost.gate, "/warm")] {
+        for (addr, path) in paths {
             let _ = client::closed_loop(addr, path, c, Duration::from_millis(300)).await;
         }
+        let mut runs: [LoadResult; 5] = Default::default();
         for _ in 0..reps {
-            o.direct.merge(client::closed_loop(direct, "/", c, slice).await);
-            o.envoy.merge(client::closed_loop(roost.envoy, "/warm", c, slice).await);
-            o.gate.merge(client::closed_loop(roost.gate, "/warm", c, slice).await);
+            for (run, (addr, path)) in runs.iter_mut().zip(paths) {
+                run.merge(client::closed_loop(addr, path, c, slice).await);
+            }
         }
-        out.push(o);
+        let [direct, bare_envoy, bare_chain, envoy, gate] = runs;
+        out.push(Overhead { concurrency: c, direct, bare_envoy, bare_chain, envoy, gate });
     }
+    chain.stop().await;
     Ok(out)
 }
 

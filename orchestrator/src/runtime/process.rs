@@ -74,9 +74,9 @@ struct Spare {
 }
 
 /// How replicas and spares are started: the interpreter, its flags and the runtime's
-/// environment.
+/// environment (public so the benchmark's floor starts the runtime the same way).
 #[derive(Debug)]
-struct Launcher {
+pub struct Launcher {
     config: ProcessConfig,
     /// `PYTHONPATH` of every replica: the runtime, then the folders `site` would add;
     /// `None` when they could not be read (then replicas start without `-S`).
@@ -84,9 +84,23 @@ struct Launcher {
 }
 
 impl Launcher {
+    /// Resolves the interpreter to its real path once (a shim such as pyenv's costs tens
+    /// of milliseconds per start) and reads the folders its `site` module adds.
+    pub fn new(mut config: ProcessConfig) -> Launcher {
+        let (python, site) = resolve_interpreter(&config.python);
+        config.python = python;
+        let python_path = site.and_then(|dirs| std::env::join_paths(std::iter::once(config.runtime_dir.display().to_string()).chain(dirs)).ok());
+        Launcher { config, python_path }
+    }
+
+    /// The interpreter replicas run (its real path).
+    pub fn python(&self) -> &std::path::Path {
+        &self.config.python
+    }
+
     /// `python3 [-S] -m roost_runtime <mode>` on `port`, writing to `log`, with `env`
-    /// (a function's variables) under the runtime's own.
-    fn command(&self, mode: &str, port: u16, log: std::fs::File, env: &[(String, String)]) -> std::io::Result<Command> {
+    /// (a function's variables, see [`function_env`]) under the runtime's own.
+    pub fn command(&self, mode: &str, port: u16, log: std::fs::File, env: &[(String, String)]) -> std::io::Result<Command> {
         let mut cmd = Command::new(&self.config.python);
         if self.python_path.is_some() {
             cmd.arg("-S");
@@ -244,20 +258,18 @@ pub fn function_env(spec: &FunctionSpec, dir: &std::path::Path) -> Vec<(String, 
 }
 
 impl ProcessRuntime {
-    /// A process runtime; creates the state folder and resolves the interpreter to its
-    /// real path once (a shim such as pyenv's costs tens of milliseconds per start).
-    pub fn new(mut config: ProcessConfig) -> std::io::Result<Arc<ProcessRuntime>> {
+    /// A process runtime; creates the state folder and resolves the interpreter
+    /// ([`Launcher::new`]).
+    pub fn new(config: ProcessConfig) -> std::io::Result<Arc<ProcessRuntime>> {
         std::fs::create_dir_all(&config.state_dir)?;
-        let (python, site) = resolve_interpreter(&config.python);
-        config.python = python;
-        let python_path = site.and_then(|dirs| std::env::join_paths(std::iter::once(config.runtime_dir.display().to_string()).chain(dirs)).ok());
+        let launcher = Arc::new(Launcher::new(config));
+        let config = launcher.config.clone();
         // Logs of spares an earlier orchestrator left (the spares exited with it).
         for entry in std::fs::read_dir(&config.state_dir)?.flatten() {
             if entry.file_name().to_string_lossy().starts_with("spare-") {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        let launcher = Arc::new(Launcher { config: config.clone(), python_path });
         let pool = Arc::new(Pool { launcher: launcher.clone(), spares: Mutex::default(), closed: Default::default(), seq: Default::default() });
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Arc::new(ProcessRuntime {
