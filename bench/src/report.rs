@@ -15,6 +15,9 @@ pub const BEGIN: &str = "<!-- roost-bench:begin: written by `bash scripts/bench.
 /// The line after it.
 pub const END: &str = "<!-- roost-bench:end -->";
 
+/// One phase's samples of a cold start.
+type PhaseOf = fn(&ColdStart) -> &Vec<f64>;
+
 /// A scenario's result, or why it has none.
 pub type Outcome<T> = Result<T, String>;
 
@@ -323,8 +326,8 @@ impl Report {
             rule.push_str("---:|---:|");
         }
         let _ = writeln!(s, "{head}\n{rule}");
-        let rows: [(&str, fn(&ColdStart) -> &Vec<f64>); 7] = [
-            ("start (process spawned / container started)", |c| &c.start),
+        let rows: [(&str, PhaseOf); 7] = [
+            ("start (a spare told its function, a process spawned, or a container unpaused or started)", |c| &c.start),
             ("readiness (probed every 10 ms)", |c| &c.readiness),
             ("xDS: endpoint ACKed by Envoy", |c| &c.ack),
             ("ready notice in Redis", |c| &c.notice),

@@ -275,7 +275,7 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
 
     stack.spawn(
         "control-plane",
-        Command::new(binary(&opts, "control-plane")?)
+        Command::new(binary(opts, "control-plane")?)
             .env("ROOST_XDS_BIND", format!("127.0.0.1:{xds}"))
             .env("ROOST_ADMIN_BIND", format!("127.0.0.1:{cp_admin}"))
             .env("ROOST_LISTENER_ADDRESS", "127.0.0.1")
@@ -286,7 +286,7 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
 
     stack.spawn(
         "statsd-listener",
-        Command::new(binary(&opts, "statsd-listener")?)
+        Command::new(binary(opts, "statsd-listener")?)
             .env("ROOST_STATSD_BIND", format!("127.0.0.1:{statsd}"))
             .env("ROOST_METRICS_BIND", format!("127.0.0.1:{metrics}"))
             .env("ROOST_REDIS_URL", &redis_url),
@@ -307,7 +307,7 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
 
     stack.spawn(
         "orchestrator",
-        Command::new(binary(&opts, "orchestrator")?)
+        Command::new(binary(opts, "orchestrator")?)
             .env("ROOST_DEFINITIONS", &opts.definitions)
             .env("ROOST_REDIS_URL", &redis_url)
             .env("ROOST_CONTROL_PLANE_URL", format!("http://127.0.0.1:{cp_admin}"))
