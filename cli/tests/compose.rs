@@ -80,6 +80,14 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
         let v: Value = serde_json::from_str(&r.body).ok()?;
         v["functions"].as_array()?.iter().find(|f| f["name"] == name).cloned()
     };
+    // `sleep`'s image is built when compose starts (with the others, in parallel; a minute
+    // on a slow storage driver), and a call held longer than the gate's 30 s gets a
+    // 504: call it until its image is built and it answers.
+    wait_until(WAIT, "/sleep answering once its image is built", || async {
+        let r = http::get(gate, "/sleep?ms=1").await.ok()?;
+        (r.status == 200).then_some(())
+    })
+    .await;
     // A burst on `sleep` (target concurrency 1) brings a second container.
     let burst: Vec<_> = (0..6).map(|_| tokio::spawn(async move { http::get(gate, "/sleep?ms=1500").await })).collect();
     wait_until(WAIT, "a second sleep container", || async {
