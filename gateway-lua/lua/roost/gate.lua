@@ -335,20 +335,6 @@ end
 ---------------------------------------------------------------------------------------
 -- Answers
 
-local function ensure_request_id()
-    local id = ngx.var.roost_request_id
-    if id ~= "" then
-        return id
-    end
-    local h = ngx.var.http_x_request_id
-    if not h or not ngx.re.find(h, [[^[\x21-\x7e]{1,200}$]], "jo") then
-        h = ngx.var.request_id -- 32 hex digits, made by nginx
-    end
-    ngx.var.roost_request_id = h
-    ngx.req.set_header("X-Request-Id", h)
-    return h
-end
-
 local function json_exit(status, body, headers)
     body.request_id = ngx.var.roost_request_id
     ngx.status = status
@@ -364,16 +350,6 @@ end
 local function add_cold_ms(ms)
     local before = tonumber(ngx.var.roost_cold_ms) or 0
     ngx.var.roost_cold_ms = tostring(before + ms)
-end
-
-function _M.header_filter()
-    local id = ngx.var.roost_request_id
-    if id == "" then
-        return
-    end
-    ngx.header["X-Request-Id"] = id
-    local cold = ngx.var.roost_cold_ms
-    ngx.header["X-Roost-Cold-Start"] = cold ~= "" and (cold .. "ms") or "none"
 end
 
 ---------------------------------------------------------------------------------------
@@ -510,16 +486,11 @@ end
 ---------------------------------------------------------------------------------------
 -- Phases
 
--- The function a request names: the first segment of the path as sent (Envoy routes
--- on the same text).
-local function function_of_request()
+-- The first segment of the path as sent, for the 404 of a request whose segment is not a
+-- valid function name (nginx.conf's $roost_function is "" then).
+local function first_segment()
     local m = ngx.re.match(ngx.var.request_uri, [[^/([^/?#]*)]], "jo")
     return m and m[1] or ""
-end
-
--- common/src/naming.rs: 1-63 of a-z, 0-9, '-', '_', starting with a letter or digit.
-local function valid_name(fn)
-    return #fn <= 63 and ngx.re.find(fn, [[^[a-z0-9][a-z0-9_-]*$]], "jo") ~= nil
 end
 
 local function redis_unavailable(err)
@@ -582,12 +553,11 @@ local function admit(fn, force)
 end
 
 function _M.access()
-    ensure_request_id()
-    local fn = function_of_request()
-    if not valid_name(fn) then
-        return not_found(fn)
+    -- $roost_function and $roost_request_id are nginx.conf's maps.
+    local fn = ngx.var.roost_function
+    if fn == "" then
+        return not_found(first_segment())
     end
-    ngx.var.roost_function = fn
     -- Read the body now: a chunked body over the limit is refused (413) before any
     -- wake, a held request has its body, and a body in memory can be sent again.
     ngx.req.read_body()
@@ -622,7 +592,6 @@ function _M.rewake()
 end
 
 function _M.too_large()
-    ensure_request_id()
     ngx.status = 413
     ngx.header["Content-Type"] = "application/json"
     ngx.header["Cache-Control"] = "no-store"
