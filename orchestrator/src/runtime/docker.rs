@@ -765,15 +765,19 @@ mod tests {
         assert_eq!(got, Claim::Prepared("spare"));
     }
 
+    /// A claim of "h" in a task of its own, given 20 ms to start waiting.
+    async fn claim_soon(slots: &std::sync::Arc<SpareSlots<&'static str>>) -> tokio::task::JoinHandle<Claim<&'static str>> {
+        let slots = slots.clone();
+        let claim = tokio::spawn(async move { slots.claim("h", WAIT).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        claim
+    }
+
     #[tokio::test]
     async fn a_failed_preparation_gives_the_fallback_and_frees_the_slot() {
         let slots = SpareSlots::<&str>::new();
         let p = slots.begin("h").unwrap();
-        let claim = tokio::spawn({
-            let slots = slots.clone();
-            async move { slots.claim("h", WAIT).await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let claim = claim_soon(&slots).await;
         assert_eq!(p.finish(None), None);
         assert_eq!(claim.await.unwrap(), Claim::Missing);
         assert!(slots.begin("h").is_some(), "a new preparation may begin");
@@ -781,11 +785,7 @@ mod tests {
         // A preparation dropped unfinished (its task panicked) counts as failed.
         let slots = SpareSlots::<&str>::new();
         let p = slots.begin("h").unwrap();
-        let claim = tokio::spawn({
-            let slots = slots.clone();
-            async move { slots.claim("h", WAIT).await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let claim = claim_soon(&slots).await;
         drop(p);
         assert_eq!(claim.await.unwrap(), Claim::Missing);
         assert!(slots.begin("h").is_some());
@@ -834,11 +834,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         waiting.abort();
         let _ = waiting.await;
-        let claim = tokio::spawn({
-            let slots = slots.clone();
-            async move { slots.claim("h", WAIT).await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let claim = claim_soon(&slots).await;
         assert_eq!(p.finish(Some("spare-2")), None);
         assert_eq!(claim.await.unwrap(), Claim::Prepared("spare-2"));
     }
