@@ -133,19 +133,43 @@ impl Launcher {
 #[derive(Debug)]
 struct Pool {
     launcher: Arc<Launcher>,
-    spares: Mutex<Vec<Spare>>,
-    /// Set by `close`: no spare is started after it.
-    closed: std::sync::atomic::AtomicBool,
+    state: Mutex<PoolState>,
     seq: std::sync::atomic::AtomicU64,
 }
 
+#[derive(Debug, Default)]
+struct PoolState {
+    spares: Vec<Spare>,
+    /// Spares being spawned (outside the lock, so a cold start's `take` never waits on
+    /// a fork).
+    starting: usize,
+    /// Set by `close`: no spare is started after it.
+    closed: bool,
+}
+
 impl Pool {
-    /// Starts spares until there are as many as configured.
+    /// Starts spares until there are as many as configured. Spawning blocks (fork and
+    /// exec), so call it off the async workers, as [`Pool::top_up_later`] does.
     fn top_up(&self) {
-        let mut spares = self.spares.lock().unwrap();
-        while spares.len() < self.launcher.config.spares && !self.closed.load(std::sync::atomic::Ordering::SeqCst) {
-            match self.launcher.spare(self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
-                Ok(s) => spares.push(s),
+        loop {
+            {
+                let mut st = self.state.lock().unwrap();
+                if st.closed || st.spares.len() + st.starting >= self.launcher.config.spares {
+                    return;
+                }
+                st.starting += 1;
+            }
+            let spare = self.launcher.spare(self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            let mut st = self.state.lock().unwrap();
+            st.starting -= 1;
+            match spare {
+                Ok(s) if !st.closed => st.spares.push(s),
+                Ok(mut s) => {
+                    // Closed while it was spawned: it goes at once, with its log.
+                    let _ = s.child.start_kill();
+                    let _ = std::fs::remove_file(&s.log);
+                    return;
+                }
                 Err(e) => {
                     warn!(error = %e, "cannot start a spare runtime; cold starts start one each");
                     return;
@@ -154,9 +178,15 @@ impl Pool {
         }
     }
 
+    /// [`Pool::top_up`] on a blocking thread.
+    fn top_up_later(self: &Arc<Self>) {
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || pool.top_up());
+    }
+
     /// A live spare, if any (the oldest: the likeliest to have finished importing).
     fn take(&self) -> Option<Spare> {
-        let mut spares = self.spares.lock().unwrap();
+        let spares = &mut self.state.lock().unwrap().spares;
         while !spares.is_empty() {
             let mut s = spares.remove(0);
             match s.child.try_wait() {
@@ -170,10 +200,19 @@ impl Pool {
     }
 
     /// Ends every spare: stdin closed (a spare then exits by itself), killed if it has
-    /// not after a second.
+    /// not after a second. Returns once no spare is being spawned either.
     async fn close(&self) {
-        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-        let spares: Vec<Spare> = self.spares.lock().unwrap().drain(..).collect();
+        let spares: Vec<Spare> = {
+            let mut st = self.state.lock().unwrap();
+            st.closed = true;
+            st.spares.drain(..).collect()
+        };
+        for _ in 0..500 {
+            if self.state.lock().unwrap().starting == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         for Spare { mut child, stdin, log, .. } in spares {
             drop(stdin);
             if tokio::time::timeout(Duration::from_secs(1), child.wait()).await.is_err() {
@@ -187,8 +226,7 @@ impl Pool {
 /// The process runtime.
 #[derive(Debug)]
 pub struct ProcessRuntime {
-    config: ProcessConfig,
-    launcher: Arc<Launcher>,
+    /// The spares, and the launcher that starts them and every replica.
     pool: Arc<Pool>,
     /// Exit notifications of the replicas this orchestrator started, by replica id.
     exits: Mutex<HashMap<String, watch::Receiver<bool>>>,
@@ -262,19 +300,16 @@ impl ProcessRuntime {
     /// ([`Launcher::new`]).
     pub fn new(config: ProcessConfig) -> std::io::Result<Arc<ProcessRuntime>> {
         std::fs::create_dir_all(&config.state_dir)?;
-        let launcher = Arc::new(Launcher::new(config));
-        let config = launcher.config.clone();
         // Logs of spares an earlier orchestrator left (the spares exited with it).
         for entry in std::fs::read_dir(&config.state_dir)?.flatten() {
             if entry.file_name().to_string_lossy().starts_with("spare-") {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        let pool = Arc::new(Pool { launcher: launcher.clone(), spares: Mutex::default(), closed: Default::default(), seq: Default::default() });
+        let launcher = Arc::new(Launcher::new(config));
+        let pool = Arc::new(Pool { launcher, state: Mutex::default(), seq: Default::default() });
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Arc::new(ProcessRuntime {
-            config,
-            launcher,
             pool,
             exits: Mutex::default(),
             events_tx: tx,
@@ -282,21 +317,25 @@ impl ProcessRuntime {
         }))
     }
 
+    fn config(&self) -> &ProcessConfig {
+        &self.pool.launcher.config
+    }
+
     fn state_file(&self, replica_id: &str) -> PathBuf {
-        self.config.state_dir.join(format!("{replica_id}.json"))
+        self.config().state_dir.join(format!("{replica_id}.json"))
     }
 
     fn log_file(&self, replica_id: &str) -> PathBuf {
-        self.config.state_dir.join(format!("{replica_id}.log"))
+        self.config().state_dir.join(format!("{replica_id}.log"))
     }
 
     /// Starts a replica of a function of `kind` in `dir` as a new process.
     fn start_fresh(&self, kind: &str, dir: &std::path::Path, env: &[(String, String)], replica_id: &str) -> Result<(tokio::process::Child, u16), String> {
-        let port = free_port(self.config.bind_ip).map_err(|e| format!("no free port: {e}"))?;
+        let port = free_port(self.config().bind_ip).map_err(|e| format!("no free port: {e}"))?;
         let log = std::fs::File::create(self.log_file(replica_id)).map_err(|e| format!("cannot create its log file: {e}"))?;
-        let mut cmd = self.launcher.command(kind, port, log, env).map_err(|e| format!("log file: {e}"))?;
+        let mut cmd = self.pool.launcher.command(kind, port, log, env).map_err(|e| format!("log file: {e}"))?;
         cmd.current_dir(dir).stdin(Stdio::null());
-        let child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", self.config.python.display()))?;
+        let child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", self.config().python.display()))?;
         Ok((child, port))
     }
 
@@ -328,7 +367,7 @@ impl ProcessRuntime {
             function: spec.name.clone(),
             version: spec.version.clone(),
             spec_hash: spec_hash.to_string(),
-            address: SocketAddr::new(self.config.bind_ip, port),
+            address: SocketAddr::new(self.config().bind_ip, port),
             handle: pid.to_string(),
         };
         let state = serde_json::to_string(&replica).expect("replica serializes");
@@ -412,7 +451,7 @@ impl Runtime for ProcessRuntime {
                 reason: format!("image {image:?} needs the Docker runtime (ROOST_RUNTIME=docker)"),
             }),
             _ => {
-                self.pool.top_up();
+                self.pool.top_up_later();
                 Ok(())
             }
         }
@@ -425,7 +464,7 @@ impl Runtime for ProcessRuntime {
             Kind::Command { folder, .. } => ("command", folder),
             Kind::Image { .. } => return Err(self.prepare(spec, spec_hash).await.unwrap_err()),
         };
-        let dir = self.config.definitions_dir.join(folder);
+        let dir = self.config().definitions_dir.join(folder);
         let env = function_env(spec, &dir);
         let spare = if env.iter().any(|(k, _)| read_at_start(k)) { None } else { self.pool.take() };
         let (child, port) = match spare {
@@ -438,8 +477,7 @@ impl Runtime for ProcessRuntime {
             },
             None => self.start_fresh(kind, &dir, &env, replica_id).map_err(fail)?,
         };
-        let pool = self.pool.clone();
-        tokio::spawn(async move { pool.top_up() });
+        self.pool.top_up_later();
         Ok(self.track(child, port, spec, spec_hash, replica_id))
     }
 
@@ -470,7 +508,7 @@ impl Runtime for ProcessRuntime {
 
     async fn list(&self) -> Result<Vec<Replica>, RuntimeError> {
         let mut out = Vec::new();
-        let entries = std::fs::read_dir(&self.config.state_dir).map_err(|e| RuntimeError::Other(e.to_string()))?;
+        let entries = std::fs::read_dir(&self.config().state_dir).map_err(|e| RuntimeError::Other(e.to_string()))?;
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
