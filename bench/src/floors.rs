@@ -6,6 +6,7 @@
 
 use crate::client::{self, LoadResult};
 use roost_orchestrator::runtime::process::{function_env, Launcher, ProcessConfig};
+use roost_testkit::process::{free_port, Guard};
 use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use bollard::{ClientVersion, Docker};
@@ -102,7 +103,7 @@ pub async fn spare_bare(launcher: &Launcher, runtime_dir: &Path, rounds: usize) 
     line.push(b'\n');
     let mut out = Vec::with_capacity(rounds);
     for _ in 0..rounds {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port();
         let mut cmd = launcher.command("spare", port, null()?, &[])?;
         let mut child = cmd.current_dir(std::env::temp_dir()).stdin(Stdio::piped()).stdout(Stdio::piped()).kill_on_drop(true).spawn()?;
         // A spare in the pool has long finished importing when a cold start takes it.
@@ -123,8 +124,8 @@ pub async fn spare_bare(launcher: &Launcher, runtime_dir: &Path, rounds: usize) 
 /// cluster, no xDS, as many workers as Roost's) and a bare nginx in front of it (the
 /// gate's proxy settings and worker count, no Lua), before one replica.
 pub struct ProxyChain {
-    envoy: tokio::process::Child,
-    nginx: tokio::process::Child,
+    envoy: Guard,
+    nginx: Guard,
     /// The bare Envoy's listener.
     pub envoy_addr: SocketAddr,
     /// The bare nginx.
@@ -141,16 +142,12 @@ fn nginx_binary() -> PathBuf {
     on_path("openresty").or_else(|| on_path("nginx")).unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl ProxyChain {
     /// Starts both before `upstream`, routing `path` to its `/` as Roost routes a
     /// function (files under `dir`), and waits until a request through both is answered.
     pub async fn start(envoy_bin: &Path, upstream: SocketAddr, path: &str, dir: &Path) -> anyhow::Result<ProxyChain> {
         std::fs::create_dir_all(dir.join("logs"))?;
-        let (envoy_port, admin_port, nginx_port) = (free_port()?, free_port()?, free_port()?);
+        let (envoy_port, admin_port, nginx_port) = (free_port(), free_port(), free_port());
         let envoy_conf = dir.join("envoy.yaml");
         std::fs::write(&envoy_conf, format!(
             "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}\n\
@@ -165,17 +162,26 @@ impl ProxyChain {
                server {{\n    listen 127.0.0.1:{nginx_port} reuseport;\n    proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n    proxy_set_header Host $http_host;\n    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n    proxy_set_header X-Forwarded-Proto $scheme;\n    proxy_buffering off;\n    location / {{ proxy_pass http://envoy$request_uri; }}\n  }}\n}}\n"
         ))?;
         let log = |name: &str| std::fs::File::create(dir.join("logs").join(name));
-        let envoy = tokio::process::Command::new(envoy_bin)
-            .arg("-c").arg(&envoy_conf)
-            .args(["--disable-hot-restart", "--concurrency", "2"])
-            .stdout(Stdio::from(log("envoy.log")?)).stderr(Stdio::from(log("envoy.log")?))
-            .kill_on_drop(true)
-            .spawn()?;
-        let nginx = tokio::process::Command::new(nginx_binary())
-            .arg("-p").arg(format!("{}/", dir.display())).arg("-c").arg(&nginx_conf).args(["-e", "stderr"])
-            .stdout(Stdio::from(log("nginx.log")?)).stderr(Stdio::from(log("nginx.log")?))
-            .kill_on_drop(true)
-            .spawn()?;
+        let envoy = Guard::try_spawn(
+            "the bare Envoy",
+            Command::new(envoy_bin)
+                .arg("-c")
+                .arg(&envoy_conf)
+                .args(["--disable-hot-restart", "--concurrency", "2"])
+                .stdout(Stdio::from(log("envoy.log")?))
+                .stderr(Stdio::from(log("envoy.log")?)),
+        )?;
+        let nginx = Guard::try_spawn(
+            "the bare nginx",
+            Command::new(nginx_binary())
+                .arg("-p")
+                .arg(format!("{}/", dir.display()))
+                .arg("-c")
+                .arg(&nginx_conf)
+                .args(["-e", "stderr"])
+                .stdout(Stdio::from(log("nginx.log")?))
+                .stderr(Stdio::from(log("nginx.log")?)),
+        )?;
         let chain = ProxyChain { envoy, nginx, envoy_addr: SocketAddr::from(([127, 0, 0, 1], envoy_port)), nginx_addr: SocketAddr::from(([127, 0, 0, 1], nginx_port)), dir: dir.to_path_buf() };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -189,16 +195,11 @@ impl ProxyChain {
         }
     }
 
-    /// Stops both (nginx with SIGQUIT, so its workers go too) and removes their files.
-    pub async fn stop(mut self) {
-        if let Some(pid) = self.nginx.id() {
-            let _ = Command::new("kill").args(["-QUIT", &pid.to_string()]).status();
-        }
-        if tokio::time::timeout(Duration::from_secs(10), self.nginx.wait()).await.is_err() {
-            let _ = self.nginx.kill().await;
-        }
-        let _ = self.envoy.kill().await;
-        let _ = std::fs::remove_dir_all(&self.dir);
+    /// Stops both (SIGTERM: nginx takes its workers with it) and removes their files.
+    pub async fn stop(self) {
+        let ProxyChain { envoy, nginx, dir, .. } = self;
+        tokio::task::spawn_blocking(move || drop((nginx, envoy))).await.expect("stopping the proxy floor");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

@@ -96,6 +96,15 @@ impl Config {
 
 const NOT_SELECTED: &str = "not run (--scenarios)";
 
+/// Runs scenario `s` (saying `what`) if it is selected; its figures, or why there are none.
+async fn selected<T, F: std::future::Future<Output = anyhow::Result<T>>>(c: &Config, s: Scenario, what: String, run: impl FnOnce() -> F) -> Result<T, String> {
+    if !c.runs(s) {
+        return Err(NOT_SELECTED.to_string());
+    }
+    progress(&what);
+    err(run().await)
+}
+
 /// Figures, or a scenario left out on purpose.
 fn ran<T>(r: &Result<T, String>) -> bool {
     r.as_ref().err().is_none_or(|e| e == NOT_SELECTED)
@@ -140,36 +149,11 @@ async fn run_runtime(c: &Config, bin_dir: &std::path::Path, work: &std::path::Pa
         Err(e) => return failed(&err::<()>(Err(e.context("the platform did not start"))).unwrap_err()),
     };
     let rounds = c.rounds as usize;
-    let cold = if c.runs(Scenario::Cold) {
-        progress(&format!("{name}: cold start, {rounds} rounds"));
-        err(scenarios::cold_start(&roost, rounds).await)
-    } else {
-        Err(NOT_SELECTED.to_string())
-    };
-    let burst = if c.runs(Scenario::Burst) {
-        progress(&format!("{name}: burst of {}", c.burst));
-        err(scenarios::burst(&roost, c.burst as usize).await)
-    } else {
-        Err(NOT_SELECTED.to_string())
-    };
-    let overhead = if c.runs(Scenario::Overhead) {
-        progress(&format!("{name}: warm overhead"));
-        err(scenarios::overhead(&roost, &[1, 16], 3, Duration::from_millis(c.slice_ms)).await)
-    } else {
-        Err(NOT_SELECTED.to_string())
-    };
-    let autoscale = if c.runs(Scenario::Autoscale) {
-        progress(&format!("{name}: autoscale reaction"));
-        err(scenarios::autoscale(&roost, 5, 4, 50).await)
-    } else {
-        Err(NOT_SELECTED.to_string())
-    };
-    let zero = if c.runs(Scenario::Zero) {
-        progress(&format!("{name}: scale to zero and the on/off load"));
-        err(scenarios::scale_to_zero(&roost, 5, 8, c.onoff_requests, Duration::from_secs(180)).await)
-    } else {
-        Err(NOT_SELECTED.to_string())
-    };
+    let cold = selected(c, Scenario::Cold, format!("{name}: cold start, {rounds} rounds"), || scenarios::cold_start(&roost, rounds)).await;
+    let burst = selected(c, Scenario::Burst, format!("{name}: burst of {}", c.burst), || scenarios::burst(&roost, c.burst as usize)).await;
+    let overhead = selected(c, Scenario::Overhead, format!("{name}: warm overhead"), || scenarios::overhead(&roost, &[1, 16], 3, Duration::from_millis(c.slice_ms))).await;
+    let autoscale = selected(c, Scenario::Autoscale, format!("{name}: autoscale reaction"), || scenarios::autoscale(&roost, 5, 4, 50)).await;
+    let zero = selected(c, Scenario::Zero, format!("{name}: scale to zero and the on/off load"), || scenarios::scale_to_zero(&roost, 5, 8, c.onoff_requests, Duration::from_secs(180))).await;
     let check = roost.check();
     roost.stop();
     let mut run = RuntimeRun { runtime: name.clone(), cold, burst, overhead, autoscale, zero };

@@ -73,7 +73,7 @@ impl Roost {
         }
         let definitions = work_dir.join("functions.yml");
         std::fs::write(&definitions, DEFINITIONS)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = roost_testkit::process::free_port();
         let opts = UpOptions { port, home: home.to_path_buf(), definitions, work_dir: work_dir.to_path_buf(), bin_dir: bin_dir.to_path_buf(), runtime };
         let platform = roost_cli::up::start(&opts).await?;
         let a = platform.addresses.clone();

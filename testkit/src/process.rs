@@ -29,13 +29,15 @@ pub struct Guard {
 impl Guard {
     /// Spawns `cmd`, panicking with `name` and the error if it cannot start.
     pub fn spawn(name: &str, cmd: &mut Command) -> Guard {
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        Guard {
-            child: Some(child),
+        Guard::try_spawn(name, cmd).unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"))
+    }
+
+    /// Spawns `cmd`, or says why it cannot start.
+    pub fn try_spawn(name: &str, cmd: &mut Command) -> std::io::Result<Guard> {
+        Ok(Guard {
+            child: Some(cmd.spawn()?),
             name: name.to_string(),
-        }
+        })
     }
 
     /// The process id, while it runs.
