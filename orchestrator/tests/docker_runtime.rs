@@ -71,13 +71,26 @@ async fn container_is_built_started_hardened_probed_and_stopped() {
     let replica = rt.start(&spec, "testhash0001", "hello-test-a").await.expect("container starts");
     let ready = roost_orchestrator::probe::until_ready(replica.address, "/healthz", Duration::from_millis(10), Duration::from_secs(20)).await;
     assert!(ready.is_some(), "the container never answered /healthz on {}", replica.address);
-    let r = roost_testkit::http::get(replica.address.port(), "/").await;
-    let _ = r; // the helper only speaks to 127.0.0.1; use a raw request instead:
+    // testkit's HTTP helper speaks to 127.0.0.1 only; the container is on its network.
     let body = raw_get(replica.address, "/").await;
     assert!(body.contains(r#"{"Hello": "World"}"#), "{body}");
 
     let listed = rt.list().await.unwrap();
     assert!(listed.iter().any(|r| r.id == "hello-test-a" && r.address == replica.address), "{listed:?}");
+    // The next spare (one: a single preparation per function) ends paused. Listing
+    // (which removes stopped leftovers) leaves this runtime's own spare alone, whether
+    // it is created, warming or paused, and does not report it as a replica.
+    let on_net = |status: &'static str| {
+        let net = net.clone();
+        move || {
+            let out = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=roost.network={net}"), "--filter", &format!("status={status}")]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).split_whitespace().count()
+        }
+    };
+    wait_until(WAIT, "the next spare, paused", || async { (on_net("paused")() == 1).then_some(()) }).await;
+    let listed = rt.list().await.unwrap();
+    assert_eq!(listed.len(), 1, "only the started replica is listed: {listed:?}");
+    assert_eq!(on_net("paused")(), 1, "list removed the paused spare");
 
     let docker = bollard::Docker::connect_with_unix("/var/run/docker.sock", 60, &bollard::ClientVersion { major_version: 1, minor_version: 41 }).unwrap();
     let c = docker.inspect_container(&replica.handle, None::<InspectContainerOptions>).await.unwrap();
@@ -89,9 +102,9 @@ async fn container_is_built_started_hardened_probed_and_stopped() {
     assert_eq!(host.pids_limit, Some(64));
     assert_eq!(c.config.unwrap().user.as_deref(), Some("65534:65534"));
 
-    // Both cold starts came while a spare was being prepared (by `prepare`, then by the
-    // first start): each waited for it and took it, instead of starting a container of
-    // its own beside the preparation. A spare's container is named after its spare label.
+    // The first cold start came while `prepare`'s spare was being prepared: it waited for
+    // it and took it instead of starting a container of its own beside the preparation.
+    // The second takes the paused spare. A spare's container is named after its label.
     let second = rt.start(&spec, "testhash0001", "hello-test-a2").await.expect("a second container starts");
     for r in [&replica, &second] {
         let c = docker.inspect_container(&r.handle, None::<InspectContainerOptions>).await.unwrap();
@@ -99,19 +112,13 @@ async fn container_is_built_started_hardened_probed_and_stopped() {
         assert!(name.starts_with("/roost-hello-spare-"), "replica {} is not the spare that was being prepared: container {name}", r.id);
     }
     assert_ne!(second.handle, replica.handle);
+    assert!(roost_orchestrator::probe::until_ready(second.address, "/healthz", Duration::from_millis(10), Duration::from_secs(20)).await.is_some());
     assert!(raw_get(second.address, "/").await.contains(r#"{"Hello": "World"}"#));
 
     rt.stop(&replica, Duration::from_secs(5)).await.unwrap();
     rt.stop(&second, Duration::from_secs(5)).await.unwrap();
     assert!(docker.inspect_container(&replica.handle, None::<InspectContainerOptions>).await.is_err(), "container removed");
-    // The next spare (one: a single preparation per function) is paused; close removes it.
-    let on_net = |status: &'static str| {
-        let net = net.clone();
-        move || {
-            let out = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=roost.network={net}"), "--filter", &format!("status={status}")]).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).split_whitespace().count()
-        }
-    };
+    // The spare after the second start is paused too; close removes it.
     wait_until(WAIT, "the next spare, paused", || async { (on_net("paused")() == 1).then_some(()) }).await;
     rt.close().await;
     assert_eq!(on_net("paused")() + on_net("running")() + on_net("created")(), 0, "close left a container behind");

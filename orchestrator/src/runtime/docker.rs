@@ -25,7 +25,7 @@ use bollard::query_parameters::{
 use bollard::{ClientVersion, Docker};
 use futures::StreamExt;
 use roost_common::spec::{FunctionSpec, Runtime as Kind};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -87,6 +87,9 @@ pub struct DockerRuntime {
     /// Replica ids of containers created as spares: their label's id -> the id the
     /// orchestrator gave the replica.
     aliases: std::sync::Arc<Mutex<HashMap<String, String>>>,
+    /// Label ids of the spares this runtime is preparing or keeps and has not handed out:
+    /// `list` leaves them alone (a created or paused spare is not a leftover).
+    own_spares: std::sync::Arc<Mutex<HashSet<String>>>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
 }
 
@@ -158,7 +161,7 @@ impl DockerRuntime {
             .map_err(|e| other(format!("cannot use the Docker socket {socket}: {e}; is Docker running, and is the socket mounted?")))?;
         docker.ping().await.map_err(|e| other(format!("the Docker engine at {socket} does not answer: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let rt = std::sync::Arc::new(DockerRuntime { docker: docker.clone(), config, builds: Default::default(), images: Default::default(), spares: SpareSlots::new(), aliases: Default::default(), events_rx: Mutex::new(Some(rx)) });
+        let rt = std::sync::Arc::new(DockerRuntime { docker: docker.clone(), config, builds: Default::default(), images: Default::default(), spares: SpareSlots::new(), aliases: Default::default(), own_spares: Default::default(), events_rx: Mutex::new(Some(rx)) });
         rt.ensure_network().await?;
         tokio::spawn(follow_exits(docker, tx, rt.aliases.clone()));
         Ok(rt)
@@ -206,10 +209,11 @@ impl DockerRuntime {
     /// paused. A spare that cannot be warmed is replaced by a created one.
     fn spawn_spare(&self, spec: &FunctionSpec, spec_hash: &str, image: &str) {
         let Some(preparation) = self.spares.begin(spec_hash) else { return };
-        let (docker, config) = (self.docker.clone(), self.config.clone());
+        let (docker, config, own) = (self.docker.clone(), self.config.clone(), self.own_spares.clone());
         let (spec, hash, image) = (spec.clone(), spec_hash.to_string(), image.to_string());
+        let label_id = format!("{}-spare-{:x}", spec.name, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        own.lock().unwrap().insert(label_id.clone());
         tokio::spawn(async move {
-            let label_id = format!("{}-spare-{:x}", spec.name, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
             let mut created = create(&docker, &config, &spec, &hash, &image, &label_id).await;
             let mut warm = None;
             if let (Ok(container), true) = (&created, config.warm_spares) {
@@ -226,11 +230,13 @@ impl DockerRuntime {
                 Ok(container) => {
                     // Handed back after `close`: removed, never left behind.
                     if let Some(left) = preparation.finish(Some(Spare { container, label_id, warm })) {
+                        own.lock().unwrap().remove(&left.label_id);
                         let _ = docker.remove_container(&left.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
                     }
                 }
                 Err(e) => {
                     warn!(function = %spec.name, error = %e, "cannot create a spare container");
+                    own.lock().unwrap().remove(&label_id);
                     let _ = preparation.finish(None);
                 }
             }
@@ -601,6 +607,7 @@ impl Runtime for DockerRuntime {
         let mut warm = None;
         if let Some(s) = spare {
             self.aliases.lock().unwrap().insert(s.label_id.clone(), replica_id.to_string());
+            self.own_spares.lock().unwrap().remove(&s.label_id);
             let resumed = match s.warm {
                 Some(_) => self.docker.unpause_container(&s.container).await,
                 None => self.docker.start_container(&s.container, None).await,
@@ -669,6 +676,10 @@ impl Runtime for DockerRuntime {
             .map_err(other)?;
         let mut out = Vec::new();
         for c in &list {
+            let label = c.labels.as_ref().and_then(|l| l.get("roost.replica"));
+            if label.is_some_and(|id| self.own_spares.lock().unwrap().contains(id)) {
+                continue; // this runtime's spare (created, warming or paused): not a replica, not a leftover
+            }
             let running = c.state.as_ref().map(|s| format!("{s:?}").to_lowercase().contains("running")).unwrap_or(false);
             match self.replica_of(c).filter(|_| running) {
                 Some(r) => out.push(r),
@@ -689,6 +700,7 @@ impl Runtime for DockerRuntime {
 
     async fn close(&self) {
         for s in self.spares.close() {
+            self.own_spares.lock().unwrap().remove(&s.label_id);
             let _ = self.docker.remove_container(&s.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
         }
     }
