@@ -80,17 +80,10 @@ async fn container_is_built_started_hardened_probed_and_stopped() {
     // The next spare (one: a single preparation per function) ends paused. Listing
     // (which removes stopped leftovers) leaves this runtime's own spare alone, whether
     // it is created, warming or paused, and does not report it as a replica.
-    let on_net = |status: &'static str| {
-        let net = net.clone();
-        move || {
-            let out = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=roost.network={net}"), "--filter", &format!("status={status}")]).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).split_whitespace().count()
-        }
-    };
-    wait_until(WAIT, "the next spare, paused", || async { (on_net("paused")() == 1).then_some(()) }).await;
+    wait_until(WAIT, "the next spare, paused", || async { (containers_on(&net, "paused") == 1).then_some(()) }).await;
     let listed = rt.list().await.unwrap();
     assert_eq!(listed.len(), 1, "only the started replica is listed: {listed:?}");
-    assert_eq!(on_net("paused")(), 1, "list removed the paused spare");
+    assert_eq!(containers_on(&net, "paused"), 1, "list removed the paused spare");
 
     let docker = bollard::Docker::connect_with_unix("/var/run/docker.sock", 60, &bollard::ClientVersion { major_version: 1, minor_version: 41 }).unwrap();
     let c = docker.inspect_container(&replica.handle, None::<InspectContainerOptions>).await.unwrap();
@@ -119,9 +112,15 @@ async fn container_is_built_started_hardened_probed_and_stopped() {
     rt.stop(&second, Duration::from_secs(5)).await.unwrap();
     assert!(docker.inspect_container(&replica.handle, None::<InspectContainerOptions>).await.is_err(), "container removed");
     // The spare after the second start is paused too; close removes it.
-    wait_until(WAIT, "the next spare, paused", || async { (on_net("paused")() == 1).then_some(()) }).await;
+    wait_until(WAIT, "the next spare, paused", || async { (containers_on(&net, "paused") == 1).then_some(()) }).await;
     rt.close().await;
-    assert_eq!(on_net("paused")() + on_net("running")() + on_net("created")(), 0, "close left a container behind");
+    assert_eq!(containers_on(&net, "paused") + containers_on(&net, "running") + containers_on(&net, "created"), 0, "close left a container behind");
+}
+
+/// How many containers of the test's network are in `status` (paused, running, ...).
+fn containers_on(net: &str, status: &str) -> usize {
+    let out = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=roost.network={net}"), "--filter", &format!("status={status}")]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().count()
 }
 
 async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {

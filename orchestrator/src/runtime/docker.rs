@@ -607,11 +607,13 @@ impl Runtime for DockerRuntime {
         let mut warm = None;
         if let Some(s) = spare {
             self.aliases.lock().unwrap().insert(s.label_id.clone(), replica_id.to_string());
-            self.own_spares.lock().unwrap().remove(&s.label_id);
             let resumed = match s.warm {
                 Some(_) => self.docker.unpause_container(&s.container).await,
                 None => self.docker.start_container(&s.container, None).await,
             };
+            // Still this runtime's spare until it runs: a `list` meanwhile must not take the
+            // paused or created container for a leftover.
+            self.own_spares.lock().unwrap().remove(&s.label_id);
             match resumed {
                 Ok(()) => {
                     container = Some(s.container);
