@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //!
+//! - [`backoff`]: the doubling retry delay of every reconnect loop.
+//! - [`clock`]: Unix milliseconds.
 //! - [`hash`]: a stable hash for resource versions and definition fingerprints.
 //! - [`keys`]: every Redis key and channel Roost uses, in one place, so the gate, the
 //!   orchestrator, the statsd-listener and the control plane cannot drift apart.
@@ -9,8 +11,11 @@
 //! - [`spec`]: the function definitions (`global-function-definition.yml`), parsed and validated.
 //! - [`telemetry`]: tracing setup shared by the binaries.
 //! - [`shutdown`]: one way to wait for SIGTERM/SIGINT and tell every task to stop.
+//! - [`wire`]: the typed contracts of the wires between Roost's parts.
 //! - [`service`]: a service binary's `main` (tracing, shutdown token, exit code) in one call.
 
+pub mod backoff;
+pub mod clock;
 pub mod hash;
 pub mod keys;
 pub mod naming;
@@ -18,3 +23,4 @@ pub mod service;
 pub mod shutdown;
 pub mod spec;
 pub mod telemetry;
+pub mod wire;

@@ -1,0 +1,7 @@
+//! The typed contracts of every wire between two Roost parts, used by both ends: the
+//! orchestrator's HTTP API ([`status`]).
+//!
+//! A change to a type here changes both sides at once; the Lua gate, the one part not in
+//! Rust, spells its side out by hand and names the type it follows.
+
+pub mod status;
