@@ -12,6 +12,7 @@
 //! - [`telemetry`]: tracing setup shared by the binaries.
 //! - [`shutdown`]: one way to wait for SIGTERM/SIGINT and tell every task to stop.
 //! - [`wire`]: the typed contracts of the wires between Roost's parts.
+//! - [`scaling`]: the scale-up rule the statsd-listener and the orchestrator share.
 //! - [`service`]: a service binary's `main` (tracing, shutdown token, exit code) in one call.
 
 pub mod backoff;
@@ -19,6 +20,7 @@ pub mod clock;
 pub mod hash;
 pub mod keys;
 pub mod naming;
+pub mod scaling;
 pub mod service;
 pub mod shutdown;
 pub mod spec;

@@ -82,5 +82,5 @@ async fn main() {
         println!("| {name} | {:.1} ms | {:.1} ms |", pct(v, 0.5), pct(v, 0.99));
     }
     stop.cancel();
-    o.wait().await;
+    o.wait().await.expect("the orchestrator stops cleanly");
 }

@@ -1,32 +1,77 @@
 //! The orchestrator's HTTP/JSON API: `/status` (functions, replicas, states, the
 //! definitions file's problems), `POST /functions/{name}/wake` (answers once the
-//! function is ready, with the cold start's phases), and `/healthz`.
+//! function is ready, with the cold start's phases), and `/healthz` (ready only when
+//! Redis answers and the supervisor runs). Bodies are [`roost_common::wire::status`]'s.
 
-use crate::supervisor::{Request, WakeError};
+use crate::function::WakeError;
+use crate::redis_io::RedisIo;
+use crate::supervisor::Request;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
+use roost_common::wire::status::ApiError;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+/// What `/healthz` checks.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The supervisor serves requests.
+    pub supervisor: Arc<AtomicBool>,
+    /// Redis, once connected.
+    pub redis: OnceLock<RedisIo>,
+}
+
+#[derive(Debug, Clone)]
+struct Api {
+    tx: mpsc::Sender<Request>,
+    health: Arc<Health>,
+}
+
 /// The API's routes; requests go to the supervisor through `tx`.
-pub fn router(tx: mpsc::UnboundedSender<Request>) -> Router {
+pub fn router(tx: mpsc::Sender<Request>, health: Arc<Health>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .route("/status", get(status))
         .route("/functions/{name}/wake", post(wake))
-        .with_state(tx)
+        .with_state(Api { tx, health })
+}
+
+fn error(status: StatusCode, text: impl Into<String>) -> Response {
+    (status, Json(ApiError { error: text.into() })).into_response()
 }
 
 fn unavailable() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "the orchestrator is shutting down"}))).into_response()
+    error(StatusCode::SERVICE_UNAVAILABLE, "the orchestrator is starting or shutting down; retry")
 }
 
-async fn status(State(tx): State<mpsc::UnboundedSender<Request>>) -> Response {
+/// The body of a healthy `/healthz`.
+#[derive(Debug, serde::Serialize)]
+struct Healthy {
+    status: &'static str,
+}
+
+async fn healthz(State(api): State<Api>) -> Response {
+    if !api.health.supervisor.load(Ordering::Acquire) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the supervisor is not running yet (adopting replicas) or is stopping");
+    }
+    let Some(redis) = api.health.redis.get() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "Redis is not reachable yet");
+    };
+    match tokio::time::timeout(Duration::from_secs(1), redis.ping()).await {
+        Ok(Ok(())) => Json(Healthy { status: "ok" }).into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("Redis does not answer: {e}")),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "Redis did not answer PING within 1 s"),
+    }
+}
+
+async fn status(State(api): State<Api>) -> Response {
     let (reply, rx) = oneshot::channel();
-    if tx.send(Request::Status(reply)).is_err() {
+    if api.tx.try_send(Request::Status(reply)).is_err() {
         return unavailable();
     }
     match rx.await {
@@ -35,15 +80,15 @@ async fn status(State(tx): State<mpsc::UnboundedSender<Request>>) -> Response {
     }
 }
 
-async fn wake(State(tx): State<mpsc::UnboundedSender<Request>>, Path(name): Path<String>) -> Response {
+async fn wake(State(api): State<Api>, Path(name): Path<String>) -> Response {
     let (reply, rx) = oneshot::channel();
-    if tx.send(Request::Wake(name, reply)).is_err() {
+    if api.tx.try_send(Request::Wake(name, reply)).is_err() {
         return unavailable();
     }
     match rx.await {
         Ok(Ok(report)) => Json(report).into_response(),
-        Ok(Err(e @ WakeError::Unknown(_))) => (StatusCode::NOT_FOUND, Json(json!({"error": e.to_string()}))).into_response(),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e.to_string()}))).into_response(),
+        Ok(Err(e @ WakeError::Unknown(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(_) => unavailable(),
     }
 }

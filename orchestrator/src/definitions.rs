@@ -73,7 +73,7 @@ fn parse(path: &Path, text: &str) -> Reading {
 }
 
 /// Polls `path` every `interval` and sends a [`Reading`] whenever its content changes.
-pub async fn watch(path: PathBuf, interval: Duration, tx: mpsc::UnboundedSender<Reading>, shutdown: CancellationToken) {
+pub async fn watch(path: PathBuf, interval: Duration, tx: mpsc::Sender<Reading>, shutdown: CancellationToken) {
     let mut last = std::fs::read(&path).ok();
     loop {
         tokio::select! {
@@ -93,7 +93,7 @@ pub async fn watch(path: PathBuf, interval: Duration, tx: mpsc::UnboundedSender<
             Reading::Loaded(d) => info!(functions = d.len(), "definitions reloaded"),
             Reading::Invalid(e) => warn!(errors = %e, "definitions file invalid; keeping the last good definitions"),
         }
-        if tx.send(reading).is_err() {
+        if tx.send(reading).await.is_err() {
             return;
         }
     }
@@ -125,7 +125,7 @@ mod tests {
         let path = dir.join("defs.yml");
         std::fs::write(&path, "usable-functions:\n  a: {version: 1, runtime: {kind: image, image: x}}\n").unwrap();
         assert!(matches!(read(&path), Reading::Loaded(d) if d.len() == 1));
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::channel(8);
         let stop = CancellationToken::new();
         tokio::spawn(watch(path.clone(), Duration::from_millis(10), tx, stop.clone()));
         tokio::time::sleep(Duration::from_millis(30)).await;

@@ -6,14 +6,16 @@
 //! - [`config`]: flags and `ROOST_...` environment variables.
 //! - [`definitions`]: watches and diffs `global-function-definition.yml`.
 //! - [`supervisor`]: one task per function; routes signals, events and edits; adoption.
-//! - [`function`]: a function's lifecycle: wake, scale, drain, roll over, crash.
-//! - [`policy`]: the scaling decision, a pure function.
+//! - [`lifecycle`]: every decision of a function's life (wake, scale, drain, roll over,
+//!   crash, removal) as a pure state machine, and the scaling rule.
+//! - [`function`]: the executor of a function's state machine: performs its effects.
 //! - [`runtime`]: where replicas run (processes or Docker), behind one trait.
 //! - [`probe`]: readiness probes.
 //! - [`cp`]: the control plane's admin API client.
 //! - [`envoy_admin`]: per-host in-flight requests from Envoy, to end drains early.
 //! - [`redis_io`]: ready flags, load, replica counts, wake and scale signals.
-//! - [`context`]: what the function tasks share, and metrics.
+//! - [`context`]: what the function tasks share.
+//! - [`metrics`]: the orchestrator's own statsd metrics.
 //! - [`api`]: the HTTP status and wake API.
 
 pub mod api;
@@ -23,7 +25,8 @@ pub mod cp;
 pub mod definitions;
 pub mod envoy_admin;
 pub mod function;
-pub mod policy;
+pub mod lifecycle;
+pub mod metrics;
 pub mod probe;
 pub mod redis_io;
 pub mod runtime;
@@ -31,14 +34,16 @@ pub mod supervisor;
 
 pub use config::{Config, RuntimeKind};
 
-use context::{Ctx, Metrics, Settings};
+use context::{Ctx, Settings};
+use metrics::Metrics;
 use runtime::Runtime;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 /// Why the orchestrator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,12 @@ pub enum Error {
     /// Metrics setup failed.
     #[error("cannot set up statsd metrics: {0}")]
     Metrics(std::io::Error),
+    /// The supervisor stopped on a bug.
+    #[error(transparent)]
+    Supervisor(#[from] supervisor::SupervisorError),
+    /// One of the orchestrator's own tasks panicked.
+    #[error("an orchestrator task panicked: {0}")]
+    Panicked(String),
 }
 
 /// A started orchestrator.
@@ -62,13 +73,17 @@ pub enum Error {
 pub struct Running {
     /// Where the HTTP API listens.
     pub api_addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
 }
 
 impl Running {
-    /// Waits until it has stopped (after `shutdown` is cancelled).
-    pub async fn wait(self) {
-        let _ = self.task.await;
+    /// Waits until it has stopped (after `shutdown` is cancelled); an error when a task
+    /// of it failed or panicked, so the service exits non-zero.
+    pub async fn wait(self) -> Result<(), Error> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Panicked(e.to_string())),
+        }
     }
 }
 
@@ -123,19 +138,31 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn Runtime>, shutd
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|e| Error::Bind(config.bind, e))?;
     let api_addr = listener.local_addr().map_err(|e| Error::Bind(config.bind, e))?;
     let metrics = Metrics::new(config.statsd_addr.as_deref()).map_err(Error::Metrics)?;
-    let (sig_tx, signals) = mpsc::unbounded_channel();
-    let (read_tx, readings) = mpsc::unbounded_channel();
-    let (req_tx, requests) = mpsc::unbounded_channel();
+    let (sig_tx, signals) = mpsc::channel(supervisor::QUEUE);
+    let (read_tx, readings) = mpsc::channel(supervisor::QUEUE);
+    let (req_tx, requests) = mpsc::channel(supervisor::QUEUE);
     let events = runtime.events();
     let path = config.definitions.clone();
     let initial = definitions::read(&path);
-    tokio::spawn(definitions::watch(path.clone(), Duration::from_millis(config.reload_interval_ms), read_tx, shutdown.clone()));
-    tokio::spawn(redis_io::listen(client.clone(), sig_tx, shutdown.clone()));
-    let api = axum::serve(listener, api::router(req_tx)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let health = Arc::new(api::Health::default());
+    let api = axum::serve(listener, api::router(req_tx, health.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     info!(%api_addr, runtime = runtime.kind(), definitions = %path.display(), "orchestrator starting");
+    // Every task the orchestrator starts is owned here, and ended (or awaited) on shutdown.
+    let mut tasks = JoinSet::new();
+    tasks.spawn(definitions::watch(path.clone(), Duration::from_millis(config.reload_interval_ms), read_tx, shutdown.clone()));
+    tasks.spawn(redis_io::listen(client.clone(), sig_tx, shutdown.clone()));
+    tasks.spawn(async move {
+        if let Err(e) = api.await {
+            warn!(error = %e, "the API server stopped");
+        }
+    });
     let task = tokio::spawn(async move {
-        let api = tokio::spawn(std::future::IntoFuture::into_future(api));
-        let Some(redis) = redis_io::RedisIo::connect(&client, &shutdown).await else { return };
+        let Some(redis) = redis_io::RedisIo::connect(&client, &shutdown).await else {
+            return join_all(tasks).await;
+        };
+        if health.redis.set(redis.clone()).is_err() {
+            debug!("Redis was already set for /healthz");
+        }
         let ctx = Arc::new(Ctx {
             runtime,
             cp: cp::ControlPlane::new(&config.control_plane_url, Duration::from_millis(config.sync_timeout_ms)),
@@ -149,11 +176,31 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn Runtime>, shutd
             },
         });
         let inputs = supervisor::Inputs { readings, signals, events, requests };
-        let tick = Duration::from_millis(config.tick_ms);
-        let limit = Duration::from_millis(config.stop_grace_ms) + Duration::from_secs(10);
-        supervisor::run(ctx, path.display().to_string(), initial, inputs, tick, limit, shutdown).await;
-        let _ = api.await;
+        let opts = supervisor::Options {
+            definitions_path: path.display().to_string(),
+            tick: Duration::from_millis(config.tick_ms),
+            drain_limit: Duration::from_millis(config.stop_grace_ms) + Duration::from_secs(10),
+        };
+        let supervised = supervisor::run(ctx, initial, inputs, opts, health.supervisor.clone(), shutdown.clone()).await;
+        // A supervisor that stopped on a bug takes the rest down with it.
+        shutdown.cancel();
+        let joined = join_all(tasks).await;
         info!("orchestrator stopped");
+        supervised?;
+        joined
     });
     Ok(Running { api_addr, task })
+}
+
+/// Waits for every task in `tasks`; the first panic is the error.
+async fn join_all(mut tasks: JoinSet<()>) -> Result<(), Error> {
+    let mut outcome = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined {
+            if e.is_panic() && outcome.is_ok() {
+                outcome = Err(Error::Panicked(e.to_string()));
+            }
+        }
+    }
+    outcome
 }

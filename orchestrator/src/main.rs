@@ -2,7 +2,7 @@
 //! SIGTERM or SIGINT (then stops every replica it started).
 
 use clap::Parser;
-use roost_orchestrator::{start, Config, Error};
+use roost_orchestrator::{start, Config};
 use std::process::ExitCode;
 
 #[tokio::main]
@@ -11,11 +11,10 @@ async fn main() -> ExitCode {
     let log_format = config.log_format;
     roost_common::service::run(
         "orchestrator",
-        "orchestrator failed to start",
+        "orchestrator failed",
         log_format,
         |shutdown| async move {
-            start(config, shutdown).await?.wait().await;
-            Ok::<(), Error>(())
+            start(config, shutdown).await?.wait().await
         },
     )
     .await

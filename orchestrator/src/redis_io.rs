@@ -144,6 +144,12 @@ impl RedisIo {
         c.sadd(keys::FUNCTIONS, function).await
     }
 
+    /// Checks that Redis answers (for `/healthz`).
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("PING").query_async(&mut c).await
+    }
+
     /// Removes what Redis holds of a function that no longer exists.
     pub async fn forget(&self, function: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
@@ -158,7 +164,7 @@ impl RedisIo {
 }
 
 /// Forwards wake and scale signals until `shutdown`, resubscribing after Redis restarts.
-pub async fn listen(client: redis::Client, tx: mpsc::UnboundedSender<Signal>, shutdown: CancellationToken) {
+pub async fn listen(client: redis::Client, tx: mpsc::Sender<Signal>, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let result = async {
@@ -187,7 +193,7 @@ pub async fn listen(client: redis::Client, tx: mpsc::UnboundedSender<Signal>, sh
                             } else {
                                 Signal::Scale(function)
                             };
-                            if tx.send(signal).is_err() { return }
+                            if tx.send(signal).await.is_err() { return }
                         }
                     }
                 }

@@ -1,78 +1,180 @@
 //! The supervisor: one task per function, fed by the definitions watcher, Redis signals,
 //! runtime events and a periodic tick; adopts running replicas on start and removes
-//! strays; stops every replica on a graceful shutdown.
+//! strays; stops every replica on a graceful shutdown. It never waits on a function: its
+//! messages go through bounded mailboxes without blocking, and `/status` reads each
+//! function's published status.
 
 use crate::context::Ctx;
 use crate::definitions::{self, Reading};
-use crate::function::{self, FunctionStatus, Msg, WakeReport};
+use crate::function::{self, Handle, Msg, WakeError, WakeReply};
+use crate::lifecycle::Event;
 use crate::redis_io::Signal;
 use crate::runtime::RuntimeEvent;
 use roost_common::spec::Definitions;
-use serde::Serialize;
+use roost_common::wire::status::Status;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Requests from the HTTP API.
 #[derive(Debug)]
 pub enum Request {
     /// Wake a function and answer when it is ready.
-    Wake(String, oneshot::Sender<Result<WakeReport, WakeError>>),
+    Wake(String, WakeReply),
     /// Everything the orchestrator knows.
     Status(oneshot::Sender<Status>),
 }
 
-/// Why a wake failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum WakeError {
-    /// No such function.
-    #[error("no function named {0:?} in the definitions")]
-    Unknown(String),
-    /// The start failed.
-    #[error("{0}")]
-    Failed(String),
-}
+/// How many API requests, signals, events or readings wait for the supervisor at most.
+pub const QUEUE: usize = 1024;
 
-/// The orchestrator's status.
-#[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    /// `process` or `docker`.
-    pub runtime: &'static str,
-    /// The definitions file.
-    pub definitions: String,
-    /// The problems of the newest edit, if it was refused (the last good definitions serve).
-    pub definitions_error: Option<String>,
-    /// Every function.
-    pub functions: Vec<FunctionStatus>,
-}
-
-struct Handle {
-    tx: mpsc::UnboundedSender<Msg>,
-    task: JoinHandle<()>,
+/// Why the supervisor stopped other than by a shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// A function's task panicked (a bug): the orchestrator exits so it is restarted and
+    /// adopts the running replicas.
+    #[error("a function's task panicked: {0}")]
+    Panicked(String),
 }
 
 /// Inputs of the supervisor.
 #[derive(Debug)]
 pub struct Inputs {
     /// Definition readings.
-    pub readings: mpsc::UnboundedReceiver<Reading>,
+    pub readings: mpsc::Receiver<Reading>,
     /// Wake and scale signals.
-    pub signals: mpsc::UnboundedReceiver<Signal>,
+    pub signals: mpsc::Receiver<Signal>,
     /// Replica exits.
     pub events: mpsc::UnboundedReceiver<RuntimeEvent>,
     /// HTTP API requests.
-    pub requests: mpsc::UnboundedReceiver<Request>,
+    pub requests: mpsc::Receiver<Request>,
 }
 
-/// Runs until `shutdown`, then stops every replica (bounded by `drain_limit`).
-pub async fn run(ctx: Arc<Ctx>, definitions_path: String, initial: Reading, mut inputs: Inputs, tick: Duration, drain_limit: Duration, shutdown: CancellationToken) {
+/// A function's task as the supervisor holds it.
+struct Entry {
+    handle: Handle,
+    /// Tells this task's end from the end of an earlier task of the same name.
+    generation: u64,
+}
+
+/// The functions and the tasks that run them.
+struct Functions {
+    ctx: Arc<Ctx>,
+    map: BTreeMap<String, Entry>,
+    tasks: JoinSet<(String, u64)>,
+    /// Messages that found a full mailbox and must not be lost, each sent by its own task.
+    deliveries: JoinSet<()>,
+    generation: u64,
+}
+
+impl Functions {
+    fn spawn(&mut self, spec: Arc<roost_common::spec::FunctionSpec>, hash: String) {
+        self.generation += 1;
+        let generation = self.generation;
+        let name = spec.name.clone();
+        let (handle, task) = function::task(self.ctx.clone(), spec, hash);
+        let n = name.clone();
+        self.tasks.spawn(async move {
+            task.await;
+            (n, generation)
+        });
+        self.map.insert(name, Entry { handle, generation });
+    }
+
+    /// Sends a message that may be dropped when the mailbox is full (ticks, scale and
+    /// wake signals: the next tick or signal repeats it).
+    fn offer(&self, name: &str, msg: Msg) {
+        let Some(e) = self.map.get(name) else { return };
+        if let Err(mpsc::error::TrySendError::Full(_)) = e.handle.tx.try_send(msg) {
+            debug!(function = %name, "mailbox full; a tick or signal was skipped");
+        }
+    }
+
+    /// Sends a message that must arrive (exits, edits, shutdown) without waiting: a full
+    /// mailbox gets it from a task of its own. False when the function's task has ended.
+    fn deliver(&mut self, name: &str, event: Event) -> bool {
+        let Some(e) = self.map.get(name) else { return false };
+        match e.handle.tx.try_send(Msg::Event(event)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let tx = e.handle.tx.clone();
+                self.deliveries.spawn(async move {
+                    if tx.send(msg).await.is_err() {
+                        debug!("a function ended before a queued message reached it");
+                    }
+                });
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn wake(&self, name: &str, reply: WakeReply) {
+        let Some(e) = self.map.get(name) else {
+            answer(reply, Err(WakeError::Unknown(name.to_string())));
+            return;
+        };
+        match e.handle.tx.try_send(Msg::Wake(Some(reply))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Msg::Wake(Some(reply)))) => answer(reply, Err(WakeError::Busy(name.to_string()))),
+            Err(mpsc::error::TrySendError::Closed(Msg::Wake(Some(reply)))) => answer(reply, Err(WakeError::Ended(name.to_string()))),
+            Err(_) => unreachable!("the message sent was a wake with a reply"),
+        }
+    }
+
+    /// A task ended: forget it unless a newer task of the same name replaced it.
+    fn ended(&mut self, joined: Result<(String, u64), tokio::task::JoinError>) -> Result<(), SupervisorError> {
+        match joined {
+            Ok((name, generation)) => {
+                if self.map.get(&name).is_some_and(|e| e.generation == generation) {
+                    self.map.remove(&name);
+                }
+                Ok(())
+            }
+            Err(e) if e.is_panic() => {
+                let panic = e.into_panic();
+                let text = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+                Err(SupervisorError::Panicked(text.unwrap_or_else(|| "no message".into())))
+            }
+            Err(e) => {
+                warn!(error = %e, "a function's task was cancelled");
+                Ok(())
+            }
+        }
+    }
+
+    fn status(&self) -> Vec<roost_common::wire::status::FunctionStatus> {
+        self.map.values().filter_map(|e| e.handle.status.borrow().clone()).collect()
+    }
+}
+
+fn answer(reply: WakeReply, result: Result<roost_common::wire::status::WakeReport, WakeError>) {
+    if reply.send(result).is_err() {
+        debug!("a wake's caller gave up before its answer");
+    }
+}
+
+/// How the supervisor runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The definitions file, for `/status`.
+    pub definitions_path: String,
+    /// How often every function re-evaluates its scaling.
+    pub tick: Duration,
+    /// Longest wait for every replica to stop on shutdown.
+    pub drain_limit: Duration,
+}
+
+/// Runs until `shutdown`, then stops every replica (bounded by `drain_limit`). `ready` is
+/// set once the supervisor serves requests (for `/healthz`).
+pub async fn run(ctx: Arc<Ctx>, initial: Reading, mut inputs: Inputs, opts: Options, ready: Arc<AtomicBool>, shutdown: CancellationToken) -> Result<(), SupervisorError> {
     let mut defs = Definitions::new();
     let mut defs_error = None;
-    let mut functions: BTreeMap<String, Handle> = BTreeMap::new();
     match initial {
         Reading::Loaded(d) => defs = d,
         Reading::Invalid(e) => {
@@ -80,38 +182,48 @@ pub async fn run(ctx: Arc<Ctx>, definitions_path: String, initial: Reading, mut 
             defs_error = Some(e);
         }
     }
-    for (name, spec) in &defs {
-        let (tx, task) = function::spawn(ctx.clone(), Arc::new(spec.clone()), definitions::spec_hash(spec));
-        functions.insert(name.clone(), Handle { tx, task });
+    let mut fns = Functions { ctx: ctx.clone(), map: BTreeMap::new(), tasks: JoinSet::new(), deliveries: JoinSet::new(), generation: 0 };
+    for spec in defs.values() {
+        fns.spawn(Arc::new(spec.clone()), definitions::spec_hash(spec));
     }
-    adopt(&ctx, &defs, &functions).await;
+    adopt(&ctx, &defs, &mut fns).await;
+    ready.store(true, Ordering::Release);
 
-    let mut ticker = tokio::time::interval(tick);
+    let mut ticker = tokio::time::interval(opts.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
+    let outcome = loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = ticker.tick() => {
-                for h in functions.values() {
-                    let _ = h.tx.send(Msg::Evaluate);
+            _ = shutdown.cancelled() => break Ok(()),
+            Some(joined) = fns.tasks.join_next() => {
+                if let Err(e) = fns.ended(joined) {
+                    break Err(e);
                 }
-                functions.retain(|_, h| !h.task.is_finished());
+            }
+            Some(delivered) = fns.deliveries.join_next() => {
+                if let Err(e) = delivered {
+                    if e.is_panic() { std::panic::resume_unwind(e.into_panic()) }
+                }
+            }
+            _ = ticker.tick() => {
+                let names: Vec<String> = fns.map.keys().cloned().collect();
+                for name in names {
+                    fns.offer(&name, Msg::Event(Event::Tick));
+                }
             }
             Some(signal) = inputs.signals.recv() => {
                 let (name, msg) = match signal {
                     Signal::Wake(n) => (n, Msg::Wake(None)),
-                    Signal::Scale(n) => (n, Msg::Evaluate),
+                    Signal::Scale(n) => (n, Msg::Event(Event::Tick)),
                 };
-                match functions.get(&name) {
-                    Some(h) => { let _ = h.tx.send(msg); }
-                    None => warn!(function = %name, "signal for an unknown function ignored"),
+                if fns.map.contains_key(&name) {
+                    fns.offer(&name, msg);
+                } else {
+                    warn!(function = %name, "signal for an unknown function ignored");
                 }
             }
             Some(event) = inputs.events.recv() => {
                 let RuntimeEvent::Exited { replica_id, function, reason } = event;
-                if let Some(h) = functions.get(&function) {
-                    let _ = h.tx.send(Msg::Exited(replica_id, reason));
-                }
+                fns.deliver(&function, Event::Exited(replica_id, reason));
             }
             Some(reading) = inputs.readings.recv() => match reading {
                 Reading::Invalid(e) => defs_error = Some(e),
@@ -120,68 +232,72 @@ pub async fn run(ctx: Arc<Ctx>, definitions_path: String, initial: Reading, mut 
                     let d = definitions::diff(&defs, &new);
                     for name in &d.removed {
                         info!(function = %name, "function removed from the definitions");
-                        if let Some(h) = functions.get(name) { let _ = h.tx.send(Msg::Remove); }
+                        fns.deliver(name, Event::Removed);
                     }
                     for name in d.added.iter().chain(&d.changed) {
                         let spec = Arc::new(new[name].clone());
                         let hash = definitions::spec_hash(&spec);
-                        match functions.get(name).filter(|h| !h.task.is_finished()) {
-                            Some(h) => { let _ = h.tx.send(Msg::Update(spec, hash)); }
-                            None => {
-                                info!(function = %name, "function added");
-                                let (tx, task) = function::spawn(ctx.clone(), spec, hash);
-                                functions.insert(name.clone(), Handle { tx, task });
-                            }
+                        if !fns.deliver(name, Event::Changed(spec.clone(), hash.clone())) {
+                            info!(function = %name, "function added");
+                            fns.spawn(spec, hash);
                         }
                     }
                     defs = new;
                 }
             },
             Some(req) = inputs.requests.recv() => match req {
-                Request::Wake(name, reply) => match functions.get(&name).filter(|_| defs.contains_key(&name)) {
-                    None => { let _ = reply.send(Err(WakeError::Unknown(name))); }
-                    Some(h) => {
-                        let (tx, rx) = oneshot::channel();
-                        let _ = h.tx.send(Msg::Wake(Some(tx)));
-                        tokio::spawn(async move {
-                            let r = rx.await.unwrap_or_else(|_| Err("function task ended".into()));
-                            let _ = reply.send(r.map_err(WakeError::Failed));
-                        });
+                Request::Wake(name, reply) => {
+                    if defs.contains_key(&name) {
+                        fns.wake(&name, reply);
+                    } else {
+                        answer(reply, Err(WakeError::Unknown(name)));
                     }
-                },
+                }
                 Request::Status(reply) => {
-                    let mut list = Vec::new();
-                    for h in functions.values() {
-                        let (tx, rx) = oneshot::channel();
-                        if h.tx.send(Msg::Status(tx)).is_ok() {
-                            if let Ok(s) = rx.await { list.push(s); }
-                        }
-                    }
-                    let _ = reply.send(Status {
-                        runtime: ctx.runtime.kind(),
-                        definitions: definitions_path.clone(),
+                    let status = Status {
+                        runtime: ctx.runtime.kind().to_string(),
+                        definitions: opts.definitions_path.clone(),
                         definitions_error: defs_error.clone(),
-                        functions: list,
-                    });
+                        functions: fns.status(),
+                    };
+                    if reply.send(status).is_err() {
+                        debug!("a status request gave up before its answer");
+                    }
                 }
             },
         }
-    }
+    };
+    ready.store(false, Ordering::Release);
     info!("stopping every replica");
-    for h in functions.values() {
-        let _ = h.tx.send(Msg::Shutdown);
+    let names: Vec<String> = fns.map.keys().cloned().collect();
+    for name in names {
+        fns.deliver(&name, Event::Shutdown);
     }
-    let all = futures::future::join_all(functions.into_values().map(|h| h.task));
-    if tokio::time::timeout(drain_limit, all).await.is_err() {
-        warn!("replicas still stopping at the shutdown deadline");
-    }
+    let mut tasks = std::mem::take(&mut fns.tasks);
+    let all = async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(e) = fns.ended(joined) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    };
+    let stopped = match tokio::time::timeout(opts.drain_limit, all).await {
+        Ok(r) => r,
+        Err(_) => {
+            warn!("replicas still stopping at the shutdown deadline; their tasks are cancelled");
+            Ok(())
+        }
+    };
+    fns.deliveries.shutdown().await;
     ctx.runtime.close().await;
+    outcome.and(stopped)
 }
 
 /// Adopts the runtime's running replicas of known functions (probed, then registered
 /// with the control plane), stops the others, and removes control-plane functions and
 /// endpoints that no replica backs.
-async fn adopt(ctx: &Arc<Ctx>, defs: &Definitions, functions: &BTreeMap<String, Handle>) {
+async fn adopt(ctx: &Arc<Ctx>, defs: &Definitions, fns: &mut Functions) {
     let running = match ctx.runtime.list().await {
         Ok(r) => r,
         Err(e) => {
@@ -202,7 +318,7 @@ async fn adopt(ctx: &Arc<Ctx>, defs: &Definitions, functions: &BTreeMap<String, 
                 match declared.and(ctx.cp.add_endpoint(&s.name, replica.address).await) {
                     Ok(()) => true,
                     Err(e) => {
-                        warn!(replica = %replica.id, error = %e, "cannot register an adoptable replica");
+                        warn!(replica = %replica.id, error = %e, "cannot register an adoptable replica; stopping it");
                         false
                     }
                 }
@@ -210,13 +326,15 @@ async fn adopt(ctx: &Arc<Ctx>, defs: &Definitions, functions: &BTreeMap<String, 
             _ => false,
         };
         if registered {
+            info!(replica = %replica.id, address = %replica.address, "adopted a running replica");
             kept.insert((replica.function.clone(), replica.address));
-            if let Some(h) = functions.get(&replica.function) {
-                let _ = h.tx.send(Msg::Adopt(replica));
-            }
+            let function = replica.function.clone();
+            fns.deliver(&function, Event::Adopted(replica));
         } else {
             info!(replica = %replica.id, function = %replica.function, "stopping a stray replica");
-            let _ = ctx.runtime.stop(&replica, ctx.settings.stop_grace).await;
+            if let Err(e) = ctx.runtime.stop(&replica, ctx.settings.stop_grace).await {
+                warn!(replica = %replica.id, error = %e, "cannot stop a stray replica; the next start-up tries again");
+            }
         }
     }
     match ctx.cp.functions().await {
@@ -224,13 +342,17 @@ async fn adopt(ctx: &Arc<Ctx>, defs: &Definitions, functions: &BTreeMap<String, 
             for (name, endpoints) in list {
                 if !defs.contains_key(&name) {
                     info!(function = %name, "removing a function the definitions no longer have");
-                    let _ = ctx.cp.remove_function(&name).await;
+                    if let Err(e) = ctx.cp.remove_function(&name).await {
+                        warn!(function = %name, error = %e, "cannot remove a stale function from the control plane");
+                    }
                     continue;
                 }
                 for addr in endpoints {
                     if !kept.contains(&(name.clone(), addr)) {
                         info!(function = %name, %addr, "removing an endpoint no replica backs");
-                        let _ = ctx.cp.remove_endpoint(&name, addr).await;
+                        if let Err(e) = ctx.cp.remove_endpoint(&name, addr).await {
+                            warn!(function = %name, %addr, error = %e, "cannot remove a stale endpoint");
+                        }
                     }
                 }
             }

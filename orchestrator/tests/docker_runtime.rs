@@ -223,6 +223,6 @@ async fn orchestrator_routes_a_container_through_envoy_and_reaps_it() {
     // (the test's own warm-up prepare above left one more, for its other hash).
     wait_until(WAIT, "a paused spare", || async { (ps("paused") >= 1).then_some(()) }).await;
     stop.cancel();
-    o.wait().await;
+    o.wait().await.expect("the orchestrator stops cleanly");
     assert_eq!(ps("paused") + ps("running") + ps("created"), 0, "the orchestrator's stop left a container behind");
 }

@@ -103,7 +103,7 @@ async fn fifty_wakes_start_one_replica_and_envoy_serves_when_ready() {
     let r = b.call("/f/x").await;
     assert_eq!(r.status, 200, "{}", r.body);
     stop.cancel();
-    o.wait().await;
+    o.wait().await.expect("the orchestrator stops cleanly");
     assert!(rt.live.lock().unwrap().is_empty(), "shutdown stops every replica");
 }
 
@@ -128,7 +128,7 @@ async fn scale_to_zero_waits_for_the_request_in_flight() {
     wait_until(WAIT, "f asleep", || async { (function_status(api, "f").await["state"] == "sleeping").then_some(()) }).await;
     assert!(rt.live.lock().unwrap().is_empty());
     stop.cancel();
-    o.wait().await;
+    o.wait().await.expect("the orchestrator stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,5 +161,5 @@ async fn a_crash_removes_the_endpoint_and_queueing_scales_up() {
     let replicas: String = redis::cmd("HGET").arg("roost:fn:f:replicas").arg("ready").query_async(&mut c).await.unwrap();
     assert_eq!(replicas, "3");
     stop.cancel();
-    o.wait().await;
+    o.wait().await.expect("the orchestrator stops cleanly");
 }

@@ -72,7 +72,7 @@ async fn cold_wake_then_envoy_serves_at_once_and_one_replica_for_fifty_wakes() {
     let (status, body) = wake(api, "nope").await;
     assert_eq!(status, 404, "{body}");
     stop.cancel();
-    o.wait().await;
+    o.wait().await.expect("the orchestrator stops cleanly");
 }
 
 async fn redis_get(b: &Backend, key: &str) -> Option<String> {
@@ -106,7 +106,7 @@ async fn idle_function_goes_to_zero_without_failing_a_slow_request() {
     let fns = roost_testkit::http::get(b.cp.admin_addr.port(), "/functions/sleep").await.unwrap();
     assert!(fns.body.contains("\"endpoints\":[]"), "{}", fns.body);
     stop.cancel();
-    o.wait().await;
+    o.wait().await.expect("the orchestrator stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +183,7 @@ async fn hot_reload_adds_changes_and_removes_functions_and_survives_a_broken_edi
     assert!(function_status(api, "add").await.is_null());
     assert_eq!(b.call("/add").await.status, 404);
     stop.cancel();
-    o.wait().await;
+    o.wait().await.expect("the orchestrator stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +209,7 @@ async fn a_crashed_replica_loses_its_endpoint_and_the_next_wake_replaces_it() {
     assert_eq!(wake(api, "hello").await.0, 200);
     assert_eq!(b.call("/hello").await.status, 200);
     stop.cancel();
-    o.wait().await;
+    o.wait().await.expect("the orchestrator stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +231,7 @@ async fn queueing_in_envoy_brings_a_second_replica() {
         assert_eq!(r.status, 200, "{}", r.body);
     }
     stop.cancel();
-    o.wait().await;
+    o.wait().await.expect("the orchestrator stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,7 +260,7 @@ async fn a_redis_restart_is_healed_within_a_tick() {
     })
     .await;
     stop.cancel();
-    o.wait().await;
+    o.wait().await.expect("the orchestrator stops cleanly");
 }
 
 /// The pids of spare runtimes started in `state` (a spare's working folder).
@@ -328,7 +328,7 @@ async fn cold_starts_take_a_spare_runtime_and_the_pool_is_refilled_and_emptied_o
     assert_eq!(spares_in(&state).len(), 1, "the spare is left for the next cold start");
 
     stop.cancel();
-    o.wait().await;
+    o.wait().await.expect("the orchestrator stops cleanly");
     assert_eq!(spares_in(&state), Vec::<i32>::new(), "no spare outlives the orchestrator");
     assert!(!std::fs::read_dir(&state).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("spare-")), "spare logs removed");
 }

@@ -144,11 +144,14 @@ impl Aggregator {
     }
 }
 
-/// Whether a function should get another replica now: requests queue in Envoy, or the
-/// requests in flight per ready replica exceed the target concurrency.
+/// Whether a function should get another replica now: [`roost_common::scaling`]'s rule
+/// (the orchestrator sizes by the same one). `ready_replicas` is the orchestrator's count,
+/// read from its replicas hash in Redis; it lags a start by up to one publish, which the
+/// rate limit ([`roost_common::scaling::SCALE_SIGNAL_INTERVAL`]) and the orchestrator's
+/// own count of replicas starting absorb.
 pub fn needs_scale_up(load: &Load, ready_replicas: u32, target_concurrency: u32) -> bool {
-    let capacity = f64::from(ready_replicas.max(1)) * f64::from(target_concurrency.max(1));
-    load.pending > 0.0 || load.in_flight > capacity
+    let count = |v: f64| v.max(0.0).ceil() as u64;
+    roost_common::scaling::needs_scale_up(count(load.in_flight), count(load.pending), ready_replicas, target_concurrency)
 }
 
 #[cfg(test)]

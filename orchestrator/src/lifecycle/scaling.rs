@@ -1,5 +1,7 @@
 //! The scaling decision as a pure function of what is observed: how many replicas to
-//! start and how many to drain. No clock, no I/O: the caller passes the durations.
+//! start and how many to drain. No clock, no I/O: the caller passes the durations. The
+//! demand rule (in flight plus queued over the target concurrency) is
+//! [`roost_common::scaling`]'s, the same the statsd-listener signals on.
 
 use roost_common::spec::Scaling;
 use std::time::Duration;
@@ -34,9 +36,7 @@ pub struct Decision {
 /// Replicas the current load needs: in-flight and queued requests over the target
 /// concurrency per replica, rounded up.
 pub fn needed(scaling: &Scaling, o: &Observed) -> u32 {
-    let target = u64::from(scaling.target_concurrency.max(1));
-    let demand = o.in_flight + o.pending;
-    demand.div_ceil(target).min(u64::from(u32::MAX)) as u32
+    roost_common::scaling::replicas_needed(o.in_flight, o.pending, scaling.target_concurrency)
 }
 
 /// Decides. Rules, in order:

@@ -1,0 +1,741 @@
+//! A function's whole life as a pure state machine: `handle(event, now) -> effects`. No
+//! I/O, no awaits, no clock of its own; every scaling and lifecycle decision of the
+//! orchestrator is made here, and [`crate::function`] performs the effects and feeds their
+//! results back as events. Tested without sockets, in virtual time (`lifecycle/tests.rs`).
+//!
+//! A replica's stages, in order: starting (the runtime starts it), probing (readiness),
+//! registering (endpoint added, waiting for every Envoy's ACK), ready (marked ready in
+//! Redis, the gate told), draining (drain ACKed, waiting for requests in flight), stopping
+//! (endpoint removed and ACKed, then stopped). A replica is ready only after its probe
+//! passed and Envoy ACKed it; it leaves only through draining, so no request is failed.
+//!
+//! - [`scaling`]: how many replicas the observed load needs (a pure function).
+
+pub mod scaling;
+
+use crate::runtime::Replica;
+use roost_common::spec::FunctionSpec;
+use roost_common::wire::status::{FunctionState, FunctionStatus, Phases, ReplicaPhase, ReplicaStatus, WakeReport};
+use scaling::Observed;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What a failure of one step keeps: the error, with its source chain.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Why a replica did not become ready, or why a wake was not answered with one.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StartError {
+    /// The control plane did not take the function's route and cluster.
+    #[error("cannot declare the function to the control plane: {0}")]
+    Declare(#[source] Cause),
+    /// The runtime could not start the replica (or build what it needs).
+    #[error("{0}")]
+    Start(#[source] Cause),
+    /// The replica never answered its readiness probe.
+    #[error("replica {id} did not answer {path} on {address} within {timeout:?}; check the function's log")]
+    NotReady {
+        /// Replica id.
+        id: String,
+        /// The readiness path.
+        path: String,
+        /// Where it was probed.
+        address: SocketAddr,
+        /// How long the probe tried.
+        timeout: Duration,
+    },
+    /// Envoy did not take the replica's endpoint.
+    #[error("cannot register replica {id}'s endpoint: {cause}")]
+    Register {
+        /// Replica id.
+        id: String,
+        /// The control plane's error.
+        #[source]
+        cause: Cause,
+    },
+    /// The replica exited before it was ready.
+    #[error("replica {id} exited before it was ready: {reason}")]
+    Exited {
+        /// Replica id.
+        id: String,
+        /// Exit code or signal.
+        reason: String,
+    },
+    /// The function was removed from the definitions.
+    #[error("function {0:?} was removed")]
+    Removed(String),
+    /// The orchestrator is stopping.
+    #[error("the orchestrator is shutting down")]
+    ShuttingDown,
+}
+
+/// Who waits for a wake: a number the executor maps to its reply channel.
+pub type WaiterId = u64;
+
+/// The load of a function, as the executor read it from Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Requests in flight in Envoy.
+    pub in_flight: u64,
+    /// Requests queued in Envoy.
+    pub pending: u64,
+    /// Time since the last request started, when one was ever seen.
+    pub since_last_request: Option<Duration>,
+}
+
+/// Something that happened, fed to [`Function::handle`].
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Make sure a replica is ready; answer `waiter` (if any) when one is.
+    Wake(Option<WaiterId>),
+    /// The periodic tick or a scale signal: read the load and decide.
+    Tick,
+    /// The load was read.
+    Load(Load),
+    /// The control plane and Redis took (or refused) the function's declaration.
+    Declared(Result<(), Cause>),
+    /// The runtime started a replica (not yet ready), or could not.
+    Started(String, Result<Replica, Cause>),
+    /// A replica's readiness probe passed (`true`) or gave up (`false`).
+    Probed(String, bool),
+    /// Every Envoy ACKed the replica's endpoint, or the control plane refused it.
+    Registered(String, Result<(), Cause>),
+    /// The replica was marked ready in Redis (or that failed and was logged).
+    Noticed(String),
+    /// A draining replica has no request in flight any more (or the deadline passed).
+    DrainFinished(String),
+    /// A replica's endpoint is removed and the replica stopped.
+    Stopped(String),
+    /// A replica exited on its own.
+    Exited(String, String),
+    /// A running replica found at start-up, already probed and registered.
+    Adopted(Replica),
+    /// The definition changed (new spec and its hash).
+    Changed(Arc<FunctionSpec>, String),
+    /// The function left the definitions.
+    Removed,
+    /// The orchestrator stops: drain every replica, keep the function declared.
+    Shutdown,
+}
+
+/// A metric the executor sends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Metric {
+    /// A cold start completed, with its phases.
+    ColdStart(Phases),
+    /// A replica was added (`true`) or drained (`false`) by scaling.
+    Scale(bool),
+    /// The function went to zero ready replicas.
+    Reap,
+    /// A replica failed to start.
+    StartFailure,
+    /// A ready replica exited.
+    Crash,
+}
+
+/// Something to do, returned by [`Function::handle`]. Effects marked *inline* are quick
+/// Redis calls the executor awaits in order; the others run in their own tasks and
+/// report back with the event named.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Declare the function (route, cluster) to the control plane and list it in Redis
+    /// -> [`Event::Declared`].
+    Declare(Arc<FunctionSpec>),
+    /// Build what the runtime needs ahead of the first start (result only logged).
+    Prepare(Arc<FunctionSpec>, String),
+    /// Start a replica with this id (declaring the function first when `declare`)
+    /// -> [`Event::Started`].
+    Start {
+        /// The new replica's id.
+        id: String,
+        /// Its definition.
+        spec: Arc<FunctionSpec>,
+        /// The definition's hash.
+        hash: String,
+        /// The function is not declared yet: declare it before starting.
+        declare: bool,
+    },
+    /// Probe the replica's readiness path until it answers -> [`Event::Probed`].
+    Probe(Replica, String),
+    /// Add the replica's endpoint, waiting for every Envoy's ACK -> [`Event::Registered`].
+    Register(Replica),
+    /// Inline: mark the function ready in Redis and tell the gate -> [`Event::Noticed`].
+    SetReady(String),
+    /// Inline: mark the function not ready (the gate holds new requests and wakes it).
+    ClearReady,
+    /// Mark the endpoint draining (ACKed), then wait until the replica has no request in
+    /// flight, at most `deadline` -> [`Event::DrainFinished`].
+    Drain(Replica, Duration),
+    /// Remove the endpoint (ACKed) if it was registered, then stop the replica
+    /// -> [`Event::Stopped`].
+    Stop {
+        /// The replica.
+        replica: Replica,
+        /// Its endpoint was added and must be removed first.
+        registered: bool,
+    },
+    /// Remove a dead replica's endpoint (result only logged).
+    RemoveEndpoint(SocketAddr),
+    /// Answer these wakes.
+    Answer(Vec<WaiterId>, Result<WakeReport, StartError>),
+    /// Inline: publish the ready replica count (and re-assert declared / ready in Redis).
+    Publish {
+        /// Replicas ready.
+        ready: u32,
+        /// The function is declared (so Redis may list it).
+        declared: bool,
+    },
+    /// Inline: read the load -> [`Event::Load`].
+    ReadLoad,
+    /// Send a metric.
+    Metric(Metric),
+    /// Inline, last: remove the function from the control plane and Redis.
+    Forget,
+    /// The function's task ends.
+    Exit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Starting,
+    Probing,
+    Registering,
+    Ready,
+    Draining,
+    Stopping,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    /// `None` until the runtime has started it.
+    replica: Option<Replica>,
+    hash: String,
+    stage: Stage,
+    /// When the current stage began.
+    since: Instant,
+    phases: Phases,
+    /// Its endpoint was added (so it must be removed).
+    registered: bool,
+    /// Exited while registering: remove the endpoint once the ACK is in.
+    dead: bool,
+    /// Found running at start-up, not cold-started.
+    adopted: bool,
+}
+
+impl Slot {
+    fn is_starting(&self) -> bool {
+        matches!(self.stage, Stage::Starting | Stage::Probing | Stage::Registering) && !self.dead
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Serving,
+    Removing,
+    ShuttingDown,
+    Ended,
+}
+
+/// One function's state.
+#[derive(Debug)]
+pub struct Function {
+    spec: Arc<FunctionSpec>,
+    hash: String,
+    id_prefix: String,
+    next_id: u64,
+    mode: Mode,
+    declared: bool,
+    declaring: bool,
+    slots: BTreeMap<String, Slot>,
+    waiters: Vec<WaiterId>,
+    surplus_since: Option<Instant>,
+    last_ready_at: Option<Instant>,
+    cold_starts: u64,
+    last_cold_start: Option<Phases>,
+    last_error: Option<String>,
+    /// How long a probe tries before the start fails (for the error text).
+    ready_timeout: Duration,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl Function {
+    /// A new function; replica ids are `<id_prefix>-<n>`. Returns the effects that
+    /// declare and prepare it.
+    pub fn new(spec: Arc<FunctionSpec>, hash: String, id_prefix: String, ready_timeout: Duration) -> (Function, Vec<Effect>) {
+        let mut f = Function {
+            spec,
+            hash,
+            id_prefix,
+            next_id: 0,
+            mode: Mode::Serving,
+            declared: false,
+            declaring: false,
+            slots: BTreeMap::new(),
+            waiters: Vec::new(),
+            surplus_since: None,
+            last_ready_at: None,
+            cold_starts: 0,
+            last_cold_start: None,
+            last_error: None,
+            ready_timeout,
+        };
+        let mut fx = Vec::new();
+        f.declare(&mut fx);
+        fx.push(Effect::Prepare(f.spec.clone(), f.hash.clone()));
+        (f, fx)
+    }
+
+    /// The function's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Its current definition.
+    pub fn spec(&self) -> &Arc<FunctionSpec> {
+        &self.spec
+    }
+
+    /// The task has nothing left to do.
+    pub fn ended(&self) -> bool {
+        self.mode == Mode::Ended
+    }
+
+    /// Handles one event at `now`; returns what to do, in order.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        if self.mode == Mode::Ended {
+            return fx;
+        }
+        match event {
+            Event::Wake(waiter) => self.wake(waiter, now, &mut fx),
+            Event::Tick => {
+                if self.mode == Mode::Serving {
+                    if !self.declared {
+                        self.declare(&mut fx);
+                    }
+                    fx.push(Effect::ReadLoad);
+                }
+            }
+            Event::Load(load) => self.evaluate(load, now, &mut fx),
+            Event::Declared(result) => {
+                self.declaring = false;
+                match result {
+                    Ok(()) => self.declared = true,
+                    Err(e) => self.last_error = Some(StartError::Declare(e).to_string()),
+                }
+            }
+            Event::Started(id, result) => self.started(&id, result, now, &mut fx),
+            Event::Probed(id, ok) => self.probed(&id, ok, now, &mut fx),
+            Event::Registered(id, result) => self.registered(&id, result, now, &mut fx),
+            Event::Noticed(id) => self.noticed(&id, now, &mut fx),
+            Event::DrainFinished(id) => {
+                if let Some(slot) = self.slots.get_mut(&id).filter(|s| s.stage == Stage::Draining) {
+                    slot.stage = Stage::Stopping;
+                    let replica = slot.replica.clone().expect("a draining replica was started");
+                    fx.push(Effect::Stop { replica, registered: slot.registered });
+                }
+            }
+            Event::Stopped(id) => {
+                self.slots.remove(&id);
+            }
+            Event::Exited(id, reason) => self.exited(&id, reason, &mut fx),
+            Event::Adopted(replica) => {
+                if self.mode == Mode::Serving && !self.slots.contains_key(&replica.id) {
+                    let slot = Slot {
+                        hash: replica.spec_hash.clone(),
+                        replica: Some(replica.clone()),
+                        stage: Stage::Ready,
+                        since: now,
+                        phases: Phases::default(),
+                        registered: true,
+                        dead: false,
+                        adopted: true,
+                    };
+                    self.slots.insert(replica.id.clone(), slot);
+                    self.last_ready_at = Some(now);
+                    fx.push(Effect::SetReady(replica.id));
+                }
+            }
+            Event::Changed(spec, hash) => self.changed(spec, hash, &mut fx),
+            Event::Removed => self.leave(Mode::Removing, StartError::Removed(self.spec.name.clone()), now, &mut fx),
+            Event::Shutdown => self.leave(Mode::ShuttingDown, StartError::ShuttingDown, now, &mut fx),
+        }
+        self.finish_if_done(&mut fx);
+        fx
+    }
+
+    /// The function as `/status` shows it.
+    pub fn status(&self) -> FunctionStatus {
+        let state = if self.mode == Mode::Removing {
+            FunctionState::Removing
+        } else if self.ready() > 0 {
+            FunctionState::Ready
+        } else if self.starting() > 0 {
+            FunctionState::Waking
+        } else if self.slots.values().any(|s| s.replica.is_some() && !s.is_starting()) {
+            FunctionState::Draining
+        } else {
+            FunctionState::Sleeping
+        };
+        let replicas = self
+            .slots
+            .values()
+            .filter(|s| matches!(s.stage, Stage::Ready | Stage::Draining | Stage::Stopping))
+            .filter_map(|s| {
+                let r = s.replica.as_ref()?;
+                Some(ReplicaStatus {
+                    id: r.id.clone(),
+                    address: r.address.to_string(),
+                    phase: if s.stage == Stage::Ready { ReplicaPhase::Ready } else { ReplicaPhase::Draining },
+                    version: r.version.clone(),
+                    outdated: s.hash != self.hash,
+                })
+            })
+            .collect();
+        FunctionStatus {
+            name: self.spec.name.clone(),
+            state,
+            replicas,
+            starting: self.starting() as usize,
+            cold_starts: self.cold_starts,
+            last_cold_start: self.last_cold_start,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    fn ready(&self) -> u32 {
+        self.slots.values().filter(|s| s.stage == Stage::Ready).count() as u32
+    }
+
+    fn starting(&self) -> u32 {
+        self.slots.values().filter(|s| s.is_starting()).count() as u32
+    }
+
+    fn declare(&mut self, fx: &mut Vec<Effect>) {
+        if !self.declaring {
+            self.declaring = true;
+            fx.push(Effect::Declare(self.spec.clone()));
+        }
+    }
+
+    fn publish(&self, fx: &mut Vec<Effect>) {
+        fx.push(Effect::Publish { ready: self.ready(), declared: self.declared });
+    }
+
+    fn wake(&mut self, waiter: Option<WaiterId>, now: Instant, fx: &mut Vec<Effect>) {
+        if self.mode != Mode::Serving {
+            let why = if self.mode == Mode::Removing { StartError::Removed(self.spec.name.clone()) } else { StartError::ShuttingDown };
+            fx.extend(waiter.map(|w| Effect::Answer(vec![w], Err(why))));
+            return;
+        }
+        if self.ready() > 0 {
+            fx.extend(waiter.map(|w| Effect::Answer(vec![w], Ok(WakeReport { already_ready: true, phases: None }))));
+            return;
+        }
+        self.waiters.extend(waiter);
+        if self.starting() == 0 {
+            self.start(now, fx);
+        }
+    }
+
+    fn start(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        self.next_id += 1;
+        let id = format!("{}-{}", self.id_prefix, self.next_id);
+        let slot = Slot {
+            replica: None,
+            hash: self.hash.clone(),
+            stage: Stage::Starting,
+            since: now,
+            phases: Phases::default(),
+            registered: false,
+            dead: false,
+            adopted: false,
+        };
+        self.slots.insert(id.clone(), slot);
+        fx.push(Effect::Start { id, spec: self.spec.clone(), hash: self.hash.clone(), declare: !self.declared });
+    }
+
+    /// A start failed at some step: waiters are told when no other start can answer them.
+    fn start_failed(&mut self, error: StartError, fx: &mut Vec<Effect>) {
+        tracing::warn!(error = %error, "replica failed to start");
+        fx.push(Effect::Metric(Metric::StartFailure));
+        self.last_error = Some(error.to_string());
+        if self.starting() == 0 && self.ready() == 0 && !self.waiters.is_empty() {
+            fx.push(Effect::Answer(std::mem::take(&mut self.waiters), Err(error)));
+        }
+    }
+
+    fn started(&mut self, id: &str, result: Result<Replica, Cause>, now: Instant, fx: &mut Vec<Effect>) {
+        let serving = self.mode == Mode::Serving;
+        let Some(slot) = self.slots.get_mut(id).filter(|s| s.stage == Stage::Starting) else {
+            // Exited (or removed) before the runtime answered: stop what it started.
+            if let Ok(replica) = result {
+                fx.push(Effect::Stop { replica, registered: false });
+            }
+            return;
+        };
+        match result {
+            Err(e) => {
+                self.slots.remove(id);
+                self.start_failed(StartError::Start(e), fx);
+            }
+            Ok(replica) if !serving => {
+                slot.stage = Stage::Stopping;
+                slot.replica = Some(replica.clone());
+                fx.push(Effect::Stop { replica, registered: false });
+            }
+            Ok(replica) => {
+                slot.phases.start_ms = ms(now - slot.since);
+                slot.stage = Stage::Probing;
+                slot.since = now;
+                slot.replica = Some(replica.clone());
+                fx.push(Effect::Probe(replica, self.spec.readiness_path.clone()));
+            }
+        }
+    }
+
+    fn probed(&mut self, id: &str, ok: bool, now: Instant, fx: &mut Vec<Effect>) {
+        let serving = self.mode == Mode::Serving;
+        let Some(slot) = self.slots.get_mut(id).filter(|s| s.stage == Stage::Probing) else { return };
+        let replica = slot.replica.clone().expect("a probed replica was started");
+        if !ok || !serving {
+            slot.stage = Stage::Stopping;
+            fx.push(Effect::Stop { replica: replica.clone(), registered: false });
+            if !ok {
+                let error = StartError::NotReady { id: replica.id, path: self.spec.readiness_path.clone(), address: replica.address, timeout: self.ready_timeout };
+                self.start_failed(error, fx);
+            }
+            return;
+        }
+        slot.phases.readiness_ms = ms(now - slot.since);
+        slot.stage = Stage::Registering;
+        slot.since = now;
+        fx.push(Effect::Register(replica));
+    }
+
+    fn registered(&mut self, id: &str, result: Result<(), Cause>, now: Instant, fx: &mut Vec<Effect>) {
+        let serving = self.mode == Mode::Serving;
+        let Some(slot) = self.slots.get_mut(id).filter(|s| s.stage == Stage::Registering) else { return };
+        let replica = slot.replica.clone().expect("a registered replica was started");
+        if slot.dead {
+            // It exited while Envoy was taking it: take the endpoint back; the start
+            // failure was reported when it exited.
+            self.slots.remove(id);
+            if result.is_ok() {
+                fx.push(Effect::RemoveEndpoint(replica.address));
+            }
+            return;
+        }
+        match result {
+            Err(cause) => {
+                slot.stage = Stage::Stopping;
+                fx.push(Effect::Stop { replica, registered: false });
+                self.start_failed(StartError::Register { id: id.to_string(), cause }, fx);
+            }
+            Ok(()) if !serving => {
+                slot.registered = true;
+                slot.stage = Stage::Draining;
+                fx.push(Effect::Drain(replica, self.drain_deadline()));
+            }
+            Ok(()) => {
+                slot.registered = true;
+                slot.phases.ack_ms = ms(now - slot.since);
+                slot.stage = Stage::Ready;
+                slot.since = now;
+                fx.push(Effect::SetReady(id.to_string()));
+            }
+        }
+    }
+
+    /// The replica is ready and the gate told: answer the waiters, roll over one replica
+    /// of an older definition, publish.
+    fn noticed(&mut self, id: &str, now: Instant, fx: &mut Vec<Effect>) {
+        let Some(slot) = self.slots.get_mut(id).filter(|s| s.stage == Stage::Ready) else {
+            self.publish(fx);
+            return;
+        };
+        if !slot.adopted {
+            slot.phases.notice_ms = ms(now - slot.since);
+            let p = &mut slot.phases;
+            p.total_ms = p.start_ms + p.readiness_ms + p.ack_ms + p.notice_ms;
+            let phases = slot.phases;
+            tracing::info!(replica = %id, total_ms = phases.total_ms, "replica ready");
+            self.cold_starts += 1;
+            self.last_cold_start = Some(phases);
+            self.last_ready_at = Some(now);
+            fx.push(Effect::Metric(Metric::ColdStart(phases)));
+            if !self.waiters.is_empty() {
+                fx.push(Effect::Answer(std::mem::take(&mut self.waiters), Ok(WakeReport { already_ready: false, phases: Some(phases) })));
+            }
+            // A rollover: a new replica is ready, so one replica of an older definition
+            // goes (one started from a definition that changed again while it started
+            // still replaces an older one, and is rolled over itself next).
+            if let Some(old) = self.outdated().into_iter().find(|o| o != id) {
+                tracing::info!(replica = %old, "replacing a replica of an older definition");
+                self.drain(&old, now, fx);
+            }
+        }
+        self.publish(fx);
+    }
+
+    /// Ready replicas of an older definition, oldest first.
+    fn outdated(&self) -> Vec<String> {
+        let mut old: Vec<(&String, &Slot)> = self.slots.iter().filter(|(_, s)| s.stage == Stage::Ready && s.hash != self.hash).collect();
+        old.sort_by_key(|(_, s)| s.since);
+        old.into_iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    fn drain_deadline(&self) -> Duration {
+        self.spec.limits.timeout + Duration::from_secs(1)
+    }
+
+    /// Starts the two-phase drain of a ready replica: not ready first when it is the last.
+    fn drain(&mut self, id: &str, now: Instant, fx: &mut Vec<Effect>) {
+        let deadline = self.drain_deadline();
+        let Some(slot) = self.slots.get_mut(id).filter(|s| s.stage == Stage::Ready) else { return };
+        slot.stage = Stage::Draining;
+        slot.since = now;
+        let replica = slot.replica.clone().expect("a ready replica was started");
+        if self.ready() == 0 {
+            fx.push(Effect::ClearReady);
+            fx.push(Effect::Metric(Metric::Reap));
+        }
+        fx.push(Effect::Drain(replica, deadline));
+    }
+
+    /// Scaling: what the load needs against what runs, and the rollover.
+    fn evaluate(&mut self, load: Load, now: Instant, fx: &mut Vec<Effect>) {
+        if self.mode != Mode::Serving {
+            return;
+        }
+        let ready = self.ready();
+        // Idle since the later of the last request start and the last replica becoming
+        // ready: a function just woken is not idle because its previous request was long ago.
+        let from_ready = self.last_ready_at.map(|t| now - t);
+        let idle_for = match (load.since_last_request, from_ready) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut observed = Observed { ready, starting: self.starting(), in_flight: load.in_flight, pending: load.pending, idle_for, surplus_for: None };
+        let s = &self.spec.scaling;
+        let floor = scaling::needed(s, &observed).max(1).max(s.min_replicas);
+        if ready > floor {
+            observed.surplus_for = Some(now - *self.surplus_since.get_or_insert(now));
+        } else {
+            self.surplus_since = None;
+        }
+        let decision = scaling::decide(s, &observed);
+        for _ in 0..decision.start {
+            tracing::info!(?observed, "scaling up");
+            fx.push(Effect::Metric(Metric::Scale(true)));
+            self.start(now, fx);
+        }
+        if decision.drain > 0 {
+            // Replicas of an older definition go first, then the newest.
+            let mut victims = self.outdated();
+            let mut current: Vec<(&String, &Slot)> = self.slots.iter().filter(|(id, s)| s.stage == Stage::Ready && !victims.contains(id)).collect();
+            current.sort_by_key(|(_, s)| std::cmp::Reverse(s.since));
+            victims.extend(current.into_iter().map(|(id, _)| id.clone()));
+            for id in victims.into_iter().take(decision.drain as usize) {
+                tracing::info!(replica = %id, ?observed, "scaling down");
+                fx.push(Effect::Metric(Metric::Scale(false)));
+                self.surplus_since = None;
+                self.drain(&id, now, fx);
+            }
+        }
+        // Roll over replicas of an older definition, one at a time.
+        if !self.outdated().is_empty() && self.starting() == 0 && decision.start == 0 {
+            self.start(now, fx);
+        }
+        self.publish(fx);
+    }
+
+    fn changed(&mut self, spec: Arc<FunctionSpec>, hash: String, fx: &mut Vec<Effect>) {
+        let was_leaving = self.mode != Mode::Serving;
+        if self.mode == Mode::ShuttingDown {
+            return;
+        }
+        self.mode = Mode::Serving;
+        if hash == self.hash && !was_leaving {
+            return;
+        }
+        tracing::info!(version = %spec.version, "definition changed");
+        self.spec = spec;
+        self.hash = hash;
+        // Re-declare (timeout and concurrency may have changed), prepare, and let the
+        // load decide; replicas of the old definition are rolled over one at a time.
+        self.declaring = false;
+        self.declare(fx);
+        fx.push(Effect::Prepare(self.spec.clone(), self.hash.clone()));
+        fx.push(Effect::ReadLoad);
+    }
+
+    /// Removal or shutdown: every waiter told, every ready replica drained; starts in
+    /// flight are stopped when they report.
+    fn leave(&mut self, mode: Mode, why: StartError, now: Instant, fx: &mut Vec<Effect>) {
+        if self.mode == Mode::ShuttingDown {
+            return;
+        }
+        self.mode = mode;
+        if !self.waiters.is_empty() {
+            fx.push(Effect::Answer(std::mem::take(&mut self.waiters), Err(why)));
+        }
+        let ready: Vec<String> = self.slots.iter().filter(|(_, s)| s.stage == Stage::Ready).map(|(id, _)| id.clone()).collect();
+        for id in ready {
+            self.drain(&id, now, fx);
+        }
+    }
+
+    fn exited(&mut self, id: &str, reason: String, fx: &mut Vec<Effect>) {
+        let Some(slot) = self.slots.get_mut(id) else { return };
+        match slot.stage {
+            // The drain stopped it; its drain reports when it is gone.
+            Stage::Draining | Stage::Stopping => {}
+            Stage::Starting | Stage::Probing => {
+                self.slots.remove(id);
+                self.start_failed(StartError::Exited { id: id.to_string(), reason }, fx);
+            }
+            Stage::Registering => {
+                slot.dead = true;
+                self.start_failed(StartError::Exited { id: id.to_string(), reason }, fx);
+            }
+            Stage::Ready => {
+                let slot = self.slots.remove(id).expect("matched above");
+                tracing::warn!(replica = %id, reason, "replica exited unexpectedly; removing its endpoint");
+                fx.push(Effect::Metric(Metric::Crash));
+                self.last_error = Some(format!("replica {id} exited: {reason}"));
+                if self.ready() == 0 {
+                    fx.push(Effect::ClearReady);
+                }
+                if let Some(r) = slot.replica {
+                    fx.push(Effect::RemoveEndpoint(r.address));
+                }
+                // Replaced if still needed: the load decides (min_replicas, queued
+                // requests); a sleeping function is woken by its next request.
+                if self.mode == Mode::Serving {
+                    fx.push(Effect::ReadLoad);
+                }
+            }
+        }
+    }
+
+    fn finish_if_done(&mut self, fx: &mut Vec<Effect>) {
+        if self.mode == Mode::Serving || !self.slots.is_empty() {
+            return;
+        }
+        if self.mode == Mode::Removing {
+            fx.push(Effect::Forget);
+        }
+        fx.push(Effect::Exit);
+        self.mode = Mode::Ended;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,464 @@
+//! The lifecycle state machine, event by event, in virtual time: no runtime, no Redis,
+//! no control plane, no Envoy. Each test drives [`Function::handle`] and checks the
+//! effects it asks for, in order.
+
+use super::*;
+use crate::runtime::RuntimeError;
+use roost_common::spec;
+
+const S: Duration = Duration::from_secs(1);
+
+fn spec_yaml(version: &str, min: u32, max: u32) -> Arc<FunctionSpec> {
+    let yaml = format!(
+        "usable-functions:\n  f:\n    version: \"{version}\"\n    runtime: {{kind: image, image: x}}\n    scaling: {{min_replicas: {min}, max_replicas: {max}, target_concurrency: 1, idle_timeout: 10s}}\n    limits: {{timeout: 5s}}\n"
+    );
+    let defs = spec::parse(&yaml).unwrap_or_else(|e| panic!("test spec: {e}"));
+    Arc::new(defs["f"].clone())
+}
+
+fn hash_of(spec: &FunctionSpec) -> String {
+    format!("h{}", spec.version)
+}
+
+/// A function under test, its virtual clock and every effect it asked for.
+struct Harness {
+    f: Function,
+    now: Instant,
+    log: Vec<Effect>,
+}
+
+impl Harness {
+    fn new(min: u32, max: u32) -> Harness {
+        let spec = spec_yaml("1", min, max);
+        let (f, fx) = Function::new(spec.clone(), hash_of(&spec), "f-7".into(), 30 * S);
+        assert!(matches!(fx[..], [Effect::Declare(_), Effect::Prepare(..)]), "{fx:?}");
+        let mut h = Harness { f, now: Instant::now(), log: fx };
+        h.send(Event::Declared(Ok(())));
+        h
+    }
+
+    fn send(&mut self, event: Event) -> Vec<Effect> {
+        let fx = self.f.handle(event, self.now);
+        self.log.extend(fx.iter().cloned());
+        fx
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+    }
+
+    /// Brings a started replica `id` through probe, ACK and the ready notice.
+    fn bring_up(&mut self, id: &str) -> Vec<Effect> {
+        let hash = self.f.slots[id].hash.clone();
+        let mut fx = self.send(Event::Started(id.into(), Ok(replica(id, &hash))));
+        self.advance(Duration::from_millis(2));
+        fx.extend(self.send(Event::Probed(id.into(), true)));
+        self.advance(Duration::from_millis(3));
+        fx.extend(self.send(Event::Registered(id.into(), Ok(()))));
+        fx.extend(self.send(Event::Noticed(id.into())));
+        fx
+    }
+
+    /// Takes a draining replica through the end of its drain and its stop.
+    fn finish_drain(&mut self, id: &str) -> Vec<Effect> {
+        let mut fx = self.send(Event::DrainFinished(id.into()));
+        assert!(fx.iter().any(|e| matches!(e, Effect::Stop { replica, registered: true } if replica.id == id)), "{fx:?}");
+        fx.extend(self.send(Event::Stopped(id.into())));
+        fx
+    }
+
+    fn idle(&mut self) -> Vec<Effect> {
+        self.send(Event::Load(Load { in_flight: 0, pending: 0, since_last_request: Some(60 * S) }))
+    }
+
+    fn load(&mut self, in_flight: u64, pending: u64) -> Vec<Effect> {
+        self.send(Event::Load(Load { in_flight, pending, since_last_request: Some(Duration::ZERO) }))
+    }
+
+    fn ready_ids(&self) -> Vec<String> {
+        self.f.status().replicas.iter().filter(|r| r.phase == ReplicaPhase::Ready).map(|r| r.id.clone()).collect()
+    }
+}
+
+fn replica(id: &str, hash: &str) -> Replica {
+    let n: u16 = id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    Replica {
+        id: id.into(),
+        function: "f".into(),
+        version: hash.trim_start_matches('h').into(),
+        spec_hash: hash.into(),
+        address: SocketAddr::from(([127, 0, 0, 1], 9000 + n)),
+        handle: format!("pid-{n}"),
+    }
+}
+
+fn started_ids(fx: &[Effect]) -> Vec<String> {
+    fx.iter().filter_map(|e| if let Effect::Start { id, .. } = e { Some(id.clone()) } else { None }).collect()
+}
+
+fn drained_ids(fx: &[Effect]) -> Vec<String> {
+    fx.iter().filter_map(|e| if let Effect::Drain(r, _) = e { Some(r.id.clone()) } else { None }).collect()
+}
+
+fn answers(fx: &[Effect]) -> Vec<(Vec<WaiterId>, Result<WakeReport, String>)> {
+    fx.iter()
+        .filter_map(|e| if let Effect::Answer(w, r) = e { Some((w.clone(), r.clone().map_err(|e| e.to_string()))) } else { None })
+        .collect()
+}
+
+fn failure(text: &str) -> Cause {
+    Arc::new(RuntimeError::Other(text.into()))
+}
+
+#[test]
+fn n_wakes_start_one_replica_and_all_are_answered_once_it_is_ready() {
+    let mut h = Harness::new(0, 10);
+    let mut fx = Vec::new();
+    for w in 1..=5 {
+        fx.extend(h.send(Event::Wake(Some(w))));
+    }
+    fx.extend(h.send(Event::Wake(None)));
+    assert_eq!(started_ids(&fx), ["f-7-1"], "singleflight: one start for six wakes");
+    assert_eq!(h.f.status().state, FunctionState::Waking);
+    assert!(answers(&fx).is_empty(), "nobody is answered before the replica is ready");
+
+    let fx = h.bring_up("f-7-1");
+    let a = answers(&fx);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].0, [1, 2, 3, 4, 5]);
+    let report = a[0].1.clone().expect("a ready replica");
+    assert!(!report.already_ready);
+    let phases = report.phases.expect("a cold start's phases");
+    assert!((phases.readiness_ms - 2.0).abs() < 0.01 && (phases.ack_ms - 3.0).abs() < 0.01, "{phases:?}");
+    // The gate is told only after Envoy's ACK, and the waiters after the gate.
+    let order: Vec<&str> = h
+        .log
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Register(_) => Some("register"),
+            Effect::SetReady(_) => Some("ready"),
+            Effect::Answer(..) => Some("answer"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["register", "ready", "answer"]);
+
+    let fx = h.send(Event::Wake(Some(6)));
+    assert_eq!(answers(&fx), [(vec![6], Ok(WakeReport { already_ready: true, phases: None }))]);
+    assert!(started_ids(&fx).is_empty());
+    assert_eq!(h.f.status().cold_starts, 1);
+}
+
+#[test]
+fn a_start_that_fails_while_waiters_hold_answers_them_with_the_reason() {
+    let mut h = Harness::new(0, 10);
+    h.send(Event::Wake(Some(1)));
+    h.send(Event::Wake(Some(2)));
+    let fx = h.send(Event::Started("f-7-1".into(), Err(failure("image missing"))));
+    let a = answers(&fx);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].0, [1, 2]);
+    assert!(a[0].1.as_ref().is_err_and(|e| e.contains("image missing")), "{a:?}");
+    assert_eq!(h.f.status().state, FunctionState::Sleeping);
+    assert!(h.f.status().last_error.is_some_and(|e| e.contains("image missing")));
+
+    // The next wake tries again; a replica that never answers its probe is stopped and
+    // its waiter told why.
+    let fx = h.send(Event::Wake(Some(3)));
+    assert_eq!(started_ids(&fx), ["f-7-2"]);
+    h.send(Event::Started("f-7-2".into(), Ok(replica("f-7-2", "h1"))));
+    let fx = h.send(Event::Probed("f-7-2".into(), false));
+    assert!(fx.iter().any(|e| matches!(e, Effect::Stop { replica, registered: false } if replica.id == "f-7-2")));
+    let a = answers(&fx);
+    assert!(a[0].1.as_ref().is_err_and(|e| e.contains("did not answer /healthz")), "{a:?}");
+    h.send(Event::Stopped("f-7-2".into()));
+    assert_eq!(h.f.status().state, FunctionState::Sleeping);
+}
+
+#[test]
+fn a_failed_start_beside_another_start_leaves_the_waiters_to_it() {
+    let mut h = Harness::new(0, 10);
+    h.send(Event::Wake(Some(1)));
+    h.send(Event::Load(Load { in_flight: 0, pending: 2, since_last_request: Some(Duration::ZERO) }));
+    assert_eq!(h.f.status().starting, 2);
+    let fx = h.send(Event::Started("f-7-1".into(), Err(failure("boom"))));
+    assert!(answers(&fx).is_empty(), "the other start may still answer");
+    let fx = h.bring_up("f-7-2");
+    assert_eq!(answers(&fx).len(), 1);
+    assert!(answers(&fx)[0].1.is_ok());
+}
+
+#[test]
+fn a_replica_that_exits_before_it_is_ready_fails_its_waiters_at_once() {
+    let mut h = Harness::new(0, 10);
+    h.send(Event::Wake(Some(1)));
+    h.send(Event::Started("f-7-1".into(), Ok(replica("f-7-1", "h1"))));
+    let fx = h.send(Event::Exited("f-7-1".into(), "exit status 1".into()));
+    let a = answers(&fx);
+    assert!(a[0].1.as_ref().is_err_and(|e| e.contains("exited before it was ready: exit status 1")), "{a:?}");
+    // The probe that was still trying reports later and is ignored.
+    assert!(h.send(Event::Probed("f-7-1".into(), false)).is_empty());
+    assert_eq!(h.f.status().state, FunctionState::Sleeping);
+
+    // Exiting while Envoy takes the endpoint: the endpoint is taken back once ACKed.
+    h.send(Event::Wake(Some(2)));
+    h.send(Event::Started("f-7-2".into(), Ok(replica("f-7-2", "h1"))));
+    h.send(Event::Probed("f-7-2".into(), true));
+    let fx = h.send(Event::Exited("f-7-2".into(), "killed".into()));
+    assert!(answers(&fx)[0].1.is_err());
+    let fx = h.send(Event::Registered("f-7-2".into(), Ok(())));
+    assert!(matches!(fx[..], [Effect::RemoveEndpoint(a)] if a.port() == 9002), "{fx:?}");
+    assert_eq!(h.f.status().state, FunctionState::Sleeping);
+}
+
+#[test]
+fn a_crash_of_the_last_replica_marks_it_not_ready_and_the_next_wake_starts_another() {
+    let mut h = Harness::new(0, 10);
+    h.send(Event::Wake(None));
+    h.bring_up("f-7-1");
+    assert_eq!(h.f.status().state, FunctionState::Ready);
+    let fx = h.send(Event::Exited("f-7-1".into(), "signal 9".into()));
+    assert!(matches!(fx[..], [Effect::Metric(Metric::Crash), Effect::ClearReady, Effect::RemoveEndpoint(_), Effect::ReadLoad]), "{fx:?}");
+    assert_eq!(h.f.status().state, FunctionState::Sleeping);
+    assert!(h.f.status().last_error.is_some_and(|e| e.contains("signal 9")));
+    let fx = h.idle();
+    assert!(started_ids(&fx).is_empty(), "an idle function stays asleep");
+    let fx = h.send(Event::Wake(Some(1)));
+    assert_eq!(started_ids(&fx), ["f-7-2"]);
+}
+
+#[test]
+fn a_crash_of_one_of_two_keeps_the_function_ready() {
+    let mut h = Harness::new(2, 10);
+    let fx = h.idle();
+    assert_eq!(started_ids(&fx), ["f-7-1", "f-7-2"]);
+    h.bring_up("f-7-1");
+    h.bring_up("f-7-2");
+    let fx = h.send(Event::Exited("f-7-1".into(), "signal 9".into()));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::ClearReady)), "{fx:?}");
+    // min_replicas: the load reading replaces it.
+    let fx = h.idle();
+    assert_eq!(started_ids(&fx), ["f-7-3"]);
+}
+
+#[test]
+fn drain_waits_for_requests_in_flight_before_the_stop() {
+    let mut h = Harness::new(0, 10);
+    h.send(Event::Wake(None));
+    h.bring_up("f-7-1");
+    // A request started long ago is still in flight: no scale to zero under it.
+    h.advance(60 * S);
+    let fx = h.send(Event::Load(Load { in_flight: 1, pending: 0, since_last_request: Some(60 * S) }));
+    assert!(drained_ids(&fx).is_empty(), "{fx:?}");
+    // Idle: not ready first (it is the last), then the drain.
+    let fx = h.idle();
+    let kinds: Vec<&str> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ClearReady => Some("not ready"),
+            Effect::Drain(..) => Some("drain"),
+            Effect::Stop { .. } => Some("stop"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["not ready", "drain"]);
+    assert_eq!(h.f.status().state, FunctionState::Draining);
+    // Nothing stops it until the drain says the requests in flight are done.
+    for _ in 0..3 {
+        h.advance(S);
+        let fx = h.idle();
+        assert!(!fx.iter().any(|e| matches!(e, Effect::Stop { .. } | Effect::Drain(..))), "{fx:?}");
+    }
+    h.finish_drain("f-7-1");
+    assert_eq!(h.f.status().state, FunctionState::Sleeping);
+    assert!(h.f.status().replicas.is_empty());
+}
+
+#[test]
+fn a_wake_mid_drain_and_mid_scale_to_zero_starts_a_new_replica() {
+    let mut h = Harness::new(0, 10);
+    h.send(Event::Wake(None));
+    h.bring_up("f-7-1");
+    h.advance(60 * S);
+    assert_eq!(drained_ids(&h.idle()), ["f-7-1"]);
+    // Mid-drain: the draining replica takes no new request, so a wake starts another.
+    let fx = h.send(Event::Wake(Some(1)));
+    assert_eq!(started_ids(&fx), ["f-7-2"]);
+    assert_eq!(h.f.status().state, FunctionState::Waking);
+    // The old one finishes its drain while the new one starts (mid scale to zero).
+    let fx = h.send(Event::DrainFinished("f-7-1".into()));
+    assert!(answers(&fx).is_empty());
+    let fx = h.bring_up("f-7-2");
+    assert!(answers(&fx)[0].1.is_ok(), "{fx:?}");
+    h.send(Event::Stopped("f-7-1".into()));
+    assert_eq!(h.ready_ids(), ["f-7-2"]);
+    assert_eq!(h.f.status().state, FunctionState::Ready);
+}
+
+#[test]
+fn rollover_acks_the_new_replica_before_an_old_one_drains() {
+    let mut h = Harness::new(0, 10);
+    h.send(Event::Wake(None));
+    h.bring_up("f-7-1");
+    let v2 = spec_yaml("2", 0, 10);
+    let fx = h.send(Event::Changed(v2.clone(), hash_of(&v2)));
+    assert!(matches!(fx[..], [Effect::Declare(_), Effect::Prepare(..), Effect::ReadLoad]), "{fx:?}");
+    assert!(h.f.status().replicas[0].outdated);
+    h.send(Event::Declared(Ok(())));
+    let fx = h.load(0, 0);
+    assert_eq!(started_ids(&fx), ["f-7-2"], "the rollover starts a replica of the new definition");
+    assert!(drained_ids(&fx).is_empty(), "the old one serves until the new one is ready");
+    h.send(Event::Started("f-7-2".into(), Ok(replica("f-7-2", "h2"))));
+    h.send(Event::Probed("f-7-2".into(), true));
+    let fx = h.send(Event::Registered("f-7-2".into(), Ok(())));
+    assert!(drained_ids(&fx).is_empty(), "not before the ready notice");
+    let fx = h.send(Event::Noticed("f-7-2".into()));
+    assert_eq!(drained_ids(&fx), ["f-7-1"]);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::ClearReady)), "a replica stays ready throughout");
+    h.finish_drain("f-7-1");
+    assert_eq!(h.ready_ids(), ["f-7-2"]);
+    assert!(started_ids(&h.load(0, 0)).is_empty(), "rolled over: nothing more to start");
+}
+
+#[test]
+fn a_definition_changed_twice_mid_rollover_ends_on_the_newest_with_a_replica_always_ready() {
+    let mut h = Harness::new(0, 10);
+    h.send(Event::Wake(None));
+    h.bring_up("f-7-1");
+    let (v2, v3) = (spec_yaml("2", 0, 10), spec_yaml("3", 0, 10));
+    h.send(Event::Changed(v2.clone(), hash_of(&v2)));
+    assert_eq!(started_ids(&h.load(0, 0)), ["f-7-2"]);
+    h.send(Event::Changed(v3.clone(), hash_of(&v3)));
+    assert!(started_ids(&h.load(0, 0)).is_empty(), "one rollover start at a time");
+    // The v2 replica arrives already outdated; it still replaces the v1 one.
+    let fx = h.bring_up("f-7-2");
+    assert_eq!(drained_ids(&fx), ["f-7-1"]);
+    h.finish_drain("f-7-1");
+    let mut rounds = 0;
+    while h.f.status().replicas.iter().any(|r| r.outdated) {
+        rounds += 1;
+        assert!(rounds < 5, "the rollover converges");
+        let fx = h.load(0, 0);
+        let id = started_ids(&fx).pop().expect("a rollover start");
+        assert_eq!(h.f.slots[&id].hash, "h3");
+        let fx = h.bring_up(&id);
+        for old in drained_ids(&fx) {
+            h.finish_drain(&old);
+        }
+    }
+    assert!(!h.log.iter().any(|e| matches!(e, Effect::ClearReady)), "never unready during the rollover");
+    let st = h.f.status();
+    assert_eq!(st.replicas.len(), 1);
+    assert_eq!(st.replicas[0].version, "3");
+}
+
+#[test]
+fn min_replicas_are_started_and_kept_when_idle() {
+    let mut h = Harness::new(2, 5);
+    assert!(matches!(h.send(Event::Tick)[..], [Effect::ReadLoad]));
+    let fx = h.idle();
+    assert_eq!(started_ids(&fx), ["f-7-1", "f-7-2"]);
+    assert!(started_ids(&h.idle()).is_empty(), "two are already starting");
+    h.bring_up("f-7-1");
+    h.bring_up("f-7-2");
+    h.advance(120 * S);
+    let fx = h.idle();
+    assert!(drained_ids(&fx).is_empty() && started_ids(&fx).is_empty(), "{fx:?}");
+    assert_eq!(h.ready_ids().len(), 2);
+}
+
+#[test]
+fn queueing_scales_up_and_the_surplus_drains_one_at_a_time_after_the_idle_timeout() {
+    let mut h = Harness::new(0, 3);
+    h.send(Event::Wake(None));
+    h.bring_up("f-7-1");
+    let fx = h.load(1, 5);
+    assert_eq!(started_ids(&fx), ["f-7-2", "f-7-3"], "capped at max_replicas");
+    h.bring_up("f-7-2");
+    h.bring_up("f-7-3");
+    // One request in flight now: two replicas are surplus, but only after idle_timeout.
+    let fx = h.load(1, 0);
+    assert!(drained_ids(&fx).is_empty());
+    h.advance(11 * S);
+    assert_eq!(drained_ids(&h.load(1, 0)).len(), 1, "one at a time");
+    assert!(drained_ids(&h.load(1, 0)).is_empty(), "the surplus clock restarts");
+}
+
+#[test]
+fn a_function_removed_mid_start_answers_its_waiters_stops_the_replica_and_forgets_itself() {
+    let mut h = Harness::new(0, 10);
+    h.send(Event::Wake(Some(1)));
+    let fx = h.send(Event::Removed);
+    assert!(answers(&fx)[0].1.as_ref().is_err_and(|e| e.contains("was removed")), "{fx:?}");
+    assert_eq!(h.f.status().state, FunctionState::Removing);
+    let fx = h.send(Event::Wake(Some(2)));
+    assert!(answers(&fx)[0].1.is_err(), "no wake while being removed");
+    let fx = h.send(Event::Started("f-7-1".into(), Ok(replica("f-7-1", "h1"))));
+    assert!(matches!(&fx[..], [Effect::Stop { registered: false, .. }]), "{fx:?}");
+    assert!(!h.f.ended());
+    let fx = h.send(Event::Stopped("f-7-1".into()));
+    assert!(matches!(fx[..], [Effect::Forget, Effect::Exit]), "{fx:?}");
+    assert!(h.f.ended());
+    assert!(h.send(Event::Wake(Some(3))).is_empty(), "an ended function does nothing");
+}
+
+#[test]
+fn a_function_removed_while_envoy_takes_its_replica_drains_it() {
+    let mut h = Harness::new(0, 10);
+    h.send(Event::Wake(None));
+    h.send(Event::Started("f-7-1".into(), Ok(replica("f-7-1", "h1"))));
+    h.send(Event::Probed("f-7-1".into(), true));
+    h.send(Event::Removed);
+    let fx = h.send(Event::Registered("f-7-1".into(), Ok(())));
+    assert_eq!(drained_ids(&fx), ["f-7-1"]);
+    let fx = h.finish_drain("f-7-1");
+    assert!(matches!(fx[fx.len() - 2..], [Effect::Forget, Effect::Exit]), "{fx:?}");
+}
+
+#[test]
+fn re_added_while_being_removed_keeps_serving() {
+    let mut h = Harness::new(0, 10);
+    h.send(Event::Wake(None));
+    h.bring_up("f-7-1");
+    h.send(Event::Removed);
+    let v1 = spec_yaml("1", 0, 10);
+    h.send(Event::Changed(v1.clone(), hash_of(&v1)));
+    let fx = h.finish_drain("f-7-1");
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Forget | Effect::Exit)), "{fx:?}");
+    assert_eq!(started_ids(&h.send(Event::Wake(Some(1)))), ["f-7-2"]);
+}
+
+#[test]
+fn shutdown_drains_everything_and_keeps_the_function_declared() {
+    let mut h = Harness::new(0, 10);
+    h.send(Event::Wake(None));
+    h.bring_up("f-7-1");
+    let fx = h.send(Event::Shutdown);
+    assert_eq!(drained_ids(&fx), ["f-7-1"]);
+    let fx = h.finish_drain("f-7-1");
+    assert!(matches!(fx[fx.len() - 1..], [Effect::Exit]) && !fx.iter().any(|e| matches!(e, Effect::Forget)), "{fx:?}");
+}
+
+#[test]
+fn an_undeclared_function_is_declared_again_on_the_tick_and_before_a_start() {
+    let spec = spec_yaml("1", 0, 10);
+    let (mut f, _) = Function::new(spec.clone(), hash_of(&spec), "f-7".into(), 30 * S);
+    let now = Instant::now();
+    f.handle(Event::Declared(Err(failure("control plane unreachable"))), now);
+    assert!(f.status().last_error.is_some_and(|e| e.contains("unreachable")));
+    assert!(matches!(f.handle(Event::Tick, now)[..], [Effect::Declare(_), Effect::ReadLoad]));
+    assert!(matches!(f.handle(Event::Tick, now)[..], [Effect::ReadLoad]), "one declaration at a time");
+    let fx = f.handle(Event::Wake(None), now);
+    assert!(matches!(fx[..], [Effect::Start { declare: true, .. }]), "{fx:?}");
+}
+
+#[test]
+fn an_adopted_replica_serves_without_a_cold_start() {
+    let mut h = Harness::new(0, 10);
+    let fx = h.send(Event::Adopted(replica("f-7-9", "h1")));
+    assert!(matches!(&fx[..], [Effect::SetReady(id)] if id == "f-7-9"));
+    let fx = h.send(Event::Noticed("f-7-9".into()));
+    assert!(matches!(fx[..], [Effect::Publish { ready: 1, declared: true }]), "{fx:?}");
+    assert_eq!(h.f.status().cold_starts, 0);
+    assert_eq!(answers(&h.send(Event::Wake(Some(1))))[0].1.as_ref().map(|r| r.already_ready), Ok(true));
+}
