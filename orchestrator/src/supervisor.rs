@@ -276,9 +276,7 @@ pub async fn run(ctx: Arc<Ctx>, initial: Reading, mut inputs: Inputs, opts: Opti
     let mut tasks = std::mem::take(&mut fns.tasks);
     let all = async {
         while let Some(joined) = tasks.join_next().await {
-            if let Err(e) = fns.ended(joined) {
-                return Err(e);
-            }
+            fns.ended(joined)?;
         }
         Ok(())
     };
