@@ -13,9 +13,18 @@ resolve() {
   echo "entrypoint: cannot resolve $1" >&2
   return 1
 }
-case "${ROOST_STATSD_ADDRESS:=statsd-listener}" in
-  *[!0-9.]*) ROOST_STATSD_ADDRESS=$(resolve "$ROOST_STATSD_ADDRESS") ;;
-esac
-export ROOST_STATSD_ADDRESS
+if [ -n "${ROOST_STATSD_ADDR:-}" ] || [ -z "${ROOST_STATSD_ADDRESS:-}" ]; then
+  : "${ROOST_STATSD_ADDR:=statsd-listener:8125}"
+  host=${ROOST_STATSD_ADDR%:*}
+  case "$host" in
+    *[!0-9.]*) ROOST_STATSD_ADDR=$(resolve "$host"):${ROOST_STATSD_ADDR##*:} ;;
+  esac
+  export ROOST_STATSD_ADDR
+else # the deprecated ROOST_STATSD_ADDRESS (render-bootstrap.sh warns)
+  case "$ROOST_STATSD_ADDRESS" in
+    *[!0-9.]*) ROOST_STATSD_ADDRESS=$(resolve "$ROOST_STATSD_ADDRESS") ;;
+  esac
+  export ROOST_STATSD_ADDRESS
+fi
 "$here/render-bootstrap.sh" > /tmp/envoy.yaml
 exec envoy -c /tmp/envoy.yaml --disable-hot-restart "$@"

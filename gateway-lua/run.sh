@@ -11,8 +11,8 @@
 #   ROOST_GATE_PORT             public port                          [8080]
 #   ROOST_GATE_PREFIX           nginx prefix: conf, pid, temp files  [/tmp/roost-gate]
 #   ROOST_ENVOY_ADDR            host:port of Envoy's public listener [127.0.0.1:10000]
-#   ROOST_REDIS_HOST            Redis host (a name needs a resolver) [127.0.0.1]
-#   ROOST_REDIS_PORT            Redis port                           [6379]
+#   ROOST_REDIS_URL             Redis, redis://host:port/ (a host name needs a resolver)
+#                                                                    [redis://127.0.0.1:6379/]
 #   ROOST_GATE_MAX_BODY         body limit, bytes (or 64k, 10m)      [10485760]
 #   ROOST_GATE_MAX_HELD         held requests per function           [1000]
 #   ROOST_GATE_WAKE_TIMEOUT_MS  how long a request is held           [30000]
@@ -22,10 +22,12 @@
 #   ROOST_GATE_PING_MS          idle subscription PINGs Redis after  [5000]
 #   ROOST_GATE_WORKERS          nginx worker processes               [auto]
 #   ROOST_GATE_LOG_LEVEL        error_log level                      [warn]
-#   ROOST_GATE_RESOLVER         DNS server for ROOST_REDIS_HOST      [first nameserver of /etc/resolv.conf]
+#   ROOST_GATE_RESOLVER         DNS server for Redis's host name      [first nameserver of /etc/resolv.conf]
 #   ROOST_GATE_NGINX            the nginx binary                     [openresty, else nginx]
 #   ROOST_GATE_LUA_PATH         a folder searched first for Lua modules (e.g. a
 #                               lua-resty-redis of your own: resty/redis.lua)  [none]
+# The old ROOST_REDIS_HOST and ROOST_REDIS_PORT are still read (with a warning) when
+# ROOST_REDIS_URL is unset.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 mode=${1:-run}
@@ -33,12 +35,17 @@ mode=${1:-run}
 : "${ROOST_GATE_PORT:=8080}"
 : "${ROOST_GATE_PREFIX:=/tmp/roost-gate}"
 : "${ROOST_ENVOY_ADDR:=127.0.0.1:10000}"
-: "${ROOST_REDIS_HOST:=127.0.0.1}"
-: "${ROOST_REDIS_PORT:=6379}"
+if [ -z "${ROOST_REDIS_URL:-}" ]; then
+  for old in ROOST_REDIS_HOST ROOST_REDIS_PORT; do
+    eval "set_old=\${$old:-}"
+    [ -z "$set_old" ] || echo "roost gate: $old is deprecated and still read; set ROOST_REDIS_URL instead" >&2
+  done
+  ROOST_REDIS_URL="redis://${ROOST_REDIS_HOST:-127.0.0.1}:${ROOST_REDIS_PORT:-6379}/"
+fi
 : "${ROOST_GATE_MAX_BODY:=10485760}"
 : "${ROOST_GATE_WORKERS:=auto}"
 : "${ROOST_GATE_LOG_LEVEL:=warn}"
-export ROOST_REDIS_HOST ROOST_REDIS_PORT ROOST_GATE_MAX_BODY ROOST_ENVOY_ADDR
+export ROOST_REDIS_URL ROOST_GATE_MAX_BODY ROOST_ENVOY_ADDR
 
 die() {
   echo "roost gate: $*" >&2
@@ -91,6 +98,7 @@ expect() { # value, extended regex, what
   printf '%s\n' "$1" | grep -Eqx "$2" || die "$3 must match $2, got '$1'"
 }
 expect "$ROOST_GATE_PORT" '[0-9]{1,5}' ROOST_GATE_PORT
+expect "$ROOST_REDIS_URL" 'redis://[A-Za-z0-9._-]+(:[0-9]{1,5})?(/[0-9]*)?' ROOST_REDIS_URL
 expect "$ROOST_ENVOY_ADDR" '[A-Za-z0-9._-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}' ROOST_ENVOY_ADDR
 expect "$ROOST_GATE_MAX_BODY" '[0-9]+[kKmMgG]?' ROOST_GATE_MAX_BODY
 expect "$ROOST_GATE_WORKERS" 'auto|[0-9]{1,3}' ROOST_GATE_WORKERS

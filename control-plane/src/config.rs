@@ -1,6 +1,7 @@
 //! The control plane's configuration: command-line flags, each also read from a
 //! `ROOST_...` environment variable.
 
+use roost_common::env;
 use roost_common::telemetry::LogFormat;
 use std::net::SocketAddr;
 
@@ -9,61 +10,75 @@ use std::net::SocketAddr;
 #[command(name = "control-plane", version, about = "Roost's xDS control plane: serves Envoy's listeners, routes, clusters and endpoints over ADS (state of the world and delta), with an HTTP/JSON admin API.")]
 pub struct Config {
     /// Address of the gRPC ADS server that Envoy connects to.
-    #[arg(long, env = "ROOST_XDS_BIND", default_value = "0.0.0.0:18000")]
+    #[arg(long, env = env::XDS_BIND, default_value = "0.0.0.0:18000")]
     pub xds_bind: SocketAddr,
 
     /// Address of the HTTP/JSON admin API.
-    #[arg(long, env = "ROOST_ADMIN_BIND", default_value = "0.0.0.0:18001")]
+    #[arg(long, env = env::ADMIN_BIND, default_value = "0.0.0.0:18001")]
     pub admin_bind: SocketAddr,
 
-    /// IP address the public listener binds inside Envoy.
-    #[arg(long, env = "ROOST_LISTENER_ADDRESS", default_value = "0.0.0.0")]
+    /// Where Envoy's public listener binds (ip:port), pushed to Envoy; default: the
+    /// deprecated --listener-address and --listener-port below, 0.0.0.0:10000.
+    #[arg(long, env = env::LISTENER_BIND)]
+    pub listener_bind: Option<SocketAddr>,
+
+    /// Deprecated (use --listener-bind / ROOST_LISTENER_BIND): IP address of Envoy's
+    /// public listener, read when --listener-bind is unset.
+    #[arg(long, env = env::old::LISTENER_ADDRESS, default_value = "0.0.0.0")]
     pub listener_address: std::net::IpAddr,
 
-    /// Port of the public listener pushed to Envoy.
-    #[arg(long, env = "ROOST_LISTENER_PORT", default_value_t = 10000, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Deprecated (use --listener-bind / ROOST_LISTENER_BIND): port of Envoy's public
+    /// listener, read when --listener-bind is unset.
+    #[arg(long, env = env::old::LISTENER_PORT, default_value_t = 10000, value_parser = clap::value_parser!(u16).range(1..))]
     pub listener_port: u16,
 
     /// Timeout for Envoy to connect to a function replica, in milliseconds (at most 1000).
-    #[arg(long, env = "ROOST_CONNECT_TIMEOUT_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    #[arg(long, env = env::CONNECT_TIMEOUT_MS, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub connect_timeout_ms: u64,
 
     /// Retries of a request that never reached a replica (connect failure, refused stream,
     /// reset before the request was sent), each on another replica when there is one.
-    #[arg(long, env = "ROOST_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10))]
+    #[arg(long, env = env::RETRIES, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub retries: u32,
 
     /// Redis URL where the model is saved so a restarted control plane restores it (for
     /// example redis://redis:6379/). Without it, state lives in memory only and the
     /// orchestrator must register everything again after a restart.
-    #[arg(long, env = "ROOST_REDIS_URL")]
+    #[arg(long, env = env::REDIS_URL)]
     pub redis_url: Option<String>,
 
     /// How long to keep trying to reach Redis at start-up before giving up, in seconds.
     /// The xDS server does not start before the saved state is loaded, so Envoy never
     /// gets an empty configuration from a control plane that has merely restarted.
-    #[arg(long, env = "ROOST_REDIS_STARTUP_TIMEOUT_S", default_value_t = 60)]
+    #[arg(long, env = env::REDIS_STARTUP_TIMEOUT_S, default_value_t = 60)]
     pub redis_startup_timeout_s: u64,
 
     /// Envoys that must be connected and in sync before a wait for ACK succeeds.
-    #[arg(long, env = "ROOST_MIN_ENVOYS", default_value_t = 1)]
+    #[arg(long, env = env::MIN_ENVOYS, default_value_t = 1)]
     pub min_envoys: usize,
 
     /// Default time a change waits for every Envoy's ACK, in milliseconds.
-    #[arg(long, env = "ROOST_SYNC_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=60000))]
+    #[arg(long, env = env::SYNC_TIMEOUT_MS, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=60000))]
     pub sync_timeout_ms: u64,
 
     /// Log format: text or json.
-    #[arg(long, env = "ROOST_LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = env::LOG_FORMAT, default_value = "text")]
     pub log_format: LogFormat,
 }
 
 impl Config {
+    /// Where Envoy's public listener binds: `listener_bind`, else the deprecated address
+    /// and port.
+    pub fn listener(&self) -> SocketAddr {
+        self.listener_bind.unwrap_or(SocketAddr::new(self.listener_address, self.listener_port))
+    }
+
     /// A configuration for tests: every port chosen by the system, in-memory state.
     pub fn for_tests() -> Config {
         Config {
             xds_bind: "127.0.0.1:0".parse().expect("literal address"),
             admin_bind: "127.0.0.1:0".parse().expect("literal address"),
+            listener_bind: None,
             listener_address: "127.0.0.1".parse().expect("literal address"),
             listener_port: 10000,
             connect_timeout_ms: 250,
@@ -90,5 +105,17 @@ mod tests {
         let e = Config::try_parse_from(["control-plane", "--connect-timeout-ms", "5000"]).unwrap_err();
         assert!(e.to_string().contains("5000"), "{e}");
         assert!(Config::try_parse_from(["control-plane", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn the_listener_is_one_bind_address_and_the_old_pair_still_works() {
+        let c = Config::try_parse_from(["control-plane"]).unwrap();
+        assert_eq!(c.listener(), "0.0.0.0:10000".parse::<SocketAddr>().unwrap());
+        let c = Config::try_parse_from(["control-plane", "--listener-bind", "127.0.0.1:10001"]).unwrap();
+        assert_eq!(c.listener(), "127.0.0.1:10001".parse::<SocketAddr>().unwrap());
+        let c = Config::try_parse_from(["control-plane", "--listener-address", "127.0.0.2", "--listener-port", "10002"]).unwrap();
+        assert_eq!(c.listener(), "127.0.0.2:10002".parse::<SocketAddr>().unwrap());
+        let c = Config::try_parse_from(["control-plane", "--listener-port", "10002", "--listener-bind", "127.0.0.1:10003"]).unwrap();
+        assert_eq!(c.listener(), "127.0.0.1:10003".parse::<SocketAddr>().unwrap(), "the new name wins");
     }
 }

@@ -94,9 +94,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         None => (None, model::Model::default()),
     };
+    roost_common::env::warn_deprecated("control-plane");
+    let listener = config.listener();
     let settings = resources::BuildSettings {
-        listener_address: config.listener_address.to_string(),
-        listener_port: config.listener_port,
+        listener_address: listener.ip().to_string(),
+        listener_port: listener.port(),
         connect_timeout_ms: config.connect_timeout_ms,
         num_retries: config.retries,
     };
@@ -131,7 +133,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let admin = axum::serve(admin_listener, admin::router(admin_state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let persister = state_store.map(|s| tokio::spawn(s.run(store.models(), shutdown.clone())));
-    info!(%xds_addr, %admin_addr, listener_port = config.listener_port, "control plane serving");
+    info!(%xds_addr, %admin_addr, %listener, "control plane serving");
 
     let task = tokio::spawn(async move {
         let (g, a) = tokio::join!(grpc, admin);

@@ -1,5 +1,6 @@
 //! The orchestrator's configuration: flags, each also read from a `ROOST_...` variable.
 
+use roost_common::env;
 use roost_common::telemetry::LogFormat;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,98 +19,98 @@ pub enum RuntimeKind {
 #[command(name = "orchestrator", version, about = "Roost's orchestrator: wakes functions on demand, scales them on queueing, and puts them to sleep when idle.")]
 pub struct Config {
     /// The function definitions file (hot-reloaded on every edit).
-    #[arg(long, env = "ROOST_DEFINITIONS", default_value = "faas-runtime/global-function-definition.yml")]
+    #[arg(long, env = env::DEFINITIONS, default_value = "faas-runtime/global-function-definition.yml")]
     pub definitions: PathBuf,
 
     /// Redis URL.
-    #[arg(long, env = "ROOST_REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    #[arg(long, env = env::REDIS_URL, default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
 
     /// Base URL of the control plane's admin API.
-    #[arg(long, env = "ROOST_CONTROL_PLANE_URL", default_value = "http://127.0.0.1:18001")]
+    #[arg(long, env = env::CONTROL_PLANE_URL, default_value = "http://127.0.0.1:18001")]
     pub control_plane_url: String,
 
     /// Base URL of Envoy's admin API, used to end a drain as soon as a replica has no
     /// request in flight. Without it a drain waits the function's whole request timeout.
-    #[arg(long, env = "ROOST_ENVOY_ADMIN_URL")]
+    #[arg(long, env = env::ENVOY_ADMIN_URL)]
     pub envoy_admin_url: Option<String>,
 
     /// Where replicas run.
-    #[arg(long, env = "ROOST_RUNTIME", value_enum, default_value = "process")]
+    #[arg(long, env = env::RUNTIME, value_enum, default_value = "process")]
     pub runtime: RuntimeKind,
 
     /// Folder holding the `roost_runtime` Python package; default: the definitions
     /// file's folder.
-    #[arg(long, env = "ROOST_RUNTIME_DIR")]
+    #[arg(long, env = env::RUNTIME_DIR)]
     pub runtime_dir: Option<PathBuf>,
 
     /// Python interpreter for the process runtime.
-    #[arg(long, env = "ROOST_PYTHON", default_value = "python3")]
+    #[arg(long, env = env::PYTHON, default_value = "python3")]
     pub python: PathBuf,
 
     /// Runtimes the process runtime keeps started ahead of time for any function (the
     /// interpreter and the runtime loaded, no function yet): a cold start hands one its
     /// function instead of starting Python (about 10 MB each; 0: none).
-    #[arg(long, env = "ROOST_PROCESS_SPARES", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=64))]
+    #[arg(long, env = env::PROCESS_SPARES, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=64))]
     pub process_spares: u64,
 
     /// Folder for the process runtime's replica state files (for adoption after a crash).
-    #[arg(long, env = "ROOST_STATE_DIR", default_value = ".roost/replicas")]
+    #[arg(long, env = env::STATE_DIR, default_value = ".roost/replicas")]
     pub state_dir: PathBuf,
 
     /// Address of the orchestrator's HTTP API (/status, /functions/{name}/wake).
-    #[arg(long, env = "ROOST_ORCHESTRATOR_BIND", default_value = "0.0.0.0:18002")]
+    #[arg(long, env = env::ORCHESTRATOR_BIND, default_value = "0.0.0.0:18002")]
     pub bind: SocketAddr,
 
     /// statsd address for the orchestrator's own metrics (host:port); none when unset.
-    #[arg(long, env = "ROOST_STATSD_ADDR")]
+    #[arg(long, env = env::STATSD_ADDR)]
     pub statsd_addr: Option<String>,
 
     /// Readiness probe interval, in milliseconds.
-    #[arg(long, env = "ROOST_PROBE_INTERVAL_MS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=50))]
+    #[arg(long, env = env::PROBE_INTERVAL_MS, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=50))]
     pub probe_interval_ms: u64,
 
     /// Longest wait for a new replica's readiness, in milliseconds.
-    #[arg(long, env = "ROOST_READY_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = env::READY_TIMEOUT_MS, default_value_t = 30_000)]
     pub ready_timeout_ms: u64,
 
     /// Time a stopping replica gets between SIGTERM and a hard kill, in milliseconds.
-    #[arg(long, env = "ROOST_STOP_GRACE_MS", default_value_t = 5_000)]
+    #[arg(long, env = env::STOP_GRACE_MS, default_value_t = 5_000)]
     pub stop_grace_ms: u64,
 
     /// How often every function's scaling is re-evaluated, in milliseconds (scale-up
     /// signals from the statsd-listener act at once).
-    #[arg(long, env = "ROOST_TICK_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    #[arg(long, env = env::TICK_MS, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=10_000))]
     pub tick_ms: u64,
 
     /// How often the definitions file is checked for edits, in milliseconds.
-    #[arg(long, env = "ROOST_RELOAD_INTERVAL_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=1_000))]
+    #[arg(long, env = env::RELOAD_INTERVAL_MS, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=1_000))]
     pub reload_interval_ms: u64,
 
     /// Longest wait for every Envoy to ACK an endpoint change, in milliseconds.
-    #[arg(long, env = "ROOST_SYNC_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(long, env = env::SYNC_TIMEOUT_MS, default_value_t = 5_000)]
     pub sync_timeout_ms: u64,
 
     /// Docker socket (Docker runtime).
-    #[arg(long, env = "ROOST_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
+    #[arg(long, env = env::DOCKER_SOCKET, default_value = "/var/run/docker.sock")]
     pub docker_socket: PathBuf,
 
     /// Docker network the function containers join (and nothing else).
-    #[arg(long, env = "ROOST_DOCKER_NETWORK", default_value = "roost-functions")]
+    #[arg(long, env = env::DOCKER_NETWORK, default_value = "roost-functions")]
     pub docker_network: String,
 
     /// Keep one started, ready and paused spare container per function, so a cold
     /// start is an unpause (about 15 ms) instead of a container start and a Python start
     /// (about 0.5 s). A paused spare uses no CPU but keeps its memory (about 20 MB);
     /// `false` keeps only a created spare.
-    #[arg(long, env = "ROOST_DOCKER_WARM_SPARES", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = env::DOCKER_WARM_SPARES, default_value_t = true, action = clap::ArgAction::Set)]
     pub docker_warm_spares: bool,
 
     /// Base image of function images (Docker runtime).
-    #[arg(long, env = "ROOST_BASE_IMAGE", default_value = "roost/base:bookworm")]
+    #[arg(long, env = env::BASE_IMAGE, default_value = "roost/base:bookworm")]
     pub base_image: String,
 
     /// Log format: text or json.
-    #[arg(long, env = "ROOST_LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = env::LOG_FORMAT, default_value = "text")]
     pub log_format: LogFormat,
 }

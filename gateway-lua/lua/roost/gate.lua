@@ -73,8 +73,11 @@ local function size_bytes(s, default)
 end
 
 function _M.init()
-    conf.redis_host = os.getenv("ROOST_REDIS_HOST") or "127.0.0.1"
-    conf.redis_port = env_num("ROOST_REDIS_PORT", 6379)
+    -- redis://host[:port][/db] (run.sh checked it; the database is always 0).
+    local url = os.getenv("ROOST_REDIS_URL") or "redis://127.0.0.1:6379/"
+    local host, port = url:match("^redis://([%w%.%-_]+):?(%d*)")
+    conf.redis_host = host or "127.0.0.1"
+    conf.redis_port = tonumber(port) or 6379
     conf.redis_timeout = env_num("ROOST_GATE_REDIS_TIMEOUT_MS", 1000)
     conf.max_held = env_num("ROOST_GATE_MAX_HELD", 1000)
     conf.wake_timeout_ms = env_num("ROOST_GATE_WAKE_TIMEOUT_MS", 30000)
