@@ -163,3 +163,68 @@ async fn a_crash_removes_the_endpoint_and_queueing_scales_up() {
     stop.cancel();
     o.wait().await.expect("the orchestrator stops cleanly");
 }
+
+/// A TCP proxy to the control plane that forwards everything except the connection that
+/// carries `PUT /functions/<stuck>`: that one is held forever (a control plane stuck on
+/// one function). Requests on other connections pass.
+async fn stuck_proxy(upstream: std::net::SocketAddr, stuck: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let back = tokio::spawn(async move { tokio::io::copy(&mut sr, &mut cw).await });
+                let needle = format!("PUT /functions/{stuck}");
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if String::from_utf8_lossy(&buf[..n]).contains(&needle) {
+                        std::future::pending::<()>().await;
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                back.abort();
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_stuck_in_the_control_plane_delays_neither_another_wake_nor_status() {
+    let b = Backend::start().await;
+    let defs = Defs::new(&format!("{DEFS}  stuck:\n    version: 1\n    runtime: {{kind: image, image: test}}\n"));
+    let rt = FakeRuntime::new(Duration::ZERO);
+    let stop = CancellationToken::new();
+    let state = std::env::temp_dir().join(format!("roost-fake-stuck-{}", std::process::id()));
+    let mut config = b.orchestrator_config(&defs, &state);
+    config.control_plane_url = format!("http://127.0.0.1:{}", stuck_proxy(b.cp.admin_addr, "stuck").await);
+    let o = roost_orchestrator::start_with_runtime(config, rt.clone(), stop.clone()).await.unwrap();
+    let api = o.api_addr.port();
+    // `stuck` is declared first and never answered; `f` and /status carry on.
+    let stuck_wake = tokio::spawn(wake(api, "stuck"));
+    let bound = Duration::from_secs(10);
+    let t0 = std::time::Instant::now();
+    let f = tokio::time::timeout(bound, wake(api, "f")).await.expect("f's wake is not held behind stuck's control-plane call");
+    assert_eq!(f.0, 200, "{:?}", f.1);
+    let s = tokio::time::timeout(bound, status(api)).await.expect("/status is not held either");
+    let names: Vec<&str> = s["functions"].as_array().unwrap().iter().filter_map(|f| f["name"].as_str()).collect();
+    assert_eq!(names, ["f", "stuck"]);
+    let stuck = s["functions"].as_array().unwrap().iter().find(|f| f["name"] == "stuck").unwrap();
+    assert_eq!(stuck["state"], "waking", "{stuck}");
+    assert!(!stuck_wake.is_finished(), "stuck's wake is still waiting on the control plane");
+    eprintln!("f woke and /status answered in {:?}", t0.elapsed());
+    assert_eq!(rt.starts.load(Ordering::SeqCst), 1, "only f started a replica");
+    stop.cancel();
+    o.wait().await.expect("the orchestrator stops cleanly, cancelling the stuck call");
+    eprintln!("stopped after {:?}", t0.elapsed());
+    stuck_wake.abort();
+}
