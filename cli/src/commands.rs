@@ -1,7 +1,6 @@
 //! `roost ls`, `roost invoke`, `roost status` and `roost validate`.
 
 use crate::client::{self, Endpoints};
-use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -78,8 +77,7 @@ pub fn validate(path: &Path) -> bool {
         Ok(defs) => {
             println!("{}: {} function(s) OK", path.display(), defs.len());
             for (name, spec) in &defs {
-                let v: Value = serde_json::to_value(spec).unwrap_or(Value::Null);
-                println!("  {name:<20} {} {}", v["runtime"]["kind"].as_str().unwrap_or("?"), spec.version);
+                println!("  {name:<20} {} {}", spec.runtime.kind(), spec.version);
             }
             true
         }
