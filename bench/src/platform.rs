@@ -3,7 +3,7 @@
 
 use crate::client::{self, Conn};
 use roost_cli::up::{Platform, Runtime, UpOptions};
-use serde_json::Value;
+use roost_common::wire::status::{FunctionStatus, Status};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -79,7 +79,7 @@ impl Roost {
         let a = platform.addresses.clone();
         let envoy_bin = roost_cli::up::find_envoy(home)?;
         let roost = Roost { platform: Some(platform), gate: local(a.gate), envoy: local(a.envoy), orchestrator: local(a.orchestrator), runtime, envoy_bin, work_dir: work_dir.to_path_buf() };
-        roost.wait_for("every function declared", Duration::from_secs(30), |s| s["functions"].as_array().is_some_and(|f| f.len() == FUNCTIONS.len())).await?;
+        roost.wait_for("every function declared", Duration::from_secs(30), |s| s.functions.len() == FUNCTIONS.len()).await?;
         // Wake each function once through the orchestrator (no gate deadline): with
         // Docker this builds the images and prepares the spares before any figure is
         // taken. The sleeping ones go back to zero before their scenarios start.
@@ -92,19 +92,20 @@ impl Roost {
     }
 
     /// The orchestrator's `/status`.
-    pub async fn status(&self) -> anyhow::Result<Value> {
+    pub async fn status(&self) -> anyhow::Result<Status> {
         let r = client::get_once(self.orchestrator, "/status").await?;
         anyhow::ensure!(r.head.status == 200, "orchestrator /status answered {}", r.head.status);
         Ok(serde_json::from_slice(&r.body)?)
     }
 
-    /// One function's entry of `/status` (`Null` when not declared).
-    pub async fn function(&self, name: &str) -> anyhow::Result<Value> {
-        Ok(entry(&self.status().await?, name).cloned().unwrap_or(Value::Null))
+    /// One function's entry of `/status` (an error when it is not declared).
+    pub async fn function(&self, name: &str) -> anyhow::Result<FunctionStatus> {
+        let s = self.status().await?;
+        s.function(name).cloned().ok_or_else(|| anyhow::anyhow!("{name} is not in the orchestrator's status: {}", show(&s)))
     }
 
     /// Polls `/status` every 10 ms until `ok` holds, for at most `timeout`.
-    pub async fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    pub async fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&Status) -> bool) -> anyhow::Result<Status> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(s) = self.status().await {
@@ -113,16 +114,16 @@ impl Roost {
                 }
             }
             if Instant::now() > deadline {
-                anyhow::bail!("waited {timeout:?} for {what}; orchestrator status: {}", self.status().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
+                anyhow::bail!("waited {timeout:?} for {what}; orchestrator status: {}", self.status().await.map(|s| show(&s)).unwrap_or_else(|e| e.to_string()));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
     /// Polls one function's status until `ok` holds; returns it.
-    pub async fn wait_function(&self, name: &str, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
-        let s = self.wait_for(&format!("{name}: {what}"), timeout, |s| entry(s, name).is_some_and(&ok)).await?;
-        Ok(entry(&s, name).cloned().unwrap_or(Value::Null))
+    pub async fn wait_function(&self, name: &str, what: &str, timeout: Duration, ok: impl Fn(&FunctionStatus) -> bool) -> anyhow::Result<FunctionStatus> {
+        let s = self.wait_for(&format!("{name}: {what}"), timeout, |s| s.function(name).is_some_and(&ok)).await?;
+        Ok(s.function(name).cloned().expect("wait_for returned once the function's entry passed"))
     }
 
     /// Fails if a component has exited.
@@ -141,12 +142,7 @@ impl Roost {
     }
 }
 
-/// A function's entry in the orchestrator's `/status`.
-fn entry<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-    status["functions"].as_array()?.iter().find(|f| f["name"] == name)
-}
-
-/// Ready replicas in a function's status entry.
-pub fn ready_replicas(f: &Value) -> usize {
-    f["replicas"].as_array().map(|r| r.iter().filter(|x| x["phase"] == "ready").count()).unwrap_or(0)
+/// A status as JSON, for error messages.
+pub fn show<T: serde::Serialize>(status: &T) -> String {
+    serde_json::to_string(status).unwrap_or_else(|e| format!("(cannot show the status: {e})"))
 }

@@ -4,7 +4,8 @@
 
 use crate::client::{self, LoadResult};
 use crate::floors;
-use crate::platform::{ready_replicas, Roost, IDLE_TIMEOUT};
+use crate::platform::{show, Roost, IDLE_TIMEOUT};
+use roost_common::wire::status::FunctionState;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -39,26 +40,25 @@ pub struct ColdStart {
 pub async fn cold_start(roost: &Roost, rounds: usize) -> anyhow::Result<ColdStart> {
     let mut out = ColdStart::default();
     for round in 0..=rounds {
-        let f = roost.wait_function("cold", "back at zero", WAIT, |f| f["state"] == "sleeping").await?;
-        let before = f["cold_starts"].as_u64().unwrap_or(0);
+        let f = roost.wait_function("cold", "back at zero", WAIT, |f| f.state == FunctionState::Sleeping).await?;
+        let before = f.cold_starts;
         let t = Instant::now();
         let r = client::get_once(roost.gate, "/cold").await?;
         let e2e = ms(t.elapsed());
         anyhow::ensure!(r.head.status == 200, "cold start round {round}: HTTP {}: {}", r.head.status, String::from_utf8_lossy(&r.body));
         let f = roost.function("cold").await?;
-        anyhow::ensure!(f["cold_starts"].as_u64() == Some(before + 1), "cold start round {round}: expected one cold start, status: {f}");
+        anyhow::ensure!(f.cold_starts == before + 1, "cold start round {round}: expected one cold start, status: {}", show(&f));
         if round == 0 {
             continue;
         }
-        let p = &f["last_cold_start"];
-        let get = |k: &str| p[k].as_f64().ok_or_else(|| anyhow::anyhow!("status without last_cold_start.{k}: {f}"));
+        let p = f.last_cold_start.ok_or_else(|| anyhow::anyhow!("status without last_cold_start: {}", show(&f)))?;
         out.e2e.push(e2e);
-        out.start.push(get("start_ms")?);
-        out.readiness.push(get("readiness_ms")?);
-        out.ack.push(get("ack_ms")?);
-        out.notice.push(get("notice_ms")?);
-        out.total.push(get("total_ms")?);
-        out.outside.push(e2e - get("total_ms")?);
+        out.start.push(p.start_ms);
+        out.readiness.push(p.readiness_ms);
+        out.ack.push(p.ack_ms);
+        out.notice.push(p.notice_ms);
+        out.total.push(p.total_ms);
+        out.outside.push(e2e - p.total_ms);
     }
     Ok(out)
 }
@@ -74,11 +74,11 @@ pub struct Burst {
 
 /// `n` requests at once to `burst`, asleep.
 pub async fn burst(roost: &Roost, n: usize) -> anyhow::Result<Burst> {
-    let f = roost.wait_function("burst", "asleep", WAIT, |f| f["state"] == "sleeping").await?;
-    let before = f["cold_starts"].as_u64().unwrap_or(0);
+    let f = roost.wait_function("burst", "asleep", WAIT, |f| f.state == FunctionState::Sleeping).await?;
+    let before = f.cold_starts;
     let load = client::burst(roost.gate, "/burst", n).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = roost.function("burst").await?["cold_starts"].as_u64().unwrap_or(0);
+    let after = roost.function("burst").await?.cold_starts;
     Ok(Burst { load, replicas_started: after - before })
 }
 
@@ -104,8 +104,8 @@ pub struct Overhead {
 /// Envoy, and through gate and Envoy, interleaved in `reps` slices of `slice` each so
 /// drift on the machine hits all five alike.
 pub async fn overhead(roost: &Roost, concurrencies: &[usize], reps: usize, slice: Duration) -> anyhow::Result<Vec<Overhead>> {
-    let f = roost.wait_function("warm", "its replica ready", WAIT, |f| ready_replicas(f) == 1).await?;
-    let direct: SocketAddr = f["replicas"][0]["address"].as_str().unwrap_or_default().parse()?;
+    let f = roost.wait_function("warm", "its replica ready", WAIT, |f| f.ready_replicas() == 1).await?;
+    let direct: SocketAddr = f.replicas.first().map(|r| r.address.as_str()).unwrap_or_default().parse()?;
     let chain = floors::ProxyChain::start(&roost.envoy_bin, direct, "/warm", &roost.work_dir.join("proxy-floor")).await?;
     let paths = [(direct, "/"), (chain.envoy_addr, "/warm"), (chain.nginx_addr, "/warm"), (roost.envoy, "/warm"), (roost.gate, "/warm")];
     let mut out = Vec::new();
@@ -142,7 +142,7 @@ pub async fn autoscale(roost: &Roost, rounds: usize, concurrency: usize, handler
     let mut out = Autoscale::default();
     let path = format!("/whoami?ms={handler_ms}");
     for round in 0..rounds {
-        roost.wait_function("whoami", "exactly one replica", WAIT, |f| ready_replicas(f) == 1 && f["replicas"].as_array().map_or(0, Vec::len) == 1 && f["starting"] == 0).await?;
+        roost.wait_function("whoami", "exactly one replica", WAIT, |f| f.ready_replicas() == 1 && f.replicas.len() == 1 && f.starting == 0).await?;
         let first = client::get_once(roost.gate, "/whoami").await?;
         anyhow::ensure!(first.head.status == 200, "whoami answered {}", first.head.status);
         let first: serde_json::Value = serde_json::from_slice(&first.body)?;
@@ -202,20 +202,20 @@ pub const OFF_FACTORS: [f64; 8] = [0.5, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0];
 pub async fn scale_to_zero(roost: &Roost, rounds: usize, concurrency: usize, min_requests: u64, max_time: Duration) -> anyhow::Result<ScaleToZero> {
     let mut out = ScaleToZero::default();
     for round in 0..rounds {
-        roost.wait_function("onoff", "asleep", WAIT, |f| f["state"] == "sleeping").await?;
+        roost.wait_function("onoff", "asleep", WAIT, |f| f.state == FunctionState::Sleeping).await?;
         let r = client::get_once(roost.gate, "/onoff").await?;
         anyhow::ensure!(r.head.status == 200, "scale-to-zero round {round}: HTTP {}", r.head.status);
         let last = Instant::now();
-        roost.wait_function("onoff", "back at zero", WAIT, |f| f["state"] == "sleeping").await?;
+        roost.wait_function("onoff", "back at zero", WAIT, |f| f.state == FunctionState::Sleeping).await?;
         out.late_ms.push(ms(last.elapsed()) - ms(IDLE_TIMEOUT));
     }
-    let before = roost.function("onoff").await?["cold_starts"].as_u64().unwrap_or(0);
+    let before = roost.function("onoff").await?.cold_starts;
     let start = Instant::now();
     while (out.onoff.ok + out.onoff.errors < min_requests || out.cycles < OFF_FACTORS.len()) && start.elapsed() < max_time {
         out.onoff.merge(client::closed_loop(roost.gate, "/onoff", concurrency, Duration::from_secs(1)).await);
         tokio::time::sleep(IDLE_TIMEOUT.mul_f64(OFF_FACTORS[out.cycles % OFF_FACTORS.len()])).await;
         out.cycles += 1;
     }
-    out.cold_starts = roost.function("onoff").await?["cold_starts"].as_u64().unwrap_or(0) - before;
+    out.cold_starts = roost.function("onoff").await?.cold_starts - before;
     Ok(out)
 }

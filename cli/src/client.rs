@@ -1,6 +1,7 @@
 //! HTTP access to the orchestrator's API and to the gate.
 
-use serde_json::Value;
+use roost_common::wire::redis::LoadHash;
+use roost_common::wire::status::Status;
 use std::time::Duration;
 
 /// Where the platform answers.
@@ -24,23 +25,24 @@ pub fn http() -> reqwest::Client {
 }
 
 /// The orchestrator's `/status`.
-pub async fn status(client: &reqwest::Client, e: &Endpoints) -> anyhow::Result<Value> {
+pub async fn status(client: &reqwest::Client, e: &Endpoints) -> anyhow::Result<Status> {
     let r = client
         .get(format!("{}/status", e.orchestrator))
         .send()
         .await
         .map_err(|err| anyhow::anyhow!("cannot reach the orchestrator at {}: {err}; is Roost running (`roost up`)?", e.orchestrator))?;
-    Ok(r.json().await?)
+    let r = r.error_for_status()?;
+    r.json().await.map_err(|err| anyhow::anyhow!("the orchestrator's /status at {} is not what this roost reads: {err}; are the CLI and the orchestrator the same version?", e.orchestrator))
 }
 
 /// Load figures of one function from Redis: in flight, queued.
 pub async fn load(conn: &mut redis::aio::MultiplexedConnection, function: &str) -> (u64, u64) {
+    // A figure Redis cannot give now shows as zero: the table is refreshed every second.
     let h: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
         .arg(roost_common::keys::load(function))
         .query_async(conn)
         .await
         .unwrap_or_default();
-    let n = |k: &str| h.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as u64;
-    use roost_common::keys::load_fields as f;
-    (n(f::IN_FLIGHT), n(f::PENDING))
+    let load = LoadHash::from_fields(&h);
+    (load.in_flight as u64, load.pending as u64)
 }

@@ -1,7 +1,6 @@
 //! `roost ls`, `roost invoke`, `roost status` and `roost validate`.
 
 use crate::client::{self, Endpoints};
-use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -10,24 +9,23 @@ use std::time::Duration;
 pub async fn ls(e: &Endpoints, json: bool) -> anyhow::Result<()> {
     let s = client::status(&client::http(), e).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&s["functions"])?);
+        println!("{}", serde_json::to_string_pretty(&s.functions)?);
         return Ok(());
     }
     println!("{:<24} {:<10} {:>8} {:>8} {:>11}  LAST ERROR", "FUNCTION", "STATE", "READY", "STARTING", "COLD STARTS");
-    for f in s["functions"].as_array().into_iter().flatten() {
-        let ready = f["replicas"].as_array().map(|r| r.iter().filter(|x| x["phase"] == "ready").count()).unwrap_or(0);
+    for f in &s.functions {
         println!(
             "{:<24} {:<10} {:>8} {:>8} {:>11}  {}",
-            f["name"].as_str().unwrap_or("?"),
-            f["state"].as_str().unwrap_or("?"),
-            ready,
-            f["starting"],
-            f["cold_starts"],
-            f["last_error"].as_str().unwrap_or("")
+            f.name,
+            f.state.as_str(),
+            f.ready_replicas(),
+            f.starting,
+            f.cold_starts,
+            f.last_error.as_deref().unwrap_or("")
         );
     }
-    if let Some(err) = s["definitions_error"].as_str() {
-        println!("\nthe newest edit of {} was refused (the last good definitions serve):\n{err}", s["definitions"].as_str().unwrap_or("the definitions"));
+    if let Some(err) = &s.definitions_error {
+        println!("\nthe newest edit of {} was refused (the last good definitions serve):\n{err}", s.definitions);
     }
     Ok(())
 }
@@ -60,11 +58,9 @@ pub async fn watch(e: &Endpoints, once: bool) -> anyhow::Result<()> {
             out.push_str("\x1b[2J\x1b[H");
         }
         out.push_str(&format!("{:<24} {:<10} {:>6} {:>9} {:>7} {:>11}\n", "FUNCTION", "STATE", "LIVE", "IN FLIGHT", "QUEUED", "COLD STARTS"));
-        for f in s["functions"].as_array().into_iter().flatten() {
-            let name = f["name"].as_str().unwrap_or("?");
-            let live = f["replicas"].as_array().map(Vec::len).unwrap_or(0);
-            let (in_flight, queued) = client::load(&mut redis, name).await;
-            out.push_str(&format!("{:<24} {:<10} {:>6} {:>9} {:>7} {:>11}\n", name, f["state"].as_str().unwrap_or("?"), live, in_flight, queued, f["cold_starts"]));
+        for f in &s.functions {
+            let (in_flight, queued) = client::load(&mut redis, &f.name).await;
+            out.push_str(&format!("{:<24} {:<10} {:>6} {:>9} {:>7} {:>11}\n", f.name, f.state.as_str(), f.replicas.len(), in_flight, queued, f.cold_starts));
         }
         print!("{out}");
         std::io::stdout().flush()?;
@@ -81,8 +77,7 @@ pub fn validate(path: &Path) -> bool {
         Ok(defs) => {
             println!("{}: {} function(s) OK", path.display(), defs.len());
             for (name, spec) in &defs {
-                let v: Value = serde_json::to_value(spec).unwrap_or(Value::Null);
-                println!("  {name:<20} {} {}", v["runtime"]["kind"].as_str().unwrap_or("?"), spec.version);
+                println!("  {name:<20} {} {}", spec.runtime.kind(), spec.version);
             }
             true
         }

@@ -80,11 +80,7 @@ pub async fn run(e: &Endpoints, spec: &LoadSpec) -> anyhow::Result<(u64, u64)> {
             total_ok += w.ok;
             total_err += w.errors;
             let replicas = match client::status(&client, e).await {
-                Ok(s) => s["functions"]
-                    .as_array()
-                    .and_then(|fs| fs.iter().find(|f| f["name"] == spec.function.as_str()))
-                    .and_then(|f| f["replicas"].as_array().map(|r| r.iter().filter(|x| x["phase"] == "ready").count().to_string()))
-                    .unwrap_or_else(|| "?".into()),
+                Ok(s) => s.function(&spec.function).map_or_else(|| "?".into(), |f| f.ready_replicas().to_string()),
                 Err(_) => "?".into(),
             };
             println!(

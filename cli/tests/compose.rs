@@ -6,6 +6,7 @@
 use roost_testkit::http;
 use roost_testkit::process::free_port;
 use roost_testkit::{wait_until, workspace_root};
+use roost_common::wire::status::{FunctionState, Status};
 use serde_json::Value;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -77,8 +78,8 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
 
     let status = |name: &'static str| async move {
         let r = http::get(orch, "/status").await.ok()?;
-        let v: Value = serde_json::from_str(&r.body).ok()?;
-        v["functions"].as_array()?.iter().find(|f| f["name"] == name).cloned()
+        let s: Status = serde_json::from_str(&r.body).ok()?;
+        s.function(name).cloned()
     };
     // `sleep`'s image is built when compose starts (with the others, in parallel; a minute
     // on a slow storage driver), and a call held longer than the gate's 30 s gets a
@@ -92,7 +93,7 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
     let burst: Vec<_> = (0..6).map(|_| tokio::spawn(async move { http::get(gate, "/sleep?ms=1500").await })).collect();
     wait_until(WAIT, "a second sleep container", || async {
         let f = status("sleep").await?;
-        (f["replicas"].as_array()?.len() >= 2).then_some(())
+        (f.replicas.len() >= 2).then_some(())
     })
     .await;
     for b in burst {
@@ -100,7 +101,7 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
         assert_eq!(r.status, 200, "{}", r.body);
     }
     // Idle (sleep's idle timeout is 5 s) reaps it.
-    wait_until(WAIT, "sleep reaped", || async { (status("sleep").await?["state"] == "sleeping").then_some(()) }).await;
+    wait_until(WAIT, "sleep reaped", || async { (status("sleep").await?.state == FunctionState::Sleeping).then_some(()) }).await;
 
     run(&["-p", &project, "down", "-t", "40"], &env);
     assert_eq!(managed_containers(), "", "docker compose down left function containers behind");

@@ -8,6 +8,7 @@
 use roost_testkit::http;
 use roost_testkit::process::{free_port, Guard};
 use roost_testkit::{wait_until, workspace_root};
+use roost_common::wire::status::{FunctionState, FunctionStatus, Status};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -75,10 +76,10 @@ impl Platform {
         Platform { guard, dir, port, orchestrator }
     }
 
-    async fn status(&self, function: &str) -> Value {
+    async fn status(&self, function: &str) -> Option<FunctionStatus> {
         let r = http::get(self.orchestrator, "/status").await.expect("orchestrator status");
-        let v: Value = serde_json::from_str(&r.body).unwrap();
-        v["functions"].as_array().unwrap().iter().find(|f| f["name"] == function).cloned().unwrap_or(Value::Null)
+        let s: Status = serde_json::from_str(&r.body).unwrap();
+        s.function(function).cloned()
     }
 
     fn definitions(&self) -> PathBuf {
@@ -132,8 +133,8 @@ async fn roost_up_serves_wakes_scales_and_sleeps_without_errors() {
         assert_eq!(r.status, 200, "request {i}: {}", r.body);
         assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap()["result"], i + 1000, "request {i}");
     }
-    let add = p.status("add").await;
-    assert_eq!(add["cold_starts"], 1, "one replica for 100 concurrent cold requests: {add}");
+    let add = p.status("add").await.expect("add is declared");
+    assert_eq!(add.cold_starts, 1, "one replica for 100 concurrent cold requests: {add:?}");
 
     // Unknown function and oversized body.
     let r = http::get(p.port, "/nope").await.unwrap();
@@ -166,7 +167,7 @@ async fn roost_up_serves_wakes_scales_and_sleeps_without_errors() {
         .collect();
     let mut peak = 0;
     for _ in 0..100 {
-        let n = p.status("sleep").await["replicas"].as_array().map(|r| r.len()).unwrap_or(0);
+        let n = p.status("sleep").await.map_or(0, |f| f.replicas.len());
         peak = peak.max(n);
         if peak >= 2 {
             break;
@@ -193,8 +194,8 @@ async fn roost_up_serves_wakes_scales_and_sleeps_without_errors() {
     };
     let ls = roost(&["ls", "--json"]);
     assert!(ls.status.success());
-    let listed: Value = serde_json::from_slice(&ls.stdout).unwrap();
-    assert!(listed.as_array().unwrap().iter().any(|f| f["name"] == "add"), "{listed}");
+    let listed: Vec<FunctionStatus> = serde_json::from_slice(&ls.stdout).unwrap();
+    assert!(listed.iter().any(|f| f.name == "add"), "{listed:?}");
     let inv = roost(&["invoke", "add", "--data", r#"{"value1": 20, "value2": 22}"#]);
     assert!(inv.status.success());
     assert!(String::from_utf8_lossy(&inv.stdout).contains("42"));
@@ -208,7 +209,7 @@ async fn roost_up_serves_wakes_scales_and_sleeps_without_errors() {
     // Idle brings everything back to zero.
     wait_until(WAIT, "every function at zero replicas", || async {
         for f in ["hello", "add", "sleep", "echo"] {
-            if p.status(f).await["state"] != "sleeping" {
+            if p.status(f).await.map(|s| s.state) != Some(FunctionState::Sleeping) {
                 return None;
             }
         }

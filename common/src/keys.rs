@@ -1,8 +1,9 @@
 //! Redis key and channel names: the contract between the gate, the orchestrator, the
 //! statsd-listener and the control plane.
 //!
-//! All keys start with [`PREFIX`]. The Lua gate spells the same names out by hand
-//! (`gateway-lua/`); keep both in step and keep `docs/architecture.md` true.
+//! All keys start with [`PREFIX`]. What goes in them and on the channels (payloads, hash
+//! fields) is typed in [`crate::wire::redis`]. The Lua gate spells the same names out by
+//! hand (`gateway-lua/`); keep both in step and keep `docs/architecture.md` true.
 
 /// Prefix of every Roost key and channel.
 pub const PREFIX: &str = "roost";
@@ -15,14 +16,16 @@ pub const CONTROL_PLANE_STATE: &str = "roost:cp:state";
 /// answers 404 for a name not in it.
 pub const FUNCTIONS: &str = "roost:functions";
 
-/// Channel the gate publishes a function name on when a request finds it asleep.
+/// Channel the gate publishes a function name on when a request finds it asleep (see
+/// [`crate::wire::redis::function_of_signal`]).
 pub const WAKE_CHANNEL: &str = "roost:wake";
 
 /// Channel the orchestrator publishes on when a function becomes ready (its endpoint
-/// ACKed by every Envoy) or stops being ready: JSON `{"function": "<f>", "ready": true}`.
+/// ACKed by every Envoy) or stops being ready: a [`crate::wire::redis::ReadyNotice`].
 pub const READY_CHANNEL: &str = "roost:ready";
 
-/// Channel the statsd-listener publishes a scale-up signal on (JSON payload).
+/// Channel the statsd-listener publishes a scale-up signal on: a
+/// [`crate::wire::redis::ScaleSignal`].
 pub const SCALE_CHANNEL: &str = "roost:scale";
 
 /// String key: present (value `1`) while the function has at least one replica that
@@ -37,33 +40,16 @@ pub fn wake_lock(function: &str) -> String {
 }
 
 /// Hash key: the load the statsd-listener sees for one function (in flight, queued,
-/// started per second, no-healthy-host events, last request start).
+/// started per second, no-healthy-host events, last request start): a
+/// [`crate::wire::redis::LoadHash`].
 pub fn load(function: &str) -> String {
     format!("roost:fn:{function}:load")
 }
 
-/// Hash key: the orchestrator's view of one function's replicas.
+/// Hash key: the orchestrator's view of one function's replicas: a
+/// [`crate::wire::redis::ReplicasHash`].
 pub fn replicas(function: &str) -> String {
     format!("roost:fn:{function}:replicas")
-}
-
-/// Fields of the [`load`] hash the orchestrator reads.
-pub mod load_fields {
-    /// Requests in flight in Envoy (`upstream_rq_active`).
-    pub const IN_FLIGHT: &str = "in_flight";
-    /// Requests queued in Envoy (`upstream_rq_pending_active`).
-    pub const PENDING: &str = "pending";
-    /// Unix time in milliseconds when the last request started (moves only when
-    /// `upstream_rq_total` grows: idleness counts started requests).
-    pub const LAST_REQUEST_MS: &str = "last_request_ms";
-}
-
-/// Fields of the [`replicas`] hash.
-pub mod replica_fields {
-    /// Replicas serving.
-    pub const READY: &str = "ready";
-    /// Requests one replica serves at once.
-    pub const TARGET_CONCURRENCY: &str = "target_concurrency";
 }
 
 #[cfg(test)]

@@ -5,9 +5,14 @@
 //! Every change answers with its `generation`. With `?wait=true` the answer comes only
 //! once every connected Envoy has ACKed it (200), or Envoy rejected it (502, with
 //! Envoy's text), or the wait timed out (504). Bad input gets 400 and changes nothing.
+//!
+//! The bodies and the query another Roost part reads or writes are typed in
+//! [`roost_common::wire::admin`]; the pages only people and tests read (`/status`,
+//! `/envoys`, the NACK and timeout details) are typed here.
 
+use crate::ads::Nack;
 use crate::model::{Change, FunctionSettings, ModelError};
-use crate::registry::{Registry, SyncError};
+use crate::registry::{NackEvent, Registry, StreamEntry, SyncError};
 use crate::store::Store;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -15,14 +20,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use roost_common::wire::admin::{self as wire, Applied, EndpointView, FunctionEntry, FunctionView, Functions, NewEndpoint, WaitQuery};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Longest wait a caller may ask for.
-const MAX_WAIT_MS: u64 = 60_000;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -40,7 +42,7 @@ pub struct AdminState {
 /// The admin API's routes.
 pub fn router(state: AdminState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(|| async { Json(Health { status: "ok" }) }))
         .route("/status", get(status))
         .route("/envoys", get(envoys))
         .route("/functions", get(list_functions))
@@ -71,8 +73,49 @@ struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(wire::ApiError { error: self.1 })).into_response()
     }
+}
+
+/// `GET /healthz`.
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+}
+
+/// `GET /envoys`: the connected Envoys and the NACKs remembered.
+#[derive(Serialize)]
+struct Envoys {
+    envoys: Vec<StreamEntry>,
+    recent_nacks: Vec<NackEvent>,
+}
+
+/// `GET /status`: the generation, the number of functions, and what `/envoys` shows.
+#[derive(Serialize)]
+struct StatusPage {
+    generation: u64,
+    functions: usize,
+    #[serde(flatten)]
+    envoys: Envoys,
+}
+
+/// The 502 of a wait: an Envoy rejected the change.
+#[derive(Serialize)]
+struct NackedAnswer<'a> {
+    #[serde(flatten)]
+    error: wire::ApiError,
+    generation: u64,
+    node_id: &'a str,
+    nack: &'a Nack,
+}
+
+/// The 504 of a wait: not every Envoy ACKed in time.
+#[derive(Serialize)]
+struct TimedOutAnswer {
+    #[serde(flatten)]
+    error: wire::ApiError,
+    generation: u64,
+    envoys: Vec<StreamEntry>,
 }
 
 fn model_error(e: ModelError) -> Response {
@@ -80,7 +123,7 @@ fn model_error(e: ModelError) -> Response {
     error(status, e.to_string())
 }
 
-/// `wait`, `timeout_ms` and `min_envoys` from the query string.
+/// `wait`, `timeout_ms` and `min_envoys` from the query string, defaults filled in.
 struct WaitParams {
     wait: bool,
     timeout: Duration,
@@ -88,38 +131,26 @@ struct WaitParams {
 }
 
 fn wait_params(state: &AdminState, q: &HashMap<String, String>) -> Result<WaitParams, ApiError> {
-    let bad = |name: &str, v: &str, allowed: &str| {
-        ApiError(StatusCode::BAD_REQUEST, format!("invalid query parameter {name}={v:?}: {allowed}"))
-    };
-    let wait = match q.get("wait").map(String::as_str) {
-        None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") | Some("") => true,
-        Some(v) => return Err(bad("wait", v, "use true or false")),
-    };
-    let timeout = match q.get("timeout_ms") {
-        None => state.sync_timeout,
-        Some(v) => match v.parse::<u64>() {
-            Ok(ms) if (1..=MAX_WAIT_MS).contains(&ms) => Duration::from_millis(ms),
-            _ => return Err(bad("timeout_ms", v, &format!("use 1 to {MAX_WAIT_MS}"))),
-        },
-    };
-    let min_envoys = match q.get("min_envoys") {
-        None => state.min_envoys,
-        Some(v) => v.parse().map_err(|_| bad("min_envoys", v, "use a whole number"))?,
-    };
-    Ok(WaitParams { wait, timeout, min_envoys })
+    let q = WaitQuery::parse(q).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(WaitParams {
+        wait: q.wait.unwrap_or(false),
+        timeout: q.timeout_ms.map_or(state.sync_timeout, Duration::from_millis),
+        min_envoys: q.min_envoys.unwrap_or(state.min_envoys),
+    })
 }
 
 async fn wait_response(state: &AdminState, generation: u64, p: &WaitParams) -> Response {
     match state.registry.wait_synced(generation, p.min_envoys, p.timeout).await {
-        Ok(envoys) => Json(json!({"generation": generation, "synced": true, "envoys": envoys})).into_response(),
+        Ok(envoys) => Json(Applied { generation, synced: Some(true), envoys: Some(envoys) }).into_response(),
         Err(e @ SyncError::Nacked { .. }) => {
             let SyncError::Nacked { node_id, nack } = &e else { unreachable!() };
-            let body = json!({"error": e.to_string(), "generation": generation, "node_id": node_id, "nack": nack});
+            let error = wire::ApiError { error: e.to_string() };
+            let body = NackedAnswer { error, generation, node_id, nack };
             (StatusCode::BAD_GATEWAY, Json(body)).into_response()
         }
         Err(e @ SyncError::Timeout { .. }) => {
-            let body = json!({"error": e.to_string(), "generation": generation, "envoys": state.registry.streams()});
+            let error = wire::ApiError { error: e.to_string() };
+            let body = TimedOutAnswer { error, generation, envoys: state.registry.streams() };
             (StatusCode::GATEWAY_TIMEOUT, Json(body)).into_response()
         }
     }
@@ -138,7 +169,7 @@ async fn apply(state: &AdminState, q: &HashMap<String, String>, changes: Vec<Cha
     if params.wait {
         wait_response(state, generation, &params).await
     } else {
-        Json(json!({"generation": generation})).into_response()
+        Json(Applied { generation, synced: None, envoys: None }).into_response()
     }
 }
 
@@ -148,48 +179,38 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &Bytes, what: &str) -> Result<
     })
 }
 
-async fn status(State(s): State<AdminState>) -> Json<Value> {
+fn envoys_now(s: &AdminState) -> Envoys {
+    Envoys { envoys: s.registry.streams(), recent_nacks: s.registry.recent_nacks() }
+}
+
+async fn status(State(s): State<AdminState>) -> Json<StatusPage> {
     let (model, generation) = s.store.model();
-    Json(json!({
-        "generation": generation,
-        "functions": model.functions.len(),
-        "envoys": s.registry.streams(),
-        "recent_nacks": s.registry.recent_nacks(),
-    }))
+    Json(StatusPage { generation, functions: model.functions.len(), envoys: envoys_now(&s) })
 }
 
-async fn envoys(State(s): State<AdminState>) -> Json<Value> {
-    Json(json!({"envoys": s.registry.streams(), "recent_nacks": s.registry.recent_nacks()}))
+async fn envoys(State(s): State<AdminState>) -> Json<Envoys> {
+    Json(envoys_now(&s))
 }
 
-fn function_json(f: &crate::model::Function) -> Value {
-    let endpoints: Vec<Value> = f
+fn function_view(f: &crate::model::Function) -> FunctionView {
+    let endpoints = f
         .endpoints
         .iter()
-        .map(|(a, e)| json!({"address": a.to_string(), "draining": e.draining}))
+        .map(|(a, e)| EndpointView { address: *a, draining: e.draining })
         .collect();
-    json!({"concurrency": f.concurrency, "timeout_ms": f.timeout_ms, "endpoints": endpoints})
+    FunctionView { concurrency: f.concurrency, timeout_ms: f.timeout_ms, endpoints }
 }
 
-async fn list_functions(State(s): State<AdminState>) -> Json<Value> {
+async fn list_functions(State(s): State<AdminState>) -> Json<Functions> {
     let (model, generation) = s.store.model();
-    let functions: serde_json::Map<String, Value> = model
-        .functions
-        .iter()
-        .map(|(n, f)| (n.clone(), function_json(f)))
-        .collect();
-    Json(json!({"generation": generation, "functions": functions}))
+    let functions = model.functions.iter().map(|(n, f)| (n.clone(), function_view(f))).collect();
+    Json(Functions { generation, functions })
 }
 
 async fn get_function(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
     let (model, generation) = s.store.model();
     match model.functions.get(&name) {
-        Some(f) => {
-            let mut v = function_json(f);
-            v["name"] = json!(name);
-            v["generation"] = json!(generation);
-            Json(v).into_response()
-        }
+        Some(f) => Json(FunctionEntry { function: function_view(f), name, generation }).into_response(),
         None => model_error(ModelError::UnknownFunction(name)),
     }
 }
@@ -224,19 +245,13 @@ async fn delete_function(
     apply(&s, &q, vec![Change::RemoveFunction { function: name }]).await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EndpointBody {
-    address: String,
-}
-
 async fn add_endpoint(
     State(s): State<AdminState>,
     Path(name): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    let body: EndpointBody = match parse_json(&body, r#"{"address": "ip:port"}"#) {
+    let body: NewEndpoint = match parse_json(&body, r#"{"address": "ip:port"}"#) {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };

@@ -44,61 +44,8 @@ pub struct Endpoint {
     pub draining: bool,
 }
 
-/// The settings of a function, each optional: absent ones keep their current value (or
-/// the default for a new function).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FunctionSettings {
-    /// See [`Function::concurrency`].
-    #[serde(default)]
-    pub concurrency: Option<u32>,
-    /// See [`Function::timeout_ms`].
-    #[serde(default)]
-    pub timeout_ms: Option<u64>,
-}
-
-/// One change to the model. A list of changes is applied all together or not at all.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Change {
-    /// Creates a function, or updates its settings (endpoints are kept).
-    PutFunction {
-        /// Function name.
-        function: String,
-        /// See [`Function::concurrency`]; absent keeps the current value.
-        #[serde(default)]
-        concurrency: Option<u32>,
-        /// See [`Function::timeout_ms`]; absent keeps the current value.
-        #[serde(default)]
-        timeout_ms: Option<u64>,
-    },
-    /// Removes a function, its route, cluster and endpoints.
-    RemoveFunction {
-        /// Function name.
-        function: String,
-    },
-    /// Adds an endpoint (or brings a draining one back into rotation).
-    AddEndpoint {
-        /// Function name.
-        function: String,
-        /// `ip:port`; Envoy needs an IP address, not a host name.
-        address: String,
-    },
-    /// Marks an endpoint draining: no new requests, in-flight ones finish.
-    DrainEndpoint {
-        /// Function name.
-        function: String,
-        /// `ip:port`.
-        address: String,
-    },
-    /// Removes an endpoint.
-    RemoveEndpoint {
-        /// Function name.
-        function: String,
-        /// `ip:port`.
-        address: String,
-    },
-}
+/// The admin API's change types live with the rest of its wire, in `roost_common`.
+pub use roost_common::wire::admin::{Change, FunctionSettings};
 
 /// Why a change was refused. Nothing of a refused list of changes is applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! What every function task's executor shares: the runtime, the control plane, Redis,
 //! Envoy's admin API, metrics and timing settings.
 
-use crate::cp::ControlPlane;
+use crate::control_plane::ControlPlane;
 use crate::envoy_admin::EnvoyAdmin;
 use crate::metrics::Metrics;
 use crate::redis_io::RedisIo;

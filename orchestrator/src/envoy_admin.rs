@@ -6,6 +6,27 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tracing::debug;
 
+/// Why Envoy's admin API could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvoyAdminError {
+    /// No answer.
+    #[error("Envoy's admin API at {url} did not answer: {source}")]
+    Unreachable {
+        /// What was asked.
+        url: String,
+        /// The transport error.
+        source: reqwest::Error,
+    },
+    /// An answer that is not 200.
+    #[error("Envoy's admin API at {url} answered {status}")]
+    Refused {
+        /// What was asked.
+        url: String,
+        /// The status it answered.
+        status: reqwest::StatusCode,
+    },
+}
+
 /// Envoy admin API access (optional).
 #[derive(Debug, Clone)]
 pub struct EnvoyAdmin {
@@ -33,6 +54,17 @@ impl EnvoyAdmin {
         EnvoyAdmin { base: base.map(|b| b.trim_end_matches('/').to_string()), http }
     }
 
+    /// Envoy's `/clusters` text (per-host stats of every cluster).
+    async fn clusters(&self, base: &str) -> Result<String, EnvoyAdminError> {
+        let url = format!("{base}/clusters");
+        let unreachable = |source| EnvoyAdminError::Unreachable { url: url.clone(), source };
+        let resp = self.http.get(&url).send().await.map_err(unreachable)?;
+        if !resp.status().is_success() {
+            return Err(EnvoyAdminError::Refused { status: resp.status(), url });
+        }
+        resp.text().await.map_err(unreachable)
+    }
+
     /// Waits until Envoy has no request in flight on `host` of `function`, or `deadline`.
     /// Without an admin URL it waits the whole deadline (the function's request timeout
     /// bounds every request, so that is always safe, just slower). True when idle was seen.
@@ -44,13 +76,12 @@ impl EnvoyAdmin {
         let cluster = cluster_name(function);
         let start = Instant::now();
         while start.elapsed() < deadline {
-            let body = async { self.http.get(format!("{base}/clusters")).send().await?.text().await };
-            match body.await {
+            match self.clusters(base).await {
                 Ok(text) => match host_rq_active(&text, &cluster, host) {
                     Some(0) | None => return true,
                     Some(n) => debug!(function, %host, in_flight = n, "waiting for in-flight requests"),
                 },
-                Err(e) => debug!(error = %e, "Envoy admin API not answering"),
+                Err(e) => debug!(error = %e, "cannot read Envoy's in-flight requests; asking again"),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -11,7 +11,7 @@
 //! - [`function`]: the executor of a function's state machine: performs its effects.
 //! - [`runtime`]: where replicas run (processes or Docker), behind one trait.
 //! - [`probe`]: readiness probes.
-//! - [`cp`]: the control plane's admin API client.
+//! - [`control_plane`]: the control plane's admin API client.
 //! - [`envoy_admin`]: per-host in-flight requests from Envoy, to end drains early.
 //! - [`redis_io`]: ready flags, load, replica counts, wake and scale signals.
 //! - [`context`]: what the function tasks share.
@@ -21,7 +21,7 @@
 pub mod api;
 pub mod config;
 pub mod context;
-pub mod cp;
+pub mod control_plane;
 pub mod definitions;
 pub mod envoy_admin;
 pub mod function;
@@ -165,7 +165,7 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn Runtime>, shutd
         }
         let ctx = Arc::new(Ctx {
             runtime,
-            cp: cp::ControlPlane::new(&config.control_plane_url, Duration::from_millis(config.sync_timeout_ms)),
+            cp: control_plane::ControlPlane::new(&config.control_plane_url, Duration::from_millis(config.sync_timeout_ms)),
             redis,
             envoy: envoy_admin::EnvoyAdmin::new(config.envoy_admin_url.clone()),
             metrics,

@@ -1,13 +1,14 @@
 //! The orchestrator's side of Redis: marks functions ready or not, reads the load the
 //! statsd-listener writes, publishes replica counts, and listens for wake and scale
-//! signals (reconnecting with backoff when Redis goes away).
+//! signals (reconnecting with backoff when Redis goes away). What it writes and reads
+//! is typed in [`roost_common::wire::redis`].
 
 use futures::StreamExt;
 use redis::AsyncCommands;
-use roost_common::keys::{self, load_fields, replica_fields};
-use serde_json::json;
+use roost_common::backoff::Backoff;
+use roost_common::keys;
+use roost_common::wire::redis::{function_of_signal, LoadHash, ReadyNotice, ReplicasHash};
 use std::collections::HashMap;
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -35,24 +36,13 @@ pub struct Load {
 impl Load {
     /// Reads the fields of the load hash; absent or unreadable fields count as zero.
     pub fn from_hash(h: &HashMap<String, String>) -> Load {
-        let num = |k: &str| h.get(k).and_then(|v| v.parse::<f64>().ok()).map(|v| v.max(0.0) as u64);
+        let l = LoadHash::from_fields(h);
         Load {
-            in_flight: num(load_fields::IN_FLIGHT).unwrap_or(0),
-            pending: num(load_fields::PENDING).unwrap_or(0),
-            last_request_ms: num(load_fields::LAST_REQUEST_MS).filter(|v| *v > 0),
+            in_flight: l.in_flight as u64,
+            pending: l.pending as u64,
+            last_request_ms: Some(l.last_request_ms).filter(|v| *v > 0),
         }
     }
-}
-
-/// Parses a signal's payload: a bare function name or JSON with a `function` field.
-pub fn function_of_payload(payload: &str) -> Option<String> {
-    let payload = payload.trim();
-    let name = match serde_json::from_str::<serde_json::Value>(payload) {
-        Ok(v) if v.is_object() => v["function"].as_str()?.to_string(),
-        _ => payload.to_string(),
-    };
-    roost_common::naming::validate_function_name(&name).ok()?;
-    Some(name)
 }
 
 /// Commands to Redis.
@@ -70,24 +60,24 @@ impl std::fmt::Debug for RedisIo {
 impl RedisIo {
     /// Connects, retrying with backoff until `shutdown`.
     pub async fn connect(client: &redis::Client, shutdown: &CancellationToken) -> Option<RedisIo> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         loop {
+            let delay = backoff.next_delay();
             match client.get_connection_manager().await {
                 Ok(conn) => return Some(RedisIo { conn }),
-                Err(e) => warn!(error = %e, retry_in = ?backoff, "Redis not reachable yet"),
+                Err(e) => warn!(error = %e, retry_in = ?delay, "Redis not reachable yet"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(delay) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 
     /// Marks the function ready and tells the gate.
     pub async fn set_ready(&self, function: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
-        let msg = json!({"function": function, "ready": true}).to_string();
+        let msg = ReadyNotice { function: function.to_string(), ready: true }.to_payload();
         redis::pipe()
             .set(keys::ready(function), 1)
             .ignore()
@@ -102,7 +92,7 @@ impl RedisIo {
     /// Marks the function not ready (the gate holds new requests and wakes it again).
     pub async fn clear_ready(&self, function: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
-        let msg = json!({"function": function, "ready": false}).to_string();
+        let msg = ReadyNotice { function: function.to_string(), ready: false }.to_payload();
         redis::pipe()
             .del(keys::ready(function))
             .ignore()
@@ -122,7 +112,7 @@ impl RedisIo {
     /// Publishes the replica count and target concurrency (read by the statsd-listener).
     pub async fn set_replicas(&self, function: &str, ready: u32, target: u32) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
-        let items = [(replica_fields::READY, ready), (replica_fields::TARGET_CONCURRENCY, target)];
+        let items = ReplicasHash { ready, target_concurrency: target }.to_fields();
         c.hset_multiple(keys::replicas(function), &items).await
     }
 
@@ -165,7 +155,7 @@ impl RedisIo {
 
 /// Forwards wake and scale signals until `shutdown`, resubscribing after Redis restarts.
 pub async fn listen(client: redis::Client, tx: mpsc::Sender<Signal>, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
         let result = async {
             let mut pubsub = client.get_async_pubsub().await?;
@@ -176,15 +166,21 @@ pub async fn listen(client: redis::Client, tx: mpsc::Sender<Signal>, shutdown: C
         match result {
             Ok(mut pubsub) => {
                 info!("listening for wake and scale signals");
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 let mut messages = pubsub.on_message();
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         m = messages.next() => {
                             let Some(m) = m else { break };
-                            let payload: String = m.get_payload().unwrap_or_default();
-                            let Some(function) = function_of_payload(&payload) else {
+                            let payload: String = match m.get_payload() {
+                                Ok(p) => p,
+                                Err(e) => {
+                                    debug!(error = %e, "ignoring a signal whose payload is not text");
+                                    continue;
+                                }
+                            };
+                            let Some(function) = function_of_signal(&payload) else {
                                 debug!(payload, "ignoring a signal without a valid function name");
                                 continue;
                             };
@@ -199,13 +195,22 @@ pub async fn listen(client: redis::Client, tx: mpsc::Sender<Signal>, shutdown: C
                 }
                 warn!("Redis subscription lost; resubscribing");
             }
-            Err(e) => warn!(error = %e, retry_in = ?backoff, "cannot subscribe to Redis"),
+            Err(e) => {
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in = ?delay, "cannot subscribe to Redis");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                continue;
+            }
         }
+        // The subscription was lost: wait the first delay before subscribing again.
+        let delay = backoff.next_delay();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -215,10 +220,10 @@ mod tests {
 
     #[test]
     fn payloads_name_a_function() {
-        assert_eq!(function_of_payload("hello"), Some("hello".into()));
-        assert_eq!(function_of_payload(r#"{"function":"add","pending":3}"#), Some("add".into()));
-        assert_eq!(function_of_payload("../etc"), None);
-        assert_eq!(function_of_payload(r#"{"nope":1}"#), None);
+        assert_eq!(function_of_signal("hello"), Some("hello".into()));
+        assert_eq!(function_of_signal(r#"{"function":"add","pending":3}"#), Some("add".into()));
+        assert_eq!(function_of_signal("../etc"), None);
+        assert_eq!(function_of_signal(r#"{"nope":1}"#), None);
     }
 
     #[test]

@@ -8,16 +8,13 @@ use crate::sink::Sink;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use roost_common::clock::now_ms;
+use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 /// Largest datagram read (the UDP maximum).
 pub const MAX_DATAGRAM: usize = 65_536;
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// Asks the kernel for a large receive buffer, so bursts are not dropped while the loop
 /// is busy. Best effort: the kernel may cap it.

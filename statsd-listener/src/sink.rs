@@ -1,15 +1,19 @@
 //! Writes each function's load to Redis (at most once per flush per function) and
 //! publishes scale-up signals, reconnecting with backoff when Redis goes away. While
 //! Redis is away only the newest load of each function is kept, so memory stays bounded.
+//! What it writes and reads is typed in [`roost_common::wire::redis`].
 
 use crate::aggregate::{needs_scale_up, Load, MAX_FUNCTIONS};
 use crate::metrics::Stats;
 use redis::aio::ConnectionManager;
-use roost_common::keys::{self, load_fields, replica_fields};
+use roost_common::backoff::Backoff;
+use roost_common::clock::now_ms;
+use roost_common::keys;
+use roost_common::wire::redis::{LoadHash, ReplicasHash, ScaleSignal};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -68,23 +72,10 @@ impl Sink {
     }
 }
 
-/// A number as Redis stores it: whole numbers without a fraction (`2`, not `2.0`).
-pub fn fmt_num(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v:.3}")
-    }
-}
-
-fn num(v: &Option<String>, default: u32) -> u32 {
-    v.as_deref().and_then(|s| s.parse().ok()).unwrap_or(default)
-}
-
 /// Writes until `shutdown`.
 pub async fn run(sink: Arc<Sink>, client: redis::Client, stats: Arc<Stats>, shutdown: CancellationToken) {
     let mut conn: Option<ConnectionManager> = None;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     let mut last_signal: HashMap<String, Instant> = HashMap::new();
     loop {
         tokio::select! {
@@ -99,16 +90,16 @@ pub async fn run(sink: Arc<Sink>, client: redis::Client, stats: Arc<Stats>, shut
                 Ok(c) => {
                     info!("connected to Redis");
                     conn = Some(c);
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                 }
                 Err(e) => {
                     stats.redis_errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(error = %e, retry_in = ?backoff, "Redis unreachable; keeping the newest load per function");
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?delay, "Redis unreachable; keeping the newest load per function");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                     sink.kick();
                     continue;
                 }
@@ -123,9 +114,10 @@ pub async fn run(sink: Arc<Sink>, client: redis::Client, stats: Arc<Stats>, shut
                 warn!(error = %e, "writing to Redis failed; will retry");
                 sink.put_back(items);
                 conn = None;
+                let delay = backoff.next_delay();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
                 sink.kick();
             }
@@ -142,39 +134,36 @@ async fn write(
     let names: Vec<&String> = items.keys().collect();
     let mut read = redis::pipe();
     for f in &names {
-        read.cmd("HMGET").arg(keys::replicas(f)).arg(replica_fields::READY).arg(replica_fields::TARGET_CONCURRENCY);
+        read.cmd("HMGET").arg(keys::replicas(f)).arg(&ReplicasHash::FIELDS[..]);
     }
     let replicas: Vec<(Option<String>, Option<String>)> = read.query_async(c).await?;
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let updated_ms = now_ms();
     let mut write = redis::pipe();
     for (f, (ready, target)) in names.iter().zip(&replicas) {
         let load = &items[*f].0;
-        write
-            .cmd("HSET")
-            .arg(keys::load(f))
-            .arg(load_fields::IN_FLIGHT)
-            .arg(fmt_num(load.in_flight))
-            .arg(load_fields::PENDING)
-            .arg(fmt_num(load.pending))
-            .arg(load_fields::LAST_REQUEST_MS)
-            .arg(load.last_request_ms)
-            .arg("rps")
-            .arg(fmt_num(load.rps))
-            .arg("requests_total")
-            .arg(fmt_num(load.requests_total))
-            .arg("none_healthy_total")
-            .arg(fmt_num(load.none_healthy_total))
-            .arg("updated_ms")
-            .arg(now_ms)
-            .ignore();
-        let (ready, target) = (num(ready, 1), num(target, 1));
+        let hash = LoadHash {
+            in_flight: load.in_flight,
+            pending: load.pending,
+            last_request_ms: load.last_request_ms,
+            rps: load.rps,
+            requests_total: load.requests_total,
+            none_healthy_total: load.none_healthy_total,
+            updated_ms,
+        };
+        write.hset_multiple(keys::load(f), &hash.to_fields()).ignore();
+        // The orchestrator's replica count, as it last published it (absent: one replica).
+        let replicas = ReplicasHash::from_values(ready.as_deref(), target.as_deref());
+        let (ready, target) = (replicas.ready, replicas.target_concurrency);
         let due = last_signal.get(*f).is_none_or(|t| t.elapsed() >= SIGNAL_EVERY);
         if needs_scale_up(load, ready, target) && due {
-            let msg = serde_json::json!({
-                "function": f, "pending": load.pending, "in_flight": load.in_flight,
-                "ready": ready, "target_concurrency": target,
-            });
-            write.publish(keys::SCALE_CHANNEL, msg.to_string()).ignore();
+            let signal = ScaleSignal {
+                function: (*f).clone(),
+                pending: load.pending,
+                in_flight: load.in_flight,
+                ready,
+                target_concurrency: target,
+            };
+            write.publish(keys::SCALE_CHANNEL, signal.to_payload()).ignore();
             last_signal.insert((*f).clone(), Instant::now());
             stats.scale_signals.fetch_add(1, Ordering::Relaxed);
         }

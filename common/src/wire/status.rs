@@ -75,6 +75,25 @@ pub enum FunctionState {
     Removing,
 }
 
+impl FunctionState {
+    /// The state as `/status` spells it (`sleeping`, `ready`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunctionState::Sleeping => "sleeping",
+            FunctionState::Waking => "waking",
+            FunctionState::Ready => "ready",
+            FunctionState::Draining => "draining",
+            FunctionState::Removing => "removing",
+        }
+    }
+}
+
+impl std::fmt::Display for FunctionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// One function as `/status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FunctionStatus {
@@ -146,5 +165,13 @@ mod tests {
         let back: Status = serde_json::from_str(&json).unwrap();
         assert_eq!(back, s);
         assert_eq!(back.function("hello").map(FunctionStatus::ready_replicas), Some(0));
+    }
+
+    #[test]
+    fn state_names_are_the_wire_s() {
+        use FunctionState::*;
+        for s in [Sleeping, Waking, Ready, Draining, Removing] {
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+        }
     }
 }

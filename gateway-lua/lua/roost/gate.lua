@@ -16,7 +16,10 @@
 -- Envoy's own 503 (no x-envoy-upstream-service-time: the endpoint vanished in a
 -- scale-down) sends the request through the wake path once more (@rewake).
 --
--- Redis names: common/src/keys.rs. Runs on OpenResty (resty.redis) and on Debian's
+-- Redis names: common/src/keys.rs; payloads: common/src/wire/redis.rs (this file spells
+-- them by hand: the wake it publishes is the bare name that
+-- roost_common::wire::redis::function_of_signal reads, the notice it reads is a
+-- roost_common::wire::redis::ReadyNotice). Runs on OpenResty (resty.redis) and on Debian's
 -- nginx + libnginx-mod-http-lua + lua-nginx-redis (nginx.redis).
 
 local cjson = require("cjson.safe")
@@ -37,6 +40,7 @@ local ngx = ngx
 local now = ngx.now
 local dict = ngx.shared.roost_gate
 
+-- roost_common::keys::{FUNCTIONS, WAKE_CHANNEL, READY_CHANNEL, ready, wake_lock}.
 local FUNCTIONS = "roost:functions"
 local WAKE_CHANNEL = "roost:wake"
 local READY_CHANNEL = "roost:ready"
@@ -213,6 +217,7 @@ end
 ---------------------------------------------------------------------------------------
 -- The subscriber: one per worker, for the worker's lifetime.
 
+-- payload: roost_common::wire::redis::ReadyNotice, {"function":"<f>","ready":true|false}.
 local function on_notice(payload)
     local msg = cjson.decode(payload)
     if type(msg) ~= "table" or type(msg["function"]) ~= "string" then

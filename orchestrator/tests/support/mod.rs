@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use roost_common::wire::status::{FunctionStatus, Status};
 use roost_orchestrator::{Config as OrchConfig, RuntimeKind};
 use roost_testkit::envoy::{Envoy, EnvoyOptions, XdsMode};
 use roost_testkit::http;
@@ -114,25 +115,32 @@ impl Drop for Backend {
     }
 }
 
-/// The orchestrator's /status (`Null` while it does not answer, for polling).
-pub async fn status(api: u16) -> Value {
-    match http::get(api, "/status").await {
-        Ok(r) => serde_json::from_str(&r.body).expect("status JSON"),
-        Err(_) => Value::Null,
-    }
+/// The orchestrator's /status, read as the typed wire (`None` while it does not answer,
+/// for polling; a body that is not a [`Status`] fails the test).
+pub async fn status_of(api: u16) -> Option<Status> {
+    let r = http::get(api, "/status").await.ok()?;
+    Some(serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("/status is not a Status: {e}: {}", r.body)))
 }
 
-/// One function's entry in /status.
+/// One function's entry in /status (`None` when it is not declared).
+pub async fn function_of(api: u16, name: &str) -> Option<FunctionStatus> {
+    status_of(api).await?.function(name).cloned()
+}
+
+/// [`status_of`] as JSON (`Null` while it does not answer), for the tests that index it.
+/// It went through [`Status`], so a field the type does not know is not there.
+pub async fn status(api: u16) -> Value {
+    status_of(api).await.map_or(Value::Null, |s| serde_json::to_value(s).expect("a Status is JSON"))
+}
+
+/// [`function_of`] as JSON (`Null` when not declared), for the tests that index it.
 pub async fn function_status(api: u16, name: &str) -> Value {
-    let s = status(api).await;
-    let Some(list) = s["functions"].as_array() else { return Value::Null };
-    list.iter().find(|f| f["name"] == name).cloned().unwrap_or(Value::Null)
+    function_of(api, name).await.map_or(Value::Null, |f| serde_json::to_value(f).expect("a FunctionStatus is JSON"))
 }
 
 /// Ready replicas of a function.
 pub async fn ready_replicas(api: u16, name: &str) -> usize {
-    let f = function_status(api, name).await;
-    f["replicas"].as_array().map(|r| r.iter().filter(|x| x["phase"] == "ready").count()).unwrap_or(0)
+    function_of(api, name).await.map_or(0, |f| f.ready_replicas())
 }
 
 /// POST /functions/{name}/wake; status and body.

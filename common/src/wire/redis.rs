@@ -1,0 +1,233 @@
+//! What Roost's parts write to and publish on Redis, besides the key names
+//! ([`crate::keys`]): the ready notice, the wake and scale signals, the load hash the
+//! statsd-listener writes and the replicas hash the orchestrator writes.
+//!
+//! The Lua gate (`gateway-lua/lua/roost/gate.lua`) publishes wakes and reads ready
+//! notices by hand; it names the types here it follows.
+
+use crate::naming::validate_function_name;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// The message on [`crate::keys::READY_CHANNEL`]: the orchestrator publishes it when a
+/// function becomes ready (its endpoint ACKed by every Envoy) or stops being ready; the
+/// gate releases the requests it holds on `ready: true`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyNotice {
+    /// The function.
+    pub function: String,
+    /// Ready now, or not any more.
+    pub ready: bool,
+}
+
+impl ReadyNotice {
+    /// The message as published.
+    pub fn to_payload(&self) -> String {
+        serde_json::to_string(self).expect("a struct of a string and a bool always serializes")
+    }
+}
+
+/// The message on [`crate::keys::SCALE_CHANNEL`]: the statsd-listener saw a function's
+/// requests queue or its replicas saturate. The orchestrator reads only `function`; the
+/// rest says why, for whoever watches the channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleSignal {
+    /// The function.
+    pub function: String,
+    /// Requests queued in Envoy.
+    pub pending: f64,
+    /// Requests in flight.
+    pub in_flight: f64,
+    /// Replicas serving, as the orchestrator last published.
+    pub ready: u32,
+    /// Requests one replica serves at once.
+    pub target_concurrency: u32,
+}
+
+impl ScaleSignal {
+    /// The message as published.
+    pub fn to_payload(&self) -> String {
+        serde_json::to_string(self).expect("a struct of numbers and a string always serializes")
+    }
+}
+
+/// Any JSON signal: only its function is read.
+#[derive(Deserialize)]
+struct Named {
+    function: String,
+}
+
+/// The function a wake ([`crate::keys::WAKE_CHANNEL`]) or scale signal is for, if its
+/// name is valid. A wake is the bare function name (what the gate publishes); a JSON
+/// object with a `function` field (a [`ScaleSignal`], or a wake written by hand) works too.
+pub fn function_of_signal(payload: &str) -> Option<String> {
+    let payload = payload.trim();
+    let name = if payload.starts_with('{') {
+        serde_json::from_str::<Named>(payload).ok()?.function
+    } else {
+        payload.to_string()
+    };
+    validate_function_name(&name).ok()?;
+    Some(name)
+}
+
+/// A number as the hashes store it: whole numbers without a fraction (`2`, not `2.0`).
+pub fn fmt_num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Field names of the load hash ([`crate::keys::load`]).
+pub mod load_fields {
+    /// Requests in flight in Envoy (`upstream_rq_active`).
+    pub const IN_FLIGHT: &str = "in_flight";
+    /// Requests queued in Envoy (`upstream_rq_pending_active`).
+    pub const PENDING: &str = "pending";
+    /// Unix time in milliseconds when the last request started (moves only when
+    /// `upstream_rq_total` grows: idleness counts started requests).
+    pub const LAST_REQUEST_MS: &str = "last_request_ms";
+    /// Requests started per second over the last flush interval.
+    pub const RPS: &str = "rps";
+    /// Requests started since the statsd-listener started.
+    pub const REQUESTS_TOTAL: &str = "requests_total";
+    /// No-healthy-host events since the statsd-listener started.
+    pub const NONE_HEALTHY_TOTAL: &str = "none_healthy_total";
+    /// Unix time in milliseconds of this write.
+    pub const UPDATED_MS: &str = "updated_ms";
+}
+
+/// The load hash ([`crate::keys::load`]): the statsd-listener writes it, the orchestrator
+/// and `roost status` read it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadHash {
+    /// Requests in flight.
+    pub in_flight: f64,
+    /// Requests queued in Envoy.
+    pub pending: f64,
+    /// Unix milliseconds of the last request start (0: none seen).
+    pub last_request_ms: u64,
+    /// Requests started per second over the last flush interval.
+    pub rps: f64,
+    /// Requests started, in total.
+    pub requests_total: f64,
+    /// No-healthy-host events, in total.
+    pub none_healthy_total: f64,
+    /// Unix milliseconds of the write.
+    pub updated_ms: u64,
+}
+
+impl LoadHash {
+    /// The fields and values to `HSET`.
+    pub fn to_fields(&self) -> [(&'static str, String); 7] {
+        use load_fields as f;
+        [
+            (f::IN_FLIGHT, fmt_num(self.in_flight)),
+            (f::PENDING, fmt_num(self.pending)),
+            (f::LAST_REQUEST_MS, self.last_request_ms.to_string()),
+            (f::RPS, fmt_num(self.rps)),
+            (f::REQUESTS_TOTAL, fmt_num(self.requests_total)),
+            (f::NONE_HEALTHY_TOTAL, fmt_num(self.none_healthy_total)),
+            (f::UPDATED_MS, self.updated_ms.to_string()),
+        ]
+    }
+
+    /// Reads the hash (`HGETALL`); absent, unreadable or negative fields count as zero.
+    pub fn from_fields(h: &HashMap<String, String>) -> LoadHash {
+        use load_fields as f;
+        let num = |k: &str| h.get(k).and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite()).unwrap_or(0.0).max(0.0);
+        LoadHash {
+            in_flight: num(f::IN_FLIGHT),
+            pending: num(f::PENDING),
+            last_request_ms: num(f::LAST_REQUEST_MS) as u64,
+            rps: num(f::RPS),
+            requests_total: num(f::REQUESTS_TOTAL),
+            none_healthy_total: num(f::NONE_HEALTHY_TOTAL),
+            updated_ms: num(f::UPDATED_MS) as u64,
+        }
+    }
+}
+
+/// Field names of the replicas hash ([`crate::keys::replicas`]).
+pub mod replica_fields {
+    /// Replicas serving.
+    pub const READY: &str = "ready";
+    /// Requests one replica serves at once.
+    pub const TARGET_CONCURRENCY: &str = "target_concurrency";
+}
+
+/// The replicas hash ([`crate::keys::replicas`]): the orchestrator writes it, the
+/// statsd-listener reads it to judge saturation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicasHash {
+    /// Replicas serving.
+    pub ready: u32,
+    /// Requests one replica serves at once.
+    pub target_concurrency: u32,
+}
+
+impl ReplicasHash {
+    /// The fields, in the order [`ReplicasHash::from_values`] takes them (for `HMGET`).
+    pub const FIELDS: [&'static str; 2] = [replica_fields::READY, replica_fields::TARGET_CONCURRENCY];
+
+    /// The fields and values to `HSET`.
+    pub fn to_fields(&self) -> [(&'static str, u32); 2] {
+        [(replica_fields::READY, self.ready), (replica_fields::TARGET_CONCURRENCY, self.target_concurrency)]
+    }
+
+    /// Reads the values of [`ReplicasHash::FIELDS`] (`HMGET`). An absent or unreadable
+    /// value counts as 1: a function the orchestrator has not published yet is judged as
+    /// one replica serving one request at a time.
+    pub fn from_values(ready: Option<&str>, target_concurrency: Option<&str>) -> ReplicasHash {
+        let num = |v: Option<&str>| v.and_then(|s| s.parse().ok()).unwrap_or(1);
+        ReplicasHash { ready: num(ready), target_concurrency: num(target_concurrency) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_name_a_function() {
+        assert_eq!(function_of_signal("hello"), Some("hello".into()));
+        assert_eq!(function_of_signal(" hello\n"), Some("hello".into()));
+        assert_eq!(function_of_signal(r#"{"function":"add","pending":3}"#), Some("add".into()));
+        assert_eq!(function_of_signal("../etc"), None);
+        assert_eq!(function_of_signal(r#"{"nope":1}"#), None);
+        assert_eq!(function_of_signal(r#"{"function":3}"#), None);
+        let scale = ScaleSignal { function: "add".into(), pending: 2.0, in_flight: 1.0, ready: 1, target_concurrency: 1 };
+        assert_eq!(function_of_signal(&scale.to_payload()), Some("add".into()));
+    }
+
+    #[test]
+    fn payloads_keep_today_s_spelling() {
+        let n = ReadyNotice { function: "hello".into(), ready: true };
+        assert_eq!(n.to_payload(), r#"{"function":"hello","ready":true}"#);
+        let scale = ScaleSignal { function: "f".into(), pending: 3.0, in_flight: 2.0, ready: 1, target_concurrency: 4 };
+        assert_eq!(scale.to_payload(), r#"{"function":"f","pending":3.0,"in_flight":2.0,"ready":1,"target_concurrency":4}"#);
+    }
+
+    #[test]
+    fn load_hash_reads_back_what_it_wrote() {
+        let load = LoadHash { in_flight: 3.0, pending: 2.0, last_request_ms: 1_700_000_000_000, rps: 1.5, requests_total: 9.0, none_healthy_total: 0.0, updated_ms: 1_700_000_000_001 };
+        let fields: HashMap<String, String> = load.to_fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert_eq!(fields["in_flight"], "3");
+        assert_eq!(fields["rps"], "1.500");
+        assert_eq!(LoadHash::from_fields(&fields), load);
+        let mut odd = HashMap::new();
+        odd.insert("pending".to_string(), "2.0".to_string());
+        odd.insert("in_flight".to_string(), "-1".to_string());
+        odd.insert("rps".to_string(), "NaN".to_string());
+        assert_eq!(LoadHash::from_fields(&odd), LoadHash { pending: 2.0, ..LoadHash::default() });
+    }
+
+    #[test]
+    fn replicas_hash_defaults_to_one() {
+        assert_eq!(ReplicasHash::from_values(Some("3"), Some("8")), ReplicasHash { ready: 3, target_concurrency: 8 });
+        assert_eq!(ReplicasHash::from_values(None, Some("x")), ReplicasHash { ready: 1, target_concurrency: 1 });
+        assert_eq!(ReplicasHash { ready: 2, target_concurrency: 4 }.to_fields(), [("ready", 2), ("target_concurrency", 4)]);
+    }
+}

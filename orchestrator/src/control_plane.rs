@@ -1,0 +1,160 @@
+//! Client of the control plane's admin API: declare functions, add, drain and remove
+//! endpoints, each waiting until every Envoy has ACKed the change. The bodies and answers
+//! are [`roost_common::wire::admin`]'s, the same types the control plane serves.
+
+use reqwest::Method;
+use roost_common::wire::admin::{ApiError, FunctionSettings, Functions, NewEndpoint, WaitQuery};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Why a control-plane call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    /// The control plane could not be reached.
+    #[error("control plane at {url} unreachable: {source}")]
+    Unreachable {
+        /// Base URL.
+        url: String,
+        /// The transport error.
+        source: reqwest::Error,
+    },
+    /// The control plane answered with an error (bad input, NACK, ACK timeout).
+    #[error("control plane {method} {path} answered {status}: {message}")]
+    Refused {
+        /// HTTP method.
+        method: Method,
+        /// Path.
+        path: String,
+        /// HTTP status.
+        status: u16,
+        /// The `error` text it gave.
+        message: String,
+    },
+    /// The control plane answered 200 with a body that is not what its API promises.
+    #[error("control plane {method} {path} answered with an unreadable body: {source}")]
+    Unreadable {
+        /// HTTP method.
+        method: Method,
+        /// Path.
+        path: String,
+        /// The decoding error.
+        source: reqwest::Error,
+    },
+}
+
+/// The admin API client.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    base: String,
+    http: reqwest::Client,
+    wait_ms: u64,
+}
+
+impl ControlPlane {
+    /// A client for the admin API at `base` (for example `http://127.0.0.1:18001`);
+    /// changes wait up to `wait` for Envoy's ACK.
+    pub fn new(base: &str, wait: Duration) -> ControlPlane {
+        let http = reqwest::Client::builder()
+            .timeout(wait + Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .expect("a plain HTTP client always builds");
+        ControlPlane {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            wait_ms: wait.as_millis() as u64,
+        }
+    }
+
+    /// Sends one request; the answer when it is 200, its `error` text otherwise.
+    async fn send(
+        &self,
+        method: Method,
+        path: String,
+        query: Option<WaitQuery>,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<reqwest::Response, ControlPlaneError> {
+        let mut req = self.http.request(method.clone(), format!("{}{}", self.base, path));
+        if let Some(q) = query {
+            req = req.query(&q);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| ControlPlaneError::Unreachable { url: self.base.clone(), source })?;
+        let status = resp.status().as_u16();
+        if status == 200 {
+            return Ok(resp);
+        }
+        // The error text is what the caller needs; a body that does not carry one (a
+        // proxy's page, a cut connection) is reported as such.
+        let message = match resp.json::<ApiError>().await {
+            Ok(e) => e.error,
+            Err(_) => "no error text".to_string(),
+        };
+        Err(ControlPlaneError::Refused { method, path, status, message })
+    }
+
+    /// A change, waiting for Envoy's ACK; the answer's body is not needed.
+    async fn change(&self, method: Method, path: String, body: Option<&(impl Serialize + ?Sized)>) -> Result<(), ControlPlaneError> {
+        self.send(method, path, Some(WaitQuery::until_acked(self.wait_ms)), body).await.map(drop)
+    }
+
+    /// A read, decoded as its API type.
+    async fn read<T: DeserializeOwned>(&self, path: &str) -> Result<T, ControlPlaneError> {
+        let resp = self.send(Method::GET, path.to_string(), None, None::<&()>).await?;
+        resp.json().await.map_err(|source| ControlPlaneError::Unreadable { method: Method::GET, path: path.to_string(), source })
+    }
+
+    /// Creates or updates a function's routing settings, waiting for Envoy's ACK.
+    pub async fn put_function(&self, name: &str, concurrency: u32, timeout: Duration) -> Result<(), ControlPlaneError> {
+        let body = FunctionSettings { concurrency: Some(concurrency), timeout_ms: Some(timeout.as_millis() as u64) };
+        self.change(Method::PUT, format!("/functions/{name}"), Some(&body)).await
+    }
+
+    /// Removes a function (route, cluster, endpoints).
+    pub async fn remove_function(&self, name: &str) -> Result<(), ControlPlaneError> {
+        gone_is_fine(self.change(Method::DELETE, format!("/functions/{name}"), None::<&()>).await)
+    }
+
+    /// Adds an endpoint and waits until every Envoy routes to it.
+    pub async fn add_endpoint(&self, name: &str, address: SocketAddr) -> Result<(), ControlPlaneError> {
+        let body = NewEndpoint { address: address.to_string() };
+        self.change(Method::POST, format!("/functions/{name}/endpoints"), Some(&body)).await
+    }
+
+    /// Marks an endpoint draining and waits until every Envoy stops sending it new requests.
+    pub async fn drain_endpoint(&self, name: &str, address: SocketAddr) -> Result<(), ControlPlaneError> {
+        let path = format!("/functions/{name}/endpoints/{address}/drain");
+        gone_is_fine(self.change(Method::POST, path, None::<&()>).await)
+    }
+
+    /// Removes an endpoint and waits for Envoy's ACK. An endpoint already gone is fine.
+    pub async fn remove_endpoint(&self, name: &str, address: SocketAddr) -> Result<(), ControlPlaneError> {
+        let path = format!("/functions/{name}/endpoints/{address}");
+        gone_is_fine(self.change(Method::DELETE, path, None::<&()>).await)
+    }
+
+    /// Every function the control plane knows, with its endpoint addresses.
+    pub async fn functions(&self) -> Result<Vec<(String, Vec<SocketAddr>)>, ControlPlaneError> {
+        let listing: Functions = self.read("/functions").await?;
+        Ok(listing
+            .functions
+            .into_iter()
+            .map(|(name, f)| (name, f.endpoints.into_iter().map(|e| e.address).collect()))
+            .collect())
+    }
+}
+
+/// A removal of something the control plane no longer has (404) has done its job.
+fn gone_is_fine(r: Result<(), ControlPlaneError>) -> Result<(), ControlPlaneError> {
+    match r {
+        Err(ControlPlaneError::Refused { status: 404, .. }) => Ok(()),
+        other => other,
+    }
+}
