@@ -152,13 +152,25 @@ impl Upstream {
 
     /// Starts an upstream that waits `delay` before each answer.
     pub async fn start_with_delay(name: &str, delay: Duration) -> Upstream {
+        Self::spawn(name, delay, 200, &[]).await
+    }
+
+    /// Starts an upstream that answers every request with `status` and these extra
+    /// headers (a function that answers 503 itself, for example).
+    pub async fn start_with_status(name: &str, status: u16, headers: &[(&str, &str)]) -> Upstream {
+        Self::spawn(name, Duration::ZERO, status, headers).await
+    }
+
+    async fn spawn(name: &str, delay: Duration, status: u16, headers: &[(&str, &str)]) -> Upstream {
+        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        let reply = Arc::new(Reply { name: name.to_string(), delay, status, extra });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
         let port = listener.local_addr().expect("upstream address").port();
         let hits = Arc::new(AtomicU64::new(0));
-        let (name, h) = (name.to_string(), hits.clone());
+        let h = hits.clone();
         let task = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(serve_conn(conn, name.clone(), h.clone(), delay));
+                tokio::spawn(serve_conn(conn, reply.clone(), h.clone()));
             }
         });
         Upstream {
@@ -179,7 +191,17 @@ impl Upstream {
     }
 }
 
-async fn serve_conn(mut conn: TcpStream, name: String, hits: Arc<AtomicU64>, delay: Duration) {
+/// How an [`Upstream`] answers.
+#[derive(Debug)]
+struct Reply {
+    name: String,
+    delay: Duration,
+    status: u16,
+    /// Extra header lines, each ending in CRLF.
+    extra: String,
+}
+
+async fn serve_conn(mut conn: TcpStream, reply: Arc<Reply>, hits: Arc<AtomicU64>) {
     let mut buf = Vec::new();
     loop {
         let Some(end) = find(&buf, b"\r\n\r\n") else {
@@ -206,13 +228,20 @@ async fn serve_conn(mut conn: TcpStream, name: String, hits: Arc<AtomicU64>, del
         }
         buf.drain(..end + 4 + len);
         let path = head.split(' ').nth(1).unwrap_or("").to_string();
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+        if !reply.delay.is_zero() {
+            tokio::time::sleep(reply.delay).await;
         }
         hits.fetch_add(1, Ordering::SeqCst);
-        let body = format!("{{\"upstream\":\"{name}\",\"path\":\"{path}\"}}");
+        let body = format!("{{\"upstream\":\"{}\",\"path\":\"{path}\"}}", reply.name);
         let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\n{}Content-Length: {}\r\n\r\n{body}",
+            reply.status,
+            match reply.status {
+                200 => "OK",
+                503 => "Service Unavailable",
+                _ => "Answer",
+            },
+            reply.extra,
             body.len()
         );
         if conn.write_all(resp.as_bytes()).await.is_err() {
