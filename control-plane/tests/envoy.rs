@@ -394,19 +394,19 @@ async fn envoys_own_503_and_a_functions_503_differ_by_the_headers_the_gate_reads
     assert_eq!(r.header("x-envoy-overloaded"), None, "{:?}", r.headers);
     assert_eq!(gate_reading(&r), "envoy: no healthy upstream");
 
-    // Its only endpoint draining (mid scale-down): no healthy host either.
+    // Its last endpoint removed (the replica stopped in a scale-down): no healthy host.
     let old = Upstream::start("old").await;
     let addr = format!("127.0.0.1:{}", old.port);
     admin_ok(port, "PUT", "/functions/going?wait=true", None).await;
     admin_ok(port, "POST", "/functions/going/endpoints?wait=true", Some(json!({"address": addr}))).await;
     assert_eq!(h.hit("/going").await, "old");
-    admin_ok(port, "POST", &format!("/functions/going/endpoints/{addr}/drain?wait=true"), None).await;
+    admin_ok(port, "DELETE", &format!("/functions/going/endpoints/{addr}?wait=true"), None).await;
     let r = h.get("/going").await;
     assert_eq!((r.status, r.body.as_str()), (503, "no healthy upstream"), "{:?}", r.headers);
     assert_eq!(r.header("x-envoy-upstream-service-time"), None, "{:?}", r.headers);
     assert_eq!(r.header("x-envoy-overloaded"), None, "{:?}", r.headers);
     assert_eq!(gate_reading(&r), "envoy: no healthy upstream");
-    assert_eq!(old.hits(), 1, "the draining endpoint got nothing new");
+    assert_eq!(old.hits(), 1, "the removed endpoint got nothing new");
 
     // Envoy's queue overflows: one connection to a slow replica (concurrency 1) and, set
     // through the control plane's published snapshot, room for one pending request.
