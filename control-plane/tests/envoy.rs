@@ -308,6 +308,7 @@ async fn restart_under_traffic(mode: XdsMode) {
                         failed.fetch_add(1, Ordering::SeqCst)
                     }
                 };
+                // Paces the steady traffic (a request every ~2 ms); not a handshake.
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             failures

@@ -685,6 +685,7 @@ async fn an_idle_subscription_stays_up_and_a_silent_redis_is_left_for_a_new_one(
                 j["subscribed"].as_u64().unwrap(),
             );
             assert_eq!(now, (start, 2), "an idle subscription was dropped: {j}");
+            // Samples the window (what is checked is that nothing changes in it); not a handshake.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // Redis stops answering (CLIENT PAUSE): no pong, so each worker subscribes anew.
