@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Roost's whole test suite: the function runtime's tests (Python, stdlib unittest), then
-# every Rust test in the workspace (unit tests, and integration tests against the real
-# Envoy, Redis, nginx and Docker). Needs what scripts/install-deps.sh installs.
+# Roost's whole test suite, the full tier: the function runtime's tests (Python, stdlib
+# unittest), then every Rust test in the workspace (unit tests, and the integration tests
+# against the real Envoy, Redis, nginx and Docker, which plain `cargo test` leaves out as
+# ignored: `--include-ignored` runs them). Needs what scripts/install-deps.sh installs.
 # Ends with one line counting every test run: "N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ trap 'rm -f "$log"' EXIT
 
 python3 -m unittest discover -s faas-runtime/tests -t faas-runtime 2>&1 | tee -a "$log"
 py=${PIPESTATUS[0]}
-cargo test --workspace --locked 2>&1 | tee -a "$log"
+cargo test --workspace --locked -- --include-ignored 2>&1 | tee -a "$log"
 rs=${PIPESTATUS[0]}
 
 # unittest: "Ran N tests" then "OK" or "FAILED (failures=F, errors=E)"; cargo: "test result: ... N passed; M failed".

@@ -148,11 +148,13 @@ async fn routing_and_load_sharing(mode: XdsMode) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy: full tier (scripts/test.sh)"]
 async fn sotw_routes_shares_load_removes_and_drains() {
     routing_and_load_sharing(XdsMode::Sotw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy: full tier (scripts/test.sh)"]
 async fn delta_routes_shares_load_removes_and_drains() {
     routing_and_load_sharing(XdsMode::Delta).await;
 }
@@ -196,16 +198,19 @@ async fn nack_keeps_last_good_config(mode: XdsMode) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy: full tier (scripts/test.sh)"]
 async fn sotw_nack_keeps_last_good_config() {
     nack_keeps_last_good_config(XdsMode::Sotw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy: full tier (scripts/test.sh)"]
 async fn delta_nack_keeps_last_good_config() {
     nack_keeps_last_good_config(XdsMode::Delta).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy: full tier (scripts/test.sh)"]
 async fn bad_admin_input_gets_400_and_changes_nothing() {
     let h = Harness::start(XdsMode::Delta).await;
     let port = h.admin_port();
@@ -303,6 +308,7 @@ async fn restart_under_traffic(mode: XdsMode) {
                         failed.fetch_add(1, Ordering::SeqCst)
                     }
                 };
+                // Paces the steady traffic (a request every ~2 ms); not a handshake.
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             failures
@@ -337,11 +343,109 @@ async fn restart_under_traffic(mode: XdsMode) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
 async fn sotw_control_plane_restart_under_traffic() {
     restart_under_traffic(XdsMode::Sotw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
 async fn delta_control_plane_restart_under_traffic() {
     restart_under_traffic(XdsMode::Delta).await;
+}
+
+/// What the gate (`on_503` in gateway-lua/lua/roost/gate.lua) concludes from a 503 that
+/// came through Envoy, from the same two headers it reads: Envoy's router stamps
+/// `x-envoy-upstream-service-time` on every answer an upstream gave, and
+/// `x-envoy-overloaded` on a circuit breaker's overflow; a 503 with neither is Envoy's own
+/// (no healthy host), which the gate sends through the wake path once.
+fn gate_reading(r: &http::Response) -> &'static str {
+    match (r.header("x-envoy-upstream-service-time"), r.header("x-envoy-overloaded")) {
+        (_, Some(_)) => "envoy (overloaded)",
+        (Some(_), None) => "function",
+        (None, None) => "envoy: no healthy upstream",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy: full tier (scripts/test.sh)"]
+async fn envoys_own_503_and_a_functions_503_differ_by_the_headers_the_gate_reads() {
+    let h = Harness::start(XdsMode::Delta).await;
+    let port = h.admin_port();
+
+    // A replica that answers 503 itself: Envoy passes it through, stamped, and once.
+    let busy = Upstream::start_with_status("busy", 503, &[("retry-after", "7")]).await;
+    admin_ok(port, "PUT", "/functions/busy?wait=true", None).await;
+    admin_ok(port, "POST", "/functions/busy/endpoints?wait=true", Some(json!({"address": format!("127.0.0.1:{}", busy.port)}))).await;
+    let r = h.get("/busy").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.header("x-envoy-upstream-service-time").is_some(), "a function's 503 is stamped: {:?}", r.headers);
+    assert_eq!(r.header("x-envoy-overloaded"), None, "{:?}", r.headers);
+    assert_eq!(r.header("retry-after"), Some("7"), "the function's own headers pass");
+    assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap()["upstream"], "busy");
+    assert_eq!(gate_reading(&r), "function");
+    assert_eq!(busy.hits(), 1, "Envoy does not retry a function's 503");
+
+    // Declared, no endpoint (scaled to zero, or the last replica vanished): Envoy's own 503.
+    admin_ok(port, "PUT", "/functions/empty?wait=true", None).await;
+    let r = h.get("/empty").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.body, "no healthy upstream");
+    assert_eq!(r.header("x-envoy-upstream-service-time"), None, "{:?}", r.headers);
+    assert_eq!(r.header("x-envoy-overloaded"), None, "{:?}", r.headers);
+    assert_eq!(gate_reading(&r), "envoy: no healthy upstream");
+
+    // Its last endpoint removed (the replica stopped in a scale-down): no healthy host.
+    let old = Upstream::start("old").await;
+    let addr = format!("127.0.0.1:{}", old.port);
+    admin_ok(port, "PUT", "/functions/going?wait=true", None).await;
+    admin_ok(port, "POST", "/functions/going/endpoints?wait=true", Some(json!({"address": addr}))).await;
+    assert_eq!(h.hit("/going").await, "old");
+    admin_ok(port, "DELETE", &format!("/functions/going/endpoints/{addr}?wait=true"), None).await;
+    let r = h.get("/going").await;
+    assert_eq!((r.status, r.body.as_str()), (503, "no healthy upstream"), "{:?}", r.headers);
+    assert_eq!(r.header("x-envoy-upstream-service-time"), None, "{:?}", r.headers);
+    assert_eq!(r.header("x-envoy-overloaded"), None, "{:?}", r.headers);
+    assert_eq!(gate_reading(&r), "envoy: no healthy upstream");
+    assert_eq!(old.hits(), 1, "the removed endpoint got nothing new");
+
+    // Envoy's queue overflows: one connection to a slow replica (concurrency 1) and, set
+    // through the control plane's published snapshot, room for one pending request.
+    // Four requests at once: at least two overflow, with `x-envoy-overloaded`.
+    let slow = Upstream::start_with_delay("slow", Duration::from_millis(1000)).await;
+    admin_ok(port, "PUT", "/functions/slow?wait=true", Some(json!({"concurrency": 1}))).await;
+    admin_ok(port, "POST", "/functions/slow/endpoints?wait=true", Some(json!({"address": format!("127.0.0.1:{}", slow.port)}))).await;
+    let generation = h.cp.store.publish_edited(|snap| {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+        use prost::Message;
+        let mut c = Cluster::decode(&*snap.of(Kind::Cluster)["fn-slow"].body.value).unwrap();
+        let limits = &mut c.circuit_breakers.as_mut().unwrap().thresholds[0];
+        limits.max_pending_requests = Some(envoy_types::pb::google::protobuf::UInt32Value { value: 1 });
+        snap.insert(Kind::Cluster, "fn-slow", envoy_types::util::pack_any(c));
+    });
+    let (status, v) = admin(port, "GET", &format!("/sync/{generation}?timeout_ms=10000"), None).await;
+    assert_eq!(status, 200, "Envoy ACKs the smaller queue: {v}");
+    let listener = h.listener;
+    let burst: Vec<_> = (0..4).map(|_| tokio::spawn(async move { http::get(listener, "/slow").await })).collect();
+    let mut readings = Vec::new();
+    for b in burst {
+        let r = b.await.unwrap().expect("an answer through Envoy");
+        match r.status {
+            200 => {
+                assert!(r.header("x-envoy-upstream-service-time").is_some(), "{:?}", r.headers);
+                assert_eq!(gate_reading(&r), "function");
+            }
+            503 => {
+                assert_eq!(r.header("x-envoy-overloaded"), Some("true"), "{:?} {}", r.headers, r.body);
+                assert_eq!(r.header("x-envoy-upstream-service-time"), None, "{:?}", r.headers);
+                assert!(r.body.contains("overflow"), "{}", r.body);
+                assert_eq!(gate_reading(&r), "envoy (overloaded)");
+            }
+            other => panic!("GET /slow in the burst: {other} {}", r.body),
+        }
+        readings.push(r.status);
+    }
+    assert!(readings.iter().filter(|&&s| s == 503).count() >= 2, "one active and one pending at most: {readings:?}");
+    assert!(readings.contains(&200), "the request on the connection is served: {readings:?}");
+    h.shutdown.cancel();
 }

@@ -43,6 +43,7 @@ fn bad_configuration_exits_with_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy: full tier (scripts/test.sh)"]
 async fn sigterm_stops_cleanly_with_envoy_connected() {
     let (xds, admin) = (free_port(), free_port());
     let mut cp = Guard::spawn(

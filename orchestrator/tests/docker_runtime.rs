@@ -62,6 +62,7 @@ impl Drop for NetworkGuard {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Docker engine: full tier (scripts/test.sh)"]
 async fn container_is_built_started_hardened_probed_and_stopped() {
     let net = network() + "-a";
     let _g = NetworkGuard(net.clone());
@@ -133,6 +134,7 @@ async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Docker engine: full tier (scripts/test.sh)"]
 async fn a_function_container_cannot_reach_redis_on_the_control_network() {
     let net = network() + "-b";
     let control = network() + "-control";
@@ -191,6 +193,7 @@ async fn a_function_container_cannot_reach_redis_on_the_control_network() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Docker engine: full tier (scripts/test.sh)"]
 async fn orchestrator_routes_a_container_through_envoy_and_reaps_it() {
     let net = network() + "-c";
     let _g = NetworkGuard(net.clone());

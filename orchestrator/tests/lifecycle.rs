@@ -89,6 +89,7 @@ async fn start(b: &Backend, defs: &Defs, rt: Arc<FakeRuntime>) -> (roost_orchest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
 async fn fifty_wakes_start_one_replica_and_envoy_serves_when_ready() {
     let b = Backend::start().await;
     let defs = Defs::new(DEFS);
@@ -108,6 +109,7 @@ async fn fifty_wakes_start_one_replica_and_envoy_serves_when_ready() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
 async fn scale_to_zero_waits_for_the_request_in_flight() {
     let b = Backend::start().await;
     let defs = Defs::new(DEFS);
@@ -132,6 +134,7 @@ async fn scale_to_zero_waits_for_the_request_in_flight() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
 async fn a_crash_removes_the_endpoint_and_queueing_scales_up() {
     let b = Backend::start().await;
     let defs = Defs::new(&DEFS.replace("400ms", "1m"));

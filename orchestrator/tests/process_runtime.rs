@@ -42,6 +42,7 @@ fn state_dir(tag: &str) -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
 async fn cold_wake_then_envoy_serves_at_once_and_one_replica_for_fifty_wakes() {
     let b = Backend::start().await;
     let defs = Defs::new(HELLO);
@@ -82,6 +83,7 @@ async fn redis_get(b: &Backend, key: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
 async fn idle_function_goes_to_zero_without_failing_a_slow_request() {
     let b = Backend::start().await;
     let defs = Defs::new(HELLO);
@@ -110,6 +112,7 @@ async fn idle_function_goes_to_zero_without_failing_a_slow_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
 async fn hot_reload_adds_changes_and_removes_functions_and_survives_a_broken_edit() {
     let b = Backend::start().await;
     let defs = Defs::new(HELLO);
@@ -187,6 +190,7 @@ async fn hot_reload_adds_changes_and_removes_functions_and_survives_a_broken_edi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
 async fn a_crashed_replica_loses_its_endpoint_and_the_next_wake_replaces_it() {
     let b = Backend::start().await;
     let defs = Defs::new(HELLO);
@@ -213,6 +217,7 @@ async fn a_crashed_replica_loses_its_endpoint_and_the_next_wake_replaces_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
 async fn queueing_in_envoy_brings_a_second_replica() {
     // The whole loop: Envoy queues behind a busy replica, its statsd reaches the real
     // statsd-listener, which signals the orchestrator through Redis.
@@ -235,6 +240,7 @@ async fn queueing_in_envoy_brings_a_second_replica() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
 async fn a_redis_restart_is_healed_within_a_tick() {
     let mut b = Backend::start().await;
     let defs = Defs::new(HELLO);
@@ -295,6 +301,7 @@ fn replica_cmdline(state: &std::path::Path, function: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
 async fn cold_starts_take_a_spare_runtime_and_the_pool_is_refilled_and_emptied_on_stop() {
     let b = Backend::start().await;
     let defs = Defs::new(&format!(

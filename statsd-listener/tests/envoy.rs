@@ -22,6 +22,7 @@ async fn hget(url: &str, key: &str, field: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
 async fn envoy_queueing_is_seen_and_signalled_within_a_second() {
     use clap::Parser;
     let redis = Redis::start().await;

@@ -34,6 +34,7 @@ async fn hget(redis: &Redis, key: &str, field: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: full tier (scripts/test.sh)"]
 async fn cadence_metrics_reach_redis_and_metrics_and_garbage_is_counted() {
     let redis = Redis::start().await;
     let (r, stop) = listener(&redis.url()).await;
@@ -72,6 +73,7 @@ async fn cadence_metrics_reach_redis_and_metrics_and_garbage_is_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: full tier (scripts/test.sh)"]
 async fn survives_a_redis_restart_without_restarting() {
     let mut redis = Redis::start().await;
     let (r, stop) = listener(&redis.url()).await;

@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.1 client and a tiny upstream server, enough to drive Envoy in tests
-//! without pulling a full HTTP stack into every test build.
+//! HTTP for tests: a client (reqwest, one request per call), the parser the gate's tests use
+//! for the raw answers of their hand-written client, and a tiny upstream server that says
+//! who it is (hand-written: it answers Envoy with exactly the bytes a test asks for).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,40 +29,72 @@ impl Response {
     }
 }
 
+/// Why a request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// Connecting, sending or reading failed (or the 10 s deadline passed).
+    #[error("{method} {path} on 127.0.0.1:{port}: {source}")]
+    Request {
+        /// The method sent.
+        method: String,
+        /// The path sent.
+        path: String,
+        /// The port on 127.0.0.1.
+        port: u16,
+        /// What reqwest said.
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
 /// GET `path` from 127.0.0.1:`port`.
-pub async fn get(port: u16, path: &str) -> Result<Response, String> {
+pub async fn get(port: u16, path: &str) -> Result<Response, HttpError> {
     request(port, "GET", path, &[], b"").await
 }
 
-/// Sends one request on a fresh connection (`Connection: close`) with a 10 s deadline.
+/// Sends one request on a fresh connection with a 10 s deadline; no proxy from the
+/// environment, no redirect followed.
 pub async fn request(
     port: u16,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> Result<Response, String> {
-    let fut = async {
-        let mut s = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
-        s.write_all(body).await.map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
-        parse_response(&buf)
+) -> Result<Response, HttpError> {
+    let failed = |source| HttpError::Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        port,
+        source,
     };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .map_err(|_| format!("{method} {path} on port {port}: no answer in 10 s"))?
+    // A bad method is a bug in the test itself.
+    let verb = reqwest::Method::from_bytes(method.as_bytes())
+        .unwrap_or_else(|e| panic!("invalid HTTP method {method:?}: {e}"));
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(failed)?;
+    let mut req = client
+        .request(verb, format!("http://127.0.0.1:{port}{path}"))
+        .body(body.to_vec());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.map_err(failed)?;
+    let status = r.status().as_u16();
+    let headers = r
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let body = r.bytes().await.map_err(failed)?;
+    Ok(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 /// Parses a whole HTTP/1.1 response, as read to the end after the server closed the
@@ -152,13 +185,25 @@ impl Upstream {
 
     /// Starts an upstream that waits `delay` before each answer.
     pub async fn start_with_delay(name: &str, delay: Duration) -> Upstream {
+        Self::spawn(name, delay, 200, &[]).await
+    }
+
+    /// Starts an upstream that answers every request with `status` and these extra
+    /// headers (a function that answers 503 itself, for example).
+    pub async fn start_with_status(name: &str, status: u16, headers: &[(&str, &str)]) -> Upstream {
+        Self::spawn(name, Duration::ZERO, status, headers).await
+    }
+
+    async fn spawn(name: &str, delay: Duration, status: u16, headers: &[(&str, &str)]) -> Upstream {
+        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        let reply = Arc::new(Reply { name: name.to_string(), delay, status, extra });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
         let port = listener.local_addr().expect("upstream address").port();
         let hits = Arc::new(AtomicU64::new(0));
-        let (name, h) = (name.to_string(), hits.clone());
+        let h = hits.clone();
         let task = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(serve_conn(conn, name.clone(), h.clone(), delay));
+                tokio::spawn(serve_conn(conn, reply.clone(), h.clone()));
             }
         });
         Upstream {
@@ -179,7 +224,17 @@ impl Upstream {
     }
 }
 
-async fn serve_conn(mut conn: TcpStream, name: String, hits: Arc<AtomicU64>, delay: Duration) {
+/// How an [`Upstream`] answers.
+#[derive(Debug)]
+struct Reply {
+    name: String,
+    delay: Duration,
+    status: u16,
+    /// Extra header lines, each ending in CRLF.
+    extra: String,
+}
+
+async fn serve_conn(mut conn: TcpStream, reply: Arc<Reply>, hits: Arc<AtomicU64>) {
     let mut buf = Vec::new();
     loop {
         let Some(end) = find(&buf, b"\r\n\r\n") else {
@@ -206,13 +261,20 @@ async fn serve_conn(mut conn: TcpStream, name: String, hits: Arc<AtomicU64>, del
         }
         buf.drain(..end + 4 + len);
         let path = head.split(' ').nth(1).unwrap_or("").to_string();
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+        if !reply.delay.is_zero() {
+            tokio::time::sleep(reply.delay).await;
         }
         hits.fetch_add(1, Ordering::SeqCst);
-        let body = format!("{{\"upstream\":\"{name}\",\"path\":\"{path}\"}}");
+        let body = format!("{{\"upstream\":\"{}\",\"path\":\"{path}\"}}", reply.name);
         let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\n{}Content-Length: {}\r\n\r\n{body}",
+            reply.status,
+            match reply.status {
+                200 => "OK",
+                503 => "Service Unavailable",
+                _ => "Answer",
+            },
+            reply.extra,
             body.len()
         );
         if conn.write_all(resp.as_bytes()).await.is_err() {

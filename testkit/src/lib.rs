@@ -1,12 +1,12 @@
 //! Roost's test harness: the real Envoy and redis-server started on free loopback ports,
-//! a minimal HTTP/1.1 client and upstream, and polling with a deadline.
+//! an HTTP client and a tiny upstream, and polling with a deadline.
 //!
 //! # Layout
 //!
 //! - [`process`]: a child process killed on drop, and free ports.
 //! - [`envoy`]: finds the Envoy 1.40 binary, renders `envoy/bootstrap.yaml`, starts Envoy.
 //! - [`redis`]: starts (and kills, and restarts) a private `redis-server`.
-//! - [`http`]: a small HTTP/1.1 client, and an upstream server that says who it is.
+//! - [`http`]: an HTTP client (reqwest), and an upstream server that says who it is.
 //! - [`wait_until`]: poll a condition until a deadline, never a bare sleep.
 //!
 //! Missing tools fail loudly with what to install: a test never skips silently.

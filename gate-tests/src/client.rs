@@ -1,6 +1,12 @@
 //! A small HTTP/1.1 client: one request per connection (`Connection: close`), a fixed
 //! or chunked body, and a deadline. A server may answer before it has read the whole
 //! body (413): a failed write still reads the answer.
+//!
+//! Hand-written on purpose, where the other tests use reqwest (`roost_testkit::http`):
+//! the gate's tests need the exact bytes on the wire (chunks of 1000 bytes, no
+//! Content-Length on a bodiless request), the answer to a body the gate refuses half-way
+//! (a client library reports the broken write instead), and a request left open, unread,
+//! whose client then hangs up ([`send_and_keep`]).
 
 pub(crate) use roost_testkit::http::find;
 pub use roost_testkit::http::parse_response;

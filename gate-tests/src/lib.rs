@@ -1,4 +1,4 @@
-//! Harness for Roost's end-to-end tests.
+//! Harness for the gate's tests (gateway-lua against real nginx and Redis).
 //!
 //! - [`Gate`]: the real gate (`gateway-lua/run.sh`: Debian's nginx with the Lua module,
 //!   or OpenResty) on a given port, logging to a file, stopped on drop.

@@ -3,9 +3,9 @@
 //! common/src/keys.rs. Every wait is bounded; nothing is skipped when nginx is missing
 //! (the test fails and says what to install).
 
-use roost_e2e::client::{self, cold_start_ms, json, Body};
-use roost_e2e::redis_util::{self, calls, cmd, declare, mark_asleep, mark_ready};
-use roost_e2e::{bounded, Answer, Behaviour, FakeEnvoy, FakeOrchestrator, Gate};
+use roost_gate_tests::client::{self, cold_start_ms, json, Body};
+use roost_gate_tests::redis_util::{self, calls, cmd, declare, mark_asleep, mark_ready};
+use roost_gate_tests::{bounded, Answer, Behaviour, FakeEnvoy, FakeOrchestrator, Gate};
 use roost_testkit::process::free_port;
 use roost_testkit::redis::Redis;
 use roost_testkit::wait_until;
@@ -39,6 +39,7 @@ fn is_generated_id(id: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn healthz_answers_200_json() {
     bounded(TEST_LIMIT, "healthz", async {
         let s = stack(&[]).await;
@@ -59,6 +60,7 @@ async fn healthz_answers_200_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn unknown_function_gets_404_json() {
     bounded(TEST_LIMIT, "404", async {
         let mut s = stack(&[]).await;
@@ -114,6 +116,7 @@ async fn unknown_function_gets_404_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn ready_function_is_proxied_with_path_query_and_request_id() {
     bounded(TEST_LIMIT, "proxy", async {
         let mut s = stack(&[]).await;
@@ -182,6 +185,7 @@ async fn ready_function_is_proxied_with_path_query_and_request_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn fifty_concurrent_cold_requests_wake_the_function_once() {
     bounded(TEST_LIMIT, "one wake", async {
         let mut s = stack(&[]).await;
@@ -246,6 +250,7 @@ async fn fifty_concurrent_cold_requests_wake_the_function_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn held_requests_over_the_cap_get_503_with_retry_after() {
     bounded(TEST_LIMIT, "cap", async {
         let mut s = stack(&[
@@ -288,6 +293,7 @@ async fn held_requests_over_the_cap_get_503_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn a_request_held_past_the_deadline_gets_504() {
     bounded(TEST_LIMIT, "deadline", async {
         let mut s = stack(&[("ROOST_GATE_WAKE_TIMEOUT_MS", "800")]).await;
@@ -323,6 +329,7 @@ async fn a_request_held_past_the_deadline_gets_504() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn a_body_over_the_limit_gets_413_json() {
     bounded(TEST_LIMIT, "413", async {
         let mut s = stack(&[("ROOST_GATE_MAX_BODY", "1024")]).await;
@@ -372,6 +379,7 @@ async fn a_body_over_the_limit_gets_413_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn envoys_own_503_sends_the_request_through_the_wake_path_once() {
     bounded(TEST_LIMIT, "rewake", async {
         let mut s = stack(&[]).await;
@@ -433,6 +441,7 @@ async fn envoys_own_503_sends_the_request_through_the_wake_path_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn a_functions_own_503_is_answered_and_never_sent_again() {
     bounded(TEST_LIMIT, "function 503", async {
         let mut s = stack(&[]).await;
@@ -465,6 +474,7 @@ async fn a_functions_own_503_is_answered_and_never_sent_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn a_not_ready_notice_makes_the_next_request_wake_the_function() {
     bounded(TEST_LIMIT, "not ready", async {
         let mut s = stack(&[]).await;
@@ -509,6 +519,7 @@ async fn a_not_ready_notice_makes_the_next_request_wake_the_function() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn a_lost_ready_notice_is_recovered_without_held_requests_polling() {
     bounded(TEST_LIMIT, "lost notice", async {
         let mut s = stack(&[]).await;
@@ -551,6 +562,7 @@ async fn a_lost_ready_notice_is_recovered_without_held_requests_polling() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn a_lost_wake_is_published_again_every_two_seconds() {
     bounded(TEST_LIMIT, "lost wake", async {
         let mut s = stack(&[]).await;
@@ -592,6 +604,7 @@ async fn a_lost_wake_is_published_again_every_two_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn a_client_that_hangs_up_while_held_frees_its_place() {
     bounded(TEST_LIMIT, "abort", async {
         let mut s = stack(&[("ROOST_GATE_MAX_HELD", "2")]).await;
@@ -620,6 +633,7 @@ async fn a_client_that_hangs_up_while_held_frees_its_place() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn the_subscription_comes_back_after_redis_restarts() {
     bounded(TEST_LIMIT, "redis restart", async {
         let mut s = stack(&[]).await;
@@ -657,6 +671,7 @@ async fn the_subscription_comes_back_after_redis_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn an_idle_subscription_stays_up_and_a_silent_redis_is_left_for_a_new_one() {
     bounded(TEST_LIMIT, "idle subscription", async {
         let mut s = stack(&[("ROOST_GATE_PING_MS", "200")]).await;
@@ -670,6 +685,7 @@ async fn an_idle_subscription_stays_up_and_a_silent_redis_is_left_for_a_new_one(
                 j["subscribed"].as_u64().unwrap(),
             );
             assert_eq!(now, (start, 2), "an idle subscription was dropped: {j}");
+            // Samples the window (what is checked is that nothing changes in it); not a handshake.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // Redis stops answering (CLIENT PAUSE): no pong, so each worker subscribes anew.
@@ -704,7 +720,7 @@ async fn an_idle_subscription_stays_up_and_a_silent_redis_is_left_for_a_new_one(
 #[test]
 fn run_sh_says_what_to_install_when_nginx_is_missing() {
     let out = std::process::Command::new("sh")
-        .arg(roost_e2e::gate::run_sh())
+        .arg(roost_gate_tests::gate::run_sh())
         .arg("--check")
         .env("ROOST_GATE_NGINX", "/nonexistent/nginx")
         .output()

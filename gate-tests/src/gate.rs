@@ -57,7 +57,7 @@ impl Gate {
     pub async fn start(port: u16, redis_port: u16, envoy_addr: &str, env: &[(&str, &str)]) -> Gate {
         Self::check_installed();
         let prefix =
-            std::env::temp_dir().join(format!("roost-e2e-gate-{}-{port}", std::process::id()));
+            std::env::temp_dir().join(format!("roost-gate-test-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&prefix);
         std::fs::create_dir_all(&prefix).expect("create the gate's prefix folder");
         let log = std::fs::File::create(prefix.join("gate.log")).expect("create the gate's log");
