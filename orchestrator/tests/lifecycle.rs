@@ -202,6 +202,7 @@ async fn stuck_proxy(upstream: std::net::SocketAddr, stuck: &'static str) -> u16
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
 async fn a_function_stuck_in_the_control_plane_delays_neither_another_wake_nor_status() {
     let b = Backend::start().await;
     let defs = Defs::new(&format!("{DEFS}  stuck:\n    version: 1\n    runtime: {{kind: image, image: test}}\n"));
