@@ -57,6 +57,9 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("the xDS server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// One of its tasks panicked (a bug).
+    #[error("a control-plane task panicked: {0}")]
+    Panicked(String),
     /// The admin server failed.
     #[error("the admin API server failed: {0}")]
     Admin(std::io::Error),
@@ -77,9 +80,10 @@ pub struct Running {
 }
 
 impl Running {
-    /// Waits until both servers have stopped (after `shutdown` is cancelled).
+    /// Waits until both servers have stopped (after `shutdown` is cancelled); an error
+    /// when one of them failed or panicked, so the service exits non-zero.
     pub async fn wait(self) -> Result<(), Error> {
-        self.task.await.unwrap_or(Ok(()))
+        self.task.await.map_err(|e| Error::Panicked(e.to_string()))?
     }
 }
 
@@ -138,7 +142,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let task = tokio::spawn(async move {
         let (g, a) = tokio::join!(grpc, admin);
         if let Some(p) = persister {
-            let _ = p.await;
+            p.await.map_err(|e| Error::Panicked(e.to_string()))?;
         }
         g?;
         a.map_err(Error::Admin)?;

@@ -29,6 +29,9 @@ use tracing::info;
 /// Why the listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// One of its tasks panicked (a bug).
+    #[error("a statsd-listener task panicked: {0}")]
+    Panicked(String),
     /// A socket could not be bound.
     #[error("cannot listen on {addr} for {what}: {source}; pick another address with {flag}")]
     Bind {
@@ -55,13 +58,14 @@ pub struct Running {
     pub metrics_addr: SocketAddr,
     /// Its counters.
     pub stats: Arc<metrics::Stats>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
 }
 
 impl Running {
-    /// Waits until it has stopped (after `shutdown`).
-    pub async fn wait(self) {
-        let _ = self.task.await;
+    /// Waits until it has stopped (after `shutdown`); an error when one of its tasks
+    /// panicked, so the service exits non-zero.
+    pub async fn wait(self) -> Result<(), Error> {
+        self.task.await.map_err(|e| Error::Panicked(e.to_string()))?
     }
 }
 
@@ -100,9 +104,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let writer = tokio::spawn(sink::run(sk.clone(), client, st.clone(), sd.clone()));
         let http = tokio::spawn(std::future::IntoFuture::into_future(http));
         server::run(socket, sk, st, flush, sd).await;
-        let _ = writer.await;
-        let _ = http.await;
+        let writer = writer.await.map_err(|e| Error::Panicked(e.to_string()));
+        let served = http.await.map_err(|e| Error::Panicked(e.to_string()))?;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the metrics server stopped with an error");
+        }
         info!("statsd listener stopped");
+        writer
     });
     Ok(Running { udp_addr, metrics_addr, stats, task })
 }

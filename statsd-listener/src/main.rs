@@ -2,7 +2,7 @@
 //! until SIGTERM or SIGINT.
 
 use clap::Parser;
-use roost_statsd_listener::{start, Config, Error};
+use roost_statsd_listener::{start, Config};
 use std::process::ExitCode;
 
 #[tokio::main]
@@ -11,11 +11,10 @@ async fn main() -> ExitCode {
     let log_format = config.log_format;
     roost_common::service::run(
         "statsd-listener",
-        "statsd listener failed to start",
+        "statsd listener failed",
         log_format,
         |shutdown| async move {
-            start(config, shutdown).await?.wait().await;
-            Ok::<(), Error>(())
+            start(config, shutdown).await?.wait().await
         },
     )
     .await

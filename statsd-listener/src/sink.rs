@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// Shortest time between two scale signals of one function.
-const SIGNAL_EVERY: Duration = Duration::from_millis(200);
+const SIGNAL_EVERY: Duration = roost_common::scaling::SCALE_SIGNAL_INTERVAL;
 
 /// Loads waiting to be written.
 #[derive(Debug, Default)]

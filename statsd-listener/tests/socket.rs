@@ -69,7 +69,7 @@ async fn cadence_metrics_reach_redis_and_metrics_and_garbage_is_counted() {
     assert!(m.contains("roost_statsd_parse_errors_total 4\n"), "{m}");
     assert!(m.contains("roost_function_in_flight{function=\"hello\"} 2\n"), "{m}");
     stop.cancel();
-    r.wait().await;
+    r.wait().await.expect("the statsd-listener stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,5 +98,5 @@ async fn survives_a_redis_restart_without_restarting() {
     })
     .await;
     stop.cancel();
-    r.wait().await;
+    r.wait().await.expect("the statsd-listener stops cleanly");
 }
