@@ -3,6 +3,7 @@
 //! reap) is the same for both.
 
 pub mod docker;
+pub mod env;
 pub mod process;
 
 use roost_common::spec::FunctionSpec;

@@ -23,6 +23,8 @@
 //! own log: a file, not a pipe, so a replica outlives an orchestrator crash. A graceful
 //! orchestrator shutdown stops its replicas first.
 
+pub use super::env::function_env;
+use super::env::{runtime_env, PythonPath};
 use super::{Replica, Runtime, RuntimeError, RuntimeEvent};
 use roost_common::spec::{FunctionSpec, Runtime as Kind};
 use std::collections::HashMap;
@@ -54,10 +56,6 @@ pub struct ProcessConfig {
     pub spares: usize,
 }
 
-/// Variables set by the runtime itself for every replica: a function's values for them
-/// are dropped (as they always were: these were set last).
-const RUNTIME_VARS: [&str; 4] = ["PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PORT", "ROOST_BIND"];
-
 /// Whether a variable is read only when a process starts (by the interpreter or the C
 /// library), so that a spare, started before its function was known, would miss it.
 pub fn read_at_start(name: &str) -> bool {
@@ -78,9 +76,11 @@ struct Spare {
 #[derive(Debug)]
 pub struct Launcher {
     config: ProcessConfig,
-    /// `PYTHONPATH` of every replica: the runtime, then the folders `site` would add;
-    /// `None` when they could not be read (then replicas start without `-S`).
-    python_path: Option<std::ffi::OsString>,
+    /// `PYTHONPATH` of every replica: the runtime, then the folders `site` would add; only
+    /// the runtime when those could not be read (then replicas start without `-S`).
+    python_path: PythonPath,
+    /// Whether replicas start with `-S` (the folders `site` adds are on `python_path`).
+    skip_site: bool,
 }
 
 impl Launcher {
@@ -89,8 +89,10 @@ impl Launcher {
     pub fn new(mut config: ProcessConfig) -> Launcher {
         let (python, site) = resolve_interpreter(&config.python);
         config.python = python;
-        let python_path = site.and_then(|dirs| std::env::join_paths(std::iter::once(config.runtime_dir.display().to_string()).chain(dirs)).ok());
-        Launcher { config, python_path }
+        let with_site = site.and_then(|dirs| std::env::join_paths(std::iter::once(config.runtime_dir.display().to_string()).chain(dirs)).ok());
+        let skip_site = with_site.is_some();
+        let python_path = PythonPath::Spawn(with_site.unwrap_or_else(|| config.runtime_dir.clone().into_os_string()));
+        Launcher { config, python_path, skip_site }
     }
 
     /// The interpreter replicas run (its real path).
@@ -102,15 +104,12 @@ impl Launcher {
     /// (a function's variables, see [`function_env`]) under the runtime's own.
     pub fn command(&self, mode: &str, port: u16, log: std::fs::File, env: &[(String, String)]) -> std::io::Result<Command> {
         let mut cmd = Command::new(&self.config.python);
-        if self.python_path.is_some() {
+        if self.skip_site {
             cmd.arg("-S");
         }
         cmd.args(["-m", "roost_runtime", mode])
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("PYTHONPATH", self.python_path.clone().unwrap_or_else(|| self.config.runtime_dir.clone().into_os_string()))
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("PORT", port.to_string())
-            .env("ROOST_BIND", self.config.bind_ip.to_string())
+            .envs(runtime_env(&self.python_path, port, self.config.bind_ip))
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .process_group(0);
@@ -278,21 +277,6 @@ fn resolve_interpreter(python: &std::path::Path) -> (PathBuf, Option<Vec<String>
 
 fn free_port(ip: IpAddr) -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
-}
-
-/// What a replica of `spec` (in `dir`) gets in its environment besides the runtime's own
-/// variables: the function's variables, then the runtime's settings for it.
-pub fn function_env(spec: &FunctionSpec, dir: &std::path::Path) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = spec.env.iter().filter(|(k, _)| !RUNTIME_VARS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
-    env.push(("ROOST_FUNCTION_NAME".into(), spec.name.clone()));
-    env.push(("ROOST_FUNCTION_DIR".into(), dir.display().to_string()));
-    env.push(("ROOST_TIMEOUT_S".into(), spec.limits.timeout.as_secs_f64().to_string()));
-    match &spec.runtime {
-        Kind::Python { file, .. } => env.push(("ROOST_FUNCTION_FILE".into(), file.clone())),
-        Kind::Command { command, .. } => env.push(("ROOST_COMMAND".into(), serde_json::to_string(command).expect("strings serialize"))),
-        Kind::Image { .. } => {}
-    }
-    env
 }
 
 impl ProcessRuntime {

@@ -8,9 +8,12 @@ use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, EventsOptionsBuilder};
 use bollard::Docker;
 use futures::StreamExt;
-use roost_common::spec::{FunctionSpec, Runtime as Kind};
+use super::image::FUNCTION_DIR;
+use crate::runtime::env::{function_env, runtime_env, PythonPath};
+use roost_common::spec::FunctionSpec;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -35,16 +38,9 @@ impl DockerRuntime {
 
 /// Creates (does not start) a replica container of a prepared function.
 pub(super) async fn create(docker: &Docker, config: &DockerConfig, spec: &FunctionSpec, spec_hash: &str, image: &str, replica_id: &str) -> Result<String, String> {
-    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    env.push(format!("PORT={}", config.port));
-    env.push("ROOST_BIND=0.0.0.0".into());
-    env.push(format!("ROOST_FUNCTION_NAME={}", spec.name));
-    env.push(format!("ROOST_TIMEOUT_S={}", spec.limits.timeout.as_secs_f64()));
-    match &spec.runtime {
-        Kind::Python { file, .. } => env.push(format!("ROOST_FUNCTION_FILE={file}")),
-        Kind::Command { command, .. } => env.push(format!("ROOST_COMMAND={}", serde_json::to_string(command).expect("strings serialize"))),
-        Kind::Image { .. } => {}
-    }
+    let function = function_env(spec, Path::new(FUNCTION_DIR)).into_iter().map(|(k, v)| format!("{k}={v}"));
+    let runtime = runtime_env(&PythonPath::Image, config.port, [0, 0, 0, 0].into()).into_iter().map(|(k, v)| format!("{k}={}", v.to_string_lossy()));
+    let env: Vec<String> = function.chain(runtime).collect();
     let labels = HashMap::from([
         (MANAGED.to_string(), "true".to_string()),
         ("roost.function".to_string(), spec.name.clone()),

@@ -14,6 +14,10 @@ fn tag_part(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
+/// Where the function's folder is inside its image (`ROOST_FUNCTION_DIR`, the working
+/// folder).
+pub const FUNCTION_DIR: &str = "/opt/roost/function";
+
 /// The image tag of a function: its version and a hash of its build context (the
 /// Dockerfile, the runtime package and the function's folder), so any change to what goes
 /// into the image gives a new tag.
@@ -40,9 +44,9 @@ pub fn dockerfile(spec: &FunctionSpec, base: &str) -> String {
     }
     // Compiled once at build time: the root file system is read-only at run time.
     d.push_str("RUN python3 -m compileall -q /opt/roost\n");
-    d.push_str("ENV PYTHONPATH=/opt/roost:/opt/roost/deps PYTHONDONTWRITEBYTECODE=1 ROOST_FUNCTION_DIR=/opt/roost/function\n");
+    d.push_str(&format!("ENV PYTHONPATH=/opt/roost:/opt/roost/deps PYTHONDONTWRITEBYTECODE=1 ROOST_FUNCTION_DIR={FUNCTION_DIR}\n"));
     // -S: no site module (the image has no site-packages Roost uses): a faster start.
-    d.push_str(&format!("WORKDIR /opt/roost/function\nCMD [\"python3\", \"-S\", \"-m\", \"roost_runtime\", \"{kind}\"]\n"));
+    d.push_str(&format!("WORKDIR {FUNCTION_DIR}\nCMD [\"python3\", \"-S\", \"-m\", \"roost_runtime\", \"{kind}\"]\n"));
     // One LABEL step (the build API's labels option adds one step per label). The name
     // and version are in the tag already, so the labels never change the context's hash.
     d.push_str(&format!("LABEL {MANAGED}=\"true\" roost.function={} roost.version={}\n", quoted(&spec.name), quoted(&spec.version)));
