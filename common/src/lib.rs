@@ -19,6 +19,7 @@ pub mod clock;
 pub mod hash;
 pub mod keys;
 pub mod naming;
+pub mod process;
 pub mod service;
 pub mod shutdown;
 pub mod spec;

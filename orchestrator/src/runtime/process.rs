@@ -26,6 +26,7 @@
 pub use super::env::function_env;
 use super::env::{runtime_env, PythonPath};
 use super::{Replica, Runtime, RuntimeError, RuntimeEvent};
+use roost_common::process::{self, free_port, Stopped};
 use roost_common::spec::{FunctionSpec, Runtime as Kind};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -233,20 +234,6 @@ pub struct ProcessRuntime {
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
 }
 
-fn pid_alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
-}
-
-fn signal(pid: i32, sig: i32) {
-    if pid > 0 {
-        // SAFETY: sending a signal to a process id has no memory-safety preconditions.
-        unsafe {
-            libc::kill(pid, sig);
-        }
-    }
-}
-
 /// `[sys.executable, sys.path]` of the interpreter, started with `flags`.
 fn interpreter_paths(python: &std::path::Path, flags: &[&str]) -> Option<(PathBuf, Vec<String>)> {
     let out = std::process::Command::new(python)
@@ -273,10 +260,6 @@ fn resolve_interpreter(python: &std::path::Path) -> (PathBuf, Option<Vec<String>
         (Some((exe, _)), _) if exe.is_file() => (exe, None),
         _ => (python.to_path_buf(), None),
     }
-}
-
-fn free_port(ip: IpAddr) -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
 impl ProcessRuntime {
@@ -345,7 +328,7 @@ impl ProcessRuntime {
 
     /// Records a started replica (state file, log, exit watch) and returns it.
     fn track(&self, mut child: tokio::process::Child, port: u16, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Replica {
-        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let pid = child.id().unwrap_or(0);
         let replica = Replica {
             id: replica_id.to_string(),
             function: spec.name.clone(),
@@ -404,14 +387,14 @@ impl ProcessRuntime {
     }
 
     /// Watches a process this orchestrator did not start (adopted) until it exits.
-    fn watch_adopted(&self, replica: &Replica, pid: i32) {
+    fn watch_adopted(&self, replica: &Replica, pid: u32) {
         let (tx, rx) = watch::channel(false);
         self.exits.lock().unwrap().insert(replica.id.clone(), rx.clone());
         self.follow_log(replica, true, rx);
         let (events, id, function, file) =
             (self.events_tx.clone(), replica.id.clone(), replica.function.clone(), self.state_file(&replica.id));
         tokio::spawn(async move {
-            while pid_alive(pid) {
+            while process::is_alive(pid) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let _ = std::fs::remove_file(file);
@@ -466,24 +449,22 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn stop(&self, replica: &Replica, grace: Duration) -> Result<(), RuntimeError> {
-        let pid: i32 = replica.handle.parse().unwrap_or(0);
+        // 0 (never signalled) when the handle is not a process id.
+        let pid: u32 = replica.handle.parse().unwrap_or(0);
         let exit = self.exits.lock().unwrap().get(&replica.id).cloned();
-        signal(pid, libc::SIGTERM);
         let exited = async {
             match exit {
                 Some(mut rx) => {
-                    let _ = rx.wait_for(|gone| *gone).await;
-                }
-                None => {
-                    while pid_alive(pid) {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    if let Err(e) = rx.wait_for(|gone| *gone).await {
+                        // The exit watcher ended without saying: it ends with the process.
+                        tracing::debug!(replica = %replica.id, error = %e, "exit watch closed; taking the replica for gone");
                     }
                 }
+                None => process::gone(pid).await,
             }
         };
-        if tokio::time::timeout(grace, exited).await.is_err() {
-            warn!(replica = %replica.id, "replica ignored SIGTERM; killing it");
-            signal(pid, libc::SIGKILL);
+        if process::stop_pid(pid, grace, exited).await == Stopped::Killed {
+            warn!(replica = %replica.id, "replica ignored SIGTERM; it was killed");
         }
         self.exits.lock().unwrap().remove(&replica.id);
         let _ = std::fs::remove_file(self.state_file(&replica.id));
@@ -501,12 +482,12 @@ impl Runtime for ProcessRuntime {
             let replica: Option<Replica> = std::fs::read_to_string(&path)
                 .ok()
                 .and_then(|s| serde_json::from_str(&s).ok());
-            let pid: i32 = replica.as_ref().and_then(|r| r.handle.parse().ok()).unwrap_or(0);
+            let pid: u32 = replica.as_ref().and_then(|r| r.handle.parse().ok()).unwrap_or(0);
             let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).contains("roost_runtime"))
                 .unwrap_or(false);
             match replica {
-                Some(r) if pid_alive(pid) && ours => {
+                Some(r) if process::is_alive(pid) && ours => {
                     if !self.exits.lock().unwrap().contains_key(&r.id) {
                         self.watch_adopted(&r, pid);
                     }
