@@ -124,7 +124,7 @@ pub struct FunctionSpec {
     /// Its version, the image tag.
     pub version: String,
     /// How it runs.
-    pub runtime: Runtime,
+    pub runtime: FunctionKind,
     /// How many replicas, and when to scale.
     pub scaling: Scaling,
     /// Resources of each replica.
@@ -135,10 +135,12 @@ pub struct FunctionSpec {
     pub readiness_path: String,
 }
 
-/// How a function runs.
+/// How a function runs: its kind (`runtime:` in the file, `python`, `command` or
+/// `image`) and what that kind needs. Not to be confused with where its replicas run (the
+/// orchestrator's replica runtime, processes or Docker).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Runtime {
+pub enum FunctionKind {
     /// A Python handler, built into an image from its folder.
     Python {
         /// Folder, relative to the definitions file (`python/functions/<function_folder>`).
@@ -167,13 +169,13 @@ pub enum Runtime {
     },
 }
 
-impl Runtime {
+impl FunctionKind {
     /// `python`, `command` or `image`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Runtime::Python { .. } => "python",
-            Runtime::Command { .. } => "command",
-            Runtime::Image { .. } => "image",
+            FunctionKind::Python { .. } => "python",
+            FunctionKind::Command { .. } => "command",
+            FunctionKind::Image { .. } => "image",
         }
     }
 
@@ -181,10 +183,9 @@ impl Runtime {
     /// source code.
     pub fn source(&self) -> Option<(&Path, &str)> {
         match self {
-            Runtime::Python { folder, file, .. } | Runtime::Command { folder, file, .. } => {
-                Some((folder, file))
-            }
-            Runtime::Image { .. } => None,
+            FunctionKind::Python { folder, file, .. }
+            | FunctionKind::Command { folder, file, .. } => Some((folder, file)),
+            FunctionKind::Image { .. } => None,
         }
     }
 }
@@ -344,7 +345,7 @@ mod tests {
         assert_eq!(spec.version, "0.1");
         assert_eq!(
             spec.runtime,
-            Runtime::Python {
+            FunctionKind::Python {
                 folder: PathBuf::from("python/functions/example"),
                 file: "example.py".into(),
                 extra_dependencies: vec![],

@@ -9,7 +9,7 @@ use serde_yaml::{Mapping, Value};
 
 use super::units::{parse_duration, parse_size};
 use super::{
-    Definitions, FunctionSpec, Limits, Runtime, Scaling, SpecError, SpecErrors,
+    Definitions, FunctionKind, FunctionSpec, Limits, Scaling, SpecError, SpecErrors,
     COMMAND_FUNCTIONS_DIR, DEFAULT_READINESS_PATH, MAX_REPLICAS, MAX_TARGET_CONCURRENCY,
     MIN_MEMORY, PYTHON_FUNCTIONS_DIR, TOP_LEVEL_KEY,
 };
@@ -393,7 +393,7 @@ impl Check<'_> {
         &mut self,
         configuration: Option<&Value>,
         runtime: Option<&Value>,
-    ) -> Option<Runtime> {
+    ) -> Option<FunctionKind> {
         // `runtime: <kind>`, or a mapping with the kind and its settings.
         let mut settings = None;
         let (kind_path, kind) = match runtime {
@@ -459,7 +459,7 @@ impl Check<'_> {
         configuration: Option<&Fields>,
         settings: Option<&Fields>,
         language: Option<String>,
-    ) -> Option<Runtime> {
+    ) -> Option<FunctionKind> {
         self.not_for_kind("python", settings, "command");
         self.not_for_kind("python", settings, "image");
         if let Some(language) = language.filter(|l| l != "python") {
@@ -481,7 +481,7 @@ impl Check<'_> {
             .and_then(|c| c.get("extra_dependencies"))
             .map(|(path, v)| self.pip_packages(&path, v))
             .unwrap_or_default();
-        Some(Runtime::Python {
+        Some(FunctionKind::Python {
             folder: Path::new(PYTHON_FUNCTIONS_DIR).join(folder),
             file,
             extra_dependencies,
@@ -493,7 +493,7 @@ impl Check<'_> {
         configuration: Option<&Fields>,
         settings: Option<&Fields>,
         language: Option<String>,
-    ) -> Option<Runtime> {
+    ) -> Option<FunctionKind> {
         self.not_for_kind("command", settings, "image");
         if let Some((path, v)) = configuration
             .and_then(|c| c.get("extra_dependencies"))
@@ -510,7 +510,7 @@ impl Check<'_> {
             Some((path, v)) => self.command(&path, v)?,
             None => vec![format!("./{file}")],
         };
-        Some(Runtime::Command {
+        Some(FunctionKind::Command {
             folder: Path::new(COMMAND_FUNCTIONS_DIR).join(folder),
             file,
             command,
@@ -522,7 +522,7 @@ impl Check<'_> {
         &mut self,
         configuration: Option<&Fields>,
         settings: Option<&Fields>,
-    ) -> Option<Runtime> {
+    ) -> Option<FunctionKind> {
         self.not_for_kind("image", settings, "command");
         if configuration.is_some() {
             self.fail(
@@ -548,7 +548,7 @@ impl Check<'_> {
             );
             return None;
         }
-        Some(Runtime::Image { image })
+        Some(FunctionKind::Image { image })
     }
 
     /// Reports `runtime.<field>` if it is set for a runtime `kind` that does not use it.
@@ -617,7 +617,7 @@ impl Check<'_> {
         (folder_ok && file_ok).then_some((folder, file))
     }
 
-    fn source_exists(&mut self, base_dir: &Path, runtime: &Runtime) {
+    fn source_exists(&mut self, base_dir: &Path, runtime: &FunctionKind) {
         let Some((folder, file)) = runtime.source() else {
             return;
         };
@@ -916,7 +916,7 @@ mod tests {
             r#"extra_dependencies: """#,
             "extra_dependencies: \"numpy requests==2.32.3\"",
         );
-        let Runtime::Python {
+        let FunctionKind::Python {
             extra_dependencies, ..
         } = &parse(&yaml).unwrap()["example-faas-name"].runtime
         else {
@@ -945,7 +945,7 @@ mod tests {
                     base_function_file_name: wc.sh\n      function_folder: wc\n";
         assert_eq!(
             parse(yaml).unwrap()["wc"].runtime,
-            Runtime::Command {
+            FunctionKind::Command {
                 folder: PathBuf::from("command/functions/wc"),
                 file: "wc.sh".into(),
                 command: vec!["sh".into(), "wc.sh".into()],
@@ -957,7 +957,7 @@ mod tests {
     #[test]
     fn command_defaults_to_running_the_file() {
         let yaml = with_functions(&[python_fn("wc", "    runtime: command\n")]);
-        let Runtime::Command { command, .. } = &parse(&yaml).unwrap()["wc"].runtime else {
+        let FunctionKind::Command { command, .. } = &parse(&yaml).unwrap()["wc"].runtime else {
             panic!("not command");
         };
         assert_eq!(command, &["./main.py"]);
@@ -970,7 +970,7 @@ mod tests {
                     image: my-web:1\n";
         assert_eq!(
             parse(yaml).unwrap()["web"].runtime,
-            Runtime::Image {
+            FunctionKind::Image {
                 image: "my-web:1".into()
             }
         );

@@ -6,7 +6,7 @@
 //! come from ([`PythonPath`]); a function's own values for them are dropped on both (see
 //! [`RUNTIME_VARS`]).
 
-use roost_common::spec::{FunctionSpec, Runtime as Kind};
+use roost_common::spec::{FunctionSpec, FunctionKind as Kind};
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::Path;

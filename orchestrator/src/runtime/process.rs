@@ -25,9 +25,9 @@
 
 pub use super::env::function_env;
 use super::env::{runtime_env, PythonPath};
-use super::{Replica, Runtime, RuntimeError, RuntimeEvent};
+use super::{Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
 use roost_common::process::{self, free_port, Stopped};
-use roost_common::spec::{FunctionSpec, Runtime as Kind};
+use roost_common::spec::{FunctionSpec, FunctionKind as Kind};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -405,7 +405,7 @@ impl ProcessRuntime {
 }
 
 #[async_trait::async_trait]
-impl Runtime for ProcessRuntime {
+impl ReplicaRuntime for ProcessRuntime {
     fn kind(&self) -> &'static str {
         "process"
     }

@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //!
-//! - this module: the settings, the runtime, and the [`Runtime`] operations;
+//! - this module: the settings, the runtime, and the [`ReplicaRuntime`] operations;
 //! - [`image`]: the function image (tag, Dockerfile, build context, build);
 //! - `container`: one replica container (create, address, warm-up) and the exit events;
 //! - `spares`: the containers prepared ahead of time for cold starts.
@@ -14,12 +14,12 @@ mod container;
 pub mod image;
 mod spares;
 
-use super::{Replica, Runtime, RuntimeError, RuntimeEvent};
+use super::{Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder};
 use bollard::{ClientVersion, Docker};
 use container::{address_of, create, follow_exits};
-use roost_common::spec::{FunctionSpec, Runtime as Kind};
+use roost_common::spec::{FunctionSpec, FunctionKind as Kind};
 use spares::{Claim, Spare, SpareSlots, SPARE_WAIT};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -130,7 +130,7 @@ impl DockerRuntime {
 }
 
 #[async_trait::async_trait]
-impl Runtime for DockerRuntime {
+impl ReplicaRuntime for DockerRuntime {
     fn kind(&self) -> &'static str {
         "docker"
     }
