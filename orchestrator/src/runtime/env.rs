@@ -14,12 +14,12 @@ use std::path::Path;
 /// Variables the runtime sets itself for every replica: a function's values for them are
 /// dropped. `PORT` and `ROOST_*` are refused by the definitions' validation already;
 /// `PYTHONPATH` must name the runtime package, or the replica cannot start.
-pub const RUNTIME_VARS: [&str; 4] = ["PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PORT", "ROOST_BIND"];
+pub(crate) const RUNTIME_VARS: [&str; 4] = ["PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PORT", "ROOST_BIND"];
 
 /// Where a replica's `PYTHONPATH` (and `PYTHONDONTWRITEBYTECODE`) come from: the one
 /// difference between the two runtimes' environments.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PythonPath {
+pub(crate) enum PythonPath {
     /// Process runtime: set when the process is spawned. The runtime runs `python3 -S`,
     /// which skips the `site` module (its `.pth` hooks cost most of a start), so the
     /// path holds the runtime's folder and then the folders `site` would have added
@@ -50,7 +50,7 @@ pub fn function_env(spec: &FunctionSpec, dir: &Path) -> Vec<(String, String)> {
 
 /// The runtime's own variables for a replica listening on `bind`:`port`; set after
 /// [`function_env`]'s, so they win.
-pub fn runtime_env(python_path: &PythonPath, port: u16, bind: IpAddr) -> Vec<(&'static str, OsString)> {
+pub(crate) fn runtime_env(python_path: &PythonPath, port: u16, bind: IpAddr) -> Vec<(&'static str, OsString)> {
     let mut env = Vec::with_capacity(RUNTIME_VARS.len());
     if let PythonPath::Spawn(path) = python_path {
         env.push(("PYTHONPATH", path.clone()));

@@ -3,7 +3,7 @@
 //! reap) is the same for both.
 
 pub mod docker;
-pub mod env;
+pub(crate) mod env;
 pub mod process;
 
 /// The trait's former name, until the files outside `runtime/` (lib.rs, context.rs and

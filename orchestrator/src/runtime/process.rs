@@ -28,7 +28,7 @@ use super::env::{runtime_env, PythonPath};
 use super::{Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
 use roost_common::process::{self, free_port, Stopped};
 use roost_common::spec::{FunctionSpec, FunctionKind as Kind};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -59,8 +59,25 @@ pub struct ProcessConfig {
 
 /// Whether a variable is read only when a process starts (by the interpreter or the C
 /// library), so that a spare, started before its function was known, would miss it.
-pub fn read_at_start(name: &str) -> bool {
+fn read_at_start(name: &str) -> bool {
     ["PYTHON", "LD_", "LC_", "MALLOC_"].iter().any(|p| name.starts_with(p)) || ["LANG", "LANGUAGE", "TZ"].contains(&name)
+}
+
+/// What a spare is told on its stdin when a cold start takes it: the function's kind
+/// (`python` or `command`) and its environment ([`function_env`]).
+#[derive(Debug, serde::Serialize)]
+struct SpareAssignment<'a> {
+    kind: &'a str,
+    env: BTreeMap<&'a str, &'a str>,
+}
+
+/// The line that hands a spare ([`Launcher::command`] in mode `spare`) its function:
+/// [`SpareAssignment`] as one line of JSON. A variable named twice keeps its last value.
+pub fn spare_assignment(kind: &str, env: &[(String, String)]) -> Vec<u8> {
+    let env = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut line = serde_json::to_vec(&SpareAssignment { kind, env }).expect("strings serialize");
+    line.push(b'\n');
+    line
 }
 
 /// A runtime started ahead of time, waiting on stdin for the function it is to serve.
@@ -248,7 +265,7 @@ fn interpreter_paths(python: &std::path::Path, flags: &[&str]) -> Option<(PathBu
 }
 
 /// The folders on `with_site` that are not on `without_site`, in order: what `site` adds.
-pub fn site_dirs(with_site: &[String], without_site: &[String]) -> Vec<String> {
+fn site_dirs(with_site: &[String], without_site: &[String]) -> Vec<String> {
     with_site.iter().filter(|p| !p.is_empty() && !without_site.contains(p)).cloned().collect()
 }
 
@@ -310,9 +327,7 @@ impl ProcessRuntime {
     async fn assign(&self, spare: Spare, kind: &str, env: &[(String, String)], replica_id: &str) -> std::io::Result<(tokio::process::Child, u16)> {
         use tokio::io::AsyncWriteExt;
         let Spare { mut child, mut stdin, port, log } = spare;
-        let env: serde_json::Map<String, serde_json::Value> = env.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
-        let mut line = serde_json::to_vec(&serde_json::json!({"kind": kind, "env": env})).expect("strings serialize");
-        line.push(b'\n');
+        let line = spare_assignment(kind, env);
         let handed = async {
             std::fs::rename(&log, self.log_file(replica_id))?;
             stdin.write_all(&line).await?;
@@ -525,6 +540,13 @@ mod tests {
         let without = ["", "/usr/lib/python311.zip", "/usr/lib/python3.11"].map(String::from);
         assert_eq!(site_dirs(&with, &without), ["/venv/site-packages", "/src/editable"]);
         assert!(site_dirs(&without, &without).is_empty());
+    }
+
+    #[test]
+    fn a_spare_is_told_its_kind_and_environment_in_one_json_line() {
+        let env = [("B", "2"), ("A", "1"), ("B", "3")].map(|(k, v)| (k.to_string(), v.to_string()));
+        let line = spare_assignment("python", &env);
+        assert_eq!(String::from_utf8(line).unwrap(), "{\"kind\":\"python\",\"env\":{\"A\":\"1\",\"B\":\"3\"}}\n");
     }
 
     #[test]

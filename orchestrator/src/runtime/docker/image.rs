@@ -16,12 +16,12 @@ fn tag_part(s: &str) -> String {
 
 /// Where the function's folder is inside its image (`ROOST_FUNCTION_DIR`, the working
 /// folder).
-pub const FUNCTION_DIR: &str = "/opt/roost/function";
+pub(super) const FUNCTION_DIR: &str = "/opt/roost/function";
 
 /// The image tag of a function: its version and a hash of its build context (the
 /// Dockerfile, the runtime package and the function's folder), so any change to what goes
 /// into the image gives a new tag.
-pub fn image_tag(spec: &FunctionSpec, context: &[u8]) -> String {
+pub(super) fn image_tag(spec: &FunctionSpec, context: &[u8]) -> String {
     match &spec.runtime {
         Kind::Image { image } => image.clone(),
         _ => format!("roost-fn-{}:{}-{:016x}", spec.name, tag_part(&spec.version), roost_common::hash::fnv1a(context)),
@@ -32,7 +32,7 @@ pub fn image_tag(spec: &FunctionSpec, context: &[u8]) -> String {
 /// classic builder runs a container for every step, seconds each on a slow storage
 /// driver (fuse-overlayfs), and a function's first cold start may wait for its build.
 /// The context holds `opt/roost/roost_runtime` and `opt/roost/function` (one COPY).
-pub fn dockerfile(spec: &FunctionSpec, base: &str) -> String {
+pub(super) fn dockerfile(spec: &FunctionSpec, base: &str) -> String {
     let quoted = |v: &str| serde_json::to_string(v).expect("strings serialize");
     let mut d = format!("FROM {base}\nCOPY opt /opt\n");
     let (kind, extra) = match &spec.runtime {

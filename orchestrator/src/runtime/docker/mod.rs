@@ -6,12 +6,12 @@
 //! # Layout
 //!
 //! - this module: the settings, the runtime, and the [`ReplicaRuntime`] operations;
-//! - [`image`]: the function image (tag, Dockerfile, build context, build);
+//! - `image`: the function image (tag, Dockerfile, build context, build);
 //! - `container`: one replica container (create, address, warm-up) and the exit events;
 //! - `spares`: the containers prepared ahead of time for cold starts.
 
 mod container;
-pub mod image;
+mod image;
 mod spares;
 
 use super::{Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
@@ -28,10 +28,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-pub use image::{dockerfile, image_tag};
-
 /// Label on every container and image Roost manages.
-pub const MANAGED: &str = "roost.managed";
+const MANAGED: &str = "roost.managed";
 
 /// Settings of the Docker runtime.
 #[derive(Debug, Clone)]
@@ -144,7 +142,7 @@ impl ReplicaRuntime for DockerRuntime {
                 self.context(spec, &folder).map_err(|e| fail(format!("cannot pack {}: {e}", folder.display())))?
             }
         };
-        let tag = image_tag(spec, &body);
+        let tag = image::image_tag(spec, &body);
         self.images.lock().unwrap().insert(spec_hash.to_string(), tag.clone());
         if self.docker.inspect_image(&tag).await.is_ok() {
             self.spawn_spare(spec, spec_hash, &tag);
