@@ -5,7 +5,7 @@
 //! through the API.
 
 use crate::client::{self, LoadResult};
-use roost_orchestrator::runtime::process::{function_env, Launcher, ProcessConfig};
+use roost_orchestrator::runtime::process::{function_env, spare_assignment, Launcher, ProcessConfig};
 use roost_testkit::process::{free_port, Guard};
 use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
@@ -98,9 +98,7 @@ pub async fn runtime_bare(launcher: &Launcher, runtime_dir: &Path, rounds: usize
 /// its first answer to `GET /`.
 pub async fn spare_bare(launcher: &Launcher, runtime_dir: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
     let (_, env) = hello(runtime_dir)?;
-    let env: serde_json::Map<String, serde_json::Value> = env.into_iter().map(|(k, v)| (k, v.into())).collect();
-    let mut line = serde_json::to_vec(&serde_json::json!({"kind": "python", "env": env}))?;
-    line.push(b'\n');
+    let line = spare_assignment("python", &env);
     let mut out = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let port = free_port();

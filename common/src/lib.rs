@@ -10,6 +10,7 @@
 //!   orchestrator, the statsd-listener and the control plane cannot drift apart.
 //! - [`naming`]: function names, and the Envoy cluster name that belongs to each.
 //! - [`net`]: free ports.
+//! - [`process`]: signals and the stop of a child process (SIGTERM, grace, SIGKILL).
 //! - [`spec`]: the function definitions (`global-function-definition.yml`), parsed and validated.
 //! - [`telemetry`]: tracing setup shared by the binaries.
 //! - [`shutdown`]: one way to wait for SIGTERM/SIGINT and tell every task to stop.
@@ -24,6 +25,7 @@ pub mod hash;
 pub mod keys;
 pub mod naming;
 pub mod net;
+pub mod process;
 pub mod scaling;
 pub mod service;
 pub mod shutdown;

@@ -7,7 +7,7 @@ mod support;
 
 use bollard::query_parameters::{InspectContainerOptions, RemoveContainerOptionsBuilder};
 use roost_orchestrator::runtime::docker::{DockerConfig, DockerRuntime};
-use roost_orchestrator::runtime::Runtime;
+use roost_orchestrator::runtime::ReplicaRuntime;
 use roost_testkit::wait_until;
 use roost_testkit::workspace_root;
 use std::collections::HashMap;

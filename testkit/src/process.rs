@@ -1,22 +1,23 @@
 //! Child processes that die with the test, and free ports.
 
-use std::net::TcpListener;
+use roost_common::process;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command};
+use std::time::Duration;
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// How long a dropped guard's process has to exit after SIGTERM before SIGKILL.
+const GRACE: Duration = Duration::from_secs(10);
 
 /// A free TCP port on 127.0.0.1 (bound once, then released for the caller to use).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port on 127.0.0.1")
+    roost_common::net::free_port(LOOPBACK).expect("bind an ephemeral port on 127.0.0.1")
 }
 
 /// A free UDP port on 127.0.0.1.
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral UDP port on 127.0.0.1")
+    roost_common::net::free_udp_port(LOOPBACK).expect("bind an ephemeral UDP port on 127.0.0.1")
 }
 
 /// A child process that is killed (SIGKILL) and reaped when dropped.
@@ -57,6 +58,7 @@ impl Guard {
     /// Kills the process now (SIGKILL) and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // Both fail only when the process has exited and been reaped already.
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -65,10 +67,9 @@ impl Guard {
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited by itself.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
+        if let Err(e) = process::terminate(c.id()) {
+            eprintln!("{}: SIGTERM not sent ({e}); waiting for it anyway", self.name);
+        }
         c.wait().ok()
     }
 }
@@ -78,17 +79,8 @@ impl Drop for Guard {
     /// orchestrator its replicas); SIGKILL after 10 s.
     fn drop(&mut self) {
         let Some(mut c) = self.child.take() else { return };
-        if let Ok(None) = c.try_wait() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while std::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
+        if let Err(e) = process::stop_child(&mut c, GRACE) {
+            eprintln!("{}: cannot stop it: {e}", self.name);
         }
-        let _ = c.kill();
-        let _ = c.wait();
     }
 }

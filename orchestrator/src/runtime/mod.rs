@@ -3,7 +3,12 @@
 //! reap) is the same for both.
 
 pub mod docker;
+pub(crate) mod env;
 pub mod process;
+
+/// The trait's former name, until the files outside `runtime/` (lib.rs, context.rs and
+/// the lifecycle test) say [`ReplicaRuntime`].
+pub use self::ReplicaRuntime as Runtime;
 
 use roost_common::spec::FunctionSpec;
 use serde::{Deserialize, Serialize};
@@ -78,10 +83,11 @@ pub enum RuntimeError {
     Other(String),
 }
 
-/// Starts, stops and lists replicas. Implementations must be safe to call concurrently
-/// for different replicas.
+/// Where replicas run: starts, stops and lists them ([`process::ProcessRuntime`],
+/// [`docker::DockerRuntime`]). Implementations must be safe to call concurrently for
+/// different replicas.
 #[async_trait::async_trait]
-pub trait Runtime: Send + Sync + 'static {
+pub trait ReplicaRuntime: Send + Sync + 'static {
     /// `process` or `docker`.
     fn kind(&self) -> &'static str;
 

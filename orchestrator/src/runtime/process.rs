@@ -23,9 +23,13 @@
 //! own log: a file, not a pipe, so a replica outlives an orchestrator crash. A graceful
 //! orchestrator shutdown stops its replicas first.
 
-use super::{Replica, Runtime, RuntimeError, RuntimeEvent};
-use roost_common::spec::{FunctionSpec, Runtime as Kind};
-use std::collections::HashMap;
+pub use super::env::function_env;
+use super::env::{runtime_env, PythonPath};
+use super::{Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
+use roost_common::net::free_port;
+use roost_common::process::{self, Stopped};
+use roost_common::spec::{FunctionSpec, FunctionKind as Kind};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -54,14 +58,27 @@ pub struct ProcessConfig {
     pub spares: usize,
 }
 
-/// Variables set by the runtime itself for every replica: a function's values for them
-/// are dropped (as they always were: these were set last).
-const RUNTIME_VARS: [&str; 4] = ["PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PORT", "ROOST_BIND"];
-
 /// Whether a variable is read only when a process starts (by the interpreter or the C
 /// library), so that a spare, started before its function was known, would miss it.
-pub fn read_at_start(name: &str) -> bool {
+fn read_at_start(name: &str) -> bool {
     ["PYTHON", "LD_", "LC_", "MALLOC_"].iter().any(|p| name.starts_with(p)) || ["LANG", "LANGUAGE", "TZ"].contains(&name)
+}
+
+/// What a spare is told on its stdin when a cold start takes it: the function's kind
+/// (`python` or `command`) and its environment ([`function_env`]).
+#[derive(Debug, serde::Serialize)]
+struct SpareAssignment<'a> {
+    kind: &'a str,
+    env: BTreeMap<&'a str, &'a str>,
+}
+
+/// The line that hands a spare ([`Launcher::command`] in mode `spare`) its function:
+/// [`SpareAssignment`] as one line of JSON. A variable named twice keeps its last value.
+pub fn spare_assignment(kind: &str, env: &[(String, String)]) -> Vec<u8> {
+    let env = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut line = serde_json::to_vec(&SpareAssignment { kind, env }).expect("strings serialize");
+    line.push(b'\n');
+    line
 }
 
 /// A runtime started ahead of time, waiting on stdin for the function it is to serve.
@@ -78,9 +95,11 @@ struct Spare {
 #[derive(Debug)]
 pub struct Launcher {
     config: ProcessConfig,
-    /// `PYTHONPATH` of every replica: the runtime, then the folders `site` would add;
-    /// `None` when they could not be read (then replicas start without `-S`).
-    python_path: Option<std::ffi::OsString>,
+    /// `PYTHONPATH` of every replica: the runtime, then the folders `site` would add; only
+    /// the runtime when those could not be read (then replicas start without `-S`).
+    python_path: PythonPath,
+    /// Whether replicas start with `-S` (the folders `site` adds are on `python_path`).
+    skip_site: bool,
 }
 
 impl Launcher {
@@ -89,8 +108,10 @@ impl Launcher {
     pub fn new(mut config: ProcessConfig) -> Launcher {
         let (python, site) = resolve_interpreter(&config.python);
         config.python = python;
-        let python_path = site.and_then(|dirs| std::env::join_paths(std::iter::once(config.runtime_dir.display().to_string()).chain(dirs)).ok());
-        Launcher { config, python_path }
+        let with_site = site.and_then(|dirs| std::env::join_paths(std::iter::once(config.runtime_dir.display().to_string()).chain(dirs)).ok());
+        let skip_site = with_site.is_some();
+        let python_path = PythonPath::Spawn(with_site.unwrap_or_else(|| config.runtime_dir.clone().into_os_string()));
+        Launcher { config, python_path, skip_site }
     }
 
     /// The interpreter replicas run (its real path).
@@ -102,15 +123,12 @@ impl Launcher {
     /// (a function's variables, see [`function_env`]) under the runtime's own.
     pub fn command(&self, mode: &str, port: u16, log: std::fs::File, env: &[(String, String)]) -> std::io::Result<Command> {
         let mut cmd = Command::new(&self.config.python);
-        if self.python_path.is_some() {
+        if self.skip_site {
             cmd.arg("-S");
         }
         cmd.args(["-m", "roost_runtime", mode])
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("PYTHONPATH", self.python_path.clone().unwrap_or_else(|| self.config.runtime_dir.clone().into_os_string()))
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("PORT", port.to_string())
-            .env("ROOST_BIND", self.config.bind_ip.to_string())
+            .envs(runtime_env(&self.python_path, port, self.config.bind_ip))
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .process_group(0);
@@ -234,20 +252,6 @@ pub struct ProcessRuntime {
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
 }
 
-fn pid_alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
-}
-
-fn signal(pid: i32, sig: i32) {
-    if pid > 0 {
-        // SAFETY: sending a signal to a process id has no memory-safety preconditions.
-        unsafe {
-            libc::kill(pid, sig);
-        }
-    }
-}
-
 /// `[sys.executable, sys.path]` of the interpreter, started with `flags`.
 fn interpreter_paths(python: &std::path::Path, flags: &[&str]) -> Option<(PathBuf, Vec<String>)> {
     let out = std::process::Command::new(python)
@@ -262,7 +266,7 @@ fn interpreter_paths(python: &std::path::Path, flags: &[&str]) -> Option<(PathBu
 }
 
 /// The folders on `with_site` that are not on `without_site`, in order: what `site` adds.
-pub fn site_dirs(with_site: &[String], without_site: &[String]) -> Vec<String> {
+fn site_dirs(with_site: &[String], without_site: &[String]) -> Vec<String> {
     with_site.iter().filter(|p| !p.is_empty() && !without_site.contains(p)).cloned().collect()
 }
 
@@ -274,25 +278,6 @@ fn resolve_interpreter(python: &std::path::Path) -> (PathBuf, Option<Vec<String>
         (Some((exe, _)), _) if exe.is_file() => (exe, None),
         _ => (python.to_path_buf(), None),
     }
-}
-
-fn free_port(ip: IpAddr) -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
-}
-
-/// What a replica of `spec` (in `dir`) gets in its environment besides the runtime's own
-/// variables: the function's variables, then the runtime's settings for it.
-pub fn function_env(spec: &FunctionSpec, dir: &std::path::Path) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = spec.env.iter().filter(|(k, _)| !RUNTIME_VARS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
-    env.push(("ROOST_FUNCTION_NAME".into(), spec.name.clone()));
-    env.push(("ROOST_FUNCTION_DIR".into(), dir.display().to_string()));
-    env.push(("ROOST_TIMEOUT_S".into(), spec.limits.timeout.as_secs_f64().to_string()));
-    match &spec.runtime {
-        Kind::Python { file, .. } => env.push(("ROOST_FUNCTION_FILE".into(), file.clone())),
-        Kind::Command { command, .. } => env.push(("ROOST_COMMAND".into(), serde_json::to_string(command).expect("strings serialize"))),
-        Kind::Image { .. } => {}
-    }
-    env
 }
 
 impl ProcessRuntime {
@@ -343,9 +328,7 @@ impl ProcessRuntime {
     async fn assign(&self, spare: Spare, kind: &str, env: &[(String, String)], replica_id: &str) -> std::io::Result<(tokio::process::Child, u16)> {
         use tokio::io::AsyncWriteExt;
         let Spare { mut child, mut stdin, port, log } = spare;
-        let env: serde_json::Map<String, serde_json::Value> = env.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
-        let mut line = serde_json::to_vec(&serde_json::json!({"kind": kind, "env": env})).expect("strings serialize");
-        line.push(b'\n');
+        let line = spare_assignment(kind, env);
         let handed = async {
             std::fs::rename(&log, self.log_file(replica_id))?;
             stdin.write_all(&line).await?;
@@ -361,7 +344,7 @@ impl ProcessRuntime {
 
     /// Records a started replica (state file, log, exit watch) and returns it.
     fn track(&self, mut child: tokio::process::Child, port: u16, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Replica {
-        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let pid = child.id().unwrap_or(0);
         let replica = Replica {
             id: replica_id.to_string(),
             function: spec.name.clone(),
@@ -420,14 +403,14 @@ impl ProcessRuntime {
     }
 
     /// Watches a process this orchestrator did not start (adopted) until it exits.
-    fn watch_adopted(&self, replica: &Replica, pid: i32) {
+    fn watch_adopted(&self, replica: &Replica, pid: u32) {
         let (tx, rx) = watch::channel(false);
         self.exits.lock().unwrap().insert(replica.id.clone(), rx.clone());
         self.follow_log(replica, true, rx);
         let (events, id, function, file) =
             (self.events_tx.clone(), replica.id.clone(), replica.function.clone(), self.state_file(&replica.id));
         tokio::spawn(async move {
-            while pid_alive(pid) {
+            while process::is_alive(pid) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let _ = std::fs::remove_file(file);
@@ -438,7 +421,7 @@ impl ProcessRuntime {
 }
 
 #[async_trait::async_trait]
-impl Runtime for ProcessRuntime {
+impl ReplicaRuntime for ProcessRuntime {
     fn kind(&self) -> &'static str {
         "process"
     }
@@ -482,24 +465,22 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn stop(&self, replica: &Replica, grace: Duration) -> Result<(), RuntimeError> {
-        let pid: i32 = replica.handle.parse().unwrap_or(0);
+        // 0 (never signalled) when the handle is not a process id.
+        let pid: u32 = replica.handle.parse().unwrap_or(0);
         let exit = self.exits.lock().unwrap().get(&replica.id).cloned();
-        signal(pid, libc::SIGTERM);
         let exited = async {
             match exit {
                 Some(mut rx) => {
-                    let _ = rx.wait_for(|gone| *gone).await;
-                }
-                None => {
-                    while pid_alive(pid) {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    if let Err(e) = rx.wait_for(|gone| *gone).await {
+                        // The exit watcher ended without saying: it ends with the process.
+                        tracing::debug!(replica = %replica.id, error = %e, "exit watch closed; taking the replica for gone");
                     }
                 }
+                None => process::gone(pid).await,
             }
         };
-        if tokio::time::timeout(grace, exited).await.is_err() {
-            warn!(replica = %replica.id, "replica ignored SIGTERM; killing it");
-            signal(pid, libc::SIGKILL);
+        if process::stop_pid(pid, grace, exited).await == Stopped::Killed {
+            warn!(replica = %replica.id, "replica ignored SIGTERM; it was killed");
         }
         self.exits.lock().unwrap().remove(&replica.id);
         let _ = std::fs::remove_file(self.state_file(&replica.id));
@@ -517,12 +498,12 @@ impl Runtime for ProcessRuntime {
             let replica: Option<Replica> = std::fs::read_to_string(&path)
                 .ok()
                 .and_then(|s| serde_json::from_str(&s).ok());
-            let pid: i32 = replica.as_ref().and_then(|r| r.handle.parse().ok()).unwrap_or(0);
+            let pid: u32 = replica.as_ref().and_then(|r| r.handle.parse().ok()).unwrap_or(0);
             let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).contains("roost_runtime"))
                 .unwrap_or(false);
             match replica {
-                Some(r) if pid_alive(pid) && ours => {
+                Some(r) if process::is_alive(pid) && ours => {
                     if !self.exits.lock().unwrap().contains_key(&r.id) {
                         self.watch_adopted(&r, pid);
                     }
@@ -560,6 +541,13 @@ mod tests {
         let without = ["", "/usr/lib/python311.zip", "/usr/lib/python3.11"].map(String::from);
         assert_eq!(site_dirs(&with, &without), ["/venv/site-packages", "/src/editable"]);
         assert!(site_dirs(&without, &without).is_empty());
+    }
+
+    #[test]
+    fn a_spare_is_told_its_kind_and_environment_in_one_json_line() {
+        let env = [("B", "2"), ("A", "1"), ("B", "3")].map(|(k, v)| (k.to_string(), v.to_string()));
+        let line = spare_assignment("python", &env);
+        assert_eq!(String::from_utf8(line).unwrap(), "{\"kind\":\"python\",\"env\":{\"A\":\"1\",\"B\":\"3\"}}\n");
     }
 
     #[test]

@@ -1,102 +1,19 @@
-//! Function definitions: the typed, validated form of `faas-runtime/global-function-definition.yml`.
-//!
-//! # The file
-//!
-//! The seed's schema loads unchanged; everything Roost adds is optional and has a default.
-//! A field written with no value (`scaling:`) counts as absent.
-//!
-//! ```yaml
-//! usable-functions:
-//!   hello:                          # key: only used in messages
-//!     name: "hello"                 # URL path /hello, Envoy cluster fn-hello; default: the key
-//!     version: 0.1                  # required; a number or a string, becomes the image tag
-//!     configuration:                # the seed's block; for the python and command runtimes
-//!       programing_language: "python"        # (sic) optional; "python" or, with
-//!                                            # runtime: command, any text
-//!       base_function_file_name: "hello.py"  # the handler file, inside the folder
-//!       function_folder: "hello"             # faas-runtime/python/functions/hello/
-//!       extra_dependencies: ""               # pip packages, space separated or a list
-//!     runtime: python               # python (default) | command | image, or a mapping:
-//!                                   #   {kind: command, command: [sh, wc.sh]}
-//!                                   #   {kind: image, image: "my-image:1"}
-//!     scaling:
-//!       min_replicas: 0             # kept running even when idle
-//!       max_replicas: 10            # 1..=1000
-//!       target_concurrency: 1       # requests one replica serves at once (Envoy's
-//!                                   # per-host max_connections); more wait in a queue
-//!                                   # that makes the function scale up
-//!       idle_timeout: 10s           # no request started for this long: scale down
-//!     limits:
-//!       memory: 256m                # bytes, or with b, k, m, g (binary, as Docker)
-//!       cpu: 1.0                    # cores
-//!       pids: 128                   # processes and threads
-//!       timeout: 30s                # longest request
-//!     env:                          # extra environment; PORT and ROOST_* are Roost's
-//!       GREETING: "hi"
-//!     readiness:
-//!       path: /healthz              # probed until it answers 2xx; or `readiness: /healthz`
-//! ```
-//!
-//! Durations are a whole number with a unit, `500ms`, `10s`, `2m` or `1h`, or a bare
-//! number of seconds. Runtimes:
-//!
-//! - `python`: an image built from `python/functions/<function_folder>/` (relative to the
-//!   definitions file), `base_function_file_name` holding `async def handle(request)`.
-//! - `command`: any language. `command` (a list, or a string split at spaces; default
-//!   `./<base_function_file_name>`) runs in `command/functions/<function_folder>/` once per
-//!   request: the body on stdin, the response from stdout, stderr to the log.
-//! - `image`: an existing image that serves HTTP on `$PORT`; no `configuration`.
-//!
-//! # Validation
-//!
-//! [`parse`] checks the schema, [`load`] also checks that each function's folder and file
-//! exist, [`load_file`] reads the file first. All of them report every problem at once
-//! ([`SpecErrors`]), each naming the function, the field and what is allowed.
+//! Validation of the definitions file: YAML in, [`Definitions`] out, every problem
+//! reported at once as a [`SpecError`] naming the function, the field and what is allowed.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 use std::time::Duration;
 
-use serde::{Serialize, Serializer};
 use serde_yaml::{Mapping, Value};
 
+use super::units::{parse_duration, parse_size};
+use super::{
+    Definitions, FunctionKind, FunctionSpec, Limits, Scaling, SpecError, SpecErrors,
+    COMMAND_FUNCTIONS_DIR, DEFAULT_READINESS_PATH, MAX_REPLICAS, MAX_TARGET_CONCURRENCY,
+    MIN_MEMORY, PYTHON_FUNCTIONS_DIR, TOP_LEVEL_KEY,
+};
 use crate::naming::{validate_function_name, MAX_FUNCTION_NAME_LEN};
-
-/// The one top-level key of the file.
-pub const TOP_LEVEL_KEY: &str = "usable-functions";
-/// Folder of the python functions, relative to the definitions file.
-pub const PYTHON_FUNCTIONS_DIR: &str = "python/functions";
-/// Folder of the command functions, relative to the definitions file.
-pub const COMMAND_FUNCTIONS_DIR: &str = "command/functions";
-
-/// Default `scaling.min_replicas`: scale to zero when idle.
-pub const DEFAULT_MIN_REPLICAS: u32 = 0;
-/// Default `scaling.max_replicas`.
-pub const DEFAULT_MAX_REPLICAS: u32 = 10;
-/// Highest `scaling.max_replicas` accepted.
-pub const MAX_REPLICAS: u32 = 1000;
-/// Default `scaling.target_concurrency`: one request per replica at a time, as AWS Lambda
-/// does. Raise it for handlers that wait on I/O.
-pub const DEFAULT_TARGET_CONCURRENCY: u32 = 1;
-/// Highest `scaling.target_concurrency` accepted.
-pub const MAX_TARGET_CONCURRENCY: u32 = 10_000;
-/// Default `scaling.idle_timeout`, as in the seed.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-
-const MIB: u64 = 1024 * 1024;
-/// Default `limits.memory`, in bytes.
-pub const DEFAULT_MEMORY: u64 = 256 * MIB;
-/// Lowest `limits.memory` accepted, in bytes (Docker refuses less).
-pub const MIN_MEMORY: u64 = 6 * MIB;
-/// Default `limits.cpu`, in cores.
-pub const DEFAULT_CPU: f64 = 1.0;
-/// Default `limits.pids`.
-pub const DEFAULT_PIDS: u32 = 128;
-/// Default `limits.timeout`: the longest a request may take.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default `readiness.path`.
-pub const DEFAULT_READINESS_PATH: &str = "/healthz";
 
 const FUNCTION_FIELDS: &[&str] = &[
     "name",
@@ -128,220 +45,7 @@ const DURATION_HELP: &str =
     "use a whole number with a unit: 500ms, 10s, 2m, 1h (a bare number means seconds)";
 const SIZE_HELP: &str = "use bytes, or a whole number with a unit: 512k, 128m, 1g";
 
-/// Valid function definitions, by function name.
-pub type Definitions = BTreeMap<String, FunctionSpec>;
-
-/// One validated function.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FunctionSpec {
-    /// Its key under `usable-functions`.
-    pub key: String,
-    /// Its name: URL path segment, cluster name, image name.
-    pub name: String,
-    /// Its version, the image tag.
-    pub version: String,
-    /// How it runs.
-    pub runtime: Runtime,
-    /// How many replicas, and when to scale.
-    pub scaling: Scaling,
-    /// Resources of each replica.
-    pub limits: Limits,
-    /// Extra environment variables of each replica.
-    pub env: BTreeMap<String, String>,
-    /// HTTP path probed until a new replica is ready.
-    pub readiness_path: String,
-}
-
-/// How a function runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Runtime {
-    /// A Python handler, built into an image from its folder.
-    Python {
-        /// Folder, relative to the definitions file (`python/functions/<function_folder>`).
-        folder: PathBuf,
-        /// Handler file inside the folder.
-        file: String,
-        /// pip packages installed into the image.
-        extra_dependencies: Vec<String>,
-    },
-    /// A command run once per request: body on stdin, response from stdout.
-    Command {
-        /// Folder, relative to the definitions file (`command/functions/<function_folder>`);
-        /// the command runs in it.
-        folder: PathBuf,
-        /// The function's file inside the folder.
-        file: String,
-        /// Program and arguments.
-        command: Vec<String>,
-        /// `programing_language`, for information only.
-        language: Option<String>,
-    },
-    /// An existing image serving HTTP on `$PORT`.
-    Image {
-        /// Image reference.
-        image: String,
-    },
-}
-
-impl Runtime {
-    /// `python`, `command` or `image`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Runtime::Python { .. } => "python",
-            Runtime::Command { .. } => "command",
-            Runtime::Image { .. } => "image",
-        }
-    }
-
-    /// The function's folder (relative to the definitions file) and file in it, if it has
-    /// source code.
-    pub fn source(&self) -> Option<(&Path, &str)> {
-        match self {
-            Runtime::Python { folder, file, .. } | Runtime::Command { folder, file, .. } => {
-                Some((folder, file))
-            }
-            Runtime::Image { .. } => None,
-        }
-    }
-}
-
-/// When and how far a function scales.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Scaling {
-    /// Replicas kept even when idle.
-    pub min_replicas: u32,
-    /// Most replicas at once.
-    pub max_replicas: u32,
-    /// Requests one replica serves at once (Envoy's per-host `max_connections`).
-    pub target_concurrency: u32,
-    /// How long without a started request before scaling down.
-    #[serde(serialize_with = "serialize_duration")]
-    pub idle_timeout: Duration,
-}
-
-impl Default for Scaling {
-    fn default() -> Self {
-        Scaling {
-            min_replicas: DEFAULT_MIN_REPLICAS,
-            max_replicas: DEFAULT_MAX_REPLICAS,
-            target_concurrency: DEFAULT_TARGET_CONCURRENCY,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-        }
-    }
-}
-
-/// Resources of one replica.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Limits {
-    /// Memory in bytes.
-    pub memory: u64,
-    /// CPU in cores.
-    pub cpu: f64,
-    /// Processes and threads.
-    pub pids: u32,
-    /// Longest a request may take.
-    #[serde(serialize_with = "serialize_duration")]
-    pub timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            memory: DEFAULT_MEMORY,
-            cpu: DEFAULT_CPU,
-            pids: DEFAULT_PIDS,
-            timeout: DEFAULT_TIMEOUT,
-        }
-    }
-}
-
-/// One problem with the function definitions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum SpecError {
-    /// The file could not be read.
-    #[error("cannot read {}: {message}; check the path and its permissions", .path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
-    /// The text is not YAML (or repeats a key).
-    #[error("{message}; fix the YAML")]
-    Syntax {
-        /// What the YAML parser said, with the line.
-        message: String,
-    },
-    /// A field is missing, unknown or has a value that is not allowed.
-    #[error("{}{field}: {problem}; {allowed}", function_label(.function))]
-    Field {
-        /// The function's key under `usable-functions`, if the problem is in a function.
-        function: Option<String>,
-        /// Path of the field inside the function (or the file), such as `scaling.max_replicas`.
-        field: String,
-        /// What is wrong.
-        problem: String,
-        /// What is allowed, or what to do.
-        allowed: String,
-    },
-}
-
-fn function_label(function: &Option<String>) -> String {
-    match function {
-        Some(key) => format!("function {key:?}: "),
-        None => String::new(),
-    }
-}
-
-/// Every problem found in the function definitions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
-#[serde(transparent)]
-pub struct SpecErrors(pub Vec<SpecError>);
-
-impl fmt::Display for SpecErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} problem(s) in the function definitions:",
-            self.0.len()
-        )?;
-        for error in &self.0 {
-            write!(f, "\n  - {error}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Reads the definitions file at `path` and validates it, function folders and files
-/// included (relative to the file's folder).
-pub fn load_file(path: &Path) -> Result<Definitions, SpecErrors> {
-    let yaml = std::fs::read_to_string(path).map_err(|e| {
-        SpecErrors(vec![SpecError::Read {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }])
-    })?;
-    let base_dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    load(&yaml, base_dir)
-}
-
-/// Validates the definitions in `yaml`, checking that function folders and files exist
-/// under `base_dir` (the folder of the definitions file).
-pub fn load(yaml: &str, base_dir: &Path) -> Result<Definitions, SpecErrors> {
-    parse_inner(yaml, Some(base_dir))
-}
-
-/// Validates the definitions in `yaml` without looking at the file system.
-pub fn parse(yaml: &str) -> Result<Definitions, SpecErrors> {
-    parse_inner(yaml, None)
-}
-
-fn parse_inner(yaml: &str, base_dir: Option<&Path>) -> Result<Definitions, SpecErrors> {
+pub(super) fn parse_inner(yaml: &str, base_dir: Option<&Path>) -> Result<Definitions, SpecErrors> {
     let syntax = |message: String| SpecErrors(vec![SpecError::Syntax { message }]);
     let mut root: Value = serde_yaml::from_str(yaml).map_err(|e| syntax(e.to_string()))?;
     root.apply_merge().map_err(|e| syntax(e.to_string()))?;
@@ -689,7 +393,7 @@ impl Check<'_> {
         &mut self,
         configuration: Option<&Value>,
         runtime: Option<&Value>,
-    ) -> Option<Runtime> {
+    ) -> Option<FunctionKind> {
         // `runtime: <kind>`, or a mapping with the kind and its settings.
         let mut settings = None;
         let (kind_path, kind) = match runtime {
@@ -755,7 +459,7 @@ impl Check<'_> {
         configuration: Option<&Fields>,
         settings: Option<&Fields>,
         language: Option<String>,
-    ) -> Option<Runtime> {
+    ) -> Option<FunctionKind> {
         self.not_for_kind("python", settings, "command");
         self.not_for_kind("python", settings, "image");
         if let Some(language) = language.filter(|l| l != "python") {
@@ -777,7 +481,7 @@ impl Check<'_> {
             .and_then(|c| c.get("extra_dependencies"))
             .map(|(path, v)| self.pip_packages(&path, v))
             .unwrap_or_default();
-        Some(Runtime::Python {
+        Some(FunctionKind::Python {
             folder: Path::new(PYTHON_FUNCTIONS_DIR).join(folder),
             file,
             extra_dependencies,
@@ -789,7 +493,7 @@ impl Check<'_> {
         configuration: Option<&Fields>,
         settings: Option<&Fields>,
         language: Option<String>,
-    ) -> Option<Runtime> {
+    ) -> Option<FunctionKind> {
         self.not_for_kind("command", settings, "image");
         if let Some((path, v)) = configuration
             .and_then(|c| c.get("extra_dependencies"))
@@ -806,7 +510,7 @@ impl Check<'_> {
             Some((path, v)) => self.command(&path, v)?,
             None => vec![format!("./{file}")],
         };
-        Some(Runtime::Command {
+        Some(FunctionKind::Command {
             folder: Path::new(COMMAND_FUNCTIONS_DIR).join(folder),
             file,
             command,
@@ -818,7 +522,7 @@ impl Check<'_> {
         &mut self,
         configuration: Option<&Fields>,
         settings: Option<&Fields>,
-    ) -> Option<Runtime> {
+    ) -> Option<FunctionKind> {
         self.not_for_kind("image", settings, "command");
         if configuration.is_some() {
             self.fail(
@@ -844,7 +548,7 @@ impl Check<'_> {
             );
             return None;
         }
-        Some(Runtime::Image { image })
+        Some(FunctionKind::Image { image })
     }
 
     /// Reports `runtime.<field>` if it is set for a runtime `kind` that does not use it.
@@ -913,7 +617,7 @@ impl Check<'_> {
         (folder_ok && file_ok).then_some((folder, file))
     }
 
-    fn source_exists(&mut self, base_dir: &Path, runtime: &Runtime) {
+    fn source_exists(&mut self, base_dir: &Path, runtime: &FunctionKind) {
         let Some((folder, file)) = runtime.source() else {
             return;
         };
@@ -1140,197 +844,10 @@ fn is_image_tag(tag: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-/// Splits `"500ms"` into `(500, "ms")`: a whole number and the (trimmed) unit after it.
-fn number_and_unit(s: &str) -> Option<(u64, String)> {
-    let s = s.trim();
-    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let number = s[..end].parse().ok()?;
-    Some((number, s[end..].trim().to_ascii_lowercase()))
-}
-
-/// Parses a duration: a whole number with a unit (`500ms`, `10s`, `2m`, `1h`), or a bare
-/// number of seconds (`"10"`).
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let (number, unit) = number_and_unit(s)?;
-    let millis_per_unit = match unit.as_str() {
-        "ms" => 1,
-        "" | "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return None,
-    };
-    number
-        .checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-}
-
-/// Formats a duration the way [`parse_duration`] reads it, in the largest exact unit
-/// (`90s` is `90s`, `120s` is `2m`). Below a millisecond it writes nanoseconds, which
-/// [`parse_duration`] does not read.
-pub fn format_duration(d: Duration) -> String {
-    if !d.subsec_nanos().is_multiple_of(1_000_000) {
-        return format!("{}ns", d.as_nanos());
-    }
-    let ms = d.as_millis();
-    if ms == 0 {
-        return "0s".to_string();
-    }
-    for (unit, unit_ms) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms.is_multiple_of(unit_ms) {
-            return format!("{}{unit}", ms / unit_ms);
-        }
-    }
-    format!("{ms}ms")
-}
-
-fn serialize_duration<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&format_duration(*d))
-}
-
-/// Parses a size in bytes: a whole number with an optional unit, `b`, `k`, `m` or `g`
-/// (also `kb`/`kib`, `mb`/`mib`, `gb`/`gib`, any case). Units are binary, as in Docker:
-/// `1k` is 1024 bytes.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let (number, unit) = number_and_unit(s)?;
-    let bytes_per_unit = match unit.as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "ki" | "kib" => 1024,
-        "m" | "mb" | "mi" | "mib" => MIB,
-        "g" | "gb" | "gi" | "gib" => 1024 * MIB,
-        _ => return None,
-    };
-    number.checked_mul(bytes_per_unit)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    const SEED: &str = r#"
-usable-functions:
-  example-faas:
-    name: "example-faas-name"
-    version: 0.1
-    configuration:
-      programing_language: "python"
-      base_function_file_name: "example.py"
-      function_folder: "example"
-      extra_dependencies: ""
-"#;
-
-    /// A folder under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> Self {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!("roost-spec-{}-{n}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-
-        fn file(&self, path: &str, text: &str) -> PathBuf {
-            let path = self.0.join(path);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, text).unwrap();
-            path
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// A python function definition with extra lines appended at the function's level.
-    fn python_fn(key: &str, extra: &str) -> String {
-        format!(
-            "  {key}:\n    version: 1\n    configuration:\n      \
-             base_function_file_name: main.py\n      function_folder: {key}\n{extra}"
-        )
-    }
-
-    fn with_functions(functions: &[String]) -> String {
-        format!("usable-functions:\n{}", functions.concat())
-    }
-
-    fn errors(yaml: &str) -> Vec<SpecError> {
-        parse(yaml).expect_err("expected errors").0
-    }
-
-    /// The (function, field) of each field error.
-    fn fields(errors: &[SpecError]) -> Vec<(String, String)> {
-        errors
-            .iter()
-            .map(|e| match e {
-                SpecError::Field {
-                    function, field, ..
-                } => (function.clone().unwrap_or_default(), field.clone()),
-                other => panic!("not a field error: {other}"),
-            })
-            .collect()
-    }
-
-    fn one_error(yaml: &str) -> (String, String, String) {
-        let errors = errors(yaml);
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        let (function, field) = fields(&errors).remove(0);
-        (function, field, errors[0].to_string())
-    }
-
-    #[test]
-    fn seed_file_loads_unchanged() {
-        let dir = TempDir::new();
-        let path = dir.file("global-function-definition.yml", SEED);
-        dir.file(
-            "python/functions/example/example.py",
-            "async def handle(request): ...",
-        );
-
-        let defs = load_file(&path).unwrap();
-        let spec = &defs["example-faas-name"];
-        assert_eq!(spec.key, "example-faas");
-        assert_eq!(spec.version, "0.1");
-        assert_eq!(
-            spec.runtime,
-            Runtime::Python {
-                folder: PathBuf::from("python/functions/example"),
-                file: "example.py".into(),
-                extra_dependencies: vec![],
-            }
-        );
-        assert_eq!(spec.scaling, Scaling::default());
-        assert_eq!(spec.limits, Limits::default());
-        assert!(spec.env.is_empty());
-        assert_eq!(spec.readiness_path, "/healthz");
-    }
-
-    #[test]
-    fn defaults() {
-        let scaling = Scaling::default();
-        assert_eq!(scaling.min_replicas, 0);
-        assert_eq!(scaling.max_replicas, 10);
-        assert_eq!(scaling.target_concurrency, 1);
-        assert_eq!(scaling.idle_timeout, Duration::from_secs(10));
-        let limits = Limits::default();
-        assert_eq!(limits.memory, 256 * 1024 * 1024);
-        assert_eq!(limits.cpu, 1.0);
-        assert_eq!(limits.pids, 128);
-        assert_eq!(limits.timeout, Duration::from_secs(30));
-    }
-
-    #[test]
-    fn repository_file_parses() {
-        let yaml = include_str!("../../faas-runtime/global-function-definition.yml");
-        let defs = parse(yaml).unwrap_or_else(|e| panic!("{e}"));
-        for name in ["hello", "add", "echo", "sleep"] {
-            assert_eq!(defs[name].runtime.kind(), "python", "{name}");
-        }
-        assert!(defs.values().any(|f| f.runtime.kind() == "command"));
-    }
+    use super::super::test_support::*;
+    use super::super::*;
 
     #[test]
     fn name_defaults_to_the_key_and_version_may_be_a_string() {
@@ -1399,7 +916,7 @@ usable-functions:
             r#"extra_dependencies: """#,
             "extra_dependencies: \"numpy requests==2.32.3\"",
         );
-        let Runtime::Python {
+        let FunctionKind::Python {
             extra_dependencies, ..
         } = &parse(&yaml).unwrap()["example-faas-name"].runtime
         else {
@@ -1428,7 +945,7 @@ usable-functions:
                     base_function_file_name: wc.sh\n      function_folder: wc\n";
         assert_eq!(
             parse(yaml).unwrap()["wc"].runtime,
-            Runtime::Command {
+            FunctionKind::Command {
                 folder: PathBuf::from("command/functions/wc"),
                 file: "wc.sh".into(),
                 command: vec!["sh".into(), "wc.sh".into()],
@@ -1440,7 +957,7 @@ usable-functions:
     #[test]
     fn command_defaults_to_running_the_file() {
         let yaml = with_functions(&[python_fn("wc", "    runtime: command\n")]);
-        let Runtime::Command { command, .. } = &parse(&yaml).unwrap()["wc"].runtime else {
+        let FunctionKind::Command { command, .. } = &parse(&yaml).unwrap()["wc"].runtime else {
             panic!("not command");
         };
         assert_eq!(command, &["./main.py"]);
@@ -1453,7 +970,7 @@ usable-functions:
                     image: my-web:1\n";
         assert_eq!(
             parse(yaml).unwrap()["web"].runtime,
-            Runtime::Image {
+            FunctionKind::Image {
                 image: "my-web:1".into()
             }
         );
@@ -1763,78 +1280,12 @@ usable-functions:
     }
 
     #[test]
-    fn read_error() {
-        let errors = load_file(Path::new("/nonexistent/roost.yml"))
-            .unwrap_err()
-            .0;
-        assert!(matches!(errors[..], [SpecError::Read { .. }]));
-        assert!(errors[0]
-            .to_string()
-            .starts_with("cannot read /nonexistent/roost.yml"));
-    }
-
-    #[test]
-    fn durations() {
+    fn bare_number_durations_are_seconds() {
         let ms = Duration::from_millis;
-        assert_eq!(parse_duration("500ms"), Some(ms(500)));
-        assert_eq!(parse_duration("10s"), Some(ms(10_000)));
-        assert_eq!(parse_duration("10"), Some(ms(10_000)));
-        assert_eq!(parse_duration(" 2m "), Some(ms(120_000)));
-        assert_eq!(parse_duration("1h"), Some(ms(3_600_000)));
-        assert_eq!(parse_duration("3 S"), Some(ms(3_000)));
-        for bad in [
-            "",
-            "s",
-            "1.5s",
-            "-1s",
-            "10d",
-            "1m30s",
-            "99999999999999999999h",
-        ] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
         let integer = with_functions(&[python_fn("f", "    scaling:\n      idle_timeout: 5\n")]);
         assert_eq!(
             parse(&integer).unwrap()["f"].scaling.idle_timeout,
             ms(5_000)
         );
-    }
-
-    #[test]
-    fn durations_format_back() {
-        for (d, s) in [
-            (500, "500ms"),
-            (10_000, "10s"),
-            (120_000, "2m"),
-            (7_200_000, "2h"),
-            (0, "0s"),
-        ] {
-            assert_eq!(format_duration(Duration::from_millis(d)), s);
-            assert_eq!(parse_duration(s), Some(Duration::from_millis(d)));
-        }
-        assert_eq!(format_duration(Duration::from_micros(1500)), "1500000ns");
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1024"), Some(1024));
-        assert_eq!(parse_size("100b"), Some(100));
-        assert_eq!(parse_size("512k"), Some(512 * 1024));
-        assert_eq!(parse_size("128m"), Some(128 * MIB));
-        assert_eq!(parse_size("128M"), Some(128 * MIB));
-        assert_eq!(parse_size("128MiB"), Some(128 * MIB));
-        assert_eq!(parse_size("1g"), Some(1024 * MIB));
-        assert_eq!(parse_size("2GB"), Some(2048 * MIB));
-        for bad in ["", "m", "1.5g", "-1m", "1t", "99999999999999999999g"] {
-            assert_eq!(parse_size(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn serializes_durations_as_text() {
-        // Through serde_yaml, as serde_json is not a dependency of this crate.
-        let text = serde_yaml::to_string(&parse(SEED).unwrap()).unwrap();
-        assert!(text.contains("idle_timeout: 10s"), "{text}");
-        assert!(text.contains("kind: python"), "{text}");
     }
 }

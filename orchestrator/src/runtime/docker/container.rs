@@ -1,0 +1,126 @@
+//! One replica container: created with its labels, limits and hardening, its address on
+//! the functions network, the warm-up of a spare, and the exits Docker reports.
+
+use super::spares::WARM_UP_DEADLINE;
+use super::{DockerConfig, DockerRuntime, MANAGED};
+use crate::runtime::{Replica, RuntimeEvent};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, EventsOptionsBuilder};
+use bollard::Docker;
+use futures::StreamExt;
+use super::image::FUNCTION_DIR;
+use crate::runtime::env::{function_env, runtime_env, PythonPath};
+use roost_common::spec::FunctionSpec;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+impl DockerRuntime {
+    pub(super) fn replica_of(&self, c: &bollard::models::ContainerSummary) -> Option<Replica> {
+        let labels = c.labels.as_ref()?;
+        let ip = c.network_settings.as_ref()?.networks.as_ref()?.get(&self.config.network)?.ip_address.clone()?;
+        let label_id = labels.get("roost.replica")?;
+        Some(Replica {
+            // A spare taken by a start is the replica the orchestrator named.
+            id: self.aliases.lock().unwrap().get(label_id).unwrap_or(label_id).clone(),
+            function: labels.get("roost.function")?.clone(),
+            version: labels.get("roost.version")?.clone(),
+            spec_hash: labels.get("roost.spec-hash")?.clone(),
+            address: SocketAddr::new(ip.parse().ok()?, self.config.port),
+            handle: c.id.clone()?,
+        })
+    }
+}
+
+/// Creates (does not start) a replica container of a prepared function.
+pub(super) async fn create(docker: &Docker, config: &DockerConfig, spec: &FunctionSpec, spec_hash: &str, image: &str, replica_id: &str) -> Result<String, String> {
+    let function = function_env(spec, Path::new(FUNCTION_DIR)).into_iter().map(|(k, v)| format!("{k}={v}"));
+    let runtime = runtime_env(&PythonPath::Image, config.port, [0, 0, 0, 0].into()).into_iter().map(|(k, v)| format!("{k}={}", v.to_string_lossy()));
+    let env: Vec<String> = function.chain(runtime).collect();
+    let labels = HashMap::from([
+        (MANAGED.to_string(), "true".to_string()),
+        ("roost.function".to_string(), spec.name.clone()),
+        ("roost.version".to_string(), spec.version.clone()),
+        ("roost.replica".to_string(), replica_id.to_string()),
+        ("roost.spec-hash".to_string(), spec_hash.to_string()),
+        ("roost.network".to_string(), config.network.clone()),
+    ]);
+    let host = HostConfig {
+        memory: Some(spec.limits.memory as i64),
+        memory_swap: Some(spec.limits.memory as i64),
+        nano_cpus: Some((spec.limits.cpu * 1e9) as i64),
+        pids_limit: Some(i64::from(spec.limits.pids)),
+        readonly_rootfs: Some(true),
+        tmpfs: Some(HashMap::from([("/tmp".to_string(), "rw,noexec,nosuid,size=16m".to_string())])),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        cap_drop: Some(vec!["ALL".into()]),
+        network_mode: Some(config.network.clone()),
+        ..Default::default()
+    };
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        env: Some(env),
+        labels: Some(labels),
+        user: Some("65534:65534".into()),
+        host_config: Some(host),
+        ..Default::default()
+    };
+    let name = format!("roost-{replica_id}");
+    docker
+        .create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body)
+        .await
+        .map(|c| c.id)
+        .map_err(|e| format!("create: {e}"))
+}
+
+/// Where a started container listens on the functions network.
+pub(super) async fn address_of(docker: &Docker, config: &DockerConfig, container: &str) -> Result<SocketAddr, String> {
+    let inspect = docker.inspect_container(container, None).await.map_err(|e| format!("inspect: {e}"))?;
+    let ip = inspect
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| n.get(&config.network).and_then(|e| e.ip_address.clone()))
+        .filter(|ip| !ip.is_empty())
+        .ok_or_else(|| format!("the container has no address on network {}", config.network))?;
+    let ip = ip.parse().map_err(|e| format!("bad container address {ip:?}: {e}"))?;
+    Ok(SocketAddr::new(ip, config.port))
+}
+
+/// Starts a created spare, waits until it answers its readiness path, and pauses it.
+pub(super) async fn warm_up(docker: &Docker, config: &DockerConfig, spec: &FunctionSpec, container: &str) -> Result<SocketAddr, String> {
+    docker.start_container(container, None).await.map_err(|e| format!("start: {e}"))?;
+    let address = address_of(docker, config, container).await?;
+    crate::probe::until_ready(address, &spec.readiness_path, Duration::from_millis(10), WARM_UP_DEADLINE)
+        .await
+        .ok_or_else(|| format!("the spare did not answer {} within {WARM_UP_DEADLINE:?}", spec.readiness_path))?;
+    docker.pause_container(container).await.map_err(|e| format!("pause: {e}"))?;
+    Ok(address)
+}
+
+/// Follows Docker's events and reports Roost containers that die.
+pub(super) async fn follow_exits(docker: Docker, tx: mpsc::UnboundedSender<RuntimeEvent>, aliases: std::sync::Arc<Mutex<HashMap<String, String>>>) {
+    loop {
+        let filters = HashMap::from([
+            ("type", vec!["container"]),
+            ("event", vec!["die"]),
+            ("label", vec!["roost.managed=true"]),
+        ]);
+        let mut events = docker.events(Some(EventsOptionsBuilder::default().filters(&filters).build()));
+        while let Some(ev) = events.next().await {
+            let Ok(ev) = ev else { break };
+            let attrs = ev.actor.and_then(|a| a.attributes).unwrap_or_default();
+            let (Some(id), Some(function)) = (attrs.get("roost.replica"), attrs.get("roost.function")) else { continue };
+            let id = aliases.lock().unwrap().remove(id).unwrap_or_else(|| id.clone());
+            let reason = format!("container died (exit code {})", attrs.get("exitCode").map(String::as_str).unwrap_or("?"));
+            if tx.send(RuntimeEvent::Exited { replica_id: id.clone(), function: function.clone(), reason }).is_err() {
+                return;
+            }
+        }
+        warn!("Docker event stream ended; following again");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

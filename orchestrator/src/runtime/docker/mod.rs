@@ -1,0 +1,280 @@
+//! Replicas as Docker containers, through the Docker API (bollard). Function images are
+//! built through the API from the base image, the runtime package and the function's
+//! folder; containers are labelled, limited and hardened, and attached only to the
+//! internal functions network.
+//!
+//! # Layout
+//!
+//! - this module: the settings, the runtime, and the [`ReplicaRuntime`] operations;
+//! - `image`: the function image (tag, Dockerfile, build context, build);
+//! - `container`: one replica container (create, address, warm-up) and the exit events;
+//! - `spares`: the containers prepared ahead of time for cold starts.
+
+mod container;
+mod image;
+mod spares;
+
+use super::{Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
+use bollard::models::NetworkCreateRequest;
+use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder};
+use bollard::{ClientVersion, Docker};
+use container::{address_of, create, follow_exits};
+use roost_common::spec::{FunctionSpec, FunctionKind as Kind};
+use spares::{Claim, Spare, SpareSlots, SPARE_WAIT};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// Label on every container and image Roost manages.
+const MANAGED: &str = "roost.managed";
+
+/// Settings of the Docker runtime.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// The Docker socket.
+    pub socket: PathBuf,
+    /// Base image of function images (Python 3 in it).
+    pub base_image: String,
+    /// The network function containers join, and nothing else.
+    pub network: String,
+    /// Port the runtime listens on inside a container.
+    pub port: u16,
+    /// Folder of the definitions file (function folders are relative to it).
+    pub definitions_dir: PathBuf,
+    /// Folder holding the `roost_runtime` package.
+    pub runtime_dir: PathBuf,
+    /// Keep each function's spare started, ready and paused (cold start = unpause),
+    /// instead of only created.
+    pub warm_spares: bool,
+}
+
+/// The Docker runtime.
+pub struct DockerRuntime {
+    docker: Docker,
+    config: DockerConfig,
+    /// One build at a time per image tag: concurrent prepares of a function wait for it.
+    builds: tokio::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    /// The image prepared for each definition hash.
+    images: Mutex<HashMap<String, String>>,
+    /// The container prepared ahead of time for each definition hash (warm and paused,
+    /// or created), or its preparation in flight, so the cold path only unpauses (or
+    /// starts) it. Closed by `close`: a spare finished after it is removed.
+    spares: std::sync::Arc<SpareSlots<Spare>>,
+    /// Replica ids of containers created as spares: their label's id -> the id the
+    /// orchestrator gave the replica.
+    aliases: std::sync::Arc<Mutex<HashMap<String, String>>>,
+    /// Label ids of the spares this runtime is preparing or keeps and has not handed out:
+    /// `list` leaves them alone (a created or paused spare is not a leftover).
+    own_spares: std::sync::Arc<Mutex<HashSet<String>>>,
+    events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
+}
+
+impl std::fmt::Debug for DockerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerRuntime").field("config", &self.config).finish()
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Other(e.to_string())
+}
+
+/// Gone, or already being removed.
+fn is_gone(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404 | 409, .. })
+}
+
+impl DockerRuntime {
+    /// Connects to the Docker engine (API 1.41, which Docker 20.10 and later speak) and
+    /// starts following container exits.
+    pub async fn connect(config: DockerConfig) -> Result<std::sync::Arc<DockerRuntime>, RuntimeError> {
+        let socket = config.socket.to_string_lossy().to_string();
+        let docker = Docker::connect_with_unix(&socket, 120, &ClientVersion { major_version: 1, minor_version: 41 })
+            .map_err(|e| other(format!("cannot use the Docker socket {socket}: {e}; is Docker running, and is the socket mounted?")))?;
+        docker.ping().await.map_err(|e| other(format!("the Docker engine at {socket} does not answer: {e}")))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rt = std::sync::Arc::new(DockerRuntime { docker: docker.clone(), config, builds: Default::default(), images: Default::default(), spares: SpareSlots::new(), aliases: Default::default(), own_spares: Default::default(), events_rx: Mutex::new(Some(rx)) });
+        rt.ensure_network().await?;
+        tokio::spawn(follow_exits(docker, tx, rt.aliases.clone()));
+        Ok(rt)
+    }
+
+    async fn ensure_network(&self) -> Result<(), RuntimeError> {
+        if self.docker.inspect_network(&self.config.network, None).await.is_ok() {
+            return Ok(());
+        }
+        let req = NetworkCreateRequest {
+            name: self.config.network.clone(),
+            driver: Some("bridge".into()),
+            internal: Some(true),
+            labels: Some(HashMap::from([(MANAGED.to_string(), "true".to_string())])),
+            ..Default::default()
+        };
+        match self.docker.create_network(req).await {
+            Ok(_) => {
+                info!(network = %self.config.network, "created the functions network (internal)");
+                Ok(())
+            }
+            Err(e) if self.docker.inspect_network(&self.config.network, None).await.is_ok() => {
+                let _ = e;
+                Ok(())
+            }
+            Err(e) => Err(other(format!("cannot create network {}: {e}", self.config.network))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ReplicaRuntime for DockerRuntime {
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn prepare(&self, spec: &FunctionSpec, spec_hash: &str) -> Result<(), RuntimeError> {
+        let fail = |reason: String| RuntimeError::Prepare { function: spec.name.clone(), reason };
+        let body = match &spec.runtime {
+            Kind::Image { .. } => Vec::new(),
+            Kind::Python { folder, .. } | Kind::Command { folder, .. } => {
+                let folder = self.config.definitions_dir.join(folder);
+                self.context(spec, &folder).map_err(|e| fail(format!("cannot pack {}: {e}", folder.display())))?
+            }
+        };
+        let tag = image::image_tag(spec, &body);
+        self.images.lock().unwrap().insert(spec_hash.to_string(), tag.clone());
+        if self.docker.inspect_image(&tag).await.is_ok() {
+            self.spawn_spare(spec, spec_hash, &tag);
+            return Ok(());
+        }
+        if let Kind::Image { image } = &spec.runtime {
+            return Err(fail(format!("image {image:?} is not on this Docker engine; load or build it first (no registry is used)")));
+        }
+        let lock = self.builds.lock().await.entry(tag.clone()).or_default().clone();
+        let _building = lock.lock().await;
+        if self.docker.inspect_image(&tag).await.is_ok() {
+            return Ok(()); // built while this call waited
+        }
+        image::build(&self.docker, spec, &tag, body).await.map_err(fail)?;
+        self.spawn_spare(spec, spec_hash, &tag);
+        Ok(())
+    }
+
+    async fn start(&self, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Result<Replica, RuntimeError> {
+        let fail = |reason: String| RuntimeError::Start { function: spec.name.clone(), reason };
+        let image = self.images.lock().unwrap().get(spec_hash).cloned().ok_or_else(|| fail("not prepared".into()))?;
+        // A ready spare, or the one being prepared (waited for, once); else none.
+        let waited = std::time::Instant::now();
+        let spare = match self.spares.claim(spec_hash, SPARE_WAIT).await {
+            Claim::Ready(s) => Some(s),
+            Claim::Prepared(s) => {
+                info!(function = %spec.name, waited_ms = waited.elapsed().as_millis() as u64, "took the spare that was being prepared");
+                Some(s)
+            }
+            Claim::Missing => None,
+        };
+        let mut container = None;
+        let mut warm = None;
+        if let Some(s) = spare {
+            self.aliases.lock().unwrap().insert(s.label_id.clone(), replica_id.to_string());
+            let resumed = match s.warm {
+                Some(_) => self.docker.unpause_container(&s.container).await,
+                None => self.docker.start_container(&s.container, None).await,
+            };
+            // Still this runtime's spare until it runs: a `list` meanwhile must not take the
+            // paused or created container for a leftover.
+            self.own_spares.lock().unwrap().remove(&s.label_id);
+            match resumed {
+                Ok(()) => {
+                    container = Some(s.container);
+                    warm = s.warm;
+                }
+                Err(e) => {
+                    // Removed behind our back (for example as a leftover at start-up).
+                    warn!(error = %e, "the spare container would not start; creating one");
+                    self.aliases.lock().unwrap().remove(&s.label_id);
+                    let _ = self.docker.remove_container(&s.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                }
+            }
+        }
+        let container = match container {
+            Some(c) => c,
+            None => {
+                let c = create(&self.docker, &self.config, spec, spec_hash, &image, replica_id).await.map_err(fail)?;
+                if let Err(e) = self.docker.start_container(&c, None).await {
+                    let _ = self.docker.remove_container(&c, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                    return Err(fail(format!("start: {e}")));
+                }
+                c
+            }
+        };
+        // The next cold start's spare is prepared now, off its path (unless one already is).
+        self.spawn_spare(spec, spec_hash, &image);
+        let address = match warm {
+            Some(a) => a,
+            None => address_of(&self.docker, &self.config, &container).await.map_err(fail)?,
+        };
+        Ok(Replica {
+            id: replica_id.to_string(),
+            function: spec.name.clone(),
+            version: spec.version.clone(),
+            spec_hash: spec_hash.to_string(),
+            address,
+            handle: container,
+        })
+    }
+
+    async fn stop(&self, replica: &Replica, grace: Duration) -> Result<(), RuntimeError> {
+        let t = grace.as_secs().max(1) as i32;
+        match self.docker.stop_container(&replica.handle, Some(StopContainerOptionsBuilder::default().t(t).build())).await {
+            Ok(()) => {}
+            Err(e) if is_gone(&e) => return Ok(()),
+            Err(e) => warn!(replica = %replica.id, error = %e, "stop failed; removing by force"),
+        }
+        match self.docker.remove_container(&replica.handle, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_gone(&e) => Ok(()),
+            Err(e) => Err(other(format!("cannot remove container {}: {e}", replica.handle))),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Replica>, RuntimeError> {
+        let mine = format!("roost.network={}", self.config.network);
+        let filters = HashMap::from([("label", vec!["roost.managed=true", mine.as_str()])]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+            .await
+            .map_err(other)?;
+        let mut out = Vec::new();
+        for c in &list {
+            let label = c.labels.as_ref().and_then(|l| l.get("roost.replica"));
+            if label.is_some_and(|id| self.own_spares.lock().unwrap().contains(id)) {
+                continue; // this runtime's spare (created, warming or paused): not a replica, not a leftover
+            }
+            let running = c.state.as_ref().map(|s| format!("{s:?}").to_lowercase().contains("running")).unwrap_or(false);
+            match self.replica_of(c).filter(|_| running) {
+                Some(r) => out.push(r),
+                None => {
+                    // Stopped or unreadable: a leftover; remove it.
+                    if let Some(id) = &c.id {
+                        let _ = self.docker.remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn events(&self) -> mpsc::UnboundedReceiver<RuntimeEvent> {
+        self.events_rx.lock().unwrap().take().expect("DockerRuntime::events is called once")
+    }
+
+    async fn close(&self) {
+        for s in self.spares.close() {
+            self.own_spares.lock().unwrap().remove(&s.label_id);
+            let _ = self.docker.remove_container(&s.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+        }
+    }
+}

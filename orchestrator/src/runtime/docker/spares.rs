@@ -1,0 +1,412 @@
+//! Containers prepared ahead of time, so a cold start skips the create (and, with warm
+//! spares, the start and the Python start).
+//!
+//! Cold starts: each function has one spare container prepared ahead of time. With warm
+//! spares (the default) the spare is started, probed ready and then paused, so a cold
+//! start is an `unpause` (about 15 ms) instead of a `start` and a Python start (about
+//! 0.5 s on a 2-vCPU VM). A paused container uses no CPU; it keeps its memory (about
+//! 20 MB for the Python runtime). Without warm spares the spare is only created.
+//!
+//! A cold start takes the spare and a new one is prepared in the background; there is
+//! at most one preparation per function at a time. A cold start that comes while the
+//! spare is still being prepared waits for it (bounded) and takes it, rather than
+//! starting a second container beside the preparation; only when no spare comes (the
+//! preparation failed, or another cold start waits for it) does it create and start a
+//! container of its own.
+
+use super::container::{create, warm_up};
+use super::DockerRuntime;
+use bollard::query_parameters::RemoveContainerOptionsBuilder;
+use roost_common::spec::FunctionSpec;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::warn;
+
+/// A container prepared ahead of time.
+#[derive(Debug, Clone)]
+pub(super) struct Spare {
+    pub(super) container: String,
+    pub(super) label_id: String,
+    /// Started, probed ready and paused, at this address; `None`: only created.
+    pub(super) warm: Option<SocketAddr>,
+}
+
+/// How long a spare's warm-up may take to answer its readiness path.
+pub(super) const WARM_UP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long a cold start waits for the spare being prepared: its warm-up deadline and a
+/// margin for the engine's create, start and pause calls.
+pub(super) const SPARE_WAIT: Duration = Duration::from_secs(WARM_UP_DEADLINE.as_secs() + 10);
+
+impl DockerRuntime {
+
+    /// Prepares a spare container for `spec_hash` in the background, unless one is ready
+    /// or being prepared: created, then (with warm spares) started, probed ready and
+    /// paused. A spare that cannot be warmed is replaced by a created one.
+    pub(super) fn spawn_spare(&self, spec: &FunctionSpec, spec_hash: &str, image: &str) {
+        let Some(preparation) = self.spares.begin(spec_hash) else { return };
+        let (docker, config, own) = (self.docker.clone(), self.config.clone(), self.own_spares.clone());
+        let (spec, hash, image) = (spec.clone(), spec_hash.to_string(), image.to_string());
+        let label_id = format!("{}-spare-{:x}", spec.name, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        own.lock().unwrap().insert(label_id.clone());
+        tokio::spawn(async move {
+            let mut created = create(&docker, &config, &spec, &hash, &image, &label_id).await;
+            let mut warm = None;
+            if let (Ok(container), true) = (&created, config.warm_spares) {
+                match warm_up(&docker, &config, &spec, container).await {
+                    Ok(address) => warm = Some(address),
+                    Err(e) => {
+                        warn!(function = %spec.name, error = %e, "cannot keep a warm (paused) spare; keeping a created one");
+                        let _ = docker.remove_container(container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                        created = create(&docker, &config, &spec, &hash, &image, &label_id).await;
+                    }
+                }
+            }
+            match created {
+                Ok(container) => {
+                    // Handed back after `close`: removed, never left behind.
+                    if let Some(left) = preparation.finish(Some(Spare { container, label_id, warm })) {
+                        own.lock().unwrap().remove(&left.label_id);
+                        let _ = docker.remove_container(&left.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                    }
+                }
+                Err(e) => {
+                    warn!(function = %spec.name, error = %e, "cannot create a spare container");
+                    own.lock().unwrap().remove(&label_id);
+                    let _ = preparation.finish(None);
+                }
+            }
+        });
+    }
+}
+
+
+/// Each definition hash's spare: ready, or being prepared. Pure bookkeeping (no Docker),
+/// so that `start`, `spawn_spare` and `close` agree on it without races:
+/// - at most one preparation per hash: [`SpareSlots::begin`] refuses while a spare is
+///   ready or being prepared;
+/// - a claim during a preparation waits for it (once, bounded) and takes what it made;
+///   only one claim waits on a preparation (it reserves the spare), the others fall
+///   back at once instead of waiting for a spare they would not get;
+/// - after [`SpareSlots::close`] nothing is kept: a preparation that ends is handed its
+///   spare back to remove, and a claim waiting on it wakes and falls back.
+pub(super) struct SpareSlots<T> {
+    inner: Mutex<SlotsInner<T>>,
+}
+
+struct SlotsInner<T> {
+    slots: HashMap<String, Slot<T>>,
+    closed: bool,
+    /// Identifies preparations, so a late end or release never touches a newer slot.
+    next_id: u64,
+}
+
+enum Slot<T> {
+    /// Prepared and not taken. `reserved`: the claim that waited on its preparation is
+    /// about to take it; other claims leave it.
+    Ready { spare: T, id: u64, reserved: bool },
+    /// Being prepared. `done` is never sent on: it is dropped when the slot leaves this
+    /// state (prepared, failed, or closed), which wakes every receiver, even one that
+    /// subscribed just before (a watch receiver sees a closed channel at once: no lost
+    /// wake-up). `reserved`: a claim waits on it.
+    Preparing { id: u64, done: watch::Sender<()>, reserved: bool },
+}
+
+/// What a claim got.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Claim<T> {
+    /// A spare that was ready.
+    Ready(T),
+    /// The spare of the preparation the claim waited for.
+    Prepared(T),
+    /// None: none ready, the preparation failed, timed out or was closed, or another
+    /// claim has the spare.
+    Missing,
+}
+
+impl<T> SpareSlots<T> {
+    pub(super) fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(SpareSlots { inner: Mutex::new(SlotsInner { slots: HashMap::new(), closed: false, next_id: 0 }) })
+    }
+
+    /// Starts preparing `key`'s spare, unless one is ready or being prepared, or the
+    /// slots are closed. The preparation ends with [`Preparation::finish`]; dropped
+    /// unfinished (a panic), it counts as failed.
+    fn begin(self: &std::sync::Arc<Self>, key: &str) -> Option<Preparation<T>> {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.closed || inner.slots.contains_key(key) {
+            return None;
+        }
+        inner.next_id += 1;
+        let id = inner.next_id;
+        inner.slots.insert(key.to_string(), Slot::Preparing { id, done: watch::channel(()).0, reserved: false });
+        Some(Preparation { slots: self.clone(), key: key.to_string(), id, finished: false })
+    }
+
+    /// Takes `key`'s spare: a ready one at once; one being prepared (that no other claim
+    /// waits for) once its preparation ends, waiting at most `wait` and only once.
+    pub(super) async fn claim(&self, key: &str, wait: Duration) -> Claim<T> {
+        let (id, mut done) = {
+            let mut inner = self.inner.lock().unwrap();
+            match inner.slots.get_mut(key) {
+                Some(Slot::Ready { reserved: false, .. }) => match inner.slots.remove(key) {
+                    Some(Slot::Ready { spare, .. }) => return Claim::Ready(spare),
+                    _ => unreachable!("matched just above, under the lock"),
+                },
+                Some(Slot::Preparing { id, done, reserved }) if !*reserved => {
+                    *reserved = true;
+                    (*id, done.subscribe())
+                }
+                _ => return Claim::Missing,
+            }
+        };
+        // Releases the reservation however this ends (also if the claim is dropped).
+        let reservation = Reservation { slots: self, key, id };
+        // `changed` only ends with an error, when the preparation ends (see `Slot`).
+        let _ = tokio::time::timeout(wait, done.changed()).await;
+        reservation.take()
+    }
+
+    /// Closes: no preparation begins any more, the ready spares are returned (to remove),
+    /// and preparations in flight are forgotten (a claim waiting on one wakes and gets
+    /// `Missing`; the spare it makes is handed back to its preparer to remove).
+    pub(super) fn close(&self) -> Vec<T> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.closed = true;
+        inner
+            .slots
+            .drain()
+            .filter_map(|(_, slot)| match slot {
+                Slot::Ready { spare, .. } => Some(spare),
+                Slot::Preparing { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// One spare being prepared; see [`SpareSlots::begin`].
+struct Preparation<T> {
+    slots: std::sync::Arc<SpareSlots<T>>,
+    key: String,
+    id: u64,
+    finished: bool,
+}
+
+impl<T> Preparation<T> {
+    /// Ends the preparation: `Some(spare)` becomes the ready spare (for the claim that
+    /// waits, if one does), `None` frees the slot for another preparation. Returns a
+    /// spare that cannot be kept (the slots were closed): the caller removes it.
+    #[must_use = "a spare handed back must be removed"]
+    fn finish(mut self, spare: Option<T>) -> Option<T> {
+        self.end(spare)
+    }
+
+    fn end(&mut self, spare: Option<T>) -> Option<T> {
+        self.finished = true;
+        let mut inner = self.slots.inner.lock().unwrap();
+        let reserved = match inner.slots.get(&self.key) {
+            Some(Slot::Preparing { id, reserved, .. }) if *id == self.id && !inner.closed => *reserved,
+            _ => return spare,
+        };
+        // Replacing (or removing) the slot drops `done`: a waiting claim wakes, and finds
+        // the spare already in place once it gets the lock.
+        match spare {
+            Some(spare) => {
+                inner.slots.insert(self.key.clone(), Slot::Ready { spare, id: self.id, reserved });
+            }
+            None => {
+                inner.slots.remove(&self.key);
+            }
+        }
+        None
+    }
+}
+
+impl<T> Drop for Preparation<T> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.end(None);
+        }
+    }
+}
+
+/// A claim's hold on a spare being prepared; see [`SpareSlots::claim`].
+struct Reservation<'a, T> {
+    slots: &'a SpareSlots<T>,
+    key: &'a str,
+    id: u64,
+}
+
+impl<T> Reservation<'_, T> {
+    /// The spare the preparation made, if it is there now.
+    fn take(&self) -> Claim<T> {
+        let mut inner = self.slots.inner.lock().unwrap();
+        if matches!(inner.slots.get(self.key), Some(Slot::Ready { id, .. }) if *id == self.id) {
+            if let Some(Slot::Ready { spare, .. }) = inner.slots.remove(self.key) {
+                return Claim::Prepared(spare);
+            }
+        }
+        Claim::Missing
+    }
+}
+
+impl<T> Drop for Reservation<'_, T> {
+    fn drop(&mut self) {
+        // Not taken (timed out, failed, dropped): the spare, or the preparation, is free
+        // for any claim again.
+        let mut inner = self.slots.inner.lock().unwrap();
+        match inner.slots.get_mut(self.key) {
+            Some(Slot::Ready { id, reserved, .. } | Slot::Preparing { id, reserved, .. }) if *id == self.id => *reserved = false,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_ready_spare_is_claimed_once_and_a_new_preparation_can_begin() {
+        let slots = SpareSlots::new();
+        assert_eq!(slots.claim("h", WAIT).await, Claim::Missing, "nothing prepared");
+        let p = slots.begin("h").expect("the first preparation begins");
+        assert!(slots.begin("h").is_none(), "one preparation per hash while one is in flight");
+        assert!(slots.begin("other").is_some_and(|p| p.finish(None).is_none()), "other hashes are independent");
+        assert_eq!(p.finish(Some("spare-1")), None);
+        assert!(slots.begin("h").is_none(), "none while a spare is ready");
+        assert_eq!(slots.claim("h", WAIT).await, Claim::Ready("spare-1"));
+        assert_eq!(slots.claim("h", WAIT).await, Claim::Missing, "taken once");
+        let p = slots.begin("h").expect("the next one begins once the spare is taken");
+        assert_eq!(p.finish(Some("spare-2")), None);
+        assert_eq!(slots.claim("h", WAIT).await, Claim::Ready("spare-2"));
+    }
+
+    #[tokio::test]
+    async fn a_claim_during_a_preparation_waits_for_it_and_takes_its_spare() {
+        let slots = SpareSlots::new();
+        let p = slots.begin("h").unwrap();
+        let claim = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.claim("h", WAIT).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!claim.is_finished(), "the claim waits for the preparation");
+        assert_eq!(p.finish(Some("spare")), None);
+        assert_eq!(claim.await.unwrap(), Claim::Prepared("spare"));
+        assert_eq!(slots.claim("h", WAIT).await, Claim::Missing);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_claim_wakes_as_soon_as_the_preparation_ends() {
+        // The claim subscribes and sleeps first, then the preparation ends: the claim
+        // wakes at once instead of sleeping out its (here an hour long) bound.
+        let slots = SpareSlots::new();
+        let p = slots.begin("h").unwrap();
+        let claim = slots.claim("h", Duration::from_secs(3600));
+        let finish = async {
+            assert_eq!(p.finish(Some("spare")), None);
+        };
+        let (got, ()) = tokio::time::timeout(WAIT, async { futures::join!(claim, finish) }).await.expect("no lost wake-up");
+        assert_eq!(got, Claim::Prepared("spare"));
+    }
+
+    /// A claim of "h" in a task of its own, given 20 ms to start waiting.
+    async fn claim_soon(slots: &std::sync::Arc<SpareSlots<&'static str>>) -> tokio::task::JoinHandle<Claim<&'static str>> {
+        let slots = slots.clone();
+        let claim = tokio::spawn(async move { slots.claim("h", WAIT).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        claim
+    }
+
+    #[tokio::test]
+    async fn a_failed_preparation_gives_the_fallback_and_frees_the_slot() {
+        let slots = SpareSlots::<&str>::new();
+        let p = slots.begin("h").unwrap();
+        let claim = claim_soon(&slots).await;
+        assert_eq!(p.finish(None), None);
+        assert_eq!(claim.await.unwrap(), Claim::Missing);
+        assert!(slots.begin("h").is_some(), "a new preparation may begin");
+
+        // A preparation dropped unfinished (its task panicked) counts as failed.
+        let slots = SpareSlots::<&str>::new();
+        let p = slots.begin("h").unwrap();
+        let claim = claim_soon(&slots).await;
+        drop(p);
+        assert_eq!(claim.await.unwrap(), Claim::Missing);
+        assert!(slots.begin("h").is_some());
+    }
+
+    #[tokio::test]
+    async fn two_concurrent_claims_get_one_spare_and_one_fallback() {
+        let slots = SpareSlots::new();
+        let p = slots.begin("h").unwrap();
+        let claims: Vec<_> = (0..2)
+            .map(|_| {
+                let slots = slots.clone();
+                tokio::spawn(async move { slots.claim("h", WAIT).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(p.finish(Some("spare")), None);
+        let mut got = Vec::new();
+        for c in claims {
+            got.push(c.await.unwrap());
+        }
+        got.sort_by_key(|c| matches!(c, Claim::Missing));
+        assert_eq!(got, vec![Claim::Prepared("spare"), Claim::Missing]);
+        // Racing on a ready spare too: one gets it.
+        let p = slots.begin("h").unwrap();
+        assert_eq!(p.finish(Some("spare-2")), None);
+        let (a, b) = futures::join!(slots.claim("h", WAIT), slots.claim("h", WAIT));
+        assert_eq!([a, b].into_iter().filter(|c| *c == Claim::Ready("spare-2")).count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_claim_waits_at_most_its_bound_and_then_releases_the_spare() {
+        let slots = SpareSlots::new();
+        let p = slots.begin("h").unwrap();
+        assert_eq!(slots.claim("h", Duration::from_millis(20)).await, Claim::Missing, "timed out");
+        assert!(slots.begin("h").is_none(), "the preparation still runs");
+        assert_eq!(p.finish(Some("spare")), None);
+        assert_eq!(slots.claim("h", WAIT).await, Claim::Ready("spare"), "not kept for the claim that gave up");
+
+        // A claim dropped while it waits releases its reservation too.
+        let p = slots.begin("h").unwrap();
+        let waiting = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.claim("h", WAIT).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting.abort();
+        let _ = waiting.await;
+        let claim = claim_soon(&slots).await;
+        assert_eq!(p.finish(Some("spare-2")), None);
+        assert_eq!(claim.await.unwrap(), Claim::Prepared("spare-2"));
+    }
+
+    #[tokio::test]
+    async fn close_during_a_preparation_wakes_the_claim_and_hands_the_spare_back() {
+        let slots = SpareSlots::new();
+        let ready = slots.begin("ready").unwrap();
+        assert_eq!(ready.finish(Some("ready-spare")), None);
+        let p = slots.begin("h").unwrap();
+        let claim = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.claim("h", Duration::from_secs(3600)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(slots.close(), vec!["ready-spare"], "ready spares are returned to remove");
+        let got = tokio::time::timeout(WAIT, claim).await.expect("a waiting claim does not hang after close");
+        assert_eq!(got.unwrap(), Claim::Missing);
+        assert_eq!(p.finish(Some("late")), Some("late"), "a spare finished after close is handed back");
+        assert!(slots.begin("h").is_none(), "no preparation after close");
+        assert_eq!(slots.claim("h", WAIT).await, Claim::Missing);
+        assert!(slots.close().is_empty());
+    }
+}
