@@ -65,7 +65,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, ClientError> {
     if !status_line.starts_with("HTTP/1.") {
         return Err(ClientError::Malformed(format!("status line {status_line:?}")));
     }
-    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| ClientError::Malformed(format!("status line {status_line:?}")))?;
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ClientError::Malformed(format!("status line {status_line:?}")))?;
     let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
     Ok(Some(Head { status, headers, len: end + 4 }))
 }
@@ -91,7 +95,8 @@ pub fn chunked_end(body: &[u8]) -> Result<Option<usize>, ClientError> {
     loop {
         let Some(eol) = body[at..].windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
         let size_text = std::str::from_utf8(&body[at..at + eol]).map_err(|_| ClientError::Malformed("chunk size".into()))?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).map_err(|_| ClientError::Malformed(format!("chunk size {size_text:?}")))?;
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| ClientError::Malformed(format!("chunk size {size_text:?}")))?;
         at += eol + 2;
         if size == 0 {
             return Ok((body.len() >= at + 2).then_some(at + 2));

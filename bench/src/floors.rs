@@ -5,11 +5,11 @@
 //! through the API.
 
 use crate::client::{self, LoadResult};
-use roost_orchestrator::runtime::process::{function_env, spare_assignment, Launcher, ProcessConfig};
-use roost_testkit::process::{free_port, Guard};
 use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use bollard::{ClientVersion, Docker};
+use roost_orchestrator::runtime::process::{function_env, spare_assignment, Launcher, ProcessConfig};
+use roost_testkit::process::{free_port, Guard};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -68,7 +68,11 @@ fn null() -> std::io::Result<std::fs::File> {
 async fn first_answer(child: &mut tokio::process::Child) -> anyhow::Result<()> {
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().expect("stdout piped")).read_line(&mut line).await?;
-    let port: u16 = line.trim().strip_prefix("ROOST_READY ").and_then(|p| p.parse().ok()).ok_or_else(|| anyhow::anyhow!("the runtime printed {line:?} instead of ROOST_READY <port>"))?;
+    let port: u16 = line
+        .trim()
+        .strip_prefix("ROOST_READY ")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("the runtime printed {line:?} instead of ROOST_READY <port>"))?;
     let r = client::get_once(SocketAddr::from(([127, 0, 0, 1], port)), "/").await?;
     anyhow::ensure!(r.head.status == 200, "the runtime answered {}", r.head.status);
     Ok(())
@@ -136,7 +140,8 @@ fn nginx_binary() -> PathBuf {
     if let Ok(p) = std::env::var("ROOST_GATE_NGINX") {
         return PathBuf::from(p);
     }
-    let on_path = |name: &str| std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()));
+    let on_path =
+        |name: &str| std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()));
     on_path("openresty").or_else(|| on_path("nginx")).unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
 }
 
@@ -180,7 +185,13 @@ impl ProxyChain {
                 .stdout(Stdio::from(log("nginx.log")?))
                 .stderr(Stdio::from(log("nginx.log")?)),
         )?;
-        let chain = ProxyChain { envoy, nginx, envoy_addr: SocketAddr::from(([127, 0, 0, 1], envoy_port)), nginx_addr: SocketAddr::from(([127, 0, 0, 1], nginx_port)), dir: dir.to_path_buf() };
+        let chain = ProxyChain {
+            envoy,
+            nginx,
+            envoy_addr: SocketAddr::from(([127, 0, 0, 1], envoy_port)),
+            nginx_addr: SocketAddr::from(([127, 0, 0, 1], nginx_port)),
+            dir: dir.to_path_buf(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = client::get_once(chain.nginx_addr, path).await {
@@ -188,7 +199,11 @@ impl ProxyChain {
                     return Ok(chain);
                 }
             }
-            anyhow::ensure!(Instant::now() < deadline, "the bare nginx and Envoy did not answer within 30 s; see {}", dir.join("logs").display());
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the bare nginx and Envoy did not answer within 30 s; see {}",
+                dir.join("logs").display()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -218,7 +233,8 @@ pub async fn docker(socket: &str, image: &str, rounds: usize) -> anyhow::Result<
     let docker = Docker::connect_with_unix(socket, 60, &ClientVersion { major_version: 1, minor_version: 41 })?;
     docker.ping().await?;
     if docker.inspect_network(FLOOR_NETWORK, None).await.is_err() {
-        let req = NetworkCreateRequest { name: FLOOR_NETWORK.into(), driver: Some("bridge".into()), internal: Some(true), ..Default::default() };
+        let req =
+            NetworkCreateRequest { name: FLOOR_NETWORK.into(), driver: Some("bridge".into()), internal: Some(true), ..Default::default() };
         docker.create_network(req).await?;
     }
     let body = || ContainerCreateBody {

@@ -21,7 +21,11 @@ use std::time::{Duration, Instant};
 
 /// The suite's options; each is also read from a `ROOST_BENCH_...` variable.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "roost-bench", version, about = "Roost's benchmark suite: measures the platform and the machine's floor, writes docs/benchmarks.md.")]
+#[command(
+    name = "roost-bench",
+    version,
+    about = "Roost's benchmark suite: measures the platform and the machine's floor, writes docs/benchmarks.md."
+)]
 pub struct Config {
     /// The repository (envoy/, gateway-lua/, faas-runtime/, docs/).
     #[arg(long, env = "ROOST_HOME", default_value = ".")]
@@ -97,7 +101,12 @@ impl Config {
 const NOT_SELECTED: &str = "not run (--scenarios)";
 
 /// Runs scenario `s` (saying `what`) if it is selected; its figures, or why there are none.
-async fn selected<T, F: std::future::Future<Output = anyhow::Result<T>>>(c: &Config, s: Scenario, what: String, run: impl FnOnce() -> F) -> Result<T, String> {
+async fn selected<T, F: std::future::Future<Output = anyhow::Result<T>>>(
+    c: &Config,
+    s: Scenario,
+    what: String,
+    run: impl FnOnce() -> F,
+) -> Result<T, String> {
     if !c.runs(s) {
         return Err(NOT_SELECTED.to_string());
     }
@@ -141,7 +150,14 @@ async fn run_runtime(c: &Config, bin_dir: &std::path::Path, work: &std::path::Pa
     let name = runtime.as_str().to_string();
     let failed = |e: &String| {
         let see = "not run: see the cold start".to_string();
-        RuntimeRun { runtime: name.clone(), cold: Err(e.clone()), burst: Err(see.clone()), overhead: Err(see.clone()), autoscale: Err(see.clone()), zero: Err(see) }
+        RuntimeRun {
+            runtime: name.clone(),
+            cold: Err(e.clone()),
+            burst: Err(see.clone()),
+            overhead: Err(see.clone()),
+            autoscale: Err(see.clone()),
+            zero: Err(see),
+        }
     };
     progress(&format!("{name}: starting the platform"));
     let mut roost = match platform::Roost::start(&c.home, bin_dir, &work.join(&name), runtime).await {
@@ -151,9 +167,16 @@ async fn run_runtime(c: &Config, bin_dir: &std::path::Path, work: &std::path::Pa
     let rounds = c.rounds as usize;
     let cold = selected(c, Scenario::Cold, format!("{name}: cold start, {rounds} rounds"), || scenarios::cold_start(&roost, rounds)).await;
     let burst = selected(c, Scenario::Burst, format!("{name}: burst of {}", c.burst), || scenarios::burst(&roost, c.burst as usize)).await;
-    let overhead = selected(c, Scenario::Overhead, format!("{name}: warm overhead"), || scenarios::overhead(&roost, &[1, 16], 3, Duration::from_millis(c.slice_ms))).await;
-    let autoscale = selected(c, Scenario::Autoscale, format!("{name}: autoscale reaction"), || scenarios::autoscale(&roost, 5, 4, 50)).await;
-    let zero = selected(c, Scenario::Zero, format!("{name}: scale to zero and the on/off load"), || scenarios::scale_to_zero(&roost, 5, 8, c.onoff_requests, Duration::from_secs(180))).await;
+    let overhead = selected(c, Scenario::Overhead, format!("{name}: warm overhead"), || {
+        scenarios::overhead(&roost, &[1, 16], 3, Duration::from_millis(c.slice_ms))
+    })
+    .await;
+    let autoscale =
+        selected(c, Scenario::Autoscale, format!("{name}: autoscale reaction"), || scenarios::autoscale(&roost, 5, 4, 50)).await;
+    let zero = selected(c, Scenario::Zero, format!("{name}: scale to zero and the on/off load"), || {
+        scenarios::scale_to_zero(&roost, 5, 8, c.onoff_requests, Duration::from_secs(180))
+    })
+    .await;
     let check = roost.check();
     roost.stop();
     let mut run = RuntimeRun { runtime: name.clone(), cold, burst, overhead, autoscale, zero };
@@ -225,7 +248,23 @@ pub async fn run(c: Config, command: String) -> anyhow::Result<(Report, bool)> {
         && floors.spare.is_ok()
         && floors.docker.as_ref().is_none_or(|d| d.is_ok())
         && [&xds, &statsd].iter().all(|x| x.as_ref().is_none_or(|x| x.is_ok()));
-    let date = std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    let report = Report { machine, date, command, seconds: t0.elapsed().as_secs_f64(), rounds, burst_size: c.burst as usize, runtimes: runs, skipped, floors, xds, statsd };
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let report = Report {
+        machine,
+        date,
+        command,
+        seconds: t0.elapsed().as_secs_f64(),
+        rounds,
+        burst_size: c.burst as usize,
+        runtimes: runs,
+        skipped,
+        floors,
+        xds,
+        statsd,
+    };
     Ok((report, complete))
 }

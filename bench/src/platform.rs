@@ -74,11 +74,26 @@ impl Roost {
         let definitions = work_dir.join("functions.yml");
         std::fs::write(&definitions, DEFINITIONS)?;
         let port = roost_testkit::process::free_port();
-        let opts = UpOptions { port, home: home.to_path_buf(), definitions, work_dir: work_dir.to_path_buf(), bin_dir: bin_dir.to_path_buf(), runtime };
+        let opts = UpOptions {
+            port,
+            home: home.to_path_buf(),
+            definitions,
+            work_dir: work_dir.to_path_buf(),
+            bin_dir: bin_dir.to_path_buf(),
+            runtime,
+        };
         let platform = roost_cli::up::start(&opts).await?;
         let a = platform.addresses.clone();
         let envoy_bin = roost_cli::up::find_envoy(home)?;
-        let roost = Roost { platform: Some(platform), gate: local(a.gate), envoy: local(a.envoy), orchestrator: local(a.orchestrator), runtime, envoy_bin, work_dir: work_dir.to_path_buf() };
+        let roost = Roost {
+            platform: Some(platform),
+            gate: local(a.gate),
+            envoy: local(a.envoy),
+            orchestrator: local(a.orchestrator),
+            runtime,
+            envoy_bin,
+            work_dir: work_dir.to_path_buf(),
+        };
         roost.wait_for("every function declared", Duration::from_secs(30), |s| s.functions.len() == FUNCTIONS.len()).await?;
         // Wake each function once through the orchestrator (no gate deadline): with
         // Docker this builds the images and prepares the spares before any figure is
@@ -114,14 +129,23 @@ impl Roost {
                 }
             }
             if Instant::now() > deadline {
-                anyhow::bail!("waited {timeout:?} for {what}; orchestrator status: {}", self.status().await.map(|s| show(&s)).unwrap_or_else(|e| e.to_string()));
+                anyhow::bail!(
+                    "waited {timeout:?} for {what}; orchestrator status: {}",
+                    self.status().await.map(|s| show(&s)).unwrap_or_else(|e| e.to_string())
+                );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
     /// Polls one function's status until `ok` holds; returns it.
-    pub async fn wait_function(&self, name: &str, what: &str, timeout: Duration, ok: impl Fn(&FunctionStatus) -> bool) -> anyhow::Result<FunctionStatus> {
+    pub async fn wait_function(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&FunctionStatus) -> bool,
+    ) -> anyhow::Result<FunctionStatus> {
         let s = self.wait_for(&format!("{name}: {what}"), timeout, |s| s.function(name).is_some_and(&ok)).await?;
         Ok(s.function(name).cloned().expect("wait_for returned once the function's entry passed"))
     }

@@ -313,7 +313,8 @@ impl Report {
     }
 
     fn cold_detail(&self, s: &mut String) {
-        let runs: Vec<(&str, &ColdStart)> = self.runtimes.iter().filter_map(|r| r.cold.as_ref().ok().map(|c| (r.runtime.as_str(), c))).collect();
+        let runs: Vec<(&str, &ColdStart)> =
+            self.runtimes.iter().filter_map(|r| r.cold.as_ref().ok().map(|c| (r.runtime.as_str(), c))).collect();
         if runs.is_empty() {
             return;
         }
@@ -380,15 +381,37 @@ impl Report {
         let _ = writeln!(s, "| runtime | connections | path | p50 | p99 | req/s | errors |");
         let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|");
         for (c, l) in &self.floors.loopback {
-            let _ = writeln!(s, "| (floor) | {c} | loopback, no proxy | {} | {} | {:.0} | {} |", ms(p50(&l.latencies_ms)), ms(p99(&l.latencies_ms)), l.throughput(), l.errors);
+            let _ = writeln!(
+                s,
+                "| (floor) | {c} | loopback, no proxy | {} | {} | {:.0} | {} |",
+                ms(p50(&l.latencies_ms)),
+                ms(p99(&l.latencies_ms)),
+                l.throughput(),
+                l.errors
+            );
         }
         for r in &self.runtimes {
             match &r.overhead {
                 Ok(os) => {
                     for o in os {
-                        let paths = [("direct to the replica", &o.direct), ("bare Envoy (floor)", &o.bare_envoy), ("bare nginx + bare Envoy (floor)", &o.bare_chain), ("Envoy", &o.envoy), ("gate + Envoy", &o.gate)];
+                        let paths = [
+                            ("direct to the replica", &o.direct),
+                            ("bare Envoy (floor)", &o.bare_envoy),
+                            ("bare nginx + bare Envoy (floor)", &o.bare_chain),
+                            ("Envoy", &o.envoy),
+                            ("gate + Envoy", &o.gate),
+                        ];
                         for (path, l) in paths {
-                            let _ = writeln!(s, "| {} | {} | {path} | {} | {} | {:.0} | {} |", r.runtime, o.concurrency, ms(p50(&l.latencies_ms)), ms(p99(&l.latencies_ms)), l.throughput(), l.errors);
+                            let _ = writeln!(
+                                s,
+                                "| {} | {} | {path} | {} | {} | {:.0} | {} |",
+                                r.runtime,
+                                o.concurrency,
+                                ms(p50(&l.latencies_ms)),
+                                ms(p99(&l.latencies_ms)),
+                                l.throughput(),
+                                l.errors
+                            );
                         }
                     }
                 }
@@ -409,7 +432,17 @@ impl Report {
             match &r.autoscale {
                 Ok(a) => {
                     let list: Vec<String> = a.samples.iter().map(|v| format!("{v:.0}")).collect();
-                    let _ = writeln!(s, "| {} | {} | {} | {} | {} ms | {} | {} |", r.runtime, a.samples.len(), ms(p50(&a.samples)), ms(max(&a.samples)), list.join(", "), a.load.ok + a.load.errors, a.load.errors);
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {} | {} ms | {} | {} |",
+                        r.runtime,
+                        a.samples.len(),
+                        ms(p50(&a.samples)),
+                        ms(max(&a.samples)),
+                        list.join(", "),
+                        a.load.ok + a.load.errors,
+                        a.load.errors
+                    );
                 }
                 Err(e) => {
                     let _ = writeln!(s, "| {} | failed: {e} | | | | | |", r.runtime);
@@ -462,7 +495,10 @@ impl Report {
         row("`python -c pass` (the interpreter alone)", &self.floors.python);
         row("`python -S -c pass` (the interpreter without `site`, as replicas start)", &self.floors.python_s);
         row("runtime started by hand until its first answer (`python -S -m roost_runtime python`, `hello`)", &self.floors.runtime);
-        row("a spare runtime (`python -S -m roost_runtime spare`, imports done) told `hello` on stdin, until its first answer", &self.floors.spare);
+        row(
+            "a spare runtime (`python -S -m roost_runtime spare`, imports done) told `hello` on stdin, until its first answer",
+            &self.floors.spare,
+        );
         match &self.floors.docker {
             Some(Ok(d)) => {
                 row("`docker start` of a created container (API, hardened, internal network)", &Ok(d.start_ms.clone()));
@@ -523,7 +559,13 @@ mod tests {
     }
 
     fn load(lat: &[f64], errors: u64, secs: f64) -> LoadResult {
-        LoadResult { ok: lat.len() as u64, errors, latencies_ms: lat.to_vec(), failures: vec![], elapsed: std::time::Duration::from_secs_f64(secs) }
+        LoadResult {
+            ok: lat.len() as u64,
+            errors,
+            latencies_ms: lat.to_vec(),
+            failures: vec![],
+            elapsed: std::time::Duration::from_secs_f64(secs),
+        }
     }
 
     #[test]
@@ -545,7 +587,17 @@ mod tests {
             zero: Err("Redis went away".into()),
         };
         let r = Report {
-            machine: crate::machine::Machine { cpu: "cpu".into(), cpus: 2, memory_gib: 23.0, kernel: "6".into(), os: "Debian".into(), docker: None, envoy: "1.40.0".into(), python: "3.11".into(), commit: "abc".into() },
+            machine: crate::machine::Machine {
+                cpu: "cpu".into(),
+                cpus: 2,
+                memory_gib: 23.0,
+                kernel: "6".into(),
+                os: "Debian".into(),
+                docker: None,
+                envoy: "1.40.0".into(),
+                python: "3.11".into(),
+                commit: "abc".into(),
+            },
             date: "today".into(),
             command: "bash scripts/bench.sh".into(),
             seconds: 1.0,
@@ -553,12 +605,20 @@ mod tests {
             burst_size: 2,
             runtimes: vec![run],
             skipped: vec!["docker: no engine".into()],
-            floors: Floors { loopback: vec![(1, load(&[0.1, 0.1], 0, 1.0))], python: Ok(vec![10.0]), python_s: Ok(vec![5.0]), runtime: Ok(vec![45.0]), spare: Ok(vec![9.0]), docker: None },
+            floors: Floors {
+                loopback: vec![(1, load(&[0.1, 0.1], 0, 1.0))],
+                python: Ok(vec![10.0]),
+                python_s: Ok(vec![5.0]),
+                runtime: Ok(vec![45.0]),
+                spare: Ok(vec![9.0]),
+                docker: None,
+            },
             xds: None,
             statsd: None,
         };
         let text = r.render();
-        let line = |start: &str| text.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("no line {start:?} in\n{text}")).to_string();
+        let line =
+            |start: &str| text.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("no line {start:?} in\n{text}")).to_string();
         // Cold p50 90 ms <= 100: met; ratio to the 9 ms floor (a spare told by hand) 10.0x.
         let cold = line("| cold start through the gate, process");
         assert!(cold.contains("90.0 ms / 150.0 ms") && cold.contains("10.0x") && cold.ends_with("| met |"), "{cold}");
@@ -567,7 +627,13 @@ mod tests {
         // Added p50 +0.40 ms is within 0.5 but p99 +3 ms is not.
         // The bare chain adds +0.20 / +1.00 ms: Roost's p50 is 2.0x its floor.
         let o = line("| warm overhead, process, 1 conn");
-        assert!(o.contains("+0.40 ms / +3.00 ms") && o.contains("+0.20 ms / +1.00 ms (bare nginx + Envoy)") && o.contains("| 2.0x |") && o.ends_with("**missed** |"), "{o}");
+        assert!(
+            o.contains("+0.40 ms / +3.00 ms")
+                && o.contains("+0.20 ms / +1.00 ms (bare nginx + Envoy)")
+                && o.contains("| 2.0x |")
+                && o.ends_with("**missed** |"),
+            "{o}"
+        );
         assert!(line("| warm throughput, process, 1 conn").contains("= 1.00"));
         assert!(line("| autoscale").contains("**missed**"));
         assert!(line("| scale to zero, process").contains("failed: Redis went away"));

@@ -142,7 +142,9 @@ pub async fn autoscale(roost: &Roost, rounds: usize, concurrency: usize, handler
     let mut out = Autoscale::default();
     let path = format!("/whoami?ms={handler_ms}");
     for round in 0..rounds {
-        roost.wait_function("whoami", "exactly one replica", WAIT, |f| f.ready_replicas() == 1 && f.replicas.len() == 1 && f.starting == 0).await?;
+        roost
+            .wait_function("whoami", "exactly one replica", WAIT, |f| f.ready_replicas() == 1 && f.replicas.len() == 1 && f.starting == 0)
+            .await?;
         let first = client::get_once(roost.gate, "/whoami").await?;
         anyhow::ensure!(first.head.status == 200, "whoami answered {}", first.head.status);
         let first: serde_json::Value = serde_json::from_slice(&first.body)?;
@@ -199,7 +201,13 @@ pub const OFF_FACTORS: [f64; 8] = [0.5, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0];
 /// `rounds` timings of `onoff` going to zero, then on/off cycles (1 s at
 /// `concurrency`, then a pause from [`OFF_FACTORS`]) until at least `min_requests`
 /// requests and every pause were run, or `max_time` passed.
-pub async fn scale_to_zero(roost: &Roost, rounds: usize, concurrency: usize, min_requests: u64, max_time: Duration) -> anyhow::Result<ScaleToZero> {
+pub async fn scale_to_zero(
+    roost: &Roost,
+    rounds: usize,
+    concurrency: usize,
+    min_requests: u64,
+    max_time: Duration,
+) -> anyhow::Result<ScaleToZero> {
     let mut out = ScaleToZero::default();
     for round in 0..rounds {
         roost.wait_function("onoff", "asleep", WAIT, |f| f.state == FunctionState::Sleeping).await?;

@@ -32,17 +32,19 @@ pub async fn status(client: &reqwest::Client, e: &Endpoints) -> anyhow::Result<S
         .await
         .map_err(|err| anyhow::anyhow!("cannot reach the orchestrator at {}: {err}; is Roost running (`roost up`)?", e.orchestrator))?;
     let r = r.error_for_status()?;
-    r.json().await.map_err(|err| anyhow::anyhow!("the orchestrator's /status at {} is not what this roost reads: {err}; are the CLI and the orchestrator the same version?", e.orchestrator))
+    r.json().await.map_err(|err| {
+        anyhow::anyhow!(
+            "the orchestrator's /status at {} is not what this roost reads: {err}; are the CLI and the orchestrator the same version?",
+            e.orchestrator
+        )
+    })
 }
 
 /// Load figures of one function from Redis: in flight, queued.
 pub async fn load(conn: &mut redis::aio::MultiplexedConnection, function: &str) -> (u64, u64) {
     // A figure Redis cannot give now shows as zero: the table is refreshed every second.
-    let h: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(roost_common::keys::load(function))
-        .query_async(conn)
-        .await
-        .unwrap_or_default();
+    let h: std::collections::HashMap<String, String> =
+        redis::cmd("HGETALL").arg(roost_common::keys::load(function)).query_async(conn).await.unwrap_or_default();
     let load = LoadHash::from_fields(&h);
     (load.in_flight as u64, load.pending as u64)
 }

@@ -38,7 +38,8 @@ pub async fn invoke(e: &Endpoints, function: &str, data: Option<&str>, path: &st
         Some(d) => client.post(&url).header("content-type", "application/json").body(d.to_string()),
         None => client.get(&url),
     };
-    let r = req.send().await.map_err(|err| anyhow::anyhow!("cannot reach the gate at {}: {err}; is Roost running (`roost up`)?", e.gate))?;
+    let r =
+        req.send().await.map_err(|err| anyhow::anyhow!("cannot reach the gate at {}: {err}; is Roost running (`roost up`)?", e.gate))?;
     let status = r.status();
     let cold = r.headers().get("x-roost-cold-start").and_then(|v| v.to_str().ok()).map(str::to_string);
     let body = r.text().await?;
@@ -57,10 +58,21 @@ pub async fn watch(e: &Endpoints, once: bool) -> anyhow::Result<()> {
         if !once {
             out.push_str("\x1b[2J\x1b[H");
         }
-        out.push_str(&format!("{:<24} {:<10} {:>6} {:>9} {:>7} {:>11}\n", "FUNCTION", "STATE", "LIVE", "IN FLIGHT", "QUEUED", "COLD STARTS"));
+        out.push_str(&format!(
+            "{:<24} {:<10} {:>6} {:>9} {:>7} {:>11}\n",
+            "FUNCTION", "STATE", "LIVE", "IN FLIGHT", "QUEUED", "COLD STARTS"
+        ));
         for f in &s.functions {
             let (in_flight, queued) = client::load(&mut redis, &f.name).await;
-            out.push_str(&format!("{:<24} {:<10} {:>6} {:>9} {:>7} {:>11}\n", f.name, f.state.as_str(), f.replicas.len(), in_flight, queued, f.cold_starts));
+            out.push_str(&format!(
+                "{:<24} {:<10} {:>6} {:>9} {:>7} {:>11}\n",
+                f.name,
+                f.state.as_str(),
+                f.replicas.len(),
+                in_flight,
+                queued,
+                f.cold_starts
+            ));
         }
         print!("{out}");
         std::io::stdout().flush()?;

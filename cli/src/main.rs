@@ -1,8 +1,8 @@
 //! The `roost` command: parses the subcommand and hands it to the library.
 
 use clap::{Parser, Subcommand};
-use roost_common::env;
 use roost_cli::client::Endpoints;
+use roost_common::env;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -95,13 +95,24 @@ enum Cmd {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let e = Endpoints { gate: cli.gate.trim_end_matches('/').into(), orchestrator: cli.orchestrator.trim_end_matches('/').into(), redis: cli.redis };
+    let e = Endpoints {
+        gate: cli.gate.trim_end_matches('/').into(),
+        orchestrator: cli.orchestrator.trim_end_matches('/').into(),
+        redis: cli.redis,
+    };
     let result: anyhow::Result<bool> = match cli.command {
         Cmd::Up { runtime, port, definitions, work_dir, home } => {
             let exe = std::env::current_exe().unwrap_or_default();
             let bin_dir = exe.parent().map(PathBuf::from).unwrap_or_default();
             let home = std::fs::canonicalize(&home).unwrap_or(home);
-            let opts = roost_cli::up::UpOptions { port, home, definitions: std::fs::canonicalize(&definitions).unwrap_or(definitions), work_dir, bin_dir, runtime };
+            let opts = roost_cli::up::UpOptions {
+                port,
+                home,
+                definitions: std::fs::canonicalize(&definitions).unwrap_or(definitions),
+                work_dir,
+                bin_dir,
+                runtime,
+            };
             let shutdown = roost_common::shutdown::on_signal();
             roost_cli::up::run(opts, shutdown).await.map(|_| true).map_err(Into::into)
         }

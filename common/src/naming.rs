@@ -38,12 +38,7 @@ impl std::error::Error for InvalidName {}
 
 /// Checks that `name` can be used as a function name (see the module docs).
 pub fn validate_function_name(name: &str) -> Result<(), InvalidName> {
-    let fail = |reason| {
-        Err(InvalidName {
-            name: name.to_string(),
-            reason,
-        })
-    };
+    let fail = |reason| Err(InvalidName { name: name.to_string(), reason });
     if name.is_empty() {
         return fail("it is empty");
     }
@@ -54,10 +49,7 @@ pub fn validate_function_name(name: &str) -> Result<(), InvalidName> {
     if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
         return fail("it must start with a lowercase letter or a digit");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-    {
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
         return fail("it contains a character outside a-z, 0-9, '-' and '_'");
     }
     Ok(())
@@ -70,9 +62,7 @@ pub fn cluster_name(function: &str) -> String {
 
 /// The function a cluster name belongs to, if it is a Roost function cluster.
 pub fn function_of_cluster(cluster: &str) -> Option<&str> {
-    cluster
-        .strip_prefix(CLUSTER_PREFIX)
-        .filter(|f| validate_function_name(f).is_ok())
+    cluster.strip_prefix(CLUSTER_PREFIX).filter(|f| validate_function_name(f).is_ok())
 }
 
 #[cfg(test)]
@@ -88,9 +78,7 @@ mod tests {
 
     #[test]
     fn rejects_unsafe_names_with_a_reason() {
-        for name in [
-            "", "Hello", "-x", "_x", "a.b", "a/b", "a b", "é", "a%2F", &"x".repeat(64),
-        ] {
+        for name in ["", "Hello", "-x", "_x", "a.b", "a/b", "a b", "é", "a%2F", &"x".repeat(64)] {
             let err = validate_function_name(name).unwrap_err();
             assert!(err.to_string().contains("invalid function name"), "{err}");
         }

@@ -21,7 +21,10 @@ pub enum Stopped {
 /// Sends `signal` to the process `pid`. A pid that is not a single process (0, or above
 /// `i32::MAX`, which `kill` would read as a process group) is never signalled.
 pub fn signal(pid: u32, signal: i32) -> io::Result<()> {
-    let pid = i32::try_from(pid).ok().filter(|p| *p > 0).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{pid} is not a process id")))?;
+    let pid = i32::try_from(pid)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{pid} is not a process id")))?;
     // SAFETY: sending a signal to a process id has no memory-safety preconditions.
     if unsafe { libc::kill(pid, signal) } == 0 {
         Ok(())
@@ -87,7 +90,6 @@ mod tests {
     use super::*;
     use std::process::Command;
 
-
     #[test]
     fn a_child_that_takes_sigterm_exits_within_the_grace() {
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
@@ -98,7 +100,8 @@ mod tests {
 
     #[test]
     fn a_child_that_ignores_sigterm_is_killed_after_the_grace() {
-        let mut child = Command::new("sh").args(["-c", "trap '' TERM; echo up; exec sleep 30"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let mut child =
+            Command::new("sh").args(["-c", "trap '' TERM; echo up; exec sleep 30"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
         // Wait for the trap to be set before signalling.
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();

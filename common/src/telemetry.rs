@@ -26,8 +26,7 @@ impl std::str::FromStr for LogFormat {
 /// Installs the global tracing subscriber. The filter comes from `RUST_LOG` when set,
 /// otherwise `default_filter` (for example `"info"`). Calling it twice is harmless.
 pub fn init_tracing(format: LogFormat, default_filter: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

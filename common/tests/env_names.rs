@@ -43,9 +43,8 @@ fn unknown_names_in(paths: &[PathBuf]) -> Vec<String> {
     for path in paths {
         let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         for name in roost_names(&text) {
-            let known = ALL.contains(&name.as_str())
-                || RENAMED.iter().any(|r| r.old == name)
-                || OWN_PREFIXES.iter().any(|p| name.starts_with(p));
+            let known =
+                ALL.contains(&name.as_str()) || RENAMED.iter().any(|r| r.old == name) || OWN_PREFIXES.iter().any(|p| name.starts_with(p));
             if !known {
                 unknown.push(format!("{}: {name}", path.display()));
             }

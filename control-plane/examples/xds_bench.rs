@@ -30,9 +30,7 @@ struct Case {
 }
 
 async fn post(port: u16, path: &str, body: &Value) -> Value {
-    let r = http::request(port, "POST", path, &[], body.to_string().as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let r = http::request(port, "POST", path, &[], body.to_string().as_bytes()).await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
     assert_eq!(r.status, 200, "POST {path}: {}", r.body);
     serde_json::from_str(&r.body).expect("JSON answer")
 }
@@ -71,10 +69,8 @@ async fn run_case(binary: &std::path::Path, mode: XdsMode, functions: usize, cha
             .stdout(Stdio::null())
             .stderr(Stdio::inherit()),
     );
-    wait_until(Duration::from_secs(20), "control plane", || async {
-        http::get(admin, "/healthz").await.ok().filter(|r| r.status == 200)
-    })
-    .await;
+    wait_until(Duration::from_secs(20), "control plane", || async { http::get(admin, "/healthz").await.ok().filter(|r| r.status == 200) })
+        .await;
     let _envoy = Envoy::start(&EnvoyOptions::new(xds, mode)).await;
     let mut batch = Vec::new();
     for i in 0..functions {
@@ -131,7 +127,12 @@ async fn main() {
             println!(
                 "| {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.0} B | {:.1} MB |",
                 if c.mode == XdsMode::Delta { "delta" } else { "SotW" },
-                c.functions, c.p50_ms, c.p99_ms, c.max_ms, c.bytes_per_change, c.rss_mb
+                c.functions,
+                c.p50_ms,
+                c.p99_ms,
+                c.max_ms,
+                c.bytes_per_change,
+                c.rss_mb
             );
         }
     }

@@ -46,21 +46,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/status", get(status))
         .route("/envoys", get(envoys))
         .route("/functions", get(list_functions))
-        .route(
-            "/functions/{name}",
-            get(get_function).put(put_function).delete(delete_function),
-        )
+        .route("/functions/{name}", get(get_function).put(put_function).delete(delete_function))
         .route("/functions/{name}/endpoints", post(add_endpoint))
-        .route(
-            "/functions/{name}/endpoints/{address}",
-            axum::routing::delete(remove_endpoint),
-        )
+        .route("/functions/{name}/endpoints/{address}", axum::routing::delete(remove_endpoint))
         .route("/functions/{name}/endpoints/{address}/drain", post(drain_endpoint))
         .route("/changes", post(post_changes))
         .route("/sync/{generation}", get(sync))
-        .fallback(|| async {
-            error(StatusCode::NOT_FOUND, "no such admin endpoint; see the README's admin API section".into())
-        })
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint; see the README's admin API section".into()) })
         .with_state(state)
 }
 
@@ -174,9 +166,7 @@ async fn apply(state: &AdminState, q: &HashMap<String, String>, changes: Vec<Cha
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &Bytes, what: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}; expected {what}"))
-    })
+    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}; expected {what}")))
 }
 
 fn envoys_now(s: &AdminState) -> Envoys {
@@ -193,11 +183,7 @@ async fn envoys(State(s): State<AdminState>) -> Json<Envoys> {
 }
 
 fn function_view(f: &crate::model::Function) -> FunctionView {
-    let endpoints = f
-        .endpoints
-        .iter()
-        .map(|(a, e)| EndpointView { address: *a, draining: e.draining })
-        .collect();
+    let endpoints = f.endpoints.iter().map(|(a, e)| EndpointView { address: *a, draining: e.draining }).collect();
     FunctionView { concurrency: f.concurrency, timeout_ms: f.timeout_ms, endpoints }
 }
 
@@ -229,19 +215,11 @@ async fn put_function(
             Err(r) => return r.into_response(),
         }
     };
-    let change = Change::PutFunction {
-        function: name,
-        concurrency: settings.concurrency,
-        timeout_ms: settings.timeout_ms,
-    };
+    let change = Change::PutFunction { function: name, concurrency: settings.concurrency, timeout_ms: settings.timeout_ms };
     apply(&s, &q, vec![change]).await
 }
 
-async fn delete_function(
-    State(s): State<AdminState>,
-    Path(name): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
+async fn delete_function(State(s): State<AdminState>, Path(name): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
     apply(&s, &q, vec![Change::RemoveFunction { function: name }]).await
 }
 
@@ -274,11 +252,7 @@ async fn drain_endpoint(
     apply(&s, &q, vec![Change::DrainEndpoint { function: name, address }]).await
 }
 
-async fn post_changes(
-    State(s): State<AdminState>,
-    Query(q): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> Response {
+async fn post_changes(State(s): State<AdminState>, Query(q): Query<HashMap<String, String>>, body: Bytes) -> Response {
     let changes: Vec<Change> = match parse_json(
         &body,
         r#"a list of changes like [{"op": "put_function", "function": "hello"}, {"op": "add_endpoint", "function": "hello", "address": "127.0.0.1:5000"}]"#,
@@ -289,11 +263,7 @@ async fn post_changes(
     apply(&s, &q, changes).await
 }
 
-async fn sync(
-    State(s): State<AdminState>,
-    Path(generation): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
+async fn sync(State(s): State<AdminState>, Path(generation): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
     let Ok(generation) = generation.parse::<u64>() else {
         return error(StatusCode::BAD_REQUEST, format!("invalid generation {generation:?}: use the number a change answered with"));
     };

@@ -7,7 +7,11 @@ use std::net::SocketAddr;
 
 /// Roost's xDS control plane.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "control-plane", version, about = "Roost's xDS control plane: serves Envoy's listeners, routes, clusters and endpoints over ADS (state of the world and delta), with an HTTP/JSON admin API.")]
+#[command(
+    name = "control-plane",
+    version,
+    about = "Roost's xDS control plane: serves Envoy's listeners, routes, clusters and endpoints over ADS (state of the world and delta), with an HTTP/JSON admin API."
+)]
 pub struct Config {
     /// Address of the gRPC ADS server that Envoy connects to.
     #[arg(long, env = env::XDS_BIND, default_value = "0.0.0.0:18000")]

@@ -109,11 +109,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let store = Arc::new(store::Store::new(model, settings));
     let registry = Arc::new(registry::Registry::default());
 
-    let bind = |what, addr, flag| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { what, addr, flag, source })
-    };
+    let bind = |what, addr, flag| async move { TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, flag, source }) };
     let xds_listener = bind("xDS server", config.xds_bind, "--xds-bind / ROOST_XDS_BIND").await?;
     let admin_listener = bind("admin API", config.admin_bind, "--admin-bind / ROOST_ADMIN_BIND").await?;
     let xds_addr = xds_listener.local_addr().map_err(Error::Admin)?;
@@ -124,18 +120,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(xds.into_service())
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
-            shutdown.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(xds_listener), shutdown.clone().cancelled_owned());
     let admin_state = admin::AdminState {
         store: store.clone(),
         registry: registry.clone(),
         min_envoys: config.min_envoys,
         sync_timeout: Duration::from_millis(config.sync_timeout_ms),
     };
-    let admin = axum::serve(admin_listener, admin::router(admin_state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let admin = axum::serve(admin_listener, admin::router(admin_state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let persister = state_store.map(|s| tokio::spawn(s.run(store.models(), shutdown.clone())));
     info!(%xds_addr, %admin_addr, %listener, "control plane serving");
 

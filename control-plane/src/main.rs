@@ -9,11 +9,5 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let config = Config::parse();
     let log_format = config.log_format;
-    roost_common::service::run(
-        "control-plane",
-        "control plane failed",
-        log_format,
-        |shutdown| run(config, shutdown),
-    )
-    .await
+    roost_common::service::run("control-plane", "control plane failed", log_format, |shutdown| run(config, shutdown)).await
 }

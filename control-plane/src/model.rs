@@ -91,10 +91,7 @@ impl ModelError {
     /// Whether the error is about something that does not exist (HTTP 404) rather than
     /// bad input (HTTP 400).
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self,
-            ModelError::UnknownFunction(_) | ModelError::UnknownEndpoint { .. }
-        )
+        matches!(self, ModelError::UnknownFunction(_) | ModelError::UnknownEndpoint { .. })
     }
 }
 
@@ -121,11 +118,7 @@ impl Model {
     /// Applies one change; on error the model is unchanged.
     pub fn apply(&mut self, change: &Change) -> Result<(), ModelError> {
         match change {
-            Change::PutFunction {
-                function,
-                concurrency,
-                timeout_ms,
-            } => {
+            Change::PutFunction { function, concurrency, timeout_ms } => {
                 validate_function_name(function)?;
                 let current = self.functions.get(function);
                 let concurrency = concurrency.or(current.map(|f| f.concurrency));
@@ -134,29 +127,22 @@ impl Model {
                 let timeout_ms = timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
                 check_range(function, "concurrency", concurrency.into(), 1, MAX_CONCURRENCY.into())?;
                 check_range(function, "timeout_ms", timeout_ms, 1, MAX_TIMEOUT_MS)?;
-                let f = self
-                    .functions
-                    .entry(function.clone())
-                    .or_insert_with(|| Function {
-                        concurrency,
-                        timeout_ms,
-                        endpoints: BTreeMap::new(),
-                    });
+                let f = self.functions.entry(function.clone()).or_insert_with(|| Function {
+                    concurrency,
+                    timeout_ms,
+                    endpoints: BTreeMap::new(),
+                });
                 f.concurrency = concurrency;
                 f.timeout_ms = timeout_ms;
             }
             Change::RemoveFunction { function } => {
-                self.functions
-                    .remove(function)
-                    .ok_or_else(|| ModelError::UnknownFunction(function.clone()))?;
+                self.functions.remove(function).ok_or_else(|| ModelError::UnknownFunction(function.clone()))?;
             }
             Change::AddEndpoint { function, address } => {
                 let addr = parse_address(address)?;
                 let f = self.function_mut(function)?;
                 if !f.endpoints.contains_key(&addr) && f.endpoints.len() >= MAX_ENDPOINTS {
-                    return Err(ModelError::TooManyEndpoints {
-                        function: function.clone(),
-                    });
+                    return Err(ModelError::TooManyEndpoints { function: function.clone() });
                 }
                 f.endpoints.insert(addr, Endpoint { draining: false });
             }
@@ -168,19 +154,14 @@ impl Model {
                 let f = self.function_mut(function)?;
                 f.endpoints
                     .remove(&addr)
-                    .ok_or_else(|| ModelError::UnknownEndpoint {
-                        function: function.clone(),
-                        address: addr.to_string(),
-                    })?;
+                    .ok_or_else(|| ModelError::UnknownEndpoint { function: function.clone(), address: addr.to_string() })?;
             }
         }
         Ok(())
     }
 
     fn function_mut(&mut self, function: &str) -> Result<&mut Function, ModelError> {
-        self.functions
-            .get_mut(function)
-            .ok_or_else(|| ModelError::UnknownFunction(function.to_string()))
+        self.functions.get_mut(function).ok_or_else(|| ModelError::UnknownFunction(function.to_string()))
     }
 
     fn endpoint_mut(&mut self, function: &str, address: &str) -> Result<&mut Endpoint, ModelError> {
@@ -188,10 +169,7 @@ impl Model {
         self.function_mut(function)?
             .endpoints
             .get_mut(&addr)
-            .ok_or_else(|| ModelError::UnknownEndpoint {
-                function: function.to_string(),
-                address: addr.to_string(),
-            })
+            .ok_or_else(|| ModelError::UnknownEndpoint { function: function.to_string(), address: addr.to_string() })
     }
 }
 
@@ -199,12 +177,7 @@ fn check_range(function: &str, field: &'static str, value: u64, min: u64, max: u
     if (min..=max).contains(&value) {
         Ok(())
     } else {
-        Err(ModelError::OutOfRange {
-            function: function.to_string(),
-            field,
-            value,
-            allowed: format!("use {min} to {max}"),
-        })
+        Err(ModelError::OutOfRange { function: function.to_string(), field, value, allowed: format!("use {min} to {max}") })
     }
 }
 
@@ -213,18 +186,11 @@ mod tests {
     use super::*;
 
     fn put(name: &str) -> Change {
-        Change::PutFunction {
-            function: name.into(),
-            concurrency: None,
-            timeout_ms: None,
-        }
+        Change::PutFunction { function: name.into(), concurrency: None, timeout_ms: None }
     }
 
     fn add(name: &str, addr: &str) -> Change {
-        Change::AddEndpoint {
-            function: name.into(),
-            address: addr.into(),
-        }
+        Change::AddEndpoint { function: name.into(), address: addr.into() }
     }
 
     #[test]
@@ -233,12 +199,7 @@ mod tests {
         m.apply_all(&[put("hello"), add("hello", "127.0.0.1:5000")]).unwrap();
         let f = &m.functions["hello"];
         assert_eq!((f.concurrency, f.timeout_ms), (DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_MS));
-        m.apply(&Change::PutFunction {
-            function: "hello".into(),
-            concurrency: Some(4),
-            timeout_ms: None,
-        })
-        .unwrap();
+        m.apply(&Change::PutFunction { function: "hello".into(), concurrency: Some(4), timeout_ms: None }).unwrap();
         let f = &m.functions["hello"];
         assert_eq!((f.concurrency, f.timeout_ms, f.endpoints.len()), (4, DEFAULT_TIMEOUT_MS, 1));
     }
@@ -247,9 +208,7 @@ mod tests {
     fn a_failing_list_applies_nothing() {
         let mut m = Model::default();
         let before = m.clone();
-        let err = m
-            .apply_all(&[put("hello"), add("hello", "not-an-ip:80")])
-            .unwrap_err();
+        let err = m.apply_all(&[put("hello"), add("hello", "not-an-ip:80")]).unwrap_err();
         assert!(matches!(err, ModelError::InvalidAddress(_)));
         assert_eq!(m, before);
     }
@@ -265,20 +224,9 @@ mod tests {
         for bad in ["127.0.0.1", "127.0.0.1:0", "localhost:80", "", "1.2.3.4:99999"] {
             assert!(matches!(m.apply(&add("f", bad)), Err(ModelError::InvalidAddress(_))), "{bad}");
         }
-        let e = m
-            .apply(&Change::PutFunction {
-                function: "f".into(),
-                concurrency: Some(0),
-                timeout_ms: None,
-            })
-            .unwrap_err();
+        let e = m.apply(&Change::PutFunction { function: "f".into(), concurrency: Some(0), timeout_ms: None }).unwrap_err();
         assert!(e.to_string().contains("use 1 to 10000"), "{e}");
-        let e = m
-            .apply(&Change::RemoveEndpoint {
-                function: "f".into(),
-                address: "127.0.0.1:9".into(),
-            })
-            .unwrap_err();
+        let e = m.apply(&Change::RemoveEndpoint { function: "f".into(), address: "127.0.0.1:9".into() }).unwrap_err();
         assert!(e.is_not_found());
     }
 
@@ -286,11 +234,7 @@ mod tests {
     fn drain_then_add_brings_endpoint_back() {
         let mut m = Model::default();
         m.apply_all(&[put("f"), add("f", "127.0.0.1:5000")]).unwrap();
-        m.apply(&Change::DrainEndpoint {
-            function: "f".into(),
-            address: "127.0.0.1:5000".into(),
-        })
-        .unwrap();
+        m.apply(&Change::DrainEndpoint { function: "f".into(), address: "127.0.0.1:5000".into() }).unwrap();
         let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         assert!(m.functions["f"].endpoints[&a].draining);
         m.apply(&add("f", "127.0.0.1:5000")).unwrap();

@@ -55,15 +55,8 @@ impl std::fmt::Debug for StateStore {
 impl StateStore {
     /// Connects to Redis and loads the saved model (an empty one if none is saved),
     /// retrying with backoff for up to `wait`.
-    pub async fn connect_and_load(
-        url: &str,
-        wait: Duration,
-        shutdown: &CancellationToken,
-    ) -> Result<(StateStore, Model), PersistError> {
-        let client = redis::Client::open(url).map_err(|source| PersistError::BadUrl {
-            url: url.to_string(),
-            source,
-        })?;
+    pub async fn connect_and_load(url: &str, wait: Duration, shutdown: &CancellationToken) -> Result<(StateStore, Model), PersistError> {
+        let client = redis::Client::open(url).map_err(|source| PersistError::BadUrl { url: url.to_string(), source })?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -79,20 +72,13 @@ impl StateStore {
                         None => Model::default(),
                     };
                     info!(functions = model.functions.len(), "state loaded from Redis");
-                    let store = StateStore {
-                        url: url.to_string(),
-                        conn,
-                    };
+                    let store = StateStore { url: url.to_string(), conn };
                     return Ok((store, model));
                 }
                 Err(e) => e,
             };
             if tokio::time::Instant::now() + backoff > deadline {
-                return Err(PersistError::Unreachable {
-                    url: url.to_string(),
-                    waited: wait,
-                    source: err,
-                });
+                return Err(PersistError::Unreachable { url: url.to_string(), waited: wait, source: err });
             }
             warn!(error = %err, retry_in = ?backoff, "Redis not reachable yet");
             tokio::select! {

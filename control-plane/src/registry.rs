@@ -80,20 +80,12 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry {
-            streams: Mutex::default(),
-            nacks: Mutex::default(),
-            next_id: AtomicU64::new(1),
-            changed: watch::channel(0).0,
-        }
+        Registry { streams: Mutex::default(), nacks: Mutex::default(), next_id: AtomicU64::new(1), changed: watch::channel(0).0 }
     }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// A registered stream; dropping it removes the stream from the registry.
@@ -123,22 +115,9 @@ impl Registry {
     /// Registers a new stream from `peer` with its initial status.
     pub fn register(self: &Arc<Self>, peer: String, status: StreamStatus) -> StreamHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock_streams().insert(
-            id,
-            StreamEntry {
-                id,
-                peer,
-                connected_at_ms: now_ms(),
-                status,
-                bytes_sent: 0,
-                responses_sent: 0,
-            },
-        );
+        self.lock_streams().insert(id, StreamEntry { id, peer, connected_at_ms: now_ms(), status, bytes_sent: 0, responses_sent: 0 });
         self.notify();
-        StreamHandle {
-            registry: self.clone(),
-            id,
-        }
+        StreamHandle { registry: self.clone(), id }
     }
 
     /// Updates a stream's status and adds to its byte and response counts.
@@ -162,11 +141,7 @@ impl Registry {
         if nacks.len() == RECENT_NACKS {
             nacks.pop_front();
         }
-        nacks.push_back(NackEvent {
-            at_ms: now_ms(),
-            node_id: node_id.to_string(),
-            nack,
-        });
+        nacks.push_back(NackEvent { at_ms: now_ms(), node_id: node_id.to_string(), nack });
     }
 
     /// Every connected stream.
@@ -176,42 +151,27 @@ impl Registry {
 
     /// The most recent NACKs, oldest first.
     pub fn recent_nacks(&self) -> Vec<NackEvent> {
-        self.nacks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.nacks.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
     /// Waits until at least `min_envoys` streams are connected and every connected one
     /// has ACKed `generation`. Fails at once with Envoy's text when one NACKs it, or
     /// after `timeout`. Returns how many Envoys are in sync.
-    pub async fn wait_synced(
-        &self,
-        generation: u64,
-        min_envoys: usize,
-        timeout: Duration,
-    ) -> Result<usize, SyncError> {
+    pub async fn wait_synced(&self, generation: u64, min_envoys: usize, timeout: Duration) -> Result<usize, SyncError> {
         let mut rx = self.changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             rx.borrow_and_update();
             let (connected, synced, nack) = {
                 let streams = self.lock_streams();
-                let synced = streams
-                    .values()
-                    .filter(|e| e.status.synced_generation >= generation)
-                    .count();
+                let synced = streams.values().filter(|e| e.status.synced_generation >= generation).count();
                 // A NACK fails the wait only once the stream has processed `generation`:
                 // before that, a fix may be on its way.
                 let nack = streams.values().find_map(|e| {
                     let n = e.status.nack.as_ref()?;
                     let judged = e.status.seen_generation >= generation;
-                    (judged && e.status.synced_generation < generation).then(|| SyncError::Nacked {
-                        node_id: e.status.node_id.clone(),
-                        nack: n.clone(),
-                    })
+                    (judged && e.status.synced_generation < generation)
+                        .then(|| SyncError::Nacked { node_id: e.status.node_id.clone(), nack: n.clone() })
                 });
                 (streams.len(), synced, nack)
             };

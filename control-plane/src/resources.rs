@@ -10,18 +10,16 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    address, config_source::ConfigSourceSpecifier, data_source, socket_address::PortSpecifier,
-    Address, AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, HeaderValue,
-    HeaderValueOption, HealthStatus, SocketAddress,
+    address, config_source::ConfigSourceSpecifier, data_source, socket_address::PortSpecifier, Address, AggregatedConfigSource, ApiVersion,
+    ConfigSource, DataSource, HeaderValue, HeaderValueOption, HealthStatus, SocketAddress,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
-    retry_policy::RetryHostPredicate, route::Action, route_action::ClusterSpecifier,
-    route_match::PathSpecifier, DirectResponseAction, RetryPolicy, Route, RouteAction,
-    RouteConfiguration, RouteMatch, VirtualHost,
+    retry_policy::RetryHostPredicate, route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, DirectResponseAction,
+    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -108,10 +106,7 @@ pub struct Resource {
 impl Resource {
     /// Packs a message and versions it by the hash of its bytes.
     pub fn new(body: Any) -> Resource {
-        Resource {
-            version: format!("{:016x}", fnv1a(&body.value)).into(),
-            body: Arc::new(body),
-        }
+        Resource { version: format!("{:016x}", fnv1a(&body.value)).into(), body: Arc::new(body) }
     }
 }
 
@@ -126,18 +121,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// An empty snapshot at `generation`.
     pub fn empty(generation: u64) -> Snapshot {
-        Snapshot {
-            generation,
-            resources: Default::default(),
-        }
+        Snapshot { generation, resources: Default::default() }
     }
 
     /// The same resources at another generation.
     pub fn with_generation(&self, generation: u64) -> Snapshot {
-        Snapshot {
-            generation,
-            resources: self.resources.clone(),
-        }
+        Snapshot { generation, resources: self.resources.clone() }
     }
 
     /// The resources of one kind by name.
@@ -182,12 +171,7 @@ pub struct BuildSettings {
 
 impl Default for BuildSettings {
     fn default() -> Self {
-        BuildSettings {
-            listener_address: "0.0.0.0".into(),
-            listener_port: 10000,
-            connect_timeout_ms: 250,
-            num_retries: 3,
-        }
+        BuildSettings { listener_address: "0.0.0.0".into(), listener_port: 10000, connect_timeout_ms: 250, num_retries: 3 }
     }
 }
 
@@ -213,10 +197,7 @@ fn ads() -> ConfigSource {
 }
 
 fn millis(ms: u64) -> Duration {
-    Duration {
-        seconds: (ms / 1000) as i64,
-        nanos: ((ms % 1000) * 1_000_000) as i32,
-    }
+    Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
 }
 
 fn u32v(value: u32) -> Option<UInt32Value> {
@@ -228,10 +209,7 @@ pub fn function_cluster(name: &str, f: &Function, settings: &BuildSettings) -> C
     Cluster {
         name: name.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-        eds_cluster_config: Some(EdsClusterConfig {
-            eds_config: Some(ads()),
-            service_name: String::new(),
-        }),
+        eds_cluster_config: Some(EdsClusterConfig { eds_config: Some(ads()), service_name: String::new() }),
         connect_timeout: Some(millis(settings.connect_timeout_ms)),
         lb_policy: LbPolicy::LeastRequest as i32,
         circuit_breakers: Some(CircuitBreakers {
@@ -244,10 +222,7 @@ pub fn function_cluster(name: &str, f: &Function, settings: &BuildSettings) -> C
                 ..Default::default()
             }],
             // One replica serves `concurrency` requests at once; the rest queue in Envoy.
-            per_host_thresholds: vec![Thresholds {
-                max_connections: u32v(f.concurrency),
-                ..Default::default()
-            }],
+            per_host_thresholds: vec![Thresholds { max_connections: u32v(f.concurrency), ..Default::default() }],
         }),
         ..Default::default()
     }
@@ -259,11 +234,7 @@ pub fn load_assignment(name: &str, f: &Function) -> ClusterLoadAssignment {
         .endpoints
         .iter()
         .map(|(addr, ep)| LbEndpoint {
-            health_status: if ep.draining {
-                HealthStatus::Draining
-            } else {
-                HealthStatus::Healthy
-            } as i32,
+            health_status: if ep.draining { HealthStatus::Draining } else { HealthStatus::Healthy } as i32,
             host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
                 address: Some(socket_address(&addr.ip().to_string(), addr.port())),
                 ..Default::default()
@@ -273,14 +244,7 @@ pub fn load_assignment(name: &str, f: &Function) -> ClusterLoadAssignment {
         .collect::<Vec<_>>();
     ClusterLoadAssignment {
         cluster_name: name.to_string(),
-        endpoints: if lb_endpoints.is_empty() {
-            vec![]
-        } else {
-            vec![LocalityLbEndpoints {
-                lb_endpoints,
-                ..Default::default()
-            }]
-        },
+        endpoints: if lb_endpoints.is_empty() { vec![] } else { vec![LocalityLbEndpoints { lb_endpoints, ..Default::default() }] },
         ..Default::default()
     }
 }
@@ -300,10 +264,7 @@ pub fn listener(settings: &BuildSettings) -> Listener {
     let hcm = HttpConnectionManager {
         stat_prefix: "roost".into(),
         codec_type: CodecType::Auto as i32,
-        route_specifier: Some(RouteSpecifier::Rds(Rds {
-            config_source: Some(ads()),
-            route_config_name: ROUTE_CONFIG_NAME.into(),
-        })),
+        route_specifier: Some(RouteSpecifier::Rds(Rds { config_source: Some(ads()), route_config_name: ROUTE_CONFIG_NAME.into() })),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".into(),
             config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
@@ -341,29 +302,15 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
     routes.push(not_found_route());
     RouteConfiguration {
         name: ROUTE_CONFIG_NAME.into(),
-        virtual_hosts: vec![VirtualHost {
-            name: "functions".into(),
-            domains: vec!["*".into()],
-            routes,
-            ..Default::default()
-        }],
+        virtual_hosts: vec![VirtualHost { name: "functions".into(), domains: vec!["*".into()], routes, ..Default::default() }],
         ..Default::default()
     }
 }
 
-fn function_route(
-    name: &str,
-    suffix: &str,
-    spec: PathSpecifier,
-    f: &Function,
-    settings: &BuildSettings,
-) -> Route {
+fn function_route(name: &str, suffix: &str, spec: PathSpecifier, f: &Function, settings: &BuildSettings) -> Route {
     Route {
         name: format!("{name}-{suffix}"),
-        r#match: Some(RouteMatch {
-            path_specifier: Some(spec),
-            ..Default::default()
-        }),
+        r#match: Some(RouteMatch { path_specifier: Some(spec), ..Default::default() }),
         action: Some(Action::Route(RouteAction {
             cluster_specifier: Some(ClusterSpecifier::Cluster(cluster_name(name))),
             prefix_rewrite: "/".into(),
@@ -374,9 +321,9 @@ fn function_route(
                 retry_host_predicate: vec![RetryHostPredicate {
                     name: "envoy.retry_host_predicates.previous_hosts".into(),
                     config_type: Some(
-                        envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType::TypedConfig(
-                            pack_any(PreviousHostsPredicate::default()),
-                        ),
+                        envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType::TypedConfig(pack_any(
+                            PreviousHostsPredicate::default(),
+                        )),
                     ),
                 }],
                 host_selection_retry_max_attempts: 5,
@@ -391,26 +338,20 @@ fn function_route(
 fn not_found_route() -> Route {
     Route {
         name: "not-found".into(),
-        r#match: Some(RouteMatch {
-            path_specifier: Some(PathSpecifier::Prefix("/".into())),
-            ..Default::default()
-        }),
+        r#match: Some(RouteMatch { path_specifier: Some(PathSpecifier::Prefix("/".into())), ..Default::default() }),
         action: Some(Action::DirectResponse(DirectResponseAction {
             status: 404,
             body: Some(DataSource {
                 specifier: Some(data_source::Specifier::InlineString(
-                    r#"{"error":"no such function","hint":"call /<function> with a function declared in global-function-definition.yml"}"#.into(),
+                    r#"{"error":"no such function","hint":"call /<function> with a function declared in global-function-definition.yml"}"#
+                        .into(),
                 )),
                 ..Default::default()
             }),
             body_format: None,
         })),
         response_headers_to_add: vec![HeaderValueOption {
-            header: Some(HeaderValue {
-                key: "content-type".into(),
-                value: "application/json".into(),
-                ..Default::default()
-            }),
+            header: Some(HeaderValue { key: "content-type".into(), value: "application/json".into(), ..Default::default() }),
             ..Default::default()
         }],
         ..Default::default()

@@ -30,10 +30,7 @@ impl Store {
         Store {
             snapshots: watch::channel(Arc::new(snapshot)).0,
             models: watch::channel(Arc::new(model.clone())).0,
-            inner: Mutex::new(Inner {
-                model,
-                generation: 1,
-            }),
+            inner: Mutex::new(Inner { model, generation: 1 }),
             settings,
         }
     }
@@ -59,9 +56,9 @@ impl Store {
                     routes_changed = true;
                     function
                 }
-                Change::AddEndpoint { function, .. }
-                | Change::DrainEndpoint { function, .. }
-                | Change::RemoveEndpoint { function, .. } => function,
+                Change::AddEndpoint { function, .. } | Change::DrainEndpoint { function, .. } | Change::RemoveEndpoint { function, .. } => {
+                    function
+                }
             };
             let cluster = cluster_name(function);
             match model.functions.get(function) {
@@ -79,11 +76,7 @@ impl Store {
         }
         if routes_changed {
             let routes = resources::route_table(&model, &self.settings);
-            snapshot.insert(
-                Kind::Route,
-                resources::ROUTE_CONFIG_NAME,
-                envoy_types::util::pack_any(routes),
-            );
+            snapshot.insert(Kind::Route, resources::ROUTE_CONFIG_NAME, envoy_types::util::pack_any(routes));
         }
         inner.model = model.clone();
         self.snapshots.send_replace(Arc::new(snapshot));

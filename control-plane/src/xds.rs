@@ -30,23 +30,13 @@ pub struct XdsServer {
 impl XdsServer {
     /// A server publishing `snapshots` and reporting streams to `registry`; streams end
     /// when `shutdown` is cancelled.
-    pub fn new(
-        snapshots: watch::Receiver<Arc<Snapshot>>,
-        registry: Arc<Registry>,
-        shutdown: CancellationToken,
-    ) -> Self {
-        XdsServer {
-            snapshots,
-            registry,
-            shutdown,
-        }
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
+        XdsServer { snapshots, registry, shutdown }
     }
 
     /// The tonic service to add to a server.
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(16 * 1024 * 1024)
-            .max_encoding_message_size(256 * 1024 * 1024)
+        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(16 * 1024 * 1024).max_encoding_message_size(256 * 1024 * 1024)
     }
 
     fn spawn<P: Protocol>(&self, peer: String, inbound: Streaming<P::Request>, proto: P) -> ReceiverStream<Result<P::Response, Status>> {
@@ -67,9 +57,7 @@ impl XdsServer {
 }
 
 fn peer_of<T>(req: &Request<T>) -> String {
-    req.remote_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "unknown".into())
+    req.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into())
 }
 
 #[tonic::async_trait]

@@ -50,10 +50,7 @@ impl Harness {
         let cp = start(config, shutdown.clone()).await.expect("control plane starts");
         let envoy = Envoy::start(&EnvoyOptions::new(cp.xds_addr.port(), mode)).await;
         let h = Harness { cp, shutdown, envoy, listener };
-        wait_until(WAIT, "Envoy to finish its initial xDS fetch (LIVE)", || async {
-            h.envoy.is_live().await.then_some(())
-        })
-        .await;
+        wait_until(WAIT, "Envoy to finish its initial xDS fetch (LIVE)", || async { h.envoy.is_live().await.then_some(()) }).await;
         h
     }
 
@@ -220,7 +217,13 @@ async fn bad_admin_input_gets_400_and_changes_nothing() {
         ("PUT", "/functions/ok", Some(json!({"concurrency": 0})), 400, "use 1 to 10000"),
         ("PUT", "/functions/ok", Some(json!({"concurrancy": 2})), 400, "unknown field"),
         ("POST", "/functions/ghost/endpoints", Some(json!({"address": "127.0.0.1:1"})), 404, "does not exist"),
-        ("POST", "/changes", Some(json!([{"op": "put_function", "function": "x"}, {"op": "add_endpoint", "function": "x", "address": "db:5432"}])), 400, "IP address"),
+        (
+            "POST",
+            "/changes",
+            Some(json!([{"op": "put_function", "function": "x"}, {"op": "add_endpoint", "function": "x", "address": "db:5432"}])),
+            400,
+            "IP address",
+        ),
         ("PUT", "/functions/ok?wait=maybe", None, 400, "wait"),
         ("GET", "/nope", None, 404, "no such admin endpoint"),
     ];
@@ -330,10 +333,7 @@ async fn restart_under_traffic(mode: XdsMode) {
     })
     .await;
     let after_reconnect = ok.load(Ordering::SeqCst);
-    wait_until(WAIT, "traffic after the reconnect", || async {
-        (ok.load(Ordering::SeqCst) > after_reconnect + 50).then_some(())
-    })
-    .await;
+    wait_until(WAIT, "traffic after the reconnect", || async { (ok.load(Ordering::SeqCst) > after_reconnect + 50).then_some(()) }).await;
     stop.store(true, Ordering::SeqCst);
     let failures = traffic.await.unwrap();
     assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(5)]);

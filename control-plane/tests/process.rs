@@ -15,9 +15,17 @@ fn help_documents_every_option_with_its_env_var() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for var in [
-        "ROOST_XDS_BIND", "ROOST_ADMIN_BIND", "ROOST_LISTENER_ADDRESS", "ROOST_LISTENER_PORT",
-        "ROOST_CONNECT_TIMEOUT_MS", "ROOST_RETRIES", "ROOST_REDIS_URL", "ROOST_REDIS_STARTUP_TIMEOUT_S",
-        "ROOST_MIN_ENVOYS", "ROOST_SYNC_TIMEOUT_MS", "ROOST_LOG_FORMAT",
+        "ROOST_XDS_BIND",
+        "ROOST_ADMIN_BIND",
+        "ROOST_LISTENER_ADDRESS",
+        "ROOST_LISTENER_PORT",
+        "ROOST_CONNECT_TIMEOUT_MS",
+        "ROOST_RETRIES",
+        "ROOST_REDIS_URL",
+        "ROOST_REDIS_STARTUP_TIMEOUT_S",
+        "ROOST_MIN_ENVOYS",
+        "ROOST_SYNC_TIMEOUT_MS",
+        "ROOST_LOG_FORMAT",
     ] {
         assert!(help.contains(var), "--help lacks {var}:\n{help}");
     }
@@ -32,11 +40,7 @@ fn bad_configuration_exits_with_a_clear_error() {
 
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = port.local_addr().unwrap();
-    let out = Command::new(BIN)
-        .env("ROOST_XDS_BIND", taken.to_string())
-        .env("ROOST_ADMIN_BIND", "127.0.0.1:0")
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).env("ROOST_XDS_BIND", taken.to_string()).env("ROOST_ADMIN_BIND", "127.0.0.1:0").output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen on") && err.contains("ROOST_XDS_BIND"), "{err}");

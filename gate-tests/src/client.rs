@@ -35,19 +35,10 @@ pub async fn get(port: u16, path: &str) -> Result<Response, String> {
 }
 
 /// Sends one request and reads the whole answer.
-pub async fn request(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Body<'_>,
-) -> Result<Response, String> {
+pub async fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: Body<'_>) -> Result<Response, String> {
     let fut = async {
-        let mut s = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
-        let mut head =
-            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
         match body {
             Body::None => {}
             Body::Fixed(b) => head.push_str(&format!("Content-Length: {}\r\n", b.len())),
@@ -79,42 +70,26 @@ pub async fn request(
         }
         parse_response(&buf)
     };
-    tokio::time::timeout(DEADLINE, fut)
-        .await
-        .map_err(|_| format!("{method} {path} on port {port}: no answer in {DEADLINE:?}"))?
+    tokio::time::timeout(DEADLINE, fut).await.map_err(|_| format!("{method} {path} on port {port}: no answer in {DEADLINE:?}"))?
 }
 
 /// Opens a connection and sends a GET without reading the answer: a client that will
 /// hang up (drop the stream) while the gate holds its request.
 pub async fn send_and_keep(port: u16, path: &str) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect to the gate");
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect to the gate");
     let head = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-    s.write_all(head.as_bytes())
-        .await
-        .expect("send a request to the gate");
+    s.write_all(head.as_bytes()).await.expect("send a request to the gate");
     s
 }
 
 /// The body of an answer as JSON, or a panic that shows it.
 pub fn json(r: &Response) -> serde_json::Value {
-    serde_json::from_str(&r.body).unwrap_or_else(|e| {
-        panic!(
-            "the body of a {} answer is not JSON ({e}): {:?}",
-            r.status, r.body
-        )
-    })
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("the body of a {} answer is not JSON ({e}): {:?}", r.status, r.body))
 }
 
 /// `X-Roost-Cold-Start` in milliseconds: `None` for `none`; panics on anything else.
 pub fn cold_start_ms(r: &Response) -> Option<u64> {
-    let v = r.header("x-roost-cold-start").unwrap_or_else(|| {
-        panic!(
-            "no X-Roost-Cold-Start in a {} answer: {:?}",
-            r.status, r.headers
-        )
-    });
+    let v = r.header("x-roost-cold-start").unwrap_or_else(|| panic!("no X-Roost-Cold-Start in a {} answer: {:?}", r.status, r.headers));
     if v == "none" {
         return None;
     }

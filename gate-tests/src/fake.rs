@@ -43,10 +43,7 @@ pub struct Seen {
 impl Seen {
     /// The first header with this (lowercase) name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -68,9 +65,7 @@ pub struct FakeEnvoy {
 impl FakeEnvoy {
     /// Starts on a free port.
     pub async fn start() -> FakeEnvoy {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the fake Envoy");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the fake Envoy");
         let port = listener.local_addr().expect("fake Envoy address").port();
         let state = Arc::new(Mutex::new(EnvoyState::default()));
         let st = state.clone();
@@ -89,11 +84,7 @@ impl FakeEnvoy {
 
     /// The next requests get these answers, in order (then [`Answer::Ok`] again).
     pub fn then_answer(&self, answers: &[Answer]) {
-        self.state
-            .lock()
-            .unwrap()
-            .script
-            .extend(answers.iter().copied());
+        self.state.lock().unwrap().script.extend(answers.iter().copied());
     }
 
     /// Every request received so far.
@@ -127,15 +118,9 @@ async fn serve(mut conn: TcpStream, state: Arc<Mutex<EnvoyState>>) {
         let mut request_line = lines.next().unwrap_or_default().split(' ');
         let method = request_line.next().unwrap_or_default().to_string();
         let path = request_line.next().unwrap_or_default().to_string();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
+        let headers: Vec<(String, String)> =
+            lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
+        let len: usize = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
         while buf.len() < end + 4 + len {
             if !read_more(&mut conn, &mut buf).await {
                 return;
@@ -143,20 +128,10 @@ async fn serve(mut conn: TcpStream, state: Arc<Mutex<EnvoyState>>) {
         }
         let body = buf[end + 4..end + 4 + len].to_vec();
         buf.drain(..end + 4 + len);
-        let request_id = headers
-            .iter()
-            .find(|(k, _)| k == "x-request-id")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
+        let request_id = headers.iter().find(|(k, _)| k == "x-request-id").map(|(_, v)| v.clone()).unwrap_or_default();
         let answer = {
             let mut st = state.lock().unwrap();
-            st.seen.push(Seen {
-                method,
-                path: path.clone(),
-                headers,
-                body: body.clone(),
-                at: Instant::now(),
-            });
+            st.seen.push(Seen { method, path: path.clone(), headers, body: body.clone(), at: Instant::now() });
             st.script.pop_front().unwrap_or(Answer::Ok)
         };
         let (status, extra, body) = match answer {
@@ -165,11 +140,7 @@ async fn serve(mut conn: TcpStream, state: Arc<Mutex<EnvoyState>>) {
                 "content-type: application/json\r\nx-envoy-upstream-service-time: 1\r\n",
                 serde_json::json!({"path": path, "request_id": request_id, "body_len": body.len()}).to_string(),
             ),
-            Answer::NoHealthyUpstream => (
-                "503 Service Unavailable",
-                "content-type: text/plain\r\n",
-                "no healthy upstream".to_string(),
-            ),
+            Answer::NoHealthyUpstream => ("503 Service Unavailable", "content-type: text/plain\r\n", "no healthy upstream".to_string()),
             Answer::FunctionUnavailable => (
                 "503 Service Unavailable",
                 "content-type: application/json\r\nx-envoy-upstream-service-time: 2\r\nretry-after: 7\r\n",
@@ -181,10 +152,7 @@ async fn serve(mut conn: TcpStream, state: Arc<Mutex<EnvoyState>>) {
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow".to_string(),
             ),
         };
-        let resp = format!(
-            "HTTP/1.1 {status}\r\n{extra}server: envoy\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
+        let resp = format!("HTTP/1.1 {status}\r\n{extra}server: envoy\r\ncontent-length: {}\r\n\r\n{body}", body.len());
         if conn.write_all(resp.as_bytes()).await.is_err() {
             return;
         }
@@ -227,16 +195,9 @@ impl FakeOrchestrator {
         let mut probe = redis_util::connect(redis_port).await;
         let before = redis_util::subscribers(&mut probe, "roost:wake").await;
         let conn = redis_util::connect(redis_port).await;
-        let client =
-            redis::Client::open(format!("redis://127.0.0.1:{redis_port}/")).expect("a Redis URL");
-        let mut pubsub = client
-            .get_async_pubsub()
-            .await
-            .expect("a Redis pub/sub connection");
-        pubsub
-            .subscribe("roost:wake")
-            .await
-            .expect("SUBSCRIBE roost:wake");
+        let client = redis::Client::open(format!("redis://127.0.0.1:{redis_port}/")).expect("a Redis URL");
+        let mut pubsub = client.get_async_pubsub().await.expect("a Redis pub/sub connection");
+        pubsub.subscribe("roost:wake").await.expect("SUBSCRIBE roost:wake");
         let wakes = Arc::new(Mutex::new(Vec::new()));
         let w = wakes.clone();
         let task = tokio::spawn(async move {
@@ -253,23 +214,16 @@ impl FakeOrchestrator {
                     if behaviour == Behaviour::Answer {
                         redis_util::mark_ready(&mut c, &f).await;
                     } else {
-                        redis_util::cmd(&mut c, &["SET", &format!("roost:fn:{f}:ready"), "1"])
-                            .await;
+                        redis_util::cmd(&mut c, &["SET", &format!("roost:fn:{f}:ready"), "1"]).await;
                         redis_util::cmd(&mut c, &["DEL", &format!("roost:fn:{f}:waking")]).await;
                     }
                 });
             }
         });
-        roost_testkit::wait_until(
-            Duration::from_secs(10),
-            "the fake orchestrator's subscription",
-            || {
-                let mut probe = probe.clone();
-                async move {
-                    (redis_util::subscribers(&mut probe, "roost:wake").await > before).then_some(())
-                }
-            },
-        )
+        roost_testkit::wait_until(Duration::from_secs(10), "the fake orchestrator's subscription", || {
+            let mut probe = probe.clone();
+            async move { (redis_util::subscribers(&mut probe, "roost:wake").await > before).then_some(()) }
+        })
         .await;
         FakeOrchestrator { wakes, task }
     }

@@ -9,8 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// What a Debian machine needs for the gate (printed when it is missing).
-pub const INSTALL: &str =
-    "apt-get install nginx-light libnginx-mod-http-lua lua-nginx-redis lua-cjson lua-resty-core";
+pub const INSTALL: &str = "apt-get install nginx-light libnginx-mod-http-lua lua-nginx-redis lua-cjson lua-resty-core";
 
 /// A running gate, stopped on drop (SIGTERM, then SIGKILL after 10 s). Its prefix
 /// folder (rendered config, log) is removed unless the test failed.
@@ -56,8 +55,7 @@ impl Gate {
     /// lua-resty-redis as OpenResty ships it).
     pub async fn start(port: u16, redis_port: u16, envoy_addr: &str, env: &[(&str, &str)]) -> Gate {
         Self::check_installed();
-        let prefix =
-            std::env::temp_dir().join(format!("roost-gate-test-{}-{port}", std::process::id()));
+        let prefix = std::env::temp_dir().join(format!("roost-gate-test-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&prefix);
         std::fs::create_dir_all(&prefix).expect("create the gate's prefix folder");
         let log = std::fs::File::create(prefix.join("gate.log")).expect("create the gate's log");
@@ -79,14 +77,8 @@ impl Gate {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file"))
             .stderr(log);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the gate ({cmd:?}): {e}; {INSTALL}"));
-        let mut gate = Gate {
-            port,
-            prefix,
-            child: Some(child),
-        };
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start the gate ({cmd:?}): {e}; {INSTALL}"));
+        let mut gate = Gate { port, prefix, child: Some(child) };
         gate.wait_started().await;
         gate
     }
@@ -95,10 +87,7 @@ impl Gate {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "the gate exited ({status}) before answering; its log:\n{}",
-                    self.log()
-                );
+                panic!("the gate exited ({status}) before answering; its log:\n{}", self.log());
             }
             let last = match client::get(self.port, "/healthz").await {
                 Ok(r) if r.status == 200 => {
@@ -134,25 +123,10 @@ impl Gate {
         let log = self.log();
         let bad: Vec<&str> = log
             .lines()
-            .filter(|l| {
-                [
-                    "[error]",
-                    "[crit]",
-                    "[alert]",
-                    "[emerg]",
-                    "runtime error",
-                    "stack traceback",
-                ]
-                .iter()
-                .any(|m| l.contains(m))
-            })
+            .filter(|l| ["[error]", "[crit]", "[alert]", "[emerg]", "runtime error", "stack traceback"].iter().any(|m| l.contains(m)))
             .filter(|l| !l.contains("client intended to send too large"))
             .collect();
-        assert!(
-            bad.is_empty(),
-            "the gate logged errors:\n{}",
-            bad.join("\n")
-        );
+        assert!(bad.is_empty(), "the gate logged errors:\n{}", bad.join("\n"));
     }
 
     /// `GET /healthz` as JSON: `{"status", "workers", "subscribed", "subscriptions", "held"}`.
@@ -169,32 +143,20 @@ impl Gate {
 
     /// Waits (up to 10 s) until exactly `n` requests are held for `function`.
     pub async fn wait_held(&self, function: &str, n: u64) {
-        roost_testkit::wait_until(
-            Duration::from_secs(10),
-            &format!("{n} requests held for {function}"),
-            || async move { (self.held(function).await == n).then_some(()) },
-        )
+        roost_testkit::wait_until(Duration::from_secs(10), &format!("{n} requests held for {function}"), || async move {
+            (self.held(function).await == n).then_some(())
+        })
         .await;
     }
 
     /// GET `path`; panics if there is no answer.
     pub async fn get(&self, path: &str) -> Response {
-        client::get(self.port, path)
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        client::get(self.port, path).await.unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     /// One request; panics if there is no answer.
-    pub async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: client::Body<'_>,
-    ) -> Response {
-        client::request(self.port, method, path, headers, body)
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: client::Body<'_>) -> Response {
+        client::request(self.port, method, path, headers, body).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 }
 
@@ -202,10 +164,7 @@ impl Drop for Gate {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             if let Ok(None) = c.try_wait() {
-                let _ = Command::new("kill")
-                    .arg("-TERM")
-                    .arg(c.id().to_string())
-                    .status();
+                let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while Instant::now() < deadline {
                     if let Ok(Some(_)) = c.try_wait() {
@@ -218,10 +177,7 @@ impl Drop for Gate {
             let _ = c.wait();
         }
         if std::thread::panicking() {
-            eprintln!(
-                "the gate's prefix (config and log) is kept: {}",
-                self.prefix.display()
-            );
+            eprintln!("the gate's prefix (config and log) is kept: {}", self.prefix.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.prefix);
         }

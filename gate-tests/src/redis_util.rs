@@ -6,10 +6,7 @@ use redis::aio::MultiplexedConnection;
 /// A connection to the Redis on 127.0.0.1:`port`.
 pub async fn connect(port: u16) -> MultiplexedConnection {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("a Redis URL");
-    client
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("connect to Redis on port {port}: {e}"))
+    client.get_multiplexed_async_connection().await.unwrap_or_else(|e| panic!("connect to Redis on port {port}: {e}"))
 }
 
 /// Runs one command, panicking with it on an error.
@@ -18,10 +15,7 @@ pub async fn cmd(c: &mut MultiplexedConnection, args: &[&str]) -> redis::Value {
     for a in &args[1..] {
         command.arg(*a);
     }
-    command
-        .query_async(c)
-        .await
-        .unwrap_or_else(|e| panic!("Redis {args:?}: {e}"))
+    command.query_async(c).await.unwrap_or_else(|e| panic!("Redis {args:?}: {e}"))
 }
 
 /// Lists `function` in `roost:functions`, as the orchestrator does for a declared one.
@@ -52,10 +46,7 @@ pub async fn calls(c: &mut MultiplexedConnection, command: &str) -> u64 {
         other => panic!("INFO commandstats answered {other:?}"),
     };
     let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.split(',').next()?.parse().ok())
-        .unwrap_or(0)
+    info.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.split(',').next()?.parse().ok()).unwrap_or(0)
 }
 
 /// The subscribers of `channel`.

@@ -26,12 +26,7 @@ async fn stack(env: &[(&str, &str)]) -> Stack {
     let envoy = FakeEnvoy::start().await;
     let gate = Gate::start(free_port(), redis.port, &envoy.addr(), env).await;
     let conn = redis_util::connect(redis.port).await;
-    Stack {
-        gate,
-        redis,
-        envoy,
-        conn,
-    }
+    Stack { gate, redis, envoy, conn }
 }
 
 fn is_generated_id(id: &str) -> bool {
@@ -49,10 +44,7 @@ async fn healthz_answers_200_json() {
         let j = json(&r);
         assert_eq!(j["status"], "ok");
         assert_eq!(j["workers"], 2);
-        assert_eq!(
-            j["subscribed"], 2,
-            "each worker holds a roost:ready subscription"
-        );
+        assert_eq!(j["subscribed"], 2, "each worker holds a roost:ready subscription");
         assert_eq!(s.envoy.hits(), 0);
         s.gate.assert_clean_log();
     })
@@ -65,22 +57,13 @@ async fn unknown_function_gets_404_json() {
     bounded(TEST_LIMIT, "404", async {
         let mut s = stack(&[]).await;
         declare(&mut s.conn, "known").await;
-        for (path, name) in [
-            ("/nope", Some("nope")),
-            ("/nope/deeper?x=1", Some("nope")),
-            ("/", None),
-            ("/Upper", Some("Upper")),
-        ] {
+        for (path, name) in [("/nope", Some("nope")), ("/nope/deeper?x=1", Some("nope")), ("/", None), ("/Upper", Some("Upper"))] {
             let r = s.gate.get(path).await;
             assert_eq!(r.status, 404, "{path}: {}", r.body);
             assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
             let j = json(&r);
             if let Some(name) = name {
-                assert_eq!(
-                    j["error"],
-                    format!("no function named \"{name}\""),
-                    "{path}"
-                );
+                assert_eq!(j["error"], format!("no function named \"{name}\""), "{path}");
             }
             let id = r.header("x-request-id").expect("X-Request-Id on a 404");
             assert_eq!(j["request_id"], id);
@@ -94,22 +77,11 @@ async fn unknown_function_gets_404_json() {
         cmd(&mut s.conn, &["SET", "roost:fn:nope:ready", "1"]).await;
         let t = Instant::now();
         let port = s.gate.port;
-        wait_until(
-            Duration::from_secs(2),
-            "a newly declared function to answer",
-            || async move {
-                client::get(port, "/nope")
-                    .await
-                    .ok()
-                    .filter(|r| r.status == 200)
-            },
-        )
+        wait_until(Duration::from_secs(2), "a newly declared function to answer", || async move {
+            client::get(port, "/nope").await.ok().filter(|r| r.status == 200)
+        })
         .await;
-        assert!(
-            t.elapsed() < Duration::from_secs(1),
-            "took {:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
         s.gate.assert_clean_log();
     })
     .await;
@@ -125,10 +97,7 @@ async fn ready_function_is_proxied_with_path_query_and_request_id() {
 
         // Path and query exactly as sent; the request id kept.
         let path = "/f/a/b%20c/?x=1&y=two%2Fthree&x=2";
-        let r = s
-            .gate
-            .request("GET", path, &[("X-Request-Id", "keep-me-123")], Body::None)
-            .await;
+        let r = s.gate.request("GET", path, &[("X-Request-Id", "keep-me-123")], Body::None).await;
         assert_eq!(r.status, 200, "{}", r.body);
         let seen = s.envoy.seen();
         assert_eq!(seen.len(), 1);
@@ -142,26 +111,16 @@ async fn ready_function_is_proxied_with_path_query_and_request_id() {
         let a = s.gate.get("/f").await;
         let b = s.gate.get("/f?q").await;
         let seen = s.envoy.seen();
-        assert_eq!(
-            (seen[1].path.as_str(), seen[2].path.as_str()),
-            ("/f", "/f?q")
-        );
+        assert_eq!((seen[1].path.as_str(), seen[2].path.as_str()), ("/f", "/f?q"));
         for (r, seen) in [(&a, &seen[1]), (&b, &seen[2])] {
             assert_eq!(r.status, 200);
             let id = r.header("x-request-id").expect("a generated X-Request-Id");
             assert!(is_generated_id(id), "{id}");
-            assert_eq!(
-                seen.header("x-request-id"),
-                Some(id),
-                "Envoy gets the id the client gets"
-            );
+            assert_eq!(seen.header("x-request-id"), Some(id), "Envoy gets the id the client gets");
         }
         assert_ne!(a.header("x-request-id"), b.header("x-request-id"));
         // A malformed id (a space in it) is replaced.
-        let r = s
-            .gate
-            .request("GET", "/f", &[("X-Request-Id", "a b")], Body::None)
-            .await;
+        let r = s.gate.request("GET", "/f", &[("X-Request-Id", "a b")], Body::None).await;
         assert!(is_generated_id(r.header("x-request-id").unwrap()));
 
         // No Redis round trip per request: the cache is refreshed in the background at
@@ -175,10 +134,7 @@ async fn ready_function_is_proxied_with_path_query_and_request_id() {
         let secs = t.elapsed().as_secs_f64();
         let lookups = calls(&mut s.conn, "get").await + calls(&mut s.conn, "sismember").await;
         let bound = 2 * (secs.ceil() as u64 + 1);
-        assert!(
-            lookups <= bound,
-            "200 requests in {secs:.2} s cost {lookups} Redis lookups (bound {bound})"
-        );
+        assert!(lookups <= bound, "200 requests in {secs:.2} s cost {lookups} Redis lookups (bound {bound})");
         s.gate.assert_clean_log();
     })
     .await;
@@ -190,16 +146,10 @@ async fn fifty_concurrent_cold_requests_wake_the_function_once() {
     bounded(TEST_LIMIT, "one wake", async {
         let mut s = stack(&[]).await;
         declare(&mut s.conn, "cold").await;
-        let orch =
-            FakeOrchestrator::start(s.redis.port, Duration::from_millis(300), Behaviour::Answer)
-                .await;
+        let orch = FakeOrchestrator::start(s.redis.port, Duration::from_millis(300), Behaviour::Answer).await;
         let port = s.gate.port;
         let started = Instant::now();
-        let held: Vec<_> = (0..50)
-            .map(|i| {
-                tokio::spawn(async move { (i, client::get(port, &format!("/cold/x?i={i}")).await) })
-            })
-            .collect();
+        let held: Vec<_> = (0..50).map(|i| tokio::spawn(async move { (i, client::get(port, &format!("/cold/x?i={i}")).await) })).collect();
         let mut ids = std::collections::HashSet::new();
         let mut waits = Vec::new();
         for h in held {
@@ -207,37 +157,18 @@ async fn fifty_concurrent_cold_requests_wake_the_function_once() {
             let r = r.unwrap_or_else(|e| panic!("request {i}: {e}"));
             assert_eq!(r.status, 200, "request {i}: {}", r.body);
             assert_eq!(json(&r)["path"], format!("/cold/x?i={i}"));
-            let ms =
-                cold_start_ms(&r).unwrap_or_else(|| panic!("request {i} waited but says none"));
+            let ms = cold_start_ms(&r).unwrap_or_else(|| panic!("request {i} waited but says none"));
             waits.push(ms);
             ids.insert(r.header("x-request-id").unwrap().to_string());
         }
         let all_done = started.elapsed();
         assert_eq!(ids.len(), 50, "each request has its own id");
-        assert!(
-            waits.iter().all(|&ms| (100..2000).contains(&ms)),
-            "cold starts: {waits:?}"
-        );
-        assert!(
-            *waits.iter().max().unwrap() >= 280,
-            "the orchestrator took 300 ms: {waits:?}"
-        );
+        assert!(waits.iter().all(|&ms| (100..2000).contains(&ms)), "cold starts: {waits:?}");
+        assert!(*waits.iter().max().unwrap() >= 280, "the orchestrator took 300 ms: {waits:?}");
         // The periodic re-publish starts 2 s into a wait; all were answered before it.
-        assert!(
-            all_done < Duration::from_millis(1900),
-            "50 cold requests took {all_done:?}"
-        );
-        assert_eq!(
-            orch.wake_count(),
-            1,
-            "50 held requests, one wake: {:?}",
-            orch.wakes()
-        );
-        assert_eq!(
-            s.envoy.hits(),
-            50,
-            "no request reached Envoy before the function was ready"
-        );
+        assert!(all_done < Duration::from_millis(1900), "50 cold requests took {all_done:?}");
+        assert_eq!(orch.wake_count(), 1, "50 held requests, one wake: {:?}", orch.wakes());
+        assert_eq!(s.envoy.hits(), 50, "no request reached Envoy before the function was ready");
         assert_eq!(s.gate.held("cold").await, 0);
 
         // Ready now: served at once, no wake.
@@ -253,17 +184,11 @@ async fn fifty_concurrent_cold_requests_wake_the_function_once() {
 #[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn held_requests_over_the_cap_get_503_with_retry_after() {
     bounded(TEST_LIMIT, "cap", async {
-        let mut s = stack(&[
-            ("ROOST_GATE_MAX_HELD", "3"),
-            ("ROOST_GATE_WAKE_TIMEOUT_MS", "20000"),
-        ])
-        .await;
+        let mut s = stack(&[("ROOST_GATE_MAX_HELD", "3"), ("ROOST_GATE_WAKE_TIMEOUT_MS", "20000")]).await;
         declare(&mut s.conn, "capped").await;
         let orch = FakeOrchestrator::start(s.redis.port, Duration::ZERO, Behaviour::Mute).await;
         let port = s.gate.port;
-        let held: Vec<_> = (0..3)
-            .map(|_| tokio::spawn(async move { client::get(port, "/capped").await }))
-            .collect();
+        let held: Vec<_> = (0..3).map(|_| tokio::spawn(async move { client::get(port, "/capped").await })).collect();
         s.gate.wait_held("capped", 3).await;
 
         let r = s.gate.get("/capped").await;
@@ -271,10 +196,7 @@ async fn held_requests_over_the_cap_get_503_with_retry_after() {
         assert_eq!(r.header("retry-after"), Some("1"));
         assert_eq!(r.header("content-type"), Some("application/json"));
         let j = json(&r);
-        assert!(
-            j["error"].as_str().unwrap().contains("too many requests"),
-            "{j}"
-        );
+        assert!(j["error"].as_str().unwrap().contains("too many requests"), "{j}");
         assert_eq!(j["function"], "capped");
         assert!(r.header("x-request-id").is_some());
 
@@ -304,23 +226,12 @@ async fn a_request_held_past_the_deadline_gets_504() {
         let took = t.elapsed();
         assert_eq!(r.status, 504, "{}", r.body);
         assert_eq!(r.header("content-type"), Some("application/json"));
-        assert!(
-            took >= Duration::from_millis(800) && took < Duration::from_secs(3),
-            "answered after {took:?}"
-        );
+        assert!(took >= Duration::from_millis(800) && took < Duration::from_secs(3), "answered after {took:?}");
         let j = json(&r);
-        assert_eq!(
-            j["error"],
-            "function \"slow\" did not become ready within 800 ms"
-        );
+        assert_eq!(j["error"], "function \"slow\" did not become ready within 800 ms");
         let ms = cold_start_ms(&r).expect("the wait is reported");
         assert!((790..3000).contains(&ms), "{ms}");
-        assert_eq!(
-            orch.wake_count(),
-            1,
-            "one wake, no re-publish at the deadline: {:?}",
-            orch.wakes()
-        );
+        assert_eq!(orch.wake_count(), 1, "one wake, no re-publish at the deadline: {:?}", orch.wakes());
         assert_eq!(s.envoy.hits(), 0);
         assert_eq!(s.gate.held("slow").await, 0);
         s.gate.assert_clean_log();
@@ -336,25 +247,17 @@ async fn a_body_over_the_limit_gets_413_json() {
         declare(&mut s.conn, "up").await;
         cmd(&mut s.conn, &["SET", "roost:fn:up:ready", "1"]).await;
         declare(&mut s.conn, "asleep").await;
-        let orch =
-            FakeOrchestrator::start(s.redis.port, Duration::from_millis(50), Behaviour::Answer)
-                .await;
+        let orch = FakeOrchestrator::start(s.redis.port, Duration::from_millis(50), Behaviour::Answer).await;
         let big = vec![b'x'; 4096];
-        for (path, body) in [
-            ("/up", Body::Fixed(&big)),
-            ("/up", Body::Chunked(&big)),
-            ("/asleep", Body::Fixed(&big)),
-            ("/asleep", Body::Chunked(&big)),
-        ] {
+        for (path, body) in
+            [("/up", Body::Fixed(&big)), ("/up", Body::Chunked(&big)), ("/asleep", Body::Fixed(&big)), ("/asleep", Body::Chunked(&big))]
+        {
             let r = s.gate.request("POST", path, &[], body).await;
             assert_eq!(r.status, 413, "{path} {body:?}: {}", r.body);
             assert_eq!(r.header("content-type"), Some("application/json"));
             let j = json(&r);
             assert_eq!(j["limit"], 1024);
-            assert!(
-                j["error"].as_str().unwrap().contains("over the limit"),
-                "{j}"
-            );
+            assert!(j["error"].as_str().unwrap().contains("over the limit"), "{j}");
             assert!(r.header("x-request-id").is_some());
         }
         assert_eq!(s.envoy.hits(), 0);
@@ -362,15 +265,9 @@ async fn a_body_over_the_limit_gets_413_json() {
 
         // At the limit: through, intact.
         let ok: Vec<u8> = (0..1024u32).map(|i| b'a' + (i % 26) as u8).collect();
-        let r = s
-            .gate
-            .request("POST", "/up/in", &[], Body::Fixed(&ok))
-            .await;
+        let r = s.gate.request("POST", "/up/in", &[], Body::Fixed(&ok)).await;
         assert_eq!(r.status, 200, "{}", r.body);
-        let r = s
-            .gate
-            .request("POST", "/up/in", &[], Body::Chunked(&ok))
-            .await;
+        let r = s.gate.request("POST", "/up/in", &[], Body::Chunked(&ok)).await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(s.envoy.seen().iter().all(|seen| seen.body == ok));
         s.gate.assert_clean_log();
@@ -386,50 +283,28 @@ async fn envoys_own_503_sends_the_request_through_the_wake_path_once() {
         declare(&mut s.conn, "h").await;
         // Ready as far as the gate knows... but the replica went away in a scale-down.
         cmd(&mut s.conn, &["SET", "roost:fn:h:ready", "1"]).await;
-        let orch =
-            FakeOrchestrator::start(s.redis.port, Duration::from_millis(200), Behaviour::Answer)
-                .await;
+        let orch = FakeOrchestrator::start(s.redis.port, Duration::from_millis(200), Behaviour::Answer).await;
         s.envoy.then_answer(&[Answer::NoHealthyUpstream]);
         let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let headers = [
-            ("Content-Type", "application/octet-stream"),
-            ("X-Request-Id", "rw-1"),
-        ];
-        let r = s
-            .gate
-            .request("POST", "/h/p?q=1", &headers, Body::Fixed(&body))
-            .await;
+        let headers = [("Content-Type", "application/octet-stream"), ("X-Request-Id", "rw-1")];
+        let r = s.gate.request("POST", "/h/p?q=1", &headers, Body::Fixed(&body)).await;
         assert_eq!(r.status, 200, "{}", r.body);
         let seen = s.envoy.seen();
         assert_eq!(seen.len(), 2, "Envoy saw the request twice");
         for seen in &seen {
-            assert_eq!(
-                (seen.method.as_str(), seen.path.as_str()),
-                ("POST", "/h/p?q=1")
-            );
+            assert_eq!((seen.method.as_str(), seen.path.as_str()), ("POST", "/h/p?q=1"));
             assert_eq!(seen.header("x-request-id"), Some("rw-1"));
-            assert!(
-                seen.body == body,
-                "the body is sent again whole ({} bytes)",
-                seen.body.len()
-            );
+            assert!(seen.body == body, "the body is sent again whole ({} bytes)", seen.body.len());
         }
         assert_eq!(orch.wake_count(), 1, "the 503 woke the function once");
-        assert!(
-            seen[1].at.duration_since(seen[0].at) >= Duration::from_millis(180),
-            "sent again only once ready"
-        );
+        assert!(seen[1].at.duration_since(seen[0].at) >= Duration::from_millis(180), "sent again only once ready");
         let ms = cold_start_ms(&r).expect("the second pass waited for a cold start");
         assert!(ms >= 180, "{ms}");
         assert_eq!(r.header("x-request-id"), Some("rw-1"));
 
         // Only once: if Envoy answers 503 again, the client gets that 503.
-        s.envoy
-            .then_answer(&[Answer::NoHealthyUpstream, Answer::NoHealthyUpstream]);
-        let r = s
-            .gate
-            .request("POST", "/h/again", &[], Body::Fixed(b"{}"))
-            .await;
+        s.envoy.then_answer(&[Answer::NoHealthyUpstream, Answer::NoHealthyUpstream]);
+        let r = s.gate.request("POST", "/h/again", &[], Body::Fixed(b"{}")).await;
         assert_eq!(r.status, 503);
         assert_eq!(r.body, "no healthy upstream");
         assert_eq!(s.envoy.hits(), 4);
@@ -448,22 +323,12 @@ async fn a_functions_own_503_is_answered_and_never_sent_again() {
         declare(&mut s.conn, "busy").await;
         cmd(&mut s.conn, &["SET", "roost:fn:busy:ready", "1"]).await;
         let orch = FakeOrchestrator::start(s.redis.port, Duration::ZERO, Behaviour::Answer).await;
-        for (answer, from, retry) in [
-            (Answer::FunctionUnavailable, "function", "7"),
-            (Answer::Overloaded, "envoy (overloaded)", "1"),
-        ] {
+        for (answer, from, retry) in [(Answer::FunctionUnavailable, "function", "7"), (Answer::Overloaded, "envoy (overloaded)", "1")] {
             s.envoy.then_answer(&[answer]);
             let before = s.envoy.hits();
-            let r = s
-                .gate
-                .request("POST", "/busy", &[], Body::Fixed(b"{\"n\":1}"))
-                .await;
+            let r = s.gate.request("POST", "/busy", &[], Body::Fixed(b"{\"n\":1}")).await;
             assert_eq!(r.status, 503, "{}", r.body);
-            assert_eq!(
-                s.envoy.hits(),
-                before + 1,
-                "a POST the function may have run is not sent again"
-            );
+            assert_eq!(s.envoy.hits(), before + 1, "a POST the function may have run is not sent again");
             assert_eq!(json(&r)["from"], from);
             assert_eq!(r.header("retry-after"), Some(retry));
         }
@@ -482,9 +347,7 @@ async fn a_not_ready_notice_makes_the_next_request_wake_the_function() {
         cmd(&mut s.conn, &["SET", "roost:fn:nap:ready", "1"]).await;
         let r = s.gate.get("/nap").await;
         assert_eq!((r.status, cold_start_ms(&r)), (200, None));
-        let orch =
-            FakeOrchestrator::start(s.redis.port, Duration::from_millis(200), Behaviour::Answer)
-                .await;
+        let orch = FakeOrchestrator::start(s.redis.port, Duration::from_millis(200), Behaviour::Answer).await;
 
         // The orchestrator scales it to zero. The notice reaches each worker's subscriber
         // a moment after PUBLISH returns, so requests sent meanwhile may still pass (the
@@ -500,19 +363,12 @@ async fn a_not_ready_notice_makes_the_next_request_wake_the_function() {
                 break r;
             }
             passed += 1;
-            assert!(
-                t.elapsed() < Duration::from_millis(400),
-                "the not-ready notice was not applied ({passed} passed)"
-            );
+            assert!(t.elapsed() < Duration::from_millis(400), "the not-ready notice was not applied ({passed} passed)");
         };
         let ms = cold_start_ms(&r).unwrap();
         assert!(ms >= 150, "held until the orchestrator answered: {ms}");
         assert_eq!(orch.wake_count(), 1);
-        assert_eq!(
-            s.envoy.hits(),
-            2 + passed,
-            "nothing reached Envoy while the function slept"
-        );
+        assert_eq!(s.envoy.hits(), 2 + passed, "nothing reached Envoy while the function slept");
         s.gate.assert_clean_log();
     })
     .await;
@@ -524,16 +380,9 @@ async fn a_lost_ready_notice_is_recovered_without_held_requests_polling() {
     bounded(TEST_LIMIT, "lost notice", async {
         let mut s = stack(&[]).await;
         declare(&mut s.conn, "q").await;
-        let orch = FakeOrchestrator::start(
-            s.redis.port,
-            Duration::from_millis(100),
-            Behaviour::ReadyWithoutNotice,
-        )
-        .await;
+        let orch = FakeOrchestrator::start(s.redis.port, Duration::from_millis(100), Behaviour::ReadyWithoutNotice).await;
         let port = s.gate.port;
-        let held: Vec<_> = (0..20)
-            .map(|_| tokio::spawn(async move { client::get(port, "/q").await }))
-            .collect();
+        let held: Vec<_> = (0..20).map(|_| tokio::spawn(async move { client::get(port, "/q").await })).collect();
         s.gate.wait_held("q", 20).await;
         cmd(&mut s.conn, &["CONFIG", "RESETSTAT"]).await;
         let t = Instant::now();
@@ -542,20 +391,10 @@ async fn a_lost_ready_notice_is_recovered_without_held_requests_polling() {
             assert_eq!(r.status, 200, "{}", r.body);
         }
         let took = t.elapsed();
-        assert!(
-            took < Duration::from_secs(4),
-            "recovered after {took:?} (re-check every 2 s)"
-        );
+        assert!(took < Duration::from_secs(4), "recovered after {took:?} (re-check every 2 s)");
         let gets = calls(&mut s.conn, "get").await;
-        assert!(
-            gets <= 4,
-            "20 held requests asked Redis {gets} times in {took:?}: they must not each poll"
-        );
-        assert_eq!(
-            orch.wake_count(),
-            1,
-            "ready on the re-check: nothing published again"
-        );
+        assert!(gets <= 4, "20 held requests asked Redis {gets} times in {took:?}: they must not each poll");
+        assert_eq!(orch.wake_count(), 1, "ready on the re-check: nothing published again");
         s.gate.assert_clean_log();
     })
     .await;
@@ -569,35 +408,22 @@ async fn a_lost_wake_is_published_again_every_two_seconds() {
         declare(&mut s.conn, "w").await;
         let port = s.gate.port;
         // Nobody listens to roost:wake (the orchestrator is restarting): the wake is lost.
-        let held: Vec<_> = (0..10)
-            .map(|_| tokio::spawn(async move { client::get(port, "/w").await }))
-            .collect();
+        let held: Vec<_> = (0..10).map(|_| tokio::spawn(async move { client::get(port, "/w").await })).collect();
         s.gate.wait_held("w", 10).await;
         let t = Instant::now();
         cmd(&mut s.conn, &["CONFIG", "RESETSTAT"]).await;
-        let orch =
-            FakeOrchestrator::start(s.redis.port, Duration::from_millis(100), Behaviour::Answer)
-                .await;
+        let orch = FakeOrchestrator::start(s.redis.port, Duration::from_millis(100), Behaviour::Answer).await;
         for h in held {
             let r = h.await.unwrap().unwrap();
             assert_eq!(r.status, 200, "{}", r.body);
         }
         let took = t.elapsed();
-        assert!(
-            took < Duration::from_secs(4),
-            "answered {took:?} after the orchestrator came back"
-        );
+        assert!(took < Duration::from_secs(4), "answered {took:?} after the orchestrator came back");
         // At most one re-publish per worker and period; not one per held request.
         let wakes = orch.wake_count();
-        assert!(
-            (1..=2).contains(&wakes),
-            "{wakes} wakes re-published for 10 held requests"
-        );
+        assert!((1..=2).contains(&wakes), "{wakes} wakes re-published for 10 held requests");
         let publishes = calls(&mut s.conn, "publish").await;
-        assert!(
-            publishes <= 4,
-            "{publishes} PUBLISHes (the wakes and the ready notices)"
-        );
+        assert!(publishes <= 4, "{publishes} PUBLISHes (the wakes and the ready notices)");
         s.gate.assert_clean_log();
     })
     .await;
@@ -622,11 +448,7 @@ async fn a_client_that_hangs_up_while_held_frees_its_place() {
         mark_ready(&mut s.conn, "gone").await;
         let r = c.await.unwrap().unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
-        assert_eq!(
-            s.envoy.hits(),
-            1,
-            "the requests of the clients that left never reached Envoy"
-        );
+        assert_eq!(s.envoy.hits(), 1, "the requests of the clients that left never reached Envoy");
         s.gate.assert_clean_log();
     })
     .await;
@@ -640,30 +462,20 @@ async fn the_subscription_comes_back_after_redis_restarts() {
         let before = s.gate.healthz().await["subscriptions"].as_u64().unwrap();
         s.redis.restart().await;
         let gate = &s.gate;
-        wait_until(
-            Duration::from_secs(10),
-            "both workers to subscribe again",
-            || async move {
-                let j = gate.healthz().await;
-                (j["subscriptions"].as_u64().unwrap() >= before + 2 && j["subscribed"] == 2)
-                    .then_some(())
-            },
-        )
+        wait_until(Duration::from_secs(10), "both workers to subscribe again", || async move {
+            let j = gate.healthz().await;
+            (j["subscriptions"].as_u64().unwrap() >= before + 2 && j["subscribed"] == 2).then_some(())
+        })
         .await;
         // The new Redis is empty: declare again, and wake through the new subscription
         // (well before the 2 s re-check could stand in for it).
         let mut conn = redis_util::connect(s.redis.port).await;
         declare(&mut conn, "back").await;
-        let orch =
-            FakeOrchestrator::start(s.redis.port, Duration::from_millis(100), Behaviour::Answer)
-                .await;
+        let orch = FakeOrchestrator::start(s.redis.port, Duration::from_millis(100), Behaviour::Answer).await;
         let r = s.gate.get("/back").await;
         assert_eq!(r.status, 200, "{}", r.body);
         let ms = cold_start_ms(&r).unwrap();
-        assert!(
-            ms < 1500,
-            "woken by the notice, not by the re-check: {ms} ms"
-        );
+        assert!(ms < 1500, "woken by the notice, not by the re-check: {ms} ms");
         assert_eq!(orch.wake_count(), 1);
         s.gate.assert_clean_log();
     })
@@ -680,10 +492,7 @@ async fn an_idle_subscription_stays_up_and_a_silent_redis_is_left_for_a_new_one(
         let watch_until = Instant::now() + Duration::from_millis(1500);
         while Instant::now() < watch_until {
             let j = s.gate.healthz().await;
-            let now = (
-                j["subscriptions"].as_u64().unwrap(),
-                j["subscribed"].as_u64().unwrap(),
-            );
+            let now = (j["subscriptions"].as_u64().unwrap(), j["subscribed"].as_u64().unwrap());
             assert_eq!(now, (start, 2), "an idle subscription was dropped: {j}");
             // Samples the window (what is checked is that nothing changes in it); not a handshake.
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -691,26 +500,16 @@ async fn an_idle_subscription_stays_up_and_a_silent_redis_is_left_for_a_new_one(
         // Redis stops answering (CLIENT PAUSE): no pong, so each worker subscribes anew.
         cmd(&mut s.conn, &["CLIENT", "PAUSE", "2000", "ALL"]).await;
         let gate = &s.gate;
-        wait_until(
-            Duration::from_secs(10),
-            "both workers to subscribe again",
-            || async move {
-                let j = gate.healthz().await;
-                (j["subscriptions"].as_u64().unwrap() >= start + 2 && j["subscribed"] == 2)
-                    .then_some(())
-            },
-        )
+        wait_until(Duration::from_secs(10), "both workers to subscribe again", || async move {
+            let j = gate.healthz().await;
+            (j["subscriptions"].as_u64().unwrap() >= start + 2 && j["subscribed"] == 2).then_some(())
+        })
         .await;
         declare(&mut s.conn, "idle").await;
-        let orch =
-            FakeOrchestrator::start(s.redis.port, Duration::from_millis(100), Behaviour::Answer)
-                .await;
+        let orch = FakeOrchestrator::start(s.redis.port, Duration::from_millis(100), Behaviour::Answer).await;
         let r = s.gate.get("/idle").await;
         assert_eq!(r.status, 200, "{}", r.body);
-        assert!(
-            cold_start_ms(&r).unwrap() < 1500,
-            "woken by the notice on the new subscription"
-        );
+        assert!(cold_start_ms(&r).unwrap() < 1500, "woken by the notice on the new subscription");
         assert_eq!(orch.wake_count(), 1);
         s.gate.assert_clean_log();
     })
@@ -727,8 +526,5 @@ fn run_sh_says_what_to_install_when_nginx_is_missing() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("libnginx-mod-http-lua") && err.contains("lua-nginx-redis"),
-        "{err}"
-    );
+    assert!(err.contains("libnginx-mod-http-lua") && err.contains("lua-nginx-redis"), "{err}");
 }

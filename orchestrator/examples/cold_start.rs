@@ -58,10 +58,8 @@ async fn main() {
     let names = ["start", "readiness", "ack", "notice", "total", "first 200 via Envoy"];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for round in 0..rounds {
-        wait_until(WAIT, "hello back at zero", || async {
-            (function_status(api, "hello").await["state"] == "sleeping").then_some(())
-        })
-        .await;
+        wait_until(WAIT, "hello back at zero", || async { (function_status(api, "hello").await["state"] == "sleeping").then_some(()) })
+            .await;
         let t = Instant::now();
         let (s, body) = wake(api, "hello").await;
         assert_eq!(s, 200, "round {round}: {body}");

@@ -16,7 +16,11 @@ pub enum RuntimeKind {
 
 /// Roost's orchestrator.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "orchestrator", version, about = "Roost's orchestrator: wakes functions on demand, scales them on queueing, and puts them to sleep when idle.")]
+#[command(
+    name = "orchestrator",
+    version,
+    about = "Roost's orchestrator: wakes functions on demand, scales them on queueing, and puts them to sleep when idle."
+)]
 pub struct Config {
     /// The function definitions file (hot-reloaded on every edit).
     #[arg(long, env = env::DEFINITIONS, default_value = "faas-runtime/global-function-definition.yml")]

@@ -61,11 +61,7 @@ impl ControlPlane {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .expect("a plain HTTP client always builds");
-        ControlPlane {
-            base: base.trim_end_matches('/').to_string(),
-            http,
-            wait_ms: wait.as_millis() as u64,
-        }
+        ControlPlane { base: base.trim_end_matches('/').to_string(), http, wait_ms: wait.as_millis() as u64 }
     }
 
     /// Sends one request; the answer when it is 200, its `error` text otherwise.
@@ -83,10 +79,7 @@ impl ControlPlane {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| ControlPlaneError::Unreachable { url: self.base.clone(), source })?;
+        let resp = req.send().await.map_err(|source| ControlPlaneError::Unreachable { url: self.base.clone(), source })?;
         let status = resp.status().as_u16();
         if status == 200 {
             return Ok(resp);
@@ -143,11 +136,7 @@ impl ControlPlane {
     /// Every function the control plane knows, with its endpoint addresses.
     pub async fn functions(&self) -> Result<Vec<(String, Vec<SocketAddr>)>, ControlPlaneError> {
         let listing: Functions = self.read("/functions").await?;
-        Ok(listing
-            .functions
-            .into_iter()
-            .map(|(name, f)| (name, f.endpoints.into_iter().map(|e| e.address).collect()))
-            .collect())
+        Ok(listing.functions.into_iter().map(|(name, f)| (name, f.endpoints.into_iter().map(|e| e.address).collect())).collect())
     }
 }
 

@@ -109,8 +109,12 @@ mod tests {
 
     #[test]
     fn diff_finds_added_removed_and_changed() {
-        let a = defs("usable-functions:\n  a: {version: 1, runtime: {kind: image, image: x}}\n  b: {version: 1, runtime: {kind: image, image: x}}\n");
-        let b = defs("usable-functions:\n  b: {version: 2, runtime: {kind: image, image: x}}\n  c: {version: 1, runtime: {kind: image, image: x}}\n");
+        let a = defs(
+            "usable-functions:\n  a: {version: 1, runtime: {kind: image, image: x}}\n  b: {version: 1, runtime: {kind: image, image: x}}\n",
+        );
+        let b = defs(
+            "usable-functions:\n  b: {version: 2, runtime: {kind: image, image: x}}\n  c: {version: 1, runtime: {kind: image, image: x}}\n",
+        );
         let d = diff(&a, &b);
         assert_eq!(d.added, ["c".to_string()].into());
         assert_eq!(d.removed, ["a".to_string()].into());

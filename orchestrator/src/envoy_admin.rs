@@ -37,20 +37,14 @@ pub struct EnvoyAdmin {
 /// The `rq_active` of one host in Envoy's `/clusters` text output, if listed.
 pub fn host_rq_active(clusters: &str, cluster: &str, host: SocketAddr) -> Option<u64> {
     let prefix = format!("{cluster}::{host}::rq_active::");
-    clusters
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
+    clusters.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
 }
 
 impl EnvoyAdmin {
     /// `base` like `http://127.0.0.1:9901`; `None` when Envoy's admin API is not reachable
     /// from the orchestrator.
     pub fn new(base: Option<String>) -> EnvoyAdmin {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("a plain HTTP client always builds");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("a plain HTTP client always builds");
         EnvoyAdmin { base: base.map(|b| b.trim_end_matches('/').to_string()), http }
     }
 

@@ -9,13 +9,8 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let config = Config::parse();
     let log_format = config.log_format;
-    roost_common::service::run(
-        "orchestrator",
-        "orchestrator failed",
-        log_format,
-        |shutdown| async move {
-            start(config, shutdown).await?.wait().await
-        },
-    )
+    roost_common::service::run("orchestrator", "orchestrator failed", log_format, |shutdown| async move {
+        start(config, shutdown).await?.wait().await
+    })
     .await
 }

@@ -32,7 +32,13 @@ impl Metrics {
         let c = &self.client;
         let sent = match metric {
             Metric::ColdStart(p) => {
-                let phases = [("start", p.start_ms), ("readiness", p.readiness_ms), ("ack", p.ack_ms), ("notice", p.notice_ms), ("total", p.total_ms)];
+                let phases = [
+                    ("start", p.start_ms),
+                    ("readiness", p.readiness_ms),
+                    ("ack", p.ack_ms),
+                    ("notice", p.notice_ms),
+                    ("total", p.total_ms),
+                ];
                 let mut r = c.incr_with_tags("cold_starts").with_tag("function", function).try_send().map(drop);
                 for (phase, v) in phases {
                     let key = format!("cold_start.{phase}");

@@ -37,11 +37,7 @@ impl Load {
     /// Reads the fields of the load hash; absent or unreadable fields count as zero.
     pub fn from_hash(h: &HashMap<String, String>) -> Load {
         let l = LoadHash::from_fields(h);
-        Load {
-            in_flight: l.in_flight as u64,
-            pending: l.pending as u64,
-            last_request_ms: Some(l.last_request_ms).filter(|v| *v > 0),
-        }
+        Load { in_flight: l.in_flight as u64, pending: l.pending as u64, last_request_ms: Some(l.last_request_ms).filter(|v| *v > 0) }
     }
 }
 
@@ -93,13 +89,7 @@ impl RedisIo {
     pub async fn clear_ready(&self, function: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         let msg = ReadyNotice { function: function.to_string(), ready: false }.to_payload();
-        redis::pipe()
-            .del(keys::ready(function))
-            .ignore()
-            .publish(keys::READY_CHANNEL, msg)
-            .ignore()
-            .query_async(&mut c)
-            .await
+        redis::pipe().del(keys::ready(function)).ignore().publish(keys::READY_CHANNEL, msg).ignore().query_async(&mut c).await
     }
 
     /// The function's load; zero when the statsd-listener has written none.

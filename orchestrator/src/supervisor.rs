@@ -172,7 +172,14 @@ pub struct Options {
 
 /// Runs until `shutdown`, then stops every replica (bounded by `drain_limit`). `ready` is
 /// set once the supervisor serves requests (for `/healthz`).
-pub async fn run(ctx: Arc<Ctx>, initial: Reading, mut inputs: Inputs, opts: Options, ready: Arc<AtomicBool>, shutdown: CancellationToken) -> Result<(), SupervisorError> {
+pub async fn run(
+    ctx: Arc<Ctx>,
+    initial: Reading,
+    mut inputs: Inputs,
+    opts: Options,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) -> Result<(), SupervisorError> {
     let mut defs = Definitions::new();
     let mut defs_error = None;
     match initial {

@@ -70,7 +70,8 @@ async fn container_is_built_started_hardened_probed_and_stopped() {
     let spec = hello();
     rt.prepare(&spec, "testhash0001").await.expect("image builds");
     let replica = rt.start(&spec, "testhash0001", "hello-test-a").await.expect("container starts");
-    let ready = roost_orchestrator::probe::until_ready(replica.address, "/healthz", Duration::from_millis(10), Duration::from_secs(20)).await;
+    let ready =
+        roost_orchestrator::probe::until_ready(replica.address, "/healthz", Duration::from_millis(10), Duration::from_secs(20)).await;
     assert!(ready.is_some(), "the container never answered /healthz on {}", replica.address);
     // testkit's HTTP helper speaks to 127.0.0.1 only; the container is on its network.
     let body = raw_get(replica.address, "/").await;
@@ -86,7 +87,9 @@ async fn container_is_built_started_hardened_probed_and_stopped() {
     assert_eq!(listed.len(), 1, "only the started replica is listed: {listed:?}");
     assert_eq!(containers_on(&net, "paused"), 1, "list removed the paused spare");
 
-    let docker = bollard::Docker::connect_with_unix("/var/run/docker.sock", 60, &bollard::ClientVersion { major_version: 1, minor_version: 41 }).unwrap();
+    let docker =
+        bollard::Docker::connect_with_unix("/var/run/docker.sock", 60, &bollard::ClientVersion { major_version: 1, minor_version: 41 })
+            .unwrap();
     let c = docker.inspect_container(&replica.handle, None::<InspectContainerOptions>).await.unwrap();
     let host = c.host_config.unwrap();
     assert_eq!(host.readonly_rootfs, Some(true));
@@ -106,7 +109,9 @@ async fn container_is_built_started_hardened_probed_and_stopped() {
         assert!(name.starts_with("/roost-hello-spare-"), "replica {} is not the spare that was being prepared: container {name}", r.id);
     }
     assert_ne!(second.handle, replica.handle);
-    assert!(roost_orchestrator::probe::until_ready(second.address, "/healthz", Duration::from_millis(10), Duration::from_secs(20)).await.is_some());
+    assert!(roost_orchestrator::probe::until_ready(second.address, "/healthz", Duration::from_millis(10), Duration::from_secs(20))
+        .await
+        .is_some());
     assert!(raw_get(second.address, "/").await.contains(r#"{"Hello": "World"}"#));
 
     rt.stop(&replica, Duration::from_secs(5)).await.unwrap();
@@ -115,12 +120,19 @@ async fn container_is_built_started_hardened_probed_and_stopped() {
     // The spare after the second start is paused too; close removes it.
     wait_until(WAIT, "the next spare, paused", || async { (containers_on(&net, "paused") == 1).then_some(()) }).await;
     rt.close().await;
-    assert_eq!(containers_on(&net, "paused") + containers_on(&net, "running") + containers_on(&net, "created"), 0, "close left a container behind");
+    assert_eq!(
+        containers_on(&net, "paused") + containers_on(&net, "running") + containers_on(&net, "created"),
+        0,
+        "close left a container behind"
+    );
 }
 
 /// How many containers of the test's network are in `status` (paused, running, ...).
 fn containers_on(net: &str, status: &str) -> usize {
-    let out = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=roost.network={net}"), "--filter", &format!("status={status}")]).output().unwrap();
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=roost.network={net}"), "--filter", &format!("status={status}")])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).split_whitespace().count()
 }
 
@@ -142,10 +154,18 @@ async fn a_function_container_cannot_reach_redis_on_the_control_network() {
     let rt = runtime(&net).await;
     let spec = hello();
     rt.prepare(&spec, "testhash0001").await.unwrap();
-    let docker = bollard::Docker::connect_with_unix("/var/run/docker.sock", 60, &bollard::ClientVersion { major_version: 1, minor_version: 41 }).unwrap();
+    let docker =
+        bollard::Docker::connect_with_unix("/var/run/docker.sock", 60, &bollard::ClientVersion { major_version: 1, minor_version: 41 })
+            .unwrap();
     // Redis on the control side, as in compose: its own network, which Envoy and the
     // orchestrator share but functions do not.
-    let _ = docker.create_network(bollard::models::NetworkCreateRequest { name: control.clone(), driver: Some("bridge".into()), ..Default::default() }).await;
+    let _ = docker
+        .create_network(bollard::models::NetworkCreateRequest {
+            name: control.clone(),
+            driver: Some("bridge".into()),
+            ..Default::default()
+        })
+        .await;
     let redis_name = format!("roost-test-redis-{}", std::process::id());
     let body = bollard::models::ContainerCreateBody {
         image: Some(BASE.into()),
@@ -153,13 +173,20 @@ async fn a_function_container_cannot_reach_redis_on_the_control_network() {
         host_config: Some(bollard::models::HostConfig { network_mode: Some(control.clone()), ..Default::default() }),
         ..Default::default()
     };
-    docker.create_container(Some(bollard::query_parameters::CreateContainerOptionsBuilder::default().name(&redis_name).build()), body).await.unwrap();
+    docker
+        .create_container(Some(bollard::query_parameters::CreateContainerOptionsBuilder::default().name(&redis_name).build()), body)
+        .await
+        .unwrap();
     docker.start_container(&redis_name, None::<bollard::query_parameters::StartContainerOptions>).await.unwrap();
     let cleanup = || async {
         let _ = docker.remove_container(&redis_name, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
     };
-    let redis_ip = docker.inspect_container(&redis_name, None::<InspectContainerOptions>).await.unwrap()
-        .network_settings.unwrap().networks.unwrap()[&control].ip_address.clone().unwrap();
+    let redis_ip =
+        docker.inspect_container(&redis_name, None::<InspectContainerOptions>).await.unwrap().network_settings.unwrap().networks.unwrap()
+            [&control]
+            .ip_address
+            .clone()
+            .unwrap();
     // The host reaches it (so Redis is really up)...
     wait_until(WAIT, "redis in its container answers the host", || async {
         let mut s = tokio::net::TcpStream::connect((redis_ip.as_str(), 6379)).await.ok()?;
@@ -173,12 +200,18 @@ async fn a_function_container_cannot_reach_redis_on_the_control_network() {
     // ...the function container does not.
     let replica = rt.start(&spec, "testhash0001", "hello-test-b").await.unwrap();
     let probe = format!("import socket\ntry:\n socket.create_connection(('{redis_ip}', 6379), 2)\n print('REACHED')\nexcept OSError as e:\n print('BLOCKED', e)\n");
-    let exec = docker.create_exec(&replica.handle, bollard::models::ExecConfig {
-        cmd: Some(vec!["python3".into(), "-c".into(), probe]),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        ..Default::default()
-    }).await.unwrap();
+    let exec = docker
+        .create_exec(
+            &replica.handle,
+            bollard::models::ExecConfig {
+                cmd: Some(vec!["python3".into(), "-c".into(), probe]),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let mut output = String::new();
     if let bollard::exec::StartExecResults::Attached { output: mut o, .. } = docker.start_exec(&exec.id, None).await.unwrap() {
         use futures::StreamExt;
@@ -218,7 +251,19 @@ async fn orchestrator_routes_a_container_through_envoy_and_reaps_it() {
     })
     .await;
     let ps = |status: &str| {
-        let out = std::process::Command::new("docker").args(["ps", "-q", "--filter", "label=roost.function=hello", "--filter", &format!("network={net}"), "--filter", &format!("status={status}")]).output().unwrap();
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-q",
+                "--filter",
+                "label=roost.function=hello",
+                "--filter",
+                &format!("network={net}"),
+                "--filter",
+                &format!("status={status}"),
+            ])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).split_whitespace().count()
     };
     assert_eq!(ps("running"), 0, "a container was left running");

@@ -38,7 +38,8 @@ impl FakeRuntime {
         if let Some(u) = self.live.lock().unwrap().remove(id) {
             u.stop();
         }
-        let _ = self.tx.send(RuntimeEvent::Exited { replica_id: id.into(), function: function.into(), reason: "killed by the test".into() });
+        let _ =
+            self.tx.send(RuntimeEvent::Exited { replica_id: id.into(), function: function.into(), reason: "killed by the test".into() });
     }
 }
 

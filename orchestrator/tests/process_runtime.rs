@@ -134,7 +134,10 @@ async fn hot_reload_adds_changes_and_removes_functions_and_survives_a_broken_edi
     eprintln!("edit to add ready: {:?}", t.elapsed());
 
     // A broken edit: reported, and hello keeps serving.
-    defs.write(&with_add.replace("version: 0.1\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py", "versoin: 0.1\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py"));
+    defs.write(&with_add.replace(
+        "version: 0.1\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py",
+        "versoin: 0.1\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py",
+    ));
     wait_until(WAIT, "the broken edit reported", || async {
         let s = status(api).await;
         s["definitions_error"].as_str().filter(|e| e.contains("versoin")).map(|_| ())
@@ -152,18 +155,29 @@ async fn hot_reload_adds_changes_and_removes_functions_and_survives_a_broken_edi
         tokio::spawn(async move {
             let mut errors = Vec::new();
             for _ in 0..10_000 {
-                if s.load(Ordering::SeqCst) { break }
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
                 match roost_testkit::http::get(port, "/hello").await {
-                    Ok(r) if r.status == 200 => { k.fetch_add(1, Ordering::SeqCst); }
-                    other => { f.fetch_add(1, Ordering::SeqCst); errors.push(format!("{other:?}")); }
+                    Ok(r) if r.status == 200 => {
+                        k.fetch_add(1, Ordering::SeqCst);
+                    }
+                    other => {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        errors.push(format!("{other:?}"));
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             errors
         })
     };
-    let before: Vec<String> = function_status(api, "hello").await["replicas"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
-    defs.write(&with_add.replace("version: 0.1\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py", "version: 0.2\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py"));
+    let before: Vec<String> =
+        function_status(api, "hello").await["replicas"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    defs.write(&with_add.replace(
+        "version: 0.1\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py",
+        "version: 0.2\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py",
+    ));
     wait_until(WAIT, "hello rolled over to 0.2", || async {
         let f = function_status(api, "hello").await;
         let reps = f["replicas"].as_array()?.clone();
@@ -177,7 +191,10 @@ async fn hot_reload_adds_changes_and_removes_functions_and_survives_a_broken_edi
     assert!(errors.is_empty(), "{} failed during the swap: {:?}", errors.len(), &errors[..errors.len().min(3)]);
 
     // Remove add: it drains and leaves the control plane.
-    defs.write(&HELLO.replace("version: 0.1\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py", "version: 0.2\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py"));
+    defs.write(&HELLO.replace(
+        "version: 0.1\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py",
+        "version: 0.2\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py",
+    ));
     wait_until(WAIT, "add removed from the control plane", || async {
         let r = roost_testkit::http::get(b.cp.admin_addr.port(), "/functions/add").await.ok()?;
         (r.status == 404).then_some(())
@@ -199,7 +216,9 @@ async fn a_crashed_replica_loses_its_endpoint_and_the_next_wake_replaces_it() {
     assert_eq!(wake(api, "hello").await.0, 200);
     let f = function_status(api, "hello").await;
     let addr = f["replicas"][0]["address"].as_str().unwrap().to_string();
-    let pid: i32 = std::fs::read_dir(state_dir("crash")).unwrap().flatten()
+    let pid: i32 = std::fs::read_dir(state_dir("crash"))
+        .unwrap()
+        .flatten()
         .find_map(|e| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(e.path()).ok()?).ok())
         .and_then(|v| v["handle"].as_str()?.parse().ok())
         .expect("a replica state file");
@@ -289,8 +308,12 @@ fn replica_pid(state: &std::path::Path, function: &str) -> i32 {
     std::fs::read_dir(state)
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{function}-")) && e.path().extension().is_some_and(|x| x == "json"))
-        .find_map(|e| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(e.path()).ok()?).ok()?["handle"].as_str()?.parse().ok())
+        .filter(|e| {
+            e.file_name().to_string_lossy().starts_with(&format!("{function}-")) && e.path().extension().is_some_and(|x| x == "json")
+        })
+        .find_map(|e| {
+            serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(e.path()).ok()?).ok()?["handle"].as_str()?.parse().ok()
+        })
         .expect("a replica state file")
 }
 
@@ -337,5 +360,8 @@ async fn cold_starts_take_a_spare_runtime_and_the_pool_is_refilled_and_emptied_o
     stop.cancel();
     o.wait().await.expect("the orchestrator stops cleanly");
     assert_eq!(spares_in(&state), Vec::<i32>::new(), "no spare outlives the orchestrator");
-    assert!(!std::fs::read_dir(&state).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("spare-")), "spare logs removed");
+    assert!(
+        !std::fs::read_dir(&state).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("spare-")),
+        "spare logs removed"
+    );
 }

@@ -51,7 +51,9 @@ async fn a_restarted_orchestrator_adopts_running_replicas() {
 
     // A stray: an endpoint the control plane has that no replica backs.
     let cp = b.cp.admin_addr.port();
-    let r = roost_testkit::http::request(cp, "POST", "/functions/hello/endpoints?wait=true", &[], br#"{"address":"127.0.0.1:9"}"#).await.unwrap();
+    let r = roost_testkit::http::request(cp, "POST", "/functions/hello/endpoints?wait=true", &[], br#"{"address":"127.0.0.1:9"}"#)
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
 
     first.kill(); // SIGKILL: no cleanup, replicas keep running

@@ -104,7 +104,9 @@ fn main() {
             let got = running.stats.packets.load(Ordering::Relaxed) - before;
             let lost = sent.saturating_sub(got);
             let achieved = sent as f64 / secs;
-            println!("| asked {rate}/s, sent {sent} in {secs:.2} s ({achieved:.0}/s): received {got} | {lost} lost | 0 lost at 200,000/s |");
+            println!(
+                "| asked {rate}/s, sent {sent} in {secs:.2} s ({achieved:.0}/s): received {got} | {lost} lost | 0 lost at 200,000/s |"
+            );
             if lost == 0 && achieved > best as f64 {
                 best = achieved as u64;
             }

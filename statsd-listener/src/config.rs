@@ -6,7 +6,11 @@ use std::net::SocketAddr;
 
 /// Roost's statsd listener.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "statsd-listener", version, about = "Roost's statsd listener: reads Envoy's statsd, sees queueing and idleness per function, writes the load to Redis and signals scale-ups.")]
+#[command(
+    name = "statsd-listener",
+    version,
+    about = "Roost's statsd listener: reads Envoy's statsd, sees queueing and idleness per function, writes the load to Redis and signals scale-ups."
+)]
 pub struct Config {
     /// UDP address statsd is received on (Envoy's statsd sink, Roost's own metrics).
     #[arg(long, env = env::STATSD_BIND, default_value = "0.0.0.0:8125")]

@@ -91,10 +91,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let sink = Arc::new(sink::Sink::default());
     let s = stats.clone();
     let app = axum::Router::new()
-        .route("/metrics", axum::routing::get(move || {
-            let s = s.clone();
-            async move { ([("content-type", "text/plain; version=0.0.4")], metrics::render(&s)) }
-        }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let s = s.clone();
+                async move { ([("content-type", "text/plain; version=0.0.4")], metrics::render(&s)) }
+            }),
+        )
         .route("/healthz", axum::routing::get(|| async { "ok" }));
     let http = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     info!(%udp_addr, %metrics_addr, "statsd listener receiving");

@@ -133,10 +133,7 @@ pub fn parse_line(line: &[u8]) -> Result<Metric<'_>, ParseError> {
 
 /// The non-empty lines of a datagram, each parsed.
 pub fn parse_datagram(datagram: &[u8]) -> impl Iterator<Item = Result<Metric<'_>, ParseError>> {
-    datagram
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty() && *l != b"\r")
-        .map(parse_line)
+    datagram.split(|b| *b == b'\n').filter(|l| !l.is_empty() && *l != b"\r").map(parse_line)
 }
 
 #[cfg(test)]

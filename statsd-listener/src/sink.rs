@@ -156,13 +156,8 @@ async fn write(
         let (ready, target) = (replicas.ready, replicas.target_concurrency);
         let due = last_signal.get(*f).is_none_or(|t| t.elapsed() >= SIGNAL_EVERY);
         if needs_scale_up(load, ready, target) && due {
-            let signal = ScaleSignal {
-                function: (*f).clone(),
-                pending: load.pending,
-                in_flight: load.in_flight,
-                ready,
-                target_concurrency: target,
-            };
+            let signal =
+                ScaleSignal { function: (*f).clone(), pending: load.pending, in_flight: load.in_flight, ready, target_concurrency: target };
             write.publish(keys::SCALE_CHANNEL, signal.to_payload()).ignore();
             last_signal.insert((*f).clone(), Instant::now());
             stats.scale_signals.fetch_add(1, Ordering::Relaxed);

@@ -35,8 +35,7 @@ pub fn envoy_binary() -> PathBuf {
 /// same defaults as `envoy/render-bootstrap.sh`.
 pub fn render_bootstrap(vars: &BTreeMap<&str, String>) -> String {
     let path = crate::workspace_root().join("envoy/bootstrap.yaml");
-    let mut text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let defaults = [
         ("ROOST_NODE_ID", "roost-envoy"),
         ("ROOST_ENVOY_ADMIN_ADDRESS", "127.0.0.1"),
@@ -83,13 +82,7 @@ pub struct EnvoyOptions {
 impl EnvoyOptions {
     /// Defaults for a control-plane test: delta ADS, 250 ms stats flush, no statsd reader.
     pub fn new(xds_port: u16, mode: XdsMode) -> Self {
-        EnvoyOptions {
-            xds_port,
-            mode,
-            statsd_port: None,
-            flush_interval: "0.25s".into(),
-            node_id: "test-envoy".into(),
-        }
+        EnvoyOptions { xds_port, mode, statsd_port: None, flush_interval: "0.25s".into(), node_id: "test-envoy".into() }
     }
 }
 
@@ -141,11 +134,7 @@ impl Envoy {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         );
-        let mut envoy = Envoy {
-            admin_port,
-            log_path,
-            guard,
-        };
+        let mut envoy = Envoy { admin_port, log_path, guard };
         crate::wait_until(Duration::from_secs(20), "Envoy's admin API", || async {
             crate::http::get(admin_port, "/server_info").await.ok().map(|_| ())
         })
@@ -156,9 +145,7 @@ impl Envoy {
 
     /// GET on the admin API; panics unless it answers 200.
     pub async fn admin(&self, path: &str) -> String {
-        let r = crate::http::get(self.admin_port, path)
-            .await
-            .unwrap_or_else(|e| panic!("Envoy admin {path}: {e}"));
+        let r = crate::http::get(self.admin_port, path).await.unwrap_or_else(|e| panic!("Envoy admin {path}: {e}"));
         assert_eq!(r.status, 200, "Envoy admin {path}: {}", r.body);
         r.body
     }
@@ -166,9 +153,7 @@ impl Envoy {
     /// The value of one counter or gauge from `/stats`, if present.
     pub async fn stat(&self, name: &str) -> Option<u64> {
         let body = self.admin(&format!("/stats?filter=^{}$", name.replace('.', "\\."))).await;
-        body.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .and_then(|v| v.trim().parse().ok())
+        body.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).and_then(|v| v.trim().parse().ok())
     }
 
     /// Whether `/ready` says LIVE (initial xDS fetch done).

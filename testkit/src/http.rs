@@ -22,10 +22,7 @@ pub struct Response {
 impl Response {
     /// The first header with this (lowercase) name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -54,89 +51,49 @@ pub async fn get(port: u16, path: &str) -> Result<Response, HttpError> {
 
 /// Sends one request on a fresh connection with a 10 s deadline; no proxy from the
 /// environment, no redirect followed.
-pub async fn request(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<Response, HttpError> {
-    let failed = |source| HttpError::Request {
-        method: method.to_string(),
-        path: path.to_string(),
-        port,
-        source,
-    };
+pub async fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response, HttpError> {
+    let failed = |source| HttpError::Request { method: method.to_string(), path: path.to_string(), port, source };
     // A bad method is a bug in the test itself.
-    let verb = reqwest::Method::from_bytes(method.as_bytes())
-        .unwrap_or_else(|e| panic!("invalid HTTP method {method:?}: {e}"));
+    let verb = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or_else(|e| panic!("invalid HTTP method {method:?}: {e}"));
     let client = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(failed)?;
-    let mut req = client
-        .request(verb, format!("http://127.0.0.1:{port}{path}"))
-        .body(body.to_vec());
+    let mut req = client.request(verb, format!("http://127.0.0.1:{port}{path}")).body(body.to_vec());
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     let r = req.send().await.map_err(failed)?;
     let status = r.status().as_u16();
-    let headers = r
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect();
+    let headers = r.headers().iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
     let body = r.bytes().await.map_err(failed)?;
-    Ok(Response {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    Ok(Response { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
 /// Parses a whole HTTP/1.1 response, as read to the end after the server closed the
 /// connection: the status line, the headers (names lowercased) and the body, a chunked
 /// one decoded (otherwise everything after the head, whatever Content-Length says).
 pub fn parse_response(buf: &[u8]) -> Result<Response, String> {
-    let end = find(buf, b"\r\n\r\n").ok_or_else(|| {
-        format!(
-            "answer without a complete head: {:?}",
-            String::from_utf8_lossy(buf)
-        )
-    })?;
+    let end = find(buf, b"\r\n\r\n").ok_or_else(|| format!("answer without a complete head: {:?}", String::from_utf8_lossy(buf)))?;
     let head = String::from_utf8_lossy(&buf[..end]);
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
     let raw = &buf[end + 4..];
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
     let body = if chunked { dechunk(raw) } else { raw.to_vec() };
-    Ok(Response {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    Ok(Response { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(eol) = find(raw, b"\r\n") {
         let size_text = String::from_utf8_lossy(&raw[..eol]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .unwrap_or(0);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
         raw = &raw[eol + 2..];
         if size == 0 || raw.len() < size {
             break;
@@ -206,11 +163,7 @@ impl Upstream {
                 tokio::spawn(serve_conn(conn, reply.clone(), h.clone()));
             }
         });
-        Upstream {
-            port,
-            hits,
-            task: Arc::new(task),
-        }
+        Upstream { port, hits, task: Arc::new(task) }
     }
 
     /// Requests answered so far.
@@ -289,18 +242,14 @@ mod tests {
 
     #[test]
     fn parses_a_fixed_body() {
-        let r = parse_response(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok")
-            .unwrap();
+        let r = parse_response(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok").unwrap();
         assert_eq!((r.status, r.body.as_str()), (201, "ok"));
         assert_eq!(r.header("x-a"), Some("b"));
     }
 
     #[test]
     fn decodes_a_chunked_body_whatever_the_case() {
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
-        )
-        .unwrap();
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").unwrap();
         assert_eq!(r.body, "abcde");
     }
 

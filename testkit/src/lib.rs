@@ -21,10 +21,7 @@ use std::time::{Duration, Instant};
 
 /// The workspace root (the folder holding the root `Cargo.toml`).
 pub fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("testkit lives one folder below the workspace root")
-        .to_path_buf()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit lives one folder below the workspace root").to_path_buf()
 }
 
 /// Polls `check` every 10 ms until it returns `Some`, or panics after `timeout` saying

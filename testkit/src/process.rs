@@ -35,10 +35,7 @@ impl Guard {
 
     /// Spawns `cmd`, or says why it cannot start.
     pub fn try_spawn(name: &str, cmd: &mut Command) -> std::io::Result<Guard> {
-        Ok(Guard {
-            child: Some(cmd.spawn()?),
-            name: name.to_string(),
-        })
+        Ok(Guard { child: Some(cmd.spawn()?), name: name.to_string() })
     }
 
     /// The process id, while it runs.

@@ -20,9 +20,8 @@ impl Redis {
 
     /// Starts redis-server on `port` and waits until it answers PING.
     pub async fn start_on(port: u16) -> Redis {
-        let bin = which("redis-server").unwrap_or_else(|| {
-            panic!("redis-server not found: install Debian's redis-server (bash .ci/run does)")
-        });
+        let bin =
+            which("redis-server").unwrap_or_else(|| panic!("redis-server not found: install Debian's redis-server (bash .ci/run does)"));
         let guard = Guard::spawn(
             "redis-server",
             Command::new(bin)
@@ -33,10 +32,7 @@ impl Redis {
         );
         let redis = Redis { port, guard };
         crate::wait_until(Duration::from_secs(10), "redis-server to answer PING", || async {
-            crate::http::raw_exchange(port, b"PING\r\n")
-                .await
-                .filter(|r| r.starts_with(b"+PONG"))
-                .map(|_| ())
+            crate::http::raw_exchange(port, b"PING\r\n").await.filter(|r| r.starts_with(b"+PONG")).map(|_| ())
         })
         .await;
         redis
@@ -62,10 +58,7 @@ impl Redis {
 /// Finds an executable on PATH or in /usr/sbin and /usr/bin.
 pub fn which(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/usr/bin", "/sbin"])
-        .map(|dir| std::path::Path::new(dir).join(name))
-        .find(|p| p.is_file());
+    let found =
+        path.split(':').chain(["/usr/sbin", "/usr/bin", "/sbin"]).map(|dir| std::path::Path::new(dir).join(name)).find(|p| p.is_file());
     found
 }

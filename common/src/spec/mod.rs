@@ -183,8 +183,7 @@ impl FunctionKind {
     /// source code.
     pub fn source(&self) -> Option<(&Path, &str)> {
         match self {
-            FunctionKind::Python { folder, file, .. }
-            | FunctionKind::Command { folder, file, .. } => Some((folder, file)),
+            FunctionKind::Python { folder, file, .. } | FunctionKind::Command { folder, file, .. } => Some((folder, file)),
             FunctionKind::Image { .. } => None,
         }
     }
@@ -231,12 +230,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            memory: DEFAULT_MEMORY,
-            cpu: DEFAULT_CPU,
-            pids: DEFAULT_PIDS,
-            timeout: DEFAULT_TIMEOUT,
-        }
+        Limits { memory: DEFAULT_MEMORY, cpu: DEFAULT_CPU, pids: DEFAULT_PIDS, timeout: DEFAULT_TIMEOUT }
     }
 }
 
@@ -286,11 +280,7 @@ pub struct SpecErrors(pub Vec<SpecError>);
 
 impl fmt::Display for SpecErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} problem(s) in the function definitions:",
-            self.0.len()
-        )?;
+        write!(f, "{} problem(s) in the function definitions:", self.0.len())?;
         for error in &self.0 {
             write!(f, "\n  - {error}")?;
         }
@@ -301,12 +291,8 @@ impl fmt::Display for SpecErrors {
 /// Reads the definitions file at `path` and validates it, function folders and files
 /// included (relative to the file's folder).
 pub fn load_file(path: &Path) -> Result<Definitions, SpecErrors> {
-    let yaml = std::fs::read_to_string(path).map_err(|e| {
-        SpecErrors(vec![SpecError::Read {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }])
-    })?;
+    let yaml = std::fs::read_to_string(path)
+        .map_err(|e| SpecErrors(vec![SpecError::Read { path: path.to_path_buf(), message: e.to_string() }]))?;
     let base_dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -334,10 +320,7 @@ mod tests {
     fn seed_file_loads_unchanged() {
         let dir = TempDir::new();
         let path = dir.file("global-function-definition.yml", SEED);
-        dir.file(
-            "python/functions/example/example.py",
-            "async def handle(request): ...",
-        );
+        dir.file("python/functions/example/example.py", "async def handle(request): ...");
 
         let defs = load_file(&path).unwrap();
         let spec = &defs["example-faas-name"];
@@ -383,13 +366,9 @@ mod tests {
 
     #[test]
     fn read_error() {
-        let errors = load_file(Path::new("/nonexistent/roost.yml"))
-            .unwrap_err()
-            .0;
+        let errors = load_file(Path::new("/nonexistent/roost.yml")).unwrap_err().0;
         assert!(matches!(errors[..], [SpecError::Read { .. }]));
-        assert!(errors[0]
-            .to_string()
-            .starts_with("cannot read /nonexistent/roost.yml"));
+        assert!(errors[0].to_string().starts_with("cannot read /nonexistent/roost.yml"));
     }
 
     #[test]

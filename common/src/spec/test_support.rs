@@ -65,9 +65,7 @@ pub(super) fn fields(errors: &[SpecError]) -> Vec<(String, String)> {
     errors
         .iter()
         .map(|e| match e {
-            SpecError::Field {
-                function, field, ..
-            } => (function.clone().unwrap_or_default(), field.clone()),
+            SpecError::Field { function, field, .. } => (function.clone().unwrap_or_default(), field.clone()),
             other => panic!("not a field error: {other}"),
         })
         .collect()

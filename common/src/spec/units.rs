@@ -27,9 +27,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "h" => 3_600_000,
         _ => return None,
     };
-    number
-        .checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
+    number.checked_mul(millis_per_unit).map(Duration::from_millis)
 }
 
 /// Formats a duration the way [`parse_duration`] reads it, in the largest exact unit
@@ -51,10 +49,7 @@ pub fn format_duration(d: Duration) -> String {
     format!("{ms}ms")
 }
 
-pub(super) fn serialize_duration<S: Serializer>(
-    d: &Duration,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
+pub(super) fn serialize_duration<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&format_duration(*d))
 }
 
@@ -86,28 +81,14 @@ mod tests {
         assert_eq!(parse_duration(" 2m "), Some(ms(120_000)));
         assert_eq!(parse_duration("1h"), Some(ms(3_600_000)));
         assert_eq!(parse_duration("3 S"), Some(ms(3_000)));
-        for bad in [
-            "",
-            "s",
-            "1.5s",
-            "-1s",
-            "10d",
-            "1m30s",
-            "99999999999999999999h",
-        ] {
+        for bad in ["", "s", "1.5s", "-1s", "10d", "1m30s", "99999999999999999999h"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn durations_format_back() {
-        for (d, s) in [
-            (500, "500ms"),
-            (10_000, "10s"),
-            (120_000, "2m"),
-            (7_200_000, "2h"),
-            (0, "0s"),
-        ] {
+        for (d, s) in [(500, "500ms"), (10_000, "10s"), (120_000, "2m"), (7_200_000, "2h"), (0, "0s")] {
             assert_eq!(format_duration(Duration::from_millis(d)), s);
             assert_eq!(parse_duration(s), Some(Duration::from_millis(d)));
         }

@@ -9,40 +9,19 @@ use serde_yaml::{Mapping, Value};
 
 use super::units::{parse_duration, parse_size};
 use super::{
-    Definitions, FunctionKind, FunctionSpec, Limits, Scaling, SpecError, SpecErrors,
-    COMMAND_FUNCTIONS_DIR, DEFAULT_READINESS_PATH, MAX_REPLICAS, MAX_TARGET_CONCURRENCY,
-    MIN_MEMORY, PYTHON_FUNCTIONS_DIR, TOP_LEVEL_KEY,
+    Definitions, FunctionKind, FunctionSpec, Limits, Scaling, SpecError, SpecErrors, COMMAND_FUNCTIONS_DIR, DEFAULT_READINESS_PATH,
+    MAX_REPLICAS, MAX_TARGET_CONCURRENCY, MIN_MEMORY, PYTHON_FUNCTIONS_DIR, TOP_LEVEL_KEY,
 };
 use crate::naming::{validate_function_name, MAX_FUNCTION_NAME_LEN};
 
-const FUNCTION_FIELDS: &[&str] = &[
-    "name",
-    "version",
-    "configuration",
-    "runtime",
-    "scaling",
-    "limits",
-    "env",
-    "readiness",
-];
-const CONFIGURATION_FIELDS: &[&str] = &[
-    "programing_language",
-    "base_function_file_name",
-    "function_folder",
-    "extra_dependencies",
-];
+const FUNCTION_FIELDS: &[&str] = &["name", "version", "configuration", "runtime", "scaling", "limits", "env", "readiness"];
+const CONFIGURATION_FIELDS: &[&str] = &["programing_language", "base_function_file_name", "function_folder", "extra_dependencies"];
 const RUNTIME_FIELDS: &[&str] = &["kind", "command", "image"];
-const SCALING_FIELDS: &[&str] = &[
-    "min_replicas",
-    "max_replicas",
-    "target_concurrency",
-    "idle_timeout",
-];
+const SCALING_FIELDS: &[&str] = &["min_replicas", "max_replicas", "target_concurrency", "idle_timeout"];
 const LIMITS_FIELDS: &[&str] = &["memory", "cpu", "pids", "timeout"];
 const READINESS_FIELDS: &[&str] = &["path"];
 
-const DURATION_HELP: &str =
-    "use a whole number with a unit: 500ms, 10s, 2m, 1h (a bare number means seconds)";
+const DURATION_HELP: &str = "use a whole number with a unit: 500ms, 10s, 2m, 1h (a bare number means seconds)";
 const SIZE_HELP: &str = "use bytes, or a whole number with a unit: 512k, 128m, 1g";
 
 pub(super) fn parse_inner(yaml: &str, base_dir: Option<&Path>) -> Result<Definitions, SpecErrors> {
@@ -52,10 +31,7 @@ pub(super) fn parse_inner(yaml: &str, base_dir: Option<&Path>) -> Result<Definit
 
     let mut errors = Vec::new();
     let mut definitions = Definitions::new();
-    let mut top = Check {
-        function: None,
-        errors: &mut errors,
-    };
+    let mut top = Check { function: None, errors: &mut errors };
     let functions = function_mapping(&root, &mut top);
 
     if let Some(functions) = functions {
@@ -127,26 +103,13 @@ fn function_mapping<'v>(root: &'v Value, top: &mut Check) -> Option<&'v Mapping>
 }
 
 fn field_error(key: &str, field: &str, problem: String, allowed: &str) -> SpecError {
-    SpecError::Field {
-        function: Some(key.to_string()),
-        field: field.to_string(),
-        problem,
-        allowed: allowed.to_string(),
-    }
+    SpecError::Field { function: Some(key.to_string()), field: field.to_string(), problem, allowed: allowed.to_string() }
 }
 
 /// Parses one function; `None` after reporting its errors.
-fn parse_function(
-    key: &str,
-    value: &Value,
-    base_dir: Option<&Path>,
-    errors: &mut Vec<SpecError>,
-) -> Option<FunctionSpec> {
+fn parse_function(key: &str, value: &Value, base_dir: Option<&Path>, errors: &mut Vec<SpecError>) -> Option<FunctionSpec> {
     let errors_before = errors.len();
-    let mut c = Check {
-        function: Some(key),
-        errors,
-    };
+    let mut c = Check { function: Some(key), errors };
     if !value.is_mapping() {
         c.fail(
             &join(TOP_LEVEL_KEY, key),
@@ -166,10 +129,7 @@ fn parse_function(
             let problem = if fields.get("name").is_some() {
                 format!("{name:?} is not a safe URL path segment: {}", e.reason)
             } else {
-                format!(
-                    "no name is given and the key {name:?} is not a valid name: {}",
-                    e.reason
-                )
+                format!("no name is given and the key {name:?} is not a valid name: {}", e.reason)
             };
             c.fail(
                 "name",
@@ -185,33 +145,17 @@ fn parse_function(
     let version = match fields.get("version") {
         Some((path, v)) => c.version(&path, v),
         None => {
-            c.fail(
-                "version",
-                "missing",
-                "add `version: 0.1` (a number or a string)",
-            );
+            c.fail("version", "missing", "add `version: 0.1` (a number or a string)");
             None
         }
     };
-    let runtime = c.runtime(
-        fields.get("configuration").map(|(_, v)| v),
-        fields.get("runtime").map(|(_, v)| v),
-    );
+    let runtime = c.runtime(fields.get("configuration").map(|(_, v)| v), fields.get("runtime").map(|(_, v)| v));
     if let (Some(runtime), Some(base_dir)) = (&runtime, base_dir) {
         c.source_exists(base_dir, runtime);
     }
-    let scaling = fields
-        .get("scaling")
-        .map(|(path, v)| c.scaling(&path, v))
-        .unwrap_or_default();
-    let limits = fields
-        .get("limits")
-        .map(|(path, v)| c.limits(&path, v))
-        .unwrap_or_default();
-    let env = fields
-        .get("env")
-        .map(|(path, v)| c.env(&path, v))
-        .unwrap_or_default();
+    let scaling = fields.get("scaling").map(|(path, v)| c.scaling(&path, v)).unwrap_or_default();
+    let limits = fields.get("limits").map(|(path, v)| c.limits(&path, v)).unwrap_or_default();
+    let env = fields.get("env").map(|(path, v)| c.env(&path, v)).unwrap_or_default();
     let readiness_path = match fields.get("readiness") {
         Some((path, v)) => c.readiness(&path, v),
         None => Some(DEFAULT_READINESS_PATH.to_string()),
@@ -286,17 +230,10 @@ impl Check<'_> {
     /// A mapping whose keys are among `allowed` (any key if `allowed` is empty); reports
     /// every unknown key.
     fn map<'v>(&mut self, path: &str, value: &'v Value, fields: &[&str]) -> Option<Fields<'v>> {
-        let allowed = if fields.is_empty() {
-            "write `NAME: value` lines".to_string()
-        } else {
-            format!("allowed fields here: {}", fields.join(", "))
-        };
+        let allowed =
+            if fields.is_empty() { "write `NAME: value` lines".to_string() } else { format!("allowed fields here: {}", fields.join(", ")) };
         let Value::Mapping(mapping) = value else {
-            self.fail(
-                path,
-                format!("expected a mapping, found {}", show(value)),
-                &allowed,
-            );
+            self.fail(path, format!("expected a mapping, found {}", show(value)), &allowed);
             return None;
         };
         let mut values = BTreeMap::new();
@@ -306,43 +243,26 @@ impl Check<'_> {
                     values.insert(key, value);
                 }
                 Some(key) => self.fail(&join(path, key), "unknown field", &allowed),
-                None => self.fail(
-                    path,
-                    format!("the key {} is not a string", show(key)),
-                    &allowed,
-                ),
+                None => self.fail(path, format!("the key {} is not a string", show(key)), &allowed),
             }
         }
-        Some(Fields {
-            path: path.to_string(),
-            values,
-        })
+        Some(Fields { path: path.to_string(), values })
     }
 
     fn string(&mut self, path: &str, value: &Value) -> Option<String> {
         match value {
             Value::String(s) => Some(s.clone()),
             other => {
-                self.fail(
-                    path,
-                    format!("expected a string, found {}", show(other)),
-                    "quote it",
-                );
+                self.fail(path, format!("expected a string, found {}", show(other)), "quote it");
                 None
             }
         }
     }
 
     fn uint(&mut self, path: &str, value: &Value, min: u32, max: u32) -> Option<u32> {
-        let n = value
-            .as_u64()
-            .filter(|n| (u64::from(min)..=u64::from(max)).contains(n));
+        let n = value.as_u64().filter(|n| (u64::from(min)..=u64::from(max)).contains(n));
         if n.is_none() {
-            self.fail(
-                path,
-                format!("{} is not allowed", show(value)),
-                format!("use a whole number from {min} to {max}"),
-            );
+            self.fail(path, format!("{} is not allowed", show(value)), format!("use a whole number from {min} to {max}"));
         }
         n.map(|n| n as u32)
     }
@@ -355,11 +275,7 @@ impl Check<'_> {
         }
         .filter(|d| !d.is_zero());
         if d.is_none() {
-            self.fail(
-                path,
-                format!("{} is not a duration above zero", show(value)),
-                DURATION_HELP,
-            );
+            self.fail(path, format!("{} is not a duration above zero", show(value)), DURATION_HELP);
         }
         d
     }
@@ -389,11 +305,7 @@ impl Check<'_> {
         Some(version)
     }
 
-    fn runtime(
-        &mut self,
-        configuration: Option<&Value>,
-        runtime: Option<&Value>,
-    ) -> Option<FunctionKind> {
+    fn runtime(&mut self, configuration: Option<&Value>, runtime: Option<&Value>) -> Option<FunctionKind> {
         // `runtime: <kind>`, or a mapping with the kind and its settings.
         let mut settings = None;
         let (kind_path, kind) = match runtime {
@@ -402,11 +314,7 @@ impl Check<'_> {
             Some(value) => {
                 let fields = self.map("runtime", value, RUNTIME_FIELDS)?;
                 let Some((path, v)) = fields.get("kind") else {
-                    self.fail(
-                        "runtime.kind",
-                        "missing",
-                        "add kind: python, command or image",
-                    );
+                    self.fail("runtime.kind", "missing", "add kind: python, command or image");
                     return None;
                 };
                 let kind = self.string(&path, v)?;
@@ -418,10 +326,7 @@ impl Check<'_> {
             Some(value) => Some(self.map("configuration", value, CONFIGURATION_FIELDS)?),
             None => None,
         };
-        let language = configuration
-            .as_ref()
-            .and_then(|c| c.get("programing_language"))
-            .and_then(|(path, v)| self.string(&path, v));
+        let language = configuration.as_ref().and_then(|c| c.get("programing_language")).and_then(|(path, v)| self.string(&path, v));
 
         let kind = match kind {
             Some(kind) => kind,
@@ -444,22 +349,13 @@ impl Check<'_> {
             "command" => self.command_runtime(configuration, settings, language),
             "image" => self.image(configuration, settings),
             other => {
-                self.fail(
-                    &kind_path,
-                    format!("unknown runtime kind {other:?}"),
-                    "use python, command or image",
-                );
+                self.fail(&kind_path, format!("unknown runtime kind {other:?}"), "use python, command or image");
                 None
             }
         }
     }
 
-    fn python(
-        &mut self,
-        configuration: Option<&Fields>,
-        settings: Option<&Fields>,
-        language: Option<String>,
-    ) -> Option<FunctionKind> {
+    fn python(&mut self, configuration: Option<&Fields>, settings: Option<&Fields>, language: Option<String>) -> Option<FunctionKind> {
         self.not_for_kind("python", settings, "command");
         self.not_for_kind("python", settings, "image");
         if let Some(language) = language.filter(|l| l != "python") {
@@ -471,21 +367,11 @@ impl Check<'_> {
         }
         let (folder, file) = self.source(configuration, "python")?;
         if !file.ends_with(".py") {
-            self.fail(
-                "configuration.base_function_file_name",
-                format!("{file:?} is not a Python file"),
-                "name the handler file *.py",
-            );
+            self.fail("configuration.base_function_file_name", format!("{file:?} is not a Python file"), "name the handler file *.py");
         }
-        let extra_dependencies = configuration
-            .and_then(|c| c.get("extra_dependencies"))
-            .map(|(path, v)| self.pip_packages(&path, v))
-            .unwrap_or_default();
-        Some(FunctionKind::Python {
-            folder: Path::new(PYTHON_FUNCTIONS_DIR).join(folder),
-            file,
-            extra_dependencies,
-        })
+        let extra_dependencies =
+            configuration.and_then(|c| c.get("extra_dependencies")).map(|(path, v)| self.pip_packages(&path, v)).unwrap_or_default();
+        Some(FunctionKind::Python { folder: Path::new(PYTHON_FUNCTIONS_DIR).join(folder), file, extra_dependencies })
     }
 
     fn command_runtime(
@@ -495,57 +381,29 @@ impl Check<'_> {
         language: Option<String>,
     ) -> Option<FunctionKind> {
         self.not_for_kind("command", settings, "image");
-        if let Some((path, v)) = configuration
-            .and_then(|c| c.get("extra_dependencies"))
-            .filter(|(_, v)| v.as_str() != Some(""))
-        {
-            self.fail(
-                &path,
-                format!("{} is not used by runtime command", show(v)),
-                "remove it; ship what the command needs in its folder",
-            );
+        if let Some((path, v)) = configuration.and_then(|c| c.get("extra_dependencies")).filter(|(_, v)| v.as_str() != Some("")) {
+            self.fail(&path, format!("{} is not used by runtime command", show(v)), "remove it; ship what the command needs in its folder");
         }
         let (folder, file) = self.source(configuration, "command")?;
         let command = match settings.and_then(|s| s.get("command")) {
             Some((path, v)) => self.command(&path, v)?,
             None => vec![format!("./{file}")],
         };
-        Some(FunctionKind::Command {
-            folder: Path::new(COMMAND_FUNCTIONS_DIR).join(folder),
-            file,
-            command,
-            language,
-        })
+        Some(FunctionKind::Command { folder: Path::new(COMMAND_FUNCTIONS_DIR).join(folder), file, command, language })
     }
 
-    fn image(
-        &mut self,
-        configuration: Option<&Fields>,
-        settings: Option<&Fields>,
-    ) -> Option<FunctionKind> {
+    fn image(&mut self, configuration: Option<&Fields>, settings: Option<&Fields>) -> Option<FunctionKind> {
         self.not_for_kind("image", settings, "command");
         if configuration.is_some() {
-            self.fail(
-                "configuration",
-                "is not used by runtime image",
-                "remove it; the image already holds the function",
-            );
+            self.fail("configuration", "is not used by runtime image", "remove it; the image already holds the function");
         }
         let Some((path, v)) = settings.and_then(|s| s.get("image")) else {
-            self.fail(
-                "runtime.image",
-                "missing",
-                "write `runtime: {kind: image, image: <image reference>}`",
-            );
+            self.fail("runtime.image", "missing", "write `runtime: {kind: image, image: <image reference>}`");
             return None;
         };
         let image = self.string(&path, v)?;
         if image.is_empty() || image.len() > 255 || image.contains(char::is_whitespace) {
-            self.fail(
-                &path,
-                format!("{image:?} is not an image reference"),
-                "write a reference such as my-function:1, without spaces",
-            );
+            self.fail(&path, format!("{image:?} is not an image reference"), "write a reference such as my-function:1, without spaces");
             return None;
         }
         Some(FunctionKind::Image { image })
@@ -554,11 +412,7 @@ impl Check<'_> {
     /// Reports `runtime.<field>` if it is set for a runtime `kind` that does not use it.
     fn not_for_kind(&mut self, kind: &str, settings: Option<&Fields>, field: &str) {
         if let Some((path, _)) = settings.and_then(|s| s.get(field)) {
-            self.fail(
-                &path,
-                format!("is not used by runtime {kind}"),
-                "remove it, or change runtime.kind",
-            );
+            self.fail(&path, format!("is not used by runtime {kind}"), "remove it, or change runtime.kind");
         }
     }
 
@@ -578,11 +432,7 @@ impl Check<'_> {
         let mut required = |name: &str| match configuration.get(name) {
             Some((path, v)) => self.string(&path, v).map(|s| (path, s)),
             None => {
-                self.fail(
-                    &join("configuration", name),
-                    "missing",
-                    format!("runtime {kind} needs it"),
-                );
+                self.fail(&join("configuration", name), "missing", format!("runtime {kind} needs it"));
                 None
             }
         };
@@ -592,27 +442,13 @@ impl Check<'_> {
         let (file_path, file) = file?;
         let folder_ok = !folder.is_empty()
             && Path::new(&folder).components().count() == 1
-            && matches!(
-                Path::new(&folder).components().next(),
-                Some(Component::Normal(_))
-            );
+            && matches!(Path::new(&folder).components().next(), Some(Component::Normal(_)));
         if !folder_ok {
-            self.fail(
-                &folder_path,
-                format!("{folder:?} is not a folder name"),
-                "write one folder name, without '/' or '..'",
-            );
+            self.fail(&folder_path, format!("{folder:?} is not a folder name"), "write one folder name, without '/' or '..'");
         }
-        let file_ok = !file.is_empty()
-            && Path::new(&file)
-                .components()
-                .all(|c| matches!(c, Component::Normal(_)));
+        let file_ok = !file.is_empty() && Path::new(&file).components().all(|c| matches!(c, Component::Normal(_)));
         if !file_ok {
-            self.fail(
-                &file_path,
-                format!("{file:?} is not a file inside the function folder"),
-                "write a relative path without '..'",
-            );
+            self.fail(&file_path, format!("{file:?} is not a file inside the function folder"), "write a relative path without '..'");
         }
         (folder_ok && file_ok).then_some((folder, file))
     }
@@ -662,10 +498,7 @@ impl Check<'_> {
     fn pip_packages(&mut self, path: &str, value: &Value) -> Vec<String> {
         let packages = self.words(path, value, "pip packages").unwrap_or_default();
         for package in &packages {
-            if package.is_empty()
-                || package.starts_with('-')
-                || package.contains(char::is_whitespace)
-            {
+            if package.is_empty() || package.starts_with('-') || package.contains(char::is_whitespace) {
                 self.fail(
                     path,
                     format!("{package:?} is not a pip package"),
@@ -679,11 +512,7 @@ impl Check<'_> {
     fn command(&mut self, path: &str, value: &Value) -> Option<Vec<String>> {
         let command = self.words(path, value, "program and its arguments")?;
         if command.first().is_none_or(|program| program.is_empty()) {
-            self.fail(
-                path,
-                "is empty",
-                "write the program and its arguments, like [sh, wc.sh]",
-            );
+            self.fail(path, "is empty", "write the program and its arguments, like [sh, wc.sh]");
             return None;
         }
         Some(command)
@@ -695,9 +524,7 @@ impl Check<'_> {
             return scaling;
         };
         if let Some((p, v)) = fields.get("min_replicas") {
-            scaling.min_replicas = self
-                .uint(&p, v, 0, MAX_REPLICAS)
-                .unwrap_or(scaling.min_replicas);
+            scaling.min_replicas = self.uint(&p, v, 0, MAX_REPLICAS).unwrap_or(scaling.min_replicas);
         }
         let mut max_ok = true;
         if let Some((p, v)) = fields.get("max_replicas") {
@@ -707,9 +534,7 @@ impl Check<'_> {
             }
         }
         if let Some((p, v)) = fields.get("target_concurrency") {
-            scaling.target_concurrency = self
-                .uint(&p, v, 1, MAX_TARGET_CONCURRENCY)
-                .unwrap_or(scaling.target_concurrency);
+            scaling.target_concurrency = self.uint(&p, v, 1, MAX_TARGET_CONCURRENCY).unwrap_or(scaling.target_concurrency);
         }
         if let Some((p, v)) = fields.get("idle_timeout") {
             scaling.idle_timeout = self.duration(&p, v).unwrap_or(scaling.idle_timeout);
@@ -717,10 +542,7 @@ impl Check<'_> {
         if max_ok && scaling.min_replicas > scaling.max_replicas {
             self.fail(
                 &join(path, "min_replicas"),
-                format!(
-                    "{} is above max_replicas ({})",
-                    scaling.min_replicas, scaling.max_replicas
-                ),
+                format!("{} is above max_replicas ({})", scaling.min_replicas, scaling.max_replicas),
                 "make min_replicas at most max_replicas",
             );
         }
@@ -741,21 +563,13 @@ impl Check<'_> {
             .filter(|&bytes| bytes >= MIN_MEMORY);
             match memory {
                 Some(memory) => limits.memory = memory,
-                None => self.fail(
-                    &p,
-                    format!("{} is not a memory size of at least 6m", show(v)),
-                    SIZE_HELP,
-                ),
+                None => self.fail(&p, format!("{} is not a memory size of at least 6m", show(v)), SIZE_HELP),
             }
         }
         if let Some((p, v)) = fields.get("cpu") {
             match v.as_f64().filter(|cpu| cpu.is_finite() && *cpu > 0.0) {
                 Some(cpu) => limits.cpu = cpu,
-                None => self.fail(
-                    &p,
-                    format!("{} is not a number of cores above zero", show(v)),
-                    "write cores as a number, like 0.5 or 2",
-                ),
+                None => self.fail(&p, format!("{} is not a number of cores above zero", show(v)), "write cores as a number, like 0.5 or 2"),
             }
         }
         if let Some((p, v)) = fields.get("pids") {
@@ -783,11 +597,7 @@ impl Check<'_> {
                     "use A-Z, a-z, 0-9 and '_', not starting with a digit",
                 );
             } else if name == "PORT" || name.starts_with("ROOST_") {
-                self.fail(
-                    &field,
-                    format!("{name} is set by Roost"),
-                    "choose another name (PORT and ROOST_* are reserved)",
-                );
+                self.fail(&field, format!("{name} is set by Roost"), "choose another name (PORT and ROOST_* are reserved)");
             }
             let value = match value {
                 Value::String(s) => s.clone(),
@@ -795,11 +605,7 @@ impl Check<'_> {
                 Value::Bool(b) => b.to_string(),
                 Value::Null => String::new(),
                 other => {
-                    self.fail(
-                        &field,
-                        format!("expected a string, found {}", show(other)),
-                        "write a string, a number or true/false",
-                    );
+                    self.fail(&field, format!("expected a string, found {}", show(other)), "write a string, a number or true/false");
                     continue;
                 }
             };
@@ -821,15 +627,9 @@ impl Check<'_> {
             other => (path.to_string(), other),
         };
         let readiness = self.string(&path, value)?;
-        let ok = readiness.starts_with('/')
-            && readiness.len() <= 1024
-            && readiness.chars().all(|c| c.is_ascii_graphic());
+        let ok = readiness.starts_with('/') && readiness.len() <= 1024 && readiness.chars().all(|c| c.is_ascii_graphic());
         if !ok {
-            self.fail(
-                &path,
-                format!("{readiness:?} is not an HTTP path"),
-                "write a path starting with '/', without spaces, like /healthz",
-            );
+            self.fail(&path, format!("{readiness:?} is not an HTTP path"), "write a path starting with '/', without spaces, like /healthz");
             return None;
         }
         Some(readiness)
@@ -839,9 +639,7 @@ impl Check<'_> {
 fn is_image_tag(tag: &str) -> bool {
     tag.len() <= 128
         && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-        && tag
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 #[cfg(test)]
@@ -855,10 +653,7 @@ mod tests {
         assert_eq!(defs["hello"].name, "hello");
         assert_eq!(defs["hello"].version, "1");
         let yaml = SEED.replace("version: 0.1", "version: \"2.0.1-beta\"");
-        assert_eq!(
-            parse(&yaml).unwrap()["example-faas-name"].version,
-            "2.0.1-beta"
-        );
+        assert_eq!(parse(&yaml).unwrap()["example-faas-name"].version, "2.0.1-beta");
     }
 
     #[test]
@@ -874,22 +669,9 @@ mod tests {
         let spec = &parse(&yaml).unwrap()["hello"];
         assert_eq!(
             spec.scaling,
-            Scaling {
-                min_replicas: 1,
-                max_replicas: 3,
-                target_concurrency: 4,
-                idle_timeout: Duration::from_secs(120),
-            }
+            Scaling { min_replicas: 1, max_replicas: 3, target_concurrency: 4, idle_timeout: Duration::from_secs(120) }
         );
-        assert_eq!(
-            spec.limits,
-            Limits {
-                memory: 1024 * 1024 * 1024,
-                cpu: 0.5,
-                pids: 32,
-                timeout: Duration::from_millis(500),
-            }
-        );
+        assert_eq!(spec.limits, Limits { memory: 1024 * 1024 * 1024, cpu: 0.5, pids: 32, timeout: Duration::from_millis(500) });
         assert_eq!(spec.env["GREETING"], "hi");
         assert_eq!(spec.env["COUNT"], "3");
         assert_eq!(spec.env["DEBUG"], "true");
@@ -912,14 +694,8 @@ mod tests {
 
     #[test]
     fn extra_dependencies_as_string_or_list() {
-        let yaml = SEED.replace(
-            r#"extra_dependencies: """#,
-            "extra_dependencies: \"numpy requests==2.32.3\"",
-        );
-        let FunctionKind::Python {
-            extra_dependencies, ..
-        } = &parse(&yaml).unwrap()["example-faas-name"].runtime
-        else {
+        let yaml = SEED.replace(r#"extra_dependencies: """#, "extra_dependencies: \"numpy requests==2.32.3\"");
+        let FunctionKind::Python { extra_dependencies, .. } = &parse(&yaml).unwrap()["example-faas-name"].runtime else {
             panic!("not python");
         };
         assert_eq!(extra_dependencies, &["numpy", "requests==2.32.3"]);
@@ -929,10 +705,7 @@ mod tests {
 
     #[test]
     fn pip_options_are_rejected() {
-        let yaml = SEED.replace(
-            r#"extra_dependencies: """#,
-            r#"extra_dependencies: "--index-url http://evil x""#,
-        );
+        let yaml = SEED.replace(r#"extra_dependencies: """#, r#"extra_dependencies: "--index-url http://evil x""#);
         let (_, field, message) = one_error(&yaml);
         assert_eq!(field, "configuration.extra_dependencies");
         assert!(message.contains("pip options"), "{message}");
@@ -965,43 +738,25 @@ mod tests {
 
     #[test]
     fn image_runtime() {
-        let yaml =
-            "usable-functions:\n  web:\n    version: 1\n    runtime:\n      kind: image\n      \
+        let yaml = "usable-functions:\n  web:\n    version: 1\n    runtime:\n      kind: image\n      \
                     image: my-web:1\n";
-        assert_eq!(
-            parse(yaml).unwrap()["web"].runtime,
-            FunctionKind::Image {
-                image: "my-web:1".into()
-            }
-        );
+        assert_eq!(parse(yaml).unwrap()["web"].runtime, FunctionKind::Image { image: "my-web:1".into() });
     }
 
     #[test]
     fn image_runtime_needs_an_image_and_no_configuration() {
         let yaml = with_functions(&[python_fn("web", "    runtime: image\n")]);
         let errors = errors(&yaml);
-        assert_eq!(
-            fields(&errors),
-            [
-                ("web".into(), "configuration".into()),
-                ("web".into(), "runtime.image".into())
-            ]
-        );
+        assert_eq!(fields(&errors), [("web".into(), "configuration".into()), ("web".into(), "runtime.image".into())]);
     }
 
     #[test]
     fn unknown_fields_everywhere_are_all_reported() {
         let yaml = format!(
             "extra: 1\n{}",
-            with_functions(&[python_fn(
-                "hello",
-                "    colour: red\n    scaling:\n      max: 3\n    limits:\n      disk: 1g\n",
-            )])
+            with_functions(&[python_fn("hello", "    colour: red\n    scaling:\n      max: 3\n    limits:\n      disk: 1g\n",)])
         );
-        let yaml = yaml.replace(
-            "function_folder: hello",
-            "function_folder: hello\n      lang: x",
-        );
+        let yaml = yaml.replace("function_folder: hello", "function_folder: hello\n      lang: x");
         let errors = errors(&yaml);
         assert_eq!(
             fields(&errors),
@@ -1020,16 +775,10 @@ mod tests {
 
     #[test]
     fn duplicate_name() {
-        let yaml = with_functions(&[
-            python_fn("a", "    name: same\n"),
-            python_fn("b", "    name: same\n"),
-        ]);
+        let yaml = with_functions(&[python_fn("a", "    name: same\n"), python_fn("b", "    name: same\n")]);
         let (function, field, message) = one_error(&yaml);
         assert_eq!((function.as_str(), field.as_str()), ("b", "name"));
-        assert!(
-            message.contains("already the name of function \"a\""),
-            "{message}"
-        );
+        assert!(message.contains("already the name of function \"a\""), "{message}");
     }
 
     #[test]
@@ -1059,10 +808,7 @@ mod tests {
     #[test]
     fn replica_errors() {
         let cases = [
-            (
-                "min_replicas: 3\n      max_replicas: 2",
-                "scaling.min_replicas",
-            ),
+            ("min_replicas: 3\n      max_replicas: 2", "scaling.min_replicas"),
             ("max_replicas: 0", "scaling.max_replicas"),
             ("max_replicas: 1001", "scaling.max_replicas"),
             ("min_replicas: -1", "scaling.min_replicas"),
@@ -1074,8 +820,7 @@ mod tests {
             ("idle_timeout: 10 days", "scaling.idle_timeout"),
         ];
         for (scaling, expected) in cases {
-            let yaml =
-                with_functions(&[python_fn("f", &format!("    scaling:\n      {scaling}\n"))]);
+            let yaml = with_functions(&[python_fn("f", &format!("    scaling:\n      {scaling}\n"))]);
             let (_, field, message) = one_error(&yaml);
             assert_eq!(field, expected, "{scaling}");
             assert!(message.starts_with("function \"f\": "), "{message}");
@@ -1101,10 +846,7 @@ mod tests {
 
     #[test]
     fn env_errors() {
-        let yaml = with_functions(&[python_fn(
-            "f",
-            "    env:\n      PORT: 1\n      ROOST_X: 1\n      1BAD: 1\n      LIST: [1]\n",
-        )]);
+        let yaml = with_functions(&[python_fn("f", "    env:\n      PORT: 1\n      ROOST_X: 1\n      1BAD: 1\n      LIST: [1]\n")]);
         let errors = errors(&yaml);
         let mut got: Vec<_> = fields(&errors).into_iter().map(|(_, f)| f).collect();
         got.sort();
@@ -1137,16 +879,10 @@ mod tests {
         let yaml = with_functions(&[python_fn("f", "    runtime:\n      image: x\n")]);
         assert_eq!(one_error(&yaml).1, "runtime.kind");
 
-        let yaml = with_functions(&[python_fn(
-            "f",
-            "    runtime:\n      kind: python\n      image: x\n",
-        )]);
+        let yaml = with_functions(&[python_fn("f", "    runtime:\n      kind: python\n      image: x\n")]);
         assert_eq!(one_error(&yaml).1, "runtime.image");
 
-        let yaml = with_functions(&[python_fn(
-            "f",
-            "    runtime:\n      kind: command\n      command: []\n",
-        )]);
+        let yaml = with_functions(&[python_fn("f", "    runtime:\n      kind: command\n      command: []\n")]);
         assert_eq!(one_error(&yaml).1, "runtime.command");
     }
 
@@ -1154,10 +890,7 @@ mod tests {
     fn python_needs_a_python_file_and_a_plain_folder() {
         let yaml = SEED.replace("example.py", "example.rb");
         assert_eq!(one_error(&yaml).1, "configuration.base_function_file_name");
-        let yaml = SEED.replace(
-            "function_folder: \"example\"",
-            "function_folder: \"../etc\"",
-        );
+        let yaml = SEED.replace("function_folder: \"example\"", "function_folder: \"../etc\"");
         assert_eq!(one_error(&yaml).1, "configuration.function_folder");
         let yaml = SEED.replace("example.py", "/etc/passwd.py");
         assert_eq!(one_error(&yaml).1, "configuration.base_function_file_name");
@@ -1177,17 +910,10 @@ mod tests {
             fields(&errors),
             [
                 ("no-folder".into(), "configuration.function_folder".into()),
-                (
-                    "has-folder".into(),
-                    "configuration.base_function_file_name".into()
-                ),
+                ("has-folder".into(), "configuration.base_function_file_name".into()),
             ]
         );
-        assert!(
-            errors[0].to_string().contains("does not exist"),
-            "{}",
-            errors[0]
-        );
+        assert!(errors[0].to_string().contains("does not exist"), "{}", errors[0]);
 
         dir.file("python/functions/has-folder/main.py", "");
         dir.file("python/functions/no-folder/main.py", "");
@@ -1197,10 +923,7 @@ mod tests {
     #[test]
     fn all_errors_are_reported_at_once() {
         let yaml = with_functions(&[
-            python_fn(
-                "a",
-                "    scaling:\n      max_replicas: 0\n      target_concurrency: 0\n",
-            ),
+            python_fn("a", "    scaling:\n      max_replicas: 0\n      target_concurrency: 0\n"),
             python_fn("b", "    limits:\n      memory: lots\n    unknown: 1\n"),
             python_fn("c", ""),
         ]);
@@ -1219,10 +942,7 @@ mod tests {
 
     #[test]
     fn messages_say_what_to_do() {
-        let yaml = with_functions(&[python_fn(
-            "f",
-            "    colour: red\n    scaling:\n      min_replicas: 4\n      max_replicas: 2\n",
-        )]);
+        let yaml = with_functions(&[python_fn("f", "    colour: red\n    scaling:\n      min_replicas: 4\n      max_replicas: 2\n")]);
         assert_eq!(
             parse(&yaml).unwrap_err().to_string(),
             "2 problem(s) in the function definitions:\n  \
@@ -1237,19 +957,10 @@ mod tests {
     fn file_level_errors() {
         assert_eq!(one_error("").1, "usable-functions");
         assert!(one_error("").2.contains("empty"));
-        assert_eq!(
-            fields(&errors("other: 1\n")),
-            [
-                ("".into(), "other".into()),
-                ("".into(), "usable-functions".into())
-            ]
-        );
+        assert_eq!(fields(&errors("other: 1\n")), [("".into(), "other".into()), ("".into(), "usable-functions".into())]);
         assert_eq!(one_error("[1, 2]\n").1, "usable-functions");
         assert_eq!(one_error("usable-functions: 3\n").1, "usable-functions");
-        assert_eq!(
-            one_error("usable-functions:\n  f:\n").1,
-            "usable-functions.f"
-        );
+        assert_eq!(one_error("usable-functions:\n  f:\n").1, "usable-functions.f");
         assert!(parse("usable-functions:\n").unwrap().is_empty());
         assert!(parse("usable-functions: {}\n").unwrap().is_empty());
     }
@@ -1257,23 +968,16 @@ mod tests {
     #[test]
     fn yaml_errors() {
         let errors = errors("usable-functions:\n  a: [\n");
-        assert!(
-            matches!(errors[..], [SpecError::Syntax { .. }]),
-            "{errors:?}"
-        );
+        assert!(matches!(errors[..], [SpecError::Syntax { .. }]), "{errors:?}");
         let yaml = with_functions(&[python_fn("a", ""), python_fn("a", "")]);
         let errors = self::errors(&yaml);
-        assert!(
-            matches!(errors[..], [SpecError::Syntax { .. }]),
-            "{errors:?}"
-        );
+        assert!(matches!(errors[..], [SpecError::Syntax { .. }]), "{errors:?}");
         assert!(errors[0].to_string().contains("duplicate"), "{}", errors[0]);
     }
 
     #[test]
     fn merge_keys_share_settings() {
-        let yaml =
-            "usable-functions:\n  a:\n    version: 1\n    runtime: {kind: image, image: a}\n    \
+        let yaml = "usable-functions:\n  a:\n    version: 1\n    runtime: {kind: image, image: a}\n    \
                     scaling: &s {max_replicas: 2}\n  b:\n    version: 1\n    \
                     runtime: {kind: image, image: b}\n    scaling: *s\n";
         assert_eq!(parse(yaml).unwrap()["b"].scaling.max_replicas, 2);
@@ -1283,9 +987,6 @@ mod tests {
     fn bare_number_durations_are_seconds() {
         let ms = Duration::from_millis;
         let integer = with_functions(&[python_fn("f", "    scaling:\n      idle_timeout: 5\n")]);
-        assert_eq!(
-            parse(&integer).unwrap()["f"].scaling.idle_timeout,
-            ms(5_000)
-        );
+        assert_eq!(parse(&integer).unwrap()["f"].scaling.idle_timeout, ms(5_000));
     }
 }

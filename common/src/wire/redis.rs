@@ -62,11 +62,7 @@ struct Named {
 /// object with a `function` field (a [`ScaleSignal`], or a wake written by hand) works too.
 pub fn function_of_signal(payload: &str) -> Option<String> {
     let payload = payload.trim();
-    let name = if payload.starts_with('{') {
-        serde_json::from_str::<Named>(payload).ok()?.function
-    } else {
-        payload.to_string()
-    };
+    let name = if payload.starts_with('{') { serde_json::from_str::<Named>(payload).ok()?.function } else { payload.to_string() };
     validate_function_name(&name).ok()?;
     Some(name)
 }
@@ -212,7 +208,15 @@ mod tests {
 
     #[test]
     fn load_hash_reads_back_what_it_wrote() {
-        let load = LoadHash { in_flight: 3.0, pending: 2.0, last_request_ms: 1_700_000_000_000, rps: 1.5, requests_total: 9.0, none_healthy_total: 0.0, updated_ms: 1_700_000_000_001 };
+        let load = LoadHash {
+            in_flight: 3.0,
+            pending: 2.0,
+            last_request_ms: 1_700_000_000_000,
+            rps: 1.5,
+            requests_total: 9.0,
+            none_healthy_total: 0.0,
+            updated_ms: 1_700_000_000_001,
+        };
         let fields: HashMap<String, String> = load.to_fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         assert_eq!(fields["in_flight"], "3");
         assert_eq!(fields["rps"], "1.500");

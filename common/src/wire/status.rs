@@ -153,7 +153,13 @@ mod tests {
             functions: vec![FunctionStatus {
                 name: "hello".into(),
                 state: FunctionState::Ready,
-                replicas: vec![ReplicaStatus { id: "hello-1".into(), address: "127.0.0.1:9000".into(), phase: ReplicaPhase::Draining, version: "1".into(), outdated: true }],
+                replicas: vec![ReplicaStatus {
+                    id: "hello-1".into(),
+                    address: "127.0.0.1:9000".into(),
+                    phase: ReplicaPhase::Draining,
+                    version: "1".into(),
+                    outdated: true,
+                }],
                 starting: 0,
                 cold_starts: 1,
                 last_cold_start: Some(Phases { total_ms: 8.0, ..Default::default() }),

@@ -4,9 +4,7 @@
 
 use super::{StreamStatus, Types};
 use crate::resources::{Kind, Snapshot};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as XdsResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as XdsResource};
 use std::sync::Arc;
 
 /// One delta ADS stream.
@@ -45,11 +43,7 @@ impl DeltaStream {
         let st = self.types.get(kind);
         if first {
             st.wildcard = kind.is_wildcard() && req.resource_names_subscribe.is_empty();
-            st.sent = req
-                .initial_resource_versions
-                .iter()
-                .map(|(n, v)| (n.clone(), Arc::from(v.as_str())))
-                .collect();
+            st.sent = req.initial_resource_versions.iter().map(|(n, v)| (n.clone(), Arc::from(v.as_str()))).collect();
         } else if !req.response_nonce.is_empty() && !st.is_stale(&req.response_nonce) {
             let error = req.error_detail.as_ref().map(|s| s.message.clone());
             st.answer(&req.response_nonce, error);
@@ -130,11 +124,8 @@ impl DeltaStream {
     fn diff(&mut self, kind: Kind, snapshot: &Snapshot) -> Diff {
         let st = self.types.get(kind);
         let now = snapshot.of(kind);
-        let upserts = now
-            .iter()
-            .filter(|(n, r)| st.subscribed_to(n) && st.sent.get(*n) != Some(&r.version))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let upserts =
+            now.iter().filter(|(n, r)| st.subscribed_to(n) && st.sent.get(*n) != Some(&r.version)).map(|(n, _)| n.clone()).collect();
         let gone: Vec<String> = st.sent.keys().filter(|n| !now.contains_key(*n)).cloned().collect();
         let removals = if kind.is_wildcard() {
             gone
@@ -155,12 +146,7 @@ impl DeltaStream {
         for name in diff.upserts {
             let r = &now[&name];
             st.sent.insert(name.clone(), r.version.clone());
-            resources.push(XdsResource {
-                name,
-                version: r.version.to_string(),
-                resource: Some((*r.body).clone()),
-                ..Default::default()
-            });
+            resources.push(XdsResource { name, version: r.version.to_string(), resource: Some((*r.body).clone()), ..Default::default() });
         }
         for name in &diff.removals {
             st.sent.remove(name);
@@ -252,11 +238,7 @@ mod tests {
         let snap = snapshot(1, &[("a", &["127.0.0.1:1"])]);
         let mut s = DeltaStream::new();
         let mut first = req(Kind::Cluster, &[], &[], "");
-        first.initial_resource_versions = snap
-            .of(Kind::Cluster)
-            .iter()
-            .map(|(n, r)| (n.clone(), r.version.to_string()))
-            .collect();
+        first.initial_resource_versions = snap.of(Kind::Cluster).iter().map(|(n, r)| (n.clone(), r.version.to_string())).collect();
         let r = s.on_request(&first, &snap);
         assert_eq!(r.len(), 1);
         assert!(r[0].resources.is_empty() && r[0].removed_resources.is_empty());

@@ -87,11 +87,7 @@ impl TypeState {
 
     fn record_sent(&mut self, nonce: String, generation: u64, version: String) {
         self.last_nonce = nonce.clone();
-        self.pending.push_back(Pending {
-            nonce,
-            generation,
-            version,
-        });
+        self.pending.push_back(Pending { nonce, generation, version });
     }
 
     /// Envoy answered `nonce`. Returns false when no response with that nonce is
@@ -108,12 +104,7 @@ impl TypeState {
                 self.nack = None;
             }
             Some(error) => {
-                self.nack = Some(Nack {
-                    kind: self.kind.short(),
-                    generation: answered.generation,
-                    version: answered.version,
-                    error,
-                });
+                self.nack = Some(Nack { kind: self.kind.short(), generation: answered.generation, version: answered.version, error });
             }
         }
         true
@@ -141,9 +132,7 @@ impl TypeState {
         if !self.initialized {
             return 0;
         }
-        let missing = snapshot
-            .expected_names(self.kind)
-            .any(|n| !self.subscribed_to(n));
+        let missing = snapshot.expected_names(self.kind).any(|n| !self.subscribed_to(n));
         if missing || !self.pending.is_empty() {
             self.acked_generation.min(snapshot.generation.saturating_sub(1))
         } else {
@@ -211,11 +200,7 @@ struct Types {
 
 impl Types {
     fn new() -> Self {
-        Types {
-            states: Kind::ALL.map(TypeState::new),
-            next_nonce: 0,
-            node_id: String::new(),
-        }
+        Types { states: Kind::ALL.map(TypeState::new), next_nonce: 0, node_id: String::new() }
     }
 
     fn get(&mut self, kind: Kind) -> &mut TypeState {
@@ -247,20 +232,11 @@ impl Types {
         StreamStatus {
             node_id: self.node_id.clone(),
             protocol,
-            synced_generation: self
-                .states
-                .iter()
-                .map(|s| s.synced_generation(snapshot))
-                .min()
-                .unwrap_or(0),
+            synced_generation: self.states.iter().map(|s| s.synced_generation(snapshot)).min().unwrap_or(0),
             seen_generation: snapshot.generation,
             // A NACK stands until a newer response of its type is answered; while one is
             // on its way, Envoy's verdict on it is still open.
-            nack: self
-                .states
-                .iter()
-                .filter(|s| s.pending.is_empty())
-                .find_map(|s| s.nack.clone()),
+            nack: self.states.iter().filter(|s| s.pending.is_empty()).find_map(|s| s.nack.clone()),
             kinds: self.states.iter().map(TypeState::status).collect(),
         }
     }
@@ -287,11 +263,9 @@ pub(crate) mod test_support {
     pub fn snapshot(generation: u64, functions: &[(&str, &[&str])]) -> Snapshot {
         let mut m = Model::default();
         for (f, eps) in functions {
-            m.apply(&Change::PutFunction { function: (*f).into(), concurrency: None, timeout_ms: None })
-                .unwrap();
+            m.apply(&Change::PutFunction { function: (*f).into(), concurrency: None, timeout_ms: None }).unwrap();
             for e in *eps {
-                m.apply(&Change::AddEndpoint { function: (*f).into(), address: (*e).into() })
-                    .unwrap();
+                m.apply(&Change::AddEndpoint { function: (*f).into(), address: (*e).into() }).unwrap();
             }
         }
         build(&m, &BuildSettings::default(), generation)

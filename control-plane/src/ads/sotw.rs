@@ -27,10 +27,7 @@ impl Default for SotwStream {
 impl SotwStream {
     /// A new stream that has heard nothing yet.
     pub fn new() -> Self {
-        SotwStream {
-            types: Types::new(),
-            last_clusters: BTreeMap::new(),
-        }
+        SotwStream { types: Types::new(), last_clusters: BTreeMap::new() }
     }
 
     /// Handles one request from Envoy: the first request of a type gets the full state;
@@ -49,8 +46,7 @@ impl SotwStream {
         }
         let wildcard = req.resource_names.iter().any(|n| n == "*");
         st.wildcard = wildcard || (kind.is_wildcard() && req.resource_names.is_empty());
-        let names: std::collections::BTreeSet<String> =
-            req.resource_names.iter().filter(|n| *n != "*").cloned().collect();
+        let names: std::collections::BTreeSet<String> = req.resource_names.iter().filter(|n| *n != "*").cloned().collect();
         let added = !names.is_subset(&st.names);
         st.names = names;
         // Envoy asking for a name it did not watch before gets an answer, even when the
@@ -71,12 +67,7 @@ impl SotwStream {
         let mut clusters_sent = false;
         if self.types.get(Kind::Cluster).initialized {
             let now = snapshot.of(Kind::Cluster);
-            stale = self
-                .last_clusters
-                .iter()
-                .filter(|(n, _)| !now.contains_key(*n))
-                .map(|(n, r)| (n.clone(), r.clone()))
-                .collect();
+            stale = self.last_clusters.iter().filter(|(n, _)| !now.contains_key(*n)).map(|(n, r)| (n.clone(), r.clone())).collect();
             let st = self.types.get(Kind::Cluster);
             let added_or_changed = now.iter().any(|(n, r)| st.sent.get(n) != Some(&r.version));
             if added_or_changed {
@@ -92,8 +83,7 @@ impl SotwStream {
                 continue;
             }
             let content = snapshot.of(kind);
-            let same = st.sent.len() == content.len()
-                && content.iter().all(|(n, r)| st.sent.get(n) == Some(&r.version));
+            let same = st.sent.len() == content.len() && content.iter().all(|(n, r)| st.sent.get(n) == Some(&r.version));
             if same && !(kind == Kind::Endpoint && clusters_sent) {
                 st.unchanged_at(snapshot.generation);
             } else {
@@ -113,12 +103,7 @@ impl SotwStream {
         self.types.status("sotw", snapshot)
     }
 
-    fn respond(
-        &mut self,
-        kind: Kind,
-        snapshot: &Snapshot,
-        content: BTreeMap<String, Resource>,
-    ) -> DiscoveryResponse {
+    fn respond(&mut self, kind: Kind, snapshot: &Snapshot, content: BTreeMap<String, Resource>) -> DiscoveryResponse {
         let version = content_version(content.iter());
         let nonce = self.types.nonce();
         let st = self.types.get(kind);
@@ -128,13 +113,7 @@ impl SotwStream {
         if kind == Kind::Cluster {
             self.last_clusters = content;
         }
-        DiscoveryResponse {
-            version_info: version,
-            resources,
-            type_url: kind.type_url().to_string(),
-            nonce,
-            ..Default::default()
-        }
+        DiscoveryResponse { version_info: version, resources, type_url: kind.type_url().to_string(), nonce, ..Default::default() }
     }
 }
 
@@ -155,10 +134,7 @@ mod tests {
     }
 
     fn nack(kind: Kind, nonce: &str, msg: &str) -> DiscoveryRequest {
-        DiscoveryRequest {
-            error_detail: Some(Status { code: 3, message: msg.into(), details: vec![] }),
-            ..req(kind, &["fn-a"], nonce)
-        }
+        DiscoveryRequest { error_detail: Some(Status { code: 3, message: msg.into(), details: vec![] }), ..req(kind, &["fn-a"], nonce) }
     }
 
     /// Connects a stream the way Envoy does and ACKs everything; returns it synced.
@@ -244,7 +220,11 @@ mod tests {
         // that still name only fn-a.
         for r in &pushed {
             let kind = Kind::from_type_url(&r.type_url).unwrap();
-            let names: &[&str] = match kind { Kind::Endpoint => &["fn-a"], Kind::Route => &["roost_routes"], _ => &[] };
+            let names: &[&str] = match kind {
+                Kind::Endpoint => &["fn-a"],
+                Kind::Route => &["roost_routes"],
+                _ => &[],
+            };
             s.on_request(&req(kind, names, &r.nonce), &snap2);
         }
         assert_eq!(s.status(&snap2).synced_generation, 1);

@@ -508,7 +508,12 @@ impl Function {
             slot.stage = Stage::Stopping;
             fx.push(Effect::Stop { replica: replica.clone(), registered: false });
             if !ok {
-                let error = StartError::NotReady { id: replica.id, path: self.spec.readiness_path.clone(), address: replica.address, timeout: self.ready_timeout };
+                let error = StartError::NotReady {
+                    id: replica.id,
+                    path: self.spec.readiness_path.clone(),
+                    address: replica.address,
+                    timeout: self.ready_timeout,
+                };
                 self.start_failed(error, fx);
             }
             return;
@@ -622,7 +627,8 @@ impl Function {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let mut observed = Observed { ready, starting: self.starting(), in_flight: load.in_flight, pending: load.pending, idle_for, surplus_for: None };
+        let mut observed =
+            Observed { ready, starting: self.starting(), in_flight: load.in_flight, pending: load.pending, idle_for, surplus_for: None };
         let s = &self.spec.scaling;
         let floor = scaling::needed(s, &observed).max(1).max(s.min_replicas);
         if ready > floor {
@@ -639,7 +645,8 @@ impl Function {
         if decision.drain > 0 {
             // Replicas of an older definition go first, then the newest.
             let mut victims = self.outdated();
-            let mut current: Vec<(&String, &Slot)> = self.slots.iter().filter(|(id, s)| s.stage == Stage::Ready && !victims.contains(id)).collect();
+            let mut current: Vec<(&String, &Slot)> =
+                self.slots.iter().filter(|(id, s)| s.stage == Stage::Ready && !victims.contains(id)).collect();
             current.sort_by_key(|(_, s)| std::cmp::Reverse(s.since));
             victims.extend(current.into_iter().map(|(id, _)| id.clone()));
             for id in victims.into_iter().take(decision.drain as usize) {

@@ -70,12 +70,7 @@ mod tests {
     use super::*;
 
     fn scaling(min: u32, max: u32, target: u32) -> Scaling {
-        Scaling {
-            min_replicas: min,
-            max_replicas: max,
-            target_concurrency: target,
-            idle_timeout: Duration::from_secs(10),
-        }
+        Scaling { min_replicas: min, max_replicas: max, target_concurrency: target, idle_timeout: Duration::from_secs(10) }
     }
 
     const S: Duration = Duration::from_secs(1);

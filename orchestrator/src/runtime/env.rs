@@ -6,7 +6,7 @@
 //! come from ([`PythonPath`]); a function's own values for them are dropped on both (see
 //! [`RUNTIME_VARS`]).
 
-use roost_common::spec::{FunctionSpec, FunctionKind as Kind};
+use roost_common::spec::{FunctionKind as Kind, FunctionSpec};
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::Path;
@@ -36,7 +36,8 @@ pub(crate) enum PythonPath {
 /// What a replica of `spec`, run in `dir`, gets besides the runtime's own variables: the
 /// function's variables (without [`RUNTIME_VARS`]), then Roost's settings for it.
 pub fn function_env(spec: &FunctionSpec, dir: &Path) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = spec.env.iter().filter(|(k, _)| !RUNTIME_VARS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut env: Vec<(String, String)> =
+        spec.env.iter().filter(|(k, _)| !RUNTIME_VARS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
     env.push(("ROOST_FUNCTION_NAME".into(), spec.name.clone()));
     env.push(("ROOST_FUNCTION_DIR".into(), dir.display().to_string()));
     env.push(("ROOST_TIMEOUT_S".into(), spec.limits.timeout.as_secs_f64().to_string()));
@@ -76,11 +77,18 @@ mod tests {
 
     #[test]
     fn the_function_env_is_its_variables_then_roost_settings() {
-        let env = function_env(&spec("    env: {GREETING: hi, PYTHONPATH: /mine, PYTHONDONTWRITEBYTECODE: \"0\"}\n"), Path::new("/fn/hello"));
+        let env =
+            function_env(&spec("    env: {GREETING: hi, PYTHONPATH: /mine, PYTHONDONTWRITEBYTECODE: \"0\"}\n"), Path::new("/fn/hello"));
         assert_eq!(
             env,
-            [("GREETING", "hi"), ("ROOST_FUNCTION_NAME", "hello"), ("ROOST_FUNCTION_DIR", "/fn/hello"), ("ROOST_TIMEOUT_S", "1.5"), ("ROOST_FUNCTION_FILE", "hello.py")]
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+            [
+                ("GREETING", "hi"),
+                ("ROOST_FUNCTION_NAME", "hello"),
+                ("ROOST_FUNCTION_DIR", "/fn/hello"),
+                ("ROOST_TIMEOUT_S", "1.5"),
+                ("ROOST_FUNCTION_FILE", "hello.py")
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
         );
     }
 

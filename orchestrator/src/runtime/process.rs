@@ -28,7 +28,7 @@ use super::env::{runtime_env, PythonPath};
 use super::{Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
 use roost_common::net::free_port;
 use roost_common::process::{self, Stopped};
-use roost_common::spec::{FunctionSpec, FunctionKind as Kind};
+use roost_common::spec::{FunctionKind as Kind, FunctionSpec};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -108,7 +108,8 @@ impl Launcher {
     pub fn new(mut config: ProcessConfig) -> Launcher {
         let (python, site) = resolve_interpreter(&config.python);
         config.python = python;
-        let with_site = site.and_then(|dirs| std::env::join_paths(std::iter::once(config.runtime_dir.display().to_string()).chain(dirs)).ok());
+        let with_site =
+            site.and_then(|dirs| std::env::join_paths(std::iter::once(config.runtime_dir.display().to_string()).chain(dirs)).ok());
         let skip_site = with_site.is_some();
         let python_path = PythonPath::Spawn(with_site.unwrap_or_else(|| config.runtime_dir.clone().into_os_string()));
         Launcher { config, python_path, skip_site }
@@ -294,12 +295,7 @@ impl ProcessRuntime {
         let launcher = Arc::new(Launcher::new(config));
         let pool = Arc::new(Pool { launcher, state: Mutex::default(), seq: Default::default() });
         let (tx, rx) = mpsc::unbounded_channel();
-        Ok(Arc::new(ProcessRuntime {
-            pool,
-            exits: Mutex::default(),
-            events_tx: tx,
-            events_rx: Mutex::new(Some(rx)),
-        }))
+        Ok(Arc::new(ProcessRuntime { pool, exits: Mutex::default(), events_tx: tx, events_rx: Mutex::new(Some(rx)) }))
     }
 
     fn config(&self) -> &ProcessConfig {
@@ -315,7 +311,13 @@ impl ProcessRuntime {
     }
 
     /// Starts a replica of a function of `kind` in `dir` as a new process.
-    fn start_fresh(&self, kind: &str, dir: &std::path::Path, env: &[(String, String)], replica_id: &str) -> Result<(tokio::process::Child, u16), String> {
+    fn start_fresh(
+        &self,
+        kind: &str,
+        dir: &std::path::Path,
+        env: &[(String, String)],
+        replica_id: &str,
+    ) -> Result<(tokio::process::Child, u16), String> {
         let port = free_port(self.config().bind_ip).map_err(|e| format!("no free port: {e}"))?;
         let log = std::fs::File::create(self.log_file(replica_id)).map_err(|e| format!("cannot create its log file: {e}"))?;
         let mut cmd = self.pool.launcher.command(kind, port, log, env).map_err(|e| format!("log file: {e}"))?;
@@ -325,7 +327,13 @@ impl ProcessRuntime {
     }
 
     /// Hands a spare its function: its log becomes the replica's, then one line on stdin.
-    async fn assign(&self, spare: Spare, kind: &str, env: &[(String, String)], replica_id: &str) -> std::io::Result<(tokio::process::Child, u16)> {
+    async fn assign(
+        &self,
+        spare: Spare,
+        kind: &str,
+        env: &[(String, String)],
+        replica_id: &str,
+    ) -> std::io::Result<(tokio::process::Child, u16)> {
         use tokio::io::AsyncWriteExt;
         let Spare { mut child, mut stdin, port, log } = spare;
         let line = spare_assignment(kind, env);
@@ -495,9 +503,7 @@ impl ReplicaRuntime for ProcessRuntime {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            let replica: Option<Replica> = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|s| serde_json::from_str(&s).ok());
+            let replica: Option<Replica> = std::fs::read_to_string(&path).ok().and_then(|s| serde_json::from_str(&s).ok());
             let pid: u32 = replica.as_ref().and_then(|r| r.handle.parse().ok()).unwrap_or(0);
             let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).contains("roost_runtime"))
@@ -519,11 +525,7 @@ impl ReplicaRuntime for ProcessRuntime {
     }
 
     fn events(&self) -> mpsc::UnboundedReceiver<RuntimeEvent> {
-        self.events_rx
-            .lock()
-            .unwrap()
-            .take()
-            .expect("ProcessRuntime::events is called once")
+        self.events_rx.lock().unwrap().take().expect("ProcessRuntime::events is called once")
     }
 
     async fn close(&self) {

@@ -1,15 +1,15 @@
 //! One replica container: created with its labels, limits and hardening, its address on
 //! the functions network, the warm-up of a spare, and the exits Docker reports.
 
+use super::image::FUNCTION_DIR;
 use super::spares::WARM_UP_DEADLINE;
 use super::{DockerConfig, DockerRuntime, MANAGED};
+use crate::runtime::env::{function_env, runtime_env, PythonPath};
 use crate::runtime::{Replica, RuntimeEvent};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, EventsOptionsBuilder};
 use bollard::Docker;
 use futures::StreamExt;
-use super::image::FUNCTION_DIR;
-use crate::runtime::env::{function_env, runtime_env, PythonPath};
 use roost_common::spec::FunctionSpec;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,9 +37,17 @@ impl DockerRuntime {
 }
 
 /// Creates (does not start) a replica container of a prepared function.
-pub(super) async fn create(docker: &Docker, config: &DockerConfig, spec: &FunctionSpec, spec_hash: &str, image: &str, replica_id: &str) -> Result<String, String> {
+pub(super) async fn create(
+    docker: &Docker,
+    config: &DockerConfig,
+    spec: &FunctionSpec,
+    spec_hash: &str,
+    image: &str,
+    replica_id: &str,
+) -> Result<String, String> {
     let function = function_env(spec, Path::new(FUNCTION_DIR)).into_iter().map(|(k, v)| format!("{k}={v}"));
-    let runtime = runtime_env(&PythonPath::Image, config.port, [0, 0, 0, 0].into()).into_iter().map(|(k, v)| format!("{k}={}", v.to_string_lossy()));
+    let runtime =
+        runtime_env(&PythonPath::Image, config.port, [0, 0, 0, 0].into()).into_iter().map(|(k, v)| format!("{k}={}", v.to_string_lossy()));
     let env: Vec<String> = function.chain(runtime).collect();
     let labels = HashMap::from([
         (MANAGED.to_string(), "true".to_string()),
@@ -102,13 +110,13 @@ pub(super) async fn warm_up(docker: &Docker, config: &DockerConfig, spec: &Funct
 }
 
 /// Follows Docker's events and reports Roost containers that die.
-pub(super) async fn follow_exits(docker: Docker, tx: mpsc::UnboundedSender<RuntimeEvent>, aliases: std::sync::Arc<Mutex<HashMap<String, String>>>) {
+pub(super) async fn follow_exits(
+    docker: Docker,
+    tx: mpsc::UnboundedSender<RuntimeEvent>,
+    aliases: std::sync::Arc<Mutex<HashMap<String, String>>>,
+) {
     loop {
-        let filters = HashMap::from([
-            ("type", vec!["container"]),
-            ("event", vec!["die"]),
-            ("label", vec!["roost.managed=true"]),
-        ]);
+        let filters = HashMap::from([("type", vec!["container"]), ("event", vec!["die"]), ("label", vec!["roost.managed=true"])]);
         let mut events = docker.events(Some(EventsOptionsBuilder::default().filters(&filters).build()));
         while let Some(ev) = events.next().await {
             let Ok(ev) = ev else { break };

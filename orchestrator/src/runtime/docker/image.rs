@@ -5,7 +5,7 @@ use super::{DockerRuntime, MANAGED};
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use bollard::Docker;
 use futures::StreamExt;
-use roost_common::spec::{FunctionSpec, FunctionKind as Kind};
+use roost_common::spec::{FunctionKind as Kind, FunctionSpec};
 use std::path::Path;
 use tracing::info;
 

@@ -19,7 +19,7 @@ use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder};
 use bollard::{ClientVersion, Docker};
 use container::{address_of, create, follow_exits};
-use roost_common::spec::{FunctionSpec, FunctionKind as Kind};
+use roost_common::spec::{FunctionKind as Kind, FunctionSpec};
 use spares::{Claim, Spare, SpareSlots, SPARE_WAIT};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -96,7 +96,16 @@ impl DockerRuntime {
             .map_err(|e| other(format!("cannot use the Docker socket {socket}: {e}; is Docker running, and is the socket mounted?")))?;
         docker.ping().await.map_err(|e| other(format!("the Docker engine at {socket} does not answer: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let rt = std::sync::Arc::new(DockerRuntime { docker: docker.clone(), config, builds: Default::default(), images: Default::default(), spares: SpareSlots::new(), aliases: Default::default(), own_spares: Default::default(), events_rx: Mutex::new(Some(rx)) });
+        let rt = std::sync::Arc::new(DockerRuntime {
+            docker: docker.clone(),
+            config,
+            builds: Default::default(),
+            images: Default::default(),
+            spares: SpareSlots::new(),
+            aliases: Default::default(),
+            own_spares: Default::default(),
+            events_rx: Mutex::new(Some(rx)),
+        });
         rt.ensure_network().await?;
         tokio::spawn(follow_exits(docker, tx, rt.aliases.clone()));
         Ok(rt)
@@ -194,7 +203,10 @@ impl ReplicaRuntime for DockerRuntime {
                     // Removed behind our back (for example as a leftover at start-up).
                     warn!(error = %e, "the spare container would not start; creating one");
                     self.aliases.lock().unwrap().remove(&s.label_id);
-                    let _ = self.docker.remove_container(&s.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                    let _ = self
+                        .docker
+                        .remove_container(&s.container, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+                        .await;
                 }
             }
         }

@@ -42,7 +42,6 @@ pub(super) const WARM_UP_DEADLINE: Duration = Duration::from_secs(30);
 pub(super) const SPARE_WAIT: Duration = Duration::from_secs(WARM_UP_DEADLINE.as_secs() + 10);
 
 impl DockerRuntime {
-
     /// Prepares a spare container for `spec_hash` in the background, unless one is ready
     /// or being prepared: created, then (with warm spares) started, probed ready and
     /// paused. A spare that cannot be warmed is replaced by a created one.
@@ -50,7 +49,11 @@ impl DockerRuntime {
         let Some(preparation) = self.spares.begin(spec_hash) else { return };
         let (docker, config, own) = (self.docker.clone(), self.config.clone(), self.own_spares.clone());
         let (spec, hash, image) = (spec.clone(), spec_hash.to_string(), image.to_string());
-        let label_id = format!("{}-spare-{:x}", spec.name, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        let label_id = format!(
+            "{}-spare-{:x}",
+            spec.name,
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        );
         own.lock().unwrap().insert(label_id.clone());
         tokio::spawn(async move {
             let mut created = create(&docker, &config, &spec, &hash, &image, &label_id).await;
@@ -60,7 +63,8 @@ impl DockerRuntime {
                     Ok(address) => warm = Some(address),
                     Err(e) => {
                         warn!(function = %spec.name, error = %e, "cannot keep a warm (paused) spare; keeping a created one");
-                        let _ = docker.remove_container(container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                        let _ =
+                            docker.remove_container(container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
                         created = create(&docker, &config, &spec, &hash, &image, &label_id).await;
                     }
                 }
@@ -70,7 +74,9 @@ impl DockerRuntime {
                     // Handed back after `close`: removed, never left behind.
                     if let Some(left) = preparation.finish(Some(Spare { container, label_id, warm })) {
                         own.lock().unwrap().remove(&left.label_id);
-                        let _ = docker.remove_container(&left.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                        let _ = docker
+                            .remove_container(&left.container, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+                            .await;
                     }
                 }
                 Err(e) => {
@@ -82,7 +88,6 @@ impl DockerRuntime {
         });
     }
 }
-
 
 /// Each definition hash's spare: ready, or being prepared. Pure bookkeeping (no Docker),
 /// so that `start`, `spawn_spare` and `close` agree on it without races:
