@@ -18,19 +18,19 @@
 //! - [`metrics`]: the orchestrator's own statsd metrics.
 //! - [`api`]: the HTTP status and wake API.
 
-pub mod api;
+pub(crate) mod api;
 pub mod config;
-pub mod context;
-pub mod control_plane;
-pub mod definitions;
-pub mod envoy_admin;
-pub mod function;
-pub mod lifecycle;
-pub mod metrics;
+pub(crate) mod context;
+pub(crate) mod control_plane;
+pub(crate) mod definitions;
+pub(crate) mod envoy_admin;
+pub(crate) mod function;
+pub(crate) mod lifecycle;
+pub(crate) mod metrics;
 pub mod probe;
-pub mod redis_io;
+pub(crate) mod redis_io;
 pub mod runtime;
-pub mod supervisor;
+pub(crate) mod supervisor;
 
 pub use config::{Config, RuntimeKind};
 
