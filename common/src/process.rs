@@ -22,7 +22,12 @@ pub enum Stopped {
 /// Sends `signal` to the process `pid`. A pid that is not a single process (0, or above
 /// `i32::MAX`, which `kill` would read as a process group) is never signalled.
 pub fn signal(pid: u32, signal: i32) -> io::Result<()> {
-    let pid = i32::try_from(pid).ok().filter(|p| *p > 0).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{pid} is not a process id")))?;
+    let pid = i32::try_from(pid).ok().filter(|p| *p > 0).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{pid} is not a process id"),
+        )
+    })?;
     // SAFETY: sending a signal to a process id has no memory-safety preconditions.
     if unsafe { libc::kill(pid, signal) } == 0 {
         Ok(())
@@ -110,10 +115,18 @@ mod tests {
 
     #[test]
     fn a_child_that_ignores_sigterm_is_killed_after_the_grace() {
-        let mut child = Command::new("sh").args(["-c", "trap '' TERM; echo up; exec sleep 30"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let mut child = Command::new("sh")
+            .args(["-c", "trap '' TERM; echo up; exec sleep 30"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         // Wait for the trap to be set before signalling.
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
         let t = Instant::now();
         let (_, stopped) = stop_child(&mut child, Duration::from_millis(200)).unwrap();
         assert_eq!(stopped, Stopped::Killed);
@@ -122,12 +135,18 @@ mod tests {
 
     #[tokio::test]
     async fn stop_pid_waits_for_the_exit_it_is_given() {
-        let mut child = tokio::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = child.id().unwrap();
         let exited = async {
             child.wait().await.unwrap();
         };
-        assert_eq!(stop_pid(pid, Duration::from_secs(10), exited).await, Stopped::Exited);
+        assert_eq!(
+            stop_pid(pid, Duration::from_secs(10), exited).await,
+            Stopped::Exited
+        );
         assert!(!is_alive(pid));
     }
 
