@@ -21,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 pub async fn loopback_http(concurrency: usize, duration: Duration) -> LoadResult {
     let up = roost_testkit::http::Upstream::start("floor").await;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], up.port));
+    // A warm-up (not a Result): its figures are not kept.
     let _ = client::closed_loop(addr, "/", concurrency, Duration::from_millis(200)).await;
     let r = client::closed_loop(addr, "/", concurrency, duration).await;
     up.stop();
@@ -91,6 +92,7 @@ pub async fn runtime_bare(launcher: &Launcher, runtime_dir: &Path, rounds: usize
         let mut child = cmd.current_dir(&dir).stdin(Stdio::null()).stdout(Stdio::piped()).kill_on_drop(true).spawn()?;
         let answered = first_answer(&mut child).await;
         out.push(t.elapsed().as_secs_f64() * 1000.0);
+        // Fails only if it has exited already.
         let _ = child.kill().await;
         answered?;
     }
@@ -116,6 +118,7 @@ pub async fn spare_bare(launcher: &Launcher, runtime_dir: &Path, rounds: usize) 
         drop(stdin);
         let answered = first_answer(&mut child).await;
         out.push(t.elapsed().as_secs_f64() * 1000.0);
+        // Fails only if it has exited already.
         let _ = child.kill().await;
         answered?;
     }
@@ -212,7 +215,9 @@ impl ProxyChain {
     pub async fn stop(self) {
         let ProxyChain { envoy, nginx, dir, .. } = self;
         tokio::task::spawn_blocking(move || drop((nginx, envoy))).await.expect("stopping the proxy floor");
-        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            eprintln!("roost-bench: cannot remove the proxy floor's folder {}: {e}", dir.display());
+        }
     }
 }
 
@@ -278,7 +283,9 @@ pub async fn docker(socket: &str, image: &str, rounds: usize) -> anyhow::Result<
         Ok(())
     }
     .await;
-    let _ = docker.remove_network(FLOOR_NETWORK).await;
+    if let Err(e) = docker.remove_network(FLOOR_NETWORK).await {
+        eprintln!("roost-bench: cannot remove the floor's network {FLOOR_NETWORK}: {e}");
+    }
     result.map(|_| floor)
 }
 

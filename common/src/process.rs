@@ -1,5 +1,5 @@
 //! Child processes: stopping one the same way everywhere (SIGTERM, a grace period, then
-//! SIGKILL), and a free port to give one.
+//! SIGKILL).
 
 use std::future::Future;
 use std::io;

@@ -5,7 +5,7 @@ use crate::control_plane::ControlPlane;
 use crate::envoy_admin::EnvoyAdmin;
 use crate::metrics::Metrics;
 use crate::redis_io::RedisIo;
-use crate::runtime::Runtime;
+use crate::runtime::ReplicaRuntime;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ pub struct Settings {
 /// The shared context.
 pub struct Ctx {
     /// Where replicas run.
-    pub runtime: Arc<dyn Runtime>,
+    pub runtime: Arc<dyn ReplicaRuntime>,
     /// The control plane's admin API.
     pub cp: ControlPlane,
     /// Redis.

@@ -36,7 +36,7 @@ pub use config::{Config, RuntimeKind};
 
 use context::{Ctx, Settings};
 use metrics::Metrics;
-use runtime::Runtime;
+use runtime::ReplicaRuntime;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,7 +87,7 @@ impl Running {
     }
 }
 
-async fn build_runtime(config: &Config) -> Result<Arc<dyn Runtime>, Error> {
+async fn build_runtime(config: &Config) -> Result<Arc<dyn ReplicaRuntime>, Error> {
     let definitions_dir = config
         .definitions
         .parent()
@@ -133,7 +133,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 }
 
 /// Like [`start`], with a runtime of the caller's (tests use an in-process one).
-pub async fn start_with_runtime(config: Config, runtime: Arc<dyn Runtime>, shutdown: CancellationToken) -> Result<Running, Error> {
+pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>, shutdown: CancellationToken) -> Result<Running, Error> {
     let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| Error::RedisUrl(config.redis_url.clone(), e))?;
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|e| Error::Bind(config.bind, e))?;
     let api_addr = listener.local_addr().map_err(|e| Error::Bind(config.bind, e))?;

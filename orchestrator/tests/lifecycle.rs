@@ -7,7 +7,7 @@
 mod support;
 
 use roost_common::spec::FunctionSpec;
-use roost_orchestrator::runtime::{Replica, Runtime, RuntimeError, RuntimeEvent};
+use roost_orchestrator::runtime::{Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
 use roost_testkit::http::Upstream;
 use roost_testkit::wait_until;
 use std::collections::HashMap;
@@ -44,7 +44,7 @@ impl FakeRuntime {
 }
 
 #[async_trait::async_trait]
-impl Runtime for FakeRuntime {
+impl ReplicaRuntime for FakeRuntime {
     fn kind(&self) -> &'static str {
         "fake"
     }

@@ -6,10 +6,6 @@ pub mod docker;
 pub(crate) mod env;
 pub mod process;
 
-/// The trait's former name, until the files outside `runtime/` (lib.rs, context.rs and
-/// the lifecycle test) say [`ReplicaRuntime`].
-pub use self::ReplicaRuntime as Runtime;
-
 use roost_common::spec::FunctionSpec;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;

@@ -39,7 +39,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Settings of the process runtime.
 #[derive(Debug, Clone)]
@@ -185,8 +185,9 @@ impl Pool {
                 Ok(s) if !st.closed => st.spares.push(s),
                 Ok(mut s) => {
                     // Closed while it was spawned: it goes at once, with its log.
+                    // Fails only if it has exited already.
                     let _ = s.child.start_kill();
-                    let _ = std::fs::remove_file(&s.log);
+                    remove_file(&s.log);
                     return;
                 }
                 Err(e) => {
@@ -235,9 +236,20 @@ impl Pool {
         for Spare { mut child, stdin, log, .. } in spares {
             drop(stdin);
             if tokio::time::timeout(Duration::from_secs(1), child.wait()).await.is_err() {
+                // Fails only if it has exited already.
                 let _ = child.kill().await;
             }
-            let _ = std::fs::remove_file(log);
+            remove_file(&log);
+        }
+    }
+}
+
+/// Removes a file of a replica or spare (state, log); one already gone is fine, any
+/// other failure is logged (the file stays behind).
+fn remove_file(path: &std::path::Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!(path = %path.display(), error = %e, "cannot remove a runtime file; it stays behind");
         }
     }
 }
@@ -289,7 +301,7 @@ impl ProcessRuntime {
         // Logs of spares an earlier orchestrator left (the spares exited with it).
         for entry in std::fs::read_dir(&config.state_dir)?.flatten() {
             if entry.file_name().to_string_lossy().starts_with("spare-") {
-                let _ = std::fs::remove_file(entry.path());
+                remove_file(&entry.path());
             }
         }
         let launcher = Arc::new(Launcher::new(config));
@@ -343,8 +355,9 @@ impl ProcessRuntime {
             stdin.flush().await
         };
         if let Err(e) = handed.await {
+            // Fails only if it has exited already.
             let _ = child.kill().await;
-            let _ = std::fs::remove_file(&log);
+            remove_file(&log);
             return Err(e);
         }
         Ok((child, port))
@@ -374,9 +387,12 @@ impl ProcessRuntime {
                 Ok(status) => status.to_string(),
                 Err(e) => e.to_string(),
             };
-            let _ = std::fs::remove_file(file);
+            remove_file(&file);
+            // No receiver left is fine: nobody waits on this exit.
             let _ = tx.send(true);
-            let _ = events.send(RuntimeEvent::Exited { replica_id: id, function, reason });
+            if events.send(RuntimeEvent::Exited { replica_id: id, function, reason }).is_err() {
+                debug!("replica exit not reported: the orchestrator has stopped listening");
+            }
         });
         replica
     }
@@ -389,7 +405,9 @@ impl ProcessRuntime {
             let mut reader = BufReader::new(file);
             if from_end {
                 use tokio::io::AsyncSeekExt;
-                let _ = reader.seek(std::io::SeekFrom::End(0)).await;
+                if let Err(e) = reader.seek(std::io::SeekFrom::End(0)).await {
+                    warn!(log = %path.display(), error = %e, "cannot skip the adopted replica's old log; following it from the start");
+                }
             }
             let mut line = String::new();
             loop {
@@ -402,7 +420,7 @@ impl ProcessRuntime {
                     }
                 }
                 if done {
-                    let _ = tokio::fs::remove_file(&path).await;
+                    remove_file(&path);
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -421,9 +439,12 @@ impl ProcessRuntime {
             while process::is_alive(pid) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let _ = std::fs::remove_file(file);
+            remove_file(&file);
+            // No receiver left is fine: nobody waits on this exit.
             let _ = tx.send(true);
-            let _ = events.send(RuntimeEvent::Exited { replica_id: id, function, reason: "process gone".into() });
+            if events.send(RuntimeEvent::Exited { replica_id: id, function, reason: "process gone".into() }).is_err() {
+                debug!("replica exit not reported: the orchestrator has stopped listening");
+            }
         });
     }
 }
@@ -491,7 +512,7 @@ impl ReplicaRuntime for ProcessRuntime {
             warn!(replica = %replica.id, "replica ignored SIGTERM; it was killed");
         }
         self.exits.lock().unwrap().remove(&replica.id);
-        let _ = std::fs::remove_file(self.state_file(&replica.id));
+        remove_file(&self.state_file(&replica.id));
         Ok(())
     }
 
@@ -516,8 +537,8 @@ impl ReplicaRuntime for ProcessRuntime {
                     out.push(r);
                 }
                 _ => {
-                    let _ = std::fs::remove_file(&path);
-                    let _ = std::fs::remove_file(path.with_extension("log"));
+                    remove_file(&path);
+                    remove_file(&path.with_extension("log"));
                 }
             }
         }

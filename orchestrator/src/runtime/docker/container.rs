@@ -7,7 +7,7 @@ use super::{DockerConfig, DockerRuntime, MANAGED};
 use crate::runtime::env::{function_env, runtime_env, PythonPath};
 use crate::runtime::{Replica, RuntimeEvent};
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{CreateContainerOptionsBuilder, EventsOptionsBuilder};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, EventsOptionsBuilder, RemoveContainerOptionsBuilder};
 use bollard::Docker;
 use futures::StreamExt;
 use roost_common::spec::FunctionSpec;
@@ -83,6 +83,17 @@ pub(super) async fn create(
         .await
         .map(|c| c.id)
         .map_err(|e| format!("create: {e}"))
+}
+
+/// Removes a container by force (a spare, a leftover, or one that would not start); one
+/// already gone is fine, any other failure is logged (the container stays behind, and a
+/// later `list` removes it as a leftover).
+pub(super) async fn remove(docker: &Docker, container: &str) {
+    match docker.remove_container(container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await {
+        Ok(()) => {}
+        Err(e) if super::is_gone(&e) => {}
+        Err(e) => warn!(container, error = %e, "cannot remove the container; it stays behind"),
+    }
 }
 
 /// Where a started container listens on the functions network.

@@ -18,7 +18,7 @@ use super::{Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder};
 use bollard::{ClientVersion, Docker};
-use container::{address_of, create, follow_exits};
+use container::{address_of, create, follow_exits, remove};
 use roost_common::spec::{FunctionKind as Kind, FunctionSpec};
 use spares::{Claim, Spare, SpareSlots, SPARE_WAIT};
 use std::collections::{HashMap, HashSet};
@@ -127,10 +127,8 @@ impl DockerRuntime {
                 info!(network = %self.config.network, "created the functions network (internal)");
                 Ok(())
             }
-            Err(e) if self.docker.inspect_network(&self.config.network, None).await.is_ok() => {
-                let _ = e;
-                Ok(())
-            }
+            // Created meanwhile by another orchestrator: what was asked for exists.
+            Err(_) if self.docker.inspect_network(&self.config.network, None).await.is_ok() => Ok(()),
             Err(e) => Err(other(format!("cannot create network {}: {e}", self.config.network))),
         }
     }
@@ -203,10 +201,7 @@ impl ReplicaRuntime for DockerRuntime {
                     // Removed behind our back (for example as a leftover at start-up).
                     warn!(error = %e, "the spare container would not start; creating one");
                     self.aliases.lock().unwrap().remove(&s.label_id);
-                    let _ = self
-                        .docker
-                        .remove_container(&s.container, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
-                        .await;
+                    remove(&self.docker, &s.container).await;
                 }
             }
         }
@@ -215,7 +210,7 @@ impl ReplicaRuntime for DockerRuntime {
             None => {
                 let c = create(&self.docker, &self.config, spec, spec_hash, &image, replica_id).await.map_err(fail)?;
                 if let Err(e) = self.docker.start_container(&c, None).await {
-                    let _ = self.docker.remove_container(&c, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                    remove(&self.docker, &c).await;
                     return Err(fail(format!("start: {e}")));
                 }
                 c
@@ -271,7 +266,7 @@ impl ReplicaRuntime for DockerRuntime {
                 None => {
                     // Stopped or unreadable: a leftover; remove it.
                     if let Some(id) = &c.id {
-                        let _ = self.docker.remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                        remove(&self.docker, id).await;
                     }
                 }
             }
@@ -286,7 +281,7 @@ impl ReplicaRuntime for DockerRuntime {
     async fn close(&self) {
         for s in self.spares.close() {
             self.own_spares.lock().unwrap().remove(&s.label_id);
-            let _ = self.docker.remove_container(&s.container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+            remove(&self.docker, &s.container).await;
         }
     }
 }

@@ -14,9 +14,8 @@
 //! preparation failed, or another cold start waits for it) does it create and start a
 //! container of its own.
 
-use super::container::{create, warm_up};
+use super::container::{create, remove, warm_up};
 use super::DockerRuntime;
-use bollard::query_parameters::RemoveContainerOptionsBuilder;
 use roost_common::spec::FunctionSpec;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -63,8 +62,7 @@ impl DockerRuntime {
                     Ok(address) => warm = Some(address),
                     Err(e) => {
                         warn!(function = %spec.name, error = %e, "cannot keep a warm (paused) spare; keeping a created one");
-                        let _ =
-                            docker.remove_container(container, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+                        remove(&docker, container).await;
                         created = create(&docker, &config, &spec, &hash, &image, &label_id).await;
                     }
                 }
@@ -74,14 +72,13 @@ impl DockerRuntime {
                     // Handed back after `close`: removed, never left behind.
                     if let Some(left) = preparation.finish(Some(Spare { container, label_id, warm })) {
                         own.lock().unwrap().remove(&left.label_id);
-                        let _ = docker
-                            .remove_container(&left.container, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
-                            .await;
+                        remove(&docker, &left.container).await;
                     }
                 }
                 Err(e) => {
                     warn!(function = %spec.name, error = %e, "cannot create a spare container");
                     own.lock().unwrap().remove(&label_id);
+                    // A failed preparation hands nothing back: there is nothing to remove.
                     let _ = preparation.finish(None);
                 }
             }
