@@ -44,39 +44,59 @@ pub enum RuntimeEvent {
     },
 }
 
-/// Why a runtime operation failed.
+/// Why a runtime operation failed. Each message says what is wrong (and, where it can,
+/// what to do) and includes its cause's, since `/status` shows only this one line; the
+/// cause stays reachable as the error's `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// The function cannot run on this runtime (for example an `image` function on the
-    /// process runtime).
-    #[error("function {function:?} cannot run on the {runtime} runtime: {reason}")]
+    /// The function cannot run on this runtime (an `image` function on the process
+    /// runtime).
+    #[error("function {function:?} cannot run on the {runtime} runtime: image {image:?} needs the Docker runtime (ROOST_RUNTIME=docker)")]
     Unsupported {
         /// Function name.
         function: String,
         /// Runtime kind.
         runtime: &'static str,
-        /// Why, and what to do.
-        reason: String,
+        /// The image the function names.
+        image: String,
     },
-    /// Preparing (for example building the image) failed.
-    #[error("preparing function {function:?} failed: {reason}")]
+    /// Preparing (building the function's image) failed.
+    #[error("preparing function {function:?} failed: {source}")]
     Prepare {
         /// Function name.
         function: String,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: docker::ImageError,
     },
     /// Starting a replica failed.
-    #[error("starting a replica of {function:?} failed: {reason}")]
+    #[error("starting a replica of {function:?} failed: {source}")]
     Start {
         /// Function name.
         function: String,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: StartFailure,
     },
-    /// Stopping or listing failed.
+    /// The Docker engine refused or failed a call outside a start (connect, network,
+    /// stop, list).
+    #[error(transparent)]
+    Docker(#[from] docker::EngineError),
+    /// A failure described by its text alone: for test doubles and adapters of other
+    /// runtimes (the runtimes in this crate never build it).
     #[error("{0}")]
     Other(String),
+}
+
+/// Why a replica did not start, by runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum StartFailure {
+    /// The process runtime could not spawn the replica.
+    #[error(transparent)]
+    Process(#[from] process::SpawnError),
+    /// The Docker runtime could not create, start or reach the replica's container.
+    #[error(transparent)]
+    Docker(#[from] docker::ContainerError),
 }
 
 /// Where replicas run: starts, stops and lists them ([`process::ProcessRuntime`],

@@ -41,6 +41,32 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+/// Why a replica or spare process could not be spawned.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// No loopback port is free.
+    #[error("no free port: {0}")]
+    Port(#[source] std::io::Error),
+    /// Its log file cannot be created (or opened a second time for stderr).
+    #[error("cannot create its log file {}: {source}", path.display())]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// The file system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The interpreter cannot be run.
+    #[error("cannot run {}: {source}", python.display())]
+    Run {
+        /// The interpreter.
+        python: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Settings of the process runtime.
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
@@ -136,13 +162,20 @@ impl Launcher {
         Ok(cmd)
     }
 
+    /// [`Launcher::command`] writing to a new log file at `path`.
+    fn command_logged(&self, mode: &str, port: u16, path: &std::path::Path, env: &[(String, String)]) -> Result<Command, SpawnError> {
+        let log_error = |source| SpawnError::Log { path: path.to_path_buf(), source };
+        let log = std::fs::File::create(path).map_err(log_error)?;
+        self.command(mode, port, log, env).map_err(log_error)
+    }
+
     /// Starts a spare: listening, importing, waiting for its function.
-    fn spare(&self, seq: u64) -> std::io::Result<Spare> {
-        let port = free_port(self.config.bind_ip)?;
+    fn spare(&self, seq: u64) -> Result<Spare, SpawnError> {
+        let port = free_port(self.config.bind_ip).map_err(SpawnError::Port)?;
         let log = self.config.state_dir.join(format!("spare-{}-{seq}.log", std::process::id()));
-        let mut cmd = self.command("spare", port, std::fs::File::create(&log)?, &[])?;
+        let mut cmd = self.command_logged("spare", port, &log, &[])?;
         cmd.current_dir(&self.config.state_dir).stdin(Stdio::piped());
-        let mut child = cmd.spawn()?;
+        let mut child = cmd.spawn().map_err(|source| SpawnError::Run { python: self.config.python.clone(), source })?;
         let stdin = child.stdin.take().expect("stdin is piped");
         Ok(Spare { child, stdin, port, log })
     }
@@ -329,12 +362,11 @@ impl ProcessRuntime {
         dir: &std::path::Path,
         env: &[(String, String)],
         replica_id: &str,
-    ) -> Result<(tokio::process::Child, u16), String> {
-        let port = free_port(self.config().bind_ip).map_err(|e| format!("no free port: {e}"))?;
-        let log = std::fs::File::create(self.log_file(replica_id)).map_err(|e| format!("cannot create its log file: {e}"))?;
-        let mut cmd = self.pool.launcher.command(kind, port, log, env).map_err(|e| format!("log file: {e}"))?;
+    ) -> Result<(tokio::process::Child, u16), SpawnError> {
+        let port = free_port(self.config().bind_ip).map_err(SpawnError::Port)?;
+        let mut cmd = self.pool.launcher.command_logged(kind, port, &self.log_file(replica_id), env)?;
         cmd.current_dir(dir).stdin(Stdio::null());
-        let child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", self.config().python.display()))?;
+        let child = cmd.spawn().map_err(|source| SpawnError::Run { python: self.config().python.clone(), source })?;
         Ok((child, port))
     }
 
@@ -457,11 +489,9 @@ impl ReplicaRuntime for ProcessRuntime {
 
     async fn prepare(&self, spec: &FunctionSpec, _spec_hash: &str) -> Result<(), RuntimeError> {
         match &spec.runtime {
-            Kind::Image { image } => Err(RuntimeError::Unsupported {
-                function: spec.name.clone(),
-                runtime: "process",
-                reason: format!("image {image:?} needs the Docker runtime (ROOST_RUNTIME=docker)"),
-            }),
+            Kind::Image { image } => {
+                Err(RuntimeError::Unsupported { function: spec.name.clone(), runtime: "process", image: image.clone() })
+            }
             _ => {
                 self.pool.top_up_later();
                 Ok(())
@@ -470,7 +500,7 @@ impl ReplicaRuntime for ProcessRuntime {
     }
 
     async fn start(&self, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Result<Replica, RuntimeError> {
-        let fail = |reason: String| RuntimeError::Start { function: spec.name.clone(), reason };
+        let fail = |e: SpawnError| RuntimeError::Start { function: spec.name.clone(), source: e.into() };
         let (kind, folder) = match &spec.runtime {
             Kind::Python { folder, .. } => ("python", folder),
             Kind::Command { folder, .. } => ("command", folder),
@@ -557,6 +587,17 @@ impl ReplicaRuntime for ProcessRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_errors_say_what_failed_and_keep_their_cause() {
+        use std::error::Error;
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = RuntimeError::Start { function: "f".into(), source: SpawnError::Run { python: "/no/python3".into(), source: io }.into() };
+        assert_eq!(e.to_string(), "starting a replica of \"f\" failed: cannot run /no/python3: No such file or directory");
+        // `StartFailure` is transparent: its source is the spawn error's.
+        let cause = e.source().and_then(Error::source).expect("the io error is kept");
+        assert!(cause.downcast_ref::<std::io::Error>().is_some());
+    }
 
     #[test]
     fn site_dirs_are_what_site_added_in_order() {

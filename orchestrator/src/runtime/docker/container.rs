@@ -3,7 +3,7 @@
 
 use super::image::FUNCTION_DIR;
 use super::spares::WARM_UP_DEADLINE;
-use super::{DockerConfig, DockerRuntime, MANAGED};
+use super::{ContainerError, DockerConfig, DockerRuntime, MANAGED};
 use crate::runtime::env::{function_env, runtime_env, PythonPath};
 use crate::runtime::{Replica, RuntimeEvent};
 use bollard::models::{ContainerCreateBody, HostConfig};
@@ -44,7 +44,7 @@ pub(super) async fn create(
     spec_hash: &str,
     image: &str,
     replica_id: &str,
-) -> Result<String, String> {
+) -> Result<String, ContainerError> {
     let function = function_env(spec, Path::new(FUNCTION_DIR)).into_iter().map(|(k, v)| format!("{k}={v}"));
     let runtime =
         runtime_env(&PythonPath::Image, config.port, [0, 0, 0, 0].into()).into_iter().map(|(k, v)| format!("{k}={}", v.to_string_lossy()));
@@ -82,7 +82,7 @@ pub(super) async fn create(
         .create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body)
         .await
         .map(|c| c.id)
-        .map_err(|e| format!("create: {e}"))
+        .map_err(ContainerError::Create)
 }
 
 /// Removes a container by force (a spare, a leftover, or one that would not start); one
@@ -97,26 +97,31 @@ pub(super) async fn remove(docker: &Docker, container: &str) {
 }
 
 /// Where a started container listens on the functions network.
-pub(super) async fn address_of(docker: &Docker, config: &DockerConfig, container: &str) -> Result<SocketAddr, String> {
-    let inspect = docker.inspect_container(container, None).await.map_err(|e| format!("inspect: {e}"))?;
+pub(super) async fn address_of(docker: &Docker, config: &DockerConfig, container: &str) -> Result<SocketAddr, ContainerError> {
+    let inspect = docker.inspect_container(container, None).await.map_err(ContainerError::Inspect)?;
     let ip = inspect
         .network_settings
         .and_then(|n| n.networks)
         .and_then(|n| n.get(&config.network).and_then(|e| e.ip_address.clone()))
         .filter(|ip| !ip.is_empty())
-        .ok_or_else(|| format!("the container has no address on network {}", config.network))?;
-    let ip = ip.parse().map_err(|e| format!("bad container address {ip:?}: {e}"))?;
+        .ok_or_else(|| ContainerError::NoAddress { network: config.network.clone() })?;
+    let ip = ip.parse().map_err(|source| ContainerError::BadAddress { address: ip, source })?;
     Ok(SocketAddr::new(ip, config.port))
 }
 
 /// Starts a created spare, waits until it answers its readiness path, and pauses it.
-pub(super) async fn warm_up(docker: &Docker, config: &DockerConfig, spec: &FunctionSpec, container: &str) -> Result<SocketAddr, String> {
-    docker.start_container(container, None).await.map_err(|e| format!("start: {e}"))?;
+pub(super) async fn warm_up(
+    docker: &Docker,
+    config: &DockerConfig,
+    spec: &FunctionSpec,
+    container: &str,
+) -> Result<SocketAddr, ContainerError> {
+    docker.start_container(container, None).await.map_err(ContainerError::Start)?;
     let address = address_of(docker, config, container).await?;
     crate::probe::until_ready(address, &spec.readiness_path, Duration::from_millis(10), WARM_UP_DEADLINE)
         .await
-        .ok_or_else(|| format!("the spare did not answer {} within {WARM_UP_DEADLINE:?}", spec.readiness_path))?;
-    docker.pause_container(container).await.map_err(|e| format!("pause: {e}"))?;
+        .ok_or_else(|| ContainerError::NotReady { path: spec.readiness_path.clone(), deadline: WARM_UP_DEADLINE })?;
+    docker.pause_container(container).await.map_err(ContainerError::Pause)?;
     Ok(address)
 }
 

@@ -1,7 +1,7 @@
 //! The image of a python or command function: its tag, its Dockerfile, its build context
 //! (the runtime package and the function's folder) and the build through the API.
 
-use super::{DockerRuntime, MANAGED};
+use super::{DockerRuntime, ImageError, MANAGED};
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use bollard::Docker;
 use futures::StreamExt;
@@ -74,7 +74,7 @@ impl DockerRuntime {
 
 /// Builds `tag` from the build context `body` (the Dockerfile in it), logging the build's
 /// output; the error holds the last lines of it.
-pub(super) async fn build(docker: &Docker, spec: &FunctionSpec, tag: &str, body: Vec<u8>) -> Result<(), String> {
+pub(super) async fn build(docker: &Docker, spec: &FunctionSpec, tag: &str, body: Vec<u8>) -> Result<(), ImageError> {
     let options = BuildImageOptionsBuilder::default().dockerfile("Dockerfile").t(tag).rm(true).forcerm(true).build();
     info!(function = %spec.name, image = %tag, "building the function image");
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(body.into())));
@@ -90,10 +90,10 @@ pub(super) async fn build(docker: &Docker, spec: &FunctionSpec, tag: &str, body:
                     }
                 }
                 if let Some(err) = info.error_detail.and_then(|d| d.message) {
-                    return Err(format!("image build failed: {err}; last output: {}", tail.join(" | ")));
+                    return Err(ImageError::Step { message: err, last_output: tail.join(" | ") });
                 }
             }
-            Err(e) => return Err(format!("image build failed: {e}; last output: {}", tail.join(" | "))),
+            Err(source) => return Err(ImageError::Engine { source, last_output: tail.join(" | ") }),
         }
     }
     Ok(())

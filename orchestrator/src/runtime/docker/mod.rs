@@ -8,11 +8,15 @@
 //! - this module: the settings, the runtime, and the [`ReplicaRuntime`] operations;
 //! - `image`: the function image (tag, Dockerfile, build context, build);
 //! - `container`: one replica container (create, address, warm-up) and the exit events;
+//! - `error`: the failures of the engine, of an image and of a container;
 //! - `spares`: the containers prepared ahead of time for cold starts.
 
 mod container;
+mod error;
 mod image;
 mod spares;
+
+pub use error::{ContainerError, EngineError, ImageError};
 
 use super::{Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
 use bollard::models::NetworkCreateRequest;
@@ -78,10 +82,6 @@ impl std::fmt::Debug for DockerRuntime {
     }
 }
 
-fn other(e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Other(e.to_string())
-}
-
 /// Gone, or already being removed.
 fn is_gone(e: &bollard::errors::Error) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404 | 409, .. })
@@ -93,8 +93,8 @@ impl DockerRuntime {
     pub async fn connect(config: DockerConfig) -> Result<std::sync::Arc<DockerRuntime>, RuntimeError> {
         let socket = config.socket.to_string_lossy().to_string();
         let docker = Docker::connect_with_unix(&socket, 120, &ClientVersion { major_version: 1, minor_version: 41 })
-            .map_err(|e| other(format!("cannot use the Docker socket {socket}: {e}; is Docker running, and is the socket mounted?")))?;
-        docker.ping().await.map_err(|e| other(format!("the Docker engine at {socket} does not answer: {e}")))?;
+            .map_err(|source| EngineError::Socket { socket: socket.clone(), source })?;
+        docker.ping().await.map_err(|source| EngineError::Ping { socket, source })?;
         let (tx, rx) = mpsc::unbounded_channel();
         let rt = std::sync::Arc::new(DockerRuntime {
             docker: docker.clone(),
@@ -129,7 +129,7 @@ impl DockerRuntime {
             }
             // Created meanwhile by another orchestrator: what was asked for exists.
             Err(_) if self.docker.inspect_network(&self.config.network, None).await.is_ok() => Ok(()),
-            Err(e) => Err(other(format!("cannot create network {}: {e}", self.config.network))),
+            Err(source) => Err(EngineError::Network { network: self.config.network.clone(), source }.into()),
         }
     }
 }
@@ -141,12 +141,12 @@ impl ReplicaRuntime for DockerRuntime {
     }
 
     async fn prepare(&self, spec: &FunctionSpec, spec_hash: &str) -> Result<(), RuntimeError> {
-        let fail = |reason: String| RuntimeError::Prepare { function: spec.name.clone(), reason };
+        let fail = |source: ImageError| RuntimeError::Prepare { function: spec.name.clone(), source };
         let body = match &spec.runtime {
             Kind::Image { .. } => Vec::new(),
             Kind::Python { folder, .. } | Kind::Command { folder, .. } => {
                 let folder = self.config.definitions_dir.join(folder);
-                self.context(spec, &folder).map_err(|e| fail(format!("cannot pack {}: {e}", folder.display())))?
+                self.context(spec, &folder).map_err(|source| fail(ImageError::Pack { folder, source }))?
             }
         };
         let tag = image::image_tag(spec, &body);
@@ -156,7 +156,7 @@ impl ReplicaRuntime for DockerRuntime {
             return Ok(());
         }
         if let Kind::Image { image } = &spec.runtime {
-            return Err(fail(format!("image {image:?} is not on this Docker engine; load or build it first (no registry is used)")));
+            return Err(fail(ImageError::Missing { image: image.clone() }));
         }
         let lock = self.builds.lock().await.entry(tag.clone()).or_default().clone();
         let _building = lock.lock().await;
@@ -169,8 +169,8 @@ impl ReplicaRuntime for DockerRuntime {
     }
 
     async fn start(&self, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Result<Replica, RuntimeError> {
-        let fail = |reason: String| RuntimeError::Start { function: spec.name.clone(), reason };
-        let image = self.images.lock().unwrap().get(spec_hash).cloned().ok_or_else(|| fail("not prepared".into()))?;
+        let fail = |e: ContainerError| RuntimeError::Start { function: spec.name.clone(), source: e.into() };
+        let image = self.images.lock().unwrap().get(spec_hash).cloned().ok_or_else(|| fail(ContainerError::NotPrepared))?;
         // A ready spare, or the one being prepared (waited for, once); else none.
         let waited = std::time::Instant::now();
         let spare = match self.spares.claim(spec_hash, SPARE_WAIT).await {
@@ -211,7 +211,7 @@ impl ReplicaRuntime for DockerRuntime {
                 let c = create(&self.docker, &self.config, spec, spec_hash, &image, replica_id).await.map_err(fail)?;
                 if let Err(e) = self.docker.start_container(&c, None).await {
                     remove(&self.docker, &c).await;
-                    return Err(fail(format!("start: {e}")));
+                    return Err(fail(ContainerError::Start(e)));
                 }
                 c
             }
@@ -242,7 +242,7 @@ impl ReplicaRuntime for DockerRuntime {
         match self.docker.remove_container(&replica.handle, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await {
             Ok(()) => Ok(()),
             Err(e) if is_gone(&e) => Ok(()),
-            Err(e) => Err(other(format!("cannot remove container {}: {e}", replica.handle))),
+            Err(source) => Err(EngineError::Remove { container: replica.handle.clone(), source }.into()),
         }
     }
 
@@ -253,7 +253,7 @@ impl ReplicaRuntime for DockerRuntime {
             .docker
             .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
             .await
-            .map_err(other)?;
+            .map_err(EngineError::List)?;
         let mut out = Vec::new();
         for c in &list {
             let label = c.labels.as_ref().and_then(|l| l.get("roost.replica"));
