@@ -140,6 +140,7 @@ mod tests {
         let r = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
         assert!(matches!(&r, Reading::Loaded(d) if d["a"].version == "2"), "{r:?}");
         stop.cancel();
+        // Cleanup of a temporary folder: a leftover does not change the test's outcome.
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -167,7 +167,9 @@ impl<T> SpareSlots<T> {
         };
         // Releases the reservation however this ends (also if the claim is dropped).
         let reservation = Reservation { slots: self, key, id };
-        // `changed` only ends with an error, when the preparation ends (see `Slot`).
+        // Nothing to read from how the wait ended: `changed` only ends with an error, when
+        // the preparation ends (see `Slot`), or the wait times out; either way the slot,
+        // read next, says what there is to take.
         let _ = tokio::time::timeout(wait, done.changed()).await;
         reservation.take()
     }
@@ -230,6 +232,7 @@ impl<T> Preparation<T> {
 impl<T> Drop for Preparation<T> {
     fn drop(&mut self) {
         if !self.finished {
+            // Given no spare, `end` hands none back: there is nothing to remove.
             let _ = self.end(None);
         }
     }
@@ -386,6 +389,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         waiting.abort();
+        // The task was aborted: its result is the cancellation, nothing to check.
         let _ = waiting.await;
         let claim = claim_soon(&slots).await;
         assert_eq!(p.finish(Some("spare-2")), None);
