@@ -6,6 +6,7 @@
 
 use roost_common::env;
 use roost_common::net::{free_port, free_udp_port};
+use roost_common::process::Stopped;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -135,6 +136,9 @@ struct Proc {
     log: PathBuf,
 }
 
+/// How long a component may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
 /// The running components, stopped in reverse order on drop.
 struct Stack {
     procs: Vec<Proc>,
@@ -170,23 +174,15 @@ impl Stack {
         Ok(())
     }
 
+    /// Stops the components in reverse order: SIGTERM, then SIGKILL after [`STOP_GRACE`].
     fn stop_all(&mut self) {
         while let Some(mut p) = self.procs.pop() {
-            // SAFETY: signalling a child we spawned.
-            unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            loop {
-                match p.child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() > deadline => {
-                        let _ = p.child.kill();
-                        let _ = p.child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                }
+            match roost_common::process::stop_child(&mut p.child, STOP_GRACE) {
+                Ok((_, Stopped::Exited)) => eprintln!("roost: stopped {}", p.name),
+                Ok((_, Stopped::Killed)) => eprintln!("roost: stopped {} (killed: it ignored SIGTERM for {STOP_GRACE:?})", p.name),
+                // Not signalled or not reaped: it may still run; its log says what it did.
+                Err(e) => eprintln!("roost: cannot stop {}: {e}; its log: {}", p.name, p.log.display()),
             }
-            eprintln!("roost: stopped {}", p.name);
         }
     }
 }
