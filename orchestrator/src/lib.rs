@@ -51,9 +51,12 @@ pub enum Error {
     /// The Redis URL is malformed.
     #[error("invalid Redis URL {0:?}: {1}; use redis://host:port/")]
     RedisUrl(String, redis::RedisError),
-    /// The runtime could not be set up.
-    #[error("cannot set up the {0} runtime: {1}")]
-    Runtime(&'static str, String),
+    /// The process runtime could not be set up (its state folder).
+    #[error("cannot set up the process runtime: {0}; check that --state-dir / ROOST_STATE_DIR is a writable folder")]
+    ProcessRuntime(#[source] std::io::Error),
+    /// The Docker runtime could not be set up.
+    #[error("cannot set up the docker runtime: {0}")]
+    DockerRuntime(#[source] runtime::RuntimeError),
     /// The API port could not be bound.
     #[error("cannot listen on {0} for the API: {1}; pick another address with --bind / ROOST_ORCHESTRATOR_BIND")]
     Bind(SocketAddr, std::io::Error),
@@ -106,7 +109,7 @@ async fn build_runtime(config: &Config) -> Result<Arc<dyn ReplicaRuntime>, Error
                 bind_ip: "127.0.0.1".parse().expect("literal address"),
                 spares: config.process_spares as usize,
             };
-            let rt = runtime::process::ProcessRuntime::new(cfg).map_err(|e| Error::Runtime("process", e.to_string()))?;
+            let rt = runtime::process::ProcessRuntime::new(cfg).map_err(Error::ProcessRuntime)?;
             Ok(rt)
         }
         RuntimeKind::Docker => {
@@ -119,7 +122,7 @@ async fn build_runtime(config: &Config) -> Result<Arc<dyn ReplicaRuntime>, Error
                 runtime_dir,
                 warm_spares: config.docker_warm_spares,
             };
-            let rt = runtime::docker::DockerRuntime::connect(cfg).await.map_err(|e| Error::Runtime("docker", e.to_string()))?;
+            let rt = runtime::docker::DockerRuntime::connect(cfg).await.map_err(Error::DockerRuntime)?;
             Ok(rt)
         }
     }
