@@ -2,7 +2,6 @@
 //! the functions network, the warm-up of a spare, and the exits Docker reports.
 
 use super::image::FUNCTION_DIR;
-use super::spares::WARM_UP_DEADLINE;
 use super::{ContainerError, DockerConfig, DockerRuntime, MANAGED};
 use crate::runtime::env::{function_env, runtime_env, PythonPath};
 use crate::runtime::{Replica, RuntimeEvent};
@@ -18,6 +17,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
+
+/// How long a spare's warm-up may take to answer its readiness path.
+pub(super) const WARM_UP_DEADLINE: Duration = Duration::from_secs(30);
 
 impl DockerRuntime {
     pub(super) fn replica_of(&self, c: &bollard::models::ContainerSummary) -> Option<Replica> {

@@ -14,7 +14,7 @@
 //! preparation failed, or another cold start waits for it) does it create and start a
 //! container of its own.
 
-use super::container::{create, remove, warm_up};
+use super::container::{create, remove, warm_up, WARM_UP_DEADLINE};
 use super::DockerRuntime;
 use roost_common::spec::FunctionSpec;
 use std::collections::HashMap;
@@ -32,9 +32,6 @@ pub(super) struct Spare {
     /// Started, probed ready and paused, at this address; `None`: only created.
     pub(super) warm: Option<SocketAddr>,
 }
-
-/// How long a spare's warm-up may take to answer its readiness path.
-pub(super) const WARM_UP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How long a cold start waits for the spare being prepared: its warm-up deadline and a
 /// margin for the engine's create, start and pause calls.
