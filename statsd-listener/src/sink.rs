@@ -152,6 +152,11 @@ async fn write(
         };
         write.hset_multiple(keys::load(f), &hash.to_fields()).ignore();
         // The orchestrator's replica count, as it last published it (absent: one replica).
+        // It counts ready replicas only, not those starting, and lags a start by one
+        // publish: the rule (`roost_common::scaling::needs_scale_up`, the one the
+        // orchestrator sizes by) may then signal again, which the rate limit
+        // (`SCALE_SIGNAL_INTERVAL`) bounds and the orchestrator absorbs, since it sizes by
+        // ready plus starting replicas.
         let replicas = ReplicasHash::from_values(ready.as_deref(), target.as_deref());
         let (ready, target) = (replicas.ready, replicas.target_concurrency);
         let due = last_signal.get(*f).is_none_or(|t| t.elapsed() >= SIGNAL_EVERY);
