@@ -11,11 +11,12 @@
 //! ./target/release/examples/xds-bench
 //! ```
 
+use roost_common::wire::admin::{Applied, Change, NewEndpoint};
 use roost_testkit::envoy::{Envoy, EnvoyOptions, XdsMode};
 use roost_testkit::http;
 use roost_testkit::process::{free_port, Guard};
 use roost_testkit::wait_until;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,10 +30,11 @@ struct Case {
     rss_mb: f64,
 }
 
-async fn post(port: u16, path: &str, body: &Value) -> Value {
-    let r = http::request(port, "POST", path, &[], body.to_string().as_bytes()).await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
+async fn post(port: u16, path: &str, body: &impl serde::Serialize) -> Applied {
+    let body = serde_json::to_vec(body).expect("admin bodies serialize");
+    let r = http::request(port, "POST", path, &[], &body).await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
     assert_eq!(r.status, 200, "POST {path}: {}", r.body);
-    serde_json::from_str(&r.body).expect("JSON answer")
+    serde_json::from_str(&r.body).expect("the admin API's answer to a change")
 }
 
 async fn bytes_sent(admin: u16) -> u64 {
@@ -74,10 +76,10 @@ async fn run_case(binary: &std::path::Path, mode: XdsMode, functions: usize, cha
     let _envoy = Envoy::start(&EnvoyOptions::new(xds, mode)).await;
     let mut batch = Vec::new();
     for i in 0..functions {
-        batch.push(json!({"op": "put_function", "function": format!("f{i}"), "concurrency": 4}));
-        batch.push(json!({"op": "add_endpoint", "function": format!("f{i}"), "address": format!("127.0.0.1:{}", 20000 + i)}));
+        batch.push(Change::PutFunction { function: format!("f{i}"), concurrency: Some(4), timeout_ms: None });
+        batch.push(Change::AddEndpoint { function: format!("f{i}"), address: format!("127.0.0.1:{}", 20000 + i) });
     }
-    post(admin, "/changes?wait=true&timeout_ms=60000", &json!(batch)).await;
+    post(admin, "/changes?wait=true&timeout_ms=60000", &batch).await;
 
     let bytes_before = bytes_sent(admin).await;
     let mut samples = Vec::with_capacity(changes);
@@ -85,7 +87,7 @@ async fn run_case(binary: &std::path::Path, mode: XdsMode, functions: usize, cha
         // Alternately add and remove a second endpoint of one function.
         let t = Instant::now();
         if i % 2 == 0 {
-            post(admin, "/functions/f0/endpoints?wait=true", &json!({"address": "127.0.0.1:19999"})).await;
+            post(admin, "/functions/f0/endpoints?wait=true", &NewEndpoint { address: "127.0.0.1:19999".into() }).await;
         } else {
             let r = http::request(admin, "DELETE", "/functions/f0/endpoints/127.0.0.1:19999?wait=true", &[], b"")
                 .await

@@ -2,6 +2,8 @@
 //! many times a command was called (to prove the gate does not poll).
 
 use redis::aio::MultiplexedConnection;
+use roost_common::keys;
+use roost_common::wire::redis::ReadyNotice;
 
 /// A connection to the Redis on 127.0.0.1:`port`.
 pub async fn connect(port: u16) -> MultiplexedConnection {
@@ -25,17 +27,17 @@ pub async fn declare(c: &mut MultiplexedConnection, function: &str) {
 
 /// Marks `function` ready and says so on `roost:ready`, as the orchestrator does.
 pub async fn mark_ready(c: &mut MultiplexedConnection, function: &str) {
-    cmd(c, &["SET", &format!("roost:fn:{function}:ready"), "1"]).await;
-    cmd(c, &["DEL", &format!("roost:fn:{function}:waking")]).await;
-    let msg = serde_json::json!({"function": function, "ready": true}).to_string();
-    cmd(c, &["PUBLISH", "roost:ready", &msg]).await;
+    cmd(c, &["SET", &keys::ready(function), "1"]).await;
+    cmd(c, &["DEL", &keys::wake_lock(function)]).await;
+    let msg = ReadyNotice { function: function.into(), ready: true }.to_payload();
+    cmd(c, &["PUBLISH", keys::READY_CHANNEL, &msg]).await;
 }
 
 /// Marks `function` not ready and says so, as the orchestrator does before a drain.
 pub async fn mark_asleep(c: &mut MultiplexedConnection, function: &str) {
-    cmd(c, &["DEL", &format!("roost:fn:{function}:ready")]).await;
-    let msg = serde_json::json!({"function": function, "ready": false}).to_string();
-    cmd(c, &["PUBLISH", "roost:ready", &msg]).await;
+    cmd(c, &["DEL", &keys::ready(function)]).await;
+    let msg = ReadyNotice { function: function.into(), ready: false }.to_payload();
+    cmd(c, &["PUBLISH", keys::READY_CHANNEL, &msg]).await;
 }
 
 /// How many times Redis ran `command` (lowercase) since the start or `CONFIG RESETSTAT`.
