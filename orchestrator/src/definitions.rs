@@ -56,11 +56,22 @@ pub fn diff(old: &Definitions, new: &Definitions) -> Diff {
     d
 }
 
-/// Reads and validates the file once.
-pub fn read(path: &Path) -> Reading {
-    match std::fs::read_to_string(path) {
+/// What the watcher compares against: the file's bytes as last read (`None`: unreadable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen(Option<Vec<u8>>);
+
+/// Reads the file once: its reading, and what [`watch`] must compare later reads with (so
+/// an edit made between this read and the watcher's start is not missed).
+pub fn read_seen(path: &Path) -> (Reading, Seen) {
+    let bytes = std::fs::read(path);
+    let seen = Seen(bytes.as_ref().ok().cloned());
+    (reading(path, bytes), seen)
+}
+
+fn reading(path: &Path, bytes: std::io::Result<Vec<u8>>) -> Reading {
+    match bytes {
         Err(e) => Reading::Invalid(format!("cannot read {}: {e}", path.display())),
-        Ok(text) => parse(path, &text),
+        Ok(bytes) => parse(path, &String::from_utf8_lossy(&bytes)),
     }
 }
 
@@ -72,23 +83,21 @@ fn parse(path: &Path, text: &str) -> Reading {
     }
 }
 
-/// Polls `path` every `interval` and sends a [`Reading`] whenever its content changes.
-pub async fn watch(path: PathBuf, interval: Duration, tx: mpsc::Sender<Reading>, shutdown: CancellationToken) {
-    let mut last = std::fs::read(&path).ok();
+/// Polls `path` every `interval` and sends a [`Reading`] whenever its content differs
+/// from what was last seen (`seen`: the read the caller started from).
+pub async fn watch(path: PathBuf, seen: Seen, interval: Duration, tx: mpsc::Sender<Reading>, shutdown: CancellationToken) {
+    let Seen(mut last) = seen;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let now = std::fs::read(&path).ok();
-        if now == last {
+        let now = std::fs::read(&path);
+        if now.as_ref().ok() == last.as_ref() {
             continue;
         }
-        last = now.clone();
-        let reading = match now {
-            None => Reading::Invalid(format!("cannot read {}", path.display())),
-            Some(bytes) => parse(&path, &String::from_utf8_lossy(&bytes)),
-        };
+        last = now.as_ref().ok().cloned();
+        let reading = reading(&path, now);
         match &reading {
             Reading::Loaded(d) => info!(functions = d.len(), "definitions reloaded"),
             Reading::Invalid(e) => warn!(errors = %e, "definitions file invalid; keeping the last good definitions"),
@@ -128,12 +137,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("defs.yml");
         std::fs::write(&path, "usable-functions:\n  a: {version: 1, runtime: {kind: image, image: x}}\n").unwrap();
-        assert!(matches!(read(&path), Reading::Loaded(d) if d.len() == 1));
+        let (first, seen) = read_seen(&path);
+        assert!(matches!(first, Reading::Loaded(d) if d.len() == 1));
+        // An edit before the watcher starts is seen: it compares with the first read.
+        std::fs::write(&path, "usable-functions:\n  a: {version: 1, bogus: 2, runtime: {kind: image, image: x}}\n").unwrap();
         let (tx, mut rx) = mpsc::channel(8);
         let stop = CancellationToken::new();
-        tokio::spawn(watch(path.clone(), Duration::from_millis(10), tx, stop.clone()));
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        std::fs::write(&path, "usable-functions:\n  a: {version: 1, bogus: 2, runtime: {kind: image, image: x}}\n").unwrap();
+        tokio::spawn(watch(path.clone(), seen, Duration::from_millis(10), tx, stop.clone()));
         let r = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
         assert!(matches!(&r, Reading::Invalid(e) if e.contains("bogus")), "{r:?}");
         std::fs::write(&path, "usable-functions:\n  a: {version: 2, runtime: {kind: image, image: x}}\n").unwrap();

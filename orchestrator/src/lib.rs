@@ -146,13 +146,13 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>
     let (req_tx, requests) = mpsc::channel(supervisor::QUEUE);
     let events = runtime.events();
     let path = config.definitions.clone();
-    let initial = definitions::read(&path);
+    let (initial, seen) = definitions::read_seen(&path);
     let health = Arc::new(api::Health::default());
     let api = axum::serve(listener, api::router(req_tx, health.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     info!(%api_addr, runtime = runtime.kind(), definitions = %path.display(), "orchestrator starting");
     // Every task the orchestrator starts is owned here, and ended (or awaited) on shutdown.
     let mut tasks = JoinSet::new();
-    tasks.spawn(definitions::watch(path.clone(), Duration::from_millis(config.reload_interval_ms), read_tx, shutdown.clone()));
+    tasks.spawn(definitions::watch(path.clone(), seen, Duration::from_millis(config.reload_interval_ms), read_tx, shutdown.clone()));
     tasks.spawn(redis_io::listen(client.clone(), sig_tx, shutdown.clone()));
     tasks.spawn(async move {
         if let Err(e) = api.await {

@@ -171,6 +171,13 @@ impl<T> SpareSlots<T> {
         reservation.take()
     }
 
+    /// A claim waits on `key`'s preparation (for tests: the signal that a claim in another
+    /// task has started waiting).
+    #[cfg(test)]
+    fn is_reserved(&self, key: &str) -> bool {
+        matches!(self.inner.lock().unwrap().slots.get(key), Some(Slot::Preparing { reserved: true, .. }))
+    }
+
     /// Closes: no preparation begins any more, the ready spares are returned (to remove),
     /// and preparations in flight are forgotten (a claim waiting on one wakes and gets
     /// `Missing`; the spare it makes is handed back to its preparer to remove).
@@ -293,11 +300,7 @@ mod tests {
     async fn a_claim_during_a_preparation_waits_for_it_and_takes_its_spare() {
         let slots = SpareSlots::new();
         let p = slots.begin("h").unwrap();
-        let claim = tokio::spawn({
-            let slots = slots.clone();
-            async move { slots.claim("h", WAIT).await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let claim = claim_soon(&slots).await;
         assert!(!claim.is_finished(), "the claim waits for the preparation");
         assert_eq!(p.finish(Some("spare")), None);
         assert_eq!(claim.await.unwrap(), Claim::Prepared("spare"));
@@ -318,11 +321,24 @@ mod tests {
         assert_eq!(got, Claim::Prepared("spare"));
     }
 
-    /// A claim of "h" in a task of its own, given 20 ms to start waiting.
+    /// Returns once a claim waits on "h"'s preparation.
+    async fn until_reserved<T>(slots: &SpareSlots<T>) {
+        tokio::time::timeout(WAIT, async {
+            while !slots.is_reserved("h") {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("a claim starts waiting");
+    }
+
+    /// A claim of "h" in a task of its own, returned once it waits.
     async fn claim_soon(slots: &std::sync::Arc<SpareSlots<&'static str>>) -> tokio::task::JoinHandle<Claim<&'static str>> {
-        let slots = slots.clone();
-        let claim = tokio::spawn(async move { slots.claim("h", WAIT).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let claim = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.claim("h", WAIT).await }
+        });
+        until_reserved(slots).await;
         claim
     }
 
@@ -354,7 +370,7 @@ mod tests {
                 tokio::spawn(async move { slots.claim("h", WAIT).await })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until_reserved(&slots).await;
         assert_eq!(p.finish(Some("spare")), None);
         let mut got = Vec::new();
         for c in claims {
@@ -380,11 +396,7 @@ mod tests {
 
         // A claim dropped while it waits releases its reservation too.
         let p = slots.begin("h").unwrap();
-        let waiting = tokio::spawn({
-            let slots = slots.clone();
-            async move { slots.claim("h", WAIT).await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let waiting = claim_soon(&slots).await;
         waiting.abort();
         // The task was aborted: its result is the cancellation, nothing to check.
         let _ = waiting.await;
@@ -403,7 +415,7 @@ mod tests {
             let slots = slots.clone();
             async move { slots.claim("h", Duration::from_secs(3600)).await }
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until_reserved(&slots).await;
         assert_eq!(slots.close(), vec!["ready-spare"], "ready spares are returned to remove");
         let got = tokio::time::timeout(WAIT, claim).await.expect("a waiting claim does not hang after close");
         assert_eq!(got.unwrap(), Claim::Missing);
