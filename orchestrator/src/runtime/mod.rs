@@ -5,6 +5,7 @@
 pub mod docker;
 pub(crate) mod env;
 pub mod process;
+pub(crate) mod tasks;
 
 use roost_common::spec::FunctionSpec;
 use serde::{Deserialize, Serialize};

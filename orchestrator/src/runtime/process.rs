@@ -296,6 +296,8 @@ pub struct ProcessRuntime {
     exits: Mutex<HashMap<String, watch::Receiver<bool>>>,
     events_tx: mpsc::UnboundedSender<RuntimeEvent>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
+    /// Exit watchers and log followers.
+    tasks: Arc<super::tasks::Tasks>,
 }
 
 /// `[sys.executable, sys.path]` of the interpreter, started with `flags`.
@@ -340,7 +342,13 @@ impl ProcessRuntime {
         let launcher = Arc::new(Launcher::new(config));
         let pool = Arc::new(Pool { launcher, state: Mutex::default(), seq: Default::default() });
         let (tx, rx) = mpsc::unbounded_channel();
-        Ok(Arc::new(ProcessRuntime { pool, exits: Mutex::default(), events_tx: tx, events_rx: Mutex::new(Some(rx)) }))
+        Ok(Arc::new(ProcessRuntime {
+            pool,
+            exits: Mutex::default(),
+            events_tx: tx,
+            events_rx: Mutex::new(Some(rx)),
+            tasks: Default::default(),
+        }))
     }
 
     fn config(&self) -> &ProcessConfig {
@@ -414,7 +422,7 @@ impl ProcessRuntime {
         self.exits.lock().unwrap().insert(replica_id.to_string(), rx.clone());
         self.follow_log(&replica, false, rx);
         let (events, id, function, file) = (self.events_tx.clone(), replica_id.to_string(), spec.name.clone(), self.state_file(replica_id));
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let reason = match child.wait().await {
                 Ok(status) => status.to_string(),
                 Err(e) => e.to_string(),
@@ -432,7 +440,7 @@ impl ProcessRuntime {
     /// Follows a replica's log file into the orchestrator's log until the replica exits.
     fn follow_log(&self, replica: &Replica, from_end: bool, exit: watch::Receiver<bool>) {
         let (path, function, id) = (self.log_file(&replica.id), replica.function.clone(), replica.id.clone());
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let Ok(file) = tokio::fs::File::open(&path).await else { return };
             let mut reader = BufReader::new(file);
             if from_end {
@@ -467,7 +475,7 @@ impl ProcessRuntime {
         self.follow_log(replica, true, rx);
         let (events, id, function, file) =
             (self.events_tx.clone(), replica.id.clone(), replica.function.clone(), self.state_file(&replica.id));
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             while process::is_alive(pid) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -581,6 +589,8 @@ impl ReplicaRuntime for ProcessRuntime {
 
     async fn close(&self) {
         self.pool.close().await;
+        // Every replica has stopped by now: their watchers end within a poll.
+        self.tasks.close(Duration::from_secs(2)).await;
     }
 }
 

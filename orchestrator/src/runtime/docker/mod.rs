@@ -74,6 +74,10 @@ pub struct DockerRuntime {
     /// `list` leaves them alone (a created or paused spare is not a leftover).
     own_spares: std::sync::Arc<Mutex<HashSet<String>>>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
+    /// Spare preparations under way.
+    tasks: super::tasks::Tasks,
+    /// The task following Docker's container exits (it runs until `close` ends it).
+    exits: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -105,9 +109,11 @@ impl DockerRuntime {
             aliases: Default::default(),
             own_spares: Default::default(),
             events_rx: Mutex::new(Some(rx)),
+            tasks: Default::default(),
+            exits: Mutex::new(None),
         });
         rt.ensure_network().await?;
-        tokio::spawn(follow_exits(docker, tx, rt.aliases.clone()));
+        *rt.exits.lock().unwrap() = Some(tokio::spawn(follow_exits(docker, tx, rt.aliases.clone())));
         Ok(rt)
     }
 
@@ -279,9 +285,15 @@ impl ReplicaRuntime for DockerRuntime {
     }
 
     async fn close(&self) {
+        if let Some(exits) = self.exits.lock().unwrap().take() {
+            exits.abort();
+        }
         for s in self.spares.close() {
             self.own_spares.lock().unwrap().remove(&s.label_id);
             remove(&self.docker, &s.container).await;
         }
+        // A preparation still in flight removes the spare it makes (the slots are closed):
+        // wait for that, at most as long as one may take.
+        self.tasks.close(SPARE_WAIT).await;
     }
 }

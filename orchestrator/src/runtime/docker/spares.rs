@@ -51,7 +51,7 @@ impl DockerRuntime {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
         );
         own.lock().unwrap().insert(label_id.clone());
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let mut created = create(&docker, &config, &spec, &hash, &image, &label_id).await;
             let mut warm = None;
             if let (Ok(container), true) = (&created, config.warm_spares) {
