@@ -7,6 +7,7 @@
 use crate::context::Ctx;
 use crate::definitions::{self, Reading};
 use crate::function::{self, Handle, Msg, WakeError, WakeReply};
+use crate::lifecycle::adoption::{self, Stale, Verdict};
 use crate::lifecycle::Event;
 use crate::redis_io::Signal;
 use crate::runtime::RuntimeEvent;
@@ -330,30 +331,32 @@ async fn adopt(ctx: &Arc<Ctx>, defs: &Definitions, fns: &mut Functions) {
             }
             _ => false,
         };
-        if registered {
-            info!(replica = %replica.id, address = %replica.address, "adopted a running replica");
-            kept.insert((replica.function.clone(), replica.address));
-            let function = replica.function.clone();
-            fns.deliver(&function, Event::Adopted(replica));
-        } else {
-            info!(replica = %replica.id, function = %replica.function, "stopping a stray replica");
-            if let Err(e) = ctx.runtime.stop(&replica, ctx.settings.stop_grace).await {
-                warn!(replica = %replica.id, error = %e, "cannot stop a stray replica; the next start-up tries again");
+        match adoption::verdict(spec.is_some(), healthy, registered) {
+            Verdict::Adopt => {
+                info!(replica = %replica.id, address = %replica.address, "adopted a running replica");
+                kept.insert((replica.function.clone(), replica.address));
+                let function = replica.function.clone();
+                fns.deliver(&function, Event::Adopted(replica));
+            }
+            Verdict::Stop => {
+                info!(replica = %replica.id, function = %replica.function, healthy, "stopping a stray replica");
+                if let Err(e) = ctx.runtime.stop(&replica, ctx.settings.stop_grace).await {
+                    warn!(replica = %replica.id, error = %e, "cannot stop a stray replica; the next start-up tries again");
+                }
             }
         }
     }
     match ctx.cp.functions().await {
-        Ok(list) => {
-            for (name, endpoints) in list {
-                if !defs.contains_key(&name) {
-                    info!(function = %name, "removing a function the definitions no longer have");
-                    if let Err(e) = ctx.cp.remove_function(&name).await {
-                        warn!(function = %name, error = %e, "cannot remove a stale function from the control plane");
+        Ok(routed) => {
+            for stale in adoption::stale(&routed, |n| defs.contains_key(n), &kept) {
+                match stale {
+                    Stale::Function(name) => {
+                        info!(function = %name, "removing a function the definitions no longer have");
+                        if let Err(e) = ctx.cp.remove_function(&name).await {
+                            warn!(function = %name, error = %e, "cannot remove a stale function from the control plane");
+                        }
                     }
-                    continue;
-                }
-                for addr in endpoints {
-                    if !kept.contains(&(name.clone(), addr)) {
+                    Stale::Endpoint(name, addr) => {
                         info!(function = %name, %addr, "removing an endpoint no replica backs");
                         if let Err(e) = ctx.cp.remove_endpoint(&name, addr).await {
                             warn!(function = %name, %addr, error = %e, "cannot remove a stale endpoint");

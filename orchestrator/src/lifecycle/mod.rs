@@ -10,7 +10,9 @@
 //! passed and Envoy ACKed it; it leaves only through draining, so no request is failed.
 //!
 //! - [`scaling`]: how many replicas the observed load needs (a pure function).
+//! - [`adoption`]: what a starting orchestrator adopts, stops and removes.
 
+pub mod adoption;
 pub mod scaling;
 
 use crate::runtime::Replica;

@@ -1,0 +1,79 @@
+//! What a starting orchestrator does with what an earlier one left: which running
+//! replicas it adopts, and which control-plane functions and endpoints it removes. Pure:
+//! the supervisor lists, probes and registers, then asks here.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+/// What became of a replica found running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its function is defined, it answered its readiness probe and Envoy took its
+    /// endpoint: it serves again.
+    Adopt,
+    /// Anything else: stopped as a stray (a restart starts a fresh one when needed).
+    Stop,
+}
+
+/// Whether a replica found running is adopted: only a defined function's replica that is
+/// healthy and registered.
+pub fn verdict(defined: bool, healthy: bool, registered: bool) -> Verdict {
+    if defined && healthy && registered {
+        Verdict::Adopt
+    } else {
+        Verdict::Stop
+    }
+}
+
+/// Control-plane state no replica backs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stale {
+    /// A function the definitions no longer have.
+    Function(String),
+    /// An endpoint of a defined function that no adopted replica backs.
+    Endpoint(String, SocketAddr),
+}
+
+/// What to remove from the control plane, given what it routes (`routed`: functions and
+/// their endpoints), which functions are defined, and the adopted replicas' endpoints.
+pub fn stale(routed: &[(String, Vec<SocketAddr>)], defined: impl Fn(&str) -> bool, adopted: &HashSet<(String, SocketAddr)>) -> Vec<Stale> {
+    let mut out = Vec::new();
+    for (name, endpoints) in routed {
+        if !defined(name) {
+            out.push(Stale::Function(name.clone()));
+            continue;
+        }
+        for addr in endpoints {
+            if !adopted.contains(&(name.clone(), *addr)) {
+                out.push(Stale::Endpoint(name.clone(), *addr));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn only_a_defined_healthy_registered_replica_is_adopted() {
+        assert_eq!(verdict(true, true, true), Verdict::Adopt);
+        assert_eq!(verdict(false, true, true), Verdict::Stop, "its function left the definitions");
+        assert_eq!(verdict(true, false, false), Verdict::Stop, "it does not answer its probe");
+        assert_eq!(verdict(true, true, false), Verdict::Stop, "Envoy did not take it");
+    }
+
+    #[test]
+    fn functions_gone_and_endpoints_nobody_backs_are_stale() {
+        let routed = vec![("gone".to_string(), vec![addr(1)]), ("f".to_string(), vec![addr(2), addr(3)])];
+        let adopted: HashSet<_> = [("f".to_string(), addr(2))].into();
+        let got = stale(&routed, |n| n == "f", &adopted);
+        assert_eq!(got, [Stale::Function("gone".into()), Stale::Endpoint("f".into(), addr(3))]);
+        assert!(stale(&[("f".to_string(), vec![addr(2)])], |_| true, &adopted).is_empty());
+    }
+}
