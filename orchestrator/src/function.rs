@@ -1,8 +1,10 @@
 //! One task per function, the executor of its [`lifecycle`](crate::lifecycle) state
 //! machine: it feeds the machine events, performs the effects it returns (quick Redis
 //! calls in order; starts, probes, registrations, drains and stops in tasks it owns) and
-//! feeds their results back. It decides nothing itself. Its status is published on a
-//! `watch`, so `/status` never waits on it.
+//! feeds their results back. It decides nothing itself. Its status is published to a
+//! shared cell after every event, so `/status` never waits on its work; only while a
+//! ready notice is being published is the cell held, so that nobody answered through the
+//! gate can read a status older than the replica that answered them.
 
 use crate::context::Ctx;
 use crate::lifecycle::{Cause, Effect, Event, Function, Load, StartError, WaiterId};
@@ -13,7 +15,7 @@ use roost_common::wire::status::{FunctionStatus, WakeReport};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, OwnedRwLockWriteGuard, RwLock};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{info, warn, Instrument};
@@ -57,17 +59,21 @@ pub struct Handle {
     /// The mailbox.
     pub tx: mpsc::Sender<Msg>,
     /// The newest status; `None` once the function is removed.
-    pub status: watch::Receiver<Option<FunctionStatus>>,
+    pub status: SharedStatus,
 }
+
+/// A function's newest status, shared by its task (the writer) and `/status` (readers).
+pub type SharedStatus = Arc<RwLock<Option<FunctionStatus>>>;
 
 /// A function's task, not yet spawned: the supervisor spawns it into the set of tasks it owns.
 pub fn task(ctx: Arc<Ctx>, spec: Arc<FunctionSpec>, hash: String) -> (Handle, impl std::future::Future<Output = ()> + Send + 'static) {
     let prefix = format!("{}-{}", spec.name, std::process::id());
     let (machine, first) = Function::new(spec, hash, prefix, ctx.settings.ready_timeout);
     let (tx, rx) = mpsc::channel(MAILBOX);
-    let (status_tx, status) = watch::channel(Some(machine.status()));
+    let status: SharedStatus = Arc::new(RwLock::new(Some(machine.status())));
     let span = tracing::info_span!("function", name = %machine.name());
-    let exec = Executor { ctx, machine, waiters: HashMap::new(), next_waiter: 0, status: status_tx, work: JoinSet::new() };
+    let exec =
+        Executor { ctx, machine, waiters: HashMap::new(), next_waiter: 0, status: status.clone(), gone: false, work: JoinSet::new() };
     (Handle { tx, status }, exec.run(rx, first).instrument(span))
 }
 
@@ -76,7 +82,9 @@ struct Executor {
     machine: Function,
     waiters: HashMap<WaiterId, WakeReply>,
     next_waiter: WaiterId,
-    status: watch::Sender<Option<FunctionStatus>>,
+    status: SharedStatus,
+    /// Removed: `/status` no longer lists it.
+    gone: bool,
     /// Effects under way; each ends with the event it reports (if any).
     work: JoinSet<Option<Event>>,
 }
@@ -121,9 +129,13 @@ impl Executor {
         self.work.shutdown().await;
     }
 
-    fn publish_status(&self) {
-        if self.status.borrow().is_some() {
-            self.status.send_replace(Some(self.machine.status()));
+    /// Writes the machine's status to the shared cell, through `held` when the cell is
+    /// already held by this dispatch.
+    async fn publish_status(&self, held: &mut Option<OwnedRwLockWriteGuard<Option<FunctionStatus>>>) {
+        let status = (!self.gone).then(|| self.machine.status());
+        match held {
+            Some(cell) => **cell = status,
+            None => *self.status.write().await = status,
         }
     }
 
@@ -133,17 +145,31 @@ impl Executor {
         self.next_waiter
     }
 
-    /// Handles one event and every event its inline effects produce, then publishes the status.
+    /// Handles one event and every event its inline effects produce, then publishes the
+    /// status. From a ready notice on, the status cell is held until the status shows
+    /// the replica that is ready: the gate sends requests from that notice on.
     async fn dispatch(&mut self, event: Event) {
+        let mut held = None;
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
             for effect in self.machine.handle(event, Instant::now()) {
+                match &effect {
+                    Effect::SetReady(_) if held.is_none() => held = Some(self.status.clone().write_owned().await),
+                    // Whoever is answered sees the state that answered them in `/status`;
+                    // a removed function leaves `/status` before Redis and the control plane.
+                    Effect::Answer(..) => self.publish_status(&mut held).await,
+                    Effect::Forget => {
+                        self.gone = true;
+                        self.publish_status(&mut held).await;
+                    }
+                    _ => {}
+                }
                 if let Some(next) = self.perform(effect).await {
                     queue.push_back(next);
                 }
             }
         }
-        self.publish_status();
+        self.publish_status(&mut held).await;
     }
 
     /// Performs one effect: inline ones now (returning the event they produce), the
@@ -242,8 +268,6 @@ impl Executor {
                 );
             }
             Effect::Answer(ids, result) => {
-                // Whoever is answered sees the state that answered them in `/status`.
-                self.publish_status();
                 for id in ids {
                     if let Some(reply) = self.waiters.remove(&id) {
                         if reply.send(result.clone().map_err(WakeError::Failed)).is_err() {
@@ -272,9 +296,8 @@ impl Executor {
             },
             Effect::Metric(m) => ctx.metrics.record(&name, &m),
             Effect::Forget => {
-                // Gone from `/status` first, then from Redis (the gate answers 404), then
+                // Gone from `/status` (above), then from Redis (the gate answers 404), then
                 // from the control plane.
-                self.status.send_replace(None);
                 if let Err(e) = ctx.redis.forget(&name).await {
                     warn!(error = %e, "cannot remove the function's keys from Redis");
                 }

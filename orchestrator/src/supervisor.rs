@@ -1,8 +1,8 @@
 //! The supervisor: one task per function, fed by the definitions watcher, Redis signals,
 //! runtime events and a periodic tick; adopts running replicas on start and removes
 //! strays; stops every replica on a graceful shutdown. It never waits on a function: its
-//! messages go through bounded mailboxes without blocking, and `/status` reads each
-//! function's published status.
+//! messages go through bounded mailboxes without blocking, and `/status` is gathered
+//! from each function's published status in a task of its own.
 
 use crate::context::Ctx;
 use crate::definitions::{self, Reading};
@@ -68,7 +68,8 @@ struct Functions {
     ctx: Arc<Ctx>,
     map: BTreeMap<String, Entry>,
     tasks: JoinSet<(String, u64)>,
-    /// Messages that found a full mailbox and must not be lost, each sent by its own task.
+    /// Messages that found a full mailbox and must not be lost, each sent by its own
+    /// task, and `/status` answers being gathered: work the loop must not wait on.
     deliveries: JoinSet<()>,
     generation: u64,
 }
@@ -149,8 +150,18 @@ impl Functions {
         }
     }
 
-    fn status(&self) -> Vec<roost_common::wire::status::FunctionStatus> {
-        self.map.values().filter_map(|e| e.handle.status.borrow().clone()).collect()
+    /// Answers a `/status` request from a task of its own: a function's status cell is
+    /// held only while its ready notice is published (see `function.rs`).
+    fn answer_status(&mut self, mut status: Status, reply: oneshot::Sender<Status>) {
+        let cells: Vec<function::SharedStatus> = self.map.values().map(|e| e.handle.status.clone()).collect();
+        self.deliveries.spawn(async move {
+            for cell in cells {
+                status.functions.extend(cell.read().await.clone());
+            }
+            if reply.send(status).is_err() {
+                debug!("a status request gave up before its answer");
+            }
+        });
     }
 }
 
@@ -266,11 +277,9 @@ pub async fn run(
                         runtime: ctx.runtime.kind().to_string(),
                         definitions: opts.definitions_path.clone(),
                         definitions_error: defs_error.clone(),
-                        functions: fns.status(),
+                        functions: Vec::new(),
                     };
-                    if reply.send(status).is_err() {
-                        debug!("a status request gave up before its answer");
-                    }
+                    fns.answer_status(status, reply);
                 }
             },
         }

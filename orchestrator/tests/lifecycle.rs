@@ -233,3 +233,39 @@ async fn a_function_stuck_in_the_control_plane_delays_neither_another_wake_nor_s
     eprintln!("stopped after {:?}", t0.elapsed());
     stuck_wake.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
+async fn status_read_on_the_ready_notice_already_shows_the_replica() {
+    use futures::StreamExt;
+    let b = Backend::start().await;
+    let defs = Defs::new(DEFS);
+    let rt = FakeRuntime::new(Duration::ZERO);
+    let (o, stop) = start(&b, &defs, rt.clone()).await;
+    let api = o.api_addr.port();
+    let client = redis::Client::open(b.redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(roost_common::keys::READY_CHANNEL).await.unwrap();
+    let mut notices = pubsub.on_message();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    for round in 1..=10u64 {
+        // Woken as the gate wakes it: a signal, nobody waiting on the orchestrator's answer.
+        let _: () = redis::cmd("PUBLISH").arg(roost_common::keys::WAKE_CHANNEL).arg("f").query_async(&mut c).await.unwrap();
+        // The gate sends held requests on this notice: whoever it answers reads /status next.
+        loop {
+            let m = tokio::time::timeout(WAIT, notices.next()).await.expect("a ready notice").expect("subscribed");
+            let payload: String = m.get_payload().unwrap();
+            if payload.contains("\"ready\":true") {
+                break;
+            }
+        }
+        let f = function_status(api, "f").await;
+        assert_eq!(f["state"], "ready", "round {round}: {f}");
+        assert_eq!(f["cold_starts"], round, "round {round}: {f}");
+        // Back to zero for the next round (idle timeout 400 ms).
+        wait_until(WAIT, "f asleep", || async { (function_status(api, "f").await["state"] == "sleeping").then_some(()) }).await;
+    }
+    drop(notices);
+    stop.cancel();
+    o.wait().await.expect("the orchestrator stops cleanly");
+}
