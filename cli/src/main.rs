@@ -94,6 +94,13 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // A reader that stops early (`roost ls --json | head`) ends `roost` quietly, as it
+    // ends any Unix tool, instead of a panic on the broken pipe (Rust ignores SIGPIPE).
+    // SAFETY: setting a signal's disposition to the default, before any thread of ours
+    // writes to stdout; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let e = Endpoints {
         gate: cli.gate.trim_end_matches('/').into(),

@@ -263,6 +263,10 @@ fn binary(opts: &UpOptions, name: &'static str) -> Result<PathBuf, UpError> {
 
 /// Starts every component, each waited for, and returns them running.
 pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
+    std::fs::create_dir_all(&opts.work_dir)?;
+    // Absolute from here on: nginx resolves a relative prefix against itself (a relative
+    // `.roost` became `.roost/gate/.roost/gate/nginx.conf`), and children may change folder.
+    let opts = &UpOptions { work_dir: std::fs::canonicalize(&opts.work_dir)?, ..opts.clone() };
     let logs = opts.work_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     let mut stack = Stack { procs: Vec::new(), logs: logs.clone() };

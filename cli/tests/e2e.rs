@@ -62,10 +62,9 @@ impl Platform {
             "roost up",
             Command::new(env!("CARGO_BIN_EXE_roost"))
                 .args(["up", "--port", &port.to_string()])
-                .arg("--definitions")
-                .arg(dir.join("global-function-definition.yml"))
-                .arg("--work-dir")
-                .arg(dir.join(".roost"))
+                // Relative paths, as a user in the project's folder types them.
+                .current_dir(&dir)
+                .args(["--definitions", "global-function-definition.yml", "--work-dir", ".roost"])
                 .arg("--home")
                 .arg(workspace_root())
                 .stdout(Stdio::null())
