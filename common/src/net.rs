@@ -19,12 +19,14 @@ mod tests {
     use std::net::Ipv4Addr;
 
     #[test]
-    fn a_free_port_can_be_bound() {
+    fn a_free_port_is_a_port_the_kernel_gave() {
+        // Binding it again here would race with every other test of the process that
+        // opens a socket (the port is free only until someone takes it), so this checks
+        // what the function itself guarantees: a port the kernel chose (not 0).
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let tcp = free_port(ip).unwrap();
         assert_ne!(tcp, 0);
-        TcpListener::bind((ip, tcp)).unwrap();
         let udp = free_udp_port(ip).unwrap();
-        UdpSocket::bind((ip, udp)).unwrap();
+        assert_ne!(udp, 0);
     }
 }
