@@ -52,6 +52,22 @@ pub fn replicas(function: &str) -> String {
     format!("roost:fn:{function}:replicas")
 }
 
+/// String key: why the gate must answer a function's callers at once instead of waking it,
+/// a [`crate::wire::redis::Refusal`] in JSON. Set by the orchestrator while the function
+/// is invalid, its build failed, or it is backing off after failed starts (then with an
+/// expiry: the back-off left, which the gate sends as `Retry-After`); deleted when the
+/// function may be woken again.
+pub fn refusal(function: &str) -> String {
+    format!("roost:fn:{function}:refusal")
+}
+
+/// String key: how long, in milliseconds, the gate holds a request for the function while
+/// it wakes (its `readiness.timeout` and what comes after the probe); absent, the gate's
+/// own default (`ROOST_GATE_WAKE_TIMEOUT_MS`).
+pub fn hold_ms(function: &str) -> String {
+    format!("roost:fn:{function}:hold_ms")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +78,8 @@ mod tests {
         assert_eq!(wake_lock("hello"), "roost:fn:hello:waking");
         assert_eq!(load("hello"), "roost:fn:hello:load");
         assert_eq!(replicas("hello"), "roost:fn:hello:replicas");
+        assert_eq!(refusal("hello"), "roost:fn:hello:refusal");
+        assert_eq!(hold_ms("hello"), "roost:fn:hello:hold_ms");
         for key in [FUNCTIONS, CONTROL_PLANE_STATE, WAKE_CHANNEL, READY_CHANNEL, SCALE_CHANNEL] {
             assert!(key.starts_with(PREFIX), "{key} must start with {PREFIX}");
         }

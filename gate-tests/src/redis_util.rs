@@ -29,14 +29,14 @@ pub async fn declare(c: &mut MultiplexedConnection, function: &str) {
 pub async fn mark_ready(c: &mut MultiplexedConnection, function: &str) {
     cmd(c, &["SET", &keys::ready(function), "1"]).await;
     cmd(c, &["DEL", &keys::wake_lock(function)]).await;
-    let msg = ReadyNotice { function: function.into(), ready: true }.to_payload();
+    let msg = ReadyNotice { function: function.into(), ready: true, refusal: None }.to_payload();
     cmd(c, &["PUBLISH", keys::READY_CHANNEL, &msg]).await;
 }
 
 /// Marks `function` not ready and says so, as the orchestrator does before a drain.
 pub async fn mark_asleep(c: &mut MultiplexedConnection, function: &str) {
     cmd(c, &["DEL", &keys::ready(function)]).await;
-    let msg = ReadyNotice { function: function.into(), ready: false }.to_payload();
+    let msg = ReadyNotice { function: function.into(), ready: false, refusal: None }.to_payload();
     cmd(c, &["PUBLISH", keys::READY_CHANNEL, &msg]).await;
 }
 

@@ -24,6 +24,8 @@ pub struct Settings {
 pub struct Ctx {
     /// Where replicas run.
     pub runtime: Arc<dyn ReplicaRuntime>,
+    /// The replicas' and builds' output (the runtime's store).
+    pub logs: crate::logs::Logs,
     /// The control plane's admin API.
     pub cp: ControlPlane,
     /// Redis.

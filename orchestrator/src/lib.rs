@@ -16,7 +16,8 @@
 //! - [`redis_io`]: ready flags, load, replica counts, wake and scale signals.
 //! - [`context`]: what the function tasks share.
 //! - [`metrics`]: the orchestrator's own statsd metrics.
-//! - [`api`]: the HTTP status and wake API.
+//! - [`logs`]: the replicas' and builds' output, kept in memory for `roost logs`.
+//! - [`api`]: the HTTP status, wake and log API.
 
 pub(crate) mod api;
 pub mod config;
@@ -26,6 +27,7 @@ pub(crate) mod definitions;
 pub(crate) mod envoy_admin;
 pub(crate) mod function;
 pub(crate) mod lifecycle;
+pub mod logs;
 pub(crate) mod metrics;
 pub mod probe;
 pub(crate) mod redis_io;
@@ -167,6 +169,7 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>
             debug!("Redis was already set for /healthz");
         }
         let ctx = Arc::new(Ctx {
+            logs: runtime.logs(),
             runtime,
             cp: control_plane::ControlPlane::new(&config.control_plane_url, Duration::from_millis(config.sync_timeout_ms)),
             redis,

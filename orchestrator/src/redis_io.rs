@@ -7,7 +7,7 @@ use futures::StreamExt;
 use redis::AsyncCommands;
 use roost_common::backoff::Backoff;
 use roost_common::keys;
-use roost_common::wire::redis::{function_of_signal, LoadHash, ReadyNotice, ReplicasHash};
+use roost_common::wire::redis::{function_of_signal, LoadHash, ReadyNotice, Refusal, ReplicasHash};
 use std::collections::HashMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -73,7 +73,7 @@ impl RedisIo {
     /// Marks the function ready and tells the gate.
     pub async fn set_ready(&self, function: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
-        let msg = ReadyNotice { function: function.to_string(), ready: true }.to_payload();
+        let msg = ReadyNotice { function: function.to_string(), ready: true, refusal: None }.to_payload();
         redis::pipe()
             .set(keys::ready(function), 1)
             .ignore()
@@ -88,8 +88,37 @@ impl RedisIo {
     /// Marks the function not ready (the gate holds new requests and wakes it again).
     pub async fn clear_ready(&self, function: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
-        let msg = ReadyNotice { function: function.to_string(), ready: false }.to_payload();
+        let msg = ReadyNotice { function: function.to_string(), ready: false, refusal: None }.to_payload();
         redis::pipe().del(keys::ready(function)).ignore().publish(keys::READY_CHANNEL, msg).ignore().query_async(&mut c).await
+    }
+
+    /// Refuses the function's callers: the gate answers them at once with `refusal`
+    /// (for `retry_after_s`, when set; until [`RedisIo::lift_refusal`] otherwise) and
+    /// releases the requests it holds with it.
+    pub async fn refuse(&self, function: &str, refusal: &Refusal) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        let key = keys::refusal(function);
+        let msg = ReadyNotice { function: function.to_string(), ready: false, refusal: Some(refusal.clone()) }.to_payload();
+        let mut p = redis::pipe();
+        match refusal.retry_after_s {
+            Some(s) => p.pset_ex(&key, refusal.to_payload(), s.max(1) * 1000),
+            None => p.set(&key, refusal.to_payload()),
+        };
+        p.ignore().del(keys::ready(function)).ignore().del(keys::wake_lock(function)).ignore();
+        p.publish(keys::READY_CHANNEL, msg).ignore().query_async(&mut c).await
+    }
+
+    /// Ends a refusal: the function is woken by its next request again.
+    pub async fn lift_refusal(&self, function: &str) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        let msg = ReadyNotice { function: function.to_string(), ready: false, refusal: None }.to_payload();
+        redis::pipe().del(keys::refusal(function)).ignore().publish(keys::READY_CHANNEL, msg).ignore().query_async(&mut c).await
+    }
+
+    /// How long the gate holds a request for the function while it wakes.
+    pub async fn set_hold(&self, function: &str, hold: std::time::Duration) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        c.set(keys::hold_ms(function), hold.as_millis() as u64).await
     }
 
     /// The function's load; zero when the statsd-listener has written none.
@@ -136,7 +165,7 @@ impl RedisIo {
         redis::pipe()
             .srem(keys::FUNCTIONS, function)
             .ignore()
-            .del(&[keys::ready(function), keys::replicas(function), keys::wake_lock(function)])
+            .del(&[keys::ready(function), keys::replicas(function), keys::wake_lock(function), keys::refusal(function), keys::hold_ms(function)])
             .ignore()
             .query_async(&mut c)
             .await

@@ -25,12 +25,13 @@ struct FakeRuntime {
     live: Mutex<HashMap<String, Upstream>>,
     tx: mpsc::UnboundedSender<RuntimeEvent>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
+    logs: roost_orchestrator::logs::Logs,
 }
 
 impl FakeRuntime {
     fn new(delay: Duration) -> Arc<FakeRuntime> {
         let (tx, rx) = mpsc::unbounded_channel();
-        Arc::new(FakeRuntime { delay, starts: AtomicUsize::new(0), live: Mutex::default(), tx, rx: Mutex::new(Some(rx)) })
+        Arc::new(FakeRuntime { delay, starts: AtomicUsize::new(0), live: Mutex::default(), tx, rx: Mutex::new(Some(rx)), logs: Default::default() })
     }
 
     /// Simulates a crash of a replica.
@@ -47,6 +48,9 @@ impl FakeRuntime {
 impl ReplicaRuntime for FakeRuntime {
     fn kind(&self) -> &'static str {
         "fake"
+    }
+    fn logs(&self) -> roost_orchestrator::logs::Logs {
+        self.logs.clone()
     }
     async fn prepare(&self, _: &FunctionSpec, _: &str) -> Result<(), RuntimeError> {
         Ok(())

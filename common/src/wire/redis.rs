@@ -10,20 +10,56 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// The message on [`crate::keys::READY_CHANNEL`]: the orchestrator publishes it when a
-/// function becomes ready (its endpoint ACKed by every Envoy) or stops being ready; the
-/// gate releases the requests it holds on `ready: true`.
+/// function becomes ready (its endpoint ACKed by every Envoy), stops being ready, or is
+/// refused or no longer refused. The gate releases the requests it holds on `ready: true`,
+/// answers them with the refusal when there is one, and forgets an earlier refusal on any
+/// notice without one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadyNotice {
     /// The function.
     pub function: String,
     /// Ready now, or not any more.
     pub ready: bool,
+    /// Callers are answered at once with this instead of being held (and the same is in
+    /// [`crate::keys::refusal`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Refusal>,
 }
 
 impl ReadyNotice {
     /// The message as published.
     pub fn to_payload(&self) -> String {
-        serde_json::to_string(self).expect("a struct of a string and a bool always serializes")
+        serde_json::to_string(self).expect("strings, numbers and bools always serialize")
+    }
+}
+
+/// Why the gate answers a function's callers at once rather than waking it: the function is
+/// invalid, its build failed, or its replicas fail to start and it is backing off. Stored
+/// in [`crate::keys::refusal`] and carried by a [`ReadyNotice`]; the gate answers
+/// `status` with `{"error", "function", "state", "reason", "request_id"}` and, when
+/// `retry_after_s` is set, `Retry-After` (from the key, its time to live).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The HTTP status: 503 for an invalid function or a failed build (nothing to retry
+    /// until the definition changes), 502 for replicas that fail to start.
+    pub status: u16,
+    /// The function's state as `/status` spells it (`invalid`, `failing`).
+    pub state: String,
+    /// One sentence: what is wrong and what to do.
+    pub error: String,
+    /// The details: the definition's problem, the tail of pip's output, the last lines a
+    /// replica wrote before it exited.
+    pub reason: String,
+    /// Seconds until the function is tried again (a back-off); `None`: not before its
+    /// definition or folder changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
+}
+
+impl Refusal {
+    /// The JSON stored in [`crate::keys::refusal`].
+    pub fn to_payload(&self) -> String {
+        serde_json::to_string(self).expect("strings and numbers always serialize")
     }
 }
 
@@ -200,8 +236,21 @@ mod tests {
 
     #[test]
     fn payloads_keep_today_s_spelling() {
-        let n = ReadyNotice { function: "hello".into(), ready: true };
+        let n = ReadyNotice { function: "hello".into(), ready: true, refusal: None };
         assert_eq!(n.to_payload(), r#"{"function":"hello","ready":true}"#);
+        let refusal = Refusal {
+            status: 502,
+            state: "failing".into(),
+            error: "replicas of \"hello\" fail to start".into(),
+            reason: "ModuleNotFoundError".into(),
+            retry_after_s: Some(2),
+        };
+        let n = ReadyNotice { function: "hello".into(), ready: false, refusal: Some(refusal.clone()) };
+        let back: ReadyNotice = serde_json::from_str(&n.to_payload()).unwrap();
+        assert_eq!(back, n);
+        assert!(n.to_payload().contains(r#""refusal":{"status":502,"state":"failing""#), "{}", n.to_payload());
+        let read: Refusal = serde_json::from_str(&refusal.to_payload()).unwrap();
+        assert_eq!(read, refusal);
         let scale = ScaleSignal { function: "f".into(), pending: 3.0, in_flight: 2.0, ready: 1, target_concurrency: 4 };
         assert_eq!(scale.to_payload(), r#"{"function":"f","pending":3.0,"in_flight":2.0,"ready":1,"target_concurrency":4}"#);
     }

@@ -73,6 +73,15 @@ pub enum FunctionState {
     Draining,
     /// Removed from the definitions; its replicas are going.
     Removing,
+    /// What it needs before its first start is being built (a Docker image, a virtual
+    /// environment with its `extra_dependencies`); callers are held.
+    Building,
+    /// Its build failed, or its replicas fail to start and it backs off: callers are
+    /// answered at once with the reason.
+    Failing,
+    /// Its definition is invalid: callers are answered at once with the problem until the
+    /// definitions file is fixed.
+    Invalid,
 }
 
 impl FunctionState {
@@ -84,6 +93,9 @@ impl FunctionState {
             FunctionState::Ready => "ready",
             FunctionState::Draining => "draining",
             FunctionState::Removing => "removing",
+            FunctionState::Building => "building",
+            FunctionState::Failing => "failing",
+            FunctionState::Invalid => "invalid",
         }
     }
 }
@@ -111,6 +123,17 @@ pub struct FunctionStatus {
     pub last_cold_start: Option<Phases>,
     /// The last failure, if any.
     pub last_error: Option<String>,
+    /// Why it is `failing` or `invalid`: the definition's problem, the tail of the
+    /// build's output, the last lines a replica wrote before it exited.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// How long it has been in its state, in milliseconds (set while `building`).
+    #[serde(default)]
+    pub state_for_ms: Option<u64>,
+    /// When it is tried again, in milliseconds from now (set while `failing` backs off;
+    /// absent for a failed build, tried again when its definition or folder changes).
+    #[serde(default)]
+    pub retry_in_ms: Option<u64>,
 }
 
 impl FunctionStatus {
@@ -164,6 +187,9 @@ mod tests {
                 cold_starts: 1,
                 last_cold_start: Some(Phases { total_ms: 8.0, ..Default::default() }),
                 last_error: None,
+                reason: None,
+                state_for_ms: None,
+                retry_in_ms: None,
             }],
         };
         let json = serde_json::to_string(&s).unwrap();
@@ -176,7 +202,7 @@ mod tests {
     #[test]
     fn state_names_are_the_wire_s() {
         use FunctionState::*;
-        for s in [Sleeping, Waking, Ready, Draining, Removing] {
+        for s in [Sleeping, Waking, Ready, Draining, Removing, Building, Failing, Invalid] {
             assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
         }
     }

@@ -408,6 +408,9 @@ impl Function {
             cold_starts: self.cold_starts,
             last_cold_start: self.last_cold_start,
             last_error: self.last_error.clone(),
+            reason: None,
+            state_for_ms: None,
+            retry_in_ms: None,
         }
     }
 

@@ -108,6 +108,10 @@ pub trait ReplicaRuntime: Send + Sync + 'static {
     /// `process` or `docker`.
     fn kind(&self) -> &'static str;
 
+    /// Where the runtime writes its replicas' and builds' output (one store for the
+    /// runtime's life; the orchestrator's API and failure reasons read it).
+    fn logs(&self) -> crate::logs::Logs;
+
     /// Makes everything a function needs before its first start (for Docker: builds its
     /// image). Called when definitions are loaded or changed, never on the cold-start
     /// path. Idempotent: a second call for an unchanged function is cheap.

@@ -26,6 +26,7 @@
 pub use super::env::function_env;
 use super::env::{runtime_env, PythonPath};
 use super::{Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
+use crate::logs::Logs;
 use roost_common::net::free_port;
 use roost_common::process::{self, Stopped};
 use roost_common::spec::{FunctionKind as Kind, FunctionSpec};
@@ -298,6 +299,8 @@ pub struct ProcessRuntime {
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
     /// Exit watchers and log followers.
     tasks: Arc<super::tasks::Tasks>,
+    /// The replicas' output.
+    logs: Logs,
 }
 
 /// `[sys.executable, sys.path]` of the interpreter, started with `flags`.
@@ -348,6 +351,7 @@ impl ProcessRuntime {
             events_tx: tx,
             events_rx: Mutex::new(Some(rx)),
             tasks: Default::default(),
+            logs: Logs::default(),
         }))
     }
 
@@ -491,6 +495,10 @@ impl ProcessRuntime {
 
 #[async_trait::async_trait]
 impl ReplicaRuntime for ProcessRuntime {
+    fn logs(&self) -> Logs {
+        self.logs.clone()
+    }
+
     fn kind(&self) -> &'static str {
         "process"
     }

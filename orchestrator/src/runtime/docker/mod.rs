@@ -78,6 +78,8 @@ pub struct DockerRuntime {
     tasks: super::tasks::Tasks,
     /// The task following Docker's container exits (it runs until `close` ends it).
     exits: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The replicas' and builds' output.
+    logs: crate::logs::Logs,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -111,6 +113,7 @@ impl DockerRuntime {
             events_rx: Mutex::new(Some(rx)),
             tasks: Default::default(),
             exits: Mutex::new(None),
+            logs: Default::default(),
         });
         rt.ensure_network().await?;
         *rt.exits.lock().unwrap() = Some(tokio::spawn(follow_exits(docker, tx, rt.aliases.clone())));
@@ -142,6 +145,10 @@ impl DockerRuntime {
 
 #[async_trait::async_trait]
 impl ReplicaRuntime for DockerRuntime {
+    fn logs(&self) -> crate::logs::Logs {
+        self.logs.clone()
+    }
+
     fn kind(&self) -> &'static str {
         "docker"
     }
