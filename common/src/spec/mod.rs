@@ -35,6 +35,7 @@
 //!       GREETING: "hi"
 //!     readiness:
 //!       path: /healthz              # probed until it answers 2xx; or `readiness: /healthz`
+//!       timeout: 30s                # a replica not ready by then failed to start
 //! ```
 //!
 //! Durations are a whole number with a unit, `500ms`, `10s`, `2m` or `1h`, or a bare
@@ -110,6 +111,8 @@ pub const DEFAULT_PIDS: u32 = 128;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `readiness.path`.
 pub const DEFAULT_READINESS_PATH: &str = "/healthz";
+/// Default `readiness.timeout`.
+pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Valid function definitions, by function name.
 pub type Definitions = BTreeMap<String, FunctionSpec>;
@@ -133,6 +136,10 @@ pub struct FunctionSpec {
     pub env: BTreeMap<String, String>,
     /// HTTP path probed until a new replica is ready.
     pub readiness_path: String,
+    /// How long a new replica may take to answer its readiness path (a model loading for
+    /// 20 s is a slow start, not a failure); the gate holds callers this long and more.
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub readiness_timeout: Duration,
 }
 
 /// How a function runs: its kind (`runtime:` in the file, `python`, `command` or
@@ -306,6 +313,49 @@ pub fn load(yaml: &str, base_dir: &Path) -> Result<Definitions, SpecErrors> {
     validate::parse_inner(yaml, Some(base_dir))
 }
 
+/// The definitions as far as they are valid: one invalid function does not keep the others
+/// from serving.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Partial {
+    /// The valid functions.
+    pub valid: Definitions,
+    /// Invalid functions that have a usable name, by that name: their problems. Callers of
+    /// such a function are told what is wrong with it.
+    pub invalid: BTreeMap<String, SpecErrors>,
+    /// Problems that belong to no function with a usable name (an invalid name, a second
+    /// function of the same name, a key that is not a string).
+    pub unattributed: Vec<SpecError>,
+}
+
+impl Partial {
+    /// Every problem, as one report (`None` when the file is valid).
+    pub fn problems(&self) -> Option<SpecErrors> {
+        let all: Vec<SpecError> = self.invalid.values().flat_map(|e| e.0.iter().cloned()).chain(self.unattributed.iter().cloned()).collect();
+        (!all.is_empty()).then_some(SpecErrors(all))
+    }
+}
+
+/// Like [`load`], but keeps the valid functions when others are invalid. `Err` only for a
+/// file that is no definitions file at all: not YAML, empty, or without
+/// `usable-functions` as a mapping.
+pub fn load_partial(yaml: &str, base_dir: &Path) -> Result<Partial, SpecErrors> {
+    let parsed = validate::parse_all(yaml, Some(base_dir))?;
+    let (file_level, per_function): (Vec<SpecError>, Vec<SpecError>) =
+        parsed.errors.into_iter().partition(|e| !matches!(e, SpecError::Field { function: Some(_), .. }));
+    if !file_level.is_empty() && parsed.definitions.is_empty() && parsed.names.is_empty() {
+        return Err(SpecErrors(file_level.into_iter().chain(per_function).collect()));
+    }
+    let mut partial = Partial { valid: parsed.definitions, unattributed: file_level, ..Partial::default() };
+    for error in per_function {
+        let SpecError::Field { function: Some(key), .. } = &error else { unreachable!("partitioned above") };
+        match parsed.names.get(key) {
+            Some(name) => partial.invalid.entry(name.clone()).or_insert_with(|| SpecErrors(Vec::new())).0.push(error),
+            None => partial.unattributed.push(error),
+        }
+    }
+    Ok(partial)
+}
+
 /// Validates the definitions in `yaml` without looking at the file system.
 pub fn parse(yaml: &str) -> Result<Definitions, SpecErrors> {
     validate::parse_inner(yaml, None)
@@ -338,6 +388,7 @@ mod tests {
         assert_eq!(spec.limits, Limits::default());
         assert!(spec.env.is_empty());
         assert_eq!(spec.readiness_path, "/healthz");
+        assert_eq!(spec.readiness_timeout, Duration::from_secs(30));
     }
 
     #[test]
@@ -362,6 +413,29 @@ mod tests {
             assert_eq!(defs[name].runtime.kind(), "python", "{name}");
         }
         assert!(defs.values().any(|f| f.runtime.kind() == "command"));
+    }
+
+    #[test]
+    fn one_invalid_function_keeps_the_others() {
+        let yaml = format!(
+            "{}  broken:\n    version: 1\n    configuration:\n      base_function_file_name: b.py\n      \
+             function_folder: nope\n    scaling:\n      max_replicas: 0\n  Bad Name:\n    version: 1\n",
+            SEED
+        );
+        let dir = TempDir::new();
+        dir.file("python/functions/example/example.py", "async def handle(request): ...");
+        let partial = load_partial(&yaml, &dir.0).unwrap();
+        assert_eq!(partial.valid.keys().collect::<Vec<_>>(), ["example-faas-name"]);
+        let broken = &partial.invalid["broken"];
+        assert_eq!(broken.0.len(), 2, "{broken}");
+        assert!(broken.to_string().contains("scaling.max_replicas"), "{broken}");
+        assert_eq!(partial.unattributed.len(), 2, "{:?}", partial.unattributed);
+        assert_eq!(partial.problems().unwrap().0.len(), 4);
+        // The strict reading refuses the whole file, as before.
+        assert!(load(&yaml, &dir.0).is_err());
+        // Nothing usable at all: the file is refused.
+        assert!(load_partial("usable-functions: 3\n", &dir.0).is_err());
+        assert!(load_partial("nope: [", &dir.0).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde_yaml::{Mapping, Value};
 use super::units::{parse_duration, parse_size};
 use super::{
     Definitions, FunctionKind, FunctionSpec, Limits, Scaling, SpecError, SpecErrors, COMMAND_FUNCTIONS_DIR, DEFAULT_READINESS_PATH,
+    DEFAULT_READINESS_TIMEOUT,
     MAX_REPLICAS, MAX_TARGET_CONCURRENCY, MIN_MEMORY, PYTHON_FUNCTIONS_DIR, TOP_LEVEL_KEY,
 };
 use crate::naming::{validate_function_name, MAX_FUNCTION_NAME_LEN};
@@ -19,18 +20,29 @@ const CONFIGURATION_FIELDS: &[&str] = &["programing_language", "base_function_fi
 const RUNTIME_FIELDS: &[&str] = &["kind", "command", "image"];
 const SCALING_FIELDS: &[&str] = &["min_replicas", "max_replicas", "target_concurrency", "idle_timeout"];
 const LIMITS_FIELDS: &[&str] = &["memory", "cpu", "pids", "timeout"];
-const READINESS_FIELDS: &[&str] = &["path"];
+const READINESS_FIELDS: &[&str] = &["path", "timeout"];
 
 const DURATION_HELP: &str = "use a whole number with a unit: 500ms, 10s, 2m, 1h (a bare number means seconds)";
 const SIZE_HELP: &str = "use bytes, or a whole number with a unit: 512k, 128m, 1g";
 
-pub(super) fn parse_inner(yaml: &str, base_dir: Option<&Path>) -> Result<Definitions, SpecErrors> {
+/// What a reading of the file gives: the valid functions, every problem, and for each
+/// function key with a problem the name it would be called by (when that name is valid and
+/// no other function has it), so the function can be answered for.
+pub(super) struct Parsed {
+    pub(super) definitions: Definitions,
+    pub(super) errors: Vec<SpecError>,
+    pub(super) names: BTreeMap<String, String>,
+}
+
+/// Parses the file; `Err` only when it is not YAML.
+pub(super) fn parse_all(yaml: &str, base_dir: Option<&Path>) -> Result<Parsed, SpecErrors> {
     let syntax = |message: String| SpecErrors(vec![SpecError::Syntax { message }]);
     let mut root: Value = serde_yaml::from_str(yaml).map_err(|e| syntax(e.to_string()))?;
     root.apply_merge().map_err(|e| syntax(e.to_string()))?;
 
     let mut errors = Vec::new();
     let mut definitions = Definitions::new();
+    let mut names = BTreeMap::new();
     let mut top = Check { function: None, errors: &mut errors };
     let functions = function_mapping(&root, &mut top);
 
@@ -47,7 +59,12 @@ pub(super) fn parse_inner(yaml: &str, base_dir: Option<&Path>) -> Result<Definit
                 });
                 continue;
             };
+            let name = value.get("name").map_or(Some(key), Value::as_str).filter(|n| validate_function_name(n).is_ok());
             let Some(spec) = parse_function(key, value, base_dir, &mut errors) else {
+                if let Some(name) = name.filter(|n| !keys_by_name.contains_key(*n)) {
+                    keys_by_name.insert(name.to_string(), key.to_string());
+                    names.insert(key.to_string(), name.to_string());
+                }
                 continue;
             };
             if let Some(first) = keys_by_name.get(&spec.name) {
@@ -63,11 +80,17 @@ pub(super) fn parse_inner(yaml: &str, base_dir: Option<&Path>) -> Result<Definit
             definitions.insert(spec.name.clone(), spec);
         }
     }
+    // A valid function named like an invalid one that came first is not its own.
+    names.retain(|_, name| !definitions.contains_key(name));
+    Ok(Parsed { definitions, errors, names })
+}
 
-    if errors.is_empty() {
-        Ok(definitions)
+pub(super) fn parse_inner(yaml: &str, base_dir: Option<&Path>) -> Result<Definitions, SpecErrors> {
+    let parsed = parse_all(yaml, base_dir)?;
+    if parsed.errors.is_empty() {
+        Ok(parsed.definitions)
     } else {
-        Err(SpecErrors(errors))
+        Err(SpecErrors(parsed.errors))
     }
 }
 
@@ -156,9 +179,9 @@ fn parse_function(key: &str, value: &Value, base_dir: Option<&Path>, errors: &mu
     let scaling = fields.get("scaling").map(|(path, v)| c.scaling(&path, v)).unwrap_or_default();
     let limits = fields.get("limits").map(|(path, v)| c.limits(&path, v)).unwrap_or_default();
     let env = fields.get("env").map(|(path, v)| c.env(&path, v)).unwrap_or_default();
-    let readiness_path = match fields.get("readiness") {
+    let (readiness_path, readiness_timeout) = match fields.get("readiness") {
         Some((path, v)) => c.readiness(&path, v),
-        None => Some(DEFAULT_READINESS_PATH.to_string()),
+        None => (Some(DEFAULT_READINESS_PATH.to_string()), DEFAULT_READINESS_TIMEOUT),
     };
 
     if c.errors.len() > errors_before {
@@ -173,6 +196,7 @@ fn parse_function(key: &str, value: &Value, base_dir: Option<&Path>, errors: &mu
         limits,
         env,
         readiness_path: readiness_path?,
+        readiness_timeout,
     })
 }
 
@@ -495,18 +519,47 @@ impl Check<'_> {
         }
     }
 
+    /// `extra_dependencies`: pip's arguments, in order. Requirements (`numpy`,
+    /// `requests==2.32.3`), and the options that say where packages come from: those
+    /// taking a value (`--index-url URL`, `-i URL`, `--extra-index-url URL`,
+    /// `--find-links URL`, `-f URL`, `--trusted-host HOST`, also as `--opt=value`) and
+    /// `--pre`. The words are kept as written, split at spaces, for pip to read.
     fn pip_packages(&mut self, path: &str, value: &Value) -> Vec<String> {
-        let packages = self.words(path, value, "pip packages").unwrap_or_default();
-        for package in &packages {
-            if package.is_empty() || package.starts_with('-') || package.contains(char::is_whitespace) {
-                self.fail(
-                    path,
-                    format!("{package:?} is not a pip package"),
-                    "list package names (with versions, like requests==2.32.3); pip options are not allowed",
-                );
+        const WITH_VALUE: &[&str] = &["--index-url", "-i", "--extra-index-url", "--find-links", "-f", "--trusted-host"];
+        const FLAGS: &[&str] = &["--pre"];
+        let allowed = "list requirements (like requests==2.32.3) and, where packages come from,                        --index-url URL, --extra-index-url URL, --find-links URL (-i, -f), --trusted-host HOST or --pre";
+        let words: Vec<String> =
+            self.words(path, value, "pip packages").unwrap_or_default().iter().flat_map(|w| w.split_whitespace()).map(str::to_string).collect();
+        let mut i = 0;
+        while i < words.len() {
+            let word = &words[i];
+            i += 1;
+            if !word.starts_with('-') {
+                continue;
+            }
+            let (option, inline) = match word.split_once('=') {
+                Some((o, v)) if o.starts_with("--") => (o, Some(v)),
+                _ => (word.as_str(), None),
+            };
+            if FLAGS.contains(&option) && inline.is_none() {
+                continue;
+            }
+            if !WITH_VALUE.contains(&option) {
+                self.fail(path, format!("{word:?} is not a pip option Roost passes on"), allowed);
+                continue;
+            }
+            let value = match inline {
+                Some(v) => Some(v),
+                None => {
+                    i += 1;
+                    words.get(i - 1).map(String::as_str)
+                }
+            };
+            if value.is_none_or(|v| v.is_empty() || v.starts_with('-')) {
+                self.fail(path, format!("{option} has no value"), format!("write it as `{option} VALUE`, like --extra-index-url https://download.pytorch.org/whl/cpu"));
             }
         }
-        packages
+        words
     }
 
     fn command(&mut self, path: &str, value: &Value) -> Option<Vec<String>> {
@@ -614,27 +667,43 @@ impl Check<'_> {
         env
     }
 
-    /// `readiness: /path` or `readiness: {path: /path}`.
-    fn readiness(&mut self, path: &str, value: &Value) -> Option<String> {
-        let (path, value) = match value {
+    /// `readiness: /path` or `readiness: {path: /path, timeout: 30s}`.
+    fn readiness(&mut self, path: &str, value: &Value) -> (Option<String>, Duration) {
+        let (path, value, timeout) = match value {
             Value::Mapping(_) => {
-                let fields = self.map(path, value, READINESS_FIELDS)?;
+                let Some(fields) = self.map(path, value, READINESS_FIELDS) else {
+                    return (None, DEFAULT_READINESS_TIMEOUT);
+                };
+                let timeout = match fields.get("timeout") {
+                    Some((p, v)) => match self.duration(&p, v) {
+                        Some(t) if t > MAX_READINESS_TIMEOUT => {
+                            self.fail(&p, format!("{} is over the limit of 1h", show(v)), "a start may take at most 1h");
+                            DEFAULT_READINESS_TIMEOUT
+                        }
+                        Some(t) => t,
+                        None => DEFAULT_READINESS_TIMEOUT,
+                    },
+                    None => DEFAULT_READINESS_TIMEOUT,
+                };
                 match fields.get("path") {
-                    Some((p, v)) => (p, v),
-                    None => return Some(DEFAULT_READINESS_PATH.to_string()),
+                    Some((p, v)) => (p, v, timeout),
+                    None => return (Some(DEFAULT_READINESS_PATH.to_string()), timeout),
                 }
             }
-            other => (path.to_string(), other),
+            other => (path.to_string(), other, DEFAULT_READINESS_TIMEOUT),
         };
-        let readiness = self.string(&path, value)?;
+        let Some(readiness) = self.string(&path, value) else { return (None, timeout) };
         let ok = readiness.starts_with('/') && readiness.len() <= 1024 && readiness.chars().all(|c| c.is_ascii_graphic());
         if !ok {
             self.fail(&path, format!("{readiness:?} is not an HTTP path"), "write a path starting with '/', without spaces, like /healthz");
-            return None;
+            return (None, timeout);
         }
-        Some(readiness)
+        (Some(readiness), timeout)
     }
 }
+
+/// The longest `readiness.timeout`.
+const MAX_READINESS_TIMEOUT: Duration = Duration::from_secs(3600);
 
 fn is_image_tag(tag: &str) -> bool {
     tag.len() <= 128
@@ -687,6 +756,17 @@ mod tests {
     }
 
     #[test]
+    fn readiness_timeout() {
+        let yaml = with_functions(&[python_fn("slow", "    readiness:\n      timeout: 2m\n")]);
+        let spec = &parse(&yaml).unwrap()["slow"];
+        assert_eq!((spec.readiness_path.as_str(), spec.readiness_timeout), ("/healthz", Duration::from_secs(120)));
+        let yaml = with_functions(&[python_fn("slow", "    readiness:\n      timeout: 2h\n")]);
+        assert_eq!(one_error(&yaml).1, "readiness.timeout");
+        let yaml = with_functions(&[python_fn("slow", "    readiness:\n      timeout: 0s\n")]);
+        assert_eq!(one_error(&yaml).1, "readiness.timeout");
+    }
+
+    #[test]
     fn readiness_shorthand() {
         let yaml = with_functions(&[python_fn("hello", "    readiness: /up\n")]);
         assert_eq!(parse(&yaml).unwrap()["hello"].readiness_path, "/up");
@@ -704,11 +784,31 @@ mod tests {
     }
 
     #[test]
-    fn pip_options_are_rejected() {
-        let yaml = SEED.replace(r#"extra_dependencies: """#, r#"extra_dependencies: "--index-url http://evil x""#);
-        let (_, field, message) = one_error(&yaml);
-        assert_eq!(field, "configuration.extra_dependencies");
-        assert!(message.contains("pip options"), "{message}");
+    fn pip_options_where_packages_come_from_are_passed_on() {
+        let extra = |deps: &str| {
+            let yaml = SEED.replace(r#"extra_dependencies: """#, &format!("extra_dependencies: {deps}"));
+            let FunctionKind::Python { extra_dependencies, .. } = parse(&yaml).unwrap()["example-faas-name"].runtime.clone() else {
+                panic!("python")
+            };
+            extra_dependencies
+        };
+        // As the seed writes them.
+        assert_eq!(
+            extra(r#""torch --extra-index-url https://download.pytorch.org/whl/cpu""#),
+            ["torch", "--extra-index-url", "https://download.pytorch.org/whl/cpu"]
+        );
+        assert_eq!(extra(r#""-f https://x/links --pre --index-url=https://y/simple a""#), ["-f", "https://x/links", "--pre", "--index-url=https://y/simple", "a"]);
+        assert_eq!(extra(r#"["numpy", "-i https://z/simple"]"#), ["numpy", "-i", "https://z/simple"]);
+    }
+
+    #[test]
+    fn other_pip_options_are_rejected() {
+        for deps in [r#""--target /etc x""#, r#""-r requirements.txt""#, r#""x --extra-index-url""#, r#""--pre=1""#] {
+            let yaml = SEED.replace(r#"extra_dependencies: """#, &format!("extra_dependencies: {deps}"));
+            let (_, field, message) = one_error(&yaml);
+            assert_eq!(field, "configuration.extra_dependencies", "{deps}");
+            assert!(message.contains("--extra-index-url"), "{deps}: {message}");
+        }
     }
 
     #[test]
