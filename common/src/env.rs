@@ -70,8 +70,6 @@ names! {
     STATSD_ADDR = "ROOST_STATSD_ADDR";
     /// Readiness probe interval, in milliseconds.
     PROBE_INTERVAL_MS = "ROOST_PROBE_INTERVAL_MS";
-    /// Longest wait for a new replica's readiness, in milliseconds.
-    READY_TIMEOUT_MS = "ROOST_READY_TIMEOUT_MS";
     /// Time between SIGTERM and a hard kill of a replica, in milliseconds.
     STOP_GRACE_MS = "ROOST_STOP_GRACE_MS";
     /// How often every function's scaling is re-evaluated, in milliseconds.

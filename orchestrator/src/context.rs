@@ -14,8 +14,6 @@ use std::time::Duration;
 pub struct Settings {
     /// Readiness probe interval.
     pub probe_interval: Duration,
-    /// Longest wait for a replica's readiness.
-    pub ready_timeout: Duration,
     /// Time a stopping replica gets between SIGTERM and the hard kill.
     pub stop_grace: Duration,
 }

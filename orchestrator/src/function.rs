@@ -23,6 +23,9 @@ use tracing::{info, warn, Instrument};
 /// How many messages a function's mailbox holds; the supervisor never waits on a full one.
 pub const MAILBOX: usize = 256;
 
+/// How many of a replica's last lines a failed start reports.
+pub const OUTPUT_LINES: usize = 10;
+
 /// Why a wake was not answered with a ready replica.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WakeError {
@@ -68,9 +71,9 @@ pub type SharedStatus = Arc<RwLock<Option<FunctionStatus>>>;
 /// A function's task, not yet spawned: the supervisor spawns it into the set of tasks it owns.
 pub fn task(ctx: Arc<Ctx>, spec: Arc<FunctionSpec>, hash: String) -> (Handle, impl std::future::Future<Output = ()> + Send + 'static) {
     let prefix = format!("{}-{}", spec.name, std::process::id());
-    let (machine, first) = Function::new(spec, hash, prefix, ctx.settings.ready_timeout);
+    let (machine, first) = Function::new(spec, hash, prefix, Instant::now());
     let (tx, rx) = mpsc::channel(MAILBOX);
-    let status: SharedStatus = Arc::new(RwLock::new(Some(machine.status())));
+    let status: SharedStatus = Arc::new(RwLock::new(Some(machine.status(Instant::now()))));
     let span = tracing::info_span!("function", name = %machine.name());
     let exec =
         Executor { ctx, machine, waiters: HashMap::new(), next_waiter: 0, status: status.clone(), gone: false, work: JoinSet::new() };
@@ -132,7 +135,7 @@ impl Executor {
     /// Writes the machine's status to the shared cell, through `held` when the cell is
     /// already held by this dispatch.
     async fn publish_status(&self, held: &mut Option<OwnedRwLockWriteGuard<Option<FunctionStatus>>>) {
-        let status = (!self.gone).then(|| self.machine.status());
+        let status = (!self.gone).then(|| self.machine.status(Instant::now()));
         match held {
             Some(cell) => **cell = status,
             None => *self.status.write().await = status,
@@ -185,10 +188,8 @@ impl Executor {
             Effect::Prepare(spec, hash) => {
                 self.work.spawn(
                     async move {
-                        if let Err(e) = ctx.runtime.prepare(&spec, &hash).await {
-                            warn!(error = %e, "preparing the function failed; its next start tries again");
-                        }
-                        None
+                        let result = ctx.runtime.prepare(&spec, &hash).await.map_err(|e| e.to_string());
+                        Some(Event::Prepared(hash, result))
                     }
                     .instrument(span),
                 );
@@ -210,11 +211,13 @@ impl Executor {
                 );
             }
             Effect::Probe(replica, path) => {
+                let spec_timeout = self.machine.spec().readiness_timeout;
                 self.work.spawn(
                     async move {
-                        let s = &ctx.settings;
-                        let ok = crate::probe::until_ready(replica.address, &path, s.probe_interval, s.ready_timeout).await.is_some();
-                        Some(Event::Probed(replica.id, ok))
+                        let timeout = spec_timeout;
+                        let ok = crate::probe::until_ready(replica.address, &path, ctx.settings.probe_interval, timeout).await.is_some();
+                        let result = if ok { Ok(()) } else { Err(ctx.logs.tail_of(&name, &replica.id, OUTPUT_LINES)) };
+                        Some(Event::Probed(replica.id, result))
                     }
                     .instrument(span),
                 );
@@ -233,6 +236,16 @@ impl Executor {
                     warn!(error = %e, "cannot mark the function ready in Redis; the next tick re-asserts it");
                 }
                 return Some(Event::Noticed(id));
+            }
+            Effect::Refuse(refusal) => {
+                if let Err(e) = ctx.redis.refuse(&name, &refusal).await {
+                    warn!(error = %e, "cannot publish the function's refusal to Redis; callers wait until the gate's timeout");
+                }
+            }
+            Effect::Lift => {
+                if let Err(e) = ctx.redis.lift_refusal(&name).await {
+                    warn!(error = %e, "cannot lift the function's refusal in Redis; it ends with its expiry");
+                }
             }
             Effect::ClearReady => {
                 if let Err(e) = ctx.redis.clear_ready(&name).await {
@@ -315,7 +328,14 @@ impl Executor {
 /// Declares the function to the control plane (route, cluster) and lists it in Redis.
 async fn declare(ctx: &Ctx, spec: &FunctionSpec) -> Result<(), Cause> {
     ctx.cp.put_function(&spec.name, spec.scaling.target_concurrency, spec.limits.timeout).await.map_err(cause)?;
+    ctx.redis.set_hold(&spec.name, hold(spec)).await.map_err(cause)?;
     ctx.redis.declare(&spec.name).await.map_err(cause)
+}
+
+/// How long the gate holds a request while the function wakes: its readiness timeout, and
+/// time for the start before the probe and the registration after it.
+fn hold(spec: &FunctionSpec) -> Duration {
+    spec.readiness_timeout + Duration::from_secs(10)
 }
 
 /// Removes the endpoint (if registered, waiting for the ACK), then stops the replica.

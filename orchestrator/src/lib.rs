@@ -177,7 +177,6 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>
             metrics,
             settings: Settings {
                 probe_interval: Duration::from_millis(config.probe_interval_ms),
-                ready_timeout: Duration::from_millis(config.ready_timeout_ms),
                 stop_grace: Duration::from_millis(config.stop_grace_ms),
             },
         });

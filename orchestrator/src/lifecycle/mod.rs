@@ -9,6 +9,16 @@
 //! (endpoint removed and ACKed, then stopped). A replica is ready only after its probe
 //! passed and Envoy ACKed it; it leaves only through draining, so no request is failed.
 //!
+//! Before its first start a function is built (the runtime's `prepare`: a Docker image, a
+//! virtual environment); a wake while it builds is held until the build is done. A build
+//! that fails, or starts that fail (a replica exiting or not answering its probe while it
+//! starts), *refuse* the function: its callers are answered at once with the reason
+//! instead of waiting, through the refusal the gate reads ([`Refusal`]). Failed starts
+//! back off as a crash loop does (1 s, 2 s, 4 s, ... at most a minute, reset by a
+//! definition change or a replica that becomes ready); a failed build is asked again
+//! every few seconds, which the runtime answers from memory until the definition or the
+//! function's folder changes.
+//!
 //! - [`scaling`]: how many replicas the observed load needs (a pure function).
 //! - [`adoption`]: what a starting orchestrator adopts, stops and removes.
 
@@ -17,6 +27,7 @@ pub mod scaling;
 
 use crate::runtime::Replica;
 use roost_common::spec::FunctionSpec;
+use roost_common::wire::redis::Refusal;
 use roost_common::wire::status::{FunctionState, FunctionStatus, Phases, ReplicaPhase, ReplicaStatus, WakeReport};
 use scaling::Observed;
 use std::collections::BTreeMap;
@@ -38,7 +49,7 @@ pub enum StartError {
     #[error("{0}")]
     Start(#[source] Cause),
     /// The replica never answered its readiness probe.
-    #[error("replica {id} did not answer {path} on {address} within {timeout:?}; check the function's log")]
+    #[error("replica {id} did not answer {path} on {address} within {timeout:?} (readiness.timeout); {}", output_or_hint(.output))]
     NotReady {
         /// Replica id.
         id: String,
@@ -48,6 +59,19 @@ pub enum StartError {
         address: SocketAddr,
         /// How long the probe tried.
         timeout: Duration,
+        /// The last lines the replica wrote.
+        output: Option<String>,
+    },
+    /// What the function needs before it starts could not be built.
+    #[error("the function's build failed: {0}")]
+    Build(String),
+    /// Its replicas fail to start; no new one starts before the back-off ends.
+    #[error("{reason} (no replica starts for {retry_in:?})")]
+    BackingOff {
+        /// Why the last start failed.
+        reason: String,
+        /// Until the next start.
+        retry_in: Duration,
     },
     /// Envoy did not take the replica's endpoint.
     #[error("cannot register replica {id}'s endpoint: {cause}")]
@@ -72,6 +96,27 @@ pub enum StartError {
     /// The orchestrator is stopping.
     #[error("the orchestrator is shutting down")]
     ShuttingDown,
+}
+
+fn output_or_hint(output: &Option<String>) -> String {
+    match output {
+        Some(o) => format!("its last output:\n{o}"),
+        None => "it wrote nothing; check that it listens on $PORT".to_string(),
+    }
+}
+
+/// The first back-off after a failed start; each further failure doubles it.
+pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// The longest back-off.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How often a failed build is asked again (the runtime answers from memory unless the
+/// definition or the folder changed).
+pub const REBUILD_CHECK: Duration = Duration::from_secs(2);
+
+/// The back-off after `failures` failed starts in a row.
+pub fn backoff(failures: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(16);
+    (BACKOFF_FIRST * (1u32 << shift)).min(BACKOFF_MAX)
 }
 
 /// Who waits for a wake: a number the executor maps to its reply channel.
@@ -101,8 +146,11 @@ pub enum Event {
     Declared(Result<(), Cause>),
     /// The runtime started a replica (not yet ready), or could not.
     Started(String, Result<Replica, Cause>),
-    /// A replica's readiness probe passed (`true`) or gave up (`false`).
-    Probed(String, bool),
+    /// The runtime built what the function needs for the definition with this hash, or
+    /// could not (the reason, with the tail of the build's output).
+    Prepared(String, Result<(), String>),
+    /// A replica's readiness probe passed, or gave up (with the replica's last output).
+    Probed(String, Result<(), Option<String>>),
     /// Every Envoy ACKed the replica's endpoint, or the control plane refused it.
     Registered(String, Result<(), Cause>),
     /// The replica was marked ready in Redis (or that failed and was logged).
@@ -146,7 +194,7 @@ pub enum Effect {
     /// Declare the function (route, cluster) to the control plane and list it in Redis
     /// -> [`Event::Declared`].
     Declare(Arc<FunctionSpec>),
-    /// Build what the runtime needs ahead of the first start (result only logged).
+    /// Build what the runtime needs ahead of the first start -> [`Event::Prepared`].
     Prepare(Arc<FunctionSpec>, String),
     /// Start a replica with this id (declaring the function first when `declare`)
     /// -> [`Event::Started`].
@@ -168,6 +216,10 @@ pub enum Effect {
     SetReady(String),
     /// Inline: mark the function not ready (the gate holds new requests and wakes it).
     ClearReady,
+    /// Inline: answer the function's callers at once with this (the gate reads it).
+    Refuse(Refusal),
+    /// Inline: end the refusal; the next request wakes the function again.
+    Lift,
     /// Mark the endpoint draining (ACKed), then wait until the replica has no request in
     /// flight, at most `deadline` -> [`Event::DrainFinished`].
     Drain(Replica, Duration),
@@ -241,6 +293,17 @@ enum Mode {
     Ended,
 }
 
+/// Where the build of the current definition stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Build {
+    /// Under way since then.
+    Running(Instant),
+    /// Done: replicas may start.
+    Done,
+    /// Failed, for this reason; asked again at `check`.
+    Failed { reason: String, check: Instant },
+}
+
 /// One function's state.
 #[derive(Debug)]
 pub struct Function {
@@ -258,8 +321,16 @@ pub struct Function {
     cold_starts: u64,
     last_cold_start: Option<Phases>,
     last_error: Option<String>,
-    /// How long a probe tries before the start fails (for the error text).
-    ready_timeout: Duration,
+    build: Build,
+    /// Failed starts in a row.
+    failures: u32,
+    /// No replica starts before then.
+    backoff_until: Option<Instant>,
+    /// The refusal the gate answers with, while there is one.
+    refusal: Option<Refusal>,
+    /// A wake came that no replica has answered yet (it may be the gate's, which has no
+    /// waiter): start once the build is done.
+    wanted: bool,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -269,7 +340,7 @@ fn ms(d: Duration) -> f64 {
 impl Function {
     /// A new function; replica ids are `<id_prefix>-<n>`. Returns the effects that
     /// declare and prepare it.
-    pub fn new(spec: Arc<FunctionSpec>, hash: String, id_prefix: String, ready_timeout: Duration) -> (Function, Vec<Effect>) {
+    pub fn new(spec: Arc<FunctionSpec>, hash: String, id_prefix: String, now: Instant) -> (Function, Vec<Effect>) {
         let mut f = Function {
             spec,
             hash,
@@ -285,7 +356,11 @@ impl Function {
             cold_starts: 0,
             last_cold_start: None,
             last_error: None,
-            ready_timeout,
+            build: Build::Running(now),
+            failures: 0,
+            backoff_until: None,
+            refusal: None,
+            wanted: false,
         };
         let mut fx = Vec::new();
         f.declare(&mut fx);
@@ -321,9 +396,11 @@ impl Function {
                     if !self.declared {
                         self.declare(&mut fx);
                     }
+                    self.tick(now, &mut fx);
                     fx.push(Effect::ReadLoad);
                 }
             }
+            Event::Prepared(hash, result) => self.prepared(&hash, result, now, &mut fx),
             Event::Load(load) => self.evaluate(load, now, &mut fx),
             Event::Declared(result) => {
                 self.declaring = false;
@@ -333,7 +410,7 @@ impl Function {
                 }
             }
             Event::Started(id, result) => self.started(&id, result, now, &mut fx),
-            Event::Probed(id, ok) => self.probed(&id, ok, now, &mut fx),
+            Event::Probed(id, result) => self.probed(&id, result, now, &mut fx),
             Event::Registered(id, result) => self.registered(&id, result, now, &mut fx),
             Event::Noticed(id) => self.noticed(&id, now, &mut fx),
             Event::DrainFinished(id) => {
@@ -346,7 +423,7 @@ impl Function {
             Event::Stopped(id) => {
                 self.slots.remove(&id);
             }
-            Event::Exited(id, reason) => self.exited(&id, reason, &mut fx),
+            Event::Exited(id, reason) => self.exited(&id, reason, now, &mut fx),
             Event::Adopted(replica) => {
                 if self.mode == Mode::Serving && !self.slots.contains_key(&replica.id) {
                     let slot = Slot {
@@ -364,7 +441,7 @@ impl Function {
                     fx.push(Effect::SetReady(replica.id));
                 }
             }
-            Event::Changed(spec, hash) => self.changed(spec, hash, &mut fx),
+            Event::Changed(spec, hash) => self.changed(spec, hash, now, &mut fx),
             Event::Removed => self.leave(Mode::Removing, StartError::Removed(self.spec.name.clone()), now, &mut fx),
             Event::Shutdown => self.leave(Mode::ShuttingDown, StartError::ShuttingDown, now, &mut fx),
         }
@@ -372,14 +449,22 @@ impl Function {
         fx
     }
 
-    /// The function as `/status` shows it.
-    pub fn status(&self) -> FunctionStatus {
+    /// The function as `/status` shows it at `now`.
+    pub fn status(&self, now: Instant) -> FunctionStatus {
+        let building = match self.build {
+            Build::Running(since) => Some(now.saturating_duration_since(since)),
+            _ => None,
+        };
         let state = if self.mode == Mode::Removing {
             FunctionState::Removing
         } else if self.ready() > 0 {
             FunctionState::Ready
+        } else if self.refusal.is_some() {
+            FunctionState::Failing
         } else if self.starting() > 0 {
             FunctionState::Waking
+        } else if building.is_some() && self.slots.is_empty() {
+            FunctionState::Building
         } else if self.slots.values().any(|s| s.replica.is_some() && !s.is_starting()) {
             FunctionState::Draining
         } else {
@@ -408,9 +493,9 @@ impl Function {
             cold_starts: self.cold_starts,
             last_cold_start: self.last_cold_start,
             last_error: self.last_error.clone(),
-            reason: None,
-            state_for_ms: None,
-            retry_in_ms: None,
+            reason: self.refusal.as_ref().map(|r| r.reason.clone()),
+            state_for_ms: building.filter(|_| state == FunctionState::Building).map(|d| d.as_millis() as u64),
+            retry_in_ms: self.backoff_until.filter(|_| state == FunctionState::Failing).map(|t| t.saturating_duration_since(now).as_millis() as u64),
         }
     }
 
@@ -443,9 +528,104 @@ impl Function {
             fx.extend(waiter.map(|w| Effect::Answer(vec![w], Ok(WakeReport { already_ready: true, phases: None }))));
             return;
         }
+        if let Some(why) = self.refused(now) {
+            fx.extend(waiter.map(|w| Effect::Answer(vec![w], Err(why))));
+            return;
+        }
         self.waiters.extend(waiter);
-        if self.starting() == 0 {
+        self.wanted = true;
+        if self.starting() == 0 && self.may_start(now) {
             self.start(now, fx);
+        }
+    }
+
+    /// Why a wake is answered at once with an error: the build failed, or starts fail and
+    /// the back-off is not over.
+    fn refused(&self, now: Instant) -> Option<StartError> {
+        if let Build::Failed { reason, .. } = &self.build {
+            return Some(StartError::Build(reason.clone()));
+        }
+        let until = self.backoff_until.filter(|t| *t > now)?;
+        let reason = self.refusal.as_ref().map_or_else(|| self.last_error.clone().unwrap_or_default(), |r| r.reason.clone());
+        Some(StartError::BackingOff { reason, retry_in: until - now })
+    }
+
+    /// Replicas may start: the build is done and no back-off runs.
+    fn may_start(&self, now: Instant) -> bool {
+        self.build == Build::Done && self.backoff_until.is_none_or(|t| t <= now)
+    }
+
+    /// The periodic checks: a back-off that ended lifts the refusal; a failed build is
+    /// asked again.
+    fn tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if self.backoff_until.is_some_and(|t| t <= now) {
+            self.backoff_until = None;
+            if self.refusal.take().is_some() {
+                tracing::info!("back-off over: the next request starts a replica again");
+                fx.push(Effect::Lift);
+            }
+        }
+        if let Build::Failed { check, .. } = &mut self.build {
+            if *check <= now {
+                *check = now + REBUILD_CHECK;
+                fx.push(Effect::Prepare(self.spec.clone(), self.hash.clone()));
+            }
+        }
+    }
+
+    fn refuse(&mut self, refusal: Refusal, fx: &mut Vec<Effect>) {
+        if self.refusal.as_ref() != Some(&refusal) {
+            self.refusal = Some(refusal.clone());
+            fx.push(Effect::Refuse(refusal));
+        }
+    }
+
+    /// The build of a definition ended.
+    fn prepared(&mut self, hash: &str, result: Result<(), String>, now: Instant, fx: &mut Vec<Effect>) {
+        if hash != self.hash || self.mode != Mode::Serving {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                if self.build == Build::Done {
+                    return;
+                }
+                tracing::info!("built");
+                self.build = Build::Done;
+                if self.backoff_until.is_none() && self.refusal.take().is_some() {
+                    fx.push(Effect::Lift);
+                }
+                if self.wanted && self.ready() == 0 && self.starting() == 0 && self.may_start(now) {
+                    self.start(now, fx);
+                }
+                fx.push(Effect::ReadLoad);
+            }
+            Err(reason) => {
+                if matches!(&self.build, Build::Failed { reason: r, .. } if *r == reason) {
+                    return; // asked again, answered from memory
+                }
+                tracing::warn!(%reason, "the build failed; tried again when the definition or the folder changes");
+                fx.push(Effect::Metric(Metric::StartFailure));
+                self.build = Build::Failed { reason: reason.clone(), check: now + REBUILD_CHECK };
+                self.last_error = Some(StartError::Build(reason.clone()).to_string());
+                self.wanted = false;
+                if self.ready() == 0 {
+                    if !self.waiters.is_empty() {
+                        fx.push(Effect::Answer(std::mem::take(&mut self.waiters), Err(StartError::Build(reason.clone()))));
+                    }
+                    let refusal = Refusal {
+                        status: 503,
+                        state: FunctionState::Failing.as_str().to_string(),
+                        error: format!(
+                            "function {:?} cannot be built; fix its extra_dependencies or its files (it is built again when its definition or folder changes; `roost logs {}` shows the build)",
+                            self.spec.name, self.spec.name
+                        ),
+                        reason,
+                        retry_after_s: None,
+                    };
+                    self.refuse(refusal, fx);
+                }
+            }
         }
     }
 
@@ -466,13 +646,33 @@ impl Function {
         fx.push(Effect::Start { id, spec: self.spec.clone(), hash: self.hash.clone(), declare: !self.declared });
     }
 
-    /// A start failed at some step: waiters are told when no other start can answer them.
-    fn start_failed(&mut self, error: StartError, fx: &mut Vec<Effect>) {
-        tracing::warn!(error = %error, "replica failed to start");
+    /// A start failed at some step: no replica starts before the back-off ends, and when
+    /// no other start can answer them, the waiters are told and the gate refuses callers.
+    fn start_failed(&mut self, error: StartError, now: Instant, fx: &mut Vec<Effect>) {
+        self.failures += 1;
+        let delay = backoff(self.failures);
+        tracing::warn!(error = %error, failures = self.failures, backoff = ?delay, "replica failed to start");
         fx.push(Effect::Metric(Metric::StartFailure));
         self.last_error = Some(error.to_string());
-        if self.starting() == 0 && self.ready() == 0 && !self.waiters.is_empty() {
-            fx.push(Effect::Answer(std::mem::take(&mut self.waiters), Err(error)));
+        self.backoff_until = Some(now + delay);
+        if self.starting() == 0 && self.ready() == 0 {
+            self.wanted = false;
+            if !self.waiters.is_empty() {
+                fx.push(Effect::Answer(std::mem::take(&mut self.waiters), Err(error.clone())));
+            }
+            let refusal = Refusal {
+                status: 502,
+                state: FunctionState::Failing.as_str().to_string(),
+                error: format!(
+                    "function {:?} failed to start; it is tried again in {} s (`roost logs {}` shows its output)",
+                    self.spec.name,
+                    delay.as_secs().max(1),
+                    self.spec.name
+                ),
+                reason: error.to_string(),
+                retry_after_s: Some(delay.as_secs().max(1)),
+            };
+            self.refuse(refusal, fx);
         }
     }
 
@@ -488,7 +688,7 @@ impl Function {
         match result {
             Err(e) => {
                 self.slots.remove(id);
-                self.start_failed(StartError::Start(e), fx);
+                self.start_failed(StartError::Start(e), now, fx);
             }
             Ok(replica) if !serving => {
                 slot.stage = Stage::Stopping;
@@ -505,21 +705,22 @@ impl Function {
         }
     }
 
-    fn probed(&mut self, id: &str, ok: bool, now: Instant, fx: &mut Vec<Effect>) {
+    fn probed(&mut self, id: &str, result: Result<(), Option<String>>, now: Instant, fx: &mut Vec<Effect>) {
         let serving = self.mode == Mode::Serving;
         let Some(slot) = self.slots.get_mut(id).filter(|s| s.stage == Stage::Probing) else { return };
         let replica = slot.replica.clone().expect("a probed replica was started");
-        if !ok || !serving {
+        if result.is_err() || !serving {
             slot.stage = Stage::Stopping;
             fx.push(Effect::Stop { replica: replica.clone(), registered: false });
-            if !ok {
+            if let Err(output) = result {
                 let error = StartError::NotReady {
                     id: replica.id,
                     path: self.spec.readiness_path.clone(),
                     address: replica.address,
-                    timeout: self.ready_timeout,
+                    timeout: self.spec.readiness_timeout,
+                    output,
                 };
-                self.start_failed(error, fx);
+                self.start_failed(error, now, fx);
             }
             return;
         }
@@ -546,7 +747,7 @@ impl Function {
             Err(cause) => {
                 slot.stage = Stage::Stopping;
                 fx.push(Effect::Stop { replica, registered: false });
-                self.start_failed(StartError::Register { id: id.to_string(), cause }, fx);
+                self.start_failed(StartError::Register { id: id.to_string(), cause }, now, fx);
             }
             Ok(()) if !serving => {
                 slot.registered = true;
@@ -578,6 +779,8 @@ impl Function {
             tracing::info!(replica = %id, total_ms = phases.total_ms, "replica ready");
             self.cold_starts += 1;
             self.last_cold_start = Some(phases);
+            self.failures = 0;
+            self.wanted = false;
             self.last_ready_at = Some(now);
             fx.push(Effect::Metric(Metric::ColdStart(phases)));
             if !self.waiters.is_empty() {
@@ -641,7 +844,10 @@ impl Function {
         } else {
             self.surplus_since = None;
         }
-        let decision = scaling::decide(s, &observed);
+        let mut decision = scaling::decide(s, &observed);
+        if !self.may_start(now) {
+            decision.start = 0;
+        }
         for _ in 0..decision.start {
             tracing::info!(?observed, "scaling up");
             fx.push(Effect::Metric(Metric::Scale(true)));
@@ -662,13 +868,13 @@ impl Function {
             }
         }
         // Roll over replicas of an older definition, one at a time.
-        if !self.outdated().is_empty() && self.starting() == 0 && decision.start == 0 {
+        if !self.outdated().is_empty() && self.starting() == 0 && decision.start == 0 && self.may_start(now) {
             self.start(now, fx);
         }
         self.publish(fx);
     }
 
-    fn changed(&mut self, spec: Arc<FunctionSpec>, hash: String, fx: &mut Vec<Effect>) {
+    fn changed(&mut self, spec: Arc<FunctionSpec>, hash: String, now: Instant, fx: &mut Vec<Effect>) {
         let was_leaving = self.mode != Mode::Serving;
         if self.mode == Mode::ShuttingDown {
             return;
@@ -678,8 +884,18 @@ impl Function {
             return;
         }
         tracing::info!(version = %spec.version, "definition changed");
+        // A new definition gets a fresh build (the same one, re-added, keeps its own) and a
+        // fresh start: no back-off, no refusal (callers are held while it builds).
+        if hash != self.hash || matches!(self.build, Build::Failed { .. }) {
+            self.build = Build::Running(now);
+        }
         self.spec = spec;
         self.hash = hash;
+        self.failures = 0;
+        self.backoff_until = None;
+        if self.refusal.take().is_some() {
+            fx.push(Effect::Lift);
+        }
         // Re-declare (timeout and concurrency may have changed), prepare, and let the
         // load decide; replicas of the old definition are rolled over one at a time.
         self.declaring = false;
@@ -704,18 +920,18 @@ impl Function {
         }
     }
 
-    fn exited(&mut self, id: &str, reason: String, fx: &mut Vec<Effect>) {
+    fn exited(&mut self, id: &str, reason: String, now: Instant, fx: &mut Vec<Effect>) {
         let Some(slot) = self.slots.get_mut(id) else { return };
         match slot.stage {
             // The drain stopped it; its drain reports when it is gone.
             Stage::Draining | Stage::Stopping => {}
             Stage::Starting | Stage::Probing => {
                 self.slots.remove(id);
-                self.start_failed(StartError::Exited { id: id.to_string(), reason }, fx);
+                self.start_failed(StartError::Exited { id: id.to_string(), reason }, now, fx);
             }
             Stage::Registering => {
                 slot.dead = true;
-                self.start_failed(StartError::Exited { id: id.to_string(), reason }, fx);
+                self.start_failed(StartError::Exited { id: id.to_string(), reason }, now, fx);
             }
             Stage::Ready => {
                 let slot = self.slots.remove(id).expect("matched above");

@@ -30,11 +30,23 @@ struct Harness {
 impl Harness {
     fn new(min: u32, max: u32) -> Harness {
         let spec = spec_yaml("1", min, max);
-        let (f, fx) = Function::new(spec.clone(), hash_of(&spec), "f-7".into(), 30 * S);
+        let now = Instant::now();
+        let (f, fx) = Function::new(spec.clone(), hash_of(&spec), "f-7".into(), now);
         assert!(matches!(fx[..], [Effect::Declare(_), Effect::Prepare(..)]), "{fx:?}");
-        let mut h = Harness { f, now: Instant::now(), log: fx };
+        let mut h = Harness { f, now, log: fx };
         h.send(Event::Declared(Ok(())));
+        h.send(Event::Prepared(hash_of(&spec), Ok(())));
         h
+    }
+
+    fn status(&self) -> FunctionStatus {
+        self.f.status(self.now)
+    }
+
+    /// Lets the back-off run out.
+    fn wait_out_backoff(&mut self) -> Vec<Effect> {
+        self.advance(BACKOFF_MAX);
+        self.send(Event::Tick)
     }
 
     fn send(&mut self, event: Event) -> Vec<Effect> {
@@ -52,7 +64,7 @@ impl Harness {
         let hash = self.f.slots[id].hash.clone();
         let mut fx = self.send(Event::Started(id.into(), Ok(replica(id, &hash))));
         self.advance(Duration::from_millis(2));
-        fx.extend(self.send(Event::Probed(id.into(), true)));
+        fx.extend(self.send(Event::Probed(id.into(), Ok(()))));
         self.advance(Duration::from_millis(3));
         fx.extend(self.send(Event::Registered(id.into(), Ok(()))));
         fx.extend(self.send(Event::Noticed(id.into())));
@@ -76,7 +88,7 @@ impl Harness {
     }
 
     fn ready_ids(&self) -> Vec<String> {
-        self.f.status().replicas.iter().filter(|r| r.phase == ReplicaPhase::Ready).map(|r| r.id.clone()).collect()
+        self.status().replicas.iter().filter(|r| r.phase == ReplicaPhase::Ready).map(|r| r.id.clone()).collect()
     }
 }
 
@@ -119,7 +131,7 @@ fn n_wakes_start_one_replica_and_all_are_answered_once_it_is_ready() {
     }
     fx.extend(h.send(Event::Wake(None)));
     assert_eq!(started_ids(&fx), ["f-7-1"], "singleflight: one start for six wakes");
-    assert_eq!(h.f.status().state, FunctionState::Waking);
+    assert_eq!(h.status().state, FunctionState::Waking);
     assert!(answers(&fx).is_empty(), "nobody is answered before the replica is ready");
 
     let fx = h.bring_up("f-7-1");
@@ -146,7 +158,7 @@ fn n_wakes_start_one_replica_and_all_are_answered_once_it_is_ready() {
     let fx = h.send(Event::Wake(Some(6)));
     assert_eq!(answers(&fx), [(vec![6], Ok(WakeReport { already_ready: true, phases: None }))]);
     assert!(started_ids(&fx).is_empty());
-    assert_eq!(h.f.status().cold_starts, 1);
+    assert_eq!(h.status().cold_starts, 1);
 }
 
 #[test]
@@ -159,20 +171,22 @@ fn a_start_that_fails_while_waiters_hold_answers_them_with_the_reason() {
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].0, [1, 2]);
     assert!(a[0].1.as_ref().is_err_and(|e| e.contains("image missing")), "{a:?}");
-    assert_eq!(h.f.status().state, FunctionState::Sleeping);
-    assert!(h.f.status().last_error.is_some_and(|e| e.contains("image missing")));
+    assert_eq!(h.status().state, FunctionState::Failing);
+    assert!(h.status().last_error.is_some_and(|e| e.contains("image missing")));
 
-    // The next wake tries again; a replica that never answers its probe is stopped and
-    // its waiter told why.
+    // After the back-off the next wake tries again; a replica that never answers its
+    // probe is stopped and its waiter told why, with its last output.
+    assert!(matches!(h.wait_out_backoff()[..], [Effect::Lift, Effect::ReadLoad]));
+    assert_eq!(h.status().state, FunctionState::Sleeping);
     let fx = h.send(Event::Wake(Some(3)));
     assert_eq!(started_ids(&fx), ["f-7-2"]);
     h.send(Event::Started("f-7-2".into(), Ok(replica("f-7-2", "h1"))));
-    let fx = h.send(Event::Probed("f-7-2".into(), false));
+    let fx = h.send(Event::Probed("f-7-2".into(), Err(Some("loading the model...".into()))));
     assert!(fx.iter().any(|e| matches!(e, Effect::Stop { replica, registered: false } if replica.id == "f-7-2")));
     let a = answers(&fx);
-    assert!(a[0].1.as_ref().is_err_and(|e| e.contains("did not answer /healthz")), "{a:?}");
+    assert!(a[0].1.as_ref().is_err_and(|e| e.contains("did not answer /healthz") && e.contains("loading the model")), "{a:?}");
     h.send(Event::Stopped("f-7-2".into()));
-    assert_eq!(h.f.status().state, FunctionState::Sleeping);
+    assert_eq!(h.status().state, FunctionState::Failing);
 }
 
 #[test]
@@ -180,7 +194,7 @@ fn a_failed_start_beside_another_start_leaves_the_waiters_to_it() {
     let mut h = Harness::new(0, 10);
     h.send(Event::Wake(Some(1)));
     h.send(Event::Load(Load { in_flight: 0, pending: 2, since_last_request: Some(Duration::ZERO) }));
-    assert_eq!(h.f.status().starting, 2);
+    assert_eq!(h.status().starting, 2);
     let fx = h.send(Event::Started("f-7-1".into(), Err(failure("boom"))));
     assert!(answers(&fx).is_empty(), "the other start may still answer");
     let fx = h.bring_up("f-7-2");
@@ -197,18 +211,19 @@ fn a_replica_that_exits_before_it_is_ready_fails_its_waiters_at_once() {
     let a = answers(&fx);
     assert!(a[0].1.as_ref().is_err_and(|e| e.contains("exited before it was ready: exit status 1")), "{a:?}");
     // The probe that was still trying reports later and is ignored.
-    assert!(h.send(Event::Probed("f-7-1".into(), false)).is_empty());
-    assert_eq!(h.f.status().state, FunctionState::Sleeping);
+    assert!(h.send(Event::Probed("f-7-1".into(), Err(None))).is_empty());
+    assert_eq!(h.status().state, FunctionState::Failing);
 
     // Exiting while Envoy takes the endpoint: the endpoint is taken back once ACKed.
+    h.wait_out_backoff();
     h.send(Event::Wake(Some(2)));
     h.send(Event::Started("f-7-2".into(), Ok(replica("f-7-2", "h1"))));
-    h.send(Event::Probed("f-7-2".into(), true));
+    h.send(Event::Probed("f-7-2".into(), Ok(())));
     let fx = h.send(Event::Exited("f-7-2".into(), "killed".into()));
     assert!(answers(&fx)[0].1.is_err());
     let fx = h.send(Event::Registered("f-7-2".into(), Ok(())));
     assert!(matches!(fx[..], [Effect::RemoveEndpoint(a)] if a.port() == 9002), "{fx:?}");
-    assert_eq!(h.f.status().state, FunctionState::Sleeping);
+    assert_eq!(h.status().state, FunctionState::Failing);
 }
 
 #[test]
@@ -216,11 +231,11 @@ fn a_crash_of_the_last_replica_marks_it_not_ready_and_the_next_wake_starts_anoth
     let mut h = Harness::new(0, 10);
     h.send(Event::Wake(None));
     h.bring_up("f-7-1");
-    assert_eq!(h.f.status().state, FunctionState::Ready);
+    assert_eq!(h.status().state, FunctionState::Ready);
     let fx = h.send(Event::Exited("f-7-1".into(), "signal 9".into()));
     assert!(matches!(fx[..], [Effect::Metric(Metric::Crash), Effect::ClearReady, Effect::RemoveEndpoint(_), Effect::ReadLoad]), "{fx:?}");
-    assert_eq!(h.f.status().state, FunctionState::Sleeping);
-    assert!(h.f.status().last_error.is_some_and(|e| e.contains("signal 9")));
+    assert_eq!(h.status().state, FunctionState::Sleeping);
+    assert!(h.status().last_error.is_some_and(|e| e.contains("signal 9")));
     let fx = h.idle();
     assert!(started_ids(&fx).is_empty(), "an idle function stays asleep");
     let fx = h.send(Event::Wake(Some(1)));
@@ -262,7 +277,7 @@ fn drain_waits_for_requests_in_flight_before_the_stop() {
         })
         .collect();
     assert_eq!(kinds, ["not ready", "drain"]);
-    assert_eq!(h.f.status().state, FunctionState::Draining);
+    assert_eq!(h.status().state, FunctionState::Draining);
     // Nothing stops it until the drain says the requests in flight are done.
     for _ in 0..3 {
         h.advance(S);
@@ -270,8 +285,8 @@ fn drain_waits_for_requests_in_flight_before_the_stop() {
         assert!(!fx.iter().any(|e| matches!(e, Effect::Stop { .. } | Effect::Drain(..))), "{fx:?}");
     }
     h.finish_drain("f-7-1");
-    assert_eq!(h.f.status().state, FunctionState::Sleeping);
-    assert!(h.f.status().replicas.is_empty());
+    assert_eq!(h.status().state, FunctionState::Sleeping);
+    assert!(h.status().replicas.is_empty());
 }
 
 #[test]
@@ -284,7 +299,7 @@ fn a_wake_mid_drain_and_mid_scale_to_zero_starts_a_new_replica() {
     // Mid-drain: the draining replica takes no new request, so a wake starts another.
     let fx = h.send(Event::Wake(Some(1)));
     assert_eq!(started_ids(&fx), ["f-7-2"]);
-    assert_eq!(h.f.status().state, FunctionState::Waking);
+    assert_eq!(h.status().state, FunctionState::Waking);
     // The old one finishes its drain while the new one starts (mid scale to zero).
     let fx = h.send(Event::DrainFinished("f-7-1".into()));
     assert!(answers(&fx).is_empty());
@@ -292,7 +307,7 @@ fn a_wake_mid_drain_and_mid_scale_to_zero_starts_a_new_replica() {
     assert!(answers(&fx)[0].1.is_ok(), "{fx:?}");
     h.send(Event::Stopped("f-7-1".into()));
     assert_eq!(h.ready_ids(), ["f-7-2"]);
-    assert_eq!(h.f.status().state, FunctionState::Ready);
+    assert_eq!(h.status().state, FunctionState::Ready);
 }
 
 #[test]
@@ -303,13 +318,15 @@ fn rollover_acks_the_new_replica_before_an_old_one_drains() {
     let v2 = spec_yaml("2", 0, 10);
     let fx = h.send(Event::Changed(v2.clone(), hash_of(&v2)));
     assert!(matches!(fx[..], [Effect::Declare(_), Effect::Prepare(..), Effect::ReadLoad]), "{fx:?}");
-    assert!(h.f.status().replicas[0].outdated);
+    assert!(h.status().replicas[0].outdated);
     h.send(Event::Declared(Ok(())));
+    assert!(started_ids(&h.load(0, 0)).is_empty(), "nothing starts before the new definition is built");
+    h.send(Event::Prepared(hash_of(&v2), Ok(())));
     let fx = h.load(0, 0);
     assert_eq!(started_ids(&fx), ["f-7-2"], "the rollover starts a replica of the new definition");
     assert!(drained_ids(&fx).is_empty(), "the old one serves until the new one is ready");
     h.send(Event::Started("f-7-2".into(), Ok(replica("f-7-2", "h2"))));
-    h.send(Event::Probed("f-7-2".into(), true));
+    h.send(Event::Probed("f-7-2".into(), Ok(())));
     let fx = h.send(Event::Registered("f-7-2".into(), Ok(())));
     assert!(drained_ids(&fx).is_empty(), "not before the ready notice");
     let fx = h.send(Event::Noticed("f-7-2".into()));
@@ -327,15 +344,17 @@ fn a_definition_changed_twice_mid_rollover_ends_on_the_newest_with_a_replica_alw
     h.bring_up("f-7-1");
     let (v2, v3) = (spec_yaml("2", 0, 10), spec_yaml("3", 0, 10));
     h.send(Event::Changed(v2.clone(), hash_of(&v2)));
+    h.send(Event::Prepared(hash_of(&v2), Ok(())));
     assert_eq!(started_ids(&h.load(0, 0)), ["f-7-2"]);
     h.send(Event::Changed(v3.clone(), hash_of(&v3)));
+    h.send(Event::Prepared(hash_of(&v3), Ok(())));
     assert!(started_ids(&h.load(0, 0)).is_empty(), "one rollover start at a time");
     // The v2 replica arrives already outdated; it still replaces the v1 one.
     let fx = h.bring_up("f-7-2");
     assert_eq!(drained_ids(&fx), ["f-7-1"]);
     h.finish_drain("f-7-1");
     let mut rounds = 0;
-    while h.f.status().replicas.iter().any(|r| r.outdated) {
+    while h.status().replicas.iter().any(|r| r.outdated) {
         rounds += 1;
         assert!(rounds < 5, "the rollover converges");
         let fx = h.load(0, 0);
@@ -347,7 +366,7 @@ fn a_definition_changed_twice_mid_rollover_ends_on_the_newest_with_a_replica_alw
         }
     }
     assert!(!h.log.iter().any(|e| matches!(e, Effect::ClearReady)), "never unready during the rollover");
-    let st = h.f.status();
+    let st = h.status();
     assert_eq!(st.replicas.len(), 1);
     assert_eq!(st.replicas[0].version, "3");
 }
@@ -390,7 +409,7 @@ fn a_function_removed_mid_start_answers_its_waiters_stops_the_replica_and_forget
     h.send(Event::Wake(Some(1)));
     let fx = h.send(Event::Removed);
     assert!(answers(&fx)[0].1.as_ref().is_err_and(|e| e.contains("was removed")), "{fx:?}");
-    assert_eq!(h.f.status().state, FunctionState::Removing);
+    assert_eq!(h.status().state, FunctionState::Removing);
     let fx = h.send(Event::Wake(Some(2)));
     assert!(answers(&fx)[0].1.is_err(), "no wake while being removed");
     let fx = h.send(Event::Started("f-7-1".into(), Ok(replica("f-7-1", "h1"))));
@@ -407,7 +426,7 @@ fn a_function_removed_while_envoy_takes_its_replica_drains_it() {
     let mut h = Harness::new(0, 10);
     h.send(Event::Wake(None));
     h.send(Event::Started("f-7-1".into(), Ok(replica("f-7-1", "h1"))));
-    h.send(Event::Probed("f-7-1".into(), true));
+    h.send(Event::Probed("f-7-1".into(), Ok(())));
     h.send(Event::Removed);
     let fx = h.send(Event::Registered("f-7-1".into(), Ok(())));
     assert_eq!(drained_ids(&fx), ["f-7-1"]);
@@ -442,10 +461,11 @@ fn shutdown_drains_everything_and_keeps_the_function_declared() {
 #[test]
 fn an_undeclared_function_is_declared_again_on_the_tick_and_before_a_start() {
     let spec = spec_yaml("1", 0, 10);
-    let (mut f, _) = Function::new(spec.clone(), hash_of(&spec), "f-7".into(), 30 * S);
     let now = Instant::now();
+    let (mut f, _) = Function::new(spec.clone(), hash_of(&spec), "f-7".into(), now);
+    f.handle(Event::Prepared(hash_of(&spec), Ok(())), now);
     f.handle(Event::Declared(Err(failure("control plane unreachable"))), now);
-    assert!(f.status().last_error.is_some_and(|e| e.contains("unreachable")));
+    assert!(f.status(now).last_error.is_some_and(|e| e.contains("unreachable")));
     assert!(matches!(f.handle(Event::Tick, now)[..], [Effect::Declare(_), Effect::ReadLoad]));
     assert!(matches!(f.handle(Event::Tick, now)[..], [Effect::ReadLoad]), "one declaration at a time");
     let fx = f.handle(Event::Wake(None), now);
@@ -459,6 +479,119 @@ fn an_adopted_replica_serves_without_a_cold_start() {
     assert!(matches!(&fx[..], [Effect::SetReady(id)] if id == "f-7-9"));
     let fx = h.send(Event::Noticed("f-7-9".into()));
     assert!(matches!(fx[..], [Effect::Publish { ready: 1, declared: true }]), "{fx:?}");
-    assert_eq!(h.f.status().cold_starts, 0);
+    assert_eq!(h.status().cold_starts, 0);
     assert_eq!(answers(&h.send(Event::Wake(Some(1))))[0].1.as_ref().map(|r| r.already_ready), Ok(true));
+}
+
+fn refusals(fx: &[Effect]) -> Vec<Refusal> {
+    fx.iter().filter_map(|e| if let Effect::Refuse(r) = e { Some(r.clone()) } else { None }).collect()
+}
+
+#[test]
+fn a_wake_while_the_function_builds_is_held_until_the_build_is_done() {
+    let spec = spec_yaml("1", 0, 10);
+    let t0 = Instant::now();
+    let (mut f, _) = Function::new(spec.clone(), hash_of(&spec), "f-7".into(), t0);
+    f.handle(Event::Declared(Ok(())), t0);
+    assert!(started_ids(&f.handle(Event::Wake(Some(1)), t0)).is_empty(), "no start before the build");
+    assert!(started_ids(&f.handle(Event::Wake(None), t0)).is_empty());
+    let st = f.status(t0 + 3 * S);
+    assert_eq!((st.state, st.state_for_ms), (FunctionState::Building, Some(3000)));
+    // A build of an older definition reporting late changes nothing.
+    assert!(f.handle(Event::Prepared("h0".into(), Ok(())), t0).is_empty());
+    let fx = f.handle(Event::Prepared(hash_of(&spec), Ok(())), t0 + 3 * S);
+    assert_eq!(started_ids(&fx), ["f-7-1"], "the held wake starts one replica once built");
+    assert!(answers(&fx).is_empty(), "the waiter waits for the replica");
+}
+
+#[test]
+fn a_failed_build_answers_callers_at_once_and_is_tried_again_only_when_something_changed() {
+    let spec = spec_yaml("1", 0, 10);
+    let t0 = Instant::now();
+    let (mut f, _) = Function::new(spec.clone(), hash_of(&spec), "f-7".into(), t0);
+    f.handle(Event::Declared(Ok(())), t0);
+    f.handle(Event::Wake(Some(1)), t0);
+    let pip = "ERROR: No matching distribution found for nosuchpackage".to_string();
+    let fx = f.handle(Event::Prepared(hash_of(&spec), Err(pip.clone())), t0);
+    let a = answers(&fx);
+    assert!(a[0].1.as_ref().is_err_and(|e| e.contains("build failed") && e.contains("nosuchpackage")), "{a:?}");
+    let r = refusals(&fx);
+    assert_eq!((r[0].status, r[0].state.as_str(), r[0].retry_after_s), (503, "failing", None));
+    assert_eq!(r[0].reason, pip);
+    let st = f.status(t0);
+    assert_eq!((st.state, st.reason.as_deref()), (FunctionState::Failing, Some(pip.as_str())));
+    // Callers are answered at once; nothing starts.
+    let fx = f.handle(Event::Wake(Some(2)), t0);
+    assert!(started_ids(&fx).is_empty() && answers(&fx)[0].1.is_err(), "{fx:?}");
+    // The build is asked again every few seconds; the same answer changes nothing.
+    let fx = f.handle(Event::Tick, t0 + REBUILD_CHECK);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Prepare(..))), "{fx:?}");
+    assert!(f.handle(Event::Prepared(hash_of(&spec), Err(pip)), t0 + REBUILD_CHECK).is_empty());
+    // The folder was fixed: the build succeeds, the refusal is lifted, the next request wakes it.
+    let fx = f.handle(Event::Prepared(hash_of(&spec), Ok(())), t0 + 2 * REBUILD_CHECK);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Lift)), "{fx:?}");
+    assert_eq!(f.status(t0).state, FunctionState::Sleeping);
+    assert_eq!(started_ids(&f.handle(Event::Wake(None), t0 + 2 * REBUILD_CHECK)), ["f-7-1"]);
+}
+
+#[test]
+fn failed_starts_back_off_doubling_to_a_minute_and_a_new_definition_resets_it() {
+    let mut h = Harness::new(0, 10);
+    let mut delays = Vec::new();
+    for n in 1..=8u32 {
+        let fx = h.send(Event::Wake(Some(u64::from(n))));
+        let id = started_ids(&fx).pop().unwrap_or_else(|| panic!("start {n}: {fx:?}"));
+        h.send(Event::Started(id.clone(), Ok(replica(&id, "h1"))));
+        let fx = h.send(Event::Exited(id.clone(), "exit status 1; last output:\nModuleNotFoundError: No module named 'nope'".into()));
+        let a = answers(&fx);
+        assert!(a[0].1.as_ref().is_err_and(|e| e.contains("ModuleNotFoundError")), "{a:?}");
+        let r = refusals(&fx).pop().expect("refused");
+        assert_eq!((r.status, r.state.as_str()), (502, "failing"));
+        assert!(r.reason.contains("No module named 'nope'"), "{r:?}");
+        delays.push(r.retry_after_s.unwrap());
+        // During the back-off callers are answered at once and no replica starts.
+        h.advance(Duration::from_millis(500));
+        let fx = h.send(Event::Wake(Some(100)));
+        assert!(started_ids(&fx).is_empty(), "{fx:?}");
+        assert!(answers(&fx)[0].1.as_ref().is_err_and(|e| e.contains("no replica starts for")), "{fx:?}");
+        assert!(started_ids(&h.load(0, 3)).is_empty(), "queued load starts nothing during a back-off either");
+        let st = h.status();
+        assert_eq!(st.state, FunctionState::Failing);
+        assert!(st.retry_in_ms.is_some_and(|ms| ms <= u64::from(delays[n as usize - 1]) * 1000 - 500), "{st:?}");
+        h.send(Event::Stopped(id));
+        let fx = h.wait_out_backoff();
+        assert!(fx.iter().any(|e| matches!(e, Effect::Lift)), "{fx:?}");
+    }
+    assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+    // A new definition starts afresh: no back-off, the first failure waits 1 s again.
+    let fx = h.send(Event::Wake(Some(200)));
+    let id = started_ids(&fx).pop().unwrap();
+    h.send(Event::Started(id.clone(), Ok(replica(&id, "h1"))));
+    h.send(Event::Exited(id, "exit status 1".into()));
+    let v2 = spec_yaml("2", 0, 10);
+    let fx = h.send(Event::Changed(v2.clone(), hash_of(&v2)));
+    assert!(fx.iter().any(|e| matches!(e, Effect::Lift)), "{fx:?}");
+    h.send(Event::Prepared(hash_of(&v2), Ok(())));
+    let fx = h.send(Event::Wake(None));
+    let id = started_ids(&fx).pop().expect("starts at once after the change");
+    h.send(Event::Started(id.clone(), Ok(replica(&id, "h2"))));
+    let fx = h.send(Event::Exited(id, "exit status 1".into()));
+    assert_eq!(refusals(&fx)[0].retry_after_s, Some(1));
+}
+
+#[test]
+fn a_replica_that_becomes_ready_ends_the_crash_loop() {
+    let mut h = Harness::new(0, 10);
+    h.send(Event::Wake(None));
+    h.send(Event::Started("f-7-1".into(), Ok(replica("f-7-1", "h1"))));
+    h.send(Event::Exited("f-7-1".into(), "exit status 1".into()));
+    h.wait_out_backoff();
+    h.send(Event::Wake(None));
+    h.bring_up("f-7-2");
+    assert_eq!(h.status().state, FunctionState::Ready);
+    assert_eq!(h.f.failures, 0);
+    // A crash of a ready replica is not a failed start: no refusal.
+    let fx = h.send(Event::Exited("f-7-2".into(), "signal 9".into()));
+    assert!(refusals(&fx).is_empty(), "{fx:?}");
+    assert_eq!(started_ids(&h.send(Event::Wake(None))), ["f-7-3"]);
 }
