@@ -3,7 +3,7 @@
 
 use redis::aio::MultiplexedConnection;
 use roost_common::keys;
-use roost_common::wire::redis::ReadyNotice;
+use roost_common::wire::redis::{ReadyNotice, Refusal};
 
 /// A connection to the Redis on 127.0.0.1:`port`.
 pub async fn connect(port: u16) -> MultiplexedConnection {
@@ -36,6 +36,26 @@ pub async fn mark_ready(c: &mut MultiplexedConnection, function: &str) {
 /// Marks `function` not ready and says so, as the orchestrator does before a drain.
 pub async fn mark_asleep(c: &mut MultiplexedConnection, function: &str) {
     cmd(c, &["DEL", &keys::ready(function)]).await;
+    let msg = ReadyNotice { function: function.into(), ready: false, refusal: None }.to_payload();
+    cmd(c, &["PUBLISH", keys::READY_CHANNEL, &msg]).await;
+}
+
+/// Refuses `function`'s callers as the orchestrator does (`RedisIo::refuse`): the key (with
+/// its expiry when it backs off) and the notice.
+pub async fn refuse(c: &mut MultiplexedConnection, function: &str, refusal: &Refusal) {
+    let key = keys::refusal(function);
+    match refusal.retry_after_s {
+        Some(s) => cmd(c, &["SET", &key, &refusal.to_payload(), "PX", &(s * 1000).to_string()]).await,
+        None => cmd(c, &["SET", &key, &refusal.to_payload()]).await,
+    };
+    cmd(c, &["DEL", &keys::ready(function)]).await;
+    let msg = ReadyNotice { function: function.into(), ready: false, refusal: Some(refusal.clone()) }.to_payload();
+    cmd(c, &["PUBLISH", keys::READY_CHANNEL, &msg]).await;
+}
+
+/// Lifts a refusal as the orchestrator does.
+pub async fn lift(c: &mut MultiplexedConnection, function: &str) {
+    cmd(c, &["DEL", &keys::refusal(function)]).await;
     let msg = ReadyNotice { function: function.into(), ready: false, refusal: None }.to_payload();
     cmd(c, &["PUBLISH", keys::READY_CHANNEL, &msg]).await;
 }

@@ -3,8 +3,9 @@
 //! common/src/keys.rs. Every wait is bounded; nothing is skipped when nginx is missing
 //! (the test fails and says what to install).
 
+use roost_common::wire::redis::Refusal;
 use roost_gate_tests::client::{self, cold_start_ms, json, Body};
-use roost_gate_tests::redis_util::{self, calls, cmd, declare, mark_asleep, mark_ready};
+use roost_gate_tests::redis_util::{self, calls, cmd, declare, lift, mark_asleep, mark_ready, refuse};
 use roost_gate_tests::{bounded, Answer, Behaviour, FakeEnvoy, FakeOrchestrator, Gate};
 use roost_testkit::process::free_port;
 use roost_testkit::redis::Redis;
@@ -527,4 +528,114 @@ fn run_sh_says_what_to_install_when_nginx_is_missing() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("libnginx-mod-http-lua") && err.contains("lua-nginx-redis"), "{err}");
+}
+
+fn failing(retry_after_s: Option<u64>) -> Refusal {
+    Refusal {
+        status: 502,
+        state: "failing".into(),
+        error: "function \"broken\" failed to start; it is tried again in 2 s".into(),
+        reason: "replica broken-1 exited before it was ready: exit code 1; last output:\nModuleNotFoundError: No module named 'nope'"
+            .into(),
+        retry_after_s,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
+async fn held_requests_are_answered_at_once_with_a_refusal_and_later_ones_without_a_wake() {
+    bounded(TEST_LIMIT, "refusal", async {
+        let mut s = stack(&[("ROOST_GATE_WAKE_TIMEOUT_MS", "20000")]).await;
+        declare(&mut s.conn, "broken").await;
+        let orch = FakeOrchestrator::start(s.redis.port, Duration::ZERO, Behaviour::Mute).await;
+        let port = s.gate.port;
+        let held: Vec<_> = (0..3).map(|_| tokio::spawn(async move { client::get(port, "/broken").await })).collect();
+        s.gate.wait_held("broken", 3).await;
+        let t = Instant::now();
+        refuse(&mut s.conn, "broken", &failing(Some(30))).await;
+        for h in held {
+            let r = h.await.unwrap().unwrap();
+            assert_eq!(r.status, 502, "{}", r.body);
+            let j = json(&r);
+            assert_eq!(j["state"], "failing");
+            assert_eq!(j["function"], "broken");
+            assert!(j["reason"].as_str().unwrap().contains("No module named 'nope'"), "{j}");
+            assert!(is_generated_id(j["request_id"].as_str().unwrap()), "{j}");
+            let retry: u64 = r.header("retry-after").expect("Retry-After while it backs off").parse().unwrap();
+            assert!((1..=30).contains(&retry), "{retry}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(1), "held requests answered within a second: {:?}", t.elapsed());
+        // Later callers are answered at once, without a wake.
+        let wakes = orch.wake_count();
+        for _ in 0..5 {
+            let r = s.gate.get("/broken").await;
+            assert_eq!(r.status, 502, "{}", r.body);
+            assert!(r.header("retry-after").is_some());
+        }
+        assert_eq!(orch.wake_count(), wakes, "no wake during a back-off");
+        assert_eq!(s.envoy.hits(), 0);
+        // The back-off ends: the next request wakes the function again.
+        lift(&mut s.conn, "broken").await;
+        let waiting = tokio::spawn(async move { client::get(port, "/broken").await });
+        wait_until(Duration::from_secs(5), "a wake after the lift", || async { (orch.wake_count() > wakes).then_some(()) }).await;
+        mark_ready(&mut s.conn, "broken").await;
+        assert_eq!(waiting.await.unwrap().unwrap().status, 200);
+        s.gate.assert_clean_log();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
+async fn a_refusal_in_redis_answers_callers_and_ends_with_its_expiry() {
+    bounded(TEST_LIMIT, "refusal key", async {
+        let mut s = stack(&[]).await;
+        declare(&mut s.conn, "invalid").await;
+        // Set without a notice (as after a gate restart): read from Redis.
+        let invalid = Refusal {
+            status: 503,
+            state: "invalid".into(),
+            error: "function \"invalid\" is not valid in the definitions file; fix it there (the other functions serve)".into(),
+            reason: "scaling.max_replicas: 0 is not allowed".into(),
+            retry_after_s: None,
+        };
+        cmd(&mut s.conn, &["SET", &roost_common::keys::refusal("invalid"), &invalid.to_payload()]).await;
+        let r = s.gate.get("/invalid").await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.header("retry-after"), None, "nothing to retry until the file is fixed");
+        let j = json(&r);
+        assert_eq!((j["state"].as_str(), j["reason"].as_str()), (Some("invalid"), Some("scaling.max_replicas: 0 is not allowed")));
+        // A back-off with an expiry: Retry-After from its time to live; gone with it.
+        declare(&mut s.conn, "broken").await;
+        let orch = FakeOrchestrator::start(s.redis.port, Duration::ZERO, Behaviour::Mute).await;
+        cmd(&mut s.conn, &["SET", &roost_common::keys::refusal("broken"), &failing(Some(2)).to_payload(), "PX", "1500"]).await;
+        let r = s.gate.get("/broken").await;
+        assert_eq!((r.status, r.header("retry-after")), (502, Some("2")), "{}", r.body);
+        tokio::time::sleep(Duration::from_millis(1700)).await;
+        let port = s.gate.port;
+        let waiting = tokio::spawn(async move { client::get(port, "/broken").await });
+        wait_until(Duration::from_secs(5), "a wake after the expiry", || async { (orch.wake_count() >= 1).then_some(()) }).await;
+        mark_ready(&mut s.conn, "broken").await;
+        assert_eq!(waiting.await.unwrap().unwrap().status, 200);
+        s.gate.assert_clean_log();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
+async fn a_function_s_own_hold_time_bounds_the_wait() {
+    bounded(TEST_LIMIT, "hold_ms", async {
+        let mut s = stack(&[("ROOST_GATE_WAKE_TIMEOUT_MS", "20000")]).await;
+        declare(&mut s.conn, "quick").await;
+        cmd(&mut s.conn, &["SET", &roost_common::keys::hold_ms("quick"), "700"]).await;
+        let _orch = FakeOrchestrator::start(s.redis.port, Duration::ZERO, Behaviour::Mute).await;
+        let t = Instant::now();
+        let r = s.gate.get("/quick").await;
+        assert_eq!(r.status, 504, "{}", r.body);
+        assert!(t.elapsed() >= Duration::from_millis(700) && t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert_eq!(json(&r)["error"], "function \"quick\" did not become ready within 700 ms");
+        s.gate.assert_clean_log();
+    })
+    .await;
 }

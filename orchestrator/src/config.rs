@@ -74,7 +74,6 @@ pub struct Config {
     #[arg(long, env = env::PROBE_INTERVAL_MS, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=50))]
     pub probe_interval_ms: u64,
 
-
     /// Time a stopping replica gets between SIGTERM and a hard kill, in milliseconds.
     #[arg(long, env = env::STOP_GRACE_MS, default_value_t = 5_000)]
     pub stop_grace_ms: u64,

@@ -1,10 +1,13 @@
-//! Watches the definitions file and hands every valid edit to the supervisor within a
-//! fraction of a second; an invalid edit is reported and the last good definitions keep
+//! Watches the definitions file and hands every edit to the supervisor within a fraction
+//! of a second. One invalid function does not hold the others back: the valid ones are
+//! loaded and each invalid one is reported by name (the supervisor keeps serving its last
+//! good definition, or refuses its callers with the problem). A file that is no
+//! definitions file at all (not YAML, empty) is reported and the last good definitions keep
 //! serving.
 
 use roost_common::hash::fnv1a;
 use roost_common::spec::{self, Definitions, FunctionSpec};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -14,10 +17,21 @@ use tracing::{info, warn};
 /// A new reading of the file.
 #[derive(Debug, Clone)]
 pub enum Reading {
-    /// The file is valid.
-    Loaded(Definitions),
-    /// The file is unreadable or invalid: every problem, one per line.
+    /// The file is readable as definitions (some functions may be invalid).
+    Loaded(Loaded),
+    /// The file is unreadable or no definitions file: every problem, one per line.
     Invalid(String),
+}
+
+/// The functions of a readable file.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// The valid functions.
+    pub valid: Definitions,
+    /// Invalid functions with a usable name: their problems, one per line.
+    pub invalid: BTreeMap<String, String>,
+    /// Every problem in the file, one per line (`None`: the file is valid).
+    pub problems: Option<String>,
 }
 
 /// A fingerprint of a function's definition: replicas started from another one are
@@ -77,8 +91,12 @@ fn reading(path: &Path, bytes: std::io::Result<Vec<u8>>) -> Reading {
 
 fn parse(path: &Path, text: &str) -> Reading {
     let dir = path.parent().unwrap_or(Path::new("."));
-    match spec::load(text, dir) {
-        Ok(defs) => Reading::Loaded(defs),
+    match spec::load_partial(text, dir) {
+        Ok(p) => Reading::Loaded(Loaded {
+            invalid: p.invalid.iter().map(|(name, errors)| (name.clone(), errors.to_string())).collect(),
+            problems: p.problems().map(|e| e.to_string()),
+            valid: p.valid,
+        }),
         Err(errors) => Reading::Invalid(errors.to_string()),
     }
 }
@@ -99,7 +117,10 @@ pub async fn watch(path: PathBuf, seen: Seen, interval: Duration, tx: mpsc::Send
         last = now.as_ref().ok().cloned();
         let reading = reading(&path, now);
         match &reading {
-            Reading::Loaded(d) => info!(functions = d.len(), "definitions reloaded"),
+            Reading::Loaded(Loaded { valid, problems: None, .. }) => info!(functions = valid.len(), "definitions reloaded"),
+            Reading::Loaded(Loaded { valid, problems: Some(p), .. }) => {
+                warn!(functions = valid.len(), problems = %p, "definitions reloaded; the invalid functions are refused or keep their last good definition")
+            }
             Reading::Invalid(e) => warn!(errors = %e, "definitions file invalid; keeping the last good definitions"),
         }
         if tx.send(reading).await.is_err() {
@@ -138,17 +159,20 @@ mod tests {
         let path = dir.join("defs.yml");
         std::fs::write(&path, "usable-functions:\n  a: {version: 1, runtime: {kind: image, image: x}}\n").unwrap();
         let (first, seen) = read_seen(&path);
-        assert!(matches!(first, Reading::Loaded(d) if d.len() == 1));
+        assert!(matches!(&first, Reading::Loaded(l) if l.valid.len() == 1 && l.problems.is_none()), "{first:?}");
         // An edit before the watcher starts is seen: it compares with the first read.
         std::fs::write(&path, "usable-functions:\n  a: {version: 1, bogus: 2, runtime: {kind: image, image: x}}\n").unwrap();
         let (tx, mut rx) = mpsc::channel(8);
         let stop = CancellationToken::new();
         tokio::spawn(watch(path.clone(), seen, Duration::from_millis(10), tx, stop.clone()));
         let r = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
-        assert!(matches!(&r, Reading::Invalid(e) if e.contains("bogus")), "{r:?}");
+        assert!(matches!(&r, Reading::Loaded(l) if l.valid.is_empty() && l.invalid["a"].contains("bogus")), "{r:?}");
+        std::fs::write(&path, "usable-functions: [\n").unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        assert!(matches!(&r, Reading::Invalid(_)), "{r:?}");
         std::fs::write(&path, "usable-functions:\n  a: {version: 2, runtime: {kind: image, image: x}}\n").unwrap();
         let r = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
-        assert!(matches!(&r, Reading::Loaded(d) if d["a"].version == "2"), "{r:?}");
+        assert!(matches!(&r, Reading::Loaded(l) if l.valid["a"].version == "2"), "{r:?}");
         stop.cancel();
         // Cleanup of a temporary folder: a leftover does not change the test's outcome.
         let _ = std::fs::remove_dir_all(dir);

@@ -32,6 +32,9 @@ pub enum WakeError {
     /// No such function.
     #[error("no function named {0:?} in the definitions")]
     Unknown(String),
+    /// The function's definition is invalid.
+    #[error("function {0:?} is not valid in the definitions file: {1}")]
+    Invalid(String, String),
     /// The function's task has too many messages waiting.
     #[error("function {0:?} is busy; retry")]
     Busy(String),

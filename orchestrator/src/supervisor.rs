@@ -5,14 +5,15 @@
 //! from each function's published status in a task of its own.
 
 use crate::context::Ctx;
-use crate::definitions::{self, Reading};
+use crate::definitions::{self, Loaded, Reading};
 use crate::function::{self, Handle, Msg, WakeError, WakeReply};
 use crate::lifecycle::adoption::{self, Stale, Verdict};
 use crate::lifecycle::Event;
 use crate::redis_io::Signal;
 use crate::runtime::RuntimeEvent;
 use roost_common::spec::Definitions;
-use roost_common::wire::status::Status;
+use roost_common::wire::redis::Refusal;
+use roost_common::wire::status::{FunctionState, FunctionStatus, Status};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -56,6 +57,21 @@ pub struct Inputs {
     pub requests: mpsc::Receiver<Request>,
 }
 
+/// How often the refusals of invalid functions are written to Redis again (a restarted
+/// Redis has them back within this).
+const REASSERT: Duration = Duration::from_secs(5);
+
+/// The refusal the gate answers an invalid function's callers with.
+fn invalid_refusal(name: &str, problems: &str) -> Refusal {
+    Refusal {
+        status: 503,
+        state: FunctionState::Invalid.as_str().to_string(),
+        error: format!("function {name:?} is not valid in the definitions file; fix it there (the other functions serve)"),
+        reason: problems.to_string(),
+        retry_after_s: None,
+    }
+}
+
 /// A function's task as the supervisor holds it.
 struct Entry {
     handle: Handle,
@@ -72,9 +88,89 @@ struct Functions {
     /// task, and `/status` answers being gathered: work the loop must not wait on.
     deliveries: JoinSet<()>,
     generation: u64,
+    /// Functions whose definition is invalid and that have no good one to serve: their
+    /// problems. Listed in Redis and refused by the gate.
+    invalid: BTreeMap<String, String>,
 }
 
 impl Functions {
+    /// Writes the refusals of the invalid functions to Redis (in a task: the loop never
+    /// waits on Redis).
+    fn assert_invalid(&mut self) {
+        let redis = self.ctx.redis.clone();
+        let invalid = self.invalid.clone();
+        self.deliveries.spawn(async move {
+            for (name, problems) in invalid {
+                let refused = async {
+                    redis.declare(&name).await?;
+                    redis.refuse(&name, &invalid_refusal(&name, &problems)).await
+                };
+                if let Err(e) = refused.await {
+                    warn!(function = %name, error = %e, "cannot publish an invalid function's refusal to Redis; the next check tries again");
+                }
+            }
+        });
+    }
+
+    /// Takes what Redis holds of functions that are no longer invalid: `lift` for those
+    /// that now serve, `forget` for those gone from the file.
+    fn clear_invalid(&mut self, lift: Vec<String>, forget: Vec<String>) {
+        let redis = self.ctx.redis.clone();
+        self.deliveries.spawn(async move {
+            for name in lift {
+                if let Err(e) = redis.lift_refusal(&name).await {
+                    warn!(function = %name, error = %e, "cannot lift a fixed function's refusal in Redis");
+                }
+            }
+            for name in forget {
+                if let Err(e) = redis.forget(&name).await {
+                    warn!(function = %name, error = %e, "cannot remove a removed invalid function from Redis");
+                }
+            }
+        });
+    }
+
+    /// Applies a reading of the file to the running functions: returns the definitions that
+    /// now serve (an invalid function keeps its last good definition if it has one).
+    fn apply(&mut self, defs: &Definitions, loaded: Loaded) -> Definitions {
+        let Loaded { valid: mut new, invalid, .. } = loaded;
+        let mut now_invalid = BTreeMap::new();
+        for (name, problems) in invalid {
+            match defs.get(&name) {
+                Some(last_good) => {
+                    warn!(function = %name, problems = %problems, "the function's new definition is invalid; its last good one keeps serving");
+                    new.insert(name, last_good.clone());
+                }
+                None => {
+                    warn!(function = %name, problems = %problems, "the function's definition is invalid; its callers are told why");
+                    now_invalid.insert(name, problems);
+                }
+            }
+        }
+        let d = definitions::diff(defs, &new);
+        for name in &d.removed {
+            info!(function = %name, "function removed from the definitions");
+            self.deliver(name, Event::Removed);
+        }
+        let (lift, forget): (Vec<String>, Vec<String>) =
+            self.invalid.keys().filter(|n| !now_invalid.contains_key(*n)).cloned().partition(|n| new.contains_key(n));
+        self.clear_invalid(lift, forget);
+        for name in d.added.iter().chain(&d.changed) {
+            let spec = Arc::new(new[name].clone());
+            let hash = definitions::spec_hash(&spec);
+            if !self.deliver(name, Event::Changed(spec.clone(), hash.clone())) {
+                info!(function = %name, "function added");
+                self.spawn(spec, hash);
+            }
+        }
+        let changed = now_invalid != self.invalid;
+        self.invalid = now_invalid;
+        if changed {
+            self.assert_invalid();
+        }
+        new
+    }
+
     fn spawn(&mut self, spec: Arc<roost_common::spec::FunctionSpec>, hash: String) {
         self.generation += 1;
         let generation = self.generation;
@@ -154,14 +250,33 @@ impl Functions {
     /// held only while its ready notice is published (see `function.rs`).
     fn answer_status(&mut self, mut status: Status, reply: oneshot::Sender<Status>) {
         let cells: Vec<function::SharedStatus> = self.map.values().map(|e| e.handle.status.clone()).collect();
+        let invalid: Vec<FunctionStatus> = self.invalid.iter().map(|(name, problems)| invalid_status(name, problems)).collect();
         self.deliveries.spawn(async move {
             for cell in cells {
                 status.functions.extend(cell.read().await.clone());
             }
+            status.functions.extend(invalid);
+            status.functions.sort_by(|a, b| a.name.cmp(&b.name));
             if reply.send(status).is_err() {
                 debug!("a status request gave up before its answer");
             }
         });
+    }
+}
+
+/// An invalid function as `/status` shows it.
+fn invalid_status(name: &str, problems: &str) -> FunctionStatus {
+    FunctionStatus {
+        name: name.to_string(),
+        state: FunctionState::Invalid,
+        replicas: Vec::new(),
+        starting: 0,
+        cold_starts: 0,
+        last_cold_start: None,
+        last_error: None,
+        reason: Some(problems.to_string()),
+        state_for_ms: None,
+        retry_in_ms: None,
     }
 }
 
@@ -193,21 +308,29 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), SupervisorError> {
     let mut defs = Definitions::new();
-    let mut defs_error = None;
-    match initial {
-        Reading::Loaded(d) => defs = d,
+    let mut fns = Functions {
+        ctx: ctx.clone(),
+        map: BTreeMap::new(),
+        tasks: JoinSet::new(),
+        deliveries: JoinSet::new(),
+        generation: 0,
+        invalid: BTreeMap::new(),
+    };
+    let mut defs_error = match initial {
+        Reading::Loaded(loaded) => {
+            let problems = loaded.problems.clone();
+            defs = fns.apply(&defs, loaded);
+            problems
+        }
         Reading::Invalid(e) => {
             warn!(errors = %e, "definitions invalid at start; serving no function until the file is fixed");
-            defs_error = Some(e);
+            Some(e)
         }
-    }
-    let mut fns = Functions { ctx: ctx.clone(), map: BTreeMap::new(), tasks: JoinSet::new(), deliveries: JoinSet::new(), generation: 0 };
-    for spec in defs.values() {
-        fns.spawn(Arc::new(spec.clone()), definitions::spec_hash(spec));
-    }
+    };
     adopt(&ctx, &defs, &mut fns).await;
     ready.store(true, Ordering::Release);
 
+    let mut last_assert = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(opts.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let outcome = loop {
@@ -224,6 +347,10 @@ pub async fn run(
                 }
             }
             _ = ticker.tick() => {
+                if !fns.invalid.is_empty() && last_assert.elapsed() >= REASSERT {
+                    last_assert = tokio::time::Instant::now();
+                    fns.assert_invalid();
+                }
                 let names: Vec<String> = fns.map.keys().cloned().collect();
                 for name in names {
                     fns.offer(&name, Msg::Event(Event::Tick));
@@ -246,28 +373,17 @@ pub async fn run(
             }
             Some(reading) = inputs.readings.recv() => match reading {
                 Reading::Invalid(e) => defs_error = Some(e),
-                Reading::Loaded(new) => {
-                    defs_error = None;
-                    let d = definitions::diff(&defs, &new);
-                    for name in &d.removed {
-                        info!(function = %name, "function removed from the definitions");
-                        fns.deliver(name, Event::Removed);
-                    }
-                    for name in d.added.iter().chain(&d.changed) {
-                        let spec = Arc::new(new[name].clone());
-                        let hash = definitions::spec_hash(&spec);
-                        if !fns.deliver(name, Event::Changed(spec.clone(), hash.clone())) {
-                            info!(function = %name, "function added");
-                            fns.spawn(spec, hash);
-                        }
-                    }
-                    defs = new;
+                Reading::Loaded(loaded) => {
+                    defs_error = loaded.problems.clone();
+                    defs = fns.apply(&defs, loaded);
                 }
             },
             Some(req) = inputs.requests.recv() => match req {
                 Request::Wake(name, reply) => {
                     if defs.contains_key(&name) {
                         fns.wake(&name, reply);
+                    } else if let Some(problems) = fns.invalid.get(&name) {
+                        answer(reply, Err(WakeError::Invalid(name, problems.clone())));
                     } else {
                         answer(reply, Err(WakeError::Unknown(name)));
                     }

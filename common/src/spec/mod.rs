@@ -330,7 +330,8 @@ pub struct Partial {
 impl Partial {
     /// Every problem, as one report (`None` when the file is valid).
     pub fn problems(&self) -> Option<SpecErrors> {
-        let all: Vec<SpecError> = self.invalid.values().flat_map(|e| e.0.iter().cloned()).chain(self.unattributed.iter().cloned()).collect();
+        let all: Vec<SpecError> =
+            self.invalid.values().flat_map(|e| e.0.iter().cloned()).chain(self.unattributed.iter().cloned()).collect();
         (!all.is_empty()).then_some(SpecErrors(all))
     }
 }

@@ -10,8 +10,7 @@ use serde_yaml::{Mapping, Value};
 use super::units::{parse_duration, parse_size};
 use super::{
     Definitions, FunctionKind, FunctionSpec, Limits, Scaling, SpecError, SpecErrors, COMMAND_FUNCTIONS_DIR, DEFAULT_READINESS_PATH,
-    DEFAULT_READINESS_TIMEOUT,
-    MAX_REPLICAS, MAX_TARGET_CONCURRENCY, MIN_MEMORY, PYTHON_FUNCTIONS_DIR, TOP_LEVEL_KEY,
+    DEFAULT_READINESS_TIMEOUT, MAX_REPLICAS, MAX_TARGET_CONCURRENCY, MIN_MEMORY, PYTHON_FUNCTIONS_DIR, TOP_LEVEL_KEY,
 };
 use crate::naming::{validate_function_name, MAX_FUNCTION_NAME_LEN};
 
@@ -528,8 +527,13 @@ impl Check<'_> {
         const WITH_VALUE: &[&str] = &["--index-url", "-i", "--extra-index-url", "--find-links", "-f", "--trusted-host"];
         const FLAGS: &[&str] = &["--pre"];
         let allowed = "list requirements (like requests==2.32.3) and, where packages come from,                        --index-url URL, --extra-index-url URL, --find-links URL (-i, -f), --trusted-host HOST or --pre";
-        let words: Vec<String> =
-            self.words(path, value, "pip packages").unwrap_or_default().iter().flat_map(|w| w.split_whitespace()).map(str::to_string).collect();
+        let words: Vec<String> = self
+            .words(path, value, "pip packages")
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|w| w.split_whitespace())
+            .map(str::to_string)
+            .collect();
         let mut i = 0;
         while i < words.len() {
             let word = &words[i];
@@ -556,7 +560,11 @@ impl Check<'_> {
                 }
             };
             if value.is_none_or(|v| v.is_empty() || v.starts_with('-')) {
-                self.fail(path, format!("{option} has no value"), format!("write it as `{option} VALUE`, like --extra-index-url https://download.pytorch.org/whl/cpu"));
+                self.fail(
+                    path,
+                    format!("{option} has no value"),
+                    format!("write it as `{option} VALUE`, like --extra-index-url https://download.pytorch.org/whl/cpu"),
+                );
             }
         }
         words
@@ -797,7 +805,10 @@ mod tests {
             extra(r#""torch --extra-index-url https://download.pytorch.org/whl/cpu""#),
             ["torch", "--extra-index-url", "https://download.pytorch.org/whl/cpu"]
         );
-        assert_eq!(extra(r#""-f https://x/links --pre --index-url=https://y/simple a""#), ["-f", "https://x/links", "--pre", "--index-url=https://y/simple", "a"]);
+        assert_eq!(
+            extra(r#""-f https://x/links --pre --index-url=https://y/simple a""#),
+            ["-f", "https://x/links", "--pre", "--index-url=https://y/simple", "a"]
+        );
         assert_eq!(extra(r#"["numpy", "-i https://z/simple"]"#), ["numpy", "-i", "https://z/simple"]);
     }
 

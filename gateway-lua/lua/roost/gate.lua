@@ -11,8 +11,13 @@
 --     A notice can be lost (Redis or the orchestrator restarting): while requests wait,
 --     one of them per worker and function checks the ready key and re-publishes the
 --     wake every ROOST_GATE_REPUBLISH_MS (the orchestrator's wake is idempotent).
+--   * refused (roost:fn:<f>:refusal: the function is invalid, its build failed, or its
+--     starts fail and it backs off) -> answered at once with the refusal's status and
+--     reason (+ Retry-After while it backs off), and held requests are answered with it as
+--     soon as a notice carries it;
 --   * more than ROOST_GATE_MAX_HELD held for one function -> 503 JSON + Retry-After;
---     held longer than ROOST_GATE_WAKE_TIMEOUT_MS -> 504 JSON.
+--     held longer than the function's hold time (roost:fn:<f>:hold_ms, its readiness
+--     timeout and more; ROOST_GATE_WAKE_TIMEOUT_MS when absent) -> 504 JSON.
 -- Envoy's own 503 (no x-envoy-upstream-service-time: the endpoint vanished in a
 -- scale-down) sends the request through the wake path once more (@rewake).
 --
@@ -47,6 +52,9 @@ local READY_CHANNEL = "roost:ready"
 
 local function ready_key(fn) return "roost:fn:" .. fn .. ":ready" end
 local function wake_lock_key(fn) return "roost:fn:" .. fn .. ":waking" end
+-- roost_common::keys::{refusal, hold_ms}; the refusal is a roost_common::wire::redis::Refusal.
+local function refusal_key(fn) return "roost:fn:" .. fn .. ":refusal" end
+local function hold_key(fn) return "roost:fn:" .. fn .. ":hold_ms" end
 
 local _M = { _VERSION = "1" }
 
@@ -142,6 +150,10 @@ end
 --   known:<f>   the function is in roost:functions (cache_ttl); unknown:<f> it is not
 --               (a quarter of it, so a new function answers quickly).
 --   held:<f>    requests held for <f> across all workers (the cap).
+--   refusal:<f> the refusal callers of <f> are answered with (JSON), with the time it
+--               ends, for as long as it backs off or one cache period for a refusal
+--               without an end (then read again from Redis).
+--   hold:<f>    how long requests for <f> are held, in ms (from Redis, cache_ttl).
 --   sub:<id>    worker <id> has a live subscription; `subscriptions` counts the
 --               subscriptions made since the start (both for /healthz).
 
@@ -214,6 +226,17 @@ local function cached_ready(fn)
     return true
 end
 
+-- Keeps a refusal for the function's callers: `retry_s` seconds from now (a fraction is
+-- fine) when it backs off, else one cache period (it lasts until the orchestrator lifts it).
+local function remember_refusal(fn, refusal, retry_s)
+    if type(refusal.status) ~= "number" then
+        return
+    end
+    local ttl = (retry_s and retry_s > 0) and retry_s or conf.cache_ttl
+    local until_t = (retry_s and retry_s > 0) and (now() + retry_s) or nil
+    dict:set("refusal:" .. fn, cjson.encode({ refusal = refusal, ["until"] = until_t }), ttl)
+end
+
 ---------------------------------------------------------------------------------------
 -- The subscriber: one per worker, for the worker's lifetime.
 
@@ -226,6 +249,13 @@ local function on_notice(payload)
     end
     local fn = msg["function"]
     dict:incr("gen:" .. fn, 1, 0)
+    if type(msg.refusal) == "table" then
+        remember_refusal(fn, msg.refusal, tonumber(msg.refusal.retry_after_s))
+        dict:delete("ready:" .. fn)
+        post_waiters(fn) -- held requests are answered with it
+    else
+        dict:delete("refusal:" .. fn)
+    end
     if msg.ready == true then
         released(fn)
     elseif msg.ready == false then
@@ -355,6 +385,31 @@ local function json_exit(status, body, headers)
     return ngx.exit(ngx.HTTP_OK)
 end
 
+-- Answers the caller with the function's refusal, if it has one.
+local function answer_refusal(fn)
+    local kept = dict:get("refusal:" .. fn)
+    if not kept then
+        return
+    end
+    local v = cjson.decode(kept)
+    local r = type(v) == "table" and v.refusal
+    if type(r) ~= "table" then
+        return
+    end
+    local headers
+    if v["until"] then
+        local left = math.max(1, math.ceil(v["until"] - now()))
+        headers = { ["Retry-After"] = tostring(left) }
+    end
+    return json_exit(r.status, {
+        error = r.error,
+        ["function"] = fn,
+        state = r.state,
+        reason = r.reason,
+        retry_after_s = headers and tonumber(headers["Retry-After"]) or nil,
+    }, headers)
+end
+
 local function add_cold_ms(ms)
     local before = tonumber(ngx.var.roost_cold_ms) or 0
     ngx.var.roost_cold_ms = tostring(before + ms)
@@ -381,13 +436,29 @@ recheck = function(fn)
     if not r then
         return
     end
-    local v, err = r:get(ready_key(fn))
-    if v == "1" then
+    r:init_pipeline()
+    r:get(ready_key(fn))
+    r:get(refusal_key(fn))
+    r:pttl(refusal_key(fn))
+    local res, err = r:commit_pipeline()
+    if not res then
+        r:close()
+        return
+    end
+    if res[1] == "1" then
         release(r)
         released(fn)
         return
     end
-    if err then
+    local refusal = type(res[2]) == "string" and cjson.decode(res[2])
+    if type(refusal) == "table" then
+        release(r)
+        local pttl = tonumber(res[3]) or -1
+        remember_refusal(fn, refusal, pttl > 0 and pttl / 1000 or nil)
+        post_waiters(fn)
+        return
+    end
+    if type(res[1]) == "table" then
         r:close()
         return
     end
@@ -455,9 +526,14 @@ local function hold(fn, force, r)
         end
     end
 
-    local deadline = start + conf.wake_timeout
+    local hold_ms = dict:get("hold:" .. fn) or conf.wake_timeout_ms
+    local deadline = start + hold_ms / 1000
     local outcome
     while true do
+        if dict:get("refusal:" .. fn) then
+            outcome = "refused"
+            break
+        end
         if (epoch[fn] or 0) ~= epoch0 or (not force and dict:get("ready:" .. fn)) then
             outcome = "ready"
             break
@@ -483,9 +559,12 @@ local function hold(fn, force, r)
     dict:incr("held:" .. fn, -1, 0)
     ngx.update_time()
     add_cold_ms(math.floor((now() - start) * 1000 + 0.5))
+    if outcome == "refused" then
+        return answer_refusal(fn)
+    end
     if outcome == "timeout" then
         return json_exit(504, {
-            error = "function \"" .. fn .. "\" did not become ready within " .. conf.wake_timeout_ms .. " ms",
+            error = "function \"" .. fn .. "\" did not become ready within " .. hold_ms .. " ms",
             ["function"] = fn,
         })
     end
@@ -525,6 +604,9 @@ local function admit(fn, force)
     if dict:get("unknown:" .. fn) then
         return not_found(fn)
     end
+    if dict:get("refusal:" .. fn) then
+        return answer_refusal(fn)
+    end
     -- Another request of this worker is already held for it: it woke the function.
     if not force and (held_here[fn] or 0) > 0 and dict:get("known:" .. fn) then
         return hold(fn, false, nil)
@@ -537,6 +619,9 @@ local function admit(fn, force)
     r:init_pipeline()
     r:sismember(FUNCTIONS, fn)
     r:get(ready_key(fn))
+    r:get(refusal_key(fn))
+    r:pttl(refusal_key(fn))
+    r:get(hold_key(fn))
     local res
     res, err = r:commit_pipeline()
     if not res or type(res[1]) ~= "number" then
@@ -550,6 +635,19 @@ local function admit(fn, force)
         return not_found(fn)
     end
     dict:set("known:" .. fn, true, conf.cache_ttl)
+    local hold_ms = tonumber(res[5])
+    if hold_ms and hold_ms > 0 then
+        dict:set("hold:" .. fn, hold_ms, conf.cache_ttl)
+    end
+    if type(res[3]) == "string" then
+        local refusal = cjson.decode(res[3])
+        if type(refusal) == "table" then
+            release(r)
+            local pttl = tonumber(res[4]) or -1
+            remember_refusal(fn, refusal, pttl > 0 and pttl / 1000 or nil)
+            return answer_refusal(fn)
+        end
+    end
     if res[2] == "1" and not force then
         release(r)
         if dict:get("gen:" .. fn) == gen then

@@ -495,7 +495,10 @@ impl Function {
             last_error: self.last_error.clone(),
             reason: self.refusal.as_ref().map(|r| r.reason.clone()),
             state_for_ms: building.filter(|_| state == FunctionState::Building).map(|d| d.as_millis() as u64),
-            retry_in_ms: self.backoff_until.filter(|_| state == FunctionState::Failing).map(|t| t.saturating_duration_since(now).as_millis() as u64),
+            retry_in_ms: self
+                .backoff_until
+                .filter(|_| state == FunctionState::Failing)
+                .map(|t| t.saturating_duration_since(now).as_millis() as u64),
         }
     }
 

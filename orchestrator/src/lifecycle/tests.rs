@@ -557,7 +557,7 @@ fn failed_starts_back_off_doubling_to_a_minute_and_a_new_definition_resets_it() 
         assert!(started_ids(&h.load(0, 3)).is_empty(), "queued load starts nothing during a back-off either");
         let st = h.status();
         assert_eq!(st.state, FunctionState::Failing);
-        assert!(st.retry_in_ms.is_some_and(|ms| ms <= u64::from(delays[n as usize - 1]) * 1000 - 500), "{st:?}");
+        assert!(st.retry_in_ms.is_some_and(|ms| ms <= delays[n as usize - 1] * 1000 - 500), "{st:?}");
         h.send(Event::Stopped(id));
         let fx = h.wait_out_backoff();
         assert!(fx.iter().any(|e| matches!(e, Effect::Lift)), "{fx:?}");
