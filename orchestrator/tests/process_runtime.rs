@@ -48,9 +48,10 @@ async fn cold_wake_then_envoy_serves_at_once_and_one_replica_for_fifty_wakes() {
     let defs = Defs::new(HELLO);
     let (o, stop) = orchestrator(&b, &defs, &state_dir("wake")).await;
     let api = o.api_addr.port();
-    // Declared but asleep: no replica.
-    wait_until(WAIT, "hello declared", || async { (!function_status(api, "hello").await.is_null()).then_some(()) }).await;
-    assert_eq!(function_status(api, "hello").await["state"], "sleeping");
+    // Declared, built (nothing to build for the process runtime but a check) and asleep: no replica.
+    wait_until(WAIT, "hello declared and built", || async { (function_status(api, "hello").await["state"] == "sleeping").then_some(()) })
+        .await;
+    assert_eq!(function_status(api, "hello").await["replicas"].as_array().map(Vec::len), Some(0));
 
     // 50 simultaneous wakes: one replica, and every wake answered once it is ready.
     let wakes: Vec<_> = (0..50).map(|_| tokio::spawn(wake(api, "hello"))).collect();
