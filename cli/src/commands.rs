@@ -5,29 +5,52 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-/// `roost ls`: functions, replicas and state, as a table or JSON.
+/// `roost ls`: functions, replicas and state, as a table or JSON. A function that is
+/// building shows for how long, one that is failing when it is tried again; the reasons of
+/// failing and invalid functions follow the table in full.
 pub async fn ls(e: &Endpoints, json: bool) -> anyhow::Result<()> {
     let s = client::status(&client::http(), e).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s.functions)?);
         return Ok(());
     }
-    println!("{:<24} {:<10} {:>8} {:>8} {:>11}  LAST ERROR", "FUNCTION", "STATE", "READY", "STARTING", "COLD STARTS");
+    println!("{:<24} {:<22} {:>6} {:>9} {:>12}  LAST ERROR", "FUNCTION", "STATE", "READY", "STARTING", "COLD STARTS");
     for f in &s.functions {
         println!(
-            "{:<24} {:<10} {:>8} {:>8} {:>11}  {}",
+            "{:<24} {:<22} {:>6} {:>9} {:>12}  {}",
             f.name,
-            f.state.as_str(),
+            state_label(f),
             f.ready_replicas(),
             f.starting,
             f.cold_starts,
-            f.last_error.as_deref().unwrap_or("")
+            f.last_error.as_deref().and_then(|e| e.lines().next()).unwrap_or("")
         );
     }
+    for f in s.functions.iter().filter(|f| f.reason.is_some()) {
+        let reason = f.reason.as_deref().unwrap_or_default();
+        println!("\n{} is {}:\n{}", f.name, f.state, indent(reason));
+    }
     if let Some(err) = &s.definitions_error {
-        println!("\nthe newest edit of {} was refused (the last good definitions serve):\n{err}", s.definitions);
+        println!(
+            "\nproblems in {} (the valid functions serve; an invalid one keeps its last good definition, or is refused):\n{err}",
+            s.definitions
+        );
     }
     Ok(())
+}
+
+/// The state with what it waits for: `building 12s`, `failing, retry in 4s`.
+fn state_label(f: &roost_common::wire::status::FunctionStatus) -> String {
+    let secs = |ms: u64| format!("{}s", ms.div_ceil(1000));
+    match (f.state_for_ms, f.retry_in_ms) {
+        (Some(ms), _) => format!("{} {}", f.state, secs(ms)),
+        (None, Some(ms)) => format!("{}, retry in {}", f.state, secs(ms)),
+        (None, None) => f.state.to_string(),
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }
 
 /// `roost invoke`: calls a function through the gate and prints the answer.
@@ -98,5 +121,34 @@ pub fn validate(path: &Path) -> bool {
             eprintln!("{errors}");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roost_common::wire::status::{FunctionState, FunctionStatus};
+
+    fn status(state: FunctionState, state_for_ms: Option<u64>, retry_in_ms: Option<u64>) -> FunctionStatus {
+        FunctionStatus {
+            name: "f".into(),
+            state,
+            replicas: vec![],
+            starting: 0,
+            cold_starts: 0,
+            last_cold_start: None,
+            last_error: None,
+            reason: None,
+            state_for_ms,
+            retry_in_ms,
+        }
+    }
+
+    #[test]
+    fn states_say_what_they_wait_for() {
+        assert_eq!(state_label(&status(FunctionState::Building, Some(12_300), None)), "building 13s");
+        assert_eq!(state_label(&status(FunctionState::Failing, None, Some(3_500))), "failing, retry in 4s");
+        assert_eq!(state_label(&status(FunctionState::Invalid, None, None)), "invalid");
+        assert_eq!(indent("a\nb"), "    a\n    b");
     }
 }
