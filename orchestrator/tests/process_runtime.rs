@@ -145,6 +145,27 @@ async fn hot_reload_adds_changes_and_removes_functions_and_survives_a_broken_edi
     })
     .await;
     assert_eq!(b.call("/hello").await.status, 200);
+    assert_eq!(function_status(api, "hello").await["state"], "ready", "an invalid edit keeps the last good definition serving");
+
+    // A new function that is invalid does not hold the others back: it is listed as
+    // invalid with its problem, its wakes are refused, and fixing it makes it serve.
+    let broken = "  broken:\n    version: 0.1\n    configuration:\n      base_function_file_name: add.py\n      function_folder: add\n    scaling: {max_replicas: 0}\n";
+    defs.write(&format!("{with_add}{broken}"));
+    wait_until(WAIT, "broken listed as invalid", || async {
+        let f = function_status(api, "broken").await;
+        (f["state"] == "invalid").then_some(())
+    })
+    .await;
+    let f = function_status(api, "broken").await;
+    assert!(f["reason"].as_str().is_some_and(|r| r.contains("scaling.max_replicas")), "{f}");
+    let (code, body) = wake(api, "broken").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("max_replicas")), "{body}");
+    assert_eq!(wake(api, "add").await.0, 200, "the valid functions serve");
+    defs.write(&format!("{with_add}{}", broken.replace("max_replicas: 0", "max_replicas: 2")));
+    wait_until(WAIT, "broken fixed", || async { (wake(api, "broken").await.0 == 200).then_some(()) }).await;
+    defs.write(&with_add);
+    wait_until(WAIT, "broken removed", || async { function_status(api, "broken").await.is_null().then_some(()) }).await;
 
     // Change hello (new version) under steady traffic: the new replica is ready before
     // the old one drains, and no request fails.
