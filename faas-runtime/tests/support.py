@@ -10,6 +10,13 @@ import sys
 import threading
 import time
 
+try:
+    import starlette  # noqa: F401  the runtime serves Python functions with it
+except ImportError as e:
+    raise ImportError(f"the runtime's tests need Starlette, and {sys.executable} cannot import it ({e}): run them "
+                      "with /usr/bin/python3 after apt install python3-starlette python3-multipart "
+                      "(scripts/test.sh picks it), or pip install starlette python-multipart") from None
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNTIME_DIR = os.path.dirname(HERE)
 FIXTURES = os.path.join(HERE, "fixtures")
