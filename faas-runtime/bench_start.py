@@ -9,10 +9,16 @@ Per start, two ways a supervisor can learn that the replica is ready:
   line: read stdout until ``ROOST_READY <port>``, then one GET /healthz (the 200 time);
   poll: ignore stdout and GET /healthz every ``--poll-ms`` from the start until a 200
         (the orchestrator probes this way, every 10 ms by default).
-Also measured: SIGTERM -> exit of an idle replica. Standard library only.
+Also measured: SIGTERM -> exit of an idle replica, and a spare (``roost_runtime spare``,
+as the process runtime's pool keeps them: interpreter, asyncio, runtime and Starlette
+imported ahead) told its function: the assignment line -> ``ROOST_READY``. Standard
+library only. The runtime needs Starlette: measure an interpreter that has it (Debian's
+/usr/bin/python3 with python3-starlette); the folders its ``site`` adds go on PYTHONPATH,
+as the process runtime does, so that ``-S`` finds them too.
 """
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -47,19 +53,34 @@ def healthz_ok(port):
         return False
 
 
-class Case:
-    def __init__(self, label, python, flags, kind, folder, env, pythonpath):
-        self.label, self.python, self.flags, self.kind = label, python, flags, kind
-        self.folder, self.env, self.pythonpath = folder, env, pythonpath
+def site_dirs(python):
+    """The folders ``site`` adds to ``python``'s path (its site- or dist-packages)."""
+    def path(*flags):
+        out = subprocess.run([python, *flags, "-c", "import sys, json; print(json.dumps(sys.path))"],
+                             capture_output=True, text=True, check=True, env={"PATH": os.environ.get("PATH", "")})
+        return json.loads(out.stdout)
+    without = path("-S")
+    return [p for p in path() if p and p not in without]
 
-    def popen(self, port, stdout):
+
+class Case:
+    def __init__(self, label, python, flags, kind, folder, env, pythonpath, spare=False):
+        self.label, self.python, self.flags, self.kind = label, python, flags, kind
+        self.folder, self.env, self.pythonpath, self.spare = folder, env, pythonpath, spare
+        self.site = site_dirs(python)  # asked once: not inside the timed starts
+
+    def function_env(self):
+        return {"ROOST_FUNCTION_NAME": "bench", "ROOST_FUNCTION_DIR": self.folder, **self.env}
+
+    def popen(self, port, stdout, spare=False):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ROOST_", "PYTHON"))}
-        env.update(PYTHONPATH=self.pythonpath, PYTHONDONTWRITEBYTECODE="1", PORT=str(port),
-                   ROOST_BIND="127.0.0.1", ROOST_FUNCTION_NAME="bench", ROOST_FUNCTION_DIR=self.folder)
-        env.update(self.env)
-        return subprocess.Popen([self.python, *self.flags, "-m", "roost_runtime", self.kind], env=env,
-                                cwd=self.folder, stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=subprocess.DEVNULL)
+        env.update(PYTHONPATH=os.pathsep.join([self.pythonpath, *self.site]),
+                   PYTHONDONTWRITEBYTECODE="1", PORT=str(port), ROOST_BIND="127.0.0.1")
+        if not spare:
+            env.update(self.function_env())
+        return subprocess.Popen([self.python, *self.flags, "-m", "roost_runtime", "spare" if spare else self.kind],
+                                env=env, cwd=self.folder, stdin=subprocess.PIPE if spare else subprocess.DEVNULL,
+                                stdout=stdout, stderr=subprocess.DEVNULL)
 
 
 def stop(proc):
@@ -92,6 +113,31 @@ def start_by_line(case):
     t_stop = stop(proc)
     proc.stdout.close()
     return t_line - t0, t_200 - t0, t_stop
+
+
+def start_spare(case, settle_s):
+    """A spare started and left ``settle_s`` to import, then told its function: the time
+    from the assignment line to the ``ROOST_READY`` line, and to the first 200."""
+    port = free_port()
+    proc = case.popen(port, subprocess.PIPE, spare=True)
+    time.sleep(settle_s)  # a pool's spare has long finished its imports
+    line = json.dumps({"kind": case.kind, "env": case.function_env()}).encode() + b"\n"
+    t0 = time.perf_counter()
+    proc.stdin.write(line)
+    proc.stdin.flush()
+    ready = proc.stdout.readline()
+    t_line = time.perf_counter()
+    if ready.split() != [b"ROOST_READY", str(port).encode()]:
+        proc.kill()
+        raise SystemExit(f"{case.label}, spare: expected the readiness line, got {ready!r}")
+    if not healthz_ok(port):
+        proc.kill()
+        raise SystemExit(f"{case.label}, spare: /healthz did not answer 200 after the readiness line")
+    t_200 = time.perf_counter()
+    stop(proc)
+    proc.stdin.close()
+    proc.stdout.close()
+    return t_line - t0, t_200 - t0
 
 
 def start_by_polling(case, poll_s):
@@ -149,6 +195,9 @@ def main():
                     help="interpreter flags, one case each; '' for none (default: '' and -S)")
     ap.add_argument("--no-command", action="store_true", help="skip the command kind (wc)")
     ap.add_argument("--no-bytecode-case", action="store_true", help="skip the case without cached bytecode")
+    ap.add_argument("--no-spare", action="store_true", help="skip the spares (python cases)")
+    ap.add_argument("--spare-settle-ms", type=float, default=500,
+                    help="how long a spare may import before it is told its function (500 ms)")
     ap.add_argument("--no-baseline", action="store_true",
                     help="skip the floor: the bare interpreter, and the interpreter importing asyncio")
     args = ap.parse_args()
@@ -165,7 +214,8 @@ def main():
     cases = []
     for python in pythons:
         for flags in flag_sets:
-            cases.append(Case(f"python hello, {name(python, flags)}", python, flags, "python", hello, py_env, HERE))
+            cases.append(Case(f"python hello, {name(python, flags)}", python, flags, "python", hello, py_env, HERE,
+                              spare=not args.no_spare))
     if not args.no_command:
         cases.append(Case(f"command wc, {name(pythons[0], flag_sets[0])}", pythons[0], flag_sets[0], "command",
                           wc, {"ROOST_COMMAND": '["sh", "wc.sh"]'}, HERE))
@@ -196,6 +246,10 @@ def main():
             print(row(case.label, "first 200 on /healthz after the line", first_200))
             print(row(case.label, f"first 200 on /healthz, polling every {args.poll_ms:g} ms", polled))
             print(row(case.label, "SIGTERM (idle) to exit", stops))
+            if case.spare:
+                line, first_200 = zip(*(start_spare(case, args.spare_settle_ms / 1000) for _ in range(args.runs)))
+                print(row(case.label, "spare: assignment to `ROOST_READY` line", line))
+                print(row(case.label, "spare: assignment to first 200 on /healthz", first_200))
             sys.stdout.flush()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

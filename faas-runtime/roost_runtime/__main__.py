@@ -2,11 +2,11 @@
 listens, loads the function, serves it, and prints ``ROOST_READY <port>`` once it does.
 
 ``spare`` is a runtime started ahead of time for a pool (the orchestrator's process
-runtime keeps one): it listens and imports everything the runtime needs, then reads the
-function it is to serve as one JSON line on stdin, ``{"kind": "python", "env": {...}}``,
-puts ``env`` into its environment and goes on as ``python`` or ``command`` would. A
-cold start from a spare skips the interpreter's start and the imports. It exits quietly
-if stdin closes before an assignment arrives.
+runtime keeps one): it listens and imports everything the runtime needs (Starlette too),
+then reads the function it is to serve as one JSON line on stdin, ``{"kind": "python",
+"env": {...}}``, puts ``env`` into its environment and goes on as ``python`` or
+``command`` would. A cold start from a spare skips the interpreter's start and the
+imports. It exits quietly if stdin closes before an assignment arrives.
 
 The order matters for start-up time: the socket listens before asyncio (most of the
 start-up) is imported, so a readiness probe that arrives early waits in the listen
@@ -170,6 +170,11 @@ def spare():
     import asyncio  # noqa: F401
 
     from . import http, kinds  # noqa: F401
+
+    try:
+        from . import asgi  # noqa: F401  Starlette, for Python functions
+    except ImportError:
+        pass  # a command function needs none; a Python one exits 1 saying what to install
 
     start_dir = os.getcwd()
     line = sys.stdin.readline()

@@ -103,35 +103,62 @@ class Headers:
         return f"Headers({self.raw!r})"
 
 
+def decode_text(body, content_type):
+    """``body`` decoded with the charset of the ``content_type`` header (default UTF-8)."""
+    charset = "utf-8"
+    for param in (content_type or "").split(";")[1:]:
+        k, _, v = param.partition("=")
+        if k.strip().lower() == "charset":
+            charset = v.strip().strip('"') or "utf-8"
+    try:
+        return body.decode(charset, errors="replace")
+    except LookupError:
+        return body.decode("utf-8", errors="replace")
+
+
+def parse_json(body):
+    """``body`` parsed as JSON; an empty or invalid body raises ``BadRequest`` (400)."""
+    if not body.strip():
+        raise BadRequest("the request has no body; send JSON")
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise BadRequest(f"the request body is not valid JSON: {e}") from None
+
+
+def split_target(target):
+    """``(path, query)`` of a request target, both as received (percent-encoding kept)."""
+    if target.startswith(("http://", "https://")):  # absolute form: keep path and query
+        rest = target.split("://", 1)[1]
+        slash = rest.find("/")
+        target = rest[slash:] if slash >= 0 else "/"
+    path, _, query = target.partition("?")
+    return path.partition("#")[0] or "/", query.partition("#")[0]
+
+
 class Request:
-    """What a function's ``handle(request)`` gets.
+    """The request as the server read it, which the command kind gets (a Python
+    function gets a Starlette request built from it: ``asgi.Request``).
 
     - ``method``: "GET", "POST", ...
     - ``path``: the path as received, percent-encoding kept, without the query (Envoy has
       already replaced the ``/<function>`` prefix with ``/``)
     - ``query``: dict, each parameter's first value (``?a=1&a=2`` -> ``{"a": "1"}``), decoded;
-      ``query_all``: dict of lists; ``query_string``: the raw query; ``query_params``: alias
-      of ``query`` (Starlette's name, which the seed's functions used)
+      ``query_all``: dict of lists; ``query_string``: the raw query
     - ``headers``: case-insensitive (see ``Headers``)
     - ``request_id``: ``X-Request-Id`` from the request, or one made up for it
-    - ``await request.body()`` (bytes; ``read()`` is an alias), ``await request.text()``,
-      ``await request.json()`` (a body that is not JSON raises ``BadRequest``: a 400 for the
-      caller unless the function catches it)
+    - ``client``: ``(host, port)`` of the peer, or None
+    - ``await request.body()``, ``await request.text()``, ``await request.json()``
     """
 
-    def __init__(self, method, target, version, headers, body, request_id):
+    def __init__(self, method, target, version, headers, body, request_id, client=None):
         self.method = method
         self.target = target
         self.http_version = version
-        if target.startswith(("http://", "https://")):  # absolute form: keep path and query
-            rest = target.split("://", 1)[1]
-            slash = rest.find("/")
-            target = rest[slash:] if slash >= 0 else "/"
-        path, _, query = target.partition("?")
-        self.path = path.partition("#")[0] or "/"
-        self.query_string = query.partition("#")[0]
+        self.path, self.query_string = split_target(target)
         self.headers = headers
         self.request_id = request_id
+        self.client = client
         self._body = body
         self._query_all = None
 
@@ -150,67 +177,32 @@ class Request:
     def query(self):
         return {k: v[0] for k, v in self.query_all.items()}
 
-    query_params = query
-
     @property
     def content_type(self):
         """The media type of the body without parameters, lower case ("" if none)."""
         return self.headers.get("content-type", "").partition(";")[0].strip().lower()
 
-    def _charset(self):
-        for param in self.headers.get("content-type", "").split(";")[1:]:
-            k, _, v = param.partition("=")
-            if k.strip().lower() == "charset":
-                return v.strip().strip('"') or "utf-8"
-        return "utf-8"
-
-    def _text(self):
-        try:
-            return self._body.decode(self._charset(), errors="replace")
-        except LookupError:
-            return self._body.decode("utf-8", errors="replace")
-
-    def _json(self):
-        if not self._body.strip():
-            raise BadRequest("the request has no body; send JSON")
-        try:
-            return json.loads(self._body)
-        except ValueError as e:
-            raise BadRequest(f"the request body is not valid JSON: {e}") from None
-
     async def body(self):
         return self._body
 
-    read = body
-
     async def text(self):
-        return self._text()
+        return decode_text(self._body, self.headers.get("content-type"))
 
     async def json(self):
-        return self._json()
+        return parse_json(self._body)
 
     def __repr__(self):
         return f"<Request {self.method} {self.target} id={self.request_id}>"
 
 
-class SyncRequest(Request):
-    """The request a plain ``def handle(request)`` gets (it runs in a worker thread):
-    ``body()``, ``read()``, ``text()`` and ``json()`` return their values directly."""
-
-    def body(self):
-        return self._body
-
-    read = body
-
-    def text(self):
-        return self._text()
-
-    def json(self):
-        return self._json()
-
-
 def _json_bytes(value):
     return json.dumps(value).encode()
+
+
+def header_items(headers):
+    """The (name, value) pairs of ``headers``: a dict, or a list of pairs (a name may
+    repeat, as Set-Cookie does)."""
+    return list(headers.items()) if hasattr(headers, "items") else list(headers)
 
 
 class Response:
@@ -218,11 +210,16 @@ class Response:
 
     ``body``: ``str`` (text/plain; charset=utf-8), ``bytes`` (application/octet-stream),
     ``None`` (empty) or anything else, sent as JSON (application/json). A ``Content-Type``
-    in ``headers`` or ``content_type=`` overrides the default."""
+    in ``headers`` or ``content_type=`` overrides the default. ``headers`` is a dict, or
+    a list of (name, value) pairs when a name repeats.
 
-    __slots__ = ("body", "status", "headers")
+    ``stream``, an async iterator of bytes, makes the body the chunks it yields, each sent
+    as it comes (chunked); ``body`` is then unused. The server closes it (``aclose``)
+    when it stops reading early."""
 
-    def __init__(self, body=b"", status=200, headers=None, content_type=None):
+    __slots__ = ("body", "status", "headers", "stream")
+
+    def __init__(self, body=b"", status=200, headers=None, content_type=None, stream=None):
         if body is None:
             body, default_type = b"", None
         elif isinstance(body, str):
@@ -236,13 +233,18 @@ class Response:
             raise ValueError(f"status {status} is not an HTTP status (100-599)")
         self.body = body
         self.status = status
-        self.headers = dict(headers or {})
-        content_type = content_type or default_type
-        if content_type and not any(k.lower() == "content-type" for k in self.headers):
-            self.headers["Content-Type"] = content_type
+        self.stream = stream
+        self.headers = dict(headers or {}) if headers is None or hasattr(headers, "items") else list(headers)
+        content_type = None if stream is not None else content_type or default_type
+        if content_type and not any(k.lower() == "content-type" for k, _ in header_items(self.headers)):
+            if isinstance(self.headers, dict):
+                self.headers["Content-Type"] = content_type
+            else:
+                self.headers.append(("Content-Type", content_type))
 
     def __repr__(self):
-        return f"<Response {self.status} {len(self.body)} bytes>"
+        size = "streamed" if self.stream is not None else f"{len(self.body)} bytes"
+        return f"<Response {self.status} {size}>"
 
 
 def json_error(status, message, function, request_id, **extra):
@@ -255,12 +257,14 @@ def json_error(status, message, function, request_id, **extra):
 _OWN_HEADERS = frozenset(("content-length", "connection", "transfer-encoding", "keep-alive"))
 
 
-def encode(response, request_id, keep_alive, head_only=False):
-    """The bytes of a response: status line, headers, body."""
+def encode(response, request_id, keep_alive, head_only=False, chunked=True):
+    """The bytes of a response: status line, headers, body. A streamed response
+    (``response.stream``) gets its head only, announcing ``Transfer-Encoding: chunked``
+    (or, with ``chunked=False``, for HTTP/1.0, a body that ends with the connection)."""
     status = response.status
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}"]
     has_id = False
-    for k, v in response.headers.items():
+    for k, v in header_items(response.headers):
         k, v = str(k), str(v)
         lk = k.lower()
         if lk in _OWN_HEADERS:
@@ -274,11 +278,19 @@ def encode(response, request_id, keep_alive, head_only=False):
     body = response.body
     if status < 200 or status in (204, 304):
         body = b""
+    elif response.stream is not None:
+        body = b""
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
     else:
         lines.append(f"Content-Length: {len(body)}")
     lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
     return head if head_only else head + body
+
+
+def has_body(status):
+    return status >= 200 and status not in (204, 304)
 
 
 def new_request_id():
@@ -388,7 +400,8 @@ class _Connection:
 
 class Server:
     """Serves one function. ``handler`` is ``async handler(request) -> Response``;
-    ``make_request`` builds the request object (``Request`` or ``SyncRequest``)."""
+    ``make_request(method, target, version, headers, body, request_id, client=)`` builds
+    the request object it gets (``Request``, or a Starlette one for Python functions)."""
 
     def __init__(self, name, handler, *, max_body, timeout, make_request=Request, access_log=False):
         self.name = name
@@ -472,31 +485,28 @@ class Server:
                         return
                     response = Response(b'{"status": "ok"}', headers={
                         "Content-Type": "application/json", "X-Roost-In-Flight": str(self.in_flight)})
+                    keep_alive = await self._send(writer, response, rid, keep_alive and not self.stopping,
+                                                  method, version)
                 else:
                     started = time.monotonic()
-                    self._begin()
+                    self._begin()  # in flight until its response is written (a stream too)
                     try:
                         try:
                             body = await read_body(reader, writer, headers, version, self.max_body)
                         except HttpError as e:
                             await self._fail(reader, writer, e, rid)
                             return
-                        request = self.make_request(method, target, version, headers, body, rid)
+                        peer = writer.get_extra_info("peername")
+                        request = self.make_request(method, target, version, headers, body, rid,
+                                                    client=tuple(peer[:2]) if peer else None)
                         response = await self.call(request)
+                        keep_alive = await self._send(writer, response, rid, keep_alive and not self.stopping,
+                                                      method, version)
                     finally:
                         self._end()
                     if self.access_log:
                         log(f"{self.name}: {method} {target} {response.status} "
                             f"{(time.monotonic() - started) * 1000:.1f}ms id={rid}")
-                keep_alive = keep_alive and not self.stopping
-                try:
-                    data = encode(response, rid, keep_alive, head_only=method == "HEAD")
-                except ValueError as e:
-                    log(f"{self.name}: request {rid}: cannot send the function's response: {e}")
-                    data = encode(json_error(500, f"the function's response is invalid: {e}", self.name, rid),
-                                  rid, keep_alive)
-                writer.write(data)
-                await writer.drain()
                 conn.busy = False
                 if not keep_alive:
                     return
@@ -509,6 +519,48 @@ class Server:
         finally:
             self.connections.discard(conn)
             writer.close()
+
+    async def _send(self, writer, response, rid, keep_alive, method, version):
+        """Writes ``response``; a streamed one chunk by chunk as its chunks come. Returns
+        whether the connection stays open."""
+        stream = response.stream
+        chunked = version == "HTTP/1.1"
+        if stream is not None and not chunked:
+            keep_alive = False  # HTTP/1.0: the end of the body is the end of the connection
+        try:
+            data = encode(response, rid, keep_alive, head_only=method == "HEAD", chunked=chunked)
+        except ValueError as e:
+            log(f"{self.name}: request {rid}: cannot send the function's response: {e}")
+            data = encode(json_error(500, f"the function's response is invalid: {e}", self.name, rid),
+                          rid, keep_alive)
+            if stream is not None:
+                await stream.aclose()
+                stream = None
+        writer.write(data)
+        await writer.drain()
+        if stream is None:
+            return keep_alive
+        try:
+            if method != "HEAD" and has_body(response.status):
+                async for chunk in stream:
+                    if chunk:
+                        writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                        await writer.drain()
+                if chunked:
+                    writer.write(b"0\r\n\r\n")
+                    await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            import traceback
+
+            # The head is out: the caller sees the body end early (no last chunk).
+            log(f"{self.name}: request {rid}: the function's streamed response failed:\n"
+                + traceback.format_exc().rstrip())
+            return False
+        finally:
+            await stream.aclose()
+        return keep_alive
 
     async def _fail(self, reader, writer, error, rid):
         """Answers a request the server refuses (bad head, body too large) and closes the

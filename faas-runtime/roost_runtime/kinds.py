@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from .http import HttpError, Request, Response, SyncRequest, log
+from .http import HttpError, Response, header_items, log
 
 
 class LoadError(Exception):
@@ -18,8 +18,26 @@ class LoadError(Exception):
 
 # --- python -------------------------------------------------------------------------------
 
+def need_starlette():
+    """The ``asgi`` module (Starlette's request and responses); LoadError, naming the
+    interpreter and the fix, when Starlette cannot be imported."""
+    try:
+        from . import asgi
+    except ImportError as e:
+        python = f"{sys.executable} (Python {sys.version.split()[0]})"
+        hidden = (" It was started with -S: site-packages folders are seen only when they are on PYTHONPATH."
+                  if sys.flags.no_site else "")
+        raise LoadError(
+            f"Python functions need Starlette, and {python} cannot import it: {e}.{hidden} "
+            "Install it: apt install python3-starlette python3-multipart (Debian's /usr/bin/python3), or "
+            f"{sys.executable} -m pip install starlette python-multipart; or point ROOST_PYTHON at an "
+            "interpreter that has it.") from None
+    return asgi
+
+
 def load_python(name, folder, file):
     """Imports ``folder/file`` and returns ``(handler, request_class)``."""
+    asgi = need_starlette()
     path = os.path.join(folder, file)
     if not os.path.isfile(path):
         raise LoadError(f"the handler file {path} does not exist (ROOST_FUNCTION_DIR, ROOST_FUNCTION_FILE)")
@@ -50,11 +68,15 @@ def load_python(name, folder, file):
     is_async = inspect.iscoroutinefunction(handle) or inspect.iscoroutinefunction(
         getattr(handle, "__call__", None))
 
+    async def respond(result, request):
+        if isinstance(result, asgi.StarletteResponse):
+            return await asgi.run_response(result, request)
+        return to_response(result, serialized)
+
     if is_async:
         async def handler(request):
-            result = await handle(request)
-            return to_response(result, serialized)
-        return handler, Request
+            return await respond(await handle(request), request)
+        return handler, asgi.Request
 
     async def sync_handler(request):
         # A plain def may block: it runs in a worker thread so that /healthz and other
@@ -62,19 +84,18 @@ def load_python(name, folder, file):
         result = await asyncio.get_running_loop().run_in_executor(None, handle, request)
         if inspect.isawaitable(result):
             result = await result
-        return to_response(result, serialized)
-    return sync_handler, SyncRequest
+        return await respond(result, request)
+    return sync_handler, asgi.SyncRequest
 
 
 def to_response(result, serialized):
-    """The function's return value as a Response.
+    """The function's return value as a Response (a Starlette response is run by the
+    handler instead: ``asgi.run_response``).
 
     Always: a ``Response``; a tuple ``(body, status)`` or ``(body, status, headers)`` with
-    an int status 100-599 (other tuples are data, JSON arrays); an
-    object shaped like Starlette's responses (``.body``, ``.status_code``, ``.headers``),
-    so the seed's functions that return ``JSONResponse``/``HTMLResponse`` keep working.
-    Otherwise: JSON-encoded, or with ``is_return_serialized`` a ``str`` is text/plain,
-    ``bytes`` application/octet-stream and anything else JSON."""
+    an int status 100-599 (other tuples are data, JSON arrays). Otherwise: JSON-encoded,
+    or with ``is_return_serialized`` a ``str`` is text/plain, ``bytes``
+    application/octet-stream and anything else JSON."""
     if isinstance(result, Response):
         return result
     if isinstance(result, tuple) and len(result) in (2, 3) and type(result[1]) is int \
@@ -84,33 +105,14 @@ def to_response(result, serialized):
         if isinstance(body, Response):
             body.status = status
             if headers:
-                body.headers.update(headers)
+                body.headers = header_items(body.headers) + header_items(headers)
             return body
         if not serialized:
             return Response(json.dumps(body).encode(), status, headers, content_type="application/json")
         return Response(body, status, headers)
-    status_code = getattr(result, "status_code", None)
-    if isinstance(status_code, int) and hasattr(result, "body"):
-        return _foreign_response(result, status_code)
     if serialized:
         return Response(result)
     return Response(json.dumps(result).encode(), content_type="application/json")
-
-
-def _foreign_response(result, status):
-    body = result.body
-    if isinstance(body, str):
-        body = body.encode()
-    raw = getattr(result, "raw_headers", None)
-    if raw is not None:  # Starlette: a list of (bytes, bytes)
-        headers = {}
-        for k, v in raw:
-            k = k.decode("latin-1") if isinstance(k, bytes) else str(k)
-            v = v.decode("latin-1") if isinstance(v, bytes) else str(v)
-            headers[k] = f"{headers[k]}, {v}" if k in headers else v
-    else:
-        headers = dict(getattr(result, "headers", None) or {})
-    return Response(bytes(body or b""), status, headers)
 
 
 # --- command ------------------------------------------------------------------------------

@@ -10,11 +10,23 @@ import sys
 import threading
 import time
 
+try:
+    import starlette  # noqa: F401  the runtime serves Python functions with it
+except ImportError as e:
+    raise ImportError(f"the runtime's tests need Starlette, and {sys.executable} cannot import it ({e}): run them "
+                      "with /usr/bin/python3 after apt install python3-starlette python3-multipart "
+                      "(scripts/test.sh picks it), or pip install starlette python-multipart") from None
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNTIME_DIR = os.path.dirname(HERE)
 FIXTURES = os.path.join(HERE, "fixtures")
+SEED_STYLE = os.path.join(FIXTURES, "seed-style", "python", "functions")
 PY_FUNCTIONS = os.path.join(RUNTIME_DIR, "python", "functions")
 CMD_FUNCTIONS = os.path.join(RUNTIME_DIR, "command", "functions")
+# The folders `site` put on this interpreter's path (site- or dist-packages, where
+# Starlette is): a runtime started with -S (as the spares are) finds them on PYTHONPATH,
+# as the orchestrator's process runtime arranges.
+SITE_DIRS = [p for p in sys.path if p.endswith(("-packages", ".egg")) and os.path.isdir(p)]
 START_TIMEOUT = 10.0
 IO_TIMEOUT = 10.0
 
@@ -27,7 +39,7 @@ def free_port():
 
 def runtime_env(folder, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
-    env.update(PYTHONPATH=RUNTIME_DIR, PYTHONDONTWRITEBYTECODE="1", ROOST_BIND="127.0.0.1",
+    env.update(PYTHONPATH=os.pathsep.join([RUNTIME_DIR, *SITE_DIRS]), PYTHONDONTWRITEBYTECODE="1", ROOST_BIND="127.0.0.1",
                ROOST_FUNCTION_NAME="t", ROOST_FUNCTION_DIR=folder)
     env.update(extra)
     return env
@@ -149,17 +161,46 @@ class Conn:
             raise ConnectionError("the server closed the connection")
         self.buf += chunk
 
-    def read_response(self, head_only=False):
-        """(status, headers with lower-case names, body)."""
+    def read_head(self):
+        """(status, headers with lower-case names); ``header_list`` keeps every line's
+        (name, value), repeated names too."""
         while b"\r\n\r\n" not in self.buf:
             self._fill()
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ")[1])
-        headers = {}
+        self.header_list = []
         for line in lines[1:]:
             k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
+            self.header_list.append((k.strip().lower(), v.strip()))
+        return status, dict(self.header_list)
+
+    def _read_line(self):
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def read_chunks(self):
+        """The chunks of a chunked body, each with the time it was complete:
+        [(monotonic time, bytes), ...], up to the last chunk."""
+        chunks = []
+        while True:
+            size = int(self._read_line().split(b";")[0], 16)
+            if size == 0:
+                self._read_line()  # the empty line after the last chunk (no trailers)
+                return chunks
+            while len(self.buf) < size + 2:
+                self._fill()
+            chunks.append((time.monotonic(), self.buf[:size]))
+            assert self.buf[size:size + 2] == b"\r\n", self.buf[:size + 2]
+            self.buf = self.buf[size + 2:]
+
+    def read_response(self, head_only=False):
+        """(status, headers with lower-case names, body); a chunked body is joined."""
+        status, headers = self.read_head()
+        if not head_only and headers.get("transfer-encoding") == "chunked":
+            return status, headers, b"".join(c for _, c in self.read_chunks())
         n = 0 if head_only else int(headers.get("content-length", "0"))
         while len(self.buf) < n:
             self._fill()

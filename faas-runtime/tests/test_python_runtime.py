@@ -198,6 +198,9 @@ class ReturnShapes(unittest.TestCase):
         self.assertEqual(h["x-from"], "starlette")
         h = self.check("/request-id", 200, None, b"")
         self.assertEqual(h["x-request-id"], "set-by-function")
+        with self.r.connect() as c:  # a list of headers may repeat a name
+            self.assertEqual(c.request("GET", "/cookies")[0], 200)
+            self.assertEqual([v for k, v in c.header_list if k == "set-cookie"], ["a=1", "b=2"])
 
     def test_http_error_and_bad_responses(self):
         status, _, body = self.r.json("GET", "/http-error", headers={"X-Request-Id": "e"})

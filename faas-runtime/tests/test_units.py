@@ -4,7 +4,9 @@ import asyncio
 import unittest
 
 from roost_runtime.__main__ import Config
-from roost_runtime.http import BadRequest, Headers, Request, Response, SyncRequest, encode
+from roost_runtime.asgi import Request as StarletteRequest
+from roost_runtime.asgi import SyncRequest
+from roost_runtime.http import BadRequest, Headers, Request, Response, encode
 from roost_runtime.kinds import to_response
 
 
@@ -32,32 +34,69 @@ class RequestTest(unittest.TestCase):
         self.assertEqual(r.path, "/a%2Fb")
         self.assertEqual(r.query, {"x": "1", "y": "é", "z": ""})
         self.assertEqual(r.query_all, {"x": ["1", "2"], "y": ["é"], "z": [""]})
-        self.assertEqual(r.query_params, r.query)
         self.assertEqual(r.query_string, "x=1&x=2&y=%C3%A9&z")
         self.assertEqual(request("//double/slash").path, "//double/slash")
         self.assertEqual(request("/").query, {})
 
     def test_body_text_json(self):
-        r = request(body=b'{"a": [1]}', headers=[("Content-Type", "application/json; charset=utf-8")])
-        run = asyncio.run
-        self.assertEqual(run(r.body()), b'{"a": [1]}')
-        self.assertEqual(run(r.read()), b'{"a": [1]}')
-        self.assertEqual(run(r.text()), '{"a": [1]}')
-        self.assertEqual(run(r.json()), {"a": [1]})
-        self.assertEqual(r.content_type, "application/json")
-        latin = request(body="é".encode("latin-1"), headers=[("Content-Type", "text/plain; charset=latin-1")])
-        self.assertEqual(run(latin.text()), "é")
+        for cls in (Request, StarletteRequest):
+            r = request(body=b'{"a": [1]}', headers=[("Content-Type", "application/json; charset=utf-8")], cls=cls)
+            run = asyncio.run
+            self.assertEqual(run(r.body()), b'{"a": [1]}')
+            self.assertEqual(run(r.text()), '{"a": [1]}')
+            self.assertEqual(run(r.json()), {"a": [1]})
+            self.assertEqual(r.content_type, "application/json")
+            latin = request(body="é".encode("latin-1"), headers=[("Content-Type", "text/plain; charset=latin-1")],
+                            cls=cls)
+            self.assertEqual(run(latin.text()), "é")
 
     def test_bad_json_is_a_bad_request_and_a_value_error(self):
-        for body in (b"", b"  ", b"{nope"):
-            with self.assertRaises(BadRequest) as e:
-                asyncio.run(request(body=body).json())
-            self.assertEqual(e.exception.status, 400)
-            self.assertIsInstance(e.exception, ValueError)
+        for cls in (Request, StarletteRequest):
+            for body in (b"", b"  ", b"{nope"):
+                with self.assertRaises(BadRequest) as e:
+                    asyncio.run(request(body=body, cls=cls).json())
+                self.assertEqual(e.exception.status, 400)
+                self.assertIsInstance(e.exception, ValueError)
+
+
+class StarletteRequestTest(unittest.TestCase):
+    """The request a Python function gets is Starlette's, with Roost's extras."""
+
+    def test_it_is_a_real_starlette_request_over_the_read_request(self):
+        import starlette.requests
+
+        r = request("/a%20b/c?x=1&x=2&y=%C3%A9&z", b'{"k": 1}',
+                    [("Host", "fn.local"), ("Content-Type", "application/json"), ("X-A", "1"), ("x-a", "2"),
+                     ("Cookie", "s=abc")], cls=StarletteRequest)
+        self.assertIsInstance(r, starlette.requests.Request)
+        self.assertEqual((r.method, r.url.path, r.url.query), ("POST", "/a b/c", "x=1&x=2&y=%C3%A9&z"))
+        self.assertEqual(str(r.url), "http://fn.local/a b/c?x=1&x=2&y=%C3%A9&z")  # Starlette 0.26: from the decoded path
+        self.assertEqual(r.query_params.getlist("x"), ["1", "2"])
+        self.assertEqual(r.query_params["y"], "é")
+        self.assertEqual((r.path_params, r.cookies), ({}, {"s": "abc"}))
+        self.assertEqual(r.headers["content-type"], "application/json")
+        self.assertEqual(r.headers.getlist("x-a"), ["1", "2"])
+        self.assertEqual(asyncio.run(r.body()), b'{"k": 1}')
+        # Roost's own: the raw path, first values, every value, the raw query, the id.
+        self.assertEqual((r.path, r.query_string, r.request_id), ("/a%20b/c", "x=1&x=2&y=%C3%A9&z", "rid"))
+        self.assertEqual(r.query, {"x": "1", "y": "é", "z": ""})
+        self.assertEqual(r.query_all, {"x": ["1", "2"], "y": ["é"], "z": [""]})
+
+    def test_forms(self):
+        async def form(body, content_type):
+            r = request(body=body, headers=[("Content-Type", content_type)], cls=StarletteRequest)
+            return dict((await r.form()).multi_items())
+
+        self.assertEqual(asyncio.run(form(b"a=1&b=x+y", "application/x-www-form-urlencoded")), {"a": "1", "b": "x y"})
+        multipart = (b'--XX\r\nContent-Disposition: form-data; name="n"\r\n\r\nv\r\n--XX--\r\n')
+        self.assertEqual(asyncio.run(form(multipart, "multipart/form-data; boundary=XX")), {"n": "v"})
 
     def test_sync_request(self):
-        r = request(body=b"[1]", cls=SyncRequest)
-        self.assertEqual((r.body(), r.text(), r.json()), (b"[1]", "[1]", [1]))
+        async def build():
+            return request(body=b"[1]", cls=SyncRequest)
+
+        r = asyncio.run(build())
+        self.assertEqual((r.body(), r.read(), r.text(), r.json()), (b"[1]", b"[1]", "[1]", [1]))
 
 
 class ResponseTest(unittest.TestCase):
@@ -78,6 +117,18 @@ class ResponseTest(unittest.TestCase):
                                                b"X-Request-Id: rid", b"Content-Length: 2", b"Connection: keep-alive"])
         with self.assertRaises(ValueError):
             encode(Response("x", headers={"X": "a\nb"}), "", False)
+
+    def test_repeated_headers_and_a_streamed_head(self):
+        r = Response(None, headers=[("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
+        self.assertIn(b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n", encode(r, "", True))
+
+        async def chunks():
+            yield b"x"
+
+        head = encode(Response(None, headers={"Content-Type": "text/plain"}, stream=chunks()), "", True)
+        self.assertIn(b"Transfer-Encoding: chunked\r\n", head)
+        self.assertNotIn(b"Content-Length", head)
+        self.assertTrue(head.endswith(b"\r\n\r\n"))
 
 
 class ToResponseTest(unittest.TestCase):

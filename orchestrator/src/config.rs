@@ -48,7 +48,9 @@ pub struct Config {
     #[arg(long, env = env::RUNTIME_DIR)]
     pub runtime_dir: Option<PathBuf>,
 
-    /// Python interpreter for the process runtime.
+    /// Python interpreter for the process runtime; Python functions need Starlette in it.
+    /// When it is the default `python3` and cannot import starlette but /usr/bin/python3
+    /// (Debian's, with python3-starlette) can, that one is used.
     #[arg(long, env = env::PYTHON, default_value = "python3")]
     pub python: PathBuf,
 

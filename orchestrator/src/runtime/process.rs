@@ -303,17 +303,30 @@ pub struct ProcessRuntime {
     logs: Logs,
 }
 
-/// `[sys.executable, sys.path]` of the interpreter, started with `flags`.
-fn interpreter_paths(python: &std::path::Path, flags: &[&str]) -> Option<(PathBuf, Vec<String>)> {
+/// What an interpreter said about itself when started with some flags.
+#[derive(Debug, Clone, PartialEq)]
+struct Interpreter {
+    /// `sys.executable`: its real path (a pyenv shim resolves to the Python behind it).
+    exe: PathBuf,
+    /// `sys.path`.
+    path: Vec<String>,
+    /// `starlette.__version__`, or `None` when it cannot import Starlette.
+    starlette: Option<String>,
+}
+
+/// Asks `python`, started with `flags`, for its [`Interpreter`] facts.
+fn ask_interpreter(python: &std::path::Path, flags: &[&str]) -> Option<Interpreter> {
+    const PROBE: &str = "import sys, json\ntry:\n    import starlette\n    v = starlette.__version__\n\
+                         except Exception:\n    v = None\nprint(json.dumps([sys.executable, sys.path, v]))";
     let out = std::process::Command::new(python)
         .args(flags)
-        .args(["-c", "import sys, json; print(json.dumps([sys.executable, sys.path]))"])
+        .args(["-c", PROBE])
         .env_remove("PYTHONPATH")
         .output()
         .ok()
         .filter(|o| o.status.success())?;
-    let (exe, path): (PathBuf, Vec<String>) = serde_json::from_slice(&out.stdout).ok()?;
-    Some((exe, path))
+    let (exe, path, starlette): (PathBuf, Vec<String>, Option<String>) = serde_json::from_slice(&out.stdout).ok()?;
+    Some(Interpreter { exe, path, starlette })
 }
 
 /// The folders on `with_site` that are not on `without_site`, in order: what `site` adds.
@@ -321,13 +334,56 @@ fn site_dirs(with_site: &[String], without_site: &[String]) -> Vec<String> {
     with_site.iter().filter(|p| !p.is_empty() && !without_site.contains(p)).cloned().collect()
 }
 
+/// `ROOST_PYTHON`'s default: whatever `python3` is on `PATH`.
+const DEFAULT_PYTHON: &str = "python3";
+/// Debian's own interpreter, which sees Debian's `python3-starlette` (a `python3` on
+/// `PATH` from pyenv or a venv may not).
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// The interpreter to run Python functions with: the configured one, unless it is the
+/// default `python3`, cannot import Starlette, and `system` (Debian's `/usr/bin/python3`,
+/// asked only then) can. `None` facts: the interpreter could not be run.
+fn choose_interpreter(
+    configured: &std::path::Path,
+    facts: Option<Interpreter>,
+    system: impl FnOnce() -> Option<Interpreter>,
+) -> (PathBuf, Option<Interpreter>) {
+    let has_starlette = |f: &Option<Interpreter>| f.as_ref().is_some_and(|f| f.starlette.is_some());
+    if configured == std::path::Path::new(DEFAULT_PYTHON) && !has_starlette(&facts) {
+        let system = system();
+        if has_starlette(&system) {
+            return (PathBuf::from(SYSTEM_PYTHON), system);
+        }
+    }
+    (configured.to_path_buf(), facts)
+}
+
 /// The interpreter's own path (`sys.executable`; the given name when it cannot run) and
-/// the folders its `site` module adds (`None` when they cannot be read).
+/// the folders its `site` module adds (`None` when they cannot be read). Python functions
+/// need Starlette: the default `python3` is replaced by `/usr/bin/python3` when only that
+/// one has it, and an interpreter without it is reported (its Python replicas exit 1).
 fn resolve_interpreter(python: &std::path::Path) -> (PathBuf, Option<Vec<String>>) {
-    match (interpreter_paths(python, &[]), interpreter_paths(python, &["-S"])) {
-        (Some((exe, with_site)), Some((_, without))) if exe.is_file() => (exe, Some(site_dirs(&with_site, &without))),
-        (Some((exe, _)), _) if exe.is_file() => (exe, None),
-        _ => (python.to_path_buf(), None),
+    let configured = python;
+    let (python, facts) =
+        choose_interpreter(python, ask_interpreter(python, &[]), || ask_interpreter(std::path::Path::new(SYSTEM_PYTHON), &[]));
+    match &facts {
+        Some(Interpreter { starlette: Some(version), exe, .. }) if python != configured => {
+            info!(python = %exe.display(), starlette = %version, "{DEFAULT_PYTHON} on PATH cannot import starlette; Python functions run with {SYSTEM_PYTHON}");
+        }
+        Some(Interpreter { starlette: Some(_), .. }) => {}
+        Some(Interpreter { exe, .. }) => warn!(
+            python = %exe.display(),
+            "the interpreter cannot import starlette, so every Python function will fail to start; \
+             install it (apt install python3-starlette python3-multipart for Debian's {SYSTEM_PYTHON}, \
+             or {} -m pip install starlette python-multipart), or set ROOST_PYTHON to an interpreter that has it",
+            exe.display()
+        ),
+        None => warn!(python = %python.display(), "cannot run the Python interpreter (ROOST_PYTHON); Python functions will not start"),
+    }
+    match (facts, ask_interpreter(&python, &["-S"])) {
+        (Some(with_site), Some(without)) if with_site.exe.is_file() => (with_site.exe, Some(site_dirs(&with_site.path, &without.path))),
+        (Some(with_site), _) if with_site.exe.is_file() => (with_site.exe, None),
+        _ => (python, None),
     }
 }
 
@@ -630,6 +686,25 @@ mod tests {
         let env = [("B", "2"), ("A", "1"), ("B", "3")].map(|(k, v)| (k.to_string(), v.to_string()));
         let line = spare_assignment("python", &env);
         assert_eq!(String::from_utf8(line).unwrap(), "{\"kind\":\"python\",\"env\":{\"A\":\"1\",\"B\":\"3\"}}\n");
+    }
+
+    #[test]
+    fn the_default_python_gives_way_to_debians_only_when_that_one_has_starlette() {
+        let facts = |exe: &str, starlette: Option<&str>| {
+            Some(Interpreter { exe: exe.into(), path: vec![], starlette: starlette.map(String::from) })
+        };
+        let pyenv = facts("/root/.pyenv/versions/3.11.7/bin/python3", None);
+        let debian = facts(SYSTEM_PYTHON, Some("0.26.1"));
+        let default = std::path::Path::new(DEFAULT_PYTHON);
+        assert_eq!(choose_interpreter(default, pyenv.clone(), || debian.clone()), (SYSTEM_PYTHON.into(), debian.clone()));
+        // Neither has it: the configured one stays (its replicas say what to install).
+        assert_eq!(choose_interpreter(default, pyenv.clone(), || facts(SYSTEM_PYTHON, None)), (default.into(), pyenv.clone()));
+        assert_eq!(choose_interpreter(default, None, || None), (default.into(), None));
+        // One that has it, or one set on purpose, is kept; /usr/bin/python3 is not even asked.
+        let venv = facts("/venv/bin/python3", Some("0.37.2"));
+        assert_eq!(choose_interpreter(default, venv.clone(), || unreachable!()), (default.into(), venv));
+        let chosen = std::path::Path::new("/opt/py/bin/python3");
+        assert_eq!(choose_interpreter(chosen, pyenv.clone(), || unreachable!()), (chosen.into(), pyenv));
     }
 
     #[test]

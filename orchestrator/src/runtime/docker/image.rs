@@ -44,8 +44,12 @@ pub(super) fn dockerfile(spec: &FunctionSpec, base: &str) -> String {
     }
     // Compiled once at build time: the root file system is read-only at run time.
     d.push_str("RUN python3 -m compileall -q /opt/roost\n");
-    d.push_str(&format!("ENV PYTHONPATH=/opt/roost:/opt/roost/deps PYTHONDONTWRITEBYTECODE=1 ROOST_FUNCTION_DIR={FUNCTION_DIR}\n"));
-    // -S: no site module (the image has no site-packages Roost uses): a faster start.
+    // Debian's dist-packages last (Starlette from python3-starlette): with -S only
+    // PYTHONPATH names them, and a function's own dependencies come first.
+    d.push_str(&format!(
+        "ENV PYTHONPATH=/opt/roost:/opt/roost/deps:/usr/lib/python3/dist-packages PYTHONDONTWRITEBYTECODE=1 ROOST_FUNCTION_DIR={FUNCTION_DIR}\n"
+    ));
+    // -S: no site module (its folders are on PYTHONPATH): a faster start.
     d.push_str(&format!("WORKDIR {FUNCTION_DIR}\nCMD [\"python3\", \"-S\", \"-m\", \"roost_runtime\", \"{kind}\"]\n"));
     // One LABEL step (the build API's labels option adds one step per label). The name
     // and version are in the tag already, so the labels never change the context's hash.
@@ -116,6 +120,7 @@ mod tests {
         assert!(d.starts_with("FROM roost/base:bookworm\n"));
         assert!(d.contains("pip install --no-cache-dir --target /opt/roost/deps requests"));
         assert!(d.contains(r#"CMD ["python3", "-S", "-m", "roost_runtime", "python"]"#));
+        assert!(d.contains("ENV PYTHONPATH=/opt/roost:/opt/roost/deps:/usr/lib/python3/dist-packages "), "{d}");
         assert!(d.ends_with("LABEL roost.managed=\"true\" roost.function=\"hello\" roost.version=\"0.1\"\n"), "{d}");
         // FROM, one COPY, pip, compileall, ENV, WORKDIR, CMD, one LABEL.
         assert_eq!(d.lines().count(), 8, "{d}");
