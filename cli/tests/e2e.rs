@@ -5,14 +5,14 @@
 //! `cargo test --workspace` builds the sibling binaries this needs; run alone, build them
 //! first with `cargo build --workspace --bins`.
 
-use roost_common::wire::status::{FunctionState, FunctionStatus, Status};
+mod support;
+
+use roost_common::wire::status::{FunctionState, FunctionStatus};
 use roost_testkit::http;
-use roost_testkit::process::{free_port, Guard};
 use roost_testkit::{wait_until, workspace_root};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{work_dir, write_atomically, Platform};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -32,83 +32,10 @@ usable-functions:
     scaling: {idle_timeout: 2s, max_replicas: 3}
 "#;
 
-struct Platform {
-    guard: Guard,
-    dir: PathBuf,
-    port: u16,
-    orchestrator: u16,
-}
-
-fn bin_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_roost")).parent().unwrap().to_path_buf()
-}
-
-impl Platform {
-    async fn up() -> Platform {
-        for b in ["control-plane", "orchestrator", "statsd-listener"] {
-            assert!(
-                bin_dir().join(b).is_file(),
-                "{b} is not built next to roost: run `cargo build --workspace --bins` (cargo test --workspace does)"
-            );
-        }
-        let dir = std::env::temp_dir().join(format!("roost-e2e-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for sub in ["python", "command"] {
-            std::os::unix::fs::symlink(workspace_root().join("faas-runtime").join(sub), dir.join(sub)).unwrap();
-        }
-        std::fs::write(dir.join("global-function-definition.yml"), DEFS).unwrap();
-        let port = free_port();
-        let guard = Guard::spawn(
-            "roost up",
-            Command::new(env!("CARGO_BIN_EXE_roost"))
-                .args(["up", "--port", &port.to_string()])
-                // Relative paths, as a user in the project's folder types them.
-                .current_dir(&dir)
-                .args(["--definitions", "global-function-definition.yml", "--work-dir", ".roost"])
-                .arg("--home")
-                .arg(workspace_root())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit()),
-        );
-        let endpoints = dir.join(".roost/endpoints.env");
-        wait_until(WAIT, "roost up to report its endpoints", || async { endpoints.is_file().then_some(()) }).await;
-        let text = std::fs::read_to_string(&endpoints).unwrap();
-        let orchestrator = text
-            .lines()
-            .find_map(|l| l.strip_prefix("ROOST_ORCHESTRATOR_URL=http://127.0.0.1:"))
-            .and_then(|p| p.parse().ok())
-            .expect("orchestrator URL in endpoints.env");
-        Platform { guard, dir, port, orchestrator }
-    }
-
-    async fn status(&self, function: &str) -> Option<FunctionStatus> {
-        let r = http::get(self.orchestrator, "/status").await.expect("orchestrator status");
-        let s: Status = serde_json::from_str(&r.body).unwrap();
-        s.function(function).cloned()
-    }
-
-    fn definitions(&self) -> PathBuf {
-        self.dir.join("global-function-definition.yml")
-    }
-}
-
-impl Drop for Platform {
-    fn drop(&mut self) {
-        let _ = self.guard.terminate();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn write_atomically(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(tmp, path).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs envoy, redis-server and nginx with Lua: full tier (scripts/test.sh)"]
 async fn roost_up_serves_wakes_scales_and_sleeps_without_errors() {
-    let p = Platform::up().await;
+    let p = Platform::up(work_dir("e2e", DEFS, &workspace_root().join("faas-runtime")), "process").await;
 
     // A cold /hello: held by the gate while the function wakes, then answered.
     let t = Instant::now();
@@ -190,14 +117,7 @@ async fn roost_up_serves_wakes_scales_and_sleeps_without_errors() {
     assert!(errors.is_empty(), "{errors:?}");
 
     // The CLI against the running platform: ls, invoke, validate and the load script.
-    let roost = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_roost"))
-            .args(args)
-            .env("ROOST_GATE_URL", format!("http://127.0.0.1:{}", p.port))
-            .env("ROOST_ORCHESTRATOR_URL", format!("http://127.0.0.1:{}", p.orchestrator))
-            .output()
-            .unwrap()
-    };
+    let roost = |args: &[&str]| p.roost(args);
     let ls = roost(&["ls", "--json"]);
     assert!(ls.status.success());
     let listed: Vec<FunctionStatus> = serde_json::from_slice(&ls.stdout).unwrap();
