@@ -7,6 +7,7 @@ pub mod docker;
 pub(crate) mod env;
 pub mod process;
 pub(crate) mod tasks;
+pub mod venv;
 
 use roost_common::spec::FunctionSpec;
 use serde::{Deserialize, Serialize};
@@ -99,6 +100,10 @@ pub enum PrepareFailure {
     /// The Docker runtime could not build or find the function's image.
     #[error(transparent)]
     Image(#[from] docker::ImageError),
+    /// The process runtime could not build the virtual environment of the function's
+    /// `extra_dependencies`.
+    #[error(transparent)]
+    Deps(#[from] venv::VenvError),
 }
 
 /// Why a replica did not start, by runtime.
