@@ -328,4 +328,10 @@ async fn extra_dependencies_are_pip_installed_into_the_image_and_a_failed_build_
     assert_eq!(logs.lines("deps", None, None).len(), logged, "nothing built again");
     rt.close().await;
     std::fs::remove_dir_all(&root).ok();
+    // The test's images (`deps` is its own function): removed, best effort.
+    if let Ok(out) = std::process::Command::new("docker").args(["images", "-q", "--filter", "reference=roost-fn-deps"]).output() {
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            std::process::Command::new("docker").args(["rmi", "-f", id]).output().ok();
+        }
+    }
 }
