@@ -263,6 +263,10 @@ mod tests {
             d.contains("--target /opt/roost/deps --extra-index-url https://x.example/simple 'numpy>=1.26,<2' --pre 'it'\\''s' && python3"),
             "{d}"
         );
+        // As the definitions file gives them.
+        let parsed = spec("usable-functions:\n  hello:\n    version: 1\n    configuration: {base_function_file_name: hello.py, function_folder: hello, extra_dependencies: \"torch --extra-index-url=https://x.example/whl/cpu --pre\"}\n");
+        let d = dockerfile(&parsed, "b", false);
+        assert!(d.contains("--target /opt/roost/deps torch --extra-index-url=https://x.example/whl/cpu --pre && python3"), "{d}");
         assert_eq!(sh_quote("six==1.16.0"), "six==1.16.0");
         assert_eq!(sh_quote(""), "''");
         assert_eq!(sh_quote("a b"), "'a b'");
