@@ -22,16 +22,20 @@ fn network() -> String {
 }
 
 async fn runtime(net: &str) -> Arc<DockerRuntime> {
+    runtime_for(net, &workspace_root().join("faas-runtime")).await
+}
+
+/// A runtime whose functions' folders are relative to `definitions_dir`.
+async fn runtime_for(net: &str, definitions_dir: &std::path::Path) -> Arc<DockerRuntime> {
     let ok = std::process::Command::new("docker").args(["image", "inspect", BASE]).output().map(|o| o.status.success()).unwrap_or(false);
     assert!(ok, "the base image {BASE} is missing: run scripts/build-base-image.sh (bash .ci/run does)");
-    let repo = workspace_root().join("faas-runtime");
     DockerRuntime::connect(DockerConfig {
         socket: "/var/run/docker.sock".into(),
         base_image: BASE.into(),
         network: net.into(),
         port: 8080,
-        definitions_dir: repo.clone(),
-        runtime_dir: repo,
+        definitions_dir: definitions_dir.to_path_buf(),
+        runtime_dir: workspace_root().join("faas-runtime"),
         warm_spares: true,
     })
     .await
@@ -273,4 +277,61 @@ async fn orchestrator_routes_a_container_through_envoy_and_reaps_it() {
     stop.cancel();
     o.wait().await.expect("the orchestrator stops cleanly");
     assert_eq!(ps("paused") + ps("running") + ps("created"), 0, "the orchestrator's stop left a container behind");
+}
+
+/// The function `deps` in a new definitions folder (its handler imports humanize), with
+/// `words` as its pip words (built by hand: the words may hold pip options).
+fn deps_function(root: &std::path::Path, words: &[&str]) -> roost_common::spec::FunctionSpec {
+    let folder = root.join("python/functions/deps");
+    std::fs::create_dir_all(&folder).unwrap();
+    let handler = "import humanize, importlib.metadata\n\nasync def handle(request):\n    return {\"file\": humanize.__file__, \"version\": importlib.metadata.version(\"humanize\")}\n";
+    std::fs::write(folder.join("deps.py"), handler).unwrap();
+    let yaml = "usable-functions:\n  deps:\n    version: 1\n    configuration: {base_function_file_name: deps.py, function_folder: deps}\n    limits: {memory: 64m, pids: 64}\n";
+    let mut s = roost_common::spec::parse(yaml).unwrap().remove("deps").unwrap();
+    if let roost_common::spec::FunctionKind::Python { extra_dependencies, .. } = &mut s.runtime {
+        *extra_dependencies = words.iter().map(|w| w.to_string()).collect();
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Docker engine, roost/base:bookworm with python3-pip, and PyPI: full tier (scripts/test.sh)"]
+async fn extra_dependencies_are_pip_installed_into_the_image_and_a_failed_build_is_remembered() {
+    use roost_common::wire::logs::BUILD_SOURCE;
+    let net = network() + "-d";
+    let _g = NetworkGuard(net.clone());
+    let root = std::env::temp_dir().join(format!("roost-docker-deps-{}", std::process::id()));
+    let spec = deps_function(&root, &["humanize==4.9.0"]);
+    let rt = runtime_for(&net, &root).await;
+    let logs = rt.logs();
+    rt.prepare(&spec, "deps-hash-1").await.expect("the image builds, pip through the host's proxy and CA");
+    let build = logs.lines("deps", None, None);
+    assert!(build.iter().all(|l| l.replica == BUILD_SOURCE));
+    assert!(build.iter().any(|l| l.line.contains("Successfully installed humanize-4.9.0")), "{build:?}");
+    let replica = rt.start(&spec, "deps-hash-1", "deps-test-d").await.expect("container starts");
+    let ready =
+        roost_orchestrator::probe::until_ready(replica.address, "/healthz", Duration::from_millis(10), Duration::from_secs(20)).await;
+    assert!(ready.is_some(), "the container never answered /healthz on {}", replica.address);
+    let body = raw_get(replica.address, "/").await;
+    assert!(body.contains("/opt/roost/deps/humanize/") && body.contains("4.9.0"), "{body}");
+    rt.stop(&replica, Duration::from_secs(5)).await.unwrap();
+
+    // A bad package: the build fails with pip's last lines, then is not tried again.
+    let bad = deps_function(&root, &["roost-no-such-package-7f3a9c"]);
+    let e = rt.prepare(&bad, "deps-hash-2").await.unwrap_err().to_string();
+    assert!(e.contains("No matching distribution found for roost-no-such-package-7f3a9c"), "{e}");
+    let logged = logs.lines("deps", None, None).len();
+    let t = std::time::Instant::now();
+    assert_eq!(rt.prepare(&bad, "deps-hash-2").await.unwrap_err().to_string(), e);
+    assert_eq!(rt.start(&bad, "deps-hash-2", "deps-test-d2").await.unwrap_err().to_string(), e);
+    assert!(t.elapsed() < Duration::from_secs(2), "remembered, not built again: {:?}", t.elapsed());
+    assert_eq!(logs.lines("deps", None, None).len(), logged, "nothing built again");
+    rt.close().await;
+    std::fs::remove_dir_all(&root).ok();
+    // The test's images (`deps` is its own function): removed, best effort.
+    if let Ok(out) = std::process::Command::new("docker").args(["images", "-q", "--filter", "reference=roost-fn-deps"]).output() {
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            std::process::Command::new("docker").args(["rmi", "-f", id]).output().ok();
+        }
+    }
 }

@@ -27,8 +27,9 @@ pub(crate) enum PythonPath {
     /// Only the runtime's folder when those could not be read (then `-S` is not used).
     Spawn(OsString),
     /// Docker runtime: set by the function image's `ENV` at build time
-    /// (`/opt/roost:/opt/roost/deps`, see `docker::image::dockerfile`): the image has no
-    /// site-packages Roost uses, so nothing is added at run time. A container variable
+    /// (`/opt/roost:/opt/roost/deps:/usr/lib/python3/dist-packages`, see
+    /// `docker::image::dockerfile`): the runtime, the function's `extra_dependencies`,
+    /// then Debian's packages, so nothing is added at run time. A container variable
     /// would replace the image's value, hence dropping the function's own.
     Image,
 }

@@ -2,14 +2,17 @@
 //! containers ([`docker`]). The orchestrator's lifecycle code (probe, register, drain,
 //! reap) is the same for both.
 
+pub(crate) mod build;
 pub mod docker;
 pub(crate) mod env;
 pub mod process;
 pub(crate) mod tasks;
+pub mod venv;
 
 use roost_common::spec::FunctionSpec;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -61,14 +64,16 @@ pub enum RuntimeError {
         /// The image the function names.
         image: String,
     },
-    /// Preparing (building the function's image) failed.
+    /// Preparing (building the function's image or its dependencies) failed. The same
+    /// failure is returned again, at once, until the definition or what is built
+    /// changes (see [`ReplicaRuntime::prepare`]).
     #[error("preparing function {function:?} failed: {source}")]
     Prepare {
         /// Function name.
         function: String,
-        /// What went wrong.
+        /// What went wrong (shared by every call that returns it).
         #[source]
-        source: docker::ImageError,
+        source: Arc<PrepareFailure>,
     },
     /// Starting a replica failed.
     #[error("starting a replica of {function:?} failed: {source}")]
@@ -87,6 +92,18 @@ pub enum RuntimeError {
     /// runtimes (the runtimes in this crate never build it).
     #[error("{0}")]
     Other(String),
+}
+
+/// Why preparing a function failed, by what was built.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareFailure {
+    /// The Docker runtime could not build or find the function's image.
+    #[error(transparent)]
+    Image(#[from] docker::ImageError),
+    /// The process runtime could not build the virtual environment of the function's
+    /// `extra_dependencies`.
+    #[error(transparent)]
+    Deps(#[from] venv::VenvError),
 }
 
 /// Why a replica did not start, by runtime.
@@ -113,9 +130,23 @@ pub trait ReplicaRuntime: Send + Sync + 'static {
     fn logs(&self) -> crate::logs::Logs;
 
     /// Makes everything a function needs before its first start (for Docker: builds its
-    /// image). Called when definitions are loaded or changed, never on the cold-start
-    /// path. Idempotent: a second call for an unchanged function is cheap.
+    /// image; for processes: the virtual environment of its `extra_dependencies`) and
+    /// returns when that is done, built or failed. Concurrent calls for the same build
+    /// wait for one build. Idempotent: a call for an unchanged function that was
+    /// prepared is cheap.
+    ///
+    /// A failed build is remembered: until the definition (`spec_hash`) or what is built
+    /// (the dependencies; for Docker also the function's folder) changes, `prepare` and
+    /// `start` return the same failure at once, without building again or writing to the
+    /// log, so calling `prepare` again every few seconds is cheap.
     async fn prepare(&self, spec: &FunctionSpec, spec_hash: &str) -> Result<(), RuntimeError>;
+
+    /// How long a `prepare` of the definition `spec_hash` has been building (or waiting
+    /// for the same build); `None` when none is under way. For a function's `building`
+    /// status.
+    fn building(&self, _spec_hash: &str) -> Option<Duration> {
+        None
+    }
 
     /// Starts one replica and returns as soon as it is started (not yet ready: the
     /// orchestrator probes `spec.readiness_path`). The replica serves HTTP on the

@@ -22,10 +22,16 @@
 //! (`<state_dir>/<replica>.log`, stdout and stderr) that the orchestrator follows into its
 //! own log: a file, not a pipe, so a replica outlives an orchestrator crash. A graceful
 //! orchestrator shutdown stops its replicas first.
+//!
+//! A python function's `extra_dependencies` are installed by `prepare` into a virtual
+//! environment shared by every function with the same words ([`super::venv`]); its
+//! replicas get its site folders on `PYTHONPATH` and are always started fresh (a spare's
+//! path was set before its function was known).
 
 pub use super::env::function_env;
 use super::env::{runtime_env, PythonPath};
-use super::{Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
+use super::venv::{python_path_with, Venvs};
+use super::{PrepareFailure, Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
 use crate::logs::Logs;
 use roost_common::net::free_port;
 use roost_common::process::{self, Stopped};
@@ -299,8 +305,10 @@ pub struct ProcessRuntime {
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
     /// Exit watchers and log followers.
     tasks: Arc<super::tasks::Tasks>,
-    /// The replicas' output.
+    /// The replicas' and builds' output.
     logs: Logs,
+    /// The virtual environments of `extra_dependencies`.
+    venvs: Venvs,
 }
 
 /// What an interpreter said about itself when started with some flags.
@@ -399,6 +407,8 @@ impl ProcessRuntime {
             }
         }
         let launcher = Arc::new(Launcher::new(config));
+        let logs = Logs::default();
+        let venvs = Venvs::new(launcher.config.state_dir.join("venvs"), launcher.python().to_path_buf(), logs.clone());
         let pool = Arc::new(Pool { launcher, state: Mutex::default(), seq: Default::default() });
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Arc::new(ProcessRuntime {
@@ -407,7 +417,8 @@ impl ProcessRuntime {
             events_tx: tx,
             events_rx: Mutex::new(Some(rx)),
             tasks: Default::default(),
-            logs: Logs::default(),
+            logs,
+            venvs,
         }))
     }
 
@@ -423,17 +434,22 @@ impl ProcessRuntime {
         self.config().state_dir.join(format!("{replica_id}.log"))
     }
 
-    /// Starts a replica of a function of `kind` in `dir` as a new process.
+    /// Starts a replica of a function of `kind` in `dir` as a new process, with the site
+    /// folders `deps` (of its virtual environment) on its path after the runtime's.
     fn start_fresh(
         &self,
         kind: &str,
         dir: &std::path::Path,
         env: &[(String, String)],
         replica_id: &str,
+        deps: Option<&[PathBuf]>,
     ) -> Result<(tokio::process::Child, u16), SpawnError> {
         let port = free_port(self.config().bind_ip).map_err(SpawnError::Port)?;
         let mut cmd = self.pool.launcher.command_logged(kind, port, &self.log_file(replica_id), env)?;
         cmd.current_dir(dir).stdin(Stdio::null());
+        if let (Some(deps), PythonPath::Spawn(base)) = (deps, &self.pool.launcher.python_path) {
+            cmd.env("PYTHONPATH", python_path_with(base, deps));
+        }
         let child = cmd.spawn().map_err(|source| SpawnError::Run { python: self.config().python.clone(), source })?;
         Ok((child, port))
     }
@@ -549,6 +565,18 @@ impl ProcessRuntime {
     }
 }
 
+impl ProcessRuntime {
+    /// The site folders of the virtual environment of a python function's
+    /// `extra_dependencies` (built first if need be); `None` when it has none.
+    async fn deps(&self, spec: &FunctionSpec, spec_hash: &str) -> Result<Option<Arc<Vec<PathBuf>>>, RuntimeError> {
+        let Kind::Python { extra_dependencies, .. } = &spec.runtime else { return Ok(None) };
+        self.venvs
+            .ensure(&spec.name, spec_hash, extra_dependencies)
+            .await
+            .map_err(|source: Arc<PrepareFailure>| RuntimeError::Prepare { function: spec.name.clone(), source })
+    }
+}
+
 #[async_trait::async_trait]
 impl ReplicaRuntime for ProcessRuntime {
     fn logs(&self) -> Logs {
@@ -559,16 +587,21 @@ impl ReplicaRuntime for ProcessRuntime {
         "process"
     }
 
-    async fn prepare(&self, spec: &FunctionSpec, _spec_hash: &str) -> Result<(), RuntimeError> {
+    async fn prepare(&self, spec: &FunctionSpec, spec_hash: &str) -> Result<(), RuntimeError> {
         match &spec.runtime {
             Kind::Image { image } => {
                 Err(RuntimeError::Unsupported { function: spec.name.clone(), runtime: "process", image: image.clone() })
             }
             _ => {
+                self.deps(spec, spec_hash).await?;
                 self.pool.top_up_later();
                 Ok(())
             }
         }
+    }
+
+    fn building(&self, spec_hash: &str) -> Option<Duration> {
+        self.venvs.building(spec_hash)
     }
 
     async fn start(&self, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Result<Replica, RuntimeError> {
@@ -578,18 +611,22 @@ impl ReplicaRuntime for ProcessRuntime {
             Kind::Command { folder, .. } => ("command", folder),
             Kind::Image { .. } => return Err(self.prepare(spec, spec_hash).await.unwrap_err()),
         };
+        // Built already (a lookup), else the build under way waited for, or its
+        // remembered failure.
+        let deps = self.deps(spec, spec_hash).await?;
+        let deps = deps.as_deref().map(Vec::as_slice);
         let dir = self.config().definitions_dir.join(folder);
         let env = function_env(spec, &dir);
-        let spare = if env.iter().any(|(k, _)| read_at_start(k)) { None } else { self.pool.take() };
+        let spare = if deps.is_some() || env.iter().any(|(k, _)| read_at_start(k)) { None } else { self.pool.take() };
         let (child, port) = match spare {
             Some(s) => match self.assign(s, kind, &env, replica_id).await {
                 Ok(started) => started,
                 Err(e) => {
                     warn!(function = %spec.name, error = %e, "a spare runtime would not take the function; starting one");
-                    self.start_fresh(kind, &dir, &env, replica_id).map_err(fail)?
+                    self.start_fresh(kind, &dir, &env, replica_id, deps).map_err(fail)?
                 }
             },
-            None => self.start_fresh(kind, &dir, &env, replica_id).map_err(fail)?,
+            None => self.start_fresh(kind, &dir, &env, replica_id, deps).map_err(fail)?,
         };
         self.pool.top_up_later();
         Ok(self.track(child, port, spec, spec_hash, replica_id))

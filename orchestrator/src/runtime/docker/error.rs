@@ -68,20 +68,21 @@ pub enum ImageError {
         image: String,
     },
     /// The build stopped: the engine or the client failed.
-    #[error("image build failed: {source}; last output: {last_output}")]
+    #[error("image build failed: {source}; `roost logs` of the function shows the whole build; its last lines:\n{last_output}")]
     Engine {
         /// The client's error.
         #[source]
         source: bollard::errors::Error,
-        /// The build's last lines, ` | `-separated.
+        /// The build's last lines (at most 20), one per line.
         last_output: String,
     },
-    /// A build step failed (the engine reports its message).
-    #[error("image build failed: {message}; last output: {last_output}")]
+    /// A build step failed (the engine reports its message): a bad `extra_dependencies`
+    /// word, or pip could not reach its index (see the README on proxies).
+    #[error("image build failed: {message}; fix the definition (or the folder) and the image is built again; the build's last lines:\n{last_output}")]
     Step {
         /// The engine's message.
         message: String,
-        /// The build's last lines, ` | `-separated.
+        /// The build's last lines (at most 20), one per line.
         last_output: String,
     },
 }

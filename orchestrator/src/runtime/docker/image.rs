@@ -1,11 +1,32 @@
 //! The image of a python or command function: its tag, its Dockerfile, its build context
-//! (the runtime package and the function's folder) and the build through the API.
+//! (the runtime package, the function's folder and, for `extra_dependencies`, the CA
+//! bundle pip trusts) and the build through the API.
+//!
+//! # `extra_dependencies`
+//!
+//! Installed by the base image's pip (Debian's `python3-pip`) with `--target
+//! /opt/roost/deps`, the words of the definition as they are after `pip install`
+//! ([`crate::runtime::build::pip_install_args`]). `--target` installs every requirement
+//! there, even one Debian's `dist-packages` has, so a pinned version is what the function
+//! imports: the replica's path (it runs `python3 -S`, no `site`) is `/opt/roost`, then
+//! `/opt/roost/deps`, then Debian's `/usr/lib/python3/dist-packages` (for example a
+//! `starlette==0.40` pin wins over Debian's `python3-starlette`).
+//!
+//! Behind a TLS-inspecting proxy pip must trust the proxy's CA: the host's bundle
+//! ([`crate::runtime::build::ca_bundle`]) goes into the context and `PIP_CERT` names it
+//! for the pip step only; the orchestrator's `HTTP(S)_PROXY` and `NO_PROXY` are passed as
+//! build arguments (Docker's predefined ones: not in the image's history, not in the
+//! cache key).
 
 use super::{DockerRuntime, ImageError, MANAGED};
+use crate::logs::Logs;
+use crate::runtime::build::{ca_bundle, pip_install_args, proxy_env, Tail};
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use bollard::Docker;
 use futures::StreamExt;
 use roost_common::spec::{FunctionKind as Kind, FunctionSpec};
+use roost_common::wire::logs::BUILD_SOURCE;
+use std::collections::HashMap;
 use std::path::Path;
 use tracing::info;
 
@@ -18,9 +39,21 @@ fn tag_part(s: &str) -> String {
 /// folder).
 pub(super) const FUNCTION_DIR: &str = "/opt/roost/function";
 
+/// Where the CA bundle pip trusts is in the build context and the image (removed after
+/// the pip step).
+pub(super) const CA_FILE: &str = "/opt/roost/build-ca.crt";
+
+/// Where `extra_dependencies` are installed in the image.
+pub(super) const DEPS_DIR: &str = "/opt/roost/deps";
+
+/// `PYTHONPATH` of a function image: the runtime, the dependencies, then Debian's
+/// packages (replicas run `python3 -S`, so `site` adds nothing).
+pub(super) const IMAGE_PYTHONPATH: &str = "/opt/roost:/opt/roost/deps:/usr/lib/python3/dist-packages";
+
 /// The image tag of a function: its version and a hash of its build context (the
-/// Dockerfile, the runtime package and the function's folder), so any change to what goes
-/// into the image gives a new tag.
+/// Dockerfile with the pip words, the runtime package, the function's folder and the CA
+/// bundle when there are dependencies), so any change to what goes into the image gives a
+/// new tag.
 pub(super) fn image_tag(spec: &FunctionSpec, context: &[u8]) -> String {
     match &spec.runtime {
         Kind::Image { image } => image.clone(),
@@ -32,23 +65,31 @@ pub(super) fn image_tag(spec: &FunctionSpec, context: &[u8]) -> String {
 /// classic builder runs a container for every step, seconds each on a slow storage
 /// driver (fuse-overlayfs), and a function's first cold start may wait for its build.
 /// The context holds `opt/roost/roost_runtime` and `opt/roost/function` (one COPY).
-pub(super) fn dockerfile(spec: &FunctionSpec, base: &str) -> String {
+/// With `with_ca`, the context holds [`CA_FILE`] and pip trusts it.
+pub(super) fn dockerfile(spec: &FunctionSpec, base: &str, with_ca: bool) -> String {
     let quoted = |v: &str| serde_json::to_string(v).expect("strings serialize");
     let mut d = format!("FROM {base}\nCOPY opt /opt\n");
-    let (kind, extra) = match &spec.runtime {
-        Kind::Python { extra_dependencies, .. } => ("python", extra_dependencies.clone()),
-        _ => ("command", Vec::new()),
+    let kind = match &spec.runtime {
+        Kind::Python { .. } => "python",
+        _ => "command",
     };
-    if !extra.is_empty() {
-        d.push_str(&format!("RUN python3 -m pip install --no-cache-dir --target /opt/roost/deps {}\n", extra.join(" ")));
+    // Compiled once at build time: the root file system is read-only at run time. One
+    // step with pip's: each step is a container.
+    let compile = "python3 -m compileall -q /opt/roost";
+    match pip_words(spec) {
+        [] => d.push_str(&format!("RUN {compile}\n")),
+        words => {
+            let args: Vec<String> = pip_install_args(Some(DEPS_DIR), words).into_iter().map(sh_quote).collect();
+            let pip = format!("python3 -m pip {}", args.join(" "));
+            match with_ca {
+                true => d.push_str(&format!("RUN PIP_CERT={CA_FILE} {pip} && rm -f {CA_FILE} && {compile}\n")),
+                false => d.push_str(&format!("RUN {pip} && {compile}\n")),
+            }
+        }
     }
-    // Compiled once at build time: the root file system is read-only at run time.
-    d.push_str("RUN python3 -m compileall -q /opt/roost\n");
     // Debian's dist-packages last (Starlette from python3-starlette): with -S only
     // PYTHONPATH names them, and a function's own dependencies come first.
-    d.push_str(&format!(
-        "ENV PYTHONPATH=/opt/roost:/opt/roost/deps:/usr/lib/python3/dist-packages PYTHONDONTWRITEBYTECODE=1 ROOST_FUNCTION_DIR={FUNCTION_DIR}\n"
-    ));
+    d.push_str(&format!("ENV PYTHONPATH={IMAGE_PYTHONPATH} PYTHONDONTWRITEBYTECODE=1 ROOST_FUNCTION_DIR={FUNCTION_DIR}\n"));
     // -S: no site module (its folders are on PYTHONPATH): a faster start.
     d.push_str(&format!("WORKDIR {FUNCTION_DIR}\nCMD [\"python3\", \"-S\", \"-m\", \"roost_runtime\", \"{kind}\"]\n"));
     // One LABEL step (the build API's labels option adds one step per label). The name
@@ -57,49 +98,117 @@ pub(super) fn dockerfile(spec: &FunctionSpec, base: &str) -> String {
     d
 }
 
-fn add_dir(tar: &mut tar::Builder<Vec<u8>>, src: &Path, name: &str) -> std::io::Result<()> {
-    tar.append_dir_all(name, src)
+/// The pip words of a function: its `extra_dependencies` (none for other kinds).
+fn pip_words(spec: &FunctionSpec) -> &[String] {
+    match &spec.runtime {
+        Kind::Python { extra_dependencies, .. } => extra_dependencies,
+        _ => &[],
+    }
+}
+
+/// `word` for `sh`: as it is when it has nothing the shell reads, else in single quotes.
+fn sh_quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_.,:/=@+%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+fn add_file(tar: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) -> std::io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, name, data)
 }
 
 impl DockerRuntime {
+    /// The build context of a python or command function in `folder`: built in memory on
+    /// every `prepare` (its hash is the image tag), which for a small folder costs about a
+    /// millisecond; a large folder costs its size in reading and memory each time.
     pub(super) fn context(&self, spec: &FunctionSpec, folder: &Path) -> std::io::Result<Vec<u8>> {
         let mut tar = tar::Builder::new(Vec::new());
-        let docker_file = dockerfile(spec, &self.config.base_image);
-        let mut header = tar::Header::new_gnu();
-        header.set_size(docker_file.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        tar.append_data(&mut header, "Dockerfile", docker_file.as_bytes())?;
-        add_dir(&mut tar, &self.config.runtime_dir.join("roost_runtime"), "opt/roost/roost_runtime")?;
-        add_dir(&mut tar, folder, "opt/roost/function")?;
+        // No dependencies: no pip, no CA bundle (a new host bundle changes no tag).
+        let ca = if pip_words(spec).is_empty() { None } else { ca_bundle() };
+        let ca = match ca {
+            Some(path) => Some(std::fs::read(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?),
+            None => None,
+        };
+        add_file(&mut tar, "Dockerfile", dockerfile(spec, &self.config.base_image, ca.is_some()).as_bytes())?;
+        if let Some(ca) = &ca {
+            add_file(&mut tar, CA_FILE.trim_start_matches('/'), ca)?;
+        }
+        tar.append_dir_all("opt/roost/roost_runtime", self.config.runtime_dir.join("roost_runtime"))?;
+        tar.append_dir_all("opt/roost/function", folder)?;
         tar.into_inner()
     }
 }
 
-/// Builds `tag` from the build context `body` (the Dockerfile in it), logging the build's
-/// output; the error holds the last lines of it.
-pub(super) async fn build(docker: &Docker, spec: &FunctionSpec, tag: &str, body: Vec<u8>) -> Result<(), ImageError> {
-    let options = BuildImageOptionsBuilder::default().dockerfile("Dockerfile").t(tag).rm(true).forcerm(true).build();
+/// Splits the build's output into lines (a chunk may hold several, or part of one).
+#[derive(Debug, Default)]
+struct Lines {
+    partial: String,
+}
+
+impl Lines {
+    /// The whole lines `chunk` ends, without their ends of line; empty ones skipped.
+    fn feed(&mut self, chunk: &str) -> Vec<String> {
+        self.partial.push_str(chunk);
+        let Some(end) = self.partial.rfind('\n') else { return Vec::new() };
+        let rest = self.partial.split_off(end + 1);
+        let done = std::mem::replace(&mut self.partial, rest);
+        done.lines().map(|l| l.trim_end().to_string()).filter(|l| !l.is_empty()).collect()
+    }
+
+    /// What is left after the last chunk.
+    fn finish(&mut self) -> Option<String> {
+        Some(std::mem::take(&mut self.partial).trim_end().to_string()).filter(|l| !l.is_empty())
+    }
+}
+
+/// Builds `tag` from the build context `body` (the Dockerfile in it), each line of its
+/// output into `logs` (source `build`); the error holds the last lines of it.
+pub(super) async fn build(docker: &Docker, logs: &Logs, spec: &FunctionSpec, tag: &str, body: Vec<u8>) -> Result<(), ImageError> {
+    let proxies: HashMap<String, String> = if pip_words(spec).is_empty() { HashMap::new() } else { proxy_env().into_iter().collect() };
+    let options = BuildImageOptionsBuilder::default().dockerfile("Dockerfile").t(tag).rm(true).forcerm(true).buildargs(&proxies).build();
     info!(function = %spec.name, image = %tag, "building the function image");
+    logs.push(&spec.name, BUILD_SOURCE, &format!("building image {tag}"));
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(body.into())));
-    let mut tail: Vec<String> = Vec::new();
+    let mut tail = Tail::default();
+    let mut lines = Lines::default();
+    let keep = |line: &str, tail: &mut Tail| {
+        logs.push(&spec.name, BUILD_SOURCE, line);
+        tail.push(line);
+    };
     while let Some(item) = stream.next().await {
         match item {
             Ok(info) => {
-                if let Some(line) = info.stream.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
-                    info!(function = %spec.name, "build: {line}");
-                    tail.push(line.to_string());
-                    if tail.len() > 10 {
-                        tail.remove(0);
-                    }
+                for line in lines.feed(info.stream.as_deref().unwrap_or_default()) {
+                    keep(&line, &mut tail);
                 }
                 if let Some(err) = info.error_detail.and_then(|d| d.message) {
-                    return Err(ImageError::Step { message: err, last_output: tail.join(" | ") });
+                    if let Some(line) = lines.finish() {
+                        keep(&line, &mut tail);
+                    }
+                    keep(&err, &mut tail);
+                    return Err(ImageError::Step { message: err, last_output: tail.text() });
                 }
             }
-            Err(source) => return Err(ImageError::Engine { source, last_output: tail.join(" | ") }),
+            Err(source) => {
+                if let Some(line) = lines.finish() {
+                    keep(&line, &mut tail);
+                }
+                keep(&format!("the build failed: {source}"), &mut tail);
+                return Err(ImageError::Engine { source, last_output: tail.text() });
+            }
         }
     }
+    if let Some(line) = lines.finish() {
+        keep(&line, &mut tail);
+    }
+    logs.push(&spec.name, BUILD_SOURCE, &format!("built image {tag}"));
     Ok(())
 }
 
@@ -111,20 +220,68 @@ mod tests {
         roost_common::spec::parse(yaml).unwrap().into_values().next().unwrap()
     }
 
+    fn with_words(mut s: FunctionSpec, words: &[&str]) -> FunctionSpec {
+        if let Kind::Python { extra_dependencies, .. } = &mut s.runtime {
+            *extra_dependencies = words.iter().map(|w| w.to_string()).collect();
+        }
+        s
+    }
+
     #[test]
     fn tags_and_dockerfiles() {
         let s = spec("usable-functions:\n  hello:\n    version: 0.1\n    configuration: {programing_language: python, base_function_file_name: hello.py, function_folder: hello, extra_dependencies: \"requests\"}\n");
         assert_eq!(image_tag(&s, b"ctx"), format!("roost-fn-hello:0.1-{:016x}", roost_common::hash::fnv1a(b"ctx")));
         assert_ne!(image_tag(&s, b"ctx"), image_tag(&s, b"ctx2"));
-        let d = dockerfile(&s, "roost/base:bookworm");
+        let d = dockerfile(&s, "roost/base:bookworm", true);
         assert!(d.starts_with("FROM roost/base:bookworm\n"));
-        assert!(d.contains("pip install --no-cache-dir --target /opt/roost/deps requests"));
+        assert!(
+            d.contains("\nRUN PIP_CERT=/opt/roost/build-ca.crt python3 -m pip install --no-cache-dir --disable-pip-version-check --no-input --progress-bar off --no-color --target /opt/roost/deps requests && rm -f /opt/roost/build-ca.crt && python3 -m compileall -q /opt/roost\n"),
+            "{d}"
+        );
+        assert!(d.contains("ENV PYTHONPATH=/opt/roost:/opt/roost/deps:/usr/lib/python3/dist-packages "), "{d}");
         assert!(d.contains(r#"CMD ["python3", "-S", "-m", "roost_runtime", "python"]"#));
         assert!(d.contains("ENV PYTHONPATH=/opt/roost:/opt/roost/deps:/usr/lib/python3/dist-packages "), "{d}");
         assert!(d.ends_with("LABEL roost.managed=\"true\" roost.function=\"hello\" roost.version=\"0.1\"\n"), "{d}");
-        // FROM, one COPY, pip, compileall, ENV, WORKDIR, CMD, one LABEL.
-        assert_eq!(d.lines().count(), 8, "{d}");
+        // FROM, one COPY, pip and compileall, ENV, WORKDIR, CMD, one LABEL.
+        assert_eq!(d.lines().count(), 7, "{d}");
+        // No CA bundle found: pip's own.
+        assert!(dockerfile(&s, "b", false).contains("\nRUN python3 -m pip install --no-cache-dir"));
+        // No dependencies: no pip.
+        let plain = dockerfile(&with_words(s.clone(), &[]), "b", true);
+        assert!(!plain.contains("pip") && plain.contains("\nRUN python3 -m compileall -q /opt/roost\n"), "{plain}");
+        // The words change the Dockerfile, so the context, so the tag.
+        assert_ne!(dockerfile(&with_words(s.clone(), &["requests==2.31"]), "b", true), d);
         let img = spec("usable-functions:\n  x:\n    version: 1\n    runtime: {kind: image, image: \"my:1\"}\n");
         assert_eq!(image_tag(&img, b""), "my:1");
+    }
+
+    #[test]
+    fn pip_words_and_options_reach_the_shell_as_they_are() {
+        let s = with_words(
+            spec("usable-functions:\n  hello:\n    version: 1\n    configuration: {base_function_file_name: hello.py, function_folder: hello}\n"),
+            &["--extra-index-url", "https://x.example/simple", "numpy>=1.26,<2", "--pre", "it's"],
+        );
+        let d = dockerfile(&s, "b", false);
+        assert!(
+            d.contains("--target /opt/roost/deps --extra-index-url https://x.example/simple 'numpy>=1.26,<2' --pre 'it'\\''s' && python3"),
+            "{d}"
+        );
+        // As the definitions file gives them.
+        let parsed = spec("usable-functions:\n  hello:\n    version: 1\n    configuration: {base_function_file_name: hello.py, function_folder: hello, extra_dependencies: \"torch --extra-index-url=https://x.example/whl/cpu --pre\"}\n");
+        let d = dockerfile(&parsed, "b", false);
+        assert!(d.contains("--target /opt/roost/deps torch --extra-index-url=https://x.example/whl/cpu --pre && python3"), "{d}");
+        assert_eq!(sh_quote("six==1.16.0"), "six==1.16.0");
+        assert_eq!(sh_quote(""), "''");
+        assert_eq!(sh_quote("a b"), "'a b'");
+    }
+
+    #[test]
+    fn build_output_is_split_into_lines() {
+        let mut l = Lines::default();
+        assert_eq!(l.feed("Step 1/7 : FROM b\n ---> abc\n"), ["Step 1/7 : FROM b", " ---> abc"]);
+        assert!(l.feed("Collecting si").is_empty());
+        assert_eq!(l.feed("x\n\nERROR: no\r\npartial"), ["Collecting six", "ERROR: no"]);
+        assert_eq!(l.finish().as_deref(), Some("partial"));
+        assert_eq!(l.finish(), None);
     }
 }

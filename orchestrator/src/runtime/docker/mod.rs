@@ -18,7 +18,8 @@ mod spares;
 
 pub use error::{ContainerError, EngineError, ImageError};
 
-use super::{Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
+use super::build::Builds;
+use super::{PrepareFailure, Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder};
 use bollard::{ClientVersion, Docker};
@@ -59,9 +60,10 @@ pub struct DockerConfig {
 pub struct DockerRuntime {
     docker: Docker,
     config: DockerConfig,
-    /// One build at a time per image tag: concurrent prepares of a function wait for it.
-    builds: tokio::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
-    /// The image prepared for each definition hash.
+    /// One build at a time per image tag (concurrent prepares of a function wait for it),
+    /// and the failed ones, remembered by tag and definition hash.
+    builds: Builds,
+    /// The image prepared (built, or found) for each definition hash.
     images: Mutex<HashMap<String, String>>,
     /// The container prepared ahead of time for each definition hash (warm and paused,
     /// or created), or its preparation in flight, so the cold path only unpauses (or
@@ -154,36 +156,55 @@ impl ReplicaRuntime for DockerRuntime {
     }
 
     async fn prepare(&self, spec: &FunctionSpec, spec_hash: &str) -> Result<(), RuntimeError> {
-        let fail = |source: ImageError| RuntimeError::Prepare { function: spec.name.clone(), source };
+        let fail = |source: std::sync::Arc<PrepareFailure>| RuntimeError::Prepare { function: spec.name.clone(), source };
+        let failed = |e: ImageError| fail(std::sync::Arc::new(e.into()));
         let body = match &spec.runtime {
             Kind::Image { .. } => Vec::new(),
             Kind::Python { folder, .. } | Kind::Command { folder, .. } => {
                 let folder = self.config.definitions_dir.join(folder);
-                self.context(spec, &folder).map_err(|source| fail(ImageError::Pack { folder, source }))?
+                self.context(spec, &folder).map_err(|source| failed(ImageError::Pack { folder, source }))?
             }
         };
         let tag = image::image_tag(spec, &body);
+        // Failed before, for this definition and this context: the same failure, at once.
+        if let Some(f) = self.builds.failure(&tag, spec_hash) {
+            return Err(fail(f));
+        }
+        if self.docker.inspect_image(&tag).await.is_err() {
+            if let Kind::Image { image } = &spec.runtime {
+                // Not a build: looked for again on every call (`docker load` needs no
+                // change to the definition).
+                return Err(failed(ImageError::Missing { image: image.clone() }));
+            }
+            let ensure = || async {
+                if self.docker.inspect_image(&tag).await.is_ok() {
+                    return Ok(()); // built while this call waited
+                }
+                image::build(&self.docker, &self.logs, spec, &tag, body).await.map_err(PrepareFailure::from)
+            };
+            self.builds.run(&tag, spec_hash, ensure).await.map_err(fail)?;
+        }
         self.images.lock().unwrap().insert(spec_hash.to_string(), tag.clone());
-        if self.docker.inspect_image(&tag).await.is_ok() {
-            self.spawn_spare(spec, spec_hash, &tag);
-            return Ok(());
-        }
-        if let Kind::Image { image } = &spec.runtime {
-            return Err(fail(ImageError::Missing { image: image.clone() }));
-        }
-        let lock = self.builds.lock().await.entry(tag.clone()).or_default().clone();
-        let _building = lock.lock().await;
-        if self.docker.inspect_image(&tag).await.is_ok() {
-            return Ok(()); // built while this call waited
-        }
-        image::build(&self.docker, spec, &tag, body).await.map_err(fail)?;
         self.spawn_spare(spec, spec_hash, &tag);
         Ok(())
     }
 
+    fn building(&self, spec_hash: &str) -> Option<Duration> {
+        self.builds.building(spec_hash)
+    }
+
     async fn start(&self, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Result<Replica, RuntimeError> {
         let fail = |e: ContainerError| RuntimeError::Start { function: spec.name.clone(), source: e.into() };
-        let image = self.images.lock().unwrap().get(spec_hash).cloned().ok_or_else(|| fail(ContainerError::NotPrepared))?;
+        let prepared = self.images.lock().unwrap().get(spec_hash).cloned();
+        let image = match prepared {
+            Some(image) => image,
+            None => {
+                // Not prepared yet: the build in flight is waited for, a remembered
+                // failure returned at once, a missing build made now.
+                self.prepare(spec, spec_hash).await?;
+                self.images.lock().unwrap().get(spec_hash).cloned().ok_or_else(|| fail(ContainerError::NotPrepared))?
+            }
+        };
         // A ready spare, or the one being prepared (waited for, once); else none.
         let waited = std::time::Instant::now();
         let spare = match self.spares.claim(spec_hash, SPARE_WAIT).await {
