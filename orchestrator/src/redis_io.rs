@@ -165,7 +165,13 @@ impl RedisIo {
         redis::pipe()
             .srem(keys::FUNCTIONS, function)
             .ignore()
-            .del(&[keys::ready(function), keys::replicas(function), keys::wake_lock(function), keys::refusal(function), keys::hold_ms(function)])
+            .del(&[
+                keys::ready(function),
+                keys::replicas(function),
+                keys::wake_lock(function),
+                keys::refusal(function),
+                keys::hold_ms(function),
+            ])
             .ignore()
             .query_async(&mut c)
             .await

@@ -31,7 +31,14 @@ struct FakeRuntime {
 impl FakeRuntime {
     fn new(delay: Duration) -> Arc<FakeRuntime> {
         let (tx, rx) = mpsc::unbounded_channel();
-        Arc::new(FakeRuntime { delay, starts: AtomicUsize::new(0), live: Mutex::default(), tx, rx: Mutex::new(Some(rx)), logs: Default::default() })
+        Arc::new(FakeRuntime {
+            delay,
+            starts: AtomicUsize::new(0),
+            live: Mutex::default(),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            logs: Default::default(),
+        })
     }
 
     /// Simulates a crash of a replica.
