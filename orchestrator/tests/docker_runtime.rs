@@ -22,17 +22,22 @@ fn network() -> String {
 }
 
 async fn runtime(net: &str) -> Arc<DockerRuntime> {
+    let repo = workspace_root().join("faas-runtime");
+    runtime_in(net, &repo, true).await
+}
+
+/// A runtime whose function folders are under `definitions_dir`.
+async fn runtime_in(net: &str, definitions_dir: &std::path::Path, warm_spares: bool) -> Arc<DockerRuntime> {
     let ok = std::process::Command::new("docker").args(["image", "inspect", BASE]).output().map(|o| o.status.success()).unwrap_or(false);
     assert!(ok, "the base image {BASE} is missing: run scripts/build-base-image.sh (bash .ci/run does)");
-    let repo = workspace_root().join("faas-runtime");
     DockerRuntime::connect(DockerConfig {
         socket: "/var/run/docker.sock".into(),
         base_image: BASE.into(),
         network: net.into(),
         port: 8080,
-        definitions_dir: repo.clone(),
-        runtime_dir: repo,
-        warm_spares: true,
+        definitions_dir: definitions_dir.to_path_buf(),
+        runtime_dir: workspace_root().join("faas-runtime"),
+        warm_spares,
     })
     .await
     .expect("the Docker engine answers (is dockerd running?)")
@@ -273,4 +278,66 @@ async fn orchestrator_routes_a_container_through_envoy_and_reaps_it() {
     stop.cancel();
     o.wait().await.expect("the orchestrator stops cleanly");
     assert_eq!(ps("paused") + ps("running") + ps("created"), 0, "the orchestrator's stop left a container behind");
+}
+
+/// A Python function of the test's own, `<dir>/python/functions/<name>/<name>.py`.
+fn own_function(dir: &std::path::Path, name: &str, code: &str) -> roost_common::spec::FunctionSpec {
+    let folder = dir.join("python/functions").join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join(format!("{name}.py")), code).unwrap();
+    let yaml = format!("usable-functions:\n  {name}:\n    version: 0.1\n    configuration: {{programing_language: python, base_function_file_name: {name}.py, function_folder: {name}}}\n    limits: {{memory: 64m, pids: 64}}\n");
+    roost_common::spec::parse(&yaml).unwrap().remove(name).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Docker engine: full tier (scripts/test.sh)"]
+async fn a_containers_output_is_in_the_log_store_and_an_import_error_ends_in_the_exit_reason() {
+    let dir = std::env::temp_dir().join(format!("roost-docker-logs-{}", std::process::id()));
+    let printer = own_function(&dir, "printer", "print('printer: imported', flush=True)\n\n\nasync def handle(request):\n    return {}\n");
+    let broken = own_function(&dir, "broken", "import roost_no_such_module  # noqa\n\n\nasync def handle(request):\n    return {}\n");
+
+    // Warm spares: the spare imports the function (and prints) before it is handed out;
+    // that output is the replica's too.
+    let net = network() + "-d";
+    let _g = NetworkGuard(net.clone());
+    let rt = runtime_in(&net, &dir, true).await;
+    rt.prepare(&printer, "printer-hash").await.expect("image builds");
+    let replica = rt.start(&printer, "printer-hash", "printer-test-1").await.expect("container starts");
+    let logs = rt.logs();
+    wait_until(WAIT, "the printer's import line in the store", || async {
+        logs.lines("printer", None, None).into_iter().find(|l| l.line == "printer: imported" && l.replica == "printer-test-1")
+    })
+    .await;
+    rt.stop(&replica, Duration::from_secs(1)).await.unwrap();
+    rt.close().await;
+
+    // An import error (created spares here, so the start is not held by a warm-up that
+    // cannot succeed): the exit's reason ends with the traceback.
+    let net2 = network() + "-e";
+    let _g2 = NetworkGuard(net2.clone());
+    let rt = runtime_in(&net2, &dir, false).await;
+    let mut events = rt.events();
+    rt.prepare(&broken, "broken-hash").await.expect("image builds");
+    rt.start(&broken, "broken-hash", "broken-test-1").await.expect("container starts");
+    let reason = tokio::time::timeout(WAIT, async {
+        loop {
+            let roost_orchestrator::runtime::RuntimeEvent::Exited { replica_id, reason, .. } = events.recv().await.expect("events");
+            if replica_id == "broken-test-1" {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("the broken container exits");
+    assert!(reason.starts_with("container died (exit code "), "{reason}");
+    assert!(reason.contains("; last output:\n"), "{reason}");
+    assert!(reason.contains("ModuleNotFoundError: No module named 'roost_no_such_module'"), "{reason}");
+    assert!(reason.lines().count() <= 11, "at most the last 10 lines: {reason}");
+    let logs = rt.logs();
+    wait_until(WAIT, "the traceback in the store", || async {
+        logs.lines("broken", None, None).into_iter().find(|l| l.line.contains("ModuleNotFoundError") && l.replica == "broken-test-1")
+    })
+    .await;
+    rt.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
