@@ -357,6 +357,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_follower_that_goes_away_is_dropped() {
+        let logs = Logs::default();
+        logs.push("f", "f-1", "before");
+        let api = Served::start(logs, &["f"]).await;
+        let mut r = api.get("/functions/f/logs?follow=true").await;
+        let mut buf = String::new();
+        read_lines(&mut r, &mut buf, 1).await;
+        assert_eq!(api.logs.followers(), 1);
+        drop(r);
+        // Gone while no line comes: the server notices the closed connection.
+        tokio::time::timeout(WAIT, async {
+            while api.logs.followers() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the follower is dropped once its client has gone");
+        api.shutdown.cancel();
+    }
+
+    #[tokio::test]
     async fn a_lagging_follower_is_told_and_carries_on() {
         let logs = Logs::default();
         let rx = logs.subscribe();
