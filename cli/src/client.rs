@@ -1,10 +1,11 @@
 //! HTTP access to the orchestrator's API and to the gate.
 
+use crate::endpoints::Origin;
 use roost_common::wire::redis::LoadHash;
 use roost_common::wire::status::Status;
 use std::time::Duration;
 
-/// Where the platform answers.
+/// Where the platform answers ([`crate::endpoints::resolve`]).
 #[derive(Debug, Clone)]
 pub struct Endpoints {
     /// The gate, e.g. `http://127.0.0.1:8080`.
@@ -13,6 +14,57 @@ pub struct Endpoints {
     pub orchestrator: String,
     /// Redis URL, for the load figures.
     pub redis: String,
+    /// Where each came from.
+    pub origin: Origins,
+}
+
+/// Where each endpoint's value came from.
+#[derive(Debug, Clone)]
+pub struct Origins {
+    /// The gate's.
+    pub gate: Origin,
+    /// The orchestrator's.
+    pub orchestrator: Origin,
+    /// Redis's.
+    pub redis: Origin,
+}
+
+impl Endpoints {
+    /// The error of an orchestrator that does not answer: its address, where that came
+    /// from, and how to point at another.
+    pub fn orchestrator_unreachable(&self, err: &dyn std::error::Error) -> anyhow::Error {
+        let err = causes(err);
+        anyhow::anyhow!(
+            "cannot reach the orchestrator at {} ({}): {err}; is Roost running (`roost up`)? Point at another with --orchestrator URL or {}",
+            self.orchestrator,
+            self.origin.orchestrator,
+            roost_common::env::ORCHESTRATOR_URL
+        )
+    }
+
+    /// The error of a gate that does not answer, as [`Endpoints::orchestrator_unreachable`].
+    pub fn gate_unreachable(&self, err: &dyn std::error::Error) -> anyhow::Error {
+        let err = causes(err);
+        anyhow::anyhow!(
+            "cannot reach the gate at {} ({}): {err}; is Roost running (`roost up`)? Point at another with --gate URL or {}",
+            self.gate,
+            self.origin.gate,
+            roost_common::env::GATE_URL
+        )
+    }
+}
+
+/// An error and its causes, joined by `: ` (reqwest's own message names no cause:
+/// "error sending request for url ...").
+pub fn causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// A shared HTTP client with sane timeouts.
@@ -26,11 +78,7 @@ pub fn http() -> reqwest::Client {
 
 /// The orchestrator's `/status`.
 pub async fn status(client: &reqwest::Client, e: &Endpoints) -> anyhow::Result<Status> {
-    let r = client
-        .get(format!("{}/status", e.orchestrator))
-        .send()
-        .await
-        .map_err(|err| anyhow::anyhow!("cannot reach the orchestrator at {}: {err}; is Roost running (`roost up`)?", e.orchestrator))?;
+    let r = client.get(format!("{}/status", e.orchestrator)).send().await.map_err(|err| e.orchestrator_unreachable(&err))?;
     let r = r.error_for_status()?;
     r.json().await.map_err(|err| {
         anyhow::anyhow!(

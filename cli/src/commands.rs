@@ -61,8 +61,7 @@ pub async fn invoke(e: &Endpoints, function: &str, data: Option<&str>, path: &st
         Some(d) => client.post(&url).header("content-type", "application/json").body(d.to_string()),
         None => client.get(&url),
     };
-    let r =
-        req.send().await.map_err(|err| anyhow::anyhow!("cannot reach the gate at {}: {err}; is Roost running (`roost up`)?", e.gate))?;
+    let r = req.send().await.map_err(|err| e.gate_unreachable(&err))?;
     let status = r.status();
     let cold = r.headers().get("x-roost-cold-start").and_then(|v| v.to_str().ok()).map(str::to_string);
     let body = r.text().await?;

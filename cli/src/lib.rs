@@ -4,11 +4,16 @@
 //!
 //! - [`up`]: runs the whole platform on this machine as processes, stops it on Ctrl-C.
 //! - [`client`]: talks to the orchestrator's API and the gate.
+//! - [`endpoints`]: where the platform answers: flag or variable, `roost up`'s
+//!   `endpoints.env`, or the default.
+//! - [`logs`]: `roost logs`, a function's output.
 //! - [`commands`]: `ls`, `invoke`, `status`, `validate`.
 //! - [`load`]: the load generator that prints requests per second, errors, latency and
 //!   replicas every second.
 
 pub mod client;
 pub mod commands;
+pub mod endpoints;
 pub mod load;
+pub mod logs;
 pub mod up;

@@ -1,7 +1,7 @@
 //! The `roost` command: parses the subcommand and hands it to the library.
 
 use clap::{Parser, Subcommand};
-use roost_cli::client::Endpoints;
+use roost_cli::endpoints::Given;
 use roost_common::env;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,15 +11,18 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(name = "roost", version)]
 struct Cli {
-    /// The gate (public entry).
-    #[arg(long, global = true, env = env::GATE_URL, default_value = "http://127.0.0.1:8080")]
-    gate: String,
-    /// The orchestrator's API.
-    #[arg(long, global = true, env = env::ORCHESTRATOR_URL, default_value = "http://127.0.0.1:18002")]
-    orchestrator: String,
-    /// Redis (for load figures).
-    #[arg(long, global = true, env = env::REDIS_URL, default_value = "redis://127.0.0.1:6379/")]
-    redis: String,
+    /// The gate (public entry). Default: the one in `roost up`'s endpoints file
+    /// (`.roost/endpoints.env`, or in ROOST_WORK_DIR), else http://127.0.0.1:8080.
+    #[arg(long, global = true, env = env::GATE_URL)]
+    gate: Option<String>,
+    /// The orchestrator's API. Default: the one in `roost up`'s endpoints file
+    /// (`.roost/endpoints.env`, or in ROOST_WORK_DIR), else http://127.0.0.1:18002.
+    #[arg(long, global = true, env = env::ORCHESTRATOR_URL)]
+    orchestrator: Option<String>,
+    /// Redis (for load figures). Default: the one in `roost up`'s endpoints file
+    /// (`.roost/endpoints.env`, or in ROOST_WORK_DIR), else redis://127.0.0.1:6379/.
+    #[arg(long, global = true, env = env::REDIS_URL)]
+    redis: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -37,8 +40,8 @@ enum Cmd {
         /// The definitions file.
         #[arg(long, default_value = "faas-runtime/global-function-definition.yml")]
         definitions: PathBuf,
-        /// Where logs and state go.
-        #[arg(long, default_value = ".roost")]
+        /// Where logs, state and `endpoints.env` (read by the other commands) go.
+        #[arg(long, env = env::WORK_DIR, default_value = roost_cli::endpoints::DEFAULT_WORK_DIR)]
         work_dir: PathBuf,
         /// The repository (envoy/, gateway-lua/, faas-runtime/); default: the current folder.
         #[arg(long, env = env::HOME, default_value = ".")]
@@ -66,6 +69,25 @@ enum Cmd {
         /// Print once and exit.
         #[arg(long)]
         once: bool,
+    },
+    /// A function's output (its replicas' and its build's), as `<time> <replica> <line>`
+    /// with the time in RFC 3339 UTC.
+    Logs {
+        /// Function name.
+        function: String,
+        /// Keep printing new lines as they come (Ctrl-C stops).
+        #[arg(long, short)]
+        follow: bool,
+        /// Only lines since then: a duration back from now (10m, 2h) or a time
+        /// (2026-12-04T17:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only the last N lines kept (before following).
+        #[arg(long)]
+        tail: Option<usize>,
+        /// Print the orchestrator's NDJSON (one JSON object per line) as it comes.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a definitions file and print every problem.
     Validate {
@@ -102,11 +124,7 @@ async fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    let e = Endpoints {
-        gate: cli.gate.trim_end_matches('/').into(),
-        orchestrator: cli.orchestrator.trim_end_matches('/').into(),
-        redis: cli.redis,
-    };
+    let e = roost_cli::endpoints::from_environment(Given { gate: cli.gate, orchestrator: cli.orchestrator, redis: cli.redis });
     let result: anyhow::Result<bool> = match cli.command {
         Cmd::Up { runtime, port, definitions, work_dir, home } => {
             let exe = std::env::current_exe().unwrap_or_default();
@@ -126,6 +144,10 @@ async fn main() -> ExitCode {
         Cmd::Ls { json } => roost_cli::commands::ls(&e, json).await.map(|_| true),
         Cmd::Invoke { function, data, path } => roost_cli::commands::invoke(&e, &function, data.as_deref(), &path).await,
         Cmd::Status { once } => roost_cli::commands::watch(&e, once).await.map(|_| true),
+        Cmd::Logs { function, follow, since, tail, json } => {
+            let req = roost_cli::logs::LogsRequest { function, follow, since, tail, json };
+            roost_cli::logs::run(&e, &req).await.map(|_| true)
+        }
         Cmd::Validate { file } => Ok(roost_cli::commands::validate(&file)),
         Cmd::Load { function, rate, seconds, path, max_outstanding } => {
             let spec = roost_cli::load::LoadSpec { function, path, rate, duration: Duration::from_secs(seconds), max_outstanding };

@@ -355,16 +355,17 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpE
     let mut platform = start(&opts).await?;
     let Addresses { control_plane: cp_admin, envoy_admin, orchestrator: orch, redis_url, .. } = platform.addresses.clone();
     let logs = platform.logs.clone();
+    // Read by `roost ls`, `logs`, `status`, `invoke` and `load` run in the folder above it.
+    let env_file = opts.work_dir.join(crate::endpoints::FILE);
     println!("Roost is up ({} runtime).", opts.runtime.as_str());
     println!("  functions:     http://localhost:{}/<name>   (try: curl localhost:{}/hello)", opts.port, opts.port);
     println!("  definitions:   {} (edits apply within a second)", opts.definitions.display());
-    println!("  orchestrator:  http://127.0.0.1:{orch}/status   (roost ls --orchestrator http://127.0.0.1:{orch})");
+    println!("  orchestrator:  http://127.0.0.1:{orch}/status   (roost ls, roost logs NAME: found through {})", env_file.display());
     println!("  control plane: http://127.0.0.1:{cp_admin}/functions");
     println!("  envoy admin:   http://127.0.0.1:{envoy_admin}/");
     println!("  redis:         {redis_url}");
     println!("  logs:          {}", logs.display());
     println!("Ctrl-C stops everything.");
-    let env_file = opts.work_dir.join("endpoints.env");
     std::fs::write(
         &env_file,
         format!(

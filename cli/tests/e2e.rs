@@ -11,6 +11,7 @@ use roost_common::wire::status::{FunctionState, FunctionStatus};
 use roost_testkit::http;
 use roost_testkit::{wait_until, workspace_root};
 use serde_json::Value;
+use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{work_dir, write_atomically, Platform};
 
@@ -131,6 +132,34 @@ async fn roost_up_serves_wakes_scales_and_sleeps_without_errors() {
     let out = String::from_utf8_lossy(&load.stdout);
     assert!(load.status.success(), "{out}");
     assert!(out.contains("REQ/S") && out.contains(", 0 errors"), "{out}");
+
+    // No flag, no variable, run in the folder `roost up` ran in: the endpoints file
+    // (.roost/endpoints.env) names the platform.
+    let bare = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_roost"));
+        cmd.args(args).current_dir(&p.dir);
+        for var in ["ROOST_GATE_URL", "ROOST_ORCHESTRATOR_URL", "ROOST_REDIS_URL", "ROOST_WORK_DIR"] {
+            cmd.env_remove(var);
+        }
+        cmd.output().unwrap()
+    };
+    let ls = bare(&["ls"]);
+    let out = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.status.success(), "{}", String::from_utf8_lossy(&ls.stderr));
+    assert!(out.contains("hello") && out.contains("add"), "{out}");
+    // `roost logs`: `<time> <replica> <line>`, and the NDJSON as is.
+    let logs = bare(&["logs", "hello"]);
+    let out = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.status.success(), "{}", String::from_utf8_lossy(&logs.stderr));
+    assert!(out.lines().any(|l| l.starts_with("20") && l.contains("Z hello-")), "{out}");
+    let json = bare(&["logs", "hello", "--json", "--tail", "1"]);
+    let out = String::from_utf8_lossy(&json.stdout);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let line: roost_common::wire::logs::LogLine = serde_json::from_str(out.trim()).unwrap();
+    assert!(line.replica.starts_with("hello-"), "{line:?}");
+    let nope = bare(&["logs", "nope"]);
+    assert!(!nope.status.success());
+    assert!(String::from_utf8_lossy(&nope.stderr).contains("404"), "{}", String::from_utf8_lossy(&nope.stderr));
 
     // Idle brings everything back to zero.
     wait_until(WAIT, "every function at zero replicas", || async {

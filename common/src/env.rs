@@ -146,6 +146,9 @@ names! {
     ORCHESTRATOR_URL = "ROOST_ORCHESTRATOR_URL";
     /// The repository `roost up` runs from (envoy/, gateway-lua/, faas-runtime/).
     HOME = "ROOST_HOME";
+    /// `roost up`'s work folder (logs, state, `endpoints.env`), where the other commands
+    /// look for the endpoints of the platform it started.
+    WORK_DIR = "ROOST_WORK_DIR";
 
     // --- a replica's runtime (set by the orchestrator's runtimes) ----------------------
     /// The address a replica listens on (its port is `PORT`).

@@ -150,7 +150,8 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>
     let path = config.definitions.clone();
     let (initial, seen) = definitions::read_seen(&path);
     let health = Arc::new(api::Health::default());
-    let api = axum::serve(listener, api::router(req_tx, health.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let api = axum::serve(listener, api::router(req_tx, health.clone(), runtime.logs(), shutdown.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     info!(%api_addr, runtime = runtime.kind(), definitions = %path.display(), "orchestrator starting");
     // Every task the orchestrator starts is owned here, and ended (or awaited) on shutdown.
     let mut tasks = JoinSet::new();

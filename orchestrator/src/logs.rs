@@ -92,6 +92,12 @@ impl Logs {
         self.tx.subscribe()
     }
 
+    /// How many followers are subscribed (tests: a follower that went away is gone).
+    #[cfg(test)]
+    pub(crate) fn followers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
     /// Forgets a function's lines (it left the definitions).
     pub fn forget(&self, function: &str) {
         self.inner.lock().expect("the log store's lock is never poisoned").remove(function);

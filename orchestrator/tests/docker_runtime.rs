@@ -22,11 +22,12 @@ fn network() -> String {
 }
 
 async fn runtime(net: &str) -> Arc<DockerRuntime> {
-    runtime_for(net, &workspace_root().join("faas-runtime")).await
+    let repo = workspace_root().join("faas-runtime");
+    runtime_in(net, &repo, true).await
 }
 
-/// A runtime whose functions' folders are relative to `definitions_dir`.
-async fn runtime_for(net: &str, definitions_dir: &std::path::Path) -> Arc<DockerRuntime> {
+/// A runtime whose function folders are under `definitions_dir`.
+async fn runtime_in(net: &str, definitions_dir: &std::path::Path, warm_spares: bool) -> Arc<DockerRuntime> {
     let ok = std::process::Command::new("docker").args(["image", "inspect", BASE]).output().map(|o| o.status.success()).unwrap_or(false);
     assert!(ok, "the base image {BASE} is missing: run scripts/build-base-image.sh (bash .ci/run does)");
     DockerRuntime::connect(DockerConfig {
@@ -36,7 +37,7 @@ async fn runtime_for(net: &str, definitions_dir: &std::path::Path) -> Arc<Docker
         port: 8080,
         definitions_dir: definitions_dir.to_path_buf(),
         runtime_dir: workspace_root().join("faas-runtime"),
-        warm_spares: true,
+        warm_spares,
     })
     .await
     .expect("the Docker engine answers (is dockerd running?)")
@@ -302,7 +303,7 @@ async fn extra_dependencies_are_pip_installed_into_the_image_and_a_failed_build_
     let _g = NetworkGuard(net.clone());
     let root = std::env::temp_dir().join(format!("roost-docker-deps-{}", std::process::id()));
     let spec = deps_function(&root, &["humanize==4.9.0"]);
-    let rt = runtime_for(&net, &root).await;
+    let rt = runtime_in(&net, &root, true).await;
     let logs = rt.logs();
     rt.prepare(&spec, "deps-hash-1").await.expect("the image builds, pip through the host's proxy and CA");
     let build = logs.lines("deps", None, None);
@@ -334,4 +335,66 @@ async fn extra_dependencies_are_pip_installed_into_the_image_and_a_failed_build_
             std::process::Command::new("docker").args(["rmi", "-f", id]).output().ok();
         }
     }
+}
+
+/// A Python function of the test's own, `<dir>/python/functions/<name>/<name>.py`.
+fn own_function(dir: &std::path::Path, name: &str, code: &str) -> roost_common::spec::FunctionSpec {
+    let folder = dir.join("python/functions").join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join(format!("{name}.py")), code).unwrap();
+    let yaml = format!("usable-functions:\n  {name}:\n    version: 0.1\n    configuration: {{programing_language: python, base_function_file_name: {name}.py, function_folder: {name}}}\n    limits: {{memory: 64m, pids: 64}}\n");
+    roost_common::spec::parse(&yaml).unwrap().remove(name).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Docker engine: full tier (scripts/test.sh)"]
+async fn a_containers_output_is_in_the_log_store_and_an_import_error_ends_in_the_exit_reason() {
+    let dir = std::env::temp_dir().join(format!("roost-docker-logs-{}", std::process::id()));
+    let printer = own_function(&dir, "printer", "print('printer: imported', flush=True)\n\n\nasync def handle(request):\n    return {}\n");
+    let broken = own_function(&dir, "broken", "import roost_no_such_module  # noqa\n\n\nasync def handle(request):\n    return {}\n");
+
+    // Warm spares: the spare imports the function (and prints) before it is handed out;
+    // that output is the replica's too.
+    let net = network() + "-d";
+    let _g = NetworkGuard(net.clone());
+    let rt = runtime_in(&net, &dir, true).await;
+    rt.prepare(&printer, "printer-hash").await.expect("image builds");
+    let replica = rt.start(&printer, "printer-hash", "printer-test-1").await.expect("container starts");
+    let logs = rt.logs();
+    wait_until(WAIT, "the printer's import line in the store", || async {
+        logs.lines("printer", None, None).into_iter().find(|l| l.line == "printer: imported" && l.replica == "printer-test-1")
+    })
+    .await;
+    rt.stop(&replica, Duration::from_secs(1)).await.unwrap();
+    rt.close().await;
+
+    // An import error (created spares here, so the start is not held by a warm-up that
+    // cannot succeed): the exit's reason ends with the traceback.
+    let net2 = network() + "-e";
+    let _g2 = NetworkGuard(net2.clone());
+    let rt = runtime_in(&net2, &dir, false).await;
+    let mut events = rt.events();
+    rt.prepare(&broken, "broken-hash").await.expect("image builds");
+    rt.start(&broken, "broken-hash", "broken-test-1").await.expect("container starts");
+    let reason = tokio::time::timeout(WAIT, async {
+        loop {
+            let roost_orchestrator::runtime::RuntimeEvent::Exited { replica_id, reason, .. } = events.recv().await.expect("events");
+            if replica_id == "broken-test-1" {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("the broken container exits");
+    assert!(reason.starts_with("container died (exit code "), "{reason}");
+    assert!(reason.contains("; last output:\n"), "{reason}");
+    assert!(reason.contains("ModuleNotFoundError: No module named 'roost_no_such_module'"), "{reason}");
+    assert!(reason.lines().count() <= 11, "at most the last 10 lines: {reason}");
+    let logs = rt.logs();
+    wait_until(WAIT, "the traceback in the store", || async {
+        logs.lines("broken", None, None).into_iter().find(|l| l.line.contains("ModuleNotFoundError") && l.replica == "broken-test-1")
+    })
+    .await;
+    rt.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

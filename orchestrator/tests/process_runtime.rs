@@ -387,3 +387,58 @@ async fn cold_starts_take_a_spare_runtime_and_the_pool_is_refilled_and_emptied_o
         "spare logs removed"
     );
 }
+
+const LOGGED: &str = r#"
+usable-functions:
+  printer:
+    version: 0.1
+    configuration: {programing_language: python, base_function_file_name: printer.py, function_folder: printer}
+    scaling: {idle_timeout: 30s}
+  broken:
+    version: 0.1
+    configuration: {programing_language: python, base_function_file_name: broken.py, function_folder: broken}
+    scaling: {idle_timeout: 30s}
+"#;
+
+const PRINTER: &str = "print('printer: imported', flush=True)\n\n\nasync def handle(request):\n    return {'ok': True}\n";
+const BROKEN: &str = "import roost_no_such_module  # noqa\n\n\nasync def handle(request):\n    return {}\n";
+
+/// `GET /functions/{name}/logs` on the orchestrator's API: status and the lines.
+async fn logs_of(api: u16, name: &str) -> (u16, Vec<roost_common::wire::logs::LogLine>) {
+    let r = roost_testkit::http::get(api, &format!("/functions/{name}/logs")).await.expect("logs");
+    let lines = if r.status == 200 { r.body.lines().map(|l| serde_json::from_str(l).expect("a LogLine")).collect() } else { vec![] };
+    (r.status, lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
+async fn a_replicas_output_is_in_its_log_and_an_import_error_ends_in_the_exit_reason() {
+    let b = Backend::start().await;
+    let defs = Defs::with_python(LOGGED, &[("printer", "printer.py", PRINTER), ("broken", "broken.py", BROKEN)]);
+    let (o, stop) = orchestrator(&b, &defs, &state_dir("logs")).await;
+    let api = o.api_addr.port();
+    wait_until(WAIT, "printer declared", || async { (!function_status(api, "printer").await.is_null()).then_some(()) }).await;
+    assert_eq!(logs_of(api, "nope").await.0, 404, "an unknown function's log is a 404");
+
+    // What a replica prints at import is in its function's log, under its replica id.
+    assert_eq!(wake(api, "printer").await.0, 200);
+    let replica = function_of(api, "printer").await.expect("printer").replicas[0].id.clone();
+    let line = wait_until(WAIT, "printer's import line in its log", || async {
+        logs_of(api, "printer").await.1.into_iter().find(|l| l.line == "printer: imported")
+    })
+    .await;
+    assert_eq!(line.replica, replica);
+
+    // A function that fails at import: its start fails with the traceback's last lines.
+    let (status, body) = wake(api, "broken").await;
+    assert_ne!(status, 200, "{body}");
+    let error = function_of(api, "broken").await.and_then(|f| f.last_error).expect("the failed start is the last error");
+    assert!(error.contains("last output:"), "{error}");
+    assert!(error.contains("ModuleNotFoundError: No module named 'roost_no_such_module'"), "{error}");
+    assert!(error.lines().count() <= 11, "at most the last 10 lines: {error}");
+    let (status, lines) = logs_of(api, "broken").await;
+    assert_eq!(status, 200);
+    assert!(lines.iter().any(|l| l.line.contains("ModuleNotFoundError")), "{lines:?}");
+    stop.cancel();
+    o.wait().await.expect("the orchestrator stops cleanly");
+}

@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 /// build failed.
 pub const BUILD_SOURCE: &str = "build";
 
+/// Where a line came from when the orchestrator itself wrote it into a followed answer:
+/// a notice such as "lines were skipped" (a follower that fell behind), never a
+/// function's output.
+pub const NOTICE_SOURCE: &str = "roost";
+
 /// One line of a function's output.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LogLine {

@@ -48,6 +48,19 @@ pub enum RuntimeEvent {
     },
 }
 
+/// How many of a replica's last lines an exit's reason quotes.
+pub(crate) const LAST_LINES: usize = 10;
+
+/// An exit's reason: how it ended, then the replica's last lines when it wrote any
+/// (`exit code 1; last output:\n<lines>`), so callers of a function whose import fails
+/// read the traceback's end.
+pub(crate) fn with_last_output(how: String, tail: Option<String>) -> String {
+    match tail {
+        Some(tail) => format!("{how}; last output:\n{tail}"),
+        None => how,
+    }
+}
+
 /// Why a runtime operation failed. Each message says what is wrong (and, where it can,
 /// what to do) and includes its cause's, since `/status` shows only this one line; the
 /// cause stays reachable as the error's `source`.

@@ -45,7 +45,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use tokio::process::Command;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 /// Why a replica or spare process could not be spawned.
@@ -496,16 +496,18 @@ impl ProcessRuntime {
         }
         let (tx, rx) = watch::channel(false);
         self.exits.lock().unwrap().insert(replica_id.to_string(), rx.clone());
-        self.follow_log(&replica, false, rx);
+        let drained = self.follow_log(&replica, false, rx);
         let (events, id, function, file) = (self.events_tx.clone(), replica_id.to_string(), spec.name.clone(), self.state_file(replica_id));
+        let logs = self.logs.clone();
         self.tasks.spawn(async move {
-            let reason = match child.wait().await {
-                Ok(status) => status.to_string(),
+            let status = match child.wait().await {
+                Ok(status) => describe_exit(status),
                 Err(e) => e.to_string(),
             };
             remove_file(&file);
             // No receiver left is fine: nobody waits on this exit.
             let _ = tx.send(true);
+            let reason = last_output(&logs, drained, &function, &id, status).await;
             if events.send(RuntimeEvent::Exited { replica_id: id, function, reason }).is_err() {
                 debug!("replica exit not reported: the orchestrator has stopped listening");
             }
@@ -513,9 +515,14 @@ impl ProcessRuntime {
         replica
     }
 
-    /// Follows a replica's log file into the orchestrator's log until the replica exits.
-    fn follow_log(&self, replica: &Replica, from_end: bool, exit: watch::Receiver<bool>) {
+    /// Follows a replica's log file into the orchestrator's log and the log store until
+    /// the replica exits; once it has, reads the file to its end, removes it, and then
+    /// completes the returned receiver (dropped unsent when the file cannot be opened), so
+    /// the exit's reason can quote the replica's last lines.
+    fn follow_log(&self, replica: &Replica, from_end: bool, mut exit: watch::Receiver<bool>) -> oneshot::Receiver<()> {
         let (path, function, id) = (self.log_file(&replica.id), replica.function.clone(), replica.id.clone());
+        let logs = self.logs.clone();
+        let (drained_tx, drained) = oneshot::channel();
         self.tasks.spawn(async move {
             let Ok(file) = tokio::fs::File::open(&path).await else { return };
             let mut reader = BufReader::new(file);
@@ -525,32 +532,59 @@ impl ProcessRuntime {
                     warn!(log = %path.display(), error = %e, "cannot skip the adopted replica's old log; following it from the start");
                 }
             }
-            let mut line = String::new();
+            let emit = |bytes: &[u8]| {
+                let text = String::from_utf8_lossy(bytes);
+                let text = text.trim_end_matches(['\n', '\r']);
+                info!(function = %function, replica = %id, "{text}");
+                logs.push(&function, &id, text);
+            };
+            // Bytes of a line not yet ended (the replica is writing it): kept until its end
+            // of line comes, or the replica exits.
+            let mut line = Vec::new();
+            let mut done = false;
             loop {
-                let done = *exit.borrow();
                 loop {
-                    line.clear();
-                    match reader.read_line(&mut line).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => info!(function = %function, replica = %id, "{}", line.trim_end()),
+                    match reader.read_until(b'\n', &mut line).await {
+                        Ok(0) => break,
+                        Ok(_) if line.ends_with(b"\n") => {
+                            emit(&line);
+                            line.clear();
+                        }
+                        Ok(_) => break,
+                        Err(e) => {
+                            warn!(log = %path.display(), error = %e, "cannot read the replica's log; retrying");
+                            break;
+                        }
                     }
                 }
                 if done {
+                    if !line.is_empty() {
+                        emit(&line);
+                    }
                     remove_file(&path);
+                    // Nobody waiting for the drain (the watcher gave up) is fine.
+                    let _ = drained_tx.send(());
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // The exit (or its watcher gone) ends the wait at once: the file is then
+                // read to its end before the exit is reported.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = exit.wait_for(|gone| *gone) => done = true,
+                }
             }
         });
+        drained
     }
 
     /// Watches a process this orchestrator did not start (adopted) until it exits.
     fn watch_adopted(&self, replica: &Replica, pid: u32) {
         let (tx, rx) = watch::channel(false);
         self.exits.lock().unwrap().insert(replica.id.clone(), rx.clone());
-        self.follow_log(replica, true, rx);
+        let drained = self.follow_log(replica, true, rx);
         let (events, id, function, file) =
             (self.events_tx.clone(), replica.id.clone(), replica.function.clone(), self.state_file(&replica.id));
+        let logs = self.logs.clone();
         self.tasks.spawn(async move {
             while process::is_alive(pid) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -558,7 +592,8 @@ impl ProcessRuntime {
             remove_file(&file);
             // No receiver left is fine: nobody waits on this exit.
             let _ = tx.send(true);
-            if events.send(RuntimeEvent::Exited { replica_id: id, function, reason: "process gone".into() }).is_err() {
+            let reason = last_output(&logs, drained, &function, &id, "process gone".into()).await;
+            if events.send(RuntimeEvent::Exited { replica_id: id, function, reason }).is_err() {
                 debug!("replica exit not reported: the orchestrator has stopped listening");
             }
         });
@@ -575,6 +610,30 @@ impl ProcessRuntime {
             .await
             .map_err(|source: Arc<PrepareFailure>| RuntimeError::Prepare { function: spec.name.clone(), source })
     }
+}
+
+/// How a replica's process ended, for its exit's reason: `exit code N` or `killed by
+/// signal N`.
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => status.to_string(),
+    }
+}
+
+/// How long an exit's report waits for the log follower to read the replica's log to its
+/// end (it polls every 100 ms; a slow disk gets the rest).
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
+
+/// The reason an exit reports: `status`, and the replica's last lines once its log
+/// follower has read its log to the end (`drained`; bounded by [`DRAIN_WAIT`]).
+async fn last_output(logs: &Logs, drained: oneshot::Receiver<()>, function: &str, replica_id: &str, status: String) -> String {
+    if tokio::time::timeout(DRAIN_WAIT, drained).await.is_err() {
+        debug!(replica = %replica_id, "the log was not read to its end in time; the exit's reason quotes what was read");
+    }
+    super::with_last_output(status, logs.tail_of(function, replica_id, super::LAST_LINES))
 }
 
 #[async_trait::async_trait]

@@ -37,6 +37,26 @@ impl Defs {
         d
     }
 
+    /// Like [`Defs::new`], with Python functions of the test's own beside the repo's:
+    /// `python/functions/` is a folder of links to the repo's functions, and each
+    /// `(folder, file, code)` is written into it. `yaml` is written once they are there.
+    pub fn with_python(yaml: &str, own: &[(&str, &str, &str)]) -> Defs {
+        let d = Defs::new("usable-functions: {}\n");
+        let python = d.dir.join("python");
+        std::fs::remove_file(&python).unwrap();
+        let functions = python.join("functions");
+        std::fs::create_dir_all(&functions).unwrap();
+        for entry in std::fs::read_dir(workspace_root().join("faas-runtime/python/functions")).unwrap().flatten() {
+            std::os::unix::fs::symlink(entry.path(), functions.join(entry.file_name())).unwrap();
+        }
+        for (folder, file, code) in own {
+            std::fs::create_dir_all(functions.join(folder)).unwrap();
+            std::fs::write(functions.join(folder).join(file), code).unwrap();
+        }
+        d.write(yaml);
+        d
+    }
+
     pub fn path(&self) -> PathBuf {
         self.dir.join("global-function-definition.yml")
     }

@@ -2,9 +2,10 @@
 //! the functions network, the warm-up of a spare, and the exits Docker reports.
 
 use super::image::FUNCTION_DIR;
+use super::logs::last_lines;
 use super::{ContainerError, DockerConfig, DockerRuntime, MANAGED};
 use crate::runtime::env::{function_env, runtime_env, PythonPath};
-use crate::runtime::{Replica, RuntimeEvent};
+use crate::runtime::{with_last_output, Replica, RuntimeEvent, LAST_LINES};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, EventsOptionsBuilder, RemoveContainerOptionsBuilder};
 use bollard::Docker;
@@ -127,21 +128,29 @@ pub(super) async fn warm_up(
     Ok(address)
 }
 
-/// Follows Docker's events and reports Roost containers that die.
+/// Follows Docker's events and reports Roost containers that die, with their last lines
+/// (read from the engine: a dead container's output is complete); the log store's copy
+/// of them is `logs`'s, for a container whose output could not be read.
 pub(super) async fn follow_exits(
     docker: Docker,
     tx: mpsc::UnboundedSender<RuntimeEvent>,
     aliases: std::sync::Arc<Mutex<HashMap<String, String>>>,
+    logs: crate::logs::Logs,
 ) {
     loop {
         let filters = HashMap::from([("type", vec!["container"]), ("event", vec!["die"]), ("label", vec!["roost.managed=true"])]);
         let mut events = docker.events(Some(EventsOptionsBuilder::default().filters(&filters).build()));
         while let Some(ev) = events.next().await {
             let Ok(ev) = ev else { break };
-            let attrs = ev.actor.and_then(|a| a.attributes).unwrap_or_default();
+            let (container, attrs) = ev.actor.map(|a| (a.id.unwrap_or_default(), a.attributes.unwrap_or_default())).unwrap_or_default();
             let (Some(id), Some(function)) = (attrs.get("roost.replica"), attrs.get("roost.function")) else { continue };
             let id = aliases.lock().unwrap().remove(id).unwrap_or_else(|| id.clone());
-            let reason = format!("container died (exit code {})", attrs.get("exitCode").map(String::as_str).unwrap_or("?"));
+            let how = format!("container died (exit code {})", attrs.get("exitCode").map(String::as_str).unwrap_or("?"));
+            let tail = match last_lines(&docker, &container, LAST_LINES).await {
+                Some(tail) => Some(tail),
+                None => logs.tail_of(function, &id, LAST_LINES),
+            };
+            let reason = with_last_output(how, tail);
             if tx.send(RuntimeEvent::Exited { replica_id: id.clone(), function: function.clone(), reason }).is_err() {
                 return;
             }

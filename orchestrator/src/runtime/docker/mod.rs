@@ -8,12 +8,14 @@
 //! - this module: the settings, the runtime, and the [`ReplicaRuntime`] operations;
 //! - `image`: the function image (tag, Dockerfile, build context, build);
 //! - `container`: one replica container (create, address, warm-up) and the exit events;
+//! - `logs`: a replica's output, followed into the log store, and its last lines;
 //! - `error`: the failures of the engine, of an image and of a container;
 //! - `spares`: the containers prepared ahead of time for cold starts.
 
 mod container;
 mod error;
 mod image;
+mod logs;
 mod spares;
 
 pub use error::{ContainerError, EngineError, ImageError};
@@ -76,12 +78,16 @@ pub struct DockerRuntime {
     /// `list` leaves them alone (a created or paused spare is not a leftover).
     own_spares: std::sync::Arc<Mutex<HashSet<String>>>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
-    /// Spare preparations under way.
+    /// Spare preparations and output followers under way.
     tasks: super::tasks::Tasks,
     /// The task following Docker's container exits (it runs until `close` ends it).
     exits: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The replicas' and builds' output.
     logs: crate::logs::Logs,
+    /// Containers whose output is being followed (one follower each).
+    following: std::sync::Arc<Mutex<HashSet<String>>>,
+    /// Cancelled by `close`: ends the output followers.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -116,9 +122,11 @@ impl DockerRuntime {
             tasks: Default::default(),
             exits: Mutex::new(None),
             logs: Default::default(),
+            following: Default::default(),
+            closing: Default::default(),
         });
         rt.ensure_network().await?;
-        *rt.exits.lock().unwrap() = Some(tokio::spawn(follow_exits(docker, tx, rt.aliases.clone())));
+        *rt.exits.lock().unwrap() = Some(tokio::spawn(follow_exits(docker, tx, rt.aliases.clone(), rt.logs.clone())));
         Ok(rt)
     }
 
@@ -250,6 +258,8 @@ impl ReplicaRuntime for DockerRuntime {
                 c
             }
         };
+        // Its whole output, a warm spare's import included (see `logs`).
+        self.follow_logs(&container, &spec.name, replica_id, 0);
         // The next cold start's spare is prepared now, off its path (unless one already is).
         self.spawn_spare(spec, spec_hash, &image);
         let address = match warm {
@@ -296,7 +306,12 @@ impl ReplicaRuntime for DockerRuntime {
             }
             let running = c.state.as_ref().map(|s| format!("{s:?}").to_lowercase().contains("running")).unwrap_or(false);
             match self.replica_of(c).filter(|_| running) {
-                Some(r) => out.push(r),
+                Some(r) => {
+                    // Adopted (or already followed): its output from now on.
+                    let now = roost_common::clock::now_ms() / 1000;
+                    self.follow_logs(&r.handle, &r.function, &r.id, i32::try_from(now).unwrap_or(i32::MAX));
+                    out.push(r)
+                }
                 None => {
                     // Stopped or unreadable: a leftover; remove it.
                     if let Some(id) = &c.id {
@@ -313,6 +328,7 @@ impl ReplicaRuntime for DockerRuntime {
     }
 
     async fn close(&self) {
+        self.closing.cancel();
         if let Some(exits) = self.exits.lock().unwrap().take() {
             exits.abort();
         }
