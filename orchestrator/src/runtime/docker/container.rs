@@ -121,9 +121,15 @@ pub(super) async fn warm_up(
 ) -> Result<SocketAddr, ContainerError> {
     docker.start_container(container, None).await.map_err(ContainerError::Start)?;
     let address = address_of(docker, config, container).await?;
-    crate::probe::until_ready(address, &spec.readiness_path, Duration::from_millis(10), WARM_UP_DEADLINE)
-        .await
-        .ok_or_else(|| ContainerError::NotReady { path: spec.readiness_path.clone(), deadline: WARM_UP_DEADLINE })?;
+    // A function that fails at import exits at once: the warm-up ends with it, so a cold
+    // start waiting for this spare is not held for the whole deadline.
+    let mut exited = docker.wait_container(container, None::<bollard::query_parameters::WaitContainerOptions>);
+    tokio::select! {
+        ready = crate::probe::until_ready(address, &spec.readiness_path, Duration::from_millis(10), WARM_UP_DEADLINE) => {
+            ready.ok_or_else(|| ContainerError::NotReady { path: spec.readiness_path.clone(), deadline: WARM_UP_DEADLINE })?;
+        }
+        _ = exited.next() => return Err(ContainerError::ExitedWarmingUp),
+    }
     docker.pause_container(container).await.map_err(ContainerError::Pause)?;
     Ok(address)
 }

@@ -125,6 +125,9 @@ pub enum ContainerError {
         /// How long it was probed.
         deadline: Duration,
     },
+    /// A spare being warmed up exited (its function fails at import, or at start).
+    #[error("the spare exited while it was warmed up")]
+    ExitedWarmingUp,
     /// The engine refused to pause a warmed-up spare.
     #[error("pause: {0}")]
     Pause(#[source] bollard::errors::Error),
