@@ -129,18 +129,7 @@ mod tests {
     use roost_common::wire::status::{FunctionState, FunctionStatus};
 
     fn status(state: FunctionState, state_for_ms: Option<u64>, retry_in_ms: Option<u64>) -> FunctionStatus {
-        FunctionStatus {
-            name: "f".into(),
-            state,
-            replicas: vec![],
-            starting: 0,
-            cold_starts: 0,
-            last_cold_start: None,
-            last_error: None,
-            reason: None,
-            state_for_ms,
-            retry_in_ms,
-        }
+        FunctionStatus { state_for_ms, retry_in_ms, ..FunctionStatus::empty("f", state) }
     }
 
     #[test]

@@ -541,6 +541,16 @@ fn failing(retry_after_s: Option<u64>) -> Refusal {
     }
 }
 
+/// A request for `function`, refused no longer, wakes it (one more wake than `wakes`) and
+/// is answered once it is ready.
+async fn wakes_again(s: &mut Stack, orch: &FakeOrchestrator, function: &'static str, wakes: usize) {
+    let port = s.gate.port;
+    let waiting = tokio::spawn(async move { client::get(port, &format!("/{function}")).await });
+    wait_until(Duration::from_secs(5), "a wake once the refusal ended", || async { (orch.wake_count() > wakes).then_some(()) }).await;
+    mark_ready(&mut s.conn, function).await;
+    assert_eq!(waiting.await.unwrap().unwrap().status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn held_requests_are_answered_at_once_with_a_refusal_and_later_ones_without_a_wake() {
@@ -576,10 +586,7 @@ async fn held_requests_are_answered_at_once_with_a_refusal_and_later_ones_withou
         assert_eq!(s.envoy.hits(), 0);
         // The back-off ends: the next request wakes the function again.
         lift(&mut s.conn, "broken").await;
-        let waiting = tokio::spawn(async move { client::get(port, "/broken").await });
-        wait_until(Duration::from_secs(5), "a wake after the lift", || async { (orch.wake_count() > wakes).then_some(()) }).await;
-        mark_ready(&mut s.conn, "broken").await;
-        assert_eq!(waiting.await.unwrap().unwrap().status, 200);
+        wakes_again(&mut s, &orch, "broken", wakes).await;
         s.gate.assert_clean_log();
     })
     .await;
@@ -612,11 +619,7 @@ async fn a_refusal_in_redis_answers_callers_and_ends_with_its_expiry() {
         let r = s.gate.get("/broken").await;
         assert_eq!((r.status, r.header("retry-after")), (502, Some("2")), "{}", r.body);
         tokio::time::sleep(Duration::from_millis(1700)).await;
-        let port = s.gate.port;
-        let waiting = tokio::spawn(async move { client::get(port, "/broken").await });
-        wait_until(Duration::from_secs(5), "a wake after the expiry", || async { (orch.wake_count() >= 1).then_some(()) }).await;
-        mark_ready(&mut s.conn, "broken").await;
-        assert_eq!(waiting.await.unwrap().unwrap().status, 200);
+        wakes_again(&mut s, &orch, "broken", 0).await;
         s.gate.assert_clean_log();
     })
     .await;

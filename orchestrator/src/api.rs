@@ -266,18 +266,7 @@ mod tests {
     }
 
     fn function(name: &str) -> FunctionStatus {
-        FunctionStatus {
-            name: name.into(),
-            state: FunctionState::Sleeping,
-            replicas: vec![],
-            starting: 0,
-            cold_starts: 0,
-            last_cold_start: None,
-            last_error: None,
-            reason: None,
-            state_for_ms: None,
-            retry_in_ms: None,
-        }
+        FunctionStatus::empty(name, FunctionState::Sleeping)
     }
 
     fn parse(body: &str) -> Vec<LogLine> {

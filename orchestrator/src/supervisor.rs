@@ -266,18 +266,7 @@ impl Functions {
 
 /// An invalid function as `/status` shows it.
 fn invalid_status(name: &str, problems: &str) -> FunctionStatus {
-    FunctionStatus {
-        name: name.to_string(),
-        state: FunctionState::Invalid,
-        replicas: Vec::new(),
-        starting: 0,
-        cold_starts: 0,
-        last_cold_start: None,
-        last_error: None,
-        reason: Some(problems.to_string()),
-        state_for_ms: None,
-        retry_in_ms: None,
-    }
+    FunctionStatus { reason: Some(problems.to_string()), ..FunctionStatus::empty(name, FunctionState::Invalid) }
 }
 
 fn answer(reply: WakeReply, result: Result<roost_common::wire::status::WakeReport, WakeError>) {

@@ -396,5 +396,18 @@ async fn a_containers_output_is_in_the_log_store_and_an_import_error_ends_in_the
     })
     .await;
     rt.close().await;
+
+    // With warm spares the spare's warm-up sees the container exit: the start that claims
+    // it fails at once with how, and no container is left running.
+    let net3 = network() + "-f";
+    let _g3 = NetworkGuard(net3.clone());
+    let rt = runtime_in(&net3, &dir, true).await;
+    rt.prepare(&broken, "broken-hash").await.expect("image builds");
+    let t = std::time::Instant::now();
+    let e = rt.start(&broken, "broken-hash", "broken-test-2").await.expect_err("the function cannot start").to_string();
+    assert!(e.contains("exited while it started: exit code 1; last output:"), "{e}");
+    assert!(e.contains("No module named 'roost_no_such_module'"), "{e}");
+    eprintln!("a warm spare's failed start reported in {:?}", t.elapsed());
+    rt.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -137,6 +137,22 @@ pub struct FunctionStatus {
 }
 
 impl FunctionStatus {
+    /// A function in `state` with no replica, no cold start and nothing to report yet.
+    pub fn empty(name: &str, state: FunctionState) -> FunctionStatus {
+        FunctionStatus {
+            name: name.to_string(),
+            state,
+            replicas: Vec::new(),
+            starting: 0,
+            cold_starts: 0,
+            last_cold_start: None,
+            last_error: None,
+            reason: None,
+            state_for_ms: None,
+            retry_in_ms: None,
+        }
+    }
+
     /// Replicas routed to now (not draining).
     pub fn ready_replicas(&self) -> usize {
         self.replicas.iter().filter(|r| r.phase == ReplicaPhase::Ready).count()

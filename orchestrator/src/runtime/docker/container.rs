@@ -128,7 +128,16 @@ pub(super) async fn warm_up(
         ready = crate::probe::until_ready(address, &spec.readiness_path, Duration::from_millis(10), WARM_UP_DEADLINE) => {
             ready.ok_or_else(|| ContainerError::NotReady { path: spec.readiness_path.clone(), deadline: WARM_UP_DEADLINE })?;
         }
-        _ = exited.next() => return Err(ContainerError::ExitedWarmingUp),
+        exit = exited.next() => {
+            // A non-zero exit comes as an error carrying its code.
+            let code = match exit {
+                Some(Ok(r)) => r.status_code.to_string(),
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code.to_string(),
+                _ => "?".to_string(),
+            };
+            let output = last_lines(docker, container, LAST_LINES).await;
+            return Err(ContainerError::ExitedWarmingUp(with_last_output(format!("exit code {code}"), output)));
+        }
     }
     docker.pause_container(container).await.map_err(ContainerError::Pause)?;
     Ok(address)

@@ -125,9 +125,10 @@ pub enum ContainerError {
         /// How long it was probed.
         deadline: Duration,
     },
-    /// A spare being warmed up exited (its function fails at import, or at start).
-    #[error("the spare exited while it was warmed up")]
-    ExitedWarmingUp,
+    /// A spare being warmed up exited (its function fails at import, or at start): how,
+    /// with its last lines.
+    #[error("its container exited while it started: {0}")]
+    ExitedWarmingUp(String),
     /// The engine refused to pause a warmed-up spare.
     #[error("pause: {0}")]
     Pause(#[source] bollard::errors::Error),

@@ -225,6 +225,14 @@ impl ReplicaRuntime for DockerRuntime {
         };
         let mut container = None;
         let mut warm = None;
+        if let Some(s) = spare.as_ref().filter(|s| s.died.is_some()) {
+            // Its function exited as its spare started: fail now with how (the next start,
+            // after the back-off, tries again with a new spare).
+            self.own_spares.lock().unwrap().remove(&s.label_id);
+            remove(&self.docker, &s.container).await;
+            self.spawn_spare(spec, spec_hash, &image);
+            return Err(fail(ContainerError::ExitedWarmingUp(s.died.clone().unwrap_or_default())));
+        }
         if let Some(s) = spare {
             self.aliases.lock().unwrap().insert(s.label_id.clone(), replica_id.to_string());
             let resumed = match s.warm {

@@ -15,7 +15,7 @@
 //! container of its own.
 
 use super::container::{create, remove, warm_up, WARM_UP_DEADLINE};
-use super::DockerRuntime;
+use super::{ContainerError, DockerRuntime};
 use roost_common::spec::FunctionSpec;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,6 +31,10 @@ pub(super) struct Spare {
     pub(super) label_id: String,
     /// Started, probed ready and paused, at this address; `None`: only created.
     pub(super) warm: Option<SocketAddr>,
+    /// Its warm-up saw the container exit (the function fails as it starts): how, with its
+    /// last lines. The cold start that claims it fails at once with this instead of
+    /// starting another container to watch it fail (the next start tries again).
+    pub(super) died: Option<String>,
 }
 
 /// How long a cold start waits for the spare being prepared: its warm-up deadline and a
@@ -54,9 +58,14 @@ impl DockerRuntime {
         self.tasks.spawn(async move {
             let mut created = create(&docker, &config, &spec, &hash, &image, &label_id).await;
             let mut warm = None;
+            let mut died = None;
             if let (Ok(container), true) = (&created, config.warm_spares) {
                 match warm_up(&docker, &config, &spec, container).await {
                     Ok(address) => warm = Some(address),
+                    Err(ContainerError::ExitedWarmingUp(how)) => {
+                        warn!(function = %spec.name, how, "the spare exited as it started: the function fails at start");
+                        died = Some(how);
+                    }
                     Err(e) => {
                         warn!(function = %spec.name, error = %e, "cannot keep a warm (paused) spare; keeping a created one");
                         remove(&docker, container).await;
@@ -67,7 +76,7 @@ impl DockerRuntime {
             match created {
                 Ok(container) => {
                     // Handed back after `close`: removed, never left behind.
-                    if let Some(left) = preparation.finish(Some(Spare { container, label_id, warm })) {
+                    if let Some(left) = preparation.finish(Some(Spare { container, label_id, warm, died })) {
                         own.lock().unwrap().remove(&left.label_id);
                         remove(&docker, &left.container).await;
                     }
