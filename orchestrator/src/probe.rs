@@ -114,7 +114,10 @@ pub async fn check(address: SocketAddr, path: &str, timeout: Duration) -> bool {
 pub async fn until_ready(address: SocketAddr, path: &str, interval: Duration, deadline: Duration) -> Option<Duration> {
     let start = Instant::now();
     loop {
-        if check(address, path, Duration::from_secs(2)).await {
+        // An attempt waits at most what is left: a runtime that listens before it has
+        // imported its function holds the probe in its backlog until it serves.
+        let left = deadline.saturating_sub(start.elapsed());
+        if check(address, path, left.min(Duration::from_secs(2)).max(Duration::from_millis(1))).await {
             return Some(start.elapsed());
         }
         if start.elapsed() >= deadline {
@@ -141,6 +144,23 @@ mod tests {
             }
         });
         addr
+    }
+
+    #[tokio::test]
+    async fn a_server_that_holds_the_probe_does_not_stretch_the_deadline() {
+        // Accepts (the backlog would do the same) and never answers.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((c, _)) = l.accept().await {
+                open.push(c);
+            }
+        });
+        let t = Instant::now();
+        assert_eq!(until_ready(addr, "/healthz", Duration::from_millis(10), Duration::from_millis(300)).await, None);
+        assert!(t.elapsed() < Duration::from_millis(1500), "the deadline is 300 ms: {:?}", t.elapsed());
+        held.abort();
     }
 
     #[tokio::test]

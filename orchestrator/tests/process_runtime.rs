@@ -442,3 +442,47 @@ async fn a_replicas_output_is_in_its_log_and_an_import_error_ends_in_the_exit_re
     stop.cancel();
     o.wait().await.expect("the orchestrator stops cleanly");
 }
+
+/// A function that takes 1.5 s to import, as a model loading does.
+const SLOW: &str =
+    "import time\nprint('loading the model', flush=True)\ntime.sleep(1.5)\n\n\nasync def handle(request):\n    return {'loaded': True}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
+async fn a_slow_start_is_bounded_by_the_function_s_readiness_timeout() {
+    let b = Backend::start().await;
+    let defs_yaml = |timeout: &str| {
+        format!(
+            "usable-functions:\n  slow:\n    version: 0.1\n    configuration: {{programing_language: python, base_function_file_name: slow.py, function_folder: slow}}\n    readiness: {{timeout: {timeout}}}\n"
+        )
+    };
+    let defs = Defs::with_python(&defs_yaml("500ms"), &[("slow", "slow.py", SLOW)]);
+    let (o, stop) = orchestrator(&b, &defs, &state_dir("slow")).await;
+    let api = o.api_addr.port();
+    wait_until(WAIT, "slow built", || async { (function_status(api, "slow").await["state"] == "sleeping").then_some(()) }).await;
+
+    // Over its readiness timeout: a failed start, with what it printed, and a back-off.
+    let (status, body) = wake(api, "slow").await;
+    assert_eq!(status, 503, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("within 500ms (readiness.timeout)") && error.contains("loading the model"), "{error}");
+    let f = function_of(api, "slow").await.expect("slow");
+    assert_eq!(f.state, roost_common::wire::status::FunctionState::Failing, "{f:?}");
+    assert!(f.retry_in_ms.is_some(), "{f:?}");
+
+    // Its timeout raised to 10 s: the same start is slow, not failed (the new definition
+    // also ends the back-off), and the gate is told to hold callers that long.
+    defs.write(&defs_yaml("10s"));
+    wait_until(WAIT, "the new definition built", || async { (function_status(api, "slow").await["state"] == "sleeping").then_some(()) })
+        .await;
+    let t = std::time::Instant::now();
+    let (status, body) = wake(api, "slow").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(t.elapsed() >= Duration::from_millis(1500), "the import takes 1.5 s: {:?}", t.elapsed());
+    let mut redis = redis::Client::open(b.redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let hold: String =
+        redis::cmd("GET").arg(roost_common::keys::hold_ms("slow")).query_async(&mut redis).await.expect("the hold time is in Redis");
+    assert_eq!(hold, "20000", "readiness.timeout + 10 s");
+    stop.cancel();
+    o.wait().await.expect("the orchestrator stops cleanly");
+}
