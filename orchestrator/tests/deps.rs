@@ -51,12 +51,6 @@ fn runtime(root: &Path) -> Arc<ProcessRuntime> {
     .unwrap()
 }
 
-/// The real path of `python3` (what the runtime keys its environments by).
-fn python() -> PathBuf {
-    let out = std::process::Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().unwrap();
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
 async fn get(addr: std::net::SocketAddr) -> Option<String> {
     let r = reqwest::get(format!("http://{addr}/")).await.ok()?;
     r.status().is_success().then_some(())?;
@@ -69,12 +63,12 @@ async fn a_venv_is_built_once_reused_after_a_restart_and_imported_by_a_replica()
     let root = defs("ok");
     let words = ["humanize==4.9.0"];
     let s = spec(&words);
+    let rt = runtime(&root);
     // A build an earlier orchestrator did not finish: removed and made again.
-    let dir = root.join("state/venvs").join(venv::key(&python(), &s_words(&s)));
+    let dir = root.join("state/venvs").join(venv::key(rt.python(), &s_words(&s)));
     std::fs::create_dir_all(dir.join("lib")).unwrap();
     std::fs::write(dir.join("lib/half-written"), "x").unwrap();
 
-    let rt = runtime(&root);
     let logs = rt.logs();
     rt.prepare(&s, "hash-1").await.expect("the venv builds");
     assert!(rt.building("hash-1").is_none());
@@ -136,7 +130,7 @@ async fn a_bad_package_fails_with_pips_last_lines_and_is_not_retried() {
     assert_eq!(logs.lines("deps", None, None).len(), logged, "nothing built again");
     assert!(rt.building("hash-1").is_none());
     // Nothing finished is left to be taken for a venv.
-    let dir = root.join("state/venvs").join(venv::key(&python(), &s_words(&s)));
+    let dir = root.join("state/venvs").join(venv::key(rt.python(), &s_words(&s)));
     assert!(!dir.join(venv::MARKER).exists());
     rt.close().await;
     std::fs::remove_dir_all(&root).ok();

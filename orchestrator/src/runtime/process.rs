@@ -396,6 +396,12 @@ fn resolve_interpreter(python: &std::path::Path) -> (PathBuf, Option<Vec<String>
 }
 
 impl ProcessRuntime {
+    /// The interpreter replicas run, as resolved (its real path; what the virtual
+    /// environments are keyed by).
+    pub fn python(&self) -> &std::path::Path {
+        self.pool.launcher.python()
+    }
+
     /// A process runtime; creates the state folder and resolves the interpreter
     /// ([`Launcher::new`]).
     pub fn new(config: ProcessConfig) -> std::io::Result<Arc<ProcessRuntime>> {
