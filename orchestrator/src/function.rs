@@ -226,9 +226,10 @@ impl Executor {
                 );
             }
             Effect::Register(replica) => {
+                let spec = self.machine.spec().clone();
                 self.work.spawn(
                     async move {
-                        let result = ctx.cp.add_endpoint(&name, replica.address).await.map_err(cause);
+                        let result = register(&ctx, &spec, replica.address).await;
                         Some(Event::Registered(replica.id, result))
                     }
                     .instrument(span),
@@ -271,6 +272,22 @@ impl Executor {
             }
             Effect::Stop { replica, registered } => {
                 self.work.spawn(async move { Some(Event::Stopped(stop(&ctx, &name, &replica, registered).await)) }.instrument(span));
+            }
+            Effect::Restore(spec, replicas) => {
+                self.work.spawn(
+                    async move {
+                        let restored = async {
+                            declare(&ctx, &spec).await?;
+                            for r in &replicas {
+                                ctx.cp.add_endpoint(&spec.name, r.address).await.map_err(cause)?;
+                                info!(replica = %r.id, "endpoint restored in the control plane");
+                            }
+                            Ok(())
+                        };
+                        Some(Event::Declared(restored.await))
+                    }
+                    .instrument(span),
+                );
             }
             Effect::RemoveEndpoint(address) => {
                 self.work.spawn(
@@ -333,6 +350,19 @@ async fn declare(ctx: &Ctx, spec: &FunctionSpec) -> Result<(), Cause> {
     ctx.cp.put_function(&spec.name, spec.scaling.target_concurrency, spec.limits.timeout).await.map_err(cause)?;
     ctx.redis.set_hold(&spec.name, hold(spec)).await.map_err(cause)?;
     ctx.redis.declare(&spec.name).await.map_err(cause)
+}
+
+/// Adds a replica's endpoint; a control plane that no longer knows the function (it
+/// restarted without its saved model) is given it again first (declaring is idempotent).
+async fn register(ctx: &Ctx, spec: &FunctionSpec, address: std::net::SocketAddr) -> Result<(), Cause> {
+    match ctx.cp.add_endpoint(&spec.name, address).await {
+        Err(crate::control_plane::ControlPlaneError::Refused { status: 404, .. }) => {
+            warn!("the control plane does not know the function; declaring it again");
+            declare(ctx, spec).await?;
+            ctx.cp.add_endpoint(&spec.name, address).await.map_err(cause)
+        }
+        other => other.map_err(cause),
+    }
 }
 
 /// How long the gate holds a request while the function wakes: its readiness timeout, and

@@ -61,6 +61,10 @@ pub struct Inputs {
 /// Redis has them back within this).
 const REASSERT: Duration = Duration::from_secs(5);
 
+/// How often what the control plane routes is compared with what the functions run (a
+/// restarted control plane that lost its saved model gets it back within this).
+const RESYNC: Duration = Duration::from_secs(2);
+
 /// The refusal the gate answers an invalid function's callers with.
 fn invalid_refusal(name: &str, problems: &str) -> Refusal {
     Refusal {
@@ -94,6 +98,26 @@ struct Functions {
 }
 
 impl Functions {
+    /// Tells every function what the control plane routes for it (in a task: the loop
+    /// never waits on the control plane); each restores what the control plane lost.
+    fn resync(&mut self) {
+        let cp = self.ctx.cp.clone();
+        let mailboxes: Vec<(String, mpsc::Sender<Msg>)> = self.map.iter().map(|(n, e)| (n.clone(), e.handle.tx.clone())).collect();
+        self.deliveries.spawn(async move {
+            let routed: BTreeMap<String, Vec<std::net::SocketAddr>> = match cp.functions().await {
+                Ok(list) => list.into_iter().collect(),
+                Err(e) => {
+                    debug!(error = %e, "cannot list the control plane's functions; the next resync tries again");
+                    return;
+                }
+            };
+            for (name, tx) in mailboxes {
+                // Like a tick: a full mailbox skips it, the next resync repeats it.
+                let _ = tx.try_send(Msg::Event(Event::Routed(routed.get(&name).cloned())));
+            }
+        });
+    }
+
     /// Writes the refusals of the invalid functions to Redis (in a task: the loop never
     /// waits on Redis).
     fn assert_invalid(&mut self) {
@@ -320,6 +344,7 @@ pub async fn run(
     ready.store(true, Ordering::Release);
 
     let mut last_assert = tokio::time::Instant::now();
+    let mut last_resync = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(opts.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let outcome = loop {
@@ -336,6 +361,10 @@ pub async fn run(
                 }
             }
             _ = ticker.tick() => {
+                if last_resync.elapsed() >= RESYNC {
+                    last_resync = tokio::time::Instant::now();
+                    fns.resync();
+                }
                 if !fns.invalid.is_empty() && last_assert.elapsed() >= REASSERT {
                     last_assert = tokio::time::Instant::now();
                     fns.assert_invalid();

@@ -486,3 +486,32 @@ async fn a_slow_start_is_bounded_by_the_function_s_readiness_timeout() {
     stop.cancel();
     o.wait().await.expect("the orchestrator stops cleanly");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
+async fn a_control_plane_that_lost_a_function_gets_it_back_with_its_endpoints() {
+    let b = Backend::start().await;
+    let defs = Defs::new(&HELLO.replace("idle_timeout: 1s", "idle_timeout: 1m"));
+    let (o, stop) = orchestrator(&b, &defs, &state_dir("restore")).await;
+    let api = o.api_addr.port();
+    assert_eq!(wake(api, "hello").await.0, 200);
+    assert_eq!(b.call("/hello").await.status, 200);
+
+    // The control plane loses the function (as one restarted without its saved model
+    // does): Envoy no longer routes it.
+    let cp = b.cp.admin_addr.port();
+    let r = roost_testkit::http::request(cp, "DELETE", "/functions/hello?wait=true", &[], b"").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_ne!(b.call("/hello").await.status, 200);
+
+    // Within a resync (2 s) it is declared again with the running replica's endpoint, and
+    // the same replica serves: no cold start.
+    let t = std::time::Instant::now();
+    wait_until(Duration::from_secs(10), "hello routed again", || async { (b.call("/hello").await.status == 200).then_some(()) }).await;
+    eprintln!("restored and routed {:?} after the loss", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let f = function_of(api, "hello").await.expect("hello");
+    assert_eq!((f.cold_starts, f.replicas.len()), (1, 1), "{f:?}");
+    stop.cancel();
+    o.wait().await.expect("the orchestrator stops cleanly");
+}

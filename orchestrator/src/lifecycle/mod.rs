@@ -165,6 +165,10 @@ pub enum Event {
     Adopted(Replica),
     /// The definition changed (new spec and its hash).
     Changed(Arc<FunctionSpec>, String),
+    /// What the control plane routes for the function now (`None`: it does not know the
+    /// function; a restarted control plane that lost its saved model, say): its endpoint
+    /// addresses.
+    Routed(Option<Vec<SocketAddr>>),
     /// The function left the definitions.
     Removed,
     /// The orchestrator stops: drain every replica, keep the function declared.
@@ -233,6 +237,10 @@ pub enum Effect {
     },
     /// Remove a dead replica's endpoint (result only logged).
     RemoveEndpoint(SocketAddr),
+    /// Declare the function to the control plane again and add back the endpoints of
+    /// these serving replicas (both idempotent), for a control plane that lost them
+    /// -> [`Event::Declared`].
+    Restore(Arc<FunctionSpec>, Vec<Replica>),
     /// Answer these wakes.
     Answer(Vec<WaiterId>, Result<WakeReport, StartError>),
     /// Inline: publish the ready replica count (and re-assert declared / ready in Redis).
@@ -442,6 +450,7 @@ impl Function {
                 }
             }
             Event::Changed(spec, hash) => self.changed(spec, hash, now, &mut fx),
+            Event::Routed(routed) => self.routed(routed.as_deref(), &mut fx),
             Event::Removed => self.leave(Mode::Removing, StartError::Removed(self.spec.name.clone()), now, &mut fx),
             Event::Shutdown => self.leave(Mode::ShuttingDown, StartError::ShuttingDown, now, &mut fx),
         }
@@ -875,6 +884,31 @@ impl Function {
             self.start(now, fx);
         }
         self.publish(fx);
+    }
+
+    /// The control plane's view of the function: what it lost is restored (the function
+    /// declared again, the ready replicas' endpoints added back).
+    fn routed(&mut self, routed: Option<&[SocketAddr]>, fx: &mut Vec<Effect>) {
+        if self.mode != Mode::Serving || self.declaring {
+            return;
+        }
+        let lost: Vec<Replica> = self
+            .slots
+            .values()
+            .filter(|s| s.stage == Stage::Ready && s.registered)
+            .filter_map(|s| s.replica.clone())
+            .filter(|r| routed.is_none_or(|addresses| !addresses.contains(&r.address)))
+            .collect();
+        if routed.is_some() && lost.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            known = routed.is_some(),
+            endpoints = lost.len(),
+            "the control plane lost the function or its endpoints; restoring them"
+        );
+        self.declaring = true;
+        fx.push(Effect::Restore(self.spec.clone(), lost));
     }
 
     fn changed(&mut self, spec: Arc<FunctionSpec>, hash: String, now: Instant, fx: &mut Vec<Effect>) {

@@ -595,3 +595,29 @@ fn a_replica_that_becomes_ready_ends_the_crash_loop() {
     assert!(refusals(&fx).is_empty(), "{fx:?}");
     assert_eq!(started_ids(&h.send(Event::Wake(None))), ["f-7-3"]);
 }
+
+#[test]
+fn a_control_plane_that_lost_the_function_gets_it_and_its_endpoints_back() {
+    let mut h = Harness::new(0, 10);
+    h.send(Event::Wake(None));
+    h.bring_up("f-7-1");
+    let address = replica("f-7-1", "h1").address;
+    // What it routes is what runs: nothing to do.
+    assert!(h.send(Event::Routed(Some(vec![address]))).is_empty());
+    // It restarted without its saved model: the function is declared again and the ready
+    // replica's endpoint added back, once, until that is done.
+    let fx = h.send(Event::Routed(None));
+    assert!(matches!(&fx[..], [Effect::Restore(_, rs)] if rs.len() == 1 && rs[0].id == "f-7-1"), "{fx:?}");
+    assert!(h.send(Event::Routed(None)).is_empty(), "one restore at a time");
+    h.send(Event::Declared(Ok(())));
+    // It knows the function but lost an endpoint: only that is added back.
+    let fx = h.send(Event::Routed(Some(vec![])));
+    assert!(matches!(&fx[..], [Effect::Restore(_, rs)] if rs.len() == 1), "{fx:?}");
+    h.send(Event::Declared(Ok(())));
+    // A draining replica is not added back.
+    h.idle();
+    h.advance(60 * S);
+    let fx = h.idle();
+    assert_eq!(drained_ids(&fx), ["f-7-1"]);
+    assert!(matches!(&h.send(Event::Routed(None))[..], [Effect::Restore(_, rs)] if rs.is_empty()));
+}
