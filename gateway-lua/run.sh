@@ -20,6 +20,8 @@
 #   ROOST_GATE_REPUBLISH_MS     re-check and re-publish while held   [2000]
 #   ROOST_GATE_REDIS_TIMEOUT_MS Redis connect/read timeout           [1000]
 #   ROOST_GATE_PING_MS          idle subscription PINGs Redis after  [5000]
+#   ROOST_GATE_EMPTY_WAIT_MS    a request waits this long for an emptied
+#                               Redis to get its functions back      [2000]
 #   ROOST_GATE_WORKERS          nginx worker processes               [auto]
 #   ROOST_GATE_LOG_LEVEL        error_log level                      [warn]
 #   ROOST_GATE_RESOLVER         DNS server for Redis's host name      [first nameserver of /etc/resolv.conf]

@@ -128,6 +128,9 @@ names! {
     GATE_REDIS_TIMEOUT_MS = "ROOST_GATE_REDIS_TIMEOUT_MS";
     /// An idle subscription PINGs Redis after this, in milliseconds.
     GATE_PING_MS = "ROOST_GATE_PING_MS";
+    /// How long a request waits for an emptied Redis to get its functions back, in
+    /// milliseconds.
+    GATE_EMPTY_WAIT_MS = "ROOST_GATE_EMPTY_WAIT_MS";
     /// nginx worker processes.
     GATE_WORKERS = "ROOST_GATE_WORKERS";
     /// nginx `error_log` level.

@@ -642,3 +642,37 @@ async fn a_function_s_own_hold_time_bounds_the_wait() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
+async fn an_emptied_redis_does_not_turn_a_declared_function_into_a_404() {
+    bounded(TEST_LIMIT, "emptied redis", async {
+        let mut s = stack(&[("ROOST_GATE_EMPTY_WAIT_MS", "1500")]).await;
+        declare(&mut s.conn, "kept").await;
+        mark_ready(&mut s.conn, "kept").await;
+        assert_eq!(s.gate.get("/kept").await.status, 200);
+        // Redis loses everything (a restart without persistence); the orchestrator writes
+        // the function back 400 ms later, as its tick does.
+        cmd(&mut s.conn, &["FLUSHALL"]).await;
+        mark_asleep(&mut s.conn, "kept").await;
+        let port = s.gate.port;
+        let asked = tokio::spawn(async move { client::get(port, "/kept").await });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        declare(&mut s.conn, "kept").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        mark_ready(&mut s.conn, "kept").await;
+        let r = asked.await.unwrap().unwrap();
+        assert_eq!(r.status, 200, "held, not a 404: {}", r.body);
+        // An unknown name still gets its 404 while the set exists.
+        assert_eq!(s.gate.get("/never-declared").await.status, 404);
+        // With no set at all and nobody writing it back: a 404 after the wait (for a
+        // function the gate does not hold ready in its cache).
+        cmd(&mut s.conn, &["FLUSHALL"]).await;
+        let t = Instant::now();
+        let r = s.gate.get("/gone").await;
+        assert_eq!(r.status, 404, "{}", r.body);
+        assert!(t.elapsed() >= Duration::from_millis(1400) && t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        s.gate.assert_clean_log();
+    })
+    .await;
+}

@@ -97,6 +97,8 @@ function _M.init()
     conf.cache_ttl = env_num("ROOST_GATE_CACHE_TTL_MS", 1000) / 1000
     conf.republish = math.max(env_num("ROOST_GATE_REPUBLISH_MS", 2000), 50) / 1000
     conf.max_body = size_bytes(os.getenv("ROOST_GATE_MAX_BODY"), 10485760)
+    -- How long a request waits for an emptied Redis to be given its functions back.
+    conf.empty_wait = env_num("ROOST_GATE_EMPTY_WAIT_MS", 2000) / 1000
     -- The subscriber's idle read: past it, it PINGs Redis to find a dead connection.
     conf.sub_idle = math.max(env_num("ROOST_GATE_PING_MS", 5000), 100) / 1000
 end
@@ -597,7 +599,27 @@ end
 
 -- Lets the request through to Envoy once `fn` is ready: at once from the cache, or
 -- after a Redis check, or after waking it and holding the request.
-local function admit(fn, force)
+-- Waits (at most ROOST_GATE_EMPTY_WAIT_MS) for the set of functions to exist again:
+-- absent, Redis has lost its data (a restart without persistence) and the orchestrator
+-- writes it back within a tick. True when it is back.
+local function functions_back()
+    local deadline = now() + conf.empty_wait
+    while now() < deadline do
+        ngx.sleep(0.1)
+        ngx.update_time()
+        local r = connect()
+        if r then
+            local n = r:exists(FUNCTIONS)
+            release(r)
+            if n == 1 then
+                return true
+            end
+        end
+    end
+    return false
+end
+
+local function admit(fn, force, waited)
     if not force and cached_ready(fn) then
         return
     end
@@ -622,6 +644,7 @@ local function admit(fn, force)
     r:get(refusal_key(fn))
     r:pttl(refusal_key(fn))
     r:get(hold_key(fn))
+    r:exists(FUNCTIONS)
     local res
     res, err = r:commit_pipeline()
     if not res or type(res[1]) ~= "number" then
@@ -630,6 +653,11 @@ local function admit(fn, force)
     end
     if res[1] ~= 1 then
         release(r)
+        -- No set at all: Redis came back empty. A declared function must not get a 404
+        -- for that: wait for the orchestrator to write the set back, then look again.
+        if res[6] == 0 and not waited and functions_back() then
+            return admit(fn, force, true)
+        end
         dict:set("unknown:" .. fn, true, conf.cache_ttl / 4)
         dict:delete("known:" .. fn)
         return not_found(fn)
