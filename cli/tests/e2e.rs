@@ -161,6 +161,29 @@ async fn roost_up_serves_wakes_scales_and_sleeps_without_errors() {
     assert!(!nope.status.success());
     assert!(String::from_utf8_lossy(&nope.stderr).contains("404"), "{}", String::from_utf8_lossy(&nope.stderr));
 
+    // Redis: a password only Roost's parts know, and its data in an append-only file in the
+    // work dir (kept across restarts).
+    let env_file = std::fs::read_to_string(p.dir.join(".roost/endpoints.env")).unwrap();
+    let url = env_file.lines().find_map(|l| l.strip_prefix("ROOST_REDIS_URL=")).expect("the Redis URL").to_string();
+    let (password, port) = url
+        .strip_prefix("redis://:")
+        .and_then(|rest| rest.split_once("@127.0.0.1:"))
+        .map(|(pw, port)| (pw.to_string(), port.trim_end_matches('/').parse::<u16>().unwrap()))
+        .expect("redis://:<password>@127.0.0.1:<port>/");
+    assert!(password.len() >= 32, "{password}");
+    let ask = |command: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(command.as_bytes()).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    assert!(ask("PING\r\n").starts_with("-NOAUTH"), "Redis answers without its password");
+    assert_eq!(ask(&format!("AUTH {password}\r\nCONFIG GET appendonly\r\n")), "+OK\r\n*2\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n");
+    assert!(p.dir.join(".roost/redis/appendonlydir").is_dir(), "the append-only file is in the work dir");
+
     // Idle brings everything back to zero.
     wait_until(WAIT, "every function at zero replicas", || async {
         for f in ["hello", "add", "sleep", "echo"] {

@@ -136,13 +136,16 @@ impl RedisIo {
     }
 
     /// Re-asserts what Redis must hold of a function (declared; ready or not), without
-    /// publishing: after a Redis restart everything is back within one tick.
+    /// publishing: after a Redis restart everything is back within one tick, and a ready
+    /// flag a Redis that kept its data holds for replicas that are gone is taken away.
     pub async fn refresh(&self, function: &str, ready: bool) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         let mut p = redis::pipe();
         p.sadd(keys::FUNCTIONS, function).ignore();
         if ready {
             p.set(keys::ready(function), 1).ignore();
+        } else {
+            p.del(keys::ready(function)).ignore();
         }
         p.query_async(&mut c).await
     }

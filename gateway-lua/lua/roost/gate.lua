@@ -85,8 +85,13 @@ local function size_bytes(s, default)
 end
 
 function _M.init()
-    -- redis://host[:port][/db] (run.sh checked it; the database is always 0).
+    -- redis://[:password@]host[:port][/db] (run.sh checked it; the database is always 0).
     local url = os.getenv("ROOST_REDIS_URL") or "redis://127.0.0.1:6379/"
+    local password, rest = url:match("^redis://:([^@/]+)@(.*)$")
+    if password then
+        conf.redis_password = ngx.unescape_uri(password)
+        url = "redis://" .. rest
+    end
     local host, port = url:match("^redis://([%w%.%-_]+):?(%d*)")
     conf.redis_host = host or "127.0.0.1"
     conf.redis_port = tonumber(port) or 6379
@@ -127,6 +132,14 @@ local function connect(read_ms)
     ok, err = r:connect(conf.redis_host, conf.redis_port)
     if not ok then
         return nil, err
+    end
+    -- A new connection (not one from the keepalive pool) authenticates first.
+    if conf.redis_password and (r:get_reused_times() or 0) == 0 then
+        ok, err = r:auth(conf.redis_password)
+        if not ok then
+            r:close()
+            return nil, "AUTH: " .. tostring(err)
+        end
     end
     if not has_set_timeouts and read_ms ~= t then
         r:set_timeout(read_ms)

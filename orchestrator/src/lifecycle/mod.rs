@@ -347,7 +347,7 @@ fn ms(d: Duration) -> f64 {
 
 impl Function {
     /// A new function; replica ids are `<id_prefix>-<n>`. Returns the effects that
-    /// declare and prepare it.
+    /// declare and prepare it, and lift any refusal left from before.
     pub fn new(spec: Arc<FunctionSpec>, hash: String, id_prefix: String, now: Instant) -> (Function, Vec<Effect>) {
         let mut f = Function {
             spec,
@@ -373,6 +373,9 @@ impl Function {
         let mut fx = Vec::new();
         f.declare(&mut fx);
         fx.push(Effect::Prepare(f.spec.clone(), f.hash.clone()));
+        // A refusal an earlier orchestrator left in a Redis that kept its data is not this
+        // one's: the function starts unrefused.
+        fx.push(Effect::Lift);
         (f, fx)
     }
 

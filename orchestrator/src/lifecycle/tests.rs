@@ -32,7 +32,7 @@ impl Harness {
         let spec = spec_yaml("1", min, max);
         let now = Instant::now();
         let (f, fx) = Function::new(spec.clone(), hash_of(&spec), "f-7".into(), now);
-        assert!(matches!(fx[..], [Effect::Declare(_), Effect::Prepare(..)]), "{fx:?}");
+        assert!(matches!(fx[..], [Effect::Declare(_), Effect::Prepare(..), Effect::Lift]), "{fx:?}");
         let mut h = Harness { f, now, log: fx };
         h.send(Event::Declared(Ok(())));
         h.send(Event::Prepared(hash_of(&spec), Ok(())));
