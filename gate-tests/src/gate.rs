@@ -111,6 +111,23 @@ impl Gate {
         }
     }
 
+    /// The pid of nginx's master process: run.sh `exec`s nginx, so it is the pid of the
+    /// process started (as in compose, where it is PID 1 and gets the stop signal).
+    pub fn master_pid(&self) -> u32 {
+        self.child.as_ref().expect("the gate is running").id()
+    }
+
+    /// Sends `signal` (`QUIT`, `TERM`, ...) to nginx's master process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.master_pid().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.master_pid());
+    }
+
+    /// Whether the master process has exited (reaped, so not a zombie).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))))
+    }
+
     /// Everything the gate wrote (nginx's error log, on stderr).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.prefix.join("gate.log")).unwrap_or_default()

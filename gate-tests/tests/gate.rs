@@ -725,3 +725,49 @@ async fn any_bytes_in_a_request_line_or_header_get_a_4xx_in_valid_json() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
+async fn sigquit_refuses_new_connections_and_answers_the_held_requests_before_exiting() {
+    bounded(TEST_LIMIT, "graceful stop", async {
+        let mut s = stack(&[("ROOST_GATE_WAKE_TIMEOUT_MS", "20000")]).await;
+        declare(&mut s.conn, "late").await;
+        declare(&mut s.conn, "broken").await;
+        let _orch = FakeOrchestrator::start(s.redis.port, Duration::ZERO, Behaviour::Mute).await;
+        let port = s.gate.port;
+        let late = tokio::spawn(async move { client::get(port, "/late").await });
+        let broken = tokio::spawn(async move { client::get(port, "/broken").await });
+        s.gate.wait_held("late", 1).await;
+        s.gate.wait_held("broken", 1).await;
+
+        // compose's stop_signal; run.sh execs nginx, so the process started is its master.
+        s.gate.signal("QUIT");
+        wait_until(Duration::from_secs(5), "the gate to stop accepting connections", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err().then_some(())
+        })
+        .await;
+        assert!(!late.is_finished() && !broken.is_finished(), "the held requests are still held");
+        assert!(!s.gate.exited(), "nginx waits for the held requests");
+
+        // The function wakes; the other one is refused: both held requests get their answer.
+        mark_ready(&mut s.conn, "late").await;
+        refuse(&mut s.conn, "broken", &failing(None)).await;
+        let r = late.await.unwrap().unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(cold_start_ms(&r).is_some());
+        let r = broken.await.unwrap().unwrap();
+        assert_eq!(r.status, 502, "{}", r.body);
+        assert_eq!(json(&r)["state"], "failing");
+        assert_eq!(s.envoy.hits(), 1);
+
+        // Then nginx exits.
+        let gate = &mut s.gate;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gate.exited() {
+            assert!(Instant::now() < deadline, "nginx did not exit within 10 s of its last request; its log:\n{}", gate.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        s.gate.assert_clean_log();
+    })
+    .await;
+}
