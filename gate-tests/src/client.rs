@@ -82,6 +82,71 @@ pub async fn send_and_keep(port: u16, path: &str) -> TcpStream {
     s
 }
 
+/// An answer to [`raw`], its body as bytes (not made valid UTF-8 on the way).
+#[derive(Debug)]
+pub struct RawAnswer {
+    /// The status; `None` for an HTTP/0.9 answer (the body alone, no status line).
+    pub status: Option<u16>,
+    /// Header names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+}
+
+impl RawAnswer {
+    /// The first header with this (lowercase) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Writes `bytes` as they are (a request line and headers no client library would send)
+/// and reads the whole answer, until the server closes (or [`DEADLINE`]). `Err` when
+/// the connection is dropped without an answer.
+pub async fn raw(port: u16, bytes: &[u8]) -> Result<RawAnswer, String> {
+    let fut = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+        // The server may answer (and close) before it has read everything.
+        let _ = s.write_all(bytes).await;
+        let mut buf = Vec::new();
+        let read = s.read_to_end(&mut buf).await;
+        if buf.is_empty() {
+            return Err(format!("no answer ({read:?})"));
+        }
+        if !buf.starts_with(b"HTTP/") {
+            return Ok(RawAnswer { status: None, headers: Vec::new(), body: buf });
+        }
+        let end = find(&buf, b"\r\n\r\n").ok_or_else(|| format!("answer without a complete head: {:?}", String::from_utf8_lossy(&buf)))?;
+        // The head through parse_response; the body from the raw bytes.
+        let head = parse_response(&buf[..end + 4])?;
+        let raw_body = &buf[end + 4..];
+        let chunked = head.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let body = if chunked { dechunk(raw_body)? } else { raw_body.to_vec() };
+        Ok(RawAnswer { status: Some(head.status), headers: head.headers, body })
+    };
+    tokio::time::timeout(DEADLINE, fut).await.map_err(|_| format!("no answer on port {port} in {DEADLINE:?}"))?
+}
+
+/// A chunked body, strictly: a broken framing is an error, not a shorter body.
+fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = find(raw, b"\r\n").ok_or("a chunk size without its line end")?;
+        let size_text = std::str::from_utf8(&raw[..eol]).map_err(|_| "a chunk size that is not text")?;
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| format!("a bad chunk size {size_text:?}"))?;
+        raw = &raw[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if raw.len() < size + 2 || &raw[size..size + 2] != b"\r\n" {
+            return Err(format!("a chunk of {size} bytes cut short"));
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
 /// The body of an answer as JSON, or a panic that shows it.
 pub fn json(r: &Response) -> serde_json::Value {
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("the body of a {} answer is not JSON ({e}): {:?}", r.status, r.body))

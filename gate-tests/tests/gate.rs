@@ -676,3 +676,132 @@ async fn an_emptied_redis_does_not_turn_a_declared_function_into_a_404() {
     })
     .await;
 }
+
+/// Request lines and headers no client library would send: (what, the bytes, the status
+/// the gate answers; `None` for HTTP/0.9, answered with the body alone).
+fn nasty_requests() -> Vec<(&'static str, Vec<u8>, Option<u16>)> {
+    let close = "Host: x\r\nConnection: close\r\n\r\n";
+    let get = |path: &[u8]| [b"GET ".as_slice(), path, b" HTTP/1.1\r\n", close.as_bytes()].concat();
+    let header = |h: &[u8]| [b"GET /x HTTP/1.1\r\n".as_slice(), h, b"\r\n", close.as_bytes()].concat();
+    let post = |h: &str, body: &str| format!("POST /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{h}\r\n\r\n{body}").into_bytes();
+    vec![
+        ("raw bytes 0xff 0xfe in the path", get(b"/\xff\xfe"), Some(404)),
+        ("every byte 0x80-0xff in the path", get(&[b"/".as_slice(), &(0x80..=0xffu8).collect::<Vec<_>>()].concat()), Some(404)),
+        ("raw UTF-8 in the path", get("/café".as_bytes()), Some(404)),
+        ("a NUL in the path", get(b"/a\x00b"), Some(400)),
+        ("a control byte in the path", get(b"/a\x01b"), Some(400)),
+        ("a percent-encoded NUL", get(b"/%00"), Some(400)),
+        ("a path above the root", get(b"/../../etc/passwd"), Some(400)),
+        ("a request line of garbage", b"GARBAGE\r\n\r\n".to_vec(), Some(400)),
+        ("an invalid method", b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), Some(400)),
+        ("OPTIONS *", b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), Some(400)),
+        ("HTTP/2.0 in an HTTP/1 request line", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n".to_vec(), Some(400)),
+        ("the HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), Some(400)),
+        ("HTTP/9.9", b"GET / HTTP/9.9\r\nHost: x\r\n\r\n".to_vec(), Some(400)),
+        ("a TLS ClientHello", [[0x16u8, 3, 1, 0, 0x2e, 1, 0, 0, 0x2a, 3, 3].as_slice(), &[0; 40]].concat(), Some(400)),
+        ("a NUL in a header", header(b"X-A: a\x00b"), Some(400)),
+        ("a control byte in a header", header(b"X-A: a\x01b"), Some(404)),
+        ("bytes 0xff in a header", header(b"X-A: \xff\xfe"), Some(404)),
+        ("a header name with parentheses", header(b"X(A): b"), Some(404)),
+        ("a folded header", header(b" X-Fold: y"), Some(400)),
+        ("a 20000-byte header", header(&[b"X-A: ".as_slice(), &[b'a'; 20000]].concat()), Some(431)),
+        ("3000 headers", header(&(0..3000).flat_map(|i| format!("X-{i}: y\r\n").into_bytes()).collect::<Vec<_>>()[..]), Some(431)),
+        ("a 20000-byte path", get(&[b"/".as_slice(), &[b'a'; 20000]].concat()), Some(414)),
+        ("a Host with a slash", b"GET /x HTTP/1.1\r\nHost: a/b\r\nConnection: close\r\n\r\n".to_vec(), Some(400)),
+        ("two Hosts", b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n".to_vec(), Some(400)),
+        ("HTTP/1.1 without Host", b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(), Some(400)),
+        ("an X-Request-Id of bytes 0xff", header(b"X-Request-Id: \xff\xfe"), Some(404)),
+        ("a bad chunk size", post("Transfer-Encoding: chunked", "zz\r\nabc\r\n0\r\n\r\n"), Some(400)),
+        ("chunked and Content-Length", post("Transfer-Encoding: chunked\r\nContent-Length: 3", "0\r\n\r\n"), Some(400)),
+        ("Transfer-Encoding: gzip", post("Transfer-Encoding: gzip", ""), Some(400)),
+        ("Content-Length: abc", post("Content-Length: abc", ""), Some(400)),
+        ("HTTP/0.9 GET", b"GET /\r\n".to_vec(), None),
+        ("HTTP/0.9 POST", b"POST /\r\n".to_vec(), None),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
+async fn any_bytes_in_a_request_line_or_header_get_a_4xx_in_valid_json() {
+    bounded(TEST_LIMIT, "nasty bytes", async {
+        let mut s = stack(&[]).await;
+        declare(&mut s.conn, "ok").await;
+        cmd(&mut s.conn, &["SET", "roost:fn:ok:ready", "1"]).await;
+        for (what, bytes, status) in nasty_requests() {
+            let r = client::raw(s.gate.port, &bytes).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+            // serde_json reads bytes strictly: invalid UTF-8 is an error.
+            let j: serde_json::Value = serde_json::from_slice(&r.body)
+                .unwrap_or_else(|e| panic!("{what}: the body is not valid JSON ({e}): {:?}", String::from_utf8_lossy(&r.body)));
+            assert!(j["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {j}");
+            assert_eq!(r.status, status, "{what}: {j}");
+            if r.status.is_none() {
+                continue; // HTTP/0.9: no headers
+            }
+            assert_eq!(r.header("content-type"), Some("application/json"), "{what}");
+            let id = r.header("x-request-id").unwrap_or_else(|| panic!("{what}: no X-Request-Id"));
+            assert!(is_generated_id(id), "{what}: {id}");
+            assert_eq!(j["request_id"], id, "{what}");
+            // The gate still serves.
+            let ok = s.gate.get("/ok").await;
+            assert_eq!(ok.status, 200, "after {what}: {}", ok.body);
+        }
+        // A name that is not valid UTF-8, or not a name, is shown percent-encoded.
+        let r = client::raw(s.gate.port, b"GET /\xff\xfe/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["error"], "no function named \"%FF%FE\"");
+        let r = client::raw(s.gate.port, "GET /café HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".as_bytes()).await.unwrap();
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["error"], "no function named \"caf%C3%A9\"");
+        // The internal path of those answers, asked for, names no function.
+        let r = s.gate.get("/.roost/malformed").await;
+        assert_eq!(r.status, 404, "{}", r.body);
+        assert_eq!(json(&r)["error"], "no function named \".roost\"");
+        assert_eq!(s.envoy.hits(), s.envoy.seen().iter().filter(|seen| seen.path == "/ok").count(), "nothing else reached Envoy");
+        s.gate.assert_clean_log();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
+async fn sigquit_refuses_new_connections_and_answers_the_held_requests_before_exiting() {
+    bounded(TEST_LIMIT, "graceful stop", async {
+        let mut s = stack(&[("ROOST_GATE_WAKE_TIMEOUT_MS", "20000")]).await;
+        declare(&mut s.conn, "late").await;
+        declare(&mut s.conn, "broken").await;
+        let _orch = FakeOrchestrator::start(s.redis.port, Duration::ZERO, Behaviour::Mute).await;
+        let port = s.gate.port;
+        let late = tokio::spawn(async move { client::get(port, "/late").await });
+        let broken = tokio::spawn(async move { client::get(port, "/broken").await });
+        s.gate.wait_held("late", 1).await;
+        s.gate.wait_held("broken", 1).await;
+
+        // compose's stop_signal; run.sh execs nginx, so the process started is its master.
+        s.gate.signal("QUIT");
+        wait_until(Duration::from_secs(5), "the gate to stop accepting connections", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err().then_some(())
+        })
+        .await;
+        assert!(!late.is_finished() && !broken.is_finished(), "the held requests are still held");
+        assert!(!s.gate.exited(), "nginx waits for the held requests");
+
+        // The function wakes; the other one is refused: both held requests get their answer.
+        mark_ready(&mut s.conn, "late").await;
+        refuse(&mut s.conn, "broken", &failing(None)).await;
+        let r = late.await.unwrap().unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(cold_start_ms(&r).is_some());
+        let r = broken.await.unwrap().unwrap();
+        assert_eq!(r.status, 502, "{}", r.body);
+        assert_eq!(json(&r)["state"], "failing");
+        assert_eq!(s.envoy.hits(), 1);
+
+        // Then nginx exits.
+        let gate = &mut s.gate;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gate.exited() {
+            assert!(Instant::now() < deadline, "nginx did not exit within 10 s of its last request; its log:\n{}", gate.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        s.gate.assert_clean_log();
+    })
+    .await;
+}

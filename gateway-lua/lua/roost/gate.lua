@@ -388,8 +388,55 @@ end
 ---------------------------------------------------------------------------------------
 -- Answers
 
+-- Whether `s` is valid UTF-8 (no overlong forms, surrogates or code points past U+10FFFF).
+local function valid_utf8(s)
+    local i, n = 1, #s
+    while i <= n do
+        local c = s:byte(i)
+        local len
+        if c < 0x80 then
+            len = 1
+        elseif c >= 0xC2 and c <= 0xDF then
+            len = 2
+        elseif c >= 0xE0 and c <= 0xEF then
+            len = 3
+        elseif c >= 0xF0 and c <= 0xF4 then
+            len = 4
+        else
+            return false
+        end
+        for j = i + 1, i + len - 1 do
+            local b = s:byte(j)
+            if not b or b < 0x80 or b > 0xBF then
+                return false
+            end
+        end
+        local b = s:byte(i + 1)
+        if (c == 0xE0 and b < 0xA0) or (c == 0xED and b > 0x9F) or (c == 0xF0 and b < 0x90) or (c == 0xF4 and b > 0x8F) then
+            return false
+        end
+        i = i + len
+    end
+    return true
+end
+
+-- Client bytes as a URL spells them: every byte outside visible ASCII (0x21-0x7e) as
+-- %XX, so "/\xff\xfe" is shown as %FF%FE and "/caf\xc3\xa9" as caf%C3%A9.
+local function percent_encode(s)
+    return (s:gsub("[^\33-\126]", function(c)
+        return string.format("%%%02X", c:byte())
+    end))
+end
+
+-- Every answer of the gate is valid UTF-8 JSON, whatever the client sent: a string that
+-- is not valid UTF-8 is percent-encoded (cjson copies bytes >= 0x80 as they are).
 local function json_exit(status, body, headers)
     body.request_id = ngx.var.roost_request_id
+    for k, v in pairs(body) do
+        if type(v) == "string" and not valid_utf8(v) then
+            body[k] = percent_encode(v)
+        end
+    end
     ngx.status = status
     ngx.header["Content-Type"] = "application/json"
     ngx.header["Cache-Control"] = "no-store"
@@ -589,10 +636,11 @@ end
 -- Phases
 
 -- The first segment of the path as sent, for the 404 of a request whose segment is not a
--- valid function name (nginx.conf's $roost_function is "" then).
+-- valid function name (nginx.conf's $roost_function is "" then); any byte outside
+-- visible ASCII percent-encoded, so the answer is valid JSON (gateway-lua/README.md).
 local function first_segment()
-    local m = ngx.re.match(ngx.var.request_uri, [[^/([^/?#]*)]], "jo")
-    return m and m[1] or ""
+    local m = ngx.re.match(ngx.var.request_uri or "", [[^/([^/?#]*)]], "jo")
+    return m and percent_encode(m[1]) or ""
 end
 
 local function redis_unavailable(err)
@@ -748,6 +796,27 @@ function _M.too_large()
         request_id = ngx.var.roost_request_id,
     }))
     return ngx.exit(ngx.HTTP_OK)
+end
+
+-- nginx refused the request itself (nginx.conf's error_page ... /.roost/malformed): a request
+-- line or header it cannot parse, a header or URI too long, a bad chunked body, an HTTP
+-- version or transfer coding it does not speak. Answered in JSON with a 4xx: nginx's
+-- 494 as 431 (nginx.conf), its 501 and 505 as 400 (the client's bytes are at fault, not
+-- the gate). The same path asked for by a client is a 404 like any other.
+local MALFORMED = {
+    [400] = { 400, "the request is malformed (request line, a header, or a chunked body)" },
+    [414] = { 414, "the request line is too long" },
+    [431] = { 431, "a request header, or all of them together, is too large" },
+    [501] = { 400, "the request's Transfer-Encoding is not supported (only chunked is)" },
+    [505] = { 400, "the request's HTTP version is not supported (HTTP/1.0 and HTTP/1.1 are)" },
+}
+
+function _M.malformed()
+    local known = MALFORMED[ngx.status]
+    if not known then
+        return not_found(first_segment())
+    end
+    return json_exit(known[1], { error = known[2] })
 end
 
 function _M.healthz()
