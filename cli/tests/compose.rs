@@ -63,7 +63,7 @@ impl Drop for Down {
         }
         let _ = Command::new(&c[0])
             .args(&c[1..])
-            .args(["-p", &self.1, "down", "-t", "40"])
+            .args(["-p", &self.1, "down", "-v", "-t", "40"])
             .envs(self.0.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(workspace_root())
             .output();
@@ -96,6 +96,31 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
     let r = http::get(gate, "/hello").await.unwrap();
     assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap(), serde_json::json!({"Hello": "World"}));
 
+    // Redis keeps its data across a restart (append-only file on a named volume): the
+    // control plane's saved model is still there, and /hello still answers.
+    // Its answer, or "" while it cannot answer (restarting).
+    let redis_cli = |args: &[&str]| {
+        let c = compose();
+        let out = Command::new(&c[0])
+            .args(&c[1..])
+            .args(["-p", project.as_str(), "exec", "-T", "redis", "redis-cli"])
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(workspace_root())
+            .output()
+            .expect("the Compose tool runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(redis_cli(&["config", "get", "appendonly"]), "appendonly\nyes");
+    run(&["-p", &project, "restart", "redis"], &env);
+    wait_until(WAIT, "Redis back", || async { (redis_cli(&["ping"]) == "PONG").then_some(()) }).await;
+    assert_eq!(redis_cli(&["exists", "roost:cp:state"]), "1", "the control plane's saved model survived the restart");
+    wait_until(WAIT, "/hello after the Redis restart", || async {
+        let r = http::get(gate, "/hello").await.ok()?;
+        (r.status == 200).then_some(())
+    })
+    .await;
+
     let status = |name: &'static str| async move {
         let r = http::get(orch, "/status").await.ok()?;
         let s: Status = serde_json::from_str(&r.body).ok()?;
@@ -123,6 +148,6 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
     // Idle (sleep's idle timeout is 5 s) reaps it.
     wait_until(WAIT, "sleep reaped", || async { (status("sleep").await?.state == FunctionState::Sleeping).then_some(()) }).await;
 
-    run(&["-p", &project, "down", "-t", "40"], &env);
+    run(&["-p", &project, "down", "-v", "-t", "40"], &env);
     assert_eq!(managed_containers(), "", "docker compose down left function containers behind");
 }
