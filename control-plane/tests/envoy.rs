@@ -354,6 +354,61 @@ async fn delta_control_plane_restart_under_traffic() {
     restart_under_traffic(XdsMode::Delta).await;
 }
 
+/// How many Envoys hold an ADS stream to the control plane, from its `/envoys`.
+async fn envoys_connected(admin_port: u16) -> Option<usize> {
+    let r = http::get(admin_port, "/envoys").await.ok().filter(|r| r.status == 200)?;
+    let v: Value = serde_json::from_str(&r.body).ok()?;
+    v["envoys"].as_array().map(Vec::len)
+}
+
+/// How long the control plane stays down: longer than Envoy's default reconnect back-off
+/// (base 0.5 s, doubling, jittered, up to 30 s) takes to grow past a few seconds.
+const OUTAGE: Duration = Duration::from_secs(5);
+
+/// How soon after the control plane is back Envoy must hold its ADS stream again: the
+/// bootstrap bounds the back-off to 1 s (`retry_back_off` in envoy/bootstrap.yaml).
+const RECONNECT_BOUND: Duration = Duration::from_millis(1500);
+
+async fn reconnects_within_a_second_after_an_outage(mode: XdsMode) {
+    let redis = Redis::start().await;
+    let (xds, admin_port, listener) = (free_port(), free_port(), free_port());
+    let healthy = || async { http::get(admin_port, "/healthz").await.ok().filter(|r| r.status == 200) };
+    let mut cp = spawn_control_plane(xds, admin_port, listener, &redis.url());
+    wait_until(WAIT, "the control plane's admin API", healthy).await;
+    let envoy = Envoy::start(&EnvoyOptions::new(xds, mode)).await;
+    wait_until(WAIT, "Envoy's ADS stream", || async { (envoys_connected(admin_port).await? == 1).then_some(()) }).await;
+
+    cp.kill();
+    // The outage itself: Envoy retries all along and its back-off grows meanwhile.
+    tokio::time::sleep(OUTAGE).await;
+    let _cp2 = spawn_control_plane(xds, admin_port, listener, &redis.url());
+    wait_until(WAIT, "the restarted control plane's admin API", healthy).await;
+    let back = std::time::Instant::now();
+    wait_until(WAIT, "Envoy's ADS stream to the restarted control plane", || async {
+        (envoys_connected(admin_port).await? == 1).then_some(())
+    })
+    .await;
+    let took = back.elapsed();
+    eprintln!("reconnect ({mode:?}) after a {OUTAGE:?} outage: {took:?} after the control plane was back");
+    assert!(
+        took <= RECONNECT_BOUND,
+        "Envoy reconnected {took:?} after the control plane was back, more than {RECONNECT_BOUND:?}\nEnvoy log:\n{}",
+        tail(&envoy.log())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
+async fn sotw_reconnects_within_a_second_after_a_control_plane_outage() {
+    reconnects_within_a_second_after_an_outage(XdsMode::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
+async fn delta_reconnects_within_a_second_after_a_control_plane_outage() {
+    reconnects_within_a_second_after_an_outage(XdsMode::Delta).await;
+}
+
 /// What the gate (`on_503` in gateway-lua/lua/roost/gate.lua) concludes from a 503 that
 /// came through Envoy, from the same two headers it reads: Envoy's router stamps
 /// `x-envoy-upstream-service-time` on every answer an upstream gave, and
