@@ -8,6 +8,7 @@
 # then sends Envoy SIGTERM (on which Envoy exits at once, cutting what is in flight).
 #   ROOST_ENVOY_DRAIN_TIME_S  Envoy's --drain-time-s                        [5]
 #   ROOST_ENVOY_DRAIN_WAIT_S  longest wait for requests in flight on stop   [10]
+#   ROOST_ENVOY_CONFIG        where the rendered bootstrap goes              [/tmp/envoy.yaml]
 # The admin calls go through bash's /dev/tcp (the images have bash; curl is not in them).
 set -eu
 here=$(dirname "$0")
@@ -34,7 +35,8 @@ else # the deprecated ROOST_STATSD_ADDRESS (render-bootstrap.sh warns)
   esac
   export ROOST_STATSD_ADDRESS
 fi
-"$here/render-bootstrap.sh" > /tmp/envoy.yaml
+config=${ROOST_ENVOY_CONFIG:-/tmp/envoy.yaml}
+"$here/render-bootstrap.sh" > "$config"
 
 admin_bind=${ROOST_ENVOY_ADMIN_BIND:-${ROOST_ENVOY_ADMIN_ADDRESS:-127.0.0.1}:${ROOST_ENVOY_ADMIN_PORT:-9901}}
 admin_host=${admin_bind%:*}
@@ -71,7 +73,7 @@ stop() {
   wait "$envoy" || status=$?
   exit "$status"
 }
-envoy -c /tmp/envoy.yaml --disable-hot-restart \
+envoy -c "$config" --disable-hot-restart \
   --drain-time-s "${ROOST_ENVOY_DRAIN_TIME_S:-5}" --drain-strategy immediate "$@" &
 envoy=$!
 trap stop TERM INT
