@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`up`]: runs the whole platform on this machine as processes, stops it on Ctrl-C.
+//! - [`drain`]: drains Envoy (requests in flight finish) before `up` stops it.
 //! - [`client`]: talks to the orchestrator's API and the gate.
 //! - [`endpoints`]: where the platform answers: flag or variable, `roost up`'s
 //!   `endpoints.env`, or the default.
@@ -13,6 +14,7 @@
 
 pub mod client;
 pub mod commands;
+pub mod drain;
 pub mod endpoints;
 pub mod load;
 pub mod logs;

@@ -1,8 +1,9 @@
 //! `roost up`: the whole platform on this machine: redis-server, the control plane, the
 //! statsd-listener, Envoy, the orchestrator (functions as processes, or as containers
 //! with `--runtime docker`) and the gate (nginx with Lua), each on loopback, in
-//! dependency order, each waited for. Ctrl-C (or SIGTERM) stops them in reverse order
-//! and leaves nothing running.
+//! dependency order, each waited for. Ctrl-C (or SIGTERM) first drains Envoy (its
+//! requests in flight finish, see [`crate::drain`]), then stops them in reverse order and
+//! leaves nothing running.
 
 use roost_common::env;
 use roost_common::net::{free_port, free_udp_port};
@@ -143,6 +144,8 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 struct Stack {
     procs: Vec<Proc>,
     logs: PathBuf,
+    /// Envoy's admin port once Envoy runs: a stop drains it first.
+    envoy_admin: Option<u16>,
 }
 
 impl Stack {
@@ -174,8 +177,22 @@ impl Stack {
         Ok(())
     }
 
-    /// Stops the components in reverse order: SIGTERM, then SIGKILL after [`STOP_GRACE`].
+    /// Drains Envoy while everything behind and before it still runs, so requests in
+    /// flight finish (bounded by [`crate::drain::DRAIN_WAIT`]); then stops the components
+    /// in reverse order: SIGTERM, then SIGKILL after [`STOP_GRACE`].
     fn stop_all(&mut self) {
+        if let Some(port) = self.envoy_admin.take() {
+            let running = self.procs.iter_mut().any(|p| p.name == "envoy" && matches!(p.child.try_wait(), Ok(None)));
+            if running {
+                match crate::drain::drain(port, crate::drain::DRAIN_WAIT) {
+                    Ok(crate::drain::Drained::Idle(took)) => eprintln!("roost: drained envoy in {took:?}"),
+                    Ok(crate::drain::Drained::TimedOut(n)) => {
+                        eprintln!("roost: envoy still had {n} requests in flight after {:?}; stopping it anyway", crate::drain::DRAIN_WAIT)
+                    }
+                    Err(e) => eprintln!("roost: cannot drain envoy ({e}); stopping it anyway"),
+                }
+            }
+        }
         while let Some(mut p) = self.procs.pop() {
             match roost_common::process::stop_child(&mut p.child, STOP_GRACE) {
                 Ok((_, Stopped::Exited)) => eprintln!("roost: stopped {}", p.name),
@@ -307,7 +324,7 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
     let opts = &UpOptions { work_dir: std::fs::canonicalize(&opts.work_dir)?, ..opts.clone() };
     let logs = opts.work_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
-    let mut stack = Stack { procs: Vec::new(), logs: logs.clone() };
+    let mut stack = Stack { procs: Vec::new(), logs: logs.clone(), envoy_admin: None };
     let (redis, xds, cp_admin, listener, envoy_admin, statsd, metrics, orch) = (
         free_port(LOOPBACK)?,
         free_port(LOOPBACK)?,
@@ -355,7 +372,15 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
         .env(env::NODE_ID, "roost-up")
         .output()?;
     std::fs::write(&bootstrap, rendered.stdout)?;
-    stack.spawn("envoy", Command::new(envoy).arg("-c").arg(&bootstrap).args(["--disable-hot-restart", "--concurrency", "2"]))?;
+    stack.spawn(
+        "envoy",
+        Command::new(envoy)
+            .arg("-c")
+            .arg(&bootstrap)
+            .args(["--disable-hot-restart", "--concurrency", "2", "--drain-strategy", "immediate", "--drain-time-s"])
+            .arg(crate::drain::DRAIN_TIME_S.to_string()),
+    )?;
+    stack.envoy_admin = Some(envoy_admin);
     wait_ready(&mut stack, "envoy", 30, || http_ok(envoy_admin, "/ready")).await?;
 
     stack.spawn(

@@ -354,6 +354,120 @@ async fn delta_control_plane_restart_under_traffic() {
     restart_under_traffic(XdsMode::Delta).await;
 }
 
+/// How many Envoys hold an ADS stream to the control plane, from its `/envoys`.
+async fn envoys_connected(admin_port: u16) -> Option<usize> {
+    let r = http::get(admin_port, "/envoys").await.ok().filter(|r| r.status == 200)?;
+    let v: Value = serde_json::from_str(&r.body).ok()?;
+    v["envoys"].as_array().map(Vec::len)
+}
+
+/// How long the control plane stays down: longer than Envoy's default reconnect back-off
+/// (base 0.5 s, doubling, jittered, up to 30 s) takes to grow past a few seconds.
+const OUTAGE: Duration = Duration::from_secs(5);
+
+/// How soon after the control plane is back Envoy must hold its ADS stream again: the
+/// bootstrap bounds the back-off to 1 s (`retry_back_off` in envoy/bootstrap.yaml).
+const RECONNECT_BOUND: Duration = Duration::from_millis(1500);
+
+async fn reconnects_within_a_second_after_an_outage(mode: XdsMode) {
+    let redis = Redis::start().await;
+    let (xds, admin_port, listener) = (free_port(), free_port(), free_port());
+    let healthy = || async { http::get(admin_port, "/healthz").await.ok().filter(|r| r.status == 200) };
+    let mut cp = spawn_control_plane(xds, admin_port, listener, &redis.url());
+    wait_until(WAIT, "the control plane's admin API", healthy).await;
+    let envoy = Envoy::start(&EnvoyOptions::new(xds, mode)).await;
+    wait_until(WAIT, "Envoy's ADS stream", || async { (envoys_connected(admin_port).await? == 1).then_some(()) }).await;
+
+    cp.kill();
+    // The outage itself: Envoy retries all along and its back-off grows meanwhile.
+    tokio::time::sleep(OUTAGE).await;
+    let _cp2 = spawn_control_plane(xds, admin_port, listener, &redis.url());
+    wait_until(WAIT, "the restarted control plane's admin API", healthy).await;
+    let back = std::time::Instant::now();
+    wait_until(WAIT, "Envoy's ADS stream to the restarted control plane", || async {
+        (envoys_connected(admin_port).await? == 1).then_some(())
+    })
+    .await;
+    let took = back.elapsed();
+    eprintln!("reconnect ({mode:?}) after a {OUTAGE:?} outage: {took:?} after the control plane was back");
+    assert!(
+        took <= RECONNECT_BOUND,
+        "Envoy reconnected {took:?} after the control plane was back, more than {RECONNECT_BOUND:?}\nEnvoy log:\n{}",
+        tail(&envoy.log())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
+async fn sotw_reconnects_within_a_second_after_a_control_plane_outage() {
+    reconnects_within_a_second_after_an_outage(XdsMode::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
+async fn delta_reconnects_within_a_second_after_a_control_plane_outage() {
+    reconnects_within_a_second_after_an_outage(XdsMode::Delta).await;
+}
+
+/// `envoy/entrypoint.sh` (compose's Envoy) run here as Docker runs it, its SIGTERM sent
+/// to the script alone: it drains Envoy, waits for the request in flight, then stops
+/// Envoy; the request ends with its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and bash: full tier (scripts/test.sh)"]
+async fn the_compose_entry_point_drains_envoy_on_sigterm() {
+    const SLOW: Duration = Duration::from_millis(2000);
+    let listener = free_port();
+    let shutdown = CancellationToken::new();
+    let cp = start(Config { listener_port: listener, ..Config::for_tests() }, shutdown.clone()).await.expect("control plane starts");
+    let dir = std::env::temp_dir().join(format!("roost-entrypoint-{}-{listener}", std::process::id()));
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::os::unix::fs::symlink(roost_testkit::envoy::envoy_binary(), dir.join("bin/envoy")).unwrap();
+    let (admin, statsd) = (free_port(), roost_testkit::process::free_udp_port());
+    let log = dir.join("entrypoint.log");
+    let mut entry = Guard::spawn(
+        "envoy/entrypoint.sh",
+        Command::new("sh")
+            .arg(roost_testkit::workspace_root().join("envoy/entrypoint.sh"))
+            .args(["--concurrency", "1", "-l", "warning"])
+            .env("PATH", format!("{}:{}", dir.join("bin").display(), std::env::var("PATH").unwrap_or_default()))
+            .env("ROOST_XDS_ADDR", cp.xds_addr.to_string())
+            .env("ROOST_ENVOY_ADMIN_BIND", format!("127.0.0.1:{admin}"))
+            .env("ROOST_STATSD_ADDR", format!("127.0.0.1:{statsd}"))
+            .env("ROOST_ENVOY_CONFIG", dir.join("envoy.yaml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    wait_until(WAIT, "Envoy (started by the entry point) LIVE", || async {
+        http::get(admin, "/ready").await.ok().filter(|r| r.status == 200)
+    })
+    .await;
+    let up = Upstream::start_with_delay("slow", SLOW).await;
+    let port = cp.admin_addr.port();
+    admin_ok(port, "PUT", "/functions/slow?wait=true", None).await;
+    admin_ok(port, "POST", "/functions/slow/endpoints?wait=true", Some(json!({"address": format!("127.0.0.1:{}", up.port)}))).await;
+
+    let request = tokio::spawn(async move { http::get(listener, "/slow").await });
+    wait_until(WAIT, "the slow request in flight in Envoy", || async {
+        let r = http::get(admin, "/stats?filter=^cluster\\.fn-slow\\.upstream_rq_active$").await.ok()?;
+        r.body.contains("upstream_rq_active: 1").then_some(())
+    })
+    .await;
+    let stopping = tokio::task::spawn_blocking(move || entry.terminate());
+    let r = tokio::time::timeout(SLOW + Duration::from_secs(5), request)
+        .await
+        .expect("the request in flight ended")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the request in flight was cut: {e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let status = tokio::time::timeout(Duration::from_secs(20), stopping).await.expect("the entry point exited").unwrap();
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.is_some_and(|s| s.success()), "the entry point exited with {status:?}:\n{said}");
+    assert!(said.contains("draining Envoy"), "{said}");
+    assert!(http::get(admin, "/ready").await.is_err(), "Envoy still answers after the entry point exited");
+    shutdown.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// What the gate (`on_503` in gateway-lua/lua/roost/gate.lua) concludes from a 503 that
 /// came through Envoy, from the same two headers it reads: Envoy's router stamps
 /// `x-envoy-upstream-service-time` on every answer an upstream gave, and

@@ -85,6 +85,23 @@ impl Platform {
         s.function(function).cloned()
     }
 
+    /// Envoy's admin port, from the bootstrap `roost up` rendered into `.roost/envoy.yaml`.
+    pub fn envoy_admin(&self) -> u16 {
+        let bootstrap = std::fs::read_to_string(self.dir.join(".roost/envoy.yaml")).expect("roost up's envoy.yaml");
+        let admin = bootstrap.split("\nadmin:").nth(1).expect("an admin section in envoy.yaml");
+        admin
+            .split("port_value:")
+            .nth(1)
+            .and_then(|rest| rest.trim_start().split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .expect("the admin port in envoy.yaml")
+    }
+
+    /// Stops `roost up` as Ctrl-C does (SIGTERM) and waits for it; its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.guard.terminate()
+    }
+
     /// The definitions file.
     pub fn definitions(&self) -> PathBuf {
         self.dir.join("global-function-definition.yml")
