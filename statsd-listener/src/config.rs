@@ -31,7 +31,7 @@ pub struct Config {
 
     /// Senders whose datagrams are believed, comma-separated: IPs, CIDRs (`10.0.0.0/8`),
     /// host names (resolved at start and every 10 s) or `*` for anyone. Unset: loopback
-    /// only (see the `allow` module for why).
+    /// only (127.0.0.0/8, ::1); datagrams from elsewhere are counted and dropped.
     #[arg(long, env = env::STATSD_ALLOWED_SOURCES, value_delimiter = ',')]
     pub allowed_sources: Vec<String>,
 

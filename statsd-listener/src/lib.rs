@@ -86,17 +86,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     }
     // Resolve the host names and read the declared functions before receiving, so the
     // first datagrams are judged against both; neither blocks start for long.
-    let (resolved, failed) = refresh::resolve_all(&allow::host_names(&sources)).await;
-    for (host, e) in &failed {
-        tracing::warn!(host = %host, error = %e, "an allowed statsd source does not resolve yet; retrying every second");
-    }
+    // (A name that does not resolve yet is warned about by the resolver task.)
+    let (resolved, _) = refresh::resolve_all(&allow::host_names(&sources)).await;
     let (allow_tx, allow_rx) = tokio::sync::watch::channel(Arc::new(allow::AllowList::build(&sources, &resolved)));
     let mut declared_conn = None;
-    let declared = match refresh::read_declared(&client, &mut declared_conn).await {
-        Ok(set) => set,
+    let (declared, declared_failing) = match refresh::read_declared(&client, &mut declared_conn).await {
+        Ok(set) => (set, false),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the declared functions (roost:functions) yet; dropping every metric until it can");
-            Default::default()
+            (Default::default(), true)
         }
     };
     let (declared_tx, declared_rx) = tokio::sync::watch::channel(Arc::new(declared));
@@ -141,7 +139,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (st, sk, sd) = (stats.clone(), sink.clone(), shutdown.clone());
     let task = tokio::spawn(async move {
         let writer = tokio::spawn(sink::run(sk.clone(), client.clone(), st.clone(), sd.clone()));
-        let functions = tokio::spawn(refresh::declared(client, declared_conn, declared_tx, st.clone(), sd.clone()));
+        let functions = tokio::spawn(refresh::declared(client, declared_conn, declared_failing, declared_tx, st.clone(), sd.clone()));
         let resolver = tokio::spawn(refresh::resolver(sources, allow_tx, refused, sd.clone()));
         let http = tokio::spawn(std::future::IntoFuture::into_future(http));
         server::run(socket, sk, st, inputs, sd).await;

@@ -50,15 +50,16 @@ pub async fn read_declared(client: &redis::Client, conn: &mut Option<Multiplexed
 }
 
 /// Reads the declared functions every [`FUNCTIONS_EVERY`] until `shutdown`, publishing
-/// each change. While Redis is away the last list read stays in force.
+/// each change. While Redis is away the last list read stays in force. `failing`: the
+/// read before it failed (and was warned about).
 pub async fn declared(
     client: redis::Client,
     mut conn: Option<MultiplexedConnection>,
+    mut failing: bool,
     tx: watch::Sender<Declared>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) {
-    let mut failing = false;
     let mut ticker = tokio::time::interval(FUNCTIONS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
