@@ -358,6 +358,7 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
         "statsd-listener",
         Command::new(binary(opts, "statsd-listener")?)
             .env(env::STATSD_BIND, format!("127.0.0.1:{statsd}"))
+            .env(env::STATSD_ALLOWED_SOURCES, "127.0.0.1")
             .env(env::METRICS_BIND, format!("127.0.0.1:{metrics}"))
             .env(env::REDIS_URL, &redis_url),
     )?;

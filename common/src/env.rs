@@ -92,6 +92,10 @@ names! {
     METRICS_BIND = "ROOST_METRICS_BIND";
     /// How often each function's load is written to Redis, in milliseconds.
     FLUSH_INTERVAL_MS = "ROOST_FLUSH_INTERVAL_MS";
+    /// Senders the statsd-listener believes: IPs, CIDRs, host names, `*` (default: loopback).
+    STATSD_ALLOWED_SOURCES = "ROOST_STATSD_ALLOWED_SOURCES";
+    /// How long a pending or in-flight gauge counts without a fresh reading, in milliseconds.
+    STATSD_GAUGE_TTL_MS = "ROOST_STATSD_GAUGE_TTL_MS";
 
     // --- Envoy's bootstrap (envoy/render-bootstrap.sh) ---------------------------------
     /// Envoy's node id.

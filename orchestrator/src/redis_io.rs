@@ -33,11 +33,26 @@ pub struct Load {
     pub last_request_ms: Option<u64>,
 }
 
+/// How old a load hash may be (its `updated_ms`) before its in-flight and pending counts
+/// are taken as zero. A live statsd-listener rewrites the hash every flush while Envoy
+/// reports the function (Envoy repeats its gauges every 250 ms-1 s) and zeroes a gauge
+/// itself after its gauge TTL (3 s by default); a hash older than this bound was left by
+/// a listener that stopped, and must not hold replicas up.
+pub const LOAD_STALE_AFTER_MS: u64 = 10_000;
+
 impl Load {
-    /// Reads the fields of the load hash; absent or unreadable fields count as zero.
-    pub fn from_hash(h: &HashMap<String, String>) -> Load {
+    /// Reads the fields of the load hash at `now_ms`; absent or unreadable fields count
+    /// as zero, and so do the in-flight and pending counts of a hash not updated within
+    /// [`LOAD_STALE_AFTER_MS`] (or never stamped). The last request start is kept
+    /// whatever the age: idleness is measured from it.
+    pub fn from_hash(h: &HashMap<String, String>, now_ms: u64) -> Load {
         let l = LoadHash::from_fields(h);
-        Load { in_flight: l.in_flight as u64, pending: l.pending as u64, last_request_ms: Some(l.last_request_ms).filter(|v| *v > 0) }
+        let last_request_ms = Some(l.last_request_ms).filter(|v| *v > 0);
+        let fresh = l.updated_ms > 0 && now_ms.saturating_sub(l.updated_ms) <= LOAD_STALE_AFTER_MS;
+        if !fresh {
+            return Load { in_flight: 0, pending: 0, last_request_ms };
+        }
+        Load { in_flight: l.in_flight as u64, pending: l.pending as u64, last_request_ms }
     }
 }
 
@@ -125,7 +140,7 @@ impl RedisIo {
     pub async fn load(&self, function: &str) -> redis::RedisResult<Load> {
         let mut c = self.conn.clone();
         let h: HashMap<String, String> = c.hgetall(keys::load(function)).await?;
-        Ok(Load::from_hash(&h))
+        Ok(Load::from_hash(&h, roost_common::clock::now_ms()))
     }
 
     /// Publishes the replica count and target concurrency (read by the statsd-listener).
@@ -256,11 +271,31 @@ mod tests {
 
     #[test]
     fn load_reads_numbers_and_defaults_missing_fields() {
+        let now = 1_700_000_005_000;
         let mut h = HashMap::new();
         h.insert("in_flight".to_string(), "3".to_string());
         h.insert("pending".to_string(), "2.0".to_string());
         h.insert("last_request_ms".to_string(), "1700000000000".to_string());
-        assert_eq!(Load::from_hash(&h), Load { in_flight: 3, pending: 2, last_request_ms: Some(1_700_000_000_000) });
-        assert_eq!(Load::from_hash(&HashMap::new()), Load::default());
+        h.insert("updated_ms".to_string(), "1700000004750".to_string());
+        assert_eq!(Load::from_hash(&h, now), Load { in_flight: 3, pending: 2, last_request_ms: Some(1_700_000_000_000) });
+        assert_eq!(Load::from_hash(&HashMap::new(), now), Load::default());
+    }
+
+    #[test]
+    fn a_stale_load_counts_no_requests_but_keeps_the_last_request_time() {
+        let updated = 1_700_000_000_000u64;
+        let mut h = HashMap::new();
+        h.insert("in_flight".to_string(), "10".to_string());
+        h.insert("pending".to_string(), "1000000000000000".to_string());
+        h.insert("last_request_ms".to_string(), "1699999990000".to_string());
+        h.insert("updated_ms".to_string(), updated.to_string());
+        let busy = Load { in_flight: 10, pending: 1_000_000_000_000_000, last_request_ms: Some(1_699_999_990_000) };
+        let idle = Load { in_flight: 0, pending: 0, last_request_ms: Some(1_699_999_990_000) };
+        assert_eq!(Load::from_hash(&h, updated), busy);
+        assert_eq!(Load::from_hash(&h, updated + LOAD_STALE_AFTER_MS), busy, "at the bound: still fresh");
+        assert_eq!(Load::from_hash(&h, updated + LOAD_STALE_AFTER_MS + 1), idle, "a listener that stopped holds nothing up");
+        assert_eq!(Load::from_hash(&h, updated - 500), busy, "a clock a little behind the writer's is no reason to drop it");
+        h.remove("updated_ms");
+        assert_eq!(Load::from_hash(&h, updated), idle, "a hash never stamped counts as stale");
     }
 }

@@ -170,7 +170,13 @@ async fn a_crash_removes_the_endpoint_and_queueing_scales_up() {
     assert_eq!(wake(api, "f").await.0, 200);
     let client = redis::Client::open(b.redis.url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("HSET").arg("roost:fn:f:load").arg("in_flight").arg(1).arg("pending").arg(4).query_async(&mut c).await.unwrap();
+    let now = roost_common::clock::now_ms();
+    let _: () = redis::cmd("HSET")
+        .arg("roost:fn:f:load")
+        .arg(&["in_flight", "1", "pending", "4", "updated_ms", &now.to_string()])
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let _: () = redis::cmd("PUBLISH").arg("roost:scale").arg(r#"{"function":"f"}"#).query_async(&mut c).await.unwrap();
     wait_until(WAIT, "three replicas ready", || async { (ready_replicas(api, "f").await == 3).then_some(()) }).await;
     let replicas: String = redis::cmd("HGET").arg("roost:fn:f:replicas").arg("ready").query_async(&mut c).await.unwrap();

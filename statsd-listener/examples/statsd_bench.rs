@@ -36,6 +36,7 @@ fn datagrams() -> Vec<Vec<u8>> {
 fn parse_throughput() -> f64 {
     let data = datagrams();
     let mut agg = Aggregator::default();
+    agg.set_declared((0..100).map(|i| format!("f{i}")).collect());
     let stats = Stats::default();
     let mut queued = HashSet::new();
     let start = Instant::now();

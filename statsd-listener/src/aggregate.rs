@@ -1,9 +1,16 @@
 //! Per-function load from Envoy's cluster stats, and the scale-up decision: pure code,
-//! fed parsed metrics and the time, tested without sockets.
+//! fed parsed metrics, the declared functions and the time, tested without sockets.
+//!
+//! Only declared functions (the Redis set `roost:functions`, handed in with
+//! [`Aggregator::set_declared`]) are tracked: a metric for any other name is counted in
+//! [`Aggregator::unknown`] and dropped. A gauge (`pending`, `in_flight`) not refreshed
+//! within the gauge TTL counts as zero from the next flush on, so neither a stale reading
+//! nor a spoofed one can hold replicas up: Envoy repeats every gauge each stats flush
+//! (250 ms-1 s), so a live reading is never older than one flush.
 
 use crate::parser::{Kind, Metric};
 use roost_common::naming::function_of_cluster;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Most functions tracked; metrics of further functions are counted and dropped, so a
 /// flood of odd cluster names cannot grow memory without bound.
@@ -31,6 +38,10 @@ struct State {
     load: Load,
     started_since_flush: f64,
     dirty: bool,
+    /// When the `in_flight` gauge was last set (Unix ms).
+    in_flight_at: u64,
+    /// When the `pending` gauge was last set (Unix ms).
+    pending_at: u64,
 }
 
 /// Which Envoy stat a metric is, for a Roost function cluster.
@@ -63,11 +74,26 @@ pub fn classify(name: &str) -> Option<(&str, Stat)> {
 }
 
 /// The aggregator.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Aggregator {
     functions: HashMap<String, State>,
+    declared: HashSet<String>,
+    gauge_ttl_ms: u64,
     /// Metrics dropped because [`MAX_FUNCTIONS`] were already tracked.
     pub dropped: u64,
+    /// Metrics dropped because their function is not declared.
+    pub unknown: u64,
+    /// Gauges that expired (went to zero for want of a fresh reading).
+    pub expired: u64,
+}
+
+/// The gauge TTL when none is configured, in milliseconds.
+pub const DEFAULT_GAUGE_TTL_MS: u64 = 3_000;
+
+impl Default for Aggregator {
+    fn default() -> Self {
+        Aggregator::new(DEFAULT_GAUGE_TTL_MS)
+    }
 }
 
 /// What one metric did.
@@ -82,9 +108,35 @@ pub enum Observed {
 }
 
 impl Aggregator {
+    /// An aggregator that knows no declared function yet, whose gauges expire after
+    /// `gauge_ttl_ms` without a fresh reading.
+    pub fn new(gauge_ttl_ms: u64) -> Aggregator {
+        Aggregator { functions: HashMap::new(), declared: HashSet::new(), gauge_ttl_ms, dropped: 0, unknown: 0, expired: 0 }
+    }
+
+    /// Replaces the declared functions; returns the functions it stops tracking (no
+    /// longer declared), whose state is forgotten.
+    pub fn set_declared(&mut self, declared: HashSet<String>) -> Vec<String> {
+        let gone: Vec<String> = self.functions.keys().filter(|f| !declared.contains(*f)).cloned().collect();
+        for f in &gone {
+            self.functions.remove(f);
+        }
+        self.declared = declared;
+        gone
+    }
+
+    /// Whether the function is declared.
+    pub fn is_declared(&self, function: &str) -> bool {
+        self.declared.contains(function)
+    }
+
     /// Records one metric at `now_ms`.
     pub fn observe(&mut self, m: &Metric<'_>, now_ms: u64) -> Observed {
         let Some((function, stat)) = classify(m.name) else { return Observed::Ignored };
+        if !self.declared.contains(function) {
+            self.unknown += 1;
+            return Observed::Ignored;
+        }
         if !self.functions.contains_key(function) && self.functions.len() >= MAX_FUNCTIONS {
             self.dropped += 1;
             return Observed::Ignored;
@@ -97,9 +149,13 @@ impl Aggregator {
             _ => m.value.max(0.0),
         };
         match stat {
-            Stat::Active => s.load.in_flight = gauge(s.load.in_flight),
+            Stat::Active => {
+                s.load.in_flight = gauge(s.load.in_flight);
+                s.in_flight_at = now_ms;
+            }
             Stat::Pending => {
                 s.load.pending = gauge(s.load.pending);
+                s.pending_at = now_ms;
                 if s.load.pending > 0.0 {
                     return Observed::Queued;
                 }
@@ -117,11 +173,24 @@ impl Aggregator {
     }
 
     /// The functions that changed since the last flush, with their load; `elapsed_ms`
-    /// is the time since the last flush (for requests per second).
-    pub fn flush(&mut self, elapsed_ms: u64) -> Vec<(String, Load)> {
+    /// is the time since the last flush (for requests per second). A non-zero gauge last
+    /// set more than the gauge TTL before `now_ms` is zeroed here (a change, so flushed).
+    pub fn flush(&mut self, elapsed_ms: u64, now_ms: u64) -> Vec<(String, Load)> {
         let secs = (elapsed_ms.max(1) as f64) / 1000.0;
+        let ttl = self.gauge_ttl_ms;
+        let stale = |at: u64| now_ms.saturating_sub(at) > ttl;
         let mut out = Vec::new();
         for (name, s) in &mut self.functions {
+            if s.load.in_flight != 0.0 && stale(s.in_flight_at) {
+                s.load.in_flight = 0.0;
+                s.dirty = true;
+                self.expired += 1;
+            }
+            if s.load.pending != 0.0 && stale(s.pending_at) {
+                s.load.pending = 0.0;
+                s.dirty = true;
+                self.expired += 1;
+            }
             if !s.dirty {
                 continue;
             }
@@ -163,6 +232,13 @@ mod tests {
         a.observe(&parse_line(line.as_bytes()).unwrap(), now)
     }
 
+    /// An aggregator (gauge TTL 3 s) that knows the given functions.
+    fn with(functions: &[&str]) -> Aggregator {
+        let mut a = Aggregator::new(3_000);
+        a.set_declared(functions.iter().map(|f| f.to_string()).collect());
+        a
+    }
+
     #[test]
     fn classifies_only_function_clusters() {
         assert_eq!(classify("envoy.cluster.fn-hello.upstream_rq_active"), Some(("hello", Stat::Active)));
@@ -174,21 +250,21 @@ mod tests {
 
     #[test]
     fn gauges_counters_and_rates() {
-        let mut a = Aggregator::default();
+        let mut a = with(&["h"]);
         feed(&mut a, "envoy.cluster.fn-h.upstream_rq_active:3|g", 1000);
         feed(&mut a, "envoy.cluster.fn-h.upstream_rq_active:-1|g", 1000);
         feed(&mut a, "envoy.cluster.fn-h.upstream_rq_total:5|c", 1000);
         feed(&mut a, "envoy.cluster.fn-h.upstream_rq_total:1|c|@0.5", 1100);
-        let out = a.flush(500);
+        let out = a.flush(500, 1100);
         assert_eq!(out.len(), 1);
         let l = out[0].1;
         assert_eq!((l.in_flight, l.requests_total, l.rps, l.last_request_ms), (2.0, 7.0, 14.0, 1100));
-        assert!(a.flush(250).is_empty(), "nothing changed, nothing flushed");
+        assert!(a.flush(250, 1350).is_empty(), "nothing changed, nothing flushed");
     }
 
     #[test]
     fn idleness_counts_started_requests_not_finished_ones() {
-        let mut a = Aggregator::default();
+        let mut a = with(&["h"]);
         feed(&mut a, "envoy.cluster.fn-h.upstream_rq_total:1|c", 1000);
         // A long request still in flight: the gauge repeats, nothing new starts.
         feed(&mut a, "envoy.cluster.fn-h.upstream_rq_active:1|g", 5000);
@@ -199,7 +275,7 @@ mod tests {
 
     #[test]
     fn queueing_is_signalled_at_once() {
-        let mut a = Aggregator::default();
+        let mut a = with(&["h"]);
         assert_eq!(feed(&mut a, "envoy.cluster.fn-h.upstream_rq_pending_active:0|g", 1), Observed::Recorded);
         assert_eq!(feed(&mut a, "envoy.cluster.fn-h.upstream_rq_pending_active:9|g", 2), Observed::Queued);
         assert_eq!(feed(&mut a, "other.metric:1|c", 3), Observed::Ignored);
@@ -218,10 +294,70 @@ mod tests {
     #[test]
     fn tracked_functions_are_bounded() {
         let mut a = Aggregator::default();
+        a.set_declared((0..MAX_FUNCTIONS + 5).map(|i| format!("f{i}")).collect());
         for i in 0..MAX_FUNCTIONS + 5 {
             feed(&mut a, &format!("envoy.cluster.fn-f{i}.upstream_rq_active:1|g"), 1);
         }
         assert_eq!(a.all().len(), MAX_FUNCTIONS);
         assert_eq!(a.dropped, 5);
+    }
+
+    #[test]
+    fn undeclared_functions_are_counted_and_dropped() {
+        let mut a = with(&["hello"]);
+        assert_eq!(feed(&mut a, "envoy.cluster.fn-ghost.upstream_rq_pending_active:1e15|g", 1), Observed::Ignored);
+        assert_eq!(feed(&mut a, "envoy.cluster.fn-ghost.upstream_rq_total:3|c", 1), Observed::Ignored);
+        assert_eq!(feed(&mut a, "roost.orchestrator.cold_starts:1|c", 1), Observed::Ignored, "not a function stat: not unknown");
+        assert_eq!(feed(&mut a, "envoy.cluster.fn-hello.upstream_rq_active:1|g", 1), Observed::Recorded);
+        assert_eq!(a.unknown, 2);
+        assert!(a.load("ghost").is_none());
+        assert_eq!(a.flush(250, 2).iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(), ["hello"]);
+    }
+
+    #[test]
+    fn an_undeclared_function_is_forgotten_and_a_declared_one_tracked() {
+        let mut a = with(&["hello"]);
+        feed(&mut a, "envoy.cluster.fn-hello.upstream_rq_active:2|g", 1);
+        feed(&mut a, "envoy.cluster.fn-new.upstream_rq_active:2|g", 1);
+        let gone = a.set_declared(["new".to_string()].into());
+        assert_eq!(gone, ["hello"]);
+        assert!(a.load("hello").is_none());
+        assert!(a.is_declared("new") && !a.is_declared("hello"));
+        assert_eq!(feed(&mut a, "envoy.cluster.fn-new.upstream_rq_active:2|g", 2), Observed::Recorded);
+        assert_eq!(feed(&mut a, "envoy.cluster.fn-hello.upstream_rq_active:2|g", 2), Observed::Ignored);
+        assert_eq!(a.flush(250, 2).iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(), ["new"]);
+    }
+
+    #[test]
+    fn gauges_not_refreshed_within_the_ttl_count_as_zero() {
+        // Virtual time: milliseconds handed in, a 3 s TTL, a flush every 250 ms.
+        let mut a = with(&["h"]);
+        feed(&mut a, "envoy.cluster.fn-h.upstream_rq_pending_active:1e15|g", 10_000);
+        feed(&mut a, "envoy.cluster.fn-h.upstream_rq_active:10|g", 10_000);
+        feed(&mut a, "envoy.cluster.fn-h.upstream_rq_total:1|c", 10_000);
+        let first = a.flush(250, 10_000);
+        assert_eq!((first[0].1.pending, first[0].1.in_flight), (1e15, 10.0));
+        // The in-flight gauge keeps coming, the pending one stops.
+        let mut t = 10_000;
+        while t < 13_000 {
+            t += 250;
+            feed(&mut a, "envoy.cluster.fn-h.upstream_rq_active:10|g", t);
+            let out = a.flush(250, t);
+            assert_eq!(out[0].1.pending, 1e15, "still within the TTL at {t}");
+        }
+        t += 250;
+        feed(&mut a, "envoy.cluster.fn-h.upstream_rq_active:10|g", t);
+        let out = a.flush(250, t);
+        assert_eq!((out[0].1.pending, out[0].1.in_flight), (0.0, 10.0), "pending expired at {t}, in-flight refreshed");
+        assert_eq!(a.expired, 1);
+        // Nothing comes any more: in-flight expires too, written once as zero, then quiet.
+        let out = a.flush(250, t + 3_001);
+        assert_eq!((out[0].1.pending, out[0].1.in_flight), (0.0, 0.0));
+        assert_eq!(out[0].1.last_request_ms, 10_000, "the last request start is kept");
+        assert!(a.flush(250, t + 10_000).is_empty());
+        assert_eq!(a.expired, 2);
+        // A fresh reading counts again.
+        assert_eq!(feed(&mut a, "envoy.cluster.fn-h.upstream_rq_pending_active:2|g", t + 10_001), Observed::Queued);
+        assert_eq!(a.flush(250, t + 10_001)[0].1.pending, 2.0);
     }
 }

@@ -29,6 +29,17 @@ pub struct Config {
     #[arg(long, env = env::FLUSH_INTERVAL_MS, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=10_000))]
     pub flush_interval_ms: u64,
 
+    /// Senders whose datagrams are believed, comma-separated: IPs, CIDRs (`10.0.0.0/8`),
+    /// host names (resolved at start and every 10 s) or `*` for anyone. Unset: loopback
+    /// only (127.0.0.0/8, ::1); datagrams from elsewhere are counted and dropped.
+    #[arg(long, env = env::STATSD_ALLOWED_SOURCES, value_delimiter = ',')]
+    pub allowed_sources: Vec<String>,
+
+    /// How long an in-flight or pending gauge counts without a fresh reading, in
+    /// milliseconds; then it counts as zero (Envoy repeats gauges every stats flush).
+    #[arg(long, env = env::STATSD_GAUGE_TTL_MS, default_value_t = crate::aggregate::DEFAULT_GAUGE_TTL_MS, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub gauge_ttl_ms: u64,
+
     /// Log format: text or json.
     #[arg(long, env = env::LOG_FORMAT, default_value = "text")]
     pub log_format: LogFormat,

@@ -5,16 +5,21 @@
 //! # Layout
 //!
 //! - [`parser`]: the statsd / DogStatsD line format, a pure function.
-//! - [`aggregate`]: per-function load from Envoy's cluster stats, and the scale-up rule.
+//! - [`aggregate`]: per-function load from Envoy's cluster stats (declared functions
+//!   only, gauges that expire), and the scale-up rule.
+//! - [`allow`]: which senders are believed (`ROOST_STATSD_ALLOWED_SOURCES`).
+//! - [`refresh`]: the declared functions and the allowed addresses, kept fresh.
 //! - [`server`]: the UDP loop.
 //! - [`sink`]: writing to Redis, reconnecting, bounded while Redis is away.
 //! - [`metrics`]: `/metrics` in Prometheus text format.
 //! - [`config`]: flags and `ROOST_...` variables.
 
 pub mod aggregate;
+pub mod allow;
 pub mod config;
 pub mod metrics;
 pub mod parser;
+pub mod refresh;
 pub mod server;
 pub mod sink;
 
@@ -47,6 +52,9 @@ pub enum Error {
     /// The Redis URL is malformed.
     #[error("invalid Redis URL {0:?}: {1}; use redis://host:port/")]
     RedisUrl(String, redis::RedisError),
+    /// Entries of the allow-list are malformed (every one listed).
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    AllowedSources(Vec<allow::SourceError>),
 }
 
 /// A started listener.
@@ -72,6 +80,24 @@ impl Running {
 /// Binds the sockets and starts receiving.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
     let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| Error::RedisUrl(config.redis_url.clone(), e))?;
+    let sources = allow::parse_sources(&config.allowed_sources).map_err(Error::AllowedSources)?;
+    if config.allowed_sources.is_empty() {
+        info!(variable = roost_common::env::STATSD_ALLOWED_SOURCES, "no allowed statsd sources set: believing loopback senders only");
+    }
+    // Resolve the host names and read the declared functions before receiving, so the
+    // first datagrams are judged against both; neither blocks start for long.
+    // (A name that does not resolve yet is warned about by the resolver task.)
+    let (resolved, _) = refresh::resolve_all(&allow::host_names(&sources)).await;
+    let (allow_tx, allow_rx) = tokio::sync::watch::channel(Arc::new(allow::AllowList::build(&sources, &resolved)));
+    let mut declared_conn = None;
+    let (declared, declared_failing) = match refresh::read_declared(&client, &mut declared_conn).await {
+        Ok(set) => (set, false),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the declared functions (roost:functions) yet; dropping every metric until it can");
+            (Default::default(), true)
+        }
+    };
+    let (declared_tx, declared_rx) = tokio::sync::watch::channel(Arc::new(declared));
     let socket = tokio::net::UdpSocket::bind(config.bind).await.map_err(|source| Error::Bind {
         what: "statsd (UDP)",
         addr: config.bind,
@@ -102,11 +128,24 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let http = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     info!(%udp_addr, %metrics_addr, "statsd listener receiving");
     let flush = Duration::from_millis(config.flush_interval_ms);
+    let refused = Arc::new(tokio::sync::Notify::new());
+    let inputs = server::Inputs {
+        allow: allow_rx,
+        declared: declared_rx,
+        refused: refused.clone(),
+        flush_every: flush,
+        gauge_ttl_ms: config.gauge_ttl_ms,
+    };
     let (st, sk, sd) = (stats.clone(), sink.clone(), shutdown.clone());
     let task = tokio::spawn(async move {
-        let writer = tokio::spawn(sink::run(sk.clone(), client, st.clone(), sd.clone()));
+        let writer = tokio::spawn(sink::run(sk.clone(), client.clone(), st.clone(), sd.clone()));
+        let functions = tokio::spawn(refresh::declared(client, declared_conn, declared_failing, declared_tx, st.clone(), sd.clone()));
+        let resolver = tokio::spawn(refresh::resolver(sources, allow_tx, refused, sd.clone()));
         let http = tokio::spawn(std::future::IntoFuture::into_future(http));
-        server::run(socket, sk, st, flush, sd).await;
+        server::run(socket, sk, st, inputs, sd).await;
+        for t in [functions, resolver] {
+            t.await.map_err(|e| Error::Panicked(e.to_string()))?;
+        }
         let writer = writer.await.map_err(|e| Error::Panicked(e.to_string()));
         let served = http.await.map_err(|e| Error::Panicked(e.to_string()))?;
         if let Err(e) = served {

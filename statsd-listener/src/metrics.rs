@@ -22,6 +22,12 @@ pub struct Stats {
     pub scale_signals: AtomicU64,
     /// Metrics dropped because too many functions were tracked.
     pub dropped_functions: AtomicU64,
+    /// Metrics dropped because their function is not declared (`roost:functions`).
+    pub unknown_functions: AtomicU64,
+    /// Datagrams dropped because their source is not allowed.
+    pub denied_datagrams: AtomicU64,
+    /// Gauges zeroed because no fresh reading came within the gauge TTL.
+    pub expired_gauges: AtomicU64,
     /// The newest load of every function, for `/metrics`.
     pub loads: Mutex<BTreeMap<String, Load>>,
 }
@@ -36,6 +42,9 @@ pub fn render(stats: &Stats) -> String {
         ("roost_statsd_redis_errors_total", "Failed Redis connects or writes.", &stats.redis_errors),
         ("roost_statsd_scale_signals_total", "Scale-up signals published.", &stats.scale_signals),
         ("roost_statsd_dropped_functions_total", "Metrics dropped because too many functions were tracked.", &stats.dropped_functions),
+        ("roost_statsd_unknown_functions_total", "Metrics dropped because their function is not declared.", &stats.unknown_functions),
+        ("roost_statsd_denied_datagrams_total", "Datagrams dropped because their source is not allowed.", &stats.denied_datagrams),
+        ("roost_statsd_expired_gauges_total", "In-flight or pending gauges zeroed for want of a fresh reading.", &stats.expired_gauges),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));

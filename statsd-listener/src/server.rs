@@ -1,9 +1,12 @@
-//! The UDP loop: receive, parse, aggregate; flush to the sink on a timer and at once
-//! when a function queues. A bad line is counted and skipped; nothing stalls the loop.
+//! The UDP loop: receive, refuse what comes from a source not allowed, parse,
+//! aggregate; flush to the sink on a timer and at once when a function queues. A bad
+//! line or a refused datagram is counted and skipped; nothing stalls the loop.
 
 use crate::aggregate::{Aggregator, Observed};
+use crate::allow::AllowList;
 use crate::metrics::Stats;
 use crate::parser::parse_datagram;
+use crate::refresh::Declared;
 use crate::sink::Sink;
 use roost_common::clock::now_ms;
 use std::collections::HashSet;
@@ -11,7 +14,27 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// Shortest time between two warnings about refused datagrams.
+const WARN_REFUSED_EVERY: Duration = Duration::from_secs(10);
+
+/// What the UDP loop reads besides its socket.
+#[derive(Debug)]
+pub struct Inputs {
+    /// The allow-list in force.
+    pub allow: watch::Receiver<Arc<AllowList>>,
+    /// The declared functions.
+    pub declared: watch::Receiver<Declared>,
+    /// Notified when a datagram is refused (the resolver may look again).
+    pub refused: Arc<Notify>,
+    /// How often loads are flushed to the sink.
+    pub flush_every: Duration,
+    /// How long a gauge counts without a fresh reading, in milliseconds.
+    pub gauge_ttl_ms: u64,
+}
 
 /// Largest datagram read (the UDP maximum).
 pub const MAX_DATAGRAM: usize = 65_536;
@@ -37,6 +60,7 @@ pub fn grow_receive_buffer(socket: &UdpSocket, bytes: usize) {
 pub fn handle_datagram(agg: &mut Aggregator, stats: &Stats, datagram: &[u8], now: u64, queued: &mut HashSet<String>) {
     stats.packets.fetch_add(1, Ordering::Relaxed);
     let (mut lines, mut errors) = (0u64, 0u64);
+    let unknown_before = agg.unknown;
     for line in parse_datagram(datagram) {
         lines += 1;
         match line {
@@ -52,21 +76,37 @@ pub fn handle_datagram(agg: &mut Aggregator, stats: &Stats, datagram: &[u8], now
     }
     stats.lines.fetch_add(lines, Ordering::Relaxed);
     stats.parse_errors.fetch_add(errors, Ordering::Relaxed);
+    stats.unknown_functions.fetch_add(agg.unknown - unknown_before, Ordering::Relaxed);
 }
 
 /// Receives until `shutdown`.
-pub async fn run(socket: UdpSocket, sink: Arc<Sink>, stats: Arc<Stats>, flush_every: Duration, shutdown: CancellationToken) {
-    let mut agg = Aggregator::default();
+pub async fn run(socket: UdpSocket, sink: Arc<Sink>, stats: Arc<Stats>, inputs: Inputs, shutdown: CancellationToken) {
+    let Inputs { mut allow, mut declared, refused, flush_every, gauge_ttl_ms } = inputs;
+    let mut agg = Aggregator::new(gauge_ttl_ms);
+    agg.set_declared((**declared.borrow_and_update()).clone());
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut ticker = tokio::time::interval(flush_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_flush = Instant::now();
+    let mut last_warned: Option<Instant> = None;
+    let mut refused_since_warned = 0u64;
     let mut queued = HashSet::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = socket.recv_from(&mut buf) => {
-                let Ok((n, _)) = r else { continue };
+                let Ok((n, from)) = r else { continue };
+                if !allow.borrow_and_update().allows(from.ip()) {
+                    stats.denied_datagrams.fetch_add(1, Ordering::Relaxed);
+                    refused.notify_one();
+                    refused_since_warned += 1;
+                    if last_warned.is_none_or(|t| t.elapsed() >= WARN_REFUSED_EVERY) {
+                        warn!(source = %from.ip(), refused = refused_since_warned, "refused statsd datagrams from a source not allowed; add it to ROOST_STATSD_ALLOWED_SOURCES if it is Envoy");
+                        last_warned = Some(Instant::now());
+                        refused_since_warned = 0;
+                    }
+                    continue;
+                }
                 handle_datagram(&mut agg, &stats, &buf[..n], now_ms(), &mut queued);
                 for f in queued.drain() {
                     if let Some(load) = agg.load(&f) {
@@ -74,10 +114,21 @@ pub async fn run(socket: UdpSocket, sink: Arc<Sink>, stats: Arc<Stats>, flush_ev
                     }
                 }
             }
+            Ok(()) = declared.changed() => {
+                let gone = agg.set_declared((**declared.borrow_and_update()).clone());
+                if !gone.is_empty() {
+                    let mut loads = stats.loads.lock().unwrap_or_else(|e| e.into_inner());
+                    for f in &gone {
+                        loads.remove(f);
+                    }
+                }
+            }
             _ = ticker.tick() => {
                 let elapsed = last_flush.elapsed().as_millis() as u64;
                 last_flush = Instant::now();
-                let changed = agg.flush(elapsed);
+                let expired_before = agg.expired;
+                let changed = agg.flush(elapsed, now_ms());
+                stats.expired_gauges.fetch_add(agg.expired - expired_before, Ordering::Relaxed);
                 if changed.is_empty() {
                     continue;
                 }

@@ -1,7 +1,8 @@
 //! Writes each function's load to Redis (at most once per flush per function) and
 //! publishes scale-up signals, reconnecting with backoff when Redis goes away. While
 //! Redis is away only the newest load of each function is kept, so memory stays bounded.
-//! What it writes and reads is typed in [`roost_common::wire::redis`].
+//! What it writes and reads is typed in [`roost_common::wire::redis`]. It writes only
+//! for a function still in `roost:functions` at the time of the write.
 
 use crate::aggregate::{needs_scale_up, Load, MAX_FUNCTIONS};
 use crate::metrics::Stats;
@@ -132,14 +133,29 @@ async fn write(
     stats: &Stats,
 ) -> redis::RedisResult<()> {
     let names: Vec<&String> = items.keys().collect();
+    // Each function's replica count, and whether it is still declared: a function
+    // removed since the listener last read `roost:functions` gets no load key back.
     let mut read = redis::pipe();
     for f in &names {
         read.cmd("HMGET").arg(keys::replicas(f)).arg(&ReplicasHash::FIELDS[..]);
+        read.sismember(keys::FUNCTIONS, *f);
     }
-    let replicas: Vec<(Option<String>, Option<String>)> = read.query_async(c).await?;
+    let values: Vec<redis::Value> = read.query_async(c).await?;
+    let mut replicas = Vec::with_capacity(names.len());
+    let mut declared = Vec::with_capacity(names.len());
+    for pair in values.chunks(2) {
+        let [r, d] = pair else { break };
+        replicas.push(redis::from_redis_value_ref::<(Option<String>, Option<String>)>(r)?);
+        declared.push(redis::from_redis_value_ref::<bool>(d)?);
+    }
     let updated_ms = now_ms();
     let mut write = redis::pipe();
-    for (f, (ready, target)) in names.iter().zip(&replicas) {
+    let mut writes = 0usize;
+    for ((f, (ready, target)), declared) in names.iter().zip(&replicas).zip(declared) {
+        if !declared {
+            stats.unknown_functions.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let load = &items[*f].0;
         let hash = LoadHash {
             in_flight: load.in_flight,
@@ -151,6 +167,7 @@ async fn write(
             updated_ms,
         };
         write.hset_multiple(keys::load(f), &hash.to_fields()).ignore();
+        writes += 1;
         // The orchestrator's replica count, as it last published it (absent: one replica).
         // It counts ready replicas only, not those starting, and lags a start by one
         // publish: the rule (`roost_common::scaling::needs_scale_up`, the one the
@@ -167,6 +184,9 @@ async fn write(
             last_signal.insert((*f).clone(), Instant::now());
             stats.scale_signals.fetch_add(1, Ordering::Relaxed);
         }
+    }
+    if writes == 0 {
+        return Ok(());
     }
     write.query_async::<()>(c).await
 }

@@ -26,6 +26,12 @@ async fn hget(url: &str, key: &str, field: &str) -> Option<String> {
 async fn envoy_queueing_is_seen_and_signalled_within_a_second() {
     use clap::Parser;
     let redis = Redis::start().await;
+    {
+        // `slow` is declared, as the orchestrator does: the listener tracks declared functions only.
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("SADD").arg("roost:functions").arg("slow").query_async(&mut c).await.unwrap();
+    }
     let stop = CancellationToken::new();
     let mut lc = Config::parse_from(["statsd-listener"]);
     lc.bind = "127.0.0.1:0".parse().unwrap();
