@@ -110,6 +110,12 @@ names! {
     STATS_FLUSH_INTERVAL = "ROOST_STATS_FLUSH_INTERVAL";
     /// Envoy's binary (`roost up`, tests).
     ENVOY_BIN = "ROOST_ENVOY_BIN";
+    /// Envoy's `--drain-time-s` (compose's entry point).
+    ENVOY_DRAIN_TIME_S = "ROOST_ENVOY_DRAIN_TIME_S";
+    /// How long compose's entry point waits on stop for requests in flight, in seconds.
+    ENVOY_DRAIN_WAIT_S = "ROOST_ENVOY_DRAIN_WAIT_S";
+    /// Where compose's entry point writes the rendered bootstrap.
+    ENVOY_CONFIG = "ROOST_ENVOY_CONFIG";
 
     // --- gate (gateway-lua/run.sh) -----------------------------------------------------
     /// The gate's public port (also the host port compose publishes).
