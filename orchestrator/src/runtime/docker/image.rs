@@ -18,6 +18,7 @@
 //! build arguments (Docker's predefined ones: not in the image's history, not in the
 //! cache key).
 
+use super::logs::LineSplitter;
 use super::{DockerRuntime, ImageError, MANAGED};
 use crate::logs::Logs;
 use crate::runtime::build::{ca_bundle, pip_install_args, proxy_env, Tail};
@@ -146,26 +147,10 @@ impl DockerRuntime {
     }
 }
 
-/// Splits the build's output into lines (a chunk may hold several, or part of one).
-#[derive(Debug, Default)]
-struct Lines {
-    partial: String,
-}
-
-impl Lines {
-    /// The whole lines `chunk` ends, without their ends of line; empty ones skipped.
-    fn feed(&mut self, chunk: &str) -> Vec<String> {
-        self.partial.push_str(chunk);
-        let Some(end) = self.partial.rfind('\n') else { return Vec::new() };
-        let rest = self.partial.split_off(end + 1);
-        let done = std::mem::replace(&mut self.partial, rest);
-        done.lines().map(|l| l.trim_end().to_string()).filter(|l| !l.is_empty()).collect()
-    }
-
-    /// What is left after the last chunk.
-    fn finish(&mut self) -> Option<String> {
-        Some(std::mem::take(&mut self.partial).trim_end().to_string()).filter(|l| !l.is_empty())
-    }
+/// A line of the build's output worth keeping: without trailing blanks, not empty (the
+/// output comes in chunks that may hold several lines or part of one: [`LineSplitter`]).
+fn build_line(line: String) -> Option<String> {
+    Some(line.trim_end().to_string()).filter(|l| !l.is_empty())
 }
 
 /// Builds `tag` from the build context `body` (the Dockerfile in it), each line of its
@@ -177,7 +162,7 @@ pub(super) async fn build(docker: &Docker, logs: &Logs, spec: &FunctionSpec, tag
     logs.push(&spec.name, BUILD_SOURCE, &format!("building image {tag}"));
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(body.into())));
     let mut tail = Tail::default();
-    let mut lines = Lines::default();
+    let mut lines = LineSplitter::default();
     let keep = |line: &str, tail: &mut Tail| {
         logs.push(&spec.name, BUILD_SOURCE, line);
         tail.push(line);
@@ -185,11 +170,11 @@ pub(super) async fn build(docker: &Docker, logs: &Logs, spec: &FunctionSpec, tag
     while let Some(item) = stream.next().await {
         match item {
             Ok(info) => {
-                for line in lines.feed(info.stream.as_deref().unwrap_or_default()) {
+                for line in lines.feed(info.stream.as_deref().unwrap_or_default().as_bytes()).into_iter().filter_map(build_line) {
                     keep(&line, &mut tail);
                 }
                 if let Some(err) = info.error_detail.and_then(|d| d.message) {
-                    if let Some(line) = lines.finish() {
+                    if let Some(line) = lines.finish().and_then(build_line) {
                         keep(&line, &mut tail);
                     }
                     keep(&err, &mut tail);
@@ -197,7 +182,7 @@ pub(super) async fn build(docker: &Docker, logs: &Logs, spec: &FunctionSpec, tag
                 }
             }
             Err(source) => {
-                if let Some(line) = lines.finish() {
+                if let Some(line) = lines.finish().and_then(build_line) {
                     keep(&line, &mut tail);
                 }
                 keep(&format!("the build failed: {source}"), &mut tail);
@@ -205,7 +190,7 @@ pub(super) async fn build(docker: &Docker, logs: &Logs, spec: &FunctionSpec, tag
             }
         }
     }
-    if let Some(line) = lines.finish() {
+    if let Some(line) = lines.finish().and_then(build_line) {
         keep(&line, &mut tail);
     }
     logs.push(&spec.name, BUILD_SOURCE, &format!("built image {tag}"));
@@ -277,11 +262,12 @@ mod tests {
 
     #[test]
     fn build_output_is_split_into_lines() {
-        let mut l = Lines::default();
-        assert_eq!(l.feed("Step 1/7 : FROM b\n ---> abc\n"), ["Step 1/7 : FROM b", " ---> abc"]);
-        assert!(l.feed("Collecting si").is_empty());
-        assert_eq!(l.feed("x\n\nERROR: no\r\npartial"), ["Collecting six", "ERROR: no"]);
-        assert_eq!(l.finish().as_deref(), Some("partial"));
-        assert_eq!(l.finish(), None);
+        let mut l = LineSplitter::default();
+        let mut feed = |chunk: &str| l.feed(chunk.as_bytes()).into_iter().filter_map(build_line).collect::<Vec<_>>();
+        assert_eq!(feed("Step 1/7 : FROM b\n ---> abc\n"), ["Step 1/7 : FROM b", " ---> abc"]);
+        assert!(feed("Collecting si").is_empty());
+        assert_eq!(feed("x\n\nERROR: no\r\npartial"), ["Collecting six", "ERROR: no"]);
+        assert_eq!(l.finish().and_then(build_line).as_deref(), Some("partial"));
+        assert_eq!(l.finish().and_then(build_line), None);
     }
 }

@@ -1,4 +1,5 @@
-//! A replica container's output: followed into the log store from the moment the
+//! A container's output split into lines ([`LineSplitter`], also for image builds); a
+//! replica container's output followed into the log store from the moment the
 //! container is handed out, and its last lines for the reason of its exit.
 //!
 //! The follower reads the container's whole output, not only what follows the hand-out:
