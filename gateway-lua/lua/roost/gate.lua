@@ -252,6 +252,18 @@ local function remember_refusal(fn, refusal, retry_s)
     dict:set("refusal:" .. fn, cjson.encode({ refusal = refusal, ["until"] = until_t }), ttl)
 end
 
+-- Keeps the refusal read from Redis (GET and PTTL of roost:fn:<f>:refusal), if there is
+-- one: true when there is.
+local function remember_stored_refusal(fn, json, pttl)
+    local refusal = type(json) == "string" and cjson.decode(json)
+    if type(refusal) ~= "table" then
+        return false
+    end
+    pttl = tonumber(pttl) or -1
+    remember_refusal(fn, refusal, pttl > 0 and pttl / 1000 or nil)
+    return true
+end
+
 ---------------------------------------------------------------------------------------
 -- The subscriber: one per worker, for the worker's lifetime.
 
@@ -512,11 +524,8 @@ recheck = function(fn)
         released(fn)
         return
     end
-    local refusal = type(res[2]) == "string" and cjson.decode(res[2])
-    if type(refusal) == "table" then
+    if remember_stored_refusal(fn, res[2], res[3]) then
         release(r)
-        local pttl = tonumber(res[3]) or -1
-        remember_refusal(fn, refusal, pttl > 0 and pttl / 1000 or nil)
         post_waiters(fn)
         return
     end
@@ -728,14 +737,9 @@ local function admit(fn, force, waited)
     if hold_ms and hold_ms > 0 then
         dict:set("hold:" .. fn, hold_ms, conf.cache_ttl)
     end
-    if type(res[3]) == "string" then
-        local refusal = cjson.decode(res[3])
-        if type(refusal) == "table" then
-            release(r)
-            local pttl = tonumber(res[4]) or -1
-            remember_refusal(fn, refusal, pttl > 0 and pttl / 1000 or nil)
-            return answer_refusal(fn)
-        end
+    if remember_stored_refusal(fn, res[3], res[4]) then
+        release(r)
+        return answer_refusal(fn)
     end
     if res[2] == "1" and not force then
         release(r)
