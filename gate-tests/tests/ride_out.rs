@@ -1,0 +1,304 @@
+//! The gate riding out the loss of Envoy and its own restarts (issue 13): the real gate
+//! (nginx + Lua, supervised by run.sh) against a real Redis and a fake Envoy that can go
+//! down, come back on the same port, or reset a connection after reading a request.
+
+use roost_gate_tests::client::{self, cold_start_ms, json, Body};
+use roost_gate_tests::redis_util::{self, cmd, declare};
+use roost_gate_tests::{bounded, Answer, FakeEnvoy, Gate};
+use roost_testkit::process::free_port;
+use roost_testkit::redis::Redis;
+use roost_testkit::wait_until;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TEST_LIMIT: Duration = Duration::from_secs(90);
+
+/// nginx's notes of a failed connection to Envoy: expected when a test stops it.
+const ENVOY_GONE: &[&str] = &["while connecting to upstream", "while reading response header from upstream"];
+
+// Fields drop in order: the gate stops before Redis and the fake Envoy go away.
+struct Stack {
+    gate: Gate,
+    _redis: Redis,
+    envoy: FakeEnvoy,
+    _conn: redis::aio::MultiplexedConnection,
+}
+
+/// A gate with `f` declared and ready.
+async fn stack(env: &[(&str, &str)]) -> Stack {
+    let redis = Redis::start().await;
+    let envoy = FakeEnvoy::start().await;
+    let gate = Gate::start(free_port(), redis.port, &envoy.addr(), env).await;
+    let mut conn = redis_util::connect(redis.port).await;
+    declare(&mut conn, "f").await;
+    cmd(&mut conn, &["SET", "roost:fn:f:ready", "1"]).await;
+    Stack { gate, _redis: redis, envoy, _conn: conn }
+}
+
+fn body(n: u32) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
+async fn requests_arriving_while_envoy_is_down_are_held_and_sent_once_when_it_is_back() {
+    bounded(TEST_LIMIT, "envoy down, then up", async {
+        let s = stack(&[("ROOST_GATE_MAX_HELD", "2"), ("ROOST_GATE_WAKE_TIMEOUT_MS", "20000")]).await;
+        // A pooled connection to Envoy exists...
+        assert_eq!(s.gate.get("/f/warm").await.status, 200);
+        // ...when Envoy dies.
+        let port = s.envoy.port;
+        s.envoy.stop().await;
+        let big = body(300_000);
+        let sent = big.clone();
+        let gate_port = s.gate.port;
+        let get = tokio::spawn(async move { client::request(gate_port, "GET", "/f/a?x=1", &[("X-Request-Id", "held-get")], Body::None).await });
+        let post = tokio::spawn(async move { client::request(gate_port, "POST", "/f/b", &[("X-Request-Id", "held-post")], Body::Fixed(&sent)).await });
+        let down_at = Instant::now();
+        s.gate.wait_held("f", 2).await;
+        // Past the cap: 503 at once, as for requests held for a wake.
+        let r = s.gate.get("/f/over").await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert_eq!(json(&r)["function"], "f");
+        assert!(json(&r)["error"].as_str().unwrap().contains("waiting for Envoy"), "{}", r.body);
+
+        tokio::time::sleep(Duration::from_secs(1).saturating_sub(down_at.elapsed())).await;
+        let envoy = FakeEnvoy::start_on(port).await;
+        let up_at = Instant::now();
+        let get = get.await.unwrap().unwrap();
+        let post = post.await.unwrap().unwrap();
+        let answered_after = up_at.elapsed();
+        for r in [&get, &post] {
+            assert_eq!(r.status, 200, "{}", r.body);
+            let ms = cold_start_ms(r).expect("the time held is reported");
+            assert!((800..5000).contains(&ms), "held {ms} ms");
+        }
+        assert!(answered_after < Duration::from_millis(500), "answered {answered_after:?} after Envoy came back");
+        assert_eq!(json(&get)["path"], "/f/a?x=1");
+        assert_eq!(get.header("x-request-id"), Some("held-get"));
+        // Delivered exactly once each, the body whole.
+        let seen = envoy.seen();
+        assert_eq!(seen.len(), 2, "{:?}", seen.iter().map(|x| &x.path).collect::<Vec<_>>());
+        assert_eq!(s.envoy.hits(), 1, "only the warm-up reached the Envoy that died");
+        let posted = seen.iter().find(|x| x.method == "POST").expect("the POST was delivered");
+        assert!(posted.body == big, "the body is sent whole ({} bytes)", posted.body.len());
+        assert_eq!(posted.header("x-request-id"), Some("held-post"));
+        assert_eq!(s.gate.held("f").await, 0);
+
+        // Envoy restarted in a blink (its pooled connections closed): nothing fails.
+        envoy.stop().await;
+        let again = FakeEnvoy::start_on(port).await;
+        for i in 0..20 {
+            let r = s.gate.get(&format!("/f/after/{i}")).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        assert_eq!(again.hits(), 20);
+        s.gate.assert_clean_log_but(ENVOY_GONE);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
+async fn a_request_held_for_envoy_past_the_deadline_gets_504_json() {
+    bounded(TEST_LIMIT, "envoy down past the deadline", async {
+        let s = stack(&[("ROOST_GATE_WAKE_TIMEOUT_MS", "800")]).await;
+        s.envoy.stop().await;
+        let t = Instant::now();
+        let r = s.gate.request("POST", "/f/x", &[], Body::Fixed(b"{}")).await;
+        let took = t.elapsed();
+        assert_eq!(r.status, 504, "{}", r.body);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert!(took >= Duration::from_millis(800) && took < Duration::from_secs(3), "answered after {took:?}");
+        let j = json(&r);
+        assert_eq!(j["error"], "Envoy did not accept connections within 800 ms; the request was not sent");
+        assert_eq!(j["function"], "f");
+        assert_eq!(j["request_id"], r.header("x-request-id").unwrap());
+        assert_eq!(s.gate.held("f").await, 0);
+        s.gate.assert_clean_log_but(ENVOY_GONE);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
+async fn a_request_envoy_had_when_it_died_is_sent_again_only_if_idempotent() {
+    bounded(TEST_LIMIT, "reset mid-request", async {
+        let s = stack(&[]).await;
+        // A POST: Envoy read it whole, then its connection was reset.
+        s.envoy.then_answer(&[Answer::ResetAfterBody]);
+        let r = s.gate.request("POST", "/f/pay", &[("X-Request-Id", "pay-1")], Body::Fixed(b"{\"amount\":5}")).await;
+        assert_eq!(r.status, 502, "{}", r.body);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let j = json(&r);
+        assert_eq!(j["error"], "the connection to Envoy failed while it had the request");
+        assert_eq!((j["function"].as_str(), j["request_id"].as_str()), (Some("f"), Some("pay-1")));
+        let reason = j["reason"].as_str().unwrap();
+        assert!(reason.contains("mid-request") && reason.contains("POST is not idempotent"), "{reason}");
+        assert_eq!(s.envoy.seen().iter().filter(|x| x.path == "/f/pay").count(), 1, "delivered once, never again");
+
+        // A GET (and a PUT, with its body): sent again, answered 200.
+        s.envoy.then_answer(&[Answer::ResetAfterBody]);
+        let r = s.gate.request("GET", "/f/read?q=1", &[("X-Request-Id", "read-1")], Body::None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(json(&r)["path"], "/f/read?q=1");
+        s.envoy.then_answer(&[Answer::ResetAfterBody]);
+        let put = body(50_000);
+        let r = s.gate.request("PUT", "/f/doc", &[], Body::Chunked(&put)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let seen = s.envoy.seen();
+        let reads: Vec<_> = seen.iter().filter(|x| x.path == "/f/read?q=1").collect();
+        assert_eq!(reads.len(), 2, "the GET was delivered twice: reset, then answered");
+        assert!(reads.iter().all(|x| x.header("x-request-id") == Some("read-1")));
+        let puts: Vec<_> = seen.iter().filter(|x| x.path == "/f/doc").collect();
+        assert_eq!(puts.len(), 2);
+        assert!(puts.iter().all(|x| x.body == put), "the PUT's body is sent whole both times");
+        assert_eq!(s.gate.held("f").await, 0);
+        s.gate.assert_clean_log_but(ENVOY_GONE);
+    })
+    .await;
+}
+
+/// A steady load of GET /f/... through the gate: `clients` loops, each one request per
+/// connection (so a refused connection counts), until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    results: Arc<Mutex<Vec<(Instant, Result<u16, String>)>>>,
+}
+
+impl Load {
+    fn start(port: u16, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|c| {
+                let (stop, results) = (stop.clone(), results.clone());
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = client::get(port, &format!("/f/load/{c}/{i}")).await;
+                        let r = match r {
+                            Ok(r) if r.status == 200 => Ok(200),
+                            Ok(r) => Err(format!("{} {}", r.status, r.body)),
+                            Err(e) => Err(e),
+                        };
+                        results.lock().unwrap().push((Instant::now(), r));
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        Load { stop, tasks, results }
+    }
+
+    /// Stops it: (requests answered 200, the failures).
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let results = self.results.lock().unwrap();
+        let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
+        (ok, results.iter().filter_map(|(_, r)| r.clone().err()).collect())
+    }
+
+    fn answered(&self) -> usize {
+        self.results.lock().unwrap().len()
+    }
+}
+
+const CLIENTS: usize = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
+async fn graceful_reloads_under_load_fail_no_request() {
+    bounded(TEST_LIMIT, "reloads", async {
+        let s = stack(&[]).await;
+        let load = Load::start(s.gate.port, CLIENTS);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let master = s.gate.nginx_master_pid();
+        for _ in 0..5 {
+            // As `nginx -s reload` or `docker kill -s HUP` does (run.sh passes it on).
+            s.gate.signal("HUP");
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let (ok, failed) = load.finish().await;
+        eprintln!("5 reloads under a load of {CLIENTS} clients: {ok} answered 200, {} failed", failed.len());
+        assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(5)]);
+        assert!(ok > 100, "the load ran: {ok}");
+        assert_eq!(s.gate.nginx_master_pid(), master, "a reload keeps the master");
+        assert_eq!(s.gate.get("/f").await.status, 200);
+        s.gate.assert_clean_log();
+    })
+    .await;
+}
+
+/// Whether a process of the process group `pgid` is running (zombies aside: orphans that
+/// exited wait for this machine's init to reap them).
+fn group_alive(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok()).any(|stat| {
+        // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its ')'.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
+async fn a_killed_nginx_master_is_replaced_and_loses_at_most_the_requests_in_flight() {
+    bounded(TEST_LIMIT, "kill -9 master", async {
+        let mut s = stack(&[]).await;
+        let load = Load::start(s.gate.port, CLIENTS);
+        // run.sh restarts a master that lived less than a second or so only after 1 s.
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        let old = s.gate.nginx_master_pid();
+        let before = load.answered();
+        let killed_at = Instant::now();
+        let status = std::process::Command::new("kill").arg("-KILL").arg(old.to_string()).status().unwrap();
+        assert!(status.success());
+        // A new master (run.sh starts it beside the old workers, which keep serving).
+        let gate = &s.gate;
+        let new = wait_until(Duration::from_secs(10), "a new nginx master", || async move {
+            let pid = std::fs::read_to_string(gate.prefix.join("nginx.pid")).ok()?.trim().parse::<u32>().ok().filter(|&p| p != old)?;
+            gate.healthz_now().await?;
+            Some(pid)
+        })
+        .await;
+        let new_master_after = killed_at.elapsed();
+        // The old workers finish and exit (their Redis subscription's read ends within
+        // ROOST_GATE_PING_MS, 5 s).
+        wait_until(Duration::from_secs(15), "the old workers to exit", || async { (!group_alive(old)).then_some(()) }).await;
+        let old_gone_after = killed_at.elapsed();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let during = load.answered() - before;
+        let (ok, failed) = load.finish().await;
+        eprintln!(
+            "kill -9 of nginx's master under a load of {CLIENTS} clients: {ok} answered 200, {} failed ({during} requests from the kill \
+             until the old workers were gone); new master {new} serving after {new_master_after:?}, old workers gone after {old_gone_after:?}; \
+             net.ipv4.tcp_migrate_req={}",
+            failed.len(),
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default().trim()
+        );
+        // At most the requests in flight at the kill (one per client).
+        assert!(failed.len() <= CLIENTS, "{} failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+        assert!(new_master_after < Duration::from_secs(5), "{new_master_after:?}");
+        assert!(!s.gate.exited(), "run.sh supervises the new master");
+        assert_eq!(s.gate.get("/f").await.status, 200);
+        assert!(s.gate.log().contains(&format!("nginx's master (pid {old}) was killed")), "run.sh says what happened");
+        // And it still stops gracefully.
+        s.gate.signal("QUIT");
+        let gate = &mut s.gate;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gate.exited() {
+            assert!(Instant::now() < deadline, "the gate did not stop on SIGQUIT after a restart; its log:\n{}", gate.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!group_alive(new), "no nginx left behind");
+        s.gate.assert_clean_log();
+    })
+    .await;
+}
