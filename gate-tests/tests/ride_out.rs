@@ -279,7 +279,7 @@ async fn a_killed_nginx_master_is_replaced_and_loses_at_most_the_requests_in_fli
         eprintln!(
             "kill -9 of nginx's master under a load of {CLIENTS} clients: {ok} answered 200, {} failed ({during} requests from the kill \
              until the old workers were gone); new master {new} serving after {new_master_after:?}, old workers gone after {old_gone_after:?}; \
-             net.ipv4.tcp_migrate_req={}",
+             net.ipv4.tcp_migrate_req={}; failures: {failed:?}",
             failed.len(),
             std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default().trim()
         );
