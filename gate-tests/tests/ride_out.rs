@@ -53,8 +53,12 @@ async fn requests_arriving_while_envoy_is_down_are_held_and_sent_once_when_it_is
         let big = body(300_000);
         let sent = big.clone();
         let gate_port = s.gate.port;
-        let get = tokio::spawn(async move { client::request(gate_port, "GET", "/f/a?x=1", &[("X-Request-Id", "held-get")], Body::None).await });
-        let post = tokio::spawn(async move { client::request(gate_port, "POST", "/f/b", &[("X-Request-Id", "held-post")], Body::Fixed(&sent)).await });
+        let get =
+            tokio::spawn(async move { client::request(gate_port, "GET", "/f/a?x=1", &[("X-Request-Id", "held-get")], Body::None).await });
+        let post =
+            tokio::spawn(
+                async move { client::request(gate_port, "POST", "/f/b", &[("X-Request-Id", "held-post")], Body::Fixed(&sent)).await },
+            );
         let down_at = Instant::now();
         s.gate.wait_held("f", 2).await;
         // Past the cap: 503 at once, as for requests held for a wake.
@@ -161,18 +165,21 @@ async fn a_request_envoy_had_when_it_died_is_sent_again_only_if_idempotent() {
     .await;
 }
 
+/// When each load request ended, and its status (200) or what went wrong.
+type Outcomes = Arc<Mutex<Vec<(Instant, Result<u16, String>)>>>;
+
 /// A steady load of GET /f/... through the gate: `clients` loops, each one request per
 /// connection (so a refused connection counts), until stopped.
 struct Load {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    results: Arc<Mutex<Vec<(Instant, Result<u16, String>)>>>,
+    results: Outcomes,
 }
 
 impl Load {
     fn start(port: u16, clients: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let results = Arc::new(Mutex::new(Vec::new()));
+        let results: Outcomes = Arc::new(Mutex::new(Vec::new()));
         let tasks = (0..clients)
             .map(|c| {
                 let (stop, results) = (stop.clone(), results.clone());
@@ -302,3 +309,83 @@ async fn a_killed_nginx_master_is_replaced_and_loses_at_most_the_requests_in_fli
     })
     .await;
 }
+
+/// The pure decisions of gate.lua (`last_pass`, `envoy_failure`) run by nginx's own Lua:
+/// a configuration whose `init_by_lua` checks each case, so nginx fails to start on the
+/// first wrong one, and otherwise exits (`os.exit`) before it would serve.
+#[test]
+#[ignore = "needs nginx with Lua: full tier (scripts/test.sh)"]
+fn envoy_failure_decisions() {
+    Gate::check_installed();
+    let dir = std::env::temp_dir().join(format!("roost-gate-decisions-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // run.sh renders the gate's configuration; its load_module lines (none on OpenResty)
+    // and its lua_package_path are what this one needs.
+    let out = std::process::Command::new("sh")
+        .arg(roost_gate_tests::gate::run_sh())
+        .arg("--render")
+        .env("ROOST_GATE_PREFIX", &dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "run.sh --render: {}", String::from_utf8_lossy(&out.stderr));
+    let rendered = std::fs::read_to_string(dir.join("nginx.conf")).unwrap();
+    let keep = |l: &&str| l.starts_with("load_module") || l.trim_start().starts_with("lua_package_path");
+    let lines: Vec<&str> = rendered.lines().filter(keep).collect();
+    let (modules, paths): (Vec<&str>, Vec<&str>) = lines.into_iter().partition(|l| l.starts_with("load_module"));
+    let conf = format!(
+        "{}\npid nginx.pid;\nevents {{}}\nhttp {{\n{}\ninit_by_lua_block {{\n{CASES}\n}}\n}}\n",
+        modules.join("\n"),
+        paths.join("\n")
+    );
+    std::fs::write(dir.join("decisions.conf"), conf).unwrap();
+    let bin = if rendered.contains("load_module") { "nginx" } else { "openresty" };
+    let out = std::process::Command::new(bin)
+        .arg("-p")
+        .arg(format!("{}/", dir.display()))
+        .arg("-c")
+        .arg(dir.join("decisions.conf"))
+        .args(["-e", "stderr"])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if let Ok(pid) = std::fs::read_to_string(dir.join("nginx.pid")) {
+        // It got past init_by_lua without exiting: stop it.
+        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        panic!("nginx started instead of exiting after the cases: {text}");
+    }
+    assert!(out.status.success() && text.contains("envoy_failure: 10 cases ok"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const CASES: &str = r#"
+local g = require("roost.gate")
+local function eq(a, b) return table.concat(a, "|") == table.concat(b, "|") end
+assert(eq(g.last_pass("127.0.0.1:1, unix:/p/e.sock"), { "127.0.0.1:1", "unix:/p/e.sock" }))
+assert(eq(g.last_pass("127.0.0.1:1, unix:/p/e.sock : 127.0.0.1:1, unix:/p/x.sock"), { "127.0.0.1:1", "unix:/p/x.sock" }))
+assert(eq(g.last_pass("502, 597 : 0, 0"), { "0", "0" }))
+assert(eq(g.last_pass(nil), {}))
+local S = "unix:/p/envoy-down.sock"
+-- method, addrs, statuses, bytes sent -> action, bytes Envoy was sent
+local cases = {
+  { "POST", "127.0.0.1:1, " .. S, "502, 597", "0, 120", "resend", 0 },        -- refused
+  { "POST", "127.0.0.1:1, " .. S, "504, 597", "0, 120", "resend", 0 },        -- connect timeout
+  { "POST", "127.0.0.1:1, " .. S, "502, 597", "180, 180", "lost", 180 },      -- reset after sending
+  { "PATCH", "127.0.0.1:1, " .. S, "502, 597", "5, 5", "lost", 5 },
+  { "GET", "127.0.0.1:1, " .. S, "502, 597", "90, 90", "resend", 90 },
+  { "DELETE", "127.0.0.1:1, " .. S, "502, 597", "90, 90", "resend", 90 },
+  { "GET", "127.0.0.1:1, " .. S, "504, 597", "90, 90", "timeout", 90 },       -- read timeout
+  { "GET", "127.0.0.1:1", "597", "90", "foreign", 0 },                        -- a function's 597
+  { "GET", S, "597", "90", "resend", 0 },                                     -- straight to the stand-in
+  { "GET", "127.0.0.1:1, " .. S, "502, 500", "0, 90", "foreign", 0 },
+}
+for i, c in ipairs(cases) do
+  local action, bytes = g.envoy_failure(c[1], g.last_pass(c[2]), g.last_pass(c[3]), g.last_pass(c[4]))
+  if action ~= c[5] or bytes ~= c[6] then
+    error("case " .. i .. " (" .. c[1] .. " " .. c[2] .. " / " .. c[3] .. " / " .. c[4] .. "): got "
+      .. tostring(action) .. " " .. tostring(bytes) .. ", want " .. c[5] .. " " .. c[6])
+  end
+end
+io.stderr:write("envoy_failure: " .. #cases .. " cases ok\n")
+os.exit(0)
+"#;

@@ -831,6 +831,7 @@ local ENVOY_PROBE_TIMEOUT_MS = 500
 local MAX_ENVOY_PASSES = 5
 
 -- The entries of an upstream variable for the last pass ("a, b : c, d" -> {"c", "d"}).
+-- Pure (exported for the tests, like envoy_failure).
 local function last_pass(s)
     s = s or ""
     local from = 1
@@ -847,6 +848,7 @@ local function last_pass(s)
     end
     return out
 end
+_M.last_pass = last_pass
 
 -- Pure: what to do with a request whose pass to Envoy nginx answered 597. `addrs`,
 -- `statuses`, `sent`: that pass's entries of $upstream_addr, $upstream_status and
