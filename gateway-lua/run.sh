@@ -192,6 +192,8 @@ trap 'pass_on HUP' HUP
 trap 'pass_on USR1' USR1
 
 start_nginx
+# A stop that came before nginx was there to be told.
+[ -z "$stopping" ] || kill -TERM "$master" 2>/dev/null || true
 while :; do
   rc=0
   wait "$master" || rc=$?

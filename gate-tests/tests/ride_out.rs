@@ -99,6 +99,14 @@ async fn requests_arriving_while_envoy_is_down_are_held_and_sent_once_when_it_is
             assert_eq!(r.status, 200, "{}", r.body);
         }
         assert_eq!(again.hits(), 20);
+
+        // A client that hangs up while held for Envoy frees its place (well before the
+        // 20 s hold time; wait_held gives up after 10 s).
+        again.stop().await;
+        let gone = client::send_and_keep(s.gate.port, "/f/gone").await;
+        s.gate.wait_held("f", 1).await;
+        drop(gone);
+        s.gate.wait_held("f", 0).await;
         s.gate.assert_clean_log_but(ENVOY_GONE);
     })
     .await;
