@@ -397,3 +397,149 @@ end
 io.stderr:write("envoy_failure: " .. #cases .. " cases ok\n")
 os.exit(0)
 "#;
+
+/// A real Envoy with a static configuration: every path to the cluster at `upstream`.
+fn start_envoy(dir: &std::path::Path, port: u16, admin: u16, upstream: u16) -> roost_testkit::process::Guard {
+    let config = format!(
+        r#"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - name: public
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: public
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: function}}}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: function
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: function
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}}}]}}]
+"#
+    );
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, config).unwrap();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("envoy.log")).unwrap();
+    roost_testkit::process::Guard::spawn(
+        "envoy",
+        std::process::Command::new(roost_testkit::envoy::envoy_binary())
+            .arg("-c")
+            .arg(&path)
+            .args(["--disable-hot-restart", "--concurrency", "2", "--log-level", "warn"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua, redis-server and Envoy: full tier (scripts/test.sh)"]
+async fn a_real_envoy_killed_under_load_fails_only_posts_it_had() {
+    bounded(TEST_LIMIT, "real envoy killed", async {
+        let dir = std::env::temp_dir().join(format!("roost-gate-envoy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let function = FakeEnvoy::start().await; // the function behind Envoy
+        let (port, admin) = (free_port(), free_port());
+        let mut envoy = start_envoy(&dir, port, admin, function.port);
+        let redis = Redis::start().await;
+        let gate = Gate::start(free_port(), redis.port, &format!("127.0.0.1:{port}"), &[("ROOST_GATE_WAKE_TIMEOUT_MS", "20000")]).await;
+        let mut conn = redis_util::connect(redis.port).await;
+        declare(&mut conn, "f").await;
+        cmd(&mut conn, &["SET", "roost:fn:f:ready", "1"]).await;
+        let gate_port = gate.port;
+        wait_until(Duration::from_secs(20), "Envoy to serve", || async move {
+            client::get(gate_port, "/f/up").await.ok().filter(|r| r.status == 200)
+        })
+        .await;
+
+        // A steady load: half GET, half POST with a body of its own (its length echoed).
+        let stop = Arc::new(AtomicBool::new(false));
+        let outcomes: Arc<Mutex<Vec<(String, Result<(), String>)>>> = Arc::default();
+        let tasks: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let (stop, outcomes) = (stop.clone(), outcomes.clone());
+                tokio::spawn(async move {
+                    let mut i = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        let post = c % 2 == 1;
+                        let path = format!("/f/{c}/{i}");
+                        let payload = vec![b'p'; 10 + i % 1000];
+                        let r = if post {
+                            client::request(gate_port, "POST", &path, &[], Body::Fixed(&payload)).await
+                        } else {
+                            client::get(gate_port, &path).await
+                        };
+                        let outcome = match r {
+                            Ok(r) if r.status == 200 => {
+                                let len = if post { payload.len() } else { 0 };
+                                if json(&r)["body_len"] == len {
+                                    Ok(())
+                                } else {
+                                    Err(format!("wrong answer {}", r.body))
+                                }
+                            }
+                            Ok(r) => Err(format!("{} {}", r.status, r.body)),
+                            Err(e) => Err(e),
+                        };
+                        outcomes.lock().unwrap().push((path, outcome));
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        envoy.kill();
+        let killed_at = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _envoy = start_envoy(&dir, port, admin, function.port);
+        wait_until(Duration::from_secs(20), "the load to go through the new Envoy", || async {
+            let n = outcomes.lock().unwrap().len();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            (outcomes.lock().unwrap().len() > n + 20).then_some(())
+        })
+        .await;
+        let back_after = killed_at.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let outcomes = outcomes.lock().unwrap();
+        let failed: Vec<&(String, Result<(), String>)> = outcomes.iter().filter(|(_, r)| r.is_err()).collect();
+        let seen = function.seen();
+        let delivered = |path: &str| seen.iter().filter(|s| s.path == path).count();
+        eprintln!(
+            "a real Envoy killed (kill -9) under {CLIENTS} clients, started again 1 s later: {} requests, {} failed, load through \
+             again {back_after:?} after the kill; failures: {failed:?}",
+            outcomes.len(),
+            failed.len()
+        );
+        for (path, r) in outcomes.iter() {
+            let is_post = path.split('/').nth(2).and_then(|c| c.parse::<usize>().ok()).is_some_and(|c| c % 2 == 1);
+            match r {
+                Ok(()) if is_post => assert_eq!(delivered(path), 1, "{path}: a POST answered 200 was delivered once"),
+                Ok(()) => assert!(delivered(path) >= 1, "{path}"),
+                Err(e) => {
+                    assert!(is_post, "a GET failed: {path}: {e}");
+                    assert!(e.starts_with("502 ") && e.contains("not idempotent"), "{path}: {e}");
+                    assert!(delivered(path) <= 1, "{path}: a failed POST was delivered {} times", delivered(path));
+                }
+            }
+        }
+        // At most the POSTs inside Envoy when it died (one per POSTing client).
+        assert!(failed.len() <= CLIENTS / 2, "{} failed", failed.len());
+        gate.assert_clean_log_but(ENVOY_GONE);
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}

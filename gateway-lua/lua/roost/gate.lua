@@ -69,6 +69,7 @@ local next_recheck = {} -- function -> time of the next lost-notice check
 local envoy_sem         -- semaphore they wait on
 local envoy_epoch = 0   -- probes that found Envoy accepting
 local envoy_next_probe = 0
+local hold_for_envoy    -- defined with the rest of the Envoy handling, below
 
 local function env_num(name, default)
     local v = tonumber(os.getenv(name) or "")
@@ -783,6 +784,11 @@ function _M.access()
     -- wake, a held request has its body, and a body in memory can be sent again.
     ngx.req.read_body()
     admit(fn, false)
+    -- A pass to Envoy failed lately and no check has found it back since: wait for that
+    -- rather than be sent into a dead (or dying) Envoy.
+    if dict:get("envoy_down") then
+        hold_for_envoy(fn)
+    end
     return ngx.exec("@envoy")
 end
 
@@ -892,10 +898,12 @@ local function probe_envoy()
 end
 
 -- Holds the request until Envoy accepts a connection, within the function's hold time
--- counted from the request's first failed pass, and the held-request cap. One TCP
--- connect per worker and ENVOY_PROBE_INTERVAL checks for all the worker's held
--- requests; the first is made at once (a pooled connection found dead while Envoy is up).
-local function hold_for_envoy(fn)
+-- counted from the request's first failed pass (or from now, for a request not sent yet),
+-- and the held-request cap. One TCP connect per worker and ENVOY_PROBE_INTERVAL checks
+-- for all the worker's held requests, the first at least ENVOY_PROBE_INTERVAL after
+-- the failure that marked Envoy down: a dying Envoy's listening socket still completes
+-- connections for a few milliseconds (and resets them), which must not count as "back".
+hold_for_envoy = function(fn)
     local since = tonumber(ngx.var.roost_envoy_since)
     if not since then
         since = now()
@@ -924,11 +932,16 @@ local function hold_for_envoy(fn)
             break
         end
         ngx.update_time()
+        local earliest = (dict:get("envoy_down") or 0) + ENVOY_PROBE_INTERVAL
+        if envoy_next_probe < earliest then
+            envoy_next_probe = earliest
+        end
         if now() >= envoy_next_probe then
             envoy_next_probe = now() + ENVOY_PROBE_INTERVAL
             if probe_envoy() then
+                dict:delete("envoy_down")
                 envoy_epoch = envoy_epoch + 1
-                envoy_next_probe = 0 -- the next failure checks at once
+                envoy_next_probe = 0
                 local c = envoy_sem:count()
                 if c < 0 then
                     envoy_sem:post(-c)
@@ -972,6 +985,9 @@ function _M.envoy_lost()
             ["function"] = fn,
         })
     end
+    -- Envoy is down (or was, for a pooled connection): requests not sent yet wait for
+    -- it to accept connections again instead of trying it (access()).
+    dict:set("envoy_down", now())
     if action == "lost" then
         return json_exit(502, {
             error = "the connection to Envoy failed while it had the request",
