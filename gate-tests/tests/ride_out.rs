@@ -398,6 +398,9 @@ io.stderr:write("envoy_failure: " .. #cases .. " cases ok\n")
 os.exit(0)
 "#;
 
+/// A request's path, and whether it was answered right (or what went wrong).
+type PathOutcome = (String, Result<(), String>);
+
 /// A real Envoy with a static configuration: every path to the cluster at `upstream`.
 fn start_envoy(dir: &std::path::Path, port: u16, admin: u16, upstream: u16) -> roost_testkit::process::Guard {
     let config = format!(
@@ -465,7 +468,7 @@ async fn a_real_envoy_killed_under_load_fails_only_posts_it_had() {
 
         // A steady load: half GET, half POST with a body of its own (its length echoed).
         let stop = Arc::new(AtomicBool::new(false));
-        let outcomes: Arc<Mutex<Vec<(String, Result<(), String>)>>> = Arc::default();
+        let outcomes: Arc<Mutex<Vec<PathOutcome>>> = Arc::default();
         let tasks: Vec<_> = (0..CLIENTS)
             .map(|c| {
                 let (stop, outcomes) = (stop.clone(), outcomes.clone());
@@ -515,7 +518,7 @@ async fn a_real_envoy_killed_under_load_fails_only_posts_it_had() {
             t.await.unwrap();
         }
         let outcomes = outcomes.lock().unwrap();
-        let failed: Vec<&(String, Result<(), String>)> = outcomes.iter().filter(|(_, r)| r.is_err()).collect();
+        let failed: Vec<&PathOutcome> = outcomes.iter().filter(|(_, r)| r.is_err()).collect();
         let seen = function.seen();
         let delivered = |path: &str| seen.iter().filter(|s| s.path == path).count();
         eprintln!(
