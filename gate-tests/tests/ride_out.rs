@@ -50,16 +50,20 @@ async fn requests_arriving_while_envoy_is_down_are_held_and_sent_once_when_it_is
         // ...when Envoy dies.
         let port = s.envoy.port;
         s.envoy.stop().await;
-        let big = body(300_000);
+        // Over nginx's default body limit of 1 MB (the gate's is 10 MB).
+        let big = body(2_000_000);
         let sent = big.clone();
         let gate_port = s.gate.port;
-        let get =
-            tokio::spawn(async move { client::request(gate_port, "GET", "/f/a?x=1", &[("X-Request-Id", "held-get")], Body::None).await });
+        // The POST finds Envoy gone (its body goes to the gate's stand-in too)...
         let post =
             tokio::spawn(
                 async move { client::request(gate_port, "POST", "/f/b", &[("X-Request-Id", "held-post")], Body::Fixed(&sent)).await },
             );
         let down_at = Instant::now();
+        s.gate.wait_held("f", 1).await;
+        // ...and the GET, coming after, waits without trying it.
+        let get =
+            tokio::spawn(async move { client::request(gate_port, "GET", "/f/a?x=1", &[("X-Request-Id", "held-get")], Body::None).await });
         s.gate.wait_held("f", 2).await;
         // Past the cap: 503 at once, as for requests held for a wake.
         let r = s.gate.get("/f/over").await;
