@@ -20,6 +20,9 @@
 --     timeout and more; ROOST_GATE_WAKE_TIMEOUT_MS when absent) -> 504 JSON.
 -- Envoy's own 503 (no x-envoy-upstream-service-time: the endpoint vanished in a
 -- scale-down) sends the request through the wake path once more (@rewake).
+-- Envoy unreachable (refused, reset before its answer began): the request is held until
+-- Envoy accepts connections again and sent again if nothing of it reached Envoy or its
+-- method is idempotent, else answered 502 (@envoy_lost; the section "Envoy unreachable").
 --
 -- Redis names: common/src/keys.rs; payloads: common/src/wire/redis.rs (this file spells
 -- them by hand: the wake it publishes is the bare name that
