@@ -3,7 +3,7 @@
 # this machine and starts nginx (Debian's, with the Lua module) or OpenResty in the
 # foreground, logging to stderr. Used by compose, `roost up` and the tests.
 #
-#   run.sh            render, then exec nginx
+#   run.sh            render, then run nginx under a small supervisor (below)
 #   run.sh --check    only check that nginx and its Lua libraries are installed
 #   run.sh --render   only render; prints the path of the rendered nginx.conf
 #
@@ -119,6 +119,10 @@ case "$lua_path" in *'|'* | *'&'* | *'\'* | *'"'*) die "the Lua path $lua_path h
 
 # --- render ---------------------------------------------------------------------------
 prefix=$ROOST_GATE_PREFIX
+case "$prefix" in *'|'* | *'&'* | *'\'*) die "ROOST_GATE_PREFIX=$prefix has a character sed cannot take" ;; esac
+# The stand-in for an unreachable Envoy (nginx.conf) listens on a unix socket in the prefix.
+sock=$prefix/envoy-down.sock
+[ "${#sock}" -lt 108 ] || die "ROOST_GATE_PREFIX=$prefix is too long for a unix socket path ($sock)"
 mkdir -p "$prefix/logs" # OpenResty opens logs/ before it reads -e
 conf=$prefix/nginx.conf
 line() { # marker, directive: replaces the line that ends in #@marker
@@ -133,16 +137,81 @@ line() { # marker, directive: replaces the line that ends in #@marker
     -e "/#@lua_path\$/s|\\\$prefix/lua/?\\.lua|$lua_path|" \
     -e "$(line resolver "resolver $ROOST_GATE_RESOLVER valid=10s ipv6=off;")" \
     -e "$(line envoy "server $ROOST_ENVOY_ADDR max_fails=0;")" \
+    -e "$(line envoy_down "server unix:$sock backup;")" \
+    -e "$(line envoy_down_listen "listen unix:$sock;")" \
     -e "$(line listen "listen $ROOST_GATE_PORT reuseport;")" \
     -e "$(line max_body "client_max_body_size $ROOST_GATE_MAX_BODY;")" \
     -e "$(line body_buffer "client_body_buffer_size $ROOST_GATE_MAX_BODY;")" \
     "$here/nginx.conf"
 } >"$conf.tmp"
-for marker in workers log_level lua_path resolver envoy listen max_body body_buffer; do
+for marker in workers log_level lua_path resolver envoy envoy_down envoy_down_listen listen max_body body_buffer; do
   grep -q "#@$marker\$" "$conf.tmp" || die "nginx.conf lost its #@$marker line"
 done
 grep -q "$here/lua/" "$conf.tmp" || die "nginx.conf lost its lua_package_path"
 mv "$conf.tmp" "$conf"
 [ "$mode" = "--render" ] && { echo "$conf"; exit 0; }
 
-exec "$bin" -p "$prefix/" -c "$conf" -e stderr
+# --- run: nginx under a small supervisor ---------------------------------------------
+# This shell stays (PID 1 in compose) and nginx's master runs as its child, so a master
+# that is killed (kill -9, a crash) is replaced instead of taking the gate down:
+#  - its workers live on and keep serving (nginx workers do not need their master);
+#  - a new master binds the same port beside them (listen ... reuseport) and starts its
+#    own workers;
+#  - once it has bound (its pid is in the pid file), the old workers get SIGQUIT: they
+#    stop accepting, finish their requests (held ones included) and exit.
+# The master runs in a session of its own (setsid), so its workers form a process group
+# named by its pid: that is how the old workers are found once it is gone. If this shell
+# is killed, the master gets SIGTERM (setpriv --pdeathsig) and no nginx is left behind.
+# QUIT (graceful stop: compose's stop_signal), TERM and INT (fast stop), HUP (reload)
+# and USR1 (reopen logs) are passed on to the master; a master that exits on its own
+# ends this shell with its status. gateway-lua/README.md has the measured figures.
+launch=""
+command -v setpriv >/dev/null 2>&1 && launch="setpriv --pdeathsig TERM"
+if command -v setsid >/dev/null 2>&1; then
+  launch="setsid $launch"
+else
+  echo "roost gate: setsid (util-linux) is missing: a killed nginx master is replaced, but its old workers are left running" >&2
+fi
+master=""
+stopping=""
+start_nginx() {
+  rm -f "$sock" # a killed master leaves it behind, and nginx cannot bind over it
+  # shellcheck disable=SC2086 # $launch is a list of words
+  $launch "$bin" -p "$prefix/" -c "$conf" -e stderr &
+  master=$!
+  started=$(date +%s)
+}
+pass_on() { # signal, "stop" when it stops nginx
+  [ -z "${2:-}" ] || stopping=1
+  [ -z "$master" ] || kill -"$1" "$master" 2>/dev/null || true
+}
+trap 'pass_on QUIT stop' QUIT
+trap 'pass_on TERM stop' TERM
+trap 'pass_on INT stop' INT
+trap 'pass_on HUP' HUP
+trap 'pass_on USR1' USR1
+
+start_nginx
+# A stop that came before nginx was there to be told.
+[ -z "$stopping" ] || kill -TERM "$master" 2>/dev/null || true
+while :; do
+  rc=0
+  wait "$master" || rc=$?
+  # A trapped signal ends `wait` early: the master is still there.
+  kill -0 "$master" 2>/dev/null && continue
+  # It exited on its own (a stop asked for, `nginx -s quit`, a bad start): so do we.
+  if [ -n "$stopping" ] || [ "$rc" -le 128 ]; then
+    exit "$rc"
+  fi
+  old=$master
+  echo "roost gate: nginx's master (pid $old) was killed (exit status $rc); starting a new one; its workers finish their requests and quit" >&2
+  # A master that keeps dying at once is restarted once a second, not in a busy loop.
+  [ $(($(date +%s) - started)) -ge 2 ] || sleep 1
+  start_nginx
+  i=0
+  while [ "$(cat "$prefix/nginx.pid" 2>/dev/null)" != "$master" ] && [ $i -lt 200 ] && kill -0 "$master" 2>/dev/null; do
+    sleep 0.02
+    i=$((i + 1))
+  done
+  case "$launch" in setsid*) kill -QUIT -"$old" 2>/dev/null || true ;; esac
+done

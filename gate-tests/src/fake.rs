@@ -23,6 +23,9 @@ pub enum Answer {
     FunctionUnavailable,
     /// Envoy's 503 when its queue overflows (`x-envoy-overloaded`).
     Overloaded,
+    /// Reads the whole request (recorded as seen: delivered), then resets the connection
+    /// (RST, no answer): Envoy dying while it has the request.
+    ResetAfterBody,
 }
 
 /// A request the fake Envoy received.
@@ -51,10 +54,13 @@ impl Seen {
 struct EnvoyState {
     script: VecDeque<Answer>,
     seen: Vec<Seen>,
+    /// The tasks serving connections, aborted (their connections closed) by `stop`.
+    conns: Vec<tokio::task::AbortHandle>,
 }
 
 /// An HTTP/1.1 server (keep-alive) in Envoy's place. It answers [`Answer::Ok`] unless
-/// told otherwise with [`FakeEnvoy::then_answer`].
+/// told otherwise with [`FakeEnvoy::then_answer`]. [`FakeEnvoy::stop`] takes it down
+/// (its port refuses connections) and [`FakeEnvoy::start_on`] brings one up on the same port.
 pub struct FakeEnvoy {
     /// Its port on 127.0.0.1.
     pub port: u16,
@@ -65,16 +71,42 @@ pub struct FakeEnvoy {
 impl FakeEnvoy {
     /// Starts on a free port.
     pub async fn start() -> FakeEnvoy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the fake Envoy");
+        Self::start_on(0).await
+    }
+
+    /// Starts on 127.0.0.1:`port` (0: a free one), e.g. the port of one that was stopped.
+    pub async fn start_on(port: u16) -> FakeEnvoy {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap_or_else(|e| panic!("bind the fake Envoy on port {port}: {e}"));
         let port = listener.local_addr().expect("fake Envoy address").port();
         let state = Arc::new(Mutex::new(EnvoyState::default()));
         let st = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(serve(conn, st.clone()));
+                let handle = tokio::spawn(serve(conn, st.clone()));
+                st.lock().unwrap().conns.push(handle.abort_handle());
             }
         });
         FakeEnvoy { port, state, task }
+    }
+
+    /// Goes down as a killed Envoy does: every open connection is closed, and once this
+    /// returns the port refuses connections.
+    pub async fn stop(&self) {
+        self.abort_all();
+        let port = self.port;
+        crate::bounded(Duration::from_secs(5), "the fake Envoy's port to refuse connections", async move {
+            while TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+
+    fn abort_all(&self) {
+        self.task.abort();
+        for c in self.state.lock().unwrap().conns.drain(..) {
+            c.abort();
+        }
     }
 
     /// `127.0.0.1:<port>`, for `ROOST_ENVOY_ADDR`.
@@ -100,7 +132,7 @@ impl FakeEnvoy {
 
 impl Drop for FakeEnvoy {
     fn drop(&mut self) {
-        self.task.abort();
+        self.abort_all();
     }
 }
 
@@ -134,6 +166,11 @@ async fn serve(mut conn: TcpStream, state: Arc<Mutex<EnvoyState>>) {
             st.seen.push(Seen { method, path: path.clone(), headers, body: body.clone(), at: Instant::now() });
             st.script.pop_front().unwrap_or(Answer::Ok)
         };
+        if answer == Answer::ResetAfterBody {
+            // SO_LINGER 0: close sends RST, not FIN.
+            let _ = conn.set_zero_linger();
+            return;
+        }
         let (status, extra, body) = match answer {
             Answer::Ok => (
                 "200 OK",
@@ -151,6 +188,7 @@ async fn serve(mut conn: TcpStream, state: Arc<Mutex<EnvoyState>>) {
                 "content-type: text/plain\r\nx-envoy-overloaded: true\r\n",
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow".to_string(),
             ),
+            Answer::ResetAfterBody => unreachable!("answered above"),
         };
         let resp = format!("HTTP/1.1 {status}\r\n{extra}server: envoy\r\ncontent-length: {}\r\n\r\n{body}", body.len());
         if conn.write_all(resp.as_bytes()).await.is_err() {

@@ -111,19 +111,25 @@ impl Gate {
         }
     }
 
-    /// The pid of nginx's master process: run.sh `exec`s nginx, so it is the pid of the
-    /// process started (as in compose, where it is PID 1 and gets the stop signal).
-    pub fn master_pid(&self) -> u32 {
+    /// The pid of run.sh: the supervisor nginx's master runs under (as in compose, where it
+    /// is PID 1 and gets the stop signal, which it passes on to the master).
+    pub fn supervisor_pid(&self) -> u32 {
         self.child.as_ref().expect("the gate is running").id()
     }
 
-    /// Sends `signal` (`QUIT`, `TERM`, ...) to nginx's master process.
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.master_pid().to_string()).status().expect("run kill");
-        assert!(status.success(), "kill -{signal} {} failed", self.master_pid());
+    /// The pid of nginx's master process now (from its pid file: a new one after a restart).
+    pub fn nginx_master_pid(&self) -> u32 {
+        let text = std::fs::read_to_string(self.prefix.join("nginx.pid")).expect("read nginx's pid file");
+        text.trim().parse().unwrap_or_else(|_| panic!("nginx's pid file holds {text:?}"))
     }
 
-    /// Whether the master process has exited (reaped, so not a zombie).
+    /// Sends `signal` (`QUIT`, `TERM`, `HUP`, ...) to run.sh, which passes it on to nginx's master.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.supervisor_pid().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.supervisor_pid());
+    }
+
+    /// Whether run.sh has exited (reaped, so not a zombie): it exits when nginx's master does.
     pub fn exited(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))))
     }
@@ -137,11 +143,19 @@ impl Gate {
     /// nginx message at `error` level or above, except nginx's notes of a refused body
     /// (a 413 or a broken chunked body is the client's error, which nginx logs as `[error]`).
     pub fn assert_clean_log(&self) {
+        self.assert_clean_log_but(&[]);
+    }
+
+    /// [`Gate::assert_clean_log`], also letting through the lines that hold one of
+    /// `expected` (e.g. nginx's note of a connection to Envoy refused, in a test that
+    /// stops Envoy).
+    pub fn assert_clean_log_but(&self, expected: &[&str]) {
         let log = self.log();
         let bad: Vec<&str> = log
             .lines()
             .filter(|l| ["[error]", "[crit]", "[alert]", "[emerg]", "runtime error", "stack traceback"].iter().any(|m| l.contains(m)))
             .filter(|l| !l.contains("client intended to send too large") && !l.contains("client sent invalid chunked body"))
+            .filter(|l| !expected.iter().any(|e| l.contains(e)))
             .collect();
         assert!(bad.is_empty(), "the gate logged errors:\n{}", bad.join("\n"));
     }
@@ -151,6 +165,11 @@ impl Gate {
         let r = self.get("/healthz").await;
         assert_eq!(r.status, 200, "/healthz: {}", r.body);
         client::json(&r)
+    }
+
+    /// `GET /healthz` as JSON, or `None` when the gate does not answer it with 200.
+    pub async fn healthz_now(&self) -> Option<serde_json::Value> {
+        client::get(self.port, "/healthz").await.ok().filter(|r| r.status == 200).map(|r| client::json(&r))
     }
 
     /// Requests held for `function` now, over all workers.
@@ -179,6 +198,7 @@ impl Gate {
 
 impl Drop for Gate {
     fn drop(&mut self) {
+        let master = std::fs::read_to_string(self.prefix.join("nginx.pid")).ok().and_then(|t| t.trim().parse::<u32>().ok());
         if let Some(mut c) = self.child.take() {
             if let Ok(None) = c.try_wait() {
                 let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
@@ -192,6 +212,12 @@ impl Drop for Gate {
             }
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // run.sh stops nginx with it; should it have been killed, nginx's master and its
+        // workers (a process group named by the master's pid) go too.
+        let still_nginx = |pid: u32| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"nginx: master"));
+        if let Some(pid) = master.filter(|&pid| still_nginx(pid)) {
+            let _ = Command::new("kill").arg("-KILL").arg(format!("-{pid}")).stderr(Stdio::null()).status();
         }
         if std::thread::panicking() {
             eprintln!("the gate's prefix (config and log) is kept: {}", self.prefix.display());

@@ -774,7 +774,7 @@ async fn sigquit_refuses_new_connections_and_answers_the_held_requests_before_ex
         s.gate.wait_held("late", 1).await;
         s.gate.wait_held("broken", 1).await;
 
-        // compose's stop_signal; run.sh execs nginx, so the process started is its master.
+        // compose's stop_signal, sent to run.sh (PID 1 in compose), which passes it on to nginx.
         s.gate.signal("QUIT");
         wait_until(Duration::from_secs(5), "the gate to stop accepting connections", || async move {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err().then_some(())

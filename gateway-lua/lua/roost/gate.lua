@@ -20,6 +20,9 @@
 --     timeout and more; ROOST_GATE_WAKE_TIMEOUT_MS when absent) -> 504 JSON.
 -- Envoy's own 503 (no x-envoy-upstream-service-time: the endpoint vanished in a
 -- scale-down) sends the request through the wake path once more (@rewake).
+-- Envoy unreachable (refused, reset before its answer began): the request is held until
+-- Envoy accepts connections again and sent again if nothing of it reached Envoy or its
+-- method is idempotent, else answered 502 (@envoy_lost; the section "Envoy unreachable").
 --
 -- Redis names: common/src/keys.rs; payloads: common/src/wire/redis.rs (this file spells
 -- them by hand: the wake it publishes is the bare name that
@@ -65,6 +68,11 @@ local waiters = {}      -- function -> semaphore its held requests wait on
 local held_here = {}    -- function -> requests held in this worker
 local epoch = {}        -- function -> ready notices seen by this worker
 local next_recheck = {} -- function -> time of the next lost-notice check
+-- Requests waiting for Envoy to accept connections again (see hold_for_envoy).
+local envoy_sem         -- semaphore they wait on
+local envoy_epoch = 0   -- probes that found Envoy accepting
+local envoy_next_probe = 0
+local hold_for_envoy    -- defined with the rest of the Envoy handling, below
 
 local function env_num(name, default)
     local v = tonumber(os.getenv(name) or "")
@@ -106,6 +114,15 @@ function _M.init()
     conf.empty_wait = env_num("ROOST_GATE_EMPTY_WAIT_MS", 2000) / 1000
     -- The subscriber's idle read: past it, it PINGs Redis to find a dead connection.
     conf.sub_idle = math.max(env_num("ROOST_GATE_PING_MS", 5000), 100) / 1000
+    -- Envoy's public listener (run.sh checked it: host:port or [v6]:port), probed while
+    -- requests wait for it to accept connections again.
+    local envoy = os.getenv("ROOST_ENVOY_ADDR") or "127.0.0.1:10000"
+    local eh, ep = envoy:match("^%[([^%]]+)%]:(%d+)$")
+    if not eh then
+        eh, ep = envoy:match("^([^:]+):(%d+)$")
+    end
+    conf.envoy_host = eh or "127.0.0.1"
+    conf.envoy_port = tonumber(ep) or 10000
 end
 
 ---------------------------------------------------------------------------------------
@@ -497,10 +514,26 @@ local function on_abort()
     local fn = ngx.ctx.holding
     if fn then
         ngx.ctx.holding = nil
-        held_here[fn] = held_here[fn] - 1
+        if ngx.ctx.holding_here then
+            held_here[fn] = held_here[fn] - 1
+        end
         dict:incr("held:" .. fn, -1, 0)
     end
     return ngx.exit(499)
+end
+
+-- Counts the request as held for `fn` (the cap, /healthz) and frees its place if the
+-- client hangs up. `here`: counted in held_here too (a wake hold, with its rechecks).
+local function start_holding(fn, here)
+    ngx.ctx.holding = fn
+    ngx.ctx.holding_here = here
+    if not ngx.ctx.abort_handler then
+        ngx.ctx.abort_handler = true
+        local ok, err = ngx.on_abort(on_abort)
+        if not ok then
+            ngx.log(ngx.WARN, "roost gate: ngx.on_abort: ", err)
+        end
+    end
 end
 
 -- One held request per worker and function: is it ready after all (a lost notice)?
@@ -570,14 +603,7 @@ local function hold(fn, force, r)
         -- period away.
         next_recheck[fn] = now() + conf.republish
     end
-    ngx.ctx.holding = fn
-    if not ngx.ctx.abort_handler then
-        ngx.ctx.abort_handler = true
-        local ok, err = ngx.on_abort(on_abort)
-        if not ok then
-            ngx.log(ngx.WARN, "roost gate: ngx.on_abort: ", err)
-        end
-    end
+    start_holding(fn, true)
 
     local start = now()
     local sem = waiters[fn]
@@ -761,6 +787,11 @@ function _M.access()
     -- wake, a held request has its body, and a body in memory can be sent again.
     ngx.req.read_body()
     admit(fn, false)
+    -- A pass to Envoy failed lately and no check has found it back since: wait for that
+    -- rather than be sent into a dead (or dying) Envoy.
+    if dict:get("envoy_down") then
+        hold_for_envoy(fn)
+    end
     return ngx.exec("@envoy")
 end
 
@@ -788,6 +819,204 @@ function _M.rewake()
     dict:incr("gen:" .. fn, 1, 0)
     admit(fn, true)
     -- Released: proxy_pass in @rewake sends it again; a second 503 reaches the client.
+end
+
+---------------------------------------------------------------------------------------
+-- Envoy unreachable (nginx.conf: @envoy_lost)
+--
+-- When a connection to Envoy is refused, times out, or fails before Envoy's answer
+-- began, nginx tries the upstream's backup: the gate's own stand-in on a unix socket,
+-- which answers 597. Every pass of a request to Envoy thus ends in a list of attempts
+-- ($upstream_addr, $upstream_status, $upstream_bytes_sent): Envoy's (failed), then the
+-- stand-in's. What to do with the request follows from those lists and its method.
+
+-- RFC 9110's idempotent methods (TRACE aside): sent again even if Envoy may have had them.
+local IDEMPOTENT = { GET = true, HEAD = true, OPTIONS = true, PUT = true, DELETE = true }
+-- How often a held request's worker checks that Envoy accepts connections again, and
+-- how long one check may take.
+local ENVOY_PROBE_INTERVAL = 0.05
+local ENVOY_PROBE_TIMEOUT_MS = 500
+-- Passes to Envoy one request may take (each is an internal redirect; nginx allows 10).
+local MAX_ENVOY_PASSES = 5
+
+-- The entries of an upstream variable for the last pass ("a, b : c, d" -> {"c", "d"}).
+-- Pure (exported for the tests, like envoy_failure).
+local function last_pass(s)
+    s = s or ""
+    local from = 1
+    while true do
+        local i = s:find(" : ", from, true)
+        if not i then
+            break
+        end
+        from = i + 3
+    end
+    local out = {}
+    for item in s:sub(from):gmatch("[^,]+") do
+        out[#out + 1] = item:match("^%s*(.-)%s*$")
+    end
+    return out
+end
+_M.last_pass = last_pass
+
+-- Pure: what to do with a request whose pass to Envoy nginx answered 597. `addrs`,
+-- `statuses`, `sent`: that pass's entries of $upstream_addr, $upstream_status and
+-- $upstream_bytes_sent. Returns the action and the bytes Envoy was sent:
+--   "foreign"  the 597 is not the stand-in's (a function answered it through Envoy);
+--   "resend"   no byte reached Envoy (refused, connect timeout, reset before sending),
+--              or some did and the method is idempotent: held until Envoy is back;
+--   "lost"     Envoy had (part of) a request whose method is not idempotent: 502;
+--   "timeout"  Envoy had it and did not answer in proxy_read_timeout: 504.
+function _M.envoy_failure(method, addrs, statuses, sent)
+    local n = #addrs
+    if n == 0 or addrs[n]:sub(1, 5) ~= "unix:" or statuses[n] ~= "597" then
+        return "foreign", 0
+    end
+    local bytes, timed_out = 0, false
+    for i = 1, n - 1 do
+        local b = tonumber(sent[i]) or 0
+        if b > 0 then
+            bytes = bytes + b
+            timed_out = timed_out or statuses[i] == "504"
+        end
+    end
+    if bytes == 0 then
+        return "resend", 0
+    end
+    if timed_out then
+        return "timeout", bytes
+    end
+    if IDEMPOTENT[method] then
+        return "resend", bytes
+    end
+    return "lost", bytes
+end
+
+local function probe_envoy()
+    local sock = ngx.socket.tcp()
+    sock:settimeout(ENVOY_PROBE_TIMEOUT_MS)
+    local ok = sock:connect(conf.envoy_host, conf.envoy_port)
+    sock:close()
+    return ok
+end
+
+-- Holds the request until Envoy accepts a connection, within the function's hold time
+-- counted from the request's first failed pass (or from now, for a request not sent yet),
+-- and the held-request cap. One TCP connect per worker and ENVOY_PROBE_INTERVAL checks
+-- for all the worker's held requests, the first at least ENVOY_PROBE_INTERVAL after
+-- the failure that marked Envoy down: a dying Envoy's listening socket still completes
+-- connections for a few milliseconds (and resets them), which must not count as "back".
+hold_for_envoy = function(fn)
+    local since = tonumber(ngx.var.roost_envoy_since)
+    if not since then
+        since = now()
+        ngx.var.roost_envoy_since = tostring(since)
+    end
+    local hold_ms = dict:get("hold:" .. fn) or conf.wake_timeout_ms
+    local deadline = since + hold_ms / 1000
+    local held = dict:incr("held:" .. fn, 1, 0)
+    if held > conf.max_held then
+        dict:incr("held:" .. fn, -1, 0)
+        return json_exit(503, {
+            error = "too many requests are waiting for Envoy to accept connections again; retry shortly",
+            ["function"] = fn,
+        }, { ["Retry-After"] = "1" })
+    end
+    start_holding(fn, false)
+    if not envoy_sem then
+        envoy_sem = semaphore.new(0)
+    end
+    local start = now()
+    local epoch0 = envoy_epoch
+    local up = false
+    while true do
+        if envoy_epoch ~= epoch0 then
+            up = true
+            break
+        end
+        ngx.update_time()
+        local earliest = (dict:get("envoy_down") or 0) + ENVOY_PROBE_INTERVAL
+        if envoy_next_probe < earliest then
+            envoy_next_probe = earliest
+        end
+        if now() >= envoy_next_probe then
+            envoy_next_probe = now() + ENVOY_PROBE_INTERVAL
+            if probe_envoy() then
+                dict:delete("envoy_down")
+                envoy_epoch = envoy_epoch + 1
+                envoy_next_probe = 0
+                local c = envoy_sem:count()
+                if c < 0 then
+                    envoy_sem:post(-c)
+                end
+                up = true
+                break
+            end
+            ngx.update_time()
+        end
+        local left = deadline - now()
+        if left <= 0 then
+            break
+        end
+        envoy_sem:wait(math.min(left, math.max(envoy_next_probe - now(), 0.001)))
+    end
+    ngx.ctx.holding = nil
+    dict:incr("held:" .. fn, -1, 0)
+    ngx.update_time()
+    add_cold_ms(math.floor((now() - start) * 1000 + 0.5))
+    if not up then
+        return json_exit(504, {
+            error = "Envoy did not accept connections within " .. hold_ms .. " ms; the request was not sent",
+            ["function"] = fn,
+            reason = "the gate could not connect to Envoy (" .. conf.envoy_host .. ":" .. conf.envoy_port
+                .. ") and held the request for the function's hold time",
+        })
+    end
+end
+
+-- A pass of the request to Envoy failed (nginx.conf's @envoy_lost, reached through the
+-- stand-in's 597): answer, or hold the request until Envoy is back and let nginx send
+-- it again.
+function _M.envoy_lost()
+    local fn = ngx.var.roost_function
+    local method = ngx.req.get_method()
+    local action, bytes = _M.envoy_failure(method, last_pass(ngx.var.upstream_addr),
+        last_pass(ngx.var.upstream_status), last_pass(ngx.var.upstream_bytes_sent))
+    if action == "foreign" then
+        return json_exit(502, {
+            error = "function \"" .. fn .. "\" answered 597, a status the gate reserves for itself",
+            ["function"] = fn,
+        })
+    end
+    -- Envoy is down (or was, for a pooled connection): requests not sent yet wait for
+    -- it to accept connections again instead of trying it (access()).
+    dict:set("envoy_down", now())
+    if action == "lost" then
+        return json_exit(502, {
+            error = "the connection to Envoy failed while it had the request",
+            ["function"] = fn,
+            reason = "the proxy failed mid-request (" .. bytes .. " bytes of it had been sent to Envoy); it was not "
+                .. "sent again because " .. method .. " is not idempotent, so it may or may not have run",
+        })
+    end
+    if action == "timeout" then
+        return json_exit(504, {
+            error = "Envoy did not answer the request in time",
+            ["function"] = fn,
+            reason = "no answer within the gate's proxy_read_timeout after " .. bytes .. " bytes were sent; not sent again",
+        })
+    end
+    local passes = (tonumber(ngx.var.roost_envoy_passes) or 0) + 1
+    ngx.var.roost_envoy_passes = tostring(passes)
+    if passes > MAX_ENVOY_PASSES then
+        return json_exit(502, {
+            error = "Envoy accepted connections but failed the request " .. MAX_ENVOY_PASSES .. " times",
+            ["function"] = fn,
+            reason = "each pass was refused or reset before Envoy answered; retry shortly",
+        }, { ["Retry-After"] = "1" })
+    end
+    hold_for_envoy(fn)
+    -- Released: proxy_pass in @envoy_lost sends it again.
 end
 
 function _M.too_large()
