@@ -51,6 +51,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/functions/{name}/endpoints/{address}", axum::routing::delete(remove_endpoint))
         .route("/functions/{name}/endpoints/{address}/drain", post(drain_endpoint))
         .route("/changes", post(post_changes))
+        .route("/confirm", post(post_confirm))
         .route("/sync/{generation}", get(sync))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint; see the README's admin API section".into()) })
         .with_state(state)
@@ -87,6 +88,11 @@ struct Envoys {
 struct StatusPage {
     generation: u64,
     functions: usize,
+    /// Whether the model is known to describe what runs; until it is, Envoy's streams
+    /// are held (it keeps its configuration).
+    confirmed: bool,
+    /// Envoy streams held until the model is confirmed.
+    held_envoys: u64,
     #[serde(flatten)]
     envoys: Envoys,
 }
@@ -150,11 +156,21 @@ async fn wait_response(state: &AdminState, generation: u64, p: &WaitParams) -> R
 
 /// Applies changes and answers with the generation, waiting for Envoy when asked.
 async fn apply(state: &AdminState, q: &HashMap<String, String>, changes: Vec<Change>) -> Response {
+    apply_with(state, q, changes, Store::apply).await
+}
+
+/// Applies changes with `how` ([`Store::apply`] or [`Store::confirm`]) and answers.
+async fn apply_with(
+    state: &AdminState,
+    q: &HashMap<String, String>,
+    changes: Vec<Change>,
+    how: fn(&Store, &[Change]) -> Result<u64, ModelError>,
+) -> Response {
     let params = match wait_params(state, q) {
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
-    let generation = match state.store.apply(&changes) {
+    let generation = match how(&state.store, &changes) {
         Ok(g) => g,
         Err(e) => return model_error(e),
     };
@@ -175,7 +191,13 @@ fn envoys_now(s: &AdminState) -> Envoys {
 
 async fn status(State(s): State<AdminState>) -> Json<StatusPage> {
     let (model, generation) = s.store.model();
-    Json(StatusPage { generation, functions: model.functions.len(), envoys: envoys_now(&s) })
+    Json(StatusPage {
+        generation,
+        functions: model.functions.len(),
+        confirmed: s.store.is_confirmed(),
+        held_envoys: s.registry.held(),
+        envoys: envoys_now(&s),
+    })
 }
 
 async fn envoys(State(s): State<AdminState>) -> Json<Envoys> {
@@ -190,7 +212,7 @@ fn function_view(f: &crate::model::Function) -> FunctionView {
 async fn list_functions(State(s): State<AdminState>) -> Json<Functions> {
     let (model, generation) = s.store.model();
     let functions = model.functions.iter().map(|(n, f)| (n.clone(), function_view(f))).collect();
-    Json(Functions { generation, functions })
+    Json(Functions { generation, confirmed: s.store.is_confirmed(), functions })
 }
 
 async fn get_function(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
@@ -261,6 +283,21 @@ async fn post_changes(State(s): State<AdminState>, Query(q): Query<HashMap<Strin
         Err(r) => return r.into_response(),
     };
     apply(&s, &q, changes).await
+}
+
+/// `POST /confirm`: the orchestrator hands over everything it runs (function settings
+/// and ready endpoints, as changes); the model is confirmed and held Envoys are served.
+async fn post_confirm(State(s): State<AdminState>, Query(q): Query<HashMap<String, String>>, body: Bytes) -> Response {
+    let changes: Vec<Change> = match parse_json(&body, r#"a list of put_function and add_endpoint changes, as POST /changes takes"#) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let (was, held_envoys) = (s.store.is_confirmed(), s.registry.held());
+    let response = apply_with(&s, &q, changes, Store::confirm).await;
+    if !was && s.store.is_confirmed() {
+        tracing::info!(held_envoys, "the orchestrator confirmed the model; held Envoys are served");
+    }
+    response
 }
 
 async fn sync(State(s): State<AdminState>, Path(generation): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {

@@ -96,8 +96,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             let (s, m) = persist::StateStore::connect_and_load(url, wait, &shutdown).await?;
             (Some(s), m)
         }
-        None => (None, model::Model::default()),
+        // No Redis, no memory: nothing to restore, and nothing to wait for.
+        None => (None, Some(model::Model::default())),
     };
+    // Without a saved model the control plane does not know what runs: it holds Envoy's
+    // streams (Envoy keeps what it has) until the orchestrator confirms a model.
+    let confirmed = model.is_some();
     roost_common::env::warn_deprecated("control-plane");
     let listener = config.listener();
     let settings = resources::BuildSettings {
@@ -106,7 +110,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         connect_timeout_ms: config.connect_timeout_ms,
         num_retries: config.retries,
     };
-    let store = Arc::new(store::Store::new(model, settings));
+    let store = Arc::new(store::Store::new(model.unwrap_or_default(), settings, confirmed));
     let registry = Arc::new(registry::Registry::default());
 
     let bind = |what, addr, flag| async move { TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, flag, source }) };
@@ -115,7 +119,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let xds_addr = xds_listener.local_addr().map_err(Error::Admin)?;
     let admin_addr = admin_listener.local_addr().map_err(Error::Admin)?;
 
-    let xds = xds::XdsServer::new(store.snapshots(), registry.clone(), shutdown.clone());
+    let xds = xds::XdsServer::new(store.snapshots(), store.confirmed(), registry.clone(), shutdown.clone());
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
@@ -128,7 +132,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         sync_timeout: Duration::from_millis(config.sync_timeout_ms),
     };
     let admin = axum::serve(admin_listener, admin::router(admin_state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let persister = state_store.map(|s| tokio::spawn(s.run(store.models(), shutdown.clone())));
+    let persister = state_store.map(|s| tokio::spawn(s.run(store.models(), store.confirmed(), shutdown.clone())));
     info!(%xds_addr, %admin_addr, %listener, "control plane serving");
 
     let task = tokio::spawn(async move {

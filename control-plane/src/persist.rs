@@ -10,6 +10,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// How often the saver checks that Redis still holds the saved state.
+const RECHECK: Duration = Duration::from_secs(1);
+
 /// Why the saved state could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
@@ -53,9 +56,13 @@ impl std::fmt::Debug for StateStore {
 }
 
 impl StateStore {
-    /// Connects to Redis and loads the saved model (an empty one if none is saved),
-    /// retrying with backoff for up to `wait`.
-    pub async fn connect_and_load(url: &str, wait: Duration, shutdown: &CancellationToken) -> Result<(StateStore, Model), PersistError> {
+    /// Connects to Redis and loads the saved model (`None` if none is saved: a first
+    /// start, or a Redis that lost its data), retrying with backoff for up to `wait`.
+    pub async fn connect_and_load(
+        url: &str,
+        wait: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<(StateStore, Option<Model>), PersistError> {
         let client = redis::Client::open(url).map_err(|source| PersistError::BadUrl { url: url.to_string(), source })?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut backoff = Duration::from_millis(100);
@@ -67,11 +74,14 @@ impl StateStore {
             };
             let err = match attempt.await {
                 Ok((conn, saved)) => {
-                    let model = match saved {
-                        Some(json) => serde_json::from_str(&json).map_err(PersistError::Corrupt)?,
-                        None => Model::default(),
+                    let model: Option<Model> = match saved {
+                        Some(json) => Some(serde_json::from_str(&json).map_err(PersistError::Corrupt)?),
+                        None => None,
                     };
-                    info!(functions = model.functions.len(), "state loaded from Redis");
+                    match &model {
+                        Some(m) => info!(functions = m.functions.len(), "state loaded from Redis"),
+                        None => info!("no saved state in Redis: the model starts empty, unconfirmed (Envoy keeps its configuration until the orchestrator confirms one)"),
+                    }
                     let store = StateStore { url: url.to_string(), conn };
                     return Ok((store, model));
                 }
@@ -89,21 +99,45 @@ impl StateStore {
         }
     }
 
-    /// Saves every new model until shutdown; a failed save is retried with backoff, and
-    /// only the newest model is ever written.
-    pub async fn run(mut self, mut models: watch::Receiver<Arc<Model>>, shutdown: CancellationToken) {
+    /// Saves every new model until shutdown, from the moment the model is confirmed (an
+    /// unconfirmed one, partly re-registered, must never be loaded as the truth by a
+    /// later start); a failed save is retried with backoff, and only the newest model is
+    /// ever written.
+    pub async fn run(mut self, mut models: watch::Receiver<Arc<Model>>, mut confirmed: watch::Receiver<bool>, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = confirmed.wait_for(|c| *c) => if r.is_err() { return },
+        }
+        let mut check = tokio::time::interval(RECHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut dirty = true;
         loop {
-            let model = models.borrow_and_update().clone();
-            if let Err(e) = self.save(&model).await {
-                warn!(error = %e, "cannot save state to Redis; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+            if dirty {
+                let model = models.borrow_and_update().clone();
+                if let Err(e) = self.save(&model).await {
+                    warn!(error = %e, "cannot save state to Redis; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    }
                 }
+                dirty = false;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = models.changed() => if r.is_err() { return },
+                r = models.changed() => match r {
+                    Ok(()) => dirty = true,
+                    Err(_) => return,
+                },
+                _ = check.tick() => {
+                    // A Redis that lost its data (a new volume, a FLUSHALL) gets the model
+                    // back within a second, not only at the next change.
+                    let exists: redis::RedisResult<bool> = self.conn.exists(CONTROL_PLANE_STATE).await;
+                    if let Ok(false) = exists {
+                        warn!("the saved state is gone from Redis; saving it again");
+                        dirty = true;
+                    }
+                }
             }
         }
     }

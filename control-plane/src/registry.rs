@@ -4,7 +4,7 @@
 use crate::ads::{Nack, StreamStatus};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -76,11 +76,31 @@ pub struct Registry {
     nacks: Mutex<VecDeque<NackEvent>>,
     next_id: AtomicU64,
     changed: watch::Sender<u64>,
+    /// Streams held until the model is confirmed.
+    held: AtomicI64,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry { streams: Mutex::default(), nacks: Mutex::default(), next_id: AtomicU64::new(1), changed: watch::channel(0).0 }
+        Registry {
+            streams: Mutex::default(),
+            nacks: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            changed: watch::channel(0).0,
+            held: AtomicI64::new(0),
+        }
+    }
+}
+
+impl Registry {
+    /// A stream starts (`1`) or stops (`-1`) being held until the model is confirmed.
+    pub fn holding(&self, delta: i64) {
+        self.held.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// How many Envoy streams are held until the model is confirmed.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed).max(0) as u64
     }
 }
 

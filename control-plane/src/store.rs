@@ -1,6 +1,10 @@
 //! The single writer of the model: applies changes, builds each new snapshot and
 //! publishes it to every ADS stream through a `watch` channel (which always holds the
 //! newest snapshot, so a slow stream skips straight to it and never misses a change).
+//!
+//! A model is *confirmed* once it is known to describe what runs: loaded from the saved
+//! state, or handed over whole by the orchestrator ([`Store::confirm`]). Until then ADS
+//! streams are held (Envoy keeps the configuration it has) and nothing is saved.
 
 use crate::model::{Change, Model, ModelError};
 use crate::resources::{self, BuildSettings, Kind, Snapshot};
@@ -15,6 +19,7 @@ pub struct Store {
     settings: BuildSettings,
     snapshots: watch::Sender<Arc<Snapshot>>,
     models: watch::Sender<Arc<Model>>,
+    confirmed: watch::Sender<bool>,
 }
 
 #[derive(Debug)]
@@ -24,12 +29,13 @@ struct Inner {
 }
 
 impl Store {
-    /// A store holding `model` at generation 1.
-    pub fn new(model: Model, settings: BuildSettings) -> Store {
+    /// A store holding `model` at generation 1, confirmed or not (see the module's doc).
+    pub fn new(model: Model, settings: BuildSettings, confirmed: bool) -> Store {
         let snapshot = resources::build(&model, &settings, 1);
         Store {
             snapshots: watch::channel(Arc::new(snapshot)).0,
             models: watch::channel(Arc::new(model.clone())).0,
+            confirmed: watch::channel(confirmed).0,
             inner: Mutex::new(Inner { model, generation: 1 }),
             settings,
         }
@@ -84,6 +90,26 @@ impl Store {
         Ok(generation)
     }
 
+    /// Applies `changes` (each of them idempotent: function settings and endpoints that
+    /// run) and marks the model confirmed: the orchestrator's hand-over of everything it
+    /// runs to a control plane that started without a saved model. Held ADS streams are
+    /// then served the result. On error nothing changes and the model stays unconfirmed.
+    pub fn confirm(&self, changes: &[Change]) -> Result<u64, ModelError> {
+        let generation = self.apply(changes)?;
+        self.confirmed.send_replace(true);
+        Ok(generation)
+    }
+
+    /// Whether the model is confirmed.
+    pub fn is_confirmed(&self) -> bool {
+        *self.confirmed.borrow()
+    }
+
+    /// Receives the confirmation (false until then; never goes back to false).
+    pub fn confirmed(&self) -> watch::Receiver<bool> {
+        self.confirmed.subscribe()
+    }
+
     /// Publishes a snapshot edited by `edit`, bypassing the model: for tests and tools
     /// that need a resource the model cannot express, such as a deliberately invalid
     /// one. The next [`Store::apply`] rebuilds only what it touches, so an edited
@@ -125,7 +151,7 @@ mod tests {
 
     #[test]
     fn incremental_snapshot_equals_full_rebuild() {
-        let store = Store::new(Model::default(), BuildSettings::default());
+        let store = Store::new(Model::default(), BuildSettings::default(), true);
         let put = |f: &str| Change::PutFunction { function: f.into(), concurrency: Some(2), timeout_ms: None };
         let add = |f: &str, a: &str| Change::AddEndpoint { function: f.into(), address: a.into() };
         store.apply(&[put("a"), put("b"), add("a", "127.0.0.1:1")]).unwrap();
@@ -142,8 +168,29 @@ mod tests {
     }
 
     #[test]
+    fn confirm_applies_its_changes_then_confirms_and_stays_confirmed() {
+        let store = Store::new(Model::default(), BuildSettings::default(), false);
+        let confirmed = store.confirmed();
+        let put = Change::PutFunction { function: "f".into(), concurrency: Some(1), timeout_ms: None };
+        let add = Change::AddEndpoint { function: "f".into(), address: "127.0.0.1:1".into() };
+        // Changes before the hand-over are kept (a function task re-declaring itself).
+        store.apply(std::slice::from_ref(&put)).unwrap();
+        assert!(!store.is_confirmed());
+        // A refused hand-over confirms nothing.
+        assert!(store.confirm(&[Change::RemoveFunction { function: "ghost".into() }]).is_err());
+        assert!(!*confirmed.borrow());
+        // The same changes again are fine: the hand-over is idempotent.
+        let g = store.confirm(&[put.clone(), add.clone()]).unwrap();
+        assert!(*confirmed.borrow());
+        assert_eq!(store.snapshots().borrow().generation, g);
+        store.confirm(&[put, add]).unwrap();
+        assert!(store.is_confirmed());
+        assert_eq!(store.model().0.functions["f"].endpoints.len(), 1);
+    }
+
+    #[test]
     fn refused_change_publishes_nothing() {
-        let store = Store::new(Model::default(), BuildSettings::default());
+        let store = Store::new(Model::default(), BuildSettings::default(), true);
         let rx = store.snapshots();
         let err = store.apply(&[Change::RemoveFunction { function: "ghost".into() }]);
         assert!(err.is_err());

@@ -23,15 +23,21 @@ const STREAM_BUFFER: usize = 16;
 #[derive(Debug, Clone)]
 pub struct XdsServer {
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    confirmed: watch::Receiver<bool>,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 }
 
 impl XdsServer {
-    /// A server publishing `snapshots` and reporting streams to `registry`; streams end
-    /// when `shutdown` is cancelled.
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
-        XdsServer { snapshots, registry, shutdown }
+    /// A server publishing `snapshots` and reporting streams to `registry`; a stream is
+    /// held, unanswered, until `confirmed` is true; streams end when `shutdown` is cancelled.
+    pub fn new(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        confirmed: watch::Receiver<bool>,
+        registry: Arc<Registry>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        XdsServer { snapshots, confirmed, registry, shutdown }
     }
 
     /// The tonic service to add to a server.
@@ -47,6 +53,7 @@ impl XdsServer {
             inbound,
             tx,
             snapshots: self.snapshots.clone(),
+            confirmed: self.confirmed.clone(),
             registry: self.registry.clone(),
             shutdown: self.shutdown.clone(),
             peer,
@@ -135,6 +142,7 @@ struct StreamTask<P: Protocol> {
     inbound: Streaming<P::Request>,
     tx: mpsc::Sender<Result<P::Response, Status>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    confirmed: watch::Receiver<bool>,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
     peer: String,
@@ -142,6 +150,20 @@ struct StreamTask<P: Protocol> {
 
 impl<P: Protocol> StreamTask<P> {
     async fn run(mut self) {
+        // An unconfirmed model is not sent: Envoy's requests wait unread (it keeps the
+        // configuration it has) until the orchestrator confirms what runs.
+        if !*self.confirmed.borrow() {
+            info!("Envoy connected; its stream is held until the orchestrator confirms the model");
+            self.registry.holding(1);
+            let confirmed = tokio::select! {
+                _ = self.shutdown.cancelled() => false,
+                r = self.confirmed.wait_for(|c| *c) => r.is_ok(),
+            };
+            self.registry.holding(-1);
+            if !confirmed {
+                return;
+            }
+        }
         let mut snapshot = self.snapshots.borrow_and_update().clone();
         let handle = self.registry.register(self.peer.clone(), self.proto.status(&snapshot));
         info!("Envoy connected");

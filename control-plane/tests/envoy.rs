@@ -277,7 +277,16 @@ async fn dynamic_config(envoy: &Envoy) -> Value {
     v
 }
 
-async fn restart_under_traffic(mode: XdsMode) {
+/// How the control plane comes back in [`restart_under_traffic`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Comeback {
+    /// With its saved model in Redis.
+    Restored,
+    /// Without it (Redis lost it): it must hold Envoy's stream until confirmed.
+    ModelLost,
+}
+
+async fn restart_under_traffic(mode: XdsMode, comeback: Comeback) {
     let redis = Redis::start().await;
     let (xds, admin_port, listener) = (free_port(), free_port(), free_port());
     let mut cp = spawn_control_plane(xds, admin_port, listener, &redis.url());
@@ -285,6 +294,10 @@ async fn restart_under_traffic(mode: XdsMode) {
         http::get(admin_port, "/healthz").await.ok().filter(|r| r.status == 200)
     })
     .await;
+    // A first start (no saved model) is unconfirmed until the orchestrator's hand-over;
+    // here there is nothing running yet to hand over.
+    assert_eq!(admin_ok(admin_port, "GET", "/functions", None).await["confirmed"], false);
+    admin_ok(admin_port, "POST", "/confirm", Some(json!([]))).await;
     let envoy = Envoy::start(&EnvoyOptions::new(xds, mode)).await;
     let up = Upstream::start("steady").await;
     admin_ok(admin_port, "PUT", "/functions/hello?wait=true", None).await;
@@ -325,7 +338,36 @@ async fn restart_under_traffic(mode: XdsMode) {
         (ok.load(Ordering::SeqCst) > served_while_down + 50).then_some(())
     })
     .await;
+    if comeback == Comeback::ModelLost {
+        let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let deleted: u64 = redis::cmd("DEL").arg(roost_common::keys::CONTROL_PLANE_STATE).query_async(&mut conn).await.unwrap();
+        assert_eq!(deleted, 1, "the saved model was in Redis");
+    }
     let _cp2 = spawn_control_plane(xds, admin_port, listener, &redis.url());
+    if comeback == Comeback::ModelLost {
+        // Started empty: it says so, holds Envoy's stream, and Envoy keeps routing.
+        wait_until(WAIT, "Envoy's stream to be held by the restarted control plane", || async {
+            let r = http::get(admin_port, "/status").await.ok().filter(|r| r.status == 200)?;
+            let v: Value = serde_json::from_str(&r.body).ok()?;
+            (v["confirmed"] == false && v["held_envoys"] == 1).then_some(())
+        })
+        .await;
+        let held_from = ok.load(Ordering::SeqCst);
+        wait_until(WAIT, "traffic while the stream is held", || async { (ok.load(Ordering::SeqCst) > held_from + 100).then_some(()) })
+            .await;
+        assert_eq!(dynamic_config(&envoy).await, before, "Envoy's configuration changed before the model was confirmed");
+        let listing = admin_ok(admin_port, "GET", "/functions", None).await;
+        assert_eq!(listing["confirmed"], false, "{listing}");
+        // The orchestrator's hand-over: everything that runs.
+        let handover = json!([
+            {"op": "put_function", "function": "hello"},
+            {"op": "add_endpoint", "function": "hello", "address": format!("127.0.0.1:{}", up.port)},
+            {"op": "put_function", "function": "other", "concurrency": 3},
+        ]);
+        admin_ok(admin_port, "POST", "/confirm?wait=true", Some(handover)).await;
+        let status = admin_ok(admin_port, "GET", "/status", None).await;
+        assert_eq!((status["confirmed"].clone(), status["held_envoys"].clone()), (json!(true), json!(0)), "{status}");
+    }
     wait_until(WAIT, "Envoy to reconnect and sync with the restarted control plane", || async {
         let r = http::get(admin_port, "/sync/1?timeout_ms=1000").await.ok()?;
         let v: Value = serde_json::from_str(&r.body).ok()?;
@@ -339,19 +381,59 @@ async fn restart_under_traffic(mode: XdsMode) {
     assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(5)]);
     assert_eq!(admin_ok(admin_port, "GET", "/functions", None).await["functions"], model_before, "model restored from Redis");
     assert_eq!(dynamic_config(&envoy).await, before, "Envoy's configuration after reconnect differs");
-    eprintln!("restart under traffic ({mode:?}): {} requests, 0 failed", ok.load(Ordering::SeqCst));
+    eprintln!("restart under traffic ({mode:?}, {comeback:?}): {} requests, 0 failed", ok.load(Ordering::SeqCst));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
 async fn sotw_control_plane_restart_under_traffic() {
-    restart_under_traffic(XdsMode::Sotw).await;
+    restart_under_traffic(XdsMode::Sotw, Comeback::Restored).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
 async fn delta_control_plane_restart_under_traffic() {
-    restart_under_traffic(XdsMode::Delta).await;
+    restart_under_traffic(XdsMode::Delta, Comeback::Restored).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
+async fn sotw_control_plane_restarted_without_its_model_keeps_envoys_configuration_until_confirmed() {
+    restart_under_traffic(XdsMode::Sotw, Comeback::ModelLost).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
+async fn delta_control_plane_restarted_without_its_model_keeps_envoys_configuration_until_confirmed() {
+    restart_under_traffic(XdsMode::Delta, Comeback::ModelLost).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: full tier (scripts/test.sh)"]
+async fn a_saved_model_that_redis_lost_is_saved_again() {
+    let redis = Redis::start().await;
+    let (xds, admin_port, listener) = (free_port(), free_port(), free_port());
+    let _cp = spawn_control_plane(xds, admin_port, listener, &redis.url());
+    wait_until(WAIT, "the control plane's admin API", || async {
+        http::get(admin_port, "/healthz").await.ok().filter(|r| r.status == 200)
+    })
+    .await;
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let saved = |mut conn: redis::aio::MultiplexedConnection| async move {
+        let v: Option<String> = redis::cmd("GET").arg(roost_common::keys::CONTROL_PLANE_STATE).query_async(&mut conn).await.unwrap();
+        v
+    };
+    // Unconfirmed: nothing is saved, even after a change.
+    admin_ok(admin_port, "PUT", "/functions/early", None).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(saved(conn.clone()).await, None, "an unconfirmed model was saved");
+    admin_ok(admin_port, "POST", "/confirm", Some(json!([{"op": "put_function", "function": "hello"}]))).await;
+    wait_until(WAIT, "the confirmed model saved", || async { saved(conn.clone()).await.filter(|m| m.contains("hello")) }).await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let lost = std::time::Instant::now();
+    let back = wait_until(WAIT, "the model saved again", || async { saved(conn.clone()).await }).await;
+    assert!(back.contains("hello") && back.contains("early"), "{back}");
+    eprintln!("the saved model was back in Redis {:?} after a FLUSHALL", lost.elapsed());
 }
 
 /// How many Envoys hold an ADS stream to the control plane, from its `/envoys`.

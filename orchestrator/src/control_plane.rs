@@ -3,7 +3,7 @@
 //! are [`roost_common::wire::admin`]'s, the same types the control plane serves.
 
 use reqwest::Method;
-use roost_common::wire::admin::{ApiError, FunctionSettings, Functions, NewEndpoint, WaitQuery};
+use roost_common::wire::admin::{ApiError, Change, FunctionSettings, Functions, NewEndpoint, WaitQuery};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -42,6 +42,16 @@ pub enum ControlPlaneError {
         /// The decoding error.
         source: reqwest::Error,
     },
+}
+
+/// What the control plane routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routed {
+    /// Its model is known to describe what runs; until the orchestrator confirms one, a
+    /// control plane that started without a saved model holds Envoy's streams.
+    pub confirmed: bool,
+    /// Functions and their endpoint addresses.
+    pub functions: Vec<(String, Vec<SocketAddr>)>,
 }
 
 /// The admin API client.
@@ -133,10 +143,19 @@ impl ControlPlane {
         gone_is_fine(self.change(Method::DELETE, path, None::<&()>).await)
     }
 
-    /// Every function the control plane knows, with its endpoint addresses.
-    pub async fn functions(&self) -> Result<Vec<(String, Vec<SocketAddr>)>, ControlPlaneError> {
+    /// Every function the control plane knows, with its endpoint addresses, and whether
+    /// its model is confirmed.
+    pub async fn functions(&self) -> Result<Routed, ControlPlaneError> {
         let listing: Functions = self.read("/functions").await?;
-        Ok(listing.functions.into_iter().map(|(name, f)| (name, f.endpoints.into_iter().map(|e| e.address).collect())).collect())
+        let functions =
+            listing.functions.into_iter().map(|(name, f)| (name, f.endpoints.into_iter().map(|e| e.address).collect())).collect();
+        Ok(Routed { confirmed: listing.confirmed, functions })
+    }
+
+    /// Hands over everything the orchestrator runs to a control plane that has no
+    /// confirmed model (it started without a saved one), waiting for Envoy's ACK.
+    pub async fn confirm(&self, changes: &[Change]) -> Result<(), ControlPlaneError> {
+        self.change(Method::POST, "/confirm".to_string(), Some(changes)).await
     }
 }
 

@@ -6,12 +6,13 @@
 
 use crate::context::Ctx;
 use crate::definitions::{self, Loaded, Reading};
-use crate::function::{self, Handle, Msg, WakeError, WakeReply};
+use crate::function::{self, Handle, Msg, SharedStatus, WakeError, WakeReply};
 use crate::lifecycle::adoption::{self, Stale, Verdict};
 use crate::lifecycle::Event;
 use crate::redis_io::Signal;
 use crate::runtime::RuntimeEvent;
 use roost_common::spec::Definitions;
+use roost_common::wire::admin::Change;
 use roost_common::wire::redis::Refusal;
 use roost_common::wire::status::{FunctionState, FunctionStatus, Status};
 use std::collections::{BTreeMap, HashSet};
@@ -99,18 +100,37 @@ struct Functions {
 
 impl Functions {
     /// Tells every function what the control plane routes for it (in a task: the loop
-    /// never waits on the control plane); each restores what the control plane lost.
-    fn resync(&mut self) {
+    /// never waits on the control plane); each restores what the control plane lost. A
+    /// control plane with no confirmed model (it started without a saved one, and holds
+    /// Envoy's streams meanwhile) is handed everything that runs at once instead.
+    fn resync(&mut self, defs: &Definitions) {
         let cp = self.ctx.cp.clone();
         let mailboxes: Vec<(String, mpsc::Sender<Msg>)> = self.map.iter().map(|(n, e)| (n.clone(), e.handle.tx.clone())).collect();
+        let served: Vec<(Change, Option<SharedStatus>)> =
+            defs.values().map(|spec| (adoption::declaration(spec), self.map.get(&spec.name).map(|e| e.handle.status.clone()))).collect();
         self.deliveries.spawn(async move {
-            let routed: BTreeMap<String, Vec<std::net::SocketAddr>> = match cp.functions().await {
-                Ok(list) => list.into_iter().collect(),
+            let routed = match cp.functions().await {
+                Ok(routed) => routed,
                 Err(e) => {
                     debug!(error = %e, "cannot list the control plane's functions; the next resync tries again");
                     return;
                 }
             };
+            if !routed.confirmed {
+                let mut handover = Vec::new();
+                for (declaration, status) in served {
+                    handover.push(declaration);
+                    if let Some(status) = status {
+                        handover.extend(status.read().await.as_ref().map(adoption::ready_endpoints).into_iter().flatten());
+                    }
+                }
+                info!(changes = handover.len(), "the control plane has no confirmed model; handing over what runs");
+                if let Err(e) = cp.confirm(&handover).await {
+                    warn!(error = %e, "cannot hand over what runs to the control plane; the next resync tries again");
+                }
+                return;
+            }
+            let routed: BTreeMap<String, Vec<std::net::SocketAddr>> = routed.functions.into_iter().collect();
             for (name, tx) in mailboxes {
                 // Like a tick: a full mailbox skips it, the next resync repeats it.
                 let _ = tx.try_send(Msg::Event(Event::Routed(routed.get(&name).cloned())));
@@ -341,6 +361,8 @@ pub async fn run(
         }
     };
     adopt(&ctx, &defs, &mut fns).await;
+    // A control plane that started without a saved model learns what runs at once.
+    fns.resync(&defs);
     ready.store(true, Ordering::Release);
 
     let mut last_assert = tokio::time::Instant::now();
@@ -363,7 +385,7 @@ pub async fn run(
             _ = ticker.tick() => {
                 if last_resync.elapsed() >= RESYNC {
                     last_resync = tokio::time::Instant::now();
-                    fns.resync();
+                    fns.resync(&defs);
                 }
                 if !fns.invalid.is_empty() && last_assert.elapsed() >= REASSERT {
                     last_assert = tokio::time::Instant::now();
@@ -491,7 +513,7 @@ async fn adopt(ctx: &Arc<Ctx>, defs: &Definitions, fns: &mut Functions) {
     }
     match ctx.cp.functions().await {
         Ok(routed) => {
-            for stale in adoption::stale(&routed, |n| defs.contains_key(n), &kept) {
+            for stale in adoption::stale(&routed.functions, |n| defs.contains_key(n), &kept) {
                 match stale {
                     Stale::Function(name) => {
                         info!(function = %name, "removing a function the definitions no longer have");

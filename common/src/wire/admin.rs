@@ -178,8 +178,17 @@ pub struct FunctionView {
 pub struct Functions {
     /// The model generation this listing is of.
     pub generation: u64,
+    /// Whether the model is known to describe what runs (loaded from the saved state,
+    /// or handed over by the orchestrator with `POST /confirm`). A control plane that
+    /// started without a saved model holds Envoy's streams until it is.
+    #[serde(default = "yes")]
+    pub confirmed: bool,
     /// Functions by name.
     pub functions: BTreeMap<String, FunctionView>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `GET /functions/{name}`: one function.

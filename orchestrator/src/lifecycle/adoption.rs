@@ -1,9 +1,30 @@
 //! What a starting orchestrator does with what an earlier one left: which running
-//! replicas it adopts, and which control-plane functions and endpoints it removes. Pure:
-//! the supervisor lists, probes and registers, then asks here.
+//! replicas it adopts, and which control-plane functions and endpoints it removes; and
+//! what it hands over to a control plane that started without a saved model. Pure: the
+//! supervisor lists, probes and registers, then asks here.
 
+use roost_common::spec::FunctionSpec;
+use roost_common::wire::admin::Change;
+use roost_common::wire::status::{FunctionStatus, ReplicaPhase};
 use std::collections::HashSet;
 use std::net::SocketAddr;
+
+/// A function's routing settings, as the change that declares it to the control plane.
+pub fn declaration(spec: &FunctionSpec) -> Change {
+    Change::PutFunction {
+        function: spec.name.clone(),
+        concurrency: Some(spec.scaling.target_concurrency),
+        timeout_ms: Some(spec.limits.timeout.as_millis() as u64),
+    }
+}
+
+/// A function's ready replicas, as the changes that route to them: with each function's
+/// [`declaration`], what the orchestrator hands over to a control plane that has no
+/// confirmed model (draining replicas are leaving and are not handed over).
+pub fn ready_endpoints(status: &FunctionStatus) -> impl Iterator<Item = Change> + '_ {
+    let ready = status.replicas.iter().filter(|r| r.phase == ReplicaPhase::Ready);
+    ready.map(|r| Change::AddEndpoint { function: status.name.clone(), address: r.address.clone() })
+}
 
 /// What became of a replica found running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,5 +96,27 @@ mod tests {
         let got = stale(&routed, |n| n == "f", &adopted);
         assert_eq!(got, [Stale::Function("gone".into()), Stale::Endpoint("f".into(), addr(3))]);
         assert!(stale(&[("f".to_string(), vec![addr(2)])], |_| true, &adopted).is_empty());
+    }
+
+    #[test]
+    fn a_handover_declares_a_function_and_only_its_ready_replicas() {
+        use roost_common::wire::status::{FunctionState, ReplicaStatus};
+        let yaml = "usable-functions:\n  f:\n    version: 1\n    runtime: {kind: image, image: x}\n    scaling: {target_concurrency: 3}\n    limits: {timeout: 7s}\n  g:\n    version: 1\n    runtime: {kind: image, image: x}\n";
+        let defs = roost_common::spec::parse(yaml).unwrap();
+        let replica = |id: &str, address: &str, phase| ReplicaStatus {
+            id: id.into(),
+            address: address.into(),
+            phase,
+            version: "1".into(),
+            outdated: false,
+        };
+        let mut f = FunctionStatus::empty("f", FunctionState::Ready);
+        f.replicas = vec![replica("f-1", "10.0.0.1:8000", ReplicaPhase::Ready), replica("f-2", "10.0.0.2:8000", ReplicaPhase::Draining)];
+        let put = |name: &str, c, t| Change::PutFunction { function: name.into(), concurrency: Some(c), timeout_ms: Some(t) };
+        assert_eq!(declaration(&defs["f"]), put("f", 3, 7000));
+        let g = &defs["g"];
+        assert_eq!(declaration(g), put("g", g.scaling.target_concurrency, g.limits.timeout.as_millis() as u64));
+        let got: Vec<Change> = ready_endpoints(&f).collect();
+        assert_eq!(got, [Change::AddEndpoint { function: "f".into(), address: "10.0.0.1:8000".into() }]);
     }
 }
