@@ -981,8 +981,11 @@ impl Function {
                 if self.ready() == 0 {
                     fx.push(Effect::ClearReady);
                 }
-                if let Some(r) = slot.replica {
-                    fx.push(Effect::RemoveEndpoint(r.address));
+                // Its endpoint removed and what is left of it stopped and removed: a
+                // container that something started again (`docker restart`) would run
+                // unowned, unlisted and unrouted.
+                if let Some(replica) = slot.replica {
+                    fx.push(Effect::Stop { replica, registered: true });
                 }
                 // Replaced if still needed: the load decides (min_replicas, queued
                 // requests); a sleeping function is woken by its next request.
