@@ -51,7 +51,7 @@ const WINDOW: Duration = Duration::from_secs(4);
 /// ...and until every request of the last second succeeded, or this long.
 const LOAD_DEADLINE: Duration = Duration::from_secs(40);
 /// How long the heal checks may take after the load stopped.
-const HEAL_DEADLINE: Duration = Duration::from_secs(40);
+const HEAL_DEADLINE: Duration = Duration::from_secs(20);
 /// Load loops: half `GET /hello`, half `POST /add`.
 const LOOPS: usize = 4;
 /// The pause between two requests of a loop.
@@ -278,6 +278,15 @@ impl Drop for Platform {
             eprintln!("--- docker compose logs (last 60 lines per service) ---\n{}", String::from_utf8_lossy(&out.stdout));
         }
         let _ = self.compose(&["down", "-v", "-t", "40"]);
+        // Replica containers the orchestrator no longer knew of (a case can leave one).
+        let left = text(&docker(&["ps", "-aq", "--filter", "label=roost.managed=true", "--filter", "label=roost.network=roost-functions"]));
+        if !left.is_empty() {
+            eprintln!("faults: removing replica containers compose down left behind: {}", left.replace('\n', " "));
+            let mut args = vec!["rm", "-f"];
+            args.extend(left.lines());
+            let _ = docker(&args);
+            let _ = docker(&["network", "rm", "roost-functions"]);
+        }
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
@@ -433,8 +442,8 @@ async fn probe(gate: u16, function: &str) -> Result<(), String> {
     }
 }
 
-/// The running replica containers on the functions network: function -> their IPs.
-fn running_replicas() -> BTreeMap<String, BTreeSet<String>> {
+/// The running replica containers on the functions network: (function, IP, container).
+fn running_replica_containers() -> Vec<(String, String, String)> {
     let ids = text(&docker(&[
         "ps",
         "-q",
@@ -445,18 +454,55 @@ fn running_replicas() -> BTreeMap<String, BTreeSet<String>> {
         "--filter",
         "status=running",
     ]));
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     if ids.is_empty() {
-        return out;
+        return Vec::new();
     }
-    let mut args = vec!["inspect", "-f", "{{index .Config.Labels \"roost.function\"}} {{(index .NetworkSettings.Networks \"roost-functions\").IPAddress}}"];
+    let mut args = vec!["inspect", "-f", "{{index .Config.Labels \"roost.function\"}} {{(index .NetworkSettings.Networks \"roost-functions\").IPAddress}} {{.Id}}"];
     args.extend(ids.lines());
-    for line in text(&docker(&args)).lines() {
-        if let Some((f, ip)) = line.split_once(' ') {
-            out.entry(f.to_string()).or_default().insert(ip.to_string());
-        }
+    text(&docker(&args))
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split(' ');
+            Some((w.next()?.to_string(), w.next()?.to_string(), w.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// The running replica containers: function -> their IPs.
+fn running_replicas() -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (f, ip, _) in running_replica_containers() {
+        out.entry(f).or_default().insert(ip);
     }
     out
+}
+
+/// The IPs `/status` lists, by function.
+fn listed_replicas(status: &Status) -> BTreeMap<String, BTreeSet<String>> {
+    let mut listed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in &status.functions {
+        let ips: BTreeSet<String> = f.replicas.iter().map(|r| r.address.rsplit_once(':').map_or(r.address.clone(), |(ip, _)| ip.to_string())).collect();
+        if !ips.is_empty() {
+            listed.insert(f.name.clone(), ips);
+        }
+    }
+    listed
+}
+
+/// Removes running replica containers `/status` does not list (after a case that left
+/// one behind, so the next case starts clean); what it removed.
+async fn remove_orphans(p: &Platform) -> Vec<String> {
+    let Ok(status) = p.status().await else { return Vec::new() };
+    let listed = listed_replicas(&status);
+    let running = tokio::task::spawn_blocking(running_replica_containers).await.unwrap();
+    let mut removed = Vec::new();
+    for (f, ip, id) in running {
+        if !listed.get(&f).is_some_and(|ips| ips.contains(&ip)) {
+            let _ = docker(&["rm", "-f", &id]);
+            removed.push(format!("{f} at {ip}"));
+        }
+    }
+    removed
 }
 
 /// The platform healed: every declared function answers, `/status` lists exactly the
@@ -470,13 +516,7 @@ async fn heal_check(p: &Platform, declared: &[String]) -> Result<(), String> {
         return Err(format!("/status reports a definitions error: {e}"));
     }
     let running = tokio::task::spawn_blocking(running_replicas).await.unwrap();
-    let mut listed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for f in &status.functions {
-        let ips: BTreeSet<String> = f.replicas.iter().map(|r| r.address.rsplit_once(':').map_or(r.address.clone(), |(ip, _)| ip.to_string())).collect();
-        if !ips.is_empty() {
-            listed.insert(f.name.clone(), ips);
-        }
-    }
+    let listed = listed_replicas(&status);
     if listed != running {
         return Err(format!("/status lists {listed:?} but the running replica containers are {running:?}"));
     }
@@ -514,13 +554,22 @@ fn finished_at(container: &str) -> Option<u64> {
     parse_docker_time(&text(&docker(&["inspect", "-f", "{{.State.FinishedAt}}", container])))
 }
 
-/// `docker kill -s KILL`, then waits for the restart policy to bring it back (starts it by
-/// hand, and says so, if it does not within 20 s).
+/// kill -9 of the container's main process (from the host, as the OOM killer or a crash
+/// would: `docker kill` counts as a deliberate stop, which the restart policy leaves
+/// stopped), then waits for the restart policy to bring it back (starts it by hand, and
+/// says so, if it does not within 20 s).
 fn kill9(container: &str, inj: &mut Injected) {
     let count = |c: &str| text(&docker(&["inspect", "-f", "{{.RestartCount}}", c])).parse::<u64>().unwrap_or(0);
     let before = count(container);
-    let out = docker(&["kill", "-s", "KILL", container]);
-    assert!(out.status.success(), "docker kill: {}", String::from_utf8_lossy(&out.stderr));
+    let pid = text(&docker(&["inspect", "-f", "{{.State.Pid}}", container]));
+    let killed = Command::new("kill").args(["-9", &pid]).output().is_ok_and(|o| o.status.success());
+    if !killed {
+        // Docker on another machine, or no right to signal: Docker's own kill, which its
+        // restart policy does not answer (the miss below says so).
+        inj.notes.push(format!("kill -9 {pid} from the host failed; used docker kill"));
+        let out = docker(&["kill", "-s", "KILL", container]);
+        assert!(out.status.success(), "docker kill: {}", String::from_utf8_lossy(&out.stderr));
+    }
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(20) {
         if count(container) > before && text(&docker(&["inspect", "-f", "{{.State.Running}}", container])) == "true" {
@@ -642,7 +691,12 @@ fn inject(p: &Platform, case: &str) -> Injected {
         }
         "replica-kill" | "replica-restart" => match a_replica("hello") {
             Some(c) => {
-                let out = if case == "replica-kill" { docker(&["kill", "-s", "KILL", &c]) } else { docker(&["restart", "-t", "5", &c]) };
+                let out = if case == "replica-kill" {
+                    let pid = text(&docker(&["inspect", "-f", "{{.State.Pid}}", &c]));
+                    Command::new("kill").args(["-9", &pid]).output().expect("kill runs")
+                } else {
+                    docker(&["restart", "-t", "5", &c])
+                };
                 inj.died_ms = finished_at(&c).or(Some(now_ms()));
                 let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
                 inj.notes.push(format!("a hello replica {}{}", if case == "replica-kill" { "killed" } else { "restarted" }, if said.is_empty() { String::new() } else { format!(" ({said})") }));
@@ -705,6 +759,12 @@ async fn run_case(p: &Arc<Platform>, case: &'static str, round: usize, declared:
     let died_ms = inj.died_ms.filter(|&d| d + 1000 >= fault_ms).unwrap_or(fault_ms);
     r.add_samples(&samples, fault_ms, died_ms, still_failing);
     r.healed = heal(p, declared, fault, LOAD_DEADLINE + HEAL_DEADLINE).await;
+    if r.healed.is_err() {
+        let removed = remove_orphans(p).await;
+        if !removed.is_empty() {
+            r.notes.push(format!("the suite removed replica containers /status does not list: {}", removed.join(", ")));
+        }
+    }
     if case == "statsd-flood" {
         let pc = p.clone();
         r.extra_misses.extend(tokio::task::spawn_blocking(move || flood_effects(&pc)).await.unwrap());
