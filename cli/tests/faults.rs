@@ -10,7 +10,10 @@
 #[path = "support/faults.rs"]
 mod faults;
 
-use faults::{check_add, check_hello, error_reason, load_settled, parse_docker_time, select, spoof_datagrams, table, CaseResult, Outcome, Sample, Target};
+use faults::{
+    check_add, check_hello, error_reason, load_settled, parse_docker_time, select, spoof_datagrams, table, CaseResult, Outcome, Sample,
+    Target,
+};
 use roost_common::clock::now_ms;
 use roost_common::keys;
 use roost_common::wire::redis::load_fields;
@@ -70,8 +73,17 @@ fn answers_are_checked_and_failures_grouped() {
     assert!(matches!(check_add(2, 40, 200, "not json"), Outcome::Wrong(_)));
     assert_eq!(check_add(1, 1, 404, "{}"), Outcome::Failed("status 404".into()));
     assert_eq!(error_reason(true, false, "x"), "connect error");
+    assert_eq!(
+        error_reason(true, false, "error sending request: client error (Connect): tcp connect error: Connection refused (os error 111)"),
+        "connection refused"
+    );
     assert_eq!(error_reason(false, true, "x"), "timeout");
-    assert_eq!(error_reason(false, false, "connection closed before message completed"), "connection closed mid-request");
+    assert_eq!(
+        error_reason(false, false, "error sending request: connection closed before message completed"),
+        "connection closed mid-request"
+    );
+    assert_eq!(error_reason(false, false, "a: b: Connection reset by peer (os error 104)"), "connection reset");
+    assert_eq!(error_reason(false, false, "error sending request: odd thing"), "error: odd thing");
 }
 
 fn sample(start_ms: u64, end_ms: u64, ok: bool) -> Sample {
@@ -86,7 +98,8 @@ fn in_flight_recovery_and_targets() {
     assert_eq!(faults::recovery(&s, 100), Duration::from_millis(30));
     assert_eq!(faults::recovery(&s[..1], 100), Duration::ZERO);
 
-    let mut r = CaseResult { name: "envoy-kill".into(), target: Some(Target::InFlightOnly), healed: Ok(Duration::ZERO), ..Default::default() };
+    let mut r =
+        CaseResult { name: "envoy-kill".into(), target: Some(Target::InFlightOnly), healed: Ok(Duration::ZERO), ..Default::default() };
     r.add_samples(&s, 100, 100, false);
     assert_eq!((r.requests, r.failed_total(), r.in_flight), (5, 2, 2));
     assert!(r.misses().is_empty(), "{:?}", r.misses());
@@ -365,10 +378,22 @@ fn client() -> reqwest::Client {
 /// One request; its status and body, or why it got none.
 async fn send(client: &reqwest::Client, gate: u16, method: reqwest::Method, path: &str, body: String) -> Result<(u16, String), String> {
     let r = client.request(method, format!("http://127.0.0.1:{gate}{path}")).body(body).send().await;
-    let r = r.map_err(|e| error_reason(e.is_connect(), e.is_timeout(), &format!("{e:?}")))?;
+    let r = r.map_err(|e| error_reason(e.is_connect(), e.is_timeout(), &chain(&e)))?;
     let status = r.status().as_u16();
-    let body = r.text().await.map_err(|e| error_reason(e.is_connect(), e.is_timeout(), &format!("{e:?}")))?;
+    let body = r.text().await.map_err(|e| error_reason(e.is_connect(), e.is_timeout(), &chain(&e)))?;
     Ok((status, body))
+}
+
+/// An error and its sources, joined by ": ".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// The steady load: `LOOPS` loops, each recording its samples.
@@ -457,7 +482,11 @@ fn running_replica_containers() -> Vec<(String, String, String)> {
     if ids.is_empty() {
         return Vec::new();
     }
-    let mut args = vec!["inspect", "-f", "{{index .Config.Labels \"roost.function\"}} {{(index .NetworkSettings.Networks \"roost-functions\").IPAddress}} {{.Id}}"];
+    let mut args = vec![
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"roost.function\"}} {{(index .NetworkSettings.Networks \"roost-functions\").IPAddress}} {{.Id}}",
+    ];
     args.extend(ids.lines());
     text(&docker(&args))
         .lines()
@@ -481,7 +510,8 @@ fn running_replicas() -> BTreeMap<String, BTreeSet<String>> {
 fn listed_replicas(status: &Status) -> BTreeMap<String, BTreeSet<String>> {
     let mut listed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in &status.functions {
-        let ips: BTreeSet<String> = f.replicas.iter().map(|r| r.address.rsplit_once(':').map_or(r.address.clone(), |(ip, _)| ip.to_string())).collect();
+        let ips: BTreeSet<String> =
+            f.replicas.iter().map(|r| r.address.rsplit_once(':').map_or(r.address.clone(), |(ip, _)| ip.to_string())).collect();
         if !ips.is_empty() {
             listed.insert(f.name.clone(), ips);
         }
@@ -597,7 +627,8 @@ fn restart(container: &str, inj: &mut Injected) {
 /// A running replica container of `function`.
 fn a_replica(function: &str) -> Option<String> {
     let filter = format!("label=roost.function={function}");
-    let ids = text(&docker(&["ps", "-q", "--filter", &filter, "--filter", "label=roost.network=roost-functions", "--filter", "status=running"]));
+    let ids =
+        text(&docker(&["ps", "-q", "--filter", &filter, "--filter", "label=roost.network=roost-functions", "--filter", "status=running"]));
     ids.lines().next().map(str::to_string)
 }
 
@@ -642,7 +673,11 @@ fn flood(p: &Platform, inj: &mut Injected) {
     child.stdin.take().unwrap().write_all(datagrams.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let said = format!("{} {}", text(&out), String::from_utf8_lossy(&out.stderr).trim()).replace('\n', "; ");
-    inj.notes.push(format!("flood from a hello replica: {}", said.trim()));
+    if out.status.success() {
+        inj.notes.push(format!("flood from a hello replica: {}", said.trim()));
+    } else {
+        inj.misses.push(format!("the flood could not be sent from a hello replica ({}): {}", out.status, said.trim()));
+    }
 }
 
 /// After the flood: no load key for a function that does not exist, no 1e15 gauge kept.
@@ -687,7 +722,11 @@ fn inject(p: &Platform, case: &str) -> Injected {
         "gate-reload" => {
             let out = docker(&["kill", "-s", "HUP", &service("gate")]);
             inj.died_ms = Some(now_ms());
-            inj.notes.push(if out.status.success() { "SIGHUP (nginx reload)".into() } else { format!("SIGHUP: {}", String::from_utf8_lossy(&out.stderr)) });
+            inj.notes.push(if out.status.success() {
+                "SIGHUP (nginx reload)".into()
+            } else {
+                format!("SIGHUP: {}", String::from_utf8_lossy(&out.stderr))
+            });
         }
         "replica-kill" | "replica-restart" => match a_replica("hello") {
             Some(c) => {
@@ -699,7 +738,11 @@ fn inject(p: &Platform, case: &str) -> Injected {
                 };
                 inj.died_ms = finished_at(&c).or(Some(now_ms()));
                 let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
-                inj.notes.push(format!("a hello replica {}{}", if case == "replica-kill" { "killed" } else { "restarted" }, if said.is_empty() { String::new() } else { format!(" ({said})") }));
+                inj.notes.push(format!(
+                    "a hello replica {}{}",
+                    if case == "replica-kill" { "killed" } else { "restarted" },
+                    if said.is_empty() { String::new() } else { format!(" ({said})") }
+                ));
             }
             None => inj.misses.push("no running hello replica to hit".into()),
         },
@@ -754,7 +797,8 @@ async fn run_case(p: &Arc<Platform>, case: &'static str, round: usize, declared:
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let samples = load.finish().await;
-    let mut r = CaseResult { name: case.to_string(), target: Some(target(case)), notes: inj.notes, extra_misses: inj.misses, ..Default::default() };
+    let mut r =
+        CaseResult { name: case.to_string(), target: Some(target(case)), notes: inj.notes, extra_misses: inj.misses, ..Default::default() };
     // Docker's exit time, unless it is an older exit's (the container had not died yet).
     let died_ms = inj.died_ms.filter(|&d| d + 1000 >= fault_ms).unwrap_or(fault_ms);
     r.add_samples(&samples, fault_ms, died_ms, still_failing);
@@ -790,14 +834,22 @@ async fn every_fault_is_survived_under_load() {
     let mut results = Vec::new();
     for (round, case) in cases.iter().enumerate() {
         let r = run_case(&p, case, round, &declared).await;
-        eprintln!("faults: {case}: {} sent, {} failed {:?}, {} wrong, misses {:?}", r.requests, r.failed_total(), r.failed, r.wrong, r.misses());
+        eprintln!(
+            "faults: {case}: {} sent, {} failed {:?}, {} wrong, misses {:?}",
+            r.requests,
+            r.failed_total(),
+            r.failed,
+            r.wrong,
+            r.misses()
+        );
         results.push(r);
         tokio::time::sleep(Duration::from_secs(2)).await; // settle
     }
     let table = table(&results);
     println!("<!-- faults:table:begin -->\n{table}<!-- faults:table:end -->");
     println!("faults: {} cases in {:.0} s (platform included)", results.len(), started.elapsed().as_secs_f64());
-    let missed: Vec<String> = results.iter().filter(|r| !r.misses().is_empty()).map(|r| format!("{}: {}", r.name, r.misses().join("; "))).collect();
+    let missed: Vec<String> =
+        results.iter().filter(|r| !r.misses().is_empty()).map(|r| format!("{}: {}", r.name, r.misses().join("; "))).collect();
     p.logs_on_panic.store(false, Ordering::Relaxed); // a missed target is in the table, not the logs
     assert!(missed.is_empty(), "fault targets missed:\n  {}", missed.join("\n  "));
 }

@@ -55,16 +55,22 @@ pub fn check_add(a: i64, b: i64, status: u16, body: &str) -> Outcome {
     }
 }
 
-/// What a client error counts as: the reason groups of the table.
-pub fn error_reason(is_connect: bool, is_timeout: bool, text: &str) -> String {
+/// What a client error counts as: the reason groups of the table. `chain` is the error
+/// and its sources, joined by ": ".
+pub fn error_reason(is_connect: bool, is_timeout: bool, chain: &str) -> String {
+    let lower = chain.to_lowercase();
     if is_timeout {
         "timeout".into()
+    } else if lower.contains("connection refused") {
+        "connection refused".into()
     } else if is_connect {
         "connect error".into()
-    } else if text.contains("closed") || text.contains("reset") || text.contains("incomplete") {
+    } else if lower.contains("reset by peer") || lower.contains("connection reset") {
+        "connection reset".into()
+    } else if lower.contains("closed") || lower.contains("incomplete") || lower.contains("canceled") {
         "connection closed mid-request".into()
     } else {
-        format!("error: {}", clip(text))
+        format!("error: {}", clip(chain.rsplit(": ").next().unwrap_or(chain)))
     }
 }
 
