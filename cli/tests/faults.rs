@@ -298,7 +298,8 @@ impl Drop for Platform {
             let mut args = vec!["rm", "-f"];
             args.extend(left.lines());
             let _ = docker(&args);
-            let _ = docker(&["network", "rm", "roost-functions"]);
+            // Down again: the networks it could not remove while they were attached.
+            let _ = self.compose(&["down", "-v", "-t", "40"]);
         }
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
