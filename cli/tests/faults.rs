@@ -615,6 +615,34 @@ fn kill9(container: &str, inj: &mut Injected) {
     let _ = docker(&["start", container]);
 }
 
+/// kill -9 (from the host) of the gate's nginx master: the gate's run.sh, the container's
+/// main process, starts a new master beside the old workers, which finish and quit.
+fn kill_nginx_master(container: &str, inj: &mut Injected) {
+    let top = text(&docker(&["top", container, "-eo", "pid,args"]));
+    let master = top.lines().find(|l| l.contains("nginx: master process")).and_then(|l| l.split_whitespace().next()).map(str::to_string);
+    let Some(pid) = master else {
+        inj.misses.push(format!("no nginx master process in the gate container: {top}"));
+        return;
+    };
+    let killed = Command::new("kill").args(["-9", &pid]).output().is_ok_and(|o| o.status.success());
+    inj.died_ms = Some(now_ms());
+    if !killed {
+        inj.misses.push(format!("kill -9 {pid} (the gate's nginx master) from the host failed"));
+        return;
+    }
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        let top = text(&docker(&["top", container, "-eo", "pid,args"]));
+        if let Some(new) = top.lines().find(|l| l.contains("nginx: master process") && !l.trim_start().starts_with(&format!("{pid} "))) {
+            let new = new.split_whitespace().next().unwrap_or("?");
+            inj.notes.push(format!("nginx master {pid} killed; master {new} serving {:.1} s later", t.elapsed().as_secs_f64()));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    inj.misses.push("no new nginx master within 10 s of killing the old one".into());
+}
+
 fn restart(container: &str, inj: &mut Injected) {
     let t = Instant::now();
     let out = docker(&["restart", container]);
@@ -719,7 +747,7 @@ fn inject(p: &Platform, case: &str) -> Injected {
         "envoy-restart" => restart(&service("envoy"), &mut inj),
         "envoy-kill" => kill9(&service("envoy"), &mut inj),
         "gate-restart" => restart(&service("gate"), &mut inj),
-        "gate-kill" => kill9(&service("gate"), &mut inj),
+        "gate-kill" => kill_nginx_master(&service("gate"), &mut inj),
         "gate-reload" => {
             let out = docker(&["kill", "-s", "HUP", &service("gate")]);
             inj.died_ms = Some(now_ms());
@@ -779,6 +807,7 @@ fn inject(p: &Platform, case: &str) -> Injected {
 fn target(case: &str) -> Target {
     match case {
         "envoy-kill" | "gate-kill" => Target::InFlightOnly,
+        "gate-restart" => Target::Recorded,
         _ => Target::NoFailure,
     }
 }

@@ -90,6 +90,10 @@ pub enum Target {
     NoFailure,
     /// At most the requests in flight when the component died fail; none is answered wrong.
     InFlightOnly,
+    /// Failures are recorded, not targeted: the component is away for the fault's whole
+    /// length and nothing can answer in its place (one gate container restarted: nothing
+    /// listens on the public port meanwhile). It must still heal and answer nothing wrong.
+    Recorded,
 }
 
 /// One case's figures.
@@ -216,6 +220,7 @@ pub fn table(results: &[CaseResult]) -> String {
         match r.target {
             Some(Target::NoFailure) => notes.push("target 0 failed".to_string()),
             Some(Target::InFlightOnly) => notes.push(format!("target <= in flight ({})", r.in_flight)),
+            Some(Target::Recorded) => notes.push("failures recorded, not targeted (nothing listens while it is away)".to_string()),
             None => {}
         }
         if !r.failed.is_empty() {
