@@ -154,6 +154,13 @@ impl Stack {
     fn spawn(&mut self, name: &'static str, cmd: &mut Command) -> Result<(), UpError> {
         let log = self.logs.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
+        // The secrets are this platform's own (set on `cmd` where needed): none inherited
+        // from the caller's shell may replace them.
+        for var in [env::CONTROL_TOKEN, env::CONTROL_TOKEN_FILE, env::REDIS_PASSWORD_FILE] {
+            if !cmd.get_envs().any(|(k, v)| k == var && v.is_some()) {
+                cmd.env_remove(var);
+            }
+        }
         let child = cmd.stdin(Stdio::null()).stdout(Stdio::from(file.try_clone()?)).stderr(Stdio::from(file)).spawn().map_err(|e| {
             UpError::Missing {
                 what: name,
@@ -376,6 +383,8 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
     let bootstrap = opts.work_dir.join("envoy.yaml");
     let rendered = Command::new("sh")
         .arg(opts.home.join("envoy/render-bootstrap.sh"))
+        // No guarded admin listener: roost up's admin is on loopback already.
+        .env_remove(env::CONTROL_TOKEN_FILE)
         .env(env::XDS_ADDR, format!("127.0.0.1:{xds}"))
         .env(env::ENVOY_ADMIN_BIND, format!("127.0.0.1:{envoy_admin}"))
         .env(env::STATSD_ADDR, format!("127.0.0.1:{statsd}"))
