@@ -103,38 +103,40 @@ fn tcp_ask(host: &str, port: u16, payload: &[u8]) -> String {
 }
 
 /// Run inside a function replica (python3 is in the base image): each probe
-/// `[name, host, port, payload]` connects (1.5 s), sends the payload and reads the first
-/// line back; prints `{name: "unreachable: ..." | "answered: <first line>" | ...}`.
+/// `[name, host, port, payload]`, all at once (the replica may be reaped when idle),
+/// connects (1.5 s), sends the payload and reads the first line back; prints
+/// `{name: "unreachable: ..." | "answered: <first line>" | "connected, then: ..."}`.
 const PROBE: &str = r#"
 import json, socket, sys
-out = {}
-for name, host, port, payload in json.loads(sys.argv[1]):
+from concurrent.futures import ThreadPoolExecutor
+def probe(name, host, port, payload):
     try:
         s = socket.create_connection((host, port), timeout=1.5)
     except Exception as e:
-        out[name] = "unreachable: %s: %s" % (type(e).__name__, e)
-        continue
+        return name, "unreachable: %s: %s" % (type(e).__name__, e)
     try:
         s.settimeout(3)
         s.sendall(payload.encode())
-        out[name] = "answered: " + s.recv(300).decode("latin-1").split("
-")[0]
+        return name, "answered: " + s.recv(300).decode("latin-1").split("\r\n")[0]
     except Exception as e:
-        out[name] = "connected, then: %s: %s" % (type(e).__name__, e)
+        return name, "connected, then: %s: %s" % (type(e).__name__, e)
     finally:
         s.close()
-print(json.dumps(out))
+probes = json.loads(sys.argv[1])
+with ThreadPoolExecutor(len(probes)) as pool:
+    print(json.dumps(dict(pool.map(lambda p: probe(*p), probes))))
 "#;
 
-/// From inside `replica`'s network namespace: Redis, the control plane, the
-/// statsd-listener and Envoy's admin are unreachable, and the orchestrator's API and
-/// Envoy's guarded admin listener refuse a request without the control token.
-fn assert_isolated(project: &str, replica: &str, env: &[(String, String)]) {
+/// The probes of [`assert_isolated`]: `[name, host, port, payload]`.
+type Probes = Vec<(String, String, u16, String)>;
+
+/// What to try from inside a function replica: the control side by every address its
+/// containers have (the names do not even resolve on the functions network), Envoy's
+/// admin on every address of Envoy's, its guarded listener, the orchestrator's API.
+fn isolation_probes(project: &str, env: &[(String, String)]) -> Probes {
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let post = |path: &str| format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    let mut probes: Vec<(String, String, u16, String)> = Vec::new();
-    // The control side by every address its containers have (the names do not even
-    // resolve on the functions network).
+    let mut probes: Probes = Vec::new();
     for (service, ports) in [("redis", &[6379][..]), ("control-plane", &[18000, 18001]), ("statsd-listener", &[9102])] {
         for ip in ips_of(&container_of(project, service, env)) {
             for port in ports {
@@ -151,9 +153,20 @@ fn assert_isolated(project: &str, replica: &str, env: &[(String, String)]) {
     probes.push(("orchestrator GET /status".into(), "orchestrator".into(), 18002, get("/status")));
     probes.push(("orchestrator POST wake hello".into(), "orchestrator".into(), 18002, post("/functions/hello/wake")));
     probes.push(("orchestrator POST wake sleep".into(), "orchestrator".into(), 18002, post("/functions/sleep/wake")));
+    probes
+}
+
+/// From inside `replica`'s network namespace: Redis, the control plane, the
+/// statsd-listener and Envoy's admin are unreachable, and the orchestrator's API and
+/// Envoy's guarded admin listener refuse a request without the control token. False
+/// when the replica went away before the probes ran (reaped when idle).
+fn assert_isolated(replica: &str, probes: &Probes) -> bool {
     let args = serde_json::to_string(&probes).unwrap();
     let out = Command::new("docker").args(["exec", replica, "python3", "-c", PROBE, &args]).output().unwrap();
-    assert!(out.status.success(), "the probe ran in {replica}: {}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        eprintln!("the probe did not run in {replica} (reaped?): {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+        return false;
+    }
     let seen: std::collections::BTreeMap<String, String> = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("isolation probes from inside {replica}:");
     for (name, got) in &seen {
@@ -170,6 +183,7 @@ fn assert_isolated(project: &str, replica: &str, env: &[(String, String)]) {
         assert!(ok, "from inside a function replica, {name}: {got}");
     }
     assert_eq!(seen.len(), probes.len());
+    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,20 +230,24 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
     };
     assert_eq!(http::get(orch, "/status").await.unwrap().status, 401, "the orchestrator's API wants the token");
 
-    // Isolation, from inside the running hello replica.
-    let replica = String::from_utf8_lossy(
-        &Command::new("docker")
+    // Isolation, from inside a running hello replica (called just before, so it is up;
+    // tried again on a fresh one if it was reaped meanwhile).
+    let sleeping_before = status("sleep").await.expect("sleep declared").replicas.len();
+    let probes = isolation_probes(&project, &env);
+    let mut probed = false;
+    for _ in 0..3 {
+        assert_eq!(http::get(gate, "/hello").await.unwrap().status, 200);
+        let running = Command::new("docker")
             .args(["ps", "-q", "--filter", "label=roost.function=hello", "--filter", "status=running"])
             .output()
-            .unwrap()
-            .stdout,
-    )
-    .lines()
-    .next()
-    .expect("a running hello replica")
-    .to_string();
-    let sleeping_before = status("sleep").await.expect("sleep declared").replicas.len();
-    assert_isolated(&project, &replica, &env);
+            .unwrap();
+        let replica = String::from_utf8_lossy(&running.stdout).lines().next().expect("a running hello replica").to_string();
+        if assert_isolated(&replica, &probes) {
+            probed = true;
+            break;
+        }
+    }
+    assert!(probed, "no hello replica stayed up for the probes");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(status("sleep").await.unwrap().replicas.len(), sleeping_before, "a wake without the token woke nothing");
     // From the host: Redis wants its password, the control plane's admin API its token.
