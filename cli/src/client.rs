@@ -60,7 +60,7 @@ impl Endpoints {
         if status == reqwest::StatusCode::UNAUTHORIZED {
             let have = if self.control_token.is_some() { "the control token given was refused" } else { "no control token was given" };
             anyhow::anyhow!(
-                "the orchestrator at {} requires its control token and {have}: {said}; give it with --control-token, {} or {} (`roost up` writes it into its endpoints file; with compose: docker-compose exec -T orchestrator cat /run/roost-secrets/control-token)",
+                "the orchestrator at {} requires its control token and {have}: {said}; give it with --control-token, {} or {} (`roost up` writes it into its endpoints file; with compose: docker-compose exec -T orchestrator cat /run/roost/secrets/control-token)",
                 self.orchestrator,
                 roost_common::env::CONTROL_TOKEN,
                 roost_common::env::CONTROL_TOKEN_FILE

@@ -25,7 +25,7 @@ struct Cli {
     redis: Option<String>,
     /// The control token the orchestrator's API requires. Default: the file
     /// --control-token-file names, else the one in `roost up`'s endpoints file. With
-    /// compose: `export ROOST_CONTROL_TOKEN=$(docker-compose exec -T orchestrator cat /run/roost-secrets/control-token)`.
+    /// compose: `export ROOST_CONTROL_TOKEN=$(docker-compose exec -T orchestrator cat /run/roost/secrets/control-token)`.
     #[arg(long, global = true, env = env::CONTROL_TOKEN, hide_env_values = true)]
     control_token: Option<String>,
     /// A file holding the control token.

@@ -214,7 +214,7 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
 
     // The control token, as README tells a compose user to read it.
     let token = String::from_utf8_lossy(
-        &run(&["-p", &project, "exec", "-T", "orchestrator", "cat", "/run/roost-secrets/control-token"], &env).stdout,
+        &run(&["-p", &project, "exec", "-T", "orchestrator", "cat", "/run/roost/secrets/control-token"], &env).stdout,
     )
     .trim()
     .to_string();
@@ -265,7 +265,7 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
         let out = Command::new(&c[0])
             .args(&c[1..])
             .args(["-p", project.as_str(), "exec", "-T", "redis", "sh", "-c"])
-            .arg(r#"REDISCLI_AUTH="$(cat /run/roost-secrets/redis-password)" exec redis-cli "$@""#)
+            .arg(r#"REDISCLI_AUTH="$(cat /run/roost/secrets/redis-password)" exec redis-cli "$@""#)
             .arg("redis-cli")
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
