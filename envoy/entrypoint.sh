@@ -36,7 +36,9 @@ else # the deprecated ROOST_STATSD_ADDRESS (render-bootstrap.sh warns)
   export ROOST_STATSD_ADDRESS
 fi
 config=${ROOST_ENVOY_CONFIG:-/tmp/envoy.yaml}
-"$here/render-bootstrap.sh" > "$config"
+# The rendered bootstrap may hold the control token (the guarded admin listener): its
+# owner's only.
+(umask 077 && "$here/render-bootstrap.sh" > "$config")
 
 admin_bind=${ROOST_ENVOY_ADMIN_BIND:-${ROOST_ENVOY_ADMIN_ADDRESS:-127.0.0.1}:${ROOST_ENVOY_ADMIN_PORT:-9901}}
 admin_host=${admin_bind%:*}

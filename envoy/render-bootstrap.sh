@@ -7,6 +7,9 @@
 #   ROOST_XDS_API_TYPE          DELTA_GRPC or GRPC                   [DELTA_GRPC]
 #   ROOST_STATS_FLUSH_INTERVAL  stats flush interval                 [0.25s]
 #   ROOST_STATSD_ADDR           the statsd-listener, ip:port         [127.0.0.1:8125]
+#   ROOST_CONTROL_TOKEN_FILE    a file holding the control token: adds the guarded admin
+#                               listener (GET /clusters with the token only)  [none]
+#   ROOST_ENVOY_ADMIN_GUARD_BIND  that listener, ip:port             [0.0.0.0:9902]
 # The old pairs ROOST_ENVOY_ADMIN_ADDRESS/_PORT, ROOST_XDS_ADDRESS/_PORT and
 # ROOST_STATSD_ADDRESS/_PORT are still read (with a warning) when the new name is unset;
 # they are also the template's slots (bootstrap.yaml wants address and port apart).
@@ -49,7 +52,23 @@ from ROOST_STATSD_ADDR "${ROOST_STATSD_ADDR:-}" ROOST_STATSD_ADDRESS ROOST_STATS
 : "${ROOST_STATS_FLUSH_INTERVAL:=0.25s}"
 : "${ROOST_STATSD_ADDRESS:=127.0.0.1}"
 : "${ROOST_STATSD_PORT:=8125}"
-sed -e "s|\${ROOST_NODE_ID}|$ROOST_NODE_ID|g" \
+# The guarded admin listener (bootstrap.yaml's `#guard ` lines): kept with the token in
+# it when a token file is given, dropped otherwise.
+GUARD_ADDRESS= GUARD_PORT= token=
+guard='/^#guard /d'
+if [ -n "${ROOST_CONTROL_TOKEN_FILE:-}" ]; then
+  token=$(tr -d ' \t\r\n' < "$ROOST_CONTROL_TOKEN_FILE") || die "cannot read ROOST_CONTROL_TOKEN_FILE=$ROOST_CONTROL_TOKEN_FILE"
+  case "$token" in
+    "" | *[!A-Za-z0-9._~+/=-]*) die "the control token in $ROOST_CONTROL_TOKEN_FILE must be letters, digits and . _ ~ + / = - only" ;;
+  esac
+  split "${ROOST_ENVOY_ADMIN_GUARD_BIND:-0.0.0.0:9902}" GUARD_ADDRESS GUARD_PORT ROOST_ENVOY_ADMIN_GUARD_BIND
+  guard='s/^#guard //'
+fi
+sed -e "$guard" \
+    -e "s|@GUARD_ADDRESS@|$GUARD_ADDRESS|g" \
+    -e "s|@GUARD_PORT@|$GUARD_PORT|g" \
+    -e "s|@CONTROL_TOKEN@|$token|g" \
+    -e "s|\${ROOST_NODE_ID}|$ROOST_NODE_ID|g" \
     -e "s|\${ROOST_ENVOY_ADMIN_ADDRESS}|$ROOST_ENVOY_ADMIN_ADDRESS|g" \
     -e "s|\${ROOST_ENVOY_ADMIN_PORT}|$ROOST_ENVOY_ADMIN_PORT|g" \
     -e "s|\${ROOST_XDS_API_TYPE}|$ROOST_XDS_API_TYPE|g" \

@@ -13,6 +13,7 @@
 #   ROOST_ENVOY_ADDR            host:port of Envoy's public listener [127.0.0.1:10000]
 #   ROOST_REDIS_URL             Redis, redis://[:password@]host:port/ (a host name needs a resolver)
 #                                                                    [redis://127.0.0.1:6379/]
+#   ROOST_REDIS_PASSWORD_FILE   a file holding Redis's password, put into ROOST_REDIS_URL  [none]
 #   ROOST_GATE_MAX_BODY         body limit, bytes (or 64k, 10m)      [10485760]
 #   ROOST_GATE_MAX_HELD         held requests per function           [1000]
 #   ROOST_GATE_WAKE_TIMEOUT_MS  how long a request is held           [30000]
@@ -43,6 +44,12 @@ if [ -z "${ROOST_REDIS_URL:-}" ]; then
     [ -z "$set_old" ] || echo "roost gate: $old is deprecated and still read; set ROOST_REDIS_URL instead" >&2
   done
   ROOST_REDIS_URL="redis://${ROOST_REDIS_HOST:-127.0.0.1}:${ROOST_REDIS_PORT:-6379}/"
+fi
+if [ -n "${ROOST_REDIS_PASSWORD_FILE:-}" ]; then # compose's secrets volume
+  pw=$(tr -d ' \t\r\n' < "$ROOST_REDIS_PASSWORD_FILE") || { echo "roost gate: cannot read ROOST_REDIS_PASSWORD_FILE=$ROOST_REDIS_PASSWORD_FILE" >&2; exit 1; }
+  case "$pw" in "" | *[!A-Za-z0-9._~-]*) echo "roost gate: Redis's password in $ROOST_REDIS_PASSWORD_FILE must be letters, digits and . _ ~ - only" >&2; exit 1 ;; esac
+  hostpart=${ROOST_REDIS_URL#*://}
+  ROOST_REDIS_URL="redis://:$pw@${hostpart##*@}"
 fi
 : "${ROOST_GATE_MAX_BODY:=10485760}"
 : "${ROOST_GATE_WORKERS:=auto}"

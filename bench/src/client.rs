@@ -122,6 +122,8 @@ pub struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
     open: bool,
+    /// Extra header lines of every request (the orchestrator's control token).
+    extra: String,
 }
 
 impl Conn {
@@ -129,7 +131,14 @@ impl Conn {
     pub async fn connect(addr: SocketAddr) -> Result<Conn, ClientError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(Conn { stream, buf: Vec::with_capacity(4096), open: true })
+        Ok(Conn { stream, buf: Vec::with_capacity(4096), open: true, extra: String::new() })
+    }
+
+    /// Every request on this connection carries `Authorization: Bearer <token>` (the
+    /// orchestrator's API; never the gate's, whose functions must not see it).
+    pub fn with_token(mut self, token: &str) -> Conn {
+        self.extra = format!("Authorization: Bearer {token}\r\n");
+        self
     }
 
     /// Whether the connection can take another request.
@@ -145,7 +154,7 @@ impl Conn {
     /// Sends a body-less request and reads the whole response, waiting at most `timeout`.
     pub async fn request(&mut self, method: &str, path: &str, timeout: Duration) -> Result<Reply, ClientError> {
         let body_length = if method == "GET" { "" } else { "Content-Length: 0\r\n" };
-        let req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: roost-bench\r\n{body_length}\r\n");
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: roost-bench\r\n{}{body_length}\r\n", self.extra);
         match tokio::time::timeout(timeout, self.exchange(req.as_bytes())).await {
             Ok(r) => r.inspect_err(|_| self.open = false),
             Err(_) => {

@@ -1,7 +1,7 @@
 //! The platform under test: the whole of Roost started by `roost up`'s own code with the
 //! suite's function definitions, and the orchestrator's status read back.
 
-use crate::client::{self, Conn};
+use crate::client::Conn;
 use roost_cli::up::{Platform, Runtime, UpOptions};
 use roost_common::wire::status::{FunctionStatus, Status};
 use std::net::SocketAddr;
@@ -48,6 +48,8 @@ pub struct Roost {
     pub envoy: SocketAddr,
     /// The orchestrator's API.
     pub orchestrator: SocketAddr,
+    /// The control token the orchestrator's API requires.
+    pub control_token: String,
     /// Which runtime.
     pub runtime: Runtime,
     /// Envoy's binary (for the proxy floor).
@@ -90,6 +92,7 @@ impl Roost {
             gate: local(a.gate),
             envoy: local(a.envoy),
             orchestrator: local(a.orchestrator),
+            control_token: a.control_token.clone(),
             runtime,
             envoy_bin,
             work_dir: work_dir.to_path_buf(),
@@ -99,7 +102,7 @@ impl Roost {
         // Docker this builds the images and prepares the spares before any figure is
         // taken. The sleeping ones go back to zero before their scenarios start.
         for name in FUNCTIONS {
-            let mut c = Conn::connect(roost.orchestrator).await?;
+            let mut c = Conn::connect(roost.orchestrator).await?.with_token(&roost.control_token);
             let r = c.request("POST", &format!("/functions/{name}/wake"), Duration::from_secs(600)).await?;
             anyhow::ensure!(r.head.status == 200, "waking {name} failed: HTTP {}: {}", r.head.status, String::from_utf8_lossy(&r.body));
         }
@@ -108,7 +111,7 @@ impl Roost {
 
     /// The orchestrator's `/status`.
     pub async fn status(&self) -> anyhow::Result<Status> {
-        let r = client::get_once(self.orchestrator, "/status").await?;
+        let r = Conn::connect(self.orchestrator).await?.with_token(&self.control_token).get("/status").await?;
         anyhow::ensure!(r.head.status == 200, "orchestrator /status answered {}", r.head.status);
         Ok(serde_json::from_slice(&r.body)?)
     }

@@ -14,6 +14,9 @@ pub struct Endpoints {
     pub orchestrator: String,
     /// Redis URL, for the load figures.
     pub redis: String,
+    /// The control token the orchestrator's API requires (sent only to it, never to the
+    /// gate: functions must not see it).
+    pub control_token: Option<roost_common::auth::ControlToken>,
     /// Where each came from.
     pub origin: Origins,
 }
@@ -40,6 +43,31 @@ impl Endpoints {
             self.origin.orchestrator,
             roost_common::env::ORCHESTRATOR_URL
         )
+    }
+
+    /// A request to the orchestrator's API at `path`, carrying the control token when
+    /// there is one.
+    pub fn orchestrator_request(&self, client: &reqwest::Client, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = client.request(method, format!("{}{path}", self.orchestrator));
+        match &self.control_token {
+            Some(t) => r.headers(t.headers()),
+            None => r,
+        }
+    }
+
+    /// The error of an orchestrator that refused a request for want of the control token.
+    pub fn orchestrator_refused(&self, status: reqwest::StatusCode, said: &str) -> anyhow::Error {
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            let have = if self.control_token.is_some() { "the control token given was refused" } else { "no control token was given" };
+            anyhow::anyhow!(
+                "the orchestrator at {} requires its control token and {have}: {said}; give it with --control-token, {} or {} (`roost up` writes it into its endpoints file; with compose: docker-compose exec -T orchestrator cat /run/roost/secrets/control-token)",
+                self.orchestrator,
+                roost_common::env::CONTROL_TOKEN,
+                roost_common::env::CONTROL_TOKEN_FILE
+            )
+        } else {
+            anyhow::anyhow!("the orchestrator at {} answered {status}: {said}", self.orchestrator)
+        }
     }
 
     /// The error of a gate that does not answer, as [`Endpoints::orchestrator_unreachable`].
@@ -78,8 +106,13 @@ pub fn http() -> reqwest::Client {
 
 /// The orchestrator's `/status`.
 pub async fn status(client: &reqwest::Client, e: &Endpoints) -> anyhow::Result<Status> {
-    let r = client.get(format!("{}/status", e.orchestrator)).send().await.map_err(|err| e.orchestrator_unreachable(&err))?;
-    let r = r.error_for_status()?;
+    let r = e.orchestrator_request(client, reqwest::Method::GET, "/status").send().await.map_err(|err| e.orchestrator_unreachable(&err))?;
+    if !r.status().is_success() {
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        let said = serde_json::from_str::<roost_common::wire::admin::ApiError>(&body).map(|a| a.error).unwrap_or(body);
+        return Err(e.orchestrator_refused(status, &said));
+    }
     r.json().await.map_err(|err| {
         anyhow::anyhow!(
             "the orchestrator's /status at {} is not what this roost reads: {err}; are the CLI and the orchestrator the same version?",

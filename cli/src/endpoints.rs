@@ -4,6 +4,7 @@
 //! default.
 
 use crate::client::Endpoints;
+use roost_common::auth::ControlToken;
 use roost_common::env;
 use std::collections::HashMap;
 use std::fmt;
@@ -57,6 +58,9 @@ pub struct Given {
     pub orchestrator: Option<String>,
     /// `--redis` / `ROOST_REDIS_URL`.
     pub redis: Option<String>,
+    /// `--control-token` / `ROOST_CONTROL_TOKEN`, or the file `--control-token-file` /
+    /// `ROOST_CONTROL_TOKEN_FILE` names.
+    pub control_token: Option<ControlToken>,
 }
 
 /// Reads an endpoints file's `NAME=value` lines (blank lines and `#` comments skipped).
@@ -79,7 +83,8 @@ pub fn file_in(work_dir: Option<&Path>, cwd: &Path) -> PathBuf {
 }
 
 /// Resolves every endpoint: `given` first, then `file` (its path and lines, when it
-/// exists), then the defaults. URLs lose a trailing slash.
+/// exists), then the defaults. URLs lose a trailing slash. The control token: given, else
+/// the file's `ROOST_CONTROL_TOKEN` (a bad one there counts as absent), else none.
 pub fn resolve(given: Given, file: Option<(&Path, &HashMap<String, String>)>) -> Endpoints {
     let pick = |given: Option<String>, flag: &'static str, var: &'static str, default: &str| -> (String, Origin) {
         if let Some(v) = given.filter(|v| !v.is_empty()) {
@@ -95,10 +100,15 @@ pub fn resolve(given: Given, file: Option<(&Path, &HashMap<String, String>)>) ->
     let (gate, gate_from) = pick(given.gate, "--gate", env::GATE_URL, DEFAULT_GATE);
     let (orchestrator, orchestrator_from) = pick(given.orchestrator, "--orchestrator", env::ORCHESTRATOR_URL, DEFAULT_ORCHESTRATOR);
     let (redis, redis_from) = pick(given.redis, "--redis", env::REDIS_URL, DEFAULT_REDIS);
+    let control_token = given.control_token.or_else(|| {
+        let (_, values) = file?;
+        ControlToken::new(values.get(env::CONTROL_TOKEN)?).ok()
+    });
     Endpoints {
         gate: gate.trim_end_matches('/').to_string(),
         orchestrator: orchestrator.trim_end_matches('/').to_string(),
         redis,
+        control_token,
         origin: crate::client::Origins { gate: gate_from, orchestrator: orchestrator_from, redis: redis_from },
     }
 }
@@ -117,7 +127,7 @@ pub fn from_environment(given: Given) -> Endpoints {
 mod tests {
     use super::*;
 
-    const WRITTEN: &str = "ROOST_GATE_URL=http://127.0.0.1:9000\nROOST_ORCHESTRATOR_URL=http://127.0.0.1:4242\n# a comment\n\nROOST_REDIS_URL=redis://127.0.0.1:7000/\n";
+    const WRITTEN: &str = "ROOST_GATE_URL=http://127.0.0.1:9000\nROOST_ORCHESTRATOR_URL=http://127.0.0.1:4242\n# a comment\n\nROOST_REDIS_URL=redis://127.0.0.1:7000/\nROOST_CONTROL_TOKEN=0123456789abcdef0123\n";
 
     #[test]
     fn the_flag_or_variable_then_the_file_then_the_default() {
@@ -130,6 +140,10 @@ mod tests {
             ("http://127.0.0.1:9000", "http://127.0.0.1:4242", "redis://127.0.0.1:7000/")
         );
         assert_eq!(e.origin.orchestrator, Origin::File(path.into()));
+        assert_eq!(e.control_token.as_ref().map(ControlToken::expose), Some("0123456789abcdef0123"));
+        // A given token wins over the file's.
+        let given = Given { control_token: Some(ControlToken::new("given0123456789abcdef").unwrap()), ..Given::default() };
+        assert_eq!(resolve(given, Some((path, &values))).control_token.unwrap().expose(), "given0123456789abcdef");
         // Given (flag or variable): it wins over the file, per endpoint.
         let given = Given { orchestrator: Some("http://10.0.0.1:1/".into()), ..Given::default() };
         let e = resolve(given, Some((path, &values)));
@@ -140,6 +154,7 @@ mod tests {
         let e = resolve(Given::default(), None);
         assert_eq!((e.gate.as_str(), e.orchestrator.as_str(), e.redis.as_str()), (DEFAULT_GATE, DEFAULT_ORCHESTRATOR, DEFAULT_REDIS));
         assert_eq!(e.origin.gate, Origin::Default);
+        assert_eq!(e.control_token, None);
         // A file without a name: the default for that one.
         let partial = parse("ROOST_GATE_URL=http://127.0.0.1:9000\n");
         let e = resolve(Given::default(), Some((path, &partial)));

@@ -158,13 +158,18 @@ pub async fn run(e: &Endpoints, req: &LogsRequest) -> anyhow::Result<()> {
     }
     // No overall timeout: a followed answer stays open as long as the user reads it.
     let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
-    let url = format!("{}/functions/{}/logs", e.orchestrator, req.function);
-    let mut r = client.get(&url).query(&query).send().await.map_err(|err| e.orchestrator_unreachable(&err))?;
+    let path = format!("/functions/{}/logs", req.function);
+    let mut r = e
+        .orchestrator_request(&client, reqwest::Method::GET, &path)
+        .query(&query)
+        .send()
+        .await
+        .map_err(|err| e.orchestrator_unreachable(&err))?;
     if !r.status().is_success() {
         let status = r.status();
         let body = r.text().await.unwrap_or_default();
         let said = serde_json::from_str::<ApiError>(&body).map(|a| a.error).unwrap_or(body);
-        anyhow::bail!("the orchestrator at {} answered {status}: {said}", e.orchestrator);
+        return Err(e.orchestrator_refused(status, &said));
     }
     let mut lines = Lines::default();
     let print = |out: &mut std::io::StdoutLock<'_>, line: &str| -> anyhow::Result<()> {

@@ -23,6 +23,14 @@ struct Cli {
     /// (`.roost/endpoints.env`, or in ROOST_WORK_DIR), else redis://127.0.0.1:6379/.
     #[arg(long, global = true, env = env::REDIS_URL)]
     redis: Option<String>,
+    /// The control token the orchestrator's API requires. Default: the file
+    /// --control-token-file names, else the one in `roost up`'s endpoints file. With
+    /// compose: `export ROOST_CONTROL_TOKEN=$(docker-compose exec -T orchestrator cat /run/roost/secrets/control-token)`.
+    #[arg(long, global = true, env = env::CONTROL_TOKEN, hide_env_values = true)]
+    control_token: Option<String>,
+    /// A file holding the control token.
+    #[arg(long, global = true, env = env::CONTROL_TOKEN_FILE)]
+    control_token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -124,7 +132,16 @@ async fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    let e = roost_cli::endpoints::from_environment(Given { gate: cli.gate, orchestrator: cli.orchestrator, redis: cli.redis });
+    let control_token = match roost_common::auth::ControlToken::configured(cli.control_token.as_deref(), cli.control_token_file.as_deref())
+    {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("roost: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let e =
+        roost_cli::endpoints::from_environment(Given { gate: cli.gate, orchestrator: cli.orchestrator, redis: cli.redis, control_token });
     let result: anyhow::Result<bool> = match cli.command {
         Cmd::Up { runtime, port, definitions, work_dir, home } => {
             let exe = std::env::current_exe().unwrap_or_default();

@@ -69,6 +69,8 @@ pub struct Addresses {
     pub statsd: u16,
     /// Redis URL.
     pub redis_url: String,
+    /// The control token the orchestrator's API and the control plane's admin API require.
+    pub control_token: String,
 }
 
 /// The platform, started by [`start`]; dropping it stops every component in reverse
@@ -152,6 +154,13 @@ impl Stack {
     fn spawn(&mut self, name: &'static str, cmd: &mut Command) -> Result<(), UpError> {
         let log = self.logs.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
+        // The secrets are this platform's own (set on `cmd` where needed): none inherited
+        // from the caller's shell may replace them.
+        for var in [env::CONTROL_TOKEN, env::CONTROL_TOKEN_FILE, env::REDIS_PASSWORD_FILE] {
+            if !cmd.get_envs().any(|(k, v)| k == var && v.is_some()) {
+                cmd.env_remove(var);
+            }
+        }
         let child = cmd.stdin(Stdio::null()).stdout(Stdio::from(file.try_clone()?)).stderr(Stdio::from(file)).spawn().map_err(|e| {
             UpError::Missing {
                 what: name,
@@ -250,25 +259,27 @@ fn redis_ok(port: u16, password: &str) -> bool {
     s.write_all(ask.as_bytes()).is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+OK\r\n+PONG"
 }
 
-/// Redis's password for this work dir: made once (32 random hex digits, from the kernel's
-/// random source) into `<work_dir>/redis/password`, readable by its owner only, and kept
-/// across restarts with the data.
-fn redis_password(dir: &Path) -> Result<String, UpError> {
+/// A secret of this work dir at `path`: made once (32 random hex digits, from the kernel's
+/// random source), readable by its owner only, and kept across restarts. Redis's password
+/// (`<work_dir>/redis/password`) and the control token (`<work_dir>/control-token`).
+fn owner_only_secret(path: &Path) -> Result<String, UpError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join("password");
-    if let Ok(p) = std::fs::read_to_string(&path) {
+    if let Ok(p) = std::fs::read_to_string(path) {
         if p.trim().len() >= 16 && p.trim().chars().all(|c| c.is_ascii_hexdigit()) {
             return Ok(p.trim().to_string());
         }
     }
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
-    std::io::Write::write_all(&mut f, password.as_bytes())?;
-    Ok(password)
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    std::io::Write::write_all(&mut f, secret.as_bytes())?;
+    Ok(secret)
 }
+
+/// The file of `roost up`'s control token, in its work dir.
+pub const CONTROL_TOKEN_FILE: &str = "control-token";
 
 /// The Redis configuration: its port and password, and its data (an append-only file,
 /// fsync'd every second) in `dir`, so a Redis restart keeps what Roost wrote. Written
@@ -337,7 +348,11 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
     );
     let redis_dir = opts.work_dir.join("redis");
     std::fs::create_dir_all(&redis_dir)?;
-    let password = redis_password(&redis_dir)?;
+    let password = owner_only_secret(&redis_dir.join("password"))?;
+    // The orchestrator's API and the control plane's admin API require it; the CLI finds
+    // it in endpoints.env.
+    let token_file = opts.work_dir.join(CONTROL_TOKEN_FILE);
+    let control_token = owner_only_secret(&token_file)?;
     let redis_url = format!("redis://:{password}@127.0.0.1:{redis}/");
     let envoy = find_envoy(&opts.home)?;
 
@@ -350,7 +365,8 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
             .env(env::XDS_BIND, format!("127.0.0.1:{xds}"))
             .env(env::ADMIN_BIND, format!("127.0.0.1:{cp_admin}"))
             .env(env::LISTENER_BIND, format!("127.0.0.1:{listener}"))
-            .env(env::REDIS_URL, &redis_url),
+            .env(env::REDIS_URL, &redis_url)
+            .env(env::CONTROL_TOKEN_FILE, &token_file),
     )?;
     wait_ready(&mut stack, "control-plane", 30, || http_ok(cp_admin, "/healthz")).await?;
 
@@ -367,6 +383,8 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
     let bootstrap = opts.work_dir.join("envoy.yaml");
     let rendered = Command::new("sh")
         .arg(opts.home.join("envoy/render-bootstrap.sh"))
+        // No guarded admin listener: roost up's admin is on loopback already.
+        .env_remove(env::CONTROL_TOKEN_FILE)
         .env(env::XDS_ADDR, format!("127.0.0.1:{xds}"))
         .env(env::ENVOY_ADMIN_BIND, format!("127.0.0.1:{envoy_admin}"))
         .env(env::STATSD_ADDR, format!("127.0.0.1:{statsd}"))
@@ -395,6 +413,7 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
             .env(env::RUNTIME_DIR, opts.home.join("faas-runtime"))
             .env(env::STATE_DIR, opts.work_dir.join("replicas"))
             .env(env::ORCHESTRATOR_BIND, format!("127.0.0.1:{orch}"))
+            .env(env::CONTROL_TOKEN_FILE, &token_file)
             .env(env::STATSD_ADDR, format!("127.0.0.1:{statsd}")),
     )?;
     wait_ready(&mut stack, "orchestrator", 30, || http_ok(orch, "/healthz")).await?;
@@ -409,15 +428,23 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
             .env(env::ENVOY_ADDR, format!("127.0.0.1:{listener}")),
     )?;
     wait_ready(&mut stack, "gate", 30, || http_ok(opts.port, "/healthz")).await?;
-    let addresses =
-        Addresses { gate: opts.port, envoy: listener, envoy_admin, control_plane: cp_admin, orchestrator: orch, statsd, redis_url };
+    let addresses = Addresses {
+        gate: opts.port,
+        envoy: listener,
+        envoy_admin,
+        control_plane: cp_admin,
+        orchestrator: orch,
+        statsd,
+        redis_url,
+        control_token,
+    };
     Ok(Platform { stack, addresses, logs })
 }
 
 /// Starts everything and runs until `shutdown`.
 pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpError> {
     let mut platform = start(&opts).await?;
-    let Addresses { control_plane: cp_admin, envoy_admin, orchestrator: orch, redis_url, .. } = platform.addresses.clone();
+    let Addresses { control_plane: cp_admin, envoy_admin, orchestrator: orch, redis_url, control_token, .. } = platform.addresses.clone();
     let logs = platform.logs.clone();
     // Read by `roost ls`, `logs`, `status`, `invoke` and `load` run in the folder above it.
     let env_file = opts.work_dir.join(crate::endpoints::FILE);
@@ -426,12 +453,16 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpE
     println!("  definitions:   {} (edits apply within a second)", opts.definitions.display());
     println!("  orchestrator:  http://127.0.0.1:{orch}/status   (roost ls, roost logs NAME: found through {})", env_file.display());
     println!("  control plane: http://127.0.0.1:{cp_admin}/functions");
+    println!(
+        "  control token: in {} (both APIs above require it: Authorization: Bearer)",
+        opts.work_dir.join(CONTROL_TOKEN_FILE).display()
+    );
     println!("  envoy admin:   http://127.0.0.1:{envoy_admin}/");
     let shown = redis_url.split_once('@').map_or(redis_url.clone(), |(_, host)| format!("redis://:***@{host}"));
     println!("  redis:         {shown}   (password in {}; data kept there)", opts.work_dir.join("redis/password").display());
     println!("  logs:          {}", logs.display());
     println!("Ctrl-C stops everything.");
-    // It holds Redis's password: readable by its owner only.
+    // It holds Redis's password and the control token: readable by its owner only.
     let mut endpoints = {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&env_file)?
@@ -439,11 +470,12 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpE
     std::io::Write::write_all(
         &mut endpoints,
         format!(
-            "{}=http://127.0.0.1:{}\n{}=http://127.0.0.1:{orch}\n{}={redis_url}\n",
+            "{}=http://127.0.0.1:{}\n{}=http://127.0.0.1:{orch}\n{}={redis_url}\n{}={control_token}\n",
             env::GATE_URL,
             opts.port,
             env::ORCHESTRATOR_URL,
-            env::REDIS_URL
+            env::REDIS_URL,
+            env::CONTROL_TOKEN
         )
         .as_bytes(),
     )?;

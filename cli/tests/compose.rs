@@ -1,7 +1,8 @@
 //! `docker compose up` on a machine with a Docker engine and no registry: every image is
 //! built offline (scripts/build-offline-images.sh), the platform comes up, `/hello`
 //! answers through the gate, a burst scales `sleep` up, idle reaps it, and
-//! `docker compose down` leaves no function container behind.
+//! `docker compose down` leaves no function container behind. From inside a running
+//! function replica nothing of the platform's control side answers (issue 13).
 
 use roost_common::wire::status::{FunctionState, Status};
 use roost_testkit::http;
@@ -70,6 +71,121 @@ impl Drop for Down {
     }
 }
 
+/// The id of `service`'s container in `project`.
+fn container_of(project: &str, service: &str, env: &[(String, String)]) -> String {
+    let id = String::from_utf8_lossy(&run(&["-p", project, "ps", "-q", service], env).stdout).trim().to_string();
+    assert!(!id.is_empty(), "no {service} container");
+    id
+}
+
+/// Every IP address of a container, one per network.
+fn ips_of(container: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+}
+
+/// One TCP exchange from the host: what came back first (up to 200 bytes), or why nothing.
+fn tcp_ask(host: &str, port: u16, payload: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::new(host.parse().unwrap(), port);
+    let mut s = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        Ok(s) => s,
+        Err(e) => return format!("unreachable: {e}"),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(payload).unwrap();
+    let mut buf = [0u8; 200];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+/// Run inside a function replica (python3 is in the base image): each probe
+/// `[name, host, port, payload]`, all at once (the replica may be reaped when idle),
+/// connects (1.5 s), sends the payload and reads the first line back; prints
+/// `{name: "unreachable: ..." | "answered: <first line>" | "connected, then: ..."}`.
+const PROBE: &str = r#"
+import json, socket, sys
+from concurrent.futures import ThreadPoolExecutor
+def probe(name, host, port, payload):
+    try:
+        s = socket.create_connection((host, port), timeout=1.5)
+    except Exception as e:
+        return name, "unreachable: %s: %s" % (type(e).__name__, e)
+    try:
+        s.settimeout(3)
+        s.sendall(payload.encode())
+        return name, "answered: " + s.recv(300).decode("latin-1").split("\r\n")[0]
+    except Exception as e:
+        return name, "connected, then: %s: %s" % (type(e).__name__, e)
+    finally:
+        s.close()
+probes = json.loads(sys.argv[1])
+with ThreadPoolExecutor(len(probes)) as pool:
+    print(json.dumps(dict(pool.map(lambda p: probe(*p), probes))))
+"#;
+
+/// The probes of [`assert_isolated`]: `[name, host, port, payload]`.
+type Probes = Vec<(String, String, u16, String)>;
+
+/// What to try from inside a function replica: the control side by every address its
+/// containers have (the names do not even resolve on the functions network), Envoy's
+/// admin on every address of Envoy's, its guarded listener, the orchestrator's API.
+fn isolation_probes(project: &str, env: &[(String, String)]) -> Probes {
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let post = |path: &str| format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let mut probes: Probes = Vec::new();
+    for (service, ports) in [("redis", &[6379][..]), ("control-plane", &[18000, 18001]), ("statsd-listener", &[9102])] {
+        for ip in ips_of(&container_of(project, service, env)) {
+            for port in ports {
+                probes.push((format!("{service} {ip}:{port}"), ip.clone(), *port, "PING\r\n".into()));
+            }
+        }
+        probes.push((format!("{service} by name"), service.into(), 80, String::new()));
+    }
+    for ip in ips_of(&container_of(project, "envoy", env)) {
+        probes.push((format!("envoy admin {ip}:9901"), ip, 9901, post("/quitquitquit")));
+    }
+    probes.push(("envoy guard GET /clusters".into(), "envoy".into(), 9902, get("/clusters")));
+    probes.push(("envoy guard POST /quitquitquit".into(), "envoy".into(), 9902, post("/quitquitquit")));
+    probes.push(("orchestrator GET /status".into(), "orchestrator".into(), 18002, get("/status")));
+    probes.push(("orchestrator POST wake hello".into(), "orchestrator".into(), 18002, post("/functions/hello/wake")));
+    probes.push(("orchestrator POST wake sleep".into(), "orchestrator".into(), 18002, post("/functions/sleep/wake")));
+    probes
+}
+
+/// From inside `replica`'s network namespace: Redis, the control plane, the
+/// statsd-listener and Envoy's admin are unreachable, and the orchestrator's API and
+/// Envoy's guarded admin listener refuse a request without the control token. False
+/// when the replica went away before the probes ran (reaped when idle).
+fn assert_isolated(replica: &str, probes: &Probes) -> bool {
+    let args = serde_json::to_string(&probes).unwrap();
+    let out = Command::new("docker").args(["exec", replica, "python3", "-c", PROBE, &args]).output().unwrap();
+    if !out.status.success() {
+        eprintln!("the probe did not run in {replica} (reaped?): {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+        return false;
+    }
+    let seen: std::collections::BTreeMap<String, String> = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("isolation probes from inside {replica}:");
+    for (name, got) in &seen {
+        eprintln!("  {name:40} {got}");
+    }
+    for (name, got) in &seen {
+        let ok = if name.starts_with("orchestrator") {
+            got.starts_with("answered: HTTP/1.1 401")
+        } else if name.starts_with("envoy guard") {
+            got.starts_with("answered: HTTP/1.1 403")
+        } else {
+            got.starts_with("unreachable")
+        };
+        assert!(ok, "from inside a function replica, {name}: {got}");
+    }
+    assert_eq!(seen.len(), probes.len());
+    true
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Docker engine with Compose: full tier (scripts/test.sh)"]
 async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
@@ -96,6 +212,51 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
     let r = http::get(gate, "/hello").await.unwrap();
     assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap(), serde_json::json!({"Hello": "World"}));
 
+    // The control token, as README tells a compose user to read it.
+    let token = String::from_utf8_lossy(
+        &run(&["-p", &project, "exec", "-T", "orchestrator", "cat", "/run/roost/secrets/control-token"], &env).stdout,
+    )
+    .trim()
+    .to_string();
+    assert!(token.len() >= 32 && token.chars().all(|c| c.is_ascii_hexdigit()), "{token:?}");
+    let auth = format!("Bearer {token}");
+    let status = |name: &'static str| {
+        let auth = auth.clone();
+        async move {
+            let r = http::request(orch, "GET", "/status", &[("Authorization", auth.as_str())], b"").await.ok()?;
+            let s: Status = serde_json::from_str(&r.body).ok()?;
+            s.function(name).cloned()
+        }
+    };
+    assert_eq!(http::get(orch, "/status").await.unwrap().status, 401, "the orchestrator's API wants the token");
+
+    // Isolation, from inside a running hello replica (called just before, so it is up;
+    // tried again on a fresh one if it was reaped meanwhile).
+    let sleeping_before = status("sleep").await.expect("sleep declared").replicas.len();
+    let probes = isolation_probes(&project, &env);
+    let mut probed = false;
+    for _ in 0..3 {
+        assert_eq!(http::get(gate, "/hello").await.unwrap().status, 200);
+        let running = Command::new("docker")
+            .args(["ps", "-q", "--filter", "label=roost.function=hello", "--filter", "status=running"])
+            .output()
+            .unwrap();
+        let replica = String::from_utf8_lossy(&running.stdout).lines().next().expect("a running hello replica").to_string();
+        if assert_isolated(&replica, &probes) {
+            probed = true;
+            break;
+        }
+    }
+    assert!(probed, "no hello replica stayed up for the probes");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(status("sleep").await.unwrap().replicas.len(), sleeping_before, "a wake without the token woke nothing");
+    // From the host: Redis wants its password, the control plane's admin API its token.
+    let redis_ip = ips_of(&container_of(&project, "redis", &env)).remove(0);
+    assert!(tcp_ask(&redis_ip, 6379, b"PING\r\n").starts_with("-NOAUTH"), "Redis answers without its password");
+    let cp_ip = ips_of(&container_of(&project, "control-plane", &env)).remove(0);
+    let cp = tcp_ask(&cp_ip, 18001, b"PUT /functions/evil HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+    assert!(cp.starts_with("HTTP/1.1 401"), "the control plane's admin API without the token: {cp}");
+
     // Redis keeps its data across a restart (append-only file on a named volume): the
     // control plane's saved model is still there, and /hello still answers.
     // Its answer, or "" while it cannot answer (restarting).
@@ -103,7 +264,9 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
         let c = compose();
         let out = Command::new(&c[0])
             .args(&c[1..])
-            .args(["-p", project.as_str(), "exec", "-T", "redis", "redis-cli"])
+            .args(["-p", project.as_str(), "exec", "-T", "redis", "sh", "-c"])
+            .arg(r#"REDISCLI_AUTH="$(cat /run/roost/secrets/redis-password)" exec redis-cli "$@""#)
+            .arg("redis-cli")
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(workspace_root())
@@ -121,11 +284,6 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
     })
     .await;
 
-    let status = |name: &'static str| async move {
-        let r = http::get(orch, "/status").await.ok()?;
-        let s: Status = serde_json::from_str(&r.body).ok()?;
-        s.function(name).cloned()
-    };
     // `sleep`'s image is built when compose starts (with the others, in parallel; a minute
     // on a slow storage driver), and a call held longer than the gate's 30 s gets a
     // 504: call it until its image is built and it answers.

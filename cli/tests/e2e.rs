@@ -138,7 +138,14 @@ async fn roost_up_serves_wakes_scales_and_sleeps_without_errors() {
     let bare = |args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_roost"));
         cmd.args(args).current_dir(&p.dir);
-        for var in ["ROOST_GATE_URL", "ROOST_ORCHESTRATOR_URL", "ROOST_REDIS_URL", "ROOST_WORK_DIR"] {
+        for var in [
+            "ROOST_GATE_URL",
+            "ROOST_ORCHESTRATOR_URL",
+            "ROOST_REDIS_URL",
+            "ROOST_WORK_DIR",
+            "ROOST_CONTROL_TOKEN",
+            "ROOST_CONTROL_TOKEN_FILE",
+        ] {
             cmd.env_remove(var);
         }
         cmd.output().unwrap()
@@ -160,6 +167,33 @@ async fn roost_up_serves_wakes_scales_and_sleeps_without_errors() {
     let nope = bare(&["logs", "nope"]);
     assert!(!nope.status.success());
     assert!(String::from_utf8_lossy(&nope.stderr).contains("404"), "{}", String::from_utf8_lossy(&nope.stderr));
+
+    // The control token: the orchestrator's API refuses a request without it (or with
+    // another), /healthz stays open, and the token file is its owner's only. `roost ls`
+    // above found it in endpoints.env.
+    let refused = http::get(p.orchestrator, "/status").await.unwrap();
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert!(refused.body.contains("missing Authorization: Bearer"), "{}", refused.body);
+    let wrong = http::request(p.orchestrator, "POST", "/functions/hello/wake", &[("Authorization", "Bearer 0000000000000000")], b"").await;
+    assert_eq!(wrong.unwrap().status, 401);
+    assert_eq!(http::get(p.orchestrator, "/healthz").await.unwrap().status, 200);
+    assert_eq!(p.orchestrator_get("/status").await.status, 200);
+    let token_file = p.dir.join(".roost/control-token");
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), p.control_token);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let no_token = {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_roost"));
+        cmd.args(["ls", "--orchestrator", &format!("http://127.0.0.1:{}", p.orchestrator)]).env_remove("ROOST_CONTROL_TOKEN");
+        cmd.env_remove("ROOST_CONTROL_TOKEN_FILE").env_remove("ROOST_WORK_DIR").current_dir(std::env::temp_dir());
+        cmd.output().unwrap()
+    };
+    assert!(!no_token.status.success());
+    assert!(
+        String::from_utf8_lossy(&no_token.stderr).contains("requires its control token"),
+        "{}",
+        String::from_utf8_lossy(&no_token.stderr)
+    );
 
     // Redis: a password only Roost's parts know, and its data in an append-only file in the
     // work dir (kept across restarts).

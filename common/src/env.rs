@@ -30,6 +30,14 @@ names! {
     REDIS_URL = "ROOST_REDIS_URL";
     /// Longest wait for every Envoy to ACK a change, in milliseconds (control plane, orchestrator).
     SYNC_TIMEOUT_MS = "ROOST_SYNC_TIMEOUT_MS";
+    /// A file holding Redis's password, put into `ROOST_REDIS_URL` (the services, the gate).
+    REDIS_PASSWORD_FILE = "ROOST_REDIS_PASSWORD_FILE";
+    /// The control token the orchestrator's API and the control plane's admin API require
+    /// (`Authorization: Bearer`), and that their clients send.
+    CONTROL_TOKEN = "ROOST_CONTROL_TOKEN";
+    /// A file holding the control token (read when `ROOST_CONTROL_TOKEN` is unset); also
+    /// the token of Envoy's guarded admin listener (envoy/render-bootstrap.sh).
+    CONTROL_TOKEN_FILE = "ROOST_CONTROL_TOKEN_FILE";
 
     // --- control plane -----------------------------------------------------------------
     /// The control plane's gRPC ADS server, which Envoy connects to.
@@ -102,6 +110,9 @@ names! {
     NODE_ID = "ROOST_NODE_ID";
     /// Envoy's admin API.
     ENVOY_ADMIN_BIND = "ROOST_ENVOY_ADMIN_BIND";
+    /// Envoy's guarded admin listener (GET /clusters with the control token only), rendered
+    /// when `ROOST_CONTROL_TOKEN_FILE` is given.
+    ENVOY_ADMIN_GUARD_BIND = "ROOST_ENVOY_ADMIN_GUARD_BIND";
     /// The control plane's ADS server, as Envoy's peer.
     XDS_ADDR = "ROOST_XDS_ADDR";
     /// `DELTA_GRPC` (default) or `GRPC` (state of the world).

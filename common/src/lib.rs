@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //!
+//! - [`auth`]: the control token the admin APIs require (an axum layer), and Redis's
+//!   password read from a file.
 //! - [`backoff`]: the doubling retry delay of every reconnect loop.
 //! - [`clock`]: Unix milliseconds.
 //! - [`env`]: every `ROOST_` environment variable the parts share, and the old spellings still read.
@@ -18,6 +20,7 @@
 //! - [`scaling`]: the scale-up rule the statsd-listener and the orchestrator share.
 //! - [`service`]: a service binary's `main` (tracing, shutdown token, exit code) in one call.
 
+pub mod auth;
 pub mod backoff;
 pub mod clock;
 pub mod env;

@@ -30,15 +30,19 @@ struct Case {
     rss_mb: f64,
 }
 
+/// The control token the benchmark's control plane is started with, and sends.
+const TOKEN: &str = "xds-bench-0123456789abcdef";
+const AUTH: (&str, &str) = ("Authorization", "Bearer xds-bench-0123456789abcdef");
+
 async fn post(port: u16, path: &str, body: &impl serde::Serialize) -> Applied {
     let body = serde_json::to_vec(body).expect("admin bodies serialize");
-    let r = http::request(port, "POST", path, &[], &body).await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let r = http::request(port, "POST", path, &[AUTH], &body).await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
     assert_eq!(r.status, 200, "POST {path}: {}", r.body);
     serde_json::from_str(&r.body).expect("the admin API's answer to a change")
 }
 
 async fn bytes_sent(admin: u16) -> u64 {
-    let r = http::get(admin, "/envoys").await.expect("GET /envoys");
+    let r = http::request(admin, "GET", "/envoys", &[AUTH], b"").await.expect("GET /envoys");
     let v: Value = serde_json::from_str(&r.body).unwrap();
     v["envoys"].as_array().unwrap().iter().map(|e| e["bytes_sent"].as_u64().unwrap()).sum()
 }
@@ -65,6 +69,7 @@ async fn run_case(binary: &std::path::Path, mode: XdsMode, functions: usize, cha
         Command::new(binary)
             .env("ROOST_XDS_BIND", format!("127.0.0.1:{xds}"))
             .env("ROOST_ADMIN_BIND", format!("127.0.0.1:{admin}"))
+            .env("ROOST_CONTROL_TOKEN", TOKEN)
             .env("ROOST_LISTENER_ADDRESS", "127.0.0.1")
             .env("ROOST_LISTENER_PORT", free_port().to_string())
             .env("RUST_LOG", "warn")

@@ -51,6 +51,20 @@ pub struct Config {
     #[arg(long, env = env::REDIS_URL)]
     pub redis_url: Option<String>,
 
+    /// A file holding Redis's password, put into --redis-url (compose's secrets volume).
+    #[arg(long, env = env::REDIS_PASSWORD_FILE)]
+    pub redis_password_file: Option<std::path::PathBuf>,
+
+    /// The control token every admin API request but GET /healthz must carry
+    /// (`Authorization: Bearer`); without one (nor --control-token-file) the admin API is
+    /// open to anyone who can reach it.
+    #[arg(long, env = env::CONTROL_TOKEN, hide_env_values = true)]
+    pub control_token: Option<String>,
+
+    /// A file holding the control token, read when --control-token is unset.
+    #[arg(long, env = env::CONTROL_TOKEN_FILE)]
+    pub control_token_file: Option<std::path::PathBuf>,
+
     /// How long to keep trying to reach Redis at start-up before giving up, in seconds.
     /// The xDS server does not start before the saved state is loaded, so Envoy never
     /// gets an empty configuration from a control plane that has merely restarted.
@@ -88,6 +102,9 @@ impl Config {
             connect_timeout_ms: 250,
             retries: 3,
             redis_url: None,
+            redis_password_file: None,
+            control_token: None,
+            control_token_file: None,
             redis_startup_timeout_s: 10,
             min_envoys: 1,
             sync_timeout_ms: 5000,

@@ -28,6 +28,7 @@ pub mod xds;
 
 pub use config::Config;
 
+use roost_common::auth::{self, ControlToken};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +64,9 @@ pub enum Error {
     /// The admin server failed.
     #[error("the admin API server failed: {0}")]
     Admin(std::io::Error),
+    /// The Redis password or the control token could not be read.
+    #[error(transparent)]
+    Secret(#[from] roost_common::auth::SecretError),
 }
 
 /// A started control plane.
@@ -90,7 +94,10 @@ impl Running {
 /// Restores the saved state (when Redis is configured), binds both servers and starts
 /// serving. Nothing is served to Envoy before the state is restored.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
-    let (state_store, model) = match &config.redis_url {
+    let token = ControlToken::configured(config.control_token.as_deref(), config.control_token_file.as_deref())?;
+    let redis_url =
+        config.redis_url.as_deref().map(|u| auth::redis_url_with_password_file(u, config.redis_password_file.as_deref())).transpose()?;
+    let (state_store, model) = match &redis_url {
         Some(url) => {
             let wait = Duration::from_secs(config.redis_startup_timeout_s);
             let (s, m) = persist::StateStore::connect_and_load(url, wait, &shutdown).await?;
@@ -131,7 +138,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         min_envoys: config.min_envoys,
         sync_timeout: Duration::from_millis(config.sync_timeout_ms),
     };
-    let admin = axum::serve(admin_listener, admin::router(admin_state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let admin = axum::serve(admin_listener, auth::guard(admin::router(admin_state), token, "control-plane admin"))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let persister = state_store.map(|s| tokio::spawn(s.run(store.models(), store.confirmed(), shutdown.clone())));
     info!(%xds_addr, %admin_addr, %listener, "control plane serving");
 

@@ -218,6 +218,7 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use roost_common::auth::ControlToken;
     use roost_common::wire::status::{FunctionState, FunctionStatus, Status};
 
     const WAIT: Duration = Duration::from_secs(10);
@@ -233,6 +234,11 @@ mod tests {
 
     impl Served {
         async fn start(logs: Logs, declared: &'static [&'static str]) -> Served {
+            Served::start_guarded(logs, declared, None).await
+        }
+
+        /// [`Served::start`] behind the control token, as `lib.rs` serves it.
+        async fn start_guarded(logs: Logs, declared: &'static [&'static str], token: Option<ControlToken>) -> Served {
             let (tx, mut rx) = mpsc::channel::<Request>(8);
             let supervisor = tokio::spawn(async move {
                 while let Some(r) = rx.recv().await {
@@ -248,7 +254,7 @@ mod tests {
                 }
             });
             let shutdown = CancellationToken::new();
-            let app = router(tx, Arc::default(), logs.clone(), shutdown.clone());
+            let app = roost_common::auth::guard(router(tx, Arc::default(), logs.clone(), shutdown.clone()), token, "orchestrator");
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
             let server = tokio::spawn({
@@ -263,6 +269,29 @@ mod tests {
         async fn get(&self, path: &str) -> reqwest::Response {
             reqwest::get(format!("{}{path}", self.base)).await.unwrap()
         }
+    }
+
+    #[tokio::test]
+    async fn with_a_token_every_route_but_healthz_wants_it() {
+        let token = ControlToken::new("0123456789abcdef0123").unwrap();
+        let api = Served::start_guarded(Logs::default(), &["f"], Some(token.clone())).await;
+        let http = reqwest::Client::new();
+        for (method, path) in [("GET", "/status"), ("POST", "/functions/f/wake"), ("GET", "/functions/f/logs")] {
+            let r = http.request(method.parse().unwrap(), format!("{}{path}", api.base)).send().await.unwrap();
+            assert_eq!(r.status(), 401, "{method} {path}");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert!(body["error"].as_str().unwrap().contains("missing Authorization: Bearer"), "{body}");
+        }
+        let wrong = http.get(format!("{}/status", api.base)).bearer_auth("0123456789abcdef0124").send().await.unwrap();
+        assert_eq!(wrong.status(), 401);
+        let body: serde_json::Value = wrong.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("not this platform's control token"), "{body}");
+        assert_ne!(api.get("/healthz").await.status(), 401, "liveness is open");
+        let ok = http.get(format!("{}/status", api.base)).headers(token.headers()).send().await.unwrap();
+        assert_eq!(ok.status(), 200);
+        let logs = http.get(format!("{}/functions/f/logs", api.base)).headers(token.headers()).send().await.unwrap();
+        assert_eq!(logs.status(), 200);
+        api.shutdown.cancel();
     }
 
     fn function(name: &str) -> FunctionStatus {

@@ -30,6 +30,21 @@ pub struct Config {
     #[arg(long, env = env::REDIS_URL, default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
 
+    /// A file holding Redis's password, put into --redis-url (compose's secrets volume).
+    #[arg(long, env = env::REDIS_PASSWORD_FILE)]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// The control token: every API request but GET /healthz must carry it
+    /// (`Authorization: Bearer`), and the orchestrator sends it to the control plane's admin
+    /// API and Envoy's admin. Without one (nor --control-token-file) the API is open to
+    /// anyone who can reach it.
+    #[arg(long, env = env::CONTROL_TOKEN, hide_env_values = true)]
+    pub control_token: Option<String>,
+
+    /// A file holding the control token, read when --control-token is unset.
+    #[arg(long, env = env::CONTROL_TOKEN_FILE)]
+    pub control_token_file: Option<PathBuf>,
+
     /// Base URL of the control plane's admin API.
     #[arg(long, env = env::CONTROL_PLANE_URL, default_value = "http://127.0.0.1:18001")]
     pub control_plane_url: String,

@@ -3,6 +3,7 @@
 //! are [`roost_common::wire::admin`]'s, the same types the control plane serves.
 
 use reqwest::Method;
+use roost_common::auth::ControlToken;
 use roost_common::wire::admin::{ApiError, Change, FunctionSettings, Functions, NewEndpoint, WaitQuery};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -64,9 +65,10 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// A client for the admin API at `base` (for example `http://127.0.0.1:18001`);
-    /// changes wait up to `wait` for Envoy's ACK.
-    pub fn new(base: &str, wait: Duration) -> ControlPlane {
+    /// changes wait up to `wait` for Envoy's ACK; every request carries `token` when given.
+    pub fn new(base: &str, wait: Duration, token: Option<&ControlToken>) -> ControlPlane {
         let http = reqwest::Client::builder()
+            .default_headers(token.map(ControlToken::headers).unwrap_or_default())
             .timeout(wait + Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()

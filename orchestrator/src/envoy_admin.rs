@@ -1,6 +1,7 @@
 //! Reads Envoy's admin API to learn when a draining replica has no request in flight
 //! (Envoy's per-host `rq_active`), so a drain ends as soon as it safely can.
 
+use roost_common::auth::ControlToken;
 use roost_common::naming::cluster_name;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -42,9 +43,15 @@ pub fn host_rq_active(clusters: &str, cluster: &str, host: SocketAddr) -> Option
 
 impl EnvoyAdmin {
     /// `base` like `http://127.0.0.1:9901`; `None` when Envoy's admin API is not reachable
-    /// from the orchestrator.
-    pub fn new(base: Option<String>) -> EnvoyAdmin {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("a plain HTTP client always builds");
+    /// from the orchestrator. `token` goes with every request: compose's Envoy serves
+    /// `/clusters` to the orchestrator on a guarded listener that wants it
+    /// (envoy/bootstrap.yaml); a plain admin API ignores it.
+    pub fn new(base: Option<String>, token: Option<&ControlToken>) -> EnvoyAdmin {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .default_headers(token.map(ControlToken::headers).unwrap_or_default())
+            .build()
+            .expect("a plain HTTP client always builds");
         EnvoyAdmin { base: base.map(|b| b.trim_end_matches('/').to_string()), http }
     }
 

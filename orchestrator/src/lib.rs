@@ -38,6 +38,7 @@ pub use config::{Config, RuntimeKind};
 
 use context::{Ctx, Settings};
 use metrics::Metrics;
+use roost_common::auth::{self, ControlToken};
 use runtime::ReplicaRuntime;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,6 +72,9 @@ pub enum Error {
     /// One of the orchestrator's own tasks panicked.
     #[error("an orchestrator task panicked: {0}")]
     Panicked(String),
+    /// The Redis password or the control token could not be read.
+    #[error(transparent)]
+    Secret(#[from] roost_common::auth::SecretError),
 }
 
 /// A started orchestrator.
@@ -139,7 +143,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
 /// Like [`start`], with a runtime of the caller's (tests use an in-process one).
 pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>, shutdown: CancellationToken) -> Result<Running, Error> {
-    let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| Error::RedisUrl(config.redis_url.clone(), e))?;
+    let token = ControlToken::configured(config.control_token.as_deref(), config.control_token_file.as_deref())?;
+    let redis_url = auth::redis_url_with_password_file(&config.redis_url, config.redis_password_file.as_deref())?;
+    let client = redis::Client::open(redis_url.as_str()).map_err(|e| Error::RedisUrl(config.redis_url.clone(), e))?;
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|e| Error::Bind(config.bind, e))?;
     let api_addr = listener.local_addr().map_err(|e| Error::Bind(config.bind, e))?;
     let metrics = Metrics::new(config.statsd_addr.as_deref()).map_err(Error::Metrics)?;
@@ -150,8 +156,11 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>
     let path = config.definitions.clone();
     let (initial, seen) = definitions::read_seen(&path);
     let health = Arc::new(api::Health::default());
-    let api = axum::serve(listener, api::router(req_tx, health.clone(), runtime.logs(), shutdown.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let api = axum::serve(
+        listener,
+        auth::guard(api::router(req_tx, health.clone(), runtime.logs(), shutdown.clone()), token.clone(), "orchestrator"),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     info!(%api_addr, runtime = runtime.kind(), definitions = %path.display(), "orchestrator starting");
     // Every task the orchestrator starts is owned here, and ended (or awaited) on shutdown.
     let mut tasks = JoinSet::new();
@@ -172,9 +181,9 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>
         let ctx = Arc::new(Ctx {
             logs: runtime.logs(),
             runtime,
-            cp: control_plane::ControlPlane::new(&config.control_plane_url, Duration::from_millis(config.sync_timeout_ms)),
+            cp: control_plane::ControlPlane::new(&config.control_plane_url, Duration::from_millis(config.sync_timeout_ms), token.as_ref()),
             redis,
-            envoy: envoy_admin::EnvoyAdmin::new(config.envoy_admin_url.clone()),
+            envoy: envoy_admin::EnvoyAdmin::new(config.envoy_admin_url.clone(), token.as_ref()),
             metrics,
             settings: Settings {
                 probe_interval: Duration::from_millis(config.probe_interval_ms),

@@ -159,7 +159,7 @@ async fn a_crash_removes_the_endpoint_and_queueing_scales_up() {
     rt.crash(&id, "f");
     let cp = b.cp.admin_addr.port();
     wait_until(WAIT, "the crashed replica's endpoint removed", || async {
-        let r = roost_testkit::http::get(cp, "/functions/f").await.ok()?;
+        let r = support::get_authorized(cp, "/functions/f").await.ok()?;
         (!r.body.contains(&addr)).then_some(())
     })
     .await;

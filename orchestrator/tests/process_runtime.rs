@@ -106,7 +106,7 @@ async fn idle_function_goes_to_zero_without_failing_a_slow_request() {
     .await;
     assert_eq!(redis_get(&b, "roost:fn:sleep:ready").await, None, "not-ready after scale to zero");
     // And Envoy has no endpoint left for it.
-    let fns = roost_testkit::http::get(b.cp.admin_addr.port(), "/functions/sleep").await.unwrap();
+    let fns = support::get_authorized(b.cp.admin_addr.port(), "/functions/sleep").await.unwrap();
     assert!(fns.body.contains("\"endpoints\":[]"), "{}", fns.body);
     stop.cancel();
     o.wait().await.expect("the orchestrator stops cleanly");
@@ -218,7 +218,7 @@ async fn hot_reload_adds_changes_and_removes_functions_and_survives_a_broken_edi
         "version: 0.2\n    configuration:\n      programing_language: python\n      base_function_file_name: hello.py",
     ));
     wait_until(WAIT, "add removed from the control plane", || async {
-        let r = roost_testkit::http::get(b.cp.admin_addr.port(), "/functions/add").await.ok()?;
+        let r = support::get_authorized(b.cp.admin_addr.port(), "/functions/add").await.ok()?;
         (r.status == 404).then_some(())
     })
     .await;
@@ -246,7 +246,7 @@ async fn a_crashed_replica_loses_its_endpoint_and_the_next_wake_replaces_it() {
         .expect("a replica state file");
     unsafe { libc::kill(pid, libc::SIGKILL) };
     wait_until(WAIT, "the dead replica's endpoint removed", || async {
-        let r = roost_testkit::http::get(b.cp.admin_addr.port(), "/functions/hello").await.ok()?;
+        let r = support::get_authorized(b.cp.admin_addr.port(), "/functions/hello").await.ok()?;
         (!r.body.contains(&addr)).then_some(())
     })
     .await;
@@ -405,7 +405,7 @@ const BROKEN: &str = "import roost_no_such_module  # noqa\n\n\nasync def handle(
 
 /// `GET /functions/{name}/logs` on the orchestrator's API: status and the lines.
 async fn logs_of(api: u16, name: &str) -> (u16, Vec<roost_common::wire::logs::LogLine>) {
-    let r = roost_testkit::http::get(api, &format!("/functions/{name}/logs")).await.expect("logs");
+    let r = support::get_authorized(api, &format!("/functions/{name}/logs")).await.expect("logs");
     let lines = if r.status == 200 { r.body.lines().map(|l| serde_json::from_str(l).expect("a LogLine")).collect() } else { vec![] };
     (r.status, lines)
 }
@@ -500,7 +500,7 @@ async fn a_control_plane_that_lost_a_function_gets_it_back_with_its_endpoints() 
     // The control plane loses the function (as one restarted without its saved model
     // does): Envoy no longer routes it.
     let cp = b.cp.admin_addr.port();
-    let r = roost_testkit::http::request(cp, "DELETE", "/functions/hello?wait=true", &[], b"").await.unwrap();
+    let r = roost_testkit::http::request(cp, "DELETE", "/functions/hello?wait=true", &[support::AUTH], b"").await.unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     assert_ne!(b.call("/hello").await.status, 200);
 

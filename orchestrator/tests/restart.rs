@@ -30,6 +30,7 @@ fn spawn(b: &Backend, defs: &Defs, state: &std::path::Path, api: u16) -> Guard {
             .env("ROOST_RUNTIME_DIR", roost_testkit::workspace_root().join("faas-runtime"))
             .env("ROOST_STATE_DIR", state)
             .env("ROOST_ORCHESTRATOR_BIND", format!("127.0.0.1:{api}"))
+            .env("ROOST_CONTROL_TOKEN", support::TOKEN)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
@@ -51,9 +52,10 @@ async fn a_restarted_orchestrator_adopts_running_replicas() {
 
     // A stray: an endpoint the control plane has that no replica backs.
     let cp = b.cp.admin_addr.port();
-    let r = roost_testkit::http::request(cp, "POST", "/functions/hello/endpoints?wait=true", &[], br#"{"address":"127.0.0.1:9"}"#)
-        .await
-        .unwrap();
+    let r =
+        roost_testkit::http::request(cp, "POST", "/functions/hello/endpoints?wait=true", &[support::AUTH], br#"{"address":"127.0.0.1:9"}"#)
+            .await
+            .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
 
     first.kill(); // SIGKILL: no cleanup, replicas keep running
@@ -69,7 +71,7 @@ async fn a_restarted_orchestrator_adopts_running_replicas() {
     assert_eq!(after["cold_starts"], 0, "adoption is not a cold start: {after}");
     assert_eq!(after["replicas"].as_array().unwrap().len(), 1);
     wait_until(WAIT, "the stray endpoint removed", || async {
-        let r = roost_testkit::http::get(cp, "/functions/hello").await.ok()?;
+        let r = support::get_authorized(cp, "/functions/hello").await.ok()?;
         (!r.body.contains("127.0.0.1:9\"")).then_some(())
     })
     .await;

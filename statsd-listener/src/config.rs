@@ -24,6 +24,10 @@ pub struct Config {
     #[arg(long, env = env::REDIS_URL, default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
 
+    /// A file holding Redis's password, put into --redis-url (compose's secrets volume).
+    #[arg(long, env = env::REDIS_PASSWORD_FILE)]
+    pub redis_password_file: Option<std::path::PathBuf>,
+
     /// How often each function's load is written to Redis, in milliseconds (queueing is
     /// written and signalled at once).
     #[arg(long, env = env::FLUSH_INTERVAL_MS, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=10_000))]

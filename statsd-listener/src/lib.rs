@@ -55,6 +55,9 @@ pub enum Error {
     /// Entries of the allow-list are malformed (every one listed).
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     AllowedSources(Vec<allow::SourceError>),
+    /// Redis's password file could not be read.
+    #[error(transparent)]
+    Secret(#[from] roost_common::auth::SecretError),
 }
 
 /// A started listener.
@@ -79,7 +82,8 @@ impl Running {
 
 /// Binds the sockets and starts receiving.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
-    let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| Error::RedisUrl(config.redis_url.clone(), e))?;
+    let redis_url = roost_common::auth::redis_url_with_password_file(&config.redis_url, config.redis_password_file.as_deref())?;
+    let client = redis::Client::open(redis_url.as_str()).map_err(|e| Error::RedisUrl(config.redis_url.clone(), e))?;
     let sources = allow::parse_sources(&config.allowed_sources).map_err(Error::AllowedSources)?;
     if config.allowed_sources.is_empty() {
         info!(variable = roost_common::env::STATSD_ALLOWED_SOURCES, "no allowed statsd sources set: believing loopback senders only");

@@ -25,6 +25,8 @@ pub struct Platform {
     pub port: u16,
     /// The orchestrator's API port.
     pub orchestrator: u16,
+    /// The control token `roost up` made (its API requires it).
+    pub control_token: String,
 }
 
 fn bin_dir() -> PathBuf {
@@ -75,14 +77,23 @@ impl Platform {
             .find_map(|l| l.strip_prefix("ROOST_ORCHESTRATOR_URL=http://127.0.0.1:"))
             .and_then(|p| p.parse().ok())
             .expect("orchestrator URL in endpoints.env");
-        Platform { guard, dir, port, orchestrator }
+        let control_token =
+            text.lines().find_map(|l| l.strip_prefix("ROOST_CONTROL_TOKEN=")).expect("the control token in endpoints.env").to_string();
+        Platform { guard, dir, port, orchestrator, control_token }
     }
 
     /// One function as `/status` shows it.
     pub async fn status(&self, function: &str) -> Option<FunctionStatus> {
-        let r = http::get(self.orchestrator, "/status").await.expect("orchestrator status");
+        let r = self.orchestrator_get("/status").await;
         let s: Status = serde_json::from_str(&r.body).unwrap();
         s.function(function).cloned()
+    }
+
+    /// GET `path` of the orchestrator's API, with the control token.
+    pub async fn orchestrator_get(&self, path: &str) -> http::Response {
+        let auth = format!("Bearer {}", self.control_token);
+        let r = http::request(self.orchestrator, "GET", path, &[("Authorization", auth.as_str())], b"").await;
+        r.unwrap_or_else(|e| panic!("orchestrator GET {path}: {e}"))
     }
 
     /// Envoy's admin port, from the bootstrap `roost up` rendered into `.roost/envoy.yaml`.

@@ -18,6 +18,16 @@ use tokio_util::sync::CancellationToken;
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// The control token the back end's control plane and the orchestrator are started with.
+pub const TOKEN: &str = "orchestrator-tests-0123456789";
+/// The header that carries [`TOKEN`].
+pub const AUTH: (&str, &str) = ("Authorization", "Bearer orchestrator-tests-0123456789");
+
+/// GET `path` of the control plane's admin API or the orchestrator's API, with the token.
+pub async fn get_authorized(port: u16, path: &str) -> Result<http::Response, roost_testkit::http::HttpError> {
+    http::request(port, "GET", path, &[AUTH], b"").await
+}
+
 /// A temporary folder laid out like `faas-runtime/`: the definitions file written by the
 /// test, and links to the repo's function folders.
 pub struct Defs {
@@ -90,7 +100,11 @@ impl Backend {
         let redis = Redis::start().await;
         let listener = free_port();
         let shutdown = CancellationToken::new();
-        let config = roost_control_plane::Config { listener_port: listener, ..roost_control_plane::Config::for_tests() };
+        let config = roost_control_plane::Config {
+            listener_port: listener,
+            control_token: Some(TOKEN.into()),
+            ..roost_control_plane::Config::for_tests()
+        };
         let cp = roost_control_plane::start(config, shutdown.clone()).await.expect("control plane starts");
         let mut sc = <roost_statsd_listener::Config as clap::Parser>::parse_from(["statsd-listener"]);
         sc.bind = "127.0.0.1:0".parse().unwrap();
@@ -111,6 +125,7 @@ impl Backend {
         c.definitions = defs.path();
         c.redis_url = self.redis.url();
         c.control_plane_url = format!("http://{}", self.cp.admin_addr);
+        c.control_token = Some(TOKEN.into());
         c.envoy_admin_url = Some(format!("http://127.0.0.1:{}", self.envoy.admin_port));
         c.runtime = RuntimeKind::Process;
         c.runtime_dir = Some(workspace_root().join("faas-runtime"));
@@ -138,7 +153,7 @@ impl Drop for Backend {
 /// The orchestrator's /status, read as the typed wire (`None` while it does not answer,
 /// for polling; a body that is not a [`Status`] fails the test).
 pub async fn status_of(api: u16) -> Option<Status> {
-    let r = http::get(api, "/status").await.ok()?;
+    let r = get_authorized(api, "/status").await.ok()?;
     Some(serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("/status is not a Status: {e}: {}", r.body)))
 }
 
@@ -165,6 +180,6 @@ pub async fn ready_replicas(api: u16, name: &str) -> usize {
 
 /// POST /functions/{name}/wake; status and body.
 pub async fn wake(api: u16, name: &str) -> (u16, Value) {
-    let r = http::request(api, "POST", &format!("/functions/{name}/wake"), &[], b"").await.expect("wake");
+    let r = http::request(api, "POST", &format!("/functions/{name}/wake"), &[AUTH], b"").await.expect("wake");
     (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
 }
