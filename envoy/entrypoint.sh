@@ -2,10 +2,13 @@
 # Envoy's container entry point (compose): Envoy's statsd sink needs an IP address, so
 # resolve the statsd-listener's name first, render the bootstrap, then run Envoy.
 # On SIGTERM (docker stop, compose restart) it drains Envoy before stopping it: its admin
-# API's POST /drain_listeners?graceful (answers then carry Connection: close, and the
-# listeners close after ROOST_ENVOY_DRAIN_TIME_S), then it waits, at most
-# ROOST_ENVOY_DRAIN_WAIT_S, until Envoy has no request in flight to a function, and only
-# then sends Envoy SIGTERM (on which Envoy exits at once, cutting what is in flight).
+# API's POST /drain_listeners (the listeners stop accepting at once: a new connection is
+# refused, and the gate holds its request until an Envoy is back; connections already
+# open finish, their answers carrying Connection: close), then it waits, at most
+# ROOST_ENVOY_DRAIN_WAIT_S, until Envoy has had no request in flight to a function for
+# two readings 0.2 s apart, and only then sends Envoy SIGTERM (on which Envoy exits at
+# once, cutting what is in flight). A graceful drain (?graceful) would keep accepting for
+# ROOST_ENVOY_DRAIN_TIME_S, and a request accepted after the last reading was cut.
 #   ROOST_ENVOY_DRAIN_TIME_S  Envoy's --drain-time-s                        [5]
 #   ROOST_ENVOY_DRAIN_WAIT_S  longest wait for requests in flight on stop   [10]
 #   ROOST_ENVOY_CONFIG        where the rendered bootstrap goes              [/tmp/envoy.yaml]
@@ -59,12 +62,19 @@ in_flight() {
 stop() {
   trap '' TERM INT
   echo "entrypoint: draining Envoy" >&2
-  if admin POST /drain_listeners?graceful | head -n1 | grep -q ' 200 '; then
+  if admin POST /drain_listeners | head -n1 | grep -q ' 200 '; then
     wait_s=${ROOST_ENVOY_DRAIN_WAIT_S:-10}
-    i=0
-    while n=$(in_flight) && [ "$n" -gt 0 ] && [ "$i" -lt $((wait_s * 10)) ]; do
-      sleep 0.1
-      i=$((i + 1))
+    i=0 quiet=0
+    while [ "$i" -lt $((wait_s * 10)) ]; do
+      n=$(in_flight) || n=?
+      if [ "$n" = 0 ]; then
+        quiet=$((quiet + 1))
+        [ "$quiet" -ge 2 ] && break
+      else
+        quiet=0
+      fi
+      sleep 0.2
+      i=$((i + 2))
     done
     echo "entrypoint: ${n:-?} requests in flight after $((i / 10)).$((i % 10)) s; stopping Envoy" >&2
   else
