@@ -14,18 +14,8 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// `docker compose` (the plugin) when present, else the older `docker-compose`.
-fn compose() -> Vec<String> {
-    let plugin = Command::new("docker").args(["compose", "version"]).output().map(|o| o.status.success()).unwrap_or(false);
-    if plugin {
-        vec!["docker".into(), "compose".into()]
-    } else {
-        vec!["docker-compose".into()]
-    }
-}
-
 fn run(args: &[&str], env: &[(String, String)]) -> Output {
-    let c = compose();
+    let c = roost_testkit::compose_command();
     let out = Command::new(&c[0])
         .args(&c[1..])
         .args(args)
@@ -45,7 +35,7 @@ fn managed_containers() -> String {
 struct Down(Vec<(String, String)>, String);
 impl Drop for Down {
     fn drop(&mut self) {
-        let c = compose();
+        let c = roost_testkit::compose_command();
         if std::thread::panicking() {
             // The platform's own account of the failure, before it is taken down.
             if let Ok(out) = Command::new(&c[0])
@@ -261,7 +251,7 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
     // control plane's saved model is still there, and /hello still answers.
     // Its answer, or "" while it cannot answer (restarting).
     let redis_cli = |args: &[&str]| {
-        let c = compose();
+        let c = roost_testkit::compose_command();
         let out = Command::new(&c[0])
             .args(&c[1..])
             .args(["-p", project.as_str(), "exec", "-T", "redis", "sh", "-c"])

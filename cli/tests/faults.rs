@@ -164,16 +164,6 @@ fn the_token_comes_from_the_file_named_else_the_container() {
 
 // ---------- the platform ----------
 
-/// `docker compose` (the plugin) when present, else the older `docker-compose`.
-fn compose_tool() -> Vec<String> {
-    let plugin = Command::new("docker").args(["compose", "version"]).output().map(|o| o.status.success()).unwrap_or(false);
-    if plugin {
-        vec!["docker".into(), "compose".into()]
-    } else {
-        vec!["docker-compose".into()]
-    }
-}
-
 fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -343,7 +333,7 @@ fn up() -> Platform {
     )
     .unwrap();
     let p = Platform {
-        tool: compose_tool(),
+        tool: roost_testkit::compose_command(),
         project,
         files: vec![workspace_root().join("compose.yaml"), override_file],
         env,

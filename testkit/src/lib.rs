@@ -19,6 +19,17 @@ pub mod redis;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// `docker compose` (the plugin) when present, else the older `docker-compose`: the
+/// program and its leading arguments.
+pub fn compose_command() -> Vec<String> {
+    let plugin = std::process::Command::new("docker").args(["compose", "version"]).output().is_ok_and(|o| o.status.success());
+    if plugin {
+        vec!["docker".into(), "compose".into()]
+    } else {
+        vec!["docker-compose".into()]
+    }
+}
+
 /// The workspace root (the folder holding the root `Cargo.toml`).
 pub fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit lives one folder below the workspace root").to_path_buf()
