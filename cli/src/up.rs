@@ -400,7 +400,9 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
             .arg(crate::drain::DRAIN_TIME_S.to_string()),
     )?;
     stack.envoy_admin = Some(envoy_admin);
-    wait_ready(&mut stack, "envoy", 30, || http_ok(envoy_admin, "/ready")).await?;
+    // Envoy's process only: a control plane that found no saved model (a first start)
+    // holds Envoy's configuration until the orchestrator, started next, confirms one.
+    wait_ready(&mut stack, "envoy", 30, || http_ok(envoy_admin, "/server_info")).await?;
 
     stack.spawn(
         "orchestrator",
@@ -417,6 +419,8 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
             .env(env::STATSD_ADDR, format!("127.0.0.1:{statsd}")),
     )?;
     wait_ready(&mut stack, "orchestrator", 30, || http_ok(orch, "/healthz")).await?;
+    // Configured: the orchestrator handed over what runs and Envoy has it (LIVE).
+    wait_ready(&mut stack, "envoy", 30, || http_ok(envoy_admin, "/ready")).await?;
 
     stack.spawn(
         "gate",
