@@ -227,10 +227,13 @@ mod tests {
 
     #[test]
     fn listing_and_answers_keep_today_s_spelling() {
-        let body = r#"{"generation":7,"functions":{"hello":{"concurrency":2,"timeout_ms":5000,"endpoints":[{"address":"[::1]:5000","draining":true}]}}}"#;
+        let body = r#"{"generation":7,"confirmed":false,"functions":{"hello":{"concurrency":2,"timeout_ms":5000,"endpoints":[{"address":"[::1]:5000","draining":true}]}}}"#;
         let f: Functions = serde_json::from_str(body).unwrap();
         assert_eq!(f.functions["hello"].endpoints[0].address, "[::1]:5000".parse().unwrap());
         assert_eq!(serde_json::to_string(&f).unwrap(), body);
+        // A listing from before `confirmed` existed reads as confirmed.
+        let old: Functions = serde_json::from_str(&body.replace(r#""confirmed":false,"#, "")).unwrap();
+        assert!(old.confirmed && !f.confirmed);
         let entry = FunctionEntry { name: "hello".into(), generation: 7, function: f.functions["hello"].clone() };
         let v = serde_json::to_value(&entry).unwrap();
         assert_eq!((v["name"].as_str(), v["concurrency"].as_u64()), (Some("hello"), Some(2)));
