@@ -457,6 +457,10 @@ async fn reconnects_within_a_second_after_an_outage(mode: XdsMode) {
     let healthy = || async { http::get(admin_port, "/healthz").await.ok().filter(|r| r.status == 200) };
     let mut cp = spawn_control_plane(xds, admin_port, listener, &redis.url());
     wait_until(WAIT, "the control plane's admin API", healthy).await;
+    // A first start is unconfirmed (Envoy's stream held) until the orchestrator's
+    // hand-over; nothing runs here. Confirmed, the model is saved and the restarted
+    // control plane loads it.
+    admin_ok(admin_port, "POST", "/confirm", Some(json!([]))).await;
     let envoy = Envoy::start(&EnvoyOptions::new(xds, mode)).await;
     wait_until(WAIT, "Envoy's ADS stream", || async { (envoys_connected(admin_port).await? == 1).then_some(()) }).await;
 
