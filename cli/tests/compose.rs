@@ -179,12 +179,7 @@ fn assert_isolated(replica: &str, probes: &Probes) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Docker engine with Compose: full tier (scripts/test.sh)"]
 async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
-    let built = Command::new("bash").arg(workspace_root().join("scripts/build-offline-images.sh")).output().unwrap();
-    assert!(built.status.success(), "offline images: {}", String::from_utf8_lossy(&built.stderr));
-    let mut env: Vec<(String, String)> = String::from_utf8_lossy(&built.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect();
+    let mut env = roost_testkit::offline_images();
     assert_eq!(env.len(), 6, "six image overrides: {env:?}");
     let (gate, orch) = (free_port(), free_port());
     env.push(("ROOST_GATE_PORT".into(), gate.to_string()));

@@ -311,12 +311,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Builds the offline images and brings the project up with a copy of faas-runtime.
 fn up() -> Platform {
-    let built = Command::new("bash").arg(workspace_root().join("scripts/build-offline-images.sh")).output().unwrap();
-    assert!(built.status.success(), "offline images: {}", String::from_utf8_lossy(&built.stderr));
-    let mut env: Vec<(String, String)> = String::from_utf8_lossy(&built.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect();
+    let mut env = roost_testkit::offline_images();
     let (gate, orchestrator) = (free_port(), free_port());
     env.push(("ROOST_GATE_PORT".into(), gate.to_string()));
     env.push(("ROOST_ORCHESTRATOR_PORT".into(), orchestrator.to_string()));

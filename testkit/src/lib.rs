@@ -30,6 +30,17 @@ pub fn compose_command() -> Vec<String> {
     }
 }
 
+/// Builds the offline images (`scripts/build-offline-images.sh`, panicking with its error
+/// output when it fails) and returns the `ROOST_*_IMAGE` overrides it prints, for compose.
+pub fn offline_images() -> Vec<(String, String)> {
+    let built = std::process::Command::new("bash").arg(workspace_root().join("scripts/build-offline-images.sh")).output().unwrap();
+    assert!(built.status.success(), "offline images: {}", String::from_utf8_lossy(&built.stderr));
+    String::from_utf8_lossy(&built.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
 /// The workspace root (the folder holding the root `Cargo.toml`).
 pub fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit lives one folder below the workspace root").to_path_buf()
