@@ -68,6 +68,16 @@ pub fn hold_ms(function: &str) -> String {
     format!("roost:fn:{function}:hold_ms")
 }
 
+/// String key: how many requests the gate holds for the function right now (waiting for
+/// it to wake, or for a ready replica's capacity), as a whole number. The gate writes it
+/// as requests arrive and leave (coalesced, with an expiry of
+/// [`crate::wire::redis::HELD_TTL_MS`] that it renews while it holds any, so a gate that
+/// died stops counting) and deletes it at zero; the orchestrator adds it to the function's
+/// demand, so a burst held at the gate is sized at once.
+pub fn held(function: &str) -> String {
+    format!("roost:fn:{function}:held")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +90,7 @@ mod tests {
         assert_eq!(replicas("hello"), "roost:fn:hello:replicas");
         assert_eq!(refusal("hello"), "roost:fn:hello:refusal");
         assert_eq!(hold_ms("hello"), "roost:fn:hello:hold_ms");
+        assert_eq!(held("hello"), "roost:fn:hello:held");
         for key in [FUNCTIONS, CONTROL_PLANE_STATE, WAKE_CHANNEL, READY_CHANNEL, SCALE_CHANNEL] {
             assert!(key.starts_with(PREFIX), "{key} must start with {PREFIX}");
         }

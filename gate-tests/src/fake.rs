@@ -56,6 +56,11 @@ struct EnvoyState {
     seen: Vec<Seen>,
     /// The tasks serving connections, aborted (their connections closed) by `stop`.
     conns: Vec<tokio::task::AbortHandle>,
+    /// How long each request takes before it is answered (a function at work).
+    delay: Duration,
+    /// Requests received and not answered yet, and the most there were at once.
+    active: usize,
+    max_active: usize,
 }
 
 /// An HTTP/1.1 server (keep-alive) in Envoy's place. It answers [`Answer::Ok`] unless
@@ -119,6 +124,16 @@ impl FakeEnvoy {
         self.state.lock().unwrap().script.extend(answers.iter().copied());
     }
 
+    /// Each request from now on is answered only after `delay` (a function at work).
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
+    /// The most requests this fake had received and not yet answered at one time.
+    pub fn max_in_progress(&self) -> usize {
+        self.state.lock().unwrap().max_active
+    }
+
     /// Every request received so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.state.lock().unwrap().seen.clone()
@@ -161,11 +176,17 @@ async fn serve(mut conn: TcpStream, state: Arc<Mutex<EnvoyState>>) {
         let body = buf[end + 4..end + 4 + len].to_vec();
         buf.drain(..end + 4 + len);
         let request_id = headers.iter().find(|(k, _)| k == "x-request-id").map(|(_, v)| v.clone()).unwrap_or_default();
-        let answer = {
+        let (answer, delay) = {
             let mut st = state.lock().unwrap();
             st.seen.push(Seen { method, path: path.clone(), headers, body: body.clone(), at: Instant::now() });
-            st.script.pop_front().unwrap_or(Answer::Ok)
+            st.active += 1;
+            st.max_active = st.max_active.max(st.active);
+            (st.script.pop_front().unwrap_or(Answer::Ok), st.delay)
         };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        state.lock().unwrap().active -= 1;
         if answer == Answer::ResetAfterBody {
             // SO_LINGER 0: close sends RST, not FIN.
             let _ = conn.set_zero_linger();

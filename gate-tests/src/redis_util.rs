@@ -29,14 +29,23 @@ pub async fn declare(c: &mut MultiplexedConnection, function: &str) {
 pub async fn mark_ready(c: &mut MultiplexedConnection, function: &str) {
     cmd(c, &["SET", &keys::ready(function), "1"]).await;
     cmd(c, &["DEL", &keys::wake_lock(function)]).await;
-    let msg = ReadyNotice { function: function.into(), ready: true, refusal: None }.to_payload();
+    let msg = ReadyNotice { function: function.into(), ready: true, refusal: None, capacity: None }.to_payload();
+    cmd(c, &["PUBLISH", keys::READY_CHANNEL, &msg]).await;
+}
+
+/// Marks `function` ready with `capacity` (ready replicas times their concurrency), as the
+/// orchestrator does each time a replica becomes ready.
+pub async fn mark_ready_with(c: &mut MultiplexedConnection, function: &str, capacity: u32) {
+    cmd(c, &["SET", &keys::ready(function), "1"]).await;
+    cmd(c, &["DEL", &keys::wake_lock(function)]).await;
+    let msg = ReadyNotice { function: function.into(), ready: true, refusal: None, capacity: Some(capacity) }.to_payload();
     cmd(c, &["PUBLISH", keys::READY_CHANNEL, &msg]).await;
 }
 
 /// Marks `function` not ready and says so, as the orchestrator does before a drain.
 pub async fn mark_asleep(c: &mut MultiplexedConnection, function: &str) {
     cmd(c, &["DEL", &keys::ready(function)]).await;
-    let msg = ReadyNotice { function: function.into(), ready: false, refusal: None }.to_payload();
+    let msg = ReadyNotice { function: function.into(), ready: false, refusal: None, capacity: None }.to_payload();
     cmd(c, &["PUBLISH", keys::READY_CHANNEL, &msg]).await;
 }
 
@@ -49,14 +58,14 @@ pub async fn refuse(c: &mut MultiplexedConnection, function: &str, refusal: &Ref
         None => cmd(c, &["SET", &key, &refusal.to_payload()]).await,
     };
     cmd(c, &["DEL", &keys::ready(function)]).await;
-    let msg = ReadyNotice { function: function.into(), ready: false, refusal: Some(refusal.clone()) }.to_payload();
+    let msg = ReadyNotice { function: function.into(), ready: false, refusal: Some(refusal.clone()), capacity: None }.to_payload();
     cmd(c, &["PUBLISH", keys::READY_CHANNEL, &msg]).await;
 }
 
 /// Lifts a refusal as the orchestrator does.
 pub async fn lift(c: &mut MultiplexedConnection, function: &str) {
     cmd(c, &["DEL", &keys::refusal(function)]).await;
-    let msg = ReadyNotice { function: function.into(), ready: false, refusal: None }.to_payload();
+    let msg = ReadyNotice { function: function.into(), ready: false, refusal: None, capacity: None }.to_payload();
     cmd(c, &["PUBLISH", keys::READY_CHANNEL, &msg]).await;
 }
 

@@ -3,13 +3,15 @@
 //! common/src/keys.rs. Every wait is bounded; nothing is skipped when nginx is missing
 //! (the test fails and says what to install).
 
+use futures::StreamExt;
 use roost_common::wire::redis::Refusal;
 use roost_gate_tests::client::{self, cold_start_ms, json, Body};
-use roost_gate_tests::redis_util::{self, calls, cmd, declare, lift, mark_asleep, mark_ready, refuse};
+use roost_gate_tests::redis_util::{self, calls, cmd, declare, lift, mark_asleep, mark_ready, mark_ready_with, refuse};
 use roost_gate_tests::{bounded, Answer, Behaviour, FakeEnvoy, FakeOrchestrator, Gate};
 use roost_testkit::process::free_port;
 use roost_testkit::redis::Redis;
 use roost_testkit::wait_until;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const TEST_LIMIT: Duration = Duration::from_secs(90);
@@ -176,6 +178,96 @@ async fn fifty_concurrent_cold_requests_wake_the_function_once() {
         let r = s.gate.get("/cold").await;
         assert_eq!((r.status, cold_start_ms(&r)), (200, None));
         assert_eq!(orch.wake_count(), 1);
+        s.gate.assert_clean_log();
+    })
+    .await;
+}
+
+/// The held count as the gate keeps it in Redis (`roost:fn:<f>:held`), if any.
+async fn held_in_redis(c: &mut redis::aio::MultiplexedConnection, function: &str) -> Option<u64> {
+    match cmd(c, &["GET", &format!("roost:fn:{function}:held")]).await {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).parse().ok(),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
+async fn a_held_burst_is_counted_in_redis_and_released_within_the_ready_capacity() {
+    bounded(TEST_LIMIT, "burst", async {
+        let mut s = stack(&[]).await;
+        declare(&mut s.conn, "burst").await;
+        s.envoy.set_delay(Duration::from_millis(50));
+        // Every scale signal the gate publishes.
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", s.redis.port)).unwrap();
+        let mut pubsub = client.get_async_pubsub().await.unwrap();
+        pubsub.subscribe("roost:scale").await.unwrap();
+        let signals = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+        let sig = signals.clone();
+        let listener = tokio::spawn(async move {
+            let mut messages = pubsub.into_on_message();
+            while let Some(m) = messages.next().await {
+                let text: String = m.get_payload().unwrap();
+                sig.lock().unwrap().push(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}")));
+            }
+        });
+
+        // 40 requests while the function sleeps: the count reaches Redis as they arrive.
+        let port = s.gate.port;
+        let spawn = |i: usize| tokio::spawn(async move { client::get(port, &format!("/burst?i={i}")).await });
+        let mut calls: Vec<_> = (0..40).map(spawn).collect();
+        s.gate.wait_held("burst", 40).await;
+        let conn = s.conn.clone();
+        wait_until(Duration::from_secs(5), "the held count in Redis", || {
+            let mut c = conn.clone();
+            async move { (held_in_redis(&mut c, "burst").await == Some(40)).then_some(()) }
+        })
+        .await;
+        let pttl = match cmd(&mut s.conn, &["PTTL", "roost:fn:burst:held"]).await {
+            redis::Value::Int(n) => n,
+            other => panic!("PTTL answered {other:?}"),
+        };
+        assert!((1..=5000).contains(&pttl), "the count expires unless renewed: {pttl} ms left");
+        wait_until(Duration::from_secs(5), "a scale signal with all 40", || async {
+            signals.lock().unwrap().iter().any(|v| v["held"] == 40).then_some(())
+        })
+        .await;
+        for v in signals.lock().unwrap().iter() {
+            assert_eq!(v["function"], "burst", "{v}");
+        }
+        assert_eq!(s.envoy.hits(), 0);
+
+        // One replica serving 2 at a time: never more than 2 reach Envoy at once, and
+        // requests that arrive meanwhile queue behind the held ones.
+        mark_ready_with(&mut s.conn, "burst", 2).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        calls.extend((40..45).map(spawn));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let early = s.envoy.hits();
+        assert!((2..40).contains(&early), "{early} requests reached Envoy at a capacity of 2 in 350 ms");
+        assert_eq!(s.envoy.max_in_progress(), 2, "the capacity of the ready replicas bounds what Envoy gets");
+
+        // More replicas ready: the rest go, at most 8 at a time.
+        mark_ready_with(&mut s.conn, "burst", 8).await;
+        for (i, c) in calls.into_iter().enumerate() {
+            let r = c.await.unwrap().unwrap_or_else(|e| panic!("request {i}: {e}"));
+            assert_eq!(r.status, 200, "request {i}: {}", r.body);
+        }
+        let most = s.envoy.max_in_progress();
+        assert!((3..=8).contains(&most), "at most 8 at once after the second notice, and more than 2: {most}");
+        assert_eq!(s.envoy.hits(), 45);
+
+        // Nothing held: the count leaves Redis and every slot is given back.
+        let conn = s.conn.clone();
+        wait_until(Duration::from_secs(5), "the held count gone from Redis", || {
+            let mut c = conn.clone();
+            async move { held_in_redis(&mut c, "burst").await.is_none().then_some(()) }
+        })
+        .await;
+        let h = s.gate.healthz().await;
+        assert_eq!(h["released"]["burst"], 0, "{h}");
+        assert_eq!(s.gate.held("burst").await, 0);
+        listener.abort();
         s.gate.assert_clean_log();
     })
     .await;

@@ -160,7 +160,7 @@ impl Executor {
         while let Some(event) = queue.pop_front() {
             for effect in self.machine.handle(event, Instant::now()) {
                 match &effect {
-                    Effect::SetReady(_) if held.is_none() => held = Some(self.status.clone().write_owned().await),
+                    Effect::SetReady { .. } if held.is_none() => held = Some(self.status.clone().write_owned().await),
                     // Whoever is answered sees the state that answered them in `/status`;
                     // a removed function leaves `/status` before Redis and the control plane.
                     Effect::Answer(..) => self.publish_status(&mut held).await,
@@ -235,8 +235,8 @@ impl Executor {
                     .instrument(span),
                 );
             }
-            Effect::SetReady(id) => {
-                if let Err(e) = ctx.redis.set_ready(&name).await {
+            Effect::SetReady { id, capacity } => {
+                if let Err(e) = ctx.redis.set_ready(&name, capacity).await {
                     warn!(error = %e, "cannot mark the function ready in Redis; the next tick re-asserts it");
                 }
                 return Some(Event::Noticed(id));
@@ -323,7 +323,7 @@ impl Executor {
             Effect::ReadLoad => match ctx.redis.load(&name).await {
                 Ok(l) => {
                     let since = l.last_request_ms.map(|t| Duration::from_millis(now_ms().saturating_sub(t)));
-                    return Some(Event::Load(Load { in_flight: l.in_flight, pending: l.pending, since_last_request: since }));
+                    return Some(Event::Load(Load { in_flight: l.in_flight, pending: l.pending, held: l.held, since_last_request: since }));
                 }
                 Err(e) => warn!(error = %e, "cannot read the function's load from Redis; no scaling until it can"),
             },

@@ -31,6 +31,8 @@ pub struct Load {
     pub pending: u64,
     /// Unix milliseconds of the last request start, if any was seen.
     pub last_request_ms: Option<u64>,
+    /// Requests the gate holds (`roost:fn:<f>:held`): not in Envoy yet.
+    pub held: u64,
 }
 
 /// How old a load hash may be (its `updated_ms`) before its in-flight and pending counts
@@ -50,10 +52,15 @@ impl Load {
         let last_request_ms = Some(l.last_request_ms).filter(|v| *v > 0);
         let fresh = l.updated_ms > 0 && now_ms.saturating_sub(l.updated_ms) <= LOAD_STALE_AFTER_MS;
         if !fresh {
-            return Load { in_flight: 0, pending: 0, last_request_ms };
+            return Load { in_flight: 0, pending: 0, last_request_ms, held: 0 };
         }
-        Load { in_flight: l.in_flight as u64, pending: l.pending as u64, last_request_ms }
+        Load { in_flight: l.in_flight as u64, pending: l.pending as u64, last_request_ms, held: 0 }
     }
+}
+
+/// The gate's count of held requests as stored; absent or unreadable counts as none.
+pub fn held_count(value: Option<&str>) -> u64 {
+    value.and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Commands to Redis.
@@ -85,10 +92,11 @@ impl RedisIo {
         }
     }
 
-    /// Marks the function ready and tells the gate.
-    pub async fn set_ready(&self, function: &str) -> redis::RedisResult<()> {
+    /// Marks the function ready and tells the gate, with the requests its ready replicas
+    /// serve at once (the gate releases at most that many held requests at a time).
+    pub async fn set_ready(&self, function: &str, capacity: u32) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
-        let msg = ReadyNotice { function: function.to_string(), ready: true, refusal: None }.to_payload();
+        let msg = ReadyNotice { function: function.to_string(), ready: true, refusal: None, capacity: Some(capacity) }.to_payload();
         redis::pipe()
             .set(keys::ready(function), 1)
             .ignore()
@@ -103,7 +111,7 @@ impl RedisIo {
     /// Marks the function not ready (the gate holds new requests and wakes it again).
     pub async fn clear_ready(&self, function: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
-        let msg = ReadyNotice { function: function.to_string(), ready: false, refusal: None }.to_payload();
+        let msg = ReadyNotice { function: function.to_string(), ready: false, refusal: None, capacity: None }.to_payload();
         redis::pipe().del(keys::ready(function)).ignore().publish(keys::READY_CHANNEL, msg).ignore().query_async(&mut c).await
     }
 
@@ -113,7 +121,7 @@ impl RedisIo {
     pub async fn refuse(&self, function: &str, refusal: &Refusal) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         let key = keys::refusal(function);
-        let msg = ReadyNotice { function: function.to_string(), ready: false, refusal: Some(refusal.clone()) }.to_payload();
+        let msg = ReadyNotice { function: function.to_string(), ready: false, refusal: Some(refusal.clone()), capacity: None }.to_payload();
         let mut p = redis::pipe();
         match refusal.retry_after_s {
             Some(s) => p.pset_ex(&key, refusal.to_payload(), s.max(1) * 1000),
@@ -126,7 +134,7 @@ impl RedisIo {
     /// Ends a refusal: the function is woken by its next request again.
     pub async fn lift_refusal(&self, function: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
-        let msg = ReadyNotice { function: function.to_string(), ready: false, refusal: None }.to_payload();
+        let msg = ReadyNotice { function: function.to_string(), ready: false, refusal: None, capacity: None }.to_payload();
         redis::pipe().del(keys::refusal(function)).ignore().publish(keys::READY_CHANNEL, msg).ignore().query_async(&mut c).await
     }
 
@@ -136,11 +144,14 @@ impl RedisIo {
         c.set(keys::hold_ms(function), hold.as_millis() as u64).await
     }
 
-    /// The function's load; zero when the statsd-listener has written none.
+    /// The function's load: what the statsd-listener wrote (zero when it wrote none) and
+    /// the requests the gate holds (zero when it holds none).
     pub async fn load(&self, function: &str) -> redis::RedisResult<Load> {
         let mut c = self.conn.clone();
-        let h: HashMap<String, String> = c.hgetall(keys::load(function)).await?;
-        Ok(Load::from_hash(&h, roost_common::clock::now_ms()))
+        let (h, held): (HashMap<String, String>, Option<String>) =
+            redis::pipe().hgetall(keys::load(function)).get(keys::held(function)).query_async(&mut c).await?;
+        let load = Load::from_hash(&h, roost_common::clock::now_ms());
+        Ok(Load { held: held_count(held.as_deref()), ..load })
     }
 
     /// Publishes the replica count and target concurrency (read by the statsd-listener).
@@ -189,6 +200,7 @@ impl RedisIo {
                 keys::wake_lock(function),
                 keys::refusal(function),
                 keys::hold_ms(function),
+                keys::held(function),
             ])
             .ignore()
             .query_async(&mut c)
@@ -277,8 +289,17 @@ mod tests {
         h.insert("pending".to_string(), "2.0".to_string());
         h.insert("last_request_ms".to_string(), "1700000000000".to_string());
         h.insert("updated_ms".to_string(), "1700000004750".to_string());
-        assert_eq!(Load::from_hash(&h, now), Load { in_flight: 3, pending: 2, last_request_ms: Some(1_700_000_000_000) });
+        assert_eq!(Load::from_hash(&h, now), Load { in_flight: 3, pending: 2, last_request_ms: Some(1_700_000_000_000), held: 0 });
         assert_eq!(Load::from_hash(&HashMap::new(), now), Load::default());
+    }
+
+    #[test]
+    fn the_held_count_reads_whole_numbers_and_defaults_to_none() {
+        assert_eq!(held_count(Some("200")), 200);
+        assert_eq!(held_count(Some(" 3\n")), 3);
+        assert_eq!(held_count(None), 0);
+        assert_eq!(held_count(Some("-1")), 0);
+        assert_eq!(held_count(Some("lots")), 0);
     }
 
     #[test]
@@ -289,8 +310,8 @@ mod tests {
         h.insert("pending".to_string(), "1000000000000000".to_string());
         h.insert("last_request_ms".to_string(), "1699999990000".to_string());
         h.insert("updated_ms".to_string(), updated.to_string());
-        let busy = Load { in_flight: 10, pending: 1_000_000_000_000_000, last_request_ms: Some(1_699_999_990_000) };
-        let idle = Load { in_flight: 0, pending: 0, last_request_ms: Some(1_699_999_990_000) };
+        let busy = Load { in_flight: 10, pending: 1_000_000_000_000_000, last_request_ms: Some(1_699_999_990_000), held: 0 };
+        let idle = Load { in_flight: 0, pending: 0, last_request_ms: Some(1_699_999_990_000), held: 0 };
         assert_eq!(Load::from_hash(&h, updated), busy);
         assert_eq!(Load::from_hash(&h, updated + LOAD_STALE_AFTER_MS), busy, "at the bound: still fresh");
         assert_eq!(Load::from_hash(&h, updated + LOAD_STALE_AFTER_MS + 1), idle, "a listener that stopped holds nothing up");

@@ -24,6 +24,13 @@ pub struct ReadyNotice {
     /// [`crate::keys::refusal`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<Refusal>,
+    /// With `ready: true`: requests the ready replicas serve at once (ready replicas times
+    /// `target_concurrency`). The gate releases at most this many held requests to Envoy
+    /// at a time, so a burst held while a function woke is spread over the replicas as
+    /// they become ready instead of queueing in Envoy behind the first one. Absent: no
+    /// limit (an older orchestrator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
 }
 
 impl ReadyNotice {
@@ -85,6 +92,22 @@ impl ScaleSignal {
     pub fn to_payload(&self) -> String {
         serde_json::to_string(self).expect("a struct of numbers and a string always serializes")
     }
+}
+
+/// Time to live of [`crate::keys::held`], in milliseconds: the gate renews it at least
+/// every `ROOST_GATE_REPUBLISH_MS` (2 s by default) while it holds requests.
+pub const HELD_TTL_MS: u64 = 5_000;
+
+/// The gate's message on [`crate::keys::SCALE_CHANNEL`] when the number of requests it
+/// holds for a function grows (written by hand in `gateway-lua/lua/roost/gate.lua`):
+/// `{"function":"<f>","held":<n>}`. The orchestrator reads the function, then the count
+/// from [`crate::keys::held`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldSignal {
+    /// The function.
+    pub function: String,
+    /// Requests the gate holds for it.
+    pub held: u64,
 }
 
 /// Any JSON signal: only its function is read.
@@ -236,8 +259,13 @@ mod tests {
 
     #[test]
     fn payloads_keep_today_s_spelling() {
-        let n = ReadyNotice { function: "hello".into(), ready: true, refusal: None };
+        let n = ReadyNotice { function: "hello".into(), ready: true, refusal: None, capacity: None };
         assert_eq!(n.to_payload(), r#"{"function":"hello","ready":true}"#);
+        let n = ReadyNotice { capacity: Some(3), ..n };
+        assert_eq!(n.to_payload(), r#"{"function":"hello","ready":true,"capacity":3}"#);
+        let held = HeldSignal { function: "hello".into(), held: 200 };
+        assert_eq!(serde_json::to_string(&held).unwrap(), r#"{"function":"hello","held":200}"#);
+        assert_eq!(function_of_signal(r#"{"function":"hello","held":200}"#), Some("hello".into()));
         let refusal = Refusal {
             status: 502,
             state: "failing".into(),
@@ -245,7 +273,7 @@ mod tests {
             reason: "ModuleNotFoundError".into(),
             retry_after_s: Some(2),
         };
-        let n = ReadyNotice { function: "hello".into(), ready: false, refusal: Some(refusal.clone()) };
+        let n = ReadyNotice { function: "hello".into(), ready: false, refusal: Some(refusal.clone()), capacity: None };
         let back: ReadyNotice = serde_json::from_str(&n.to_payload()).unwrap();
         assert_eq!(back, n);
         assert!(n.to_payload().contains(r#""refusal":{"status":502,"state":"failing""#), "{}", n.to_payload());

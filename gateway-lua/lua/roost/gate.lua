@@ -15,6 +15,14 @@
 --     starts fail and it backs off) -> answered at once with the refusal's status and
 --     reason (+ Retry-After while it backs off), and held requests are answered with it as
 --     soon as a notice carries it;
+--   * the number of requests held for a function goes to Redis as it changes
+--     (roost:fn:<f>:held, coalesced every few ms; `{"function":"<f>","held":n}` on
+--     roost:scale when it grows), so the orchestrator starts every replica a burst needs
+--     at once (roost_common::keys::held, roost_common::wire::redis::HeldSignal);
+--   * a ready notice carries the function's capacity (ready replicas times their
+--     concurrency): held requests are released to Envoy at most that many at a time, and
+--     while any are held new ones queue behind them, so a burst is spread over the
+--     replicas as they become ready instead of queueing in Envoy behind the first one;
 --   * more than ROOST_GATE_MAX_HELD held for one function -> 503 JSON + Retry-After;
 --     held longer than the function's hold time (roost:fn:<f>:hold_ms, its readiness
 --     timeout and more; ROOST_GATE_WAKE_TIMEOUT_MS when absent) -> 504 JSON.
@@ -52,12 +60,23 @@ local dict = ngx.shared.roost_gate
 local FUNCTIONS = "roost:functions"
 local WAKE_CHANNEL = "roost:wake"
 local READY_CHANNEL = "roost:ready"
+-- roost_common::keys::SCALE_CHANNEL and roost_common::wire::redis::HELD_TTL_MS.
+local SCALE_CHANNEL = "roost:scale"
+local HELD_TTL_MS = 5000
 
 local function ready_key(fn) return "roost:fn:" .. fn .. ":ready" end
 local function wake_lock_key(fn) return "roost:fn:" .. fn .. ":waking" end
 -- roost_common::keys::{refusal, hold_ms}; the refusal is a roost_common::wire::redis::Refusal.
 local function refusal_key(fn) return "roost:fn:" .. fn .. ":refusal" end
 local function hold_key(fn) return "roost:fn:" .. fn .. ":hold_ms" end
+-- roost_common::keys::held.
+local function held_key(fn) return "roost:fn:" .. fn .. ":held" end
+
+-- How long held-count changes are gathered into one report to Redis.
+local HELD_REPORT_DELAY = 0.005
+-- How often a request held for capacity (not for a wake) looks for a free slot released
+-- by another worker (its own worker's releases wake it at once).
+local CAPACITY_POLL = 0.005
 
 local _M = { _VERSION = "1" }
 
@@ -186,6 +205,13 @@ end
 --               ends, for as long as it backs off or one cache period for a refusal
 --               without an end (then read again from Redis).
 --   hold:<f>    how long requests for <f> are held, in ms (from Redis, cache_ttl).
+--   waiting:<f> requests held for <f> to wake or for capacity (all workers): the count
+--               reported to Redis (held:<f> also counts requests waiting for Envoy).
+--   report:<f>  a report of waiting:<f> to Redis is on its way; reported:<f> the last
+--               count reported.
+--   cap:<f>     requests <f>'s ready replicas serve at once (the last ready notice);
+--               absent: no limit.
+--   fwd:<f>     held requests released to Envoy and not finished (at most cap:<f>).
 --   sub:<id>    worker <id> has a live subscription; `subscriptions` counts the
 --               subscriptions made since the start (both for /healthz).
 
@@ -301,9 +327,15 @@ local function on_notice(payload)
         dict:delete("refusal:" .. fn)
     end
     if msg.ready == true then
+        if type(msg.capacity) == "number" and msg.capacity > 0 then
+            dict:set("cap:" .. fn, msg.capacity)
+        else
+            dict:delete("cap:" .. fn)
+        end
         released(fn)
     elseif msg.ready == false then
         dict:delete("ready:" .. fn)
+        dict:delete("cap:" .. fn)
     end
 end
 
@@ -507,6 +539,71 @@ local function add_cold_ms(ms)
 end
 
 ---------------------------------------------------------------------------------------
+-- The held count in Redis, and the capacity held requests are released into
+
+-- Writes the function's held count to Redis (deleted at zero), and says on roost:scale
+-- that it grew.
+local function send_held_report(premature, fn)
+    dict:delete("report:" .. fn)
+    if premature then
+        return
+    end
+    local n = math.max(dict:get("waiting:" .. fn) or 0, 0)
+    local last = dict:get("reported:" .. fn) or 0
+    local r = connect()
+    if not r then
+        return -- the next change, or the next recheck of a held request, reports again
+    end
+    r:init_pipeline()
+    if n > 0 then
+        r:set(held_key(fn), n, "PX", HELD_TTL_MS)
+    else
+        r:del(held_key(fn))
+    end
+    if n > last then
+        -- roost_common::wire::redis::HeldSignal (function names need no escaping).
+        r:publish(SCALE_CHANNEL, '{"function":"' .. fn .. '","held":' .. n .. '}')
+    end
+    if not r:commit_pipeline() then
+        r:close()
+        return
+    end
+    release(r)
+    dict:set("reported:" .. fn, n)
+end
+
+-- Reports the function's held count soon: changes within HELD_REPORT_DELAY go together.
+local function report_held(fn)
+    if dict:add("report:" .. fn, true, 1) then
+        local ok, err = ngx.timer.at(HELD_REPORT_DELAY, send_held_report, fn)
+        if not ok then
+            dict:delete("report:" .. fn)
+            ngx.log(ngx.WARN, "roost gate: cannot report the held count of ", fn, ": ", err)
+        end
+    end
+end
+
+local function count_waiting(fn, delta)
+    dict:incr("waiting:" .. fn, delta, 0)
+    report_held(fn)
+end
+
+-- A place for a held request among the ones released to Envoy, within the function's
+-- capacity (none known: no limit). Counted until the request ends (_M.log).
+local function take_slot(fn)
+    local cap = dict:get("cap:" .. fn)
+    if not cap or ngx.var.roost_fwd == fn then
+        return true
+    end
+    if dict:incr("fwd:" .. fn, 1, 0) <= cap then
+        ngx.var.roost_fwd = fn
+        return true
+    end
+    dict:incr("fwd:" .. fn, -1, 0)
+    return false
+end
+
+---------------------------------------------------------------------------------------
 -- Holding
 
 local function on_abort()
@@ -516,6 +613,7 @@ local function on_abort()
         ngx.ctx.holding = nil
         if ngx.ctx.holding_here then
             held_here[fn] = held_here[fn] - 1
+            count_waiting(fn, -1)
         end
         dict:incr("held:" .. fn, -1, 0)
     end
@@ -598,6 +696,7 @@ local function hold(fn, force, r)
         }, { ["Retry-After"] = "1" })
     end
     held_here[fn] = (held_here[fn] or 0) + 1
+    count_waiting(fn, 1)
     if held_here[fn] == 1 then
         -- The first held request of this worker: the first lost-notice check is one
         -- period away.
@@ -626,14 +725,19 @@ local function hold(fn, force, r)
     local hold_ms = dict:get("hold:" .. fn) or conf.wake_timeout_ms
     local deadline = start + hold_ms / 1000
     local outcome
+    -- Ready, but every slot of its capacity is taken: look again every CAPACITY_POLL.
+    local blocked = false
     while true do
         if dict:get("refusal:" .. fn) then
             outcome = "refused"
             break
         end
         if (epoch[fn] or 0) ~= epoch0 or (not force and dict:get("ready:" .. fn)) then
-            outcome = "ready"
-            break
+            if take_slot(fn) then
+                outcome = "ready"
+                break
+            end
+            blocked = true
         end
         ngx.update_time()
         local left = deadline - now()
@@ -641,18 +745,22 @@ local function hold(fn, force, r)
             outcome = "timeout"
             break
         end
-        local ok, err = sem:wait(math.min(left, conf.republish))
+        local ok, err = sem:wait(math.min(left, blocked and CAPACITY_POLL or conf.republish))
         if not ok and err == "timeout" then
             ngx.update_time()
             if now() >= (next_recheck[fn] or 0) and now() < deadline then
                 next_recheck[fn] = now() + conf.republish
-                recheck(fn)
+                report_held(fn) -- renews the count's expiry in Redis
+                if not blocked then
+                    recheck(fn)
+                end
             end
         end
     end
 
     ngx.ctx.holding = nil
     held_here[fn] = held_here[fn] - 1
+    count_waiting(fn, -1)
     dict:incr("held:" .. fn, -1, 0)
     ngx.update_time()
     add_cold_ms(math.floor((now() - start) * 1000 + 0.5))
@@ -717,7 +825,12 @@ end
 
 local function admit(fn, force, waited)
     if not force and cached_ready(fn) then
-        return
+        if (dict:get("waiting:" .. fn) or 0) <= 0 or not dict:get("cap:" .. fn) then
+            return
+        end
+        -- Others are held for its capacity (a burst while replicas start): queue
+        -- behind them rather than overtake them into Envoy's queue.
+        return hold(fn, false, nil)
     end
     if dict:get("unknown:" .. fn) then
         return not_found(fn)
@@ -792,7 +905,26 @@ function _M.access()
     if dict:get("envoy_down") then
         hold_for_envoy(fn)
     end
+    -- A request released within the function's capacity ends in a location that gives
+    -- its slot back (_M.log); the warm path runs no Lua after this.
+    if ngx.var.roost_fwd ~= "" then
+        return ngx.exec("@envoy_held")
+    end
     return ngx.exec("@envoy")
+end
+
+-- The request ended: a held request released within its function's capacity gives its
+-- slot back, and one request of this worker waiting for a slot goes.
+function _M.log()
+    local fn = ngx.var.roost_fwd
+    if fn == nil or fn == "" then
+        return
+    end
+    dict:incr("fwd:" .. fn, -1, 0)
+    local s = waiters[fn]
+    if s and s:count() < 0 then
+        s:post(1)
+    end
 end
 
 -- Envoy answered 503.
@@ -1053,11 +1185,13 @@ function _M.malformed()
 end
 
 function _M.healthz()
-    local held = {}
+    local held, released = {}, {}
     local subscribed = 0
     for _, k in ipairs(dict:get_keys(0)) do
         if k:sub(1, 5) == "held:" then
             held[k:sub(6)] = dict:get(k)
+        elseif k:sub(1, 4) == "fwd:" then
+            released[k:sub(5)] = dict:get(k)
         elseif k:sub(1, 4) == "sub:" then
             subscribed = subscribed + 1
         end
@@ -1069,6 +1203,7 @@ function _M.healthz()
         subscribed = subscribed,
         subscriptions = dict:get("subscriptions") or 0,
         held = held,
+        released = released,
     }))
 end
 

@@ -129,6 +129,8 @@ pub struct Load {
     pub in_flight: u64,
     /// Requests queued in Envoy.
     pub pending: u64,
+    /// Requests the gate holds (waiting for the function to wake or for capacity).
+    pub held: u64,
     /// Time since the last request started, when one was ever seen.
     pub since_last_request: Option<Duration>,
 }
@@ -216,8 +218,15 @@ pub enum Effect {
     Probe(Replica, String),
     /// Add the replica's endpoint, waiting for every Envoy's ACK -> [`Event::Registered`].
     Register(Replica),
-    /// Inline: mark the function ready in Redis and tell the gate -> [`Event::Noticed`].
-    SetReady(String),
+    /// Inline: mark the function ready in Redis and tell the gate, with the requests the
+    /// ready replicas serve at once (the gate releases at most that many held requests at
+    /// a time) -> [`Event::Noticed`] for the replica.
+    SetReady {
+        /// The replica that became ready.
+        id: String,
+        /// Ready replicas times `target_concurrency`.
+        capacity: u32,
+    },
     /// Inline: mark the function not ready (the gate holds new requests and wakes it).
     ClearReady,
     /// Inline: answer the function's callers at once with this (the gate reads it).
@@ -449,7 +458,7 @@ impl Function {
                     };
                     self.slots.insert(replica.id.clone(), slot);
                     self.last_ready_at = Some(now);
-                    fx.push(Effect::SetReady(replica.id));
+                    fx.push(Effect::SetReady { id: replica.id, capacity: self.capacity() });
                 }
             }
             Event::Changed(spec, hash) => self.changed(spec, hash, now, &mut fx),
@@ -516,6 +525,11 @@ impl Function {
 
     fn ready(&self) -> u32 {
         self.slots.values().filter(|s| s.stage == Stage::Ready).count() as u32
+    }
+
+    /// Requests the ready replicas serve at once.
+    fn capacity(&self) -> u32 {
+        self.ready().saturating_mul(self.spec.scaling.target_concurrency.max(1))
     }
 
     fn starting(&self) -> u32 {
@@ -774,7 +788,7 @@ impl Function {
                 slot.phases.ack_ms = ms(now - slot.since);
                 slot.stage = Stage::Ready;
                 slot.since = now;
-                fx.push(Effect::SetReady(id.to_string()));
+                fx.push(Effect::SetReady { id: id.to_string(), capacity: self.capacity() });
             }
         }
     }
@@ -850,8 +864,15 @@ impl Function {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let mut observed =
-            Observed { ready, starting: self.starting(), in_flight: load.in_flight, pending: load.pending, idle_for, surplus_for: None };
+        let mut observed = Observed {
+            ready,
+            starting: self.starting(),
+            in_flight: load.in_flight,
+            pending: load.pending,
+            held: load.held,
+            idle_for,
+            surplus_for: None,
+        };
         let s = &self.spec.scaling;
         let floor = scaling::needed(s, &observed).max(1).max(s.min_replicas);
         if ready > floor {

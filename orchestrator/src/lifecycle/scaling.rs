@@ -1,7 +1,9 @@
 //! The scaling decision as a pure function of what is observed: how many replicas to
 //! start and how many to drain. No clock, no I/O: the caller passes the durations. The
 //! demand rule (in flight plus queued over the target concurrency) is
-//! [`roost_common::scaling`]'s, the same the statsd-listener signals on.
+//! [`roost_common::scaling`]'s, the same the statsd-listener signals on; requests the gate
+//! holds count as queued, so a burst that arrives while a function sleeps is sized in one
+//! step.
 
 use roost_common::spec::Scaling;
 use std::time::Duration;
@@ -17,6 +19,8 @@ pub struct Observed {
     pub in_flight: u64,
     /// Requests queued in Envoy for the function.
     pub pending: u64,
+    /// Requests the gate holds for the function (not in Envoy yet).
+    pub held: u64,
     /// Time since the last request started; `None` if none was ever seen.
     pub idle_for: Option<Duration>,
     /// How long there have been more ready replicas than the load needs; `None` if
@@ -33,25 +37,26 @@ pub struct Decision {
     pub drain: u32,
 }
 
-/// Replicas the current load needs: in-flight and queued requests over the target
+/// Replicas the current load needs: in-flight, queued and held requests over the target
 /// concurrency per replica, rounded up.
 pub fn needed(scaling: &Scaling, o: &Observed) -> u32 {
-    roost_common::scaling::replicas_needed(o.in_flight, o.pending, scaling.target_concurrency)
+    roost_common::scaling::replicas_needed(o.in_flight, o.pending.saturating_add(o.held), scaling.target_concurrency)
 }
 
 /// Decides. Rules, in order:
-/// 1. Scale up when the load needs more than ready + starting (queueing in Envoy counts),
-///    never above `max_replicas`; keep at least `min_replicas`.
+/// 1. Scale up when the load needs more than ready + starting (queueing in Envoy and
+///    requests held at the gate count), all at once, never above `max_replicas`; keep at
+///    least `min_replicas`.
 /// 2. Scale to `min_replicas` once no request has started for `idle_timeout`.
 /// 3. Otherwise drain one surplus replica once the surplus has lasted `idle_timeout`.
-/// 4. Never drain while requests are queued.
+/// 4. Never drain while requests are queued or held.
 pub fn decide(scaling: &Scaling, o: &Observed) -> Decision {
     let active = o.ready + o.starting;
     let want = needed(scaling, o).max(scaling.min_replicas).min(scaling.max_replicas);
     if want > active {
         return Decision { start: want - active, drain: 0 };
     }
-    if o.pending > 0 || o.starting > 0 {
+    if o.pending > 0 || o.held > 0 || o.starting > 0 {
         return Decision::default();
     }
     let idle = o.idle_for.is_some_and(|d| d >= scaling.idle_timeout);
@@ -123,6 +128,25 @@ mod tests {
         let o = Observed { ready: 3, in_flight: 1, idle_for: Some(S), surplus_for: Some(10 * S), ..Default::default() };
         assert_eq!(decide(&s, &o), Decision { start: 0, drain: 1 });
         let o = Observed { surplus_for: Some(5 * S), ..o };
+        assert_eq!(decide(&s, &o), Decision::default());
+    }
+
+    #[test]
+    fn a_burst_held_at_the_gate_is_sized_in_one_step() {
+        // 200 requests held while the function sleeps, one replica per request, at most 10:
+        // the one the wake started and 9 more, at once.
+        let s = scaling(0, 10, 1);
+        let o = Observed { starting: 1, held: 200, ..Default::default() };
+        assert_eq!(decide(&s, &o), Decision { start: 9, drain: 0 });
+        let s = scaling(0, 10, 8);
+        let o = Observed { ready: 1, in_flight: 8, held: 20, ..Default::default() };
+        assert_eq!(decide(&s, &o).start, 3, "28 requests at 8 each need 4 replicas");
+    }
+
+    #[test]
+    fn never_drains_while_held() {
+        let s = scaling(0, 3, 1);
+        let o = Observed { ready: 3, held: 1, idle_for: Some(60 * S), surplus_for: Some(60 * S), ..Default::default() };
         assert_eq!(decide(&s, &o), Decision::default());
     }
 

@@ -80,11 +80,11 @@ impl Harness {
     }
 
     fn idle(&mut self) -> Vec<Effect> {
-        self.send(Event::Load(Load { in_flight: 0, pending: 0, since_last_request: Some(60 * S) }))
+        self.send(Event::Load(Load { in_flight: 0, pending: 0, held: 0, since_last_request: Some(60 * S) }))
     }
 
     fn load(&mut self, in_flight: u64, pending: u64) -> Vec<Effect> {
-        self.send(Event::Load(Load { in_flight, pending, since_last_request: Some(Duration::ZERO) }))
+        self.send(Event::Load(Load { in_flight, pending, held: 0, since_last_request: Some(Duration::ZERO) }))
     }
 
     fn ready_ids(&self) -> Vec<String> {
@@ -148,7 +148,7 @@ fn n_wakes_start_one_replica_and_all_are_answered_once_it_is_ready() {
         .iter()
         .filter_map(|e| match e {
             Effect::Register(_) => Some("register"),
-            Effect::SetReady(_) => Some("ready"),
+            Effect::SetReady { .. } => Some("ready"),
             Effect::Answer(..) => Some("answer"),
             _ => None,
         })
@@ -193,7 +193,7 @@ fn a_start_that_fails_while_waiters_hold_answers_them_with_the_reason() {
 fn a_failed_start_beside_another_start_leaves_the_waiters_to_it() {
     let mut h = Harness::new(0, 10);
     h.send(Event::Wake(Some(1)));
-    h.send(Event::Load(Load { in_flight: 0, pending: 2, since_last_request: Some(Duration::ZERO) }));
+    h.send(Event::Load(Load { in_flight: 0, pending: 2, held: 0, since_last_request: Some(Duration::ZERO) }));
     assert_eq!(h.status().starting, 2);
     let fx = h.send(Event::Started("f-7-1".into(), Err(failure("boom"))));
     assert!(answers(&fx).is_empty(), "the other start may still answer");
@@ -266,7 +266,7 @@ fn drain_waits_for_requests_in_flight_before_the_stop() {
     h.bring_up("f-7-1");
     // A request started long ago is still in flight: no scale to zero under it.
     h.advance(60 * S);
-    let fx = h.send(Event::Load(Load { in_flight: 1, pending: 0, since_last_request: Some(60 * S) }));
+    let fx = h.send(Event::Load(Load { in_flight: 1, pending: 0, held: 0, since_last_request: Some(60 * S) }));
     assert!(drained_ids(&fx).is_empty(), "{fx:?}");
     // Idle: not ready first (it is the last), then the drain.
     let fx = h.idle();
@@ -479,7 +479,7 @@ fn an_undeclared_function_is_declared_again_on_the_tick_and_before_a_start() {
 fn an_adopted_replica_serves_without_a_cold_start() {
     let mut h = Harness::new(0, 10);
     let fx = h.send(Event::Adopted(replica("f-7-9", "h1")));
-    assert!(matches!(&fx[..], [Effect::SetReady(id)] if id == "f-7-9"));
+    assert!(matches!(&fx[..], [Effect::SetReady { id, capacity: 1 }] if id == "f-7-9"));
     let fx = h.send(Event::Noticed("f-7-9".into()));
     assert!(matches!(fx[..], [Effect::Publish { ready: 1, declared: true }]), "{fx:?}");
     assert_eq!(h.status().cold_starts, 0);
@@ -623,4 +623,31 @@ fn a_control_plane_that_lost_the_function_gets_it_and_its_endpoints_back() {
     let fx = h.idle();
     assert_eq!(drained_ids(&fx), ["f-7-1"]);
     assert!(matches!(&h.send(Event::Routed(None))[..], [Effect::Restore(_, rs)] if rs.is_empty()));
+}
+
+#[test]
+fn a_burst_held_at_the_gate_starts_every_replica_it_needs_at_once() {
+    // 200 requests held while the function sleeps; one request per replica, at most 10.
+    let mut h = Harness::new(0, 10);
+    let fx = h.send(Event::Wake(None));
+    assert_eq!(started_ids(&fx).len(), 1, "the wake starts one");
+    let fx = h.send(Event::Load(Load { in_flight: 0, pending: 0, held: 200, since_last_request: None }));
+    assert_eq!(started_ids(&fx).len(), 9, "the held count starts the other nine in the same step");
+    assert_eq!(h.status().starting, 10);
+    let fx = h.send(Event::Load(Load { in_flight: 0, pending: 0, held: 200, since_last_request: None }));
+    assert!(started_ids(&fx).is_empty(), "never above max_replicas");
+    // Each replica that becomes ready tells the gate the capacity of all ready ones.
+    let capacities: Vec<u32> = ["f-7-1", "f-7-2", "f-7-3"]
+        .iter()
+        .flat_map(|id| h.bring_up(id))
+        .filter_map(|e| match e {
+            Effect::SetReady { capacity, .. } => Some(capacity),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(capacities, [1, 2, 3]);
+    // Held requests count against idleness: nothing drains while any are held.
+    h.advance(60 * S);
+    let fx = h.send(Event::Load(Load { in_flight: 0, pending: 0, held: 1, since_last_request: Some(60 * S) }));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Drain(..))), "{fx:?}");
 }
