@@ -18,9 +18,9 @@ usable-functions:
     version: "1"
     configuration: {programing_language: python, base_function_file_name: hello.py, function_folder: hello}
     scaling: {max_replicas: 1, idle_timeout: 300ms}
-  burst:           # 200 requests at once from zero
+  burst:           # 200 requests of 50 ms each at once from zero
     version: "1"
-    configuration: {programing_language: python, base_function_file_name: hello.py, function_folder: hello}
+    configuration: {programing_language: python, base_function_file_name: whoami.py, function_folder: whoami}
     scaling: {max_replicas: 10, target_concurrency: 1, idle_timeout: 1s}
   warm:            # warm overhead: one replica that never sleeps and takes all the load
     version: "1"

@@ -72,11 +72,16 @@ pub struct Burst {
     pub replicas_started: u64,
 }
 
-/// `n` requests at once to `burst`, asleep.
+/// How long each request of the burst keeps its replica busy.
+pub const BURST_HANDLER_MS: u64 = 50;
+/// The burst function's `max_replicas` (platform.rs).
+pub const BURST_MAX_REPLICAS: usize = 10;
+
+/// `n` requests at once to `burst`, asleep, each taking [`BURST_HANDLER_MS`].
 pub async fn burst(roost: &Roost, n: usize) -> anyhow::Result<Burst> {
     let f = roost.wait_function("burst", "asleep", WAIT, |f| f.state == FunctionState::Sleeping).await?;
     let before = f.cold_starts;
-    let load = client::burst(roost.gate, "/burst", n).await;
+    let load = client::burst(roost.gate, &format!("/burst?ms={BURST_HANDLER_MS}"), n).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = roost.function("burst").await?.cold_starts;
     Ok(Burst { load, replicas_started: after - before })
