@@ -12,6 +12,7 @@ pub mod machine;
 pub mod platform;
 pub mod report;
 pub mod scenarios;
+pub mod spares;
 pub mod stats;
 
 use report::{Floors, Report, RuntimeRun};
@@ -82,6 +83,8 @@ pub enum Scenario {
     Autoscale,
     /// Scale to zero and the on/off load.
     Zero,
+    /// Spare policies compared on many functions (Docker only).
+    Spares,
 }
 
 impl Config {
@@ -225,10 +228,18 @@ pub async fn run(c: Config, command: String) -> anyhow::Result<(Report, bool)> {
     let floors = Floors { loopback, python, python_s, runtime: runtime_floor, spare: spare_floor, docker: docker_floor };
 
     let work = std::env::temp_dir().join(format!("roost-bench-{}", std::process::id()));
+    let with_docker = runtimes.contains(&Runtime::Docker);
     let mut runs = Vec::new();
-    for rt in runtimes {
+    let per_runtime = c.scenarios.is_empty() || c.scenarios.iter().any(|s| *s != Scenario::Spares);
+    for rt in runtimes.into_iter().filter(|_| per_runtime) {
         runs.push(run_runtime(&c, &bin_dir, &work, rt).await);
     }
+    let spares = if with_docker && c.runs(Scenario::Spares) {
+        progress(&format!("docker: spare policies, {} functions, {} calls each", spares::FUNCTIONS, spares::CALLS));
+        Some(err(spares::compare(&home, &bin_dir, &work, &c.docker_socket).await))
+    } else {
+        None
+    };
     let _ = std::fs::remove_dir_all(&work);
 
     let (xds, statsd) = if c.skip_components {
@@ -247,7 +258,8 @@ pub async fn run(c: Config, command: String) -> anyhow::Result<(Report, bool)> {
         && floors.runtime.is_ok()
         && floors.spare.is_ok()
         && floors.docker.as_ref().is_none_or(|d| d.is_ok())
-        && [&xds, &statsd].iter().all(|x| x.as_ref().is_none_or(|x| x.is_ok()));
+        && [&xds, &statsd].iter().all(|x| x.as_ref().is_none_or(|x| x.is_ok()))
+        && spares.as_ref().is_none_or(|s| s.is_ok());
     let date = std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
@@ -261,6 +273,7 @@ pub async fn run(c: Config, command: String) -> anyhow::Result<(Report, bool)> {
         rounds,
         burst_size: c.burst as usize,
         runtimes: runs,
+        spares,
         skipped,
         floors,
         xds,

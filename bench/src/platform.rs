@@ -2,6 +2,7 @@
 //! suite's function definitions, and the orchestrator's status read back.
 
 use crate::client::Conn;
+use futures::StreamExt;
 use roost_cli::up::{Platform, Runtime, UpOptions};
 use roost_common::wire::status::{FunctionStatus, Status};
 use std::net::SocketAddr;
@@ -65,6 +66,19 @@ fn local(port: u16) -> SocketAddr {
 impl Roost {
     /// Starts every component with the suite's definitions under `work_dir`.
     pub async fn start(home: &Path, bin_dir: &Path, work_dir: &Path, runtime: Runtime) -> anyhow::Result<Roost> {
+        Self::start_with(home, bin_dir, work_dir, runtime, DEFINITIONS, &FUNCTIONS).await
+    }
+
+    /// Starts every component with `definitions` (declaring `functions`) under `work_dir`,
+    /// and wakes each function once.
+    pub async fn start_with(
+        home: &Path,
+        bin_dir: &Path,
+        work_dir: &Path,
+        runtime: Runtime,
+        definitions: &str,
+        functions: &[&str],
+    ) -> anyhow::Result<Roost> {
         std::fs::create_dir_all(work_dir)?;
         // Function folders are found next to the definitions file: link the examples in.
         for kind in ["python", "command"] {
@@ -73,8 +87,9 @@ impl Roost {
                 std::os::unix::fs::symlink(home.join("faas-runtime").join(kind), &link)?;
             }
         }
-        let definitions = work_dir.join("functions.yml");
-        std::fs::write(&definitions, DEFINITIONS)?;
+        let file = work_dir.join("functions.yml");
+        std::fs::write(&file, definitions)?;
+        let definitions = file;
         let port = roost_testkit::process::free_port();
         let opts = UpOptions {
             port,
@@ -97,16 +112,22 @@ impl Roost {
             envoy_bin,
             work_dir: work_dir.to_path_buf(),
         };
-        roost.wait_for("every function declared", Duration::from_secs(30), |s| s.functions.len() == FUNCTIONS.len()).await?;
+        roost.wait_for("every function declared", Duration::from_secs(120), |s| s.functions.len() == functions.len()).await?;
         // Wake each function once through the orchestrator (no gate deadline): with
         // Docker this builds the images and prepares the spares before any figure is
         // taken. The sleeping ones go back to zero before their scenarios start.
-        for name in FUNCTIONS {
-            let mut c = Conn::connect(roost.orchestrator).await?.with_token(&roost.control_token);
-            let r = c.request("POST", &format!("/functions/{name}/wake"), Duration::from_secs(600)).await?;
-            anyhow::ensure!(r.head.status == 200, "waking {name} failed: HTTP {}: {}", r.head.status, String::from_utf8_lossy(&r.body));
-        }
+        // Four at a time: a hundred functions' images build and start in a few minutes.
+        let wakes = futures::stream::iter(functions.iter().map(|name| roost.wake(name))).buffer_unordered(4);
+        wakes.collect::<Vec<anyhow::Result<()>>>().await.into_iter().collect::<anyhow::Result<()>>()?;
         Ok(roost)
+    }
+
+    /// Wakes `name` through the orchestrator (no gate deadline) and waits for its answer.
+    async fn wake(&self, name: &str) -> anyhow::Result<()> {
+        let mut c = Conn::connect(self.orchestrator).await?.with_token(&self.control_token);
+        let r = c.request("POST", &format!("/functions/{name}/wake"), Duration::from_secs(600)).await?;
+        anyhow::ensure!(r.head.status == 200, "waking {name} failed: HTTP {}: {}", r.head.status, String::from_utf8_lossy(&r.body));
+        Ok(())
     }
 
     /// The orchestrator's `/status`.

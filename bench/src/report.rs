@@ -76,6 +76,8 @@ pub struct Report {
     pub skipped: Vec<String>,
     /// The floor.
     pub floors: Floors,
+    /// The spare policies compared (None: not run, no Docker engine or not selected).
+    pub spares: Option<Outcome<Vec<crate::spares::PolicyRun>>>,
     /// `xds-bench`.
     pub xds: Option<Outcome<Component>>,
     /// `statsd-bench`.
@@ -171,6 +173,7 @@ impl Report {
         self.overhead_detail(&mut s);
         self.autoscale_detail(&mut s);
         self.zero_detail(&mut s);
+        self.spares_detail(&mut s);
         self.floor_detail(&mut s);
         self.components_detail(&mut s);
         s
@@ -468,6 +471,59 @@ impl Report {
                 Err(e) => {
                     let _ = writeln!(s, "| {} | failed: {e} | | | | | |", r.runtime);
                 }
+            }
+        }
+        let _ = writeln!(s);
+    }
+
+    /// `docker start` plus the runtime's own start, p50: what a cold start without a spare
+    /// cannot beat on this machine.
+    fn no_spare_floor_ms(&self) -> Option<f64> {
+        let docker = self.floors.docker.as_ref()?.as_ref().ok()?;
+        let runtime = self.floors.runtime.as_ref().ok()?;
+        Some(p50(&docker.start_ms) + p50(runtime))
+    }
+
+    fn spares_detail(&self, s: &mut String) {
+        let Some(spares) = &self.spares else { return };
+        let _ = writeln!(s, "### Spare policies (Docker)\n");
+        let _ = writeln!(
+            s,
+            "{} functions (the `hello` example, at most one replica each, back to zero 2 s after their last call), {} calls drawn with a Zipf popularity (s = {}) at random times ({} ms apart on average, exponential gaps, a fixed seed: the same calls for every policy), one GET each through the gate. Each policy runs on its own freshly started platform, after every function was woken once (building its image) and went back to zero, and the spares it keeps were prepared. \"Hottest\" are the {} most popular functions. Floor of a cold start without a spare: `docker start` p50 + the runtime's own start p50 = {}.\n",
+            crate::spares::FUNCTIONS,
+            crate::spares::CALLS,
+            crate::spares::ZIPF_S,
+            crate::spares::MEAN_GAP.as_millis(),
+            crate::spares::HOTTEST,
+            self.no_spare_floor_ms().map_or("-".into(), ms),
+        );
+        match spares {
+            Ok(runs) => {
+                let _ = writeln!(s, "| policy (`ROOST_SPARE_MEMORY`) | spares held | their memory | calls / errors | cold starts | cold p50 / p99, hottest | cold p50 / p99, the rest | every call p50 / p99 |");
+                let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+                for r in runs {
+                    let _ = writeln!(
+                        s,
+                        "| {} (`{}`) | {} | {:.0} MB | {} / {} | {} ({:.0} %) | {} / {} | {} / {} | {} / {} |",
+                        r.policy.name,
+                        r.policy.spare_memory,
+                        r.spares,
+                        r.spare_bytes as f64 / 1_048_576.0,
+                        r.load.ok + r.load.errors,
+                        r.load.errors,
+                        r.cold,
+                        100.0 * r.cold as f64 / (r.load.ok + r.load.errors).max(1) as f64,
+                        ms(p50(&r.cold_hot_ms)),
+                        ms(p99(&r.cold_hot_ms)),
+                        ms(p50(&r.cold_rest_ms)),
+                        ms(p99(&r.cold_rest_ms)),
+                        ms(p50(&r.load.latencies_ms)),
+                        ms(p99(&r.load.latencies_ms)),
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(s, "Failed: {e}");
             }
         }
         let _ = writeln!(s);

@@ -90,6 +90,8 @@ names! {
     DOCKER_NETWORK = "ROOST_DOCKER_NETWORK";
     /// Whether the Docker runtime keeps a started, paused spare per function.
     DOCKER_WARM_SPARES = "ROOST_DOCKER_WARM_SPARES";
+    /// Memory the Docker runtime's paused spares may hold in all (a size, or `unlimited`).
+    SPARE_MEMORY = "ROOST_SPARE_MEMORY";
     /// Base image of function images.
     BASE_IMAGE = "ROOST_BASE_IMAGE";
 

@@ -123,6 +123,13 @@ pub struct Config {
     #[arg(long, env = env::DOCKER_WARM_SPARES, default_value_t = true, action = clap::ArgAction::Set)]
     pub docker_warm_spares: bool,
 
+    /// Memory the Docker runtime's warm (paused) spares may hold in all: `512m`, `2g`, `0`
+    /// (no spares), or `unlimited` (one per function). Within it, spares go to the
+    /// functions likeliest to be called next, judged from their recent starts
+    /// (`runtime/docker/budget.rs`); while every function's spare fits, each has one.
+    #[arg(long, env = env::SPARE_MEMORY, default_value = "512m", value_parser = parse_spare_memory)]
+    pub spare_memory: SpareMemory,
+
     /// Base image of function images (Docker runtime).
     #[arg(long, env = env::BASE_IMAGE, default_value = "roost/base:bookworm")]
     pub base_image: String,
@@ -130,4 +137,18 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(long, env = env::LOG_FORMAT, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// `ROOST_SPARE_MEMORY`: a budget in bytes, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpareMemory(pub Option<u64>);
+
+/// Reads `ROOST_SPARE_MEMORY`: a size (`512m`, `2g`, `0`) or `unlimited`.
+pub fn parse_spare_memory(s: &str) -> Result<SpareMemory, String> {
+    if s.trim().eq_ignore_ascii_case("unlimited") {
+        return Ok(SpareMemory(None));
+    }
+    roost_common::spec::parse_size(s.trim()).map(|b| SpareMemory(Some(b))).ok_or_else(|| {
+        format!("{s:?} is not a size: write a whole number with an optional unit (b, k, m, g; 512m, 2g, 0), or `unlimited` for one spare per function")
+    })
 }

@@ -127,6 +127,7 @@ async fn build_runtime(config: &Config) -> Result<Arc<dyn ReplicaRuntime>, Error
                 definitions_dir,
                 runtime_dir,
                 warm_spares: config.docker_warm_spares,
+                spare_memory: config.spare_memory.0,
             };
             let rt = runtime::docker::DockerRuntime::connect(cfg).await.map_err(Error::DockerRuntime)?;
             Ok(rt)

@@ -38,6 +38,7 @@ async fn runtime_in(net: &str, definitions_dir: &std::path::Path, warm_spares: b
         definitions_dir: definitions_dir.to_path_buf(),
         runtime_dir: workspace_root().join("faas-runtime"),
         warm_spares,
+        spare_memory: None,
     })
     .await
     .expect("the Docker engine answers (is dockerd running?)")
@@ -410,4 +411,79 @@ async fn a_containers_output_is_in_the_log_store_and_an_import_error_ends_in_the
     eprintln!("a warm spare's failed start reported in {:?}", t.elapsed());
     rt.close().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The containers on `net` in a state (`paused`, `running`, ...), with their spec hash.
+fn containers_in_state(net: &str, state: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=roost.network={net}"),
+            "--filter",
+            &format!("status={state}"),
+            "--format",
+            "{{.Label \"roost.spec-hash\"}}",
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
+}
+
+/// A runtime on `net` with a spare budget of `budget` bytes (`None`: one per function).
+async fn budget_runtime(net: &str, budget: Option<u64>) -> Arc<DockerRuntime> {
+    DockerRuntime::connect(DockerConfig {
+        socket: "/var/run/docker.sock".into(),
+        base_image: BASE.into(),
+        network: net.into(),
+        port: 8080,
+        definitions_dir: workspace_root().join("faas-runtime"),
+        runtime_dir: workspace_root().join("faas-runtime"),
+        warm_spares: true,
+        spare_memory: budget,
+    })
+    .await
+    .expect("the Docker engine answers (is dockerd running?)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Docker engine: full tier (scripts/test.sh)"]
+async fn the_spare_budget_decides_which_spares_exist() {
+    // No memory for spares: none is made, and a cold start makes its own container.
+    let net = network() + "-budget0";
+    let _g = NetworkGuard(net.clone());
+    let rt = budget_runtime(&net, Some(0)).await;
+    let spec = hello();
+    rt.prepare(&spec, "budgethash01").await.expect("image builds");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(containers_in_state(&net, "paused").is_empty() && containers_in_state(&net, "created").is_empty(), "no spare within 0 bytes");
+    let replica = rt.start(&spec, "budgethash01", "hello-budget-a").await.expect("a cold start without a spare");
+    let ready =
+        roost_orchestrator::probe::until_ready(replica.address, "/healthz", Duration::from_millis(10), Duration::from_secs(20)).await;
+    assert!(ready.is_some(), "the replica answers");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(containers_in_state(&net, "paused").is_empty(), "still no spare after a start");
+    rt.stop(&replica, Duration::from_secs(1)).await.unwrap();
+    rt.close().await;
+
+    // One spare per function (no budget): the spare follows the newest definition, and
+    // the spare of the one before is removed.
+    let net = network() + "-budgetall";
+    let _g2 = NetworkGuard(net.clone());
+    let rt = budget_runtime(&net, None).await;
+    rt.prepare(&spec, "budgethash01").await.expect("image builds");
+    wait_until(Duration::from_secs(60), "a paused spare", || async {
+        (containers_in_state(&net, "paused") == ["budgethash01"]).then_some(())
+    })
+    .await;
+    let mut newer = spec.clone();
+    newer.version = "0.2".into();
+    rt.prepare(&newer, "budgethash02").await.expect("image builds");
+    wait_until(Duration::from_secs(60), "the spare of the newer definition only", || async {
+        (containers_in_state(&net, "paused") == ["budgethash02"]).then_some(())
+    })
+    .await;
+    rt.close().await;
+    assert!(containers_in_state(&net, "paused").is_empty(), "close removes the spares");
 }

@@ -10,8 +10,10 @@
 //! - `container`: one replica container (create, address, warm-up) and the exit events;
 //! - `logs`: a replica's output, followed into the log store, and its last lines;
 //! - `error`: the failures of the engine, of an image and of a container;
-//! - `spares`: the containers prepared ahead of time for cold starts.
+//! - `spares`: the containers prepared ahead of time for cold starts;
+//! - `budget`: which functions keep a spare within `ROOST_SPARE_MEMORY` (pure).
 
+mod budget;
 mod container;
 mod error;
 mod image;
@@ -27,7 +29,7 @@ use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOpt
 use bollard::{ClientVersion, Docker};
 use container::{address_of, create, follow_exits, remove};
 use roost_common::spec::{FunctionKind as Kind, FunctionSpec};
-use spares::{Claim, Spare, SpareSlots, SPARE_WAIT};
+use spares::{Claim, Spare, SpareBook, SpareSlots, REBALANCE_EVERY, SPARE_WAIT};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -56,6 +58,8 @@ pub struct DockerConfig {
     /// Keep each function's spare started, ready and paused (cold start = unpause),
     /// instead of only created.
     pub warm_spares: bool,
+    /// Memory all spares may hold (`None`: one spare per function); see `budget`.
+    pub spare_memory: Option<u64>,
 }
 
 /// The Docker runtime.
@@ -77,6 +81,8 @@ pub struct DockerRuntime {
     /// Label ids of the spares this runtime is preparing or keeps and has not handed out:
     /// `list` leaves them alone (a created or paused spare is not a leftover).
     own_spares: std::sync::Arc<Mutex<HashSet<String>>>,
+    /// What the spare budget decides on, and what it decided.
+    book: std::sync::Arc<Mutex<SpareBook>>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
     /// Spare preparations and output followers under way.
     tasks: super::tasks::Tasks,
@@ -118,6 +124,7 @@ impl DockerRuntime {
             spares: SpareSlots::new(),
             aliases: Default::default(),
             own_spares: Default::default(),
+            book: Default::default(),
             events_rx: Mutex::new(Some(rx)),
             tasks: Default::default(),
             exits: Mutex::new(None),
@@ -127,6 +134,19 @@ impl DockerRuntime {
         });
         rt.ensure_network().await?;
         *rt.exits.lock().unwrap() = Some(tokio::spawn(follow_exits(docker, tx, rt.aliases.clone(), rt.logs.clone())));
+        // Scores fade as calls age: the spares are chosen again every so often.
+        let (weak, closing) = (std::sync::Arc::downgrade(&rt), rt.closing.clone());
+        rt.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(REBALANCE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = closing.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(rt) = weak.upgrade() else { return };
+                rt.rebalance();
+            }
+        });
         Ok(rt)
     }
 
@@ -193,7 +213,8 @@ impl ReplicaRuntime for DockerRuntime {
             self.builds.run(&tag, spec_hash, ensure).await.map_err(fail)?;
         }
         self.images.lock().unwrap().insert(spec_hash.to_string(), tag.clone());
-        self.spawn_spare(spec, spec_hash, &tag);
+        self.note_prepared(spec, spec_hash, &tag);
+        self.rebalance();
         Ok(())
     }
 
@@ -213,6 +234,7 @@ impl ReplicaRuntime for DockerRuntime {
                 self.images.lock().unwrap().get(spec_hash).cloned().ok_or_else(|| fail(ContainerError::NotPrepared))?
             }
         };
+        self.note_start(&spec.name);
         // A ready spare, or the one being prepared (waited for, once); else none.
         let waited = std::time::Instant::now();
         let spare = match self.spares.claim(spec_hash, SPARE_WAIT).await {
@@ -268,8 +290,9 @@ impl ReplicaRuntime for DockerRuntime {
         };
         // Its whole output, a warm spare's import included (see `logs`).
         self.follow_logs(&container, &spec.name, replica_id, 0);
-        // The next cold start's spare is prepared now, off its path (unless one already is).
-        self.spawn_spare(spec, spec_hash, &image);
+        // The next cold start's spare is prepared now, off its path (unless one already is,
+        // or the budget gives it to likelier functions).
+        self.rebalance();
         let address = match warm {
             Some(a) => a,
             None => address_of(&self.docker, &self.config, &container).await.map_err(fail)?,

@@ -8,21 +8,30 @@
 //! 20 MB for the Python runtime). Without warm spares the spare is only created.
 //!
 //! A cold start takes the spare and a new one is prepared in the background; there is
-//! at most one preparation per function at a time. A cold start that comes while the
+//! at most one preparation per function at a time.
+//!
+//! Which functions keep a spare is the budget's choice (`ROOST_SPARE_MEMORY`, `budget`):
+//! every prepare, every start and every [`REBALANCE_EVERY`] the spares are chosen again
+//! from each function's recent starts and what its spare was measured to hold; a chosen
+//! function without one gets one prepared, and a ready spare no longer chosen (or of a
+//! definition no longer current) is removed. A cold start that comes while the
 //! spare is still being prepared waits for it (bounded) and takes it, rather than
 //! starting a second container beside the preparation; only when no spare comes (the
 //! preparation failed, or another cold start waits for it) does it create and start a
 //! container of its own.
 
+use super::budget::{self, Candidate, History, DEFAULT_SPARE_BYTES};
 use super::container::{create, remove, warm_up, WARM_UP_DEADLINE};
 use super::{ContainerError, DockerRuntime};
+use bollard::Docker;
+use futures::StreamExt;
 use roost_common::spec::FunctionSpec;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// A container prepared ahead of time.
 #[derive(Debug, Clone)]
@@ -41,13 +50,91 @@ pub(super) struct Spare {
 /// margin for the engine's create, start and pause calls.
 pub(super) const SPARE_WAIT: Duration = Duration::from_secs(WARM_UP_DEADLINE.as_secs() + 10);
 
+/// How often the spares are chosen again (scores fade as calls age).
+pub(super) const REBALANCE_EVERY: Duration = Duration::from_secs(1);
+
+/// What the spare budget decides on, and what it decided.
+#[derive(Debug, Default)]
+pub(super) struct SpareBook {
+    /// Each function's newest prepared definition, in the order functions were first
+    /// prepared (ties of the budget go by it).
+    current: Vec<Current>,
+    /// Each function's recent starts.
+    histories: HashMap<String, History>,
+    /// What each function's paused spare was measured to hold, in bytes.
+    sizes: HashMap<String, u64>,
+    /// The definition hashes chosen to keep a spare.
+    wanted: HashSet<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Current {
+    spec: FunctionSpec,
+    hash: String,
+    image: String,
+}
+
 impl DockerRuntime {
+    /// Remembers a function's newest prepared definition (the one its spare is for).
+    pub(super) fn note_prepared(&self, spec: &FunctionSpec, spec_hash: &str, image: &str) {
+        let entry = Current { spec: spec.clone(), hash: spec_hash.to_string(), image: image.to_string() };
+        let mut book = self.book.lock().unwrap();
+        match book.current.iter_mut().find(|c| c.spec.name == spec.name) {
+            Some(c) => *c = entry,
+            None => book.current.push(entry),
+        }
+    }
+
+    /// Counts a start of `function` (a call that needed a container).
+    pub(super) fn note_start(&self, function: &str) {
+        self.book.lock().unwrap().histories.entry(function.to_string()).or_default().record(std::time::Instant::now());
+    }
+
+    /// Chooses the spares again: prepares the chosen ones that have none, removes ready
+    /// spares no longer chosen.
+    pub(super) fn rebalance(&self) {
+        let now = std::time::Instant::now();
+        let (wanted, missing) = {
+            let mut book = self.book.lock().unwrap();
+            let candidates: Vec<Candidate<String>> = book
+                .current
+                .iter()
+                .map(|c| Candidate {
+                    key: c.hash.clone(),
+                    score: book.histories.get(&c.spec.name).map_or(0.0, |h| h.score(now)),
+                    bytes: book.sizes.get(&c.spec.name).copied().unwrap_or(DEFAULT_SPARE_BYTES),
+                })
+                .collect();
+            let wanted = budget::choose(&candidates, self.config.spare_memory);
+            if wanted != book.wanted {
+                debug!(spares = wanted.len(), functions = candidates.len(), "spares chosen again");
+            }
+            book.wanted = wanted.clone();
+            let missing: Vec<Current> = book.current.iter().filter(|c| wanted.contains(&c.hash)).cloned().collect();
+            (wanted, missing)
+        };
+        for c in missing {
+            self.spawn_spare(&c.spec, &c.hash, &c.image); // nothing when one is ready or being prepared
+        }
+        for key in self.spares.keys().into_iter().filter(|k| !wanted.contains(k)) {
+            if let Some(spare) = self.spares.take_ready(&key) {
+                self.own_spares.lock().unwrap().remove(&spare.label_id);
+                let docker = self.docker.clone();
+                self.tasks.spawn(async move { remove(&docker, &spare.container).await });
+            }
+        }
+    }
+
     /// Prepares a spare container for `spec_hash` in the background, unless one is ready
-    /// or being prepared: created, then (with warm spares) started, probed ready and
-    /// paused. A spare that cannot be warmed is replaced by a created one.
+    /// or being prepared, or the budget does not keep one for it: created, then (with
+    /// warm spares) started, probed ready and paused, and what it holds measured. A spare
+    /// that cannot be warmed is replaced by a created one.
     pub(super) fn spawn_spare(&self, spec: &FunctionSpec, spec_hash: &str, image: &str) {
+        if !self.book.lock().unwrap().wanted.contains(spec_hash) {
+            return;
+        }
         let Some(preparation) = self.spares.begin(spec_hash) else { return };
-        let (docker, config, own) = (self.docker.clone(), self.config.clone(), self.own_spares.clone());
+        let (docker, config, own, book) = (self.docker.clone(), self.config.clone(), self.own_spares.clone(), self.book.clone());
         let (spec, hash, image) = (spec.clone(), spec_hash.to_string(), image.to_string());
         let label_id = format!(
             "{}-spare-{:x}",
@@ -61,7 +148,12 @@ impl DockerRuntime {
             let mut died = None;
             if let (Ok(container), true) = (&created, config.warm_spares) {
                 match warm_up(&docker, &config, &spec, container).await {
-                    Ok(address) => warm = Some(address),
+                    Ok(address) => {
+                        warm = Some(address);
+                        if let Some(bytes) = held_memory(&docker, container).await {
+                            book.lock().unwrap().sizes.insert(spec.name.clone(), bytes);
+                        }
+                    }
                     Err(ContainerError::ExitedWarmingUp(how)) => {
                         warn!(function = %spec.name, how, "the spare exited as it started: the function fails at start");
                         died = Some(how);
@@ -90,6 +182,18 @@ impl DockerRuntime {
             }
         });
     }
+}
+
+/// The memory a (paused) container holds, as `docker stats` counts it: its cgroup's usage
+/// less the page cache it could give back (`inactive_file`); `None` if the engine does
+/// not say.
+async fn held_memory(docker: &Docker, container: &str) -> Option<u64> {
+    let options = bollard::query_parameters::StatsOptionsBuilder::default().stream(false).one_shot(true).build();
+    let stats = docker.stats(container, Some(options)).next().await?.ok()?;
+    let memory = stats.memory_stats?;
+    let usage = memory.usage?;
+    let inactive = memory.stats.as_ref().and_then(|s| s.get("inactive_file").or_else(|| s.get("total_inactive_file")).copied());
+    Some(usage.saturating_sub(inactive.unwrap_or(0)))
 }
 
 /// Each definition hash's spare: ready, or being prepared. Pure bookkeeping (no Docker),
@@ -178,6 +282,24 @@ impl<T> SpareSlots<T> {
         // read next, says what there is to take.
         let _ = tokio::time::timeout(wait, done.changed()).await;
         reservation.take()
+    }
+
+    /// Takes `key`'s spare if it is ready and no claim is about to take it (to remove a
+    /// spare the budget no longer keeps).
+    pub(super) fn take_ready(&self, key: &str) -> Option<T> {
+        let mut inner = self.inner.lock().unwrap();
+        if !matches!(inner.slots.get(key), Some(Slot::Ready { reserved: false, .. })) {
+            return None;
+        }
+        match inner.slots.remove(key) {
+            Some(Slot::Ready { spare, .. }) => Some(spare),
+            _ => unreachable!("matched just above, under the lock"),
+        }
+    }
+
+    /// The keys with a spare ready or being prepared.
+    pub(super) fn keys(&self) -> Vec<String> {
+        self.inner.lock().unwrap().slots.keys().cloned().collect()
     }
 
     /// A claim waits on `key`'s preparation (for tests: the signal that a claim in another
@@ -303,6 +425,19 @@ mod tests {
         let p = slots.begin("h").expect("the next one begins once the spare is taken");
         assert_eq!(p.finish(Some("spare-2")), None);
         assert_eq!(slots.claim("h", WAIT).await, Claim::Ready("spare-2"));
+    }
+
+    #[tokio::test]
+    async fn only_a_ready_unreserved_spare_is_taken_back() {
+        let slots = SpareSlots::<&'static str>::new();
+        assert_eq!(slots.take_ready("f"), None);
+        let p = slots.begin("f").unwrap();
+        assert_eq!(slots.take_ready("f"), None, "still being prepared");
+        assert_eq!(slots.keys(), ["f"]);
+        assert!(p.finish(Some("spare")).is_none());
+        assert_eq!(slots.take_ready("f"), Some("spare"));
+        assert!(slots.keys().is_empty());
+        assert!(slots.begin("f").is_some(), "the slot is free again");
     }
 
     #[tokio::test]
