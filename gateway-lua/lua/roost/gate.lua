@@ -768,6 +768,13 @@ local function hold(fn, force, r)
         return answer_refusal(fn)
     end
     if outcome == "timeout" then
+        if blocked then
+            return json_exit(504, {
+                error = "no replica of \"" .. fn .. "\" had room for the request within " .. hold_ms .. " ms",
+                ["function"] = fn,
+                reason = "every ready replica was at its concurrency the whole time; more start as the load needs them, up to max_replicas",
+            })
+        end
         return json_exit(504, {
             error = "function \"" .. fn .. "\" did not become ready within " .. hold_ms .. " ms",
             ["function"] = fn,
