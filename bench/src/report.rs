@@ -681,6 +681,7 @@ mod tests {
             rounds: 3,
             burst_size: 2,
             runtimes: vec![run],
+            spares: None,
             skipped: vec!["docker: no engine".into()],
             floors: Floors {
                 loopback: vec![(1, load(&[0.1, 0.1], 0, 1.0))],

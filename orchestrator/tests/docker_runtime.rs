@@ -85,13 +85,10 @@ async fn container_is_built_started_hardened_probed_and_stopped() {
 
     let listed = rt.list().await.unwrap();
     assert!(listed.iter().any(|r| r.id == "hello-test-a" && r.address == replica.address), "{listed:?}");
-    // The next spare (one: a single preparation per function) ends paused. Listing
-    // (which removes stopped leftovers) leaves this runtime's own spare alone, whether
-    // it is created, warming or paused, and does not report it as a replica.
-    wait_until(WAIT, "the next spare, paused", || async { (containers_on(&net, "paused") == 1).then_some(()) }).await;
-    let listed = rt.list().await.unwrap();
-    assert_eq!(listed.len(), 1, "only the started replica is listed: {listed:?}");
-    assert_eq!(containers_on(&net, "paused"), 1, "list removed the paused spare");
+    // No other spare is prepared while the function's replica runs: the replica becomes
+    // the spare when it stops.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(containers_on(&net, "paused") + containers_on(&net, "created"), 0, "no spare beside a running replica");
 
     let docker =
         bollard::Docker::connect_with_unix("/var/run/docker.sock", 60, &bollard::ClientVersion { major_version: 1, minor_version: 41 })
@@ -104,27 +101,38 @@ async fn container_is_built_started_hardened_probed_and_stopped() {
     assert_eq!(host.memory, Some(64 << 20));
     assert_eq!(host.pids_limit, Some(64));
     assert_eq!(c.config.unwrap().user.as_deref(), Some("65534:65534"));
-
     // The first cold start came while `prepare`'s spare was being prepared: it waited for
     // it and took it instead of starting a container of its own beside the preparation.
-    // The second takes the paused spare. A spare's container is named after its label.
+    // A spare's container is named after its label.
+    assert!(c.name.unwrap_or_default().starts_with("/roost-hello-spare-"), "the first replica is not the prepared spare");
+
+    // A second replica (no spare: a container of its own).
     let second = rt.start(&spec, "testhash0001", "hello-test-a2").await.expect("a second container starts");
-    for r in [&replica, &second] {
-        let c = docker.inspect_container(&r.handle, None::<InspectContainerOptions>).await.unwrap();
-        let name = c.name.unwrap_or_default();
-        assert!(name.starts_with("/roost-hello-spare-"), "replica {} is not the spare that was being prepared: container {name}", r.id);
-    }
     assert_ne!(second.handle, replica.handle);
     assert!(roost_orchestrator::probe::until_ready(second.address, "/healthz", Duration::from_millis(10), Duration::from_secs(20))
         .await
         .is_some());
     assert!(raw_get(second.address, "/").await.contains(r#"{"Hello": "World"}"#));
 
+    // The first to stop becomes the spare (paused, listed as neither replica nor
+    // leftover); the second is removed, the slot being taken.
     rt.stop(&replica, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(containers_on(&net, "paused"), 1, "the stopped replica is kept as the spare");
+    let listed = rt.list().await.unwrap();
+    assert_eq!(listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["hello-test-a2"], "{listed:?}");
+    assert_eq!(containers_on(&net, "paused"), 1, "list removed the recycled spare");
     rt.stop(&second, Duration::from_secs(5)).await.unwrap();
-    assert!(docker.inspect_container(&replica.handle, None::<InspectContainerOptions>).await.is_err(), "container removed");
-    // The spare after the second start is paused too; close removes it.
-    wait_until(WAIT, "the next spare, paused", || async { (containers_on(&net, "paused") == 1).then_some(()) }).await;
+    assert!(docker.inspect_container(&second.handle, None::<InspectContainerOptions>).await.is_err(), "container removed");
+
+    // The next cold start unpauses the recycled container, now a replica of another id.
+    let third = rt.start(&spec, "testhash0001", "hello-test-a3").await.expect("the recycled spare starts");
+    assert_eq!(third.handle, replica.handle, "the recycled container serves again");
+    assert_eq!(third.id, "hello-test-a3");
+    assert!(raw_get(third.address, "/").await.contains(r#"{"Hello": "World"}"#));
+    assert!(rt.list().await.unwrap().iter().any(|r| r.id == "hello-test-a3"), "listed under its new id");
+    rt.stop(&third, Duration::from_secs(5)).await.unwrap();
+    // The spare (recycled once more) is paused; close removes it.
+    assert_eq!(containers_on(&net, "paused"), 1);
     rt.close().await;
     assert_eq!(
         containers_on(&net, "paused") + containers_on(&net, "running") + containers_on(&net, "created"),

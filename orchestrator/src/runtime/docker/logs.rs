@@ -102,18 +102,23 @@ impl DockerRuntime {
     /// Follows a replica container's output into the log store, from `since` (Unix
     /// seconds; 0: its whole output), as an owned task that ends when the container
     /// exits (Docker ends the stream) or the runtime closes. A container already
-    /// followed is left alone.
+    /// followed (a recycled spare taken by a new replica) is left to its follower, whose
+    /// lines go to `replica_id` from now on.
     pub(super) fn follow_logs(&self, container: &str, function: &str, replica_id: &str, since: i32) {
-        if !self.following.lock().unwrap().insert(container.to_string()) {
+        if let Some(id) = self.following.lock().unwrap().insert(container.to_string(), replica_id.to_string()) {
+            if id != replica_id {
+                info!(function, replica = replica_id, before = %id, "a recycled container serves a new replica");
+            }
             return;
         }
         let (docker, logs, following, closing) = (self.docker.clone(), self.logs.clone(), self.following.clone(), self.closing.clone());
-        let (container, function, id) = (container.to_string(), function.to_string(), replica_id.to_string());
+        let (container, function, first_id) = (container.to_string(), function.to_string(), replica_id.to_string());
         self.tasks.spawn(async move {
             let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).since(since).build();
             let mut frames = docker.logs(&container, Some(options));
             let mut streams = Streams::default();
             let emit = |line: &str| {
+                let id = following.lock().unwrap().get(&container).cloned().unwrap_or_else(|| first_id.clone());
                 info!(function = %function, replica = %id, "{line}");
                 logs.push(&function, &id, line);
             };
@@ -126,7 +131,7 @@ impl DockerRuntime {
                 match frame {
                     Some(Ok(frame)) => streams.feed(&frame).iter().for_each(|l| emit(l)),
                     Some(Err(e)) => {
-                        warn!(function = %function, replica = %id, error = %e, "stopped following the replica's output");
+                        warn!(function = %function, container = %container, error = %e, "stopped following the replica's output");
                         break;
                     }
                     None => break,

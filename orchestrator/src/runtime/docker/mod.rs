@@ -91,7 +91,8 @@ pub struct DockerRuntime {
     /// The replicas' and builds' output.
     logs: crate::logs::Logs,
     /// Containers whose output is being followed (one follower each).
-    following: std::sync::Arc<Mutex<HashSet<String>>>,
+    /// (the replica each one's lines go to).
+    following: std::sync::Arc<Mutex<HashMap<String, String>>>,
     /// Cancelled by `close`: ends the output followers.
     closing: tokio_util::sync::CancellationToken,
 }
@@ -290,13 +291,14 @@ impl ReplicaRuntime for DockerRuntime {
         };
         // Its whole output, a warm spare's import included (see `logs`).
         self.follow_logs(&container, &spec.name, replica_id, 0);
-        // The next cold start's spare is prepared now, off its path (unless one already is,
-        // or the budget gives it to likelier functions).
-        self.rebalance();
         let address = match warm {
             Some(a) => a,
             None => address_of(&self.docker, &self.config, &container).await.map_err(fail)?,
         };
+        self.note_running(spec_hash, 1);
+        // The spares are chosen again with this start counted (the function's replica
+        // becomes its spare when it stops; no other is prepared meanwhile).
+        self.rebalance();
         Ok(Replica {
             id: replica_id.to_string(),
             function: spec.name.clone(),
@@ -308,6 +310,10 @@ impl ReplicaRuntime for DockerRuntime {
     }
 
     async fn stop(&self, replica: &Replica, grace: Duration) -> Result<(), RuntimeError> {
+        self.note_running(&replica.spec_hash, -1);
+        if self.recycle(replica).await {
+            return Ok(());
+        }
         let t = grace.as_secs().max(1) as i32;
         match self.docker.stop_container(&replica.handle, Some(StopContainerOptionsBuilder::default().t(t).build())).await {
             Ok(()) => {}

@@ -14,7 +14,13 @@
 //! every prepare, every start and every [`REBALANCE_EVERY`] the spares are chosen again
 //! from each function's recent starts and what its spare was measured to hold; a chosen
 //! function without one gets one prepared, and a ready spare no longer chosen (or of a
-//! definition no longer current) is removed. A cold start that comes while the
+//! definition no longer current) is removed.
+//!
+//! A replica's container is recycled: when it stops and its function keeps a spare
+//! but has none, it is paused and becomes that spare, so a function that goes to zero
+//! and back costs no new container (and its next cold start finds a spare at once
+//! instead of waiting for one being prepared). A spare is prepared only for a function
+//! with no replica running; one that runs gets its replica back as the spare. A cold start that comes while the
 //! spare is still being prepared waits for it (bounded) and takes it, rather than
 //! starting a second container beside the preparation; only when no spare comes (the
 //! preparation failed, or another cold start waits for it) does it create and start a
@@ -50,6 +56,10 @@ pub(super) struct Spare {
 /// margin for the engine's create, start and pause calls.
 pub(super) const SPARE_WAIT: Duration = Duration::from_secs(WARM_UP_DEADLINE.as_secs() + 10);
 
+/// How long a stopping replica may take to answer its readiness path to be kept as the
+/// spare.
+const RECYCLE_PROBE: Duration = Duration::from_millis(300);
+
 /// How often the spares are chosen again (scores fade as calls age).
 pub(super) const REBALANCE_EVERY: Duration = Duration::from_secs(1);
 
@@ -65,6 +75,8 @@ pub(super) struct SpareBook {
     sizes: HashMap<String, u64>,
     /// The definition hashes chosen to keep a spare.
     wanted: HashSet<String>,
+    /// Replicas running per definition hash (started and not stopped by this runtime).
+    running: HashMap<String, usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,12 +102,75 @@ impl DockerRuntime {
         self.book.lock().unwrap().histories.entry(function.to_string()).or_default().record(std::time::Instant::now());
     }
 
+    /// Counts a replica of `spec_hash` running (`+1`) or stopped (`-1`).
+    pub(super) fn note_running(&self, spec_hash: &str, delta: isize) {
+        let mut book = self.book.lock().unwrap();
+        let n = book.running.entry(spec_hash.to_string()).or_default();
+        *n = n.saturating_add_signed(delta);
+    }
+
+    /// Keeps a stopping replica's container as its function's spare, paused, when the
+    /// budget keeps a spare for it and it has none. True when it did (or removed the
+    /// container because the slot was filled meanwhile): nothing left to stop.
+    pub(super) async fn recycle(&self, replica: &super::Replica) -> bool {
+        let readiness = {
+            let book = self.book.lock().unwrap();
+            let current = book.current.iter().find(|c| c.hash == replica.spec_hash && book.wanted.contains(&c.hash));
+            current.map(|c| c.spec.readiness_path.clone())
+        };
+        let Some(readiness) = readiness.filter(|_| self.config.warm_spares) else { return false };
+        if self.spares.keys().contains(&replica.spec_hash) {
+            return false;
+        }
+        // Only a replica that answers its readiness path now (not one that failed its
+        // probe, crashed or hangs) becomes the next cold start's spare.
+        if crate::probe::until_ready(replica.address, &readiness, Duration::from_millis(10), RECYCLE_PROBE).await.is_none() {
+            return false;
+        }
+        // The label it was created with: a spare's own id (mapped to the replica's), or
+        // the replica's id. Kept from `list` while paused; its exit no longer names the
+        // replica.
+        let label_id = {
+            let mut aliases = self.aliases.lock().unwrap();
+            let label = aliases.iter().find(|(_, id)| **id == replica.id).map(|(label, _)| label.clone());
+            if let Some(l) = &label {
+                aliases.remove(l);
+            }
+            label.unwrap_or_else(|| replica.id.clone())
+        };
+        self.own_spares.lock().unwrap().insert(label_id.clone());
+        if let Err(e) = self.docker.pause_container(&replica.handle).await {
+            debug!(replica = %replica.id, error = %e, "cannot pause the replica to keep it as the spare; stopping it");
+            self.own_spares.lock().unwrap().remove(&label_id);
+            return false;
+        }
+        let spare = Spare { container: replica.handle.clone(), label_id, warm: Some(replica.address), died: None };
+        match self.spares.offer(&replica.spec_hash, spare) {
+            Ok(()) => {
+                let (docker, book, container, name) =
+                    (self.docker.clone(), self.book.clone(), replica.handle.clone(), replica.function.clone());
+                self.tasks.spawn(async move {
+                    if let Some(bytes) = held_memory(&docker, &container).await {
+                        book.lock().unwrap().sizes.insert(name, bytes);
+                    }
+                });
+                true
+            }
+            Err(spare) => {
+                self.own_spares.lock().unwrap().remove(&spare.label_id);
+                remove(&self.docker, &spare.container).await;
+                true
+            }
+        }
+    }
+
     /// Chooses the spares again: prepares the chosen ones that have none, removes ready
     /// spares no longer chosen.
     pub(super) fn rebalance(&self) {
         let now = std::time::Instant::now();
         let (wanted, missing) = {
             let mut book = self.book.lock().unwrap();
+            let book = &mut *book;
             let candidates: Vec<Candidate<String>> = book
                 .current
                 .iter()
@@ -110,7 +185,9 @@ impl DockerRuntime {
                 debug!(spares = wanted.len(), functions = candidates.len(), "spares chosen again");
             }
             book.wanted = wanted.clone();
-            let missing: Vec<Current> = book.current.iter().filter(|c| wanted.contains(&c.hash)).cloned().collect();
+            // A function with a replica running gets that replica back as its spare.
+            let idle = |c: &&Current| book.running.get(&c.hash).copied().unwrap_or(0) == 0;
+            let missing: Vec<Current> = book.current.iter().filter(|c| wanted.contains(&c.hash)).filter(idle).cloned().collect();
             (wanted, missing)
         };
         for c in missing {
@@ -297,6 +374,19 @@ impl<T> SpareSlots<T> {
         }
     }
 
+    /// Makes `spare` the ready spare of `key` if it has none ready or being prepared (a
+    /// replica's container recycled as the next spare); hands it back otherwise.
+    pub(super) fn offer(&self, key: &str, spare: T) -> Result<(), T> {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.closed || inner.slots.contains_key(key) {
+            return Err(spare);
+        }
+        inner.next_id += 1;
+        let id = inner.next_id;
+        inner.slots.insert(key.to_string(), Slot::Ready { spare, id, reserved: false });
+        Ok(())
+    }
+
     /// The keys with a spare ready or being prepared.
     pub(super) fn keys(&self) -> Vec<String> {
         self.inner.lock().unwrap().slots.keys().cloned().collect()
@@ -438,6 +528,20 @@ mod tests {
         assert_eq!(slots.take_ready("f"), Some("spare"));
         assert!(slots.keys().is_empty());
         assert!(slots.begin("f").is_some(), "the slot is free again");
+    }
+
+    #[tokio::test]
+    async fn a_recycled_spare_is_taken_only_into_an_empty_slot() {
+        let slots = SpareSlots::<&'static str>::new();
+        let p = slots.begin("f").unwrap();
+        assert_eq!(slots.offer("f", "recycled"), Err("recycled"), "a preparation is under way");
+        assert!(p.finish(Some("prepared")).is_none());
+        assert_eq!(slots.offer("f", "recycled"), Err("recycled"), "one is ready");
+        assert_eq!(slots.claim("f", Duration::ZERO).await, Claim::Ready("prepared"));
+        assert_eq!(slots.offer("f", "recycled"), Ok(()));
+        assert_eq!(slots.claim("f", Duration::ZERO).await, Claim::Ready("recycled"));
+        slots.close();
+        assert_eq!(slots.offer("f", "late"), Err("late"), "closed");
     }
 
     #[tokio::test]
