@@ -96,7 +96,7 @@ pub fn workload() -> Vec<(Duration, usize)> {
         acc += w / total;
         cdf.push(acc);
     }
-    let mut rng = Rng(0x5eed_0f_5a_2e5);
+    let mut rng = Rng(0x05ee_d0f5_a2e5);
     let mut at = Duration::ZERO;
     (0..CALLS)
         .map(|_| {
