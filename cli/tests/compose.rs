@@ -152,7 +152,16 @@ fn isolation_probes(project: &str, env: &[(String, String)]) -> Probes {
 /// when the replica went away before the probes ran (reaped when idle).
 fn assert_isolated(replica: &str, probes: &Probes) -> bool {
     let args = serde_json::to_string(&probes).unwrap();
-    let out = Command::new("docker").args(["exec", replica, "python3", "-c", PROBE, &args]).output().unwrap();
+    // Bounded: a replica reaped meanwhile is paused as its function's spare, which
+    // freezes the probe inside it.
+    let Some(out) = roost_testkit::process::output_within(
+        Command::new("docker").args(["exec", replica, "python3", "-c", PROBE, &args]),
+        b"",
+        Duration::from_secs(30),
+    ) else {
+        eprintln!("the probe in {replica} did not finish within 30 s (reaped and paused?)");
+        return false;
+    };
     if !out.status.success() {
         eprintln!("the probe did not run in {replica} (reaped?): {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
         return false;

@@ -676,16 +676,14 @@ fn flood(p: &Platform, inj: &mut Injected) {
     args.extend(["statsd-listener", "envoy"].map(String::from));
     args.extend(ips.split_whitespace().map(String::from));
     let datagrams = spoof_datagrams(&["echo", "sleep"], 500).join("\n");
-    let mut child = Command::new("docker")
-        .args(&args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("docker exec runs");
-    use std::io::Write as _;
-    child.stdin.take().unwrap().write_all(datagrams.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    // Bounded: a replica reaped meanwhile is paused as its function's spare, which
+    // freezes the flood inside it.
+    let Some(out) =
+        roost_testkit::process::output_within(Command::new("docker").args(&args), datagrams.as_bytes(), Duration::from_secs(60))
+    else {
+        inj.misses.push("the flood from a hello replica did not finish within 60 s (the replica reaped and paused?)".into());
+        return;
+    };
     let said = format!("{} {}", text(&out), String::from_utf8_lossy(&out.stderr).trim()).replace('\n', "; ");
     if out.status.success() {
         inj.notes.push(format!("flood from a hello replica: {}", said.trim()));

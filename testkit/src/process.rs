@@ -20,6 +20,43 @@ pub fn free_udp_port() -> u16 {
     roost_common::net::free_udp_port(LOOPBACK).expect("bind an ephemeral UDP port on 127.0.0.1")
 }
 
+/// Runs `cmd` (stdout and stderr captured, `input` written to its stdin) and returns its
+/// output, or `None` if it has not finished within `limit` (it is then killed). For a
+/// `docker exec` into a function replica: a replica recycled as a paused spare freezes
+/// whatever runs in it, and an unbounded exec would wait forever.
+pub fn output_within(cmd: &mut Command, input: &[u8], limit: Duration) -> Option<std::process::Output> {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().ok()?;
+    let mut stdin = child.stdin.take()?;
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let (mut out, mut err) = (child.stdout.take()?, child.stderr.take()?);
+    let reader = std::thread::spawn(move || {
+        let (mut o, mut e) = (Vec::new(), Vec::new());
+        let _ = out.read_to_end(&mut o);
+        let _ = err.read_to_end(&mut e);
+        (o, e)
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    };
+    let _ = writer.join();
+    let (stdout, stderr) = reader.join().ok()?;
+    Some(std::process::Output { status, stdout, stderr })
+}
+
 /// A child process that is killed (SIGKILL) and reaped when dropped.
 #[derive(Debug)]
 pub struct Guard {
