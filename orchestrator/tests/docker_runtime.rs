@@ -492,6 +492,24 @@ async fn the_spare_budget_decides_which_spares_exist() {
         (containers_in_state(&net, "paused") == ["budgethash02"]).then_some(())
     })
     .await;
+    // A replica someone runs a command in is stopped, not kept as the spare (pausing it
+    // would freeze their session).
+    let replica = rt.start(&newer, "budgethash02", "hello-budget-b").await.expect("the spare starts");
+    let mut exec = std::process::Command::new("docker").args(["exec", &replica.handle, "sleep", "30"]).spawn().unwrap();
+    let handle = replica.handle.clone();
+    wait_until(Duration::from_secs(10), "the exec session listed", || {
+        let handle = handle.clone();
+        async move {
+            let out = std::process::Command::new("docker").args(["inspect", "-f", "{{len .ExecIDs}}", &handle]).output().ok()?;
+            (String::from_utf8_lossy(&out.stdout).trim() != "0").then_some(())
+        }
+    })
+    .await;
+    rt.stop(&replica, Duration::from_secs(1)).await.unwrap();
+    let _ = exec.kill();
+    let _ = exec.wait();
+    let gone = std::process::Command::new("docker").args(["inspect", &replica.handle]).output().unwrap();
+    assert!(!gone.status.success(), "a replica with an exec session was removed, not paused");
     rt.close().await;
     assert!(containers_in_state(&net, "paused").is_empty(), "close removes the spares");
 }

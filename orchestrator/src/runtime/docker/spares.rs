@@ -127,6 +127,12 @@ impl DockerRuntime {
         if crate::probe::until_ready(replica.address, &readiness, Duration::from_millis(10), RECYCLE_PROBE).await.is_none() {
             return false;
         }
+        // Nor one someone runs a command in (`docker exec`): pausing would freeze their
+        // session, stopping ends it.
+        match self.docker.inspect_container(&replica.handle, None::<bollard::query_parameters::InspectContainerOptions>).await {
+            Ok(c) if c.exec_ids.as_ref().is_none_or(|ids| ids.is_empty()) => {}
+            _ => return false,
+        }
         // The label it was created with: a spare's own id (mapped to the replica's), or
         // the replica's id. Kept from `list` while paused; its exit no longer names the
         // replica.
