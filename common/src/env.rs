@@ -92,6 +92,8 @@ names! {
     DOCKER_WARM_SPARES = "ROOST_DOCKER_WARM_SPARES";
     /// Memory the Docker runtime's paused spares may hold in all (a size, or `unlimited`).
     SPARE_MEMORY = "ROOST_SPARE_MEMORY";
+    /// Whether the Docker runtime keeps a stopping replica as its function's paused spare.
+    RECYCLE_REPLICAS = "ROOST_RECYCLE_REPLICAS";
     /// Base image of function images.
     BASE_IMAGE = "ROOST_BASE_IMAGE";
 

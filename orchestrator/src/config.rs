@@ -130,6 +130,12 @@ pub struct Config {
     #[arg(long, env = env::SPARE_MEMORY, default_value = "512m", value_parser = parse_spare_memory)]
     pub spare_memory: SpareMemory,
 
+    /// Keep a stopping replica as its function's paused spare instead of removing it
+    /// (Docker runtime): no new container for a function that sleeps and wakes. Off by
+    /// default: one fault-suite run left a recycled container running unlisted.
+    #[arg(long, env = env::RECYCLE_REPLICAS, default_value_t = false, action = clap::ArgAction::Set)]
+    pub recycle_replicas: bool,
+
     /// Base image of function images (Docker runtime).
     #[arg(long, env = env::BASE_IMAGE, default_value = "roost/base:bookworm")]
     pub base_image: String,

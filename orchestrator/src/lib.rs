@@ -128,6 +128,7 @@ async fn build_runtime(config: &Config) -> Result<Arc<dyn ReplicaRuntime>, Error
                 runtime_dir,
                 warm_spares: config.docker_warm_spares,
                 spare_memory: config.spare_memory.0,
+                recycle: config.recycle_replicas,
             };
             let rt = runtime::docker::DockerRuntime::connect(cfg).await.map_err(Error::DockerRuntime)?;
             Ok(rt)

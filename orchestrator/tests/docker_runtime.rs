@@ -39,6 +39,7 @@ async fn runtime_in(net: &str, definitions_dir: &std::path::Path, warm_spares: b
         runtime_dir: workspace_root().join("faas-runtime"),
         warm_spares,
         spare_memory: None,
+        recycle: true,
     })
     .await
     .expect("the Docker engine answers (is dockerd running?)")
@@ -450,6 +451,7 @@ async fn budget_runtime(net: &str, budget: Option<u64>) -> Arc<DockerRuntime> {
         runtime_dir: workspace_root().join("faas-runtime"),
         warm_spares: true,
         spare_memory: budget,
+        recycle: true,
     })
     .await
     .expect("the Docker engine answers (is dockerd running?)")

@@ -60,6 +60,8 @@ pub struct DockerConfig {
     pub warm_spares: bool,
     /// Memory all spares may hold (`None`: one spare per function); see `budget`.
     pub spare_memory: Option<u64>,
+    /// Keep a stopping replica as its function's paused spare (see `spares`).
+    pub recycle: bool,
 }
 
 /// The Docker runtime.

@@ -118,7 +118,7 @@ impl DockerRuntime {
             let current = book.current.iter().find(|c| c.hash == replica.spec_hash && book.wanted.contains(&c.hash));
             current.map(|c| c.spec.readiness_path.clone())
         };
-        let Some(readiness) = readiness.filter(|_| self.config.warm_spares) else { return false };
+        let Some(readiness) = readiness.filter(|_| self.config.warm_spares && self.config.recycle) else { return false };
         if self.spares.keys().contains(&replica.spec_hash) {
             return false;
         }
@@ -191,8 +191,10 @@ impl DockerRuntime {
                 debug!(spares = wanted.len(), functions = candidates.len(), "spares chosen again");
             }
             book.wanted = wanted.clone();
-            // A function with a replica running gets that replica back as its spare.
-            let idle = |c: &&Current| book.running.get(&c.hash).copied().unwrap_or(0) == 0;
+            // With recycling, a function with a replica running gets that replica back as
+            // its spare; without, its next spare is prepared at once.
+            let recycle = self.config.recycle;
+            let idle = |c: &&Current| !recycle || book.running.get(&c.hash).copied().unwrap_or(0) == 0;
             let missing: Vec<Current> = book.current.iter().filter(|c| wanted.contains(&c.hash)).filter(idle).cloned().collect();
             (wanted, missing)
         };
