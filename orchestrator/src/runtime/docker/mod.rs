@@ -29,7 +29,7 @@ use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOpt
 use bollard::{ClientVersion, Docker};
 use container::{address_of, create, follow_exits, remove};
 use roost_common::spec::{FunctionKind as Kind, FunctionSpec};
-use spares::{Claim, Spare, SpareBook, SpareSlots, REBALANCE_EVERY, SPARE_WAIT};
+use spares::{Claim, Spare, SpareBook, SpareSlots, SPARE_WAIT};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -137,19 +137,6 @@ impl DockerRuntime {
         });
         rt.ensure_network().await?;
         *rt.exits.lock().unwrap() = Some(tokio::spawn(follow_exits(docker, tx, rt.aliases.clone(), rt.logs.clone())));
-        // Scores fade as calls age: the spares are chosen again every so often.
-        let (weak, closing) = (std::sync::Arc::downgrade(&rt), rt.closing.clone());
-        rt.tasks.spawn(async move {
-            let mut tick = tokio::time::interval(REBALANCE_EVERY);
-            loop {
-                tokio::select! {
-                    _ = closing.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                let Some(rt) = weak.upgrade() else { return };
-                rt.rebalance();
-            }
-        });
         Ok(rt)
     }
 

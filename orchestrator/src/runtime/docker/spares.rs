@@ -11,7 +11,7 @@
 //! at most one preparation per function at a time.
 //!
 //! Which functions keep a spare is the budget's choice (`ROOST_SPARE_MEMORY`, `budget`):
-//! every prepare, every start and every [`REBALANCE_EVERY`] the spares are chosen again
+//! on every prepare and every start the spares are chosen again
 //! from each function's recent starts and what its spare was measured to hold; a chosen
 //! function without one gets one prepared, and a ready spare no longer chosen (or of a
 //! definition no longer current) is removed.
@@ -59,9 +59,6 @@ pub(super) const SPARE_WAIT: Duration = Duration::from_secs(WARM_UP_DEADLINE.as_
 /// How long a stopping replica may take to answer its readiness path to be kept as the
 /// spare.
 const RECYCLE_PROBE: Duration = Duration::from_millis(300);
-
-/// How often the spares are chosen again (scores fade as calls age).
-pub(super) const REBALANCE_EVERY: Duration = Duration::from_secs(1);
 
 /// What the spare budget decides on, and what it decided.
 #[derive(Debug, Default)]
