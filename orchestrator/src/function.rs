@@ -71,9 +71,17 @@ pub struct Handle {
 /// A function's newest status, shared by its task (the writer) and `/status` (readers).
 pub type SharedStatus = Arc<RwLock<Option<FunctionStatus>>>;
 
+/// This orchestrator's part of every replica id: its process id and its start time (low
+/// 24 bits of Unix ms, in hex). The process id alone repeats in a container (always 1),
+/// so a restarted orchestrator named new replicas as the adopted ones of the one before.
+fn incarnation() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| format!("{}-{:x}", std::process::id(), roost_common::clock::now_ms() & 0xff_ffff))
+}
+
 /// A function's task, not yet spawned: the supervisor spawns it into the set of tasks it owns.
 pub fn task(ctx: Arc<Ctx>, spec: Arc<FunctionSpec>, hash: String) -> (Handle, impl std::future::Future<Output = ()> + Send + 'static) {
-    let prefix = format!("{}-{}", spec.name, std::process::id());
+    let prefix = format!("{}-{}", spec.name, incarnation());
     let (machine, first) = Function::new(spec, hash, prefix, Instant::now());
     let (tx, rx) = mpsc::channel(MAILBOX);
     let status: SharedStatus = Arc::new(RwLock::new(Some(machine.status(Instant::now()))));

@@ -659,8 +659,14 @@ impl Function {
     }
 
     fn start(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        self.next_id += 1;
-        let id = format!("{}-{}", self.id_prefix, self.next_id);
+        // Never the id of a replica it has (an adopted one may carry any number).
+        let id = loop {
+            self.next_id += 1;
+            let id = format!("{}-{}", self.id_prefix, self.next_id);
+            if !self.slots.contains_key(&id) {
+                break id;
+            }
+        };
         let slot = Slot {
             replica: None,
             hash: self.hash.clone(),

@@ -651,3 +651,14 @@ fn a_burst_held_at_the_gate_starts_every_replica_it_needs_at_once() {
     let fx = h.send(Event::Load(Load { in_flight: 0, pending: 0, held: 1, since_last_request: Some(60 * S) }));
     assert!(!fx.iter().any(|e| matches!(e, Effect::Drain(..))), "{fx:?}");
 }
+
+#[test]
+fn a_new_replica_never_takes_the_id_of_an_adopted_one() {
+    let mut h = Harness::new(0, 10);
+    // Adopted from an orchestrator before this one, whose ids happen to be this one's.
+    h.send(Event::Adopted(replica("f-7-1", "h1")));
+    h.send(Event::Adopted(replica("f-7-2", "h1")));
+    let fx = h.send(Event::Load(Load { in_flight: 0, pending: 3, held: 0, since_last_request: Some(Duration::ZERO) }));
+    assert_eq!(started_ids(&fx), ["f-7-3"], "{fx:?}");
+    assert_eq!((h.status().replicas.len(), h.status().starting), (2, 1), "both adopted kept, one starting");
+}
