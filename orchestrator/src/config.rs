@@ -132,7 +132,7 @@ pub struct Config {
 
     /// Keep a stopping replica as its function's paused spare instead of removing it
     /// (Docker runtime): no new container for a function that sleeps and wakes. Off by
-    /// default: one fault-suite run left a recycled container running unlisted.
+    /// default until the whole fault suite has run with it on.
     #[arg(long, env = env::RECYCLE_REPLICAS, default_value_t = false, action = clap::ArgAction::Set)]
     pub recycle_replicas: bool,
 
