@@ -666,30 +666,39 @@ for host in sys.argv[1:]:
 "#;
 
 fn flood(p: &Platform, inj: &mut Injected) {
-    let Some(replica) = a_replica("hello") else {
-        inj.misses.push("no hello replica to send the flood from".into());
-        return;
-    };
     let listener = p.container("statsd-listener");
     let ips = text(&docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", &listener]));
-    let mut args = vec!["exec".to_string(), "-i".into(), replica, "python3".into(), "-c".into(), FLOOD.into()];
-    args.extend(["statsd-listener", "envoy"].map(String::from));
-    args.extend(ips.split_whitespace().map(String::from));
     let datagrams = spoof_datagrams(&["echo", "sleep"], 500).join("\n");
-    // Bounded: a replica reaped meanwhile is paused as its function's spare, which
-    // freezes the flood inside it.
-    let Some(out) =
-        roost_testkit::process::output_within(Command::new("docker").args(&args), datagrams.as_bytes(), Duration::from_secs(60))
-    else {
-        inj.misses.push("the flood from a hello replica did not finish within 60 s (the replica reaped and paused?)".into());
-        return;
-    };
-    let said = format!("{} {}", text(&out), String::from_utf8_lossy(&out.stderr).trim()).replace('\n', "; ");
-    if out.status.success() {
-        inj.notes.push(format!("flood from a hello replica: {}", said.trim()));
-    } else {
-        inj.misses.push(format!("the flood could not be sent from a hello replica ({}): {}", out.status, said.trim()));
+    // Up to three hello replicas: the one picked may be drained (a surplus replica under
+    // the load) while the flood runs in it, which ends the flood with it.
+    let mut tries = Vec::new();
+    for _ in 0..3 {
+        let Some(replica) = a_replica("hello") else {
+            tries.push("no hello replica to send the flood from".to_string());
+            continue;
+        };
+        let mut args = vec!["exec".to_string(), "-i".into(), replica, "python3".into(), "-c".into(), FLOOD.into()];
+        args.extend(["statsd-listener", "envoy"].map(String::from));
+        args.extend(ips.split_whitespace().map(String::from));
+        // Bounded: a replica reaped meanwhile may be paused as its function's spare, which
+        // would freeze the flood inside it.
+        let Some(out) =
+            roost_testkit::process::output_within(Command::new("docker").args(&args), datagrams.as_bytes(), Duration::from_secs(60))
+        else {
+            tries.push("the flood did not finish within 60 s (the replica reaped and paused?)".into());
+            continue;
+        };
+        let said = format!("{} {}", text(&out), String::from_utf8_lossy(&out.stderr).trim()).replace('\n', "; ");
+        if out.status.success() {
+            inj.notes.push(format!("flood from a hello replica: {}", said.trim()));
+            if !tries.is_empty() {
+                inj.notes.push(format!("earlier tries: {}", tries.join("; ")));
+            }
+            return;
+        }
+        tries.push(format!("the flood could not be sent from a hello replica ({}): {}", out.status, said.trim()));
     }
+    inj.misses.push(tries.join("; "));
 }
 
 /// After the flood: no load key for a function that does not exist, no 1e15 gauge kept.
