@@ -6,9 +6,9 @@
 
 use crate::client::{self, LoadResult};
 use crate::platform::Roost;
-use bollard::query_parameters::{ListContainersOptionsBuilder, StatsOptionsBuilder};
-use futures::StreamExt;
+use bollard::query_parameters::ListContainersOptionsBuilder;
 use roost_cli::up::Runtime;
+use roost_orchestrator::runtime::docker::held_memory;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -112,14 +112,8 @@ async fn paused_spares(docker: &bollard::Docker) -> anyhow::Result<(usize, u64)>
     let filters = HashMap::from([("label", vec!["roost.managed=true"]), ("status", vec!["paused"])]);
     let list = docker.list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build())).await?;
     let mut bytes = 0;
-    for c in &list {
-        let Some(id) = &c.id else { continue };
-        let options = StatsOptionsBuilder::default().stream(false).one_shot(true).build();
-        if let Some(Ok(stats)) = docker.stats(id, Some(options)).next().await {
-            let memory = stats.memory_stats.unwrap_or_default();
-            let inactive = memory.stats.as_ref().and_then(|s| s.get("inactive_file").or_else(|| s.get("total_inactive_file")).copied());
-            bytes += memory.usage.unwrap_or(0).saturating_sub(inactive.unwrap_or(0));
-        }
+    for id in list.iter().filter_map(|c| c.id.as_deref()) {
+        bytes += held_memory(docker, id).await.unwrap_or(0);
     }
     Ok((list.len(), bytes))
 }

@@ -21,6 +21,7 @@ mod logs;
 mod spares;
 
 pub use error::{ContainerError, EngineError, ImageError};
+pub use spares::held_memory;
 
 use super::build::Builds;
 use super::{PrepareFailure, Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};

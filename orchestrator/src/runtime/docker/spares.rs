@@ -269,7 +269,7 @@ impl DockerRuntime {
 /// The memory a (paused) container holds, as `docker stats` counts it: its cgroup's usage
 /// less the page cache it could give back (`inactive_file`); `None` if the engine does
 /// not say.
-async fn held_memory(docker: &Docker, container: &str) -> Option<u64> {
+pub async fn held_memory(docker: &Docker, container: &str) -> Option<u64> {
     let options = bollard::query_parameters::StatsOptionsBuilder::default().stream(false).one_shot(true).build();
     let stats = docker.stats(container, Some(options)).next().await?.ok()?;
     let memory = stats.memory_stats?;
