@@ -8,8 +8,8 @@
 //! - a peer spoken to over plain TCP, UDP or gRPC: `ROOST_<PEER>_ADDR`, one `host:port`;
 //! - every other setting: `ROOST_<NAME>` with its unit as suffix (`_MS`, `_S`).
 //!
-//! The exception: `ROOST_GATE_PORT` is a port alone, because it is also the host port that
-//! compose publishes.
+//! The exceptions: `ROOST_PORT`, the host port compose publishes, and `ROOST_GATE_PORT`,
+//! the gate's port, are ports alone.
 //!
 //! compose.yaml, docker/, envoy/ and gateway-lua/ cannot import Rust; a test
 //! (`common/tests/env_names.rs`) checks that every `ROOST_` name they spell is here.
@@ -44,8 +44,14 @@ names! {
     XDS_BIND = "ROOST_XDS_BIND";
     /// The control plane's HTTP/JSON admin API.
     ADMIN_BIND = "ROOST_ADMIN_BIND";
-    /// Envoy's public listener, as the control plane pushes it to Envoy.
+    /// Envoy's listener for the gate (every function routed to its replicas), as the
+    /// control plane pushes it to Envoy.
     LISTENER_BIND = "ROOST_LISTENER_BIND";
+    /// Envoy's public listener, the platform's entry (unset: the gate is the entry).
+    PUBLIC_BIND = "ROOST_PUBLIC_BIND";
+    /// The gate, as the public listener's peer for what it does not send straight to a
+    /// replica (`host:port`; a host name is looked up by Envoy).
+    GATE_ADDR = "ROOST_GATE_ADDR";
     /// Envoy's connect timeout to a replica, in milliseconds.
     CONNECT_TIMEOUT_MS = "ROOST_CONNECT_TIMEOUT_MS";
     /// Retries of a request that never reached a replica.
@@ -133,13 +139,16 @@ names! {
     ENVOY_CONFIG = "ROOST_ENVOY_CONFIG";
 
     // --- gate (gateway-lua/run.sh) -----------------------------------------------------
-    /// The gate's public port (also the host port compose publishes).
+    /// The gate's port.
     GATE_PORT = "ROOST_GATE_PORT";
+    /// The platform's port on the host, where compose publishes Envoy's public listener.
+    PORT = "ROOST_PORT";
     /// The gate's nginx prefix (rendered conf, pid, temp files).
     GATE_PREFIX = "ROOST_GATE_PREFIX";
-    /// Envoy's public listener, as the gate's peer.
+    /// Envoy's listener for the gate, as the gate's peer.
     ENVOY_ADDR = "ROOST_ENVOY_ADDR";
-    /// Largest request body (bytes, or `64k`, `10m`).
+    /// Largest request body (bytes, or `64k`, `10m`); also read by the control plane,
+    /// whose public listener sends a larger body to the gate (413).
     GATE_MAX_BODY = "ROOST_GATE_MAX_BODY";
     /// Held requests per function.
     GATE_MAX_HELD = "ROOST_GATE_MAX_HELD";

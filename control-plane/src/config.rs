@@ -36,6 +36,22 @@ pub struct Config {
     #[arg(long, env = env::old::LISTENER_PORT, default_value_t = 10000, value_parser = clap::value_parser!(u16).range(1..))]
     pub listener_port: u16,
 
+    /// Where Envoy's public listener binds (ip:port): the platform's entry, which sends a
+    /// function's requests straight to its replicas while it has one and everything else
+    /// to the gate (--gate-addr). Unset: no public listener (the gate is the entry).
+    #[arg(long, env = env::PUBLIC_BIND, requires = "gate_addr")]
+    pub public_bind: Option<SocketAddr>,
+
+    /// The gate behind the public listener, `host:port` (a host name is looked up by
+    /// Envoy, every second).
+    #[arg(long, env = env::GATE_ADDR, requires = "public_bind", value_parser = parse_host_port)]
+    pub gate_addr: Option<(String, u16)>,
+
+    /// The gate's body limit (bytes, or 64k, 10m): the public listener sends a request
+    /// declaring a larger body to the gate, which answers 413.
+    #[arg(long, env = env::GATE_MAX_BODY, default_value = "10m", value_parser = parse_body_limit)]
+    pub gate_max_body: u64,
+
     /// Timeout for Envoy to connect to a function replica, in milliseconds (at most 1000).
     #[arg(long, env = env::CONNECT_TIMEOUT_MS, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub connect_timeout_ms: u64,
@@ -84,7 +100,28 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let bad = || format!("{s:?} is not host:port: give the gate's address, like gate:8081 or 127.0.0.1:8081");
+    let (host, port) = s.trim().rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.contains(['/', ' ']) {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
+}
+
+fn parse_body_limit(s: &str) -> Result<u64, String> {
+    roost_common::spec::parse_size(s).ok_or_else(|| format!("{s:?} is not a size: give bytes, or a number with k or m (64k, 10m)"))
+}
+
 impl Config {
+    /// Envoy as the public entry, when a public listener is configured.
+    pub fn public_entry(&self) -> Option<crate::resources::PublicEntry> {
+        let (bind, (gate_host, gate_port)) = (self.public_bind?, self.gate_addr.clone()?);
+        Some(crate::resources::PublicEntry { bind, gate_host, gate_port, max_body: self.gate_max_body })
+    }
+
     /// Where Envoy's public listener binds: `listener_bind`, else the deprecated address
     /// and port.
     pub fn listener(&self) -> SocketAddr {
@@ -99,6 +136,9 @@ impl Config {
             listener_bind: None,
             listener_address: "127.0.0.1".parse().expect("literal address"),
             listener_port: 10000,
+            public_bind: None,
+            gate_addr: None,
+            gate_max_body: 10 * 1024 * 1024,
             connect_timeout_ms: 250,
             retries: 3,
             redis_url: None,
@@ -126,6 +166,31 @@ mod tests {
         let e = Config::try_parse_from(["control-plane", "--connect-timeout-ms", "5000"]).unwrap_err();
         assert!(e.to_string().contains("5000"), "{e}");
         assert!(Config::try_parse_from(["control-plane", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn the_public_entry_needs_both_addresses_and_says_what_is_wrong() {
+        let c = Config::try_parse_from(["control-plane"]).unwrap();
+        assert_eq!(c.public_entry(), None);
+        assert!(Config::try_parse_from(["control-plane", "--public-bind", "0.0.0.0:8080"]).is_err(), "the gate is required with it");
+        let c = Config::try_parse_from([
+            "control-plane",
+            "--public-bind",
+            "0.0.0.0:8080",
+            "--gate-addr",
+            "gate:8081",
+            "--gate-max-body",
+            "64k",
+        ])
+        .unwrap();
+        let e = c.public_entry().unwrap();
+        assert_eq!((e.gate_host.as_str(), e.gate_port, e.max_body), ("gate", 8081, 65536));
+        for bad in ["gate", "gate:0", ":8081", "gate:http"] {
+            let err = Config::try_parse_from(["control-plane", "--public-bind", "0.0.0.0:8080", "--gate-addr", bad]).unwrap_err();
+            assert!(err.to_string().contains("host:port"), "{bad}: {err}");
+        }
+        let err = Config::try_parse_from(["control-plane", "--gate-max-body", "ten"]).unwrap_err();
+        assert!(err.to_string().contains("not a size"), "{err}");
     }
 
     #[test]

@@ -116,6 +116,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         listener_port: listener.port(),
         connect_timeout_ms: config.connect_timeout_ms,
         num_retries: config.retries,
+        public: config.public_entry(),
     };
     let store = Arc::new(store::Store::new(model.unwrap_or_default(), settings, confirmed));
     let registry = Arc::new(registry::Registry::default());

@@ -1,7 +1,11 @@
 //! Turns the [`Model`] into Envoy's xDS resources: one EDS cluster and one
-//! ClusterLoadAssignment per function, one public listener, and one route table with two
-//! routes per function. Each resource carries a version that is a hash of its encoded
-//! bytes, so an unchanged resource keeps its version across changes and restarts.
+//! ClusterLoadAssignment per function, the gate's listener with its route table (two
+//! routes per function), and, with a [`PublicEntry`], the public entry (module
+//! [`public`]). Each resource carries a version that is a hash of its encoded bytes, so an
+//! unchanged resource keeps its version across changes and restarts.
+
+pub mod public;
+pub use public::PublicEntry;
 
 use crate::model::{Function, Model};
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -34,7 +38,8 @@ use roost_common::naming::cluster_name;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Name of the public listener.
+/// Name of the listener the gate sends requests to (every function always routed to its
+/// replicas).
 pub const LISTENER_NAME: &str = "roost_http";
 /// Name of the route table the listener asks for over RDS.
 pub const ROUTE_CONFIG_NAME: &str = "roost_routes";
@@ -144,11 +149,11 @@ impl Snapshot {
         self.resources[kind.index()].remove(name);
     }
 
-    /// The names Envoy must have subscribed to for a kind it asks for by name: every
+    /// The names Envoy must have subscribed to for a kind it asks for by name: every EDS
     /// cluster's endpoints, and the route tables the listeners use.
     pub fn expected_names(&self, kind: Kind) -> impl Iterator<Item = &String> {
         let source = match kind {
-            Kind::Endpoint => Some(Kind::Cluster),
+            Kind::Endpoint => Some(Kind::Endpoint),
             Kind::Route => Some(Kind::Route),
             _ => None,
         };
@@ -159,19 +164,21 @@ impl Snapshot {
 /// Settings that shape every resource, from the control plane's configuration.
 #[derive(Debug, Clone)]
 pub struct BuildSettings {
-    /// Address the public listener binds inside Envoy.
+    /// Address the gate's listener binds inside Envoy.
     pub listener_address: String,
-    /// Port of the public listener.
+    /// Port of the gate's listener.
     pub listener_port: u16,
     /// Upstream connect timeout, in milliseconds.
     pub connect_timeout_ms: u64,
     /// Retries of requests that never reached a function.
     pub num_retries: u32,
+    /// Envoy as the public entry, in front of the gate; none: the gate is the entry.
+    pub public: Option<PublicEntry>,
 }
 
 impl Default for BuildSettings {
     fn default() -> Self {
-        BuildSettings { listener_address: "0.0.0.0".into(), listener_port: 10000, connect_timeout_ms: 250, num_retries: 3 }
+        BuildSettings { listener_address: "0.0.0.0".into(), listener_port: 10000, connect_timeout_ms: 250, num_retries: 3, public: None }
     }
 }
 
@@ -185,10 +192,13 @@ pub fn build(model: &Model, settings: &BuildSettings, generation: u64) -> Snapsh
     }
     snap.insert(Kind::Listener, LISTENER_NAME, pack_any(listener(settings)));
     snap.insert(Kind::Route, ROUTE_CONFIG_NAME, pack_any(route_table(model, settings)));
+    if let Some(entry) = &settings.public {
+        public::add(&mut snap, model, entry, settings);
+    }
     snap
 }
 
-fn ads() -> ConfigSource {
+pub(crate) fn ads() -> ConfigSource {
     ConfigSource {
         resource_api_version: ApiVersion::V3 as i32,
         config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
@@ -196,11 +206,11 @@ fn ads() -> ConfigSource {
     }
 }
 
-fn millis(ms: u64) -> Duration {
+pub(crate) fn millis(ms: u64) -> Duration {
     Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
 }
 
-fn u32v(value: u32) -> Option<UInt32Value> {
+pub(crate) fn u32v(value: u32) -> Option<UInt32Value> {
     Some(UInt32Value { value })
 }
 
@@ -249,7 +259,7 @@ pub fn load_assignment(name: &str, f: &Function) -> ClusterLoadAssignment {
     }
 }
 
-fn socket_address(ip: &str, port: u16) -> Address {
+pub(crate) fn socket_address(ip: &str, port: u16) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: ip.to_string(),
@@ -311,26 +321,30 @@ fn function_route(name: &str, suffix: &str, spec: PathSpecifier, f: &Function, s
     Route {
         name: format!("{name}-{suffix}"),
         r#match: Some(RouteMatch { path_specifier: Some(spec), ..Default::default() }),
-        action: Some(Action::Route(RouteAction {
-            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster_name(name))),
-            prefix_rewrite: "/".into(),
-            timeout: Some(millis(f.timeout_ms)),
-            retry_policy: Some(RetryPolicy {
-                retry_on: RETRY_ON.into(),
-                num_retries: u32v(settings.num_retries),
-                retry_host_predicate: vec![RetryHostPredicate {
-                    name: "envoy.retry_host_predicates.previous_hosts".into(),
-                    config_type: Some(
-                        envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType::TypedConfig(pack_any(
-                            PreviousHostsPredicate::default(),
-                        )),
-                    ),
-                }],
-                host_selection_retry_max_attempts: 5,
-                ..Default::default()
-            }),
+        action: Some(Action::Route(replica_action(cluster_name(name), f, settings))),
+        ..Default::default()
+    }
+}
+
+/// To a function's replicas through `cluster`: the prefix stripped, the function's
+/// timeout, and retries (each on another replica) of requests that never reached one.
+pub(crate) fn replica_action(cluster: String, f: &Function, settings: &BuildSettings) -> RouteAction {
+    RouteAction {
+        cluster_specifier: Some(ClusterSpecifier::Cluster(cluster)),
+        prefix_rewrite: "/".into(),
+        timeout: Some(millis(f.timeout_ms)),
+        retry_policy: Some(RetryPolicy {
+            retry_on: RETRY_ON.into(),
+            num_retries: u32v(settings.num_retries),
+            retry_host_predicate: vec![RetryHostPredicate {
+                name: "envoy.retry_host_predicates.previous_hosts".into(),
+                config_type: Some(envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+                    pack_any(PreviousHostsPredicate::default()),
+                )),
+            }],
+            host_selection_retry_max_attempts: 5,
             ..Default::default()
-        })),
+        }),
         ..Default::default()
     }
 }

@@ -56,6 +56,8 @@ impl Store {
         let generation = inner.generation;
         let mut snapshot = self.snapshots.borrow().with_generation(generation);
         let mut routes_changed = false;
+        // The public routes change when a function starts or stops having a serving replica.
+        let mut public_changed = false;
         for change in changes {
             let function = match change {
                 Change::PutFunction { function, .. } | Change::RemoveFunction { function } => {
@@ -66,6 +68,11 @@ impl Store {
                     function
                 }
             };
+            let serving = |m: &Model| m.functions.get(function).map(resources::public::serving);
+            public_changed |= serving(&inner.model) != serving(&model);
+            if self.settings.public.is_some() {
+                resources::public::put_function(&mut snapshot, &model, function);
+            }
             let cluster = cluster_name(function);
             match model.functions.get(function) {
                 Some(f) => {
@@ -83,6 +90,9 @@ impl Store {
         if routes_changed {
             let routes = resources::route_table(&model, &self.settings);
             snapshot.insert(Kind::Route, resources::ROUTE_CONFIG_NAME, envoy_types::util::pack_any(routes));
+        }
+        if let Some(entry) = self.settings.public.as_ref().filter(|_| routes_changed || public_changed) {
+            resources::public::put_routes(&mut snapshot, &model, entry, &self.settings);
         }
         inner.model = model.clone();
         self.snapshots.send_replace(Arc::new(snapshot));
@@ -149,22 +159,37 @@ impl Store {
 mod tests {
     use super::*;
 
-    #[test]
-    fn incremental_snapshot_equals_full_rebuild() {
-        let store = Store::new(Model::default(), BuildSettings::default(), true);
+    fn incremental_snapshot_equals_full_rebuild_with(settings: BuildSettings) {
+        let store = Store::new(Model::default(), settings.clone(), true);
         let put = |f: &str| Change::PutFunction { function: f.into(), concurrency: Some(2), timeout_ms: None };
         let add = |f: &str, a: &str| Change::AddEndpoint { function: f.into(), address: a.into() };
-        store.apply(&[put("a"), put("b"), add("a", "127.0.0.1:1")]).unwrap();
-        store.apply(&[add("b", "127.0.0.1:2")]).unwrap();
-        store.apply(&[Change::RemoveFunction { function: "a".into() }]).unwrap();
-        let g = store.apply(&[Change::DrainEndpoint { function: "b".into(), address: "127.0.0.1:2".into() }]).unwrap();
-        assert_eq!(g, 5);
-        let (model, _) = store.model();
-        let full = resources::build(&model, &BuildSettings::default(), g);
-        let published = store.snapshots().borrow().clone();
-        for kind in Kind::ALL {
-            assert_eq!(published.of(kind), full.of(kind), "{kind:?}");
+        let drain = |f: &str, a: &str| Change::DrainEndpoint { function: f.into(), address: a.into() };
+        let steps = [
+            vec![put("a"), put("b"), add("a", "127.0.0.1:1")],
+            vec![add("b", "127.0.0.1:2")],
+            vec![add("b", "127.0.0.1:3")],
+            vec![drain("b", "127.0.0.1:3")],
+            vec![Change::RemoveFunction { function: "a".into() }],
+            vec![drain("b", "127.0.0.1:2")],
+        ];
+        for (i, changes) in steps.iter().enumerate() {
+            let g = store.apply(changes).unwrap();
+            assert_eq!(g, i as u64 + 2);
+            let (model, _) = store.model();
+            let full = resources::build(&model, &settings, g);
+            let published = store.snapshots().borrow().clone();
+            for kind in Kind::ALL {
+                assert_eq!(published.of(kind), full.of(kind), "{kind:?} after step {i}");
+            }
         }
+    }
+
+    #[test]
+    fn incremental_snapshot_equals_full_rebuild() {
+        incremental_snapshot_equals_full_rebuild_with(BuildSettings::default());
+        let public =
+            resources::PublicEntry { bind: "0.0.0.0:8080".parse().unwrap(), gate_host: "gate".into(), gate_port: 8081, max_body: 1 };
+        incremental_snapshot_equals_full_rebuild_with(BuildSettings { public: Some(public), ..BuildSettings::default() });
     }
 
     #[test]

@@ -123,8 +123,10 @@ pub async fn raw_exchange(port: u16, payload: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// An HTTP/1.1 upstream on a free port that answers every request with
-/// `{"upstream":"<name>","path":"<path and query>"}`, optionally after a delay.
-/// It keeps connections alive, as Envoy expects.
+/// `{"upstream":"<name>","path":"<path and query>"}`, optionally after a delay, and
+/// echoes the request's `x-envoy-original-path` and `x-request-id` back as
+/// `x-seen-original-path` and `x-seen-request-id`. It keeps connections alive, as Envoy
+/// expects.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     /// Its port on 127.0.0.1.
@@ -219,8 +221,18 @@ async fn serve_conn(mut conn: TcpStream, reply: Arc<Reply>, hits: Arc<AtomicU64>
         }
         hits.fetch_add(1, Ordering::SeqCst);
         let body = format!("{{\"upstream\":\"{}\",\"path\":\"{path}\"}}", reply.name);
+        let seen: String = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter_map(|(k, v)| {
+                let k = k.trim().to_ascii_lowercase();
+                ["x-envoy-original-path", "x-request-id"]
+                    .contains(&k.as_str())
+                    .then(|| format!("x-seen-{}: {}\r\n", k.trim_start_matches("x-envoy-").trim_start_matches("x-"), v.trim()))
+            })
+            .collect();
         let resp = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\n{}Content-Length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\n{seen}{}Content-Length: {}\r\n\r\n{body}",
             reply.status,
             match reply.status {
                 200 => "OK",

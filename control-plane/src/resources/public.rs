@@ -1,0 +1,425 @@
+//! Envoy as the public entry: one listener that sends a function's requests straight to
+//! its replicas while it has one serving, and everything else to the gate (asleep,
+//! waking, draining to zero, an undeclared name, a body the gate must judge).
+//!
+//! The switch is the route: a function with a serving (not draining) endpoint is routed to
+//! its aggregate cluster `direct.<name>`, else to the gate. The aggregate cluster lists the
+//! function's cluster first and the gate second, so a request that the route sent "direct"
+//! in the moment a function lost its last serving replica still reaches the gate: Envoy
+//! applies endpoints before routes, and on the way down the endpoint is draining (no
+//! healthy host: the aggregate falls over to the gate) before the route says "gate". A
+//! request that never reached a replica (refused, reset before it was sent) is retried on
+//! the next priority, the gate, which holds it while the function wakes again.
+
+use super::{ads, millis, replica_action, socket_address, u32v, BuildSettings, Kind, Snapshot};
+use crate::model::{Function, Model};
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    access_log_filter::FilterSpecifier, comparison_filter::Op, AccessLogFilter, ComparisonFilter, StatusCodeFilter,
+};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    circuit_breakers::Thresholds,
+    cluster::{ClusterDiscoveryType, CustomClusterType, DiscoveryType, DnsLookupFamily, LbPolicy},
+    CircuitBreakers, Cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    data_source, header_value_option::HeaderAppendAction, substitution_format_string::Format, DataSource, HeaderValue, HeaderValueOption,
+    RuntimeUInt32, SubstitutionFormatString,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::route::v3::{
+    header_matcher::HeaderMatchSpecifier, retry_policy::RetryPriority, route::Action, route_action::ClusterSpecifier,
+    route_match::PathSpecifier, HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig as AggregateConfig;
+use envoy_types::pb::envoy::extensions::filters::http::buffer::v3::Buffer;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::{CodecType, RouteSpecifier, ServerHeaderTransformation},
+    http_filter, HttpConnectionManager, HttpFilter, LocalReplyConfig, Rds, ResponseMapper,
+};
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
+use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, RegexMatcher, StringMatcher};
+use envoy_types::pb::google::protobuf::{value::Kind as ValueKind, BoolValue, Struct, Value};
+use envoy_types::util::pack_any;
+use roost_common::naming::cluster_name;
+use std::net::{IpAddr, SocketAddr};
+
+/// Name of the public listener.
+pub const PUBLIC_LISTENER_NAME: &str = "roost_public";
+/// Name of the public listener's route table.
+pub const PUBLIC_ROUTE_CONFIG_NAME: &str = "roost_public_routes";
+/// Name of the gate's cluster.
+pub const GATE_CLUSTER: &str = "roost_gate";
+/// The X-Request-Id the gate keeps as it is (nginx.conf's `$roost_request_id`); a request
+/// with any other goes through the gate, which replaces it.
+pub const REQUEST_ID_PATTERN: &str = r"[\x21-\x7e]{1,200}";
+
+/// The aggregate cluster of a function's direct route: its replicas, then the gate. Not
+/// `fn-` prefixed: the statsd-listener reads only the function clusters.
+pub fn direct_cluster(function: &str) -> String {
+    format!("direct.{function}")
+}
+
+/// Envoy as the public entry, in front of the gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicEntry {
+    /// Where the public listener binds inside Envoy.
+    pub bind: SocketAddr,
+    /// The gate's host (an IP address, or a name Envoy resolves) and port.
+    pub gate_host: String,
+    /// The gate's port.
+    pub gate_port: u16,
+    /// The gate's body limit: Envoy reads a body whole before it sends it on (as the gate
+    /// does) and answers 413 to one over the limit, in JSON.
+    pub max_body: u64,
+}
+
+/// Whether a function has a replica that takes new requests.
+pub fn serving(f: &Function) -> bool {
+    f.endpoints.values().any(|e| !e.draining)
+}
+
+/// Adds the public entry's resources to `snap`.
+pub(super) fn add(snap: &mut Snapshot, model: &Model, entry: &PublicEntry, settings: &BuildSettings) {
+    snap.insert(Kind::Cluster, GATE_CLUSTER, pack_any(gate_cluster(entry)));
+    for name in model.functions.keys() {
+        put_function(snap, model, name);
+    }
+    snap.insert(Kind::Listener, PUBLIC_LISTENER_NAME, pack_any(listener(entry)));
+    put_routes(snap, model, entry, settings);
+}
+
+/// Adds (or removes, when `model` no longer has it) one function's aggregate cluster.
+pub fn put_function(snap: &mut Snapshot, model: &Model, function: &str) {
+    match model.functions.contains_key(function) {
+        true => snap.insert(Kind::Cluster, direct_cluster(function), pack_any(aggregate_cluster(function))),
+        false => snap.remove(Kind::Cluster, &direct_cluster(function)),
+    }
+}
+
+/// Rebuilds the public route table.
+pub fn put_routes(snap: &mut Snapshot, model: &Model, entry: &PublicEntry, settings: &BuildSettings) {
+    snap.insert(Kind::Route, PUBLIC_ROUTE_CONFIG_NAME, pack_any(route_table(model, entry, settings)));
+}
+
+// `dns_refresh_rate` is deprecated in favour of the DNS cluster extension; Envoy 1.40
+// still reads it, and the plain STRICT_DNS type keeps this cluster readable.
+#[allow(deprecated)]
+fn gate_cluster(entry: &PublicEntry) -> Cluster {
+    let by_name = entry.gate_host.parse::<IpAddr>().is_err();
+    let endpoint = LbEndpoint {
+        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+            address: Some(socket_address(&entry.gate_host, entry.gate_port)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    Cluster {
+        name: GATE_CLUSTER.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            if by_name { DiscoveryType::StrictDns } else { DiscoveryType::Static } as i32
+        )),
+        // A restarted gate may come back on another address: look again every second.
+        dns_refresh_rate: by_name.then(|| millis(1000)),
+        dns_lookup_family: DnsLookupFamily::V4Preferred as i32,
+        connect_timeout: Some(millis(1000)),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: GATE_CLUSTER.into(),
+            endpoints: vec![LocalityLbEndpoints { lb_endpoints: vec![endpoint], ..Default::default() }],
+            ..Default::default()
+        }),
+        // The gate holds requests by the thousand (ROOST_GATE_MAX_HELD per function).
+        circuit_breakers: Some(CircuitBreakers {
+            thresholds: vec![Thresholds {
+                max_connections: u32v(100_000),
+                max_pending_requests: u32v(100_000),
+                max_requests: u32v(100_000),
+                max_retries: u32v(1_000),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn aggregate_cluster(function: &str) -> Cluster {
+    let config = AggregateConfig { clusters: vec![cluster_name(function), GATE_CLUSTER.into()] };
+    Cluster {
+        name: direct_cluster(function),
+        cluster_discovery_type: Some(ClusterDiscoveryType::ClusterType(CustomClusterType {
+            name: "envoy.clusters.aggregate".into(),
+            typed_config: Some(pack_any(config)),
+        })),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(millis(1000)),
+        ..Default::default()
+    }
+}
+
+fn listener(entry: &PublicEntry) -> Listener {
+    let limit = u32::try_from(entry.max_body).unwrap_or(u32::MAX);
+    // Envoy's own answers (a request it cannot parse, no upstream) in JSON like the gate's.
+    // One field: a protobuf Struct is a hash map, and more than one would make the
+    // listener's bytes, and so its version, differ from build to build.
+    let body = Struct { fields: [("error".to_string(), Value { kind: Some(ValueKind::StringValue("%LOCAL_REPLY_BODY%".into())) })].into() };
+    let hcm = HttpConnectionManager {
+        stat_prefix: "public".into(),
+        // HTTP/1 only, as the gate.
+        codec_type: CodecType::Http1 as i32,
+        route_specifier: Some(RouteSpecifier::Rds(Rds { config_source: Some(ads()), route_config_name: PUBLIC_ROUTE_CONFIG_NAME.into() })),
+        http_filters: vec![
+            HttpFilter {
+                name: "envoy.filters.http.buffer".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Buffer { max_request_bytes: u32v(limit) }))),
+                ..Default::default()
+            },
+            HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
+                ..Default::default()
+            },
+        ],
+        // The client's address in X-Forwarded-For, and its x-envoy-* headers dropped.
+        use_remote_address: Some(BoolValue { value: true }),
+        // A valid X-Request-Id is kept (others go to the gate), a missing one is made, and
+        // every answer carries it.
+        preserve_external_request_id: true,
+        always_set_request_id_in_response: true,
+        server_header_transformation: ServerHeaderTransformation::PassThrough as i32,
+        local_reply_config: Some(LocalReplyConfig {
+            mappers: vec![ResponseMapper {
+                filter: Some(AccessLogFilter {
+                    filter_specifier: Some(FilterSpecifier::StatusCodeFilter(StatusCodeFilter {
+                        comparison: Some(ComparisonFilter {
+                            op: Op::Eq as i32,
+                            value: Some(RuntimeUInt32 { default_value: 413, runtime_key: "roost.public.too_large".into() }),
+                        }),
+                    })),
+                }),
+                body: Some(DataSource {
+                    specifier: Some(data_source::Specifier::InlineString(format!(
+                        "the request body is over the limit of {limit} bytes (ROOST_GATE_MAX_BODY)"
+                    ))),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            body_format: Some(SubstitutionFormatString {
+                format: Some(Format::JsonFormat(body)),
+                content_type: "application/json".into(),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    };
+    Listener {
+        name: PUBLIC_LISTENER_NAME.into(),
+        address: Some(socket_address(&entry.bind.ip().to_string(), entry.bind.port())),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn header(name: &str, spec: HeaderMatchSpecifier, invert_match: bool) -> HeaderMatcher {
+    HeaderMatcher { name: name.into(), header_match_specifier: Some(spec), invert_match, ..Default::default() }
+}
+
+/// The public route table: first the requests only the gate judges (an X-Request-Id it
+/// would replace), then each function, direct while it has a serving replica, else to the
+/// gate; everything else to the gate (404).
+pub fn route_table(model: &Model, entry: &PublicEntry, settings: &BuildSettings) -> RouteConfiguration {
+    let _ = entry;
+    let id_regex = StringMatcher {
+        match_pattern: Some(MatchPattern::SafeRegex(RegexMatcher { regex: REQUEST_ID_PATTERN.into(), ..Default::default() })),
+        ..Default::default()
+    };
+    let mut routes = vec![to_gate("other-request-id", vec![header("x-request-id", HeaderMatchSpecifier::StringMatch(id_regex), true)])];
+    for (name, f) in &model.functions {
+        let exact = PathSpecifier::Path(format!("/{name}"));
+        let below = PathSpecifier::Prefix(format!("/{name}/"));
+        for (suffix, spec) in [("exact", exact), ("prefix", below)] {
+            let r#match = Some(RouteMatch { path_specifier: Some(spec), ..Default::default() });
+            routes.push(if serving(f) {
+                Route {
+                    name: format!("{name}-{suffix}"),
+                    r#match,
+                    action: Some(Action::Route(direct_action(name, f, settings))),
+                    ..Default::default()
+                }
+            } else {
+                Route { r#match, ..to_gate(&format!("{name}-{suffix}-asleep"), vec![]) }
+            });
+        }
+    }
+    routes.push(to_gate("other", vec![]));
+    RouteConfiguration {
+        name: PUBLIC_ROUTE_CONFIG_NAME.into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "public".into(),
+            domains: vec!["*".into()],
+            routes,
+            // The gate says how long it held a request; a request that went direct says none.
+            response_headers_to_add: vec![HeaderValueOption {
+                header: Some(HeaderValue { key: "x-roost-cold-start".into(), value: "none".into(), ..Default::default() }),
+                append_action: HeaderAppendAction::AddIfAbsent as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn direct_action(name: &str, f: &Function, settings: &BuildSettings) -> RouteAction {
+    let mut action = replica_action(direct_cluster(name), f, settings);
+    if let Some(retry) = action.retry_policy.as_mut() {
+        // A retry goes to the priority not tried yet: after the replicas, the gate.
+        retry.retry_priority = Some(RetryPriority {
+            name: "envoy.retry_priorities.previous_priorities".into(),
+            config_type: Some(envoy_types::pb::envoy::config::route::v3::retry_policy::retry_priority::ConfigType::TypedConfig(pack_any(
+                PreviousPrioritiesConfig { update_frequency: 1 },
+            ))),
+        });
+    }
+    action
+}
+
+/// A route to the gate: the path as sent, no timeout (the gate bounds how long it holds a
+/// request, Envoy's listener behind it the function's timeout), and retries of requests
+/// the gate never had (it restarts).
+fn to_gate(name: &str, headers: Vec<HeaderMatcher>) -> Route {
+    Route {
+        name: name.into(),
+        r#match: Some(RouteMatch { path_specifier: Some(PathSpecifier::Prefix("/".into())), headers, ..Default::default() }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(GATE_CLUSTER.into())),
+            timeout: Some(millis(0)),
+            retry_policy: Some(RetryPolicy { retry_on: super::RETRY_ON.into(), num_retries: u32v(5), ..Default::default() }),
+            ..Default::default()
+        })),
+        // The gate takes the path a direct route rewrote from this header; a client's own
+        // must not reach it.
+        request_headers_to_remove: vec!["x-envoy-original-path".into()],
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Change;
+    use crate::resources::build;
+    use prost::Message;
+
+    fn entry() -> PublicEntry {
+        PublicEntry { bind: "0.0.0.0:8080".parse().unwrap(), gate_host: "gate".into(), gate_port: 8081, max_body: 1024 }
+    }
+
+    fn settings() -> BuildSettings {
+        BuildSettings { public: Some(entry()), ..BuildSettings::default() }
+    }
+
+    fn model(changes: &[Change]) -> Model {
+        let mut m = Model::default();
+        m.apply_all(changes).unwrap();
+        m
+    }
+
+    fn put(name: &str) -> Change {
+        Change::PutFunction { function: name.into(), concurrency: None, timeout_ms: Some(1500) }
+    }
+
+    fn routes(s: &Snapshot) -> Vec<Route> {
+        let rc = RouteConfiguration::decode(&*s.of(Kind::Route)[PUBLIC_ROUTE_CONFIG_NAME].body.value).unwrap();
+        rc.virtual_hosts[0].routes.clone()
+    }
+
+    fn cluster_of(r: &Route) -> String {
+        let Some(Action::Route(RouteAction { cluster_specifier: Some(ClusterSpecifier::Cluster(c)), .. })) = &r.action else {
+            panic!("{r:?}")
+        };
+        c.clone()
+    }
+
+    #[test]
+    fn a_function_goes_direct_only_while_it_has_a_serving_replica() {
+        let addr = "127.0.0.1:5000";
+        let asleep = build(&model(&[put("hello")]), &settings(), 1);
+        let awake = build(&model(&[put("hello"), Change::AddEndpoint { function: "hello".into(), address: addr.into() }]), &settings(), 2);
+        let draining = build(
+            &model(&[
+                put("hello"),
+                Change::AddEndpoint { function: "hello".into(), address: addr.into() },
+                Change::DrainEndpoint { function: "hello".into(), address: addr.into() },
+            ]),
+            &settings(),
+            3,
+        );
+        let hello = |s: &Snapshot| routes(s).iter().filter(|r| r.name.starts_with("hello-")).map(cluster_of).collect::<Vec<_>>();
+        assert_eq!(hello(&asleep), [GATE_CLUSTER, GATE_CLUSTER]);
+        assert_eq!(hello(&awake), ["direct.hello", "direct.hello"]);
+        assert_eq!(hello(&draining), [GATE_CLUSTER, GATE_CLUSTER], "the last replica draining sends the function back to the gate");
+
+        let direct = routes(&awake).into_iter().find(|r| r.name == "hello-exact").unwrap();
+        let Some(Action::Route(ra)) = direct.action else { panic!() };
+        assert_eq!((ra.prefix_rewrite.as_str(), ra.timeout), ("/", Some(millis(1500))));
+        let retry = ra.retry_policy.unwrap();
+        assert_eq!(retry.retry_priority.unwrap().name, "envoy.retry_priorities.previous_priorities");
+        let asleep_route = routes(&asleep).into_iter().find(|r| r.name == "hello-exact-asleep").unwrap();
+        let Some(Action::Route(ra)) = asleep_route.action else { panic!() };
+        assert_eq!(
+            (ra.prefix_rewrite.as_str(), ra.timeout),
+            ("", Some(millis(0))),
+            "the gate gets the path as sent, and holds without Envoy's timeout"
+        );
+    }
+
+    #[test]
+    fn an_id_the_gate_would_replace_goes_to_it_first_and_anything_undeclared_last() {
+        let s = build(
+            &model(&[put("hello"), Change::AddEndpoint { function: "hello".into(), address: "127.0.0.1:5000".into() }]),
+            &settings(),
+            1,
+        );
+        let r = routes(&s);
+        let names: Vec<_> = r.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["other-request-id", "hello-exact", "hello-prefix", "other"]);
+        assert!(r[0].r#match.as_ref().unwrap().headers[0].invert_match);
+        assert_eq!(cluster_of(&r[0]), GATE_CLUSTER);
+        assert_eq!(cluster_of(&r[3]), GATE_CLUSTER);
+    }
+
+    #[test]
+    fn the_aggregate_lists_the_replicas_before_the_gate_and_the_gate_is_found_by_name() {
+        let s = build(&model(&[put("hello")]), &settings(), 1);
+        let c = Cluster::decode(&*s.of(Kind::Cluster)["direct.hello"].body.value).unwrap();
+        let Some(ClusterDiscoveryType::ClusterType(t)) = c.cluster_discovery_type else { panic!() };
+        let config = AggregateConfig::decode(&*t.typed_config.unwrap().value).unwrap();
+        assert_eq!(config.clusters, ["fn-hello", GATE_CLUSTER]);
+        let gate = Cluster::decode(&*s.of(Kind::Cluster)[GATE_CLUSTER].body.value).unwrap();
+        assert_eq!(gate.cluster_discovery_type, Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32)));
+        let by_ip = PublicEntry { gate_host: "127.0.0.1".into(), ..entry() };
+        let g = gate_cluster(&by_ip);
+        assert_eq!(g.cluster_discovery_type, Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)));
+        // Only the function clusters have endpoints to subscribe to.
+        assert_eq!(s.expected_names(Kind::Endpoint).collect::<Vec<_>>(), ["fn-hello"]);
+    }
+
+    #[test]
+    fn the_public_listener_is_the_same_bytes_every_build() {
+        let a = build(&model(&[put("a")]), &settings(), 1);
+        let b = build(&model(&[put("a"), put("b")]), &settings(), 2);
+        assert_eq!(a.of(Kind::Listener)[PUBLIC_LISTENER_NAME].version, b.of(Kind::Listener)[PUBLIC_LISTENER_NAME].version);
+        assert!(build(&model(&[put("a")]), &BuildSettings::default(), 1).of(Kind::Listener).get(PUBLIC_LISTENER_NAME).is_none());
+    }
+}

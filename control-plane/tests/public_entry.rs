@@ -1,0 +1,149 @@
+//! Envoy as the public entry, against the real Envoy 1.40: a function with a serving
+//! replica is called straight, everything else reaches the gate (a stand-in upstream
+//! here), and a replica that refuses a request hands it to the gate instead of failing it.
+
+use roost_control_plane::{start, Config};
+use roost_testkit::envoy::{Envoy, EnvoyOptions, XdsMode};
+use roost_testkit::http::{self, Upstream};
+use roost_testkit::process::free_port;
+use roost_testkit::wait_until;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn admin_ok(port: u16, method: &str, path: &str, body: Option<Value>) -> Value {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let r = http::request(port, method, path, &[("content-type", "application/json")], body.as_bytes()).await.unwrap();
+    assert_eq!(r.status, 200, "admin {method} {path}: {}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// Who answered, the path it was sent, and the headers the stand-ins echo.
+#[derive(Debug)]
+struct Seen {
+    upstream: String,
+    path: String,
+    original_path: Option<String>,
+    request_id: Option<String>,
+    cold_start: Option<String>,
+    response_id: Option<String>,
+}
+
+async fn call(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Seen {
+    let r = http::request(port, method, path, headers, body).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    assert_eq!(r.status, 200, "{method} {path}: {} {}", r.status, r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    Seen {
+        upstream: v["upstream"].as_str().unwrap().into(),
+        path: v["path"].as_str().unwrap().into(),
+        original_path: r.header("x-seen-original-path").map(String::from),
+        request_id: r.header("x-seen-request-id").map(String::from),
+        cold_start: r.header("x-roost-cold-start").map(String::from),
+        response_id: r.header("x-request-id").map(String::from),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy (ROOST_ENVOY_BIN or scripts/install-deps.sh)"]
+async fn serving_functions_go_straight_to_replicas_and_everything_else_to_the_gate() {
+    let gate = Upstream::start("gate").await;
+    let replica = Upstream::start("replica").await;
+    let public = free_port();
+    let config = Config {
+        listener_port: free_port(),
+        public_bind: Some(format!("127.0.0.1:{public}").parse().unwrap()),
+        // A name, as in compose: Envoy looks it up.
+        gate_addr: Some(("localhost".into(), gate.port)),
+        gate_max_body: 1024,
+        ..Config::for_tests()
+    };
+    let shutdown = CancellationToken::new();
+    let cp = start(config, shutdown.clone()).await.expect("control plane starts");
+    let envoy = Envoy::start(&EnvoyOptions::new(cp.xds_addr.port(), XdsMode::Delta)).await;
+    wait_until(WAIT, "Envoy LIVE", || async { envoy.is_live().await.then_some(()) }).await;
+    let admin = cp.admin_addr.port();
+    let get = |path: &'static str| call(public, "GET", path, &[], b"");
+
+    // Asleep: the gate gets the request as the client sent it.
+    admin_ok(admin, "PUT", "/functions/hello?wait=true", Some(json!({"concurrency": 2, "timeout_ms": 5000}))).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match http::get(public, "/hello/x?y=1").await {
+            Ok(r) if r.status == 200 => break,
+            other if std::time::Instant::now() > deadline => {
+                let log = envoy.log();
+                panic!("the gate never answered through the public listener: {other:?}\nEnvoy:\n{}", &log[log.len().saturating_sub(4000)..])
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let s = get("/hello/x?y=1").await;
+    assert_eq!((s.upstream.as_str(), s.path.as_str()), ("gate", "/hello/x?y=1"), "{s:?}");
+    assert_eq!(s.original_path, None, "a client's x-envoy-original-path never reaches the gate");
+    assert!(s.request_id.is_some() && s.request_id == s.response_id, "Envoy makes the request id and returns it: {s:?}");
+
+    // Serving: straight to the replica, prefix stripped, no cold start, the client's id kept.
+    let addr = format!("127.0.0.1:{}", replica.port);
+    admin_ok(admin, "POST", "/functions/hello/endpoints?wait=true", Some(json!({"address": addr}))).await;
+    let s = call(public, "GET", "/hello/x?y=1", &[("x-request-id", "abc-123")], b"").await;
+    assert_eq!((s.upstream.as_str(), s.path.as_str()), ("replica", "/x?y=1"), "{s:?}");
+    assert_eq!(s.cold_start.as_deref(), Some("none"));
+    assert_eq!((s.request_id.as_deref(), s.response_id.as_deref()), (Some("abc-123"), Some("abc-123")));
+    let body = vec![b'a'; 1024];
+    assert_eq!(call(public, "POST", "/hello", &[], &body).await.upstream, "replica", "a body of exactly the limit goes direct");
+
+    // Bodies: read whole up to the limit (chunked too), 413 in JSON past it, as the gate.
+    let raw = "POST /hello HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let answer = String::from_utf8_lossy(&http::raw_exchange(public, raw.as_bytes()).await.expect("an answer")).into_owned();
+    assert!(answer.contains("\"upstream\":\"replica\""), "a small chunked body goes direct: {answer}");
+    for (what, raw) in [
+        ("declared", format!("POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 1025\r\nConnection: close\r\n\r\n{}", "a".repeat(1025))),
+        (
+            "chunked",
+            format!(
+                "POST /hello HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n401\r\n{}\r\n0\r\n\r\n",
+                "a".repeat(1025)
+            ),
+        ),
+    ] {
+        let answer = String::from_utf8_lossy(&http::raw_exchange(public, raw.as_bytes()).await.expect("an answer")).into_owned();
+        assert!(
+            answer.starts_with("HTTP/1.1 413") && answer.contains("over the limit of 1024 bytes"),
+            "{what} body over the limit: {answer}"
+        );
+        assert!(answer.to_ascii_lowercase().contains("content-type: application/json"), "{answer}");
+    }
+    let s = call(public, "GET", "/hello", &[("x-request-id", "has space")], b"").await;
+    assert_eq!(s.upstream, "gate", "an X-Request-Id the gate would replace");
+    assert_eq!(get("/nope").await.upstream, "gate", "an undeclared name: the gate's 404");
+    assert_eq!(get("/hello2").await.upstream, "gate", "/hello2 is not hello");
+
+    // A replica that refuses: the retry goes to the gate, with the path the client sent.
+    let dead = format!("127.0.0.1:{}", free_port());
+    admin_ok(admin, "DELETE", &format!("/functions/hello/endpoints/{addr}?wait=true"), None).await;
+    admin_ok(admin, "POST", "/functions/hello/endpoints?wait=true", Some(json!({"address": dead}))).await;
+    let s = get("/hello/x?y=1").await;
+    assert_eq!(s.upstream, "gate", "{s:?}");
+    assert_eq!(s.original_path.as_deref(), Some("/hello/x?y=1"), "the gate finds the path as sent: {s:?}");
+
+    // Draining its last replica sends the function back to the gate.
+    admin_ok(admin, "POST", "/functions/hello/endpoints?wait=true", Some(json!({"address": addr}))).await;
+    admin_ok(admin, "DELETE", &format!("/functions/hello/endpoints/{dead}?wait=true"), None).await;
+    assert_eq!(get("/hello").await.upstream, "replica");
+    let before = replica.hits();
+    admin_ok(admin, "POST", &format!("/functions/hello/endpoints/{addr}/drain?wait=true"), None).await;
+    for _ in 0..10 {
+        assert_eq!(get("/hello").await.upstream, "gate");
+    }
+    assert_eq!(replica.hits(), before, "a draining replica got new requests");
+
+    // Envoy's own answers are JSON, as the gate's.
+    let answer = http::raw_exchange(public, b"GET /hello HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n").await.expect("an answer");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.to_ascii_lowercase().contains("content-type: application/json"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert!(serde_json::from_str::<Value>(body).map(|v| v["error"].is_string()).unwrap_or(false), "{answer}");
+    shutdown.cancel();
+}
