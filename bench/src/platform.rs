@@ -43,9 +43,11 @@ pub const FUNCTIONS: [&str; 5] = ["cold", "burst", "warm", "whoami", "onoff"];
 /// Roost, running, with where to reach it.
 pub struct Roost {
     platform: Option<Platform>,
-    /// The gate.
+    /// The platform's entry: Envoy's public listener.
+    pub public: SocketAddr,
+    /// The gate (behind the public listener).
     pub gate: SocketAddr,
-    /// Envoy's listener (behind the gate).
+    /// Envoy's listener behind the gate.
     pub envoy: SocketAddr,
     /// The orchestrator's API.
     pub orchestrator: SocketAddr,
@@ -104,6 +106,7 @@ impl Roost {
         let envoy_bin = roost_cli::up::find_envoy(home)?;
         let roost = Roost {
             platform: Some(platform),
+            public: local(a.public),
             gate: local(a.gate),
             envoy: local(a.envoy),
             orchestrator: local(a.orchestrator),

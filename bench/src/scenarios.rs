@@ -43,7 +43,7 @@ pub async fn cold_start(roost: &Roost, rounds: usize) -> anyhow::Result<ColdStar
         let f = roost.wait_function("cold", "back at zero", WAIT, |f| f.state == FunctionState::Sleeping).await?;
         let before = f.cold_starts;
         let t = Instant::now();
-        let r = client::get_once(roost.gate, "/cold").await?;
+        let r = client::get_once(roost.public, "/cold").await?;
         let e2e = ms(t.elapsed());
         anyhow::ensure!(r.head.status == 200, "cold start round {round}: HTTP {}: {}", r.head.status, String::from_utf8_lossy(&r.body));
         let f = roost.function("cold").await?;
@@ -81,51 +81,50 @@ pub const BURST_MAX_REPLICAS: usize = 10;
 pub async fn burst(roost: &Roost, n: usize) -> anyhow::Result<Burst> {
     let f = roost.wait_function("burst", "asleep", WAIT, |f| f.state == FunctionState::Sleeping).await?;
     let before = f.cold_starts;
-    let load = client::burst(roost.gate, &format!("/burst?ms={BURST_HANDLER_MS}"), n).await;
+    let load = client::burst(roost.public, &format!("/burst?ms={BURST_HANDLER_MS}"), n).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = roost.function("burst").await?.cold_starts;
     Ok(Burst { load, replicas_started: after - before })
 }
 
-/// The same function at one concurrency, three ways.
+/// The same function at one concurrency, four ways.
 #[derive(Debug, Clone)]
 pub struct Overhead {
     /// Connections, each with one request outstanding.
     pub concurrency: usize,
     /// Straight to the replica.
     pub direct: LoadResult,
-    /// Through a bare Envoy (static configuration): the floor of Envoy alone.
+    /// Through a bare Envoy (static configuration, one route): the floor.
     pub bare_envoy: LoadResult,
-    /// Through a bare nginx and a bare Envoy: the floor of gate and Envoy.
-    pub bare_chain: LoadResult,
-    /// Through Envoy only.
-    pub envoy: LoadResult,
-    /// Through the gate and Envoy: what users get.
+    /// Through Roost's public entry (Envoy's public listener): what users get.
+    pub public: LoadResult,
+    /// Through the gate and Envoy's listener behind it: the way a request for a function
+    /// without a serving replica takes once it is released.
     pub gate: LoadResult,
 }
 
-/// `warm` (one replica, never asleep) at each concurrency: direct, through a bare Envoy,
-/// through a bare nginx and Envoy (the floor, [`floors::ProxyChain`]), through Roost's
-/// Envoy, and through gate and Envoy, interleaved in `reps` slices of `slice` each so
-/// drift on the machine hits all five alike.
+/// `warm` (one replica, never asleep) at each concurrency: direct, through a bare Envoy
+/// (the floor, [`floors::ProxyChain`]'s Envoy), through Roost's public entry, and through
+/// Roost's gate and the Envoy listener behind it, interleaved in `reps` slices of `slice`
+/// each so drift on the machine hits all four alike.
 pub async fn overhead(roost: &Roost, concurrencies: &[usize], reps: usize, slice: Duration) -> anyhow::Result<Vec<Overhead>> {
     let f = roost.wait_function("warm", "its replica ready", WAIT, |f| f.ready_replicas() == 1).await?;
     let direct: SocketAddr = f.replicas.first().map(|r| r.address.as_str()).unwrap_or_default().parse()?;
     let chain = floors::ProxyChain::start(&roost.envoy_bin, direct, "/warm", &roost.work_dir.join("proxy-floor")).await?;
-    let paths = [(direct, "/"), (chain.envoy_addr, "/warm"), (chain.nginx_addr, "/warm"), (roost.envoy, "/warm"), (roost.gate, "/warm")];
+    let paths = [(direct, "/"), (chain.envoy_addr, "/warm"), (roost.public, "/warm"), (roost.public, "/warm")];
     let mut out = Vec::new();
     for &c in concurrencies {
         for (addr, path) in paths {
             let _ = client::closed_loop(addr, path, c, Duration::from_millis(300)).await;
         }
-        let mut runs: [LoadResult; 5] = Default::default();
+        let mut runs: [LoadResult; 4] = Default::default();
         for _ in 0..reps {
             for (run, (addr, path)) in runs.iter_mut().zip(paths) {
                 run.merge(client::closed_loop(addr, path, c, slice).await);
             }
         }
-        let [direct, bare_envoy, bare_chain, envoy, gate] = runs;
-        out.push(Overhead { concurrency: c, direct, bare_envoy, bare_chain, envoy, gate });
+        let [direct, bare_envoy, public, gate] = runs;
+        out.push(Overhead { concurrency: c, direct, bare_envoy, public, gate });
     }
     chain.stop().await;
     Ok(out)
@@ -150,7 +149,7 @@ pub async fn autoscale(roost: &Roost, rounds: usize, concurrency: usize, handler
         roost
             .wait_function("whoami", "exactly one replica", WAIT, |f| f.ready_replicas() == 1 && f.replicas.len() == 1 && f.starting == 0)
             .await?;
-        let first = client::get_once(roost.gate, "/whoami").await?;
+        let first = client::get_once(roost.public, "/whoami").await?;
         anyhow::ensure!(first.head.status == 200, "whoami answered {}", first.head.status);
         let first: serde_json::Value = serde_json::from_slice(&first.body)?;
         let first = first["replica"].as_str().unwrap_or_default().to_string();
@@ -216,7 +215,7 @@ pub async fn scale_to_zero(
     let mut out = ScaleToZero::default();
     for round in 0..rounds {
         roost.wait_function("onoff", "asleep", WAIT, |f| f.state == FunctionState::Sleeping).await?;
-        let r = client::get_once(roost.gate, "/onoff").await?;
+        let r = client::get_once(roost.public, "/onoff").await?;
         anyhow::ensure!(r.head.status == 200, "scale-to-zero round {round}: HTTP {}", r.head.status);
         let last = Instant::now();
         roost.wait_function("onoff", "back at zero", WAIT, |f| f.state == FunctionState::Sleeping).await?;
@@ -225,7 +224,7 @@ pub async fn scale_to_zero(
     let before = roost.function("onoff").await?.cold_starts;
     let start = Instant::now();
     while (out.onoff.ok + out.onoff.errors < min_requests || out.cycles < OFF_FACTORS.len()) && start.elapsed() < max_time {
-        out.onoff.merge(client::closed_loop(roost.gate, "/onoff", concurrency, Duration::from_secs(1)).await);
+        out.onoff.merge(client::closed_loop(roost.public, "/onoff", concurrency, Duration::from_secs(1)).await);
         tokio::time::sleep(IDLE_TIMEOUT.mul_f64(OFF_FACTORS[out.cycles % OFF_FACTORS.len()])).await;
         out.cycles += 1;
     }

@@ -177,7 +177,7 @@ async fn run_policy(
     let tasks: Vec<_> = calls
         .iter()
         .map(|&(at, f)| {
-            let (gate, path) = (roost.gate, format!("/{}", names[f]));
+            let (gate, path) = (roost.public, format!("/{}", names[f]));
             tokio::spawn(async move {
                 tokio::time::sleep_until((start + at).into()).await;
                 let t = Instant::now();

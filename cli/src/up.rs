@@ -55,9 +55,11 @@ pub struct UpOptions {
 /// Where the running platform's parts listen (all on 127.0.0.1).
 #[derive(Debug, Clone)]
 pub struct Addresses {
-    /// The gate (public entry).
+    /// Envoy's public listener: the platform's entry.
+    pub public: u16,
+    /// The gate, behind Envoy's public listener (sleeping functions, 404s).
     pub gate: u16,
-    /// Envoy's listener (behind the gate).
+    /// Envoy's listener behind the gate.
     pub envoy: u16,
     /// Envoy's admin API.
     pub envoy_admin: u16,
@@ -336,7 +338,8 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
     let logs = opts.work_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     let mut stack = Stack { procs: Vec::new(), logs: logs.clone(), envoy_admin: None };
-    let (redis, xds, cp_admin, listener, envoy_admin, statsd, metrics, orch) = (
+    let (redis, xds, cp_admin, listener, envoy_admin, statsd, metrics, orch, gate) = (
+        free_port(LOOPBACK)?,
         free_port(LOOPBACK)?,
         free_port(LOOPBACK)?,
         free_port(LOOPBACK)?,
@@ -365,6 +368,8 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
             .env(env::XDS_BIND, format!("127.0.0.1:{xds}"))
             .env(env::ADMIN_BIND, format!("127.0.0.1:{cp_admin}"))
             .env(env::LISTENER_BIND, format!("127.0.0.1:{listener}"))
+            .env(env::PUBLIC_BIND, format!("0.0.0.0:{}", opts.port))
+            .env(env::GATE_ADDR, format!("127.0.0.1:{gate}"))
             .env(env::REDIS_URL, &redis_url)
             .env(env::CONTROL_TOKEN_FILE, &token_file),
     )?;
@@ -426,14 +431,17 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
         "gate",
         Command::new("sh")
             .arg(opts.home.join("gateway-lua/run.sh"))
-            .env(env::GATE_PORT, opts.port.to_string())
+            .env(env::GATE_PORT, gate.to_string())
             .env(env::GATE_PREFIX, opts.work_dir.join("gate"))
             .env(env::REDIS_URL, &redis_url)
             .env(env::ENVOY_ADDR, format!("127.0.0.1:{listener}")),
     )?;
-    wait_ready(&mut stack, "gate", 30, || http_ok(opts.port, "/healthz")).await?;
+    wait_ready(&mut stack, "gate", 30, || http_ok(gate, "/healthz")).await?;
+    // The entry: Envoy's public listener, which finds the gate behind it.
+    wait_ready(&mut stack, "envoy", 30, || http_ok(opts.port, "/healthz")).await?;
     let addresses = Addresses {
-        gate: opts.port,
+        public: opts.port,
+        gate,
         envoy: listener,
         envoy_admin,
         control_plane: cp_admin,

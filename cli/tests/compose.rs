@@ -191,7 +191,7 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
     let mut env = roost_testkit::offline_images();
     assert_eq!(env.len(), 6, "six image overrides: {env:?}");
     let (gate, orch) = (free_port(), free_port());
-    env.push(("ROOST_GATE_PORT".into(), gate.to_string()));
+    env.push(("ROOST_PORT".into(), gate.to_string()));
     env.push(("ROOST_ORCHESTRATOR_PORT".into(), orch.to_string()));
     let project = format!("roost-e2e-{}", std::process::id());
     let _ = Command::new("docker").args(["network", "rm", "roost-functions"]).output();

@@ -126,6 +126,15 @@ async fn ready_function_is_proxied_with_path_query_and_request_id() {
         let r = s.gate.request("GET", "/f", &[("X-Request-Id", "a b")], Body::None).await;
         assert!(is_generated_id(r.header("x-request-id").unwrap()));
 
+        // A request Envoy's public listener first tried on a replica comes with its
+        // prefix stripped and the path as sent in X-Envoy-Original-Path: that is the one
+        // the gate judges and sends on.
+        let r = s.gate.request("GET", "/a?x=1", &[("X-Envoy-Original-Path", "/f/a?x=1")], Body::None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(s.envoy.seen().last().unwrap().path, "/f/a?x=1");
+        let r = s.gate.request("GET", "/a", &[("X-Envoy-Original-Path", "/nope/a")], Body::None).await;
+        assert_eq!((r.status, json(&r)["error"].as_str()), (404, Some("no function named \"nope\"")));
+
         // No Redis round trip per request: the cache is refreshed in the background at
         // most once per period (1 s), for both workers together.
         cmd(&mut s.conn, &["CONFIG", "RESETSTAT"]).await;

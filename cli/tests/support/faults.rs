@@ -91,7 +91,7 @@ pub enum Target {
     /// At most the requests in flight when the component died fail; none is answered wrong.
     InFlightOnly,
     /// Failures are recorded, not targeted: the component is away for the fault's whole
-    /// length and nothing can answer in its place (one gate container restarted: nothing
+    /// length and nothing can answer in its place (Envoy's container restarted: nothing
     /// listens on the public port meanwhile). It must still heal and answer nothing wrong.
     Recorded,
 }

@@ -789,7 +789,7 @@ end
 -- valid function name (nginx.conf's $roost_function is "" then); any byte outside
 -- visible ASCII percent-encoded, so the answer is valid JSON (gateway-lua/README.md).
 local function first_segment()
-    local m = ngx.re.match(ngx.var.request_uri or "", [[^/([^/?#]*)]], "jo")
+    local m = ngx.re.match(ngx.var.roost_uri or "", [[^/([^/?#]*)]], "jo")
     return m and percent_encode(m[1]) or ""
 end
 
