@@ -77,7 +77,7 @@ pub enum Scenario {
     Cold,
     /// A burst from zero.
     Burst,
-    /// Warm overhead: direct, Envoy, gate and Envoy.
+    /// Warm overhead: direct, a bare Envoy, the public entry, gate and Envoy.
     Overhead,
     /// Autoscale reaction.
     Autoscale,

@@ -131,9 +131,9 @@ pub struct Config {
     pub spare_memory: SpareMemory,
 
     /// Keep a stopping replica as its function's paused spare instead of removing it
-    /// (Docker runtime): no new container for a function that sleeps and wakes. Off by
-    /// default until the whole fault suite has run with it on.
-    #[arg(long, env = env::RECYCLE_REPLICAS, default_value_t = false, action = clap::ArgAction::Set)]
+    /// (Docker runtime): no new container for a function that sleeps and wakes. `false`
+    /// removes every stopping replica.
+    #[arg(long, env = env::RECYCLE_REPLICAS, default_value_t = true, action = clap::ArgAction::Set)]
     pub recycle_replicas: bool,
 
     /// Base image of function images (Docker runtime).
