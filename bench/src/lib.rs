@@ -9,6 +9,7 @@ pub mod client;
 pub mod components;
 pub mod floors;
 pub mod machine;
+pub mod many;
 pub mod platform;
 pub mod report;
 pub mod scenarios;
@@ -68,6 +69,12 @@ pub struct Config {
     /// Python of the process runtime.
     #[arg(long, env = "ROOST_PYTHON", default_value = "python3")]
     pub python: String,
+    /// Functions declared in the "many" scenario with the Docker runtime.
+    #[arg(long, env = "ROOST_BENCH_MANY_DOCKER", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub many_docker: u64,
+    /// Functions declared in the "many" scenario with the process runtime.
+    #[arg(long, env = "ROOST_BENCH_MANY_PROCESS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub many_process: u64,
 }
 
 /// One scenario of a runtime's run.
@@ -85,6 +92,8 @@ pub enum Scenario {
     Zero,
     /// Spare policies compared on many functions (Docker only).
     Spares,
+    /// Many functions on one host: --many-docker in containers, --many-process as processes.
+    Many,
 }
 
 impl Config {
@@ -230,7 +239,8 @@ pub async fn run(c: Config, command: String) -> anyhow::Result<(Report, bool)> {
     let work = std::env::temp_dir().join(format!("roost-bench-{}", std::process::id()));
     let with_docker = runtimes.contains(&Runtime::Docker);
     let mut runs = Vec::new();
-    let per_runtime = c.scenarios.is_empty() || c.scenarios.iter().any(|s| *s != Scenario::Spares);
+    let per_runtime = c.scenarios.is_empty() || c.scenarios.iter().any(|s| !matches!(s, Scenario::Spares | Scenario::Many));
+    let many_runtimes = if c.runs(Scenario::Many) { runtimes.clone() } else { vec![] };
     for rt in runtimes.into_iter().filter(|_| per_runtime) {
         runs.push(run_runtime(&c, &bin_dir, &work, rt).await);
     }
@@ -240,6 +250,15 @@ pub async fn run(c: Config, command: String) -> anyhow::Result<(Report, bool)> {
     } else {
         None
     };
+    let mut many = Vec::new();
+    for rt in many_runtimes {
+        let n = match rt {
+            Runtime::Docker => c.many_docker,
+            Runtime::Process => c.many_process,
+        } as usize;
+        progress(&format!("{}: {n} functions on one host", rt.as_str()));
+        many.push((rt.as_str().to_string(), err(many::run(&home, &bin_dir, &work, rt, n, &c.docker_socket).await)));
+    }
     let _ = std::fs::remove_dir_all(&work);
 
     let (xds, statsd) = if c.skip_components {
@@ -259,7 +278,8 @@ pub async fn run(c: Config, command: String) -> anyhow::Result<(Report, bool)> {
         && floors.spare.is_ok()
         && floors.docker.as_ref().is_none_or(|d| d.is_ok())
         && [&xds, &statsd].iter().all(|x| x.as_ref().is_none_or(|x| x.is_ok()))
-        && spares.as_ref().is_none_or(|s| s.is_ok());
+        && spares.as_ref().is_none_or(|s| s.is_ok())
+        && many.iter().all(|(_, m)| m.is_ok());
     let date = std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
@@ -274,6 +294,7 @@ pub async fn run(c: Config, command: String) -> anyhow::Result<(Report, bool)> {
         burst_size: c.burst as usize,
         runtimes: runs,
         spares,
+        many,
         skipped,
         floors,
         xds,

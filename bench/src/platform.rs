@@ -51,6 +51,8 @@ pub struct Roost {
     pub envoy: SocketAddr,
     /// The orchestrator's API.
     pub orchestrator: SocketAddr,
+    /// The control plane's admin API.
+    pub control_plane: SocketAddr,
     /// The control token the orchestrator's API requires.
     pub control_token: String,
     /// Which runtime.
@@ -81,6 +83,33 @@ impl Roost {
         definitions: &str,
         functions: &[&str],
     ) -> anyhow::Result<Roost> {
+        let roost = Self::launch(home, bin_dir, work_dir, runtime, definitions).await?;
+        roost.wait_for("every function declared", Duration::from_secs(120), |s| s.functions.len() == functions.len()).await?;
+        // Wake each function once through the orchestrator (no gate deadline): with
+        // Docker this builds the images and prepares the spares before any figure is
+        // taken. The sleeping ones go back to zero before their scenarios start.
+        // Four at a time: a hundred functions' images build and start in a few minutes.
+        let wakes = futures::stream::iter(functions.iter().map(|name| roost.wake(name))).buffer_unordered(4);
+        wakes.collect::<Vec<anyhow::Result<()>>>().await.into_iter().collect::<anyhow::Result<()>>()?;
+        Ok(roost)
+    }
+
+    /// Starts every component with `definitions` declaring `n` functions and returns once
+    /// the orchestrator lists them all, waking none.
+    pub async fn start_declared(
+        home: &Path,
+        bin_dir: &Path,
+        work_dir: &Path,
+        runtime: Runtime,
+        definitions: &str,
+        n: usize,
+    ) -> anyhow::Result<Roost> {
+        let roost = Self::launch(home, bin_dir, work_dir, runtime, definitions).await?;
+        roost.wait_for_slowly("every function declared", Duration::from_secs(1800), |s| s.functions.len() == n).await?;
+        Ok(roost)
+    }
+
+    async fn launch(home: &Path, bin_dir: &Path, work_dir: &Path, runtime: Runtime, definitions: &str) -> anyhow::Result<Roost> {
         std::fs::create_dir_all(work_dir)?;
         // Function folders are found next to the definitions file: link the examples in.
         for kind in ["python", "command"] {
@@ -104,25 +133,35 @@ impl Roost {
         let platform = roost_cli::up::start(&opts).await?;
         let a = platform.addresses.clone();
         let envoy_bin = roost_cli::up::find_envoy(home)?;
-        let roost = Roost {
+        Ok(Roost {
             platform: Some(platform),
             public: local(a.public),
             gate: local(a.gate),
             envoy: local(a.envoy),
             orchestrator: local(a.orchestrator),
+            control_plane: local(a.control_plane),
             control_token: a.control_token.clone(),
             runtime,
             envoy_bin,
             work_dir: work_dir.to_path_buf(),
-        };
-        roost.wait_for("every function declared", Duration::from_secs(120), |s| s.functions.len() == functions.len()).await?;
-        // Wake each function once through the orchestrator (no gate deadline): with
-        // Docker this builds the images and prepares the spares before any figure is
-        // taken. The sleeping ones go back to zero before their scenarios start.
-        // Four at a time: a hundred functions' images build and start in a few minutes.
-        let wakes = futures::stream::iter(functions.iter().map(|name| roost.wake(name))).buffer_unordered(4);
-        wakes.collect::<Vec<anyhow::Result<()>>>().await.into_iter().collect::<anyhow::Result<()>>()?;
-        Ok(roost)
+        })
+    }
+
+    /// Every component's name and process id.
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        self.platform.as_ref().map(Platform::pids).unwrap_or_default()
+    }
+
+    /// A call to the control plane's admin API with the control token; its body, or an
+    /// error unless it answered 200.
+    pub async fn control_plane_api(&self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<String> {
+        let auth = format!("Bearer {}", self.control_token);
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        let r = roost_testkit::http::request(self.control_plane.port(), method, path, &headers, body)
+            .await
+            .map_err(|e| anyhow::anyhow!("control plane {method} {path}: {e}"))?;
+        anyhow::ensure!(r.status == 200, "control plane {method} {path} answered {}: {}", r.status, r.body);
+        Ok(r.body)
     }
 
     /// Wakes `name` through the orchestrator (no gate deadline) and waits for its answer.
@@ -148,6 +187,15 @@ impl Roost {
 
     /// Polls `/status` every 10 ms until `ok` holds, for at most `timeout`.
     pub async fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&Status) -> bool) -> anyhow::Result<Status> {
+        self.poll(what, timeout, Duration::from_millis(10), ok).await
+    }
+
+    /// The same every 500 ms: the status of thousands of functions is large.
+    pub async fn wait_for_slowly(&self, what: &str, timeout: Duration, ok: impl Fn(&Status) -> bool) -> anyhow::Result<Status> {
+        self.poll(what, timeout, Duration::from_millis(500), ok).await
+    }
+
+    async fn poll(&self, what: &str, timeout: Duration, every: Duration, ok: impl Fn(&Status) -> bool) -> anyhow::Result<Status> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(s) = self.status().await {
@@ -158,10 +206,10 @@ impl Roost {
             if Instant::now() > deadline {
                 anyhow::bail!(
                     "waited {timeout:?} for {what}; orchestrator status: {}",
-                    self.status().await.map(|s| show(&s)).unwrap_or_else(|e| e.to_string())
+                    self.status().await.map(|s| show(&s)).unwrap_or_else(|e| e.to_string()).chars().take(2000).collect::<String>()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(every).await;
         }
     }
 

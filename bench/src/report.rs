@@ -78,6 +78,8 @@ pub struct Report {
     pub floors: Floors,
     /// The spare policies compared (None: not run, no Docker engine or not selected).
     pub spares: Option<Outcome<Vec<crate::spares::PolicyRun>>>,
+    /// Many functions on one host, per runtime (empty: not selected).
+    pub many: Vec<(String, Outcome<crate::many::ManyRun>)>,
     /// `xds-bench`.
     pub xds: Option<Outcome<Component>>,
     /// `statsd-bench`.
@@ -174,6 +176,7 @@ impl Report {
         self.autoscale_detail(&mut s);
         self.zero_detail(&mut s);
         self.spares_detail(&mut s);
+        self.many_detail(&mut s);
         self.floor_detail(&mut s);
         self.components_detail(&mut s);
         s
@@ -529,6 +532,70 @@ impl Report {
         let _ = writeln!(s);
     }
 
+    fn many_detail(&self, s: &mut String) {
+        if self.many.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "### Many functions on one host
+"
+        );
+        let _ = writeln!(
+            s,
+            "A fresh platform with every function declared at once (the `hello` example, at most one replica each, back to zero 2 s after its last call). *Declared*: from `roost up`'s start until the orchestrator lists every function (every component up, Envoy configured with every function). *First answer*: until the first call (to the last function, a cold start) is answered. Memory (resident, each component with its child processes; with Docker, plus the paused spares less reclaimable page cache) and CPU (over {} s) while every function sleeps. *xDS*: the bytes the control plane sent Envoy and the time until Envoy's ACK, for a function's first endpoint (its public route goes direct) and for its removal. Then {} calls drawn with a Zipf popularity (s = {}, {} ms apart on average, a fixed seed) through the public entry; \"hottest\" are the {} most popular functions.\n",
+            crate::many::IDLE_WINDOW.as_secs(),
+            crate::many::CALLS,
+            crate::spares::ZIPF_S,
+            crate::many::MEAN_GAP.as_millis(),
+            crate::spares::HOTTEST,
+        );
+        let _ = writeln!(s, "| runtime | functions | declared | first answer | memory asleep (all) | CPU asleep | xDS: first endpoint | xDS: removal | calls / errors | cold starts | cold p50 / p99, hottest | cold p50 / p99, the rest |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let mib = |b: u64| format!("{:.0} MB", b as f64 / 1_048_576.0);
+        let push = |p: &crate::many::Push| format!("{:.0} KB, {}", p.bytes as f64 / 1024.0, ms(p.ms));
+        for (rt, run) in &self.many {
+            match run {
+                Ok(r) => {
+                    let _ = writeln!(
+                        s,
+                        "| {rt} | {} | {:.1} s | {:.1} s | {} | {:.1} % | {} | {} | {} / {} | {} ({:.0} %) | {} / {} | {} / {} |",
+                        r.functions,
+                        r.declared.as_secs_f64(),
+                        r.serving.as_secs_f64(),
+                        mib(r.total_bytes()),
+                        r.components.iter().map(|c| c.cpu_percent).sum::<f64>(),
+                        push(&r.push_add),
+                        push(&r.push_remove),
+                        r.load.ok + r.load.errors,
+                        r.load.errors,
+                        r.cold,
+                        100.0 * r.cold as f64 / (r.load.ok + r.load.errors).max(1) as f64,
+                        ms(p50(&r.cold_hot_ms)),
+                        ms(p99(&r.cold_hot_ms)),
+                        ms(p50(&r.cold_rest_ms)),
+                        ms(p99(&r.cold_rest_ms)),
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "| {rt} | failed: {e} | | | | | | | | | | |");
+                }
+            }
+        }
+        let _ = writeln!(s, "\nBy component, while every function sleeps:\n");
+        let _ = writeln!(s, "| runtime | component | memory | CPU |");
+        let _ = writeln!(s, "|---|---|---:|---:|");
+        for (rt, r) in self.many.iter().filter_map(|(rt, r)| Some((rt, r.as_ref().ok()?))) {
+            for c in &r.components {
+                let _ = writeln!(s, "| {rt} | {} | {} | {:.1} % |", c.name, mib(c.rss), c.cpu_percent);
+            }
+            if let Some((n, b)) = r.spares {
+                let _ = writeln!(s, "| {rt} | {n} paused spare containers | {} | 0 % |", mib(b));
+            }
+        }
+        let _ = writeln!(s);
+    }
+
     fn zero_detail(&self, s: &mut String) {
         let _ = writeln!(s, "### Scale to zero\n");
         let factors: Vec<String> = OFF_FACTORS.iter().map(|f| format!("{f}")).collect();
@@ -681,6 +748,7 @@ mod tests {
             burst_size: 2,
             runtimes: vec![run],
             spares: None,
+            many: vec![],
             skipped: vec!["docker: no engine".into()],
             floors: Floors {
                 loopback: vec![(1, load(&[0.1, 0.1], 0, 1.0))],

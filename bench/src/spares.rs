@@ -64,7 +64,9 @@ pub fn names() -> Vec<String> {
     (0..FUNCTIONS).map(|i| format!("f{i:03}")).collect()
 }
 
-fn definitions(names: &[String]) -> String {
+/// Definitions of `names`, each the `hello` example, at most one replica, back to zero 2 s
+/// after its last call.
+pub fn definitions(names: &[String]) -> String {
     let mut d = String::from("# Written by roost-bench: the spare-policy workload's functions.\nusable-functions:\n");
     for n in names {
         d.push_str(&format!(
@@ -88,9 +90,15 @@ impl Rng {
 
 /// The workload: (time from the start, function index), from a fixed seed.
 pub fn workload() -> Vec<(Duration, usize)> {
-    let weights: Vec<f64> = (1..=FUNCTIONS).map(|k| 1.0 / (k as f64).powf(ZIPF_S)).collect();
+    zipf_workload(FUNCTIONS, CALLS, MEAN_GAP)
+}
+
+/// `calls` calls over `functions` functions (index 0 the most popular, Zipf with
+/// exponent [`ZIPF_S`]), `mean_gap` apart on average (exponential gaps), from a fixed seed.
+pub fn zipf_workload(functions: usize, calls: usize, mean_gap: Duration) -> Vec<(Duration, usize)> {
+    let weights: Vec<f64> = (1..=functions).map(|k| 1.0 / (k as f64).powf(ZIPF_S)).collect();
     let total: f64 = weights.iter().sum();
-    let mut cdf = Vec::with_capacity(FUNCTIONS);
+    let mut cdf = Vec::with_capacity(functions);
     let mut acc = 0.0;
     for w in &weights {
         acc += w / total;
@@ -98,17 +106,17 @@ pub fn workload() -> Vec<(Duration, usize)> {
     }
     let mut rng = Rng(0x05ee_d0f5_a2e5);
     let mut at = Duration::ZERO;
-    (0..CALLS)
+    (0..calls)
         .map(|_| {
-            at += MEAN_GAP.mul_f64(-(1.0 - rng.next_f64()).ln());
+            at += mean_gap.mul_f64(-(1.0 - rng.next_f64()).ln());
             let u = rng.next_f64();
-            (at, cdf.iter().position(|c| u <= *c).unwrap_or(FUNCTIONS - 1))
+            (at, cdf.partition_point(|c| *c < u).min(functions - 1))
         })
         .collect()
 }
 
 /// The paused containers on the functions' network and the memory they hold.
-async fn paused_spares(docker: &bollard::Docker) -> anyhow::Result<(usize, u64)> {
+pub async fn paused_spares(docker: &bollard::Docker) -> anyhow::Result<(usize, u64)> {
     let filters = HashMap::from([("label", vec!["roost.managed=true"]), ("status", vec!["paused"])]);
     let list = docker.list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build())).await?;
     let mut bytes = 0;
@@ -120,7 +128,7 @@ async fn paused_spares(docker: &bollard::Docker) -> anyhow::Result<(usize, u64)>
 
 /// Waits until the number of paused spares has not changed for 5 s (at most 5 minutes):
 /// the policy has prepared what it keeps.
-async fn settle(docker: &bollard::Docker) -> anyhow::Result<()> {
+pub async fn settle(docker: &bollard::Docker) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut last = (usize::MAX, Instant::now());
     while Instant::now() < deadline {

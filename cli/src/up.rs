@@ -95,6 +95,11 @@ impl Platform {
     pub fn stop(mut self) {
         self.stack.stop_all();
     }
+
+    /// Every component's name and process id (the benchmark reads their memory and CPU).
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        self.stack.procs.iter().map(|p| (p.name, p.child.id())).collect()
+    }
 }
 
 /// Why the platform could not start.

@@ -333,18 +333,23 @@ pub(crate) fn replica_action(cluster: String, f: &Function, settings: &BuildSett
         cluster_specifier: Some(ClusterSpecifier::Cluster(cluster)),
         prefix_rewrite: "/".into(),
         timeout: Some(millis(f.timeout_ms)),
-        retry_policy: Some(RetryPolicy {
-            retry_on: RETRY_ON.into(),
-            num_retries: u32v(settings.num_retries),
-            retry_host_predicate: vec![RetryHostPredicate {
-                name: "envoy.retry_host_predicates.previous_hosts".into(),
-                config_type: Some(envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType::TypedConfig(
-                    pack_any(PreviousHostsPredicate::default()),
-                )),
-            }],
-            host_selection_retry_max_attempts: 5,
-            ..Default::default()
-        }),
+        retry_policy: Some(retry_policy(settings)),
+        ..Default::default()
+    }
+}
+
+/// Retries of requests that never reached a function, each on another replica.
+pub(crate) fn retry_policy(settings: &BuildSettings) -> RetryPolicy {
+    RetryPolicy {
+        retry_on: RETRY_ON.into(),
+        num_retries: u32v(settings.num_retries),
+        retry_host_predicate: vec![RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".into(),
+            config_type: Some(envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+                pack_any(PreviousHostsPredicate::default()),
+            )),
+        }],
+        host_selection_retry_max_attempts: 5,
         ..Default::default()
     }
 }

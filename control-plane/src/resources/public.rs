@@ -268,6 +268,11 @@ pub fn route_table(model: &Model, entry: &PublicEntry, settings: &BuildSettings)
             name: "public".into(),
             domains: vec!["*".into()],
             routes,
+            retry_policy: Some(retry_policy(settings)),
+            // The gate takes the path a direct route rewrote from this header (a request a
+            // replica refused); a client's own must not reach it. Envoy sets it after this
+            // removal, on the direct routes' rewrite.
+            request_headers_to_remove: vec!["x-envoy-original-path".into()],
             // The gate says how long it held a request; a request that went direct says none.
             response_headers_to_add: vec![HeaderValueOption {
                 header: Some(HeaderValue { key: "x-roost-cold-start".into(), value: "none".into(), ..Default::default() }),
@@ -280,23 +285,29 @@ pub fn route_table(model: &Model, entry: &PublicEntry, settings: &BuildSettings)
     }
 }
 
+/// To a function's replicas, then the gate: the function's timeout, its prefix stripped.
+/// The retry policy is the virtual host's.
 fn direct_action(name: &str, f: &Function, settings: &BuildSettings) -> RouteAction {
-    let mut action = replica_action(direct_cluster(name), f, settings);
-    if let Some(retry) = action.retry_policy.as_mut() {
-        // A retry goes to the priority not tried yet: after the replicas, the gate.
-        retry.retry_priority = Some(RetryPriority {
-            name: "envoy.retry_priorities.previous_priorities".into(),
-            config_type: Some(envoy_types::pb::envoy::config::route::v3::retry_policy::retry_priority::ConfigType::TypedConfig(pack_any(
-                PreviousPrioritiesConfig { update_frequency: 1 },
-            ))),
-        });
-    }
-    action
+    RouteAction { retry_policy: None, ..replica_action(direct_cluster(name), f, settings) }
 }
 
-/// A route to the gate: the path as sent, no timeout (the gate bounds how long it holds a
-/// request, Envoy's listener behind it the function's timeout), and retries of requests
-/// the gate never had (it restarts).
+/// Retries of requests that never reached an upstream, for every route: each on a host
+/// not tried yet (another replica) and a priority not tried yet (after the replicas, the
+/// gate). Set once on the virtual host, so each route costs only its match and cluster:
+/// the table is sent whole whenever a function starts or stops having a serving replica.
+fn retry_policy(settings: &BuildSettings) -> RetryPolicy {
+    let mut policy = super::retry_policy(settings);
+    policy.retry_priority = Some(RetryPriority {
+        name: "envoy.retry_priorities.previous_priorities".into(),
+        config_type: Some(envoy_types::pb::envoy::config::route::v3::retry_policy::retry_priority::ConfigType::TypedConfig(pack_any(
+            PreviousPrioritiesConfig { update_frequency: 1 },
+        ))),
+    });
+    policy
+}
+
+/// A route to the gate: the path as sent, and no timeout (the gate bounds how long it
+/// holds a request, Envoy's listener behind it the function's timeout).
 fn to_gate(name: &str, headers: Vec<HeaderMatcher>) -> Route {
     Route {
         name: name.into(),
@@ -304,12 +315,8 @@ fn to_gate(name: &str, headers: Vec<HeaderMatcher>) -> Route {
         action: Some(Action::Route(RouteAction {
             cluster_specifier: Some(ClusterSpecifier::Cluster(GATE_CLUSTER.into())),
             timeout: Some(millis(0)),
-            retry_policy: Some(RetryPolicy { retry_on: super::RETRY_ON.into(), num_retries: u32v(5), ..Default::default() }),
             ..Default::default()
         })),
-        // The gate takes the path a direct route rewrote from this header; a client's own
-        // must not reach it.
-        request_headers_to_remove: vec!["x-envoy-original-path".into()],
         ..Default::default()
     }
 }
@@ -373,8 +380,11 @@ mod tests {
         let direct = routes(&awake).into_iter().find(|r| r.name == "hello-exact").unwrap();
         let Some(Action::Route(ra)) = direct.action else { panic!() };
         assert_eq!((ra.prefix_rewrite.as_str(), ra.timeout), ("/", Some(millis(1500))));
-        let retry = ra.retry_policy.unwrap();
+        assert_eq!(ra.retry_policy, None, "the virtual host's");
+        let rc = RouteConfiguration::decode(&*awake.of(Kind::Route)[PUBLIC_ROUTE_CONFIG_NAME].body.value).unwrap();
+        let retry = rc.virtual_hosts[0].retry_policy.clone().unwrap();
         assert_eq!(retry.retry_priority.unwrap().name, "envoy.retry_priorities.previous_priorities");
+        assert_eq!(retry.retry_on, crate::resources::RETRY_ON);
         let asleep_route = routes(&asleep).into_iter().find(|r| r.name == "hello-exact-asleep").unwrap();
         let Some(Action::Route(ra)) = asleep_route.action else { panic!() };
         assert_eq!(
