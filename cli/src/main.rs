@@ -11,7 +11,7 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(name = "roost", version)]
 struct Cli {
-    /// The gate (public entry). Default: the one in `roost up`'s endpoints file
+    /// The platform's entry (Envoy's public listener). Default: the one in `roost up`'s endpoints file
     /// (`.roost/endpoints.env`, or in ROOST_WORK_DIR), else http://127.0.0.1:8080.
     #[arg(long, global = true, env = env::GATE_URL)]
     gate: Option<String>,
@@ -42,7 +42,7 @@ enum Cmd {
         /// Where replicas run: processes, or Docker containers.
         #[arg(long, env = env::RUNTIME, value_enum, default_value = "process")]
         runtime: roost_cli::up::Runtime,
-        /// The gate's port.
+        /// The platform's port (Envoy's public listener, the entry; the gate listens behind it on a port of its own).
         #[arg(long, default_value_t = 8080)]
         port: u16,
         /// The definitions file.

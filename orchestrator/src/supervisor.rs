@@ -96,9 +96,39 @@ struct Functions {
     /// Functions whose definition is invalid and that have no good one to serve: their
     /// problems. Listed in Redis and refused by the gate.
     invalid: BTreeMap<String, String>,
+    /// A listing of every function in Redis is under way ([`Functions::declare_all`]).
+    declaring: Arc<AtomicBool>,
+    /// Functions whose task ended lately (removed from the file; their task took them
+    /// off Redis's list), and when: every listing takes them off again for a while, as
+    /// a listing begun before their task ended may land after it.
+    removed: BTreeMap<String, std::time::Instant>,
 }
 
+/// How long a removed function is taken off Redis's list by every listing.
+const REMOVED_MEMORY: Duration = Duration::from_secs(10);
+
 impl Functions {
+    /// Lists every served function in Redis in one command, each tick (in a task, one at
+    /// a time): a sleeping function reads Redis only every `QUIET_READ`, and after Redis
+    /// lost its data the gate must still find every declared name within a tick.
+    fn declare_all(&mut self) {
+        let now = std::time::Instant::now();
+        self.removed.retain(|_, at| now.duration_since(*at) < REMOVED_MEMORY);
+        if (self.map.is_empty() && self.removed.is_empty()) || self.declaring.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (redis, declaring) = (self.ctx.redis.clone(), self.declaring.clone());
+        let names: Vec<String> = self.map.keys().cloned().collect();
+        let gone: Vec<String> =
+            self.removed.keys().filter(|n| !self.map.contains_key(*n) && !self.invalid.contains_key(*n)).cloned().collect();
+        self.deliveries.spawn(async move {
+            if let Err(e) = redis.declare_all(&names, &gone).await {
+                warn!(error = %e, "cannot list the functions in Redis; the next tick tries again");
+            }
+            declaring.store(false, Ordering::Release);
+        });
+    }
+
     /// Tells every function what the control plane routes for it (in a task: the loop
     /// never waits on the control plane); each restores what the control plane lost. A
     /// control plane with no confirmed model (it started without a saved one, and holds
@@ -275,6 +305,7 @@ impl Functions {
             Ok((name, generation)) => {
                 if self.map.get(&name).is_some_and(|e| e.generation == generation) {
                     self.map.remove(&name);
+                    self.removed.insert(name, std::time::Instant::now());
                 }
                 Ok(())
             }
@@ -348,6 +379,8 @@ pub async fn run(
         deliveries: JoinSet::new(),
         generation: 0,
         invalid: BTreeMap::new(),
+        declaring: Arc::default(),
+        removed: BTreeMap::new(),
     };
     let mut defs_error = match initial {
         Reading::Loaded(loaded) => {
@@ -391,6 +424,7 @@ pub async fn run(
                     last_assert = tokio::time::Instant::now();
                     fns.assert_invalid();
                 }
+                fns.declare_all();
                 let names: Vec<String> = fns.map.keys().cloned().collect();
                 for name in names {
                     fns.offer(&name, Msg::Event(Event::Tick));
@@ -399,7 +433,7 @@ pub async fn run(
             Some(signal) = inputs.signals.recv() => {
                 let (name, msg) = match signal {
                     Signal::Wake(n) => (n, Msg::Wake(None)),
-                    Signal::Scale(n) => (n, Msg::Event(Event::Tick)),
+                    Signal::Scale(n) => (n, Msg::Event(Event::Signal)),
                 };
                 if fns.map.contains_key(&name) {
                     fns.offer(&name, msg);

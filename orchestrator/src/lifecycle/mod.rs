@@ -113,6 +113,12 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// definition or the folder changed).
 pub const REBUILD_CHECK: Duration = Duration::from_secs(2);
 
+/// How often a sleeping function (no replica, none starting or wanted, no minimum) reads
+/// its load and re-asserts what Redis holds of it. Nothing comes of its load until a
+/// request wakes it (the gate) or a signal comes, and a thousand sleeping functions each
+/// reading Redis every tick cost more than everything else the orchestrator does.
+pub const QUIET_READ: Duration = Duration::from_secs(2);
+
 /// The back-off after `failures` failed starts in a row.
 pub fn backoff(failures: u32) -> Duration {
     let shift = failures.saturating_sub(1).min(16);
@@ -140,8 +146,12 @@ pub struct Load {
 pub enum Event {
     /// Make sure a replica is ready; answer `waiter` (if any) when one is.
     Wake(Option<WaiterId>),
-    /// The periodic tick or a scale signal: read the load and decide.
+    /// The periodic tick: read the load and decide (a function with no replica, none
+    /// starting and none wanted reads it only every [`QUIET_READ`]).
     Tick,
+    /// A scale signal (the statsd-listener saw queueing, the gate holds requests): read
+    /// the load now and decide.
+    Signal,
     /// The load was read.
     Load(Load),
     /// The control plane and Redis took (or refused) the function's declaration.
@@ -348,6 +358,8 @@ pub struct Function {
     /// A wake came that no replica has answered yet (it may be the gate's, which has no
     /// waiter): start once the build is done.
     wanted: bool,
+    /// When a sleeping function next reads its load ([`QUIET_READ`]).
+    quiet_read_at: Option<Instant>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -378,6 +390,7 @@ impl Function {
             backoff_until: None,
             refusal: None,
             wanted: false,
+            quiet_read_at: None,
         };
         let mut fx = Vec::new();
         f.declare(&mut fx);
@@ -411,13 +424,17 @@ impl Function {
         }
         match event {
             Event::Wake(waiter) => self.wake(waiter, now, &mut fx),
-            Event::Tick => {
+            Event::Tick | Event::Signal => {
                 if self.mode == Mode::Serving {
                     if !self.declared {
                         self.declare(&mut fx);
                     }
                     self.tick(now, &mut fx);
-                    fx.push(Effect::ReadLoad);
+                    let asleep = self.slots.is_empty() && !self.wanted && self.spec.scaling.min_replicas == 0;
+                    if matches!(event, Event::Signal) || !asleep || self.quiet_read_at.is_none_or(|t| t <= now) {
+                        self.quiet_read_at = Some(now + QUIET_READ);
+                        fx.push(Effect::ReadLoad);
+                    }
                 }
             }
             Event::Prepared(hash, result) => self.prepared(&hash, result, now, &mut fx),

@@ -470,9 +470,29 @@ fn an_undeclared_function_is_declared_again_on_the_tick_and_before_a_start() {
     f.handle(Event::Declared(Err(failure("control plane unreachable"))), now);
     assert!(f.status(now).last_error.is_some_and(|e| e.contains("unreachable")));
     assert!(matches!(f.handle(Event::Tick, now)[..], [Effect::Declare(_), Effect::ReadLoad]));
-    assert!(matches!(f.handle(Event::Tick, now)[..], [Effect::ReadLoad]), "one declaration at a time");
+    assert!(matches!(f.handle(Event::Signal, now)[..], [Effect::ReadLoad]), "one declaration at a time");
     let fx = f.handle(Event::Wake(None), now);
     assert!(matches!(fx[..], [Effect::Start { declare: true, .. }]), "{fx:?}");
+}
+
+#[test]
+fn a_sleeping_function_reads_its_load_only_now_and_then_but_at_once_on_a_signal() {
+    let spec = spec_yaml("1", 0, 10);
+    let t0 = Instant::now();
+    let (mut f, _) = Function::new(spec.clone(), hash_of(&spec), "f-7".into(), t0);
+    f.handle(Event::Prepared(hash_of(&spec), Ok(())), t0);
+    f.handle(Event::Declared(Ok(())), t0);
+    let reads = |fx: Vec<Effect>| fx.iter().filter(|e| matches!(e, Effect::ReadLoad)).count();
+    assert_eq!(reads(f.handle(Event::Tick, t0)), 1);
+    let tick = Duration::from_millis(250);
+    let quiet: usize = (1..8).map(|i| reads(f.handle(Event::Tick, t0 + tick * i))).sum();
+    assert_eq!(quiet, 0, "asleep: no read for {QUIET_READ:?}");
+    assert_eq!(reads(f.handle(Event::Tick, t0 + QUIET_READ)), 1);
+    assert_eq!(reads(f.handle(Event::Signal, t0 + QUIET_READ + tick)), 1, "a scale signal reads at once");
+    // Once a replica is starting, every tick reads (a burst is sized from what it sees).
+    f.handle(Event::Wake(None), t0 + QUIET_READ + tick);
+    let busy: usize = (2..6).map(|i| reads(f.handle(Event::Tick, t0 + QUIET_READ + tick * i))).sum();
+    assert_eq!(busy, 4);
 }
 
 #[test]
