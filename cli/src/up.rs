@@ -429,8 +429,9 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
             .env(env::STATSD_ADDR, format!("127.0.0.1:{statsd}")),
     )?;
     wait_ready(&mut stack, "orchestrator", 30, || http_ok(orch, "/healthz")).await?;
-    // Configured: the orchestrator handed over what runs and Envoy has it (LIVE).
-    wait_ready(&mut stack, "envoy", 30, || http_ok(envoy_admin, "/ready")).await?;
+    // Configured: the orchestrator handed over what runs and Envoy has it (LIVE). Ten
+    // thousand functions take Envoy a minute or more.
+    wait_ready(&mut stack, "envoy", 600, || http_ok(envoy_admin, "/ready")).await?;
 
     stack.spawn(
         "gate",
