@@ -65,6 +65,12 @@ pub struct DockerConfig {
     pub recycle: bool,
 }
 
+/// Image builds the engine runs at once. A thousand functions declared together once
+/// started a thousand builds: the engine grew to 8.7 GB and every other call to it
+/// (starts, unpauses) slowed to seconds, and builds cut short by a stop left their
+/// intermediate containers behind.
+pub const MAX_BUILDS: usize = 2;
+
 /// The Docker runtime.
 pub struct DockerRuntime {
     docker: Docker,
@@ -72,6 +78,8 @@ pub struct DockerRuntime {
     /// One build at a time per image tag (concurrent prepares of a function wait for it),
     /// and the failed ones, remembered by tag and definition hash.
     builds: Builds,
+    /// At most [`MAX_BUILDS`] image builds at once, whatever the number of functions.
+    build_slots: tokio::sync::Semaphore,
     /// The image prepared (built, or found) for each definition hash.
     images: Mutex<HashMap<String, String>>,
     /// The container prepared ahead of time for each definition hash (warm and paused,
@@ -124,6 +132,7 @@ impl DockerRuntime {
             docker: docker.clone(),
             config,
             builds: Default::default(),
+            build_slots: tokio::sync::Semaphore::new(MAX_BUILDS),
             images: Default::default(),
             spares: SpareSlots::new(),
             aliases: Default::default(),
@@ -198,6 +207,10 @@ impl ReplicaRuntime for DockerRuntime {
             let ensure = || async {
                 if self.docker.inspect_image(&tag).await.is_ok() {
                     return Ok(()); // built while this call waited
+                }
+                let _slot = self.build_slots.acquire().await.expect("the build semaphore is never closed");
+                if self.docker.inspect_image(&tag).await.is_ok() {
+                    return Ok(()); // built while this call waited for a slot
                 }
                 image::build(&self.docker, &self.logs, spec, &tag, body).await.map_err(PrepareFailure::from)
             };
