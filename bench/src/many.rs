@@ -5,10 +5,11 @@
 //! Docker), the bytes and the ACK latency of one xDS change (a function's first endpoint
 //! and its removal), and cold starts under a Zipf workload.
 
-use crate::client::{self, LoadResult};
+use crate::client;
 use crate::platform::Roost;
 use crate::spares;
 use roost_cli::up::Runtime;
+use roost_common::wire::status::FunctionState;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,9 @@ pub struct ManyRun {
     pub functions: usize,
     /// From `roost up`'s start until the orchestrator lists every function.
     pub declared: Duration,
+    /// From `roost up`'s start until every function's image is built (no function
+    /// `building`; at once for processes).
+    pub built: Duration,
     /// From `roost up`'s start until the first call (to the last function) is answered.
     pub serving: Duration,
     /// Every component while all sleep.
@@ -58,14 +62,8 @@ pub struct ManyRun {
     pub push_add: Push,
     /// Its removal (its route goes back to the gate).
     pub push_remove: Push,
-    /// Every call of the workload.
-    pub load: LoadResult,
-    /// Cold calls.
-    pub cold: u64,
-    /// Latency of cold calls to the hottest functions, ms.
-    pub cold_hot_ms: Vec<f64>,
-    /// Latency of cold calls to the others, ms.
-    pub cold_rest_ms: Vec<f64>,
+    /// The Zipf workload's calls.
+    pub calls: spares::Calls,
 }
 
 impl ManyRun {
@@ -75,7 +73,9 @@ impl ManyRun {
     }
 }
 
-/// `n` functions named `m00000`... (hottest first), each the `hello` example.
+/// `n` functions named `m00000`... (hottest first, and declared in that order: the
+/// spare budget gives functions never started their spares in declaration order, so
+/// here the hottest get them first), each the `hello` example.
 pub fn names(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("m{i:05}")).collect()
 }
@@ -179,6 +179,13 @@ async fn measure(
     docker_socket: &str,
 ) -> anyhow::Result<ManyRun> {
     let last = names.last().expect("at least one function");
+    // Docker builds an image per function as it is declared (at most two at once): the
+    // first call waits for them all, or a call to a function still queued would wait for
+    // the builds before it.
+    roost
+        .wait_for_slowly("every image built", Duration::from_secs(3600), |s| s.functions.iter().all(|f| f.state != FunctionState::Building))
+        .await?;
+    let built = t0.elapsed();
     let first = client::get_once(roost.public, &format!("/{last}")).await?;
     anyhow::ensure!(first.head.status == 200, "the first call to {last} answered {}", first.head.status);
     let serving = t0.elapsed();
@@ -204,49 +211,19 @@ async fn measure(
         push(roost, "POST", &format!("/functions/{quiet}/endpoints?wait=true"), format!(r#"{{"address":"{addr}"}}"#).as_bytes()).await?;
     let push_remove = push(roost, "DELETE", &format!("/functions/{quiet}/endpoints/{addr}?wait=true"), b"").await?;
 
-    let calls = spares::zipf_workload(names.len(), CALLS, MEAN_GAP);
-    let start = Instant::now();
-    let tasks: Vec<_> = calls
-        .iter()
-        .map(|&(at, f)| {
-            let (public, path) = (roost.public, format!("/{}", names[f]));
-            tokio::spawn(async move {
-                tokio::time::sleep_until((start + at).into()).await;
-                let t = Instant::now();
-                let r = client::get_once(public, &path).await;
-                (f, t.elapsed(), r)
-            })
-        })
-        .collect();
-    let mut run = ManyRun {
+    let calls = spares::run_calls(roost.public, names, &spares::zipf_workload(names.len(), CALLS, MEAN_GAP)).await?;
+    Ok(ManyRun {
         runtime: runtime.as_str().to_string(),
         functions: names.len(),
         declared,
+        built,
         serving,
         components,
         spares,
         push_add,
         push_remove,
-        load: LoadResult::default(),
-        cold: 0,
-        cold_hot_ms: vec![],
-        cold_rest_ms: vec![],
-    };
-    for t in futures::future::join_all(tasks).await {
-        let (f, took, r) = t?;
-        if r.as_ref().ok().and_then(|r| r.head.header("x-roost-cold-start")).is_some_and(|v| v != "none") {
-            run.cold += 1;
-            let ms = took.as_secs_f64() * 1000.0;
-            if f < spares::HOTTEST {
-                run.cold_hot_ms.push(ms);
-            } else {
-                run.cold_rest_ms.push(ms);
-            }
-        }
-        run.load.record_took(took, r);
-    }
-    run.load.elapsed = start.elapsed();
-    Ok(run)
+        calls,
+    })
 }
 
 #[cfg(test)]

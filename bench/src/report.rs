@@ -512,16 +512,16 @@ impl Report {
                         r.policy.spare_memory,
                         r.spares,
                         r.spare_bytes as f64 / 1_048_576.0,
-                        r.load.ok + r.load.errors,
-                        r.load.errors,
-                        r.cold,
-                        100.0 * r.cold as f64 / (r.load.ok + r.load.errors).max(1) as f64,
-                        ms(p50(&r.cold_hot_ms)),
-                        ms(p99(&r.cold_hot_ms)),
-                        ms(p50(&r.cold_rest_ms)),
-                        ms(p99(&r.cold_rest_ms)),
-                        ms(p50(&r.load.latencies_ms)),
-                        ms(p99(&r.load.latencies_ms)),
+                        r.calls.load.ok + r.calls.load.errors,
+                        r.calls.load.errors,
+                        r.calls.cold,
+                        100.0 * r.calls.cold as f64 / (r.calls.load.ok + r.calls.load.errors).max(1) as f64,
+                        ms(p50(&r.calls.cold_hot_ms)),
+                        ms(p99(&r.calls.cold_hot_ms)),
+                        ms(p50(&r.calls.cold_rest_ms)),
+                        ms(p99(&r.calls.cold_rest_ms)),
+                        ms(p50(&r.calls.load.latencies_ms)),
+                        ms(p99(&r.calls.load.latencies_ms)),
                     );
                 }
             }
@@ -543,15 +543,15 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "A fresh platform with every function declared at once (the `hello` example, at most one replica each, back to zero 2 s after its last call). *Declared*: from `roost up`'s start until the orchestrator lists every function (every component up, Envoy configured with every function). *First answer*: until the first call (to the last function, a cold start) is answered. Memory (resident, each component with its child processes; with Docker, plus the paused spares less reclaimable page cache) and CPU (over {} s) while every function sleeps. *xDS*: the bytes the control plane sent Envoy and the time until Envoy's ACK, for a function's first endpoint (its public route goes direct) and for its removal. Then {} calls drawn with a Zipf popularity (s = {}, {} ms apart on average, a fixed seed) through the public entry; \"hottest\" are the {} most popular functions.\n",
+            "A fresh platform with every function declared at once (the `hello` example, at most one replica each, back to zero 2 s after its last call). *Declared*: from `roost up`'s start until the orchestrator lists every function (every component up, Envoy configured with every function). *Built*: until no function is building its image (Docker builds one per function, at most two at once). *First answer*: until the first call (to the last function, a cold start) is answered. Memory (resident, each component with its child processes; with Docker, plus the paused spares less reclaimable page cache) and CPU (over {} s) while every function sleeps. *xDS*: the bytes the control plane sent Envoy and the time until Envoy's ACK, for a function's first endpoint (its public route goes direct) and for its removal. Then {} calls drawn with a Zipf popularity (s = {}, {} ms apart on average, a fixed seed) through the public entry; \"hottest\" are the {} most popular functions.\n",
             crate::many::IDLE_WINDOW.as_secs(),
             crate::many::CALLS,
             crate::spares::ZIPF_S,
             crate::many::MEAN_GAP.as_millis(),
             crate::spares::HOTTEST,
         );
-        let _ = writeln!(s, "| runtime | functions | declared | first answer | memory asleep (all) | CPU asleep | xDS: first endpoint | xDS: removal | calls / errors | cold starts | cold p50 / p99, hottest | cold p50 / p99, the rest |");
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "| runtime | functions | declared | built | first answer | memory asleep (all) | CPU asleep | xDS: first endpoint | xDS: removal | calls / errors | cold starts | cold p50 / p99, hottest | cold p50 / p99, the rest |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let mib = |b: u64| format!("{:.0} MB", b as f64 / 1_048_576.0);
         let push = |p: &crate::many::Push| format!("{:.0} KB, {}", p.bytes as f64 / 1024.0, ms(p.ms));
         for (rt, run) in &self.many {
@@ -559,26 +559,27 @@ impl Report {
                 Ok(r) => {
                     let _ = writeln!(
                         s,
-                        "| {rt} | {} | {:.1} s | {:.1} s | {} | {:.1} % | {} | {} | {} / {} | {} ({:.0} %) | {} / {} | {} / {} |",
+                        "| {rt} | {} | {:.1} s | {:.1} s | {:.1} s | {} | {:.1} % | {} | {} | {} / {} | {} ({:.0} %) | {} / {} | {} / {} |",
                         r.functions,
                         r.declared.as_secs_f64(),
+                        r.built.as_secs_f64(),
                         r.serving.as_secs_f64(),
                         mib(r.total_bytes()),
                         r.components.iter().map(|c| c.cpu_percent).sum::<f64>(),
                         push(&r.push_add),
                         push(&r.push_remove),
-                        r.load.ok + r.load.errors,
-                        r.load.errors,
-                        r.cold,
-                        100.0 * r.cold as f64 / (r.load.ok + r.load.errors).max(1) as f64,
-                        ms(p50(&r.cold_hot_ms)),
-                        ms(p99(&r.cold_hot_ms)),
-                        ms(p50(&r.cold_rest_ms)),
-                        ms(p99(&r.cold_rest_ms)),
+                        r.calls.load.ok + r.calls.load.errors,
+                        r.calls.load.errors,
+                        r.calls.cold,
+                        100.0 * r.calls.cold as f64 / (r.calls.load.ok + r.calls.load.errors).max(1) as f64,
+                        ms(p50(&r.calls.cold_hot_ms)),
+                        ms(p99(&r.calls.cold_hot_ms)),
+                        ms(p50(&r.calls.cold_rest_ms)),
+                        ms(p99(&r.calls.cold_rest_ms)),
                     );
                 }
                 Err(e) => {
-                    let _ = writeln!(s, "| {rt} | failed: {e} | | | | | | | | | | |");
+                    let _ = writeln!(s, "| {rt} | failed: {e} | | | | | | | | | | | |");
                 }
             }
         }

@@ -45,14 +45,8 @@ pub const POLICIES: [Policy; 3] = [
 pub struct PolicyRun {
     /// The policy.
     pub policy: Policy,
-    /// Every call.
-    pub load: LoadResult,
-    /// Calls answered after a cold start (`X-Roost-Cold-Start` other than `none`).
-    pub cold: u64,
-    /// Latency of cold calls to the [`HOTTEST`] functions, ms.
-    pub cold_hot_ms: Vec<f64>,
-    /// Latency of cold calls to the others, ms.
-    pub cold_rest_ms: Vec<f64>,
+    /// The workload's calls.
+    pub calls: Calls,
     /// Paused spares when the workload started, and the memory they held.
     pub spares: usize,
     /// Bytes the paused spares held (`docker stats`, less reclaimable page cache).
@@ -181,37 +175,55 @@ async fn run_policy(
     roost.wait_for("every function asleep", Duration::from_secs(120), |s| s.functions.iter().all(|f| f.ready_replicas() == 0)).await?;
     settle(docker).await?;
     let (spares, spare_bytes) = paused_spares(docker).await?;
+    let calls = run_calls(roost.public, names, calls).await?;
+    Ok(PolicyRun { policy, calls, spares, spare_bytes })
+}
+
+/// What a workload of calls got.
+#[derive(Debug, Clone, Default)]
+pub struct Calls {
+    /// Every call.
+    pub load: LoadResult,
+    /// Calls answered after a cold start (`X-Roost-Cold-Start` other than `none`).
+    pub cold: u64,
+    /// Latency of cold calls to the [`HOTTEST`] functions, ms.
+    pub cold_hot_ms: Vec<f64>,
+    /// Latency of cold calls to the others, ms.
+    pub cold_rest_ms: Vec<f64>,
+}
+
+/// Sends `calls` (time from now, function index) through `public`, each a GET of its
+/// function on a connection of its own.
+pub async fn run_calls(public: std::net::SocketAddr, names: &[String], calls: &[(Duration, usize)]) -> anyhow::Result<Calls> {
     let start = Instant::now();
     let tasks: Vec<_> = calls
         .iter()
         .map(|&(at, f)| {
-            let (gate, path) = (roost.public, format!("/{}", names[f]));
+            let path = format!("/{}", names[f]);
             tokio::spawn(async move {
                 tokio::time::sleep_until((start + at).into()).await;
                 let t = Instant::now();
-                let r = client::get_once(gate, &path).await;
+                let r = client::get_once(public, &path).await;
                 (f, t.elapsed(), r)
             })
         })
         .collect();
-    let mut run =
-        PolicyRun { policy, load: LoadResult::default(), cold: 0, cold_hot_ms: vec![], cold_rest_ms: vec![], spares, spare_bytes };
+    let mut out = Calls::default();
     for t in futures::future::join_all(tasks).await {
         let (f, took, r) = t?;
-        let cold = r.as_ref().ok().and_then(|r| r.head.header("x-roost-cold-start")).is_some_and(|v| v != "none");
-        if cold {
-            run.cold += 1;
+        if r.as_ref().ok().and_then(|r| r.head.header("x-roost-cold-start")).is_some_and(|v| v != "none") {
+            out.cold += 1;
             let ms = took.as_secs_f64() * 1000.0;
             if f < HOTTEST {
-                run.cold_hot_ms.push(ms);
+                out.cold_hot_ms.push(ms);
             } else {
-                run.cold_rest_ms.push(ms);
+                out.cold_rest_ms.push(ms);
             }
         }
-        run.load.record_took(took, r);
+        out.load.record_took(took, r);
     }
-    run.load.elapsed = start.elapsed();
-    Ok(run)
+    out.load.elapsed = start.elapsed();
+    Ok(out)
 }
 
 #[cfg(test)]

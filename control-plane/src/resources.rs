@@ -275,18 +275,19 @@ pub fn listener(settings: &BuildSettings) -> Listener {
         stat_prefix: "roost".into(),
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(RouteSpecifier::Rds(Rds { config_source: Some(ads()), route_config_name: ROUTE_CONFIG_NAME.into() })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
-            ..Default::default()
-        }],
+        http_filters: vec![router_filter()],
         // The gate sets X-Request-Id; Envoy keeps it (and makes one when it is missing).
         preserve_external_request_id: true,
         ..Default::default()
     };
+    hcm_listener(LISTENER_NAME, socket_address(&settings.listener_address, settings.listener_port), hcm)
+}
+
+/// A listener whose one filter is `hcm`.
+pub(crate) fn hcm_listener(name: &str, address: Address, hcm: HttpConnectionManager) -> Listener {
     Listener {
-        name: LISTENER_NAME.into(),
-        address: Some(socket_address(&settings.listener_address, settings.listener_port)),
+        name: name.into(),
+        address: Some(address),
         filter_chains: vec![FilterChain {
             filters: vec![Filter {
                 name: "envoy.filters.network.http_connection_manager".into(),
@@ -294,6 +295,15 @@ pub fn listener(settings: &BuildSettings) -> Listener {
             }],
             ..Default::default()
         }],
+        ..Default::default()
+    }
+}
+
+/// Envoy's router, the last HTTP filter.
+pub(crate) fn router_filter() -> HttpFilter {
+    HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
         ..Default::default()
     }
 }

@@ -11,7 +11,7 @@
 //! request that never reached a replica (refused, reset before it was sent) is retried on
 //! the next priority, the gate, which holds it while the function wakes again.
 
-use super::{ads, millis, replica_action, socket_address, u32v, BuildSettings, Kind, Snapshot};
+use super::{ads, hcm_listener, millis, replica_action, router_filter, socket_address, u32v, BuildSettings, Kind, Snapshot};
 use crate::model::{Function, Model};
 use envoy_types::pb::envoy::config::accesslog::v3::{
     access_log_filter::FilterSpecifier, comparison_filter::Op, AccessLogFilter, ComparisonFilter, StatusCodeFilter,
@@ -28,14 +28,13 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
-use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, retry_policy::RetryPriority, route::Action, route_action::ClusterSpecifier,
     route_match::PathSpecifier, HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig as AggregateConfig;
 use envoy_types::pb::envoy::extensions::filters::http::buffer::v3::Buffer;
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{CodecType, RouteSpecifier, ServerHeaderTransformation},
     http_filter, HttpConnectionManager, HttpFilter, LocalReplyConfig, Rds, ResponseMapper,
@@ -177,11 +176,7 @@ fn listener(entry: &PublicEntry) -> Listener {
                 config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Buffer { max_request_bytes: u32v(limit) }))),
                 ..Default::default()
             },
-            HttpFilter {
-                name: "envoy.filters.http.router".into(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
-                ..Default::default()
-            },
+            router_filter(),
         ],
         // The client's address in X-Forwarded-For, and its x-envoy-* headers dropped.
         use_remote_address: Some(BoolValue { value: true }),
@@ -216,18 +211,7 @@ fn listener(entry: &PublicEntry) -> Listener {
         }),
         ..Default::default()
     };
-    Listener {
-        name: PUBLIC_LISTENER_NAME.into(),
-        address: Some(socket_address(&entry.bind.ip().to_string(), entry.bind.port())),
-        filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.http_connection_manager".into(),
-                config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    hcm_listener(PUBLIC_LISTENER_NAME, socket_address(&entry.bind.ip().to_string(), entry.bind.port()), hcm)
 }
 
 fn header(name: &str, spec: HeaderMatchSpecifier, invert_match: bool) -> HeaderMatcher {
