@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// Calls in the Zipf workload.
 pub const CALLS: usize = 300;
 /// Mean time between two calls (exponential gaps).
-pub const MEAN_GAP: Duration = Duration::from_millis(200);
+pub const MEAN_GAP: Duration = Duration::from_millis(500);
 /// How long the components are watched while every function sleeps.
 pub const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
