@@ -194,7 +194,9 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
     env.push(("ROOST_PORT".into(), gate.to_string()));
     env.push(("ROOST_ORCHESTRATOR_PORT".into(), orch.to_string()));
     let project = format!("roost-e2e-{}", std::process::id());
-    let _ = Command::new("docker").args(["network", "rm", "roost-functions"]).output();
+    // A functions network of its own: no other run's (or one an earlier run could not
+    // remove) is in its way.
+    env.push(("ROOST_DOCKER_NETWORK".into(), format!("{project}-functions")));
     let _down = Down(env.clone(), project.clone());
     run(&["-p", &project, "up", "-d"], &env);
 

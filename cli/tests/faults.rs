@@ -282,7 +282,8 @@ impl Drop for Platform {
         }
         let _ = self.compose(&["down", "-v", "-t", "40"]);
         // Replica containers the orchestrator no longer knew of (a case can leave one).
-        let left = text(&docker(&["ps", "-aq", "--filter", "label=roost.managed=true", "--filter", "label=roost.network=roost-functions"]));
+        let on_network = format!("label=roost.network={}", network());
+        let left = text(&docker(&["ps", "-aq", "--filter", "label=roost.managed=true", "--filter", &on_network]));
         if !left.is_empty() {
             eprintln!("faults: removing replica containers compose down left behind: {}", left.replace('\n', " "));
             let mut args = vec!["rm", "-f"];
@@ -309,12 +310,19 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// This run's functions network (`ROOST_DOCKER_NETWORK`): a name of its own, so no
+/// other run's network (or one an earlier run could not remove) is in its way.
+fn network() -> String {
+    format!("roost-faults-{}-functions", std::process::id())
+}
+
 /// Builds the offline images and brings the project up with a copy of faas-runtime.
 fn up() -> Platform {
     let mut env = roost_testkit::offline_images();
     let (gate, orchestrator) = (free_port(), free_port());
     env.push(("ROOST_PORT".into(), gate.to_string()));
     env.push(("ROOST_ORCHESTRATOR_PORT".into(), orchestrator.to_string()));
+    env.push(("ROOST_DOCKER_NETWORK".into(), network()));
     let project = format!("roost-faults-{}", std::process::id());
     let scratch = std::env::temp_dir().join(&project);
     let _ = std::fs::remove_dir_all(&scratch);
@@ -339,7 +347,6 @@ fn up() -> Platform {
         containers: Mutex::new(BTreeMap::new()),
         logs_on_panic: AtomicBool::new(true),
     };
-    let _ = docker(&["network", "rm", "roost-functions"]);
     let out = p.compose(&["up", "-d"]);
     assert!(out.status.success(), "compose up failed:\n{}", String::from_utf8_lossy(&out.stderr));
     p
@@ -461,18 +468,18 @@ fn running_replica_containers() -> Vec<(String, String, String)> {
         "--filter",
         "label=roost.managed=true",
         "--filter",
-        "label=roost.network=roost-functions",
+        &format!("label=roost.network={}", network()),
         "--filter",
         "status=running",
     ]));
     if ids.is_empty() {
         return Vec::new();
     }
-    let mut args = vec![
-        "inspect",
-        "-f",
-        "{{index .Config.Labels \"roost.function\"}} {{(index .NetworkSettings.Networks \"roost-functions\").IPAddress}} {{.Id}}",
-    ];
+    let format = format!(
+        "{{{{index .Config.Labels \"roost.function\"}}}} {{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}} {{{{.Id}}}}",
+        network()
+    );
+    let mut args = vec!["inspect", "-f", &format];
     args.extend(ids.lines());
     text(&docker(&args))
         .lines()
@@ -641,8 +648,8 @@ fn restart(container: &str, inj: &mut Injected) {
 /// A running replica container of `function`.
 fn a_replica(function: &str) -> Option<String> {
     let filter = format!("label=roost.function={function}");
-    let ids =
-        text(&docker(&["ps", "-q", "--filter", &filter, "--filter", "label=roost.network=roost-functions", "--filter", "status=running"]));
+    let on_network = format!("label=roost.network={}", network());
+    let ids = text(&docker(&["ps", "-q", "--filter", &filter, "--filter", &on_network, "--filter", "status=running"]));
     ids.lines().next().map(str::to_string)
 }
 
