@@ -128,9 +128,32 @@ async fn serving_functions_go_straight_to_replicas_and_everything_else_to_the_ga
     assert_eq!(s.upstream, "gate", "{s:?}");
     assert_eq!(s.original_path.as_deref(), Some("/hello/x?y=1"), "the gate finds the path as sent: {s:?}");
 
+    // A replica that dies with the request in it (reads it, then closes the connection):
+    // the request is sent once more, through the gate, as the gate did before.
+    let dying = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dying_addr = dying.local_addr().unwrap().to_string();
+    let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = reads.clone();
+    let dier = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut conn, _)) = dying.accept().await {
+            let mut buf = [0u8; 4096];
+            if conn.read(&mut buf).await.unwrap_or(0) > 0 {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            drop(conn);
+        }
+    });
+    admin_ok(admin, "DELETE", &format!("/functions/hello/endpoints/{dead}?wait=true"), None).await;
+    admin_ok(admin, "POST", "/functions/hello/endpoints?wait=true", Some(json!({"address": dying_addr}))).await;
+    let s = get("/hello/y").await;
+    assert_eq!((s.upstream.as_str(), s.original_path.as_deref()), ("gate", Some("/hello/y")), "{s:?}");
+    assert!(reads.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the dying replica had the request first");
+    dier.abort();
+    admin_ok(admin, "DELETE", &format!("/functions/hello/endpoints/{dying_addr}?wait=true"), None).await;
+
     // Draining its last replica sends the function back to the gate.
     admin_ok(admin, "POST", "/functions/hello/endpoints?wait=true", Some(json!({"address": addr}))).await;
-    admin_ok(admin, "DELETE", &format!("/functions/hello/endpoints/{dead}?wait=true"), None).await;
     assert_eq!(get("/hello").await.upstream, "replica");
     let before = replica.hits();
     admin_ok(admin, "POST", &format!("/functions/hello/endpoints/{addr}/drain?wait=true"), None).await;

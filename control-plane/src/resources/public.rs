@@ -275,12 +275,19 @@ fn direct_action(name: &str, f: &Function, settings: &BuildSettings) -> RouteAct
     RouteAction { retry_policy: None, ..replica_action(direct_cluster(name), f, settings) }
 }
 
-/// Retries of requests that never reached an upstream, for every route: each on a host
-/// not tried yet (another replica) and a priority not tried yet (after the replicas, the
-/// gate). Set once on the virtual host, so each route costs only its match and cluster:
-/// the table is sent whole whenever a function starts or stops having a serving replica.
+/// What the public listener retries: a request that never reached a replica, and one
+/// whose replica went away under it (killed, crashed) before it answered. The second is
+/// what the gate always did behind Envoy (it sent a request again after Envoy's own 503),
+/// so a request in flight on a replica that dies is sent once more, through the gate, as
+/// before: at least once, not exactly once, for that request.
+pub const PUBLIC_RETRY_ON: &str = "connect-failure,refused-stream,reset";
+
+/// Retries for every route: each on a host not tried yet (another replica) and a
+/// priority not tried yet (after the replicas, the gate). Set once on the virtual host,
+/// so each route costs only its match and cluster: the table is sent whole whenever a
+/// function starts or stops having a serving replica.
 fn retry_policy(settings: &BuildSettings) -> RetryPolicy {
-    let mut policy = super::retry_policy(settings);
+    let mut policy = RetryPolicy { retry_on: PUBLIC_RETRY_ON.into(), ..super::retry_policy(settings) };
     policy.retry_priority = Some(RetryPriority {
         name: "envoy.retry_priorities.previous_priorities".into(),
         config_type: Some(envoy_types::pb::envoy::config::route::v3::retry_policy::retry_priority::ConfigType::TypedConfig(pack_any(
@@ -368,7 +375,7 @@ mod tests {
         let rc = RouteConfiguration::decode(&*awake.of(Kind::Route)[PUBLIC_ROUTE_CONFIG_NAME].body.value).unwrap();
         let retry = rc.virtual_hosts[0].retry_policy.clone().unwrap();
         assert_eq!(retry.retry_priority.unwrap().name, "envoy.retry_priorities.previous_priorities");
-        assert_eq!(retry.retry_on, crate::resources::RETRY_ON);
+        assert_eq!(retry.retry_on, PUBLIC_RETRY_ON);
         let asleep_route = routes(&asleep).into_iter().find(|r| r.name == "hello-exact-asleep").unwrap();
         let Some(Action::Route(ra)) = asleep_route.action else { panic!() };
         assert_eq!(
