@@ -121,7 +121,7 @@ async fn components(roost: &Roost) -> Vec<Usage> {
     let pids = roost.pids();
     let before: Vec<u64> = pids.iter().map(|(_, p)| tree_usage(*p).1).collect();
     tokio::time::sleep(IDLE_WINDOW).await;
-    // SAFETY-free: sysconf(_SC_CLK_TCK) is 100 on Linux for /proc's tick counts.
+    // /proc counts CPU time in clock ticks, 100 a second on Linux (sysconf(_SC_CLK_TCK)).
     let ticks_per_s = 100.0;
     pids.iter()
         .zip(before)

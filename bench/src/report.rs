@@ -86,6 +86,22 @@ pub struct Report {
     pub statsd: Option<Outcome<Component>>,
 }
 
+/// A Zipf workload's cells: calls / errors | cold starts (share) | cold p50 / p99 of the
+/// hottest | cold p50 / p99 of the rest.
+fn calls_cells(c: &crate::spares::Calls) -> String {
+    let calls = c.load.ok + c.load.errors;
+    format!(
+        "{calls} / {} | {} ({:.0} %) | {} / {} | {} / {}",
+        c.load.errors,
+        c.cold,
+        100.0 * c.cold as f64 / calls.max(1) as f64,
+        ms(p50(&c.cold_hot_ms)),
+        ms(p99(&c.cold_hot_ms)),
+        ms(p50(&c.cold_rest_ms)),
+        ms(p99(&c.cold_rest_ms)),
+    )
+}
+
 /// Milliseconds, with two decimals below 10 and one above.
 pub fn ms(v: f64) -> String {
     if v.is_nan() {
@@ -507,19 +523,12 @@ impl Report {
                 for r in runs {
                     let _ = writeln!(
                         s,
-                        "| {} (`{}`) | {} | {:.0} MB | {} / {} | {} ({:.0} %) | {} / {} | {} / {} | {} / {} |",
+                        "| {} (`{}`) | {} | {:.0} MB | {} | {} / {} |",
                         r.policy.name,
                         r.policy.spare_memory,
                         r.spares,
                         r.spare_bytes as f64 / 1_048_576.0,
-                        r.calls.load.ok + r.calls.load.errors,
-                        r.calls.load.errors,
-                        r.calls.cold,
-                        100.0 * r.calls.cold as f64 / (r.calls.load.ok + r.calls.load.errors).max(1) as f64,
-                        ms(p50(&r.calls.cold_hot_ms)),
-                        ms(p99(&r.calls.cold_hot_ms)),
-                        ms(p50(&r.calls.cold_rest_ms)),
-                        ms(p99(&r.calls.cold_rest_ms)),
+                        calls_cells(&r.calls),
                         ms(p50(&r.calls.load.latencies_ms)),
                         ms(p99(&r.calls.load.latencies_ms)),
                     );
@@ -559,7 +568,7 @@ impl Report {
                 Ok(r) => {
                     let _ = writeln!(
                         s,
-                        "| {rt} | {} | {:.1} s | {:.1} s | {:.1} s | {} | {:.1} % | {} | {} | {} / {} | {} ({:.0} %) | {} / {} | {} / {} |",
+                        "| {rt} | {} | {:.1} s | {:.1} s | {:.1} s | {} | {:.1} % | {} | {} | {} |",
                         r.functions,
                         r.declared.as_secs_f64(),
                         r.built.as_secs_f64(),
@@ -568,14 +577,7 @@ impl Report {
                         r.components.iter().map(|c| c.cpu_percent).sum::<f64>(),
                         push(&r.push_add),
                         push(&r.push_remove),
-                        r.calls.load.ok + r.calls.load.errors,
-                        r.calls.load.errors,
-                        r.calls.cold,
-                        100.0 * r.calls.cold as f64 / (r.calls.load.ok + r.calls.load.errors).max(1) as f64,
-                        ms(p50(&r.calls.cold_hot_ms)),
-                        ms(p99(&r.calls.cold_hot_ms)),
-                        ms(p50(&r.calls.cold_rest_ms)),
-                        ms(p99(&r.calls.cold_rest_ms)),
+                        calls_cells(&r.calls),
                     );
                 }
                 Err(e) => {

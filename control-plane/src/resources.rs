@@ -214,6 +214,18 @@ pub(crate) fn u32v(value: u32) -> Option<UInt32Value> {
     Some(UInt32Value { value })
 }
 
+/// Cluster-wide circuit-breaker limits high enough that Envoy never rejects a request
+/// for them: Roost bounds requests itself (the gate's cap, each replica's concurrency).
+pub(crate) fn never_limiting() -> Thresholds {
+    Thresholds {
+        max_connections: u32v(100_000),
+        max_pending_requests: u32v(100_000),
+        max_requests: u32v(100_000),
+        max_retries: u32v(1_000),
+        ..Default::default()
+    }
+}
+
 /// The EDS cluster of one function.
 pub fn function_cluster(name: &str, f: &Function, settings: &BuildSettings) -> Cluster {
     Cluster {
@@ -224,13 +236,7 @@ pub fn function_cluster(name: &str, f: &Function, settings: &BuildSettings) -> C
         lb_policy: LbPolicy::LeastRequest as i32,
         circuit_breakers: Some(CircuitBreakers {
             // Cluster-wide limits high enough never to reject before the queue is seen.
-            thresholds: vec![Thresholds {
-                max_connections: u32v(100_000),
-                max_pending_requests: u32v(100_000),
-                max_requests: u32v(100_000),
-                max_retries: u32v(1_000),
-                ..Default::default()
-            }],
+            thresholds: vec![never_limiting()],
             // One replica serves `concurrency` requests at once; the rest queue in Envoy.
             per_host_thresholds: vec![Thresholds { max_connections: u32v(f.concurrency), ..Default::default() }],
         }),

@@ -91,8 +91,8 @@ impl Store {
             let routes = resources::route_table(&model, &self.settings);
             snapshot.insert(Kind::Route, resources::ROUTE_CONFIG_NAME, envoy_types::util::pack_any(routes));
         }
-        if let Some(entry) = self.settings.public.as_ref().filter(|_| routes_changed || public_changed) {
-            resources::public::put_routes(&mut snapshot, &model, entry, &self.settings);
+        if self.settings.public.is_some() && (routes_changed || public_changed) {
+            resources::public::put_routes(&mut snapshot, &model, &self.settings);
         }
         inner.model = model.clone();
         self.snapshots.send_replace(Arc::new(snapshot));

@@ -11,13 +11,14 @@
 //! request that never reached a replica (refused, reset before it was sent) is retried on
 //! the next priority, the gate, which holds it while the function wakes again.
 
-use super::{ads, hcm_listener, millis, replica_action, router_filter, socket_address, u32v, BuildSettings, Kind, Snapshot};
+use super::{
+    ads, hcm_listener, millis, never_limiting, replica_action, router_filter, socket_address, u32v, BuildSettings, Kind, Snapshot,
+};
 use crate::model::{Function, Model};
 use envoy_types::pb::envoy::config::accesslog::v3::{
     access_log_filter::FilterSpecifier, comparison_filter::Op, AccessLogFilter, ComparisonFilter, StatusCodeFilter,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{
-    circuit_breakers::Thresholds,
     cluster::{ClusterDiscoveryType, CustomClusterType, DiscoveryType, DnsLookupFamily, LbPolicy},
     CircuitBreakers, Cluster,
 };
@@ -88,7 +89,7 @@ pub(super) fn add(snap: &mut Snapshot, model: &Model, entry: &PublicEntry, setti
         put_function(snap, model, name);
     }
     snap.insert(Kind::Listener, PUBLIC_LISTENER_NAME, pack_any(listener(entry)));
-    put_routes(snap, model, entry, settings);
+    put_routes(snap, model, settings);
 }
 
 /// Adds (or removes, when `model` no longer has it) one function's aggregate cluster.
@@ -100,8 +101,8 @@ pub fn put_function(snap: &mut Snapshot, model: &Model, function: &str) {
 }
 
 /// Rebuilds the public route table.
-pub fn put_routes(snap: &mut Snapshot, model: &Model, entry: &PublicEntry, settings: &BuildSettings) {
-    snap.insert(Kind::Route, PUBLIC_ROUTE_CONFIG_NAME, pack_any(route_table(model, entry, settings)));
+pub fn put_routes(snap: &mut Snapshot, model: &Model, settings: &BuildSettings) {
+    snap.insert(Kind::Route, PUBLIC_ROUTE_CONFIG_NAME, pack_any(route_table(model, settings)));
 }
 
 // `dns_refresh_rate` is deprecated in favour of the DNS cluster extension; Envoy 1.40
@@ -131,16 +132,7 @@ fn gate_cluster(entry: &PublicEntry) -> Cluster {
             ..Default::default()
         }),
         // The gate holds requests by the thousand (ROOST_GATE_MAX_HELD per function).
-        circuit_breakers: Some(CircuitBreakers {
-            thresholds: vec![Thresholds {
-                max_connections: u32v(100_000),
-                max_pending_requests: u32v(100_000),
-                max_requests: u32v(100_000),
-                max_retries: u32v(1_000),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
+        circuit_breakers: Some(CircuitBreakers { thresholds: vec![never_limiting()], ..Default::default() }),
         ..Default::default()
     }
 }
@@ -221,8 +213,7 @@ fn header(name: &str, spec: HeaderMatchSpecifier, invert_match: bool) -> HeaderM
 /// The public route table: first the requests only the gate judges (an X-Request-Id it
 /// would replace), then each function, direct while it has a serving replica, else to the
 /// gate; everything else to the gate (404).
-pub fn route_table(model: &Model, entry: &PublicEntry, settings: &BuildSettings) -> RouteConfiguration {
-    let _ = entry;
+pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguration {
     let id_regex = StringMatcher {
         match_pattern: Some(MatchPattern::SafeRegex(RegexMatcher { regex: REQUEST_ID_PATTERN.into(), ..Default::default() })),
         ..Default::default()
