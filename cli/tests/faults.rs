@@ -645,12 +645,14 @@ fn restart(container: &str, inj: &mut Injected) {
     inj.notes.push(format!("docker restart took {:.1} s", t.elapsed().as_secs_f64()));
 }
 
-/// A running replica container of `function`.
+/// The longest-running replica container of `function`: the orchestrator drains the
+/// newest first, so it is the one likeliest to stay while a case works in it (`docker ps`
+/// lists the newest first; a flood in the newest was cut short by its drain).
 fn a_replica(function: &str) -> Option<String> {
     let filter = format!("label=roost.function={function}");
     let on_network = format!("label=roost.network={}", network());
     let ids = text(&docker(&["ps", "-q", "--filter", &filter, "--filter", &on_network, "--filter", "status=running"]));
-    ids.lines().next().map(str::to_string)
+    ids.lines().last().map(str::to_string)
 }
 
 /// The spoof flood, sent from inside a `hello` replica: every statsd address it could try.
