@@ -47,6 +47,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/envoys", get(envoys))
         .route("/functions", get(list_functions))
         .route("/functions/{name}", get(get_function).put(put_function).delete(delete_function))
+        .route("/functions/{name}/waking", post(waking))
         .route("/functions/{name}/endpoints", post(add_endpoint))
         .route("/functions/{name}/endpoints/{address}", axum::routing::delete(remove_endpoint))
         .route("/functions/{name}/endpoints/{address}/drain", post(drain_endpoint))
@@ -243,6 +244,10 @@ async fn put_function(
 
 async fn delete_function(State(s): State<AdminState>, Path(name): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
     apply(&s, &q, vec![Change::RemoveFunction { function: name }]).await
+}
+
+async fn waking(State(s): State<AdminState>, Path(name): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+    apply(&s, &q, vec![Change::Waking { function: name }]).await
 }
 
 async fn add_endpoint(

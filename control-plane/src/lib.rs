@@ -141,7 +141,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     };
     let admin = axum::serve(admin_listener, auth::guard(admin::router(admin_state), token, "control-plane admin"))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let persister = state_store.map(|s| tokio::spawn(s.run(store.models(), store.confirmed(), shutdown.clone())));
+    let persister = state_store.map(|s| tokio::spawn(s.run(store.clone(), store.confirmed(), shutdown.clone())));
     info!(%xds_addr, %admin_addr, %listener, "control plane serving");
 
     let task = tokio::spawn(async move {

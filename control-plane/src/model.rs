@@ -35,6 +35,10 @@ pub struct Function {
     pub timeout_ms: u64,
     /// Endpoints by address.
     pub endpoints: BTreeMap<SocketAddr, Endpoint>,
+    /// Its first replica is starting ([`Change::Waking`]): it is in Envoy before it has
+    /// an endpoint. Cleared by its first endpoint.
+    #[serde(default)]
+    pub waking: bool,
 }
 
 /// One replica's address as Envoy sees it.
@@ -105,13 +109,23 @@ pub fn parse_address(address: &str) -> Result<SocketAddr, ModelError> {
 
 impl Model {
     /// Applies `changes` in order, all of them or none: on the first error the model is
-    /// left exactly as it was.
+    /// left exactly as it was. Only the functions the changes name are copied aside, so
+    /// a change costs the same with ten functions or ten thousand.
     pub fn apply_all(&mut self, changes: &[Change]) -> Result<(), ModelError> {
-        let mut next = self.clone();
+        let mut before: BTreeMap<&str, Option<Function>> = BTreeMap::new();
         for change in changes {
-            next.apply(change)?;
+            let name = change.function();
+            before.entry(name).or_insert_with(|| self.functions.get(name).cloned());
+            if let Err(e) = self.apply(change) {
+                for (name, f) in before {
+                    match f {
+                        Some(f) => self.functions.insert(name.to_string(), f),
+                        None => self.functions.remove(name),
+                    };
+                }
+                return Err(e);
+            }
         }
-        *self = next;
         Ok(())
     }
 
@@ -131,9 +145,16 @@ impl Model {
                     concurrency,
                     timeout_ms,
                     endpoints: BTreeMap::new(),
+                    waking: false,
                 });
                 f.concurrency = concurrency;
                 f.timeout_ms = timeout_ms;
+            }
+            Change::Waking { function } => {
+                // One with an endpoint is in Envoy already, and a late notice must not
+                // keep it there after its last endpoint.
+                let f = self.function_mut(function)?;
+                f.waking = f.endpoints.is_empty();
             }
             Change::RemoveFunction { function } => {
                 self.functions.remove(function).ok_or_else(|| ModelError::UnknownFunction(function.clone()))?;
@@ -145,6 +166,7 @@ impl Model {
                     return Err(ModelError::TooManyEndpoints { function: function.clone() });
                 }
                 f.endpoints.insert(addr, Endpoint { draining: false });
+                f.waking = false;
             }
             Change::DrainEndpoint { function, address } => {
                 self.endpoint_mut(function, address)?.draining = true;

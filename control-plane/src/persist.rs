@@ -2,6 +2,7 @@
 //! configuration: loaded once before the xDS server starts, saved after every change.
 
 use crate::model::Model;
+use crate::store::Store;
 use redis::AsyncCommands;
 use roost_common::keys::CONTROL_PLANE_STATE;
 use std::sync::Arc;
@@ -103,7 +104,8 @@ impl StateStore {
     /// unconfirmed one, partly re-registered, must never be loaded as the truth by a
     /// later start); a failed save is retried with backoff, and only the newest model is
     /// ever written.
-    pub async fn run(mut self, mut models: watch::Receiver<Arc<Model>>, mut confirmed: watch::Receiver<bool>, shutdown: CancellationToken) {
+    pub async fn run(mut self, store: Arc<Store>, mut confirmed: watch::Receiver<bool>, shutdown: CancellationToken) {
+        let mut changes = store.changes();
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = confirmed.wait_for(|c| *c) => if r.is_err() { return },
@@ -113,7 +115,8 @@ impl StateStore {
         let mut dirty = true;
         loop {
             if dirty {
-                let model = models.borrow_and_update().clone();
+                changes.borrow_and_update();
+                let (model, _) = store.model();
                 if let Err(e) = self.save(&model).await {
                     warn!(error = %e, "cannot save state to Redis; retrying");
                     tokio::select! {
@@ -125,7 +128,7 @@ impl StateStore {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = models.changed() => match r {
+                r = changes.changed() => match r {
                     Ok(()) => dirty = true,
                     Err(_) => return,
                 },

@@ -1,8 +1,12 @@
 //! Turns the [`Model`] into Envoy's xDS resources: one EDS cluster and one
-//! ClusterLoadAssignment per function, the gate's listener with its route table (two
-//! routes per function), and, with a [`PublicEntry`], the public entry (module
-//! [`public`]). Each resource carries a version that is a hash of its encoded bytes, so an
-//! unchanged resource keeps its version across changes and restarts.
+//! ClusterLoadAssignment per function that has a replica registered, the gate's listener
+//! with its route table (two routes per such function), and, with a [`PublicEntry`], the
+//! public entry (module [`public`]). Each resource carries a version that is a hash of its
+//! encoded bytes, so an unchanged resource keeps its version across changes and restarts.
+//!
+//! A function without a replica costs Envoy nothing: no cluster, no assignment, no route
+//! (see [`in_envoy`]). Envoy's configuration, and every push of it, grows with the
+//! functions awake, not with the functions declared.
 
 pub mod public;
 pub use public::PublicEntry;
@@ -182,13 +186,21 @@ impl Default for BuildSettings {
     }
 }
 
+/// Whether Envoy hears of a function: it has a replica registered (serving or draining),
+/// or its first replica is starting ([`Function::waking`]). A function with neither has
+/// no cluster and no route; the gate wakes it. Its cluster then comes while its first
+/// replica starts, or at the latest in the same generation as its first endpoint
+/// (clusters are pushed before endpoints and routes, and the sync wait covers the new
+/// cluster's assignment).
+pub fn in_envoy(f: &Function) -> bool {
+    f.waking || !f.endpoints.is_empty()
+}
+
 /// Builds the snapshot of `model` at `generation`.
 pub fn build(model: &Model, settings: &BuildSettings, generation: u64) -> Snapshot {
     let mut snap = Snapshot::empty(generation);
-    for (name, f) in &model.functions {
-        let cluster = cluster_name(name);
-        snap.insert(Kind::Cluster, &cluster, pack_any(function_cluster(&cluster, f, settings)));
-        snap.insert(Kind::Endpoint, &cluster, pack_any(load_assignment(&cluster, f)));
+    for name in model.functions.keys() {
+        put_function(&mut snap, model, name, settings);
     }
     snap.insert(Kind::Listener, LISTENER_NAME, pack_any(listener(settings)));
     snap.insert(Kind::Route, ROUTE_CONFIG_NAME, pack_any(route_table(model, settings)));
@@ -196,6 +208,25 @@ pub fn build(model: &Model, settings: &BuildSettings, generation: u64) -> Snapsh
         public::add(&mut snap, model, entry, settings);
     }
     snap
+}
+
+/// Puts one function's clusters and assignment into `snap` as `model` has it, or takes
+/// them out when the function is gone or has no replica. Routes are rebuilt apart.
+pub fn put_function(snap: &mut Snapshot, model: &Model, function: &str, settings: &BuildSettings) {
+    let cluster = cluster_name(function);
+    match model.functions.get(function).filter(|f| in_envoy(f)) {
+        Some(f) => {
+            snap.insert(Kind::Cluster, &cluster, pack_any(function_cluster(&cluster, f, settings)));
+            snap.insert(Kind::Endpoint, &cluster, pack_any(load_assignment(&cluster, f)));
+        }
+        None => {
+            snap.remove(Kind::Cluster, &cluster);
+            snap.remove(Kind::Endpoint, &cluster);
+        }
+    }
+    if settings.public.is_some() {
+        public::put_function(snap, model, function);
+    }
 }
 
 pub(crate) fn ads() -> ConfigSource {
@@ -244,7 +275,7 @@ pub fn function_cluster(name: &str, f: &Function, settings: &BuildSettings) -> C
     }
 }
 
-/// The endpoints of one function (an empty assignment when it has none).
+/// The endpoints of one function.
 pub fn load_assignment(name: &str, f: &Function) -> ClusterLoadAssignment {
     let lb_endpoints = f
         .endpoints
@@ -314,18 +345,20 @@ pub(crate) fn router_filter() -> HttpFilter {
     }
 }
 
-/// The route table: `/<name>` and `/<name>/...` to each function (prefix stripped), then
-/// a JSON 404 for everything else.
+/// The route table: `/<name>` and `/<name>/...` to each function in Envoy (prefix
+/// stripped), then a JSON 503 for everything else: the gate sends a request here only
+/// for a function it believes awake, so a function missing here has just lost its last
+/// replica, and Envoy's own 503 makes the gate wake it again (`@rewake` in nginx.conf).
 pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguration {
-    let mut routes = Vec::with_capacity(model.functions.len() * 2 + 1);
-    for (name, f) in &model.functions {
+    let mut routes = Vec::new();
+    for (name, f) in model.functions.iter().filter(|(_, f)| in_envoy(f)) {
         let exact = PathSpecifier::Path(format!("/{name}"));
         let below = PathSpecifier::Prefix(format!("/{name}/"));
         for (suffix, spec) in [("exact", exact), ("prefix", below)] {
             routes.push(function_route(name, suffix, spec, f, settings));
         }
     }
-    routes.push(not_found_route());
+    routes.push(no_replica_route());
     RouteConfiguration {
         name: ROUTE_CONFIG_NAME.into(),
         virtual_hosts: vec![VirtualHost { name: "functions".into(), domains: vec!["*".into()], routes, ..Default::default() }],
@@ -370,15 +403,15 @@ pub(crate) fn retry_policy(settings: &BuildSettings) -> RetryPolicy {
     }
 }
 
-fn not_found_route() -> Route {
+fn no_replica_route() -> Route {
     Route {
-        name: "not-found".into(),
+        name: "no-replica".into(),
         r#match: Some(RouteMatch { path_specifier: Some(PathSpecifier::Prefix("/".into())), ..Default::default() }),
         action: Some(Action::DirectResponse(DirectResponseAction {
-            status: 404,
+            status: 503,
             body: Some(DataSource {
                 specifier: Some(data_source::Specifier::InlineString(
-                    r#"{"error":"no such function","hint":"call /<function> with a function declared in global-function-definition.yml"}"#
+                    r#"{"error":"no replica of this function is registered with Envoy","hint":"call functions through the platform's port, which wakes them"}"#
                         .into(),
                 )),
                 ..Default::default()
@@ -411,17 +444,47 @@ mod tests {
     }
 
     #[test]
-    fn one_cluster_and_assignment_per_function() {
+    fn one_cluster_and_assignment_per_function_with_a_replica_and_nothing_for_the_rest() {
         let s = build(&model(), &BuildSettings::default(), 1);
         let names: Vec<_> = s.of(Kind::Cluster).keys().cloned().collect();
-        assert_eq!(names, ["fn-empty", "fn-hello"]);
+        assert_eq!(names, ["fn-hello"], "\"empty\" has no replica: no cluster");
         let c = Cluster::decode(&*s.of(Kind::Cluster)["fn-hello"].body.value).unwrap();
         let per_host = &c.circuit_breakers.unwrap().per_host_thresholds[0];
         assert_eq!(per_host.max_connections, u32v(3));
         assert_eq!(c.connect_timeout, Some(millis(250)));
-        let cla = ClusterLoadAssignment::decode(&*s.of(Kind::Endpoint)["fn-empty"].body.value).unwrap();
-        assert!(cla.endpoints.is_empty(), "a function without endpoints gets an empty assignment");
-        assert_eq!(s.expected_names(Kind::Endpoint).count(), 2);
+        let cla = ClusterLoadAssignment::decode(&*s.of(Kind::Endpoint)["fn-hello"].body.value).unwrap();
+        assert_eq!(cla.endpoints[0].lb_endpoints.len(), 1);
+        assert_eq!(s.expected_names(Kind::Endpoint).collect::<Vec<_>>(), ["fn-hello"]);
+        let rc = route_table(&model(), &BuildSettings::default());
+        let names: Vec<_> = rc.virtual_hosts[0].routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["hello-exact", "hello-prefix", "no-replica"]);
+    }
+
+    #[test]
+    fn a_declared_function_costs_envoy_nothing_until_its_first_replica() {
+        // A thousand sleeping functions: the same resources as none.
+        let mut many = Model::default();
+        for i in 0..1000 {
+            many.apply(&Change::PutFunction { function: format!("f{i}"), concurrency: None, timeout_ms: None }).unwrap();
+        }
+        let settings = BuildSettings::default();
+        let (a, b) = (build(&many, &settings, 1), build(&Model::default(), &settings, 1));
+        for kind in Kind::ALL {
+            assert_eq!(a.of(kind), b.of(kind), "{kind:?}");
+        }
+        // Waking: its cluster, an empty assignment and its routes, ahead of its endpoint.
+        many.apply(&Change::Waking { function: "f7".into() }).unwrap();
+        let w = build(&many, &settings, 2);
+        assert_eq!(w.of(Kind::Cluster).keys().collect::<Vec<_>>(), ["fn-f7"]);
+        let cla = ClusterLoadAssignment::decode(&*w.of(Kind::Endpoint)["fn-f7"].body.value).unwrap();
+        assert!(cla.endpoints.is_empty());
+        let rc = route_table(&many, &settings);
+        assert_eq!(rc.virtual_hosts[0].routes.len(), 3, "f7's two routes and the fallback");
+        // Its first endpoint ends the waking; the endpoint keeps it in Envoy.
+        many.apply(&Change::AddEndpoint { function: "f7".into(), address: "127.0.0.1:1".into() }).unwrap();
+        assert!(!many.functions["f7"].waking);
+        many.apply(&Change::RemoveEndpoint { function: "f7".into(), address: "127.0.0.1:1".into() }).unwrap();
+        assert!(build(&many, &settings, 3).of(Kind::Cluster).is_empty(), "its last endpoint gone: out of Envoy");
     }
 
     #[test]
@@ -432,11 +495,13 @@ mod tests {
         assert!(specs.contains(&PathSpecifier::Path("/hello".into())));
         assert!(specs.contains(&PathSpecifier::Prefix("/hello/".into())));
         assert!(!specs.contains(&PathSpecifier::Prefix("/hello".into())), "/hello must not match /hello2");
-        let Some(Action::Route(ra)) = &routes[2].action else { panic!("route action") };
+        let Some(Action::Route(ra)) = &routes[0].action else { panic!("route action") };
         assert_eq!(ra.prefix_rewrite, "/");
         assert_eq!(ra.timeout, Some(millis(1500)));
         assert_eq!(ra.retry_policy.as_ref().unwrap().retry_on, RETRY_ON);
-        assert_eq!(routes.last().unwrap().name, "not-found");
+        let last = routes.last().unwrap();
+        let Some(Action::DirectResponse(d)) = &last.action else { panic!("direct response") };
+        assert_eq!((last.name.as_str(), d.status), ("no-replica", 503), "Envoy's own 503 makes the gate wake the function");
     }
 
     #[test]

@@ -6,9 +6,9 @@
 //! state, or handed over whole by the orchestrator ([`Store::confirm`]). Until then ADS
 //! streams are held (Envoy keeps the configuration it has) and nothing is saved.
 
-use crate::model::{Change, Model, ModelError};
+use crate::model::{Change, Function, Model, ModelError};
 use crate::resources::{self, BuildSettings, Kind, Snapshot};
-use roost_common::naming::cluster_name;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -18,7 +18,8 @@ pub struct Store {
     inner: Mutex<Inner>,
     settings: BuildSettings,
     snapshots: watch::Sender<Arc<Snapshot>>,
-    models: watch::Sender<Arc<Model>>,
+    /// The generation of every model change (the persister then reads the model).
+    changes: watch::Sender<u64>,
     confirmed: watch::Sender<bool>,
 }
 
@@ -34,7 +35,7 @@ impl Store {
         let snapshot = resources::build(&model, &settings, 1);
         Store {
             snapshots: watch::channel(Arc::new(snapshot)).0,
-            models: watch::channel(Arc::new(model.clone())).0,
+            changes: watch::channel(1).0,
             confirmed: watch::channel(confirmed).0,
             inner: Mutex::new(Inner { model, generation: 1 }),
             settings,
@@ -46,58 +47,45 @@ impl Store {
     }
 
     /// Applies `changes` all together (or none, on error) and publishes the result.
-    /// Returns the new generation. Only the resources of the functions touched are
-    /// rebuilt, so a change costs the same with one function or a thousand.
+    /// Returns the new generation. Only the functions touched are looked at and only
+    /// their resources rebuilt (the route tables only when they change), so a change
+    /// costs the same with ten functions or ten thousand.
     pub fn apply(&self, changes: &[Change]) -> Result<u64, ModelError> {
         let mut inner = self.lock();
-        let mut model = inner.model.clone();
-        model.apply_all(changes)?;
+        // (in Envoy, serving) of each function touched, before the changes.
+        let before: BTreeMap<&str, (bool, bool)> =
+            changes.iter().map(|c| (c.function(), Self::routing(inner.model.functions.get(c.function())))).collect();
+        inner.model.apply_all(changes)?;
         inner.generation += 1;
         let generation = inner.generation;
         let mut snapshot = self.snapshots.borrow().with_generation(generation);
+        // The route tables change when a function in Envoy changes its settings, or a
+        // function gains its first replica or loses its last (the public one also when it
+        // starts or stops having a serving replica).
         let mut routes_changed = false;
-        // The public routes change when a function starts or stops having a serving replica.
         let mut public_changed = false;
-        for change in changes {
-            let function = match change {
-                Change::PutFunction { function, .. } | Change::RemoveFunction { function } => {
-                    routes_changed = true;
-                    function
-                }
-                Change::AddEndpoint { function, .. } | Change::DrainEndpoint { function, .. } | Change::RemoveEndpoint { function, .. } => {
-                    function
-                }
-            };
-            let serving = |m: &Model| m.functions.get(function).map(resources::public::serving);
-            public_changed |= serving(&inner.model) != serving(&model);
-            if self.settings.public.is_some() {
-                resources::public::put_function(&mut snapshot, &model, function);
-            }
-            let cluster = cluster_name(function);
-            match model.functions.get(function) {
-                Some(f) => {
-                    let c = resources::function_cluster(&cluster, f, &self.settings);
-                    let e = resources::load_assignment(&cluster, f);
-                    snapshot.insert(Kind::Cluster, &cluster, envoy_types::util::pack_any(c));
-                    snapshot.insert(Kind::Endpoint, &cluster, envoy_types::util::pack_any(e));
-                }
-                None => {
-                    snapshot.remove(Kind::Cluster, &cluster);
-                    snapshot.remove(Kind::Endpoint, &cluster);
-                }
-            }
+        for (function, (was_in_envoy, was_serving)) in before {
+            let (in_envoy, serving) = Self::routing(inner.model.functions.get(function));
+            let settings_put = changes.iter().any(|c| matches!(c, Change::PutFunction { function: f, .. } if f == function));
+            routes_changed |= was_in_envoy != in_envoy || (settings_put && in_envoy);
+            public_changed |= was_serving != serving;
+            resources::put_function(&mut snapshot, &inner.model, function, &self.settings);
         }
         if routes_changed {
-            let routes = resources::route_table(&model, &self.settings);
+            let routes = resources::route_table(&inner.model, &self.settings);
             snapshot.insert(Kind::Route, resources::ROUTE_CONFIG_NAME, envoy_types::util::pack_any(routes));
         }
         if self.settings.public.is_some() && (routes_changed || public_changed) {
-            resources::public::put_routes(&mut snapshot, &model, &self.settings);
+            resources::public::put_routes(&mut snapshot, &inner.model, &self.settings);
         }
-        inner.model = model.clone();
         self.snapshots.send_replace(Arc::new(snapshot));
-        self.models.send_replace(Arc::new(model));
+        self.changes.send_replace(generation);
         Ok(generation)
+    }
+
+    /// Whether a function is in Envoy at all, and whether it has a serving replica.
+    fn routing(f: Option<&Function>) -> (bool, bool) {
+        (f.is_some_and(resources::in_envoy), f.is_some_and(resources::public::serving))
     }
 
     /// Applies `changes` (each of them idempotent: function settings and endpoints that
@@ -149,9 +137,10 @@ impl Store {
         self.snapshots.subscribe()
     }
 
-    /// Receives every new model (for persistence).
-    pub fn models(&self) -> watch::Receiver<Arc<Model>> {
-        self.models.subscribe()
+    /// Receives the generation of every model change (for persistence, which reads the
+    /// model with [`Store::model`] only as often as it saves it).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }
 
@@ -164,8 +153,11 @@ mod tests {
         let put = |f: &str| Change::PutFunction { function: f.into(), concurrency: Some(2), timeout_ms: None };
         let add = |f: &str, a: &str| Change::AddEndpoint { function: f.into(), address: a.into() };
         let drain = |f: &str, a: &str| Change::DrainEndpoint { function: f.into(), address: a.into() };
+        let waking = |f: &str| Change::Waking { function: f.into() };
         let steps = [
-            vec![put("a"), put("b"), add("a", "127.0.0.1:1")],
+            vec![put("a"), put("b"), put("c"), waking("c"), add("a", "127.0.0.1:1")],
+            vec![add("c", "127.0.0.1:4")],
+            vec![Change::RemoveEndpoint { function: "c".into(), address: "127.0.0.1:4".into() }],
             vec![add("b", "127.0.0.1:2")],
             vec![add("b", "127.0.0.1:3")],
             vec![drain("b", "127.0.0.1:3")],

@@ -96,9 +96,9 @@ async fn routing_and_load_sharing(mode: XdsMode) {
     let r: Value = serde_json::from_str(&h.get("/hello?q=2").await.body).unwrap();
     assert_eq!(r["path"], "/?q=2");
     let r = h.get("/hello2").await;
-    assert_eq!(r.status, 404, "/hello2 must not reach hello: {}", r.body);
+    assert_eq!(r.status, 503, "/hello2 must not reach hello: {}", r.body);
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert!(r.body.contains("no such function"));
+    assert!(r.body.contains("no replica of this function"), "{}", r.body);
 
     let dump = h.envoy.admin("/config_dump?include_eds").await;
     assert!(dump.contains("fn-hello") && dump.contains(&format!("\"port_value\": {}", a.port)), "config_dump lacks hello's endpoint");
@@ -131,7 +131,7 @@ async fn routing_and_load_sharing(mode: XdsMode) {
 
     // The function removed: its route goes, and the admin API says so.
     admin_ok(port, "DELETE", "/functions/hello?wait=true", None).await;
-    assert_eq!(h.get("/hello").await.status, 404);
+    assert_eq!(h.get("/hello").await.status, 503);
     let (status, v) = admin(port, "GET", "/functions/hello", None).await;
     assert_eq!(status, 404, "{v}");
 
@@ -563,7 +563,7 @@ fn gate_reading(r: &http::Response) -> &'static str {
     match (r.header("x-envoy-upstream-service-time"), r.header("x-envoy-overloaded")) {
         (_, Some(_)) => "envoy (overloaded)",
         (Some(_), None) => "function",
-        (None, None) => "envoy: no healthy upstream",
+        (None, None) => "envoy's own (no replica)",
     }
 }
 
@@ -586,14 +586,16 @@ async fn envoys_own_503_and_a_functions_503_differ_by_the_headers_the_gate_reads
     assert_eq!(gate_reading(&r), "function");
     assert_eq!(busy.hits(), 1, "Envoy does not retry a function's 503");
 
-    // Declared, no endpoint (scaled to zero, or the last replica vanished): Envoy's own 503.
+    // Declared, no endpoint (scaled to zero, or the last replica vanished): not in Envoy
+    // at all, and Envoy's own 503.
     admin_ok(port, "PUT", "/functions/empty?wait=true", None).await;
     let r = h.get("/empty").await;
     assert_eq!(r.status, 503, "{}", r.body);
-    assert_eq!(r.body, "no healthy upstream");
+    assert!(r.body.contains("no replica of this function"), "{}", r.body);
+    assert!(!h.envoy.admin("/config_dump?include_eds").await.contains("fn-empty"), "a function without a replica has no cluster");
     assert_eq!(r.header("x-envoy-upstream-service-time"), None, "{:?}", r.headers);
     assert_eq!(r.header("x-envoy-overloaded"), None, "{:?}", r.headers);
-    assert_eq!(gate_reading(&r), "envoy: no healthy upstream");
+    assert_eq!(gate_reading(&r), "envoy's own (no replica)");
 
     // Its last endpoint removed (the replica stopped in a scale-down): no healthy host.
     let old = Upstream::start("old").await;
@@ -603,10 +605,11 @@ async fn envoys_own_503_and_a_functions_503_differ_by_the_headers_the_gate_reads
     assert_eq!(h.hit("/going").await, "old");
     admin_ok(port, "DELETE", &format!("/functions/going/endpoints/{addr}?wait=true"), None).await;
     let r = h.get("/going").await;
-    assert_eq!((r.status, r.body.as_str()), (503, "no healthy upstream"), "{:?}", r.headers);
+    assert_eq!(r.status, 503, "{:?}", r.headers);
+    assert!(r.body.contains("no replica of this function"), "{}", r.body);
     assert_eq!(r.header("x-envoy-upstream-service-time"), None, "{:?}", r.headers);
     assert_eq!(r.header("x-envoy-overloaded"), None, "{:?}", r.headers);
-    assert_eq!(gate_reading(&r), "envoy: no healthy upstream");
+    assert_eq!(gate_reading(&r), "envoy's own (no replica)");
     assert_eq!(old.hits(), 1, "the removed endpoint got nothing new");
 
     // Envoy's queue overflows: one connection to a slow replica (concurrency 1) and, set

@@ -1,6 +1,8 @@
-//! Client of the control plane's admin API: declare functions, add, drain and remove
-//! endpoints, each waiting until every Envoy has ACKed the change. The bodies and answers
-//! are [`roost_common::wire::admin`]'s, the same types the control plane serves.
+//! Client of the control plane's admin API: declare functions, and add, drain and remove
+//! endpoints, each of the latter waiting until every Envoy has ACKed the change. The
+//! bodies and answers are [`roost_common::wire::admin`]'s, the same types the control
+//! plane serves. At most [`MAX_IN_FLIGHT`] calls are under way at once, however many
+//! functions call at the same moment (ten thousand declaring themselves at a start).
 
 use reqwest::Method;
 use roost_common::auth::ControlToken;
@@ -8,7 +10,13 @@ use roost_common::wire::admin::{ApiError, Change, FunctionSettings, Functions, N
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Calls to the control plane under way at once (each its own connection); the rest wait
+/// their turn here rather than open a connection each.
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// Why a control-plane call failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +69,7 @@ pub struct ControlPlane {
     base: String,
     http: reqwest::Client,
     wait_ms: u64,
+    in_flight: Arc<Semaphore>,
 }
 
 impl ControlPlane {
@@ -73,7 +82,12 @@ impl ControlPlane {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .expect("a plain HTTP client always builds");
-        ControlPlane { base: base.trim_end_matches('/').to_string(), http, wait_ms: wait.as_millis() as u64 }
+        ControlPlane {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            wait_ms: wait.as_millis() as u64,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        }
     }
 
     /// Sends one request; the answer when it is 200, its `error` text otherwise.
@@ -91,6 +105,7 @@ impl ControlPlane {
         if let Some(b) = body {
             req = req.json(b);
         }
+        let _permit = self.in_flight.acquire().await.expect("the semaphore is never closed");
         let resp = req.send().await.map_err(|source| ControlPlaneError::Unreachable { url: self.base.clone(), source })?;
         let status = resp.status().as_u16();
         if status == 200 {
@@ -116,10 +131,23 @@ impl ControlPlane {
         resp.json().await.map_err(|source| ControlPlaneError::Unreadable { method: Method::GET, path: path.to_string(), source })
     }
 
-    /// Creates or updates a function's routing settings, waiting for Envoy's ACK.
+    /// Creates or updates a function's routing settings, without waiting for Envoy: a
+    /// function without replicas is not in Envoy at all, and the settings of one with
+    /// replicas reach Envoy before the next endpoint change's ACK (which every start waits
+    /// for). Waiting here would hold each of thousands of declarations for the ACK of a
+    /// change that sends Envoy nothing.
     pub async fn put_function(&self, name: &str, concurrency: u32, timeout: Duration) -> Result<(), ControlPlaneError> {
         let body = FunctionSettings { concurrency: Some(concurrency), timeout_ms: Some(timeout.as_millis() as u64) };
-        self.change(Method::PUT, format!("/functions/{name}"), Some(&body)).await
+        let no_wait = WaitQuery { wait: Some(false), ..WaitQuery::default() };
+        self.send(Method::PUT, format!("/functions/{name}"), Some(no_wait), Some(&body)).await.map(drop)
+    }
+
+    /// Tells the control plane the function's first replica is starting, so its cluster
+    /// reaches Envoy while the replica starts; does not wait for Envoy (the
+    /// registration's ACK covers it).
+    pub async fn waking(&self, name: &str) -> Result<(), ControlPlaneError> {
+        let no_wait = WaitQuery { wait: Some(false), ..WaitQuery::default() };
+        self.send(Method::POST, format!("/functions/{name}/waking"), Some(no_wait), None::<&()>).await.map(drop)
     }
 
     /// Removes a function (route, cluster, endpoints).

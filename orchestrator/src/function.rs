@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, OwnedRwLockWriteGuard, RwLock};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 /// How many messages a function's mailbox holds; the supervisor never waits on a full one.
 pub const MAILBOX: usize = 256;
@@ -205,7 +205,23 @@ impl Executor {
                     .instrument(span),
                 );
             }
-            Effect::Start { id, spec, hash, declare: first } => {
+            Effect::Start { id, spec, hash, declare: first, waking } => {
+                // A head start for Envoy, beside the start (not before it): without it the
+                // registration puts the cluster in Envoy itself, a little later. A
+                // function not declared yet is unknown to the control plane until the
+                // start declares it.
+                if waking && !first {
+                    let (ctx, name) = (ctx.clone(), spec.name.clone());
+                    self.work.spawn(
+                        async move {
+                            if let Err(e) = ctx.cp.waking(&name).await {
+                                debug!(error = %e, "cannot tell the control plane the function is waking");
+                            }
+                            None
+                        }
+                        .instrument(span.clone()),
+                    );
+                }
                 self.work.spawn(
                     async move {
                         let result = async {

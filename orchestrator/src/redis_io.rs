@@ -63,6 +63,11 @@ pub fn held_count(value: Option<&str>) -> u64 {
     value.and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
+/// How long one command may wait for Redis's answer. The client's default (500 ms) is
+/// too short for the burst of a start with thousands of functions, each of which checks
+/// in with Redis at once over the one connection.
+pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Commands to Redis.
 #[derive(Clone)]
 pub struct RedisIo {
@@ -81,7 +86,8 @@ impl RedisIo {
         let mut backoff = Backoff::default();
         loop {
             let delay = backoff.next_delay();
-            match client.get_connection_manager().await {
+            let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
+            match client.get_connection_manager_with_config(config).await {
                 Ok(conn) => return Some(RedisIo { conn }),
                 Err(e) => warn!(error = %e, retry_in = ?delay, "Redis not reachable yet"),
             }
@@ -131,11 +137,17 @@ impl RedisIo {
         p.publish(keys::READY_CHANNEL, msg).ignore().query_async(&mut c).await
     }
 
-    /// Ends a refusal: the function is woken by its next request again.
+    /// Ends a refusal: the function is woken by its next request again. The gates are
+    /// told only when there was one (every function lifts at the orchestrator's start:
+    /// ten thousand notices for nothing would flood every gate).
     pub async fn lift_refusal(&self, function: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
+        let removed: u64 = c.del(keys::refusal(function)).await?;
+        if removed == 0 {
+            return Ok(());
+        }
         let msg = ReadyNotice { function: function.to_string(), ready: false, refusal: None, capacity: None }.to_payload();
-        redis::pipe().del(keys::refusal(function)).ignore().publish(keys::READY_CHANNEL, msg).ignore().query_async(&mut c).await
+        c.publish(keys::READY_CHANNEL, msg).await
     }
 
     /// How long the gate holds a request for the function while it wakes.

@@ -52,6 +52,14 @@ pub enum Change {
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    /// The function's first replica is starting: its cluster goes into Envoy now, while
+    /// the replica starts, so that the replica's registration sends Envoy only its
+    /// endpoint. A function without replicas is otherwise not in Envoy at all. Ends with
+    /// the function's first endpoint; changes nothing for a function that has one.
+    Waking {
+        /// Function name.
+        function: String,
+    },
     /// Removes a function, its route, cluster and endpoints.
     RemoveFunction {
         /// Function name.
@@ -78,6 +86,20 @@ pub enum Change {
         /// `ip:port`.
         address: String,
     },
+}
+
+impl Change {
+    /// The function the change is about.
+    pub fn function(&self) -> &str {
+        match self {
+            Change::PutFunction { function, .. }
+            | Change::Waking { function }
+            | Change::RemoveFunction { function }
+            | Change::AddEndpoint { function, .. }
+            | Change::DrainEndpoint { function, .. }
+            | Change::RemoveEndpoint { function, .. } => function,
+        }
+    }
 }
 
 /// The query of every change route and of `GET /sync/{generation}`: whether to answer

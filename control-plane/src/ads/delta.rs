@@ -218,7 +218,7 @@ mod tests {
 
     #[test]
     fn endpoint_change_sends_one_resource() {
-        let fns: Vec<(String, Vec<&str>)> = (0..50).map(|i| (format!("f{i}"), vec![])).collect();
+        let fns: Vec<(String, Vec<&str>)> = (0..50).map(|i| (format!("f{i}"), vec!["127.0.0.1:9"])).collect();
         let refs: Vec<(&str, &[&str])> = fns.iter().map(|(n, e)| (n.as_str(), e.as_slice())).collect();
         let snap1 = snapshot(1, &refs);
         let mut s = connected(&snap1);
@@ -256,9 +256,9 @@ mod tests {
 
     #[test]
     fn new_function_pushes_cluster_then_assignment_on_subscribe() {
-        let snap1 = snapshot(1, &[("a", &[])]);
+        let snap1 = snapshot(1, &[("a", &["127.0.0.1:9"])]);
         let mut s = connected(&snap1);
-        let snap2 = snapshot(2, &[("a", &[]), ("b", &["127.0.0.1:1"])]);
+        let snap2 = snapshot(2, &[("a", &["127.0.0.1:9"]), ("b", &["127.0.0.1:1"])]);
         let pushed = s.on_snapshot(&snap2);
         assert_eq!(kinds(&pushed), [Kind::Cluster, Kind::Route]);
         assert_eq!(names(&pushed[0]), ["fn-b"]);
@@ -302,9 +302,9 @@ mod tests {
 
     #[test]
     fn removed_function_drops_route_before_cluster() {
-        let snap1 = snapshot(1, &[("a", &[]), ("b", &[])]);
+        let snap1 = snapshot(1, &[("a", &["127.0.0.1:9"]), ("b", &["127.0.0.1:9"])]);
         let mut s = connected(&snap1);
-        let snap2 = snapshot(2, &[("a", &[])]);
+        let snap2 = snapshot(2, &[("a", &["127.0.0.1:9"])]);
         let pushed = s.on_snapshot(&snap2);
         assert_eq!(kinds(&pushed), [Kind::Route, Kind::Cluster]);
         assert_eq!(pushed[1].removed_resources, ["fn-b"]);
@@ -321,7 +321,7 @@ mod tests {
 
     #[test]
     fn nack_keeps_last_good_and_is_reported() {
-        let snap1 = snapshot(1, &[("a", &[])]);
+        let snap1 = snapshot(1, &[("a", &["127.0.0.1:9"])]);
         let mut s = connected(&snap1);
         let snap2 = snapshot(2, &[("a", &["127.0.0.1:1"])]);
         let pushed = s.on_snapshot(&snap2);
@@ -335,7 +335,7 @@ mod tests {
 
     #[test]
     fn stale_nonce_does_not_ack_but_subscription_counts() {
-        let snap1 = snapshot(1, &[("a", &[])]);
+        let snap1 = snapshot(1, &[("a", &["127.0.0.1:9"])]);
         let mut s = connected(&snap1);
         let snap2 = snapshot(2, &[("a", &["127.0.0.1:1"])]);
         let pushed = s.on_snapshot(&snap2);
@@ -344,7 +344,7 @@ mod tests {
         assert_eq!(s.status(&snap2).synced_generation, 1);
         s.on_request(&ack(Kind::Endpoint, &pushed[0].nonce), &snap2);
         assert_eq!(s.status(&snap2).synced_generation, 2);
-        let snap3 = snapshot(3, &[("a", &["127.0.0.1:1"]), ("x", &[])]);
+        let snap3 = snapshot(3, &[("a", &["127.0.0.1:1"]), ("x", &["127.0.0.1:9"])]);
         let pushed = s.on_snapshot(&snap3);
         assert!(pushed.iter().any(|r| names(r) == ["fn-x"] && r.type_url == Kind::Endpoint.type_url()));
     }

@@ -130,7 +130,10 @@ impl TypeState {
     /// Newest generation this type is known to be in sync with at `snapshot`.
     fn synced_generation(&self, snapshot: &Snapshot) -> u64 {
         if !self.initialized {
-            return 0;
+            // Envoy asks for a kind it takes by name once something names it (an EDS
+            // cluster, a listener's route table): while nothing does, it lacks nothing.
+            let nothing_named = !self.kind.is_wildcard() && snapshot.expected_names(self.kind).next().is_none();
+            return if nothing_named { snapshot.generation } else { 0 };
         }
         let missing = snapshot.expected_names(self.kind).any(|n| !self.subscribed_to(n));
         if missing || !self.pending.is_empty() {

@@ -184,11 +184,11 @@ mod tests {
 
     #[test]
     fn wildcard_clusters_get_all_and_new_ones_are_pushed() {
-        let snap = snapshot(1, &[("a", &[])]);
+        let snap = snapshot(1, &[("a", &["127.0.0.1:9"])]);
         let mut s = SotwStream::new();
         let r = s.on_request(&req(Kind::Cluster, &[], ""), &snap);
         assert_eq!(r[0].resources.len(), 1);
-        let snap2 = snapshot(2, &[("a", &[]), ("b", &[])]);
+        let snap2 = snapshot(2, &[("a", &["127.0.0.1:9"]), ("b", &["127.0.0.1:9"])]);
         s.on_request(&req(Kind::Cluster, &[], &r[0].nonce), &snap2);
         let pushed = s.on_snapshot(&snap2);
         assert_eq!(pushed[0].type_url, Kind::Cluster.type_url());
@@ -210,9 +210,9 @@ mod tests {
 
     #[test]
     fn new_function_pushes_in_make_before_break_order() {
-        let snap1 = snapshot(1, &[("a", &[])]);
+        let snap1 = snapshot(1, &[("a", &["127.0.0.1:9"])]);
         let mut s = connected(&snap1);
-        let snap2 = snapshot(2, &[("a", &[]), ("b", &["127.0.0.1:1"])]);
+        let snap2 = snapshot(2, &[("a", &["127.0.0.1:9"]), ("b", &["127.0.0.1:1"])]);
         let pushed = s.on_snapshot(&snap2);
         let kinds: Vec<_> = pushed.iter().map(|r| Kind::from_type_url(&r.type_url).unwrap()).collect();
         assert_eq!(kinds, [Kind::Cluster, Kind::Endpoint, Kind::Route]);
@@ -238,9 +238,9 @@ mod tests {
 
     #[test]
     fn removed_cluster_goes_last() {
-        let snap1 = snapshot(1, &[("a", &[]), ("b", &[])]);
+        let snap1 = snapshot(1, &[("a", &["127.0.0.1:9"]), ("b", &["127.0.0.1:9"])]);
         let mut s = connected(&snap1);
-        let snap2 = snapshot(2, &[("a", &[])]);
+        let snap2 = snapshot(2, &[("a", &["127.0.0.1:9"])]);
         let pushed = s.on_snapshot(&snap2);
         let kinds: Vec<_> = pushed.iter().map(|r| Kind::from_type_url(&r.type_url).unwrap()).collect();
         assert_eq!(kinds, [Kind::Endpoint, Kind::Route, Kind::Cluster]);
@@ -249,9 +249,9 @@ mod tests {
 
     #[test]
     fn nack_is_recorded_and_cleared_by_a_later_ack() {
-        let snap1 = snapshot(1, &[("a", &[])]);
+        let snap1 = snapshot(1, &[("a", &["127.0.0.1:9"])]);
         let mut s = connected(&snap1);
-        let snap2 = snapshot(2, &[("a", &["127.0.0.1:9"])]);
+        let snap2 = snapshot(2, &[("a", &["127.0.0.1:19"])]);
         let pushed = s.on_snapshot(&snap2);
         s.on_request(&nack(Kind::Endpoint, &pushed[0].nonce, "bad endpoint"), &snap2);
         let st = s.status(&snap2);
@@ -272,7 +272,7 @@ mod tests {
 
     #[test]
     fn stale_nonce_is_ignored() {
-        let snap1 = snapshot(1, &[("a", &[])]);
+        let snap1 = snapshot(1, &[("a", &["127.0.0.1:9"])]);
         let mut s = connected(&snap1);
         let snap2 = snapshot(2, &[("a", &["127.0.0.1:1"])]);
         let first = s.on_snapshot(&snap2);
@@ -290,10 +290,35 @@ mod tests {
 
     #[test]
     fn unchanged_snapshot_needs_no_push_and_counts_as_synced() {
-        let snap1 = snapshot(1, &[("a", &[])]);
+        let snap1 = snapshot(1, &[("a", &["127.0.0.1:9"])]);
         let mut s = connected(&snap1);
         let snap2 = snap1.with_generation(2);
         assert!(s.on_snapshot(&snap2).is_empty());
+        assert_eq!(s.status(&snap2).synced_generation, 2);
+    }
+
+    #[test]
+    fn with_no_function_awake_envoy_never_asks_for_endpoints_and_is_synced_without() {
+        // Only sleeping functions: no EDS cluster, so Envoy sends no EDS request at all.
+        let snap = snapshot(1, &[("asleep", &[])]);
+        let mut s = SotwStream::new();
+        for (kind, names) in [(Kind::Cluster, &[][..]), (Kind::Listener, &[]), (Kind::Route, &["roost_routes"])] {
+            let r = s.on_request(&req(kind, names, ""), &snap);
+            s.on_request(&req(kind, names, &r[0].nonce), &snap);
+        }
+        assert_eq!(s.status(&snap).synced_generation, 1);
+        // The first replica brings a cluster: now Envoy must ask for its endpoints.
+        let snap2 = snapshot(2, &[("asleep", &["127.0.0.1:1"])]);
+        let pushed = s.on_snapshot(&snap2);
+        assert_eq!(kinds_of(&pushed), [Kind::Cluster, Kind::Route]);
+        for r in &pushed {
+            let kind = Kind::from_type_url(&r.type_url).unwrap();
+            let names: &[&str] = if kind == Kind::Route { &["roost_routes"] } else { &[] };
+            s.on_request(&req(kind, names, &r.nonce), &snap2);
+        }
+        assert_eq!(s.status(&snap2).synced_generation, 0, "fn-asleep's endpoints not asked for yet");
+        let r = s.on_request(&req(Kind::Endpoint, &["fn-asleep"], ""), &snap2);
+        s.on_request(&req(Kind::Endpoint, &["fn-asleep"], &r[0].nonce), &snap2);
         assert_eq!(s.status(&snap2).synced_generation, 2);
     }
 

@@ -85,16 +85,14 @@ pub fn serving(f: &Function) -> bool {
 /// Adds the public entry's resources to `snap`.
 pub(super) fn add(snap: &mut Snapshot, model: &Model, entry: &PublicEntry, settings: &BuildSettings) {
     snap.insert(Kind::Cluster, GATE_CLUSTER, pack_any(gate_cluster(entry)));
-    for name in model.functions.keys() {
-        put_function(snap, model, name);
-    }
     snap.insert(Kind::Listener, PUBLIC_LISTENER_NAME, pack_any(listener(entry)));
     put_routes(snap, model, settings);
 }
 
-/// Adds (or removes, when `model` no longer has it) one function's aggregate cluster.
-pub fn put_function(snap: &mut Snapshot, model: &Model, function: &str) {
-    match model.functions.contains_key(function) {
+/// Adds one function's aggregate cluster, or removes it when the function is gone or
+/// has no replica (as its own cluster, [`super::put_function`], which calls this).
+pub(super) fn put_function(snap: &mut Snapshot, model: &Model, function: &str) {
+    match model.functions.get(function).is_some_and(super::in_envoy) {
         true => snap.insert(Kind::Cluster, direct_cluster(function), pack_any(aggregate_cluster(function))),
         false => snap.remove(Kind::Cluster, &direct_cluster(function)),
     }
@@ -211,28 +209,24 @@ fn header(name: &str, spec: HeaderMatchSpecifier, invert_match: bool) -> HeaderM
 }
 
 /// The public route table: first the requests only the gate judges (an X-Request-Id it
-/// would replace), then each function, direct while it has a serving replica, else to the
-/// gate; everything else to the gate (404).
+/// would replace), then each function that has a serving replica, direct; everything
+/// else to the gate (asleep, waking, draining to zero, undeclared: the gate's 404). The
+/// table grows with the functions serving, not with the functions declared.
 pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguration {
     let id_regex = StringMatcher {
         match_pattern: Some(MatchPattern::SafeRegex(RegexMatcher { regex: REQUEST_ID_PATTERN.into(), ..Default::default() })),
         ..Default::default()
     };
     let mut routes = vec![to_gate("other-request-id", vec![header("x-request-id", HeaderMatchSpecifier::StringMatch(id_regex), true)])];
-    for (name, f) in &model.functions {
+    for (name, f) in model.functions.iter().filter(|(_, f)| serving(f)) {
         let exact = PathSpecifier::Path(format!("/{name}"));
         let below = PathSpecifier::Prefix(format!("/{name}/"));
         for (suffix, spec) in [("exact", exact), ("prefix", below)] {
-            let r#match = Some(RouteMatch { path_specifier: Some(spec), ..Default::default() });
-            routes.push(if serving(f) {
-                Route {
-                    name: format!("{name}-{suffix}"),
-                    r#match,
-                    action: Some(Action::Route(direct_action(name, f, settings))),
-                    ..Default::default()
-                }
-            } else {
-                Route { r#match, ..to_gate(&format!("{name}-{suffix}-asleep"), vec![]) }
+            routes.push(Route {
+                name: format!("{name}-{suffix}"),
+                r#match: Some(RouteMatch { path_specifier: Some(spec), ..Default::default() }),
+                action: Some(Action::Route(direct_action(name, f, settings))),
+                ..Default::default()
             });
         }
     }
@@ -354,10 +348,13 @@ mod tests {
             &settings(),
             3,
         );
+        let names = |s: &Snapshot| routes(s).iter().map(|r| r.name.clone()).collect::<Vec<_>>();
         let hello = |s: &Snapshot| routes(s).iter().filter(|r| r.name.starts_with("hello-")).map(cluster_of).collect::<Vec<_>>();
-        assert_eq!(hello(&asleep), [GATE_CLUSTER, GATE_CLUSTER]);
+        assert_eq!(names(&asleep), ["other-request-id", "other"], "asleep: the catch-all sends it to the gate");
         assert_eq!(hello(&awake), ["direct.hello", "direct.hello"]);
-        assert_eq!(hello(&draining), [GATE_CLUSTER, GATE_CLUSTER], "the last replica draining sends the function back to the gate");
+        assert_eq!(names(&draining), ["other-request-id", "other"], "the last replica draining sends the function back to the gate");
+        assert!(asleep.of(Kind::Cluster).get("direct.hello").is_none(), "no aggregate for a function without a replica");
+        assert!(draining.of(Kind::Cluster).contains_key("direct.hello"), "kept while a replica drains");
 
         let direct = routes(&awake).into_iter().find(|r| r.name == "hello-exact").unwrap();
         let Some(Action::Route(ra)) = direct.action else { panic!() };
@@ -367,7 +364,7 @@ mod tests {
         let retry = rc.virtual_hosts[0].retry_policy.clone().unwrap();
         assert_eq!(retry.retry_priority.unwrap().name, "envoy.retry_priorities.previous_priorities");
         assert_eq!(retry.retry_on, PUBLIC_RETRY_ON);
-        let asleep_route = routes(&asleep).into_iter().find(|r| r.name == "hello-exact-asleep").unwrap();
+        let asleep_route = routes(&asleep).into_iter().find(|r| r.name == "other").unwrap();
         let Some(Action::Route(ra)) = asleep_route.action else { panic!() };
         assert_eq!(
             (ra.prefix_rewrite.as_str(), ra.timeout),
@@ -393,7 +390,11 @@ mod tests {
 
     #[test]
     fn the_aggregate_lists_the_replicas_before_the_gate_and_the_gate_is_found_by_name() {
-        let s = build(&model(&[put("hello")]), &settings(), 1);
+        let s = build(
+            &model(&[put("hello"), put("asleep"), Change::AddEndpoint { function: "hello".into(), address: "127.0.0.1:5000".into() }]),
+            &settings(),
+            1,
+        );
         let c = Cluster::decode(&*s.of(Kind::Cluster)["direct.hello"].body.value).unwrap();
         let Some(ClusterDiscoveryType::ClusterType(t)) = c.cluster_discovery_type else { panic!() };
         let config = AggregateConfig::decode(&*t.typed_config.unwrap().value).unwrap();

@@ -223,6 +223,11 @@ pub enum Effect {
         hash: String,
         /// The function is not declared yet: declare it before starting.
         declare: bool,
+        /// No other replica is registered or starting: the function is not in Envoy, so
+        /// tell the control plane it is waking while this replica starts (its cluster
+        /// then reaches Envoy in the meantime, and the registration sends only the
+        /// endpoint).
+        waking: bool,
     },
     /// Probe the replica's readiness path until it answers -> [`Event::Probed`].
     Probe(Replica, String),
@@ -676,6 +681,7 @@ impl Function {
     }
 
     fn start(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let waking = !self.slots.values().any(|s| s.registered || s.is_starting());
         // Never the id of a replica it has (an adopted one may carry any number).
         let id = loop {
             self.next_id += 1;
@@ -695,7 +701,7 @@ impl Function {
             adopted: false,
         };
         self.slots.insert(id.clone(), slot);
-        fx.push(Effect::Start { id, spec: self.spec.clone(), hash: self.hash.clone(), declare: !self.declared });
+        fx.push(Effect::Start { id, spec: self.spec.clone(), hash: self.hash.clone(), declare: !self.declared, waking });
     }
 
     /// A start failed at some step: no replica starts before the back-off ends, and when

@@ -682,3 +682,21 @@ fn a_new_replica_never_takes_the_id_of_an_adopted_one() {
     assert_eq!(started_ids(&fx), ["f-7-3"], "{fx:?}");
     assert_eq!((h.status().replicas.len(), h.status().starting), (2, 1), "both adopted kept, one starting");
 }
+
+#[test]
+fn only_the_first_replica_from_zero_tells_the_control_plane_the_function_is_waking() {
+    let waking = |fx: &[Effect]| {
+        fx.iter().filter_map(|e| if let Effect::Start { waking, .. } = e { Some(*waking) } else { None }).collect::<Vec<_>>()
+    };
+    let mut h = Harness::new(0, 20);
+    assert_eq!(waking(&h.send(Event::Wake(None))), [true], "from zero: not in Envoy yet");
+    // More replicas while the first still starts: the first already told it.
+    let more = waking(&h.load(5, 5));
+    assert!(!more.is_empty() && more.iter().all(|w| !w), "{more:?}");
+    for id in started_ids(&h.log.clone()) {
+        h.bring_up(&id);
+    }
+    h.advance(S);
+    let later = waking(&h.load(20, 20));
+    assert!(!later.is_empty() && later.iter().all(|w| !w), "a registered replica keeps the function in Envoy: {later:?}");
+}
