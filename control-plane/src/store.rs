@@ -52,9 +52,13 @@ impl Store {
     /// costs the same with ten functions or ten thousand.
     pub fn apply(&self, changes: &[Change]) -> Result<u64, ModelError> {
         let mut inner = self.lock();
-        // (in Envoy, serving) of each function touched, before the changes.
-        let before: BTreeMap<&str, (bool, bool)> =
-            changes.iter().map(|c| (c.function(), Self::routing(inner.model.functions.get(c.function())))).collect();
+        // Each function touched: (in Envoy, serving) before the changes, and whether its
+        // settings were put.
+        let mut before: BTreeMap<&str, ((bool, bool), bool)> = BTreeMap::new();
+        for c in changes {
+            let entry = before.entry(c.function()).or_insert_with(|| (Self::routing(inner.model.functions.get(c.function())), false));
+            entry.1 |= matches!(c, Change::PutFunction { .. });
+        }
         inner.model.apply_all(changes)?;
         inner.generation += 1;
         let generation = inner.generation;
@@ -64,9 +68,8 @@ impl Store {
         // starts or stops having a serving replica).
         let mut routes_changed = false;
         let mut public_changed = false;
-        for (function, (was_in_envoy, was_serving)) in before {
+        for (function, ((was_in_envoy, was_serving), settings_put)) in before {
             let (in_envoy, serving) = Self::routing(inner.model.functions.get(function));
-            let settings_put = changes.iter().any(|c| matches!(c, Change::PutFunction { function: f, .. } if f == function));
             routes_changed |= was_in_envoy != in_envoy || (settings_put && in_envoy);
             public_changed |= was_serving != serving;
             resources::put_function(&mut snapshot, &inner.model, function, &self.settings);

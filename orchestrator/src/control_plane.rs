@@ -138,16 +138,14 @@ impl ControlPlane {
     /// change that sends Envoy nothing.
     pub async fn put_function(&self, name: &str, concurrency: u32, timeout: Duration) -> Result<(), ControlPlaneError> {
         let body = FunctionSettings { concurrency: Some(concurrency), timeout_ms: Some(timeout.as_millis() as u64) };
-        let no_wait = WaitQuery { wait: Some(false), ..WaitQuery::default() };
-        self.send(Method::PUT, format!("/functions/{name}"), Some(no_wait), Some(&body)).await.map(drop)
+        self.send(Method::PUT, format!("/functions/{name}"), Some(WaitQuery::at_once()), Some(&body)).await.map(drop)
     }
 
     /// Tells the control plane the function's first replica is starting, so its cluster
     /// reaches Envoy while the replica starts; does not wait for Envoy (the
     /// registration's ACK covers it).
     pub async fn waking(&self, name: &str) -> Result<(), ControlPlaneError> {
-        let no_wait = WaitQuery { wait: Some(false), ..WaitQuery::default() };
-        self.send(Method::POST, format!("/functions/{name}/waking"), Some(no_wait), None::<&()>).await.map(drop)
+        self.send(Method::POST, format!("/functions/{name}/waking"), Some(WaitQuery::at_once()), None::<&()>).await.map(drop)
     }
 
     /// Removes a function (route, cluster, endpoints).

@@ -136,6 +136,11 @@ impl WaitQuery {
         WaitQuery { wait: Some(true), timeout_ms: Some(timeout_ms), min_envoys: None }
     }
 
+    /// Answer as soon as the change is applied, without waiting for Envoy.
+    pub fn at_once() -> WaitQuery {
+        WaitQuery { wait: Some(false), ..WaitQuery::default() }
+    }
+
     /// Reads the query as a browser or curl may spell it: `wait` is `true`, `1` or empty
     /// (bare `?wait`) for yes, `false` or `0` for no. Other parameters are ignored.
     pub fn parse(q: &HashMap<String, String>) -> Result<WaitQuery, InvalidQuery> {
