@@ -75,6 +75,9 @@ pub struct Config {
     /// Functions declared in the "many" scenario with the process runtime.
     #[arg(long, env = "ROOST_BENCH_MANY_PROCESS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub many_process: u64,
+    /// Keep the run's work directory (every component's logs) and say where it is.
+    #[arg(long, env = "ROOST_BENCH_KEEP")]
+    pub keep: bool,
 }
 
 /// One scenario of a runtime's run.
@@ -259,7 +262,11 @@ pub async fn run(c: Config, command: String) -> anyhow::Result<(Report, bool)> {
         progress(&format!("{}: {n} functions on one host", rt.as_str()));
         many.push((rt.as_str().to_string(), err(many::run(&home, &bin_dir, &work, rt, n, &c.docker_socket).await)));
     }
-    let _ = std::fs::remove_dir_all(&work);
+    if c.keep {
+        progress(&format!("kept the work directory (logs under each run's logs/): {}", work.display()));
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
 
     let (xds, statsd) = if c.skip_components {
         (None, None)

@@ -12,6 +12,10 @@ use std::fmt;
 /// Longest function name accepted.
 pub const MAX_FUNCTION_NAME_LEN: usize = 63;
 
+/// Names the platform's own paths take on the public port (`/system/...`, the
+/// management API and console): no function may be called so.
+pub const RESERVED_NAMES: &[&str] = &["system"];
+
 /// Prefix of the Envoy cluster of every function.
 pub const CLUSTER_PREFIX: &str = "fn-";
 
@@ -52,6 +56,9 @@ pub fn validate_function_name(name: &str) -> Result<(), InvalidName> {
     if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
         return fail("it contains a character outside a-z, 0-9, '-' and '_'");
     }
+    if RESERVED_NAMES.contains(&name) {
+        return fail("it is reserved for the platform's own paths (/system/...); pick another name");
+    }
     Ok(())
 }
 
@@ -82,6 +89,13 @@ mod tests {
             let err = validate_function_name(name).unwrap_err();
             assert!(err.to_string().contains("invalid function name"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_platforms_own_paths_are_no_function_names() {
+        let err = validate_function_name("system").unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{err}");
+        assert_eq!(validate_function_name("systems"), Ok(()));
     }
 
     #[test]

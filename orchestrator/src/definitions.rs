@@ -34,11 +34,15 @@ pub struct Loaded {
     pub problems: Option<String>,
 }
 
-/// A fingerprint of a function's definition: replicas started from another one are
-/// rolled over.
+/// A fingerprint of what a function's replicas are started from: its definition without
+/// `scaling` (how many replicas run changes no replica). Replicas started from another one
+/// are rolled over.
 pub fn spec_hash(spec: &FunctionSpec) -> String {
-    let json = serde_json::to_string(spec).expect("definitions serialize");
-    format!("{:016x}", fnv1a(json.as_bytes()))
+    let mut json = serde_json::to_value(spec).expect("definitions serialize");
+    if let Some(fields) = json.as_object_mut() {
+        fields.remove("scaling");
+    }
+    format!("{:016x}", fnv1a(json.to_string().as_bytes()))
 }
 
 /// What changed between two sets of definitions.
@@ -60,7 +64,7 @@ pub fn diff(old: &Definitions, new: &Definitions) -> Diff {
             None => {
                 d.added.insert(name.clone());
             }
-            Some(o) if spec_hash(o) != spec_hash(spec) => {
+            Some(o) if o != spec => {
                 d.changed.insert(name.clone());
             }
             Some(_) => {}
@@ -135,6 +139,16 @@ mod tests {
 
     fn defs(yaml: &str) -> Definitions {
         spec::parse(yaml).unwrap()
+    }
+
+    #[test]
+    fn scaling_is_a_change_but_not_a_new_replica_hash() {
+        let a = defs("usable-functions:\n  a: {version: 1, runtime: {kind: image, image: x}, scaling: {max_replicas: 2}}\n");
+        let b = defs("usable-functions:\n  a: {version: 1, runtime: {kind: image, image: x}, scaling: {max_replicas: 5}}\n");
+        let c = defs("usable-functions:\n  a: {version: 1, runtime: {kind: image, image: y}, scaling: {max_replicas: 5}}\n");
+        assert_eq!(diff(&a, &b).changed, ["a".to_string()].into());
+        assert_eq!(spec_hash(&a["a"]), spec_hash(&b["a"]), "replicas keep running through a scaling change");
+        assert_ne!(spec_hash(&b["a"]), spec_hash(&c["a"]));
     }
 
     #[test]

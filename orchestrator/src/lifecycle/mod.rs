@@ -971,6 +971,15 @@ impl Function {
         }
         self.mode = Mode::Serving;
         if hash == self.hash && !was_leaving {
+            // Only `scaling` changed (the hash leaves it out): no replica is rolled over;
+            // Envoy gets the new concurrency and the load is judged by the new bounds.
+            if spec != self.spec {
+                tracing::info!("scaling changed");
+                self.spec = spec;
+                self.declaring = false;
+                self.declare(fx);
+                fx.push(Effect::ReadLoad);
+            }
             return;
         }
         tracing::info!(version = %spec.version, "definition changed");

@@ -49,12 +49,16 @@ pub fn needed(scaling: &Scaling, o: &Observed) -> u32 {
 ///    least `min_replicas`.
 /// 2. Scale to `min_replicas` once no request has started for `idle_timeout`.
 /// 3. Otherwise drain one surplus replica once the surplus has lasted `idle_timeout`.
-/// 4. Never drain while requests are queued or held.
+/// 4. Never drain while requests are queued or held, except replicas above
+///    `max_replicas` (a lowered maximum), drained at once.
 pub fn decide(scaling: &Scaling, o: &Observed) -> Decision {
     let active = o.ready + o.starting;
     let want = needed(scaling, o).max(scaling.min_replicas).min(scaling.max_replicas);
     if want > active {
         return Decision { start: want - active, drain: 0 };
+    }
+    if active > scaling.max_replicas && o.ready > 0 {
+        return Decision { start: 0, drain: (active - scaling.max_replicas).min(o.ready) };
     }
     if o.pending > 0 || o.held > 0 || o.starting > 0 {
         return Decision::default();
@@ -120,6 +124,15 @@ mod tests {
         let s = scaling(0, 5, 1);
         let o = Observed { ready: 1, in_flight: 1, idle_for: Some(60 * S), ..Default::default() };
         assert_eq!(decide(&s, &o), Decision::default());
+    }
+
+    #[test]
+    fn a_lowered_maximum_drains_the_excess_at_once_even_under_load() {
+        let s = scaling(0, 2, 1);
+        let o = Observed { ready: 5, in_flight: 5, pending: 3, ..Default::default() };
+        assert_eq!(decide(&s, &o), Decision { start: 0, drain: 3 });
+        let o = Observed { ready: 1, starting: 3, ..Default::default() };
+        assert_eq!(decide(&s, &o), Decision { start: 0, drain: 1 }, "only ready replicas drain; the starting ones follow when ready");
     }
 
     #[test]

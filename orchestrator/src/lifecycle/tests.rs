@@ -341,6 +341,28 @@ fn rollover_acks_the_new_replica_before_an_old_one_drains() {
 }
 
 #[test]
+fn a_scaling_change_rolls_nothing_over_and_a_lowered_maximum_drains_the_excess() {
+    let mut h = Harness::new(0, 10);
+    let mut fx = h.send(Event::Wake(None));
+    fx.extend(h.load(3, 0));
+    for id in started_ids(&fx) {
+        h.bring_up(&id);
+    }
+    assert_eq!(h.ready_ids().len(), 3);
+    // The same definition with another maximum: the same replica hash (scaling is not in it).
+    let max1 = spec_yaml("1", 0, 1);
+    let fx = h.send(Event::Changed(max1.clone(), hash_of(&max1)));
+    assert!(matches!(fx[..], [Effect::Declare(_), Effect::ReadLoad]), "re-declared, nothing prepared: {fx:?}");
+    assert!(h.status().replicas.iter().all(|r| !r.outdated), "no replica is outdated");
+    h.send(Event::Declared(Ok(())));
+    let fx = h.load(3, 0);
+    assert_eq!(drained_ids(&fx).len(), 2, "down to the new maximum at once, under load: {fx:?}");
+    assert!(started_ids(&fx).is_empty());
+    // The same definition again: nothing at all.
+    assert!(h.send(Event::Changed(max1.clone(), hash_of(&max1))).is_empty());
+}
+
+#[test]
 fn a_definition_changed_twice_mid_rollover_ends_on_the_newest_with_a_replica_always_ready() {
     let mut h = Harness::new(0, 10);
     h.send(Event::Wake(None));
