@@ -18,6 +18,7 @@ mod container;
 mod error;
 mod image;
 mod logs;
+mod priority;
 mod spares;
 
 pub use error::{ContainerError, EngineError, ImageError};
@@ -94,6 +95,8 @@ pub struct DockerRuntime {
     own_spares: std::sync::Arc<Mutex<HashSet<String>>>,
     /// What the spare budget decides on, and what it decided.
     book: std::sync::Arc<Mutex<SpareBook>>,
+    /// Starts in flight, which spare preparations wait for.
+    priority: std::sync::Arc<priority::Priority>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
     /// Spare preparations and output followers under way.
     tasks: super::tasks::Tasks,
@@ -138,6 +141,7 @@ impl DockerRuntime {
             aliases: Default::default(),
             own_spares: Default::default(),
             book: Default::default(),
+            priority: Default::default(),
             events_rx: Mutex::new(Some(rx)),
             tasks: Default::default(),
             exits: Mutex::new(None),
@@ -239,6 +243,8 @@ impl ReplicaRuntime for DockerRuntime {
             }
         };
         self.note_start(&spec.name);
+        // Spare preparations wait until this start is done.
+        let _starting = self.priority.start();
         // A ready spare, or the one being prepared (waited for, once); else none.
         let waited = std::time::Instant::now();
         let spare = match self.spares.claim(spec_hash, SPARE_WAIT).await {

@@ -212,19 +212,25 @@ impl DockerRuntime {
     /// warm spares) started, probed ready and paused, and what it holds measured. A spare
     /// that cannot be warmed is replaced by a created one.
     pub(super) fn spawn_spare(&self, spec: &FunctionSpec, spec_hash: &str, image: &str) {
-        if !self.book.lock().unwrap().wanted.contains(spec_hash) {
+        if !self.book.lock().unwrap().wanted.contains(spec_hash) || self.spares.holds(spec_hash) || !self.priority.enqueue(spec_hash) {
             return;
         }
-        let Some(preparation) = self.spares.begin(spec_hash) else { return };
         let (docker, config, own, book) = (self.docker.clone(), self.config.clone(), self.own_spares.clone(), self.book.clone());
+        let (spares, priority) = (self.spares.clone(), self.priority.clone());
         let (spec, hash, image) = (spec.clone(), spec_hash.to_string(), image.to_string());
-        let label_id = format!(
-            "{}-spare-{:x}",
-            spec.name,
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-        );
-        own.lock().unwrap().insert(label_id.clone());
         self.tasks.spawn(async move {
+            // Its turn: alone, and after the starts in flight (priority.rs).
+            let _turn = priority.turn(&hash).await;
+            if !book.lock().unwrap().wanted.contains(&hash) {
+                return; // chosen away while it waited
+            }
+            let Some(preparation) = spares.begin(&hash) else { return };
+            let label_id = format!(
+                "{}-spare-{:x}",
+                spec.name,
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+            );
+            own.lock().unwrap().insert(label_id.clone());
             let mut created = create(&docker, &config, &spec, &hash, &image, &label_id).await;
             let mut warm = None;
             let mut died = None;
@@ -324,6 +330,11 @@ pub(super) enum Claim<T> {
 impl<T> SpareSlots<T> {
     pub(super) fn new() -> std::sync::Arc<Self> {
         std::sync::Arc::new(SpareSlots { inner: Mutex::new(SlotsInner { slots: HashMap::new(), closed: false, next_id: 0 }) })
+    }
+
+    /// Whether `key` has a spare ready or being prepared.
+    pub(super) fn holds(&self, key: &str) -> bool {
+        self.inner.lock().unwrap().slots.contains_key(key)
     }
 
     /// Starts preparing `key`'s spare, unless one is ready or being prepared, or the
