@@ -17,6 +17,8 @@ pub struct Endpoints {
     /// The control token the orchestrator's API requires (sent only to it, never to the
     /// gate: functions must not see it).
     pub control_token: Option<roost_common::auth::ControlToken>,
+    /// The management API's token (sent only to `/system/...`).
+    pub api_token: Option<roost_common::auth::ApiToken>,
     /// Where each came from.
     pub origin: Origins,
 }

@@ -4,7 +4,7 @@
 //! default.
 
 use crate::client::Endpoints;
-use roost_common::auth::ControlToken;
+use roost_common::auth::{ApiToken, ControlToken};
 use roost_common::env;
 use std::collections::HashMap;
 use std::fmt;
@@ -61,6 +61,8 @@ pub struct Given {
     /// `--control-token` / `ROOST_CONTROL_TOKEN`, or the file `--control-token-file` /
     /// `ROOST_CONTROL_TOKEN_FILE` names.
     pub control_token: Option<ControlToken>,
+    /// `--api-token` / `ROOST_API_TOKEN`: the management API's token.
+    pub api_token: Option<ApiToken>,
 }
 
 /// Reads an endpoints file's `NAME=value` lines (blank lines and `#` comments skipped).
@@ -104,11 +106,16 @@ pub fn resolve(given: Given, file: Option<(&Path, &HashMap<String, String>)>) ->
         let (_, values) = file?;
         ControlToken::new(values.get(env::CONTROL_TOKEN)?).ok()
     });
+    let api_token = given.api_token.or_else(|| {
+        let (_, values) = file?;
+        ApiToken::new(values.get(env::API_TOKEN)?).ok()
+    });
     Endpoints {
         gate: gate.trim_end_matches('/').to_string(),
         orchestrator: orchestrator.trim_end_matches('/').to_string(),
         redis,
         control_token,
+        api_token,
         origin: crate::client::Origins { gate: gate_from, orchestrator: orchestrator_from, redis: redis_from },
     }
 }
@@ -127,7 +134,7 @@ pub fn from_environment(given: Given) -> Endpoints {
 mod tests {
     use super::*;
 
-    const WRITTEN: &str = "ROOST_GATE_URL=http://127.0.0.1:9000\nROOST_ORCHESTRATOR_URL=http://127.0.0.1:4242\n# a comment\n\nROOST_REDIS_URL=redis://127.0.0.1:7000/\nROOST_CONTROL_TOKEN=0123456789abcdef0123\n";
+    const WRITTEN: &str = "ROOST_GATE_URL=http://127.0.0.1:9000\nROOST_ORCHESTRATOR_URL=http://127.0.0.1:4242\n# a comment\n\nROOST_REDIS_URL=redis://127.0.0.1:7000/\nROOST_CONTROL_TOKEN=0123456789abcdef0123\nROOST_API_TOKEN=api0123456789abcdef\n";
 
     #[test]
     fn the_flag_or_variable_then_the_file_then_the_default() {
@@ -141,6 +148,7 @@ mod tests {
         );
         assert_eq!(e.origin.orchestrator, Origin::File(path.into()));
         assert_eq!(e.control_token.as_ref().map(ControlToken::expose), Some("0123456789abcdef0123"));
+        assert_eq!(e.api_token.as_ref().map(ApiToken::expose), Some("api0123456789abcdef"));
         // A given token wins over the file's.
         let given = Given { control_token: Some(ControlToken::new("given0123456789abcdef").unwrap()), ..Given::default() };
         assert_eq!(resolve(given, Some((path, &values))).control_token.unwrap().expose(), "given0123456789abcdef");

@@ -9,6 +9,7 @@
 //!   `endpoints.env`, or the default.
 //! - [`logs`]: `roost logs`, a function's output.
 //! - [`commands`]: `ls`, `invoke`, `status`, `validate`.
+//! - [`manage`]: `deploy`, `rm`, `describe`, `scale` (the management API) and `new`.
 //! - [`load`]: the load generator that prints requests per second, errors, latency and
 //!   replicas every second.
 
@@ -18,4 +19,5 @@ pub mod drain;
 pub mod endpoints;
 pub mod load;
 pub mod logs;
+pub mod manage;
 pub mod up;

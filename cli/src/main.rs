@@ -31,6 +31,11 @@ struct Cli {
     /// A file holding the control token.
     #[arg(long, global = true, env = env::CONTROL_TOKEN_FILE)]
     control_token_file: Option<PathBuf>,
+    /// The management API's token (deploy, rm, describe, scale). Default: the one in
+    /// `roost up`'s endpoints file; `roost up` prints it; with compose:
+    /// `docker compose exec orchestrator cat /var/lib/roost/api-token`.
+    #[arg(long, global = true, env = env::API_TOKEN, hide_env_values = true)]
+    api_token: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -97,6 +102,63 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Deploy or update a function: a folder (with its function.yml), one source file
+    /// (*.py a Python handler, else a command), or --image with --name.
+    Deploy {
+        /// The function's folder or source file.
+        #[arg(required_unless_present = "image", conflicts_with = "image")]
+        path: Option<PathBuf>,
+        /// Its name; default: function.yml's `name`, the folder's name or the file's stem.
+        #[arg(long)]
+        name: Option<String>,
+        /// An image already on the Docker engine, serving HTTP on $PORT.
+        #[arg(long, requires = "name")]
+        image: Option<String>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a deployed function (its replicas drain first).
+    Rm {
+        /// Function name.
+        function: String,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A function's definition, state, replicas, cold starts and last error.
+    Describe {
+        /// Function name.
+        function: String,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a deployed function's fewest and most replicas (no replica restarts).
+    Scale {
+        /// Function name.
+        function: String,
+        /// scaling.min_replicas.
+        #[arg(long)]
+        min: Option<u32>,
+        /// scaling.max_replicas.
+        #[arg(long)]
+        max: Option<u32>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a function's folder from a template, ready for `roost deploy NAME`.
+    New {
+        /// Function name (and folder name).
+        name: String,
+        /// The handler's language.
+        #[arg(long, value_enum, default_value = "python")]
+        lang: roost_cli::manage::Lang,
+        /// Where to make the folder.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Check a definitions file and print every problem.
     Validate {
         /// The file.
@@ -140,8 +202,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let e =
-        roost_cli::endpoints::from_environment(Given { gate: cli.gate, orchestrator: cli.orchestrator, redis: cli.redis, control_token });
+    let api_token = match cli.api_token.as_deref().filter(|t| !t.is_empty()).map(roost_common::auth::ApiToken::new).transpose() {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("roost: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let given = Given { gate: cli.gate, orchestrator: cli.orchestrator, redis: cli.redis, control_token, api_token };
+    let e = roost_cli::endpoints::from_environment(given);
     let result: anyhow::Result<bool> = match cli.command {
         Cmd::Up { runtime, port, definitions, work_dir, home } => {
             let exe = std::env::current_exe().unwrap_or_default();
@@ -165,6 +234,24 @@ async fn main() -> ExitCode {
             let req = roost_cli::logs::LogsRequest { function, follow, since, tail, json };
             roost_cli::logs::run(&e, &req).await.map(|_| true)
         }
+        Cmd::Deploy { path, name, image, json } => {
+            let what = match (path, image) {
+                (_, Some(image)) => roost_cli::manage::What::Image(image),
+                (Some(path), None) => roost_cli::manage::What::Path(path),
+                (None, None) => unreachable!("clap requires a path or --image"),
+            };
+            roost_cli::manage::deploy(&e, &what, name.as_deref(), json).await.map(|_| true)
+        }
+        Cmd::Rm { function, json } => roost_cli::manage::rm(&e, &function, json).await.map(|_| true),
+        Cmd::Describe { function, json } => roost_cli::manage::describe(&e, &function, json).await.map(|_| true),
+        Cmd::Scale { function, min, max, json } => {
+            let want = roost_common::wire::system::Scale { min_replicas: min, max_replicas: max };
+            roost_cli::manage::scale(&e, &function, want, json).await.map(|_| true)
+        }
+        Cmd::New { name, lang, dir } => roost_cli::manage::new(&name, lang, &dir).map(|folder| {
+            println!("made {}: edit it, then `roost deploy {}`", folder.display(), folder.display());
+            true
+        }),
         Cmd::Validate { file } => Ok(roost_cli::commands::validate(&file)),
         Cmd::Load { function, rate, seconds, path, max_outstanding } => {
             let spec = roost_cli::load::LoadSpec { function, path, rate, duration: Duration::from_secs(seconds), max_outstanding };

@@ -73,6 +73,8 @@ pub struct Addresses {
     pub redis_url: String,
     /// The control token the orchestrator's API and the control plane's admin API require.
     pub control_token: String,
+    /// The management API's token (`/system/...` on the public port).
+    pub api_token: String,
 }
 
 /// The platform, started by [`start`]; dropping it stops every component in reverse
@@ -362,6 +364,8 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
     let token_file = opts.work_dir.join(CONTROL_TOKEN_FILE);
     let control_token = owner_only_secret(&token_file)?;
     let redis_url = format!("redis://:{password}@127.0.0.1:{redis}/");
+    // Deployed functions and the management API's token: kept across restarts.
+    let data_dir = opts.work_dir.join("data");
     let envoy = find_envoy(&opts.home)?;
 
     stack.spawn("redis", Command::new("redis-server").arg(redis_conf(&redis_dir, redis, &password)?))?;
@@ -375,6 +379,7 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
             .env(env::LISTENER_BIND, format!("127.0.0.1:{listener}"))
             .env(env::PUBLIC_BIND, format!("0.0.0.0:{}", opts.port))
             .env(env::GATE_ADDR, format!("127.0.0.1:{gate}"))
+            .env(env::SYSTEM_ADDR, format!("127.0.0.1:{orch}"))
             .env(env::REDIS_URL, &redis_url)
             .env(env::CONTROL_TOKEN_FILE, &token_file),
     )?;
@@ -425,10 +430,16 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
             .env(env::RUNTIME_DIR, opts.home.join("faas-runtime"))
             .env(env::STATE_DIR, opts.work_dir.join("replicas"))
             .env(env::ORCHESTRATOR_BIND, format!("127.0.0.1:{orch}"))
+            .env(env::DATA_DIR, &data_dir)
             .env(env::CONTROL_TOKEN_FILE, &token_file)
             .env(env::STATSD_ADDR, format!("127.0.0.1:{statsd}")),
     )?;
     wait_ready(&mut stack, "orchestrator", 30, || http_ok(orch, "/healthz")).await?;
+    // Made by the orchestrator at its first start (or ROOST_API_TOKEN, inherited).
+    let api_token = match std::env::var(env::API_TOKEN).ok().filter(|t| !t.is_empty()) {
+        Some(t) => t,
+        None => std::fs::read_to_string(data_dir.join(roost_common::auth::API_TOKEN_FILE))?.trim().to_string(),
+    };
     // Configured: the orchestrator handed over what runs and Envoy has it (LIVE). Ten
     // thousand functions take Envoy a minute or more.
     wait_ready(&mut stack, "envoy", 600, || http_ok(envoy_admin, "/ready")).await?;
@@ -455,6 +466,7 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
         statsd,
         redis_url,
         control_token,
+        api_token,
     };
     Ok(Platform { stack, addresses, logs })
 }
@@ -462,13 +474,16 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
 /// Starts everything and runs until `shutdown`.
 pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpError> {
     let mut platform = start(&opts).await?;
-    let Addresses { control_plane: cp_admin, envoy_admin, orchestrator: orch, redis_url, control_token, .. } = platform.addresses.clone();
+    let Addresses { control_plane: cp_admin, envoy_admin, orchestrator: orch, redis_url, control_token, api_token, .. } =
+        platform.addresses.clone();
     let logs = platform.logs.clone();
     // Read by `roost ls`, `logs`, `status`, `invoke` and `load` run in the folder above it.
     let env_file = opts.work_dir.join(crate::endpoints::FILE);
     println!("Roost is up ({} runtime).", opts.runtime.as_str());
     println!("  functions:     http://localhost:{}/<name>   (try: curl localhost:{}/hello)", opts.port, opts.port);
     println!("  definitions:   {} (edits apply within a second)", opts.definitions.display());
+    println!("  deploy:        roost deploy FOLDER|FILE   (management API: http://localhost:{}/system/functions)", opts.port);
+    println!("  API token:     {api_token}   (Authorization: Bearer; kept in {})", opts.work_dir.join("data").display());
     println!("  orchestrator:  http://127.0.0.1:{orch}/status   (roost ls, roost logs NAME: found through {})", env_file.display());
     println!("  control plane: http://127.0.0.1:{cp_admin}/functions");
     println!(
@@ -480,7 +495,7 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpE
     println!("  redis:         {shown}   (password in {}; data kept there)", opts.work_dir.join("redis/password").display());
     println!("  logs:          {}", logs.display());
     println!("Ctrl-C stops everything.");
-    // It holds Redis's password and the control token: readable by its owner only.
+    // It holds Redis's password and the tokens: readable by its owner only.
     let mut endpoints = {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&env_file)?
@@ -488,12 +503,13 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpE
     std::io::Write::write_all(
         &mut endpoints,
         format!(
-            "{}=http://127.0.0.1:{}\n{}=http://127.0.0.1:{orch}\n{}={redis_url}\n{}={control_token}\n",
+            "{}=http://127.0.0.1:{}\n{}=http://127.0.0.1:{orch}\n{}={redis_url}\n{}={control_token}\n{}={api_token}\n",
             env::GATE_URL,
             opts.port,
             env::ORCHESTRATOR_URL,
             env::REDIS_URL,
-            env::CONTROL_TOKEN
+            env::CONTROL_TOKEN,
+            env::API_TOKEN
         )
         .as_bytes(),
     )?;

@@ -142,14 +142,100 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Whether a request with `authorization` (its `Authorization` header, if any) may pass
 /// an API guarded by `token`.
 pub fn check(token: &ControlToken, authorization: Option<&[u8]>) -> Result<(), Refusal> {
+    check_secret(&token.0, authorization)
+}
+
+fn check_secret(secret: &str, authorization: Option<&[u8]>) -> Result<(), Refusal> {
     let value = authorization.ok_or(Refusal::Missing)?;
     let given = value.strip_prefix(b"Bearer ").or_else(|| value.strip_prefix(b"bearer ")).ok_or(Refusal::NotBearer)?;
     let given = given.trim_ascii();
-    if constant_time_eq(given, token.0.as_bytes()) {
+    if constant_time_eq(given, secret.as_bytes()) {
         Ok(())
     } else {
         Err(Refusal::Wrong)
     }
+}
+
+/// The management API's token (`/system/...`): what a platform's user presents to deploy,
+/// scale or remove functions. Not the control token, which only Roost's own parts hold.
+/// Its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(Arc<str>);
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiToken(***)")
+    }
+}
+
+/// The API token's file in the platform's data directory.
+pub const API_TOKEN_FILE: &str = "api-token";
+
+impl ApiToken {
+    /// A token from its text, checked like one read from `ROOST_API_TOKEN`.
+    pub fn new(text: &str) -> Result<ApiToken, SecretError> {
+        validate(text, "the API token", crate::env::API_TOKEN).map(|t| ApiToken(t.into()))
+    }
+
+    /// `value` (`ROOST_API_TOKEN`) when set and not empty; else the data directory's
+    /// [`API_TOKEN_FILE`], made readable by its owner only, with 32 random bytes, when
+    /// it does not exist yet.
+    pub fn load_or_create(value: Option<&str>, data_dir: &Path) -> Result<ApiToken, SecretError> {
+        use std::io::{Read, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            return ApiToken::new(v);
+        }
+        let path = data_dir.join(API_TOKEN_FILE);
+        let what = "the API token";
+        let io = |source| SecretError::Read { what, path: path.clone(), var: crate::env::DATA_DIR, source };
+        if !path.exists() {
+            let mut bytes = [0u8; 32];
+            std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(io)?;
+            let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::create_dir_all(data_dir).map_err(io)?;
+            // create_new: two starts at once cannot both write one.
+            match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+                Ok(mut f) => {
+                    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(io)?;
+                    tracing::info!(file = %path.display(), "made the management API's token");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        read_file(&path, what, crate::env::DATA_DIR).map(|t| ApiToken(t.into()))
+    }
+
+    /// The token's text, for a client's header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The management API's refusal texts: what to send and where the token is.
+fn api_refusal(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::Missing => "missing Authorization: Bearer <API token>; `roost up` prints it, and it is in the data directory's api-token (compose: `docker compose exec orchestrator cat /var/lib/roost/api-token`) or ROOST_API_TOKEN",
+        Refusal::NotBearer => "the Authorization header is not `Bearer <API token>`",
+        Refusal::Wrong => "the bearer token is not this platform's API token",
+    }
+}
+
+async fn require_api(State(token): State<ApiToken>, req: Request, next: Next) -> Response {
+    match check_secret(&token.0, req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => {
+            tracing::debug!(path = req.uri().path(), ?refusal, "management request refused: no valid API token");
+            let body = axum::Json(serde_json::json!({ "error": api_refusal(refusal) }));
+            (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+        }
+    }
+}
+
+/// `router` behind the API token: every route answers 401 without it.
+pub fn guard_api(router: Router, token: ApiToken) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(token, require_api))
 }
 
 /// The axum middleware: every request but `GET /healthz` needs the token.

@@ -80,6 +80,15 @@ names! {
     STATE_DIR = "ROOST_STATE_DIR";
     /// The orchestrator's HTTP API.
     ORCHESTRATOR_BIND = "ROOST_ORCHESTRATOR_BIND";
+    /// The platform's data directory: deployed functions and the API token (orchestrator).
+    DATA_DIR = "ROOST_DATA_DIR";
+    /// The management API's token (`/system/...`, `Authorization: Bearer`): the orchestrator
+    /// requires it, `roost` sends it. Unset: the orchestrator makes one in the data directory.
+    API_TOKEN = "ROOST_API_TOKEN";
+    /// Largest deploy body the management API takes (bytes, or 64k, 100m).
+    DEPLOY_MAX_BODY = "ROOST_DEPLOY_MAX_BODY";
+    /// The orchestrator's API as the control plane routes `/system/` to it, `host:port`.
+    SYSTEM_ADDR = "ROOST_SYSTEM_ADDR";
     /// The statsd-listener's UDP socket, as a peer (orchestrator, Envoy's statsd sink).
     STATSD_ADDR = "ROOST_STATSD_ADDR";
     /// Readiness probe interval, in milliseconds.

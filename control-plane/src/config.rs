@@ -47,6 +47,11 @@ pub struct Config {
     #[arg(long, env = env::GATE_ADDR, requires = "public_bind", value_parser = parse_host_port)]
     pub gate_addr: Option<(String, u16)>,
 
+    /// The orchestrator's API, `host:port`: the public listener sends the management
+    /// API's paths (`/system/...`) there. Unset: they go to the gate (404).
+    #[arg(long, env = env::SYSTEM_ADDR, requires = "public_bind", value_parser = parse_host_port)]
+    pub system_addr: Option<(String, u16)>,
+
     /// The gate's body limit (bytes, or 64k, 10m): the public listener sends a request
     /// declaring a larger body to the gate, which answers 413.
     #[arg(long, env = env::GATE_MAX_BODY, default_value = "10m", value_parser = parse_body_limit)]
@@ -101,7 +106,7 @@ pub struct Config {
 }
 
 fn parse_host_port(s: &str) -> Result<(String, u16), String> {
-    let bad = || format!("{s:?} is not host:port: give the gate's address, like gate:8081 or 127.0.0.1:8081");
+    let bad = || format!("{s:?} is not host:port: give an address like gate:8081 or 127.0.0.1:8081");
     let (host, port) = s.trim().rsplit_once(':').ok_or_else(bad)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port: u16 = port.parse().map_err(|_| bad())?;
@@ -119,7 +124,7 @@ impl Config {
     /// Envoy as the public entry, when a public listener is configured.
     pub fn public_entry(&self) -> Option<crate::resources::PublicEntry> {
         let (bind, (gate_host, gate_port)) = (self.public_bind?, self.gate_addr.clone()?);
-        Some(crate::resources::PublicEntry { bind, gate_host, gate_port, max_body: self.gate_max_body })
+        Some(crate::resources::PublicEntry { bind, gate_host, gate_port, max_body: self.gate_max_body, system: self.system_addr.clone() })
     }
 
     /// Where Envoy's public listener binds: `listener_bind`, else the deprecated address
@@ -138,6 +143,7 @@ impl Config {
             listener_port: 10000,
             public_bind: None,
             gate_addr: None,
+            system_addr: None,
             gate_max_body: 10 * 1024 * 1024,
             connect_timeout_ms: 250,
             retries: 3,

@@ -182,8 +182,13 @@ mod tests {
     #[test]
     fn incremental_snapshot_equals_full_rebuild() {
         incremental_snapshot_equals_full_rebuild_with(BuildSettings::default());
-        let public =
-            resources::PublicEntry { bind: "0.0.0.0:8080".parse().unwrap(), gate_host: "gate".into(), gate_port: 8081, max_body: 1 };
+        let public = resources::PublicEntry {
+            bind: "0.0.0.0:8080".parse().unwrap(),
+            gate_host: "gate".into(),
+            gate_port: 8081,
+            max_body: 1,
+            system: None,
+        };
         incremental_snapshot_equals_full_rebuild_with(BuildSettings { public: Some(public), ..BuildSettings::default() });
     }
 

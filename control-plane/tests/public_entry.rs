@@ -50,12 +50,14 @@ async fn call(port: u16, method: &str, path: &str, headers: &[(&str, &str)], bod
 async fn serving_functions_go_straight_to_replicas_and_everything_else_to_the_gate() {
     let gate = Upstream::start("gate").await;
     let replica = Upstream::start("replica").await;
+    let system = Upstream::start("system").await;
     let public = free_port();
     let config = Config {
         listener_port: free_port(),
         public_bind: Some(format!("127.0.0.1:{public}").parse().unwrap()),
         // A name, as in compose: Envoy looks it up.
         gate_addr: Some(("localhost".into(), gate.port)),
+        system_addr: Some(("127.0.0.1".into(), system.port)),
         gate_max_body: 1024,
         ..Config::for_tests()
     };
@@ -119,6 +121,17 @@ async fn serving_functions_go_straight_to_replicas_and_everything_else_to_the_ga
     assert_eq!(s.upstream, "gate", "an X-Request-Id the gate would replace");
     assert_eq!(get("/nope").await.upstream, "gate", "an undeclared name: the gate's 404");
     assert_eq!(get("/hello2").await.upstream, "gate", "/hello2 is not hello");
+
+    // The management API's paths go to the orchestrator as sent, bodies past the gate's
+    // limit too (a deploy); a function name that merely starts so does not.
+    for path in ["/system", "/system/functions", "/system/functions/a?x=1"] {
+        let s = get(path).await;
+        assert_eq!((s.upstream.as_str(), s.path.as_str()), ("system", path), "{s:?}");
+    }
+    let big = vec![b'a'; 4096];
+    let s = call(public, "PUT", "/system/functions/a", &[("content-type", "application/gzip")], &big).await;
+    assert_eq!(s.upstream, "system", "a deploy larger than the gate's body limit: {s:?}");
+    assert_eq!(get("/systems").await.upstream, "gate");
 
     // A replica that refuses: the retry goes to the gate, with the path the client sent.
     let dead = format!("127.0.0.1:{}", free_port());

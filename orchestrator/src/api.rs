@@ -33,31 +33,47 @@ pub struct Health {
     pub redis: OnceLock<RedisIo>,
 }
 
+/// What the API's handlers (and the management API's, [`crate::system`]) share.
 #[derive(Debug, Clone)]
-struct Api {
-    tx: mpsc::Sender<Request>,
+pub(crate) struct Api {
+    pub(crate) tx: mpsc::Sender<Request>,
     health: Arc<Health>,
     logs: Logs,
     /// Ends followed log answers, so a graceful shutdown does not wait on them.
     shutdown: CancellationToken,
+    /// The management API's store and limits.
+    pub(crate) deploys: Arc<crate::system::Deploys>,
 }
 
-/// The API's routes; requests go to the supervisor through `tx`, logs are read from
-/// `logs`, and `shutdown` ends the answers that follow a log.
-pub fn router(tx: mpsc::Sender<Request>, health: Arc<Health>, logs: Logs, shutdown: CancellationToken) -> Router {
+impl Api {
+    /// The handlers' state: requests go to the supervisor through `tx`, logs are read from
+    /// `logs`, and `shutdown` ends the answers that follow a log.
+    pub(crate) fn new(
+        tx: mpsc::Sender<Request>,
+        health: Arc<Health>,
+        logs: Logs,
+        shutdown: CancellationToken,
+        deploys: Arc<crate::system::Deploys>,
+    ) -> Api {
+        Api { tx, health, logs, shutdown, deploys }
+    }
+}
+
+/// The API's routes (for Roost's own parts, behind the control token).
+pub(crate) fn router(api: Api) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/status", get(status))
         .route("/functions/{name}/wake", post(wake))
         .route("/functions/{name}/logs", get(function_logs))
-        .with_state(Api { tx, health, logs, shutdown })
+        .with_state(api)
 }
 
-fn error(status: StatusCode, text: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, text: impl Into<String>) -> Response {
     (status, Json(ApiError { error: text.into() })).into_response()
 }
 
-fn unavailable() -> Response {
+pub(crate) fn unavailable() -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, "the orchestrator is starting or shutting down; retry")
 }
 
@@ -116,7 +132,7 @@ async fn declared(api: &Api, name: &str) -> Option<bool> {
     rx.await.ok().map(|s| s.function(name).is_some())
 }
 
-async fn function_logs(State(api): State<Api>, Path(name): Path<String>, Query(q): Query<LogQuery>) -> Response {
+pub(crate) async fn function_logs(State(api): State<Api>, Path(name): Path<String>, Query(q): Query<LogQuery>) -> Response {
     // Subscribed before the kept lines are read, so no line falls between the two.
     let rx = q.follow.then(|| api.logs.subscribe());
     let subscribed_ms = now_ms();
@@ -249,12 +265,14 @@ mod tests {
                             definitions: "defs.yml".into(),
                             definitions_error: None,
                             functions,
+                            deployed: Vec::new(),
                         });
                     }
                 }
             });
             let shutdown = CancellationToken::new();
-            let app = roost_common::auth::guard(router(tx, Arc::default(), logs.clone(), shutdown.clone()), token, "orchestrator");
+            let api = Api::new(tx, Arc::default(), logs.clone(), shutdown.clone(), crate::system::deploys(None, 1024));
+            let app = roost_common::auth::guard(router(api), token, "orchestrator");
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
             let server = tokio::spawn({

@@ -79,6 +79,21 @@ pub struct Config {
     #[arg(long, env = env::STATE_DIR, default_value = ".roost/replicas")]
     pub state_dir: PathBuf,
 
+    /// The platform's data directory: functions deployed over the management API
+    /// (`/system/...`) and its token (`api-token`, made at the first start). Unset: no
+    /// deploys (the management API answers 503 and says to set it).
+    #[arg(long, env = env::DATA_DIR)]
+    pub data_dir: Option<PathBuf>,
+
+    /// The management API's token; default: the data directory's `api-token`, made at the
+    /// first start.
+    #[arg(long, env = env::API_TOKEN, hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Largest deploy the management API takes, compressed (bytes, or 64k, 100m).
+    #[arg(long, env = env::DEPLOY_MAX_BODY, default_value = "64m", value_parser = parse_body_size)]
+    pub deploy_max_body: u64,
+
     /// Address of the orchestrator's HTTP API (/status, /functions/{name}/wake).
     #[arg(long, env = env::ORCHESTRATOR_BIND, default_value = "0.0.0.0:18002")]
     pub bind: SocketAddr,
@@ -157,4 +172,11 @@ pub fn parse_spare_memory(s: &str) -> Result<SpareMemory, String> {
     roost_common::spec::parse_size(s.trim()).map(|b| SpareMemory(Some(b))).ok_or_else(|| {
         format!("{s:?} is not a size: write a whole number with an optional unit (b, k, m, g; 512m, 2g, 0), or `unlimited` for one spare per function")
     })
+}
+
+fn parse_body_size(s: &str) -> Result<u64, String> {
+    match roost_common::spec::parse_size(s) {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is no size; write bytes, or a number with k, m or g (64m)")),
+    }
 }

@@ -5,6 +5,7 @@
 //! definitions file at all (not YAML, empty) is reported and the last good definitions keep
 //! serving.
 
+use crate::deployed::store::Stored;
 use roost_common::hash::fnv1a;
 use roost_common::spec::{self, Definitions, FunctionSpec};
 use std::collections::{BTreeMap, BTreeSet};
@@ -72,6 +73,79 @@ pub fn diff(old: &Definitions, new: &Definitions) -> Diff {
     }
     d.removed = old.keys().filter(|n| !new.contains_key(*n)).cloned().collect();
     d
+}
+
+/// The definitions file and the deployed functions as one set of definitions. The file
+/// wins a name both declare: a deploy cannot take a function from the file (the API
+/// refuses it with 409), and a function the file declares later hides the deployed one,
+/// which is reported. An unreadable file keeps its last good functions serving, as it
+/// always has, while deploys go on.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// The file's last readable reading.
+    file: Loaded,
+    /// Why the file's newest reading was refused, if it was.
+    file_error: Option<String>,
+    /// What the store holds.
+    deployed: Stored,
+}
+
+impl Sources {
+    /// The two sources as first read.
+    pub fn new(file: Reading, deployed: Stored) -> Sources {
+        let mut s = Sources { deployed, ..Sources::default() };
+        s.file(file);
+        s
+    }
+
+    /// A new reading of the file.
+    pub fn file(&mut self, reading: Reading) {
+        match reading {
+            Reading::Loaded(l) => {
+                self.file = l;
+                self.file_error = None;
+            }
+            Reading::Invalid(e) => self.file_error = Some(e),
+        }
+    }
+
+    /// The store as it is now.
+    pub fn deployed(&mut self, stored: Stored) {
+        self.deployed = stored;
+    }
+
+    /// Whether the file declares `name` (valid or not).
+    pub fn in_file(&self, name: &str) -> bool {
+        self.file.valid.contains_key(name) || self.file.invalid.contains_key(name)
+    }
+
+    /// Whether `name` is served from the store.
+    pub fn is_deployed(&self, name: &str) -> bool {
+        !self.in_file(name) && (self.deployed.valid.contains_key(name) || self.deployed.invalid.contains_key(name))
+    }
+
+    /// Both sources merged, every problem of either in `problems`.
+    pub fn merged(&self) -> Loaded {
+        let mut out = self.file.clone();
+        let mut problems: Vec<String> = self.file_error.iter().chain(&self.file.problems).cloned().collect();
+        for (name, spec) in &self.deployed.valid {
+            if self.in_file(name) {
+                problems.push(format!(
+                    "the deployed function {name:?} is hidden by the definitions file's {name:?}; remove one of them (`roost rm {name}` removes the deployed one)"
+                ));
+            } else {
+                out.valid.insert(name.clone(), spec.clone());
+            }
+        }
+        for (name, why) in &self.deployed.invalid {
+            if !self.in_file(name) {
+                problems.push(format!("the deployed function {name:?}: {why}"));
+                out.invalid.insert(name.clone(), why.clone());
+            }
+        }
+        out.problems = (!problems.is_empty()).then(|| problems.join("\n"));
+        out
+    }
 }
 
 /// What the watcher compares against: the file's bytes as last read (`None`: unreadable).
@@ -164,6 +238,39 @@ mod tests {
         assert_eq!(d.removed, ["a".to_string()].into());
         assert_eq!(d.changed, ["b".to_string()].into());
         assert_eq!(diff(&b, &b), Diff::default());
+    }
+
+    fn stored(yaml: &str) -> Stored {
+        Stored { valid: defs(yaml), invalid: BTreeMap::new() }
+    }
+
+    #[test]
+    fn the_file_and_the_deployed_functions_merge_and_the_file_wins_a_name() {
+        let file = Reading::Loaded(Loaded {
+            valid: defs("usable-functions:\n  a: {version: 1, runtime: {kind: image, image: file}}\n"),
+            ..Loaded::default()
+        });
+        let deployed = stored(
+            "usable-functions:\n  a: {version: 1, runtime: {kind: image, image: deployed}}\n  b: {version: 1, runtime: {kind: image, image: deployed}}\n",
+        );
+        let mut s = Sources::new(file, deployed);
+        let m = s.merged();
+        assert_eq!(m.valid.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(matches!(&m.valid["a"].runtime, roost_common::spec::FunctionKind::Image { image } if image == "file"));
+        assert!(m.problems.as_deref().is_some_and(|p| p.contains("\"a\" is hidden")), "{m:?}");
+        assert!(s.in_file("a") && !s.is_deployed("a") && s.is_deployed("b"));
+        // An unreadable file: its last good functions and the deployed ones go on.
+        s.file(Reading::Invalid("line 1: bad".into()));
+        let m = s.merged();
+        assert_eq!(m.valid.len(), 2);
+        assert!(m.problems.as_deref().is_some_and(|p| p.contains("line 1: bad")), "{m:?}");
+        // The file drops `a`: the deployed `a` serves.
+        s.file(Reading::Loaded(Loaded::default()));
+        let m = s.merged();
+        assert!(matches!(&m.valid["a"].runtime, roost_common::spec::FunctionKind::Image { image } if image == "deployed"));
+        assert_eq!(m.problems, None);
+        s.deployed(Stored::default());
+        assert!(s.merged().valid.is_empty());
     }
 
     #[tokio::test]

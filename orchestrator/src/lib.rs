@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: flags and `ROOST_...` environment variables.
 //! - [`definitions`]: watches and diffs `global-function-definition.yml`.
+//! - [`deployed`]: functions deployed over the management API, stored in the data directory.
 //! - [`supervisor`]: one task per function; routes signals, events and edits; adoption.
 //! - [`lifecycle`]: every decision of a function's life (wake, scale, drain, roll over,
 //!   crash, removal) as a pure state machine, and the scaling rule.
@@ -18,12 +19,14 @@
 //! - [`metrics`]: the orchestrator's own statsd metrics.
 //! - [`logs`]: the replicas' and builds' output, kept in memory for `roost logs`.
 //! - [`api`]: the HTTP status, wake and log API.
+//! - [`system`]: the management API (`/system/...`: deploy, scale, remove, describe).
 
 pub(crate) mod api;
 pub mod config;
 pub(crate) mod context;
 pub(crate) mod control_plane;
 pub(crate) mod definitions;
+pub mod deployed;
 pub(crate) mod envoy_admin;
 pub(crate) mod function;
 pub(crate) mod lifecycle;
@@ -33,12 +36,13 @@ pub mod probe;
 pub(crate) mod redis_io;
 pub mod runtime;
 pub(crate) mod supervisor;
+pub(crate) mod system;
 
 pub use config::{Config, RuntimeKind};
 
 use context::{Ctx, Settings};
 use metrics::Metrics;
-use roost_common::auth::{self, ControlToken};
+use roost_common::auth::{self, ApiToken, ControlToken};
 use runtime::ReplicaRuntime;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +64,9 @@ pub enum Error {
     /// The Docker runtime could not be set up.
     #[error("cannot set up the docker runtime: {0}")]
     DockerRuntime(#[source] runtime::RuntimeError),
+    /// The data directory cannot be used.
+    #[error("cannot use the data directory {0}: {1}; check --data-dir / ROOST_DATA_DIR and that this user may write there")]
+    DataDir(std::path::PathBuf, std::io::Error),
     /// The API port could not be bound.
     #[error("cannot listen on {0} for the API: {1}; pick another address with --bind / ROOST_ORCHESTRATOR_BIND")]
     Bind(SocketAddr, std::io::Error),
@@ -158,11 +165,21 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>
     let path = config.definitions.clone();
     let (initial, seen) = definitions::read_seen(&path);
     let health = Arc::new(api::Health::default());
-    let api = axum::serve(
-        listener,
-        auth::guard(api::router(req_tx, health.clone(), runtime.logs(), shutdown.clone()), token.clone(), "orchestrator"),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let (store, api_token) = match &config.data_dir {
+        Some(dir) => {
+            let store = deployed::store::Store::open(dir).map_err(|e| Error::DataDir(dir.clone(), e))?;
+            (Some(store), Some(ApiToken::load_or_create(config.api_token.as_deref(), dir)?))
+        }
+        None => (None, config.api_token.as_deref().filter(|t| !t.is_empty()).map(ApiToken::new).transpose()?),
+    };
+    let stored = store.as_ref().map(deployed::store::Store::load).unwrap_or_default();
+    let state = api::Api::new(req_tx, health.clone(), runtime.logs(), shutdown.clone(), system::deploys(store, config.deploy_max_body));
+    let mut routes = auth::guard(api::router(state.clone()), token.clone(), "orchestrator");
+    match api_token {
+        Some(t) => routes = routes.merge(auth::guard_api(system::router(state), t)),
+        None => warn!("no data directory and no API token: the management API (/system/...) is off; set {}", roost_common::env::DATA_DIR),
+    }
+    let api = axum::serve(listener, routes).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     info!(%api_addr, runtime = runtime.kind(), definitions = %path.display(), "orchestrator starting");
     // Every task the orchestrator starts is owned here, and ended (or awaited) on shutdown.
     let mut tasks = JoinSet::new();
@@ -198,7 +215,7 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>
             tick: Duration::from_millis(config.tick_ms),
             drain_limit: Duration::from_millis(config.stop_grace_ms) + Duration::from_secs(10),
         };
-        let supervised = supervisor::run(ctx, initial, inputs, opts, health.supervisor.clone(), shutdown.clone()).await;
+        let supervised = supervisor::run(ctx, initial, stored, inputs, opts, health.supervisor.clone(), shutdown.clone()).await;
         // A supervisor that stopped on a bug takes the rest down with it.
         shutdown.cancel();
         let joined = join_all(tasks).await;

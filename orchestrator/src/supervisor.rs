@@ -5,7 +5,8 @@
 //! from each function's published status in a task of its own.
 
 use crate::context::Ctx;
-use crate::definitions::{self, Loaded, Reading};
+use crate::definitions::{self, Loaded, Reading, Sources};
+use crate::deployed::store::Stored;
 use crate::function::{self, Handle, Msg, SharedStatus, WakeError, WakeReply};
 use crate::lifecycle::adoption::{self, Stale, Verdict};
 use crate::lifecycle::Event;
@@ -31,6 +32,11 @@ pub enum Request {
     Wake(String, WakeReply),
     /// Everything the orchestrator knows.
     Status(oneshot::Sender<Status>),
+    /// The deployed functions changed (a deploy, a scale, a removal): the store as it is
+    /// now. Answered once the change is applied, so a status asked after sees it.
+    Deployed(Stored, oneshot::Sender<()>),
+    /// One function's definition as it serves, if it is declared.
+    Definition(String, oneshot::Sender<Option<Arc<roost_common::spec::FunctionSpec>>>),
 }
 
 /// How many API requests, signals, events or readings wait for the supervisor at most.
@@ -366,6 +372,7 @@ pub struct Options {
 pub async fn run(
     ctx: Arc<Ctx>,
     initial: Reading,
+    stored: Stored,
     mut inputs: Inputs,
     opts: Options,
     ready: Arc<AtomicBool>,
@@ -382,17 +389,13 @@ pub async fn run(
         declaring: Arc::default(),
         removed: BTreeMap::new(),
     };
-    let mut defs_error = match initial {
-        Reading::Loaded(loaded) => {
-            let problems = loaded.problems.clone();
-            defs = fns.apply(&defs, loaded);
-            problems
-        }
-        Reading::Invalid(e) => {
-            warn!(errors = %e, "definitions invalid at start; serving no function until the file is fixed");
-            Some(e)
-        }
-    };
+    if let Reading::Invalid(e) = &initial {
+        warn!(errors = %e, "definitions file invalid at start; serving none of its functions until it is fixed");
+    }
+    let mut sources = Sources::new(initial, stored);
+    let merged = sources.merged();
+    let mut defs_error = merged.problems.clone();
+    defs = fns.apply(&defs, merged);
     adopt(&ctx, &defs, &mut fns).await;
     // A control plane that started without a saved model learns what runs at once.
     fns.resync(&defs);
@@ -445,13 +448,12 @@ pub async fn run(
                 let RuntimeEvent::Exited { replica_id, function, reason } = event;
                 fns.deliver(&function, Event::Exited(replica_id, reason));
             }
-            Some(reading) = inputs.readings.recv() => match reading {
-                Reading::Invalid(e) => defs_error = Some(e),
-                Reading::Loaded(loaded) => {
-                    defs_error = loaded.problems.clone();
-                    defs = fns.apply(&defs, loaded);
-                }
-            },
+            Some(reading) = inputs.readings.recv() => {
+                sources.file(reading);
+                let merged = sources.merged();
+                defs_error = merged.problems.clone();
+                defs = fns.apply(&defs, merged);
+            }
             Some(req) = inputs.requests.recv() => match req {
                 Request::Wake(name, reply) => {
                     if defs.contains_key(&name) {
@@ -468,8 +470,32 @@ pub async fn run(
                         definitions: opts.definitions_path.clone(),
                         definitions_error: defs_error.clone(),
                         functions: Vec::new(),
+                        deployed: fns.map.keys().chain(fns.invalid.keys()).filter(|n| sources.is_deployed(n)).cloned().collect(),
                     };
                     fns.answer_status(status, reply);
+                }
+                Request::Deployed(stored, reply) => {
+                    sources.deployed(stored);
+                    let merged = sources.merged();
+                    defs_error = merged.problems.clone();
+                    let added: Vec<String> = merged.valid.keys().filter(|n| !defs.contains_key(*n)).cloned().collect();
+                    defs = fns.apply(&defs, merged);
+                    // Listed for the gate before the deploy is answered (not at the next
+                    // tick): a call right after the deploy finds the function.
+                    let redis = ctx.redis.clone();
+                    fns.deliveries.spawn(async move {
+                        if let Err(e) = redis.declare_all(&added, &[]).await {
+                            warn!(error = %e, "cannot list the deployed functions in Redis; the next tick tries again");
+                        }
+                        if reply.send(()).is_err() {
+                            debug!("a deploy gave up before it was applied");
+                        }
+                    });
+                }
+                Request::Definition(name, reply) => {
+                    if reply.send(defs.get(&name).cloned().map(Arc::new)).is_err() {
+                        debug!("a describe gave up before its answer");
+                    }
                 }
             },
         }

@@ -27,6 +27,9 @@ pub struct Platform {
     pub orchestrator: u16,
     /// The control token `roost up` made (its API requires it).
     pub control_token: String,
+    /// The management API's token (`/system/...`), from `roost up`'s endpoints file.
+    pub api_token: String,
+    runtime: String,
 }
 
 fn bin_dir() -> PathBuf {
@@ -50,6 +53,26 @@ pub fn work_dir(tag: &str, definitions: &str, functions: &Path) -> PathBuf {
 impl Platform {
     /// `roost up --runtime <runtime>` in `dir` (see [`work_dir`]).
     pub async fn up(dir: PathBuf, runtime: &str) -> Platform {
+        Self::up_with(dir, runtime, &[]).await
+    }
+
+    /// Stops `roost up` (Ctrl-C) and starts it again in the same folder: a restart of
+    /// the whole platform, its data kept.
+    pub async fn restart(&mut self) {
+        let _ = self.guard.terminate();
+        let (guard, port, orchestrator, control_token, api_token) = Self::launch(&self.dir, &self.runtime, &[]).await;
+        (self.guard, self.port, self.orchestrator, self.control_token, self.api_token) =
+            (guard, port, orchestrator, control_token, api_token);
+    }
+
+    /// `roost up --runtime <runtime>` in `dir` with extra environment `env`.
+    pub async fn up_with(dir: PathBuf, runtime: &str, env: &[(&str, &str)]) -> Platform {
+        let (guard, port, orchestrator, control_token, api_token) = Self::launch(&dir, runtime, env).await;
+        Platform { guard, dir, port, orchestrator, control_token, api_token, runtime: runtime.to_string() }
+    }
+
+    /// Starts `roost up` in `dir`: its guard, public port, orchestrator port and tokens.
+    async fn launch(dir: &Path, runtime: &str, env: &[(&str, &str)]) -> (Guard, u16, u16, String, String) {
         for b in ["control-plane", "orchestrator", "statsd-listener"] {
             assert!(
                 bin_dir().join(b).is_file(),
@@ -62,10 +85,11 @@ impl Platform {
             Command::new(env!("CARGO_BIN_EXE_roost"))
                 .args(["up", "--port", &port.to_string(), "--runtime", runtime])
                 // Relative paths, as a user in the project's folder types them.
-                .current_dir(&dir)
+                .current_dir(dir)
                 .args(["--definitions", "global-function-definition.yml", "--work-dir", ".roost"])
                 .arg("--home")
                 .arg(workspace_root())
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit()),
         );
@@ -79,7 +103,8 @@ impl Platform {
             .expect("orchestrator URL in endpoints.env");
         let control_token =
             text.lines().find_map(|l| l.strip_prefix("ROOST_CONTROL_TOKEN=")).expect("the control token in endpoints.env").to_string();
-        Platform { guard, dir, port, orchestrator, control_token }
+        let api_token = text.lines().find_map(|l| l.strip_prefix("ROOST_API_TOKEN=")).expect("the API token in endpoints.env").to_string();
+        (guard, port, orchestrator, control_token, api_token)
     }
 
     /// One function as `/status` shows it.

@@ -170,6 +170,9 @@ pub struct Status {
     pub definitions_error: Option<String>,
     /// Every function.
     pub functions: Vec<FunctionStatus>,
+    /// The functions deployed over the management API (the others are the file's).
+    #[serde(default)]
+    pub deployed: Vec<String>,
 }
 
 impl Status {
@@ -189,6 +192,7 @@ mod tests {
             runtime: "process".into(),
             definitions: "defs.yml".into(),
             definitions_error: None,
+            deployed: vec!["hello".into()],
             functions: vec![FunctionStatus {
                 name: "hello".into(),
                 state: FunctionState::Ready,

@@ -35,7 +35,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     route_match::PathSpecifier, HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig as AggregateConfig;
-use envoy_types::pb::envoy::extensions::filters::http::buffer::v3::Buffer;
+use envoy_types::pb::envoy::extensions::filters::http::buffer::v3::{buffer_per_route, Buffer, BufferPerRoute};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{CodecType, RouteSpecifier, ServerHeaderTransformation},
     http_filter, HttpConnectionManager, HttpFilter, LocalReplyConfig, Rds, ResponseMapper,
@@ -53,6 +53,8 @@ pub const PUBLIC_LISTENER_NAME: &str = "roost_public";
 pub const PUBLIC_ROUTE_CONFIG_NAME: &str = "roost_public_routes";
 /// Name of the gate's cluster.
 pub const GATE_CLUSTER: &str = "roost_gate";
+/// Name of the management API's cluster (the orchestrator's API).
+pub const SYSTEM_CLUSTER: &str = "roost_system";
 /// The X-Request-Id the gate keeps as it is (nginx.conf's `$roost_request_id`); a request
 /// with any other goes through the gate, which replaces it.
 pub const REQUEST_ID_PATTERN: &str = r"[\x21-\x7e]{1,200}";
@@ -75,6 +77,9 @@ pub struct PublicEntry {
     /// The gate's body limit: Envoy reads a body whole before it sends it on (as the gate
     /// does) and answers 413 to one over the limit, in JSON.
     pub max_body: u64,
+    /// The orchestrator's API, host and port, which the management API's paths
+    /// (`/system/...`) go to; none: those paths are the gate's (a 404).
+    pub system: Option<(String, u16)>,
 }
 
 /// Whether a function has a replica that takes new requests.
@@ -85,6 +90,9 @@ pub fn serving(f: &Function) -> bool {
 /// Adds the public entry's resources to `snap`.
 pub(super) fn add(snap: &mut Snapshot, model: &Model, entry: &PublicEntry, settings: &BuildSettings) {
     snap.insert(Kind::Cluster, GATE_CLUSTER, pack_any(gate_cluster(entry)));
+    if let Some((host, port)) = &entry.system {
+        snap.insert(Kind::Cluster, SYSTEM_CLUSTER, pack_any(peer_cluster(SYSTEM_CLUSTER, host, *port)));
+    }
     snap.insert(Kind::Listener, PUBLIC_LISTENER_NAME, pack_any(listener(entry)));
     put_routes(snap, model, settings);
 }
@@ -105,27 +113,29 @@ pub fn put_routes(snap: &mut Snapshot, model: &Model, settings: &BuildSettings) 
 
 // `dns_refresh_rate` is deprecated in favour of the DNS cluster extension; Envoy 1.40
 // still reads it, and the plain STRICT_DNS type keeps this cluster readable.
-#[allow(deprecated)]
 fn gate_cluster(entry: &PublicEntry) -> Cluster {
-    let by_name = entry.gate_host.parse::<IpAddr>().is_err();
+    peer_cluster(GATE_CLUSTER, &entry.gate_host, entry.gate_port)
+}
+
+/// A cluster of one Roost part at `host:port` (an IP address, or a name looked up again
+/// every second: a restarted part may come back on another address).
+#[allow(deprecated)]
+fn peer_cluster(name: &str, host: &str, port: u16) -> Cluster {
+    let by_name = host.parse::<IpAddr>().is_err();
     let endpoint = LbEndpoint {
-        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-            address: Some(socket_address(&entry.gate_host, entry.gate_port)),
-            ..Default::default()
-        })),
+        host_identifier: Some(HostIdentifier::Endpoint(Endpoint { address: Some(socket_address(host, port)), ..Default::default() })),
         ..Default::default()
     };
     Cluster {
-        name: GATE_CLUSTER.into(),
+        name: name.into(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(
             if by_name { DiscoveryType::StrictDns } else { DiscoveryType::Static } as i32
         )),
-        // A restarted gate may come back on another address: look again every second.
         dns_refresh_rate: by_name.then(|| millis(1000)),
         dns_lookup_family: DnsLookupFamily::V4Preferred as i32,
         connect_timeout: Some(millis(1000)),
         load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: GATE_CLUSTER.into(),
+            cluster_name: name.into(),
             endpoints: vec![LocalityLbEndpoints { lb_endpoints: vec![endpoint], ..Default::default() }],
             ..Default::default()
         }),
@@ -217,7 +227,11 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
         match_pattern: Some(MatchPattern::SafeRegex(RegexMatcher { regex: REQUEST_ID_PATTERN.into(), ..Default::default() })),
         ..Default::default()
     };
-    let mut routes = vec![to_gate("other-request-id", vec![header("x-request-id", HeaderMatchSpecifier::StringMatch(id_regex), true)])];
+    let mut routes = Vec::new();
+    if settings.public.as_ref().is_some_and(|p| p.system.is_some()) {
+        routes.push(to_system());
+    }
+    routes.push(to_gate("other-request-id", vec![header("x-request-id", HeaderMatchSpecifier::StringMatch(id_regex), true)]));
     for (name, f) in model.functions.iter().filter(|(_, f)| serving(f)) {
         let exact = PathSpecifier::Path(format!("/{name}"));
         let below = PathSpecifier::Prefix(format!("/{name}/"));
@@ -282,6 +296,27 @@ fn retry_policy(settings: &BuildSettings) -> RetryPolicy {
     policy
 }
 
+/// The management API's paths, to the orchestrator: the path as sent, no timeout (a log
+/// may be followed), and the body not buffered (a deploy may be larger than the gate's
+/// limit; the orchestrator has its own).
+fn to_system() -> Route {
+    let unbuffered = BufferPerRoute { r#override: Some(buffer_per_route::Override::Disabled(true)) };
+    Route {
+        name: "system".into(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::PathSeparatedPrefix(roost_common::wire::system::PREFIX.into())),
+            ..Default::default()
+        }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(SYSTEM_CLUSTER.into())),
+            timeout: Some(millis(0)),
+            ..Default::default()
+        })),
+        typed_per_filter_config: [("envoy.filters.http.buffer".to_string(), pack_any(unbuffered))].into(),
+        ..Default::default()
+    }
+}
+
 /// A route to the gate: the path as sent, and no timeout (the gate bounds how long it
 /// holds a request, Envoy's listener behind it the function's timeout).
 fn to_gate(name: &str, headers: Vec<HeaderMatcher>) -> Route {
@@ -305,7 +340,7 @@ mod tests {
     use prost::Message;
 
     fn entry() -> PublicEntry {
-        PublicEntry { bind: "0.0.0.0:8080".parse().unwrap(), gate_host: "gate".into(), gate_port: 8081, max_body: 1024 }
+        PublicEntry { bind: "0.0.0.0:8080".parse().unwrap(), gate_host: "gate".into(), gate_port: 8081, max_body: 1024, system: None }
     }
 
     fn settings() -> BuildSettings {

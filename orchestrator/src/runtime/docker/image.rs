@@ -90,7 +90,14 @@ pub(super) fn dockerfile(spec: &FunctionSpec, base: &str, with_ca: bool) -> Stri
     }
     // Debian's dist-packages last (Starlette from python3-starlette): with -S only
     // PYTHONPATH names them, and a function's own dependencies come first.
-    d.push_str(&format!("ENV PYTHONPATH={IMAGE_PYTHONPATH} PYTHONDONTWRITEBYTECODE=1 ROOST_FUNCTION_DIR={FUNCTION_DIR}\n"));
+    // What the runtime serves is in the image too (the container's environment repeats
+    // it): the image runs as its function anywhere, `runtime: {kind: image}` included.
+    let what = match &spec.runtime {
+        Kind::Python { file, .. } => format!("ROOST_FUNCTION_FILE={}", quoted(file)),
+        Kind::Command { command, .. } => format!("ROOST_COMMAND={}", quoted(&serde_json::to_string(command).expect("strings serialize"))),
+        Kind::Image { .. } => String::new(),
+    };
+    d.push_str(&format!("ENV PYTHONPATH={IMAGE_PYTHONPATH} PYTHONDONTWRITEBYTECODE=1 ROOST_FUNCTION_DIR={FUNCTION_DIR} {what}\n"));
     // -S: no site module (its folders are on PYTHONPATH): a faster start.
     d.push_str(&format!("WORKDIR {FUNCTION_DIR}\nCMD [\"python3\", \"-S\", \"-m\", \"roost_runtime\", \"{kind}\"]\n"));
     // One LABEL step (the build API's labels option adds one step per label). The name
@@ -225,7 +232,9 @@ mod tests {
         );
         assert!(d.contains("ENV PYTHONPATH=/opt/roost:/opt/roost/deps:/usr/lib/python3/dist-packages "), "{d}");
         assert!(d.contains(r#"CMD ["python3", "-S", "-m", "roost_runtime", "python"]"#));
-        assert!(d.contains("ENV PYTHONPATH=/opt/roost:/opt/roost/deps:/usr/lib/python3/dist-packages "), "{d}");
+        assert!(d.contains(r#" ROOST_FUNCTION_FILE="hello.py""#), "the image knows its handler: {d}");
+        let cmd = spec("usable-functions:\n  wc:\n    version: 1\n    runtime: {kind: command, command: [sh, \"w c.sh\"]}\n    configuration: {base_function_file_name: wc.sh, function_folder: wc}\n");
+        assert!(dockerfile(&cmd, "b", false).contains(r#" ROOST_COMMAND="[\"sh\",\"w c.sh\"]""#), "{}", dockerfile(&cmd, "b", false));
         assert!(d.ends_with("LABEL roost.managed=\"true\" roost.function=\"hello\" roost.version=\"0.1\"\n"), "{d}");
         // FROM, one COPY, pip and compileall, ENV, WORKDIR, CMD, one LABEL.
         assert_eq!(d.lines().count(), 7, "{d}");

@@ -25,7 +25,12 @@ pub(super) struct Priority {
 
 impl Default for Priority {
     fn default() -> Self {
-        Priority { starting: Mutex::new(0), quiet: tokio::sync::Notify::new(), turn: tokio::sync::Semaphore::new(1), queued: Mutex::default() }
+        Priority {
+            starting: Mutex::new(0),
+            quiet: tokio::sync::Notify::new(),
+            turn: tokio::sync::Semaphore::new(1),
+            queued: Mutex::default(),
+        }
     }
 }
 
