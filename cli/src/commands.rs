@@ -54,13 +54,21 @@ fn indent(text: &str) -> String {
 }
 
 /// `roost invoke`: calls a function through the gate and prints the answer.
-pub async fn invoke(e: &Endpoints, function: &str, data: Option<&str>, path: &str) -> anyhow::Result<bool> {
+/// With `auth`, it sends the API token (a function with `auth: token` wants it).
+pub async fn invoke(e: &Endpoints, function: &str, data: Option<&str>, path: &str, auth: bool) -> anyhow::Result<bool> {
     let url = format!("{}/{}{}", e.gate, function, path);
     let client = client::http();
-    let req = match data {
+    let mut req = match data {
         Some(d) => client.post(&url).header("content-type", "application/json").body(d.to_string()),
         None => client.get(&url),
     };
+    if auth {
+        let token = e
+            .api_token
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("--auth needs the API token: give it with --api-token or {}", roost_common::env::API_TOKEN))?;
+        req = req.bearer_auth(token.expose());
+    }
     let r = req.send().await.map_err(|err| e.gate_unreachable(&err))?;
     let status = r.status();
     let cold = r.headers().get("x-roost-cold-start").and_then(|v| v.to_str().ok()).map(str::to_string);

@@ -76,6 +76,10 @@ enum Cmd {
         /// Path and query after the function name.
         #[arg(long, default_value = "")]
         path: String,
+        /// Send the API token (for a function with `auth: token`; never sent otherwise,
+        /// so a public function does not see it).
+        #[arg(long)]
+        auth: bool,
     },
     /// Live replicas, in flight, queued and cold starts, refreshed every second.
     Status {
@@ -228,7 +232,7 @@ async fn main() -> ExitCode {
             roost_cli::up::run(opts, shutdown).await.map(|_| true).map_err(Into::into)
         }
         Cmd::Ls { json } => roost_cli::commands::ls(&e, json).await.map(|_| true),
-        Cmd::Invoke { function, data, path } => roost_cli::commands::invoke(&e, &function, data.as_deref(), &path).await,
+        Cmd::Invoke { function, data, path, auth } => roost_cli::commands::invoke(&e, &function, data.as_deref(), &path, auth).await,
         Cmd::Status { once } => roost_cli::commands::watch(&e, once).await.map(|_| true),
         Cmd::Logs { function, follow, since, tail, json } => {
             let req = roost_cli::logs::LogsRequest { function, follow, since, tail, json };

@@ -302,6 +302,31 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
     // Idle (sleep's idle timeout is 5 s) reaps it.
     wait_until(WAIT, "sleep reaped", || async { (status("sleep").await?.state == FunctionState::Sleeping).then_some(()) }).await;
 
+    // A function deployed over the management API (on the public port, with the API
+    // token read as README tells) survives `docker compose down` and `up`: it is kept on
+    // the roost-data volume.
+    let api_token =
+        String::from_utf8_lossy(&run(&["-p", &project, "exec", "-T", "orchestrator", "cat", "/var/lib/roost/api-token"], &env).stdout)
+            .trim()
+            .to_string();
+    let api_auth = format!("Bearer {api_token}");
+    let code = b"async def handle(request):\n    return 'kept ok'\n";
+    let r = http::request(gate, "PUT", "/system/functions/kept?file=kept.py", &[], code).await.unwrap();
+    assert_eq!(r.status, 401, "a deploy without the API token: {}", r.body);
+    let r = http::request(gate, "PUT", "/system/functions/kept?file=kept.py", &[("Authorization", api_auth.as_str())], code).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let kept = || async {
+        let r = http::get(gate, "/kept").await.ok()?;
+        (r.status == 200 && r.body.contains("kept ok")).then_some(())
+    };
+    wait_until(WAIT, "/kept answering after its deploy", kept).await;
+    run(&["-p", &project, "down", "-t", "40"], &env);
+    assert_eq!(managed_containers(), "", "docker compose down left function containers behind");
+    run(&["-p", &project, "up", "-d"], &env);
+    wait_until(WAIT, "/kept answering after down and up", kept).await;
+    let r = http::request(gate, "GET", "/system/functions/kept", &[("Authorization", api_auth.as_str())], b"").await.unwrap();
+    assert_eq!(r.status, 200, "the same API token after down and up: {}", r.body);
+
     run(&["-p", &project, "down", "-v", "-t", "40"], &env);
     assert_eq!(managed_containers(), "", "docker compose down left function containers behind");
 }

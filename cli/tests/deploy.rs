@@ -131,6 +131,41 @@ async fn deploy_scale_update_remove_and_restart(runtime: &str) {
     assert_eq!(json.info.status.name, "greet");
     assert!(roost_ok(&p, &["describe", "greet"]).contains("source:      deployed"));
 
+    // `auth: token`: 401 without the API token, asleep or awake; with it, the call goes on
+    // and the function never sees the token.
+    roost_ok(&p, &["new", "locked", "--dir", "src"]);
+    std::fs::write(
+        src.join("locked/handler.py"),
+        "async def handle(request):\n    return {'seen': request.headers.get('authorization')}\n",
+    )
+    .unwrap();
+    let def = std::fs::read_to_string(src.join("locked/function.yml")).unwrap();
+    std::fs::write(src.join("locked/function.yml"), format!("{def}auth: token\n")).unwrap();
+    roost_ok(&p, &["deploy", "src/locked"]);
+    let bearer = format!("Bearer {}", p.api_token);
+    for auth in [None, Some("Bearer not-the-token-0123456789")] {
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", *a)).collect();
+        let r = http::request(p.port, "GET", "/locked", &headers, b"").await.unwrap();
+        assert_eq!(r.status, 401, "{auth:?}: {}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("a JSON 401 ({e}): {}", r.body));
+        assert!(v["error"].as_str().unwrap().contains("API token"), "{v}");
+    }
+    wait_until(WAIT, "/locked to answer with the token", || async {
+        let r = http::request(p.port, "GET", "/locked", &[("authorization", bearer.as_str())], b"").await.ok()?;
+        (r.status == 200).then_some(r.body)
+    })
+    .await;
+    let r = http::request(p.port, "GET", "/locked", &[("authorization", bearer.as_str())], b"").await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&r.body).unwrap(),
+        serde_json::json!({"seen": null}),
+        "the token never reaches the function"
+    );
+    assert_eq!(http::get(p.port, "/locked").await.unwrap().status, 401, "awake: still refused without it");
+    let out = roost_ok(&p, &["invoke", "locked", "--auth"]);
+    assert!(out.contains("\"seen\": null"), "roost invoke --auth sends the token: {out}");
+    roost_ok(&p, &["rm", "locked"]);
+
     // One source file over HTTP (Flock of Birds' raw code), and a command through the CLI.
     let r = api.call("PUT", "/system/functions/raw?file=raw.py", &[], b"async def handle(request):\n    return 'raw ok'\n").await;
     assert_eq!(r.status, 201, "{}", r.body);

@@ -211,6 +211,14 @@ impl ApiToken {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// A token of 32 random bytes that nobody else holds.
+    pub fn random() -> std::io::Result<ApiToken> {
+        use std::io::Read;
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        Ok(ApiToken(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>().into()))
+    }
 }
 
 /// The management API's refusal texts: what to send and where the token is.

@@ -81,7 +81,7 @@ async fn run_case(binary: &std::path::Path, mode: XdsMode, functions: usize, cha
     let _envoy = Envoy::start(&EnvoyOptions::new(xds, mode)).await;
     let mut batch = Vec::new();
     for i in 0..functions {
-        batch.push(Change::PutFunction { function: format!("f{i}"), concurrency: Some(4), timeout_ms: None });
+        batch.push(Change::PutFunction { function: format!("f{i}"), concurrency: Some(4), timeout_ms: None, auth: None });
         batch.push(Change::AddEndpoint { function: format!("f{i}"), address: format!("127.0.0.1:{}", 20000 + i) });
     }
     post(admin, "/changes?wait=true&timeout_ms=60000", &batch).await;

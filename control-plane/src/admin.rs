@@ -238,7 +238,8 @@ async fn put_function(
             Err(r) => return r.into_response(),
         }
     };
-    let change = Change::PutFunction { function: name, concurrency: settings.concurrency, timeout_ms: settings.timeout_ms };
+    let change =
+        Change::PutFunction { function: name, concurrency: settings.concurrency, timeout_ms: settings.timeout_ms, auth: settings.auth };
     apply(&s, &q, vec![change]).await
 }
 

@@ -39,6 +39,9 @@ pub struct Function {
     /// an endpoint. Cleared by its first endpoint.
     #[serde(default)]
     pub waking: bool,
+    /// The bearer token every call must carry (`auth: token`); none: public.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
 }
 
 /// One replica's address as Envoy sees it.
@@ -89,6 +92,9 @@ pub enum ModelError {
         /// Function name.
         function: String,
     },
+    /// A call token that a header cannot carry.
+    #[error("the auth token of function {0:?} must be 16 or more printable ASCII characters without spaces")]
+    InvalidAuth(String),
 }
 
 impl ModelError {
@@ -132,8 +138,11 @@ impl Model {
     /// Applies one change; on error the model is unchanged.
     pub fn apply(&mut self, change: &Change) -> Result<(), ModelError> {
         match change {
-            Change::PutFunction { function, concurrency, timeout_ms } => {
+            Change::PutFunction { function, concurrency, timeout_ms, auth } => {
                 validate_function_name(function)?;
+                if auth.as_ref().is_some_and(|t| t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic())) {
+                    return Err(ModelError::InvalidAuth(function.clone()));
+                }
                 let current = self.functions.get(function);
                 let concurrency = concurrency.or(current.map(|f| f.concurrency));
                 let timeout_ms = timeout_ms.or(current.map(|f| f.timeout_ms));
@@ -146,9 +155,11 @@ impl Model {
                     timeout_ms,
                     endpoints: BTreeMap::new(),
                     waking: false,
+                    auth: None,
                 });
                 f.concurrency = concurrency;
                 f.timeout_ms = timeout_ms;
+                f.auth = auth.clone();
             }
             Change::Waking { function } => {
                 // One with an endpoint is in Envoy already, and a late notice must not
@@ -208,7 +219,7 @@ mod tests {
     use super::*;
 
     fn put(name: &str) -> Change {
-        Change::PutFunction { function: name.into(), concurrency: None, timeout_ms: None }
+        Change::PutFunction { function: name.into(), concurrency: None, timeout_ms: None, auth: None }
     }
 
     fn add(name: &str, addr: &str) -> Change {
@@ -221,7 +232,7 @@ mod tests {
         m.apply_all(&[put("hello"), add("hello", "127.0.0.1:5000")]).unwrap();
         let f = &m.functions["hello"];
         assert_eq!((f.concurrency, f.timeout_ms), (DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_MS));
-        m.apply(&Change::PutFunction { function: "hello".into(), concurrency: Some(4), timeout_ms: None }).unwrap();
+        m.apply(&Change::PutFunction { function: "hello".into(), concurrency: Some(4), timeout_ms: None, auth: None }).unwrap();
         let f = &m.functions["hello"];
         assert_eq!((f.concurrency, f.timeout_ms, f.endpoints.len()), (4, DEFAULT_TIMEOUT_MS, 1));
     }
@@ -246,7 +257,7 @@ mod tests {
         for bad in ["127.0.0.1", "127.0.0.1:0", "localhost:80", "", "1.2.3.4:99999"] {
             assert!(matches!(m.apply(&add("f", bad)), Err(ModelError::InvalidAddress(_))), "{bad}");
         }
-        let e = m.apply(&Change::PutFunction { function: "f".into(), concurrency: Some(0), timeout_ms: None }).unwrap_err();
+        let e = m.apply(&Change::PutFunction { function: "f".into(), concurrency: Some(0), timeout_ms: None, auth: None }).unwrap_err();
         assert!(e.to_string().contains("use 1 to 10000"), "{e}");
         let e = m.apply(&Change::RemoveEndpoint { function: "f".into(), address: "127.0.0.1:9".into() }).unwrap_err();
         assert!(e.is_not_found());
@@ -283,7 +294,7 @@ mod persistence_tests {
     fn model_round_trips_through_json() {
         let mut m = Model::default();
         m.apply_all(&[
-            Change::PutFunction { function: "f".into(), concurrency: Some(2), timeout_ms: Some(10) },
+            Change::PutFunction { function: "f".into(), concurrency: Some(2), timeout_ms: Some(10), auth: None },
             Change::AddEndpoint { function: "f".into(), address: "[::1]:5000".into() },
             Change::AddEndpoint { function: "f".into(), address: "10.0.0.1:80".into() },
         ])

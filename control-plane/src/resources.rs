@@ -371,7 +371,17 @@ fn function_route(name: &str, suffix: &str, spec: PathSpecifier, f: &Function, s
         name: format!("{name}-{suffix}"),
         r#match: Some(RouteMatch { path_specifier: Some(spec), ..Default::default() }),
         action: Some(Action::Route(replica_action(cluster_name(name), f, settings))),
+        request_headers_to_remove: credentials_removed(f),
         ..Default::default()
+    }
+}
+
+/// The headers a function's replicas must not see: the call token of an `auth: token`
+/// function (checked by the public listener before).
+pub(crate) fn credentials_removed(f: &Function) -> Vec<String> {
+    match f.auth {
+        Some(_) => vec!["authorization".into()],
+        None => Vec::new(),
     }
 }
 
@@ -435,9 +445,9 @@ mod tests {
     fn model() -> Model {
         let mut m = Model::default();
         m.apply_all(&[
-            Change::PutFunction { function: "hello".into(), concurrency: Some(3), timeout_ms: Some(1500) },
+            Change::PutFunction { function: "hello".into(), concurrency: Some(3), timeout_ms: Some(1500), auth: None },
             Change::AddEndpoint { function: "hello".into(), address: "127.0.0.1:5000".into() },
-            Change::PutFunction { function: "empty".into(), concurrency: None, timeout_ms: None },
+            Change::PutFunction { function: "empty".into(), concurrency: None, timeout_ms: None, auth: None },
         ])
         .unwrap();
         m
@@ -465,7 +475,7 @@ mod tests {
         // A thousand sleeping functions: the same resources as none.
         let mut many = Model::default();
         for i in 0..1000 {
-            many.apply(&Change::PutFunction { function: format!("f{i}"), concurrency: None, timeout_ms: None }).unwrap();
+            many.apply(&Change::PutFunction { function: format!("f{i}"), concurrency: None, timeout_ms: None, auth: None }).unwrap();
         }
         let settings = BuildSettings::default();
         let (a, b) = (build(&many, &settings, 1), build(&Model::default(), &settings, 1));

@@ -52,12 +52,16 @@ impl Store {
     /// costs the same with ten functions or ten thousand.
     pub fn apply(&self, changes: &[Change]) -> Result<u64, ModelError> {
         let mut inner = self.lock();
-        // Each function touched: (in Envoy, serving) before the changes, and whether its
-        // settings were put.
-        let mut before: BTreeMap<&str, ((bool, bool), bool)> = BTreeMap::new();
+        // Each function touched: (in Envoy, serving) and its call token before the
+        // changes, and whether its settings were put.
+        type Before = ((bool, bool), Option<String>, bool);
+        let mut before: BTreeMap<&str, Before> = BTreeMap::new();
         for c in changes {
-            let entry = before.entry(c.function()).or_insert_with(|| (Self::routing(inner.model.functions.get(c.function())), false));
-            entry.1 |= matches!(c, Change::PutFunction { .. });
+            let entry = before.entry(c.function()).or_insert_with(|| {
+                let f = inner.model.functions.get(c.function());
+                (Self::routing(f), f.and_then(|f| f.auth.clone()), false)
+            });
+            entry.2 |= matches!(c, Change::PutFunction { .. });
         }
         inner.model.apply_all(changes)?;
         inner.generation += 1;
@@ -65,13 +69,15 @@ impl Store {
         let mut snapshot = self.snapshots.borrow().with_generation(generation);
         // The route tables change when a function in Envoy changes its settings, or a
         // function gains its first replica or loses its last (the public one also when it
-        // starts or stops having a serving replica).
+        // starts or stops having a serving replica, or its call token changes: an
+        // `auth: token` function has its refusals there, awake or not).
         let mut routes_changed = false;
         let mut public_changed = false;
-        for (function, ((was_in_envoy, was_serving), settings_put)) in before {
-            let (in_envoy, serving) = Self::routing(inner.model.functions.get(function));
+        for (function, ((was_in_envoy, was_serving), was_auth, settings_put)) in before {
+            let f = inner.model.functions.get(function);
+            let (in_envoy, serving) = Self::routing(f);
             routes_changed |= was_in_envoy != in_envoy || (settings_put && in_envoy);
-            public_changed |= was_serving != serving;
+            public_changed |= was_serving != serving || was_auth.as_ref() != f.and_then(|f| f.auth.as_ref());
             resources::put_function(&mut snapshot, &inner.model, function, &self.settings);
         }
         if routes_changed {
@@ -153,7 +159,7 @@ mod tests {
 
     fn incremental_snapshot_equals_full_rebuild_with(settings: BuildSettings) {
         let store = Store::new(Model::default(), settings.clone(), true);
-        let put = |f: &str| Change::PutFunction { function: f.into(), concurrency: Some(2), timeout_ms: None };
+        let put = |f: &str| Change::PutFunction { function: f.into(), concurrency: Some(2), timeout_ms: None, auth: None };
         let add = |f: &str, a: &str| Change::AddEndpoint { function: f.into(), address: a.into() };
         let drain = |f: &str, a: &str| Change::DrainEndpoint { function: f.into(), address: a.into() };
         let waking = |f: &str| Change::Waking { function: f.into() };
@@ -166,6 +172,21 @@ mod tests {
             vec![drain("b", "127.0.0.1:3")],
             vec![Change::RemoveFunction { function: "a".into() }],
             vec![drain("b", "127.0.0.1:2")],
+            // A sleeping function gains a call token, then loses it, then goes.
+            vec![Change::PutFunction {
+                function: "d".into(),
+                concurrency: None,
+                timeout_ms: None,
+                auth: Some("d-token-0123456789".into()),
+            }],
+            vec![Change::PutFunction { function: "d".into(), concurrency: None, timeout_ms: None, auth: None }],
+            vec![Change::PutFunction {
+                function: "d".into(),
+                concurrency: None,
+                timeout_ms: None,
+                auth: Some("d-token-0123456789".into()),
+            }],
+            vec![Change::RemoveFunction { function: "d".into() }],
         ];
         for (i, changes) in steps.iter().enumerate() {
             let g = store.apply(changes).unwrap();
@@ -196,7 +217,7 @@ mod tests {
     fn confirm_applies_its_changes_then_confirms_and_stays_confirmed() {
         let store = Store::new(Model::default(), BuildSettings::default(), false);
         let confirmed = store.confirmed();
-        let put = Change::PutFunction { function: "f".into(), concurrency: Some(1), timeout_ms: None };
+        let put = Change::PutFunction { function: "f".into(), concurrency: Some(1), timeout_ms: None, auth: None };
         let add = Change::AddEndpoint { function: "f".into(), address: "127.0.0.1:1".into() };
         // Changes before the hand-over are kept (a function task re-declaring itself).
         store.apply(std::slice::from_ref(&put)).unwrap();

@@ -133,6 +133,35 @@ async fn serving_functions_go_straight_to_replicas_and_everything_else_to_the_ga
     assert_eq!(s.upstream, "system", "a deploy larger than the gate's body limit: {s:?}");
     assert_eq!(get("/systems").await.upstream, "gate");
 
+    // An `auth: token` function: 401 without the token or with another, asleep or awake;
+    // with it, the call goes on as any other, and no replica sees the token.
+    let token = "the-api-token-0123456789";
+    let bearer = format!("Bearer {token}");
+    admin_ok(admin, "PUT", "/functions/secret?wait=true", Some(json!({"concurrency": 1, "timeout_ms": 5000, "auth": token}))).await;
+    let refused = |path: &'static str, auth: Option<&'static str>| async move {
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", *a)).collect();
+        http::request(public, "GET", path, &headers, b"").await.unwrap()
+    };
+    for (path, auth) in [("/secret", None), ("/secret/x", None), ("/secret", Some("Bearer wrong")), ("/secret/x", Some("Basic abc"))] {
+        let r = refused(path, auth).await;
+        assert_eq!(r.status, 401, "{path} {auth:?}: {}", r.body);
+        assert!(r.body.contains("API token"), "{}", r.body);
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    }
+    let s = call(public, "GET", "/secret/x", &[("authorization", bearer.as_str())], b"").await;
+    assert_eq!(s.upstream, "gate", "asleep, with the token: the gate wakes it: {s:?}");
+    admin_ok(admin, "POST", "/functions/secret/endpoints?wait=true", Some(json!({"address": format!("127.0.0.1:{}", replica.port)}))).await;
+    let r = http::request(public, "GET", "/secret/x", &[("authorization", bearer.as_str())], b"").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\"upstream\":\"replica\""), "{}", r.body);
+    assert_eq!(r.header("x-seen-authorization"), None, "the replica never sees the token");
+    assert_eq!(refused("/secret", None).await.status, 401, "awake: still refused without it");
+    let r = http::request(public, "GET", "/hello", &[("authorization", "Bearer mine")], b"").await.unwrap();
+    assert_eq!(r.header("x-seen-authorization"), Some("Bearer mine"), "a public function gets its callers' own Authorization");
+    admin_ok(admin, "DELETE", &format!("/functions/secret/endpoints/127.0.0.1:{}?wait=true", replica.port), None).await;
+    admin_ok(admin, "DELETE", "/functions/secret?wait=true", None).await;
+    assert_eq!(get("/secret").await.upstream, "gate", "removed: its refusals are gone (the gate's 404)");
+
     // A replica that refuses: the retry goes to the gate, with the path the client sent.
     let dead = format!("127.0.0.1:{}", free_port());
     admin_ok(admin, "DELETE", &format!("/functions/hello/endpoints/{addr}?wait=true"), None).await;

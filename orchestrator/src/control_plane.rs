@@ -4,8 +4,10 @@
 //! plane serves. At most [`MAX_IN_FLIGHT`] calls are under way at once, however many
 //! functions call at the same moment (ten thousand declaring themselves at a start).
 
+use crate::lifecycle::adoption;
 use reqwest::Method;
-use roost_common::auth::ControlToken;
+use roost_common::auth::{ApiToken, ControlToken};
+use roost_common::spec::FunctionSpec;
 use roost_common::wire::admin::{ApiError, Change, FunctionSettings, Functions, NewEndpoint, WaitQuery};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -70,12 +72,15 @@ pub struct ControlPlane {
     http: reqwest::Client,
     wait_ms: u64,
     in_flight: Arc<Semaphore>,
+    /// The token calls of an `auth: token` function must carry.
+    call_token: ApiToken,
 }
 
 impl ControlPlane {
     /// A client for the admin API at `base` (for example `http://127.0.0.1:18001`);
     /// changes wait up to `wait` for Envoy's ACK; every request carries `token` when given.
-    pub fn new(base: &str, wait: Duration, token: Option<&ControlToken>) -> ControlPlane {
+    /// Calls of `auth: token` functions must carry `call_token` (the API token).
+    pub fn new(base: &str, wait: Duration, token: Option<&ControlToken>, call_token: ApiToken) -> ControlPlane {
         let http = reqwest::Client::builder()
             .default_headers(token.map(ControlToken::headers).unwrap_or_default())
             .timeout(wait + Duration::from_secs(5))
@@ -87,7 +92,13 @@ impl ControlPlane {
             http,
             wait_ms: wait.as_millis() as u64,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            call_token,
         }
+    }
+
+    /// The change that declares `spec` to the control plane (see [`adoption::declaration`]).
+    pub fn declaration(&self, spec: &FunctionSpec) -> Change {
+        adoption::declaration(spec, &self.call_token)
     }
 
     /// Sends one request; the answer when it is 200, its `error` text otherwise.
@@ -136,9 +147,12 @@ impl ControlPlane {
     /// replicas reach Envoy before the next endpoint change's ACK (which every start waits
     /// for). Waiting here would hold each of thousands of declarations for the ACK of a
     /// change that sends Envoy nothing.
-    pub async fn put_function(&self, name: &str, concurrency: u32, timeout: Duration) -> Result<(), ControlPlaneError> {
-        let body = FunctionSettings { concurrency: Some(concurrency), timeout_ms: Some(timeout.as_millis() as u64) };
-        self.send(Method::PUT, format!("/functions/{name}"), Some(WaitQuery::at_once()), Some(&body)).await.map(drop)
+    pub async fn put_function(&self, spec: &FunctionSpec) -> Result<(), ControlPlaneError> {
+        let Change::PutFunction { concurrency, timeout_ms, auth, .. } = self.declaration(spec) else {
+            unreachable!("a declaration is a PutFunction")
+        };
+        let body = FunctionSettings { concurrency, timeout_ms, auth };
+        self.send(Method::PUT, format!("/functions/{}", spec.name), Some(WaitQuery::at_once()), Some(&body)).await.map(drop)
     }
 
     /// Tells the control plane the function's first replica is starting, so its cluster

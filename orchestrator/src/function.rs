@@ -371,7 +371,7 @@ impl Executor {
 
 /// Declares the function to the control plane (route, cluster) and lists it in Redis.
 async fn declare(ctx: &Ctx, spec: &FunctionSpec) -> Result<(), Cause> {
-    ctx.cp.put_function(&spec.name, spec.scaling.target_concurrency, spec.limits.timeout).await.map_err(cause)?;
+    ctx.cp.put_function(spec).await.map_err(cause)?;
     ctx.redis.set_hold(&spec.name, hold(spec)).await.map_err(cause)?;
     ctx.redis.declare(&spec.name).await.map_err(cause)
 }

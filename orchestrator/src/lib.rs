@@ -173,6 +173,19 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>
         None => (None, config.api_token.as_deref().filter(|t| !t.is_empty()).map(ApiToken::new).transpose()?),
     };
     let stored = store.as_ref().map(deployed::store::Store::load).unwrap_or_default();
+    // What calls of `auth: token` functions carry: the API token; without one, a random
+    // token nobody holds (such functions refuse every call rather than go public).
+    let call_token = match &api_token {
+        Some(t) => t.clone(),
+        None => {
+            warn!(
+                "no API token: functions with `auth: token` refuse every call; set {} or {}",
+                roost_common::env::DATA_DIR,
+                roost_common::env::API_TOKEN
+            );
+            ApiToken::random().map_err(|e| Error::DataDir(std::path::PathBuf::from("/dev/urandom"), e))?
+        }
+    };
     let state = api::Api::new(req_tx, health.clone(), runtime.logs(), shutdown.clone(), system::deploys(store, config.deploy_max_body));
     let mut routes = auth::guard(api::router(state.clone()), token.clone(), "orchestrator");
     match api_token {
@@ -200,7 +213,12 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>
         let ctx = Arc::new(Ctx {
             logs: runtime.logs(),
             runtime,
-            cp: control_plane::ControlPlane::new(&config.control_plane_url, Duration::from_millis(config.sync_timeout_ms), token.as_ref()),
+            cp: control_plane::ControlPlane::new(
+                &config.control_plane_url,
+                Duration::from_millis(config.sync_timeout_ms),
+                token.as_ref(),
+                call_token,
+            ),
             redis,
             envoy: envoy_admin::EnvoyAdmin::new(config.envoy_admin_url.clone(), token.as_ref()),
             metrics,

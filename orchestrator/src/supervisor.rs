@@ -143,7 +143,7 @@ impl Functions {
         let cp = self.ctx.cp.clone();
         let mailboxes: Vec<(String, mpsc::Sender<Msg>)> = self.map.iter().map(|(n, e)| (n.clone(), e.handle.tx.clone())).collect();
         let served: Vec<(Change, Option<SharedStatus>)> =
-            defs.values().map(|spec| (adoption::declaration(spec), self.map.get(&spec.name).map(|e| e.handle.status.clone()))).collect();
+            defs.values().map(|spec| (self.ctx.cp.declaration(spec), self.map.get(&spec.name).map(|e| e.handle.status.clone()))).collect();
         self.deliveries.spawn(async move {
             let routed = match cp.functions().await {
                 Ok(routed) => routed,
@@ -545,7 +545,7 @@ async fn adopt(ctx: &Arc<Ctx>, defs: &Definitions, fns: &mut Functions) {
         };
         let registered = match spec {
             Some(s) if healthy => {
-                let declared = ctx.cp.put_function(&s.name, s.scaling.target_concurrency, s.limits.timeout).await;
+                let declared = ctx.cp.put_function(s).await;
                 match declared.and(ctx.cp.add_endpoint(&s.name, replica.address).await) {
                     Ok(()) => true,
                     Err(e) => {

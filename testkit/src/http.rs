@@ -125,7 +125,7 @@ pub async fn raw_exchange(port: u16, payload: &[u8]) -> Option<Vec<u8>> {
 /// An HTTP/1.1 upstream on a free port that answers every request with
 /// `{"upstream":"<name>","path":"<path and query>"}`, optionally after a delay, and
 /// echoes the request's `x-envoy-original-path` and `x-request-id` back as
-/// `x-seen-original-path` and `x-seen-request-id`. It keeps connections alive, as Envoy
+/// `x-seen-original-path`, `x-seen-request-id` and `x-seen-authorization`. It keeps connections alive, as Envoy
 /// expects.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -226,7 +226,7 @@ async fn serve_conn(mut conn: TcpStream, reply: Arc<Reply>, hits: Arc<AtomicU64>
             .filter_map(|l| l.split_once(':'))
             .filter_map(|(k, v)| {
                 let k = k.trim().to_ascii_lowercase();
-                ["x-envoy-original-path", "x-request-id"]
+                ["x-envoy-original-path", "x-request-id", "authorization"]
                     .contains(&k.as_str())
                     .then(|| format!("x-seen-{}: {}\r\n", k.trim_start_matches("x-envoy-").trim_start_matches("x-"), v.trim()))
             })

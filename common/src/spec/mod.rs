@@ -36,6 +36,9 @@
 //!     readiness:
 //!       path: /healthz              # probed until it answers 2xx; or `readiness: /healthz`
 //!       timeout: 30s                # a replica not ready by then failed to start
+//!     auth: none                    # none (public) | token: calls need the platform's
+//!                                   # API token (Authorization: Bearer), which Envoy
+//!                                   # checks and removes before the function sees it
 //! ```
 //!
 //! Durations are a whole number with a unit, `500ms`, `10s`, `2m` or `1h`, or a bare
@@ -140,6 +143,19 @@ pub struct FunctionSpec {
     /// 20 s is a slow start, not a failure); the gate holds callers this long and more.
     #[serde(serialize_with = "units::serialize_duration")]
     pub readiness_timeout: Duration,
+    /// Who may call it.
+    pub auth: Auth,
+}
+
+/// Who may call a function.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Auth {
+    /// Anyone who reaches the platform's port.
+    #[default]
+    None,
+    /// Callers with the platform's API token (`Authorization: Bearer`).
+    Token,
 }
 
 /// How a function runs: its kind (`runtime:` in the file, `python`, `command` or

@@ -9,12 +9,12 @@ use serde_yaml::{Mapping, Value};
 
 use super::units::{parse_duration, parse_size};
 use super::{
-    Definitions, FunctionKind, FunctionSpec, Limits, Scaling, SpecError, SpecErrors, COMMAND_FUNCTIONS_DIR, DEFAULT_READINESS_PATH,
+    Auth, Definitions, FunctionKind, FunctionSpec, Limits, Scaling, SpecError, SpecErrors, COMMAND_FUNCTIONS_DIR, DEFAULT_READINESS_PATH,
     DEFAULT_READINESS_TIMEOUT, MAX_REPLICAS, MAX_TARGET_CONCURRENCY, MIN_MEMORY, PYTHON_FUNCTIONS_DIR, TOP_LEVEL_KEY,
 };
 use crate::naming::{validate_function_name, MAX_FUNCTION_NAME_LEN};
 
-const FUNCTION_FIELDS: &[&str] = &["name", "version", "configuration", "runtime", "scaling", "limits", "env", "readiness"];
+const FUNCTION_FIELDS: &[&str] = &["name", "version", "configuration", "runtime", "scaling", "limits", "env", "readiness", "auth"];
 const CONFIGURATION_FIELDS: &[&str] = &["programing_language", "base_function_file_name", "function_folder", "extra_dependencies"];
 const RUNTIME_FIELDS: &[&str] = &["kind", "command", "image"];
 const SCALING_FIELDS: &[&str] = &["min_replicas", "max_replicas", "target_concurrency", "idle_timeout"];
@@ -182,6 +182,18 @@ fn parse_function(key: &str, value: &Value, base_dir: Option<&Path>, errors: &mu
         Some((path, v)) => c.readiness(&path, v),
         None => (Some(DEFAULT_READINESS_PATH.to_string()), DEFAULT_READINESS_TIMEOUT),
     };
+    let auth = match fields.get("auth").map(|(path, v)| (path, v.as_str())) {
+        None | Some((_, Some("none"))) => Some(Auth::None),
+        Some((_, Some("token"))) => Some(Auth::Token),
+        Some((path, _)) => {
+            c.fail(
+                &path,
+                "is neither none nor token",
+                "write `auth: token` (calls need the API token) or `auth: none` (public, the default)",
+            );
+            None
+        }
+    };
 
     if c.errors.len() > errors_before {
         return None;
@@ -196,6 +208,7 @@ fn parse_function(key: &str, value: &Value, base_dir: Option<&Path>, errors: &mu
         env,
         readiness_path: readiness_path?,
         readiness_timeout,
+        auth: auth?,
     })
 }
 
@@ -956,6 +969,16 @@ mod tests {
     }
 
     #[test]
+    fn auth_is_none_by_default_token_when_asked_and_nothing_else() {
+        let yaml = with_functions(&[python_fn("a", ""), python_fn("b", "    auth: token\n"), python_fn("c", "    auth: none\n")]);
+        let defs = parse(&yaml).unwrap();
+        assert_eq!((defs["a"].auth, defs["b"].auth, defs["c"].auth), (Auth::None, Auth::Token, Auth::None));
+        let errors = errors(&with_functions(&[python_fn("d", "    auth: password\n")]));
+        assert_eq!(fields(&errors), [("d".to_string(), "auth".to_string())]);
+        assert!(errors[0].to_string().contains("auth: token"), "{}", errors[0]);
+    }
+
+    #[test]
     fn env_errors() {
         let yaml = with_functions(&[python_fn("f", "    env:\n      PORT: 1\n      ROOST_X: 1\n      1BAD: 1\n      LIST: [1]\n")]);
         let errors = errors(&yaml);
@@ -1058,7 +1081,7 @@ mod tests {
             parse(&yaml).unwrap_err().to_string(),
             "2 problem(s) in the function definitions:\n  \
              - function \"f\": colour: unknown field; allowed fields here: name, version, \
-             configuration, runtime, scaling, limits, env, readiness\n  \
+             configuration, runtime, scaling, limits, env, readiness, auth\n  \
              - function \"f\": scaling.min_replicas: 4 is above max_replicas (2); \
              make min_replicas at most max_replicas"
         );

@@ -17,7 +17,7 @@ pub const MAX_WAIT_MS: u64 = 60_000;
 /// The body of `PUT /functions/{name}`: the settings of a function, each optional: absent
 /// ones keep their current value (or the default for a new function). An empty body is
 /// all absent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionSettings {
     /// Requests one replica serves at once (Envoy's per-host `max_connections`).
@@ -26,6 +26,11 @@ pub struct FunctionSettings {
     /// Route timeout for one request, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// The bearer token every call must carry (Envoy checks it, and removes it before the
+    /// function sees it); absent: a public function. Unlike the others, not kept from
+    /// before: every put says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
 }
 
 /// The body of `POST /functions/{name}/endpoints`.
@@ -51,6 +56,9 @@ pub enum Change {
         /// See [`FunctionSettings::timeout_ms`]; absent keeps the current value.
         #[serde(default)]
         timeout_ms: Option<u64>,
+        /// See [`FunctionSettings::auth`]; absent: public.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auth: Option<String>,
     },
     /// The function's first replica is starting: its cluster goes into Envoy now, while
     /// the replica starts, so that the replica's registration sends Envoy only its
@@ -265,7 +273,10 @@ mod tests {
         let v = serde_json::to_value(&entry).unwrap();
         assert_eq!((v["name"].as_str(), v["concurrency"].as_u64()), (Some("hello"), Some(2)));
         assert_eq!(serde_json::to_string(&Applied { generation: 3, synced: None, envoys: None }).unwrap(), r#"{"generation":3}"#);
-        assert_eq!(serde_json::to_string(&FunctionSettings { concurrency: Some(4), timeout_ms: None }).unwrap(), r#"{"concurrency":4}"#);
+        assert_eq!(
+            serde_json::to_string(&FunctionSettings { concurrency: Some(4), timeout_ms: None, auth: None }).unwrap(),
+            r#"{"concurrency":4}"#
+        );
         assert!(serde_json::from_str::<FunctionSettings>(r#"{"concurrancy":2}"#).is_err());
         let c: Vec<Change> = serde_json::from_str(r#"[{"op":"add_endpoint","function":"f","address":"127.0.0.1:1"}]"#).unwrap();
         assert_eq!(c, [Change::AddEndpoint { function: "f".into(), address: "127.0.0.1:1".into() }]);

@@ -290,7 +290,7 @@ mod tests {
         let mut s = connected(&snap1);
         let mut m = crate::model::Model::default();
         m.apply_all(&[
-            crate::model::Change::PutFunction { function: "a".into(), concurrency: Some(7), timeout_ms: None },
+            crate::model::Change::PutFunction { function: "a".into(), concurrency: Some(7), timeout_ms: None, auth: None },
             crate::model::Change::AddEndpoint { function: "a".into(), address: "127.0.0.1:1".into() },
         ])
         .unwrap();

@@ -266,7 +266,7 @@ pub(crate) mod test_support {
     pub fn snapshot(generation: u64, functions: &[(&str, &[&str])]) -> Snapshot {
         let mut m = Model::default();
         for (f, eps) in functions {
-            m.apply(&Change::PutFunction { function: (*f).into(), concurrency: None, timeout_ms: None }).unwrap();
+            m.apply(&Change::PutFunction { function: (*f).into(), concurrency: None, timeout_ms: None, auth: None }).unwrap();
             for e in *eps {
                 m.apply(&Change::AddEndpoint { function: (*f).into(), address: (*e).into() }).unwrap();
             }

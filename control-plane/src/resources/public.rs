@@ -32,7 +32,8 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, retry_policy::RetryPriority, route::Action, route_action::ClusterSpecifier,
-    route_match::PathSpecifier, HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    route_match::PathSpecifier, DirectResponseAction, HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch,
+    VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig as AggregateConfig;
 use envoy_types::pb::envoy::extensions::filters::http::buffer::v3::{buffer_per_route, Buffer, BufferPerRoute};
@@ -231,6 +232,12 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
     if settings.public.as_ref().is_some_and(|p| p.system.is_some()) {
         routes.push(to_system());
     }
+    // `auth: token` functions, awake or not: a call without the token is answered here.
+    for (name, f) in &model.functions {
+        if let Some(token) = &f.auth {
+            routes.extend(refusals(name, token));
+        }
+    }
     routes.push(to_gate("other-request-id", vec![header("x-request-id", HeaderMatchSpecifier::StringMatch(id_regex), true)]));
     for (name, f) in model.functions.iter().filter(|(_, f)| serving(f)) {
         let exact = PathSpecifier::Path(format!("/{name}"));
@@ -240,6 +247,7 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
                 name: format!("{name}-{suffix}"),
                 r#match: Some(RouteMatch { path_specifier: Some(spec), ..Default::default() }),
                 action: Some(Action::Route(direct_action(name, f, settings))),
+                request_headers_to_remove: super::credentials_removed(f),
                 ..Default::default()
             });
         }
@@ -266,6 +274,49 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
         }],
         ..Default::default()
     }
+}
+
+/// The routes that answer 401 to a call of an `auth: token` function without `token`:
+/// no `Authorization` header, or another one; for `/<name>` and below.
+fn refusals(name: &str, token: &str) -> Vec<Route> {
+    let expected = format!("Bearer {token}");
+    let wrong = StringMatcher { match_pattern: Some(MatchPattern::Exact(expected)), ..Default::default() };
+    let missing = HeaderMatcher {
+        name: "authorization".into(),
+        header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
+        invert_match: true,
+        ..Default::default()
+    };
+    let unauthorized = || {
+        Action::DirectResponse(DirectResponseAction {
+            status: 401,
+            body: Some(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(format!(
+                    "function {name:?} needs the platform's API token: send Authorization: Bearer <API token>"
+                ))),
+                ..Default::default()
+            }),
+            body_format: None,
+        })
+    };
+    let mut routes = Vec::new();
+    for (suffix, path) in [("exact", PathSpecifier::Path(format!("/{name}"))), ("prefix", PathSpecifier::Prefix(format!("/{name}/")))] {
+        for (what, matcher) in
+            [("missing", missing.clone()), ("wrong", header("authorization", HeaderMatchSpecifier::StringMatch(wrong.clone()), true))]
+        {
+            routes.push(Route {
+                name: format!("{name}-{suffix}-auth-{what}"),
+                r#match: Some(RouteMatch { path_specifier: Some(path.clone()), headers: vec![matcher], ..Default::default() }),
+                action: Some(unauthorized()),
+                response_headers_to_add: vec![HeaderValueOption {
+                    header: Some(HeaderValue { key: "www-authenticate".into(), value: "Bearer".into(), ..Default::default() }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+    }
+    routes
 }
 
 /// To a function's replicas, then the gate: the function's timeout, its prefix stripped.
@@ -354,7 +405,7 @@ mod tests {
     }
 
     fn put(name: &str) -> Change {
-        Change::PutFunction { function: name.into(), concurrency: None, timeout_ms: Some(1500) }
+        Change::PutFunction { function: name.into(), concurrency: None, timeout_ms: Some(1500), auth: None }
     }
 
     fn routes(s: &Snapshot) -> Vec<Route> {
@@ -367,6 +418,37 @@ mod tests {
             panic!("{r:?}")
         };
         c.clone()
+    }
+
+    #[test]
+    fn an_auth_function_is_refused_without_its_token_asleep_or_awake_and_its_replicas_never_see_it() {
+        let token = "the-api-token-0123456789";
+        let put_secret = Change::PutFunction { function: "s".into(), concurrency: None, timeout_ms: None, auth: Some(token.into()) };
+        let add = Change::AddEndpoint { function: "s".into(), address: "127.0.0.1:5000".into() };
+        let with_system = BuildSettings { public: Some(PublicEntry { system: Some(("orch".into(), 18002)), ..entry() }), ..settings() };
+        for (what, changes) in [("asleep", vec![put_secret.clone()]), ("awake", vec![put_secret.clone(), add.clone()])] {
+            let snap = build(&model(&changes), &with_system, 1);
+            let names: Vec<String> = routes(&snap).iter().map(|r| r.name.clone()).collect();
+            assert_eq!(
+                names[..5],
+                ["system", "s-exact-auth-missing", "s-exact-auth-wrong", "s-prefix-auth-missing", "s-prefix-auth-wrong"],
+                "{what}: the refusals come right after the management API, before any way to the gate or a replica"
+            );
+            let wrong = &routes(&snap)[2];
+            assert!(matches!(&wrong.action, Some(Action::DirectResponse(d)) if d.status == 401), "{wrong:?}");
+            let m = &wrong.r#match.as_ref().unwrap().headers[0];
+            assert!(m.invert_match && m.name == "authorization", "{m:?}");
+        }
+        let awake = build(&model(&[put_secret.clone(), add.clone()]), &with_system, 1);
+        let direct = routes(&awake).into_iter().find(|r| r.name == "s-exact").unwrap();
+        assert_eq!(direct.request_headers_to_remove, ["authorization"], "stripped before the replica");
+        let gates = RouteConfiguration::decode(&*awake.of(Kind::Route)[crate::resources::ROUTE_CONFIG_NAME].body.value).unwrap();
+        let behind_gate = gates.virtual_hosts[0].routes.iter().find(|r| r.name == "s-exact").unwrap();
+        assert_eq!(behind_gate.request_headers_to_remove, ["authorization"], "and on the gate's way");
+        // A public function keeps its callers' Authorization.
+        let public =
+            build(&model(&[put("p"), Change::AddEndpoint { function: "p".into(), address: "127.0.0.1:5001".into() }]), &settings(), 1);
+        assert!(routes(&public).iter().find(|r| r.name == "p-exact").unwrap().request_headers_to_remove.is_empty());
     }
 
     #[test]

@@ -3,18 +3,21 @@
 //! what it hands over to a control plane that started without a saved model. Pure: the
 //! supervisor lists, probes and registers, then asks here.
 
-use roost_common::spec::FunctionSpec;
+use roost_common::auth::ApiToken;
+use roost_common::spec::{Auth, FunctionSpec};
 use roost_common::wire::admin::Change;
 use roost_common::wire::status::{FunctionStatus, ReplicaPhase};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-/// A function's routing settings, as the change that declares it to the control plane.
-pub fn declaration(spec: &FunctionSpec) -> Change {
+/// A function's routing settings, as the change that declares it to the control plane:
+/// with `auth: token`, calls must carry `call_token`.
+pub fn declaration(spec: &FunctionSpec, call_token: &ApiToken) -> Change {
     Change::PutFunction {
         function: spec.name.clone(),
         concurrency: Some(spec.scaling.target_concurrency),
         timeout_ms: Some(spec.limits.timeout.as_millis() as u64),
+        auth: (spec.auth == Auth::Token).then(|| call_token.expose().to_string()),
     }
 }
 
@@ -101,7 +104,8 @@ mod tests {
     #[test]
     fn a_handover_declares_a_function_and_only_its_ready_replicas() {
         use roost_common::wire::status::{FunctionState, ReplicaStatus};
-        let yaml = "usable-functions:\n  f:\n    version: 1\n    runtime: {kind: image, image: x}\n    scaling: {target_concurrency: 3}\n    limits: {timeout: 7s}\n  g:\n    version: 1\n    runtime: {kind: image, image: x}\n";
+        let yaml = "usable-functions:\n  f:\n    version: 1\n    runtime: {kind: image, image: x}\n    scaling: {target_concurrency: 3}\n    limits: {timeout: 7s}\n  g:\n    version: 1\n    runtime: {kind: image, image: x}\n    auth: token\n";
+        let token = ApiToken::new("the-api-token-0123456789").unwrap();
         let defs = roost_common::spec::parse(yaml).unwrap();
         let replica = |id: &str, address: &str, phase| ReplicaStatus {
             id: id.into(),
@@ -112,10 +116,16 @@ mod tests {
         };
         let mut f = FunctionStatus::empty("f", FunctionState::Ready);
         f.replicas = vec![replica("f-1", "10.0.0.1:8000", ReplicaPhase::Ready), replica("f-2", "10.0.0.2:8000", ReplicaPhase::Draining)];
-        let put = |name: &str, c, t| Change::PutFunction { function: name.into(), concurrency: Some(c), timeout_ms: Some(t) };
-        assert_eq!(declaration(&defs["f"]), put("f", 3, 7000));
+        let put = |name: &str, c, t, auth: Option<&str>| Change::PutFunction {
+            function: name.into(),
+            concurrency: Some(c),
+            timeout_ms: Some(t),
+            auth: auth.map(String::from),
+        };
+        assert_eq!(declaration(&defs["f"], &token), put("f", 3, 7000, None), "public: no token");
         let g = &defs["g"];
-        assert_eq!(declaration(g), put("g", g.scaling.target_concurrency, g.limits.timeout.as_millis() as u64));
+        let want = put("g", g.scaling.target_concurrency, g.limits.timeout.as_millis() as u64, Some("the-api-token-0123456789"));
+        assert_eq!(declaration(g, &token), want, "auth: token: calls carry the API token");
         let got: Vec<Change> = ready_endpoints(&f).collect();
         assert_eq!(got, [Change::AddEndpoint { function: "f".into(), address: "10.0.0.1:8000".into() }]);
     }
