@@ -431,6 +431,7 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
             .env(env::STATE_DIR, opts.work_dir.join("replicas"))
             .env(env::ORCHESTRATOR_BIND, format!("127.0.0.1:{orch}"))
             .env(env::DATA_DIR, &data_dir)
+            .env(env::METRICS_URL, format!("http://127.0.0.1:{metrics}/metrics"))
             .env(env::CONTROL_TOKEN_FILE, &token_file)
             .env(env::STATSD_ADDR, format!("127.0.0.1:{statsd}")),
     )?;
@@ -484,6 +485,7 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpE
     println!("  definitions:   {} (edits apply within a second)", opts.definitions.display());
     println!("  deploy:        roost deploy FOLDER|FILE   (management API: http://localhost:{}/system/functions)", opts.port);
     println!("  API token:     {api_token}   (Authorization: Bearer; kept in {})", opts.work_dir.join("data").display());
+    println!("  metrics:       http://localhost:{}/system/metrics   (Prometheus; the API token)", opts.port);
     println!("  orchestrator:  http://127.0.0.1:{orch}/status   (roost ls, roost logs NAME: found through {})", env_file.display());
     println!("  control plane: http://127.0.0.1:{cp_admin}/functions");
     println!(

@@ -117,6 +117,9 @@ names! {
     STATSD_BIND = "ROOST_STATSD_BIND";
     /// The statsd-listener's Prometheus `/metrics`.
     METRICS_BIND = "ROOST_METRICS_BIND";
+    /// The statsd-listener's `/metrics`, as a URL: the management API serves it at
+    /// `/system/metrics` (orchestrator).
+    METRICS_URL = "ROOST_METRICS_URL";
     /// How often each function's load is written to Redis, in milliseconds.
     FLUSH_INTERVAL_MS = "ROOST_FLUSH_INTERVAL_MS";
     /// Senders the statsd-listener believes: IPs, CIDRs, host names, `*` (default: loopback).

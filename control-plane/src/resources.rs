@@ -26,8 +26,9 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
-    retry_policy::RetryHostPredicate, route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, DirectResponseAction,
-    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    header_matcher::HeaderMatchSpecifier, retry_policy::RetryHostPredicate, route::Action, route_action::ClusterSpecifier,
+    route_match::PathSpecifier, DirectResponseAction, HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch,
+    VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -35,6 +36,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 pub use roost_common::hash::fnv1a;
@@ -351,6 +353,14 @@ pub(crate) fn router_filter() -> HttpFilter {
 /// replica, and Envoy's own 503 makes the gate wake it again (`@rewake` in nginx.conf).
 pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguration {
     let mut routes = Vec::new();
+    // `auth: token` functions first, in Envoy or not: a call the gate holds is checked
+    // here too (the gate passes the header on), so none reaches a replica without the
+    // token, even one that came in before its function's declaration did.
+    for (name, f) in &model.functions {
+        if let Some(token) = &f.auth {
+            routes.extend(refusals(name, token));
+        }
+    }
     for (name, f) in model.functions.iter().filter(|(_, f)| in_envoy(f)) {
         let exact = PathSpecifier::Path(format!("/{name}"));
         let below = PathSpecifier::Prefix(format!("/{name}/"));
@@ -364,6 +374,58 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
         virtual_hosts: vec![VirtualHost { name: "functions".into(), domains: vec!["*".into()], routes, ..Default::default() }],
         ..Default::default()
     }
+}
+
+/// The routes that answer 401 to a call of an `auth: token` function without `token`:
+/// no `Authorization` header, or another one; for `/<name>` and below.
+pub(crate) fn refusals(name: &str, token: &str) -> Vec<Route> {
+    let expected = format!("Bearer {token}");
+    let wrong = StringMatcher { match_pattern: Some(MatchPattern::Exact(expected)), ..Default::default() };
+    let missing = HeaderMatcher {
+        name: "authorization".into(),
+        header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
+        invert_match: true,
+        ..Default::default()
+    };
+    let unauthorized = || {
+        Action::DirectResponse(DirectResponseAction {
+            status: 401,
+            body: Some(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(format!(
+                    "function {name:?} needs the platform's API token: send Authorization: Bearer <API token>"
+                ))),
+                ..Default::default()
+            }),
+            body_format: None,
+        })
+    };
+    let mut routes = Vec::new();
+    for (suffix, path) in [("exact", PathSpecifier::Path(format!("/{name}"))), ("prefix", PathSpecifier::Prefix(format!("/{name}/")))] {
+        for (what, matcher) in [
+            ("missing", missing.clone()),
+            (
+                "wrong",
+                HeaderMatcher {
+                    name: "authorization".into(),
+                    header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(wrong.clone())),
+                    invert_match: true,
+                    ..Default::default()
+                },
+            ),
+        ] {
+            routes.push(Route {
+                name: format!("{name}-{suffix}-auth-{what}"),
+                r#match: Some(RouteMatch { path_specifier: Some(path.clone()), headers: vec![matcher], ..Default::default() }),
+                action: Some(unauthorized()),
+                response_headers_to_add: vec![HeaderValueOption {
+                    header: Some(HeaderValue { key: "www-authenticate".into(), value: "Bearer".into(), ..Default::default() }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+    }
+    routes
 }
 
 fn function_route(name: &str, suffix: &str, spec: PathSpecifier, f: &Function, settings: &BuildSettings) -> Route {

@@ -76,8 +76,10 @@ impl Store {
         for (function, ((was_in_envoy, was_serving), was_auth, settings_put)) in before {
             let f = inner.model.functions.get(function);
             let (in_envoy, serving) = Self::routing(f);
-            routes_changed |= was_in_envoy != in_envoy || (settings_put && in_envoy);
-            public_changed |= was_serving != serving || was_auth.as_ref() != f.and_then(|f| f.auth.as_ref());
+            // A call token is in both tables whether the function is in Envoy or not.
+            let auth_changed = was_auth.as_ref() != f.and_then(|f| f.auth.as_ref());
+            routes_changed |= was_in_envoy != in_envoy || (settings_put && in_envoy) || auth_changed;
+            public_changed |= was_serving != serving;
             resources::put_function(&mut snapshot, &inner.model, function, &self.settings);
         }
         if routes_changed {

@@ -271,7 +271,7 @@ mod tests {
                 }
             });
             let shutdown = CancellationToken::new();
-            let api = Api::new(tx, Arc::default(), logs.clone(), shutdown.clone(), crate::system::deploys(None, 1024));
+            let api = Api::new(tx, Arc::default(), logs.clone(), shutdown.clone(), crate::system::deploys(None, 1024, None));
             let app = roost_common::auth::guard(router(api), token, "orchestrator");
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());

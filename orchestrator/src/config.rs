@@ -90,6 +90,11 @@ pub struct Config {
     #[arg(long, env = env::API_TOKEN, hide_env_values = true)]
     pub api_token: Option<String>,
 
+    /// The statsd-listener's Prometheus endpoint (`http://host:port/metrics`), served
+    /// again at `/system/metrics` behind the API token; unset: that path answers 503.
+    #[arg(long, env = env::METRICS_URL)]
+    pub metrics_url: Option<String>,
+
     /// Largest deploy the management API takes, compressed (bytes, or 64k, 100m).
     #[arg(long, env = env::DEPLOY_MAX_BODY, default_value = "64m", value_parser = parse_body_size)]
     pub deploy_max_body: u64,

@@ -86,8 +86,16 @@ pub fn task(ctx: Arc<Ctx>, spec: Arc<FunctionSpec>, hash: String) -> (Handle, im
     let (tx, rx) = mpsc::channel(MAILBOX);
     let status: SharedStatus = Arc::new(RwLock::new(Some(machine.status(Instant::now()))));
     let span = tracing::info_span!("function", name = %machine.name());
-    let exec =
-        Executor { ctx, machine, waiters: HashMap::new(), next_waiter: 0, status: status.clone(), gone: false, work: JoinSet::new() };
+    let exec = Executor {
+        ctx,
+        machine,
+        waiters: HashMap::new(),
+        next_waiter: 0,
+        status: status.clone(),
+        gone: false,
+        reported: (0, 0),
+        work: JoinSet::new(),
+    };
     (Handle { tx, status }, exec.run(rx, first).instrument(span))
 }
 
@@ -99,6 +107,8 @@ struct Executor {
     status: SharedStatus,
     /// Removed: `/status` no longer lists it.
     gone: bool,
+    /// The replicas ready and starting last sent as metrics.
+    reported: (usize, usize),
     /// Effects under way; each ends with the event it reports (if any).
     work: JoinSet<Option<Event>>,
 }
@@ -145,8 +155,15 @@ impl Executor {
 
     /// Writes the machine's status to the shared cell, through `held` when the cell is
     /// already held by this dispatch.
-    async fn publish_status(&self, held: &mut Option<OwnedRwLockWriteGuard<Option<FunctionStatus>>>) {
+    async fn publish_status(&mut self, held: &mut Option<OwnedRwLockWriteGuard<Option<FunctionStatus>>>) {
         let status = (!self.gone).then(|| self.machine.status(Instant::now()));
+        // Replicas ready and starting, as statsd gauges, when they change (the platform's
+        // metrics endpoint shows them).
+        let counts = status.as_ref().map_or((0, 0), |s| (s.ready_replicas(), s.starting));
+        if counts != self.reported {
+            self.reported = counts;
+            self.ctx.metrics.replicas(self.machine.name(), counts.0, counts.1);
+        }
         match held {
             Some(cell) => **cell = status,
             None => *self.status.write().await = status,

@@ -186,7 +186,13 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>
             ApiToken::random().map_err(|e| Error::DataDir(std::path::PathBuf::from("/dev/urandom"), e))?
         }
     };
-    let state = api::Api::new(req_tx, health.clone(), runtime.logs(), shutdown.clone(), system::deploys(store, config.deploy_max_body));
+    let state = api::Api::new(
+        req_tx,
+        health.clone(),
+        runtime.logs(),
+        shutdown.clone(),
+        system::deploys(store, config.deploy_max_body, config.metrics_url.clone()),
+    );
     let mut routes = auth::guard(api::router(state.clone()), token.clone(), "orchestrator");
     match api_token {
         Some(t) => routes = routes.merge(auth::guard_api(system::router(state), t)),

@@ -1,7 +1,7 @@
 //! The orchestrator's own metrics, sent as statsd (`roost.orchestrator.*`) with cadence.
 
 use crate::lifecycle::Metric;
-use cadence::{CountedExt, StatsdClient, Timed};
+use cadence::{CountedExt, Gauged, StatsdClient, Timed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,21 @@ impl Metrics {
             None => StatsdClient::from_sink("roost.orchestrator", cadence::NopMetricSink),
         };
         Ok(Metrics { client: Arc::new(client) })
+    }
+
+    /// Sends `function`'s replicas ready and starting (gauges `replicas.ready` and
+    /// `replicas.starting`).
+    pub fn replicas(&self, function: &str, ready: usize, starting: usize) {
+        let c = &self.client;
+        let sent = c
+            .gauge_with_tags("replicas.ready", ready as u64)
+            .with_tag("function", function)
+            .try_send()
+            .map(drop)
+            .and(c.gauge_with_tags("replicas.starting", starting as u64).with_tag("function", function).try_send().map(drop));
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "a statsd metric was dropped");
+        }
     }
 
     /// Sends one metric of `function`. Metrics are best effort: a full socket buffer

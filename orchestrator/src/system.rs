@@ -18,7 +18,8 @@ use roost_common::wire::system::{DeployQuery, Describe, FunctionInfo, FunctionLi
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-/// What deploys need: the store (none without a data directory) and the body limit.
+/// What the management API needs: the store (none without a data directory), the body
+/// limit, and where the platform's metrics are.
 #[derive(Debug)]
 pub struct Deploys {
     /// The deployed functions' store.
@@ -27,6 +28,10 @@ pub struct Deploys {
     pub max_body: u64,
     /// Deploys, scales and removals one at a time.
     pub lock: tokio::sync::Mutex<()>,
+    /// The statsd-listener's `/metrics` URL.
+    pub metrics_url: Option<String>,
+    /// The client that reads it.
+    pub http: reqwest::Client,
 }
 
 /// The management routes (to be guarded by the API token).
@@ -37,6 +42,7 @@ pub fn router(api: Api) -> Router {
         .route("/system/functions/{name}", get(describe).put(deploy).delete(remove))
         .route("/system/functions/{name}/scale", post(scale))
         .route("/system/functions/{name}/logs", get(api::function_logs))
+        .route("/system/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(usize::try_from(max_body).unwrap_or(usize::MAX)))
         .with_state(api)
 }
@@ -231,7 +237,27 @@ async fn scale(State(api): State<Api>, Path(name): Path<String>, body: Bytes) ->
     changed(&api, &name, StatusCode::OK).await
 }
 
+/// The platform's Prometheus metrics: the statsd-listener's `/metrics` (Envoy's and the
+/// orchestrator's series per function, the listener's own), behind the API token.
+async fn metrics(State(api): State<Api>) -> Answer {
+    let url = api.deploys.metrics_url.as_deref().ok_or_else(|| {
+        Failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no metrics endpoint configured; set ROOST_METRICS_URL to the statsd-listener's /metrics".into(),
+        )
+    })?;
+    let unreachable =
+        |e: reqwest::Error| Failure(StatusCode::BAD_GATEWAY, format!("the statsd-listener's metrics at {url} do not answer: {e}"));
+    let r = api.deploys.http.get(url).send().await.map_err(unreachable)?;
+    if !r.status().is_success() {
+        return Err(Failure(StatusCode::BAD_GATEWAY, format!("the statsd-listener's metrics at {url} answered {}", r.status())));
+    }
+    let text = r.text().await.map_err(unreachable)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
 /// The management API's state, shared with the orchestrator's API.
-pub fn deploys(store: Option<Store>, max_body: u64) -> Arc<Deploys> {
-    Arc::new(Deploys { store, max_body, lock: tokio::sync::Mutex::new(()) })
+pub fn deploys(store: Option<Store>, max_body: u64, metrics_url: Option<String>) -> Arc<Deploys> {
+    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build().expect("a plain HTTP client always builds");
+    Arc::new(Deploys { store, max_body, lock: tokio::sync::Mutex::new(()), metrics_url, http })
 }

@@ -11,6 +11,8 @@
 //! - [`refresh`]: the declared functions and the allowed addresses, kept fresh.
 //! - [`server`]: the UDP loop.
 //! - [`sink`]: writing to Redis, reconnecting, bounded while Redis is away.
+//! - [`series`]: the platform's Prometheus series (calls by code, durations, cold
+//!   starts, replicas), under Roost's and OpenFaaS's names.
 //! - [`metrics`]: `/metrics` in Prometheus text format.
 //! - [`config`]: flags and `ROOST_...` variables.
 
@@ -20,6 +22,7 @@ pub mod config;
 pub mod metrics;
 pub mod parser;
 pub mod refresh;
+pub mod series;
 pub mod server;
 pub mod sink;
 

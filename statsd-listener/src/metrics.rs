@@ -1,5 +1,5 @@
-//! `/metrics` in Prometheus text format: the listener's own counters and each function's
-//! load. Label values are function names, which are validated and bounded in number.
+//! `/metrics` in Prometheus text format: the listener's own counters, each function's
+//! load, and the platform's series ([`crate::series`]). Label values are function names, which are validated and bounded in number.
 
 use crate::aggregate::Load;
 use std::collections::BTreeMap;
@@ -30,6 +30,8 @@ pub struct Stats {
     pub expired_gauges: AtomicU64,
     /// The newest load of every function, for `/metrics`.
     pub loads: Mutex<BTreeMap<String, Load>>,
+    /// Calls by code, durations, cold starts and replicas of every function.
+    pub series: Mutex<crate::series::Series>,
 }
 
 /// Renders the Prometheus text exposition.
@@ -65,6 +67,8 @@ pub fn render(stats: &Stats) -> String {
             let _ = writeln!(out, "{name}{{function=\"{function}\"}} {}", get(load));
         }
     }
+    drop(loads);
+    stats.series.lock().unwrap_or_else(|e| e.into_inner()).render(&mut out);
     out
 }
 

@@ -61,10 +61,14 @@ pub fn handle_datagram(agg: &mut Aggregator, stats: &Stats, datagram: &[u8], now
     stats.packets.fetch_add(1, Ordering::Relaxed);
     let (mut lines, mut errors) = (0u64, 0u64);
     let unknown_before = agg.unknown;
+    let mut series = stats.series.lock().unwrap_or_else(|e| e.into_inner());
     for line in parse_datagram(datagram) {
         lines += 1;
         match line {
             Ok(m) => {
+                if series.observe(&m, |f| agg.is_declared(f)) {
+                    continue;
+                }
                 if agg.observe(&m, now) == Observed::Queued {
                     if let Some((f, _)) = crate::aggregate::classify(m.name) {
                         queued.insert(f.to_string());
@@ -118,8 +122,10 @@ pub async fn run(socket: UdpSocket, sink: Arc<Sink>, stats: Arc<Stats>, inputs: 
                 let gone = agg.set_declared((**declared.borrow_and_update()).clone());
                 if !gone.is_empty() {
                     let mut loads = stats.loads.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut series = stats.series.lock().unwrap_or_else(|e| e.into_inner());
                     for f in &gone {
                         loads.remove(f);
+                        series.forget(f);
                     }
                 }
             }

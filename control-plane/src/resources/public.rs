@@ -32,8 +32,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, retry_policy::RetryPriority, route::Action, route_action::ClusterSpecifier,
-    route_match::PathSpecifier, DirectResponseAction, HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch,
-    VirtualHost,
+    route_match::PathSpecifier, HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig as AggregateConfig;
 use envoy_types::pb::envoy::extensions::filters::http::buffer::v3::{buffer_per_route, Buffer, BufferPerRoute};
@@ -235,7 +234,7 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
     // `auth: token` functions, awake or not: a call without the token is answered here.
     for (name, f) in &model.functions {
         if let Some(token) = &f.auth {
-            routes.extend(refusals(name, token));
+            routes.extend(super::refusals(name, token));
         }
     }
     routes.push(to_gate("other-request-id", vec![header("x-request-id", HeaderMatchSpecifier::StringMatch(id_regex), true)]));
@@ -274,49 +273,6 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
         }],
         ..Default::default()
     }
-}
-
-/// The routes that answer 401 to a call of an `auth: token` function without `token`:
-/// no `Authorization` header, or another one; for `/<name>` and below.
-fn refusals(name: &str, token: &str) -> Vec<Route> {
-    let expected = format!("Bearer {token}");
-    let wrong = StringMatcher { match_pattern: Some(MatchPattern::Exact(expected)), ..Default::default() };
-    let missing = HeaderMatcher {
-        name: "authorization".into(),
-        header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
-        invert_match: true,
-        ..Default::default()
-    };
-    let unauthorized = || {
-        Action::DirectResponse(DirectResponseAction {
-            status: 401,
-            body: Some(DataSource {
-                specifier: Some(data_source::Specifier::InlineString(format!(
-                    "function {name:?} needs the platform's API token: send Authorization: Bearer <API token>"
-                ))),
-                ..Default::default()
-            }),
-            body_format: None,
-        })
-    };
-    let mut routes = Vec::new();
-    for (suffix, path) in [("exact", PathSpecifier::Path(format!("/{name}"))), ("prefix", PathSpecifier::Prefix(format!("/{name}/")))] {
-        for (what, matcher) in
-            [("missing", missing.clone()), ("wrong", header("authorization", HeaderMatchSpecifier::StringMatch(wrong.clone()), true))]
-        {
-            routes.push(Route {
-                name: format!("{name}-{suffix}-auth-{what}"),
-                r#match: Some(RouteMatch { path_specifier: Some(path.clone()), headers: vec![matcher], ..Default::default() }),
-                action: Some(unauthorized()),
-                response_headers_to_add: vec![HeaderValueOption {
-                    header: Some(HeaderValue { key: "www-authenticate".into(), value: "Bearer".into(), ..Default::default() }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            });
-        }
-    }
-    routes
 }
 
 /// To a function's replicas, then the gate: the function's timeout, its prefix stripped.
@@ -438,6 +394,14 @@ mod tests {
             assert!(matches!(&wrong.action, Some(Action::DirectResponse(d)) if d.status == 401), "{wrong:?}");
             let m = &wrong.r#match.as_ref().unwrap().headers[0];
             assert!(m.invert_match && m.name == "authorization", "{m:?}");
+            // The gate's listener checks too: a held call reaches a replica only with the token.
+            let gates = RouteConfiguration::decode(&*snap.of(Kind::Route)[crate::resources::ROUTE_CONFIG_NAME].body.value).unwrap();
+            let names: Vec<&str> = gates.virtual_hosts[0].routes.iter().map(|r| r.name.as_str()).collect();
+            assert_eq!(
+                names[..4],
+                ["s-exact-auth-missing", "s-exact-auth-wrong", "s-prefix-auth-missing", "s-prefix-auth-wrong"],
+                "{what}"
+            );
         }
         let awake = build(&model(&[put_secret.clone(), add.clone()]), &with_system, 1);
         let direct = routes(&awake).into_iter().find(|r| r.name == "s-exact").unwrap();

@@ -221,8 +221,14 @@ impl DockerRuntime {
         self.tasks.spawn(async move {
             // Its turn: alone, and after the starts in flight (priority.rs).
             let _turn = priority.turn(&hash).await;
-            if !book.lock().unwrap().wanted.contains(&hash) {
-                return; // chosen away while it waited
+            {
+                let book = book.lock().unwrap();
+                // Chosen away while it waited, or its function started a replica meanwhile
+                // (with recycling, that replica becomes the spare when it stops).
+                let running = config.recycle && book.running.get(&hash).copied().unwrap_or(0) > 0;
+                if !book.wanted.contains(&hash) || running {
+                    return;
+                }
             }
             let Some(preparation) = spares.begin(&hash) else { return };
             let label_id = format!(

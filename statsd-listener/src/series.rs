@@ -1,0 +1,217 @@
+//! The platform's Prometheus series built from statsd, pure (no socket, no clock): each
+//! function's calls by status code (Envoy's function clusters, and their aggregates for
+//! the calls that went straight to a replica), cold starts and their phases (the
+//! orchestrator's), and replicas ready and starting (the orchestrator's gauges). Rendered
+//! under Roost's names and under the names OpenFaaS's dashboards read
+//! (`gateway_function_invocation_total`, `gateway_service_count`). Only declared
+//! functions are kept, so a flood of odd names cannot grow it.
+//!
+//! No call-duration histogram (`gateway_functions_seconds`): Envoy's statsd sink sends
+//! one datagram per sample of `upstream_rq_time`, which cut the public entry's warm
+//! throughput from 0.97 to 0.71 of a bare Envoy's (docs/benchmarks.md).
+
+use crate::parser::{Kind, Metric};
+use roost_common::naming::function_of_cluster;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// Histogram bucket bounds, in seconds (Prometheus's defaults, and 30 and 60 s for the
+/// longest calls and cold starts).
+pub const BUCKETS: [f64; 13] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Cold-start phases the orchestrator times (`roost.orchestrator.cold_start.<phase>`).
+pub const PHASES: [&str; 5] = ["start", "readiness", "ack", "notice", "total"];
+
+/// A cumulative histogram in seconds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    /// Samples at or below each of [`BUCKETS`].
+    pub buckets: [f64; BUCKETS.len()],
+    /// All samples.
+    pub count: f64,
+    /// Their sum, in seconds.
+    pub sum: f64,
+}
+
+impl Histogram {
+    /// Records `weight` samples of `seconds`.
+    pub fn observe(&mut self, seconds: f64, weight: f64) {
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.buckets[i] += weight;
+            }
+        }
+        self.count += weight;
+        self.sum += seconds * weight;
+    }
+}
+
+/// Every function's series.
+#[derive(Debug, Default)]
+pub struct Series {
+    /// Calls that reached a replica, by status code.
+    calls: BTreeMap<(String, u16), f64>,
+    /// Cold starts completed.
+    cold_starts: BTreeMap<String, f64>,
+    /// Cold-start phases.
+    phases: BTreeMap<(String, &'static str), Histogram>,
+    /// Replicas ready and starting.
+    replicas: BTreeMap<String, (f64, f64)>,
+}
+
+/// The value of tag `key` in a DogStatsD tag list (`a:b,c:d`).
+fn tag<'a>(tags: Option<&'a str>, key: &str) -> Option<&'a str> {
+    tags?.split(',').find_map(|t| t.split_once(':').filter(|(k, _)| *k == key).map(|(_, v)| v))
+}
+
+impl Series {
+    /// Takes in one metric; `declared` says whether a function is declared. Returns
+    /// whether the metric was one of these series.
+    pub fn observe(&mut self, m: &Metric, declared: impl Fn(&str) -> bool) -> bool {
+        let weight = 1.0 / m.sample_rate;
+        let name = m.name.strip_prefix("envoy.").unwrap_or(m.name);
+        if let Some(rest) = name.strip_prefix("cluster.") {
+            let Some((cluster, stat)) = rest.rsplit_once('.') else { return false };
+            // A call through the gate is answered on the function's cluster (`fn-<f>`), one
+            // that went straight to a replica on its aggregate cluster (`direct.<f>`).
+            let function = cluster.strip_prefix("direct.").filter(|f| !f.contains('.')).or_else(|| function_of_cluster(cluster));
+            let Some(function) = function.filter(|f| declared(f)) else { return false };
+            let code = stat.strip_prefix("upstream_rq_").and_then(|c| (c.len() == 3).then(|| c.parse::<u16>().ok()).flatten());
+            return match (code, m.kind) {
+                (Some(code), Kind::Counter) if (100..600).contains(&code) => {
+                    *self.calls.entry((function.to_string(), code)).or_default() += m.value * weight;
+                    true
+                }
+                _ => false,
+            };
+        }
+        let Some(stat) = name.strip_prefix("roost.orchestrator.") else { return false };
+        let Some(function) = tag(m.tags, "function").filter(|f| declared(f)) else { return false };
+        match (stat, m.kind) {
+            ("cold_starts", Kind::Counter) => *self.cold_starts.entry(function.to_string()).or_default() += m.value * weight,
+            ("replicas.ready", Kind::Gauge { delta: false }) => self.replicas.entry(function.to_string()).or_default().0 = m.value,
+            ("replicas.starting", Kind::Gauge { delta: false }) => self.replicas.entry(function.to_string()).or_default().1 = m.value,
+            (phase, Kind::Timer) => {
+                let Some(phase) = phase.strip_prefix("cold_start.").and_then(|p| PHASES.into_iter().find(|k| *k == p)) else {
+                    return false;
+                };
+                self.phases.entry((function.to_string(), phase)).or_default().observe(m.value / 1000.0, weight);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Drops every series of `function` (no longer declared).
+    pub fn forget(&mut self, function: &str) {
+        self.calls.retain(|(f, _), _| f != function);
+        self.cold_starts.remove(function);
+        self.phases.retain(|(f, _), _| f != function);
+        self.replicas.remove(function);
+    }
+
+    /// Appends the Prometheus text exposition of every series.
+    pub fn render(&self, out: &mut String) {
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        for (name, label, help) in [
+            ("roost_function_calls_total", "function", "Calls that reached a replica, by the status code it answered."),
+            (
+                "gateway_function_invocation_total",
+                "function_name",
+                "Invocations by status code (OpenFaaS's name; calls that reached a replica).",
+            ),
+        ] {
+            head(out, name, "counter", help);
+            for ((f, code), v) in &self.calls {
+                let _ = writeln!(out, "{name}{{{label}=\"{f}\",code=\"{code}\"}} {v}");
+            }
+        }
+        head(out, "roost_cold_starts_total", "counter", "Cold starts completed (a replica started for a waiting call).");
+        for (f, v) in &self.cold_starts {
+            let _ = writeln!(out, "roost_cold_starts_total{{function=\"{f}\"}} {v}");
+        }
+        head(out, "roost_cold_start_seconds", "histogram", "Cold-start time by phase: start, readiness, ack, notice, total.");
+        for ((f, phase), h) in &self.phases {
+            histogram(out, "roost_cold_start_seconds", &format!("function=\"{f}\",phase=\"{phase}\""), h);
+        }
+        for (name, label, help, pick) in [
+            ("roost_replicas_ready", "function", "Replicas ready.", 0),
+            ("roost_replicas_starting", "function", "Replicas starting.", 1),
+            ("gateway_service_count", "function_name", "Replicas ready (OpenFaaS's name).", 0),
+        ] {
+            head(out, name, "gauge", help);
+            for (f, (ready, starting)) in &self.replicas {
+                let _ = writeln!(out, "{name}{{{label}=\"{f}\"}} {}", if pick == 0 { ready } else { starting });
+            }
+        }
+    }
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    for (bound, n) in BUCKETS.iter().zip(h.buckets) {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{{labels},le=\"+Inf\"}} {}\n{name}_sum{{{labels}}} {}\n{name}_count{{{labels}}} {}",
+        h.count, h.sum, h.count
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parser::parse_datagram;
+
+    fn feed(s: &mut Series, lines: &str) -> usize {
+        parse_datagram(lines.as_bytes()).filter_map(Result::ok).filter(|m| s.observe(m, |f| f != "ghost")).count()
+    }
+
+    #[test]
+    fn envoy_codes_through_the_gate_and_direct_become_calls() {
+        let mut s = Series::default();
+        let taken = feed(
+            &mut s,
+            "envoy.cluster.fn-hello.upstream_rq_200:3|c\nenvoy.cluster.fn-hello.upstream_rq_503:1|c\nenvoy.cluster.fn-hello.upstream_rq_2xx:3|c\n\
+             envoy.cluster.fn-ghost.upstream_rq_200:9|c\nenvoy.cluster.roost_gate.upstream_rq_200:9|c\n\
+             envoy.cluster.direct.hello.upstream_rq_200:4|c|@0.5\nenvoy.cluster.direct.ghost.upstream_rq_200:4|c\n\
+             envoy.cluster.fn-hello.upstream_rq_time:12|ms\n",
+        );
+        assert_eq!(taken, 3, "the 2xx class, undeclared functions, the gate's cluster and the time are not taken");
+        let mut out = String::new();
+        s.render(&mut out);
+        assert!(
+            out.contains("gateway_function_invocation_total{function_name=\"hello\",code=\"200\"} 11\n"),
+            "3 + 4 sampled at 0.5: {out}"
+        );
+        assert!(out.contains("roost_function_calls_total{function=\"hello\",code=\"503\"} 1\n"), "{out}");
+        assert!(out.contains("# TYPE gateway_function_invocation_total counter"));
+        assert!(!out.contains("ghost"));
+    }
+
+    #[test]
+    fn the_orchestrators_cold_starts_and_replicas_by_function() {
+        let mut s = Series::default();
+        let taken = feed(
+            &mut s,
+            "roost.orchestrator.cold_starts:1|c|#function:hello\nroost.orchestrator.cold_start.total:8.5|ms|#function:hello\n\
+             roost.orchestrator.cold_start.ack:1.5|ms|#function:hello\nroost.orchestrator.cold_start.bogus:1|ms|#function:hello\n\
+             roost.orchestrator.replicas.ready:2|g|#function:hello\nroost.orchestrator.replicas.starting:1|g|#function:hello\n\
+             roost.orchestrator.cold_starts:1|c|#function:ghost\nroost.orchestrator.cold_starts:1|c\n",
+        );
+        assert_eq!(taken, 5);
+        let mut out = String::new();
+        s.render(&mut out);
+        assert!(out.contains("roost_cold_starts_total{function=\"hello\"} 1\n"), "{out}");
+        assert!(out.contains("roost_cold_start_seconds_bucket{function=\"hello\",phase=\"total\",le=\"0.01\"} 1\n"), "{out}");
+        assert!(out.contains("roost_cold_start_seconds_count{function=\"hello\",phase=\"ack\"} 1\n"), "{out}");
+        assert!(out.contains("gateway_service_count{function_name=\"hello\"} 2\n"), "{out}");
+        assert!(out.contains("roost_replicas_starting{function=\"hello\"} 1\n"), "{out}");
+        s.forget("hello");
+        let mut out = String::new();
+        s.render(&mut out);
+        assert!(!out.contains("hello"), "{out}");
+    }
+}
