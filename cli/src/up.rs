@@ -486,6 +486,7 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpE
     println!("  deploy:        roost deploy FOLDER|FILE   (management API: http://localhost:{}/system/functions)", opts.port);
     println!("  API token:     {api_token}   (Authorization: Bearer; kept in {})", opts.work_dir.join("data").display());
     println!("  metrics:       http://localhost:{}/system/metrics   (Prometheus; the API token)", opts.port);
+    println!("  console:       http://localhost:{}/system/login?token={api_token}", opts.port);
     println!("  orchestrator:  http://127.0.0.1:{orch}/status   (roost ls, roost logs NAME: found through {})", env_file.display());
     println!("  control plane: http://127.0.0.1:{cp_admin}/functions");
     println!(

@@ -85,6 +85,17 @@ async fn answers(p: &Platform, name: &str, body: &str) {
     .await;
 }
 
+/// The page at `url` as Debian's Chromium renders it headless (its scripts run), in a
+/// fresh profile each time.
+fn chromium_dom(url: &str) -> String {
+    let out = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dump-dom", url])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run chromium ({e}); scripts/install-deps.sh installs Debian's"));
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn roost_ok(p: &Platform, args: &[&str]) -> String {
     let out = p.roost(args);
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -285,6 +296,39 @@ async fn deploy_scale_update_remove_and_restart(runtime: &str) {
             panic!("greet's metrics never showed {missing:?} and {ok} calls: {} {greet:#?}\nEnvoy:\n{envoy}", r.status);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The web console, in a real headless Chromium (Debian's): logged in through its link,
+    // it lists greet, and greet's calls go up on the page after more calls.
+    if runtime == "process" {
+        let url = format!("http://127.0.0.1:{}/system/login?token={}", p.port, p.api_token);
+        let ok_calls = |dom: &str| -> f64 {
+            let row = dom.split("<tr data-function=\"greet\">").nth(1).unwrap_or_else(|| panic!("no greet row in the console: {dom}"));
+            let cell = row.split("class=\"calls-ok\">").nth(1).and_then(|c| c.split('<').next()).expect("a calls cell");
+            cell.parse().unwrap_or_else(|_| panic!("{cell:?} is no count"))
+        };
+        let dom = chromium_dom(&url);
+        assert!(dom.contains("<h1>Roost</h1>") && dom.contains("data-function=\"hello\""), "{dom}");
+        let before = ok_calls(&dom);
+        for _ in 0..5 {
+            assert_eq!(http::get(p.port, "/greet").await.unwrap().status, 200);
+        }
+        wait_until(WAIT, "the console to count greet's new calls", || async {
+            (ok_calls(&chromium_dom(&url)) >= before + 5.0).then_some(())
+        })
+        .await;
+        let r = http::get(p.port, "/system/login?token=wrong-token-0123456789").await.unwrap();
+        assert_eq!(r.status, 401, "a wrong token at the login: {}", r.body);
+        let r = http::get(p.port, &format!("/system/login?token={}", p.api_token)).await.unwrap();
+        assert_eq!(r.status, 303);
+        let cookie = r.header("set-cookie").expect("the login sets a cookie").to_string();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Path=/system"), "{cookie}");
+        let pair = cookie.split(';').next().unwrap();
+        assert_eq!(http::request(p.port, "GET", "/system/console/live", &[("cookie", pair)], b"").await.unwrap().status, 200);
+        let wrong = http::request(p.port, "GET", "/system/console/live", &[("cookie", "roost_api=wrong-token-0123456789")], b"").await;
+        assert_eq!(wrong.unwrap().status, 401, "a wrong cookie");
+        let refused = chromium_dom(&format!("http://127.0.0.1:{}/system/console", p.port));
+        assert!(refused.contains("API token") && !refused.contains("data-function"), "no console without the token: {refused}");
     }
 
     // The file's function: no deploy, scale or removal takes it (409 naming the file).

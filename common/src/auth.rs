@@ -230,7 +230,30 @@ fn api_refusal(refusal: Refusal) -> &'static str {
     }
 }
 
+/// The cookie the web console's login sets: the API token, for the browser's requests
+/// under `/system` (HttpOnly, SameSite=Strict: no other site's page can send it).
+pub const CONSOLE_COOKIE: &str = "roost_api";
+
+/// The console cookie's value among a request's `Cookie` headers, if any.
+pub fn console_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(CONSOLE_COOKIE).and_then(|rest| rest.strip_prefix('=')))
+}
+
+/// Whether `given` is the API token (compared in constant time).
+pub fn is_api_token(token: &ApiToken, given: &str) -> bool {
+    constant_time_eq(given.as_bytes(), token.0.as_bytes())
+}
+
 async fn require_api(State(token): State<ApiToken>, req: Request, next: Next) -> Response {
+    // The console's login page is the one way in without the token.
+    if req.uri().path() == CONSOLE_LOGIN_PATH || console_cookie(req.headers()).is_some_and(|c| is_api_token(&token, c)) {
+        return next.run(req).await;
+    }
     match check_secret(&token.0, req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
         Ok(()) => next.run(req).await,
         Err(refusal) => {
@@ -241,7 +264,11 @@ async fn require_api(State(token): State<ApiToken>, req: Request, next: Next) ->
     }
 }
 
-/// `router` behind the API token: every route answers 401 without it.
+/// The web console's login path: it checks the token it is given itself.
+pub const CONSOLE_LOGIN_PATH: &str = "/system/login";
+
+/// `router` behind the API token (a bearer header, or the console's cookie): every route
+/// but the console's login answers 401 without it.
 pub fn guard_api(router: Router, token: ApiToken) -> Router {
     router.layer(axum::middleware::from_fn_with_state(token, require_api))
 }
@@ -385,5 +412,17 @@ mod tests {
         let e = redis_url_with_password_file("redis://r:1/", Some(&dir.join("nope"))).unwrap_err();
         assert!(e.to_string().contains("ROOST_REDIS_PASSWORD_FILE"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_console_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; roost_api=tok-0123456789abcdef; b=2"));
+        assert_eq!(console_cookie(&h), Some("tok-0123456789abcdef"));
+        let mut other = HeaderMap::new();
+        other.append(header::COOKIE, HeaderValue::from_static("roost_apix=1"));
+        assert_eq!(console_cookie(&other), None);
+        let token = ApiToken::new("tok-0123456789abcdef").unwrap();
+        assert!(is_api_token(&token, "tok-0123456789abcdef") && !is_api_token(&token, "tok-0123456789abcdeF"));
     }
 }

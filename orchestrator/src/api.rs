@@ -38,7 +38,7 @@ pub struct Health {
 pub(crate) struct Api {
     pub(crate) tx: mpsc::Sender<Request>,
     health: Arc<Health>,
-    logs: Logs,
+    pub(crate) logs: Logs,
     /// Ends followed log answers, so a graceful shutdown does not wait on them.
     shutdown: CancellationToken,
     /// The management API's store and limits.
@@ -271,7 +271,7 @@ mod tests {
                 }
             });
             let shutdown = CancellationToken::new();
-            let api = Api::new(tx, Arc::default(), logs.clone(), shutdown.clone(), crate::system::deploys(None, 1024, None));
+            let api = Api::new(tx, Arc::default(), logs.clone(), shutdown.clone(), crate::system::deploys(None, 1024, None, None));
             let app = roost_common::auth::guard(router(api), token, "orchestrator");
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());

@@ -20,9 +20,11 @@
 //! - [`logs`]: the replicas' and builds' output, kept in memory for `roost logs`.
 //! - [`api`]: the HTTP status, wake and log API.
 //! - [`system`]: the management API (`/system/...`: deploy, scale, remove, describe).
+//! - [`console`]: the web console (`/system/console`), rendered as HTML.
 
 pub(crate) mod api;
 pub mod config;
+pub(crate) mod console;
 pub(crate) mod context;
 pub(crate) mod control_plane;
 pub(crate) mod definitions;
@@ -191,7 +193,7 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>
         health.clone(),
         runtime.logs(),
         shutdown.clone(),
-        system::deploys(store, config.deploy_max_body, config.metrics_url.clone()),
+        system::deploys(store, config.deploy_max_body, config.metrics_url.clone(), api_token.clone()),
     );
     let mut routes = auth::guard(api::router(state.clone()), token.clone(), "orchestrator");
     match api_token {

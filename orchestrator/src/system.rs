@@ -32,6 +32,8 @@ pub struct Deploys {
     pub metrics_url: Option<String>,
     /// The client that reads it.
     pub http: reqwest::Client,
+    /// The API token (the console's login checks it).
+    pub token: Option<roost_common::auth::ApiToken>,
 }
 
 /// The management routes (to be guarded by the API token).
@@ -43,6 +45,9 @@ pub fn router(api: Api) -> Router {
         .route("/system/functions/{name}/scale", post(scale))
         .route("/system/functions/{name}/logs", get(api::function_logs))
         .route("/system/metrics", get(metrics))
+        .route("/system/console", get(crate::console::page))
+        .route("/system/console/live", get(crate::console::live_part))
+        .route(roost_common::auth::CONSOLE_LOGIN_PATH, get(crate::console::login))
         .layer(DefaultBodyLimit::max(usize::try_from(max_body).unwrap_or(usize::MAX)))
         .with_state(api)
 }
@@ -257,7 +262,12 @@ async fn metrics(State(api): State<Api>) -> Answer {
 }
 
 /// The management API's state, shared with the orchestrator's API.
-pub fn deploys(store: Option<Store>, max_body: u64, metrics_url: Option<String>) -> Arc<Deploys> {
+pub fn deploys(
+    store: Option<Store>,
+    max_body: u64,
+    metrics_url: Option<String>,
+    token: Option<roost_common::auth::ApiToken>,
+) -> Arc<Deploys> {
     let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build().expect("a plain HTTP client always builds");
-    Arc::new(Deploys { store, max_body, lock: tokio::sync::Mutex::new(()), metrics_url, http })
+    Arc::new(Deploys { store, max_body, lock: tokio::sync::Mutex::new(()), metrics_url, http, token })
 }

@@ -1,0 +1,248 @@
+//! The web console, `/system/console` behind the API token: every function with its
+//! state, replicas, cold starts, calls by status class and rate (from the platform's
+//! metrics), last error, recent log lines and definition. Rendered here as HTML; a few
+//! lines of JavaScript fetch the live part again every two seconds. No script or style
+//! from elsewhere: it works offline. A browser logs in once at `/system/login?token=...`
+//! (or its form), which sets the token as an HttpOnly, SameSite=Strict cookie.
+
+use crate::api::Api;
+use crate::supervisor::Request;
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use roost_common::auth::{is_api_token, CONSOLE_COOKIE};
+use roost_common::wire::status::FunctionStatus;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use tokio::sync::oneshot;
+
+/// Log lines shown per function.
+pub const LOG_LINES: usize = 8;
+
+/// Text made safe inside HTML.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One function's call figures from the metrics text.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Calls {
+    /// Answers 1xx-3xx, 4xx and 5xx, since the statsd-listener started.
+    pub ok: f64,
+    /// 4xx answers.
+    pub client_errors: f64,
+    /// 5xx answers.
+    pub server_errors: f64,
+    /// Requests started per second, last flush.
+    pub rate: f64,
+}
+
+/// Every function's [`Calls`] from the Prometheus text of the statsd-listener.
+pub fn calls_of(metrics: &str) -> BTreeMap<String, Calls> {
+    let mut out: BTreeMap<String, Calls> = BTreeMap::new();
+    for line in metrics.lines() {
+        let (series, value) = match line.rsplit_once(' ') {
+            Some((s, v)) => (s, v.parse::<f64>().unwrap_or(0.0)),
+            None => continue,
+        };
+        let label = |name: &str| series.split(&format!("{name}=\"")).nth(1).and_then(|r| r.split('"').next());
+        if series.starts_with("roost_function_calls_total{") {
+            let (Some(f), Some(code)) = (label("function"), label("code")) else { continue };
+            let c = out.entry(f.to_string()).or_default();
+            match code.as_bytes().first() {
+                Some(b'4') => c.client_errors += value,
+                Some(b'5') => c.server_errors += value,
+                _ => c.ok += value,
+            }
+        } else if series.starts_with("roost_function_requests_per_second{") {
+            if let Some(f) = label("function") {
+                out.entry(f.to_string()).or_default().rate = value;
+            }
+        }
+    }
+    out
+}
+
+fn figure(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// The live part: the functions table and each function's details.
+pub fn live(
+    functions: &[(FunctionStatus, bool)],
+    calls: &BTreeMap<String, Calls>,
+    details: &BTreeMap<String, (String, Vec<String>)>,
+    problems: Option<&str>,
+) -> String {
+    let mut h = String::new();
+    h.push_str("<table id=\"functions\"><thead><tr><th>function</th><th>source</th><th>state</th><th>ready</th><th>starting</th>");
+    h.push_str("<th>cold starts</th><th>last cold start</th><th>calls/s</th><th>ok</th><th>4xx</th><th>5xx</th><th>last error</th></tr></thead><tbody>");
+    for (f, deployed) in functions {
+        let c = calls.get(&f.name).copied().unwrap_or_default();
+        let cold = f.last_cold_start.map(|p| format!("{:.1} ms", p.total_ms)).unwrap_or_default();
+        let error = f.reason.as_deref().or(f.last_error.as_deref()).and_then(|e| e.lines().next()).unwrap_or("");
+        let _ = write!(
+            h,
+            "<tr data-function=\"{name}\"><td class=\"name\">{name}</td><td>{source}</td><td class=\"state {state}\">{state}</td>\
+             <td class=\"ready\">{ready}</td><td>{starting}</td><td class=\"cold-starts\">{colds}</td><td>{cold}</td>\
+             <td>{rate}</td><td class=\"calls-ok\">{ok}</td><td class=\"calls-4xx\">{e4}</td><td class=\"calls-5xx\">{e5}</td><td class=\"error\">{error}</td></tr>",
+            name = escape(&f.name),
+            source = if *deployed { "deployed" } else { "file" },
+            state = f.state,
+            ready = f.ready_replicas(),
+            starting = f.starting,
+            colds = f.cold_starts,
+            rate = figure(c.rate),
+            ok = figure(c.ok),
+            e4 = figure(c.client_errors),
+            e5 = figure(c.server_errors),
+            error = escape(error),
+        );
+    }
+    h.push_str("</tbody></table>");
+    if let Some(p) = problems {
+        let _ = write!(h, "<h2>Problems in the definitions</h2><pre class=\"problems\">{}</pre>", escape(p));
+    }
+    h.push_str("<h2>Functions</h2>");
+    for (name, (definition, lines)) in details {
+        let _ = write!(
+            h,
+            "<details data-function=\"{n}\"><summary>{n}</summary><h3>Definition</h3><pre>{d}</pre><h3>Recent log lines</h3><pre class=\"log\">{l}</pre></details>",
+            n = escape(name),
+            d = escape(definition),
+            l = escape(&lines.join("\n")),
+        );
+    }
+    h
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}table{border-collapse:collapse;width:100%}\
+th,td{border-bottom:1px solid #ddd;padding:.35rem .5rem;text-align:left;font-size:.9rem}th{background:#f4f4f4}\
+td.state.ready{color:#17803d}td.state.failing,td.state.invalid{color:#b42318}td.error{color:#b42318;max-width:28rem}\
+pre{background:#f7f7f7;padding:.6rem;overflow:auto;font-size:.8rem}summary{cursor:pointer;font-weight:600;margin:.4rem 0}";
+
+const SCRIPT: &str = "setInterval(async()=>{try{const r=await fetch('/system/console/live',{credentials:'same-origin'});\
+if(r.ok){const open=[...document.querySelectorAll('details[open]')].map(d=>d.dataset.function);\
+document.getElementById('live').innerHTML=await r.text();\
+for(const f of open){const d=document.querySelector('details[data-function=\"'+f+'\"]');if(d)d.open=true}\
+document.getElementById('updated').textContent=new Date().toLocaleTimeString()}}catch(e){}},2000);";
+
+async fn ask<T>(api: &Api, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Option<T> {
+    let (reply, rx) = oneshot::channel();
+    api.tx.send(make(reply)).await.ok()?;
+    rx.await.ok()
+}
+
+/// The live part, as now.
+async fn render_live(api: &Api) -> Result<String, Response> {
+    let unavailable = || (StatusCode::SERVICE_UNAVAILABLE, "the orchestrator is starting or stopping; retry").into_response();
+    let status = ask(api, Request::Status).await.ok_or_else(unavailable)?;
+    let metrics = match &api.deploys.metrics_url {
+        Some(url) => match api.deploys.http.get(url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        },
+        None => String::new(),
+    };
+    let mut details = BTreeMap::new();
+    for f in &status.functions {
+        let spec = ask(api, |r| Request::Definition(f.name.clone(), r)).await.flatten();
+        let definition =
+            spec.map(|s| serde_yaml::to_string(&*s).unwrap_or_default()).unwrap_or_else(|| "(invalid: see the problems)".into());
+        let lines = api.logs.lines(&f.name, None, Some(LOG_LINES)).into_iter().map(|l| format!("{} {}", l.replica, l.line)).collect();
+        details.insert(f.name.clone(), (definition, lines));
+    }
+    let functions: Vec<(FunctionStatus, bool)> = status.functions.iter().map(|f| (f.clone(), status.deployed.contains(&f.name))).collect();
+    Ok(live(&functions, &calls_of(&metrics), &details, status.definitions_error.as_deref()))
+}
+
+/// `GET /system/console`: the whole page.
+pub async fn page(State(api): State<Api>) -> Response {
+    match render_live(&api).await {
+        Ok(live) => Html(format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Roost console</title><style>{STYLE}</style></head>\
+             <body><h1>Roost</h1><p>Functions, live. Updated <span id=\"updated\">now</span>. Metrics: <a href=\"/system/metrics\">/system/metrics</a>.</p>\
+             <div id=\"live\">{live}</div><script>{SCRIPT}</script></body></html>"
+        ))
+        .into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `GET /system/console/live`: the live part alone, for the page's refresh.
+pub async fn live_part(State(api): State<Api>) -> Response {
+    match render_live(&api).await {
+        Ok(live) => Html(live).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// The query of `GET /system/login`.
+#[derive(Debug, serde::Deserialize)]
+pub struct Login {
+    token: Option<String>,
+}
+
+/// `GET /system/login[?token=...]`: with the API token, sets the console's cookie and
+/// goes to the console; without one, a form that asks for it; a wrong one, 401.
+pub async fn login(State(api): State<Api>, Query(q): Query<Login>) -> Response {
+    let Some(given) = q.token.filter(|t| !t.is_empty()) else {
+        return Html(format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Roost console</title><style>{STYLE}</style></head>\
+             <body><h1>Roost</h1><form method=\"get\" action=\"/system/login\"><label>API token <input name=\"token\" type=\"password\" autofocus></label> \
+             <button>Open the console</button></form><p>The token is in the data directory's <code>api-token</code>; <code>roost up</code> prints it.</p></body></html>"
+        ))
+        .into_response();
+    };
+    match api.deploys.token.as_ref().filter(|t| is_api_token(t, &given)) {
+        Some(_) => {
+            let cookie = format!("{CONSOLE_COOKIE}={given}; Path=/system; HttpOnly; SameSite=Strict");
+            (StatusCode::SEE_OTHER, [(header::SET_COOKIE, cookie), (header::LOCATION, "/system/console".to_string())]).into_response()
+        }
+        None => (
+            StatusCode::UNAUTHORIZED,
+            Html("<!doctype html><p>That is not this platform's API token. <a href=\"/system/login\">Try again</a>.</p>"),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roost_common::wire::status::FunctionState;
+
+    #[test]
+    fn calls_are_read_by_status_class_from_the_metrics() {
+        let text = "# HELP x\nroost_function_calls_total{function=\"a\",code=\"200\"} 5\nroost_function_calls_total{function=\"a\",code=\"404\"} 2\n\
+                    roost_function_calls_total{function=\"a\",code=\"503\"} 1\nroost_function_requests_per_second{function=\"a\"} 2.5\n";
+        let c = calls_of(text);
+        assert_eq!(c["a"], Calls { ok: 5.0, client_errors: 2.0, server_errors: 1.0, rate: 2.5 });
+    }
+
+    #[test]
+    fn the_table_escapes_what_functions_and_users_wrote() {
+        let mut f = FunctionStatus::empty("a", FunctionState::Failing);
+        f.last_error = Some("<script>alert(1)</script>".into());
+        let details = BTreeMap::from([("a".to_string(), ("env: {X: \"<b>\"}".to_string(), vec!["r1 <i>hi</i>".to_string()]))]);
+        let html = live(&[(f, true)], &BTreeMap::new(), &details, Some("bad & worse"));
+        assert!(!html.contains("<script>") && !html.contains("<b>") && !html.contains("<i>"), "{html}");
+        assert!(html.contains("&lt;script&gt;") && html.contains("bad &amp; worse"), "{html}");
+        assert!(html.contains("<td>deployed</td>") && html.contains("class=\"state failing\""), "{html}");
+    }
+}
