@@ -94,6 +94,7 @@ pub fn task(ctx: Arc<Ctx>, spec: Arc<FunctionSpec>, hash: String) -> (Handle, im
         status: status.clone(),
         gone: false,
         reported: (0, 0),
+        reported_held: 0,
         work: JoinSet::new(),
     };
     (Handle { tx, status }, exec.run(rx, first).instrument(span))
@@ -109,6 +110,8 @@ struct Executor {
     gone: bool,
     /// The replicas ready and starting last sent as metrics.
     reported: (usize, usize),
+    /// The requests held at the gate last sent as a metric.
+    reported_held: u64,
     /// Effects under way; each ends with the event it reports (if any).
     work: JoinSet<Option<Event>>,
 }
@@ -363,6 +366,11 @@ impl Executor {
             }
             Effect::ReadLoad => match ctx.redis.load(&name).await {
                 Ok(l) => {
+                    // Requests the gate holds, as a statsd gauge, when it changes.
+                    if l.held != self.reported_held {
+                        self.reported_held = l.held;
+                        ctx.metrics.held(&name, l.held);
+                    }
                     let since = l.last_request_ms.map(|t| Duration::from_millis(now_ms().saturating_sub(t)));
                     return Some(Event::Load(Load { in_flight: l.in_flight, pending: l.pending, held: l.held, since_last_request: since }));
                 }

@@ -41,6 +41,13 @@ impl Metrics {
         }
     }
 
+    /// Sends how many of `function`'s requests the gate holds (gauge `held`).
+    pub fn held(&self, function: &str, held: u64) {
+        if let Err(e) = self.client.gauge_with_tags("held", held).with_tag("function", function).try_send() {
+            tracing::debug!(error = %e, "a statsd metric was dropped");
+        }
+    }
+
     /// Sends one metric of `function`. Metrics are best effort: a full socket buffer
     /// drops them (statsd over UDP), which is logged at debug level only.
     pub fn record(&self, function: &str, metric: &Metric) {

@@ -1,7 +1,8 @@
 //! The platform's Prometheus series built from statsd, pure (no socket, no clock): each
 //! function's calls by status code (Envoy's function clusters, and their aggregates for
 //! the calls that went straight to a replica), cold starts and their phases (the
-//! orchestrator's), and replicas ready and starting (the orchestrator's gauges). Rendered
+//! orchestrator's), replicas ready and starting and requests held at the gate (the
+//! orchestrator's gauges). Rendered
 //! under Roost's names and under the names OpenFaaS's dashboards read
 //! (`gateway_function_invocation_total`, `gateway_service_count`). Only declared
 //! functions are kept, so a flood of odd names cannot grow it.
@@ -57,6 +58,8 @@ pub struct Series {
     phases: BTreeMap<(String, &'static str), Histogram>,
     /// Replicas ready and starting.
     replicas: BTreeMap<String, (f64, f64)>,
+    /// Requests the gate holds (asleep or waking, or past the ready capacity).
+    held: BTreeMap<String, f64>,
 }
 
 /// The value of tag `key` in a DogStatsD tag list (`a:b,c:d`).
@@ -91,6 +94,9 @@ impl Series {
             ("cold_starts", Kind::Counter) => *self.cold_starts.entry(function.to_string()).or_default() += m.value * weight,
             ("replicas.ready", Kind::Gauge { delta: false }) => self.replicas.entry(function.to_string()).or_default().0 = m.value,
             ("replicas.starting", Kind::Gauge { delta: false }) => self.replicas.entry(function.to_string()).or_default().1 = m.value,
+            ("held", Kind::Gauge { delta: false }) => {
+                self.held.insert(function.to_string(), m.value);
+            }
             (phase, Kind::Timer) => {
                 let Some(phase) = phase.strip_prefix("cold_start.").and_then(|p| PHASES.into_iter().find(|k| *k == p)) else {
                     return false;
@@ -108,6 +114,7 @@ impl Series {
         self.cold_starts.remove(function);
         self.phases.retain(|(f, _), _| f != function);
         self.replicas.remove(function);
+        self.held.remove(function);
     }
 
     /// Appends the Prometheus text exposition of every series.
@@ -115,6 +122,10 @@ impl Series {
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
+        head(out, "roost_requests_held", "gauge", "Requests the gate holds for the function (asleep, waking, or past its ready capacity).");
+        for (f, v) in &self.held {
+            let _ = writeln!(out, "roost_requests_held{{function=\"{f}\"}} {v}");
+        }
         for (name, label, help) in [
             ("roost_function_calls_total", "function", "Calls that reached a replica, by the status code it answered."),
             (
@@ -199,9 +210,10 @@ mod tests {
             "roost.orchestrator.cold_starts:1|c|#function:hello\nroost.orchestrator.cold_start.total:8.5|ms|#function:hello\n\
              roost.orchestrator.cold_start.ack:1.5|ms|#function:hello\nroost.orchestrator.cold_start.bogus:1|ms|#function:hello\n\
              roost.orchestrator.replicas.ready:2|g|#function:hello\nroost.orchestrator.replicas.starting:1|g|#function:hello\n\
+             roost.orchestrator.held:7|g|#function:hello\n\
              roost.orchestrator.cold_starts:1|c|#function:ghost\nroost.orchestrator.cold_starts:1|c\n",
         );
-        assert_eq!(taken, 5);
+        assert_eq!(taken, 6);
         let mut out = String::new();
         s.render(&mut out);
         assert!(out.contains("roost_cold_starts_total{function=\"hello\"} 1\n"), "{out}");
@@ -209,6 +221,7 @@ mod tests {
         assert!(out.contains("roost_cold_start_seconds_count{function=\"hello\",phase=\"ack\"} 1\n"), "{out}");
         assert!(out.contains("gateway_service_count{function_name=\"hello\"} 2\n"), "{out}");
         assert!(out.contains("roost_replicas_starting{function=\"hello\"} 1\n"), "{out}");
+        assert!(out.contains("roost_requests_held{function=\"hello\"} 7\n"), "{out}");
         s.forget("hello");
         let mut out = String::new();
         s.render(&mut out);
