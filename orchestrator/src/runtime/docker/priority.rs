@@ -1,5 +1,7 @@
 //! Cold starts come first: spare containers are prepared one at a time, and only while no
-//! replica is starting (or after [`MAX_DEFER`] of waiting), so a spare's create, start,
+//! replica is starting (or after [`MAX_DEFER`] of waiting): one that finds nothing under
+//! way begins at once (and a start that follows takes its spare); the others wait their
+//! turn. So a spare's create, start,
 //! probe and pause never queue in the engine in front of a caller's cold start. Measured
 //! with 1,000 functions: spare preparations running beside cold starts made the engine
 //! queue and cold starts took up to 10 s where they take 0.5 s alone
@@ -18,7 +20,7 @@ pub const MAX_DEFER: Duration = Duration::from_secs(2);
 pub(super) struct Priority {
     starting: Mutex<usize>,
     quiet: tokio::sync::Notify,
-    turn: tokio::sync::Semaphore,
+    turn: std::sync::Arc<tokio::sync::Semaphore>,
     /// Definition hashes with a preparation waiting for its turn (one each).
     queued: Mutex<HashSet<String>>,
 }
@@ -28,7 +30,7 @@ impl Default for Priority {
         Priority {
             starting: Mutex::new(0),
             quiet: tokio::sync::Notify::new(),
-            turn: tokio::sync::Semaphore::new(1),
+            turn: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
             queued: Mutex::default(),
         }
     }
@@ -59,11 +61,18 @@ impl Priority {
         self.queued.lock().unwrap().insert(key.to_string())
     }
 
+    /// The turn at once, if no preparation runs and no start is in flight (then a start
+    /// that comes next finds the preparation under way and takes its spare).
+    pub(super) fn turn_now(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.turn.clone().try_acquire_owned().ok()?;
+        (*self.starting.lock().unwrap() == 0).then_some(permit)
+    }
+
     /// Waits for the turn of `key`'s queued preparation: the only one running, with no
     /// start in flight (or [`MAX_DEFER`] after it began to wait for that). Holds the turn
     /// until the permit is dropped.
-    pub(super) async fn turn(&self, key: &str) -> tokio::sync::SemaphorePermit<'_> {
-        let permit = self.turn.acquire().await.expect("the turn semaphore is never closed");
+    pub(super) async fn turn(&self, key: &str) -> tokio::sync::OwnedSemaphorePermit {
+        let permit = self.turn.clone().acquire_owned().await.expect("the turn semaphore is never closed");
         self.queued.lock().unwrap().remove(key);
         let deadline = tokio::time::Instant::now() + MAX_DEFER;
         loop {
@@ -104,6 +113,14 @@ mod tests {
         let waited = waiting.await.unwrap();
         assert!(waited >= Duration::from_millis(300) && waited < MAX_DEFER, "{waited:?}");
         assert!(p.enqueue("a"), "its turn came: it may be queued again");
+
+        // At once when nothing runs and nothing starts; not while a start is in flight.
+        let now = p.turn_now().expect("free");
+        assert!(p.turn_now().is_none(), "one at a time");
+        drop(now);
+        let start = p.start();
+        assert!(p.turn_now().is_none(), "not beside a start");
+        drop(start);
 
         // One at a time.
         let first = p.turn("b").await;

@@ -212,25 +212,41 @@ impl DockerRuntime {
     /// warm spares) started, probed ready and paused, and what it holds measured. A spare
     /// that cannot be warmed is replaced by a created one.
     pub(super) fn spawn_spare(&self, spec: &FunctionSpec, spec_hash: &str, image: &str) {
-        if !self.book.lock().unwrap().wanted.contains(spec_hash) || self.spares.holds(spec_hash) || !self.priority.enqueue(spec_hash) {
+        if !self.book.lock().unwrap().wanted.contains(spec_hash) || self.spares.holds(spec_hash) {
             return;
         }
+        // Begun now when nothing else runs or starts (a start that follows takes it);
+        // else queued for its turn (priority.rs).
+        let begun = match self.priority.turn_now() {
+            Some(turn) => match self.spares.begin(spec_hash) {
+                Some(preparation) => Some((turn, preparation)),
+                None => return,
+            },
+            None if self.priority.enqueue(spec_hash) => None,
+            None => return,
+        };
         let (docker, config, own, book) = (self.docker.clone(), self.config.clone(), self.own_spares.clone(), self.book.clone());
         let (spares, priority) = (self.spares.clone(), self.priority.clone());
         let (spec, hash, image) = (spec.clone(), spec_hash.to_string(), image.to_string());
         self.tasks.spawn(async move {
-            // Its turn: alone, and after the starts in flight (priority.rs).
-            let _turn = priority.turn(&hash).await;
-            {
-                let book = book.lock().unwrap();
-                // Chosen away while it waited, or its function started a replica meanwhile
-                // (with recycling, that replica becomes the spare when it stops).
-                let running = config.recycle && book.running.get(&hash).copied().unwrap_or(0) > 0;
-                if !book.wanted.contains(&hash) || running {
-                    return;
+            let (_turn, preparation) = match begun {
+                Some(begun) => begun,
+                None => {
+                    // Its turn: alone, and after the starts in flight.
+                    let turn = priority.turn(&hash).await;
+                    {
+                        let book = book.lock().unwrap();
+                        // Chosen away while it waited, or its function started a replica
+                        // meanwhile (with recycling, that replica becomes the spare when it stops).
+                        let running = config.recycle && book.running.get(&hash).copied().unwrap_or(0) > 0;
+                        if !book.wanted.contains(&hash) || running {
+                            return;
+                        }
+                    }
+                    let Some(preparation) = spares.begin(&hash) else { return };
+                    (turn, preparation)
                 }
-            }
-            let Some(preparation) = spares.begin(&hash) else { return };
+            };
             let label_id = format!(
                 "{}-spare-{:x}",
                 spec.name,
