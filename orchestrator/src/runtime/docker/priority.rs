@@ -1,11 +1,10 @@
 //! Cold starts come first: spare containers are prepared one at a time, and only while no
 //! replica is starting (or after [`MAX_DEFER`] of waiting): one that finds nothing under
 //! way begins at once (and a start that follows takes its spare); the others wait their
-//! turn. So a spare's create, start,
-//! probe and pause never queue in the engine in front of a caller's cold start. Measured
-//! with 1,000 functions: spare preparations running beside cold starts made the engine
-//! queue and cold starts took up to 10 s where they take 0.5 s alone
-//! (`docs/benchmarks.md`, issue 14).
+//! turn. So a spare's create, start, probe and pause never queue in the engine in front of
+//! a caller's cold start. Measured with 1,000 functions: spare preparations running beside
+//! cold starts made the engine queue and cold starts took up to 10 s where they take 0.5 s
+//! alone (`docs/benchmarks.md`, issue 14).
 
 use std::collections::HashSet;
 use std::sync::Mutex;
