@@ -272,16 +272,13 @@ fn redis_ok(port: u16, password: &str) -> bool {
 /// random source), readable by its owner only, and kept across restarts. Redis's password
 /// (`<work_dir>/redis/password`) and the control token (`<work_dir>/control-token`).
 fn owner_only_secret(path: &Path) -> Result<String, UpError> {
-    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     if let Ok(p) = std::fs::read_to_string(path) {
         if p.trim().len() >= 16 && p.trim().chars().all(|c| c.is_ascii_hexdigit()) {
             return Ok(p.trim().to_string());
         }
     }
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = roost_common::auth::random_hex(16)?;
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     std::io::Write::write_all(&mut f, secret.as_bytes())?;
     Ok(secret)

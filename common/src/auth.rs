@@ -168,6 +168,14 @@ impl fmt::Debug for ApiToken {
     }
 }
 
+/// `bytes` random bytes from the kernel, as lowercase hex: a new secret.
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The API token's file in the platform's data directory.
 pub const API_TOKEN_FILE: &str = "api-token";
 
@@ -181,7 +189,7 @@ impl ApiToken {
     /// [`API_TOKEN_FILE`], made readable by its owner only, with 32 random bytes, when
     /// it does not exist yet.
     pub fn load_or_create(value: Option<&str>, data_dir: &Path) -> Result<ApiToken, SecretError> {
-        use std::io::{Read, Write};
+        use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         if let Some(v) = value.filter(|v| !v.is_empty()) {
             return ApiToken::new(v);
@@ -190,9 +198,7 @@ impl ApiToken {
         let what = "the API token";
         let io = |source| SecretError::Read { what, path: path.clone(), var: crate::env::DATA_DIR, source };
         if !path.exists() {
-            let mut bytes = [0u8; 32];
-            std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(io)?;
-            let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let text = random_hex(32).map_err(io)?;
             std::fs::create_dir_all(data_dir).map_err(io)?;
             // create_new: two starts at once cannot both write one.
             match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
@@ -214,10 +220,7 @@ impl ApiToken {
 
     /// A token of 32 random bytes that nobody else holds.
     pub fn random() -> std::io::Result<ApiToken> {
-        use std::io::Read;
-        let mut bytes = [0u8; 32];
-        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-        Ok(ApiToken(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>().into()))
+        Ok(ApiToken(random_hex(32)?.into()))
     }
 }
 

@@ -356,11 +356,7 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
     // `auth: token` functions first, in Envoy or not: a call the gate holds is checked
     // here too (the gate passes the header on), so none reaches a replica without the
     // token, even one that came in before its function's declaration did.
-    for (name, f) in &model.functions {
-        if let Some(token) = &f.auth {
-            routes.extend(refusals(name, token));
-        }
-    }
+    routes.extend(all_refusals(model));
     for (name, f) in model.functions.iter().filter(|(_, f)| in_envoy(f)) {
         let exact = PathSpecifier::Path(format!("/{name}"));
         let below = PathSpecifier::Prefix(format!("/{name}/"));
@@ -376,9 +372,14 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
     }
 }
 
+/// The [`refusals`] of every `auth: token` function, in Envoy or not.
+pub(crate) fn all_refusals(model: &Model) -> impl Iterator<Item = Route> + '_ {
+    model.functions.iter().filter_map(|(name, f)| f.auth.as_ref().map(|token| refusals(name, token))).flatten()
+}
+
 /// The routes that answer 401 to a call of an `auth: token` function without `token`:
 /// no `Authorization` header, or another one; for `/<name>` and below.
-pub(crate) fn refusals(name: &str, token: &str) -> Vec<Route> {
+fn refusals(name: &str, token: &str) -> Vec<Route> {
     let expected = format!("Bearer {token}");
     let wrong = StringMatcher { match_pattern: Some(MatchPattern::Exact(expected)), ..Default::default() };
     let missing = HeaderMatcher {

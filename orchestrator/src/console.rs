@@ -7,14 +7,15 @@
 
 use crate::api::Api;
 use crate::supervisor::Request;
+use crate::system::{ask, source_of, Failure};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use roost_common::auth::{is_api_token, CONSOLE_COOKIE};
 use roost_common::wire::status::FunctionStatus;
+use roost_common::wire::system::Source;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use tokio::sync::oneshot;
 
 /// Log lines shown per function.
 pub const LOG_LINES: usize = 8;
@@ -142,54 +143,39 @@ document.getElementById('live').innerHTML=await r.text();\
 for(const f of open){const d=document.querySelector('details[data-function=\"'+f+'\"]');if(d)d.open=true}\
 document.getElementById('updated').textContent=new Date().toLocaleTimeString()}}catch(e){}},2000);";
 
-async fn ask<T>(api: &Api, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Option<T> {
-    let (reply, rx) = oneshot::channel();
-    api.tx.send(make(reply)).await.ok()?;
-    rx.await.ok()
-}
-
-/// The live part, as now.
-async fn render_live(api: &Api) -> Result<String, Response> {
-    let unavailable = || (StatusCode::SERVICE_UNAVAILABLE, "the orchestrator is starting or stopping; retry").into_response();
-    let status = ask(api, Request::Status).await.ok_or_else(unavailable)?;
-    let metrics = match &api.deploys.metrics_url {
-        Some(url) => match api.deploys.http.get(url).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        },
-        None => String::new(),
-    };
+/// The live part, as now. Without the platform's metrics (none configured, or the
+/// statsd-listener away) the call figures show zero.
+async fn render_live(api: &Api) -> Result<String, Failure> {
+    let status = ask(api, Request::Status).await?;
+    let definitions = ask(api, Request::Definitions).await?;
+    let metrics = api.deploys.metrics_text().await.unwrap_or_default();
     let mut details = BTreeMap::new();
     for f in &status.functions {
-        let spec = ask(api, |r| Request::Definition(f.name.clone(), r)).await.flatten();
-        let definition =
-            spec.map(|s| serde_yaml::to_string(&*s).unwrap_or_default()).unwrap_or_else(|| "(invalid: see the problems)".into());
+        let definition = definitions
+            .get(&f.name)
+            .map(|s| serde_yaml::to_string(s).unwrap_or_default())
+            .unwrap_or_else(|| "(invalid: see the problems)".into());
         let lines = api.logs.lines(&f.name, None, Some(LOG_LINES)).into_iter().map(|l| format!("{} {}", l.replica, l.line)).collect();
         details.insert(f.name.clone(), (definition, lines));
     }
-    let functions: Vec<(FunctionStatus, bool)> = status.functions.iter().map(|f| (f.clone(), status.deployed.contains(&f.name))).collect();
+    let functions: Vec<(FunctionStatus, bool)> =
+        status.functions.iter().map(|f| (f.clone(), source_of(&status, &f.name) == Source::Deployed)).collect();
     Ok(live(&functions, &calls_of(&metrics), &details, status.definitions_error.as_deref()))
 }
 
 /// `GET /system/console`: the whole page.
-pub async fn page(State(api): State<Api>) -> Response {
-    match render_live(&api).await {
-        Ok(live) => Html(format!(
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Roost console</title><style>{STYLE}</style></head>\
-             <body><h1>Roost</h1><p>Functions, live. Updated <span id=\"updated\">now</span>. Metrics: <a href=\"/system/metrics\">/system/metrics</a>.</p>\
-             <div id=\"live\">{live}</div><script>{SCRIPT}</script></body></html>"
-        ))
-        .into_response(),
-        Err(r) => r,
-    }
+pub async fn page(State(api): State<Api>) -> Result<Html<String>, Failure> {
+    let live = render_live(&api).await?;
+    Ok(Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Roost console</title><style>{STYLE}</style></head>\
+         <body><h1>Roost</h1><p>Functions, live. Updated <span id=\"updated\">now</span>. Metrics: <a href=\"/system/metrics\">/system/metrics</a>.</p>\
+         <div id=\"live\">{live}</div><script>{SCRIPT}</script></body></html>"
+    )))
 }
 
 /// `GET /system/console/live`: the live part alone, for the page's refresh.
-pub async fn live_part(State(api): State<Api>) -> Response {
-    match render_live(&api).await {
-        Ok(live) => Html(live).into_response(),
-        Err(r) => r,
-    }
+pub async fn live_part(State(api): State<Api>) -> Result<Html<String>, Failure> {
+    render_live(&api).await.map(Html)
 }
 
 /// The query of `GET /system/login`.

@@ -8,7 +8,7 @@ use crate::lifecycle::adoption;
 use reqwest::Method;
 use roost_common::auth::{ApiToken, ControlToken};
 use roost_common::spec::FunctionSpec;
-use roost_common::wire::admin::{ApiError, Change, FunctionSettings, Functions, NewEndpoint, WaitQuery};
+use roost_common::wire::admin::{ApiError, Change, Functions, NewEndpoint, WaitQuery};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -148,10 +148,7 @@ impl ControlPlane {
     /// for). Waiting here would hold each of thousands of declarations for the ACK of a
     /// change that sends Envoy nothing.
     pub async fn put_function(&self, spec: &FunctionSpec) -> Result<(), ControlPlaneError> {
-        let Change::PutFunction { concurrency, timeout_ms, auth, .. } = self.declaration(spec) else {
-            unreachable!("a declaration is a PutFunction")
-        };
-        let body = FunctionSettings { concurrency, timeout_ms, auth };
+        let body = adoption::settings(spec, &self.call_token);
         self.send(Method::PUT, format!("/functions/{}", spec.name), Some(WaitQuery::at_once()), Some(&body)).await.map(drop)
     }
 

@@ -37,6 +37,8 @@ pub enum Request {
     Deployed(Stored, oneshot::Sender<()>),
     /// One function's definition as it serves, if it is declared.
     Definition(String, oneshot::Sender<Option<Arc<roost_common::spec::FunctionSpec>>>),
+    /// Every function's definition as it serves (the console's page).
+    Definitions(oneshot::Sender<Definitions>),
 }
 
 /// How many API requests, signals, events or readings wait for the supervisor at most.
@@ -495,6 +497,11 @@ pub async fn run(
                 Request::Definition(name, reply) => {
                     if reply.send(defs.get(&name).cloned().map(Arc::new)).is_err() {
                         debug!("a describe gave up before its answer");
+                    }
+                }
+                Request::Definitions(reply) => {
+                    if reply.send(defs.clone()).is_err() {
+                        debug!("a console page gave up before its answer");
                     }
                 }
             },

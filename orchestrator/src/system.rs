@@ -54,7 +54,7 @@ pub fn router(api: Api) -> Router {
 
 /// A refused or failed management call: its status and what to tell the caller.
 #[derive(Debug)]
-struct Failure(StatusCode, String);
+pub(crate) struct Failure(StatusCode, String);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
@@ -64,11 +64,12 @@ impl IntoResponse for Failure {
 
 type Answer = Result<Response, Failure>;
 
-fn unavailable() -> Failure {
+pub(crate) fn unavailable() -> Failure {
     Failure(StatusCode::SERVICE_UNAVAILABLE, "the orchestrator is starting or shutting down; retry".into())
 }
 
-async fn ask<T>(api: &Api, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, Failure> {
+/// Asks the supervisor `make(reply)` and waits for its answer.
+pub(crate) async fn ask<T>(api: &Api, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, Failure> {
     let (reply, rx) = oneshot::channel();
     api.tx.send(make(reply)).await.map_err(|_| unavailable())?;
     rx.await.map_err(|_| unavailable())
@@ -79,9 +80,17 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     tokio::task::spawn_blocking(work).await.map_err(|_| unavailable())
 }
 
+/// Where `function` (one `status` lists) is declared.
+pub(crate) fn source_of(status: &Status, function: &str) -> Source {
+    if status.deployed.iter().any(|d| d == function) {
+        Source::Deployed
+    } else {
+        Source::File
+    }
+}
+
 fn info(status: &Status, f: FunctionStatus) -> FunctionInfo {
-    let source = if status.deployed.contains(&f.name) { Source::Deployed } else { Source::File };
-    FunctionInfo { status: f, source }
+    FunctionInfo { source: source_of(status, &f.name), status: f }
 }
 
 async fn list(State(api): State<Api>) -> Answer {
@@ -123,7 +132,7 @@ fn store(api: &Api) -> Result<Store, Failure> {
 /// file is refused (409 naming the file): the API neither replaces nor removes it.
 async fn deployed_or_new(api: &Api, name: &str) -> Result<Option<Source>, Failure> {
     let status = ask(api, Request::Status).await?;
-    let source = status.function(name).map(|_| if status.deployed.iter().any(|d| d == name) { Source::Deployed } else { Source::File });
+    let source = status.function(name).map(|_| source_of(&status, name));
     if source == Some(Source::File) {
         return Err(Failure(
             StatusCode::CONFLICT,
@@ -245,20 +254,27 @@ async fn scale(State(api): State<Api>, Path(name): Path<String>, body: Bytes) ->
 /// The platform's Prometheus metrics: the statsd-listener's `/metrics` (Envoy's and the
 /// orchestrator's series per function, the listener's own), behind the API token.
 async fn metrics(State(api): State<Api>) -> Answer {
-    let url = api.deploys.metrics_url.as_deref().ok_or_else(|| {
-        Failure(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no metrics endpoint configured; set ROOST_METRICS_URL to the statsd-listener's /metrics".into(),
-        )
-    })?;
-    let unreachable =
-        |e: reqwest::Error| Failure(StatusCode::BAD_GATEWAY, format!("the statsd-listener's metrics at {url} do not answer: {e}"));
-    let r = api.deploys.http.get(url).send().await.map_err(unreachable)?;
-    if !r.status().is_success() {
-        return Err(Failure(StatusCode::BAD_GATEWAY, format!("the statsd-listener's metrics at {url} answered {}", r.status())));
-    }
-    let text = r.text().await.map_err(unreachable)?;
+    let text = api.deploys.metrics_text().await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+impl Deploys {
+    /// The statsd-listener's Prometheus text, or why it cannot be had.
+    pub(crate) async fn metrics_text(&self) -> Result<String, Failure> {
+        let url = self.metrics_url.as_deref().ok_or_else(|| {
+            Failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no metrics endpoint configured; set ROOST_METRICS_URL to the statsd-listener's /metrics".into(),
+            )
+        })?;
+        let unreachable =
+            |e: reqwest::Error| Failure(StatusCode::BAD_GATEWAY, format!("the statsd-listener's metrics at {url} do not answer: {e}"));
+        let r = self.http.get(url).send().await.map_err(unreachable)?;
+        if !r.status().is_success() {
+            return Err(Failure(StatusCode::BAD_GATEWAY, format!("the statsd-listener's metrics at {url} answered {}", r.status())));
+        }
+        r.text().await.map_err(unreachable)
+    }
 }
 
 /// The management API's state, shared with the orchestrator's API.

@@ -232,11 +232,7 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
         routes.push(to_system());
     }
     // `auth: token` functions, awake or not: a call without the token is answered here.
-    for (name, f) in &model.functions {
-        if let Some(token) = &f.auth {
-            routes.extend(super::refusals(name, token));
-        }
-    }
+    routes.extend(super::all_refusals(model));
     routes.push(to_gate("other-request-id", vec![header("x-request-id", HeaderMatchSpecifier::StringMatch(id_regex), true)]));
     for (name, f) in model.functions.iter().filter(|(_, f)| serving(f)) {
         let exact = PathSpecifier::Path(format!("/{name}"));

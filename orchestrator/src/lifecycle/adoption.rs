@@ -5,20 +5,24 @@
 
 use roost_common::auth::ApiToken;
 use roost_common::spec::{Auth, FunctionSpec};
-use roost_common::wire::admin::Change;
+use roost_common::wire::admin::{Change, FunctionSettings};
 use roost_common::wire::status::{FunctionStatus, ReplicaPhase};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-/// A function's routing settings, as the change that declares it to the control plane:
-/// with `auth: token`, calls must carry `call_token`.
-pub fn declaration(spec: &FunctionSpec, call_token: &ApiToken) -> Change {
-    Change::PutFunction {
-        function: spec.name.clone(),
+/// A function's routing settings: with `auth: token`, calls must carry `call_token`.
+pub fn settings(spec: &FunctionSpec, call_token: &ApiToken) -> FunctionSettings {
+    FunctionSettings {
         concurrency: Some(spec.scaling.target_concurrency),
         timeout_ms: Some(spec.limits.timeout.as_millis() as u64),
         auth: (spec.auth == Auth::Token).then(|| call_token.expose().to_string()),
     }
+}
+
+/// A function's [`settings`], as the change that declares it to the control plane.
+pub fn declaration(spec: &FunctionSpec, call_token: &ApiToken) -> Change {
+    let FunctionSettings { concurrency, timeout_ms, auth } = settings(spec, call_token);
+    Change::PutFunction { function: spec.name.clone(), concurrency, timeout_ms, auth }
 }
 
 /// A function's ready replicas, as the changes that route to them: with each function's

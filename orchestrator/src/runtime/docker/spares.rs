@@ -76,6 +76,14 @@ pub(super) struct SpareBook {
     running: HashMap<String, usize>,
 }
 
+impl SpareBook {
+    /// Whether `hash` has a replica running that, with recycling, becomes its spare when
+    /// it stops (so no other is prepared meanwhile).
+    fn runs_its_spare(&self, hash: &str, recycle: bool) -> bool {
+        recycle && self.running.get(hash).copied().unwrap_or(0) > 0
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Current {
     spec: FunctionSpec,
@@ -191,7 +199,7 @@ impl DockerRuntime {
             // With recycling, a function with a replica running gets that replica back as
             // its spare; without, its next spare is prepared at once.
             let recycle = self.config.recycle;
-            let idle = |c: &&Current| !recycle || book.running.get(&c.hash).copied().unwrap_or(0) == 0;
+            let idle = |c: &&Current| !book.runs_its_spare(&c.hash, recycle);
             let missing: Vec<Current> = book.current.iter().filter(|c| wanted.contains(&c.hash)).filter(idle).cloned().collect();
             (wanted, missing)
         };
@@ -238,8 +246,7 @@ impl DockerRuntime {
                         let book = book.lock().unwrap();
                         // Chosen away while it waited, or its function started a replica
                         // meanwhile (with recycling, that replica becomes the spare when it stops).
-                        let running = config.recycle && book.running.get(&hash).copied().unwrap_or(0) > 0;
-                        if !book.wanted.contains(&hash) || running {
+                        if !book.wanted.contains(&hash) || book.runs_its_spare(&hash, config.recycle) {
                             return;
                         }
                     }
