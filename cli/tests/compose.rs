@@ -324,7 +324,13 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
     assert_eq!(managed_containers(), "", "docker compose down left function containers behind");
     run(&["-p", &project, "up", "-d"], &env);
     wait_until(WAIT, "/kept answering after down and up", kept).await;
-    let r = http::request(gate, "GET", "/system/functions/kept", &[("Authorization", api_auth.as_str())], b"").await.unwrap();
+    // Envoy finds the restarted orchestrator by name (looked up again every second): until
+    // it has, it answers its own 503 "no healthy upstream"; any other answer is the API's.
+    let r = wait_until(WAIT, "the management API after down and up", || async {
+        let r = http::request(gate, "GET", "/system/functions/kept", &[("Authorization", api_auth.as_str())], b"").await.ok()?;
+        (!r.body.contains("no healthy upstream")).then_some(r)
+    })
+    .await;
     assert_eq!(r.status, 200, "the same API token after down and up: {}", r.body);
 
     run(&["-p", &project, "down", "-v", "-t", "40"], &env);
