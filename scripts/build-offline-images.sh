@@ -15,7 +15,7 @@ log() { echo "build-offline-images: $*" >&2; }
 scripts/build-base-image.sh
 
 log "building Roost's release binaries"
-cargo build --release --locked -p roost-control-plane -p roost-orchestrator -p roost-statsd-listener >&2
+cargo build --release --locked --quiet -p roost-control-plane -p roost-orchestrator -p roost-statsd-listener >&2
 
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT

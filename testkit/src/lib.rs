@@ -34,7 +34,12 @@ pub fn compose_command() -> Vec<String> {
 /// output when it fails) and returns the `ROOST_*_IMAGE` overrides it prints, for compose.
 pub fn offline_images() -> Vec<(String, String)> {
     let built = std::process::Command::new("bash").arg(workspace_root().join("scripts/build-offline-images.sh")).output().unwrap();
-    assert!(built.status.success(), "offline images: {}", String::from_utf8_lossy(&built.stderr));
+    if !built.status.success() {
+        // The compiler's progress lines come first; the error is at the end.
+        let stderr = String::from_utf8_lossy(&built.stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim_start().starts_with("Compiling ")).collect();
+        panic!("offline images ({}): {}", built.status, lines[lines.len().saturating_sub(60)..].join("\n"));
+    }
     String::from_utf8_lossy(&built.stdout)
         .lines()
         .filter_map(|l| l.strip_prefix("export ")?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
