@@ -6,7 +6,7 @@
 //! leaves nothing running.
 
 use roost_common::env;
-use roost_common::net::{free_port, free_udp_port};
+use roost_common::net::{free_port, free_udp_and_tcp_port};
 use roost_common::process::Stopped;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -67,7 +67,7 @@ pub struct Addresses {
     pub control_plane: u16,
     /// The orchestrator's API.
     pub orchestrator: u16,
-    /// The statsd-listener's UDP port.
+    /// The statsd-listener's port (UDP and TCP).
     pub statsd: u16,
     /// Redis URL.
     pub redis_url: String,
@@ -348,8 +348,8 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
         free_port(LOOPBACK)?,
         free_port(LOOPBACK)?,
         free_port(LOOPBACK)?,
+        free_udp_and_tcp_port(LOOPBACK)?,
         free_port(LOOPBACK)?,
-        free_udp_port(LOOPBACK)?,
         free_port(LOOPBACK)?,
         free_port(LOOPBACK)?,
     );
@@ -449,7 +449,8 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
             .env(env::GATE_PORT, gate.to_string())
             .env(env::GATE_PREFIX, opts.work_dir.join("gate"))
             .env(env::REDIS_URL, &redis_url)
-            .env(env::ENVOY_ADDR, format!("127.0.0.1:{listener}")),
+            .env(env::ENVOY_ADDR, format!("127.0.0.1:{listener}"))
+            .env(env::STATSD_ADDR, format!("127.0.0.1:{statsd}")),
     )?;
     wait_ready(&mut stack, "gate", 30, || http_ok(gate, "/healthz")).await?;
     // The entry: Envoy's public listener, which finds the gate behind it.

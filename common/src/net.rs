@@ -60,6 +60,17 @@ pub fn free_udp_port(ip: IpAddr) -> std::io::Result<u16> {
     pick(ephemeral_start(), |p| Ok(UdpSocket::bind(SocketAddr::new(ip, p))?.local_addr()?.port()))
 }
 
+/// A port free on `ip` for both UDP and TCP right now, below the ephemeral range (statsd
+/// takes both on one port).
+pub fn free_udp_and_tcp_port(ip: IpAddr) -> std::io::Result<u16> {
+    pick(ephemeral_start(), |p| {
+        let udp = UdpSocket::bind(SocketAddr::new(ip, p))?;
+        let port = udp.local_addr()?.port();
+        TcpListener::bind(SocketAddr::new(ip, port))?;
+        Ok(port)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +89,8 @@ mod tests {
         assert_eq!(distinct.len(), ports.len(), "a port handed out twice: {ports:?}");
         let udp = free_udp_port(ip).unwrap();
         assert!((LOWEST..start).contains(&udp), "{udp}");
+        let both = free_udp_and_tcp_port(ip).unwrap();
+        assert!((LOWEST..start).contains(&both), "{both}");
     }
 
     #[test]

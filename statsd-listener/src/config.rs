@@ -12,7 +12,8 @@ use std::net::SocketAddr;
     about = "Roost's statsd listener: reads Envoy's statsd, sees queueing and idleness per function, writes the load to Redis and signals scale-ups."
 )]
 pub struct Config {
-    /// UDP address statsd is received on (Envoy's statsd sink, Roost's own metrics).
+    /// Address statsd is received on, over UDP (Roost's own metrics) and TCP on the same
+    /// port (Envoy's statsd sink).
     #[arg(long, env = env::STATSD_BIND, default_value = "0.0.0.0:8125")]
     pub bind: SocketAddr,
 

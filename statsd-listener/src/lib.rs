@@ -9,7 +9,8 @@
 //!   only, gauges that expire), and the scale-up rule.
 //! - [`allow`]: which senders are believed (`ROOST_STATSD_ALLOWED_SOURCES`).
 //! - [`refresh`]: the declared functions and the allowed addresses, kept fresh.
-//! - [`server`]: the UDP loop.
+//! - [`server`]: the receive loop (UDP datagrams, and the TCP connections' lines).
+//! - [`tcp`]: statsd over TCP (Envoy's sink), from allowed sources only.
 //! - [`sink`]: writing to Redis, reconnecting, bounded while Redis is away.
 //! - [`series`]: the platform's Prometheus series (calls by code, durations, cold
 //!   starts, replicas), under Roost's and OpenFaaS's names.
@@ -25,6 +26,7 @@ pub mod refresh;
 pub mod series;
 pub mod server;
 pub mod sink;
+pub mod tcp;
 
 pub use config::Config;
 
@@ -66,7 +68,7 @@ pub enum Error {
 /// A started listener.
 #[derive(Debug)]
 pub struct Running {
-    /// The UDP address it receives on.
+    /// The UDP address it receives on; TCP on the same address and port.
     pub udp_addr: SocketAddr,
     /// The `/metrics` address.
     pub metrics_addr: SocketAddr,
@@ -112,13 +114,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         source,
     })?;
     server::grow_receive_buffer(&socket, 8 << 20);
+    let udp_addr = socket.local_addr().expect("bound socket has an address");
+    // TCP on the same port as UDP (statsd's convention), also when the port was chosen
+    // by the system.
+    let tcp_listener = tokio::net::TcpListener::bind(udp_addr).await.map_err(|source| Error::Bind {
+        what: "statsd (TCP)",
+        addr: udp_addr,
+        flag: "--bind / ROOST_STATSD_BIND",
+        source,
+    })?;
     let listener = tokio::net::TcpListener::bind(config.metrics_bind).await.map_err(|source| Error::Bind {
         what: "/metrics",
         addr: config.metrics_bind,
         flag: "--metrics-bind / ROOST_METRICS_BIND",
         source,
     })?;
-    let udp_addr = socket.local_addr().expect("bound socket has an address");
     let metrics_addr = listener.local_addr().expect("bound socket has an address");
     let stats = Arc::new(metrics::Stats::default());
     let sink = Arc::new(sink::Sink::default());
@@ -136,12 +146,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     info!(%udp_addr, %metrics_addr, "statsd listener receiving");
     let flush = Duration::from_millis(config.flush_interval_ms);
     let refused = Arc::new(tokio::sync::Notify::new());
+    let (tcp_tx, tcp_rx) = tokio::sync::mpsc::channel(tcp::CHANNEL_CHUNKS);
+    let tcp_task = tcp::serve(tcp_listener, allow_rx.clone(), stats.clone(), tcp_tx, shutdown.clone());
     let inputs = server::Inputs {
         allow: allow_rx,
         declared: declared_rx,
         refused: refused.clone(),
         flush_every: flush,
         gauge_ttl_ms: config.gauge_ttl_ms,
+        tcp: tcp_rx,
     };
     let (st, sk, sd) = (stats.clone(), sink.clone(), shutdown.clone());
     let task = tokio::spawn(async move {
@@ -149,8 +162,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let functions = tokio::spawn(refresh::declared(client, declared_conn, declared_failing, declared_tx, st.clone(), sd.clone()));
         let resolver = tokio::spawn(refresh::resolver(sources, allow_tx, refused, sd.clone()));
         let http = tokio::spawn(std::future::IntoFuture::into_future(http));
+        let tcp = tokio::spawn(tcp_task);
         server::run(socket, sk, st, inputs, sd).await;
-        for t in [functions, resolver] {
+        for t in [functions, resolver, tcp] {
             t.await.map_err(|e| Error::Panicked(e.to_string()))?;
         }
         let writer = writer.await.map_err(|e| Error::Panicked(e.to_string()));

@@ -1,15 +1,17 @@
 //! The platform's Prometheus series built from statsd, pure (no socket, no clock): each
-//! function's calls by status code (Envoy's function clusters, and their aggregates for
-//! the calls that went straight to a replica), cold starts and their phases (the
-//! orchestrator's), replicas ready and starting and requests held at the gate (the
-//! orchestrator's gauges). Rendered
-//! under Roost's names and under the names OpenFaaS's dashboards read
-//! (`gateway_function_invocation_total`, `gateway_service_count`). Only declared
-//! functions are kept, so a flood of odd names cannot grow it.
+//! function's calls by status code and their durations (Envoy's function clusters, and
+//! their aggregates for the calls that went straight to a replica; the gate's own
+//! answers, which reach no replica, by code), cold starts and their
+//! phases (the orchestrator's), replicas ready and starting and requests held at the gate
+//! (the orchestrator's gauges). Rendered under Roost's names and under the names
+//! OpenFaaS's dashboards read (`gateway_function_invocation_total`,
+//! `gateway_functions_seconds`, `gateway_service_count`). Only declared functions are
+//! kept, so a flood of odd names cannot grow it.
 //!
-//! No call-duration histogram (`gateway_functions_seconds`): Envoy's statsd sink sends
-//! one datagram per sample of `upstream_rq_time`, which cut the public entry's warm
-//! throughput from 0.97 to 0.71 of a bare Envoy's (docs/benchmarks.md).
+//! A call's duration is Envoy's `upstream_rq_time`: from Envoy routing the call to the
+//! function's replicas (its wait in Envoy's queue for a free replica included) until the
+//! replica's answer, in whole milliseconds. A cold call's wait at the gate is not in it;
+//! the cold start is, phase by phase, in `roost_cold_start_seconds`.
 
 use crate::parser::{Kind, Metric};
 use roost_common::naming::function_of_cluster;
@@ -50,8 +52,10 @@ impl Histogram {
 /// Every function's series.
 #[derive(Debug, Default)]
 pub struct Series {
-    /// Calls that reached a replica, by status code.
+    /// Calls by status code: answered by a replica, or by the gate itself.
     calls: BTreeMap<(String, u16), f64>,
+    /// Their durations.
+    durations: BTreeMap<String, Histogram>,
     /// Cold starts completed.
     cold_starts: BTreeMap<String, f64>,
     /// Cold-start phases.
@@ -79,6 +83,10 @@ impl Series {
             // that went straight to a replica on its aggregate cluster (`direct.<f>`).
             let function = cluster.strip_prefix("direct.").filter(|f| !f.contains('.')).or_else(|| function_of_cluster(cluster));
             let Some(function) = function.filter(|f| declared(f)) else { return false };
+            if (stat, m.kind) == ("upstream_rq_time", Kind::Timer) {
+                self.durations.entry(function.to_string()).or_default().observe(m.value / 1000.0, weight);
+                return true;
+            }
             let code = stat.strip_prefix("upstream_rq_").and_then(|c| (c.len() == 3).then(|| c.parse::<u16>().ok()).flatten());
             return match (code, m.kind) {
                 (Some(code), Kind::Counter) if (100..600).contains(&code) => {
@@ -87,6 +95,15 @@ impl Series {
                 }
                 _ => false,
             };
+        }
+        if name == "roost.gate.answers" {
+            // The gate's own answers (503 at its cap, 504 past the deadline, ...): calls
+            // that never reached the function's cluster.
+            let function = tag(m.tags, "function").filter(|f| declared(f));
+            let code = tag(m.tags, "code").and_then(|c| c.parse::<u16>().ok()).filter(|c| (100..600).contains(c));
+            let (Some(function), Some(code), Kind::Counter) = (function, code, m.kind) else { return false };
+            *self.calls.entry((function.to_string(), code)).or_default() += m.value * weight;
+            return true;
         }
         let Some(stat) = name.strip_prefix("roost.orchestrator.") else { return false };
         let Some(function) = tag(m.tags, "function").filter(|f| declared(f)) else { return false };
@@ -111,6 +128,7 @@ impl Series {
     /// Drops every series of `function` (no longer declared).
     pub fn forget(&mut self, function: &str) {
         self.calls.retain(|(f, _), _| f != function);
+        self.durations.remove(function);
         self.cold_starts.remove(function);
         self.phases.retain(|(f, _), _| f != function);
         self.replicas.remove(function);
@@ -127,16 +145,33 @@ impl Series {
             let _ = writeln!(out, "roost_requests_held{{function=\"{f}\"}} {v}");
         }
         for (name, label, help) in [
-            ("roost_function_calls_total", "function", "Calls that reached a replica, by the status code it answered."),
+            ("roost_function_calls_total", "function", "Calls by status code: the replica's answer, or the gate's own (503, 504, 502)."),
             (
                 "gateway_function_invocation_total",
                 "function_name",
-                "Invocations by status code (OpenFaaS's name; calls that reached a replica).",
+                "Invocations by status code (OpenFaaS's name; the replica's answer, or the gate's own).",
             ),
         ] {
             head(out, name, "counter", help);
             for ((f, code), v) in &self.calls {
                 let _ = writeln!(out, "{name}{{{label}=\"{f}\",code=\"{code}\"}} {v}");
+            }
+        }
+        for (name, label, help) in [
+            (
+                "roost_function_seconds",
+                "function",
+                "Call durations: from Envoy routing the call to a replica (queue included) to its answer.",
+            ),
+            (
+                "gateway_functions_seconds",
+                "function_name",
+                "Call durations (OpenFaaS's name; from Envoy routing the call to a replica, queue included, to its answer).",
+            ),
+        ] {
+            head(out, name, "histogram", help);
+            for (f, h) in &self.durations {
+                histogram(out, name, &format!("{label}=\"{f}\""), h);
             }
         }
         head(out, "roost_cold_starts_total", "counter", "Cold starts completed (a replica started for a waiting call).");
@@ -188,9 +223,11 @@ mod tests {
             "envoy.cluster.fn-hello.upstream_rq_200:3|c\nenvoy.cluster.fn-hello.upstream_rq_503:1|c\nenvoy.cluster.fn-hello.upstream_rq_2xx:3|c\n\
              envoy.cluster.fn-ghost.upstream_rq_200:9|c\nenvoy.cluster.roost_gate.upstream_rq_200:9|c\n\
              envoy.cluster.direct.hello.upstream_rq_200:4|c|@0.5\nenvoy.cluster.direct.ghost.upstream_rq_200:4|c\n\
-             envoy.cluster.fn-hello.upstream_rq_time:12|ms\n",
+             envoy.cluster.fn-hello.upstream_rq_time:12|ms\nenvoy.cluster.direct.hello.upstream_rq_time:3|ms\n\
+             envoy.cluster.direct.hello.upstream_rq_time:700|ms|@0.5\nenvoy.cluster.fn-ghost.upstream_rq_time:1|ms\n\
+             envoy.cluster.roost_gate.upstream_rq_time:5|ms\nenvoy.cluster.fn-hello.upstream_rq_time:5|c\n",
         );
-        assert_eq!(taken, 3, "the 2xx class, undeclared functions, the gate's cluster and the time are not taken");
+        assert_eq!(taken, 6, "the 2xx class, undeclared functions, the gate's cluster and a time that is no timer are not taken");
         let mut out = String::new();
         s.render(&mut out);
         assert!(
@@ -200,6 +237,18 @@ mod tests {
         assert!(out.contains("roost_function_calls_total{function=\"hello\",code=\"503\"} 1\n"), "{out}");
         assert!(out.contains("# TYPE gateway_function_invocation_total counter"));
         assert!(!out.contains("ghost"));
+        // 12 ms through the gate, 3 ms direct, and 700 ms direct sampled at 0.5 (twice).
+        for line in [
+            "gateway_functions_seconds_bucket{function_name=\"hello\",le=\"0.005\"} 1\n",
+            "gateway_functions_seconds_bucket{function_name=\"hello\",le=\"0.025\"} 2\n",
+            "gateway_functions_seconds_bucket{function_name=\"hello\",le=\"0.5\"} 2\n",
+            "gateway_functions_seconds_bucket{function_name=\"hello\",le=\"1\"} 4\n",
+            "gateway_functions_seconds_count{function_name=\"hello\"} 4\n",
+            "roost_function_seconds_sum{function=\"hello\"} 1.41", // 1.415, give or take a rounding
+            "# TYPE gateway_functions_seconds histogram\n",
+        ] {
+            assert!(out.contains(line), "{line} in {out}");
+        }
     }
 
     #[test]
@@ -211,9 +260,11 @@ mod tests {
              roost.orchestrator.cold_start.ack:1.5|ms|#function:hello\nroost.orchestrator.cold_start.bogus:1|ms|#function:hello\n\
              roost.orchestrator.replicas.ready:2|g|#function:hello\nroost.orchestrator.replicas.starting:1|g|#function:hello\n\
              roost.orchestrator.held:7|g|#function:hello\n\
-             roost.orchestrator.cold_starts:1|c|#function:ghost\nroost.orchestrator.cold_starts:1|c\n",
+             roost.orchestrator.cold_starts:1|c|#function:ghost\nroost.orchestrator.cold_starts:1|c\n\
+             roost.gate.answers:4|c|#function:hello,code:504\nroost.gate.answers:1|c|#function:ghost,code:503\n\
+             roost.gate.answers:1|c|#function:hello,code:99\nroost.gate.answers:1|g|#function:hello,code:503\n",
         );
-        assert_eq!(taken, 6);
+        assert_eq!(taken, 7, "the gate's answers of an undeclared function, with no status or as a gauge are not taken");
         let mut out = String::new();
         s.render(&mut out);
         assert!(out.contains("roost_cold_starts_total{function=\"hello\"} 1\n"), "{out}");
@@ -222,6 +273,7 @@ mod tests {
         assert!(out.contains("gateway_service_count{function_name=\"hello\"} 2\n"), "{out}");
         assert!(out.contains("roost_replicas_starting{function=\"hello\"} 1\n"), "{out}");
         assert!(out.contains("roost_requests_held{function=\"hello\"} 7\n"), "{out}");
+        assert!(out.contains("gateway_function_invocation_total{function_name=\"hello\",code=\"504\"} 4\n"), "{out}");
         s.forget("hello");
         let mut out = String::new();
         s.render(&mut out);

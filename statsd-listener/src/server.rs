@@ -1,6 +1,7 @@
-//! The UDP loop: receive, refuse what comes from a source not allowed, parse,
-//! aggregate; flush to the sink on a timer and at once when a function queues. A bad
-//! line or a refused datagram is counted and skipped; nothing stalls the loop.
+//! The receive loop: datagrams (refused when their source is not allowed) and the TCP
+//! connections' chunks of lines ([`crate::tcp`]); parse, aggregate; flush to the sink on
+//! a timer and at once when a function queues. A bad line or a refused datagram is
+//! counted and skipped; nothing stalls the loop.
 
 use crate::aggregate::{Aggregator, Observed};
 use crate::allow::AllowList;
@@ -14,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -34,6 +35,8 @@ pub struct Inputs {
     pub flush_every: Duration,
     /// How long a gauge counts without a fresh reading, in milliseconds.
     pub gauge_ttl_ms: u64,
+    /// Whole lines read from the TCP connections.
+    pub tcp: mpsc::Receiver<Vec<u8>>,
 }
 
 /// Largest datagram read (the UDP maximum).
@@ -83,9 +86,18 @@ pub fn handle_datagram(agg: &mut Aggregator, stats: &Stats, datagram: &[u8], now
     stats.unknown_functions.fetch_add(agg.unknown - unknown_before, Ordering::Relaxed);
 }
 
+/// Pushes the load of every function that has just queued, at once.
+fn push_queued(agg: &Aggregator, sink: &Sink, queued: &mut HashSet<String>) {
+    for f in queued.drain() {
+        if let Some(load) = agg.load(&f) {
+            sink.push(&f, load, true);
+        }
+    }
+}
+
 /// Receives until `shutdown`.
 pub async fn run(socket: UdpSocket, sink: Arc<Sink>, stats: Arc<Stats>, inputs: Inputs, shutdown: CancellationToken) {
-    let Inputs { mut allow, mut declared, refused, flush_every, gauge_ttl_ms } = inputs;
+    let Inputs { mut allow, mut declared, refused, flush_every, gauge_ttl_ms, mut tcp } = inputs;
     let mut agg = Aggregator::new(gauge_ttl_ms);
     agg.set_declared((**declared.borrow_and_update()).clone());
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -112,11 +124,11 @@ pub async fn run(socket: UdpSocket, sink: Arc<Sink>, stats: Arc<Stats>, inputs: 
                     continue;
                 }
                 handle_datagram(&mut agg, &stats, &buf[..n], now_ms(), &mut queued);
-                for f in queued.drain() {
-                    if let Some(load) = agg.load(&f) {
-                        sink.push(&f, load, true);
-                    }
-                }
+                push_queued(&agg, &sink, &mut queued);
+            }
+            Some(lines) = tcp.recv() => {
+                handle_datagram(&mut agg, &stats, &lines, now_ms(), &mut queued);
+                push_queued(&agg, &sink, &mut queued);
             }
             Ok(()) = declared.changed() => {
                 let gone = agg.set_declared((**declared.borrow_and_update()).clone());

@@ -1,7 +1,8 @@
 //! The listener behind the real Envoy (statsd sink, 250 ms flush) in front of a slow
 //! upstream limited to one connection, with a real Redis: queueing is seen and signalled
 //! within a second of the queue forming; when the load stops, in-flight drops to zero and
-//! the last-request time stops moving.
+//! the last-request time stops moving. Envoy's sink speaks TCP; every call's code and
+//! duration reach the metrics endpoint.
 
 use roost_control_plane::{start as start_cp, Config as CpConfig};
 use roost_statsd_listener::{start, Config};
@@ -89,6 +90,23 @@ async fn envoy_queueing_is_seen_and_signalled_within_a_second() {
     })
     .await;
     assert_eq!(hget(&redis.url(), "roost:fn:slow:load", "last_request_ms").await.unwrap(), last);
+
+    // The ten calls by code and by duration: 400 ms at the replica, one at a time, so
+    // 0.4, 0.8, ... 4 s with their wait in Envoy's queue.
+    let metrics = listener.metrics_addr.port();
+    let text = wait_until(WAIT, "ten calls in the duration histogram", || async {
+        let r = http::get(metrics, "/metrics").await.ok()?;
+        r.body.contains("gateway_functions_seconds_count{function_name=\"slow\"} 10\n").then_some(r.body)
+    })
+    .await;
+    for line in [
+        "gateway_function_invocation_total{function_name=\"slow\",code=\"200\"} 10\n",
+        "gateway_functions_seconds_bucket{function_name=\"slow\",le=\"0.25\"} 0\n",
+        "gateway_functions_seconds_bucket{function_name=\"slow\",le=\"0.5\"} 1\n",
+        "gateway_functions_seconds_bucket{function_name=\"slow\",le=\"5\"} 10\n",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
     stop.cancel();
 }
 

@@ -1,7 +1,8 @@
 //! The listener on real sockets: cadence as the client, garbage on the port, a 64 KiB
 //! datagram, and a real Redis that is killed and restarted mid-test; what it refuses to
 //! believe: a flood from a source not allowed, gauges of an undeclared function, a gauge
-//! that stopped coming.
+//! that stopped coming; over TCP, lines cut across writes, a stranger's connection and
+//! a line without end.
 
 use cadence::{Counted, Gauged, StatsdClient, UdpMetricSink};
 use roost_statsd_listener::{start, Config, Running};
@@ -230,4 +231,61 @@ async fn a_pending_gauge_that_stops_coming_goes_back_to_zero_within_the_ttl() {
     assert!(counter(&r, "roost_statsd_expired_gauges_total").await >= 1);
     stop.cancel();
     r.wait().await.expect("the statsd-listener stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: full tier (scripts/test.sh)"]
+async fn tcp_lines_split_across_writes_are_read_whole_and_strangers_are_refused() {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    let redis = Redis::start().await;
+    declare(&redis, &["tcp"]).await;
+    let mut c = config(&redis.url());
+    c.allowed_sources = vec!["127.0.0.2".into()];
+    let (r, stop) = start_with(c).await;
+
+    // A stranger's connection is closed at once, unread.
+    let mut stranger = TcpStream::connect(r.udp_addr).unwrap();
+    let _ = stranger.write_all(b"envoy.cluster.fn-tcp.upstream_rq_active:9|g\n");
+    stranger.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(stranger.read(&mut [0u8; 16]).unwrap_or(0), 0, "closed by the listener");
+    wait_until(WAIT, "the stranger counted as refused", || async {
+        (counter(&r, "roost_statsd_denied_datagrams_total").await == 1).then_some(())
+    })
+    .await;
+
+    // Envoy (127.0.0.2) writes a line in two pieces, then a gauge and a timer together.
+    let mut envoy = connect_from("127.0.0.2:0".parse().unwrap(), r.udp_addr).await;
+    envoy.write_all(b"envoy.cluster.fn-tcp.upstream_rq_ac").unwrap();
+    envoy.flush().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    envoy.write_all(b"tive:3|g\nenvoy.cluster.fn-tcp.upstream_rq_time:7|ms\n").unwrap();
+    wait_until(WAIT, "the split line's gauge in Redis", || async {
+        (hget(&redis, "roost:fn:tcp:load", "in_flight").await.as_deref() == Some("3")).then_some(())
+    })
+    .await;
+    assert!(metrics(&r).await.contains("roost_function_seconds_count{function=\"tcp\"} 1\n"));
+    assert_eq!(counter(&r, "roost_statsd_parse_errors_total").await, 0, "no line was cut in two");
+
+    // A line without end closes its connection at the limit; the listener goes on.
+    let _ = envoy.write_all(&vec![b'x'; roost_statsd_listener::tcp::MAX_LINE + 1024]);
+    envoy.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(envoy.read(&mut [0u8; 16]).unwrap_or(0), 0, "closed by the listener");
+    let mut again = connect_from("127.0.0.2:0".parse().unwrap(), r.udp_addr).await;
+    again.write_all(b"envoy.cluster.fn-tcp.upstream_rq_active:5|g\n").unwrap();
+    wait_until(WAIT, "a new connection heard", || async {
+        (hget(&redis, "roost:fn:tcp:load", "in_flight").await.as_deref() == Some("5")).then_some(())
+    })
+    .await;
+    stop.cancel();
+    r.wait().await.expect("the statsd-listener stops cleanly");
+
+    /// A TCP connection to `to` from the local address `from` (another loopback address).
+    async fn connect_from(from: SocketAddr, to: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(from).unwrap();
+        let stream = socket.connect(to).await.unwrap().into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    }
 }
