@@ -14,6 +14,8 @@
 #   ROOST_REDIS_URL             Redis, redis://[:password@]host:port/ (a host name needs a resolver)
 #                                                                    [redis://127.0.0.1:6379/]
 #   ROOST_REDIS_PASSWORD_FILE   a file holding Redis's password, put into ROOST_REDIS_URL  [none]
+#   ROOST_STATSD_ADDR           host:port of the statsd-listener, where the gate's own
+#                               answers (503, 504, 502) are counted   [none: not counted]
 #   ROOST_GATE_MAX_BODY         body limit, bytes (or 64k, 10m)      [10485760]
 #   ROOST_GATE_MAX_HELD         held requests per function           [1000]
 #   ROOST_GATE_WAKE_TIMEOUT_MS  how long a request is held           [30000]
@@ -109,6 +111,7 @@ expect() { # value, extended regex, what
 expect "$ROOST_GATE_PORT" '[0-9]{1,5}' ROOST_GATE_PORT
 expect "$ROOST_REDIS_URL" 'redis://(:[A-Za-z0-9._~%-]+@)?[A-Za-z0-9._-]+(:[0-9]{1,5})?(/[0-9]*)?' ROOST_REDIS_URL
 expect "$ROOST_ENVOY_ADDR" '[A-Za-z0-9._-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}' ROOST_ENVOY_ADDR
+[ -z "${ROOST_STATSD_ADDR:-}" ] || expect "$ROOST_STATSD_ADDR" '[A-Za-z0-9._-]+:[0-9]{1,5}' ROOST_STATSD_ADDR
 expect "$ROOST_GATE_MAX_BODY" '[0-9]+[kKmMgG]?' ROOST_GATE_MAX_BODY
 expect "$ROOST_GATE_WORKERS" 'auto|[0-9]{1,3}' ROOST_GATE_WORKERS
 expect "$ROOST_GATE_LOG_LEVEL" 'debug|info|notice|warn|error|crit|alert|emerg' ROOST_GATE_LOG_LEVEL

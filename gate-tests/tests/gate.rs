@@ -343,6 +343,42 @@ async fn a_request_held_past_the_deadline_gets_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
+async fn the_gates_own_answers_are_counted_by_function_and_status_over_statsd() {
+    bounded(TEST_LIMIT, "answers counted", async {
+        let statsd = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = statsd.local_addr().unwrap().to_string();
+        let mut s = stack(&[("ROOST_GATE_WAKE_TIMEOUT_MS", "800"), ("ROOST_GATE_MAX_HELD", "1"), ("ROOST_STATSD_ADDR", &addr)]).await;
+        declare(&mut s.conn, "slow").await;
+        let _orch = FakeOrchestrator::start(s.redis.port, Duration::ZERO, Behaviour::Mute).await;
+        let port = s.gate.port;
+        let held = tokio::spawn(async move { client::get(port, "/slow").await });
+        s.gate.wait_held("slow", 1).await;
+        assert_eq!(s.gate.get("/slow").await.status, 503, "over the cap of 1");
+        assert_eq!(held.await.unwrap().unwrap().status, 504, "past the deadline");
+        assert_eq!(s.gate.get("/nobody").await.status, 404, "not declared: not counted");
+
+        // Sent once a second, in one or more datagrams: add them up until both are in.
+        let mut counts = std::collections::BTreeMap::new();
+        let mut buf = vec![0u8; 65536];
+        while counts.len() < 2 {
+            let n = tokio::time::timeout(Duration::from_secs(5), statsd.recv(&mut buf)).await.expect("a count within 5 s").unwrap();
+            for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                let (value, tags) = line.strip_prefix("roost.gate.answers:").and_then(|l| l.split_once("|c|#")).expect(line);
+                *counts.entry(tags.to_string()).or_insert(0) += value.parse::<u32>().unwrap();
+            }
+        }
+        let expected: std::collections::BTreeMap<String, u32> =
+            [("function:slow,code:503".to_string(), 1), ("function:slow,code:504".to_string(), 1)].into();
+        assert_eq!(counts, expected);
+        let more = tokio::time::timeout(Duration::from_millis(2500), statsd.recv(&mut buf)).await;
+        assert!(more.is_err(), "a count sent twice: {:?}", more.map(|r| String::from_utf8_lossy(&buf[..r.unwrap()]).to_string()));
+        s.gate.assert_clean_log();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn a_body_over_the_limit_gets_413_json() {
     bounded(TEST_LIMIT, "413", async {
         let mut s = stack(&[("ROOST_GATE_MAX_BODY", "1024")]).await;

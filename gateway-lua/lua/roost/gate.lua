@@ -92,6 +92,8 @@ local envoy_sem         -- semaphore they wait on
 local envoy_epoch = 0   -- probes that found Envoy accepting
 local envoy_next_probe = 0
 local hold_for_envoy    -- defined with the rest of the Envoy handling, below
+local send_answers      -- defined with the counting of the gate's own answers, below
+local ANSWERS_EVERY = 1 -- seconds between two sends of the counts
 
 local function env_num(name, default)
     local v = tonumber(os.getenv(name) or "")
@@ -131,6 +133,10 @@ function _M.init()
     conf.max_body = size_bytes(os.getenv("ROOST_GATE_MAX_BODY"), 10485760)
     -- How long a request waits for an emptied Redis to be given its functions back.
     conf.empty_wait = env_num("ROOST_GATE_EMPTY_WAIT_MS", 2000) / 1000
+    -- Where the gate's own answers are counted (statsd, host:port); unset: not counted.
+    local statsd = os.getenv("ROOST_STATSD_ADDR") or ""
+    conf.statsd_host, conf.statsd_port = statsd:match("^([%w%.%-_]+):(%d+)$")
+    conf.statsd_port = tonumber(conf.statsd_port)
     -- The subscriber's idle read: past it, it PINGs Redis to find a dead connection.
     conf.sub_idle = math.max(env_num("ROOST_GATE_PING_MS", 5000), 100) / 1000
     -- Envoy's public listener (run.sh checked it: host:port or [v6]:port), probed while
@@ -444,6 +450,66 @@ function _M.init_worker()
     if not ok then
         ngx.log(ngx.ERR, "roost gate: cannot start the subscriber: ", err)
     end
+    if ngx.worker.id() == 0 and conf.statsd_port then
+        ok, err = ngx.timer.every(ANSWERS_EVERY, send_answers)
+        if not ok then
+            ngx.log(ngx.ERR, "roost gate: cannot start counting its answers: ", err)
+        end
+    end
+end
+
+---------------------------------------------------------------------------------------
+-- The gate's own answers, counted
+--
+-- A call the gate answers itself (503 at the cap or without Redis, 504 past the deadline,
+-- 502 when Envoy was lost, a refusal's status) never reaches a function's cluster in
+-- Envoy, where calls are counted. Counted here per function and status, in a shared dict
+-- of its own (so listing it stays cheap), and sent once a second by worker 0 as statsd
+-- (`roost.gate.answers:N|c|#function:f,code:c`) to ROOST_STATSD_ADDR, which the
+-- statsd-listener adds to the function's calls by code. Names not declared there are
+-- dropped by the listener; a 404 (no such function) is not counted here at all.
+
+local answers = ngx.shared.roost_answers
+
+local function count_answer(status)
+    local fn = ngx.var.roost_function
+    if answers and status ~= 404 and fn and fn ~= "" then
+        answers:incr(fn .. " " .. status, 1, 0)
+    end
+end
+
+send_answers = function(premature)
+    if premature then
+        return
+    end
+    local keys = answers:get_keys(0)
+    if #keys == 0 then
+        return
+    end
+    local sock = ngx.socket.udp()
+    local ok, err = sock:setpeername(conf.statsd_host, conf.statsd_port)
+    if not ok then
+        ngx.log(ngx.WARN, "roost gate: cannot count its answers at ", conf.statsd_host, ":", conf.statsd_port, ": ", err)
+        return
+    end
+    local lines = {}
+    for _, key in ipairs(keys) do
+        local n = answers:get(key)
+        local fn, code = key:match("^(%S+) (%d+)$")
+        if n and n > 0 and fn then
+            -- Taken off by what is sent, so a count that grows meanwhile is kept.
+            answers:incr(key, -n, 0)
+            lines[#lines + 1] = "roost.gate.answers:" .. n .. "|c|#function:" .. fn .. ",code:" .. code
+            if #lines >= 20 then
+                sock:send(table.concat(lines, "\n"))
+                lines = {}
+            end
+        end
+    end
+    if #lines > 0 then
+        sock:send(table.concat(lines, "\n"))
+    end
+    sock:close()
 end
 
 ---------------------------------------------------------------------------------------
@@ -492,6 +558,7 @@ end
 -- Every answer of the gate is valid UTF-8 JSON, whatever the client sent: a string that
 -- is not valid UTF-8 is percent-encoded (cjson copies bytes >= 0x80 as they are).
 local function json_exit(status, body, headers)
+    count_answer(status)
     body.request_id = ngx.var.roost_request_id
     for k, v in pairs(body) do
         if type(v) == "string" and not valid_utf8(v) then
