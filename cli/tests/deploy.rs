@@ -269,6 +269,7 @@ async fn deploy_scale_update_remove_and_restart(runtime: &str) {
     assert_eq!(http::get(p.port, "/system/metrics").await.unwrap().status, 401);
     let wanted = [
         "gateway_function_invocation_total{function_name=\"greet\",code=\"200\"}",
+        "gateway_functions_seconds_count{function_name=\"greet\"}",
         "roost_cold_starts_total{function=\"greet\"}",
         "roost_cold_start_seconds_count{function=\"greet\",phase=\"total\"}",
         "gateway_service_count{function_name=\"greet\"} 1\n",
@@ -288,6 +289,7 @@ async fn deploy_scale_update_remove_and_restart(runtime: &str) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
         if r.status == 200 && missing.is_empty() && calls >= f64::from(ok) / 3.0 {
+            eprintln!("greet: {calls} calls answered 200 counted, {ok} answered during the rollover");
             break;
         }
         let greet: Vec<&str> = r.body.lines().filter(|l| l.contains("greet") && !l.contains("_bucket")).collect();

@@ -1,6 +1,6 @@
 //! The web console, `/system/console` behind the API token: every function with its
-//! state, replicas, cold starts, calls by status class and rate (from the platform's
-//! metrics), last error, recent log lines and definition. Rendered here as HTML; a few
+//! state, replicas, cold starts, calls by status class, rate and duration (from the
+//! platform's metrics), last error, recent log lines and definition. Rendered here as HTML; a few
 //! lines of JavaScript fetch the live part again every two seconds. No script or style
 //! from elsewhere: it works offline. A browser logs in once at `/system/login?token=...`
 //! (or its form), which sets the token as an HttpOnly, SameSite=Strict cookie.
@@ -37,7 +37,7 @@ pub fn escape(text: &str) -> String {
 }
 
 /// One function's call figures from the metrics text.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Calls {
     /// Answers 1xx-3xx, 4xx and 5xx, since the statsd-listener started.
     pub ok: f64,
@@ -47,6 +47,34 @@ pub struct Calls {
     pub server_errors: f64,
     /// Requests started per second, last flush.
     pub rate: f64,
+    /// The call-duration histogram: (upper bound in seconds, calls at or below it), in
+    /// the order of the metrics text (rising bounds, `+Inf` last).
+    pub durations: Vec<(f64, f64)>,
+}
+
+impl Calls {
+    /// The `q` quantile of the call durations in seconds, interpolated within its bucket
+    /// as Prometheus's `histogram_quantile` does; `None` before any call. A quantile in
+    /// the last bucket (`+Inf`) is given as the highest finite bound.
+    pub fn duration_quantile(&self, q: f64) -> Option<f64> {
+        let total = self.durations.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        let (mut lower, mut below) = (0.0, 0.0);
+        for &(bound, count) in &self.durations {
+            if count >= rank {
+                if bound.is_infinite() {
+                    return Some(lower);
+                }
+                let inside = count - below;
+                return Some(if inside > 0.0 { lower + (bound - lower) * (rank - below) / inside } else { bound });
+            }
+            (lower, below) = (bound, count);
+        }
+        Some(lower)
+    }
 }
 
 /// Every function's [`Calls`] from the Prometheus text of the statsd-listener.
@@ -66,6 +94,10 @@ pub fn calls_of(metrics: &str) -> BTreeMap<String, Calls> {
                 Some(b'5') => c.server_errors += value,
                 _ => c.ok += value,
             }
+        } else if series.starts_with("roost_function_seconds_bucket{") {
+            let (Some(f), Some(le)) = (label("function"), label("le")) else { continue };
+            let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
+            out.entry(f.to_string()).or_default().durations.push((bound, value));
         } else if series.starts_with("roost_function_requests_per_second{") {
             if let Some(f) = label("function") {
                 out.entry(f.to_string()).or_default().rate = value;
@@ -73,6 +105,15 @@ pub fn calls_of(metrics: &str) -> BTreeMap<String, Calls> {
         }
     }
     out
+}
+
+/// A duration for the table: milliseconds below a second.
+fn duration(seconds: Option<f64>) -> String {
+    match seconds {
+        None => String::new(),
+        Some(s) if s < 1.0 => format!("{:.1} ms", s * 1000.0),
+        Some(s) => format!("{s:.2} s"),
+    }
 }
 
 fn figure(v: f64) -> String {
@@ -92,16 +133,17 @@ pub fn live(
 ) -> String {
     let mut h = String::new();
     h.push_str("<table id=\"functions\"><thead><tr><th>function</th><th>source</th><th>state</th><th>ready</th><th>starting</th>");
-    h.push_str("<th>cold starts</th><th>last cold start</th><th>calls/s</th><th>ok</th><th>4xx</th><th>5xx</th><th>last error</th></tr></thead><tbody>");
+    h.push_str("<th>cold starts</th><th>last cold start</th><th>calls/s</th><th>ok</th><th>4xx</th><th>5xx</th><th>p50</th><th>p99</th><th>last error</th></tr></thead><tbody>");
     for (f, deployed) in functions {
-        let c = calls.get(&f.name).copied().unwrap_or_default();
+        let c = calls.get(&f.name).cloned().unwrap_or_default();
         let cold = f.last_cold_start.map(|p| format!("{:.1} ms", p.total_ms)).unwrap_or_default();
         let error = f.reason.as_deref().or(f.last_error.as_deref()).and_then(|e| e.lines().next()).unwrap_or("");
         let _ = write!(
             h,
             "<tr data-function=\"{name}\"><td class=\"name\">{name}</td><td>{source}</td><td class=\"state {state}\">{state}</td>\
              <td class=\"ready\">{ready}</td><td>{starting}</td><td class=\"cold-starts\">{colds}</td><td>{cold}</td>\
-             <td>{rate}</td><td class=\"calls-ok\">{ok}</td><td class=\"calls-4xx\">{e4}</td><td class=\"calls-5xx\">{e5}</td><td class=\"error\">{error}</td></tr>",
+             <td>{rate}</td><td class=\"calls-ok\">{ok}</td><td class=\"calls-4xx\">{e4}</td><td class=\"calls-5xx\">{e5}</td>\
+             <td class=\"p50\">{p50}</td><td class=\"p99\">{p99}</td><td class=\"error\">{error}</td></tr>",
             name = escape(&f.name),
             source = if *deployed { "deployed" } else { "file" },
             state = f.state,
@@ -112,6 +154,8 @@ pub fn live(
             ok = figure(c.ok),
             e4 = figure(c.client_errors),
             e5 = figure(c.server_errors),
+            p50 = duration(c.duration_quantile(0.5)),
+            p99 = duration(c.duration_quantile(0.99)),
             error = escape(error),
         );
     }
@@ -218,7 +262,23 @@ mod tests {
         let text = "# HELP x\nroost_function_calls_total{function=\"a\",code=\"200\"} 5\nroost_function_calls_total{function=\"a\",code=\"404\"} 2\n\
                     roost_function_calls_total{function=\"a\",code=\"503\"} 1\nroost_function_requests_per_second{function=\"a\"} 2.5\n";
         let c = calls_of(text);
-        assert_eq!(c["a"], Calls { ok: 5.0, client_errors: 2.0, server_errors: 1.0, rate: 2.5 });
+        assert_eq!(c["a"], Calls { ok: 5.0, client_errors: 2.0, server_errors: 1.0, rate: 2.5, durations: vec![] });
+        assert_eq!(c["a"].duration_quantile(0.5), None, "no call timed yet");
+    }
+
+    #[test]
+    fn duration_quantiles_are_interpolated_within_their_bucket() {
+        // 10 calls: 4 at most 10 ms, 9 at most 100 ms, 1 slower than the last bound.
+        let text = "roost_function_seconds_bucket{function=\"a\",le=\"0.01\"} 4\nroost_function_seconds_bucket{function=\"a\",le=\"0.1\"} 9\n\
+                    roost_function_seconds_bucket{function=\"a\",le=\"60\"} 9\nroost_function_seconds_bucket{function=\"a\",le=\"+Inf\"} 10\n\
+                    roost_function_seconds_count{function=\"a\"} 10\n";
+        let c = &calls_of(text)["a"];
+        let p50 = c.duration_quantile(0.5).unwrap();
+        assert!((p50 - 0.028).abs() < 1e-9, "rank 5: a fifth of the way from 10 to 100 ms, {p50}");
+        assert_eq!(c.duration_quantile(0.99), Some(60.0), "in +Inf: the highest finite bound");
+        assert_eq!(duration(Some(p50)), "28.0 ms");
+        let html = live(&[(FunctionStatus::empty("a", FunctionState::Ready), false)], &calls_of(text), &BTreeMap::new(), None);
+        assert!(html.contains("<td class=\"p50\">28.0 ms</td><td class=\"p99\">60.00 s</td>"), "{html}");
     }
 
     #[test]
