@@ -79,30 +79,41 @@ pub async fn invoke(e: &Endpoints, function: &str, data: Option<&str>, path: &st
 }
 
 /// `roost status`: replicas, in flight, queued and cold starts, refreshed every second.
-pub async fn watch(e: &Endpoints, once: bool) -> anyhow::Result<()> {
+pub async fn watch(e: &Endpoints, once: bool, json: bool) -> anyhow::Result<()> {
     let client = client::http();
     let mut redis = redis::Client::open(e.redis.as_str())?.get_multiplexed_async_connection().await?;
     loop {
         let s = client::status(&client, e).await?;
-        let mut out = String::new();
-        if !once {
-            out.push_str("\x1b[2J\x1b[H");
-        }
-        out.push_str(&format!(
-            "{:<24} {:<10} {:>6} {:>9} {:>7} {:>11}\n",
-            "FUNCTION", "STATE", "LIVE", "IN FLIGHT", "QUEUED", "COLD STARTS"
-        ));
+        let mut rows = Vec::with_capacity(s.functions.len());
         for f in &s.functions {
             let (in_flight, queued) = client::load(&mut redis, &f.name).await;
-            out.push_str(&format!(
-                "{:<24} {:<10} {:>6} {:>9} {:>7} {:>11}\n",
-                f.name,
-                f.state.as_str(),
-                f.replicas.len(),
+            rows.push(StatusRow {
+                name: f.name.clone(),
+                state: f.state.as_str(),
+                live: f.replicas.len(),
                 in_flight,
                 queued,
-                f.cold_starts
+                cold_starts: f.cold_starts,
+            });
+        }
+        let mut out = String::new();
+        if json {
+            out.push_str(&serde_json::json!({ "functions": rows }).to_string());
+            out.push('\n');
+        } else {
+            if !once {
+                out.push_str("\x1b[2J\x1b[H");
+            }
+            out.push_str(&format!(
+                "{:<24} {:<10} {:>6} {:>9} {:>7} {:>11}\n",
+                "FUNCTION", "STATE", "LIVE", "IN FLIGHT", "QUEUED", "COLD STARTS"
             ));
+            for r in &rows {
+                out.push_str(&format!(
+                    "{:<24} {:<10} {:>6} {:>9} {:>7} {:>11}\n",
+                    r.name, r.state, r.live, r.in_flight, r.queued, r.cold_starts
+                ));
+            }
         }
         print!("{out}");
         std::io::stdout().flush()?;
@@ -113,9 +124,39 @@ pub async fn watch(e: &Endpoints, once: bool) -> anyhow::Result<()> {
     }
 }
 
+/// One function's line of `roost status`.
+#[derive(Debug, serde::Serialize)]
+struct StatusRow {
+    name: String,
+    state: &'static str,
+    live: usize,
+    in_flight: u64,
+    queued: u64,
+    cold_starts: u64,
+}
+
 /// `roost validate`: checks a definitions file; true when valid.
-pub fn validate(path: &Path) -> bool {
-    match roost_common::spec::load_file(path) {
+pub fn validate(path: &Path, json: bool) -> bool {
+    let result = roost_common::spec::load_file(path);
+    if json {
+        let answer = match &result {
+            Ok(defs) => serde_json::json!({
+                "file": path,
+                "ok": true,
+                "functions": defs.iter().map(|(name, spec)| serde_json::json!({
+                    "name": name, "runtime": spec.runtime.kind(), "version": spec.version,
+                })).collect::<Vec<_>>(),
+            }),
+            Err(errors) => serde_json::json!({
+                "file": path,
+                "ok": false,
+                "problems": errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            }),
+        };
+        println!("{answer}");
+        return result.is_ok();
+    }
+    match result {
         Ok(defs) => {
             println!("{}: {} function(s) OK", path.display(), defs.len());
             for (name, spec) in &defs {

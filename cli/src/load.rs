@@ -20,6 +20,8 @@ pub struct LoadSpec {
     /// Most requests outstanding at once (beyond it a tick's requests are skipped and
     /// counted as errors: the client, not the platform, is then the bottleneck).
     pub max_outstanding: usize,
+    /// Print JSON lines instead of a table.
+    pub json: bool,
 }
 
 #[derive(Default)]
@@ -44,7 +46,9 @@ pub async fn run(e: &Endpoints, spec: &LoadSpec) -> anyhow::Result<(u64, u64)> {
     let window = Arc::new(Mutex::new(Second::default()));
     let outstanding = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (mut total_ok, mut total_err) = (0u64, 0u64);
-    println!("{:>4} {:>7} {:>7} {:>9} {:>9} {:>9}", "SEC", "REQ/S", "ERRORS", "P50 MS", "P99 MS", "REPLICAS");
+    if !spec.json {
+        println!("{:>4} {:>7} {:>7} {:>9} {:>9} {:>9}", "SEC", "REQ/S", "ERRORS", "P50 MS", "P99 MS", "REPLICAS");
+    }
     let start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / f64::from(spec.rate.max(1)));
     let mut next = Instant::now();
@@ -79,18 +83,15 @@ pub async fn run(e: &Endpoints, spec: &LoadSpec) -> anyhow::Result<(u64, u64)> {
             let mut w = std::mem::take(&mut *window.lock().unwrap());
             total_ok += w.ok;
             total_err += w.errors;
-            let replicas = match client::status(&client, e).await {
-                Ok(s) => s.function(&spec.function).map_or_else(|| "?".into(), |f| f.ready_replicas().to_string()),
-                Err(_) => "?".into(),
-            };
-            println!(
-                "{sec:>4} {:>7} {:>7} {:>9.1} {:>9.1} {:>9}",
-                w.ok,
-                w.errors,
-                pct(&mut w.latencies_ms, 0.5),
-                pct(&mut w.latencies_ms, 0.99),
-                replicas
-            );
+            let replicas = client::status(&client, e).await.ok().and_then(|s| s.function(&spec.function).map(|f| f.ready_replicas()));
+            let (p50, p99) = (pct(&mut w.latencies_ms, 0.5), pct(&mut w.latencies_ms, 0.99));
+            if spec.json {
+                let line = serde_json::json!({ "second": sec, "ok": w.ok, "errors": w.errors, "p50_ms": p50, "p99_ms": p99, "replicas": replicas });
+                println!("{line}");
+            } else {
+                let replicas = replicas.map_or_else(|| "?".into(), |r| r.to_string());
+                println!("{sec:>4} {:>7} {:>7} {p50:>9.1} {p99:>9.1} {replicas:>9}", w.ok, w.errors);
+            }
         }
         let wake = next.min(next_report);
         tokio::time::sleep_until(tokio::time::Instant::from_std(wake.max(Instant::now()))).await;
@@ -98,6 +99,10 @@ pub async fn run(e: &Endpoints, spec: &LoadSpec) -> anyhow::Result<(u64, u64)> {
     let w = std::mem::take(&mut *window.lock().unwrap());
     total_ok += w.ok;
     total_err += w.errors;
-    println!("total: {total_ok} ok, {total_err} errors");
+    if spec.json {
+        println!("{}", serde_json::json!({ "total_ok": total_ok, "total_errors": total_err }));
+    } else {
+        println!("total: {total_ok} ok, {total_err} errors");
+    }
     Ok((total_ok, total_err))
 }

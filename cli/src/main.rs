@@ -86,6 +86,9 @@ enum Cmd {
         /// Print once and exit.
         #[arg(long)]
         once: bool,
+        /// Print one JSON object per refresh (one line each).
+        #[arg(long)]
+        json: bool,
     },
     /// A function's output (its replicas' and its build's), as `<time> <replica> <line>`
     /// with the time in RFC 3339 UTC.
@@ -162,11 +165,17 @@ enum Cmd {
         /// Where to make the folder.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a definitions file and print every problem.
     Validate {
         /// The file.
         file: PathBuf,
+        /// Print the result as JSON (the functions, or every problem).
+        #[arg(long)]
+        json: bool,
     },
     /// Send requests to a function at a fixed rate and print each second's figures.
     Load {
@@ -185,6 +194,9 @@ enum Cmd {
         /// Most requests outstanding at once.
         #[arg(long, default_value_t = 1000)]
         max_outstanding: usize,
+        /// Print each second's figures and the total as JSON, one object per line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -233,7 +245,7 @@ async fn main() -> ExitCode {
         }
         Cmd::Ls { json } => roost_cli::commands::ls(&e, json).await.map(|_| true),
         Cmd::Invoke { function, data, path, auth } => roost_cli::commands::invoke(&e, &function, data.as_deref(), &path, auth).await,
-        Cmd::Status { once } => roost_cli::commands::watch(&e, once).await.map(|_| true),
+        Cmd::Status { once, json } => roost_cli::commands::watch(&e, once, json).await.map(|_| true),
         Cmd::Logs { function, follow, since, tail, json } => {
             let req = roost_cli::logs::LogsRequest { function, follow, since, tail, json };
             roost_cli::logs::run(&e, &req).await.map(|_| true)
@@ -252,13 +264,17 @@ async fn main() -> ExitCode {
             let want = roost_common::wire::system::Scale { min_replicas: min, max_replicas: max };
             roost_cli::manage::scale(&e, &function, want, json).await.map(|_| true)
         }
-        Cmd::New { name, lang, dir } => roost_cli::manage::new(&name, lang, &dir).map(|folder| {
-            println!("made {}: edit it, then `roost deploy {}`", folder.display(), folder.display());
+        Cmd::New { name, lang, dir, json } => roost_cli::manage::new(&name, lang, &dir).map(|folder| {
+            if json {
+                println!("{}", serde_json::json!({ "name": name, "folder": folder }));
+            } else {
+                println!("made {}: edit it, then `roost deploy {}`", folder.display(), folder.display());
+            }
             true
         }),
-        Cmd::Validate { file } => Ok(roost_cli::commands::validate(&file)),
-        Cmd::Load { function, rate, seconds, path, max_outstanding } => {
-            let spec = roost_cli::load::LoadSpec { function, path, rate, duration: Duration::from_secs(seconds), max_outstanding };
+        Cmd::Validate { file, json } => Ok(roost_cli::commands::validate(&file, json)),
+        Cmd::Load { function, rate, seconds, path, max_outstanding, json } => {
+            let spec = roost_cli::load::LoadSpec { function, path, rate, duration: Duration::from_secs(seconds), max_outstanding, json };
             roost_cli::load::run(&e, &spec).await.map(|(_, errors)| errors == 0)
         }
     };

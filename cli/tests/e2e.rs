@@ -132,6 +132,18 @@ async fn roost_up_serves_wakes_scales_and_sleeps_without_errors() {
     let out = String::from_utf8_lossy(&load.stdout);
     assert!(load.status.success(), "{out}");
     assert!(out.contains("REQ/S") && out.contains(", 0 errors"), "{out}");
+    // --json on every command that prints: a JSON object per line.
+    let lines = |o: &std::process::Output| -> Vec<serde_json::Value> {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
+    };
+    let load = lines(&roost(&["load", "hello", "--rate", "20", "--seconds", "1", "--json"]));
+    assert_eq!(load.last().unwrap()["total_errors"], 0, "{load:?}");
+    assert!(load.iter().any(|l| l["second"] == 1 && l["ok"].as_u64().unwrap() > 0), "{load:?}");
+    let status = lines(&roost(&["status", "--once", "--json"]));
+    assert!(status[0]["functions"].as_array().unwrap().iter().any(|f| f["name"] == "hello" && f["live"].as_u64().is_some()), "{status:?}");
+    let val = lines(&roost(&["validate", p.definitions().to_str().unwrap(), "--json"]));
+    assert_eq!(val[0]["ok"], true, "{val:?}");
 
     // No flag, no variable, run in the folder `roost up` ran in: the endpoints file
     // (.roost/endpoints.env) names the platform.

@@ -1,5 +1,6 @@
-//! `roost` writing into a pipe whose reader has gone (`roost ... | head`): it ends
-//! quietly, by SIGPIPE, as Unix tools do, never with a panic.
+//! `roost` without a platform: writing into a pipe whose reader has gone
+//! (`roost ... | head`) ends it quietly, by SIGPIPE, as Unix tools do, never with a
+//! panic; `validate --json` lists every problem.
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -25,4 +26,18 @@ fn a_closed_pipe_ends_roost_quietly() {
     let _ = std::fs::remove_file(&defs);
     assert!(!stderr.contains("panicked"), "roost panicked on a closed pipe: {stderr}");
     assert_eq!(status.signal(), Some(libc::SIGPIPE), "ended by SIGPIPE: {status:?}, stderr: {stderr}");
+}
+
+#[test]
+fn validate_json_lists_every_problem_and_fails() {
+    let defs = std::env::temp_dir().join(format!("roost-validate-json-{}.yml", std::process::id()));
+    std::fs::write(&defs, "usable-functions:\n  Bad_Name: {version: 1, runtime: {kind: image, image: x}}\n  ok: {version: 1}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_roost")).arg("validate").arg(&defs).arg("--json").output().unwrap();
+    let _ = std::fs::remove_file(&defs);
+    assert!(!out.status.success(), "an invalid file fails");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(answer["ok"], false);
+    let problems = answer["problems"].as_array().unwrap();
+    assert!(problems.len() >= 2, "both functions' problems: {answer}");
+    assert!(problems.iter().any(|p| p.as_str().unwrap().contains("Bad_Name")), "{answer}");
 }
