@@ -1,5 +1,7 @@
-//! `roost logs`: a function's output from the orchestrator's log API
-//! (`GET /functions/{name}/logs`), one `<time> <replica> <line>` per line, the time in
+//! `roost logs`: a function's output from the management API on the platform's port
+//! (`GET /system/functions/{name}/logs`, with the API token), or, without an API token,
+//! from the orchestrator's own API (`GET /functions/{name}/logs`, with the control
+//! token); one `<time> <replica> <line>` per line, the time in
 //! RFC 3339 UTC with milliseconds (`2026-12-04T17:38:54.123Z`); `--json` passes the NDJSON
 //! through as the orchestrator sends it.
 
@@ -159,16 +161,31 @@ pub async fn run(e: &Endpoints, req: &LogsRequest) -> anyhow::Result<()> {
     // No overall timeout: a followed answer stays open as long as the user reads it.
     let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
     let path = format!("/functions/{}/logs", req.function);
-    let mut r = e
-        .orchestrator_request(&client, reqwest::Method::GET, &path)
-        .query(&query)
-        .send()
-        .await
-        .map_err(|err| e.orchestrator_unreachable(&err))?;
+    let mut r = match &e.api_token {
+        Some(token) => {
+            let url = format!("{}{}{path}", e.gate, roost_common::wire::system::PREFIX);
+            client.get(&url).bearer_auth(token.expose()).query(&query).send().await.map_err(|err| {
+                anyhow::anyhow!(
+                    "cannot reach the platform at {} ({}): {err}; is Roost running? Point at another with --gate URL",
+                    e.gate,
+                    e.origin.gate
+                )
+            })?
+        }
+        None => e
+            .orchestrator_request(&client, reqwest::Method::GET, &path)
+            .query(&query)
+            .send()
+            .await
+            .map_err(|err| e.orchestrator_unreachable(&err))?,
+    };
     if !r.status().is_success() {
         let status = r.status();
         let body = r.text().await.unwrap_or_default();
         let said = serde_json::from_str::<ApiError>(&body).map(|a| a.error).unwrap_or(body);
+        if e.api_token.is_some() {
+            anyhow::bail!("the platform at {} answered {status}: {said}", e.gate);
+        }
         return Err(e.orchestrator_refused(status, &said));
     }
     let mut lines = Lines::default();
