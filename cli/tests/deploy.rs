@@ -192,7 +192,9 @@ async fn deploy_scale_update_remove_and_restart(runtime: &str) {
     // With Docker, an image already on the engine (AMP's `fn create NAME IMAGE`): the
     // image the platform built for greet serves HTTP on $PORT.
     if runtime == "docker" {
-        // The image of greet's running replica (v1; an earlier run's v2 image may be there too).
+        // The image of greet's running replica (v1; an earlier run's v2 image may be there
+        // too). greet sleeps after 2 s idle: a call first wakes it (or keeps it awake).
+        answers(&p, "greet", "v1").await;
         let out = std::process::Command::new("docker")
             .args(["ps", "--filter", "label=roost.function=greet", "--filter", "status=running", "--format", "{{.Image}}"])
             .output()

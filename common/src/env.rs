@@ -89,8 +89,8 @@ names! {
     DEPLOY_MAX_BODY = "ROOST_DEPLOY_MAX_BODY";
     /// The orchestrator's API as the control plane routes `/system/` to it, `host:port`.
     SYSTEM_ADDR = "ROOST_SYSTEM_ADDR";
-    /// The statsd-listener, `host:port`, as a peer: the orchestrator and the gate send UDP
-    /// there, Envoy's statsd sink TCP.
+    /// The statsd-listener, `host:port`, as a peer: the orchestrator and the gate send
+    /// statsd (UDP) there, Envoy its metrics service's stream (gRPC over TCP).
     STATSD_ADDR = "ROOST_STATSD_ADDR";
     /// Readiness probe interval, in milliseconds.
     PROBE_INTERVAL_MS = "ROOST_PROBE_INTERVAL_MS";

@@ -12,8 +12,8 @@ use std::net::SocketAddr;
     about = "Roost's statsd listener: reads Envoy's statsd, sees queueing and idleness per function, writes the load to Redis and signals scale-ups."
 )]
 pub struct Config {
-    /// Address statsd is received on, over UDP (Roost's own metrics) and TCP on the same
-    /// port (Envoy's statsd sink).
+    /// Address statsd is received on over UDP (Roost's own metrics), and Envoy's metrics
+    /// service (gRPC) over TCP on the same port.
     #[arg(long, env = env::STATSD_BIND, default_value = "0.0.0.0:8125")]
     pub bind: SocketAddr,
 

@@ -9,8 +9,9 @@
 //!   only, gauges that expire), and the scale-up rule.
 //! - [`allow`]: which senders are believed (`ROOST_STATSD_ALLOWED_SOURCES`).
 //! - [`refresh`]: the declared functions and the allowed addresses, kept fresh.
-//! - [`server`]: the receive loop (UDP datagrams, and the TCP connections' lines).
-//! - [`tcp`]: statsd over TCP (Envoy's sink), from allowed sources only.
+//! - [`server`]: the receive loop (statsd datagrams, and Envoy's metrics messages).
+//! - [`envoy`]: Envoy's metrics over gRPC (its MetricsService sink), from allowed
+//!   sources only.
 //! - [`sink`]: writing to Redis, reconnecting, bounded while Redis is away.
 //! - [`series`]: the platform's Prometheus series (calls by code, durations, cold
 //!   starts, replicas), under Roost's and OpenFaaS's names.
@@ -20,13 +21,13 @@
 pub mod aggregate;
 pub mod allow;
 pub mod config;
+pub mod envoy;
 pub mod metrics;
 pub mod parser;
 pub mod refresh;
 pub mod series;
 pub mod server;
 pub mod sink;
-pub mod tcp;
 
 pub use config::Config;
 
@@ -68,7 +69,8 @@ pub enum Error {
 /// A started listener.
 #[derive(Debug)]
 pub struct Running {
-    /// The UDP address it receives on; TCP on the same address and port.
+    /// The UDP address it receives statsd on; Envoy's metrics (gRPC) come over TCP to
+    /// the same address and port.
     pub udp_addr: SocketAddr,
     /// The `/metrics` address.
     pub metrics_addr: SocketAddr,
@@ -115,10 +117,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     })?;
     server::grow_receive_buffer(&socket, 8 << 20);
     let udp_addr = socket.local_addr().expect("bound socket has an address");
-    // TCP on the same port as UDP (statsd's convention), also when the port was chosen
-    // by the system.
+    // Envoy's metrics (gRPC, over TCP) on the same port number as statsd (UDP), also when
+    // the port was chosen by the system.
     let tcp_listener = tokio::net::TcpListener::bind(udp_addr).await.map_err(|source| Error::Bind {
-        what: "statsd (TCP)",
+        what: "Envoy's metrics (gRPC over TCP)",
         addr: udp_addr,
         flag: "--bind / ROOST_STATSD_BIND",
         source,
@@ -146,15 +148,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     info!(%udp_addr, %metrics_addr, "statsd listener receiving");
     let flush = Duration::from_millis(config.flush_interval_ms);
     let refused = Arc::new(tokio::sync::Notify::new());
-    let (tcp_tx, tcp_rx) = tokio::sync::mpsc::channel(tcp::CHANNEL_CHUNKS);
-    let tcp_task = tcp::serve(tcp_listener, allow_rx.clone(), stats.clone(), tcp_tx, shutdown.clone());
+    let (envoy_tx, envoy_rx) = tokio::sync::mpsc::channel(envoy::CHANNEL_MESSAGES);
+    let grpc = envoy::serve(tcp_listener, allow_rx.clone(), stats.clone(), envoy_tx, shutdown.clone());
     let inputs = server::Inputs {
         allow: allow_rx,
         declared: declared_rx,
         refused: refused.clone(),
         flush_every: flush,
         gauge_ttl_ms: config.gauge_ttl_ms,
-        tcp: tcp_rx,
+        envoy: envoy_rx,
     };
     let (st, sk, sd) = (stats.clone(), sink.clone(), shutdown.clone());
     let task = tokio::spawn(async move {
@@ -162,12 +164,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let functions = tokio::spawn(refresh::declared(client, declared_conn, declared_failing, declared_tx, st.clone(), sd.clone()));
         let resolver = tokio::spawn(refresh::resolver(sources, allow_tx, refused, sd.clone()));
         let http = tokio::spawn(std::future::IntoFuture::into_future(http));
-        let tcp = tokio::spawn(tcp_task);
+        let grpc = tokio::spawn(grpc);
         server::run(socket, sk, st, inputs, sd).await;
-        for t in [functions, resolver, tcp] {
+        for t in [functions, resolver] {
             t.await.map_err(|e| Error::Panicked(e.to_string()))?;
         }
         let writer = writer.await.map_err(|e| Error::Panicked(e.to_string()));
+        if let Err(e) = grpc.await.map_err(|e| Error::Panicked(e.to_string()))? {
+            tracing::warn!(error = %e, "Envoy's metrics service stopped with an error");
+        }
         let served = http.await.map_err(|e| Error::Panicked(e.to_string()))?;
         if let Err(e) = served {
             tracing::warn!(error = %e, "the metrics server stopped with an error");

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 /// The listener's own counters.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Datagrams received, and reads from TCP connections.
+    /// Datagrams received, and Envoy's metrics messages.
     pub packets: AtomicU64,
     /// Lines read.
     pub lines: AtomicU64,
@@ -24,7 +24,7 @@ pub struct Stats {
     pub dropped_functions: AtomicU64,
     /// Metrics dropped because their function is not declared (`roost:functions`).
     pub unknown_functions: AtomicU64,
-    /// Datagrams and TCP connections dropped because their source is not allowed.
+    /// Datagrams and metrics-service connections dropped because their source is not allowed.
     pub denied_datagrams: AtomicU64,
     /// Gauges zeroed because no fresh reading came within the gauge TTL.
     pub expired_gauges: AtomicU64,
@@ -38,7 +38,7 @@ pub struct Stats {
 pub fn render(stats: &Stats) -> String {
     let mut out = String::new();
     let counters = [
-        ("roost_statsd_packets_total", "Datagrams received (and chunks of lines read over TCP).", &stats.packets),
+        ("roost_statsd_packets_total", "Datagrams received (and Envoy's metrics messages).", &stats.packets),
         ("roost_statsd_lines_total", "statsd lines read.", &stats.lines),
         ("roost_statsd_parse_errors_total", "Lines rejected as malformed (counted and skipped).", &stats.parse_errors),
         ("roost_statsd_redis_errors_total", "Failed Redis connects or writes.", &stats.redis_errors),
@@ -47,7 +47,7 @@ pub fn render(stats: &Stats) -> String {
         ("roost_statsd_unknown_functions_total", "Metrics dropped because their function is not declared.", &stats.unknown_functions),
         (
             "roost_statsd_denied_datagrams_total",
-            "Datagrams and TCP connections dropped because their source is not allowed.",
+            "Datagrams and metrics-service connections dropped because their source is not allowed.",
             &stats.denied_datagrams,
         ),
         ("roost_statsd_expired_gauges_total", "In-flight or pending gauges zeroed for want of a fresh reading.", &stats.expired_gauges),

@@ -8,7 +8,8 @@
 //! `gateway_functions_seconds`, `gateway_service_count`). Only declared functions are
 //! kept, so a flood of odd names cannot grow it.
 //!
-//! A call's duration is Envoy's `upstream_rq_time`: from Envoy routing the call to the
+//! A call's duration is Envoy's `upstream_rq_time` (each flush interval's histogram, from
+//! its metrics service; a statsd timer sample is taken too): from Envoy routing the call to the
 //! function's replicas (its wait in Envoy's queue for a free replica included) until the
 //! replica's answer, in whole milliseconds. A cold call's wait at the gate is not in it;
 //! the cold start is, phase by phase, in `roost_cold_start_seconds`.
@@ -77,12 +78,8 @@ impl Series {
     pub fn observe(&mut self, m: &Metric, declared: impl Fn(&str) -> bool) -> bool {
         let weight = 1.0 / m.sample_rate;
         let name = m.name.strip_prefix("envoy.").unwrap_or(m.name);
-        if let Some(rest) = name.strip_prefix("cluster.") {
-            let Some((cluster, stat)) = rest.rsplit_once('.') else { return false };
-            // A call through the gate is answered on the function's cluster (`fn-<f>`), one
-            // that went straight to a replica on its aggregate cluster (`direct.<f>`).
-            let function = cluster.strip_prefix("direct.").filter(|f| !f.contains('.')).or_else(|| function_of_cluster(cluster));
-            let Some(function) = function.filter(|f| declared(f)) else { return false };
+        if let Some((function, stat)) = function_stat(name) {
+            let Some(function) = Some(function).filter(|f| declared(f)) else { return false };
             if (stat, m.kind) == ("upstream_rq_time", Kind::Timer) {
                 self.durations.entry(function.to_string()).or_default().observe(m.value / 1000.0, weight);
                 return true;
@@ -122,6 +119,33 @@ impl Series {
             }
             _ => return false,
         }
+        true
+    }
+
+    /// Takes in one flush interval's histogram of a stat of Envoy's (`buckets`: rising
+    /// upper bounds in milliseconds with the samples at or below each). Only a function
+    /// cluster's `upstream_rq_time` is one of these series; returns whether it was.
+    /// Each of [`BUCKETS`] gets the count at the highest of Envoy's bounds not above it
+    /// (Envoy's default bounds include every one of them).
+    pub fn observe_histogram(
+        &mut self,
+        name: &str,
+        buckets: &[(f64, f64)],
+        count: f64,
+        sum_ms: f64,
+        declared: impl Fn(&str) -> bool,
+    ) -> bool {
+        let Some((function, "upstream_rq_time")) = function_stat(name) else { return false };
+        if !declared(function) {
+            return false;
+        }
+        let h = self.durations.entry(function.to_string()).or_default();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let within = buckets.iter().take_while(|(ms, _)| *ms <= bound * 1000.0 + 1e-9).last().map_or(0.0, |(_, n)| *n);
+            h.buckets[i] += within;
+        }
+        h.count += count;
+        h.sum += sum_ms / 1000.0;
         true
     }
 
@@ -195,6 +219,16 @@ impl Series {
     }
 }
 
+/// The function and the stat of one of Envoy's cluster stats: a call through the gate is
+/// answered on the function's cluster (`fn-<f>`), one that went straight to a replica on
+/// its aggregate cluster (`direct.<f>`).
+fn function_stat(name: &str) -> Option<(&str, &str)> {
+    let rest = name.strip_prefix("envoy.").unwrap_or(name).strip_prefix("cluster.")?;
+    let (cluster, stat) = rest.rsplit_once('.')?;
+    let function = cluster.strip_prefix("direct.").filter(|f| !f.contains('.')).or_else(|| function_of_cluster(cluster))?;
+    Some((function, stat))
+}
+
 fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
     for (bound, n) in BUCKETS.iter().zip(h.buckets) {
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {n}");
@@ -249,6 +283,35 @@ mod tests {
         ] {
             assert!(out.contains(line), "{line} in {out}");
         }
+    }
+
+    #[test]
+    fn envoys_interval_histograms_add_up_by_function() {
+        // Envoy's default bounds (ms), cumulative counts of one flush interval.
+        let bounds = [0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0];
+        let interval = |counts: [f64; 16]| bounds.iter().copied().zip(counts).collect::<Vec<_>>();
+        let mut s = Series::default();
+        let declared = |f: &str| f == "hello";
+        // 3 calls of 2-5 ms through the gate, then 2 direct: one of 40 ms, one of 3 s.
+        let first = interval([0., 0., 3., 3., 3., 3., 3., 3., 3., 3., 3., 3., 3., 3., 3., 3.]);
+        assert!(s.observe_histogram("cluster.fn-hello.upstream_rq_time", &first, 3.0, 10.5, declared));
+        let second = interval([0., 0., 0., 0., 0., 1., 1., 1., 1., 1., 1., 2., 2., 2., 2., 2.]);
+        assert!(s.observe_histogram("cluster.direct.hello.upstream_rq_time", &second, 2.0, 3040.0, declared));
+        assert!(!s.observe_histogram("cluster.fn-ghost.upstream_rq_time", &first, 3.0, 10.5, declared), "not declared");
+        assert!(!s.observe_histogram("cluster.fn-hello.upstream_cx_length_ms", &first, 3.0, 10.5, declared), "another stat");
+        let mut out = String::new();
+        s.render(&mut out);
+        for line in [
+            "roost_function_seconds_bucket{function=\"hello\",le=\"0.005\"} 3\n",
+            "roost_function_seconds_bucket{function=\"hello\",le=\"0.05\"} 4\n",
+            "roost_function_seconds_bucket{function=\"hello\",le=\"2.5\"} 4\n",
+            "roost_function_seconds_bucket{function=\"hello\",le=\"5\"} 5\n",
+            "roost_function_seconds_bucket{function=\"hello\",le=\"+Inf\"} 5\n",
+            "roost_function_seconds_sum{function=\"hello\"} 3.0505\n",
+        ] {
+            assert!(out.contains(line), "{line} in {out}");
+        }
+        assert!(!out.contains("ghost"));
     }
 
     #[test]

@@ -1,14 +1,18 @@
-//! The receive loop: datagrams (refused when their source is not allowed) and the TCP
-//! connections' chunks of lines ([`crate::tcp`]); parse, aggregate; flush to the sink on
-//! a timer and at once when a function queues. A bad line or a refused datagram is
-//! counted and skipped; nothing stalls the loop.
+//! The receive loop: statsd datagrams (refused when their source is not allowed) and
+//! Envoy's metrics messages ([`crate::envoy`]); parse, aggregate; flush to the sink on a
+//! timer and at once when a function queues. A bad line or a refused datagram is counted
+//! and skipped; nothing stalls the loop.
 
 use crate::aggregate::{Aggregator, Observed};
 use crate::allow::AllowList;
+use crate::envoy::{readings, Reading};
 use crate::metrics::Stats;
 use crate::parser::parse_datagram;
+use crate::parser::Metric;
 use crate::refresh::Declared;
+use crate::series::Series;
 use crate::sink::Sink;
+use envoy_types::pb::io::prometheus::client::MetricFamily;
 use roost_common::clock::now_ms;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -35,8 +39,8 @@ pub struct Inputs {
     pub flush_every: Duration,
     /// How long a gauge counts without a fresh reading, in milliseconds.
     pub gauge_ttl_ms: u64,
-    /// Whole lines read from the TCP connections.
-    pub tcp: mpsc::Receiver<Vec<u8>>,
+    /// Envoy's metrics messages (their metric families).
+    pub envoy: mpsc::Receiver<Vec<MetricFamily>>,
 }
 
 /// Largest datagram read (the UDP maximum).
@@ -68,22 +72,45 @@ pub fn handle_datagram(agg: &mut Aggregator, stats: &Stats, datagram: &[u8], now
     for line in parse_datagram(datagram) {
         lines += 1;
         match line {
-            Ok(m) => {
-                if series.observe(&m, |f| agg.is_declared(f)) {
-                    continue;
-                }
-                if agg.observe(&m, now) == Observed::Queued {
-                    if let Some((f, _)) = crate::aggregate::classify(m.name) {
-                        queued.insert(f.to_string());
-                    }
-                }
-            }
+            Ok(m) => take(agg, &mut series, &m, now, queued),
             Err(_) => errors += 1,
         }
     }
     stats.lines.fetch_add(lines, Ordering::Relaxed);
     stats.parse_errors.fetch_add(errors, Ordering::Relaxed);
     stats.unknown_functions.fetch_add(agg.unknown - unknown_before, Ordering::Relaxed);
+}
+
+/// Handles one of Envoy's metrics messages, as [`handle_datagram`] a datagram (each
+/// metric counts as a line).
+pub fn handle_envoy(agg: &mut Aggregator, stats: &Stats, families: &[MetricFamily], now: u64, queued: &mut HashSet<String>) {
+    stats.packets.fetch_add(1, Ordering::Relaxed);
+    let mut lines = 0u64;
+    let unknown_before = agg.unknown;
+    let mut series = stats.series.lock().unwrap_or_else(|e| e.into_inner());
+    for reading in readings(families) {
+        lines += 1;
+        match reading {
+            Reading::Line(m) => take(agg, &mut series, &m, now, queued),
+            Reading::Histogram { name, buckets, count, sum } => {
+                series.observe_histogram(name, &buckets, count, sum, |f| agg.is_declared(f));
+            }
+        }
+    }
+    stats.lines.fetch_add(lines, Ordering::Relaxed);
+    stats.unknown_functions.fetch_add(agg.unknown - unknown_before, Ordering::Relaxed);
+}
+
+/// One metric into the series or the load.
+fn take(agg: &mut Aggregator, series: &mut Series, m: &Metric<'_>, now: u64, queued: &mut HashSet<String>) {
+    if series.observe(m, |f| agg.is_declared(f)) {
+        return;
+    }
+    if agg.observe(m, now) == Observed::Queued {
+        if let Some((f, _)) = crate::aggregate::classify(m.name) {
+            queued.insert(f.to_string());
+        }
+    }
 }
 
 /// Pushes the load of every function that has just queued, at once.
@@ -97,7 +124,7 @@ fn push_queued(agg: &Aggregator, sink: &Sink, queued: &mut HashSet<String>) {
 
 /// Receives until `shutdown`.
 pub async fn run(socket: UdpSocket, sink: Arc<Sink>, stats: Arc<Stats>, inputs: Inputs, shutdown: CancellationToken) {
-    let Inputs { mut allow, mut declared, refused, flush_every, gauge_ttl_ms, mut tcp } = inputs;
+    let Inputs { mut allow, mut declared, refused, flush_every, gauge_ttl_ms, mut envoy } = inputs;
     let mut agg = Aggregator::new(gauge_ttl_ms);
     agg.set_declared((**declared.borrow_and_update()).clone());
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -126,8 +153,8 @@ pub async fn run(socket: UdpSocket, sink: Arc<Sink>, stats: Arc<Stats>, inputs: 
                 handle_datagram(&mut agg, &stats, &buf[..n], now_ms(), &mut queued);
                 push_queued(&agg, &sink, &mut queued);
             }
-            Some(lines) = tcp.recv() => {
-                handle_datagram(&mut agg, &stats, &lines, now_ms(), &mut queued);
+            Some(families) = envoy.recv() => {
+                handle_envoy(&mut agg, &stats, &families, now_ms(), &mut queued);
                 push_queued(&agg, &sink, &mut queued);
             }
             Ok(()) = declared.changed() => {

@@ -1,8 +1,8 @@
 //! The listener behind the real Envoy (statsd sink, 250 ms flush) in front of a slow
 //! upstream limited to one connection, with a real Redis: queueing is seen and signalled
 //! within a second of the queue forming; when the load stops, in-flight drops to zero and
-//! the last-request time stops moving. Envoy's sink speaks TCP; every call's code and
-//! duration reach the metrics endpoint.
+//! the last-request time stops moving. Envoy's metrics come through its metrics service
+//! (gRPC); every call's code and duration reach the metrics endpoint.
 
 use roost_control_plane::{start as start_cp, Config as CpConfig};
 use roost_statsd_listener::{start, Config};

@@ -1,8 +1,8 @@
 //! The listener on real sockets: cadence as the client, garbage on the port, a 64 KiB
 //! datagram, and a real Redis that is killed and restarted mid-test; what it refuses to
 //! believe: a flood from a source not allowed, gauges of an undeclared function, a gauge
-//! that stopped coming; over TCP, lines cut across writes, a stranger's connection and
-//! a line without end.
+//! that stopped coming; Envoy's metrics service (gRPC) from an allowed source and from a
+//! stranger.
 
 use cadence::{Counted, Gauged, StatsdClient, UdpMetricSink};
 use roost_statsd_listener::{start, Config, Running};
@@ -235,57 +235,67 @@ async fn a_pending_gauge_that_stops_coming_goes_back_to_zero_within_the_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server: full tier (scripts/test.sh)"]
-async fn tcp_lines_split_across_writes_are_read_whole_and_strangers_are_refused() {
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpStream};
+async fn envoys_metrics_service_is_heard_from_allowed_sources_only() {
+    use envoy_types::pb::envoy::service::metrics::v3::metrics_service_client::MetricsServiceClient;
+    use envoy_types::pb::envoy::service::metrics::v3::StreamMetricsMessage;
+    use envoy_types::pb::io::prometheus::client::{Bucket, Gauge, Histogram, Metric, MetricFamily, MetricType};
     let redis = Redis::start().await;
-    declare(&redis, &["tcp"]).await;
+    declare(&redis, &["grpc"]).await;
     let mut c = config(&redis.url());
     c.allowed_sources = vec!["127.0.0.2".into()];
     let (r, stop) = start_with(c).await;
+    let message = |active: f64| StreamMetricsMessage {
+        identifier: None,
+        envoy_metrics: vec![
+            MetricFamily {
+                name: Some("cluster.fn-grpc.upstream_rq_active".into()),
+                r#type: Some(MetricType::Gauge as i32),
+                metric: vec![Metric { gauge: Some(Gauge { value: Some(active) }), ..Default::default() }],
+                ..Default::default()
+            },
+            MetricFamily {
+                name: Some("cluster.fn-grpc.upstream_rq_time".into()),
+                r#type: Some(MetricType::Histogram as i32),
+                metric: vec![Metric {
+                    histogram: Some(Histogram {
+                        sample_count: Some(1),
+                        sample_sum: Some(7.0),
+                        bucket: vec![Bucket { upper_bound: Some(10.0), cumulative_count: Some(1), ..Default::default() }],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ],
+    };
+    let endpoint = |from: &str| {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", r.udp_addr)).unwrap().local_address(Some(from.parse().unwrap()))
+    };
 
-    // A stranger's connection is closed at once, unread.
-    let mut stranger = TcpStream::connect(r.udp_addr).unwrap();
-    let _ = stranger.write_all(b"envoy.cluster.fn-tcp.upstream_rq_active:9|g\n");
-    stranger.set_read_timeout(Some(WAIT)).unwrap();
-    assert_eq!(stranger.read(&mut [0u8; 16]).unwrap_or(0), 0, "closed by the listener");
-    wait_until(WAIT, "the stranger counted as refused", || async {
-        (counter(&r, "roost_statsd_denied_datagrams_total").await == 1).then_some(())
+    // A stranger (127.0.0.1) is refused: its stream fails, and nothing of it is read.
+    let stranger = async {
+        let mut client = MetricsServiceClient::new(endpoint("127.0.0.1").connect().await?);
+        client.stream_metrics(tokio_stream::iter(vec![message(9.0)])).await.map_err(Into::into)
+    };
+    let refused: Result<_, Box<dyn std::error::Error>> = tokio::time::timeout(WAIT, stranger).await.expect("answered in time");
+    assert!(refused.is_err(), "a stranger's stream was accepted");
+    assert!(counter(&r, "roost_statsd_denied_datagrams_total").await >= 1, "its connection counted as refused");
+    tokio::time::sleep(Duration::from_millis(200)).await; // past a flush (50 ms)
+    assert!(!exists(&redis, "roost:fn:grpc:load").await, "the stranger's gauge was believed");
+
+    // Envoy (127.0.0.2): its gauge reaches Redis, its histogram the metrics.
+    let mut client = MetricsServiceClient::new(endpoint("127.0.0.2").connect().await.unwrap());
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let stream = tokio::spawn(async move { client.stream_metrics(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    tx.send(message(3.0)).await.unwrap();
+    wait_until(WAIT, "Envoy's gauge in Redis", || async {
+        (hget(&redis, "roost:fn:grpc:load", "in_flight").await.as_deref() == Some("3")).then_some(())
     })
     .await;
-
-    // Envoy (127.0.0.2) writes a line in two pieces, then a gauge and a timer together.
-    let mut envoy = connect_from("127.0.0.2:0".parse().unwrap(), r.udp_addr).await;
-    envoy.write_all(b"envoy.cluster.fn-tcp.upstream_rq_ac").unwrap();
-    envoy.flush().unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    envoy.write_all(b"tive:3|g\nenvoy.cluster.fn-tcp.upstream_rq_time:7|ms\n").unwrap();
-    wait_until(WAIT, "the split line's gauge in Redis", || async {
-        (hget(&redis, "roost:fn:tcp:load", "in_flight").await.as_deref() == Some("3")).then_some(())
-    })
-    .await;
-    assert!(metrics(&r).await.contains("roost_function_seconds_count{function=\"tcp\"} 1\n"));
-    assert_eq!(counter(&r, "roost_statsd_parse_errors_total").await, 0, "no line was cut in two");
-
-    // A line without end closes its connection at the limit; the listener goes on.
-    let _ = envoy.write_all(&vec![b'x'; roost_statsd_listener::tcp::MAX_LINE + 1024]);
-    envoy.set_read_timeout(Some(WAIT)).unwrap();
-    assert_eq!(envoy.read(&mut [0u8; 16]).unwrap_or(0), 0, "closed by the listener");
-    let mut again = connect_from("127.0.0.2:0".parse().unwrap(), r.udp_addr).await;
-    again.write_all(b"envoy.cluster.fn-tcp.upstream_rq_active:5|g\n").unwrap();
-    wait_until(WAIT, "a new connection heard", || async {
-        (hget(&redis, "roost:fn:tcp:load", "in_flight").await.as_deref() == Some("5")).then_some(())
-    })
-    .await;
+    assert!(metrics(&r).await.contains("roost_function_seconds_bucket{function=\"grpc\",le=\"0.01\"} 1\n"));
+    drop(tx);
+    assert!(stream.await.unwrap().is_ok(), "the stream ends cleanly when Envoy ends it");
     stop.cancel();
     r.wait().await.expect("the statsd-listener stops cleanly");
-
-    /// A TCP connection to `to` from the local address `from` (another loopback address).
-    async fn connect_from(from: SocketAddr, to: SocketAddr) -> TcpStream {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(from).unwrap();
-        let stream = socket.connect(to).await.unwrap().into_std().unwrap();
-        stream.set_nonblocking(false).unwrap();
-        stream
-    }
 }
