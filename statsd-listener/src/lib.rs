@@ -148,12 +148,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     info!(%udp_addr, %metrics_addr, "statsd listener receiving");
     let flush = Duration::from_millis(config.flush_interval_ms);
     let refused = Arc::new(tokio::sync::Notify::new());
+    let unknown = Arc::new(tokio::sync::Notify::new());
     let (envoy_tx, envoy_rx) = tokio::sync::mpsc::channel(envoy::CHANNEL_MESSAGES);
     let grpc = envoy::serve(tcp_listener, allow_rx.clone(), stats.clone(), envoy_tx, shutdown.clone());
     let inputs = server::Inputs {
         allow: allow_rx,
         declared: declared_rx,
         refused: refused.clone(),
+        unknown: unknown.clone(),
         flush_every: flush,
         gauge_ttl_ms: config.gauge_ttl_ms,
         envoy: envoy_rx,
@@ -161,7 +163,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (st, sk, sd) = (stats.clone(), sink.clone(), shutdown.clone());
     let task = tokio::spawn(async move {
         let writer = tokio::spawn(sink::run(sk.clone(), client.clone(), st.clone(), sd.clone()));
-        let functions = tokio::spawn(refresh::declared(client, declared_conn, declared_failing, declared_tx, st.clone(), sd.clone()));
+        let functions =
+            tokio::spawn(refresh::declared(client, declared_conn, declared_failing, declared_tx, st.clone(), unknown, sd.clone()));
         let resolver = tokio::spawn(refresh::resolver(sources, allow_tx, refused, sd.clone()));
         let http = tokio::spawn(std::future::IntoFuture::into_future(http));
         let grpc = tokio::spawn(grpc);

@@ -49,15 +49,21 @@ pub async fn read_declared(client: &redis::Client, conn: &mut Option<Multiplexed
     r
 }
 
-/// Reads the declared functions every [`FUNCTIONS_EVERY`] until `shutdown`, publishing
-/// each change. While Redis is away the last list read stays in force. `failing`: the
-/// read before it failed (and was warned about).
+/// The shortest time between two reads of the declared functions asked for by the
+/// receive loop.
+pub const ASKED_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Reads the declared functions every [`FUNCTIONS_EVERY`], and when `asked` (at most
+/// every [`ASKED_EVERY`]), until `shutdown`, publishing each change. While Redis is away
+/// the last list read stays in force. `failing`: the read before it failed (and was
+/// warned about).
 pub async fn declared(
     client: redis::Client,
     mut conn: Option<MultiplexedConnection>,
     mut failing: bool,
     tx: watch::Sender<Declared>,
     stats: Arc<Stats>,
+    asked: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(FUNCTIONS_EVERY);
@@ -66,6 +72,7 @@ pub async fn declared(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
+            _ = asked.notified() => tokio::time::sleep(ASKED_EVERY).await,
         }
         match read_declared(&client, &mut conn).await {
             Ok(set) => {

@@ -6,7 +6,10 @@
 //! (the orchestrator's gauges). Rendered under Roost's names and under the names
 //! OpenFaaS's dashboards read (`gateway_function_invocation_total`,
 //! `gateway_functions_seconds`, `gateway_service_count`). Only declared functions are
-//! kept, so a flood of odd names cannot grow it.
+//! shown. A function not (yet) in the listener's list of declared ones is kept apart for
+//! up to [`CONFIRM_WITHIN_MS`] (at most [`MAX_UNCONFIRMED`] of them, so a flood of odd
+//! names cannot grow it): a function called at once after its deploy has its first
+//! calls counted before the list, read every second, names it.
 //!
 //! A call's duration is Envoy's `upstream_rq_time` (each flush interval's histogram, from
 //! its metrics service; a statsd timer sample is taken too): from Envoy routing the call to the
@@ -16,15 +19,22 @@
 
 use crate::parser::{Kind, Metric};
 use roost_common::naming::function_of_cluster;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
-/// Histogram bucket bounds, in seconds (Prometheus's defaults, and 30 and 60 s for the
-/// longest calls and cold starts).
-pub const BUCKETS: [f64; 13] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+/// Histogram bucket bounds, in seconds: Prometheus's defaults, 0.5 and 1 ms below them
+/// (a warm call's time is often under a millisecond), and 30 and 60 s for the longest
+/// calls and cold starts. Envoy's own default bounds include every one of them.
+pub const BUCKETS: [f64; 15] = [0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// Cold-start phases the orchestrator times (`roost.orchestrator.cold_start.<phase>`).
 pub const PHASES: [&str; 5] = ["start", "readiness", "ack", "notice", "total"];
+
+/// Functions kept apart while not known to be declared, at most.
+pub const MAX_UNCONFIRMED: usize = 256;
+
+/// How long a function's series wait for it to be declared, in milliseconds.
+pub const CONFIRM_WITHIN_MS: u64 = 10_000;
 
 /// A cumulative histogram in seconds.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -65,6 +75,9 @@ pub struct Series {
     replicas: BTreeMap<String, (f64, f64)>,
     /// Requests the gate holds (asleep or waking, or past the ready capacity).
     held: BTreeMap<String, f64>,
+    /// Functions with series not known to be declared yet, and when each was first seen
+    /// (ms): not rendered.
+    unconfirmed: HashMap<String, u64>,
 }
 
 /// The value of tag `key` in a DogStatsD tag list (`a:b,c:d`).
@@ -73,13 +86,49 @@ fn tag<'a>(tags: Option<&'a str>, key: &str) -> Option<&'a str> {
 }
 
 impl Series {
-    /// Takes in one metric; `declared` says whether a function is declared. Returns
-    /// whether the metric was one of these series.
-    pub fn observe(&mut self, m: &Metric, declared: impl Fn(&str) -> bool) -> bool {
+    /// Whether `function`'s series are kept: declared, or kept apart until it is.
+    fn admit(&mut self, function: &str, declared: bool, now_ms: u64) -> bool {
+        if declared || self.unconfirmed.contains_key(function) {
+            return true;
+        }
+        if self.unconfirmed.len() >= MAX_UNCONFIRMED || roost_common::naming::validate_function_name(function).is_err() {
+            return false;
+        }
+        self.unconfirmed.insert(function.to_string(), now_ms);
+        true
+    }
+
+    /// Functions kept apart now declared are shown from now on; those still not after
+    /// [`CONFIRM_WITHIN_MS`] are dropped.
+    pub fn confirm(&mut self, declared: impl Fn(&str) -> bool, now_ms: u64) {
+        let mut dropped = Vec::new();
+        self.unconfirmed.retain(|f, first| {
+            let waiting = !declared(f) && now_ms.saturating_sub(*first) <= CONFIRM_WITHIN_MS;
+            if !waiting && !declared(f) {
+                dropped.push(f.clone());
+            }
+            waiting
+        });
+        for f in dropped {
+            self.forget(&f);
+        }
+    }
+
+    /// Whether a function is kept apart (the list of declared ones may be worth reading
+    /// again).
+    pub fn unconfirmed(&self) -> bool {
+        !self.unconfirmed.is_empty()
+    }
+
+    /// Takes in one metric at `now_ms`; `declared` says whether a function is declared.
+    /// Returns whether the metric was one of these series.
+    pub fn observe(&mut self, m: &Metric, declared: impl Fn(&str) -> bool, now_ms: u64) -> bool {
         let weight = 1.0 / m.sample_rate;
         let name = m.name.strip_prefix("envoy.").unwrap_or(m.name);
         if let Some((function, stat)) = function_stat(name) {
-            let Some(function) = Some(function).filter(|f| declared(f)) else { return false };
+            if !self.admit(function, declared(function), now_ms) {
+                return false;
+            }
             if (stat, m.kind) == ("upstream_rq_time", Kind::Timer) {
                 self.durations.entry(function.to_string()).or_default().observe(m.value / 1000.0, weight);
                 return true;
@@ -96,14 +145,14 @@ impl Series {
         if name == "roost.gate.answers" {
             // The gate's own answers (503 at its cap, 504 past the deadline, ...): calls
             // that never reached the function's cluster.
-            let function = tag(m.tags, "function").filter(|f| declared(f));
+            let function = tag(m.tags, "function").filter(|f| self.admit(f, declared(f), now_ms));
             let code = tag(m.tags, "code").and_then(|c| c.parse::<u16>().ok()).filter(|c| (100..600).contains(c));
             let (Some(function), Some(code), Kind::Counter) = (function, code, m.kind) else { return false };
             *self.calls.entry((function.to_string(), code)).or_default() += m.value * weight;
             return true;
         }
         let Some(stat) = name.strip_prefix("roost.orchestrator.") else { return false };
-        let Some(function) = tag(m.tags, "function").filter(|f| declared(f)) else { return false };
+        let Some(function) = tag(m.tags, "function").filter(|f| self.admit(f, declared(f), now_ms)) else { return false };
         match (stat, m.kind) {
             ("cold_starts", Kind::Counter) => *self.cold_starts.entry(function.to_string()).or_default() += m.value * weight,
             ("replicas.ready", Kind::Gauge { delta: false }) => self.replicas.entry(function.to_string()).or_default().0 = m.value,
@@ -134,9 +183,10 @@ impl Series {
         count: f64,
         sum_ms: f64,
         declared: impl Fn(&str) -> bool,
+        now_ms: u64,
     ) -> bool {
         let Some((function, "upstream_rq_time")) = function_stat(name) else { return false };
-        if !declared(function) {
+        if !self.admit(function, declared(function), now_ms) {
             return false;
         }
         let h = self.durations.entry(function.to_string()).or_default();
@@ -157,6 +207,7 @@ impl Series {
         self.phases.retain(|(f, _), _| f != function);
         self.replicas.remove(function);
         self.held.remove(function);
+        self.unconfirmed.remove(function);
     }
 
     /// Appends the Prometheus text exposition of every series.
@@ -165,7 +216,8 @@ impl Series {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
         head(out, "roost_requests_held", "gauge", "Requests the gate holds for the function (asleep, waking, or past its ready capacity).");
-        for (f, v) in &self.held {
+        let shown = |f: &String| !self.unconfirmed.contains_key(f);
+        for (f, v) in self.held.iter().filter(|(f, _)| shown(f)) {
             let _ = writeln!(out, "roost_requests_held{{function=\"{f}\"}} {v}");
         }
         for (name, label, help) in [
@@ -177,7 +229,7 @@ impl Series {
             ),
         ] {
             head(out, name, "counter", help);
-            for ((f, code), v) in &self.calls {
+            for ((f, code), v) in self.calls.iter().filter(|((f, _), _)| shown(f)) {
                 let _ = writeln!(out, "{name}{{{label}=\"{f}\",code=\"{code}\"}} {v}");
             }
         }
@@ -194,16 +246,16 @@ impl Series {
             ),
         ] {
             head(out, name, "histogram", help);
-            for (f, h) in &self.durations {
+            for (f, h) in self.durations.iter().filter(|(f, _)| shown(f)) {
                 histogram(out, name, &format!("{label}=\"{f}\""), h);
             }
         }
         head(out, "roost_cold_starts_total", "counter", "Cold starts completed (a replica started for a waiting call).");
-        for (f, v) in &self.cold_starts {
+        for (f, v) in self.cold_starts.iter().filter(|(f, _)| shown(f)) {
             let _ = writeln!(out, "roost_cold_starts_total{{function=\"{f}\"}} {v}");
         }
         head(out, "roost_cold_start_seconds", "histogram", "Cold-start time by phase: start, readiness, ack, notice, total.");
-        for ((f, phase), h) in &self.phases {
+        for ((f, phase), h) in self.phases.iter().filter(|((f, _), _)| shown(f)) {
             histogram(out, "roost_cold_start_seconds", &format!("function=\"{f}\",phase=\"{phase}\""), h);
         }
         for (name, label, help, pick) in [
@@ -212,7 +264,7 @@ impl Series {
             ("gateway_service_count", "function_name", "Replicas ready (OpenFaaS's name).", 0),
         ] {
             head(out, name, "gauge", help);
-            for (f, (ready, starting)) in &self.replicas {
+            for (f, (ready, starting)) in self.replicas.iter().filter(|(f, _)| shown(f)) {
                 let _ = writeln!(out, "{name}{{{label}=\"{f}\"}} {}", if pick == 0 { ready } else { starting });
             }
         }
@@ -246,7 +298,7 @@ mod tests {
     use crate::parser::parse_datagram;
 
     fn feed(s: &mut Series, lines: &str) -> usize {
-        parse_datagram(lines.as_bytes()).filter_map(Result::ok).filter(|m| s.observe(m, |f| f != "ghost")).count()
+        parse_datagram(lines.as_bytes()).filter_map(Result::ok).filter(|m| s.observe(m, |f| f != "ghost", 0)).count()
     }
 
     #[test]
@@ -261,7 +313,7 @@ mod tests {
              envoy.cluster.direct.hello.upstream_rq_time:700|ms|@0.5\nenvoy.cluster.fn-ghost.upstream_rq_time:1|ms\n\
              envoy.cluster.roost_gate.upstream_rq_time:5|ms\nenvoy.cluster.fn-hello.upstream_rq_time:5|c\n",
         );
-        assert_eq!(taken, 6, "the 2xx class, undeclared functions, the gate's cluster and a time that is no timer are not taken");
+        assert_eq!(taken, 9, "the 2xx class, the gate's cluster and a time that is no timer are not taken (ghost's are kept apart)");
         let mut out = String::new();
         s.render(&mut out);
         assert!(
@@ -286,6 +338,37 @@ mod tests {
     }
 
     #[test]
+    fn a_function_not_yet_declared_is_kept_apart_then_shown_or_dropped() {
+        let mut s = Series::default();
+        let line = |f: &str| format!("envoy.cluster.direct.{f}.upstream_rq_200:130|c");
+        for f in ["fresh", "stale", "Bad_Name"] {
+            let text = line(f);
+            s.observe(&crate::parser::parse_line(text.as_bytes()).unwrap(), |_| false, 1_000);
+        }
+        let mut out = String::new();
+        s.render(&mut out);
+        assert!(!out.contains("fresh") && !out.contains("stale") && s.unconfirmed(), "not shown while unknown: {out}");
+        // The list names `fresh` a moment later: its first calls count.
+        s.confirm(|f| f == "fresh", 1_200);
+        let mut out = String::new();
+        s.render(&mut out);
+        assert!(out.contains("roost_function_calls_total{function=\"fresh\",code=\"200\"} 130\n"), "{out}");
+        // `stale` never is: dropped after the wait.
+        s.confirm(|f| f == "fresh", 1_000 + CONFIRM_WITHIN_MS + 1);
+        assert!(!s.unconfirmed());
+        s.confirm(|f| f == "fresh" || f == "stale", 20_000);
+        let mut out = String::new();
+        s.render(&mut out);
+        assert!(!out.contains("stale") && !out.contains("Bad_Name"), "{out}");
+        // Bounded: past MAX_UNCONFIRMED names, more are not kept.
+        for i in 0..MAX_UNCONFIRMED + 10 {
+            let text = line(&format!("f{i}"));
+            let kept = s.observe(&crate::parser::parse_line(text.as_bytes()).unwrap(), |_| false, 30_000);
+            assert_eq!(kept, i < MAX_UNCONFIRMED, "name {i}");
+        }
+    }
+
+    #[test]
     fn envoys_interval_histograms_add_up_by_function() {
         // Envoy's default bounds (ms), cumulative counts of one flush interval.
         let bounds = [0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0];
@@ -294,11 +377,11 @@ mod tests {
         let declared = |f: &str| f == "hello";
         // 3 calls of 2-5 ms through the gate, then 2 direct: one of 40 ms, one of 3 s.
         let first = interval([0., 0., 3., 3., 3., 3., 3., 3., 3., 3., 3., 3., 3., 3., 3., 3.]);
-        assert!(s.observe_histogram("cluster.fn-hello.upstream_rq_time", &first, 3.0, 10.5, declared));
+        assert!(s.observe_histogram("cluster.fn-hello.upstream_rq_time", &first, 3.0, 10.5, declared, 0));
         let second = interval([0., 0., 0., 0., 0., 1., 1., 1., 1., 1., 1., 2., 2., 2., 2., 2.]);
-        assert!(s.observe_histogram("cluster.direct.hello.upstream_rq_time", &second, 2.0, 3040.0, declared));
-        assert!(!s.observe_histogram("cluster.fn-ghost.upstream_rq_time", &first, 3.0, 10.5, declared), "not declared");
-        assert!(!s.observe_histogram("cluster.fn-hello.upstream_cx_length_ms", &first, 3.0, 10.5, declared), "another stat");
+        assert!(s.observe_histogram("cluster.direct.hello.upstream_rq_time", &second, 2.0, 3040.0, declared, 0));
+        assert!(s.observe_histogram("cluster.fn-ghost.upstream_rq_time", &first, 3.0, 10.5, declared, 0), "kept apart");
+        assert!(!s.observe_histogram("cluster.fn-hello.upstream_cx_length_ms", &first, 3.0, 10.5, declared, 0), "another stat");
         let mut out = String::new();
         s.render(&mut out);
         for line in [
@@ -327,7 +410,7 @@ mod tests {
              roost.gate.answers:4|c|#function:hello,code:504\nroost.gate.answers:1|c|#function:ghost,code:503\n\
              roost.gate.answers:1|c|#function:hello,code:99\nroost.gate.answers:1|g|#function:hello,code:503\n",
         );
-        assert_eq!(taken, 7, "the gate's answers of an undeclared function, with no status or as a gauge are not taken");
+        assert_eq!(taken, 9, "the gate's answers with no status or as a gauge are not taken (ghost's are kept apart)");
         let mut out = String::new();
         s.render(&mut out);
         assert!(out.contains("roost_cold_starts_total{function=\"hello\"} 1\n"), "{out}");

@@ -35,6 +35,10 @@ pub struct Inputs {
     pub declared: watch::Receiver<Declared>,
     /// Notified when a datagram is refused (the resolver may look again).
     pub refused: Arc<Notify>,
+    /// Notified when metrics name a function not in the list of declared ones (the
+    /// list may be worth reading again at once: a function called right after its
+    /// deploy).
+    pub unknown: Arc<Notify>,
     /// How often loads are flushed to the sink.
     pub flush_every: Duration,
     /// How long a gauge counts without a fresh reading, in milliseconds.
@@ -93,7 +97,7 @@ pub fn handle_envoy(agg: &mut Aggregator, stats: &Stats, families: &[MetricFamil
         match reading {
             Reading::Line(m) => take(agg, &mut series, &m, now, queued),
             Reading::Histogram { name, buckets, count, sum } => {
-                series.observe_histogram(name, &buckets, count, sum, |f| agg.is_declared(f));
+                series.observe_histogram(name, &buckets, count, sum, |f| agg.is_declared(f), now);
             }
         }
     }
@@ -103,13 +107,20 @@ pub fn handle_envoy(agg: &mut Aggregator, stats: &Stats, families: &[MetricFamil
 
 /// One metric into the series or the load.
 fn take(agg: &mut Aggregator, series: &mut Series, m: &Metric<'_>, now: u64, queued: &mut HashSet<String>) {
-    if series.observe(m, |f| agg.is_declared(f)) {
+    if series.observe(m, |f| agg.is_declared(f), now) {
         return;
     }
     if agg.observe(m, now) == Observed::Queued {
         if let Some((f, _)) = crate::aggregate::classify(m.name) {
             queued.insert(f.to_string());
         }
+    }
+}
+
+/// Asks for the declared functions again when the series keep one apart.
+fn ask_if_unknown(stats: &Stats, unknown: &Notify) {
+    if stats.series.lock().unwrap_or_else(|e| e.into_inner()).unconfirmed() {
+        unknown.notify_one();
     }
 }
 
@@ -124,7 +135,7 @@ fn push_queued(agg: &Aggregator, sink: &Sink, queued: &mut HashSet<String>) {
 
 /// Receives until `shutdown`.
 pub async fn run(socket: UdpSocket, sink: Arc<Sink>, stats: Arc<Stats>, inputs: Inputs, shutdown: CancellationToken) {
-    let Inputs { mut allow, mut declared, refused, flush_every, gauge_ttl_ms, mut envoy } = inputs;
+    let Inputs { mut allow, mut declared, refused, unknown, flush_every, gauge_ttl_ms, mut envoy } = inputs;
     let mut agg = Aggregator::new(gauge_ttl_ms);
     agg.set_declared((**declared.borrow_and_update()).clone());
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -152,10 +163,12 @@ pub async fn run(socket: UdpSocket, sink: Arc<Sink>, stats: Arc<Stats>, inputs: 
                 }
                 handle_datagram(&mut agg, &stats, &buf[..n], now_ms(), &mut queued);
                 push_queued(&agg, &sink, &mut queued);
+                ask_if_unknown(&stats, &unknown);
             }
             Some(families) = envoy.recv() => {
                 handle_envoy(&mut agg, &stats, &families, now_ms(), &mut queued);
                 push_queued(&agg, &sink, &mut queued);
+                ask_if_unknown(&stats, &unknown);
             }
             Ok(()) = declared.changed() => {
                 let gone = agg.set_declared((**declared.borrow_and_update()).clone());
@@ -166,13 +179,16 @@ pub async fn run(socket: UdpSocket, sink: Arc<Sink>, stats: Arc<Stats>, inputs: 
                         loads.remove(f);
                         series.forget(f);
                     }
+                    tracing::info!(functions = ?gone, "no longer declared: their load and series are dropped");
                 }
+                stats.series.lock().unwrap_or_else(|e| e.into_inner()).confirm(|f| agg.is_declared(f), now_ms());
             }
             _ = ticker.tick() => {
                 let elapsed = last_flush.elapsed().as_millis() as u64;
                 last_flush = Instant::now();
                 let expired_before = agg.expired;
                 let changed = agg.flush(elapsed, now_ms());
+                stats.series.lock().unwrap_or_else(|e| e.into_inner()).confirm(|f| agg.is_declared(f), now_ms());
                 stats.expired_gauges.fetch_add(agg.expired - expired_before, Ordering::Relaxed);
                 if changed.is_empty() {
                     continue;
