@@ -320,6 +320,44 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
         (r.status == 200 && r.body.contains("kept ok")).then_some(())
     };
     wait_until(WAIT, "/kept answering after its deploy", kept).await;
+
+    // The platform's metrics across the containers: Envoy's calls and durations (its
+    // metrics service), the orchestrator's cold starts (statsd), and the gate's own
+    // answers (statsd, believed by the host name `gate`): a function whose image is
+    // missing is answered by the gate with its refusal.
+    let r = http::request(
+        gate,
+        "PUT",
+        "/system/functions/ghost",
+        &[("Authorization", api_auth.as_str()), ("content-type", "application/yaml")],
+        b"version: 1\nruntime: {kind: image, image: roost-no-such-image:1}\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let refused = http::get(gate, "/ghost").await.unwrap();
+    assert!(refused.status >= 500, "{} {}", refused.status, refused.body);
+    let wanted = [
+        "gateway_function_invocation_total{function_name=\"hello\",code=\"200\"}".to_string(),
+        "gateway_functions_seconds_count{function_name=\"hello\"}".to_string(),
+        "roost_cold_starts_total{function=\"sleep\"}".to_string(),
+        format!("gateway_function_invocation_total{{function_name=\"ghost\",code=\"{}\"}}", refused.status),
+    ];
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = http::request(gate, "GET", "/system/metrics", &[("Authorization", api_auth.as_str())], b"").await.unwrap();
+        if wanted.iter().all(|w| r.body.contains(w.as_str())) {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            let ours: Vec<&str> = r.body.lines().filter(|l| l.contains("function") && !l.contains("_bucket")).collect();
+            panic!("/system/metrics never showed {wanted:#?}: {} {ours:#?}", r.status);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let r = http::request(gate, "DELETE", "/system/functions/ghost", &[("Authorization", api_auth.as_str())], b"").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+
     run(&["-p", &project, "down", "-t", "40"], &env);
     assert_eq!(managed_containers(), "", "docker compose down left function containers behind");
     run(&["-p", &project, "up", "-d"], &env);
