@@ -1,5 +1,5 @@
 //! The web console, `/system/console` behind the API token: every function with its
-//! state, replicas, cold starts, calls by status class, rate and duration (from the
+//! state, replicas, cold starts (the last one by phase), calls by status class, rate and duration (from the
 //! platform's metrics), last error, recent log lines and definition. Rendered here as HTML; a few
 //! lines of JavaScript fetch the live part again every two seconds. No script or style
 //! from elsewhere: it works offline. A browser logs in once at `/system/login?token=...`
@@ -136,12 +136,21 @@ pub fn live(
     h.push_str("<th>cold starts</th><th>last cold start</th><th>calls/s</th><th>ok</th><th>4xx</th><th>5xx</th><th>p50</th><th>p99</th><th>last error</th></tr></thead><tbody>");
     for (f, deployed) in functions {
         let c = calls.get(&f.name).cloned().unwrap_or_default();
-        let cold = f.last_cold_start.map(|p| format!("{:.1} ms", p.total_ms)).unwrap_or_default();
+        // The last cold start and its phases (start, readiness probe, Envoy's ACK, notice).
+        let cold = f
+            .last_cold_start
+            .map(|p| {
+                format!(
+                    "{:.1} ms <small class=\"phases\">(start {:.1}, ready {:.1}, ack {:.1}, notice {:.1})</small>",
+                    p.total_ms, p.start_ms, p.readiness_ms, p.ack_ms, p.notice_ms
+                )
+            })
+            .unwrap_or_default();
         let error = f.reason.as_deref().or(f.last_error.as_deref()).and_then(|e| e.lines().next()).unwrap_or("");
         let _ = write!(
             h,
             "<tr data-function=\"{name}\"><td class=\"name\">{name}</td><td>{source}</td><td class=\"state {state}\">{state}</td>\
-             <td class=\"ready\">{ready}</td><td>{starting}</td><td class=\"cold-starts\">{colds}</td><td>{cold}</td>\
+             <td class=\"ready\">{ready}</td><td>{starting}</td><td class=\"cold-starts\">{colds}</td><td class=\"last-cold-start\">{cold}</td>\
              <td>{rate}</td><td class=\"calls-ok\">{ok}</td><td class=\"calls-4xx\">{e4}</td><td class=\"calls-5xx\">{e5}</td>\
              <td class=\"p50\">{p50}</td><td class=\"p99\">{p99}</td><td class=\"error\">{error}</td></tr>",
             name = escape(&f.name),
@@ -277,8 +286,12 @@ mod tests {
         assert!((p50 - 0.028).abs() < 1e-9, "rank 5: a fifth of the way from 10 to 100 ms, {p50}");
         assert_eq!(c.duration_quantile(0.99), Some(60.0), "in +Inf: the highest finite bound");
         assert_eq!(duration(Some(p50)), "28.0 ms");
-        let html = live(&[(FunctionStatus::empty("a", FunctionState::Ready), false)], &calls_of(text), &BTreeMap::new(), None);
+        let mut f = FunctionStatus::empty("a", FunctionState::Ready);
+        f.last_cold_start =
+            Some(roost_common::wire::status::Phases { start_ms: 3.0, readiness_ms: 2.5, ack_ms: 1.5, notice_ms: 0.5, total_ms: 7.5 });
+        let html = live(&[(f, false)], &calls_of(text), &BTreeMap::new(), None);
         assert!(html.contains("<td class=\"p50\">28.0 ms</td><td class=\"p99\">60.00 s</td>"), "{html}");
+        assert!(html.contains("7.5 ms <small class=\"phases\">(start 3.0, ready 2.5, ack 1.5, notice 0.5)</small>"), "{html}");
     }
 
     #[test]
