@@ -72,6 +72,9 @@ pub fn readings(families: &[MetricFamily]) -> impl Iterator<Item = Reading<'_>> 
 #[derive(Debug)]
 struct Service {
     to_loop: mpsc::Sender<Vec<MetricFamily>>,
+    /// Ends the streams at shutdown: Envoy's stream never ends by itself, and the server
+    /// waits for its streams before it stops.
+    shutdown: CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -81,12 +84,16 @@ impl MetricsService for Service {
         request: tonic::Request<tonic::Streaming<StreamMetricsMessage>>,
     ) -> Result<tonic::Response<StreamMetricsResponse>, tonic::Status> {
         let mut stream = request.into_inner();
-        while let Some(message) = stream.message().await? {
+        loop {
+            let message = tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(tonic::Status::unavailable("the statsd-listener is stopping")),
+                m = stream.message() => m?,
+            };
+            let Some(message) = message else { return Ok(tonic::Response::new(StreamMetricsResponse {})) };
             if self.to_loop.send(message.envoy_metrics).await.is_err() {
                 return Err(tonic::Status::unavailable("the statsd-listener is stopping"));
             }
         }
-        Ok(tonic::Response::new(StreamMetricsResponse {}))
     }
 }
 
@@ -111,7 +118,7 @@ pub async fn serve(
         allowed
     });
     tonic::transport::Server::builder()
-        .add_service(MetricsServiceServer::new(Service { to_loop }))
+        .add_service(MetricsServiceServer::new(Service { to_loop, shutdown: shutdown.clone() }))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
 }

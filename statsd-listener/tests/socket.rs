@@ -296,6 +296,17 @@ async fn envoys_metrics_service_is_heard_from_allowed_sources_only() {
     assert!(metrics(&r).await.contains("roost_function_seconds_bucket{function=\"grpc\",le=\"0.01\"} 1\n"));
     drop(tx);
     assert!(stream.await.unwrap().is_ok(), "the stream ends cleanly when Envoy ends it");
+
+    // A stream Envoy keeps open does not hold the listener's shutdown.
+    let mut client = MetricsServiceClient::new(endpoint("127.0.0.2").connect().await.unwrap());
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let open = tokio::spawn(async move { client.stream_metrics(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    tx.send(message(1.0)).await.unwrap();
+    wait_until(WAIT, "the open stream heard", || async {
+        (hget(&redis, "roost:fn:grpc:load", "in_flight").await.as_deref() == Some("1")).then_some(())
+    })
+    .await;
     stop.cancel();
-    r.wait().await.expect("the statsd-listener stops cleanly");
+    tokio::time::timeout(WAIT, r.wait()).await.expect("stopped with a stream open").expect("the statsd-listener stops cleanly");
+    drop((tx, open));
 }
