@@ -1,6 +1,6 @@
 #!/bin/sh
-# Envoy's container entry point (compose): Envoy's statsd sink needs an IP address, so
-# resolve the statsd-listener's name first, render the bootstrap, then run Envoy.
+# Envoy's container entry point (compose): renders the bootstrap (the statsd-listener by
+# its name, looked up again by Envoy while it runs), then runs Envoy.
 # On SIGTERM (docker stop, compose restart) it drains Envoy before stopping it: its admin
 # API's POST /drain_listeners (the listeners stop accepting at once: a new connection is
 # refused, and the gate holds its request until an Envoy is back; connections already
@@ -15,29 +15,8 @@
 # The admin calls go through bash's /dev/tcp (the images have bash; curl is not in them).
 set -eu
 here=$(dirname "$0")
-resolve() {
-  # getent is in every glibc image; retry while the other container starts.
-  for _ in $(seq 1 100); do
-    ip=$(getent hosts "$1" | awk '{print $1; exit}')
-    [ -n "$ip" ] && { echo "$ip"; return 0; }
-    sleep 0.1
-  done
-  echo "entrypoint: cannot resolve $1" >&2
-  return 1
-}
-if [ -n "${ROOST_STATSD_ADDR:-}" ] || [ -z "${ROOST_STATSD_ADDRESS:-}" ]; then
-  : "${ROOST_STATSD_ADDR:=statsd-listener:8125}"
-  host=${ROOST_STATSD_ADDR%:*}
-  case "$host" in
-    *[!0-9.]*) ROOST_STATSD_ADDR=$(resolve "$host"):${ROOST_STATSD_ADDR##*:} ;;
-  esac
-  export ROOST_STATSD_ADDR
-else # the deprecated ROOST_STATSD_ADDRESS (render-bootstrap.sh warns)
-  case "$ROOST_STATSD_ADDRESS" in
-    *[!0-9.]*) ROOST_STATSD_ADDRESS=$(resolve "$ROOST_STATSD_ADDRESS") ;;
-  esac
-  export ROOST_STATSD_ADDRESS
-fi
+# compose's statsd-listener, unless told otherwise (the old ROOST_STATSD_ADDRESS too)
+[ -n "${ROOST_STATSD_ADDR:-}${ROOST_STATSD_ADDRESS:-}" ] || export ROOST_STATSD_ADDR=statsd-listener:8125
 config=${ROOST_ENVOY_CONFIG:-/tmp/envoy.yaml}
 # The rendered bootstrap may hold the control token (the guarded admin listener): its
 # owner's only.

@@ -6,7 +6,7 @@
 #   ROOST_XDS_ADDR              the control plane's ADS, host:port   [127.0.0.1:18000]
 #   ROOST_XDS_API_TYPE          DELTA_GRPC or GRPC                   [DELTA_GRPC]
 #   ROOST_STATS_FLUSH_INTERVAL  stats flush interval                 [0.25s]
-#   ROOST_STATSD_ADDR           the statsd-listener, ip:port         [127.0.0.1:8125]
+#   ROOST_STATSD_ADDR           the statsd-listener, host:port       [127.0.0.1:8125]
 #   ROOST_CONTROL_TOKEN_FILE    a file holding the control token: adds the guarded admin
 #                               listener (GET /clusters with the token only)  [none]
 #   ROOST_ENVOY_ADMIN_GUARD_BIND  that listener, ip:port             [0.0.0.0:9902]

@@ -302,6 +302,10 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
     // Idle (sleep's idle timeout is 5 s) reaps it.
     wait_until(WAIT, "sleep reaped", || async { (status("sleep").await?.state == FunctionState::Sleeping).then_some(()) }).await;
 
+    // The statsd-listener restarted: Envoy (which looks its name up again) and the others
+    // find it, and what follows is counted (the metrics below).
+    run(&["-p", &project, "restart", "statsd-listener"], &env);
+
     // A function deployed over the management API (on the public port, with the API
     // token read as README tells) survives `docker compose down` and `up`: it is kept on
     // the roost-data volume.
@@ -321,10 +325,11 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
     };
     wait_until(WAIT, "/kept answering after its deploy", kept).await;
 
-    // The platform's metrics across the containers: Envoy's calls and durations (its
-    // metrics service), the orchestrator's cold starts (statsd), and the gate's own
-    // answers (statsd, believed by the host name `gate`): a function whose image is
-    // missing is answered by the gate with its refusal.
+    // The platform's metrics across the containers, all sent since the statsd-listener's
+    // restart: Envoy's calls and durations (its metrics service), the orchestrator's
+    // cold starts (kept's, statsd), and the gate's own answers (statsd, believed by the
+    // host name `gate`): a function whose image is missing is answered by the gate with
+    // its refusal.
     let r = http::request(
         gate,
         "PUT",
@@ -338,9 +343,9 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
     let refused = http::get(gate, "/ghost").await.unwrap();
     assert!(refused.status >= 500, "{} {}", refused.status, refused.body);
     let wanted = [
-        "gateway_function_invocation_total{function_name=\"hello\",code=\"200\"}".to_string(),
-        "gateway_functions_seconds_count{function_name=\"hello\"}".to_string(),
-        "roost_cold_starts_total{function=\"sleep\"}".to_string(),
+        "gateway_function_invocation_total{function_name=\"kept\",code=\"200\"}".to_string(),
+        "gateway_functions_seconds_count{function_name=\"kept\"}".to_string(),
+        "roost_cold_starts_total{function=\"kept\"}".to_string(),
         format!("gateway_function_invocation_total{{function_name=\"ghost\",code=\"{}\"}}", refused.status),
     ];
     let deadline = std::time::Instant::now() + WAIT;
