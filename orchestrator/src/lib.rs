@@ -206,6 +206,7 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>
     let mut tasks = JoinSet::new();
     tasks.spawn(definitions::watch(path.clone(), seen, Duration::from_millis(config.reload_interval_ms), read_tx, shutdown.clone()));
     tasks.spawn(redis_io::listen(client.clone(), sig_tx, shutdown.clone()));
+    tasks.spawn(metrics.clone().keep_looking_up(shutdown.clone()));
     tasks.spawn(async move {
         if let Err(e) = api.await {
             warn!(error = %e, "the API server stopped");
