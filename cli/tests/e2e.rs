@@ -137,7 +137,7 @@ async fn roost_up_serves_wakes_scales_and_sleeps_without_errors() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
     };
-    let load = lines(&roost(&["load", "hello", "--rate", "20", "--seconds", "1", "--json"]));
+    let load = lines(&roost(&["load", "hello", "--rate", "20", "--seconds", "2", "--json"]));
     assert_eq!(load.last().unwrap()["total_errors"], 0, "{load:?}");
     assert!(load.iter().any(|l| l["second"] == 1 && l["ok"].as_u64().unwrap() > 0), "{load:?}");
     let status = lines(&roost(&["status", "--once", "--json"]));
