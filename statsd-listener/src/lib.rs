@@ -87,6 +87,23 @@ impl Running {
     }
 }
 
+/// Binds statsd (UDP) and Envoy's metrics (gRPC, TCP) on the same port. Port 0: the
+/// system's choice for UDP, and TCP on the same number, tried again with another when
+/// that one is taken for TCP (an outgoing connection may hold it).
+async fn bind_statsd(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener), Error> {
+    let failed = |what, addr, source| Error::Bind { what, addr, flag: "--bind / ROOST_STATSD_BIND", source };
+    let mut tries = 0;
+    loop {
+        let udp = tokio::net::UdpSocket::bind(addr).await.map_err(|e| failed("statsd (UDP)", addr, e))?;
+        let bound = udp.local_addr().map_err(|e| failed("statsd (UDP)", addr, e))?;
+        match tokio::net::TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => tries += 1,
+            Err(e) => return Err(failed("Envoy's metrics (gRPC over TCP)", bound, e)),
+        }
+    }
+}
+
 /// Binds the sockets and starts receiving.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
     let redis_url = roost_common::auth::redis_url_with_password_file(&config.redis_url, config.redis_password_file.as_deref())?;
@@ -109,22 +126,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
     };
     let (declared_tx, declared_rx) = tokio::sync::watch::channel(Arc::new(declared));
-    let socket = tokio::net::UdpSocket::bind(config.bind).await.map_err(|source| Error::Bind {
-        what: "statsd (UDP)",
-        addr: config.bind,
-        flag: "--bind / ROOST_STATSD_BIND",
-        source,
-    })?;
+    let (socket, tcp_listener) = bind_statsd(config.bind).await?;
     server::grow_receive_buffer(&socket, 8 << 20);
     let udp_addr = socket.local_addr().expect("bound socket has an address");
-    // Envoy's metrics (gRPC, over TCP) on the same port number as statsd (UDP), also when
-    // the port was chosen by the system.
-    let tcp_listener = tokio::net::TcpListener::bind(udp_addr).await.map_err(|source| Error::Bind {
-        what: "Envoy's metrics (gRPC over TCP)",
-        addr: udp_addr,
-        flag: "--bind / ROOST_STATSD_BIND",
-        source,
-    })?;
     let listener = tokio::net::TcpListener::bind(config.metrics_bind).await.map_err(|source| Error::Bind {
         what: "/metrics",
         addr: config.metrics_bind,
