@@ -1,38 +1,10 @@
-//! HTTP access to the orchestrator's API and to the gate.
+//! HTTP access to the orchestrator's API and to the gate: what [`Endpoints`] can do
+//! (where they are is [`crate::endpoints`]'s).
 
-use crate::endpoints::Origin;
+pub use crate::endpoints::{Endpoints, Origins};
 use roost_common::wire::redis::LoadHash;
 use roost_common::wire::status::Status;
 use std::time::Duration;
-
-/// Where the platform answers ([`crate::endpoints::resolve`]).
-#[derive(Debug, Clone)]
-pub struct Endpoints {
-    /// The gate, e.g. `http://127.0.0.1:8080`.
-    pub gate: String,
-    /// The orchestrator's API, e.g. `http://127.0.0.1:18002`.
-    pub orchestrator: String,
-    /// Redis URL, for the load figures.
-    pub redis: String,
-    /// The control token the orchestrator's API requires (sent only to it, never to the
-    /// gate: functions must not see it).
-    pub control_token: Option<roost_common::auth::ControlToken>,
-    /// The management API's token (sent only to `/system/...`).
-    pub api_token: Option<roost_common::auth::ApiToken>,
-    /// Where each came from.
-    pub origin: Origins,
-}
-
-/// Where each endpoint's value came from.
-#[derive(Debug, Clone)]
-pub struct Origins {
-    /// The gate's.
-    pub gate: Origin,
-    /// The orchestrator's.
-    pub orchestrator: Origin,
-    /// Redis's.
-    pub redis: Origin,
-}
 
 impl Endpoints {
     /// The error of an orchestrator that does not answer: its address, where that came

@@ -3,7 +3,6 @@
 //! folder (`.roost` in the current folder, or `ROOST_WORK_DIR`), else the built-in
 //! default.
 
-use crate::client::Endpoints;
 use roost_common::auth::{ApiToken, ControlToken};
 use roost_common::env;
 use std::collections::HashMap;
@@ -22,6 +21,35 @@ pub const DEFAULT_GATE: &str = "http://127.0.0.1:8080";
 pub const DEFAULT_ORCHESTRATOR: &str = "http://127.0.0.1:18002";
 /// The built-in Redis URL.
 pub const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379/";
+
+/// Where the platform answers ([`resolve`]); what it does is in [`crate::client`].
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// The gate, e.g. `http://127.0.0.1:8080`.
+    pub gate: String,
+    /// The orchestrator's API, e.g. `http://127.0.0.1:18002`.
+    pub orchestrator: String,
+    /// Redis URL, for the load figures.
+    pub redis: String,
+    /// The control token the orchestrator's API requires (sent only to it, never to the
+    /// gate: functions must not see it).
+    pub control_token: Option<roost_common::auth::ControlToken>,
+    /// The management API's token (sent only to `/system/...`).
+    pub api_token: Option<roost_common::auth::ApiToken>,
+    /// Where each came from.
+    pub origin: Origins,
+}
+
+/// Where each endpoint's value came from.
+#[derive(Debug, Clone)]
+pub struct Origins {
+    /// The gate's.
+    pub gate: Origin,
+    /// The orchestrator's.
+    pub orchestrator: Origin,
+    /// Redis's.
+    pub redis: Origin,
+}
 
 /// Where an endpoint's value came from, for the error that says it cannot be reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +144,7 @@ pub fn resolve(given: Given, file: Option<(&Path, &HashMap<String, String>)>) ->
         redis,
         control_token,
         api_token,
-        origin: crate::client::Origins { gate: gate_from, orchestrator: orchestrator_from, redis: redis_from },
+        origin: Origins { gate: gate_from, orchestrator: orchestrator_from, redis: redis_from },
     }
 }
 

@@ -17,7 +17,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use roost_common::clock::now_ms;
 use roost_common::wire::logs::{LogLine, LogQuery, NOTICE_SOURCE};
-use roost_common::wire::status::ApiError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -42,7 +41,7 @@ pub(crate) struct Api {
     /// Ends followed log answers, so a graceful shutdown does not wait on them.
     shutdown: CancellationToken,
     /// The management API's store and limits.
-    pub(crate) deploys: Arc<crate::system::Deploys>,
+    pub(crate) deploys: Arc<crate::shared::Deploys>,
 }
 
 impl Api {
@@ -53,7 +52,7 @@ impl Api {
         health: Arc<Health>,
         logs: Logs,
         shutdown: CancellationToken,
-        deploys: Arc<crate::system::Deploys>,
+        deploys: Arc<crate::shared::Deploys>,
     ) -> Api {
         Api { tx, health, logs, shutdown, deploys }
     }
@@ -69,9 +68,7 @@ pub(crate) fn router(api: Api) -> Router {
         .with_state(api)
 }
 
-pub(crate) fn error(status: StatusCode, text: impl Into<String>) -> Response {
-    (status, Json(ApiError { error: text.into() })).into_response()
-}
+pub(crate) use crate::shared::error;
 
 pub(crate) fn unavailable() -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, "the orchestrator is starting or shutting down; retry")
@@ -271,7 +268,7 @@ mod tests {
                 }
             });
             let shutdown = CancellationToken::new();
-            let api = Api::new(tx, Arc::default(), logs.clone(), shutdown.clone(), crate::system::deploys(None, 1024, None, None));
+            let api = Api::new(tx, Arc::default(), logs.clone(), shutdown.clone(), crate::shared::deploys(None, 1024, None, None));
             let app = roost_common::auth::guard(router(api), token, "orchestrator");
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
@@ -360,7 +357,7 @@ mod tests {
         let api = Served::start(Logs::default(), &["quiet"]).await;
         let r = api.get("/functions/nope/logs").await;
         assert_eq!(r.status(), 404);
-        let e: ApiError = r.json().await.unwrap();
+        let e: roost_common::wire::status::ApiError = r.json().await.unwrap();
         assert!(e.error.contains("\"nope\"") && e.error.contains("roost ls"), "{}", e.error);
         let r = api.get("/functions/quiet/logs").await;
         assert_eq!(r.status(), 200);

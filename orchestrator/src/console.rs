@@ -6,8 +6,8 @@
 //! (or its form), which sets the token as an HttpOnly, SameSite=Strict cookie.
 
 use crate::api::Api;
+use crate::shared::{ask, source_of, Failure};
 use crate::supervisor::Request;
-use crate::system::{ask, source_of, Failure};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -199,8 +199,8 @@ document.getElementById('updated').textContent=new Date().toLocaleTimeString()}}
 /// The live part, as now. Without the platform's metrics (none configured, or the
 /// statsd-listener away) the call figures show zero.
 async fn render_live(api: &Api) -> Result<String, Failure> {
-    let status = ask(api, Request::Status).await?;
-    let definitions = ask(api, Request::Definitions).await?;
+    let status = ask(&api.tx, Request::Status).await?;
+    let definitions = ask(&api.tx, Request::Definitions).await?;
     let metrics = api.deploys.metrics_text().await.unwrap_or_default();
     let mut details = BTreeMap::new();
     for f in &status.functions {

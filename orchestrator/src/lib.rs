@@ -21,6 +21,8 @@
 //! - [`api`]: the HTTP status, wake and log API.
 //! - [`system`]: the management API (`/system/...`: deploy, scale, remove, describe).
 //! - [`console`]: the web console (`/system/console`), rendered as HTML.
+//! - [`shared`]: what the two APIs and the console share (state, errors, asking the
+//!   supervisor).
 
 pub(crate) mod api;
 pub mod config;
@@ -37,6 +39,7 @@ pub(crate) mod metrics;
 pub mod probe;
 pub(crate) mod redis_io;
 pub mod runtime;
+pub(crate) mod shared;
 pub(crate) mod supervisor;
 pub(crate) mod system;
 
@@ -193,7 +196,7 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>
         health.clone(),
         runtime.logs(),
         shutdown.clone(),
-        system::deploys(store, config.deploy_max_body, config.metrics_url.clone(), api_token.clone()),
+        shared::deploys(store, config.deploy_max_body, config.metrics_url.clone(), api_token.clone()),
     );
     let mut routes = auth::guard(api::router(state.clone()), token.clone(), "orchestrator");
     match api_token {

@@ -6,6 +6,7 @@
 
 use crate::api::{self, Api};
 use crate::deployed::{self, bundle, store::Store, DeployError, Payload};
+use crate::shared::{ask, source_of, unavailable, Failure};
 use crate::supervisor::Request;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -15,26 +16,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use roost_common::wire::status::{FunctionStatus, Status};
 use roost_common::wire::system::{DeployQuery, Describe, FunctionInfo, FunctionList, Removed, Scale, Source};
-use std::sync::Arc;
-use tokio::sync::oneshot;
-
-/// What the management API needs: the store (none without a data directory), the body
-/// limit, and where the platform's metrics are.
-#[derive(Debug)]
-pub struct Deploys {
-    /// The deployed functions' store.
-    pub store: Option<Store>,
-    /// Largest body of a deploy.
-    pub max_body: u64,
-    /// Deploys, scales and removals one at a time.
-    pub lock: tokio::sync::Mutex<()>,
-    /// The statsd-listener's `/metrics` URL.
-    pub metrics_url: Option<String>,
-    /// The client that reads it.
-    pub http: reqwest::Client,
-    /// The API token (the console's login checks it).
-    pub token: Option<roost_common::auth::ApiToken>,
-}
 
 /// The management routes (to be guarded by the API token).
 pub fn router(api: Api) -> Router {
@@ -52,41 +33,11 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
 }
 
-/// A refused or failed management call: its status and what to tell the caller.
-#[derive(Debug)]
-pub(crate) struct Failure(StatusCode, String);
-
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        api::error(self.0, self.1)
-    }
-}
-
 type Answer = Result<Response, Failure>;
-
-pub(crate) fn unavailable() -> Failure {
-    Failure(StatusCode::SERVICE_UNAVAILABLE, "the orchestrator is starting or shutting down; retry".into())
-}
-
-/// Asks the supervisor `make(reply)` and waits for its answer.
-pub(crate) async fn ask<T>(api: &Api, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, Failure> {
-    let (reply, rx) = oneshot::channel();
-    api.tx.send(make(reply)).await.map_err(|_| unavailable())?;
-    rx.await.map_err(|_| unavailable())
-}
 
 /// Runs blocking file work (the store) off the async threads.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Failure> {
     tokio::task::spawn_blocking(work).await.map_err(|_| unavailable())
-}
-
-/// Where `function` (one `status` lists) is declared.
-pub(crate) fn source_of(status: &Status, function: &str) -> Source {
-    if status.deployed.iter().any(|d| d == function) {
-        Source::Deployed
-    } else {
-        Source::File
-    }
 }
 
 fn info(status: &Status, f: FunctionStatus) -> FunctionInfo {
@@ -94,7 +45,7 @@ fn info(status: &Status, f: FunctionStatus) -> FunctionInfo {
 }
 
 async fn list(State(api): State<Api>) -> Answer {
-    let mut status = ask(&api, Request::Status).await?;
+    let mut status = ask(&api.tx, Request::Status).await?;
     let functions = std::mem::take(&mut status.functions).into_iter().map(|f| info(&status, f)).collect();
     Ok(Json(FunctionList { functions, definitions_error: status.definitions_error }).into_response())
 }
@@ -105,10 +56,10 @@ fn not_found(name: &str) -> Failure {
 
 /// The function's describe answer, or `None` if it is not declared.
 async fn described(api: &Api, name: &str) -> Result<Option<Describe>, Failure> {
-    let mut status = ask(api, Request::Status).await?;
+    let mut status = ask(&api.tx, Request::Status).await?;
     let Some(i) = status.functions.iter().position(|f| f.name == name) else { return Ok(None) };
     let f = status.functions.swap_remove(i);
-    let spec = ask(api, |r| Request::Definition(name.to_string(), r)).await?;
+    let spec = ask(&api.tx, |r| Request::Definition(name.to_string(), r)).await?;
     let definition = spec.map(|s| serde_json::to_value(&*s).expect("definitions serialize"));
     Ok(Some(Describe { info: info(&status, f), definition, path: format!("/{name}") }))
 }
@@ -131,7 +82,7 @@ fn store(api: &Api) -> Result<Store, Failure> {
 /// The function's [`Source`] now (`None`: not declared); a function of the definitions
 /// file is refused (409 naming the file): the API neither replaces nor removes it.
 async fn deployed_or_new(api: &Api, name: &str) -> Result<Option<Source>, Failure> {
-    let status = ask(api, Request::Status).await?;
+    let status = ask(&api.tx, Request::Status).await?;
     let source = status.function(name).map(|_| source_of(&status, name));
     if source == Some(Source::File) {
         return Err(Failure(
@@ -149,7 +100,7 @@ async fn deployed_or_new(api: &Api, name: &str) -> Result<Option<Source>, Failur
 async fn apply(api: &Api, store: &Store) -> Result<(), Failure> {
     let s = store.clone();
     let stored = blocking(move || s.load()).await?;
-    ask(api, |r| Request::Deployed(stored, r)).await
+    ask(&api.tx, |r| Request::Deployed(stored, r)).await
 }
 
 fn refused(e: DeployError) -> Failure {
@@ -256,34 +207,4 @@ async fn scale(State(api): State<Api>, Path(name): Path<String>, body: Bytes) ->
 async fn metrics(State(api): State<Api>) -> Answer {
     let text = api.deploys.metrics_text().await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
-}
-
-impl Deploys {
-    /// The statsd-listener's Prometheus text, or why it cannot be had.
-    pub(crate) async fn metrics_text(&self) -> Result<String, Failure> {
-        let url = self.metrics_url.as_deref().ok_or_else(|| {
-            Failure(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no metrics endpoint configured; set ROOST_METRICS_URL to the statsd-listener's /metrics".into(),
-            )
-        })?;
-        let unreachable =
-            |e: reqwest::Error| Failure(StatusCode::BAD_GATEWAY, format!("the statsd-listener's metrics at {url} do not answer: {e}"));
-        let r = self.http.get(url).send().await.map_err(unreachable)?;
-        if !r.status().is_success() {
-            return Err(Failure(StatusCode::BAD_GATEWAY, format!("the statsd-listener's metrics at {url} answered {}", r.status())));
-        }
-        r.text().await.map_err(unreachable)
-    }
-}
-
-/// The management API's state, shared with the orchestrator's API.
-pub fn deploys(
-    store: Option<Store>,
-    max_body: u64,
-    metrics_url: Option<String>,
-    token: Option<roost_common::auth::ApiToken>,
-) -> Arc<Deploys> {
-    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build().expect("a plain HTTP client always builds");
-    Arc::new(Deploys { store, max_body, lock: tokio::sync::Mutex::new(()), metrics_url, http, token })
 }
