@@ -33,5 +33,6 @@ pub mod scaling;
 pub mod service;
 pub mod shutdown;
 pub mod spec;
+pub mod statsd;
 pub mod telemetry;
 pub mod wire;
