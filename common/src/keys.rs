@@ -78,6 +78,58 @@ pub fn held(function: &str) -> String {
     format!("roost:fn:{function}:held")
 }
 
+/// String key: the function's asynchronous-call settings, an
+/// [`crate::wire::calls::AsyncSettings`] in JSON, written by the orchestrator when it
+/// declares the function; read by the async worker.
+pub fn async_settings(function: &str) -> String {
+    format!("roost:fn:{function}:async")
+}
+
+/// String key: how many of the function's asynchronous calls wait for delivery (queued,
+/// or waiting for a retry), as a whole number. The async worker writes it with an expiry
+/// of [`crate::wire::calls::BACKLOG_TTL_MS`] that it renews, and deletes it at zero; the
+/// orchestrator adds it to the function's demand, as it does the gate's held count.
+pub fn backlog(function: &str) -> String {
+    format!("roost:fn:{function}:backlog")
+}
+
+/// Stream: the function's asynchronous calls waiting or being delivered (consumer group
+/// [`crate::wire::calls::GROUP`]); an entry is a [`crate::wire::calls::QueuedCall`],
+/// deleted once its call is done or failed.
+pub fn async_queue(function: &str) -> String {
+    format!("roost:fn:{function}:async:queue")
+}
+
+/// List: the function's failed asynchronous calls, newest first, each a
+/// [`crate::wire::calls::DeadLetter`] in JSON; at most
+/// [`crate::wire::calls::DEAD_LETTERS_KEPT`].
+pub fn async_dead(function: &str) -> String {
+    format!("roost:fn:{function}:async:dead")
+}
+
+/// String key: the id of the call a function's caller submitted with an
+/// `X-Idempotency-Key`, for [`crate::wire::calls::IDEMPOTENCY_TTL_S`].
+pub fn async_idempotency(function: &str, key: &str) -> String {
+    format!("roost:fn:{function}:async:key:{key}")
+}
+
+/// String key: one asynchronous call's record, a [`crate::wire::calls::CallRecord`] in
+/// JSON; kept for the worker's `ROOST_ASYNC_KEEP` once the call is done or failed.
+pub fn async_call(id: &str) -> String {
+    format!("roost:async:call:{id}")
+}
+
+/// Set: every function that has an asynchronous-call queue (the worker reads each).
+pub const ASYNC_FUNCTIONS: &str = "roost:async:functions";
+
+/// Sorted set: the ids of asynchronous calls by submission time in milliseconds, the
+/// newest [`crate::wire::calls::RECENT_KEPT`] (what `roost calls` lists).
+pub const ASYNC_RECENT: &str = "roost:async:recent";
+
+/// Sorted set: ids of finished asynchronous calls whose `X-Callback-Url` is still to be
+/// called, by when (milliseconds).
+pub const ASYNC_CALLBACKS: &str = "roost:async:callbacks";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,7 +143,11 @@ mod tests {
         assert_eq!(refusal("hello"), "roost:fn:hello:refusal");
         assert_eq!(hold_ms("hello"), "roost:fn:hello:hold_ms");
         assert_eq!(held("hello"), "roost:fn:hello:held");
-        for key in [FUNCTIONS, CONTROL_PLANE_STATE, WAKE_CHANNEL, READY_CHANNEL, SCALE_CHANNEL] {
+        assert_eq!(async_queue("hello"), "roost:fn:hello:async:queue");
+        assert_eq!(async_call("0a1b"), "roost:async:call:0a1b");
+        for key in
+            [ASYNC_FUNCTIONS, ASYNC_RECENT, ASYNC_CALLBACKS, FUNCTIONS, CONTROL_PLANE_STATE, WAKE_CHANNEL, READY_CHANNEL, SCALE_CHANNEL]
+        {
             assert!(key.starts_with(PREFIX), "{key} must start with {PREFIX}");
         }
     }

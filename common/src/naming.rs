@@ -13,8 +13,9 @@ use std::fmt;
 pub const MAX_FUNCTION_NAME_LEN: usize = 63;
 
 /// Names the platform's own paths take on the public port (`/system/...`, the
-/// management API and console): no function may be called so.
-pub const RESERVED_NAMES: &[&str] = &["system"];
+/// management API and console; `/async/...` and `/async-function/...`, asynchronous
+/// calls, whose status is at `/async/calls/<id>`): no function may be called so.
+pub const RESERVED_NAMES: &[&str] = &["system", "async", "async-function", "calls"];
 
 /// Prefix of the Envoy cluster of every function.
 pub const CLUSTER_PREFIX: &str = "fn-";
@@ -57,7 +58,7 @@ pub fn validate_function_name(name: &str) -> Result<(), InvalidName> {
         return fail("it contains a character outside a-z, 0-9, '-' and '_'");
     }
     if RESERVED_NAMES.contains(&name) {
-        return fail("it is reserved for the platform's own paths (/system/...); pick another name");
+        return fail("it is reserved for the platform's own paths (/system/..., /async/..., /async/calls/...); pick another name");
     }
     Ok(())
 }

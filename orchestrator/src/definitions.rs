@@ -36,12 +36,14 @@ pub struct Loaded {
 }
 
 /// A fingerprint of what a function's replicas are started from: its definition without
-/// `scaling` (how many replicas run changes no replica). Replicas started from another one
+/// `scaling` and `async` (how many replicas run and how calls are queued change no
+/// replica). Replicas started from another one
 /// are rolled over.
 pub fn spec_hash(spec: &FunctionSpec) -> String {
     let mut json = serde_json::to_value(spec).expect("definitions serialize");
     if let Some(fields) = json.as_object_mut() {
         fields.remove("scaling");
+        fields.remove("async");
     }
     format!("{:016x}", fnv1a(json.to_string().as_bytes()))
 }

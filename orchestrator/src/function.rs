@@ -11,6 +11,7 @@ use crate::lifecycle::{Cause, Effect, Event, Function, Load, StartError, WaiterI
 use crate::runtime::Replica;
 use roost_common::clock::now_ms;
 use roost_common::spec::FunctionSpec;
+use roost_common::wire::calls::AsyncSettings;
 use roost_common::wire::status::{FunctionStatus, WakeReport};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -372,7 +373,13 @@ impl Executor {
                         ctx.metrics.held(&name, l.held);
                     }
                     let since = l.last_request_ms.map(|t| Duration::from_millis(now_ms().saturating_sub(t)));
-                    return Some(Event::Load(Load { in_flight: l.in_flight, pending: l.pending, held: l.held, since_last_request: since }));
+                    return Some(Event::Load(Load {
+                        in_flight: l.in_flight,
+                        pending: l.pending,
+                        held: l.held,
+                        backlog: 0,
+                        since_last_request: since,
+                    }));
                 }
                 Err(e) => warn!(error = %e, "cannot read the function's load from Redis; no scaling until it can"),
             },
@@ -398,6 +405,7 @@ impl Executor {
 async fn declare(ctx: &Ctx, spec: &FunctionSpec) -> Result<(), Cause> {
     ctx.cp.put_function(spec).await.map_err(cause)?;
     ctx.redis.set_hold(&spec.name, hold(spec)).await.map_err(cause)?;
+    ctx.redis.set_async(&spec.name, &AsyncSettings::of(spec, hold(spec))).await.map_err(cause)?;
     ctx.redis.declare(&spec.name).await.map_err(cause)
 }
 

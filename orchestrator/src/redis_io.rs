@@ -7,6 +7,7 @@ use futures::StreamExt;
 use redis::AsyncCommands;
 use roost_common::backoff::Backoff;
 use roost_common::keys;
+use roost_common::wire::calls::AsyncSettings;
 use roost_common::wire::redis::{function_of_signal, LoadHash, ReadyNotice, Refusal, ReplicasHash};
 use std::collections::HashMap;
 use tokio::sync::mpsc;
@@ -33,6 +34,8 @@ pub struct Load {
     pub last_request_ms: Option<u64>,
     /// Requests the gate holds (`roost:fn:<f>:held`): not in Envoy yet.
     pub held: u64,
+    /// Asynchronous calls waiting at the async worker (`roost:fn:<f>:backlog`).
+    pub backlog: u64,
 }
 
 /// How old a load hash may be (its `updated_ms`) before its in-flight and pending counts
@@ -52,9 +55,9 @@ impl Load {
         let last_request_ms = Some(l.last_request_ms).filter(|v| *v > 0);
         let fresh = l.updated_ms > 0 && now_ms.saturating_sub(l.updated_ms) <= LOAD_STALE_AFTER_MS;
         if !fresh {
-            return Load { in_flight: 0, pending: 0, last_request_ms, held: 0 };
+            return Load { in_flight: 0, pending: 0, last_request_ms, ..Load::default() };
         }
-        Load { in_flight: l.in_flight as u64, pending: l.pending as u64, last_request_ms, held: 0 }
+        Load { in_flight: l.in_flight as u64, pending: l.pending as u64, last_request_ms, ..Load::default() }
     }
 }
 
@@ -156,14 +159,20 @@ impl RedisIo {
         c.set(keys::hold_ms(function), hold.as_millis() as u64).await
     }
 
-    /// The function's load: what the statsd-listener wrote (zero when it wrote none) and
-    /// the requests the gate holds (zero when it holds none).
+    /// The function's load: what the statsd-listener wrote (zero when it wrote none),
+    /// the requests the gate holds and the asynchronous calls waiting (zero when none).
     pub async fn load(&self, function: &str) -> redis::RedisResult<Load> {
         let mut c = self.conn.clone();
-        let (h, held): (HashMap<String, String>, Option<String>) =
-            redis::pipe().hgetall(keys::load(function)).get(keys::held(function)).query_async(&mut c).await?;
+        let (h, held, backlog): (HashMap<String, String>, Option<String>, Option<String>) =
+            redis::pipe().hgetall(keys::load(function)).get(keys::held(function)).get(keys::backlog(function)).query_async(&mut c).await?;
         let load = Load::from_hash(&h, roost_common::clock::now_ms());
-        Ok(Load { held: held_count(held.as_deref()), ..load })
+        Ok(Load { held: held_count(held.as_deref()), backlog: held_count(backlog.as_deref()), ..load })
+    }
+
+    /// Publishes how the async worker delivers the function's asynchronous calls.
+    pub async fn set_async(&self, function: &str, settings: &AsyncSettings) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        c.set(keys::async_settings(function), serde_json::to_string(settings).expect("numbers always serialize")).await
     }
 
     /// Publishes the replica count and target concurrency (read by the statsd-listener).
@@ -228,6 +237,8 @@ impl RedisIo {
                 keys::refusal(function),
                 keys::hold_ms(function),
                 keys::held(function),
+                keys::async_settings(function),
+                keys::backlog(function),
             ])
             .ignore()
             .query_async(&mut c)
@@ -316,7 +327,10 @@ mod tests {
         h.insert("pending".to_string(), "2.0".to_string());
         h.insert("last_request_ms".to_string(), "1700000000000".to_string());
         h.insert("updated_ms".to_string(), "1700000004750".to_string());
-        assert_eq!(Load::from_hash(&h, now), Load { in_flight: 3, pending: 2, last_request_ms: Some(1_700_000_000_000), held: 0 });
+        assert_eq!(
+            Load::from_hash(&h, now),
+            Load { in_flight: 3, pending: 2, last_request_ms: Some(1_700_000_000_000), held: 0, backlog: 0 }
+        );
         assert_eq!(Load::from_hash(&HashMap::new(), now), Load::default());
     }
 
@@ -337,8 +351,8 @@ mod tests {
         h.insert("pending".to_string(), "1000000000000000".to_string());
         h.insert("last_request_ms".to_string(), "1699999990000".to_string());
         h.insert("updated_ms".to_string(), updated.to_string());
-        let busy = Load { in_flight: 10, pending: 1_000_000_000_000_000, last_request_ms: Some(1_699_999_990_000), held: 0 };
-        let idle = Load { in_flight: 0, pending: 0, last_request_ms: Some(1_699_999_990_000), held: 0 };
+        let busy = Load { in_flight: 10, pending: 1_000_000_000_000_000, last_request_ms: Some(1_699_999_990_000), held: 0, backlog: 0 };
+        let idle = Load { in_flight: 0, pending: 0, last_request_ms: Some(1_699_999_990_000), held: 0, backlog: 0 };
         assert_eq!(Load::from_hash(&h, updated), busy);
         assert_eq!(Load::from_hash(&h, updated + LOAD_STALE_AFTER_MS), busy, "at the bound: still fresh");
         assert_eq!(Load::from_hash(&h, updated + LOAD_STALE_AFTER_MS + 1), idle, "a listener that stopped holds nothing up");

@@ -39,6 +39,14 @@
 //!     auth: none                    # none (public) | token: calls need the platform's
 //!                                   # API token (Authorization: Bearer), which Envoy
 //!                                   # checks and removes before the function sees it
+//!     async:                        # calls sent to /async/<name> (answered 202 at once)
+//!       concurrency: 10             # delivered at once; default max_replicas x
+//!                                   # target_concurrency (the function's full capacity)
+//!       retries: 5                  # after the first attempt, for a 5xx, 408, 429, a
+//!                                   # timeout or a connection failure; then dead letter
+//!       backoff: 1s                 # wait before the first retry, doubled each time
+//!                                   # (at most 5m)
+//!       queue: 10000                # calls waiting at most; more are answered 429
 //! ```
 //!
 //! Durations are a whole number with a unit, `500ms`, `10s`, `2m` or `1h`, or a bare
@@ -117,6 +125,21 @@ pub const DEFAULT_READINESS_PATH: &str = "/healthz";
 /// Default `readiness.timeout`.
 pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default `async.retries`.
+pub const DEFAULT_ASYNC_RETRIES: u32 = 5;
+/// Highest `async.retries` accepted.
+pub const MAX_ASYNC_RETRIES: u32 = 100;
+/// Default `async.backoff`: the wait before the first retry.
+pub const DEFAULT_ASYNC_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts of an asynchronous call, however often it doubled.
+pub const MAX_ASYNC_BACKOFF: Duration = Duration::from_secs(300);
+/// Default `async.queue`: calls of one function waiting at most.
+pub const DEFAULT_ASYNC_QUEUE: u32 = 10_000;
+/// Highest `async.queue` accepted.
+pub const MAX_ASYNC_QUEUE: u32 = 1_000_000;
+/// Highest `async.concurrency` accepted (and the most its default may be).
+pub const MAX_ASYNC_CONCURRENCY: u32 = 10_000;
+
 /// Valid function definitions, by function name.
 pub type Definitions = BTreeMap<String, FunctionSpec>;
 
@@ -145,6 +168,36 @@ pub struct FunctionSpec {
     pub readiness_timeout: Duration,
     /// Who may call it.
     pub auth: Auth,
+    /// How its asynchronous calls are delivered.
+    #[serde(rename = "async")]
+    pub async_calls: AsyncCalls,
+}
+
+/// How a function's asynchronous calls (`/async/<name>`) are delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AsyncCalls {
+    /// Calls delivered at once.
+    pub concurrency: u32,
+    /// Attempts after the first, for failures worth another try.
+    pub retries: u32,
+    /// Wait before the first retry, doubled for each next one up to [`MAX_ASYNC_BACKOFF`].
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub backoff: Duration,
+    /// Calls waiting at most; a call past it is answered 429.
+    pub queue: u32,
+}
+
+impl AsyncCalls {
+    /// The defaults for a function that scales as `scaling` says: as many calls at once as
+    /// its replicas serve at most.
+    pub fn defaults(scaling: &Scaling) -> AsyncCalls {
+        AsyncCalls {
+            concurrency: scaling.max_replicas.saturating_mul(scaling.target_concurrency).min(MAX_ASYNC_CONCURRENCY),
+            retries: DEFAULT_ASYNC_RETRIES,
+            backoff: DEFAULT_ASYNC_BACKOFF,
+            queue: DEFAULT_ASYNC_QUEUE,
+        }
+    }
 }
 
 /// Who may call a function.

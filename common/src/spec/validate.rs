@@ -9,17 +9,19 @@ use serde_yaml::{Mapping, Value};
 
 use super::units::{parse_duration, parse_size};
 use super::{
-    Auth, Definitions, FunctionKind, FunctionSpec, Limits, Scaling, SpecError, SpecErrors, COMMAND_FUNCTIONS_DIR, DEFAULT_READINESS_PATH,
-    DEFAULT_READINESS_TIMEOUT, MAX_REPLICAS, MAX_TARGET_CONCURRENCY, MIN_MEMORY, PYTHON_FUNCTIONS_DIR, TOP_LEVEL_KEY,
+    AsyncCalls, Auth, Definitions, FunctionKind, FunctionSpec, Limits, Scaling, SpecError, SpecErrors, COMMAND_FUNCTIONS_DIR,
+    DEFAULT_READINESS_PATH, DEFAULT_READINESS_TIMEOUT, MAX_ASYNC_BACKOFF, MAX_ASYNC_CONCURRENCY, MAX_ASYNC_QUEUE, MAX_ASYNC_RETRIES,
+    MAX_REPLICAS, MAX_TARGET_CONCURRENCY, MIN_MEMORY, PYTHON_FUNCTIONS_DIR, TOP_LEVEL_KEY,
 };
 use crate::naming::{validate_function_name, MAX_FUNCTION_NAME_LEN};
 
-const FUNCTION_FIELDS: &[&str] = &["name", "version", "configuration", "runtime", "scaling", "limits", "env", "readiness", "auth"];
+const FUNCTION_FIELDS: &[&str] = &["name", "version", "configuration", "runtime", "scaling", "limits", "env", "readiness", "auth", "async"];
 const CONFIGURATION_FIELDS: &[&str] = &["programing_language", "base_function_file_name", "function_folder", "extra_dependencies"];
 const RUNTIME_FIELDS: &[&str] = &["kind", "command", "image"];
 const SCALING_FIELDS: &[&str] = &["min_replicas", "max_replicas", "target_concurrency", "idle_timeout"];
 const LIMITS_FIELDS: &[&str] = &["memory", "cpu", "pids", "timeout"];
 const READINESS_FIELDS: &[&str] = &["path", "timeout"];
+const ASYNC_FIELDS: &[&str] = &["concurrency", "retries", "backoff", "queue"];
 
 const DURATION_HELP: &str = "use a whole number with a unit: 500ms, 10s, 2m, 1h (a bare number means seconds)";
 const SIZE_HELP: &str = "use bytes, or a whole number with a unit: 512k, 128m, 1g";
@@ -178,6 +180,10 @@ fn parse_function(key: &str, value: &Value, base_dir: Option<&Path>, errors: &mu
     let scaling = fields.get("scaling").map(|(path, v)| c.scaling(&path, v)).unwrap_or_default();
     let limits = fields.get("limits").map(|(path, v)| c.limits(&path, v)).unwrap_or_default();
     let env = fields.get("env").map(|(path, v)| c.env(&path, v)).unwrap_or_default();
+    let async_calls = match fields.get("async") {
+        Some((path, v)) => c.async_calls(&path, v, &scaling),
+        None => AsyncCalls::defaults(&scaling),
+    };
     let (readiness_path, readiness_timeout) = match fields.get("readiness") {
         Some((path, v)) => c.readiness(&path, v),
         None => (Some(DEFAULT_READINESS_PATH.to_string()), DEFAULT_READINESS_TIMEOUT),
@@ -209,6 +215,7 @@ fn parse_function(key: &str, value: &Value, base_dir: Option<&Path>, errors: &mu
         readiness_path: readiness_path?,
         readiness_timeout,
         auth: auth?,
+        async_calls,
     })
 }
 
@@ -623,6 +630,30 @@ impl Check<'_> {
         scaling
     }
 
+    fn async_calls(&mut self, path: &str, value: &Value, scaling: &Scaling) -> AsyncCalls {
+        let mut calls = AsyncCalls::defaults(scaling);
+        let Some(fields) = self.map(path, value, ASYNC_FIELDS) else {
+            return calls;
+        };
+        if let Some((p, v)) = fields.get("concurrency") {
+            calls.concurrency = self.uint(&p, v, 1, MAX_ASYNC_CONCURRENCY).unwrap_or(calls.concurrency);
+        }
+        if let Some((p, v)) = fields.get("retries") {
+            calls.retries = self.uint(&p, v, 0, MAX_ASYNC_RETRIES).unwrap_or(calls.retries);
+        }
+        if let Some((p, v)) = fields.get("queue") {
+            calls.queue = self.uint(&p, v, 1, MAX_ASYNC_QUEUE).unwrap_or(calls.queue);
+        }
+        if let Some((p, v)) = fields.get("backoff") {
+            match self.duration(&p, v) {
+                Some(backoff) if !backoff.is_zero() && backoff <= MAX_ASYNC_BACKOFF => calls.backoff = backoff,
+                Some(_) => self.fail(&p, format!("{} is not between 1ms and 5m", show(v)), DURATION_HELP),
+                None => {}
+            }
+        }
+        calls
+    }
+
     fn limits(&mut self, path: &str, value: &Value) -> Limits {
         let mut limits = Limits::default();
         let Some(fields) = self.map(path, value, LIMITS_FIELDS) else {
@@ -979,6 +1010,33 @@ mod tests {
     }
 
     #[test]
+    fn async_calls_default_to_the_function_s_capacity_and_are_read() {
+        let yaml = with_functions(&[
+            python_fn("a", "    scaling:\n      max_replicas: 4\n      target_concurrency: 3\n"),
+            python_fn("b", "    async:\n      concurrency: 2\n      retries: 0\n      backoff: 250ms\n      queue: 50\n"),
+        ]);
+        let defs = parse(&yaml).unwrap();
+        assert_eq!(defs["a"].async_calls, AsyncCalls { concurrency: 12, retries: 5, backoff: Duration::from_secs(1), queue: 10_000 });
+        assert_eq!(defs["b"].async_calls, AsyncCalls { concurrency: 2, retries: 0, backoff: Duration::from_millis(250), queue: 50 });
+    }
+
+    #[test]
+    fn async_errors() {
+        let cases = [
+            ("concurrency: 0", "async.concurrency"),
+            ("retries: 101", "async.retries"),
+            ("queue: 0", "async.queue"),
+            ("backoff: 0s", "async.backoff"),
+            ("backoff: 1h", "async.backoff"),
+            ("deadline: 1s", "async.deadline"),
+        ];
+        for (field, expected) in cases {
+            let yaml = with_functions(&[python_fn("f", &format!("    async:\n      {field}\n"))]);
+            assert_eq!(one_error(&yaml).1, expected, "{field}");
+        }
+    }
+
+    #[test]
     fn env_errors() {
         let yaml = with_functions(&[python_fn("f", "    env:\n      PORT: 1\n      ROOST_X: 1\n      1BAD: 1\n      LIST: [1]\n")]);
         let errors = errors(&yaml);
@@ -1081,7 +1139,7 @@ mod tests {
             parse(&yaml).unwrap_err().to_string(),
             "2 problem(s) in the function definitions:\n  \
              - function \"f\": colour: unknown field; allowed fields here: name, version, \
-             configuration, runtime, scaling, limits, env, readiness, auth\n  \
+             configuration, runtime, scaling, limits, env, readiness, auth, async\n  \
              - function \"f\": scaling.min_replicas: 4 is above max_replicas (2); \
              make min_replicas at most max_replicas"
         );

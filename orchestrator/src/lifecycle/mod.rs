@@ -137,6 +137,8 @@ pub struct Load {
     pub pending: u64,
     /// Requests the gate holds (waiting for the function to wake or for capacity).
     pub held: u64,
+    /// Asynchronous calls waiting at the async worker (queued, or for a retry).
+    pub backlog: u64,
     /// Time since the last request started, when one was ever seen.
     pub since_last_request: Option<Duration>,
 }
@@ -899,6 +901,7 @@ impl Function {
             in_flight: load.in_flight,
             pending: load.pending,
             held: load.held,
+            backlog: load.backlog,
             idle_for,
             surplus_for: None,
         };
@@ -971,7 +974,7 @@ impl Function {
         }
         self.mode = Mode::Serving;
         if hash == self.hash && !was_leaving {
-            // Only `scaling` changed (the hash leaves it out): no replica is rolled over;
+            // Only `scaling` or `async` changed (the hash leaves them out): no replica is rolled over;
             // Envoy gets the new concurrency and the load is judged by the new bounds.
             if spec != self.spec {
                 tracing::info!("scaling changed");

@@ -21,6 +21,8 @@ pub struct Observed {
     pub pending: u64,
     /// Requests the gate holds for the function (not in Envoy yet).
     pub held: u64,
+    /// Asynchronous calls waiting for delivery at the async worker.
+    pub backlog: u64,
     /// Time since the last request started; `None` if none was ever seen.
     pub idle_for: Option<Duration>,
     /// How long there have been more ready replicas than the load needs; `None` if
@@ -37,19 +39,20 @@ pub struct Decision {
     pub drain: u32,
 }
 
-/// Replicas the current load needs: in-flight, queued and held requests over the target
-/// concurrency per replica, rounded up.
+/// Replicas the current load needs: in-flight, queued and held requests and waiting
+/// asynchronous calls over the target concurrency per replica, rounded up.
 pub fn needed(scaling: &Scaling, o: &Observed) -> u32 {
-    roost_common::scaling::replicas_needed(o.in_flight, o.pending.saturating_add(o.held), scaling.target_concurrency)
+    let waiting = o.pending.saturating_add(o.held).saturating_add(o.backlog);
+    roost_common::scaling::replicas_needed(o.in_flight, waiting, scaling.target_concurrency)
 }
 
 /// Decides. Rules, in order:
-/// 1. Scale up when the load needs more than ready + starting (queueing in Envoy and
-///    requests held at the gate count), all at once, never above `max_replicas`; keep at
+/// 1. Scale up when the load needs more than ready + starting (queueing in Envoy,
+///    requests held at the gate and asynchronous calls waiting count), all at once, never above `max_replicas`; keep at
 ///    least `min_replicas`.
 /// 2. Scale to `min_replicas` once no request has started for `idle_timeout`.
 /// 3. Otherwise drain one surplus replica once the surplus has lasted `idle_timeout`.
-/// 4. Never drain while requests are queued or held, except replicas above
+/// 4. Never drain while requests are queued or held or calls wait, except replicas above
 ///    `max_replicas` (a lowered maximum), drained at once.
 pub fn decide(scaling: &Scaling, o: &Observed) -> Decision {
     let active = o.ready + o.starting;
@@ -60,7 +63,7 @@ pub fn decide(scaling: &Scaling, o: &Observed) -> Decision {
     if active > scaling.max_replicas && o.ready > 0 {
         return Decision { start: 0, drain: (active - scaling.max_replicas).min(o.ready) };
     }
-    if o.pending > 0 || o.held > 0 || o.starting > 0 {
+    if o.pending > 0 || o.held > 0 || o.backlog > 0 || o.starting > 0 {
         return Decision::default();
     }
     let idle = o.idle_for.is_some_and(|d| d >= scaling.idle_timeout);
@@ -154,6 +157,16 @@ mod tests {
         let s = scaling(0, 10, 8);
         let o = Observed { ready: 1, in_flight: 8, held: 20, ..Default::default() };
         assert_eq!(decide(&s, &o).start, 3, "28 requests at 8 each need 4 replicas");
+    }
+
+    #[test]
+    fn a_backlog_of_asynchronous_calls_scales_to_the_maximum_and_holds_replicas_up() {
+        // 1,000 calls queued for a sleeping function: all ten replicas at once.
+        let o = Observed { backlog: 1000, ..Default::default() };
+        assert_eq!(decide(&scaling(0, 10, 1), &o), Decision { start: 10, drain: 0 });
+        // Idle for a minute, but calls still wait: nothing drains.
+        let o = Observed { ready: 3, backlog: 1, idle_for: Some(60 * S), surplus_for: Some(60 * S), ..Default::default() };
+        assert_eq!(decide(&scaling(0, 10, 1), &o), Decision::default());
     }
 
     #[test]

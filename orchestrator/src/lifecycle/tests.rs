@@ -80,11 +80,11 @@ impl Harness {
     }
 
     fn idle(&mut self) -> Vec<Effect> {
-        self.send(Event::Load(Load { in_flight: 0, pending: 0, held: 0, since_last_request: Some(60 * S) }))
+        self.send(Event::Load(Load { in_flight: 0, pending: 0, held: 0, backlog: 0, since_last_request: Some(60 * S) }))
     }
 
     fn load(&mut self, in_flight: u64, pending: u64) -> Vec<Effect> {
-        self.send(Event::Load(Load { in_flight, pending, held: 0, since_last_request: Some(Duration::ZERO) }))
+        self.send(Event::Load(Load { in_flight, pending, held: 0, backlog: 0, since_last_request: Some(Duration::ZERO) }))
     }
 
     fn ready_ids(&self) -> Vec<String> {
@@ -193,7 +193,7 @@ fn a_start_that_fails_while_waiters_hold_answers_them_with_the_reason() {
 fn a_failed_start_beside_another_start_leaves_the_waiters_to_it() {
     let mut h = Harness::new(0, 10);
     h.send(Event::Wake(Some(1)));
-    h.send(Event::Load(Load { in_flight: 0, pending: 2, held: 0, since_last_request: Some(Duration::ZERO) }));
+    h.send(Event::Load(Load { in_flight: 0, pending: 2, held: 0, backlog: 0, since_last_request: Some(Duration::ZERO) }));
     assert_eq!(h.status().starting, 2);
     let fx = h.send(Event::Started("f-7-1".into(), Err(failure("boom"))));
     assert!(answers(&fx).is_empty(), "the other start may still answer");
@@ -266,7 +266,7 @@ fn drain_waits_for_requests_in_flight_before_the_stop() {
     h.bring_up("f-7-1");
     // A request started long ago is still in flight: no scale to zero under it.
     h.advance(60 * S);
-    let fx = h.send(Event::Load(Load { in_flight: 1, pending: 0, held: 0, since_last_request: Some(60 * S) }));
+    let fx = h.send(Event::Load(Load { in_flight: 1, pending: 0, held: 0, backlog: 0, since_last_request: Some(60 * S) }));
     assert!(drained_ids(&fx).is_empty(), "{fx:?}");
     // Idle: not ready first (it is the last), then the drain.
     let fx = h.idle();
@@ -673,10 +673,10 @@ fn a_burst_held_at_the_gate_starts_every_replica_it_needs_at_once() {
     let mut h = Harness::new(0, 10);
     let fx = h.send(Event::Wake(None));
     assert_eq!(started_ids(&fx).len(), 1, "the wake starts one");
-    let fx = h.send(Event::Load(Load { in_flight: 0, pending: 0, held: 200, since_last_request: None }));
+    let fx = h.send(Event::Load(Load { in_flight: 0, pending: 0, held: 200, backlog: 0, since_last_request: None }));
     assert_eq!(started_ids(&fx).len(), 9, "the held count starts the other nine in the same step");
     assert_eq!(h.status().starting, 10);
-    let fx = h.send(Event::Load(Load { in_flight: 0, pending: 0, held: 200, since_last_request: None }));
+    let fx = h.send(Event::Load(Load { in_flight: 0, pending: 0, held: 200, backlog: 0, since_last_request: None }));
     assert!(started_ids(&fx).is_empty(), "never above max_replicas");
     // Each replica that becomes ready tells the gate the capacity of all ready ones.
     let capacities: Vec<u32> = ["f-7-1", "f-7-2", "f-7-3"]
@@ -690,7 +690,7 @@ fn a_burst_held_at_the_gate_starts_every_replica_it_needs_at_once() {
     assert_eq!(capacities, [1, 2, 3]);
     // Held requests count against idleness: nothing drains while any are held.
     h.advance(60 * S);
-    let fx = h.send(Event::Load(Load { in_flight: 0, pending: 0, held: 1, since_last_request: Some(60 * S) }));
+    let fx = h.send(Event::Load(Load { in_flight: 0, pending: 0, held: 1, backlog: 0, since_last_request: Some(60 * S) }));
     assert!(!fx.iter().any(|e| matches!(e, Effect::Drain(..))), "{fx:?}");
 }
 
@@ -700,7 +700,7 @@ fn a_new_replica_never_takes_the_id_of_an_adopted_one() {
     // Adopted from an orchestrator before this one, whose ids happen to be this one's.
     h.send(Event::Adopted(replica("f-7-1", "h1")));
     h.send(Event::Adopted(replica("f-7-2", "h1")));
-    let fx = h.send(Event::Load(Load { in_flight: 0, pending: 3, held: 0, since_last_request: Some(Duration::ZERO) }));
+    let fx = h.send(Event::Load(Load { in_flight: 0, pending: 3, held: 0, backlog: 0, since_last_request: Some(Duration::ZERO) }));
     assert_eq!(started_ids(&fx), ["f-7-3"], "{fx:?}");
     assert_eq!((h.status().replicas.len(), h.status().starting), (2, 1), "both adopted kept, one starting");
 }
