@@ -89,6 +89,22 @@ names! {
     DEPLOY_MAX_BODY = "ROOST_DEPLOY_MAX_BODY";
     /// The orchestrator's API as the control plane routes `/system/` to it, `host:port`.
     SYSTEM_ADDR = "ROOST_SYSTEM_ADDR";
+    /// The async worker, `host:port`, as the control plane routes `/async/` and
+    /// `/async-function/` to it.
+    ASYNC_ADDR = "ROOST_ASYNC_ADDR";
+    /// The async worker's HTTP server: submits (`/async/...`) and calls' status.
+    ASYNC_BIND = "ROOST_ASYNC_BIND";
+    /// The platform's public entry as the async worker calls functions through it (a URL).
+    PUBLIC_URL = "ROOST_PUBLIC_URL";
+    /// How long a finished asynchronous call's record and result are kept, in seconds.
+    ASYNC_KEEP_S = "ROOST_ASYNC_KEEP_S";
+    /// Hosts (`host` or `host:port`, comma-separated) an `X-Callback-Url` may name; unset:
+    /// callbacks are refused.
+    ASYNC_CALLBACK_HOSTS = "ROOST_ASYNC_CALLBACK_HOSTS";
+    /// Attempts after the first of a callback that failed.
+    ASYNC_CALLBACK_RETRIES = "ROOST_ASYNC_CALLBACK_RETRIES";
+    /// The async worker's name in the queues' consumer group.
+    ASYNC_CONSUMER = "ROOST_ASYNC_CONSUMER";
     /// The statsd-listener, `host:port`, as a peer: the orchestrator and the gate send
     /// statsd (UDP) there, Envoy its metrics service's stream (gRPC over TCP).
     STATSD_ADDR = "ROOST_STATSD_ADDR";

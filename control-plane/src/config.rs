@@ -52,6 +52,12 @@ pub struct Config {
     #[arg(long, env = env::SYSTEM_ADDR, requires = "public_bind", value_parser = parse_host_port)]
     pub system_addr: Option<(String, u16)>,
 
+    /// The async worker, `host:port`: the public listener sends asynchronous calls
+    /// (`/async/...`, `/async-function/...`, a call's status at `/async/calls/<id>`) there.
+    /// Unset: they go to the gate (404).
+    #[arg(long, env = env::ASYNC_ADDR, requires = "public_bind", value_parser = parse_host_port)]
+    pub async_addr: Option<(String, u16)>,
+
     /// The gate's body limit (bytes, or 64k, 10m): the public listener sends a request
     /// declaring a larger body to the gate, which answers 413.
     #[arg(long, env = env::GATE_MAX_BODY, default_value = "10m", value_parser = parse_body_limit)]
@@ -124,7 +130,14 @@ impl Config {
     /// Envoy as the public entry, when a public listener is configured.
     pub fn public_entry(&self) -> Option<crate::resources::PublicEntry> {
         let (bind, (gate_host, gate_port)) = (self.public_bind?, self.gate_addr.clone()?);
-        Some(crate::resources::PublicEntry { bind, gate_host, gate_port, max_body: self.gate_max_body, system: self.system_addr.clone() })
+        Some(crate::resources::PublicEntry {
+            bind,
+            gate_host,
+            gate_port,
+            max_body: self.gate_max_body,
+            system: self.system_addr.clone(),
+            async_worker: self.async_addr.clone(),
+        })
     }
 
     /// Where Envoy's public listener binds: `listener_bind`, else the deprecated address
@@ -144,6 +157,7 @@ impl Config {
             public_bind: None,
             gate_addr: None,
             system_addr: None,
+            async_addr: None,
             gate_max_body: 10 * 1024 * 1024,
             connect_timeout_ms: 250,
             retries: 3,
@@ -195,6 +209,30 @@ mod tests {
             let err = Config::try_parse_from(["control-plane", "--public-bind", "0.0.0.0:8080", "--gate-addr", bad]).unwrap_err();
             assert!(err.to_string().contains("host:port"), "{bad}: {err}");
         }
+        for flag in ["--system-addr", "--async-addr"] {
+            for bad in ["worker", "worker:0", ":8083", "worker:http"] {
+                let err = Config::try_parse_from(["control-plane", "--public-bind", "0.0.0.0:8080", "--gate-addr", "gate:8081", flag, bad])
+                    .unwrap_err();
+                assert!(err.to_string().contains("host:port"), "{flag} {bad}: {err}");
+            }
+            let err = Config::try_parse_from(["control-plane", flag, "worker:8083"]).unwrap_err();
+            assert!(err.to_string().contains("--public-bind"), "{flag} wants the public listener: {err}");
+        }
+        let c = Config::try_parse_from([
+            "control-plane",
+            "--public-bind",
+            "0.0.0.0:8080",
+            "--gate-addr",
+            "gate:8081",
+            "--system-addr",
+            "orchestrator:18002",
+            "--async-addr",
+            "async-worker:8083",
+        ])
+        .unwrap();
+        let e = c.public_entry().unwrap();
+        assert_eq!(e.system, Some(("orchestrator".to_string(), 18002)));
+        assert_eq!(e.async_worker, Some(("async-worker".to_string(), 8083)));
         let err = Config::try_parse_from(["control-plane", "--gate-max-body", "ten"]).unwrap_err();
         assert!(err.to_string().contains("not a size"), "{err}");
     }

@@ -41,6 +41,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 pub use roost_common::hash::fnv1a;
 use roost_common::naming::cluster_name;
+use roost_common::wire::calls;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -356,7 +357,9 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
     // `auth: token` functions first, in Envoy or not: a call the gate holds is checked
     // here too (the gate passes the header on), so none reaches a replica without the
     // token, even one that came in before its function's declaration did.
-    routes.extend(all_refusals(model));
+    // Not the asynchronous paths: no function is called `async`, so the gate never sends
+    // one here.
+    routes.extend(all_refusals(model, false));
     for (name, f) in model.functions.iter().filter(|(_, f)| in_envoy(f)) {
         let exact = PathSpecifier::Path(format!("/{name}"));
         let below = PathSpecifier::Prefix(format!("/{name}/"));
@@ -372,14 +375,27 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
     }
 }
 
-/// The [`refusals`] of every `auth: token` function, in Envoy or not.
-pub(crate) fn all_refusals(model: &Model) -> impl Iterator<Item = Route> + '_ {
-    model.functions.iter().filter_map(|(name, f)| f.auth.as_ref().map(|token| refusals(name, token))).flatten()
+/// The path prefixes under which a function is called asynchronously (the async worker's
+/// submits): `/async/<name>` and `/async-function/<name>`, and below.
+pub(crate) const ASYNC_PREFIXES: [&str; 2] = [calls::SUBMIT_PREFIX, calls::OPENFAAS_SUBMIT_PREFIX];
+
+/// The [`refusals`] of every `auth: token` function, in Envoy or not; with `asynchronous`
+/// (the public listener routes the async worker's paths), those of its asynchronous
+/// paths too.
+pub(crate) fn all_refusals(model: &Model, asynchronous: bool) -> impl Iterator<Item = Route> + '_ {
+    let under: &[&str] = if asynchronous { &ASYNC_PREFIXES } else { &[] };
+    model.functions.iter().filter_map(|(name, f)| f.auth.as_ref().map(|token| (name, token))).flat_map(move |(name, token)| {
+        std::iter::once("").chain(under.iter().copied()).flat_map(move |prefix| refusals(prefix, name, token))
+    })
 }
 
 /// The routes that answer 401 to a call of an `auth: token` function without `token`:
-/// no `Authorization` header, or another one; for `/<name>` and below.
-fn refusals(name: &str, token: &str) -> Vec<Route> {
+/// no `Authorization` header, or another one; for `<prefix>/<name>` and below (`prefix`
+/// empty: the function's own paths; else one of [`ASYNC_PREFIXES`]). Named
+/// `<name>-<exact|prefix>-auth-<missing|wrong>`, led by the prefix without its slash when
+/// there is one (`async/<name>-exact-auth-missing`): a function's name has no `/`, so no
+/// two collide.
+fn refusals(prefix: &str, name: &str, token: &str) -> Vec<Route> {
     let expected = format!("Bearer {token}");
     let wrong = StringMatcher { match_pattern: Some(MatchPattern::Exact(expected)), ..Default::default() };
     let missing = HeaderMatcher {
@@ -400,8 +416,14 @@ fn refusals(name: &str, token: &str) -> Vec<Route> {
             body_format: None,
         })
     };
+    let label = match prefix.strip_prefix('/') {
+        Some(under) => format!("{under}/{name}"),
+        None => name.to_string(),
+    };
     let mut routes = Vec::new();
-    for (suffix, path) in [("exact", PathSpecifier::Path(format!("/{name}"))), ("prefix", PathSpecifier::Prefix(format!("/{name}/")))] {
+    for (suffix, path) in
+        [("exact", PathSpecifier::Path(format!("{prefix}/{name}"))), ("prefix", PathSpecifier::Prefix(format!("{prefix}/{name}/")))]
+    {
         for (what, matcher) in [
             ("missing", missing.clone()),
             (
@@ -415,7 +437,7 @@ fn refusals(name: &str, token: &str) -> Vec<Route> {
             ),
         ] {
             routes.push(Route {
-                name: format!("{name}-{suffix}-auth-{what}"),
+                name: format!("{label}-{suffix}-auth-{what}"),
                 r#match: Some(RouteMatch { path_specifier: Some(path.clone()), headers: vec![matcher], ..Default::default() }),
                 action: Some(unauthorized()),
                 response_headers_to_add: vec![HeaderValueOption {
@@ -587,6 +609,55 @@ mod tests {
         assert_eq!(a.of(Kind::Cluster)["fn-hello"].version, b.of(Kind::Cluster)["fn-hello"].version);
         assert_ne!(a.of(Kind::Endpoint)["fn-hello"].version, b.of(Kind::Endpoint)["fn-hello"].version);
         assert_eq!(a.of(Kind::Route)[ROUTE_CONFIG_NAME].version, b.of(Kind::Route)[ROUTE_CONFIG_NAME].version);
+    }
+
+    #[test]
+    fn refusals_cover_a_functions_async_paths_only_when_asked_and_keep_names_unique() {
+        let mut m = Model::default();
+        for name in ["s", "s-async", "public"] {
+            let auth = (name != "public").then(|| format!("token-of-{name}-0123456789"));
+            m.apply(&Change::PutFunction { function: name.into(), concurrency: None, timeout_ms: None, auth }).unwrap();
+        }
+        let spec = |r: &Route| r.r#match.clone().unwrap().path_specifier.unwrap();
+        let sync: Vec<Route> = all_refusals(&m, false).collect();
+        assert_eq!(sync.len(), 8, "two functions, four routes each: {:?}", sync.iter().map(|r| &r.name).collect::<Vec<_>>());
+        assert!(sync.iter().all(|r| !r.name.contains('/')), "the function's own paths only");
+        let all: Vec<Route> = all_refusals(&m, true).collect();
+        assert_eq!(all.len(), 24);
+        let names: Vec<&str> = all.iter().filter(|r| r.name.ends_with("-auth-missing")).map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names[..6],
+            [
+                "s-exact-auth-missing",
+                "s-prefix-auth-missing",
+                "async/s-exact-auth-missing",
+                "async/s-prefix-auth-missing",
+                "async-function/s-exact-auth-missing",
+                "async-function/s-prefix-auth-missing",
+            ]
+        );
+        let unique: std::collections::BTreeSet<&str> = all.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(unique.len(), all.len(), "\"s-async\"'s routes and s's async ones do not collide");
+        let s_specs: Vec<PathSpecifier> =
+            all.iter().filter(|r| r.name.contains("s-exact") || r.name.contains("s-prefix")).map(spec).collect();
+        for expected in [
+            PathSpecifier::Path("/s".into()),
+            PathSpecifier::Prefix("/s/".into()),
+            PathSpecifier::Path("/async/s".into()),
+            PathSpecifier::Prefix("/async/s/".into()),
+            PathSpecifier::Path("/async-function/s".into()),
+            PathSpecifier::Prefix("/async-function/s/".into()),
+        ] {
+            assert!(s_specs.contains(&expected), "{expected:?}");
+        }
+        assert!(!s_specs.contains(&PathSpecifier::Prefix("/async/s".into())), "/async/s must not match /async/s2");
+        for r in &all {
+            let Some(Action::DirectResponse(d)) = &r.action else { panic!("{r:?}") };
+            assert_eq!(d.status, 401, "{}", r.name);
+        }
+        // The gate's listener: the function's own paths only (no function is called `async`).
+        let rc = route_table(&m, &BuildSettings::default());
+        assert!(rc.virtual_hosts[0].routes.iter().all(|r| !r.name.contains('/')));
     }
 
     #[test]

@@ -211,8 +211,16 @@ mod tests {
             gate_port: 8081,
             max_body: 1,
             system: None,
+            async_worker: None,
         };
-        incremental_snapshot_equals_full_rebuild_with(BuildSettings { public: Some(public), ..BuildSettings::default() });
+        incremental_snapshot_equals_full_rebuild_with(BuildSettings { public: Some(public.clone()), ..BuildSettings::default() });
+        // With the platform's own services: the async paths' refusals follow the call token.
+        let services = resources::PublicEntry {
+            system: Some(("orchestrator".into(), 18002)),
+            async_worker: Some(("async-worker".into(), 8083)),
+            ..public
+        };
+        incremental_snapshot_equals_full_rebuild_with(BuildSettings { public: Some(services), ..BuildSettings::default() });
     }
 
     #[test]

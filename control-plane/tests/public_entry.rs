@@ -212,3 +212,112 @@ async fn serving_functions_go_straight_to_replicas_and_everything_else_to_the_ga
     assert!(serde_json::from_str::<Value>(body).map(|v| v["error"].is_string()).unwrap_or(false), "{answer}");
     shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy (ROOST_ENVOY_BIN or scripts/install-deps.sh)"]
+async fn asynchronous_calls_go_to_the_async_worker_as_sent_with_the_gates_body_limit() {
+    let gate = Upstream::start("gate").await;
+    let worker = Upstream::start_with_status("async", 202, &[]).await;
+    let public = free_port();
+    let config = Config {
+        listener_port: free_port(),
+        public_bind: Some(format!("127.0.0.1:{public}").parse().unwrap()),
+        gate_addr: Some(("127.0.0.1".into(), gate.port)),
+        // A name, as in compose: Envoy looks it up.
+        async_addr: Some(("localhost".into(), worker.port)),
+        gate_max_body: 1024,
+        ..Config::for_tests()
+    };
+    let shutdown = CancellationToken::new();
+    let cp = start(config, shutdown.clone()).await.expect("control plane starts");
+    let envoy = Envoy::start(&EnvoyOptions::new(cp.xds_addr.port(), XdsMode::Delta)).await;
+    wait_until(WAIT, "Envoy LIVE", || async { envoy.is_live().await.then_some(()) }).await;
+    let admin = cp.admin_addr.port();
+    let token = "the-api-token-0123456789";
+    let bearer = format!("Bearer {token}");
+    admin_ok(admin, "PUT", "/functions/hello?wait=true", Some(json!({"concurrency": 2, "timeout_ms": 5000}))).await;
+    admin_ok(admin, "PUT", "/functions/secret?wait=true", Some(json!({"concurrency": 1, "timeout_ms": 5000, "auth": token}))).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match http::get(public, "/async/hello").await {
+            Ok(r) if r.status == 202 => break,
+            other if std::time::Instant::now() > deadline => {
+                let log = envoy.log();
+                panic!(
+                    "the async worker never answered through the public listener: {other:?}\nEnvoy:\n{}",
+                    &log[log.len().saturating_sub(4000)..]
+                )
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    // Who answered, and the path it was sent.
+    let send = |method: &'static str, path: &'static str, headers: Vec<(&'static str, String)>, body: Vec<u8>| async move {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = http::request(public, method, path, &headers, &body).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+        (r.status, v["upstream"].as_str().unwrap_or("").to_string(), v["path"].as_str().unwrap_or("").to_string(), r)
+    };
+
+    // Submits (both spellings) and a call's status: to the worker, the path as sent.
+    for (method, path) in [
+        ("POST", "/async/hello"),
+        ("POST", "/async/hello/x?y=1"),
+        ("PUT", "/async-function/hello"),
+        ("POST", "/async-function/hello/a/b?c=d"),
+        ("GET", "/async/calls/0123abcd"),
+        ("GET", "/async"),
+        ("POST", "/async/undeclared/x"),
+    ] {
+        let (status, upstream, seen, _) = send(method, path, vec![], b"{}".to_vec()).await;
+        assert_eq!((status, upstream.as_str(), seen.as_str()), (202, "async", path), "{method} {path}");
+    }
+    // Names that merely start so, and the functions' own paths: the gate.
+    for path in ["/asyncx", "/asyncx/hello", "/async-functions/hello", "/hello/async"] {
+        let (status, upstream, seen, _) = send("GET", path, vec![], vec![]).await;
+        assert_eq!((status, upstream.as_str(), seen.as_str()), (200, "gate", path), "{path}");
+    }
+
+    // Bodies: up to the gate's limit to the worker, 413 in JSON past it (declared or chunked).
+    let (status, upstream, _, _) = send("POST", "/async/hello", vec![], vec![b'a'; 1024]).await;
+    assert_eq!((status, upstream.as_str()), (202, "async"), "a body of exactly the limit");
+    let before = worker.hits();
+    for (what, raw) in [
+        ("declared", format!("POST /async/hello HTTP/1.1\r\nHost: x\r\nContent-Length: 1025\r\nConnection: close\r\n\r\n{}", "a".repeat(1025))),
+        (
+            "chunked",
+            format!(
+                "POST /async-function/hello HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n401\r\n{}\r\n0\r\n\r\n",
+                "a".repeat(1025)
+            ),
+        ),
+    ] {
+        let answer = String::from_utf8_lossy(&http::raw_exchange(public, raw.as_bytes()).await.expect("an answer")).into_owned();
+        assert!(
+            answer.starts_with("HTTP/1.1 413") && answer.contains("over the limit of 1024 bytes"),
+            "{what} body over the limit: {answer}"
+        );
+        assert!(answer.to_ascii_lowercase().contains("content-type: application/json"), "{answer}");
+    }
+    assert_eq!(worker.hits(), before, "the worker never saw a body over the limit");
+
+    // An `auth: token` function: its async paths are refused without the token, as its own.
+    for (path, auth) in [
+        ("/async/secret", None),
+        ("/async/secret/x", None),
+        ("/async-function/secret", Some("Bearer wrong")),
+        ("/async-function/secret/x?y=1", Some("Basic abc")),
+    ] {
+        let headers = auth.iter().map(|a| ("authorization", a.to_string())).collect();
+        let (status, _, _, r) = send("POST", path, headers, b"{}".to_vec()).await;
+        assert_eq!(status, 401, "{path} {auth:?}: {}", r.body);
+        assert!(r.body.contains("API token"), "{}", r.body);
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    }
+    let (status, upstream, seen, r) = send("POST", "/async/secret/x", vec![("authorization", bearer.clone())], b"{}".to_vec()).await;
+    assert_eq!((status, upstream.as_str(), seen.as_str()), (202, "async", "/async/secret/x"));
+    assert_eq!(r.header("x-seen-authorization"), Some(bearer.as_str()), "the worker gets the token, to pass on with the call");
+    let (status, upstream, _, _) = send("GET", "/async/secretx", vec![], vec![]).await;
+    assert_eq!((status, upstream.as_str()), (202, "async"), "another name: no token asked");
+    shutdown.cancel();
+}

@@ -55,6 +55,11 @@ pub const PUBLIC_ROUTE_CONFIG_NAME: &str = "roost_public_routes";
 pub const GATE_CLUSTER: &str = "roost_gate";
 /// Name of the management API's cluster (the orchestrator's API).
 pub const SYSTEM_CLUSTER: &str = "roost_system";
+/// Name of the async worker's cluster (asynchronous calls and their status).
+pub const ASYNC_CLUSTER: &str = "roost_async";
+/// How long the async worker has to answer: it stores a call and answers (202), or reads
+/// a call's status, within milliseconds.
+pub const ASYNC_TIMEOUT_MS: u64 = 30_000;
 /// The X-Request-Id the gate keeps as it is (nginx.conf's `$roost_request_id`); a request
 /// with any other goes through the gate, which replaces it.
 pub const REQUEST_ID_PATTERN: &str = r"[\x21-\x7e]{1,200}";
@@ -80,6 +85,10 @@ pub struct PublicEntry {
     /// The orchestrator's API, host and port, which the management API's paths
     /// (`/system/...`) go to; none: those paths are the gate's (a 404).
     pub system: Option<(String, u16)>,
+    /// The async worker, host and port, which asynchronous calls (`/async/...`,
+    /// `/async-function/...`, a call's status at `/async/calls/<id>`) go to; none: those
+    /// paths are the gate's (a 404).
+    pub async_worker: Option<(String, u16)>,
 }
 
 /// Whether a function has a replica that takes new requests.
@@ -92,6 +101,9 @@ pub(super) fn add(snap: &mut Snapshot, model: &Model, entry: &PublicEntry, setti
     snap.insert(Kind::Cluster, GATE_CLUSTER, pack_any(gate_cluster(entry)));
     if let Some((host, port)) = &entry.system {
         snap.insert(Kind::Cluster, SYSTEM_CLUSTER, pack_any(peer_cluster(SYSTEM_CLUSTER, host, *port)));
+    }
+    if let Some((host, port)) = &entry.async_worker {
+        snap.insert(Kind::Cluster, ASYNC_CLUSTER, pack_any(peer_cluster(ASYNC_CLUSTER, host, *port)));
     }
     snap.insert(Kind::Listener, PUBLIC_LISTENER_NAME, pack_any(listener(entry)));
     put_routes(snap, model, settings);
@@ -218,10 +230,13 @@ fn header(name: &str, spec: HeaderMatchSpecifier, invert_match: bool) -> HeaderM
     HeaderMatcher { name: name.into(), header_match_specifier: Some(spec), invert_match, ..Default::default() }
 }
 
-/// The public route table: first the requests only the gate judges (an X-Request-Id it
-/// would replace), then each function that has a serving replica, direct; everything
-/// else to the gate (asleep, waking, draining to zero, undeclared: the gate's 404). The
-/// table grows with the functions serving, not with the functions declared.
+/// The public route table: first the platform's own paths to their services (the
+/// management API; with the async worker, asynchronous calls after the refusals of
+/// `auth: token` functions, so those are checked for the token too), then the requests
+/// only the gate judges (an X-Request-Id it would replace), then each function that has
+/// a serving replica, direct; everything else to the gate (asleep, waking, draining to
+/// zero, undeclared: the gate's 404). The table grows with the functions serving, not
+/// with the functions declared.
 pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguration {
     let id_regex = StringMatcher {
         match_pattern: Some(MatchPattern::SafeRegex(RegexMatcher { regex: REQUEST_ID_PATTERN.into(), ..Default::default() })),
@@ -231,8 +246,13 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
     if settings.public.as_ref().is_some_and(|p| p.system.is_some()) {
         routes.push(to_system());
     }
-    // `auth: token` functions, awake or not: a call without the token is answered here.
-    routes.extend(super::all_refusals(model));
+    let asynchronous = settings.public.as_ref().is_some_and(|p| p.async_worker.is_some());
+    // `auth: token` functions, awake or not: a call without the token is answered here,
+    // an asynchronous one too.
+    routes.extend(super::all_refusals(model, asynchronous));
+    if asynchronous {
+        routes.extend(super::ASYNC_PREFIXES.map(to_async));
+    }
     routes.push(to_gate("other-request-id", vec![header("x-request-id", HeaderMatchSpecifier::StringMatch(id_regex), true)]));
     for (name, f) in model.functions.iter().filter(|(_, f)| serving(f)) {
         let exact = PathSpecifier::Path(format!("/{name}"));
@@ -320,6 +340,24 @@ fn to_system() -> Route {
     }
 }
 
+/// Asynchronous calls under `prefix` (`/async` itself and below, not `/asyncx`), to the
+/// async worker: the path as sent, a timeout (it answers as soon as it has stored the
+/// call), and the body buffered as for a function call (the gate's limit, 413 in JSON,
+/// holds for a call queued as for one sent). Named after its prefix (`async`,
+/// `async-function`): no function is called so.
+fn to_async(prefix: &str) -> Route {
+    Route {
+        name: prefix.trim_start_matches('/').into(),
+        r#match: Some(RouteMatch { path_specifier: Some(PathSpecifier::PathSeparatedPrefix(prefix.into())), ..Default::default() }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(ASYNC_CLUSTER.into())),
+            timeout: Some(millis(ASYNC_TIMEOUT_MS)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
 /// A route to the gate: the path as sent, and no timeout (the gate bounds how long it
 /// holds a request, Envoy's listener behind it the function's timeout).
 fn to_gate(name: &str, headers: Vec<HeaderMatcher>) -> Route {
@@ -343,7 +381,14 @@ mod tests {
     use prost::Message;
 
     fn entry() -> PublicEntry {
-        PublicEntry { bind: "0.0.0.0:8080".parse().unwrap(), gate_host: "gate".into(), gate_port: 8081, max_body: 1024, system: None }
+        PublicEntry {
+            bind: "0.0.0.0:8080".parse().unwrap(),
+            gate_host: "gate".into(),
+            gate_port: 8081,
+            max_body: 1024,
+            system: None,
+            async_worker: None,
+        }
     }
 
     fn settings() -> BuildSettings {
@@ -409,6 +454,176 @@ mod tests {
         let public =
             build(&model(&[put("p"), Change::AddEndpoint { function: "p".into(), address: "127.0.0.1:5001".into() }]), &settings(), 1);
         assert!(routes(&public).iter().find(|r| r.name == "p-exact").unwrap().request_headers_to_remove.is_empty());
+    }
+
+    /// The route Envoy picks for a request: the first whose path and headers match (the
+    /// matchers these tables use; a header not sent matches only an inverted presence).
+    fn first_match<'a>(routes: &'a [Route], path: &str, headers: &[(&str, &str)]) -> &'a Route {
+        let path_matches = |spec: &PathSpecifier| match spec {
+            PathSpecifier::Path(p) => path == p,
+            PathSpecifier::Prefix(p) => path.starts_with(p.as_str()),
+            PathSpecifier::PathSeparatedPrefix(p) => {
+                path.strip_prefix(p.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
+            other => panic!("no such matcher here: {other:?}"),
+        };
+        let header_matches = |h: &HeaderMatcher| {
+            let value = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(&h.name)).map(|(_, v)| *v);
+            match (h.header_match_specifier.as_ref().unwrap(), value) {
+                (HeaderMatchSpecifier::PresentMatch(present), v) => (v.is_some() == *present) != h.invert_match,
+                (_, None) => false,
+                (HeaderMatchSpecifier::StringMatch(StringMatcher { match_pattern: Some(MatchPattern::Exact(e)), .. }), Some(v)) => {
+                    (v == e) != h.invert_match
+                }
+                (other, _) => panic!("no such matcher here: {other:?}"),
+            }
+        };
+        routes
+            .iter()
+            .find(|r| {
+                let m = r.r#match.as_ref().unwrap();
+                path_matches(m.path_specifier.as_ref().unwrap()) && m.headers.iter().all(header_matches)
+            })
+            .unwrap_or_else(|| panic!("no route for {path}"))
+    }
+
+    fn with_async(system: bool) -> BuildSettings {
+        let public =
+            PublicEntry { system: system.then(|| ("orch".into(), 18002)), async_worker: Some(("async-worker".into(), 8083)), ..entry() };
+        BuildSettings { public: Some(public), ..settings() }
+    }
+
+    #[test]
+    fn asynchronous_calls_go_to_the_async_worker_after_the_management_api_and_the_refusals() {
+        let token = "the-api-token-0123456789";
+        let put_secret = Change::PutFunction { function: "s".into(), concurrency: None, timeout_ms: None, auth: Some(token.into()) };
+        let add = Change::AddEndpoint { function: "hello".into(), address: "127.0.0.1:5000".into() };
+        let snap = build(&model(&[put_secret, put("hello"), add]), &with_async(true), 1);
+        let r = routes(&snap);
+        let names: Vec<&str> = r.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "system",
+                "s-exact-auth-missing",
+                "s-exact-auth-wrong",
+                "s-prefix-auth-missing",
+                "s-prefix-auth-wrong",
+                "async/s-exact-auth-missing",
+                "async/s-exact-auth-wrong",
+                "async/s-prefix-auth-missing",
+                "async/s-prefix-auth-wrong",
+                "async-function/s-exact-auth-missing",
+                "async-function/s-exact-auth-wrong",
+                "async-function/s-prefix-auth-missing",
+                "async-function/s-prefix-auth-wrong",
+                "async",
+                "async-function",
+                "other-request-id",
+                "hello-exact",
+                "hello-prefix",
+                "other",
+            ]
+        );
+        for (route, prefix) in [(&r[13], "/async"), (&r[14], "/async-function")] {
+            let spec = route.r#match.as_ref().unwrap().path_specifier.clone().unwrap();
+            assert_eq!(spec, PathSpecifier::PathSeparatedPrefix(prefix.into()), "/async itself and below, not /asyncx");
+            assert!(route.r#match.as_ref().unwrap().headers.is_empty());
+            let Some(Action::Route(ra)) = &route.action else { panic!("{route:?}") };
+            assert_eq!(cluster_of(route), ASYNC_CLUSTER);
+            assert_eq!((ra.prefix_rewrite.as_str(), ra.timeout), ("", Some(millis(30_000))), "the path as sent, 30 s");
+            assert!(ra.regex_rewrite.is_none() && ra.path_rewrite_policy.is_none());
+            assert!(route.typed_per_filter_config.is_empty(), "the body buffered as a function call's: the gate's limit holds");
+            assert!(route.request_headers_to_remove.is_empty(), "the worker gets the caller's Authorization, to pass on");
+        }
+        // The management API's route still turns the buffer off; the async ones do not.
+        assert!(r[0].typed_per_filter_config.contains_key("envoy.filters.http.buffer"));
+
+        let worker = Cluster::decode(&*snap.of(Kind::Cluster)[ASYNC_CLUSTER].body.value).unwrap();
+        assert_eq!(worker, peer_cluster(ASYNC_CLUSTER, "async-worker", 8083), "a peer like the orchestrator's API");
+        assert_eq!(worker.cluster_discovery_type, Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32)));
+        assert!(snap.of(Kind::Cluster).contains_key(SYSTEM_CLUSTER));
+        assert!(!snap.expected_names(Kind::Endpoint).any(|n| n == ASYNC_CLUSTER), "no EDS to subscribe to");
+
+        // Without the management API, the async routes come right after the refusals.
+        let names: Vec<String> = routes(&build(&model(&[put("hello")]), &with_async(false), 1)).iter().map(|r| r.name.clone()).collect();
+        assert_eq!(names, ["async", "async-function", "other-request-id", "other"]);
+    }
+
+    #[test]
+    fn without_the_async_worker_its_paths_are_the_gates() {
+        let token = "the-api-token-0123456789";
+        let put_secret = Change::PutFunction { function: "s".into(), concurrency: None, timeout_ms: None, auth: Some(token.into()) };
+        let with_system = BuildSettings { public: Some(PublicEntry { system: Some(("orch".into(), 18002)), ..entry() }), ..settings() };
+        let snap = build(&model(&[put_secret, put("hello")]), &with_system, 1);
+        let r = routes(&snap);
+        let names: Vec<&str> = r.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "system",
+                "s-exact-auth-missing",
+                "s-exact-auth-wrong",
+                "s-prefix-auth-missing",
+                "s-prefix-auth-wrong",
+                "other-request-id",
+                "other"
+            ],
+            "no async route, and no refusal of an async path"
+        );
+        assert!(!snap.of(Kind::Cluster).contains_key(ASYNC_CLUSTER));
+        for path in ["/async/s", "/async/s/x", "/async-function/s", "/async/hello", "/async/calls/c1"] {
+            assert_eq!(first_match(&r, path, &[]).name, "other", "{path}: the gate, as before (its 404)");
+        }
+    }
+
+    #[test]
+    fn an_auth_functions_async_paths_are_refused_without_its_token_before_the_async_route() {
+        let token = "the-api-token-0123456789";
+        let bearer = format!("Bearer {token}");
+        let put_secret = Change::PutFunction { function: "s".into(), concurrency: None, timeout_ms: None, auth: Some(token.into()) };
+        let add = Change::AddEndpoint { function: "s".into(), address: "127.0.0.1:5000".into() };
+        for (what, changes) in [("asleep", vec![put_secret.clone(), put("p")]), ("awake", vec![put_secret.clone(), put("p"), add.clone()])]
+        {
+            let r = routes(&build(&model(&changes), &with_async(true), 1));
+            let none: &[(&str, &str)] = &[];
+            let wrong: &[(&str, &str)] = &[("authorization", "Bearer wrong")];
+            let right: &[(&str, &str)] = &[("authorization", bearer.as_str())];
+            for (path, headers, expected) in [
+                ("/async/s", none, "async/s-exact-auth-missing"),
+                ("/async/s", wrong, "async/s-exact-auth-wrong"),
+                ("/async/s/x/y", none, "async/s-prefix-auth-missing"),
+                ("/async/s/", wrong, "async/s-prefix-auth-wrong"),
+                ("/async-function/s", none, "async-function/s-exact-auth-missing"),
+                ("/async-function/s/x", wrong, "async-function/s-prefix-auth-wrong"),
+                // With the token: the worker.
+                ("/async/s/x", right, "async"),
+                ("/async-function/s", right, "async-function"),
+                // Another function's, or a name that merely starts so: the worker, no token asked.
+                ("/async/p/x", none, "async"),
+                ("/async/s2", none, "async"),
+                ("/async-function/sx/y", none, "async-function"),
+                ("/async/calls/c1", none, "async"),
+                ("/async", none, "async"),
+                // Not the worker's prefixes.
+                ("/asyncx/s", none, "other"),
+                ("/async-functions/s", none, "other"),
+                // The function's own paths: refused as before.
+                ("/s/x", none, "s-prefix-auth-missing"),
+            ] {
+                let route = first_match(&r, path, headers);
+                assert_eq!(route.name, expected, "{what}: {path} {headers:?}");
+                if expected.contains("-auth-") {
+                    let Some(Action::DirectResponse(d)) = &route.action else { panic!("{route:?}") };
+                    let Some(data_source::Specifier::InlineString(body)) = d.body.as_ref().and_then(|b| b.specifier.clone()) else {
+                        panic!("{d:?}")
+                    };
+                    assert_eq!(d.status, 401, "{path}");
+                    assert_eq!(body, r#"function "s" needs the platform's API token: send Authorization: Bearer <API token>"#);
+                    assert_eq!(route.response_headers_to_add[0].header.as_ref().unwrap().key, "www-authenticate");
+                }
+            }
+        }
     }
 
     #[test]
