@@ -15,7 +15,7 @@ log() { echo "build-offline-images: $*" >&2; }
 scripts/build-base-image.sh
 
 log "building Roost's release binaries"
-cargo build --release --locked --quiet -p roost-control-plane -p roost-orchestrator -p roost-statsd-listener >&2
+cargo build --release --locked --quiet -p roost-control-plane -p roost-orchestrator -p roost-statsd-listener -p roost-async-worker >&2
 
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
@@ -23,7 +23,7 @@ build() { # tag dockerfile
   docker build -q -t "$1" -f "$2" "$ctx" >/dev/null
   log "built $1"
 }
-for bin in control-plane orchestrator statsd-listener; do
+for bin in control-plane orchestrator statsd-listener async-worker; do
   cp "target/release/$bin" "$ctx/$bin"
   docker build -q -t "roost/$bin:offline" --build-arg "BIN=$bin" -f docker/offline/service.Dockerfile "$ctx" >/dev/null
   log "built roost/$bin:offline"
@@ -43,4 +43,5 @@ export ROOST_GATE_IMAGE=roost/gate:offline
 export ROOST_CONTROL_PLANE_IMAGE=roost/control-plane:offline
 export ROOST_ORCHESTRATOR_IMAGE=roost/orchestrator:offline
 export ROOST_STATSD_LISTENER_IMAGE=roost/statsd-listener:offline
+export ROOST_ASYNC_WORKER_IMAGE=roost/async-worker:offline
 OUT

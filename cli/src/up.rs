@@ -1,6 +1,6 @@
 //! `roost up`: the whole platform on this machine: redis-server, the control plane, the
 //! statsd-listener, Envoy, the orchestrator (functions as processes, or as containers
-//! with `--runtime docker`) and the gate (nginx with Lua), each on loopback, in
+//! with `--runtime docker`), the gate (nginx with Lua) and the async worker, each on loopback, in
 //! dependency order, each waited for. Ctrl-C (or SIGTERM) first drains Envoy (its
 //! requests in flight finish, see [`crate::drain`]), then stops them in reverse order and
 //! leaves nothing running.
@@ -46,7 +46,7 @@ pub struct UpOptions {
     pub definitions: PathBuf,
     /// Where logs and state go.
     pub work_dir: PathBuf,
-    /// Folder of the Roost binaries (control-plane, orchestrator, statsd-listener).
+    /// Folder of the Roost binaries (control-plane, orchestrator, statsd-listener, async-worker).
     pub bin_dir: PathBuf,
     /// Where replicas run.
     pub runtime: Runtime,
@@ -69,6 +69,8 @@ pub struct Addresses {
     pub orchestrator: u16,
     /// The statsd-listener's port (UDP and TCP).
     pub statsd: u16,
+    /// The async worker (`/async/...` behind Envoy's public listener).
+    pub async_worker: u16,
     /// Redis URL.
     pub redis_url: String,
     /// The control token the orchestrator's API and the control plane's admin API require.
@@ -342,7 +344,8 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
     let logs = opts.work_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     let mut stack = Stack { procs: Vec::new(), logs: logs.clone(), envoy_admin: None };
-    let (redis, xds, cp_admin, listener, envoy_admin, statsd, metrics, orch, gate) = (
+    let (redis, xds, cp_admin, listener, envoy_admin, statsd, metrics, orch, gate, async_worker) = (
+        free_port(LOOPBACK)?,
         free_port(LOOPBACK)?,
         free_port(LOOPBACK)?,
         free_port(LOOPBACK)?,
@@ -377,6 +380,7 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
             .env(env::PUBLIC_BIND, format!("0.0.0.0:{}", opts.port))
             .env(env::GATE_ADDR, format!("127.0.0.1:{gate}"))
             .env(env::SYSTEM_ADDR, format!("127.0.0.1:{orch}"))
+            .env(env::ASYNC_ADDR, format!("127.0.0.1:{async_worker}"))
             .env(env::REDIS_URL, &redis_url)
             .env(env::CONTROL_TOKEN_FILE, &token_file),
     )?;
@@ -455,6 +459,18 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
     wait_ready(&mut stack, "gate", 30, || http_ok(gate, "/healthz")).await?;
     // The entry: Envoy's public listener, which finds the gate behind it.
     wait_ready(&mut stack, "envoy", 30, || http_ok(opts.port, "/healthz")).await?;
+
+    // Asynchronous calls, delivered through the entry (callback hosts: the caller's
+    // ROOST_ASYNC_CALLBACK_HOSTS, inherited).
+    stack.spawn(
+        "async-worker",
+        Command::new(binary(opts, "async-worker")?)
+            .env(env::ASYNC_BIND, format!("127.0.0.1:{async_worker}"))
+            .env(env::PUBLIC_URL, format!("http://127.0.0.1:{}", opts.port))
+            .env(env::REDIS_URL, &redis_url)
+            .env(env::STATSD_ADDR, format!("127.0.0.1:{statsd}")),
+    )?;
+    wait_ready(&mut stack, "async-worker", 30, || http_ok(async_worker, "/healthz")).await?;
     let addresses = Addresses {
         public: opts.port,
         gate,
@@ -463,6 +479,7 @@ pub async fn start(opts: &UpOptions) -> Result<Platform, UpError> {
         control_plane: cp_admin,
         orchestrator: orch,
         statsd,
+        async_worker,
         redis_url,
         control_token,
         api_token,

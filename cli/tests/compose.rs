@@ -302,6 +302,18 @@ async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
     // Idle (sleep's idle timeout is 5 s) reaps it.
     wait_until(WAIT, "sleep reaped", || async { (status("sleep").await?.state == FunctionState::Sleeping).then_some(()) }).await;
 
+    // An asynchronous call: answered 202 at once by the async worker behind Envoy,
+    // delivered through Envoy to a sleeping function, its result kept.
+    let r = http::request(gate, "POST", "/async/hello", &[], b"").await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["id"].as_str().unwrap().to_string();
+    wait_until(WAIT, "the asynchronous call done", || async {
+        let r = http::get(gate, &format!("/async/calls/{id}")).await.ok()?;
+        let record: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        (record["state"] == "done").then(|| assert_eq!(record["result"]["status"], 200, "{record}"))
+    })
+    .await;
+
     // The statsd-listener restarted: Envoy (which looks its name up again) and the others
     // find it, and what follows is counted (the metrics below).
     run(&["-p", &project, "restart", "statsd-listener"], &env);

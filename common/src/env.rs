@@ -245,6 +245,8 @@ names! {
     ORCHESTRATOR_IMAGE = "ROOST_ORCHESTRATOR_IMAGE";
     /// Image override.
     STATSD_LISTENER_IMAGE = "ROOST_STATSD_LISTENER_IMAGE";
+    /// The async worker's image in compose.yaml.
+    ASYNC_WORKER_IMAGE = "ROOST_ASYNC_WORKER_IMAGE";
 }
 
 /// The old spellings, each still read where [`RENAMED`] says.
