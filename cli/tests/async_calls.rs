@@ -75,6 +75,16 @@ async fn asynchronous_calls_wake_scale_and_finish_through_the_platform() {
     let status = bad.result.as_ref().unwrap().status;
     assert!((400..500).contains(&status), "{bad:?}");
 
+    // The platform's metrics count them (the worker's statsd, served with the rest).
+    let auth = format!("Bearer {}", p.api_token);
+    wait_until(Duration::from_secs(30), "the async metrics", || async {
+        let r = http::request(p.port, "GET", "/system/metrics", &[("Authorization", auth.as_str())], b"").await.ok()?;
+        let done = format!("roost_async_finished_total{{function=\"sleep\",state=\"done\"}} {CALLS}\n");
+        let failed = "roost_async_finished_total{function=\"add\",state=\"failed\"} 1\n";
+        (r.body.contains(&done) && r.body.contains(failed) && r.body.contains("roost_async_queued{function=\"sleep\"} 0\n")).then_some(())
+    })
+    .await;
+
     // Undeclared and reserved names, a callback host nobody allowed.
     assert_eq!(http::request(p.port, "POST", "/async/nope", &[], b"").await.unwrap().status, 404);
     let r = http::request(p.port, "POST", "/async/sleep", &[("x-callback-url", "http://127.0.0.1:1/")], b"").await.unwrap();

@@ -3,7 +3,8 @@
 //! their aggregates for the calls that went straight to a replica; the gate's own
 //! answers, which reach no replica, by code), cold starts and their
 //! phases (the orchestrator's), replicas ready and starting and requests held at the gate
-//! (the orchestrator's gauges). Rendered under Roost's names and under the names
+//! (the orchestrator's gauges), and asynchronous calls (the async worker's: queued, the
+//! oldest's age, submits by outcome, finished calls by state, retries). Rendered under Roost's names and under the names
 //! OpenFaaS's dashboards read (`gateway_function_invocation_total`,
 //! `gateway_functions_seconds`, `gateway_service_count`). Only declared functions are
 //! shown. A function not (yet) in the listener's list of declared ones is kept apart for
@@ -75,6 +76,11 @@ pub struct Series {
     replicas: BTreeMap<String, (f64, f64)>,
     /// Requests the gate holds (asleep or waking, or past the ready capacity).
     held: BTreeMap<String, f64>,
+    /// Asynchronous calls queued, and the oldest's age in milliseconds.
+    async_queues: BTreeMap<String, (f64, f64)>,
+    /// Asynchronous calls counted: (function, what, its label's value): `submitted` by
+    /// outcome, `finished` by state, `retries`.
+    async_counts: BTreeMap<(String, &'static str, String), f64>,
     /// Functions with series not known to be declared yet, and when each was first seen
     /// (ms): not rendered.
     unconfirmed: HashMap<String, u64>,
@@ -151,6 +157,9 @@ impl Series {
             *self.calls.entry((function.to_string(), code)).or_default() += m.value * weight;
             return true;
         }
+        if let Some(stat) = name.strip_prefix("roost.async.") {
+            return self.observe_async(stat, m, declared, now_ms);
+        }
         let Some(stat) = name.strip_prefix("roost.orchestrator.") else { return false };
         let Some(function) = tag(m.tags, "function").filter(|f| self.admit(f, declared(f), now_ms)) else { return false };
         match (stat, m.kind) {
@@ -168,6 +177,33 @@ impl Series {
             }
             _ => return false,
         }
+        true
+    }
+
+    /// The async worker's metric `roost.async.<stat>`.
+    fn observe_async(&mut self, stat: &str, m: &Metric, declared: impl Fn(&str) -> bool, now_ms: u64) -> bool {
+        let weight = 1.0 / m.sample_rate;
+        let Some(function) = tag(m.tags, "function").filter(|f| self.admit(f, declared(f), now_ms)) else { return false };
+        let counted = match (stat, m.kind) {
+            ("queued", Kind::Gauge { delta: false }) => {
+                self.async_queues.entry(function.to_string()).or_default().0 = m.value;
+                return true;
+            }
+            ("oldest_ms", Kind::Gauge { delta: false }) => {
+                self.async_queues.entry(function.to_string()).or_default().1 = m.value;
+                return true;
+            }
+            ("submitted", Kind::Counter) => ("submitted", tag(m.tags, "outcome")),
+            ("finished", Kind::Counter) => ("finished", tag(m.tags, "state")),
+            ("retries", Kind::Counter) => ("retries", Some("")),
+            _ => return false,
+        };
+        let (what, Some(label)) = counted else { return false };
+        // Labels are the worker's own words; anything else is not counted.
+        if !label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return false;
+        }
+        *self.async_counts.entry((function.to_string(), what, label.to_string())).or_default() += m.value * weight;
         true
     }
 
@@ -207,7 +243,45 @@ impl Series {
         self.phases.retain(|(f, _), _| f != function);
         self.replicas.remove(function);
         self.held.remove(function);
+        self.async_queues.remove(function);
+        self.async_counts.retain(|(f, _, _), _| f != function);
         self.unconfirmed.remove(function);
+    }
+
+    /// The asynchronous calls' series.
+    fn render_async(&self, out: &mut String, head: &dyn Fn(&mut String, &str, &str, &str), shown: &dyn Fn(&String) -> bool) {
+        head(
+            out,
+            "roost_async_queued",
+            "gauge",
+            "Asynchronous calls in the function's queue (waiting, waiting for a retry, or being delivered).",
+        );
+        for (f, (queued, _)) in self.async_queues.iter().filter(|(f, _)| shown(f)) {
+            let _ = writeln!(out, "roost_async_queued{{function=\"{f}\"}} {queued}");
+        }
+        head(out, "roost_async_oldest_seconds", "gauge", "Age of the oldest asynchronous call in the function's queue.");
+        for (f, (_, oldest_ms)) in self.async_queues.iter().filter(|(f, _)| shown(f)) {
+            let _ = writeln!(out, "roost_async_oldest_seconds{{function=\"{f}\"}} {}", oldest_ms / 1000.0);
+        }
+        for (what, name, label, help) in [
+            (
+                "submitted",
+                "roost_async_submitted_total",
+                "outcome",
+                "Asynchronous submits by outcome: accepted, duplicate, full (429), undeclared, refused, error.",
+            ),
+            ("finished", "roost_async_finished_total", "state", "Asynchronous calls finished: done, or failed (a dead letter)."),
+            ("retries", "roost_async_retries_total", "", "Asynchronous call attempts that failed and wait for a retry."),
+        ] {
+            head(out, name, "counter", help);
+            for ((f, _, value), v) in self.async_counts.iter().filter(|((f, w, _), _)| *w == what && shown(f)) {
+                if label.is_empty() {
+                    let _ = writeln!(out, "{name}{{function=\"{f}\"}} {v}");
+                } else {
+                    let _ = writeln!(out, "{name}{{function=\"{f}\",{label}=\"{value}\"}} {v}");
+                }
+            }
+        }
     }
 
     /// Appends the Prometheus text exposition of every series.
@@ -250,6 +324,7 @@ impl Series {
                 histogram(out, name, &format!("{label}=\"{f}\""), h);
             }
         }
+        self.render_async(out, &head, &shown);
         head(out, "roost_cold_starts_total", "counter", "Cold starts completed (a replica started for a waiting call).");
         for (f, v) in self.cold_starts.iter().filter(|(f, _)| shown(f)) {
             let _ = writeln!(out, "roost_cold_starts_total{{function=\"{f}\"}} {v}");
@@ -395,6 +470,34 @@ mod tests {
             assert!(out.contains(line), "{line} in {out}");
         }
         assert!(!out.contains("ghost"));
+    }
+
+    #[test]
+    fn the_async_workers_queues_and_counts_by_function() {
+        let mut s = Series::default();
+        let declared = |f: &str| f == "hello";
+        for line in "roost.async.queued:12|g|#function:hello\nroost.async.oldest_ms:2500|g|#function:hello\n\
+                     roost.async.submitted:3|c|#function:hello,outcome:accepted\nroost.async.submitted:1|c|#function:hello,outcome:full\n\
+                     roost.async.finished:2|c|#function:hello,state:done\nroost.async.finished:1|c|#function:hello,state:failed\n\
+                     roost.async.retries:4|c|#function:hello\nroost.async.finished:1|c|#function:hello,state:Bad{}\n"
+            .lines()
+        {
+            let m = crate::parser::parse_line(line.trim().as_bytes()).unwrap();
+            s.observe(&m, declared, 0);
+        }
+        let mut out = String::new();
+        s.render(&mut out);
+        for want in [
+            "roost_async_queued{function=\"hello\"} 12\n",
+            "roost_async_oldest_seconds{function=\"hello\"} 2.5\n",
+            "roost_async_submitted_total{function=\"hello\",outcome=\"accepted\"} 3\n",
+            "roost_async_submitted_total{function=\"hello\",outcome=\"full\"} 1\n",
+            "roost_async_finished_total{function=\"hello\",state=\"failed\"} 1\n",
+            "roost_async_retries_total{function=\"hello\"} 4\n",
+        ] {
+            assert!(out.contains(want), "{want} in {out}");
+        }
+        assert!(!out.contains("Bad"), "a label that is not the worker's is not counted: {out}");
     }
 
     #[test]
