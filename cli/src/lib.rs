@@ -9,10 +9,12 @@
 //!   `endpoints.env`, or the default.
 //! - [`logs`]: `roost logs`, a function's output.
 //! - [`commands`]: `ls`, `invoke`, `status`, `validate`.
+//! - [`calls`]: asynchronous calls: `invoke --async` (and `--wait`), `calls`.
 //! - [`manage`]: `deploy`, `rm`, `describe`, `scale` (the management API) and `new`.
 //! - [`load`]: the load generator that prints requests per second, errors, latency and
 //!   replicas every second.
 
+pub mod calls;
 pub mod client;
 pub mod commands;
 pub mod drain;

@@ -31,7 +31,7 @@ struct Cli {
     /// A file holding the control token.
     #[arg(long, global = true, env = env::CONTROL_TOKEN_FILE)]
     control_token_file: Option<PathBuf>,
-    /// The management API's token (deploy, rm, describe, scale). Default: the one in
+    /// The management API's token (deploy, rm, describe, scale, logs, calls). Default: the one in
     /// `roost up`'s endpoints file; `roost up` prints it; with compose:
     /// `docker compose exec orchestrator cat /var/lib/roost/api-token`.
     #[arg(long, global = true, env = env::API_TOKEN, hide_env_values = true)]
@@ -66,7 +66,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Call a function through the gate (GET, or POST with --data).
+    /// Call a function through the gate (GET, or POST with --data) and print its answer;
+    /// with --async, queue the call (a POST to /async/NAME) and print its id.
     Invoke {
         /// Function name.
         function: String,
@@ -80,6 +81,47 @@ enum Cmd {
         /// so a public function does not see it).
         #[arg(long)]
         auth: bool,
+        /// Call asynchronously: the platform queues the call, answers its id at once and
+        /// delivers it (with retries); `roost calls ID` shows how it went.
+        #[arg(long = "async")]
+        asynchronous: bool,
+        /// With --async: a repeated submit with the same key (per function, for a day)
+        /// answers the first call's id instead of calling again.
+        #[arg(long, requires = "asynchronous", value_parser = roost_cli::calls::parse_idempotency_key)]
+        idempotency_key: Option<String>,
+        /// With --async: a URL the platform POSTs the call's result to once it is done or failed.
+        #[arg(long, requires = "asynchronous", value_parser = roost_cli::calls::parse_callback)]
+        callback: Option<String>,
+        /// With --async: wait until the call is done or failed (asking every 200 ms), then
+        /// print the function's answer; exits 1 when it failed, its last error on stderr.
+        #[arg(long, requires = "asynchronous")]
+        wait: bool,
+        /// With --wait: how long to wait at most (500ms, 30s, 2m).
+        #[arg(long, requires = "wait", default_value = roost_cli::calls::DEFAULT_TIMEOUT, value_parser = roost_cli::calls::parse_timeout)]
+        timeout: Duration,
+        /// With --async: print JSON (the accepted call: id, function, status_url,
+        /// duplicate; with --wait, the call's record).
+        #[arg(long, requires = "asynchronous")]
+        json: bool,
+    },
+    /// Asynchronous calls, newest first (a table: id, function, state, attempts, age, last
+    /// error), from the management API; with an ID, that call's record and answer.
+    Calls {
+        /// A call's id (as `roost invoke --async` prints it): show its record.
+        #[arg(value_parser = roost_cli::calls::parse_call_id, conflicts_with_all = ["function", "failed", "limit"])]
+        id: Option<String>,
+        /// Only this function's calls.
+        #[arg(long, value_parser = roost_cli::calls::parse_function)]
+        function: Option<String>,
+        /// Only failed calls (retries ran out, or a final 4xx), newest failure first.
+        #[arg(long)]
+        failed: bool,
+        /// At most this many calls.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Live replicas, in flight, queued and cold starts, refreshed every second.
     Status {
@@ -244,7 +286,19 @@ async fn main() -> ExitCode {
             roost_cli::up::run(opts, shutdown).await.map(|_| true).map_err(Into::into)
         }
         Cmd::Ls { json } => roost_cli::commands::ls(&e, json).await.map(|_| true),
-        Cmd::Invoke { function, data, path, auth } => roost_cli::commands::invoke(&e, &function, data.as_deref(), &path, auth).await,
+        Cmd::Invoke { function, data, path, auth, asynchronous: false, .. } => {
+            roost_cli::commands::invoke(&e, &function, data.as_deref(), &path, auth).await
+        }
+        Cmd::Invoke { function, data, path, auth, asynchronous: true, idempotency_key, callback, wait, timeout, json } => {
+            let submit =
+                roost_cli::calls::Submit { function, data, path, auth, idempotency_key, callback, wait: wait.then_some(timeout), json };
+            roost_cli::calls::submit(&e, &submit).await
+        }
+        Cmd::Calls { id: Some(id), json, .. } => roost_cli::calls::show(&e, &id, json).await.map(|_| true),
+        Cmd::Calls { id: None, function, failed, limit, json, .. } => {
+            let list = roost_cli::calls::ListRequest { function, failed, limit, json };
+            roost_cli::calls::list(&e, &list).await.map(|_| true)
+        }
         Cmd::Status { once, json } => roost_cli::commands::watch(&e, once, json).await.map(|_| true),
         Cmd::Logs { function, follow, since, tail, json } => {
             let req = roost_cli::logs::LogsRequest { function, follow, since, tail, json };
@@ -284,6 +338,90 @@ async fn main() -> ExitCode {
         Err(err) => {
             eprintln!("roost: {err}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cmd, clap::Error> {
+        Cli::try_parse_from(std::iter::once("roost").chain(args.iter().copied())).map(|c| c.command)
+    }
+
+    #[test]
+    fn invoke_async_takes_its_flags() {
+        let Ok(Cmd::Invoke { function, asynchronous, idempotency_key, callback, wait, timeout, json, .. }) = parse(&[
+            "invoke",
+            "add",
+            "--async",
+            "--idempotency-key",
+            "order-42",
+            "--callback",
+            "http://hooks.example.invalid/done",
+            "--wait",
+            "--timeout",
+            "30s",
+            "--json",
+        ]) else {
+            panic!("parses")
+        };
+        assert_eq!(function, "add");
+        assert!(asynchronous && wait && json);
+        assert_eq!(idempotency_key.as_deref(), Some("order-42"));
+        assert_eq!(callback.as_deref(), Some("http://hooks.example.invalid/done"));
+        assert_eq!(timeout, Duration::from_secs(30));
+        // The defaults: no wait, 120 s once waiting.
+        let Ok(Cmd::Invoke { asynchronous, wait, timeout, json, .. }) = parse(&["invoke", "add", "--async"]) else { panic!("parses") };
+        assert!(asynchronous && !wait && !json);
+        assert_eq!(timeout, Duration::from_secs(120));
+        let Ok(Cmd::Invoke { asynchronous: false, .. }) = parse(&["invoke", "add", "--data", "{}"]) else { panic!("a plain invoke") };
+    }
+
+    #[test]
+    fn the_async_flags_want_async_and_good_values() {
+        for args in [
+            &["invoke", "f", "--wait"][..],
+            &["invoke", "f", "--idempotency-key", "k"],
+            &["invoke", "f", "--callback", "http://h/"],
+            &["invoke", "f", "--json"],
+            &["invoke", "f", "--async", "--timeout", "5s"],
+        ] {
+            assert_eq!(parse(args).err().map(|e| e.kind()), Some(ErrorKind::MissingRequiredArgument), "{args:?}");
+        }
+        for args in [
+            &["invoke", "f", "--async", "--callback", "ftp://h/"][..],
+            &["invoke", "f", "--async", "--wait", "--timeout", "0s"],
+            &["invoke", "f", "--async", "--idempotency-key", ""],
+        ] {
+            assert_eq!(parse(args).err().map(|e| e.kind()), Some(ErrorKind::ValueValidation), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn calls_lists_or_shows_one() {
+        let Ok(Cmd::Calls { id: None, function, failed, limit, json }) =
+            parse(&["calls", "--function", "hello", "--failed", "--limit", "10", "--json"])
+        else {
+            panic!("parses")
+        };
+        assert_eq!((function.as_deref(), failed, limit, json), (Some("hello"), true, 10, true));
+        let Ok(Cmd::Calls { id: None, function: None, failed: false, limit: 50, json: false, .. }) = parse(&["calls"]) else {
+            panic!("the defaults")
+        };
+        let Ok(Cmd::Calls { id: Some(id), json: true, .. }) = parse(&["calls", "0a1b2c", "--json"]) else { panic!("one call") };
+        assert_eq!(id, "0a1b2c");
+        for (args, kind) in [
+            (&["calls", "0a1b", "--failed"][..], ErrorKind::ArgumentConflict),
+            (&["calls", "0a1b", "--limit", "5"], ErrorKind::ArgumentConflict),
+            (&["calls", "--limit", "0"], ErrorKind::ValueValidation),
+            (&["calls", "--limit", "1001"], ErrorKind::ValueValidation),
+            (&["calls", "--function", "Bad"], ErrorKind::ValueValidation),
+            (&["calls", "../x"], ErrorKind::ValueValidation),
+        ] {
+            assert_eq!(parse(args).err().map(|e| e.kind()), Some(kind), "{args:?}");
         }
     }
 }

@@ -21,7 +21,13 @@ fn url(e: &Endpoints, path: &str) -> String {
     format!("{}{PREFIX}{path}", e.gate)
 }
 
-fn request(e: &Endpoints, client: &reqwest::Client, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
+/// A request to the management API at `PREFIX` + `path`, with the API token.
+pub(crate) fn request(
+    e: &Endpoints,
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<reqwest::RequestBuilder> {
     let Some(token) = &e.api_token else {
         anyhow::bail!(
             "no API token: give it with --api-token or {} (`roost up` prints it and writes it into its endpoints file; with compose: `docker compose exec orchestrator cat /var/lib/roost/api-token`)",
@@ -32,7 +38,10 @@ fn request(e: &Endpoints, client: &reqwest::Client, method: reqwest::Method, pat
 }
 
 /// Sends `r`, and reads a JSON answer `T` from a success, or the API's error.
-async fn send<T: serde::de::DeserializeOwned>(e: &Endpoints, r: reqwest::RequestBuilder) -> anyhow::Result<(reqwest::StatusCode, T)> {
+pub(crate) async fn send<T: serde::de::DeserializeOwned>(
+    e: &Endpoints,
+    r: reqwest::RequestBuilder,
+) -> anyhow::Result<(reqwest::StatusCode, T)> {
     let answer = r.send().await.map_err(|err| {
         anyhow::anyhow!(
             "cannot reach the platform at {} ({}): {}; is Roost running? Point at another with --gate URL or {}",

@@ -85,6 +85,15 @@ async fn asynchronous_calls_wake_scale_and_finish_through_the_platform() {
     })
     .await;
 
+    // The CLI: a submit waited for, and the failed calls listed.
+    let out = p.roost(&["invoke", "add", "--async", "--data", r#"{"value1": 40, "value2": 2}"#, "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("42"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = p.roost(&["calls", "--failed", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: roost_common::wire::calls::CallList = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.calls.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [bad.id.as_str()]);
+
     // Undeclared and reserved names, a callback host nobody allowed.
     assert_eq!(http::request(p.port, "POST", "/async/nope", &[], b"").await.unwrap().status, 404);
     let r = http::request(p.port, "POST", "/async/sleep", &[("x-callback-url", "http://127.0.0.1:1/")], b"").await.unwrap();

@@ -20,11 +20,13 @@
 //! - [`logs`]: the replicas' and builds' output, kept in memory for `roost logs`.
 //! - [`api`]: the HTTP status, wake and log API.
 //! - [`system`]: the management API (`/system/...`: deploy, scale, remove, describe).
+//! - [`calls`]: the asynchronous calls' list for the management API, read from Redis.
 //! - [`console`]: the web console (`/system/console`), rendered as HTML.
 //! - [`shared`]: what the two APIs and the console share (state, errors, asking the
 //!   supervisor).
 
 pub(crate) mod api;
+pub(crate) mod calls;
 pub mod config;
 pub(crate) mod console;
 pub(crate) mod context;
@@ -198,6 +200,7 @@ pub async fn start_with_runtime(config: Config, runtime: Arc<dyn ReplicaRuntime>
         shutdown.clone(),
         shared::deploys(store, config.deploy_max_body, config.metrics_url.clone(), api_token.clone()),
     );
+    state.deploys.calls.use_redis(&client);
     let mut routes = auth::guard(api::router(state.clone()), token.clone(), "orchestrator");
     match api_token {
         Some(t) => routes = routes.merge(auth::guard_api(system::router(state), t)),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// What the management API needs: the store (none without a data directory), the body
-/// limit, and where the platform's metrics are.
+/// limit, where the platform's metrics are, and its reader of the asynchronous calls.
 #[derive(Debug)]
 pub struct Deploys {
     /// The deployed functions' store.
@@ -28,6 +28,8 @@ pub struct Deploys {
     pub http: reqwest::Client,
     /// The API token (the console's login checks it).
     pub token: Option<roost_common::auth::ApiToken>,
+    /// Reads the asynchronous calls from Redis (`GET /system/async/calls`).
+    pub(crate) calls: crate::calls::Reader,
 }
 
 /// An error answer: its status, and `{"error": text}`.
@@ -92,5 +94,5 @@ pub fn deploys(
     token: Option<roost_common::auth::ApiToken>,
 ) -> Arc<Deploys> {
     let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build().expect("a plain HTTP client always builds");
-    Arc::new(Deploys { store, max_body, lock: tokio::sync::Mutex::new(()), metrics_url, http, token })
+    Arc::new(Deploys { store, max_body, lock: tokio::sync::Mutex::new(()), metrics_url, http, token, calls: Default::default() })
 }

@@ -1,19 +1,22 @@
 //! The management API, `/system/...` on the platform's public port (Envoy routes it here)
 //! behind the API token: list, describe, deploy (a bundle, one source file, or a
-//! definition of an image), scale, remove, and a function's logs. Deploys are written to
-//! the data directory's store and handed to the supervisor, which rolls replicas over as
-//! it does for an edit of the definitions file. One deploy, scale or removal at a time.
+//! definition of an image), scale, remove, a function's logs, and the asynchronous calls
+//! ([`crate::calls`]). Deploys are written to the data directory's store and handed to the
+//! supervisor, which rolls replicas over as it does for an edit of the definitions file.
+//! One deploy, scale or removal at a time.
 
 use crate::api::{self, Api};
 use crate::deployed::{self, bundle, store::Store, DeployError, Payload};
 use crate::shared::{ask, source_of, unavailable, Failure};
 use crate::supervisor::Request;
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use roost_common::wire::calls;
 use roost_common::wire::status::{FunctionStatus, Status};
 use roost_common::wire::system::{DeployQuery, Describe, FunctionInfo, FunctionList, Removed, Scale, Source};
 
@@ -26,6 +29,7 @@ pub fn router(api: Api) -> Router {
         .route("/system/functions/{name}/scale", post(scale))
         .route("/system/functions/{name}/logs", get(api::function_logs))
         .route("/system/metrics", get(metrics))
+        .route(calls::LIST_PATH, get(async_calls))
         .route("/system/console", get(crate::console::page))
         .route("/system/console/live", get(crate::console::live_part))
         .route(roost_common::auth::CONSOLE_LOGIN_PATH, get(crate::console::login))
@@ -207,4 +211,96 @@ async fn scale(State(api): State<Api>, Path(name): Path<String>, body: Bytes) ->
 async fn metrics(State(api): State<Api>) -> Answer {
     let text = api.deploys.metrics_text().await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// `GET /system/async/calls[?function=NAME][&failed=true][&limit=N]`: the newest
+/// asynchronous calls (or failed ones), their records as the async worker keeps them.
+async fn async_calls(State(api): State<Api>, query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Answer {
+    let Query(pairs) = query.map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("cannot read the query: {e}")))?;
+    let q = crate::calls::ListQuery::parse(&pairs).map_err(|e| Failure(StatusCode::BAD_REQUEST, e))?;
+    Ok(Json(api.deploys.calls.list(&q).await?).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::Logs;
+    use roost_common::auth::ApiToken;
+    use tokio_util::sync::CancellationToken;
+
+    /// The management API on a port of its own, behind `token` as `lib.rs` serves it, with
+    /// no supervisor behind it, reading the asynchronous calls from `redis` when given.
+    async fn serve(token: &ApiToken, redis: Option<&redis::Client>) -> (String, CancellationToken) {
+        let (tx, _rx) = tokio::sync::mpsc::channel::<Request>(1);
+        let shutdown = CancellationToken::new();
+        let deploys = crate::shared::deploys(None, 1024, None, Some(token.clone()));
+        if let Some(client) = redis {
+            deploys.calls.use_redis(client);
+        }
+        let api = Api::new(tx, std::sync::Arc::default(), Logs::default(), shutdown.clone(), deploys);
+        let app = roost_common::auth::guard_api(router(api), token.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let stop = shutdown.clone();
+        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await.unwrap() });
+        (base, shutdown)
+    }
+
+    #[tokio::test]
+    async fn the_call_list_wants_the_token_and_names_a_bad_query() {
+        let token = ApiToken::new("api0123456789abcdef").unwrap();
+        let (base, shutdown) = serve(&token, None).await;
+        let http = reqwest::Client::new();
+        let get = |query: &str| http.get(format!("{base}{}{query}", calls::LIST_PATH));
+        assert_eq!(get("").send().await.unwrap().status(), 401, "behind the API token");
+        for (query, says) in [
+            ("?limit=0", "limit=\"0\" is not a whole number from 1 to 1000"),
+            ("?failed=maybe", "failed=\"maybe\" is neither true nor false"),
+            ("?function=No", "function: invalid function name \"No\""),
+            ("?since=1", "unknown query parameter \"since\""),
+        ] {
+            let r = get(query).bearer_auth(token.expose()).send().await.unwrap();
+            assert_eq!(r.status(), 400, "{query}");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert!(body["error"].as_str().unwrap().contains(says), "{query}: {body}");
+        }
+        // Without a Redis connection handed over: a JSON 503 that says so.
+        let r = get("?limit=5").bearer_auth(token.expose()).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("asynchronous calls"), "{body}");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    #[ignore = "needs redis-server: full tier (scripts/test.sh)"]
+    async fn the_call_list_answers_the_records_in_redis() {
+        use roost_common::keys;
+        use roost_common::wire::calls::{CallList, CallRecord};
+        let server = roost_testkit::redis::Redis::start().await;
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let mut pipe = redis::pipe();
+        for (i, function) in ["a", "b", "a"].into_iter().enumerate() {
+            let id = format!("c{i}");
+            pipe.zadd(keys::ASYNC_RECENT, &id, i).ignore();
+            pipe.set(keys::async_call(&id), CallRecord::queued(&id, function, i as u64, None).to_json()).ignore();
+        }
+        let () = pipe.query_async(&mut c).await.unwrap();
+        let token = ApiToken::new("api0123456789abcdef").unwrap();
+        let (base, shutdown) = serve(&token, Some(&client)).await;
+        let http = reqwest::Client::new();
+        let list = |query: &'static str| {
+            let r = http.get(format!("{base}{}{query}", calls::LIST_PATH)).bearer_auth(token.expose()).send();
+            async move {
+                let r = r.await.unwrap();
+                assert_eq!(r.status(), 200, "{query}");
+                r.json::<CallList>().await.unwrap().calls.into_iter().map(|c| c.id).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(list("").await, ["c2", "c1", "c0"]);
+        assert_eq!(list("?function=a&limit=1").await, ["c2"]);
+        assert_eq!(list("?failed=true").await, Vec::<String>::new());
+        shutdown.cancel();
+    }
 }
