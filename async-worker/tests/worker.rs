@@ -224,10 +224,11 @@ async fn calls_are_stored_delivered_retried_and_kept_with_their_results() {
     // `tiny` takes a second a call and its queue holds 2 (the call in delivery counts).
     assert_eq!(statuses, [(202, false), (202, false), (429, true), (429, true)]);
 
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.bodies.get("once"), Some(&1), "an idempotent submit runs once");
-    assert_eq!(seen.calls.get("flaky"), Some(&3));
-    drop(seen);
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.bodies.get("once"), Some(&1), "an idempotent submit runs once");
+        assert_eq!(seen.calls.get("flaky"), Some(&3));
+    }
     shutdown.cancel();
     running.wait().await.unwrap();
 }
