@@ -2,7 +2,6 @@
 //! the allow-list), and the loop that posts each finished call's result there, with
 //! retries, until it is taken or the retries run out.
 
-use crate::deliver::error_chain;
 use crate::plan::backoff_ms;
 use crate::store::Store;
 use roost_common::clock::now_ms;
@@ -205,7 +204,7 @@ impl Callbacks {
         } else if let Some(error) = &record.last_error {
             request = request.header("content-type", "application/json").body(serde_json::json!({ "error": error }).to_string());
         }
-        let response = request.send().await.map_err(|e| error_chain(&e))?;
+        let response = request.send().await.map_err(|e| roost_common::telemetry::causes(&e))?;
         if response.status().is_success() {
             Ok(())
         } else {

@@ -3,6 +3,7 @@
 //! its answer read.
 
 use crate::plan::Attempt;
+use roost_common::telemetry::causes;
 use roost_common::wire::calls::{CallResult, QueuedCall, CALLBACK_HEADER, CALL_ID_HEADER, IDEMPOTENCY_HEADER};
 use std::time::Duration;
 
@@ -66,7 +67,7 @@ pub async fn deliver(
     let response = match request.send().await {
         Ok(response) => response,
         Err(e) if e.is_timeout() => return Delivered { attempt: Attempt::TimedOut, result: None, note: None },
-        Err(e) => return Delivered { attempt: Attempt::Unreachable(error_chain(&e)), result: None, note: None },
+        Err(e) => return Delivered { attempt: Attempt::Unreachable(causes(&e)), result: None, note: None },
     };
     let status = response.status().as_u16();
     let headers = response.headers().iter().map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
@@ -79,7 +80,7 @@ pub async fn deliver(
         }
         Ok(None) => Delivered { attempt: Attempt::Answered(status), result: None, note: Some(too_large(max_body)) },
         Err(e) if e.is_timeout() => Delivered { attempt: Attempt::TimedOut, result: None, note: None },
-        Err(e) => Delivered { attempt: Attempt::Unreachable(error_chain(&e)), result: None, note: None },
+        Err(e) => Delivered { attempt: Attempt::Unreachable(causes(&e)), result: None, note: None },
     }
 }
 
@@ -97,18 +98,6 @@ async fn read_capped(mut response: reqwest::Response, max: u64) -> reqwest::Resu
         body.extend_from_slice(&chunk);
     }
     Ok(Some(body))
-}
-
-/// An error and its causes, on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

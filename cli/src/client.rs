@@ -56,18 +56,7 @@ impl Endpoints {
     }
 }
 
-/// An error and its causes, joined by `: ` (reqwest's own message names no cause:
-/// "error sending request for url ...").
-pub fn causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use roost_common::telemetry::causes;
 
 /// A shared HTTP client with sane timeouts.
 pub fn http() -> reqwest::Client {

@@ -33,3 +33,16 @@ pub fn init_tracing(format: LogFormat, default_filter: &str) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+/// An error and its causes, joined by `: ` (an HTTP client's own message often names no
+/// cause: "error sending request for url ...").
+pub fn causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
