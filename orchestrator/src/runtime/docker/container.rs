@@ -1,8 +1,9 @@
 //! One replica container: created with its labels, limits and hardening, its address on
-//! the functions network, the warm-up of a spare, and the exits Docker reports.
+//! the functions network, the warm-up of a spare, and the exits Docker reports (and the
+//! removal of the dead containers).
 
 use super::image::FUNCTION_DIR;
-use super::logs::last_lines;
+use super::logs::{last_lines, Followers, TAIL_WAIT};
 use super::{ContainerError, DockerConfig, DockerRuntime, MANAGED};
 use crate::runtime::env::{function_env, runtime_env, PythonPath};
 use crate::runtime::{with_last_output, Replica, RuntimeEvent, LAST_LINES};
@@ -11,13 +12,13 @@ use bollard::query_parameters::{CreateContainerOptionsBuilder, EventsOptionsBuil
 use bollard::Docker;
 use futures::StreamExt;
 use roost_common::spec::FunctionSpec;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// How long a spare's warm-up may take to answer its readiness path.
 pub(super) const WARM_UP_DEADLINE: Duration = Duration::from_secs(30);
@@ -143,34 +144,197 @@ pub(super) async fn warm_up(
     Ok(address)
 }
 
-/// Follows Docker's events and reports Roost containers that die, with their last lines
-/// (read from the engine: a dead container's output is complete); the log store's copy
-/// of them is `logs`'s, for a container whose output could not be read.
-pub(super) async fn follow_exits(
-    docker: Docker,
-    tx: mpsc::UnboundedSender<RuntimeEvent>,
-    aliases: std::sync::Arc<Mutex<HashMap<String, String>>>,
-    logs: crate::logs::Logs,
-) {
+/// What becomes of a container Docker reports dead, decided from the event's attributes
+/// (the container's labels).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum AfterDeath {
+    /// Not a replica container of this runtime's network (another Roost's on the same
+    /// engine, or not a replica): left alone.
+    Ignore,
+    /// Reported as the exit of the replica labelled `label` (the orchestrator's id for
+    /// it is found through the aliases), with its last lines.
+    Report {
+        /// Its `roost.replica` label.
+        label: String,
+        /// Its function.
+        function: String,
+        /// Removed once its output is read. Every dead replica container is: whether the
+        /// orchestrator stops it (a ready replica that crashed) or not (one that exited
+        /// while it started, before it was ready), a dead one is not restarted, and `roost
+        /// up` ending must not leave it behind. Except a spare this runtime keeps (the
+        /// spares' own code reads a dead spare's last lines, the cold start that claims it
+        /// fails with them, and removes it) and a container the runtime's `stop` is
+        /// stopping (it removes it itself, and returns once it is gone).
+        remove: bool,
+    },
+}
+
+/// What becomes of a dead container with `labels`, for the runtime on `network` whose
+/// kept spares are labelled `own_spares`; `stopping`: the runtime's `stop` is stopping it.
+pub(super) fn after_death(labels: &HashMap<String, String>, network: &str, own_spares: &HashSet<String>, stopping: bool) -> AfterDeath {
+    let label = |key: &str| labels.get(key).map(String::as_str);
+    if label(MANAGED) != Some("true") || label("roost.network") != Some(network) {
+        return AfterDeath::Ignore;
+    }
+    match (label("roost.replica"), label("roost.function")) {
+        (Some(id), Some(function)) => {
+            let remove = !own_spares.contains(id) && !stopping;
+            AfterDeath::Report { label: id.to_string(), function: function.to_string(), remove }
+        }
+        _ => AfterDeath::Ignore,
+    }
+}
+
+/// A time (Unix nanoseconds) as the engine's `since` takes it: seconds with a fraction.
+fn since_text(nanos: i64) -> String {
+    format!("{}.{:09}", nanos.div_euclid(1_000_000_000), nanos.rem_euclid(1_000_000_000))
+}
+
+/// What the follower of container exits reads and changes of the runtime.
+pub(super) struct Exits {
+    pub(super) docker: Docker,
+    /// The runtime's functions network: only its containers are this runtime's.
+    pub(super) network: String,
+    pub(super) tx: mpsc::UnboundedSender<RuntimeEvent>,
+    pub(super) aliases: Arc<Mutex<HashMap<String, String>>>,
+    pub(super) own_spares: Arc<Mutex<HashSet<String>>>,
+    pub(super) stopping: Arc<Mutex<HashSet<String>>>,
+    pub(super) following: Followers,
+    pub(super) logs: crate::logs::Logs,
+    /// Cancelled by `close`.
+    pub(super) closing: tokio_util::sync::CancellationToken,
+}
+
+/// Follows Docker's events and reports the replica containers of this runtime that die,
+/// with their last lines (read from the engine: a dead container's output is complete;
+/// the log store's copy of them is `logs`'s, for a container whose output could not be
+/// read), then removes them (see [`AfterDeath`]) once their followers have their whole
+/// output. Ends when `closing` is cancelled, between two deaths: a death being handled
+/// is handled to its end (its container removed), so `close` waits for it.
+///
+/// A lost event stream is followed again from the last event seen, so a death meanwhile
+/// is not missed (one seen twice is reported twice: an exit of a replica already gone is
+/// ignored, and removing a removed container is fine).
+pub(super) async fn follow_exits(exits: Exits) {
+    let Exits { docker, network, tx, aliases, own_spares, stopping, following, logs, closing } = exits;
+    let mine = format!("roost.network={network}");
+    // From now; after a lost stream, from just after the last death seen.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut since = since_text(i64::try_from(now.as_nanos()).unwrap_or(i64::MAX));
     loop {
-        let filters = HashMap::from([("type", vec!["container"]), ("event", vec!["die"]), ("label", vec!["roost.managed=true"])]);
-        let mut events = docker.events(Some(EventsOptionsBuilder::default().filters(&filters).build()));
-        while let Some(ev) = events.next().await {
-            let Ok(ev) = ev else { break };
+        let filters =
+            HashMap::from([("type", vec!["container"]), ("event", vec!["die"]), ("label", vec!["roost.managed=true", mine.as_str()])]);
+        let mut events = docker.events(Some(EventsOptionsBuilder::default().filters(&filters).since(&since).build()));
+        loop {
+            let ev = tokio::select! {
+                biased;
+                _ = closing.cancelled() => return,
+                ev = events.next() => ev,
+            };
+            let Some(Ok(ev)) = ev else { break };
+            if let Some(nanos) = ev.time_nano {
+                // A nanosecond later: not this one again.
+                since = since_text(nanos.saturating_add(1));
+            }
             let (container, attrs) = ev.actor.map(|a| (a.id.unwrap_or_default(), a.attributes.unwrap_or_default())).unwrap_or_default();
-            let (Some(id), Some(function)) = (attrs.get("roost.replica"), attrs.get("roost.function")) else { continue };
-            let id = aliases.lock().unwrap().remove(id).unwrap_or_else(|| id.clone());
+            let stopped_by_us = stopping.lock().unwrap().contains(&container);
+            let after = after_death(&attrs, &network, &own_spares.lock().unwrap(), stopped_by_us);
+            let AfterDeath::Report { label, function, remove: removed } = after else { continue };
+            let id = aliases.lock().unwrap().remove(&label).unwrap_or(label);
             let how = format!("container died (exit code {})", attrs.get("exitCode").map(String::as_str).unwrap_or("?"));
             let tail = match last_lines(&docker, &container, LAST_LINES).await {
                 Some(tail) => Some(tail),
-                None => logs.tail_of(function, &id, LAST_LINES),
+                None => logs.tail_of(&function, &id, LAST_LINES),
             };
             let reason = with_last_output(how, tail);
-            if tx.send(RuntimeEvent::Exited { replica_id: id.clone(), function: function.clone(), reason }).is_err() {
+            let listened = tx.send(RuntimeEvent::Exited { replica_id: id.clone(), function, reason }).is_ok();
+            if removed {
+                if !following.ended(&container, TAIL_WAIT).await {
+                    debug!(container, replica = %id, "the replica's output is still being followed; removing it anyway");
+                }
+                remove(&docker, &container).await;
+            }
+            if !listened {
                 return;
             }
         }
         warn!("Docker event stream ended; following again");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::select! {
+            _ = closing.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// A die event's attributes for a replica container of `network` labelled `replica`.
+    fn died(replica: &str, network: &str) -> HashMap<String, String> {
+        labels(&[
+            (MANAGED, "true"),
+            ("roost.function", "f"),
+            ("roost.replica", replica),
+            ("roost.network", network),
+            ("exitCode", "1"),
+            ("name", "roost-x"),
+        ])
+    }
+
+    fn reported(label: &str, remove: bool) -> AfterDeath {
+        AfterDeath::Report { label: label.to_string(), function: "f".to_string(), remove }
+    }
+
+    #[test]
+    fn a_dead_replica_is_reported_and_removed() {
+        // Whatever the orchestrator does next: a replica that exits while it starts (its
+        // import fails) is never stopped by it, and would stay behind.
+        assert_eq!(after_death(&died("f-7-1", "net"), "net", &HashSet::new(), false), reported("f-7-1", true));
+        // A spare handed out to a replica is no longer one this runtime keeps.
+        let kept = HashSet::from(["f-spare-2".to_string()]);
+        assert_eq!(after_death(&died("f-spare-1", "net"), "net", &kept, false), reported("f-spare-1", true));
+    }
+
+    #[test]
+    fn a_kept_spare_is_reported_but_left_to_the_spares() {
+        // Its warm-up reads its last lines, and the cold start that claims it fails with
+        // them and removes it.
+        let kept = HashSet::from(["f-spare-1".to_string()]);
+        assert_eq!(after_death(&died("f-spare-1", "net"), "net", &kept, false), reported("f-spare-1", false));
+    }
+
+    #[test]
+    fn a_replica_being_stopped_is_reported_but_left_to_its_stop() {
+        // `stop` removes it itself and returns once it is gone (a removal by the exit
+        // follower meanwhile would make its own answer "already being removed").
+        assert_eq!(after_death(&died("f-7-1", "net"), "net", &HashSet::new(), true), reported("f-7-1", false));
+    }
+
+    #[test]
+    fn other_containers_are_left_alone() {
+        let none = HashSet::new();
+        assert_eq!(after_death(&died("f-7-1", "other-net"), "net", &none, false), AfterDeath::Ignore, "another Roost's");
+        let mut unmanaged = died("f-7-1", "net");
+        unmanaged.remove(MANAGED);
+        assert_eq!(after_death(&unmanaged, "net", &none, false), AfterDeath::Ignore, "not Roost's");
+        unmanaged.insert(MANAGED.to_string(), "false".to_string());
+        assert_eq!(after_death(&unmanaged, "net", &none, false), AfterDeath::Ignore, "not Roost's");
+        for missing in ["roost.replica", "roost.function", "roost.network"] {
+            let mut d = died("f-7-1", "net");
+            d.remove(missing);
+            assert_eq!(after_death(&d, "net", &none, false), AfterDeath::Ignore, "without {missing}");
+        }
+    }
+
+    #[test]
+    fn since_is_seconds_with_nine_decimals() {
+        assert_eq!(since_text(1_700_000_000_123_456_789), "1700000000.123456789");
+        assert_eq!(since_text(1_700_000_000_000_000_001), "1700000000.000000001");
+        assert_eq!(since_text(0), "0.000000000");
     }
 }

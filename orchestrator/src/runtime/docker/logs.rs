@@ -14,7 +14,10 @@ use bollard::container::LogOutput;
 use bollard::query_parameters::LogsOptionsBuilder;
 use bollard::Docker;
 use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 /// Splits a stream's bytes into lines; the end of a line the container is still writing
@@ -70,7 +73,51 @@ impl Streams {
 }
 
 /// How long an exit's report waits for the container's last lines.
-const TAIL_WAIT: Duration = Duration::from_secs(2);
+pub(super) const TAIL_WAIT: Duration = Duration::from_secs(2);
+
+/// The containers whose output is being followed (one follower each), with the replica
+/// each one's lines go to; and the end of a follower, for whoever removes a container
+/// once its whole output is in the log store.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Followers {
+    replicas: Arc<Mutex<HashMap<String, String>>>,
+    ended: Arc<Notify>,
+}
+
+impl Followers {
+    /// Notes that `container`'s lines go to `replica_id` from now on; the replica its
+    /// lines went to before, when it was followed already.
+    fn follow(&self, container: &str, replica_id: &str) -> Option<String> {
+        self.replicas.lock().unwrap().insert(container.to_string(), replica_id.to_string())
+    }
+
+    /// The replica `container`'s lines go to.
+    fn replica(&self, container: &str) -> Option<String> {
+        self.replicas.lock().unwrap().get(container).cloned()
+    }
+
+    /// `container`'s follower has ended.
+    fn end(&self, container: &str) {
+        self.replicas.lock().unwrap().remove(container);
+        self.ended.notify_waiters();
+    }
+
+    /// Waits until `container` has no follower (its output is all in the log store), at
+    /// most `bound`; false when one is still following it then.
+    pub(super) async fn ended(&self, container: &str, bound: Duration) -> bool {
+        let wait = async {
+            loop {
+                // Made before the check: an end between the two still wakes it.
+                let next = self.ended.notified();
+                if !self.replicas.lock().unwrap().contains_key(container) {
+                    return;
+                }
+                next.await;
+            }
+        };
+        tokio::time::timeout(bound, wait).await.is_ok()
+    }
+}
 
 /// The last `n` lines a (dead) container wrote, stdout and stderr, oldest first, joined
 /// by newlines; `None` when it wrote nothing or the engine does not answer in time.
@@ -105,7 +152,7 @@ impl DockerRuntime {
     /// followed (a recycled spare taken by a new replica) is left to its follower, whose
     /// lines go to `replica_id` from now on.
     pub(super) fn follow_logs(&self, container: &str, function: &str, replica_id: &str, since: i32) {
-        if let Some(id) = self.following.lock().unwrap().insert(container.to_string(), replica_id.to_string()) {
+        if let Some(id) = self.following.follow(container, replica_id) {
             if id != replica_id {
                 info!(function, replica = replica_id, before = %id, "a recycled container serves a new replica");
             }
@@ -118,7 +165,7 @@ impl DockerRuntime {
             let mut frames = docker.logs(&container, Some(options));
             let mut streams = Streams::default();
             let emit = |line: &str| {
-                let id = following.lock().unwrap().get(&container).cloned().unwrap_or_else(|| first_id.clone());
+                let id = following.replica(&container).unwrap_or_else(|| first_id.clone());
                 info!(function = %function, replica = %id, "{line}");
                 logs.push(&function, &id, line);
             };
@@ -138,7 +185,7 @@ impl DockerRuntime {
                 }
             }
             streams.finish().iter().for_each(|l| emit(l));
-            following.lock().unwrap().remove(&container);
+            following.end(&container);
         });
     }
 }
@@ -160,6 +207,29 @@ mod tests {
         assert!(s.feed(&err("ModuleNotFoundError")).is_empty());
         assert_eq!(s.finish(), ["ModuleNotFoundError"]);
         assert!(s.finish().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_followers_end_is_waited_for_within_its_bound() {
+        let f = Followers::default();
+        assert!(f.ended("c1", Duration::ZERO).await, "never followed: ended at once");
+        assert_eq!(f.follow("c1", "r1"), None);
+        assert!(!f.ended("c1", Duration::from_millis(20)).await, "still followed after the bound");
+        let waiting = tokio::spawn({
+            let f = f.clone();
+            async move { f.ended("c1", Duration::from_secs(60)).await }
+        });
+        // Another container's end does not end this wait.
+        f.follow("c2", "r2");
+        f.end("c2");
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished());
+        f.end("c1");
+        let ended = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("woken by the end");
+        assert!(ended.unwrap());
+        assert_eq!(f.replica("c1"), None);
     }
 
     #[test]

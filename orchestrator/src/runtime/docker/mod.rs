@@ -7,7 +7,8 @@
 //!
 //! - this module: the settings, the runtime, and the [`ReplicaRuntime`] operations;
 //! - `image`: the function image (tag, Dockerfile, build context, build);
-//! - `container`: one replica container (create, address, warm-up) and the exit events;
+//! - `container`: one replica container (create, address, warm-up), the exit events and
+//!   the removal of dead containers;
 //! - `logs`: a replica's output, followed into the log store, and its last lines;
 //! - `error`: the failures of the engine, of an image and of a container;
 //! - `spares`: the containers prepared ahead of time for cold starts;
@@ -29,7 +30,7 @@ use super::{PrepareFailure, Replica, ReplicaRuntime, RuntimeError, RuntimeEvent}
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder};
 use bollard::{ClientVersion, Docker};
-use container::{address_of, create, follow_exits, remove};
+use container::{address_of, create, follow_exits, remove, Exits};
 use roost_common::spec::{FunctionKind as Kind, FunctionSpec};
 use spares::{Claim, Spare, SpareBook, SpareSlots, SPARE_WAIT};
 use std::collections::{HashMap, HashSet};
@@ -72,6 +73,10 @@ pub struct DockerConfig {
 /// intermediate containers behind.
 pub const MAX_BUILDS: usize = 2;
 
+/// How long `close` waits for the exit follower to finish the death it is handling: its
+/// last lines and its follower (two [`logs::TAIL_WAIT`]s at most) and its removal.
+const EXITS_GRACE: Duration = Duration::from_secs(10);
+
 /// The Docker runtime.
 pub struct DockerRuntime {
     docker: Docker,
@@ -93,6 +98,8 @@ pub struct DockerRuntime {
     /// Label ids of the spares this runtime is preparing or keeps and has not handed out:
     /// `list` leaves them alone (a created or paused spare is not a leftover).
     own_spares: std::sync::Arc<Mutex<HashSet<String>>>,
+    /// Containers `stop` is stopping and removes itself (the exit follower leaves them).
+    stopping: std::sync::Arc<Mutex<HashSet<String>>>,
     /// What the spare budget decides on, and what it decided.
     book: std::sync::Arc<Mutex<SpareBook>>,
     /// Starts in flight, which spare preparations wait for.
@@ -100,13 +107,14 @@ pub struct DockerRuntime {
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
     /// Spare preparations and output followers under way.
     tasks: super::tasks::Tasks,
-    /// The task following Docker's container exits (it runs until `close` ends it).
+    /// The task following Docker's container exits and removing the dead ones (it runs
+    /// until `close` ends it).
     exits: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The replicas' and builds' output.
     logs: crate::logs::Logs,
-    /// Containers whose output is being followed (one follower each).
-    /// (the replica each one's lines go to).
-    following: std::sync::Arc<Mutex<HashMap<String, String>>>,
+    /// Containers whose output is being followed (one follower each), and the replica
+    /// each one's lines go to.
+    following: logs::Followers,
     /// Cancelled by `close`: ends the output followers.
     closing: tokio_util::sync::CancellationToken,
 }
@@ -114,6 +122,25 @@ pub struct DockerRuntime {
 impl std::fmt::Debug for DockerRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DockerRuntime").field("config", &self.config).finish()
+    }
+}
+
+/// A container in a runtime's `stopping` set while this lives.
+struct Stopping<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    container: &'a str,
+}
+
+impl<'a> Stopping<'a> {
+    fn mark(set: &'a Mutex<HashSet<String>>, container: &'a str) -> Self {
+        set.lock().unwrap().insert(container.to_string());
+        Stopping { set, container }
+    }
+}
+
+impl Drop for Stopping<'_> {
+    fn drop(&mut self) {
+        self.set.lock().unwrap().remove(self.container);
     }
 }
 
@@ -140,6 +167,7 @@ impl DockerRuntime {
             spares: SpareSlots::new(),
             aliases: Default::default(),
             own_spares: Default::default(),
+            stopping: Default::default(),
             book: Default::default(),
             priority: Default::default(),
             events_rx: Mutex::new(Some(rx)),
@@ -150,7 +178,18 @@ impl DockerRuntime {
             closing: Default::default(),
         });
         rt.ensure_network().await?;
-        *rt.exits.lock().unwrap() = Some(tokio::spawn(follow_exits(docker, tx, rt.aliases.clone(), rt.logs.clone())));
+        let exits = Exits {
+            docker,
+            network: rt.config.network.clone(),
+            tx,
+            aliases: rt.aliases.clone(),
+            own_spares: rt.own_spares.clone(),
+            stopping: rt.stopping.clone(),
+            following: rt.following.clone(),
+            logs: rt.logs.clone(),
+            closing: rt.closing.clone(),
+        };
+        *rt.exits.lock().unwrap() = Some(tokio::spawn(follow_exits(exits)));
         Ok(rt)
     }
 
@@ -302,7 +341,18 @@ impl ReplicaRuntime for DockerRuntime {
         self.follow_logs(&container, &spec.name, replica_id, 0);
         let address = match warm {
             Some(a) => a,
-            None => address_of(&self.docker, &self.config, &container).await.map_err(fail)?,
+            None => match address_of(&self.docker, &self.config, &container).await {
+                Ok(a) => a,
+                Err(e) => {
+                    // Not handed out, so removed here, once its output is in the log
+                    // store: a container that has exited already (its function fails at
+                    // import) has no address, and its death is reported with its last
+                    // lines.
+                    self.following.ended(&container, logs::TAIL_WAIT).await;
+                    remove(&self.docker, &container).await;
+                    return Err(fail(e));
+                }
+            },
         };
         self.note_running(spec_hash, 1);
         // The spares are chosen again with this start counted (the function's replica
@@ -323,6 +373,9 @@ impl ReplicaRuntime for DockerRuntime {
         if self.recycle(replica).await {
             return Ok(());
         }
+        // Its death is this stop's: removed here, not by the exit follower, so that this
+        // returns once it is gone.
+        let _stopping = Stopping::mark(&self.stopping, &replica.handle);
         let t = grace.as_secs().max(1) as i32;
         match self.docker.stop_container(&replica.handle, Some(StopContainerOptionsBuilder::default().t(t).build())).await {
             Ok(()) => {}
@@ -375,8 +428,14 @@ impl ReplicaRuntime for DockerRuntime {
 
     async fn close(&self) {
         self.closing.cancel();
-        if let Some(exits) = self.exits.lock().unwrap().take() {
-            exits.abort();
+        // The exit follower ends once the death it is handling is handled (its container
+        // removed): waited for, at most as long as that may take.
+        let exits = self.exits.lock().unwrap().take();
+        if let Some(mut exits) = exits {
+            if tokio::time::timeout(EXITS_GRACE, &mut exits).await.is_err() {
+                warn!("the exit follower did not end in time; stopped");
+                exits.abort();
+            }
         }
         for s in self.spares.close() {
             self.own_spares.lock().unwrap().remove(&s.label_id);
