@@ -888,3 +888,149 @@ async fn every_fault_is_survived_under_load() {
     p.logs_on_panic.store(false, Ordering::Relaxed); // a missed target is in the table, not the logs
     assert!(missed.is_empty(), "fault targets missed:\n  {}", missed.join("\n  "));
 }
+
+/// The components the asynchronous-calls case kills, in turn.
+const ASYNC_KILLS: &[&str] = &["async-worker", "orchestrator", "gate", "redis", "envoy", "replica"];
+
+/// One submit of `POST /async/add` with its idempotency key, sent again until it is
+/// answered 202 (a component may be down): its call id, and the failed tries.
+async fn submit_until_accepted(client: &reqwest::Client, gate: u16, i: u64) -> (Option<String>, u32) {
+    let body = format!(r#"{{"value1": {i}, "value2": 1000000}}"#);
+    let mut failed = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(90) {
+        let r = client
+            .post(format!("http://127.0.0.1:{gate}/async/add"))
+            .header("content-type", "application/json")
+            .header("x-idempotency-key", format!("faults-{i}"))
+            .body(body.clone())
+            .send()
+            .await;
+        if let Ok(r) = r {
+            if r.status() == 202 {
+                if let Ok(v) = r.json::<serde_json::Value>().await {
+                    return (v["id"].as_str().map(str::to_string), failed);
+                }
+            }
+        }
+        failed += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (None, failed)
+}
+
+/// kill -9 of one component of the asynchronous path (a replica of `add` for `replica`).
+fn kill_for_async(p: &Platform, what: &str) -> Injected {
+    let mut inj = Injected::default();
+    if what == "replica" {
+        match a_replica("add") {
+            Some(c) => {
+                let pid = text(&docker(&["inspect", "-f", "{{.State.Pid}}", &c]));
+                let out = Command::new("kill").args(["-9", &pid]).output().expect("kill runs");
+                inj.notes.push(format!("an add replica killed ({})", if out.status.success() { "ok" } else { "kill failed" }));
+            }
+            None => inj.notes.push("no add replica running at that moment".into()),
+        }
+        return inj;
+    }
+    kill9(&p.container(what), &mut inj);
+    inj
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Docker engine with Compose: full tier (scripts/test.sh)"]
+async fn every_asynchronous_call_completes_across_a_kill_of_each_component() {
+    let started = Instant::now();
+    let p = Arc::new(tokio::task::spawn_blocking(up).await.unwrap());
+    let declared = declared(&p);
+    if let Err(e) = heal(&p, &declared, Instant::now(), Duration::from_secs(240)).await {
+        panic!("the platform never came up healthy: {e}");
+    }
+    eprintln!("faults/async: platform up in {:.0} s", started.elapsed().as_secs_f64());
+
+    // A steady stream of submits, about 60 a second, each with its own numbers and key, while
+    // each component is killed in turn (6 s apart).
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    let submitter = {
+        let (stop, accepted, gate) = (stop.clone(), accepted.clone(), p.gate);
+        tokio::spawn(async move {
+            let client = client();
+            let (mut i, mut retried, mut unaccepted) = (0u64, 0u32, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                let (id, failed) = submit_until_accepted(&client, gate, i).await;
+                retried += failed;
+                match id {
+                    Some(id) => accepted.lock().unwrap().push((i, id)),
+                    None => unaccepted += 1,
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (retried, unaccepted)
+        })
+    };
+    let mut notes = Vec::new();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for what in ASYNC_KILLS {
+        let before = accepted.lock().unwrap().len();
+        let p2 = p.clone();
+        let inj = tokio::task::spawn_blocking(move || kill_for_async(&p2, what)).await.unwrap();
+        notes.push(format!("{what} killed after {before} accepted: {}", inj.notes.join("; ")));
+        assert!(inj.misses.is_empty(), "{what}: {:?}", inj.misses);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (submit_retries, unaccepted) = submitter.await.unwrap();
+    let accepted = accepted.lock().unwrap().clone();
+
+    // Every accepted call finishes: done with its own sum, none failed, none lost.
+    let client = client();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let (mut done, mut failed, mut wrong, mut lost, mut retried_calls) = (0, Vec::new(), Vec::new(), Vec::new(), 0);
+    for (i, id) in &accepted {
+        let record = loop {
+            let r = send(&client, p.gate, reqwest::Method::GET, &format!("/async/calls/{id}"), String::new()).await;
+            let record = r.ok().and_then(|(_, body)| serde_json::from_str::<roost_common::wire::calls::CallRecord>(&body).ok());
+            match record {
+                Some(r) if r.state.finished() => break Some(r),
+                _ if Instant::now() > deadline => break None,
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        let Some(record) = record else {
+            lost.push(id.clone());
+            continue;
+        };
+        if record.attempts > 1 {
+            retried_calls += 1;
+        }
+        if record.state != roost_common::wire::calls::CallState::Done {
+            failed.push(format!("{id}: {:?}", record.last_error));
+            continue;
+        }
+        let body = record.result.as_ref().and_then(|r| r.body.clone()).unwrap_or_default();
+        let sum = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["result"].as_u64());
+        if sum == Some(i + 1_000_000) {
+            done += 1;
+        } else {
+            wrong.push(format!("{id}: {body}"));
+        }
+    }
+    println!("faults/async: {}", notes.join("\n  "));
+    println!(
+        "faults/async: accepted {}, done {done}, failed {}, wrong {}, lost {}, attempted more than once {retried_calls}, \
+         submits sent again {submit_retries}, never accepted {unaccepted}, in {:.0} s",
+        accepted.len(),
+        failed.len(),
+        wrong.len(),
+        lost.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(accepted.len() >= 1000, "a few thousand calls were meant to be submitted: {}", accepted.len());
+    assert_eq!(unaccepted, 0, "every submit was answered 202 in the end");
+    assert!(lost.is_empty(), "calls lost: {lost:?}");
+    assert!(failed.is_empty(), "calls failed: {failed:?}");
+    assert!(wrong.is_empty(), "wrong answers: {wrong:?}");
+    p.logs_on_panic.store(false, Ordering::Relaxed);
+}
