@@ -27,6 +27,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// One compose project at a time: the tests of this file run in one process, whose id
+/// names the project and its functions network.
+static ONE_PLATFORM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Every case, in the order they run.
 const CASES: &[&str] = &[
     "redis-restart",
@@ -854,6 +858,7 @@ async fn run_case(p: &Arc<Platform>, case: &'static str, round: usize, declared:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Docker engine with Compose: full tier (scripts/test.sh); scripts/faults.sh records its table"]
 async fn every_fault_is_survived_under_load() {
+    let _one = ONE_PLATFORM.lock().await;
     let cases = select(std::env::var("ROOST_FAULTS_CASES").ok().as_deref(), CASES).unwrap_or_else(|e| panic!("ROOST_FAULTS_CASES: {e}"));
     println!("faults: cases: {}", if cases.len() == CASES.len() { "all".to_string() } else { cases.join(",") });
     let started = Instant::now();
@@ -940,6 +945,7 @@ fn kill_for_async(p: &Platform, what: &str) -> Injected {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Docker engine with Compose: full tier (scripts/test.sh)"]
 async fn every_asynchronous_call_completes_across_a_kill_of_each_component() {
+    let _one = ONE_PLATFORM.lock().await;
     let started = Instant::now();
     let p = Arc::new(tokio::task::spawn_blocking(up).await.unwrap());
     let declared = declared(&p);
