@@ -280,7 +280,12 @@ impl LoadResult {
 /// One connection of a closed loop: sends `GET path` again as soon as the last answer
 /// came, while `go()` holds, showing each answer to `seen`; a failed connection is
 /// replaced.
-pub async fn loop_worker(addr: SocketAddr, path: &str, go: impl Fn() -> bool, mut seen: impl FnMut(&Reply)) -> LoadResult {
+pub async fn loop_worker(addr: SocketAddr, path: &str, go: impl Fn() -> bool, seen: impl FnMut(&Reply)) -> LoadResult {
+    loop_requests(addr, "GET", path, go, seen).await
+}
+
+/// [`loop_worker`] with another method (a body-less request).
+pub async fn loop_requests(addr: SocketAddr, method: &str, path: &str, go: impl Fn() -> bool, mut seen: impl FnMut(&Reply)) -> LoadResult {
     let mut result = LoadResult::default();
     let mut conn: Option<Conn> = None;
     while go() {
@@ -296,7 +301,7 @@ pub async fn loop_worker(addr: SocketAddr, path: &str, go: impl Fn() -> bool, mu
                 }
             },
         };
-        let r = c.get(path).await;
+        let r = c.request(method, path, REQUEST_TIMEOUT).await;
         if let Ok(reply) = &r {
             seen(reply);
         }
@@ -309,12 +314,17 @@ pub async fn loop_worker(addr: SocketAddr, path: &str, go: impl Fn() -> bool, mu
 /// `concurrency` keep-alive connections, each sending its next request as soon as the
 /// last is answered, until `duration` has passed. A failed connection is replaced.
 pub async fn closed_loop(addr: SocketAddr, path: &str, concurrency: usize, duration: Duration) -> LoadResult {
+    closed_loop_method(addr, "GET", path, concurrency, duration).await
+}
+
+/// [`closed_loop`] with another method (a body-less request).
+pub async fn closed_loop_method(addr: SocketAddr, method: &str, path: &str, concurrency: usize, duration: Duration) -> LoadResult {
     let deadline = Instant::now() + duration;
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let path = path.to_string();
-            tokio::spawn(async move { loop_worker(addr, &path, || Instant::now() < deadline, |_| {}).await })
+            let (method, path) = (method.to_string(), path.to_string());
+            tokio::spawn(async move { loop_requests(addr, &method, &path, || Instant::now() < deadline, |_| {}).await })
         })
         .collect();
     let mut total = LoadResult::default();

@@ -93,6 +93,8 @@ pub enum Scenario {
     Autoscale,
     /// Scale to zero and the on/off load.
     Zero,
+    /// Asynchronous calls: submit latency and delivery rate.
+    Async,
     /// Spare policies compared on many functions (Docker only).
     Spares,
     /// Many functions on one host: --many-docker in containers, --many-process as processes.
@@ -171,7 +173,8 @@ async fn run_runtime(c: &Config, bin_dir: &std::path::Path, work: &std::path::Pa
             burst: Err(see.clone()),
             overhead: Err(see.clone()),
             autoscale: Err(see.clone()),
-            zero: Err(see),
+            zero: Err(see.clone()),
+            asynchronous: Err(see),
         }
     };
     progress(&format!("{name}: starting the platform"));
@@ -192,9 +195,13 @@ async fn run_runtime(c: &Config, bin_dir: &std::path::Path, work: &std::path::Pa
         scenarios::scale_to_zero(&roost, 5, 8, c.onoff_requests, Duration::from_secs(180))
     })
     .await;
+    let asynchronous = selected(c, Scenario::Async, format!("{name}: asynchronous calls"), || {
+        scenarios::asynchronous(&roost, &[1, 16], Duration::from_millis(c.slice_ms))
+    })
+    .await;
     let check = roost.check();
     roost.stop();
-    let mut run = RuntimeRun { runtime: name.clone(), cold, burst, overhead, autoscale, zero };
+    let mut run = RuntimeRun { runtime: name.clone(), cold, burst, overhead, autoscale, zero, asynchronous };
     if let Err(e) = check {
         // A component died during the run: no figure of it can be trusted.
         run = failed(&format!("a component exited during the run: {e:#}"));

@@ -55,6 +55,8 @@ pub struct Roost {
     pub control_plane: SocketAddr,
     /// The control token the orchestrator's API requires.
     pub control_token: String,
+    /// Redis, as a URL (with its password).
+    pub redis_url: String,
     /// Which runtime.
     pub runtime: Runtime,
     /// Envoy's binary (for the proxy floor).
@@ -141,6 +143,7 @@ impl Roost {
             orchestrator: local(a.orchestrator),
             control_plane: local(a.control_plane),
             control_token: a.control_token.clone(),
+            redis_url: a.redis_url.clone(),
             runtime,
             envoy_bin,
             work_dir: work_dir.to_path_buf(),

@@ -6,7 +6,7 @@ use crate::client::LoadResult;
 use crate::components::Component;
 use crate::floors::DockerFloor;
 use crate::machine::Machine;
-use crate::scenarios::{Autoscale, Burst, ColdStart, Overhead, ScaleToZero, BURST_HANDLER_MS, BURST_MAX_REPLICAS, OFF_FACTORS};
+use crate::scenarios::{Asynchronous, Autoscale, Burst, ColdStart, Overhead, ScaleToZero, BURST_HANDLER_MS, BURST_MAX_REPLICAS, OFF_FACTORS};
 use crate::stats::Summary;
 use std::fmt::Write;
 
@@ -36,6 +36,8 @@ pub struct RuntimeRun {
     pub autoscale: Outcome<Autoscale>,
     /// Scale to zero.
     pub zero: Outcome<ScaleToZero>,
+    /// Asynchronous calls.
+    pub asynchronous: Outcome<Vec<Asynchronous>>,
 }
 
 /// The machine's floor.
@@ -191,6 +193,7 @@ impl Report {
         self.overhead_detail(&mut s);
         self.autoscale_detail(&mut s);
         self.zero_detail(&mut s);
+        self.async_detail(&mut s);
         self.spares_detail(&mut s);
         self.many_detail(&mut s);
         self.floor_detail(&mut s);
@@ -466,6 +469,40 @@ impl Report {
         let _ = writeln!(s);
     }
 
+    fn async_detail(&self, s: &mut String) {
+        let _ = writeln!(s, "### Asynchronous calls\n");
+        let _ = writeln!(s, "`warm` (one replica, 64 requests at once) under a closed loop of body-less POSTs through the public entry: first `POST /warm` (the function's own answer, the comparison), then `POST /async/warm` (answered 202 once the call is stored in Redis by the async worker, which then delivers it through the same entry, `async.concurrency` 64 at once). *Delivered after*: from the first submit until the function's queue was empty; *delivered/s*: the submits over that time. The loopback floor is in \"Warm overhead\".\n");
+        let _ = writeln!(s, "| runtime | connections | call p50 / p99 | calls/s | submit p50 / p99 | submits/s | errors | delivered after | delivered/s |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &self.runtimes {
+            match &r.asynchronous {
+                Ok(runs) => {
+                    for a in runs {
+                        let _ = writeln!(
+                            s,
+                            "| {} | {} | {} / {} | {:.0} | {} / {} | {:.0} | {} | {:.1} s | {:.0} |",
+                            r.runtime,
+                            a.concurrency,
+                            ms(p50(&a.call.latencies_ms)),
+                            ms(p99(&a.call.latencies_ms)),
+                            a.call.throughput(),
+                            ms(p50(&a.submit.latencies_ms)),
+                            ms(p99(&a.submit.latencies_ms)),
+                            a.submit.throughput(),
+                            a.call.errors + a.submit.errors,
+                            a.delivered_after_ms / 1000.0,
+                            a.submit.ok as f64 / (a.delivered_after_ms / 1000.0).max(1e-9)
+                        );
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "| {} | | failed: {e} | | | | | | |", r.runtime);
+                }
+            }
+        }
+        let _ = writeln!(s);
+    }
+
     fn autoscale_detail(&self, s: &mut String) {
         let _ = writeln!(s, "### Autoscale reaction\n");
         let _ = writeln!(s, "`whoami` (one request at a time per replica, each answer names its replica) starts each round with one warm replica; then 4 connections call `/whoami?ms=50` back to back through the gate. A sample is the time from the load's start until an answer names a second replica, so it includes that answer's 50 ms.\n");
@@ -731,6 +768,12 @@ mod tests {
             }]),
             autoscale: Ok(Autoscale { samples: vec![400.0, 1600.0], load: load(&[50.0], 0, 1.0) }),
             zero: Err("Redis went away".into()),
+            asynchronous: Ok(vec![Asynchronous {
+                concurrency: 16,
+                call: load(&[1.0, 2.0], 0, 1.0),
+                submit: load(&[3.0, 5.0], 0, 1.0),
+                delivered_after_ms: 2000.0,
+            }]),
         };
         let r = Report {
             machine: crate::machine::Machine {
@@ -785,6 +828,8 @@ mod tests {
         assert!(line("| warm throughput, process, 1 conn").contains("| 1.00 | >= 0.9 | met |"));
         assert!(line("| autoscale").contains("**missed**"));
         assert!(line("| scale to zero, process").contains("failed: Redis went away"));
+        let a = line("| process | 16 | 1.00 ms / 2.00 ms");
+        assert!(a.contains("| 3.00 ms / 5.00 ms |") && a.ends_with("| 2.0 s | 1 |"), "{a}");
         assert!(text.contains("Not measured: docker: no engine"));
     }
 }

@@ -1,6 +1,7 @@
 //! The scenarios run against a started platform: cold start by phase, a burst from
-//! zero, warm overhead (direct, Envoy, gate and Envoy), autoscale reaction, and scale
-//! to zero with an on/off load. Each is bounded in requests and time.
+//! zero, warm overhead (direct, Envoy, gate and Envoy), autoscale reaction, scale to zero
+//! with an on/off load, and asynchronous calls (submit latency, delivery rate). Each is
+//! bounded in requests and time.
 
 use crate::client::{self, LoadResult};
 use crate::floors;
@@ -127,6 +128,47 @@ pub async fn overhead(roost: &Roost, concurrencies: &[usize], reps: usize, slice
         out.push(Overhead { concurrency: c, direct, bare_envoy, public, gate });
     }
     chain.stop().await;
+    Ok(out)
+}
+
+/// Asynchronous calls at one concurrency.
+#[derive(Debug, Default, Clone)]
+pub struct Asynchronous {
+    /// Connections.
+    pub concurrency: usize,
+    /// `POST /warm` answered by the function through the public entry (the comparison).
+    pub call: LoadResult,
+    /// `POST /async/warm` answered 202 (stored in Redis) through the public entry.
+    pub submit: LoadResult,
+    /// From the first submit until the function's queue was empty, ms.
+    pub delivered_after_ms: f64,
+}
+
+/// Per concurrency: a closed loop of `POST /warm`, then one of `POST /async/warm` for
+/// `slice`, then the wait until the worker has delivered every submitted call (the
+/// function's queue in Redis is empty).
+pub async fn asynchronous(roost: &Roost, concurrencies: &[usize], slice: Duration) -> anyhow::Result<Vec<Asynchronous>> {
+    roost.wait_function("warm", "its replica ready", WAIT, |f| f.ready_replicas() == 1).await?;
+    let redis = redis::Client::open(roost.redis_url.as_str())?;
+    let mut conn = redis.get_multiplexed_async_connection().await?;
+    let queue = roost_common::keys::async_queue("warm");
+    let mut out = Vec::new();
+    for &c in concurrencies {
+        let _ = client::closed_loop_method(roost.public, "POST", "/warm", c, Duration::from_millis(300)).await;
+        let call = client::closed_loop_method(roost.public, "POST", "/warm", c, slice).await;
+        let start = Instant::now();
+        let submit = client::closed_loop_method(roost.public, "POST", "/async/warm", c, slice).await;
+        let deadline = start + Duration::from_secs(300);
+        loop {
+            let left: u64 = redis::cmd("XLEN").arg(&queue).query_async(&mut conn).await?;
+            if left == 0 {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{left} calls still queued 300 s after the first submit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        out.push(Asynchronous { concurrency: c, call, submit, delivered_after_ms: ms(start.elapsed()) });
+    }
     Ok(out)
 }
 
