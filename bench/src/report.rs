@@ -6,7 +6,9 @@ use crate::client::LoadResult;
 use crate::components::Component;
 use crate::floors::DockerFloor;
 use crate::machine::Machine;
-use crate::scenarios::{Asynchronous, Autoscale, Burst, ColdStart, Overhead, ScaleToZero, BURST_HANDLER_MS, BURST_MAX_REPLICAS, OFF_FACTORS};
+use crate::scenarios::{
+    Asynchronous, Autoscale, Burst, ColdStart, Overhead, ScaleToZero, BURST_HANDLER_MS, BURST_MAX_REPLICAS, OFF_FACTORS,
+};
 use crate::stats::Summary;
 use std::fmt::Write;
 
@@ -472,7 +474,10 @@ impl Report {
     fn async_detail(&self, s: &mut String) {
         let _ = writeln!(s, "### Asynchronous calls\n");
         let _ = writeln!(s, "`warm` (one replica, 64 requests at once) under a closed loop of body-less POSTs through the public entry: first `POST /warm` (the function's own answer, the comparison), then `POST /async/warm` (answered 202 once the call is stored in Redis by the async worker, which then delivers it through the same entry, `async.concurrency` 64 at once). *Delivered after*: from the first submit until the function's queue was empty; *delivered/s*: the submits over that time. The loopback floor is in \"Warm overhead\".\n");
-        let _ = writeln!(s, "| runtime | connections | call p50 / p99 | calls/s | submit p50 / p99 | submits/s | errors | delivered after | delivered/s |");
+        let _ = writeln!(
+            s,
+            "| runtime | connections | call p50 / p99 | calls/s | submit p50 / p99 | submits/s | errors | delivered after | delivered/s |"
+        );
         let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &self.runtimes {
             match &r.asynchronous {

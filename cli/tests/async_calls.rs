@@ -66,10 +66,8 @@ async fn asynchronous_calls_wake_scale_and_finish_through_the_platform() {
         assert_eq!((done.state, done.result.as_ref().map(|r| r.status)), (CallState::Done, Some(200)), "{done:?}");
     }
     // The queue empty, the function goes back to sleep after its idle timeout.
-    wait_until(Duration::from_secs(60), "sleep asleep again", || async {
-        (p.status("sleep").await?.replicas.is_empty()).then_some(())
-    })
-    .await;
+    wait_until(Duration::from_secs(60), "sleep asleep again", || async { (p.status("sleep").await?.replicas.is_empty()).then_some(()) })
+        .await;
 
     // The OpenFaaS spelling, and a function's 4xx: final at once, kept as a dead letter
     // with the function's answer.
