@@ -1,6 +1,6 @@
 //! The web console, `/system/console` behind the API token: every function with its
 //! state, replicas, cold starts (the last one by phase), calls by status class, rate and duration (from the
-//! platform's metrics), last error, recent log lines and definition. Rendered here as HTML; a few
+//! platform's metrics), asynchronous calls queued and failed, last error, recent log lines and definition. Rendered here as HTML; a few
 //! lines of JavaScript fetch the live part again every two seconds. No script or style
 //! from elsewhere: it works offline. A browser logs in once at `/system/login?token=...`
 //! (or its form), which sets the token as an HttpOnly, SameSite=Strict cookie.
@@ -50,6 +50,10 @@ pub struct Calls {
     /// The call-duration histogram: (upper bound in seconds, calls at or below it), in
     /// the order of the metrics text (rising bounds, `+Inf` last).
     pub durations: Vec<(f64, f64)>,
+    /// Asynchronous calls in the function's queue.
+    pub async_queued: f64,
+    /// Asynchronous calls failed (dead letters), since the statsd-listener started.
+    pub async_failed: f64,
 }
 
 impl Calls {
@@ -102,6 +106,14 @@ pub fn calls_of(metrics: &str) -> BTreeMap<String, Calls> {
             if let Some(f) = label("function") {
                 out.entry(f.to_string()).or_default().rate = value;
             }
+        } else if series.starts_with("roost_async_queued{") {
+            if let Some(f) = label("function") {
+                out.entry(f.to_string()).or_default().async_queued = value;
+            }
+        } else if series.starts_with("roost_async_finished_total{") && label("state") == Some("failed") {
+            if let Some(f) = label("function") {
+                out.entry(f.to_string()).or_default().async_failed += value;
+            }
         }
     }
     out
@@ -133,7 +145,7 @@ pub fn live(
 ) -> String {
     let mut h = String::new();
     h.push_str("<table id=\"functions\"><thead><tr><th>function</th><th>source</th><th>state</th><th>ready</th><th>starting</th>");
-    h.push_str("<th>cold starts</th><th>last cold start</th><th>calls/s</th><th>ok</th><th>4xx</th><th>5xx</th><th>p50</th><th>p99</th><th>last error</th></tr></thead><tbody>");
+    h.push_str("<th>cold starts</th><th>last cold start</th><th>calls/s</th><th>ok</th><th>4xx</th><th>5xx</th><th>p50</th><th>p99</th><th>async queued</th><th>async failed</th><th>last error</th></tr></thead><tbody>");
     for (f, deployed) in functions {
         let c = calls.get(&f.name).cloned().unwrap_or_default();
         // The last cold start and its phases (start, readiness probe, Envoy's ACK, notice).
@@ -152,7 +164,8 @@ pub fn live(
             "<tr data-function=\"{name}\"><td class=\"name\">{name}</td><td>{source}</td><td class=\"state {state}\">{state}</td>\
              <td class=\"ready\">{ready}</td><td>{starting}</td><td class=\"cold-starts\">{colds}</td><td class=\"last-cold-start\">{cold}</td>\
              <td>{rate}</td><td class=\"calls-ok\">{ok}</td><td class=\"calls-4xx\">{e4}</td><td class=\"calls-5xx\">{e5}</td>\
-             <td class=\"p50\">{p50}</td><td class=\"p99\">{p99}</td><td class=\"error\">{error}</td></tr>",
+             <td class=\"p50\">{p50}</td><td class=\"p99\">{p99}</td><td class=\"async-queued\">{aq}</td><td class=\"async-failed\">{af}</td>\
+             <td class=\"error\">{error}</td></tr>",
             name = escape(&f.name),
             source = if *deployed { "deployed" } else { "file" },
             state = f.state,
@@ -165,6 +178,8 @@ pub fn live(
             e5 = figure(c.server_errors),
             p50 = duration(c.duration_quantile(0.5)),
             p99 = duration(c.duration_quantile(0.99)),
+            aq = figure(c.async_queued),
+            af = figure(c.async_failed),
             error = escape(error),
         );
     }
@@ -269,9 +284,16 @@ mod tests {
     #[test]
     fn calls_are_read_by_status_class_from_the_metrics() {
         let text = "# HELP x\nroost_function_calls_total{function=\"a\",code=\"200\"} 5\nroost_function_calls_total{function=\"a\",code=\"404\"} 2\n\
-                    roost_function_calls_total{function=\"a\",code=\"503\"} 1\nroost_function_requests_per_second{function=\"a\"} 2.5\n";
+                    roost_function_calls_total{function=\"a\",code=\"503\"} 1\nroost_function_requests_per_second{function=\"a\"} 2.5\n\
+                    roost_async_queued{function=\"a\"} 7\nroost_async_finished_total{function=\"a\",state=\"done\"} 9\n\
+                    roost_async_finished_total{function=\"a\",state=\"failed\"} 3\n";
         let c = calls_of(text);
-        assert_eq!(c["a"], Calls { ok: 5.0, client_errors: 2.0, server_errors: 1.0, rate: 2.5, durations: vec![] });
+        assert_eq!(
+            c["a"],
+            Calls { ok: 5.0, client_errors: 2.0, server_errors: 1.0, rate: 2.5, durations: vec![], async_queued: 7.0, async_failed: 3.0 }
+        );
+        let html = live(&[(FunctionStatus::empty("a", FunctionState::Ready), false)], &c, &BTreeMap::new(), None);
+        assert!(html.contains("<td class=\"async-queued\">7</td><td class=\"async-failed\">3</td>"), "{html}");
         assert_eq!(c["a"].duration_quantile(0.5), None, "no call timed yet");
     }
 
