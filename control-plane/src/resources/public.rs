@@ -251,7 +251,7 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
     // an asynchronous one too.
     routes.extend(super::all_refusals(model, asynchronous));
     if asynchronous {
-        routes.extend(super::ASYNC_PREFIXES.map(to_async));
+        routes.extend(super::ASYNC_PREFIXES.map(|prefix| to_async(prefix, settings)));
     }
     routes.push(to_gate("other-request-id", vec![header("x-request-id", HeaderMatchSpecifier::StringMatch(id_regex), true)]));
     for (name, f) in model.functions.iter().filter(|(_, f)| serving(f)) {
@@ -344,14 +344,17 @@ fn to_system() -> Route {
 /// async worker: the path as sent, a timeout (it answers as soon as it has stored the
 /// call), and the body buffered as for a function call (the gate's limit, 413 in JSON,
 /// holds for a call queued as for one sent). Named after its prefix (`async`,
-/// `async-function`): no function is called so.
-fn to_async(prefix: &str) -> Route {
+/// `async-function`): no function is called so. Retried only when the submit never
+/// reached the worker: a reset after it arrived may come after the call was stored, and
+/// sending it again would store it twice.
+fn to_async(prefix: &str, settings: &BuildSettings) -> Route {
     Route {
         name: prefix.trim_start_matches('/').into(),
         r#match: Some(RouteMatch { path_specifier: Some(PathSpecifier::PathSeparatedPrefix(prefix.into())), ..Default::default() }),
         action: Some(Action::Route(RouteAction {
             cluster_specifier: Some(ClusterSpecifier::Cluster(ASYNC_CLUSTER.into())),
             timeout: Some(millis(ASYNC_TIMEOUT_MS)),
+            retry_policy: Some(super::retry_policy(settings)),
             ..Default::default()
         })),
         ..Default::default()
@@ -532,6 +535,12 @@ mod tests {
             let Some(Action::Route(ra)) = &route.action else { panic!("{route:?}") };
             assert_eq!(cluster_of(route), ASYNC_CLUSTER);
             assert_eq!((ra.prefix_rewrite.as_str(), ra.timeout), ("", Some(millis(30_000))), "the path as sent, 30 s");
+            let retry = ra.retry_policy.as_ref().expect("its own retry policy");
+            assert!(
+                !retry.retry_on.split(',').any(|on| on == "reset"),
+                "a submit that reached the worker is not sent again: {}",
+                retry.retry_on
+            );
             assert!(ra.regex_rewrite.is_none() && ra.path_rewrite_policy.is_none());
             assert!(route.typed_per_filter_config.is_empty(), "the body buffered as a function call's: the gate's limit holds");
             assert!(route.request_headers_to_remove.is_empty(), "the worker gets the caller's Authorization, to pass on");
