@@ -365,7 +365,7 @@ async fn a_containers_output_is_in_the_log_store_and_an_import_error_ends_in_the
 
     // Warm spares: the spare imports the function (and prints) before it is handed out;
     // that output is the replica's too.
-    let net = network() + "-d";
+    let net = network() + "-logs";
     let _g = NetworkGuard(net.clone());
     let rt = runtime_in(&net, &dir, true).await;
     rt.prepare(&printer, "printer-hash").await.expect("image builds");
