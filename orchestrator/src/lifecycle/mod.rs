@@ -1028,7 +1028,12 @@ impl Function {
             // The drain stopped it; its drain reports when it is gone.
             Stage::Draining | Stage::Stopping => {}
             Stage::Starting | Stage::Probing => {
-                self.slots.remove(id);
+                let slot = self.slots.remove(id).expect("matched above");
+                // What is left of it stopped: the runtime counts it running until then
+                // (and a container something started again would run unowned).
+                if let Some(replica) = slot.replica {
+                    fx.push(Effect::Stop { replica, registered: false });
+                }
                 self.start_failed(StartError::Exited { id: id.to_string(), reason }, now, fx);
             }
             Stage::Registering => {

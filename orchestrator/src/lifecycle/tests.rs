@@ -210,6 +210,8 @@ fn a_replica_that_exits_before_it_is_ready_fails_its_waiters_at_once() {
     let fx = h.send(Event::Exited("f-7-1".into(), "exit status 1".into()));
     let a = answers(&fx);
     assert!(a[0].1.as_ref().is_err_and(|e| e.contains("exited before it was ready: exit status 1")), "{a:?}");
+    // What is left of it is stopped (the runtime counts it running until then).
+    assert!(fx.iter().any(|e| matches!(e, Effect::Stop { replica, registered: false } if replica.id == "f-7-1")), "{fx:?}");
     // The probe that was still trying reports later and is ignored.
     assert!(h.send(Event::Probed("f-7-1".into(), Err(None))).is_empty());
     assert_eq!(h.status().state, FunctionState::Failing);
