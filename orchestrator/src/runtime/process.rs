@@ -701,6 +701,13 @@ impl ReplicaRuntime for ProcessRuntime {
         // 0 (never signalled) when the handle is not a process id.
         let pid: u32 = replica.handle.parse().unwrap_or(0);
         let exit = self.exits.lock().unwrap().get(&replica.id).cloned();
+        // Gone already (it exited on its own): nothing to signal, and its process id may
+        // be another process's by now.
+        if exit.as_ref().is_some_and(|rx| *rx.borrow()) {
+            self.exits.lock().unwrap().remove(&replica.id);
+            remove_file(&self.state_file(&replica.id));
+            return Ok(());
+        }
         let exited = async {
             match exit {
                 Some(mut rx) => {
