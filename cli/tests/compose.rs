@@ -127,7 +127,9 @@ fn isolation_probes(project: &str, env: &[(String, String)]) -> Probes {
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let post = |path: &str| format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     let mut probes: Probes = Vec::new();
-    for (service, ports) in [("redis", &[6379][..]), ("control-plane", &[18000, 18001]), ("statsd-listener", &[9102])] {
+    for (service, ports) in
+        [("redis", &[6379][..]), ("control-plane", &[18000, 18001]), ("statsd-listener", &[9102]), ("async-worker", &[8090])]
+    {
         for ip in ips_of(&container_of(project, service, env)) {
             for port in ports {
                 probes.push((format!("{service} {ip}:{port}"), ip.clone(), *port, "PING\r\n".into()));
@@ -147,7 +149,7 @@ fn isolation_probes(project: &str, env: &[(String, String)]) -> Probes {
 }
 
 /// From inside `replica`'s network namespace: Redis, the control plane, the
-/// statsd-listener and Envoy's admin are unreachable, and the orchestrator's API and
+/// statsd-listener, the async worker and Envoy's admin are unreachable, and the orchestrator's API and
 /// Envoy's guarded admin listener refuse a request without the control token. False
 /// when the replica went away before the probes ran (reaped when idle).
 fn assert_isolated(replica: &str, probes: &Probes) -> bool {
@@ -189,7 +191,7 @@ fn assert_isolated(replica: &str, probes: &Probes) -> bool {
 #[ignore = "needs a Docker engine with Compose: full tier (scripts/test.sh)"]
 async fn compose_up_with_offline_images_serves_scales_reaps_and_cleans_up() {
     let mut env = roost_testkit::offline_images();
-    assert_eq!(env.len(), 6, "six image overrides: {env:?}");
+    assert_eq!(env.len(), 7, "seven image overrides: {env:?}");
     let (gate, orch) = (free_port(), free_port());
     env.push(("ROOST_PORT".into(), gate.to_string()));
     env.push(("ROOST_ORCHESTRATOR_PORT".into(), orch.to_string()));
