@@ -18,8 +18,9 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    address, config_source::ConfigSourceSpecifier, data_source, socket_address::PortSpecifier, Address, AggregatedConfigSource, ApiVersion,
-    ConfigSource, DataSource, HeaderValue, HeaderValueOption, HealthStatus, SocketAddress,
+    address, config_source::ConfigSourceSpecifier, data_source, socket_address::PortSpecifier, substitution_format_string, Address,
+    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, HeaderValue, HeaderValueOption, HealthStatus, SocketAddress,
+    SubstitutionFormatString,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -37,7 +38,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
-use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use envoy_types::pb::google::protobuf::{value::Kind as ValueKind, Any, Duration, Struct, UInt32Value, Value};
 use envoy_types::util::pack_any;
 pub use roost_common::hash::fnv1a;
 use roost_common::naming::cluster_name;
@@ -359,7 +360,7 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
     // token, even one that came in before its function's declaration did.
     // Not the asynchronous paths: no function is called `async`, so the gate never sends
     // one here.
-    routes.extend(all_refusals(model, false));
+    routes.extend(all_refusals(model, RefusalsFor::Gate));
     for (name, f) in model.functions.iter().filter(|(_, f)| in_envoy(f)) {
         let exact = PathSpecifier::Path(format!("/{name}"));
         let below = PathSpecifier::Prefix(format!("/{name}/"));
@@ -379,13 +380,28 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
 /// submits): `/async/<name>` and `/async-function/<name>`, and below.
 pub(crate) const ASYNC_PREFIXES: [&str; 2] = [calls::SUBMIT_PREFIX, calls::OPENFAAS_SUBMIT_PREFIX];
 
-/// The [`refusals`] of every `auth: token` function, in Envoy or not; with `asynchronous`
-/// (the public listener routes the async worker's paths), those of its asynchronous
-/// paths too.
-pub(crate) fn all_refusals(model: &Model, asynchronous: bool) -> impl Iterator<Item = Route> + '_ {
-    let under: &[&str] = if asynchronous { &ASYNC_PREFIXES } else { &[] };
+/// Which listener's route table the refusals are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefusalsFor {
+    /// The listener behind the gate: a function's own paths, and the 401 formatted as
+    /// JSON by the route (the listener has no local reply format).
+    Gate,
+    /// The public listener, whose local reply format makes every answer of Envoy's JSON;
+    /// with `asynchronous` (it routes the async worker's paths), the asynchronous paths
+    /// too.
+    Public {
+        /// The async worker is routed.
+        asynchronous: bool,
+    },
+}
+
+/// The [`refusals`] of every `auth: token` function, in Envoy or not, for `listener`.
+pub(crate) fn all_refusals(model: &Model, listener: RefusalsFor) -> impl Iterator<Item = Route> + '_ {
+    let under: &[&str] = if listener == (RefusalsFor::Public { asynchronous: true }) { &ASYNC_PREFIXES } else { &[] };
+    let format = (listener == RefusalsFor::Gate).then(json_error_format);
     model.functions.iter().filter_map(|(name, f)| f.auth.as_ref().map(|token| (name, token))).flat_map(move |(name, token)| {
-        std::iter::once("").chain(under.iter().copied()).flat_map(move |prefix| refusals(prefix, name, token))
+        let format = format.clone();
+        std::iter::once("").chain(under.iter().copied()).flat_map(move |prefix| refusals(prefix, name, token, format.clone()))
     })
 }
 
@@ -394,8 +410,9 @@ pub(crate) fn all_refusals(model: &Model, asynchronous: bool) -> impl Iterator<I
 /// empty: the function's own paths; else one of [`ASYNC_PREFIXES`]). Named
 /// `<name>-<exact|prefix>-auth-<missing|wrong>`, led by the prefix without its slash when
 /// there is one (`async/<name>-exact-auth-missing`): a function's name has no `/`, so no
-/// two collide.
-fn refusals(prefix: &str, name: &str, token: &str) -> Vec<Route> {
+/// two collide. `body_format`: how the 401's body is written (none: the listener's own
+/// local reply format).
+fn refusals(prefix: &str, name: &str, token: &str, body_format: Option<SubstitutionFormatString>) -> Vec<Route> {
     let expected = format!("Bearer {token}");
     let wrong = StringMatcher { match_pattern: Some(MatchPattern::Exact(expected)), ..Default::default() };
     let missing = HeaderMatcher {
@@ -413,7 +430,7 @@ fn refusals(prefix: &str, name: &str, token: &str) -> Vec<Route> {
                 ))),
                 ..Default::default()
             }),
-            body_format: None,
+            body_format: body_format.clone(),
         })
     };
     let label = match prefix.strip_prefix('/') {
@@ -449,6 +466,18 @@ fn refusals(prefix: &str, name: &str, token: &str) -> Vec<Route> {
         }
     }
     routes
+}
+
+/// An answer of Envoy's own as the gate's are: `{"error": "<its body>"}`, in JSON. One
+/// field: a protobuf Struct is a hash map, and more than one would make the resource's
+/// bytes, and so its version, differ from build to build.
+pub(crate) fn json_error_format() -> SubstitutionFormatString {
+    let body = Struct { fields: [("error".to_string(), Value { kind: Some(ValueKind::StringValue("%LOCAL_REPLY_BODY%".into())) })].into() };
+    SubstitutionFormatString {
+        format: Some(substitution_format_string::Format::JsonFormat(body)),
+        content_type: "application/json".into(),
+        ..Default::default()
+    }
 }
 
 fn function_route(name: &str, suffix: &str, spec: PathSpecifier, f: &Function, settings: &BuildSettings) -> Route {
@@ -619,10 +648,10 @@ mod tests {
             m.apply(&Change::PutFunction { function: name.into(), concurrency: None, timeout_ms: None, auth }).unwrap();
         }
         let spec = |r: &Route| r.r#match.clone().unwrap().path_specifier.unwrap();
-        let sync: Vec<Route> = all_refusals(&m, false).collect();
+        let sync: Vec<Route> = all_refusals(&m, RefusalsFor::Public { asynchronous: false }).collect();
         assert_eq!(sync.len(), 8, "two functions, four routes each: {:?}", sync.iter().map(|r| &r.name).collect::<Vec<_>>());
         assert!(sync.iter().all(|r| !r.name.contains('/')), "the function's own paths only");
-        let all: Vec<Route> = all_refusals(&m, true).collect();
+        let all: Vec<Route> = all_refusals(&m, RefusalsFor::Public { asynchronous: true }).collect();
         assert_eq!(all.len(), 24);
         let names: Vec<&str> = all.iter().filter(|r| r.name.ends_with("-auth-missing")).map(|r| r.name.as_str()).collect();
         assert_eq!(

@@ -51,9 +51,9 @@ async fn serving_functions_go_straight_to_replicas_and_everything_else_to_the_ga
     let gate = Upstream::start("gate").await;
     let replica = Upstream::start("replica").await;
     let system = Upstream::start("system").await;
-    let public = free_port();
+    let (public, listener) = (free_port(), free_port());
     let config = Config {
-        listener_port: free_port(),
+        listener_port: listener,
         public_bind: Some(format!("127.0.0.1:{public}").parse().unwrap()),
         // A name, as in compose: Envoy looks it up.
         gate_addr: Some(("localhost".into(), gate.port)),
@@ -145,9 +145,16 @@ async fn serving_functions_go_straight_to_replicas_and_everything_else_to_the_ga
     for (path, auth) in [("/secret", None), ("/secret/x", None), ("/secret", Some("Bearer wrong")), ("/secret/x", Some("Basic abc"))] {
         let r = refused(path, auth).await;
         assert_eq!(r.status, 401, "{path} {auth:?}: {}", r.body);
-        assert!(r.body.contains("API token"), "{}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("a JSON 401 ({e}): {}", r.body));
+        assert!(v["error"].as_str().is_some_and(|e| e.starts_with("function \"secret\" needs the platform's API token")), "{v}");
         assert_eq!(r.header("www-authenticate"), Some("Bearer"));
     }
+    // Behind the gate (a call it held while the function woke), the same JSON 401.
+    let r = http::request(listener, "GET", "/secret", &[], b"").await.unwrap();
+    assert_eq!(r.status, 401, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("a JSON 401 behind the gate ({e}): {}", r.body));
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("API token")), "{v}");
+    assert_eq!(r.header("content-type"), Some("application/json"));
     let s = call(public, "GET", "/secret/x", &[("authorization", bearer.as_str())], b"").await;
     assert_eq!(s.upstream, "gate", "asleep, with the token: the gate wakes it: {s:?}");
     admin_ok(admin, "POST", "/functions/secret/endpoints?wait=true", Some(json!({"address": format!("127.0.0.1:{}", replica.port)}))).await;

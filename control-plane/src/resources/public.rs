@@ -23,8 +23,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    data_source, header_value_option::HeaderAppendAction, substitution_format_string::Format, DataSource, HeaderValue, HeaderValueOption,
-    RuntimeUInt32, SubstitutionFormatString,
+    data_source, header_value_option::HeaderAppendAction, DataSource, HeaderValue, HeaderValueOption, RuntimeUInt32,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -42,7 +41,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, RegexMatcher, StringMatcher};
-use envoy_types::pb::google::protobuf::{value::Kind as ValueKind, BoolValue, Struct, Value};
+use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 use roost_common::naming::cluster_name;
 use std::net::{IpAddr, SocketAddr};
@@ -173,10 +172,6 @@ fn aggregate_cluster(function: &str) -> Cluster {
 
 fn listener(entry: &PublicEntry) -> Listener {
     let limit = u32::try_from(entry.max_body).unwrap_or(u32::MAX);
-    // Envoy's own answers (a request it cannot parse, no upstream) in JSON like the gate's.
-    // One field: a protobuf Struct is a hash map, and more than one would make the
-    // listener's bytes, and so its version, differ from build to build.
-    let body = Struct { fields: [("error".to_string(), Value { kind: Some(ValueKind::StringValue("%LOCAL_REPLY_BODY%".into())) })].into() };
     let hcm = HttpConnectionManager {
         stat_prefix: "public".into(),
         // HTTP/1 only, as the gate.
@@ -215,11 +210,9 @@ fn listener(entry: &PublicEntry) -> Listener {
                 }),
                 ..Default::default()
             }],
-            body_format: Some(SubstitutionFormatString {
-                format: Some(Format::JsonFormat(body)),
-                content_type: "application/json".into(),
-                ..Default::default()
-            }),
+            // Envoy's own answers (a request it cannot parse, no upstream) in JSON like
+            // the gate's.
+            body_format: Some(super::json_error_format()),
         }),
         ..Default::default()
     };
@@ -249,7 +242,7 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
     let asynchronous = settings.public.as_ref().is_some_and(|p| p.async_worker.is_some());
     // `auth: token` functions, awake or not: a call without the token is answered here,
     // an asynchronous one too.
-    routes.extend(super::all_refusals(model, asynchronous));
+    routes.extend(super::all_refusals(model, super::RefusalsFor::Public { asynchronous }));
     if asynchronous {
         routes.extend(super::ASYNC_PREFIXES.map(|prefix| to_async(prefix, settings)));
     }
