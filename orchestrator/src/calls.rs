@@ -12,8 +12,6 @@
 //! orchestrator's Redis client, connected at the first list), so a large listing never
 //! waits behind (or delays) the function tasks' commands.
 
-use crate::shared::Failure;
-use axum::http::StatusCode;
 use roost_common::keys;
 use roost_common::naming::validate_function_name;
 use roost_common::wire::calls::{CallList, CallRecord, DeadLetter, RECENT_KEPT};
@@ -229,14 +227,15 @@ impl Reader {
         }
     }
 
-    /// The calls `q` asks for, or why Redis cannot say.
-    pub(crate) async fn list(&self, q: &ListQuery) -> Result<CallList, Failure> {
+    /// The calls `q` asks for, or why Redis cannot say (for a 503).
+    pub(crate) async fn list(&self, q: &ListQuery) -> Result<CallList, String> {
         let mut conn = self.conn.get().cloned().ok_or_else(|| {
-            Failure(StatusCode::SERVICE_UNAVAILABLE, "this orchestrator does not read the asynchronous calls (no Redis connection for the management API); retry once it has started".into())
+            "this orchestrator does not read the asynchronous calls (no Redis connection for the management API); retry once it has started"
+                .to_string()
         })?;
         list(&mut conn, q).await.map_err(|e| {
             tracing::warn!(error = %e, "cannot read the asynchronous calls from Redis");
-            Failure(StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the asynchronous calls from Redis: {e}; retry"))
+            format!("cannot read the asynchronous calls from Redis: {e}; retry")
         })
     }
 }
@@ -332,7 +331,7 @@ mod tests {
         let server = roost_testkit::redis::Redis::start().await;
         let reader = Reader::default();
         let q = ListQuery::default();
-        assert_eq!(reader.list(&q).await.unwrap_err().0, StatusCode::SERVICE_UNAVAILABLE, "no client yet");
+        assert!(reader.list(&q).await.unwrap_err().contains("no Redis connection"), "no client yet");
         reader.use_redis(&redis::Client::open(server.url()).unwrap());
         let mut c = redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
         assert_eq!(reader.list(&q).await.unwrap(), CallList { calls: vec![] }, "nothing written yet");

@@ -218,7 +218,8 @@ async fn metrics(State(api): State<Api>) -> Answer {
 async fn async_calls(State(api): State<Api>, query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Answer {
     let Query(pairs) = query.map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("cannot read the query: {e}")))?;
     let q = crate::calls::ListQuery::parse(&pairs).map_err(|e| Failure(StatusCode::BAD_REQUEST, e))?;
-    Ok(Json(api.deploys.calls.list(&q).await?).into_response())
+    let list = api.deploys.calls.list(&q).await.map_err(|e| Failure(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    Ok(Json(list).into_response())
 }
 
 #[cfg(test)]
