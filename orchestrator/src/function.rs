@@ -404,8 +404,8 @@ impl Executor {
 /// Declares the function to the control plane (route, cluster) and lists it in Redis.
 async fn declare(ctx: &Ctx, spec: &FunctionSpec) -> Result<(), Cause> {
     ctx.cp.put_function(spec).await.map_err(cause)?;
-    ctx.redis.set_hold(&spec.name, hold(spec)).await.map_err(cause)?;
-    ctx.redis.set_async(&spec.name, &AsyncSettings::of(spec, hold(spec))).await.map_err(cause)?;
+    ctx.redis.set_hold(&spec.name, roost_common::spec::hold(spec.readiness_timeout)).await.map_err(cause)?;
+    ctx.redis.set_async(&spec.name, &AsyncSettings::of(spec)).await.map_err(cause)?;
     ctx.redis.declare(&spec.name).await.map_err(cause)
 }
 
@@ -420,12 +420,6 @@ async fn register(ctx: &Ctx, spec: &FunctionSpec, address: std::net::SocketAddr)
         }
         other => other.map_err(cause),
     }
-}
-
-/// How long the gate holds a request while the function wakes: its readiness timeout, and
-/// time for the start before the probe and the registration after it.
-fn hold(spec: &FunctionSpec) -> Duration {
-    spec.readiness_timeout + Duration::from_secs(10)
 }
 
 /// Removes the endpoint (if registered, waiting for the ACK), then stops the replica.

@@ -125,6 +125,15 @@ pub const DEFAULT_READINESS_PATH: &str = "/healthz";
 /// Default `readiness.timeout`.
 pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What the gate holds a caller beyond a waking function's readiness timeout: time for
+/// the start before the probe and the registration after it.
+pub const HOLD_BEYOND_READINESS: Duration = Duration::from_secs(10);
+
+/// How long the gate holds a caller while a function with this readiness timeout wakes.
+pub fn hold(readiness_timeout: Duration) -> Duration {
+    readiness_timeout + HOLD_BEYOND_READINESS
+}
+
 /// Default `async.retries`.
 pub const DEFAULT_ASYNC_RETRIES: u32 = 5;
 /// Highest `async.retries` accepted.

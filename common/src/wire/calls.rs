@@ -57,28 +57,27 @@ pub struct AsyncSettings {
 }
 
 impl AsyncSettings {
-    /// A function's settings, from its definition and how long the gate holds its callers.
-    pub fn of(spec: &crate::spec::FunctionSpec, hold: std::time::Duration) -> AsyncSettings {
-        let calls = &spec.async_calls;
-        AsyncSettings {
-            concurrency: calls.concurrency,
-            retries: calls.retries,
-            backoff_ms: calls.backoff.as_millis() as u64,
-            queue: calls.queue,
-            timeout_ms: (hold + spec.limits.timeout).as_millis() as u64,
-        }
+    /// A function's settings, from its definition.
+    pub fn of(spec: &crate::spec::FunctionSpec) -> AsyncSettings {
+        Self::from_parts(&spec.async_calls, spec.readiness_timeout, spec.limits.timeout)
     }
 
     /// For a declared function whose settings Redis lost: the defaults of a function
     /// declared with none.
     pub fn fallback() -> AsyncSettings {
-        let spec = crate::spec::AsyncCalls::defaults(&crate::spec::Scaling::default());
+        let calls = crate::spec::AsyncCalls::defaults(&crate::spec::Scaling::default());
+        Self::from_parts(&calls, crate::spec::DEFAULT_READINESS_TIMEOUT, crate::spec::DEFAULT_TIMEOUT)
+    }
+
+    /// `calls` of a function with this readiness timeout and request timeout: a delivery
+    /// may take the gate's hold while it wakes and then the function's own timeout.
+    fn from_parts(calls: &crate::spec::AsyncCalls, readiness_timeout: std::time::Duration, timeout: std::time::Duration) -> AsyncSettings {
         AsyncSettings {
-            concurrency: spec.concurrency,
-            retries: spec.retries,
-            backoff_ms: spec.backoff.as_millis() as u64,
-            queue: spec.queue,
-            timeout_ms: (crate::spec::DEFAULT_READINESS_TIMEOUT + crate::spec::DEFAULT_TIMEOUT).as_millis() as u64 + 10_000,
+            concurrency: calls.concurrency,
+            retries: calls.retries,
+            backoff_ms: calls.backoff.as_millis() as u64,
+            queue: calls.queue,
+            timeout_ms: (crate::spec::hold(readiness_timeout) + timeout).as_millis() as u64,
         }
     }
 }
@@ -306,6 +305,24 @@ impl QueuedCall {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_may_take_the_gate_s_hold_and_the_function_s_timeout() {
+        let defs = crate::spec::parse(
+            "usable-functions:\n  f:\n    version: 1\n    runtime: {kind: image, image: x}\n    readiness: {timeout: 5s}\n    limits: {timeout: 2s}\n",
+        )
+        .unwrap();
+        // 5 s readiness + 10 s for the start and registration, then the 2 s call.
+        assert_eq!(AsyncSettings::of(&defs["f"]).timeout_ms, 17_000);
+        assert_eq!(AsyncSettings::fallback().timeout_ms, 70_000, "30 s readiness + 10 s, then 30 s");
+        assert_eq!(
+            AsyncSettings::fallback().concurrency,
+            AsyncSettings::of(
+                &crate::spec::parse("usable-functions:\n  g: {version: 1, runtime: {kind: image, image: x}}\n").unwrap()["g"]
+            )
+            .concurrency
+        );
+    }
 
     #[test]
     fn a_queued_call_reads_back_as_written() {
