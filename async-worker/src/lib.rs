@@ -27,6 +27,9 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// How long one Redis command may wait for its answer.
+const REDIS_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why the worker cannot start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -93,21 +96,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     tracing::info!(%addr, public = %config.public_url, "async worker listening");
 
     let task = tokio::spawn(async move {
-        let config_timeout = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(std::time::Duration::from_secs(5)));
-        let mut backoff = roost_common::backoff::Backoff::default();
-        let conn = loop {
-            match client.get_connection_manager_with_config(config_timeout.clone()).await {
-                Ok(conn) => break conn,
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?delay, "Redis not reachable yet");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        };
+        let Some(conn) = roost_common::reconnect::connect(&client, REDIS_RESPONSE_TIMEOUT, &shutdown).await else { return Ok(()) };
         let store = store::Store::new(conn);
         let settings = Arc::new(settings::SettingsCache::default());
         let callbacks_due = Arc::new(Notify::new());

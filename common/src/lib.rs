@@ -13,7 +13,9 @@
 //! - [`naming`]: function names, and the Envoy cluster name that belongs to each.
 //! - [`net`]: free ports.
 //! - [`process`]: signals and the stop of a child process (SIGTERM, grace, SIGKILL).
+//! - [`reconnect`]: a service's Redis connection at start, retried until Redis answers.
 //! - [`spec`]: the function definitions (`global-function-definition.yml`), parsed and validated.
+//! - [`statsd`]: a service's own statsd metrics to the statsd-listener, found again by name.
 //! - [`telemetry`]: tracing setup shared by the binaries.
 //! - [`shutdown`]: one way to wait for SIGTERM/SIGINT and tell every task to stop.
 //! - [`wire`]: the typed contracts of the wires between Roost's parts.
@@ -29,6 +31,7 @@ pub mod keys;
 pub mod naming;
 pub mod net;
 pub mod process;
+pub mod reconnect;
 pub mod scaling;
 pub mod service;
 pub mod shutdown;

@@ -86,19 +86,7 @@ impl std::fmt::Debug for RedisIo {
 impl RedisIo {
     /// Connects, retrying with backoff until `shutdown`.
     pub async fn connect(client: &redis::Client, shutdown: &CancellationToken) -> Option<RedisIo> {
-        let mut backoff = Backoff::default();
-        loop {
-            let delay = backoff.next_delay();
-            let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
-            match client.get_connection_manager_with_config(config).await {
-                Ok(conn) => return Some(RedisIo { conn }),
-                Err(e) => warn!(error = %e, retry_in = ?delay, "Redis not reachable yet"),
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
+        roost_common::reconnect::connect(client, RESPONSE_TIMEOUT, shutdown).await.map(|conn| RedisIo { conn })
     }
 
     /// Marks the function ready and tells the gate, with the requests its ready replicas
