@@ -176,11 +176,7 @@ impl Callbacks {
         if let Some(c) = record.callback.as_mut() {
             c.state = state;
         }
-        let written = match later {
-            Some(at) => self.store.callback_later(&record, self.keep_s, at).await,
-            None => self.store.callback_over(&record, self.keep_s).await,
-        };
-        if let Err(e) = written {
+        if let Err(e) = self.store.callback_tried(&record, self.keep_s, later).await {
             warn!(call = id, error = %e, "cannot record a callback's outcome; it may be sent again");
         }
     }

@@ -5,7 +5,7 @@
 
 use roost_common::spec::MAX_ASYNC_BACKOFF;
 use roost_common::wire::calls::AsyncSettings;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How one delivery attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,13 +221,9 @@ impl Board {
         self.lanes.get(function).map_or(0, |l| l.running.len())
     }
 
-    /// Every function's calls in delivery, for the backlog (a queue's length less these).
-    pub fn running_all(&self) -> HashMap<String, usize> {
-        self.lanes.iter().map(|(n, l)| (n.clone(), l.running.len())).collect()
-    }
-
     /// When the next retry is due, if any waits.
-    pub fn next_due(&self) -> Option<u64> {
+    #[cfg(test)]
+    fn next_due(&self) -> Option<u64> {
         self.lanes.values().filter_map(|l| l.retries.first().map(|(at, _)| *at)).min()
     }
 
@@ -239,7 +235,8 @@ impl Board {
     }
 
     /// Functions the worker knows.
-    pub fn functions(&self) -> impl Iterator<Item = &String> {
+    #[cfg(test)]
+    fn functions(&self) -> impl Iterator<Item = &String> {
         self.lanes.keys()
     }
 }

@@ -317,28 +317,16 @@ impl Store {
         self.conn.clone().zrangebyscore_limit(keys::ASYNC_CALLBACKS, "-inf", now_ms, 0, count).await
     }
 
-    /// A callback went (or will never go): its record written, off the schedule.
-    pub async fn callback_over(&self, record: &CallRecord, keep_s: u64) -> redis::RedisResult<()> {
-        redis::pipe()
-            .atomic()
-            .set_ex(keys::async_call(&record.id), record.to_json(), keep_s)
-            .ignore()
-            .zrem(keys::ASYNC_CALLBACKS, &record.id)
-            .ignore()
-            .query_async(&mut self.conn.clone())
-            .await
-    }
-
-    /// A callback to try again at `at_ms`, its record as it stands.
-    pub async fn callback_later(&self, record: &CallRecord, keep_s: u64, at_ms: u64) -> redis::RedisResult<()> {
-        redis::pipe()
-            .atomic()
-            .set_ex(keys::async_call(&record.id), record.to_json(), keep_s)
-            .ignore()
-            .zadd(keys::ASYNC_CALLBACKS, &record.id, at_ms)
-            .ignore()
-            .query_async(&mut self.conn.clone())
-            .await
+    /// A callback's attempt recorded: the call's record written, and the callback
+    /// scheduled again at `again_ms`, or off the schedule (it went, or never will).
+    pub async fn callback_tried(&self, record: &CallRecord, keep_s: u64, again_ms: Option<u64>) -> redis::RedisResult<()> {
+        let mut p = redis::pipe();
+        p.atomic().set_ex(keys::async_call(&record.id), record.to_json(), keep_s).ignore();
+        match again_ms {
+            Some(at) => p.zadd(keys::ASYNC_CALLBACKS, &record.id, at).ignore(),
+            None => p.zrem(keys::ASYNC_CALLBACKS, &record.id).ignore(),
+        };
+        p.query_async(&mut self.conn.clone()).await
     }
 
     /// Takes a callback off the schedule (its record is gone).
