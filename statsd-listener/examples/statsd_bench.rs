@@ -43,7 +43,7 @@ fn parse_throughput() -> f64 {
     let mut rounds = 0u64;
     while start.elapsed() < Duration::from_secs(2) {
         for d in &data {
-            handle_datagram(&mut agg, &stats, d, 1, &mut queued);
+            handle_datagram(&mut agg, &stats, d, ([127, 0, 0, 1], 8125).into(), 1, &mut queued);
         }
         rounds += 1;
     }

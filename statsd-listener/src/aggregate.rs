@@ -1,27 +1,46 @@
 //! Per-function load from Envoy's cluster stats, and the scale-up decision: pure code,
-//! fed parsed metrics, the declared functions and the time, tested without sockets.
+//! fed parsed metrics with their source, the declared functions and the time, tested
+//! without sockets.
 //!
 //! Only declared functions (the Redis set `roost:functions`, handed in with
 //! [`Aggregator::set_declared`]) are tracked: a metric for any other name is counted in
-//! [`Aggregator::unknown`] and dropped. A gauge (`pending`, `in_flight`) not refreshed
-//! within the gauge TTL counts as zero from the next flush on, so neither a stale reading
-//! nor a spoofed one can hold replicas up: Envoy repeats every gauge each stats flush
-//! (250 ms-1 s), so a live reading is never older than one flush.
+//! [`Aggregator::unknown`] and dropped.
+//!
+//! Several Envoys (a Swarm service with replicas) each report their own gauges for the
+//! same function, so a gauge (`pending`, `in_flight`) is kept per [`Source`] (a
+//! datagram's source address, an Envoy metrics stream's peer) and a function's value is
+//! the sum over its sources. Each source's reading expires on its own: one not refreshed
+//! within the gauge TTL is forgotten at the next flush, so neither a stale reading, a
+//! spoofed one nor an Envoy that went away (a restart comes back from a new address) can
+//! hold replicas up. Envoy repeats every gauge each stats flush (250 ms-1 s), so a live
+//! reading is never older than one flush. An Envoy metrics stream that ends takes its
+//! readings with it at once ([`Aggregator::forget_source`]). Counters are deltas: they
+//! add up whatever their source.
 
 use crate::parser::{Kind, Metric};
 use roost_common::naming::function_of_cluster;
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 
 /// Most functions tracked; metrics of further functions are counted and dropped, so a
 /// flood of odd cluster names cannot grow memory without bound.
 pub const MAX_FUNCTIONS: usize = 10_000;
 
+/// Most sources one function's gauge is kept for at once (a few Envoys, and a restarted
+/// one until its old address expires); readings from further sources are counted in
+/// [`Aggregator::dropped`] and dropped, so a sender changing ports cannot grow memory.
+pub const MAX_SOURCES: usize = 64;
+
+/// Where a reading came from: the source address of a statsd datagram, or the peer of
+/// an Envoy metrics stream.
+pub type Source = SocketAddr;
+
 /// The load of one function.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Load {
-    /// Requests in flight (`upstream_rq_active`).
+    /// Requests in flight (`upstream_rq_active`), summed over the sources.
     pub in_flight: f64,
-    /// Requests queued in Envoy (`upstream_rq_pending_active`).
+    /// Requests queued in Envoy (`upstream_rq_pending_active`), summed over the sources.
     pub pending: f64,
     /// Requests started per second over the last flush interval.
     pub rps: f64,
@@ -33,15 +52,76 @@ pub struct Load {
     pub last_request_ms: u64,
 }
 
+/// One source's reading of a gauge.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    value: f64,
+    /// When it was set (Unix ms).
+    at: u64,
+}
+
+/// One gauge of one function: the latest reading of each source.
+#[derive(Debug, Default)]
+struct Gauge {
+    readings: HashMap<Source, Reading>,
+}
+
+impl Gauge {
+    /// Takes a reading from `source` (a delta adds to that source's own value); `false`
+    /// when the source is new and [`MAX_SOURCES`] are already kept.
+    fn set(&mut self, source: Source, kind: Kind, value: f64, now_ms: u64) -> bool {
+        if !self.readings.contains_key(&source) && self.readings.len() >= MAX_SOURCES {
+            return false;
+        }
+        let r = self.readings.entry(source).or_insert(Reading { value: 0.0, at: now_ms });
+        r.value = match kind {
+            Kind::Gauge { delta: true } => (r.value + value).max(0.0),
+            _ => value.max(0.0),
+        };
+        r.at = now_ms;
+        true
+    }
+
+    /// The function's value: the sum over its sources.
+    fn sum(&self) -> f64 {
+        self.readings.values().map(|r| r.value).sum()
+    }
+
+    /// Forgets the readings set more than `ttl_ms` before `now_ms`; returns how many of
+    /// them were not zero.
+    fn expire(&mut self, now_ms: u64, ttl_ms: u64) -> u64 {
+        let mut expired = 0;
+        self.readings.retain(|_, r| {
+            let keep = now_ms.saturating_sub(r.at) <= ttl_ms;
+            if !keep && r.value != 0.0 {
+                expired += 1;
+            }
+            keep
+        });
+        expired
+    }
+
+    /// Forgets one source's reading; whether it was not zero.
+    fn forget(&mut self, source: Source) -> bool {
+        self.readings.remove(&source).is_some_and(|r| r.value != 0.0)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     load: Load,
     started_since_flush: f64,
     dirty: bool,
-    /// When the `in_flight` gauge was last set (Unix ms).
-    in_flight_at: u64,
-    /// When the `pending` gauge was last set (Unix ms).
-    pending_at: u64,
+    in_flight: Gauge,
+    pending: Gauge,
+}
+
+impl State {
+    /// Sets the load's gauges to the sums of their sources.
+    fn sum_gauges(&mut self) {
+        self.load.in_flight = self.in_flight.sum();
+        self.load.pending = self.pending.sum();
+    }
 }
 
 /// Which Envoy stat a metric is, for a Roost function cluster.
@@ -79,11 +159,12 @@ pub struct Aggregator {
     functions: HashMap<String, State>,
     declared: HashSet<String>,
     gauge_ttl_ms: u64,
-    /// Metrics dropped because [`MAX_FUNCTIONS`] were already tracked.
+    /// Metrics dropped because [`MAX_FUNCTIONS`] were already tracked, or
+    /// [`MAX_SOURCES`] for the function's gauge.
     pub dropped: u64,
     /// Metrics dropped because their function is not declared.
     pub unknown: u64,
-    /// Gauges that expired (went to zero for want of a fresh reading).
+    /// Sources' gauge readings that expired while not zero (for want of a fresh reading).
     pub expired: u64,
 }
 
@@ -130,8 +211,8 @@ impl Aggregator {
         self.declared.contains(function)
     }
 
-    /// Records one metric at `now_ms`.
-    pub fn observe(&mut self, m: &Metric<'_>, now_ms: u64) -> Observed {
+    /// Records one metric from `source` at `now_ms`.
+    pub fn observe(&mut self, m: &Metric<'_>, source: Source, now_ms: u64) -> Observed {
         let Some((function, stat)) = classify(m.name) else { return Observed::Ignored };
         if !self.declared.contains(function) {
             self.unknown += 1;
@@ -142,24 +223,23 @@ impl Aggregator {
             return Observed::Ignored;
         }
         let s = self.functions.entry(function.to_string()).or_default();
-        s.dirty = true;
         let scaled = m.value / m.sample_rate;
-        let gauge = |current: f64| match m.kind {
-            Kind::Gauge { delta: true } => (current + m.value).max(0.0),
-            _ => m.value.max(0.0),
+        let gauge = match stat {
+            Stat::Active => Some(&mut s.in_flight),
+            Stat::Pending => Some(&mut s.pending),
+            Stat::Total | Stat::NoneHealthy => None,
         };
+        if let Some(gauge) = gauge {
+            if !gauge.set(source, m.kind, m.value, now_ms) {
+                self.dropped += 1;
+                return Observed::Ignored;
+            }
+            s.sum_gauges();
+        }
+        s.dirty = true;
         match stat {
-            Stat::Active => {
-                s.load.in_flight = gauge(s.load.in_flight);
-                s.in_flight_at = now_ms;
-            }
-            Stat::Pending => {
-                s.load.pending = gauge(s.load.pending);
-                s.pending_at = now_ms;
-                if s.load.pending > 0.0 {
-                    return Observed::Queued;
-                }
-            }
+            Stat::Pending if s.load.pending > 0.0 => return Observed::Queued,
+            Stat::Active | Stat::Pending => {}
             Stat::Total => {
                 if scaled > 0.0 {
                     s.started_since_flush += scaled;
@@ -172,24 +252,33 @@ impl Aggregator {
         Observed::Recorded
     }
 
+    /// Forgets every gauge reading of `source` (an Envoy metrics stream that ended: that
+    /// Envoy stopped or reconnects from a new address).
+    pub fn forget_source(&mut self, source: Source) {
+        for s in self.functions.values_mut() {
+            let in_flight = s.in_flight.forget(source);
+            let pending = s.pending.forget(source);
+            if in_flight || pending {
+                s.sum_gauges();
+                s.dirty = true;
+            }
+        }
+    }
+
     /// The functions that changed since the last flush, with their load; `elapsed_ms`
-    /// is the time since the last flush (for requests per second). A non-zero gauge last
-    /// set more than the gauge TTL before `now_ms` is zeroed here (a change, so flushed).
+    /// is the time since the last flush (for requests per second). A source's gauge
+    /// reading set more than the gauge TTL before `now_ms` is forgotten here (a change
+    /// when it was not zero, so flushed).
     pub fn flush(&mut self, elapsed_ms: u64, now_ms: u64) -> Vec<(String, Load)> {
         let secs = (elapsed_ms.max(1) as f64) / 1000.0;
         let ttl = self.gauge_ttl_ms;
-        let stale = |at: u64| now_ms.saturating_sub(at) > ttl;
         let mut out = Vec::new();
         for (name, s) in &mut self.functions {
-            if s.load.in_flight != 0.0 && stale(s.in_flight_at) {
-                s.load.in_flight = 0.0;
+            let expired = s.in_flight.expire(now_ms, ttl) + s.pending.expire(now_ms, ttl);
+            if expired > 0 {
+                s.sum_gauges();
                 s.dirty = true;
-                self.expired += 1;
-            }
-            if s.load.pending != 0.0 && stale(s.pending_at) {
-                s.load.pending = 0.0;
-                s.dirty = true;
-                self.expired += 1;
+                self.expired += expired;
             }
             if !s.dirty {
                 continue;
@@ -228,8 +317,15 @@ mod tests {
     use super::*;
     use crate::parser::parse_line;
 
+    /// The source of [`feed`]: one Envoy.
+    const ENVOY: &str = "10.0.0.1:9000";
+
     fn feed(a: &mut Aggregator, line: &str, now: u64) -> Observed {
-        a.observe(&parse_line(line.as_bytes()).unwrap(), now)
+        feed_from(a, ENVOY, line, now)
+    }
+
+    fn feed_from(a: &mut Aggregator, source: &str, line: &str, now: u64) -> Observed {
+        a.observe(&parse_line(line.as_bytes()).unwrap(), source.parse().unwrap(), now)
     }
 
     /// An aggregator (gauge TTL 3 s) that knows the given functions.
@@ -359,5 +455,102 @@ mod tests {
         // A fresh reading counts again.
         assert_eq!(feed(&mut a, "envoy.cluster.fn-h.upstream_rq_pending_active:2|g", t + 10_001), Observed::Queued);
         assert_eq!(a.flush(250, t + 10_001)[0].1.pending, 2.0);
+    }
+
+    /// Two Envoys: the other one's address.
+    const OTHER: &str = "10.0.0.2:9000";
+
+    #[test]
+    fn two_sources_gauges_add_up_and_counters_keep_adding() {
+        let mut a = with(&["h"]);
+        feed_from(&mut a, ENVOY, "envoy.cluster.fn-h.upstream_rq_active:3|g", 1000);
+        feed_from(&mut a, OTHER, "envoy.cluster.fn-h.upstream_rq_active:4|g", 1000);
+        feed_from(&mut a, ENVOY, "envoy.cluster.fn-h.upstream_rq_total:5|c", 1000);
+        feed_from(&mut a, OTHER, "envoy.cluster.fn-h.upstream_rq_total:2|c", 1000);
+        let l = a.flush(1000, 1000)[0].1;
+        assert_eq!((l.in_flight, l.requests_total, l.rps), (7.0, 7.0, 7.0), "the sum, not the last packet");
+        // Each source replaces only its own reading; a delta moves only its own.
+        feed_from(&mut a, ENVOY, "envoy.cluster.fn-h.upstream_rq_active:1|g", 1250);
+        feed_from(&mut a, OTHER, "envoy.cluster.fn-h.upstream_rq_active:-1|g", 1250);
+        assert_eq!(a.load("h").unwrap().in_flight, 4.0);
+        // One source queues: signalled; the other one's zero does not hide it.
+        assert_eq!(feed_from(&mut a, ENVOY, "envoy.cluster.fn-h.upstream_rq_pending_active:2|g", 1300), Observed::Queued);
+        assert_eq!(feed_from(&mut a, OTHER, "envoy.cluster.fn-h.upstream_rq_pending_active:0|g", 1300), Observed::Queued);
+        assert_eq!(a.flush(250, 1300)[0].1.pending, 2.0);
+    }
+
+    #[test]
+    fn a_source_gone_silent_expires_alone() {
+        let mut a = with(&["h"]);
+        let mut t = 10_000;
+        feed_from(&mut a, ENVOY, "envoy.cluster.fn-h.upstream_rq_active:5|g", t);
+        feed_from(&mut a, OTHER, "envoy.cluster.fn-h.upstream_rq_active:2|g", t);
+        assert_eq!(a.flush(250, t)[0].1.in_flight, 7.0);
+        // Only OTHER keeps reporting.
+        while t < 13_000 {
+            t += 250;
+            feed_from(&mut a, OTHER, "envoy.cluster.fn-h.upstream_rq_active:2|g", t);
+            assert_eq!(a.flush(250, t)[0].1.in_flight, 7.0, "ENVOY still within the TTL at {t}");
+        }
+        t += 250;
+        feed_from(&mut a, OTHER, "envoy.cluster.fn-h.upstream_rq_active:2|g", t);
+        assert_eq!(a.flush(250, t)[0].1.in_flight, 2.0, "ENVOY's 5 expired at {t}, OTHER's 2 kept");
+        assert_eq!(a.expired, 1);
+        t += 250;
+        feed_from(&mut a, OTHER, "envoy.cluster.fn-h.upstream_rq_active:2|g", t);
+        assert_eq!(a.flush(250, t)[0].1.in_flight, 2.0);
+        assert_eq!(a.expired, 1, "the silent source is forgotten once");
+    }
+
+    #[test]
+    fn a_restarted_envoy_on_a_new_address_does_not_double_count_past_the_ttl() {
+        let mut a = with(&["h"]);
+        let old = "10.0.0.1:40001";
+        let new = "10.0.0.1:40002";
+        feed_from(&mut a, old, "envoy.cluster.fn-h.upstream_rq_active:3|g", 1_000);
+        feed_from(&mut a, old, "envoy.cluster.fn-h.upstream_rq_pending_active:4|g", 1_000);
+        // It restarts and reports the same requests from a new port.
+        feed_from(&mut a, new, "envoy.cluster.fn-h.upstream_rq_active:3|g", 1_500);
+        feed_from(&mut a, new, "envoy.cluster.fn-h.upstream_rq_pending_active:4|g", 1_500);
+        let l = a.flush(500, 1_500)[0].1;
+        assert_eq!((l.in_flight, l.pending), (6.0, 8.0), "within the TTL the old address still counts");
+        let mut t = 1_500;
+        while t <= 4_000 + 250 {
+            t += 250;
+            feed_from(&mut a, new, "envoy.cluster.fn-h.upstream_rq_active:3|g", t);
+            feed_from(&mut a, new, "envoy.cluster.fn-h.upstream_rq_pending_active:4|g", t);
+            a.flush(250, t);
+        }
+        let l = a.load("h").unwrap();
+        assert_eq!((l.in_flight, l.pending), (3.0, 4.0), "past the TTL only the new address counts");
+        assert_eq!(a.expired, 2);
+    }
+
+    #[test]
+    fn an_ended_stream_takes_its_readings_at_once() {
+        let mut a = with(&["h", "g"]);
+        feed_from(&mut a, ENVOY, "envoy.cluster.fn-h.upstream_rq_active:3|g", 1_000);
+        feed_from(&mut a, OTHER, "envoy.cluster.fn-h.upstream_rq_active:1|g", 1_000);
+        feed_from(&mut a, OTHER, "envoy.cluster.fn-g.upstream_rq_active:1|g", 1_000);
+        a.flush(250, 1_000);
+        a.forget_source(ENVOY.parse().unwrap());
+        let out = a.flush(250, 1_001);
+        assert_eq!(out.len(), 1, "only h changed: {out:?}");
+        assert_eq!((out[0].0.as_str(), out[0].1.in_flight), ("h", 1.0));
+        a.forget_source(ENVOY.parse().unwrap());
+        assert!(a.flush(250, 1_002).is_empty(), "nothing left of it");
+    }
+
+    #[test]
+    fn sources_per_function_are_bounded() {
+        let mut a = with(&["h"]);
+        for port in 0..MAX_SOURCES + 3 {
+            feed_from(&mut a, &format!("10.0.0.9:{}", 1000 + port), "envoy.cluster.fn-h.upstream_rq_active:1|g", 1);
+        }
+        assert_eq!(a.load("h").unwrap().in_flight, MAX_SOURCES as f64);
+        assert_eq!(a.dropped, 3);
+        // A known source still counts.
+        feed_from(&mut a, "10.0.0.9:1000", "envoy.cluster.fn-h.upstream_rq_active:2|g", 2);
+        assert_eq!(a.load("h").unwrap().in_flight, MAX_SOURCES as f64 + 1.0);
     }
 }

@@ -1,7 +1,9 @@
 //! Envoy's metrics over gRPC: Envoy's MetricsService sink streams, every stats flush, its
 //! counters (as deltas since the last flush), gauges and histograms (the flush interval's
 //! samples, by bucket). Connections are taken from allowed sources only; each message
-//! goes to the receive loop, which reads it as it reads statsd ([`Reading`]).
+//! goes to the receive loop with the stream's peer address (its gauges' source), which
+//! reads it as it reads statsd ([`Reading`]), and so does the stream's end (its gauges
+//! are forgotten: that Envoy stopped, or comes back on a new connection).
 //!
 //! Why not statsd from Envoy: both of its statsd sinks send every histogram sample on
 //! the request's path (a datagram, or a write into a TCP connection), which cost 12 to
@@ -13,6 +15,7 @@ use crate::metrics::Stats;
 use envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::{MetricsService, MetricsServiceServer};
 use envoy_types::pb::envoy::service::metrics::v3::{StreamMetricsMessage, StreamMetricsResponse};
 use envoy_types::pb::io::prometheus::client::{MetricFamily, MetricType};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -22,6 +25,19 @@ use tracing::warn;
 
 /// Messages waiting for the receive loop (a few flushes' worth).
 pub const CHANNEL_MESSAGES: usize = 64;
+
+/// What a metrics stream hands the receive loop.
+#[derive(Debug)]
+pub enum FromEnvoy {
+    /// One message's metric families, from the stream with this peer.
+    Metrics(SocketAddr, Vec<MetricFamily>),
+    /// The stream with this peer ended (or failed): its gauges no longer count.
+    Ended(SocketAddr),
+}
+
+/// The source a stream's readings are kept under when tonic does not know its peer (it
+/// always does over TCP).
+const UNKNOWN_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// One of Envoy's metrics, read off a message.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,7 +87,7 @@ pub fn readings(families: &[MetricFamily]) -> impl Iterator<Item = Reading<'_>> 
 /// The MetricsService: hands every message's families to the receive loop.
 #[derive(Debug)]
 struct Service {
-    to_loop: mpsc::Sender<Vec<MetricFamily>>,
+    to_loop: mpsc::Sender<FromEnvoy>,
     /// Ends the streams at shutdown: Envoy's stream never ends by itself, and the server
     /// waits for its streams before it stops.
     shutdown: CancellationToken,
@@ -83,14 +99,30 @@ impl MetricsService for Service {
         &self,
         request: tonic::Request<tonic::Streaming<StreamMetricsMessage>>,
     ) -> Result<tonic::Response<StreamMetricsResponse>, tonic::Status> {
+        let peer = request.remote_addr().unwrap_or(UNKNOWN_PEER);
         let mut stream = request.into_inner();
+        let result = self.forward(peer, &mut stream).await;
+        // However it ended, its gauges go with it (best effort: a loop that stopped has
+        // nothing to forget).
+        let _ = self.to_loop.send(FromEnvoy::Ended(peer)).await;
+        result
+    }
+}
+
+impl Service {
+    /// Hands each message of the stream to the receive loop until the stream ends.
+    async fn forward(
+        &self,
+        peer: SocketAddr,
+        stream: &mut tonic::Streaming<StreamMetricsMessage>,
+    ) -> Result<tonic::Response<StreamMetricsResponse>, tonic::Status> {
         loop {
             let message = tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(tonic::Status::unavailable("the statsd-listener is stopping")),
                 m = stream.message() => m?,
             };
             let Some(message) = message else { return Ok(tonic::Response::new(StreamMetricsResponse {})) };
-            if self.to_loop.send(message.envoy_metrics).await.is_err() {
+            if self.to_loop.send(FromEnvoy::Metrics(peer, message.envoy_metrics)).await.is_err() {
                 return Err(tonic::Status::unavailable("the statsd-listener is stopping"));
             }
         }
@@ -103,7 +135,7 @@ pub async fn serve(
     listener: TcpListener,
     allow: watch::Receiver<Arc<AllowList>>,
     stats: Arc<Stats>,
-    to_loop: mpsc::Sender<Vec<MetricFamily>>,
+    to_loop: mpsc::Sender<FromEnvoy>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     use tokio_stream::StreamExt;

@@ -1,11 +1,12 @@
 //! The receive loop: statsd datagrams (refused when their source is not allowed) and
-//! Envoy's metrics messages ([`crate::envoy`]); parse, aggregate; flush to the sink on a
-//! timer and at once when a function queues. A bad line or a refused datagram is counted
+//! Envoy's metrics messages ([`crate::envoy`]); parse, aggregate (gauges per source: the
+//! datagram's source address, the metrics stream's peer); flush to the sink on a timer
+//! and at once when a function queues. A bad line or a refused datagram is counted
 //! and skipped; nothing stalls the loop.
 
-use crate::aggregate::{Aggregator, Observed};
+use crate::aggregate::{Aggregator, Observed, Source};
 use crate::allow::AllowList;
-use crate::envoy::{readings, Reading};
+use crate::envoy::{readings, FromEnvoy, Reading};
 use crate::metrics::Stats;
 use crate::parser::parse_datagram;
 use crate::parser::Metric;
@@ -43,8 +44,8 @@ pub struct Inputs {
     pub flush_every: Duration,
     /// How long a gauge counts without a fresh reading, in milliseconds.
     pub gauge_ttl_ms: u64,
-    /// Envoy's metrics messages (their metric families).
-    pub envoy: mpsc::Receiver<Vec<MetricFamily>>,
+    /// Envoy's metrics messages (their metric families, by stream) and streams' ends.
+    pub envoy: mpsc::Receiver<FromEnvoy>,
 }
 
 /// Largest datagram read (the UDP maximum).
@@ -67,8 +68,9 @@ pub fn grow_receive_buffer(socket: &UdpSocket, bytes: usize) {
     }
 }
 
-/// Handles one datagram; adds the functions that have requests queued to `queued`.
-pub fn handle_datagram(agg: &mut Aggregator, stats: &Stats, datagram: &[u8], now: u64, queued: &mut HashSet<String>) {
+/// Handles one datagram from `source`; adds the functions that have requests queued to
+/// `queued`.
+pub fn handle_datagram(agg: &mut Aggregator, stats: &Stats, datagram: &[u8], source: Source, now: u64, queued: &mut HashSet<String>) {
     stats.packets.fetch_add(1, Ordering::Relaxed);
     let (mut lines, mut errors) = (0u64, 0u64);
     let unknown_before = agg.unknown;
@@ -76,7 +78,7 @@ pub fn handle_datagram(agg: &mut Aggregator, stats: &Stats, datagram: &[u8], now
     for line in parse_datagram(datagram) {
         lines += 1;
         match line {
-            Ok(m) => take(agg, &mut series, &m, now, queued),
+            Ok(m) => take(agg, &mut series, &m, source, now, queued),
             Err(_) => errors += 1,
         }
     }
@@ -85,9 +87,16 @@ pub fn handle_datagram(agg: &mut Aggregator, stats: &Stats, datagram: &[u8], now
     stats.unknown_functions.fetch_add(agg.unknown - unknown_before, Ordering::Relaxed);
 }
 
-/// Handles one of Envoy's metrics messages, as [`handle_datagram`] a datagram (each
-/// metric counts as a line).
-pub fn handle_envoy(agg: &mut Aggregator, stats: &Stats, families: &[MetricFamily], now: u64, queued: &mut HashSet<String>) {
+/// Handles one of Envoy's metrics messages from the stream with peer `source`, as
+/// [`handle_datagram`] a datagram (each metric counts as a line).
+pub fn handle_envoy(
+    agg: &mut Aggregator,
+    stats: &Stats,
+    families: &[MetricFamily],
+    source: Source,
+    now: u64,
+    queued: &mut HashSet<String>,
+) {
     stats.packets.fetch_add(1, Ordering::Relaxed);
     let mut lines = 0u64;
     let unknown_before = agg.unknown;
@@ -95,7 +104,7 @@ pub fn handle_envoy(agg: &mut Aggregator, stats: &Stats, families: &[MetricFamil
     for reading in readings(families) {
         lines += 1;
         match reading {
-            Reading::Line(m) => take(agg, &mut series, &m, now, queued),
+            Reading::Line(m) => take(agg, &mut series, &m, source, now, queued),
             Reading::Histogram { name, buckets, count, sum } => {
                 series.observe_histogram(name, &buckets, count, sum, |f| agg.is_declared(f), now);
             }
@@ -106,11 +115,11 @@ pub fn handle_envoy(agg: &mut Aggregator, stats: &Stats, families: &[MetricFamil
 }
 
 /// One metric into the series or the load.
-fn take(agg: &mut Aggregator, series: &mut Series, m: &Metric<'_>, now: u64, queued: &mut HashSet<String>) {
+fn take(agg: &mut Aggregator, series: &mut Series, m: &Metric<'_>, source: Source, now: u64, queued: &mut HashSet<String>) {
     if series.observe(m, |f| agg.is_declared(f), now) {
         return;
     }
-    if agg.observe(m, now) == Observed::Queued {
+    if agg.observe(m, source, now) == Observed::Queued {
         if let Some((f, _)) = crate::aggregate::classify(m.name) {
             queued.insert(f.to_string());
         }
@@ -161,15 +170,19 @@ pub async fn run(socket: UdpSocket, sink: Arc<Sink>, stats: Arc<Stats>, inputs: 
                     }
                     continue;
                 }
-                handle_datagram(&mut agg, &stats, &buf[..n], now_ms(), &mut queued);
+                handle_datagram(&mut agg, &stats, &buf[..n], from, now_ms(), &mut queued);
                 push_queued(&agg, &sink, &mut queued);
                 ask_if_unknown(&stats, &unknown);
             }
-            Some(families) = envoy.recv() => {
-                handle_envoy(&mut agg, &stats, &families, now_ms(), &mut queued);
-                push_queued(&agg, &sink, &mut queued);
-                ask_if_unknown(&stats, &unknown);
-            }
+            Some(message) = envoy.recv() => match message {
+                FromEnvoy::Metrics(peer, families) => {
+                    handle_envoy(&mut agg, &stats, &families, peer, now_ms(), &mut queued);
+                    push_queued(&agg, &sink, &mut queued);
+                    ask_if_unknown(&stats, &unknown);
+                }
+                // Flushed with the next tick.
+                FromEnvoy::Ended(peer) => agg.forget_source(peer),
+            },
             Ok(()) = declared.changed() => {
                 let gone = agg.set_declared((**declared.borrow_and_update()).clone());
                 if !gone.is_empty() {
