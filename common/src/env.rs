@@ -126,6 +126,8 @@ names! {
     SPARE_MEMORY = "ROOST_SPARE_MEMORY";
     /// Whether the Docker runtime keeps a stopping replica as its function's paused spare.
     RECYCLE_REPLICAS = "ROOST_RECYCLE_REPLICAS";
+    /// Placement constraints of the swarm runtime's function tasks (comma-separated).
+    SWARM_CONSTRAINTS = "ROOST_SWARM_CONSTRAINTS";
     /// Base image of function images.
     BASE_IMAGE = "ROOST_BASE_IMAGE";
 
@@ -181,6 +183,9 @@ names! {
     GATE_MAX_BODY = "ROOST_GATE_MAX_BODY";
     /// Held requests per function.
     GATE_MAX_HELD = "ROOST_GATE_MAX_HELD";
+    /// The gate's id, unique among the gates sharing a Redis: its field in each
+    /// function's held count (`roost:fn:<f>:held`); default the host name.
+    GATE_ID = "ROOST_GATE_ID";
     /// How long a request is held, in milliseconds.
     GATE_WAKE_TIMEOUT_MS = "ROOST_GATE_WAKE_TIMEOUT_MS";
     /// The ready/declared cache period, in milliseconds.

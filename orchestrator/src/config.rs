@@ -12,6 +12,8 @@ pub enum RuntimeKind {
     Process,
     /// Docker containers through the Docker API.
     Docker,
+    /// Docker Swarm services (one per replica) through a swarm manager's Docker API.
+    Swarm,
 }
 
 /// Roost's orchestrator.
@@ -132,7 +134,8 @@ pub struct Config {
     #[arg(long, env = env::DOCKER_SOCKET, default_value = "/var/run/docker.sock")]
     pub docker_socket: PathBuf,
 
-    /// Docker network the function containers join (and nothing else).
+    /// Docker network the function containers join (and nothing else); for the swarm
+    /// runtime an overlay network (created attachable and internal when missing).
     #[arg(long, env = env::DOCKER_NETWORK, default_value = "roost-functions")]
     pub docker_network: String,
 
@@ -156,6 +159,11 @@ pub struct Config {
     #[arg(long, env = env::RECYCLE_REPLICAS, default_value_t = true, action = clap::ArgAction::Set)]
     pub recycle_replicas: bool,
 
+    /// Placement constraints of every function task (swarm runtime), comma-separated
+    /// as `docker service create --constraint` takes them: `node.labels.roost.functions==true`.
+    #[arg(long, env = env::SWARM_CONSTRAINTS, default_value = "", value_parser = parse_constraints)]
+    pub swarm_constraints: Constraints,
+
     /// Base image of function images (Docker runtime).
     #[arg(long, env = env::BASE_IMAGE, default_value = "roost/base:bookworm")]
     pub base_image: String,
@@ -163,6 +171,26 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(long, env = env::LOG_FORMAT, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// `ROOST_SWARM_CONSTRAINTS`: placement constraints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Constraints(pub Vec<String>);
+
+/// Reads `ROOST_SWARM_CONSTRAINTS`: constraints separated by commas, each `<key>==<value>`
+/// or `<key>!=<value>`.
+pub fn parse_constraints(s: &str) -> Result<Constraints, String> {
+    let mut out = Vec::new();
+    for c in s.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        let ok = c.split_once("==").or_else(|| c.split_once("!=")).is_some_and(|(k, v)| !k.trim().is_empty() && !v.trim().is_empty());
+        if !ok {
+            return Err(format!(
+                "{c:?} is not a placement constraint: write <key>==<value> or <key>!=<value> (node.labels.roost.functions==true), several separated by commas"
+            ));
+        }
+        out.push(c.to_string());
+    }
+    Ok(Constraints(out))
 }
 
 /// `ROOST_SPARE_MEMORY`: a budget in bytes, or none.
@@ -183,5 +211,22 @@ fn parse_body_size(s: &str) -> Result<u64, String> {
     match roost_common::spec::parse_size(s) {
         Some(n) if n > 0 => Ok(n),
         _ => Err(format!("{s:?} is no size; write bytes, or a number with k, m or g (64m)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constraints_are_comma_separated_comparisons() {
+        assert_eq!(parse_constraints(""), Ok(Constraints(vec![])));
+        assert_eq!(
+            parse_constraints("node.labels.roost.functions==true, node.role!=manager"),
+            Ok(Constraints(vec!["node.labels.roost.functions==true".into(), "node.role!=manager".into()]))
+        );
+        let e = parse_constraints("node.role=manager").unwrap_err();
+        assert!(e.contains("\"node.role=manager\" is not a placement constraint") && e.contains("<key>==<value>"), "{e}");
+        assert!(parse_constraints("==true").is_err());
     }
 }

@@ -71,6 +71,9 @@ pub enum Error {
     /// The Docker runtime could not be set up.
     #[error("cannot set up the docker runtime: {0}")]
     DockerRuntime(#[source] runtime::RuntimeError),
+    /// The Swarm runtime could not be set up.
+    #[error("cannot set up the swarm runtime: {0}")]
+    SwarmRuntime(#[source] runtime::RuntimeError),
     /// The data directory cannot be used.
     #[error("cannot use the data directory {0}: {1}; check --data-dir / ROOST_DATA_DIR and that this user may write there")]
     DataDir(std::path::PathBuf, std::io::Error),
@@ -145,6 +148,20 @@ async fn build_runtime(config: &Config) -> Result<Arc<dyn ReplicaRuntime>, Error
                 recycle: config.recycle_replicas,
             };
             let rt = runtime::docker::DockerRuntime::connect(cfg).await.map_err(Error::DockerRuntime)?;
+            Ok(rt)
+        }
+        RuntimeKind::Swarm => {
+            let cfg = runtime::swarm::SwarmConfig {
+                socket: config.docker_socket.clone(),
+                base_image: config.base_image.clone(),
+                network: config.docker_network.clone(),
+                port: 8080,
+                definitions_dir,
+                runtime_dir,
+                stop_grace: Duration::from_millis(config.stop_grace_ms),
+                constraints: config.swarm_constraints.0.clone(),
+            };
+            let rt = runtime::swarm::SwarmRuntime::connect(cfg).await.map_err(Error::SwarmRuntime)?;
             Ok(rt)
         }
     }

@@ -7,6 +7,7 @@
 //! - [`envoy`]: finds the Envoy 1.40 binary, renders `envoy/bootstrap.yaml`, starts Envoy.
 //! - [`redis`]: starts (and kills, and restarts) a private `redis-server`.
 //! - [`http`]: an HTTP client (reqwest), and an upstream server that says who it is.
+//! - [`swarm`]: a single-node Docker Swarm, joined and left again.
 //! - [`wait_until`]: poll a condition until a deadline, never a bare sleep.
 //!
 //! Missing tools fail loudly with what to install: a test never skips silently.
@@ -15,6 +16,7 @@ pub mod envoy;
 pub mod http;
 pub mod process;
 pub mod redis;
+pub mod swarm;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -1,11 +1,12 @@
-//! Where replicas run, behind one trait: local processes ([`process`]) or Docker
-//! containers ([`docker`]). The orchestrator's lifecycle code (probe, register, drain,
+//! Where replicas run, behind one trait: local processes ([`process`]), Docker
+//! containers ([`docker`]) or Docker Swarm services ([`swarm`]). The orchestrator's lifecycle code (probe, register, drain,
 //! reap) is the same for both.
 
 pub(crate) mod build;
 pub mod docker;
 pub(crate) mod env;
 pub mod process;
+pub mod swarm;
 pub(crate) mod tasks;
 pub mod venv;
 
@@ -101,6 +102,9 @@ pub enum RuntimeError {
     /// stop, list).
     #[error(transparent)]
     Docker(#[from] docker::EngineError),
+    /// The Swarm manager refused or failed a call outside a start.
+    #[error(transparent)]
+    Swarm(#[from] swarm::SwarmError),
     /// A failure described by its text alone: for test doubles and adapters of other
     /// runtimes (the runtimes in this crate never build it).
     #[error("{0}")]
@@ -128,14 +132,17 @@ pub enum StartFailure {
     /// The Docker runtime could not create, start or reach the replica's container.
     #[error(transparent)]
     Docker(#[from] docker::ContainerError),
+    /// The Swarm runtime could not create, run or reach the replica's service.
+    #[error(transparent)]
+    Swarm(#[from] swarm::TaskError),
 }
 
 /// Where replicas run: starts, stops and lists them ([`process::ProcessRuntime`],
-/// [`docker::DockerRuntime`]). Implementations must be safe to call concurrently for
+/// [`docker::DockerRuntime`], [`swarm::SwarmRuntime`]). Implementations must be safe to call concurrently for
 /// different replicas.
 #[async_trait::async_trait]
 pub trait ReplicaRuntime: Send + Sync + 'static {
-    /// `process` or `docker`.
+    /// `process`, `docker` or `swarm`.
     fn kind(&self) -> &'static str;
 
     /// Where the runtime writes its replicas' and builds' output (one store for the

@@ -40,6 +40,28 @@ impl DockerRuntime {
     }
 }
 
+/// A replica's environment in its image (`KEY=value`): the function's, then the
+/// runtime's, listening on every address at `port`. The Swarm runtime's tasks get the same.
+pub(crate) fn replica_env(spec: &FunctionSpec, port: u16) -> Vec<String> {
+    let function = function_env(spec, Path::new(FUNCTION_DIR)).into_iter().map(|(k, v)| format!("{k}={v}"));
+    let runtime =
+        runtime_env(&PythonPath::Image, port, [0, 0, 0, 0].into()).into_iter().map(|(k, v)| format!("{k}={}", v.to_string_lossy()));
+    function.chain(runtime).collect()
+}
+
+/// The labels that make a container (or a Swarm service) a replica of this runtime on
+/// `network`: what `list` adopts after a restart and the exit follower recognises.
+pub(crate) fn replica_labels(spec: &FunctionSpec, spec_hash: &str, replica_id: &str, network: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (MANAGED.to_string(), "true".to_string()),
+        ("roost.function".to_string(), spec.name.clone()),
+        ("roost.version".to_string(), spec.version.clone()),
+        ("roost.replica".to_string(), replica_id.to_string()),
+        ("roost.spec-hash".to_string(), spec_hash.to_string()),
+        ("roost.network".to_string(), network.to_string()),
+    ])
+}
+
 /// Creates (does not start) a replica container of a prepared function.
 pub(super) async fn create(
     docker: &Docker,
@@ -49,18 +71,8 @@ pub(super) async fn create(
     image: &str,
     replica_id: &str,
 ) -> Result<String, ContainerError> {
-    let function = function_env(spec, Path::new(FUNCTION_DIR)).into_iter().map(|(k, v)| format!("{k}={v}"));
-    let runtime =
-        runtime_env(&PythonPath::Image, config.port, [0, 0, 0, 0].into()).into_iter().map(|(k, v)| format!("{k}={}", v.to_string_lossy()));
-    let env: Vec<String> = function.chain(runtime).collect();
-    let labels = HashMap::from([
-        (MANAGED.to_string(), "true".to_string()),
-        ("roost.function".to_string(), spec.name.clone()),
-        ("roost.version".to_string(), spec.version.clone()),
-        ("roost.replica".to_string(), replica_id.to_string()),
-        ("roost.spec-hash".to_string(), spec_hash.to_string()),
-        ("roost.network".to_string(), config.network.clone()),
-    ]);
+    let env = replica_env(spec, config.port);
+    let labels = replica_labels(spec, spec_hash, replica_id, &config.network);
     let host = HostConfig {
         memory: Some(spec.limits.memory as i64),
         memory_swap: Some(spec.limits.memory as i64),

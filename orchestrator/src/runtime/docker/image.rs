@@ -19,16 +19,19 @@
 //! cache key).
 
 use super::logs::LineSplitter;
-use super::{DockerRuntime, ImageError, MANAGED};
+use super::{ImageError, MANAGED, MAX_BUILDS};
 use crate::logs::Logs;
-use crate::runtime::build::{ca_bundle, pip_install_args, proxy_env, Tail};
+use crate::runtime::build::{ca_bundle, pip_install_args, proxy_env, Builds, Tail};
+use crate::runtime::{PrepareFailure, RuntimeError};
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use bollard::Docker;
 use futures::StreamExt;
 use roost_common::spec::{FunctionKind as Kind, FunctionSpec};
 use roost_common::wire::logs::BUILD_SOURCE;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tracing::info;
 
 /// A Docker-safe tag fragment of a version.
@@ -132,11 +135,97 @@ fn add_file(tar: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) -> std::io
     tar.append_data(&mut header, name, data)
 }
 
-impl DockerRuntime {
-    /// The build context of a python or command function in `folder`: built in memory on
+/// The function images of one engine: built (or, for an `image` function, found) once
+/// per definition, at most [`MAX_BUILDS`] at a time, failures remembered (see
+/// [`Builds`]). The Docker and the Swarm runtimes both prepare their functions here.
+pub(crate) struct Images {
+    docker: Docker,
+    /// Base image of function images (Python 3 in it).
+    base_image: String,
+    /// Folder of the definitions file (function folders are relative to it).
+    definitions_dir: PathBuf,
+    /// Folder holding the `roost_runtime` package.
+    runtime_dir: PathBuf,
+    /// One build at a time per image tag (concurrent prepares of a function wait for it),
+    /// and the failed ones, remembered by tag and definition hash.
+    builds: Builds,
+    /// At most [`MAX_BUILDS`] image builds at once, whatever the number of functions.
+    slots: tokio::sync::Semaphore,
+    /// The image prepared (built, or found) for each definition hash.
+    prepared: Mutex<HashMap<String, String>>,
+    /// Where each build's output goes.
+    logs: Logs,
+}
+
+impl Images {
+    /// The images of `docker`'s engine, built from `base_image`, the function folders
+    /// under `definitions_dir` and the runtime package in `runtime_dir`.
+    pub(crate) fn new(docker: Docker, base_image: String, definitions_dir: PathBuf, runtime_dir: PathBuf, logs: Logs) -> Images {
+        Images {
+            docker,
+            base_image,
+            definitions_dir,
+            runtime_dir,
+            builds: Builds::default(),
+            slots: tokio::sync::Semaphore::new(MAX_BUILDS),
+            prepared: Mutex::default(),
+            logs,
+        }
+    }
+
+    /// The image prepared for the definition `spec_hash`, if it was.
+    pub(crate) fn prepared(&self, spec_hash: &str) -> Option<String> {
+        self.prepared.lock().unwrap().get(spec_hash).cloned()
+    }
+
+    /// How long the image of `spec_hash` has been building, if it is.
+    pub(crate) fn building(&self, spec_hash: &str) -> Option<Duration> {
+        self.builds.building(spec_hash)
+    }
+
+    /// Builds (or finds) the function's image and returns its tag: the contract of
+    /// [`crate::runtime::ReplicaRuntime::prepare`].
+    pub(crate) async fn prepare(&self, spec: &FunctionSpec, spec_hash: &str) -> Result<String, RuntimeError> {
+        let fail = |source: Arc<PrepareFailure>| RuntimeError::Prepare { function: spec.name.clone(), source };
+        let failed = |e: ImageError| fail(Arc::new(e.into()));
+        let body = match &spec.runtime {
+            Kind::Image { .. } => Vec::new(),
+            Kind::Python { folder, .. } | Kind::Command { folder, .. } => {
+                let folder = self.definitions_dir.join(folder);
+                self.context(spec, &folder).map_err(|source| failed(ImageError::Pack { folder, source }))?
+            }
+        };
+        let tag = image_tag(spec, &body);
+        // Failed before, for this definition and this context: the same failure, at once.
+        if let Some(f) = self.builds.failure(&tag, spec_hash) {
+            return Err(fail(f));
+        }
+        if self.docker.inspect_image(&tag).await.is_err() {
+            if let Kind::Image { image } = &spec.runtime {
+                // Not a build: looked for again on every call (`docker load` needs no
+                // change to the definition).
+                return Err(failed(ImageError::Missing { image: image.clone() }));
+            }
+            let ensure = || async {
+                if self.docker.inspect_image(&tag).await.is_ok() {
+                    return Ok(()); // built while this call waited
+                }
+                let _slot = self.slots.acquire().await.expect("the build semaphore is never closed");
+                if self.docker.inspect_image(&tag).await.is_ok() {
+                    return Ok(()); // built while this call waited for a slot
+                }
+                build(&self.docker, &self.logs, spec, &tag, body).await.map_err(PrepareFailure::from)
+            };
+            self.builds.run(&tag, spec_hash, ensure).await.map_err(fail)?;
+        }
+        self.prepared.lock().unwrap().insert(spec_hash.to_string(), tag.clone());
+        Ok(tag)
+    }
+
+/// The build context of a python or command function in `folder`: built in memory on
     /// every `prepare` (its hash is the image tag), which for a small folder costs about a
     /// millisecond; a large folder costs its size in reading and memory each time.
-    pub(super) fn context(&self, spec: &FunctionSpec, folder: &Path) -> std::io::Result<Vec<u8>> {
+    fn context(&self, spec: &FunctionSpec, folder: &Path) -> std::io::Result<Vec<u8>> {
         let mut tar = tar::Builder::new(Vec::new());
         // No dependencies: no pip, no CA bundle (a new host bundle changes no tag).
         let ca = if pip_words(spec).is_empty() { None } else { ca_bundle() };
@@ -144,11 +233,11 @@ impl DockerRuntime {
             Some(path) => Some(std::fs::read(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?),
             None => None,
         };
-        add_file(&mut tar, "Dockerfile", dockerfile(spec, &self.config.base_image, ca.is_some()).as_bytes())?;
+        add_file(&mut tar, "Dockerfile", dockerfile(spec, &self.base_image, ca.is_some()).as_bytes())?;
         if let Some(ca) = &ca {
             add_file(&mut tar, CA_FILE.trim_start_matches('/'), ca)?;
         }
-        tar.append_dir_all("opt/roost/roost_runtime", self.config.runtime_dir.join("roost_runtime"))?;
+        tar.append_dir_all("opt/roost/roost_runtime", self.runtime_dir.join("roost_runtime"))?;
         tar.append_dir_all("opt/roost/function", folder)?;
         tar.into_inner()
     }

@@ -51,14 +51,14 @@ fn text(line: &[u8]) -> String {
 /// The stdout and stderr lines of a container, each split on its own (Docker sends
 /// them as separate frames, which may cut a line anywhere).
 #[derive(Debug, Default)]
-pub(super) struct Streams {
+pub(crate) struct Streams {
     out: LineSplitter,
     err: LineSplitter,
 }
 
 impl Streams {
     /// The whole lines a frame completes.
-    pub(super) fn feed(&mut self, frame: &LogOutput) -> Vec<String> {
+    pub(crate) fn feed(&mut self, frame: &LogOutput) -> Vec<String> {
         match frame {
             LogOutput::StdErr { message } => self.err.feed(message),
             LogOutput::StdOut { message } | LogOutput::Console { message } => self.out.feed(message),
@@ -67,13 +67,13 @@ impl Streams {
     }
 
     /// The unended last lines, once the stream has ended.
-    pub(super) fn finish(&mut self) -> Vec<String> {
+    pub(crate) fn finish(&mut self) -> Vec<String> {
         self.out.finish().into_iter().chain(self.err.finish()).collect()
     }
 }
 
 /// How long an exit's report waits for the container's last lines.
-pub(super) const TAIL_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const TAIL_WAIT: Duration = Duration::from_secs(2);
 
 /// The containers whose output is being followed (one follower each), with the replica
 /// each one's lines go to; and the end of a follower, for whoever removes a container
@@ -124,15 +124,25 @@ impl Followers {
 pub(super) async fn last_lines(docker: &Docker, container: &str, n: usize) -> Option<String> {
     let tail = n.to_string();
     let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&tail).build();
+    last_lines_of(docker.logs(container, Some(options)), container, n).await
+}
+
+/// The last `n` lines of a container's (or a Swarm task's) output `frames`, asked for
+/// with `tail` = `n`; `None` when there are none or the engine does not answer in time.
+pub(crate) async fn last_lines_of(
+    frames: impl futures::Stream<Item = Result<LogOutput, bollard::errors::Error>>,
+    what: &str,
+    n: usize,
+) -> Option<String> {
     let read = async {
         let mut streams = Streams::default();
         let mut lines = Vec::new();
-        let mut frames = docker.logs(container, Some(options));
+        let mut frames = std::pin::pin!(frames);
         while let Some(frame) = frames.next().await {
             match frame {
                 Ok(frame) => lines.extend(streams.feed(&frame)),
                 Err(e) => {
-                    debug!(container, error = %e, "cannot read the container's last lines");
+                    debug!(what, error = %e, "cannot read the last lines");
                     break;
                 }
             }

@@ -15,23 +15,22 @@
 //! - `budget`: which functions keep a spare within `ROOST_SPARE_MEMORY` (pure).
 
 mod budget;
-mod container;
+pub(crate) mod container;
 mod error;
-mod image;
-mod logs;
+pub(crate) mod image;
+pub(crate) mod logs;
 mod priority;
 mod spares;
 
 pub use error::{ContainerError, EngineError, ImageError};
 pub use spares::held_memory;
 
-use super::build::Builds;
-use super::{PrepareFailure, Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
+use super::{Replica, ReplicaRuntime, RuntimeError, RuntimeEvent};
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder};
 use bollard::{ClientVersion, Docker};
 use container::{address_of, create, follow_exits, remove, Exits};
-use roost_common::spec::{FunctionKind as Kind, FunctionSpec};
+use roost_common::spec::FunctionSpec;
 use spares::{Claim, Spare, SpareBook, SpareSlots, SPARE_WAIT};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -41,7 +40,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 /// Label on every container and image Roost manages.
-const MANAGED: &str = "roost.managed";
+pub(crate) const MANAGED: &str = "roost.managed";
 
 /// Settings of the Docker runtime.
 #[derive(Debug, Clone)]
@@ -81,13 +80,8 @@ const EXITS_GRACE: Duration = Duration::from_secs(10);
 pub struct DockerRuntime {
     docker: Docker,
     config: DockerConfig,
-    /// One build at a time per image tag (concurrent prepares of a function wait for it),
-    /// and the failed ones, remembered by tag and definition hash.
-    builds: Builds,
-    /// At most [`MAX_BUILDS`] image builds at once, whatever the number of functions.
-    build_slots: tokio::sync::Semaphore,
-    /// The image prepared (built, or found) for each definition hash.
-    images: Mutex<HashMap<String, String>>,
+    /// The function images, built or found once per definition.
+    images: image::Images,
     /// The container prepared ahead of time for each definition hash (warm and paused,
     /// or created), or its preparation in flight, so the cold path only unpauses (or
     /// starts) it. Closed by `close`: a spare finished after it is removed.
@@ -145,7 +139,7 @@ impl Drop for Stopping<'_> {
 }
 
 /// Gone, or already being removed.
-fn is_gone(e: &bollard::errors::Error) -> bool {
+pub(crate) fn is_gone(e: &bollard::errors::Error) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404 | 409, .. })
 }
 
@@ -158,12 +152,13 @@ impl DockerRuntime {
             .map_err(|source| EngineError::Socket { socket: socket.clone(), source })?;
         docker.ping().await.map_err(|source| EngineError::Ping { socket, source })?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let logs = crate::logs::Logs::default();
+        let images =
+            image::Images::new(docker.clone(), config.base_image.clone(), config.definitions_dir.clone(), config.runtime_dir.clone(), logs.clone());
         let rt = std::sync::Arc::new(DockerRuntime {
             docker: docker.clone(),
             config,
-            builds: Default::default(),
-            build_slots: tokio::sync::Semaphore::new(MAX_BUILDS),
-            images: Default::default(),
+            images,
             spares: SpareSlots::new(),
             aliases: Default::default(),
             own_spares: Default::default(),
@@ -173,7 +168,7 @@ impl DockerRuntime {
             events_rx: Mutex::new(Some(rx)),
             tasks: Default::default(),
             exits: Mutex::new(None),
-            logs: Default::default(),
+            logs,
             following: Default::default(),
             closing: Default::default(),
         });
@@ -227,58 +222,26 @@ impl ReplicaRuntime for DockerRuntime {
     }
 
     async fn prepare(&self, spec: &FunctionSpec, spec_hash: &str) -> Result<(), RuntimeError> {
-        let fail = |source: std::sync::Arc<PrepareFailure>| RuntimeError::Prepare { function: spec.name.clone(), source };
-        let failed = |e: ImageError| fail(std::sync::Arc::new(e.into()));
-        let body = match &spec.runtime {
-            Kind::Image { .. } => Vec::new(),
-            Kind::Python { folder, .. } | Kind::Command { folder, .. } => {
-                let folder = self.config.definitions_dir.join(folder);
-                self.context(spec, &folder).map_err(|source| failed(ImageError::Pack { folder, source }))?
-            }
-        };
-        let tag = image::image_tag(spec, &body);
-        // Failed before, for this definition and this context: the same failure, at once.
-        if let Some(f) = self.builds.failure(&tag, spec_hash) {
-            return Err(fail(f));
-        }
-        if self.docker.inspect_image(&tag).await.is_err() {
-            if let Kind::Image { image } = &spec.runtime {
-                // Not a build: looked for again on every call (`docker load` needs no
-                // change to the definition).
-                return Err(failed(ImageError::Missing { image: image.clone() }));
-            }
-            let ensure = || async {
-                if self.docker.inspect_image(&tag).await.is_ok() {
-                    return Ok(()); // built while this call waited
-                }
-                let _slot = self.build_slots.acquire().await.expect("the build semaphore is never closed");
-                if self.docker.inspect_image(&tag).await.is_ok() {
-                    return Ok(()); // built while this call waited for a slot
-                }
-                image::build(&self.docker, &self.logs, spec, &tag, body).await.map_err(PrepareFailure::from)
-            };
-            self.builds.run(&tag, spec_hash, ensure).await.map_err(fail)?;
-        }
-        self.images.lock().unwrap().insert(spec_hash.to_string(), tag.clone());
+        let tag = self.images.prepare(spec, spec_hash).await?;
         self.note_prepared(spec, spec_hash, &tag);
         self.rebalance();
         Ok(())
     }
 
     fn building(&self, spec_hash: &str) -> Option<Duration> {
-        self.builds.building(spec_hash)
+        self.images.building(spec_hash)
     }
 
     async fn start(&self, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Result<Replica, RuntimeError> {
         let fail = |e: ContainerError| RuntimeError::Start { function: spec.name.clone(), source: e.into() };
-        let prepared = self.images.lock().unwrap().get(spec_hash).cloned();
+        let prepared = self.images.prepared(spec_hash);
         let image = match prepared {
             Some(image) => image,
             None => {
                 // Not prepared yet: the build in flight is waited for, a remembered
                 // failure returned at once, a missing build made now.
                 self.prepare(spec, spec_hash).await?;
-                self.images.lock().unwrap().get(spec_hash).cloned().ok_or_else(|| fail(ContainerError::NotPrepared))?
+                self.images.prepared(spec_hash).ok_or_else(|| fail(ContainerError::NotPrepared))?
             }
         };
         self.note_start(&spec.name);

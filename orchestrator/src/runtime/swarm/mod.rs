@@ -1,0 +1,603 @@
+//! Replicas as Docker Swarm services (`ROOST_RUNTIME=swarm`): one service per replica,
+//! one task, on an attachable internal overlay network that Envoy joins, placed by Swarm
+//! on any node of the cluster. The orchestrator talks to a manager's engine.
+//!
+//! # Layout
+//!
+//! - this module: the settings, the runtime, and the [`ReplicaRuntime`] operations;
+//! - `spec`: the service of one replica (name, labels, limits, hardening, placement);
+//! - `tasks`: the engine's tasks, read by hand (bollard drops their addresses);
+//! - `watch`: which replicas ended without being stopped (pure).
+//!
+//! Images are built (or found) on the manager's engine by the Docker runtime's
+//! [`Images`], and given to Swarm by ID: a tag makes Swarm try a registry pull at every
+//! task start. On a cluster of several nodes each node must hold the image (see
+//! docs/swarm.md).
+//!
+//! # What differs from the Docker runtime
+//!
+//! - No paused spares: pausing is local to a node's engine, which the manager cannot
+//!   reach. A cold start creates a service (about 0.6-0.9 s until its task runs, measured
+//!   in docs/design/swarm-research.md).
+//! - Exits are seen by reading the watched services' tasks every [`WATCH_EVERY`] (the
+//!   Engine API has no task events).
+//! - Swarm's API 1.41 has no swap limit and no `no-new-privileges`: a replica's swap is
+//!   Docker's default (twice its memory), and with every capability dropped, user 65534
+//!   and a read-only root it has no way to gain privileges through a setuid file either.
+
+mod spec;
+mod tasks;
+mod watch;
+
+pub use tasks::TasksError;
+
+use super::docker::image::Images;
+use super::docker::logs::{last_lines_of, Streams};
+use super::docker::{is_gone, MANAGED};
+use super::{with_last_output, Replica, ReplicaRuntime, RuntimeError, RuntimeEvent, LAST_LINES};
+use bollard::models::{NetworkCreateRequest, ServiceSpecMode, ServiceSpecModeReplicated};
+use bollard::query_parameters::{ListServicesOptionsBuilder, LogsOptionsBuilder, UpdateServiceOptionsBuilder};
+use bollard::{ClientVersion, Docker};
+use futures::StreamExt;
+use roost_common::spec::FunctionSpec;
+use spec::{service_spec, ServiceInput};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tasks::{newest_by_service, Phase, TasksApi};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use watch::Watch;
+
+/// How often the watched replicas' tasks are read for exits.
+pub const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// How often a start reads its task until it runs.
+const START_POLL: Duration = Duration::from_millis(10);
+
+/// Longest time from creating a replica's service until its task runs. A task no node
+/// can take (constraints, resources, an image missing on every node) waits `pending`
+/// for ever; it fails after this with Swarm's reason.
+pub const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What a stop waits for beyond the replica's grace: Swarm signals a removed service's
+/// task about 2-3 s after the removal (it first takes it out of the network's
+/// load balancing and lets that spread).
+const STOP_EXTRA: Duration = Duration::from_secs(8);
+
+/// Settings of the Swarm runtime.
+#[derive(Debug, Clone)]
+pub struct SwarmConfig {
+    /// A swarm manager's Docker socket.
+    pub socket: PathBuf,
+    /// Base image of function images.
+    pub base_image: String,
+    /// The overlay network replicas join, and nothing else (created attachable and
+    /// internal when missing).
+    pub network: String,
+    /// Port the runtime listens on inside a task.
+    pub port: u16,
+    /// Folder of the definitions file (function folders are relative to it).
+    pub definitions_dir: PathBuf,
+    /// Folder holding the `roost_runtime` package.
+    pub runtime_dir: PathBuf,
+    /// Time a removed replica gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+    /// Placement constraints of every replica (`node.labels.roost.functions==true`).
+    pub constraints: Vec<String>,
+}
+
+/// The Swarm engine cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmError {
+    /// The socket cannot be used at all.
+    #[error("cannot use the Docker socket {socket}: {source}; is Docker running, and is the socket mounted?")]
+    Socket {
+        /// The socket's path.
+        socket: String,
+        /// The client's error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The engine is not a swarm manager.
+    #[error("the Docker engine at {socket} is not a swarm manager ({source}); run `docker swarm init` there, or run the orchestrator on a manager node")]
+    NotManager {
+        /// The socket's path.
+        socket: String,
+        /// The engine's answer.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The functions network is missing and cannot be created.
+    #[error("cannot create the overlay network {network}: {source}")]
+    Network {
+        /// The network's name.
+        network: String,
+        /// The engine's error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The functions network exists but is not a swarm overlay.
+    #[error("network {network} is a {driver:?} network; the swarm runtime needs an overlay network: remove it, or set ROOST_DOCKER_NETWORK to another name")]
+    NotOverlay {
+        /// The network's name.
+        network: String,
+        /// Its driver.
+        driver: String,
+    },
+    /// The tasks cannot be read.
+    #[error(transparent)]
+    Tasks(#[from] TasksError),
+    /// The services cannot be listed.
+    #[error("cannot list the swarm services: {0}")]
+    List(#[source] bollard::errors::Error),
+    /// A replica's service cannot be removed.
+    #[error("cannot remove service {service}: {source}")]
+    Remove {
+        /// The service's id.
+        service: String,
+        /// The engine's error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+/// One replica did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The function has no prepared image.
+    #[error("not prepared: the function's image was not built (see the error of its preparation)")]
+    NotPrepared,
+    /// The prepared image cannot be found by its tag.
+    #[error("cannot inspect image {image}: {source}")]
+    Image {
+        /// The image's tag.
+        image: String,
+        /// The engine's error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The manager refused the service.
+    #[error("create service: {0}")]
+    Create(#[source] bollard::errors::Error),
+    /// Its task cannot be read.
+    #[error(transparent)]
+    Tasks(#[from] TasksError),
+    /// Its task ended before it ran, or as it started: how, with its last lines.
+    #[error("its task ended as it started: {0}")]
+    Ended(String),
+    /// Its task did not run within the deadline (no node could take it, for example).
+    #[error("its task did not run within {deadline:?}: {why}; check `docker service ps --no-trunc` and the nodes (constraints, resources, the image on every node)")]
+    NeverRan {
+        /// The deadline.
+        deadline: Duration,
+        /// Swarm's last word on it.
+        why: String,
+    },
+    /// Its task runs but has no address on the functions network.
+    #[error("its task has no address on network {network}")]
+    NoAddress {
+        /// The functions network.
+        network: String,
+    },
+}
+
+/// The Swarm runtime.
+pub struct SwarmRuntime {
+    docker: Docker,
+    api: TasksApi,
+    config: SwarmConfig,
+    /// The function images, built or found once per definition.
+    images: Images,
+    /// The ID of each prepared definition's image.
+    image_ids: Mutex<HashMap<String, String>>,
+    /// The replicas watched for an exit.
+    watch: Arc<Mutex<Watch>>,
+    events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
+    /// The exit watcher (runs until `close`).
+    watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The replicas' and builds' output.
+    logs: crate::logs::Logs,
+    /// Output followers.
+    tasks: super::tasks::Tasks,
+    /// Cancelled by `close`.
+    closing: tokio_util::sync::CancellationToken,
+}
+
+impl std::fmt::Debug for SwarmRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwarmRuntime").field("config", &self.config).finish()
+    }
+}
+
+impl SwarmRuntime {
+    /// Connects to a swarm manager's engine (API 1.41), makes sure the functions network
+    /// is an overlay, and starts watching for exits.
+    pub async fn connect(config: SwarmConfig) -> Result<Arc<SwarmRuntime>, RuntimeError> {
+        let socket = config.socket.to_string_lossy().to_string();
+        let docker = Docker::connect_with_unix(&socket, 120, &ClientVersion { major_version: 1, minor_version: 41 })
+            .map_err(|source| SwarmError::Socket { socket: socket.clone(), source })?;
+        docker.inspect_swarm().await.map_err(|source| SwarmError::NotManager { socket, source })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let logs = crate::logs::Logs::default();
+        let images = Images::new(
+            docker.clone(),
+            config.base_image.clone(),
+            config.definitions_dir.clone(),
+            config.runtime_dir.clone(),
+            logs.clone(),
+        );
+        let rt = Arc::new(SwarmRuntime {
+            api: TasksApi::new(&config.socket),
+            docker,
+            config,
+            images,
+            image_ids: Mutex::default(),
+            watch: Arc::default(),
+            events_rx: Mutex::new(Some(rx)),
+            watcher: Mutex::new(None),
+            logs,
+            tasks: Default::default(),
+            closing: Default::default(),
+        });
+        rt.ensure_network().await?;
+        let watcher = Watcher {
+            docker: rt.docker.clone(),
+            api: rt.api.clone(),
+            watch: rt.watch.clone(),
+            tx,
+            logs: rt.logs.clone(),
+            closing: rt.closing.clone(),
+        };
+        *rt.watcher.lock().unwrap() = Some(tokio::spawn(watcher.run()));
+        Ok(rt)
+    }
+
+    async fn ensure_network(&self) -> Result<(), SwarmError> {
+        let network = &self.config.network;
+        let overlay = |driver: Option<String>| match driver.as_deref() {
+            Some("overlay") => Ok(()),
+            other => Err(SwarmError::NotOverlay { network: network.clone(), driver: other.unwrap_or("unknown").to_string() }),
+        };
+        if let Ok(n) = self.docker.inspect_network(network, None).await {
+            return overlay(n.driver);
+        }
+        let req = NetworkCreateRequest {
+            name: network.clone(),
+            driver: Some("overlay".into()),
+            attachable: Some(true),
+            internal: Some(true),
+            labels: Some(HashMap::from([(MANAGED.to_string(), "true".to_string())])),
+            ..Default::default()
+        };
+        match self.docker.create_network(req).await {
+            Ok(_) => {
+                info!(%network, "created the functions network (overlay, attachable, internal)");
+                Ok(())
+            }
+            Err(source) => match self.docker.inspect_network(network, None).await {
+                // Created meanwhile (by the stack, or another orchestrator).
+                Ok(n) => overlay(n.driver),
+                Err(_) => Err(SwarmError::Network { network: network.clone(), source }),
+            },
+        }
+    }
+
+    /// The ID of the prepared image of `spec_hash` (preparing it first if needed).
+    async fn image_id(&self, spec: &FunctionSpec, spec_hash: &str) -> Result<String, RuntimeError> {
+        if let Some(id) = self.image_ids.lock().unwrap().get(spec_hash) {
+            return Ok(id.clone());
+        }
+        let fail = |e: TaskError| RuntimeError::Start { function: spec.name.clone(), source: e.into() };
+        let tag = match self.images.prepared(spec_hash) {
+            Some(tag) => tag,
+            None => {
+                self.images.prepare(spec, spec_hash).await?;
+                self.images.prepared(spec_hash).ok_or_else(|| fail(TaskError::NotPrepared))?
+            }
+        };
+        let inspect = self.docker.inspect_image(&tag).await.map_err(|source| fail(TaskError::Image { image: tag.clone(), source }))?;
+        let id = inspect.id.ok_or_else(|| fail(TaskError::NotPrepared))?;
+        self.image_ids.lock().unwrap().insert(spec_hash.to_string(), id.clone());
+        Ok(id)
+    }
+
+    /// Waits until `service`'s task runs and returns it with its address; fails when the
+    /// task ends first (with how, and its last lines) or does not run in time.
+    async fn until_running(&self, service: &str) -> Result<(String, SocketAddr), TaskError> {
+        let started = Instant::now();
+        let mut why = String::from("no task yet");
+        while started.elapsed() < START_DEADLINE {
+            let tasks = self.api.of_services(&[service.to_string()]).await?;
+            if let Some(task) = newest_by_service(tasks).remove(service) {
+                match task.phase() {
+                    Phase::Running => {
+                        let ip = task
+                            .address_on(&self.config.network)
+                            .ok_or_else(|| TaskError::NoAddress { network: self.config.network.clone() })?;
+                        return Ok((task.id, SocketAddr::new(ip, self.config.port)));
+                    }
+                    Phase::Ended { how } => {
+                        let tail = task_last_lines(&self.docker, &task.id).await;
+                        return Err(TaskError::Ended(with_last_output(how, tail)));
+                    }
+                    Phase::Starting { why: now } => why = now,
+                }
+            }
+            tokio::time::sleep(START_POLL).await;
+        }
+        Err(TaskError::NeverRan { deadline: START_DEADLINE, why })
+    }
+
+    /// Follows a task's output into the log store from `since` (Unix seconds; 0: all of
+    /// it), as an owned task that ends with the task's output or at `close`.
+    fn follow_logs(&self, task: &str, function: &str, replica_id: &str, since: i32) {
+        let (docker, logs, closing) = (self.docker.clone(), self.logs.clone(), self.closing.clone());
+        let (task, function, replica_id) = (task.to_string(), function.to_string(), replica_id.to_string());
+        self.tasks.spawn(async move {
+            let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).since(since).build();
+            let mut frames = docker.task_logs(&task, Some(options));
+            let mut streams = Streams::default();
+            let emit = |line: &str| {
+                info!(function = %function, replica = %replica_id, "{line}");
+                logs.push(&function, &replica_id, line);
+            };
+            loop {
+                let frame = tokio::select! {
+                    biased;
+                    _ = closing.cancelled() => break,
+                    frame = frames.next() => frame,
+                };
+                match frame {
+                    Some(Ok(frame)) => streams.feed(&frame).iter().for_each(|l| emit(l)),
+                    Some(Err(e)) => {
+                        debug!(function = %function, task = %task, error = %e, "stopped following the task's output");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            streams.finish().iter().for_each(|l| emit(l));
+        });
+    }
+}
+
+impl SwarmRuntime {
+    /// Scales a replica's service to no task (Swarm stops it: SIGTERM, then SIGKILL after
+    /// its grace); false when it is gone or cannot be (the removal then stops it).
+    async fn scale_to_zero(&self, service: &str) -> bool {
+        let current = match self.docker.inspect_service(service, None).await {
+            Ok(s) => s,
+            Err(e) => {
+                if !is_gone(&e) {
+                    debug!(service, error = %e, "cannot inspect the stopping replica's service; removing it");
+                }
+                return false;
+            }
+        };
+        let (Some(mut spec), Some(version)) = (current.spec, current.version.and_then(|v| v.index)) else { return false };
+        spec.mode = Some(ServiceSpecMode { replicated: Some(ServiceSpecModeReplicated { replicas: Some(0) }), ..Default::default() });
+        let options = UpdateServiceOptionsBuilder::default().version(i32::try_from(version).unwrap_or(i32::MAX)).build();
+        match self.docker.update_service(service, spec, options, None).await {
+            Ok(_) => true,
+            Err(e) => {
+                debug!(service, error = %e, "cannot scale the stopping replica's service to zero; removing it");
+                false
+            }
+        }
+    }
+}
+
+/// The last lines of a task's output, through the manager (any node's task).
+async fn task_last_lines(docker: &Docker, task: &str) -> Option<String> {
+    let tail = LAST_LINES.to_string();
+    let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&tail).build();
+    last_lines_of(docker.task_logs(task, Some(options)), task, LAST_LINES).await
+}
+
+/// Removes a replica's service; one already gone is fine, any other failure is logged
+/// (the next orchestrator start removes it as a leftover).
+async fn remove_service(docker: &Docker, service: &str) {
+    match docker.delete_service(service).await {
+        Ok(()) => {}
+        Err(e) if is_gone(&e) => {}
+        Err(e) => warn!(service, error = %e, "cannot remove the service; it stays behind"),
+    }
+}
+
+#[async_trait::async_trait]
+impl ReplicaRuntime for SwarmRuntime {
+    fn kind(&self) -> &'static str {
+        "swarm"
+    }
+
+    fn logs(&self) -> crate::logs::Logs {
+        self.logs.clone()
+    }
+
+    async fn prepare(&self, spec: &FunctionSpec, spec_hash: &str) -> Result<(), RuntimeError> {
+        self.image_id(spec, spec_hash).await.map(|_| ())
+    }
+
+    fn building(&self, spec_hash: &str) -> Option<Duration> {
+        self.images.building(spec_hash)
+    }
+
+    async fn start(&self, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Result<Replica, RuntimeError> {
+        let fail = |e: TaskError| RuntimeError::Start { function: spec.name.clone(), source: e.into() };
+        let image = self.image_id(spec, spec_hash).await?;
+        let input = ServiceInput {
+            replica_id,
+            spec_hash,
+            image: &image,
+            network: &self.config.network,
+            port: self.config.port,
+            stop_grace: self.config.stop_grace,
+            constraints: &self.config.constraints,
+        };
+        let created = self.docker.create_service(service_spec(spec, &input), None).await.map_err(|e| fail(TaskError::Create(e)))?;
+        let service = created.id.unwrap_or_else(|| spec::service_name(replica_id));
+        match self.until_running(&service).await {
+            Ok((task, address)) => {
+                self.watch.lock().unwrap().watch(&service, replica_id, &spec.name);
+                self.follow_logs(&task, &spec.name, replica_id, 0);
+                Ok(Replica {
+                    id: replica_id.to_string(),
+                    function: spec.name.clone(),
+                    version: spec.version.clone(),
+                    spec_hash: spec_hash.to_string(),
+                    address,
+                    handle: service,
+                })
+            }
+            Err(e) => {
+                remove_service(&self.docker, &service).await;
+                Err(fail(e))
+            }
+        }
+    }
+
+    async fn stop(&self, replica: &Replica, grace: Duration) -> Result<(), RuntimeError> {
+        // Off the watch first: its end is this stop's, not an exit to report.
+        self.watch.lock().unwrap().unwatch(&replica.handle);
+        // Scaled to zero first, so its task stays listed until it has stopped (a removed
+        // service's tasks leave the list at once, while they still run): this returns
+        // once the replica no longer runs, on whichever node it was.
+        if self.scale_to_zero(&replica.handle).await {
+            let deadline = Instant::now() + grace + STOP_EXTRA;
+            while Instant::now() < deadline {
+                match self.api.of_services(std::slice::from_ref(&replica.handle)).await {
+                    Ok(tasks) if !tasks.iter().any(|t| matches!(t.phase(), Phase::Running | Phase::Starting { .. })) => break,
+                    Ok(_) => {}
+                    Err(e) => debug!(replica = %replica.id, error = %e, "cannot read the stopping replica's task; asking again"),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        match self.docker.delete_service(&replica.handle).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_gone(&e) => Ok(()),
+            Err(source) => Err(SwarmError::Remove { service: replica.handle.clone(), source }.into()),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Replica>, RuntimeError> {
+        let mine = format!("roost.network={}", self.config.network);
+        let filters = HashMap::from([("label", vec!["roost.managed=true", mine.as_str()])]);
+        let services = self
+            .docker
+            .list_services(Some(ListServicesOptionsBuilder::default().filters(&filters).build()))
+            .await
+            .map_err(SwarmError::List)?;
+        let ids: Vec<String> = services.iter().filter_map(|s| s.id.clone()).collect();
+        let mut newest = newest_by_service(self.api.of_services(&ids).await.map_err(SwarmError::from)?);
+        let mut out = Vec::new();
+        for s in services {
+            let Some(id) = s.id else { continue };
+            let labels = s.spec.and_then(|spec| spec.labels).unwrap_or_default();
+            let task = newest.remove(&id).filter(|t| t.phase() == Phase::Running);
+            let replica = task.as_ref().and_then(|t| {
+                let address = t.address_on(&self.config.network)?;
+                Some(Replica {
+                    id: labels.get("roost.replica")?.clone(),
+                    function: labels.get("roost.function")?.clone(),
+                    version: labels.get("roost.version")?.clone(),
+                    spec_hash: labels.get("roost.spec-hash")?.clone(),
+                    address: SocketAddr::new(address, self.config.port),
+                    handle: id.clone(),
+                })
+            });
+            match (replica, task) {
+                (Some(r), Some(t)) => {
+                    self.watch.lock().unwrap().watch(&r.handle, &r.id, &r.function);
+                    // Adopted: its output from now on.
+                    let now = roost_common::clock::now_ms() / 1000;
+                    self.follow_logs(&t.id, &r.function, &r.id, i32::try_from(now).unwrap_or(i32::MAX));
+                    out.push(r);
+                }
+                _ => {
+                    info!(service = %id, "removing a replica service that does not run (a leftover)");
+                    remove_service(&self.docker, &id).await;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn events(&self) -> mpsc::UnboundedReceiver<RuntimeEvent> {
+        self.events_rx.lock().unwrap().take().expect("SwarmRuntime::events is called once")
+    }
+
+    async fn close(&self) {
+        self.closing.cancel();
+        let watcher = self.watcher.lock().unwrap().take();
+        if let Some(mut watcher) = watcher {
+            if tokio::time::timeout(Duration::from_secs(10), &mut watcher).await.is_err() {
+                warn!("the exit watcher did not end in time; stopped");
+                watcher.abort();
+            }
+        }
+        self.tasks.close(Duration::from_secs(2)).await;
+    }
+}
+
+/// What the exit watcher reads and writes.
+struct Watcher {
+    docker: Docker,
+    api: TasksApi,
+    watch: Arc<Mutex<Watch>>,
+    tx: mpsc::UnboundedSender<RuntimeEvent>,
+    logs: crate::logs::Logs,
+    closing: tokio_util::sync::CancellationToken,
+}
+
+impl Watcher {
+    /// Reads the watched replicas' tasks every [`WATCH_EVERY`], reports those that ended
+    /// (with their last lines) and removes their services: Swarm never restarts them, and
+    /// the orchestrator starts a new replica if one is needed. Ends at `close`, between
+    /// two readings.
+    async fn run(self) {
+        let mut unreadable = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.closing.cancelled() => return,
+                _ = tokio::time::sleep(WATCH_EVERY) => {}
+            }
+            let asked = self.watch.lock().unwrap().services();
+            if asked.is_empty() {
+                continue;
+            }
+            let tasks = match self.api.of_services(&asked).await {
+                Ok(t) => {
+                    unreadable = false;
+                    t
+                }
+                Err(e) => {
+                    if !unreadable {
+                        warn!(error = %e, "cannot read the replicas' tasks; exits are seen once they can be read");
+                    }
+                    unreadable = true;
+                    continue;
+                }
+            };
+            let ended = self.watch.lock().unwrap().ended(&asked, tasks);
+            for e in ended {
+                let tail = match &e.task {
+                    Some(task) => task_last_lines(&self.docker, task).await,
+                    None => None,
+                };
+                let tail = tail.or_else(|| self.logs.tail_of(&e.function, &e.replica_id, LAST_LINES));
+                let reason = with_last_output(e.how, tail);
+                info!(function = %e.function, replica = %e.replica_id, %reason, "a replica's task ended");
+                let listened = self.tx.send(RuntimeEvent::Exited { replica_id: e.replica_id, function: e.function, reason }).is_ok();
+                remove_service(&self.docker, &e.service).await;
+                if !listened {
+                    return;
+                }
+            }
+        }
+    }
+}
