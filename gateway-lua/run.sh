@@ -18,6 +18,8 @@
 #                               answers (503, 504, 502) are counted   [none: not counted]
 #   ROOST_GATE_MAX_BODY         body limit, bytes (or 64k, 10m)      [10485760]
 #   ROOST_GATE_MAX_HELD         held requests per function           [1000]
+#   ROOST_GATE_ID               this gate's field in each function's held count in
+#                               Redis: unique among the gates sharing one  [the host name]
 #   ROOST_GATE_WAKE_TIMEOUT_MS  how long a request is held           [30000]
 #   ROOST_GATE_CACHE_TTL_MS     ready/declared cache period          [1000]
 #   ROOST_GATE_REPUBLISH_MS     re-check and re-publish while held   [2000]
@@ -56,7 +58,8 @@ fi
 : "${ROOST_GATE_MAX_BODY:=10485760}"
 : "${ROOST_GATE_WORKERS:=auto}"
 : "${ROOST_GATE_LOG_LEVEL:=warn}"
-export ROOST_REDIS_URL ROOST_GATE_MAX_BODY ROOST_ENVOY_ADDR
+: "${ROOST_GATE_ID:=$(uname -n)}"
+export ROOST_REDIS_URL ROOST_GATE_MAX_BODY ROOST_ENVOY_ADDR ROOST_GATE_ID
 
 die() {
   echo "roost gate: $*" >&2
@@ -115,6 +118,7 @@ expect "$ROOST_ENVOY_ADDR" '[A-Za-z0-9._-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{
 expect "$ROOST_GATE_MAX_BODY" '[0-9]+[kKmMgG]?' ROOST_GATE_MAX_BODY
 expect "$ROOST_GATE_WORKERS" 'auto|[0-9]{1,3}' ROOST_GATE_WORKERS
 expect "$ROOST_GATE_LOG_LEVEL" 'debug|info|notice|warn|error|crit|alert|emerg' ROOST_GATE_LOG_LEVEL
+expect "$ROOST_GATE_ID" '[A-Za-z0-9._-]{1,128}' ROOST_GATE_ID
 if [ -z "${ROOST_GATE_RESOLVER:-}" ]; then
   ROOST_GATE_RESOLVER=$(awk '$1 == "nameserver" && $2 ~ /^[0-9.]+$/ {print $2; exit}' /etc/resolv.conf 2>/dev/null || true)
   if [ -z "$ROOST_GATE_RESOLVER" ]; then

@@ -68,12 +68,15 @@ pub fn hold_ms(function: &str) -> String {
     format!("roost:fn:{function}:hold_ms")
 }
 
-/// String key: how many requests the gate holds for the function right now (waiting for
-/// it to wake, or for a ready replica's capacity), as a whole number. The gate writes it
-/// as requests arrive and leave (coalesced, with an expiry of
-/// [`crate::wire::redis::HELD_TTL_MS`] that it renews while it holds any, so a gate that
-/// died stops counting) and deletes it at zero; the orchestrator adds it to the function's
-/// demand, so a burst held at the gate is sized at once.
+/// Hash key: how many requests the gates hold for the function right now (waiting for it
+/// to wake, or for a ready replica's capacity), one field per gate (its `ROOST_GATE_ID`),
+/// each a [`crate::wire::redis::HeldShare`] (`<count>:<expires_ms>`). A gate writes its
+/// own field as requests arrive and leave (coalesced), stamped to expire
+/// [`crate::wire::redis::HELD_TTL_MS`] later (Redis's clock) and renewed while it holds
+/// any, renews the key's expiry with it and removes its field at zero; so several gates
+/// add up, one at zero never erases another's, and a gate that died stops counting. The
+/// orchestrator adds [`crate::wire::redis::held_total`] (the unexpired fields' sum) to
+/// the function's demand, so a burst held at the gates is sized at once.
 pub fn held(function: &str) -> String {
     format!("roost:fn:{function}:held")
 }

@@ -129,6 +129,26 @@ impl Gate {
         assert!(status.success(), "kill -{signal} {} failed", self.supervisor_pid());
     }
 
+    /// Kills the gate at once, as a crashed container would go: run.sh, nginx's master
+    /// and its workers get SIGKILL together, so nothing of it answers a held request or
+    /// tells Redis anything.
+    pub fn kill(&mut self) {
+        let master = self.nginx_master_pid();
+        let status = Command::new("kill")
+            .arg("-KILL")
+            .arg("--")
+            .arg(self.supervisor_pid().to_string())
+            .arg(format!("-{master}"))
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -KILL run.sh and nginx's process group {master} failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.exited() {
+            assert!(Instant::now() < deadline, "run.sh still there 10 s after SIGKILL");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether run.sh has exited (reaped, so not a zombie): it exits when nginx's master does.
     pub fn exited(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))))

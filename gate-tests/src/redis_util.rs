@@ -3,7 +3,8 @@
 
 use redis::aio::MultiplexedConnection;
 use roost_common::keys;
-use roost_common::wire::redis::{ReadyNotice, Refusal};
+use roost_common::wire::redis::{held_total, redis_time_ms, ReadyNotice, Refusal};
+use std::collections::HashMap;
 
 /// A connection to the Redis on 127.0.0.1:`port`.
 pub async fn connect(port: u16) -> MultiplexedConnection {
@@ -89,4 +90,17 @@ pub async fn subscribers(c: &mut MultiplexedConnection, channel: &str) -> i64 {
         },
         other => panic!("PUBSUB NUMSUB answered {other:?}"),
     }
+}
+
+/// The gates' shares of `function`'s held count (`roost:fn:<f>:held`): gate id -> value.
+pub async fn held_shares(c: &mut MultiplexedConnection, function: &str) -> HashMap<String, String> {
+    redis::cmd("HGETALL").arg(keys::held(function)).query_async(c).await.unwrap_or_else(|e| panic!("HGETALL the held count: {e}"))
+}
+
+/// The held count of `function` as the orchestrator reads it (the gates' unexpired shares
+/// summed, on Redis's clock); `None` when the key is absent.
+pub async fn held_in_redis(c: &mut MultiplexedConnection, function: &str) -> Option<u64> {
+    let shares = held_shares(c, function).await;
+    let time: (u64, u64) = redis::cmd("TIME").query_async(c).await.unwrap_or_else(|e| panic!("TIME: {e}"));
+    (!shares.is_empty()).then(|| held_total(&shares, redis_time_ms(time)))
 }

@@ -6,7 +6,9 @@
 use futures::StreamExt;
 use roost_common::wire::redis::Refusal;
 use roost_gate_tests::client::{self, cold_start_ms, json, Body};
-use roost_gate_tests::redis_util::{self, calls, cmd, declare, lift, mark_asleep, mark_ready, mark_ready_with, refuse};
+use roost_gate_tests::redis_util::{
+    self, calls, cmd, declare, held_in_redis, held_shares, lift, mark_asleep, mark_ready, mark_ready_with, refuse,
+};
 use roost_gate_tests::{bounded, Answer, Behaviour, FakeEnvoy, FakeOrchestrator, Gate};
 use roost_testkit::process::free_port;
 use roost_testkit::redis::Redis;
@@ -192,14 +194,6 @@ async fn fifty_concurrent_cold_requests_wake_the_function_once() {
     .await;
 }
 
-/// The held count as the gate keeps it in Redis (`roost:fn:<f>:held`), if any.
-async fn held_in_redis(c: &mut redis::aio::MultiplexedConnection, function: &str) -> Option<u64> {
-    match cmd(c, &["GET", &format!("roost:fn:{function}:held")]).await {
-        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).parse().ok(),
-        _ => None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn a_held_burst_is_counted_in_redis_and_released_within_the_ready_capacity() {
@@ -241,8 +235,12 @@ async fn a_held_burst_is_counted_in_redis_and_released_within_the_ready_capacity
             signals.lock().unwrap().iter().any(|v| v["held"] == 40).then_some(())
         })
         .await;
+        let id = s.gate.healthz().await["gate"].as_str().unwrap().to_string();
+        assert!(!id.is_empty(), "the gate's id defaults to the host name");
+        assert_eq!(held_shares(&mut s.conn, "burst").await.keys().collect::<Vec<_>>(), [&id], "one share, the gate's own");
         for v in signals.lock().unwrap().iter() {
             assert_eq!(v["function"], "burst", "{v}");
+            assert_eq!(v["gate"], id.as_str(), "{v}");
         }
         assert_eq!(s.envoy.hits(), 0);
 

@@ -8,7 +8,7 @@ use redis::AsyncCommands;
 use roost_common::backoff::Backoff;
 use roost_common::keys;
 use roost_common::wire::calls::AsyncSettings;
-use roost_common::wire::redis::{function_of_signal, LoadHash, ReadyNotice, Refusal, ReplicasHash};
+use roost_common::wire::redis::{function_of_signal, held_total, redis_time_ms, LoadHash, ReadyNotice, Refusal, ReplicasHash};
 use std::collections::HashMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,9 @@ use tracing::{debug, info, warn};
 pub enum Signal {
     /// The gate found the function asleep.
     Wake(String),
-    /// The statsd-listener saw queueing or saturation.
+    /// The statsd-listener saw queueing or saturation, or a gate holds more requests (a
+    /// `HeldSignal`): the function's task reads its load again, whose held count is the
+    /// sum of every gate's share ([`RedisIo::load`]), not the one gate's that signalled.
     Scale(String),
 }
 
@@ -32,7 +34,8 @@ pub struct Load {
     pub pending: u64,
     /// Unix milliseconds of the last request start, if any was seen.
     pub last_request_ms: Option<u64>,
-    /// Requests the gate holds (`roost:fn:<f>:held`): not in Envoy yet.
+    /// Requests the gates hold (`roost:fn:<f>:held`, summed over the gates' unexpired
+    /// shares): not in Envoy yet.
     pub held: u64,
     /// Asynchronous calls waiting at the async worker (`roost:fn:<f>:backlog`).
     pub backlog: u64,
@@ -61,8 +64,9 @@ impl Load {
     }
 }
 
-/// The gate's count of held requests as stored; absent or unreadable counts as none.
-pub fn held_count(value: Option<&str>) -> u64 {
+/// A count stored as a whole number (the async worker's backlog); absent or unreadable
+/// counts as none.
+pub fn stored_count(value: Option<&str>) -> u64 {
     value.and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
@@ -148,13 +152,21 @@ impl RedisIo {
     }
 
     /// The function's load: what the statsd-listener wrote (zero when it wrote none),
-    /// the requests the gate holds and the asynchronous calls waiting (zero when none).
+    /// the requests the gates hold (their unexpired shares summed, judged by Redis's own
+    /// clock, which stamped them) and the asynchronous calls waiting (zero when none).
     pub async fn load(&self, function: &str) -> redis::RedisResult<Load> {
         let mut c = self.conn.clone();
-        let (h, held, backlog): (HashMap<String, String>, Option<String>, Option<String>) =
-            redis::pipe().hgetall(keys::load(function)).get(keys::held(function)).get(keys::backlog(function)).query_async(&mut c).await?;
+        // The load hash, the gates' shares of the held count, the backlog, Redis's clock.
+        type Reply = (HashMap<String, String>, HashMap<String, String>, Option<String>, (u64, u64));
+        let (h, shares, backlog, time): Reply = redis::pipe()
+            .hgetall(keys::load(function))
+            .hgetall(keys::held(function))
+            .get(keys::backlog(function))
+            .cmd("TIME")
+            .query_async(&mut c)
+            .await?;
         let load = Load::from_hash(&h, roost_common::clock::now_ms());
-        Ok(Load { held: held_count(held.as_deref()), backlog: held_count(backlog.as_deref()), ..load })
+        Ok(Load { held: held_total(&shares, redis_time_ms(time)), backlog: stored_count(backlog.as_deref()), ..load })
     }
 
     /// Publishes how the async worker delivers the function's asynchronous calls.
@@ -323,12 +335,12 @@ mod tests {
     }
 
     #[test]
-    fn the_held_count_reads_whole_numbers_and_defaults_to_none() {
-        assert_eq!(held_count(Some("200")), 200);
-        assert_eq!(held_count(Some(" 3\n")), 3);
-        assert_eq!(held_count(None), 0);
-        assert_eq!(held_count(Some("-1")), 0);
-        assert_eq!(held_count(Some("lots")), 0);
+    fn a_stored_count_reads_whole_numbers_and_defaults_to_none() {
+        assert_eq!(stored_count(Some("200")), 200);
+        assert_eq!(stored_count(Some(" 3\n")), 3);
+        assert_eq!(stored_count(None), 0);
+        assert_eq!(stored_count(Some("-1")), 0);
+        assert_eq!(stored_count(Some("lots")), 0);
     }
 
     #[test]
@@ -347,5 +359,31 @@ mod tests {
         assert_eq!(Load::from_hash(&h, updated - 500), busy, "a clock a little behind the writer's is no reason to drop it");
         h.remove("updated_ms");
         assert_eq!(Load::from_hash(&h, updated), idle, "a hash never stamped counts as stale");
+    }
+
+    /// Against a real redis-server: the gates' shares are summed on Redis's clock, an
+    /// expired one (a gate that died) left out.
+    #[tokio::test]
+    #[ignore = "needs redis-server: full tier (scripts/test.sh)"]
+    async fn the_load_sums_the_gates_unexpired_shares() {
+        use roost_common::wire::redis::HeldShare;
+        let server = roost_testkit::redis::Redis::start().await;
+        let client = redis::Client::open(server.url()).unwrap();
+        let io = RedisIo::connect(&client, &CancellationToken::new()).await.unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        assert_eq!(io.load("f").await.unwrap().held, 0, "no gate holds any");
+        let time: (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+        let now = redis_time_ms(time);
+        let share = |count, expires_ms| HeldShare { count, expires_ms }.to_value();
+        let _: () = c
+            .hset_multiple(
+                keys::held("f"),
+                &[("gate-a", share(3, now + 5_000)), ("gate-b", share(5, now + 5_000)), ("dead", share(100, now - 1))],
+            )
+            .await
+            .unwrap();
+        let _: () = c.set(keys::backlog("f"), 2).await.unwrap();
+        let load = io.load("f").await.unwrap();
+        assert_eq!((load.held, load.backlog), (8, 2));
     }
 }

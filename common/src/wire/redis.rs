@@ -1,6 +1,7 @@
 //! What Roost's parts write to and publish on Redis, besides the key names
 //! ([`crate::keys`]): the ready notice, the wake and scale signals, the load hash the
-//! statsd-listener writes and the replicas hash the orchestrator writes.
+//! statsd-listener writes, the replicas hash the orchestrator writes and the gates'
+//! shares of the held count.
 //!
 //! The Lua gate (`gateway-lua/lua/roost/gate.lua`) publishes wakes and reads ready
 //! notices by hand; it names the types here it follows.
@@ -94,19 +95,71 @@ impl ScaleSignal {
     }
 }
 
-/// Time to live of [`crate::keys::held`], in milliseconds: the gate renews it at least
-/// every `ROOST_GATE_REPUBLISH_MS` (2 s by default) while it holds requests.
+/// Time to live of one gate's share of [`crate::keys::held`] (and of the key), in
+/// milliseconds: the gate renews its share at least every `ROOST_GATE_REPUBLISH_MS` (2 s
+/// by default) while it holds requests.
 pub const HELD_TTL_MS: u64 = 5_000;
 
+/// One gate's share of [`crate::keys::held`]: the value of the hash field named by the
+/// gate's id, `<count>:<expires_ms>`.
+///
+/// Why a hash of expiring shares: each gate counts only the requests it holds, and Redis
+/// 7.0 has no expiry per hash field. So every share carries its own expiry (Unix
+/// milliseconds on Redis's clock, `TIME`: the gates' and the orchestrator's clocks need
+/// not agree) and readers sum only the unexpired ones ([`held_total`]); the gate's write
+/// (one script: set or remove its field, renew the key's `PEXPIRE` to the same TTL, drop
+/// expired fields, publish) keeps the key alive as long as the newest share, so the key
+/// of a function no gate holds anything for goes by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldShare {
+    /// Requests this gate holds for the function.
+    pub count: u64,
+    /// When the share stops counting unless renewed (Unix ms, Redis's clock).
+    pub expires_ms: u64,
+}
+
+impl HeldShare {
+    /// The field's value as stored.
+    pub fn to_value(&self) -> String {
+        format!("{}:{}", self.count, self.expires_ms)
+    }
+
+    /// Reads a field's value; `None` when it is not `<count>:<expires_ms>`.
+    pub fn parse(value: &str) -> Option<HeldShare> {
+        let (count, expires_ms) = value.trim().split_once(':')?;
+        Some(HeldShare { count: count.parse().ok()?, expires_ms: expires_ms.parse().ok()? })
+    }
+}
+
+/// The requests held for a function across every gate at `now_ms` (Redis's clock): the
+/// sum of the shares in [`crate::keys::held`] (`HGETALL`) not expired yet. An unreadable
+/// share counts as none.
+pub fn held_total(shares: &HashMap<String, String>, now_ms: u64) -> u64 {
+    shares.values().filter_map(|v| HeldShare::parse(v)).filter(|s| s.expires_ms >= now_ms).map(|s| s.count).fold(0, u64::saturating_add)
+}
+
+/// Unix milliseconds from Redis's `TIME` answer (seconds, microseconds).
+pub fn redis_time_ms((secs, micros): (u64, u64)) -> u64 {
+    secs.saturating_mul(1000).saturating_add(micros / 1000)
+}
+
 /// The gate's message on [`crate::keys::SCALE_CHANNEL`] when the number of requests it
-/// holds for a function grows (written by hand in `gateway-lua/lua/roost/gate.lua`):
-/// `{"function":"<f>","held":<n>}`. The orchestrator reads the function, then the count
-/// from [`crate::keys::held`].
+/// holds for a function grows (written by hand in `gateway-lua/lua/roost/gate.lua`, by
+/// the same script that writes its share, so atomically after it):
+/// `{"function":"<f>","gate":"<id>","held":<n>}`, `held` being the sum over every gate's
+/// unexpired share after the write ([`held_total`]), not this gate's own count.
+///
+/// The orchestrator reads the function, then the load, whose held count is that same
+/// sum read from [`crate::keys::held`] at that moment (never older than the signal), so a
+/// burst split over several gates is sized from all of it; `held` lets anyone else
+/// watching the channel see the total, and `gate` which gate saw it grow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldSignal {
     /// The function.
     pub function: String,
-    /// Requests the gate holds for it.
+    /// The gate that published it (its `ROOST_GATE_ID`).
+    pub gate: String,
+    /// Requests every gate holds for it together, after this gate's write.
     pub held: u64,
 }
 
@@ -263,9 +316,9 @@ mod tests {
         assert_eq!(n.to_payload(), r#"{"function":"hello","ready":true}"#);
         let n = ReadyNotice { capacity: Some(3), ..n };
         assert_eq!(n.to_payload(), r#"{"function":"hello","ready":true,"capacity":3}"#);
-        let held = HeldSignal { function: "hello".into(), held: 200 };
-        assert_eq!(serde_json::to_string(&held).unwrap(), r#"{"function":"hello","held":200}"#);
-        assert_eq!(function_of_signal(r#"{"function":"hello","held":200}"#), Some("hello".into()));
+        let held = HeldSignal { function: "hello".into(), gate: "gate-1".into(), held: 200 };
+        assert_eq!(serde_json::to_string(&held).unwrap(), r#"{"function":"hello","gate":"gate-1","held":200}"#);
+        assert_eq!(function_of_signal(r#"{"function":"hello","gate":"gate-1","held":200}"#), Some("hello".into()));
         let refusal = Refusal {
             status: 502,
             state: "failing".into(),
@@ -310,5 +363,32 @@ mod tests {
         assert_eq!(ReplicasHash::from_values(Some("3"), Some("8")), ReplicasHash { ready: 3, target_concurrency: 8 });
         assert_eq!(ReplicasHash::from_values(None, Some("x")), ReplicasHash { ready: 1, target_concurrency: 1 });
         assert_eq!(ReplicasHash { ready: 2, target_concurrency: 4 }.to_fields(), [("ready", 2), ("target_concurrency", 4)]);
+    }
+
+    #[test]
+    fn held_shares_read_back_what_they_wrote() {
+        let share = HeldShare { count: 40, expires_ms: 1_700_000_005_000 };
+        assert_eq!(share.to_value(), "40:1700000005000");
+        assert_eq!(HeldShare::parse(&share.to_value()), Some(share));
+        for bad in ["40", "-1:5", "x:5", "4:", ":5", ""] {
+            assert_eq!(HeldShare::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(redis_time_ms((1_700_000_000, 123_456)), 1_700_000_000_123);
+    }
+
+    #[test]
+    fn the_held_total_sums_the_gates_unexpired_shares() {
+        let now = 1_700_000_000_000u64;
+        let shares = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
+        let two = shares(&[("gate-a", "3:1700000004000"), ("gate-b", "5:1700000001000")]);
+        assert_eq!(held_total(&two, now), 8, "two gates add up");
+        assert_eq!(held_total(&two, now + 1_000), 8, "at its expiry a share still counts");
+        assert_eq!(held_total(&two, now + 1_001), 3, "a gate that stopped renewing expires alone");
+        assert_eq!(held_total(&two, now + 4_001), 0);
+        assert_eq!(held_total(&HashMap::new(), now), 0, "no gate holds any");
+        let odd = shares(&[("gate-a", "3:1700000004000"), ("old", "12"), ("junk", "lots:of")]);
+        assert_eq!(held_total(&odd, now), 3, "an unreadable share counts as none");
+        let huge = shares(&[("a", &format!("{}:{}", u64::MAX, u64::MAX)), ("b", "1:1700000004000")]);
+        assert_eq!(held_total(&huge, now), u64::MAX, "saturates");
     }
 }

@@ -15,10 +15,12 @@
 --     starts fail and it backs off) -> answered at once with the refusal's status and
 --     reason (+ Retry-After while it backs off), and held requests are answered with it as
 --     soon as a notice carries it;
---   * the number of requests held for a function goes to Redis as it changes
---     (roost:fn:<f>:held, coalesced every few ms; `{"function":"<f>","held":n}` on
---     roost:scale when it grows), so the orchestrator starts every replica a burst needs
---     at once (roost_common::keys::held, roost_common::wire::redis::HeldSignal);
+--   * the number of requests held for a function goes to Redis as it changes: this
+--     gate's share, the field ROOST_GATE_ID of the hash roost:fn:<f>:held, coalesced
+--     every few ms, expiring unless renewed; other gates' shares add up
+--     (`{"function":"<f>","gate":"<id>","held":<sum>}` on roost:scale when this gate's
+--     grows), so the orchestrator starts every replica a burst needs at once
+--     (roost_common::keys::held, roost_common::wire::redis::{HeldShare, HeldSignal});
 --   * a ready notice carries the function's capacity (ready replicas times their
 --     concurrency): held requests are released to Envoy at most that many at a time, and
 --     while any are held new ones queue behind them, so a burst is spread over the
@@ -71,6 +73,40 @@ local function refusal_key(fn) return "roost:fn:" .. fn .. ":refusal" end
 local function hold_key(fn) return "roost:fn:" .. fn .. ":hold_ms" end
 -- roost_common::keys::held.
 local function held_key(fn) return "roost:fn:" .. fn .. ":held" end
+
+-- Writes this gate's share of a function's held count, atomically with the rest
+-- (roost_common::wire::redis::HeldShare: the field ARGV[1], the gate's id, holds
+-- "<count>:<expires_ms>" on Redis's clock; Redis 7.0 has no expiry per hash field):
+-- a count above zero is stored to expire ARGV[3] ms from now and the key's PEXPIRE
+-- renewed to the same (so the key outlives every share in it); zero removes the field.
+-- Expired shares (a gate that died) are dropped on the way; the sum of the others is
+-- returned and, when ARGV[4] is set, published on roost:scale as a
+-- roost_common::wire::redis::HeldSignal (ARGV[4] is the message up to its count).
+local HELD_SCRIPT = [[
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = tonumber(ARGV[2])
+if n > 0 then
+    redis.call('HSET', KEYS[1], ARGV[1], string.format('%d:%d', n, now + tonumber(ARGV[3])))
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+else
+    redis.call('HDEL', KEYS[1], ARGV[1])
+end
+local total = 0
+local shares = redis.call('HGETALL', KEYS[1])
+for i = 1, #shares, 2 do
+    local count, expires = string.match(shares[i + 1], '^(%d+):(%d+)$')
+    if count and tonumber(expires) >= now then
+        total = total + tonumber(count)
+    else
+        redis.call('HDEL', KEYS[1], shares[i])
+    end
+end
+if ARGV[4] ~= '' then
+    redis.call('PUBLISH', ARGV[5], ARGV[4] .. string.format('%d', total) .. '}')
+end
+return total
+]]
 
 -- How long held-count changes are gathered into one report to Redis.
 local HELD_REPORT_DELAY = 0.005
@@ -126,6 +162,16 @@ function _M.init()
     conf.redis_port = tonumber(port) or 6379
     conf.redis_timeout = env_num("ROOST_GATE_REDIS_TIMEOUT_MS", 1000)
     conf.max_held = env_num("ROOST_GATE_MAX_HELD", 1000)
+    -- This gate's field in each function's held count (run.sh defaults it to the host
+    -- name and checks it; a name safe in JSON).
+    conf.gate_id = os.getenv("ROOST_GATE_ID") or ""
+    if not conf.gate_id:match("^[%w%._%-]+$") then
+        local f = io.open("/proc/sys/kernel/hostname")
+        conf.gate_id = (f and f:read("*l") or ""):match("^[%w%._%-]+$") or "gate"
+        if f then
+            f:close()
+        end
+    end
     conf.wake_timeout_ms = env_num("ROOST_GATE_WAKE_TIMEOUT_MS", 30000)
     conf.wake_timeout = conf.wake_timeout_ms / 1000
     conf.cache_ttl = env_num("ROOST_GATE_CACHE_TTL_MS", 1000) / 1000
@@ -608,8 +654,8 @@ end
 ---------------------------------------------------------------------------------------
 -- The held count in Redis, and the capacity held requests are released into
 
--- Writes the function's held count to Redis (deleted at zero), and says on roost:scale
--- that it grew.
+-- Writes this gate's share of the function's held count to Redis (removed at zero; see
+-- HELD_SCRIPT), and says on roost:scale that it grew, with the sum over every gate.
 local function send_held_report(premature, fn)
     dict:delete("report:" .. fn)
     if premature then
@@ -621,17 +667,14 @@ local function send_held_report(premature, fn)
     if not r then
         return -- the next change, or the next recheck of a held request, reports again
     end
-    r:init_pipeline()
-    if n > 0 then
-        r:set(held_key(fn), n, "PX", HELD_TTL_MS)
-    else
-        r:del(held_key(fn))
-    end
+    -- roost_common::wire::redis::HeldSignal (function names and gate ids need no escaping).
+    local signal = ""
     if n > last then
-        -- roost_common::wire::redis::HeldSignal (function names need no escaping).
-        r:publish(SCALE_CHANNEL, '{"function":"' .. fn .. '","held":' .. n .. '}')
+        signal = '{"function":"' .. fn .. '","gate":"' .. conf.gate_id .. '","held":'
     end
-    if not r:commit_pipeline() then
+    local _, err = r:eval(HELD_SCRIPT, 1, held_key(fn), conf.gate_id, n, HELD_TTL_MS, signal, SCALE_CHANNEL)
+    if err then
+        ngx.log(ngx.WARN, "roost gate: cannot report the held count of ", fn, ": ", err)
         r:close()
         return
     end
@@ -1273,6 +1316,7 @@ function _M.healthz()
     -- cjson writes an empty table as {}.
     ngx.say(cjson.encode({
         status = "ok",
+        gate = conf.gate_id,
         workers = ngx.worker.count(),
         subscribed = subscribed,
         subscriptions = dict:get("subscriptions") or 0,
