@@ -15,6 +15,7 @@ pub mod report;
 pub mod scenarios;
 pub mod spares;
 pub mod stats;
+pub mod swarm;
 
 use report::{Floors, Report, RuntimeRun};
 use roost_cli::up::Runtime;
@@ -99,17 +100,28 @@ pub enum Scenario {
     Spares,
     /// Many functions on one host: --many-docker in containers, --many-process as processes.
     Many,
+    /// Roost as a Docker Swarm stack, with the swarm and the Docker runtimes (run on its
+    /// own, never part of the whole suite: it deploys the stack twice).
+    Swarm,
 }
 
 impl Config {
     fn runs(&self, s: Scenario) -> bool {
-        self.scenarios.is_empty() || self.scenarios.contains(&s)
+        (self.scenarios.is_empty() && s != Scenario::Swarm) || self.scenarios.contains(&s)
+    }
+
+    /// Only the swarm scenario was asked for (it runs on its own).
+    pub fn swarm_only(&self) -> bool {
+        self.scenarios == [Scenario::Swarm]
     }
 
     /// Refuses a partial run that would overwrite the page's whole one.
     pub fn check(&self) -> Result<(), String> {
         if !self.scenarios.is_empty() && self.out != "-" {
             return Err("--scenarios runs only part of the suite: add --out - (the page keeps whole runs only)".into());
+        }
+        if self.scenarios.contains(&Scenario::Swarm) && !self.swarm_only() {
+            return Err("--scenarios swarm runs on its own: give it alone".into());
         }
         Ok(())
     }

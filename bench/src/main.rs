@@ -11,6 +11,26 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let command = std::env::var("ROOST_BENCH_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
+    if config.swarm_only() {
+        let slice = std::time::Duration::from_millis(config.slice_ms * 3);
+        let home = match std::fs::canonicalize(&config.home) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("roost-bench: {}: {e}", config.home.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        return match roost_bench::swarm::run(&home, &config.docker_socket, &config.base_image, config.rounds as usize, slice).await {
+            Ok(text) => {
+                println!("Command: `{command}`\n\n{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("roost-bench: the swarm scenario failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let out = config.out.clone();
     let home = config.home.clone();
     match roost_bench::run(config, command).await {
