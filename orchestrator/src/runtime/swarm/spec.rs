@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(c.capability_drop.as_deref(), Some(&["ALL".to_string()][..]));
         assert_eq!(c.stop_grace_period, Some(5_000_000_000));
         let tmp = &c.mounts.as_ref().unwrap()[0];
-        assert_eq!((tmp.target.as_deref(), tmp.typ.clone()), (Some("/tmp"), Some(MountType::TMPFS)));
+        assert_eq!((tmp.target.as_deref(), tmp.typ), (Some("/tmp"), Some(MountType::TMPFS)));
         assert!(c.env.as_ref().unwrap().iter().any(|e| e.starts_with("ROOST_")), "the runtime's environment: {:?}", c.env);
         assert_eq!(c.labels, s.labels, "the containers carry the labels too");
     }
