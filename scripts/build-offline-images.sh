@@ -7,7 +7,8 @@
 #   docker-compose up -d                        # or: docker compose up -d
 #
 # Idempotent: the Debian base is built once (roost/platform-base:bookworm); the other
-# images are rebuilt from the current binaries each run (seconds).
+# images are rebuilt from the current binaries each run (seconds). The binaries are taken
+# from $CARGO_TARGET_DIR/release when CARGO_TARGET_DIR is set (target/release otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { echo "build-offline-images: $*" >&2; }
@@ -17,6 +18,7 @@ scripts/build-base-image.sh
 log "building Roost's release binaries"
 cargo build --release --locked --quiet -p roost-control-plane -p roost-orchestrator -p roost-statsd-listener -p roost-async-worker >&2
 
+target_dir=${CARGO_TARGET_DIR:-target}
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 build() { # tag dockerfile
@@ -24,7 +26,7 @@ build() { # tag dockerfile
   log "built $1"
 }
 for bin in control-plane orchestrator statsd-listener async-worker; do
-  cp "target/release/$bin" "$ctx/$bin"
+  cp "$target_dir/release/$bin" "$ctx/$bin"
   docker build -q -t "roost/$bin:offline" --build-arg "BIN=$bin" -f docker/offline/service.Dockerfile "$ctx" >/dev/null
   log "built roost/$bin:offline"
 done
