@@ -205,6 +205,9 @@ names! {
     GATE_LOG_LEVEL = "ROOST_GATE_LOG_LEVEL";
     /// DNS server for a Redis host name.
     GATE_RESOLVER = "ROOST_GATE_RESOLVER";
+    /// How often the gate resolves Envoy's host name again (reloading nginx when its
+    /// addresses change), in seconds.
+    GATE_RESOLVE_EVERY_S = "ROOST_GATE_RESOLVE_EVERY_S";
     /// The nginx binary.
     GATE_NGINX = "ROOST_GATE_NGINX";
     /// A folder searched first for Lua modules.

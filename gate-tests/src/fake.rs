@@ -67,7 +67,9 @@ struct EnvoyState {
 /// told otherwise with [`FakeEnvoy::then_answer`]. [`FakeEnvoy::stop`] takes it down
 /// (its port refuses connections) and [`FakeEnvoy::start_on`] brings one up on the same port.
 pub struct FakeEnvoy {
-    /// Its port on 127.0.0.1.
+    /// The loopback address it listens on (127.0.0.1 unless started with [`FakeEnvoy::start_at`]).
+    pub ip: std::net::Ipv4Addr,
+    /// Its port.
     pub port: u16,
     state: Arc<Mutex<EnvoyState>>,
     task: tokio::task::JoinHandle<()>,
@@ -81,7 +83,13 @@ impl FakeEnvoy {
 
     /// Starts on 127.0.0.1:`port` (0: a free one), e.g. the port of one that was stopped.
     pub async fn start_on(port: u16) -> FakeEnvoy {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap_or_else(|e| panic!("bind the fake Envoy on port {port}: {e}"));
+        Self::start_at(std::net::Ipv4Addr::LOCALHOST, port).await
+    }
+
+    /// Starts on `ip`:`port` (0: a free one): another loopback address (127.0.0.2, ...)
+    /// stands for another Envoy, e.g. one behind the same host name.
+    pub async fn start_at(ip: std::net::Ipv4Addr, port: u16) -> FakeEnvoy {
+        let listener = TcpListener::bind((ip, port)).await.unwrap_or_else(|e| panic!("bind the fake Envoy on {ip}:{port}: {e}"));
         let port = listener.local_addr().expect("fake Envoy address").port();
         let state = Arc::new(Mutex::new(EnvoyState::default()));
         let st = state.clone();
@@ -91,16 +99,16 @@ impl FakeEnvoy {
                 st.lock().unwrap().conns.push(handle.abort_handle());
             }
         });
-        FakeEnvoy { port, state, task }
+        FakeEnvoy { ip, port, state, task }
     }
 
     /// Goes down as a killed Envoy does: every open connection is closed, and once this
     /// returns the port refuses connections.
     pub async fn stop(&self) {
         self.abort_all();
-        let port = self.port;
+        let (ip, port) = (self.ip, self.port);
         crate::bounded(Duration::from_secs(5), "the fake Envoy's port to refuse connections", async move {
-            while TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            while TcpStream::connect((ip, port)).await.is_ok() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -114,9 +122,9 @@ impl FakeEnvoy {
         }
     }
 
-    /// `127.0.0.1:<port>`, for `ROOST_ENVOY_ADDR`.
+    /// `<ip>:<port>`, for `ROOST_ENVOY_ADDR`.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// The next requests get these answers, in order (then [`Answer::Ok`] again).
