@@ -8,17 +8,20 @@
 #                                    missing, deploy the stack by image ID, then wait
 #                                    (120 s at most) until a call of the function (default:
 #                                    the first declared one) answers on the public port.
-#                                    --no-ipvs: for a kernel without IPVS (ip_vs), where
-#                                    Swarm's virtual IPs and routing mesh cannot work: every
-#                                    service by DNS round robin (dnsrr), no published port;
-#                                    calls go through the functions network (docs/swarm.md)
-#   scripts/swarm.sh down            remove the stack, wait until its services, tasks,
-#                                    containers (function replicas included) and networks
-#                                    are gone, then remove the secrets; the data volumes
-#                                    are kept
+#                                    The public port is Swarm's routing mesh where this
+#                                    kernel has IPVS (swarm/mesh.yml), else the entry relay,
+#                                    a container on this node (swarm/entry.yaml);
+#                                    --no-ipvs (or ROOST_SWARM_ENTRY=relay) chooses the relay
+#   scripts/swarm.sh down [--volumes]
+#                                    remove the stack (and the entry relay), wait until its
+#                                    services, tasks, containers (function replicas
+#                                    included) and networks are gone, then remove the
+#                                    secrets; the data volumes are kept unless --volumes
 #
 # Environment (defaults in brackets), passed on to the stack file:
-#   ROOST_PORT            the public port, on every node (routing mesh)      [8080]
+#   ROOST_PORT            the public port (every node with the mesh; this one with the relay) [8080]
+#   ROOST_SWARM_ENTRY     mesh or relay                  [mesh where /proc/sys/net/ipv4/vs is]
+#   ROOST_SWARM_RUNTIME   the orchestrator's runtime: swarm or docker                     [swarm]
 #   ROOST_DOCKER_NETWORK  the functions overlay's name                      [roost-functions]
 #   ROOST_HOME            the repository on this manager (the definitions)  [this one]
 #   ROOST_API_TOKEN, ROOST_SPARE_MEMORY, ROOST_GATE_MAX_BODY, ROOST_ASYNC_CALLBACK_HOSTS,
@@ -140,54 +143,42 @@ check_network() {
   esac
 }
 
-# The stack file, as deployed: as is, or for a kernel without IPVS (every service's
-# endpoint_mode dnsrr, Envoy's published port dropped: dnsrr cannot publish through the
-# routing mesh). Works on `docker stack config`'s canonical output, already interpolated:
-# a `$` left in it is literal, and doubled to stay so when deploy interpolates again.
-stack_file() {
-  if [ "$no_ipvs" = 1 ]; then
-    docker stack config -c swarm/roost-stack.yml | awk '
-      { gsub(/\$/, "$$") }
-      /^services:/ { in_services = 1; print; next }
-      /^[^ ]/ { in_services = 0 }
-      in_services && /^  [^ ]/ { service = $1; sub(/:$/, "", service); skip = 0 }
-      in_services && skip && /^    [^ ]/ { skip = 0 }
-      in_services && skip { next }
-      in_services && service == "envoy" && /^    ports:/ { skip = 1; next }
-      { print }
-      in_services && /^    deploy:/ { print "      endpoint_mode: dnsrr" }'
-  else
-    cat swarm/roost-stack.yml
-  fi
+# The entry relay (swarm/entry.yaml): on a kernel without IPVS, Envoy as a TCP relay in a
+# plain container on this node, publishing the public port (plain port publishing needs
+# no IPVS), on the stack's public network, to every Envoy task.
+entry_container=${stack}_entry
+
+start_entry() {
+  docker rm -f "$entry_container" >/dev/null 2>&1 || true
+  log "starting the entry relay $entry_container (swarm/entry.yaml): port $port on this node to the Envoy tasks"
+  docker run -d --name "$entry_container" --label roost.entry="$stack" --restart unless-stopped \
+    --network "${stack}_public" -p "$port:8080" --entrypoint envoy "$ROOST_ENVOY_IMAGE" \
+    --config-yaml "$(cat swarm/entry.yaml)" --log-level warn >/dev/null ||
+    die "cannot start the entry relay (above): is port $port free on this node? (ROOST_PORT)"
 }
 
-# One call of the function: prints the HTTP status, and the body into $2. Through the
-# public port; with --no-ipvs from a container on the functions network, to Envoy's
-# public listener (`envoy` names both Envoys there).
+# One call of the function through the public port: prints the HTTP status, and the
+# body into $2.
 call() { # function, body file
-  if [ "$no_ipvs" = 1 ]; then
-    docker run --rm --network "$network" "$ROOST_BASE_IMAGE" python3 -c '
-import sys, urllib.request, urllib.error
-try:
-    r = urllib.request.urlopen("http://envoy:8080/" + sys.argv[1], timeout=10)
-    code, body = r.status, r.read()
-except urllib.error.HTTPError as e:
-    code, body = e.code, e.read()
-sys.stderr.buffer.write(body[:300])
-print(code)' "$1" 2>"$2" || echo "no answer"
-  else
-    curl -s -o "$2" -w '%{http_code}' --max-time 10 "http://localhost:$port/$1" 2>/dev/null || echo "no answer"
-  fi
+  curl -s -o "$2" -w '%{http_code}' --max-time 10 "http://localhost:$port/$1" 2>/dev/null || echo "no answer"
 }
 
-no_ipvs=0
+# mesh (Swarm's routing mesh publishes the port: needs IPVS) or relay (swarm/entry.yaml).
+entry=${ROOST_SWARM_ENTRY:-}
 
 up() {
   need_manager
   if [ "${1:-}" = --no-ipvs ]; then
-    no_ipvs=1
+    entry=relay
     shift
   fi
+  if [ -z "$entry" ]; then
+    if [ -d /proc/sys/net/ipv4/vs ]; then entry=mesh; else
+      entry=relay
+      log "this kernel has no IPVS (/proc/sys/net/ipv4/vs is missing): Swarm's routing mesh cannot publish the port, so the entry relay does (swarm/entry.yaml)"
+    fi
+  fi
+  case "$entry" in mesh | relay) ;; *) die "ROOST_SWARM_ENTRY=$entry: write mesh (Swarm's routing mesh, needs IPVS) or relay (a relay container on this node)" ;; esac
   local fn=${1:-}
   [ -n "$fn" ] || fn=$(first_function)
   [ -n "$fn" ] || die "no function declared in faas-runtime/global-function-definition.yml to call: name one (scripts/swarm.sh up <function>)"
@@ -198,16 +189,12 @@ up() {
   check_network
   build_images
   make_secrets
-  local where="http://localhost:$port/$fn"
-  if [ "$no_ipvs" = 1 ]; then
-    where="http://envoy:8080/$fn from a container on $network"
-    log "deploying the stack $stack without IPVS (every service dnsrr, no published port; functions network $network)"
-  else
-    [ -d /proc/sys/net/ipv4/vs ] || log "warning: /proc/sys/net/ipv4/vs is missing: if this kernel has no IPVS (ip_vs), the public port and the services' virtual IPs will not work; use up --no-ipvs"
-    log "deploying the stack $stack (swarm/roost-stack.yml; public port $port, functions network $network)"
-  fi
-  stack_file | docker stack deploy --resolve-image never --detach=true -c - "$stack" >&2 ||
+  local where="http://localhost:$port/$fn" files=(-c swarm/roost-stack.yml)
+  [ "$entry" = relay ] || files+=(-c swarm/mesh.yml)
+  log "deploying the stack $stack (${files[*]}; public port $port by the $entry, functions network $network)"
+  docker stack deploy --resolve-image never --detach=true "${files[@]}" "$stack" >&2 ||
     die "docker stack deploy failed (above); fix what it names, or remove the stack with scripts/swarm.sh down and try again"
+  [ "$entry" = mesh ] || start_entry
   log "waiting up to ${up_timeout_s} s until $where answers (the first call wakes it)"
   local start=$SECONDS next_report=$((SECONDS + 15)) code="no answer" body=/tmp/roost-swarm-up.$$
   while [ $((SECONDS - start)) -lt $up_timeout_s ]; do
@@ -217,7 +204,7 @@ up() {
         log "up: $where answered $code after $((SECONDS - start)) s: $(head -c 200 "$body")"
         rm -f "$body"
         docker stack services "$stack" >&2
-        [ "$no_ipvs" = 1 ] || log "management API: http://localhost:$port/system/... with the API token (docs/swarm.md)"
+        log "management API: http://localhost:$port/system/... with the API token (docs/swarm.md)"
         return 0
         ;;
     esac
@@ -235,8 +222,8 @@ up() {
   local waiting svc
   waiting=$(not_running)
   echo "swarm: error: $where did not answer within ${up_timeout_s} s (last: $code ${last})" >&2
-  if [ "$no_ipvs" = 0 ] && [ ! -d /proc/sys/net/ipv4/vs ]; then
-    echo "swarm: this kernel shows no IPVS (/proc/sys/net/ipv4/vs is missing): Swarm's routing mesh cannot publish port $port and the services' virtual IPs do not route (the services' logs say Redis is unreachable); run scripts/swarm.sh down, then scripts/swarm.sh up --no-ipvs" >&2
+  if [ "$entry" = mesh ] && [ ! -d /proc/sys/net/ipv4/vs ]; then
+    echo "swarm: this kernel shows no IPVS (/proc/sys/net/ipv4/vs is missing): Swarm's routing mesh cannot publish port $port; run scripts/swarm.sh down, then scripts/swarm.sh up --no-ipvs" >&2
   fi
   if [ -n "$waiting" ]; then
     echo "swarm: services not running as many tasks as they want (name current/desired):" >&2
@@ -272,9 +259,21 @@ stack_containers() { docker ps -aq --filter "label=com.docker.stack.namespace=$s
 function_containers() { docker ps -aq --filter "label=roost.network=$network"; }
 stack_networks() { docker network ls -q --filter "label=com.docker.stack.namespace=$stack"; }
 
+function_services() { docker service ls -q --filter "label=roost.network=$network"; }
+
 down() {
   need_manager
+  local volumes=0
+  case "${1:-}" in
+    --volumes) volumes=1 ;;
+    "") ;;
+    *) die "down takes --volumes or nothing, not $1" ;;
+  esac
   local deadline=$((SECONDS + down_timeout_s)) ok=1
+  if docker container inspect "$entry_container" >/dev/null 2>&1; then
+    log "removing the entry relay $entry_container"
+    docker rm -f "$entry_container" >/dev/null || ok=0
+  fi
   if [ -n "$(stack_services)" ]; then
     log "removing the stack $stack (its services first; the orchestrator stops the function replicas, up to 40 s)"
     docker stack rm "$stack" >&2 || log "docker stack rm reported errors (above): networks still in use are removed below once free"
@@ -284,6 +283,10 @@ down() {
   log "waiting until the stack's services, task containers and function replicas are gone (${down_timeout_s} s at most)"
   wait_gone "services" "$deadline" stack_services || ok=0
   wait_gone "task containers" "$deadline" stack_containers || ok=0
+  wait_gone "function replica services on $network" "$deadline" function_services || {
+    log "removing the function replica services left on $network: $(function_services | tr '\n' ' ')"
+    function_services | xargs -r docker service rm >/dev/null || ok=0
+  }
   wait_gone "function replicas on $network" "$deadline" function_containers || {
     log "removing the function replicas left on $network: $(function_containers | tr '\n' ' ')"
     function_containers | xargs -r docker rm -f >/dev/null || ok=0
@@ -308,8 +311,19 @@ down() {
       docker secret rm "$s" >/dev/null || { log "cannot remove the secret $s (still used by a service?)"; ok=0; }
     fi
   done
+  if [ "$volumes" = 1 ]; then
+    for s in "${stack}_redis-data" "${stack}_roost-data"; do
+      if docker volume inspect "$s" >/dev/null 2>&1; then
+        log "removing the volume $s"
+        until docker volume rm "$s" >/dev/null 2>&1; do
+          [ $SECONDS -lt $((deadline + 30)) ] || { log "cannot remove the volume $s (docker volume inspect $s)"; ok=0; break; }
+          sleep 1
+        done
+      fi
+    done
+  fi
   if [ "$ok" = 1 ]; then
-    log "down: the stack $stack, its networks and secrets are gone; its data volumes ${stack}_redis-data and ${stack}_roost-data are kept (docker volume rm them to start afresh)"
+    log "down: the stack $stack, its networks and secrets are gone; its data volumes ${stack}_redis-data and ${stack}_roost-data are kept unless --volumes (docker volume rm them to start afresh)"
   else
     die "down: some of the stack is left (above); run scripts/swarm.sh down again, or remove it with docker service/network/secret rm"
   fi
@@ -317,6 +331,6 @@ down() {
 
 case "${1:-}" in
   up) shift && up "$@" ;;
-  down) down ;;
+  down) shift && down "$@" ;;
   *) usage ;;
 esac

@@ -106,7 +106,7 @@ impl Drop for Down {
         }
         let out = Command::new("bash")
             .arg(workspace_root().join("scripts/swarm.sh"))
-            .arg("down")
+            .args(["down", "--volumes"])
             .envs(self.0.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output();
         if let Ok(out) = out {
@@ -199,11 +199,15 @@ async fn the_stack_on_a_swarm_serves_scales_rolls_over_and_survives_kills() {
     assert_eq!(replica_services("hello").len(), 1, "hello's replica is a Swarm service");
 
     // Cold start: whoami from zero (its image built at declaration), answered in one call.
-    wait_until(WAIT, "whoami's image built", || async {
-        let out = stdout(&docker(&["images", "-q", "--filter", "label=roost.function=whoami"]));
-        (!out.is_empty()).then_some(())
-    })
-    .await;
+    // Every image is built first (two at a time, at declaration), so no call below waits
+    // for a build.
+    for f in ["whoami", "sleep"] {
+        wait_until(WAIT, &format!("{f}'s image built"), || async {
+            let out = stdout(&docker(&["images", "-q", "--filter", &format!("label=roost.function={f}")]));
+            (!out.is_empty()).then_some(())
+        })
+        .await;
+    }
     assert!(replica_services("whoami").is_empty(), "whoami sleeps before its first call");
     let t = Instant::now();
     let first = whoami(port).await.expect("whoami answers from zero");

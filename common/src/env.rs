@@ -128,6 +128,10 @@ names! {
     RECYCLE_REPLICAS = "ROOST_RECYCLE_REPLICAS";
     /// Placement constraints of the swarm runtime's function tasks (comma-separated).
     SWARM_CONSTRAINTS = "ROOST_SWARM_CONSTRAINTS";
+    /// scripts/swarm.sh: the stack's orchestrator runtime (`swarm` or `docker`).
+    SWARM_RUNTIME = "ROOST_SWARM_RUNTIME";
+    /// scripts/swarm.sh: how the public port is published (`mesh` or `relay`).
+    SWARM_ENTRY = "ROOST_SWARM_ENTRY";
     /// Base image of function images.
     BASE_IMAGE = "ROOST_BASE_IMAGE";
 
