@@ -4,15 +4,15 @@
 //! this host through the public port: cold start from zero and warm latency and
 //! throughput. Beside them, in the same run, the floors: a bare Swarm service created
 //! until its task runs (the swarm runtime's cold start without Roost), `docker unpause`
-//! (the Docker runtime's), and the same function image published as a bare service on
-//! the routing mesh (the warm path without Envoy).
+//! (the Docker runtime's), and the same function image in a container of its own,
+//! published by Docker on this host (the warm path without Roost).
 //!
 //! The swarm is made for the run and left again unless the engine was in one already.
 
 use crate::client::{closed_loop, get_once, LoadResult};
 use crate::floors;
 use crate::stats::Summary;
-use bollard::models::{EndpointPortConfig, EndpointSpec, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec};
+use bollard::models::{ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec};
 use bollard::query_parameters::ListTasksOptionsBuilder;
 use bollard::{ClientVersion, Docker};
 use roost_common::wire::status::FunctionState;
@@ -64,7 +64,8 @@ pub struct Floors {
 }
 
 fn sh(home: &Path, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
-    let out = Command::new("bash").arg(home.join("scripts/swarm.sh")).args(args).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output()?;
+    let out =
+        Command::new("bash").arg(home.join("scripts/swarm.sh")).args(args).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output()?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(30).collect();
@@ -129,7 +130,7 @@ async fn one_runtime(home: &Path, work: &Path, runtime: &'static str, rounds: us
     }
     .await;
     eprintln!("roost-bench: swarm stack with the {runtime} runtime: down");
-    let down = sh(home, &["down"], &env);
+    let down = sh(home, &["down", "--volumes"], &env);
     let figures = result?;
     down?;
     Ok(figures)
@@ -143,8 +144,8 @@ fn hello_image() -> anyhow::Result<String> {
     Ok(id)
 }
 
-/// A bare service of `image` (its runtime on 8080), optionally published on `publish`.
-fn bare_service(name: &str, image: &str, publish: Option<u16>) -> ServiceSpec {
+/// A bare service of `image` (its runtime on 8080).
+fn bare_service(name: &str, image: &str) -> ServiceSpec {
     ServiceSpec {
         name: Some(name.to_string()),
         task_template: Some(TaskSpec {
@@ -161,10 +162,6 @@ fn bare_service(name: &str, image: &str, publish: Option<u16>) -> ServiceSpec {
             ..Default::default()
         }),
         mode: Some(ServiceSpecMode { replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }), ..Default::default() }),
-        endpoint_spec: publish.map(|p| EndpointSpec {
-            ports: Some(vec![EndpointPortConfig { target_port: Some(8080), published_port: Some(i64::from(p)), ..Default::default() }]),
-            ..Default::default()
-        }),
         ..Default::default()
     }
 }
@@ -182,7 +179,7 @@ async fn measure_floors(socket: &str, base_image: &str, rounds: usize, slice: Du
     for i in 0..rounds {
         let name = format!("roost-bench-floor-{i}");
         let t = Instant::now();
-        let id = docker.create_service(bare_service(&name, &image, None), None).await?.id.unwrap_or(name.clone());
+        let id = docker.create_service(bare_service(&name, &image), None).await?.id.unwrap_or(name.clone());
         while !running(&docker, &id).await? {
             anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "a bare service did not run within 60 s");
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -190,13 +187,19 @@ async fn measure_floors(socket: &str, base_image: &str, rounds: usize, slice: Du
         created.push(t.elapsed().as_secs_f64() * 1000.0);
         docker.delete_service(&id).await?;
     }
+    // The function image alone, published by Docker on this host (no IPVS needed).
     let port = free_port();
-    let id = docker.create_service(bare_service("roost-bench-direct", &image, Some(port)), None).await?.id.unwrap_or_default();
+    let published = format!("127.0.0.1:{port}:8080");
+    let run = Command::new("docker")
+        .args(["run", "-d", "--rm", "--user", "65534:65534", "-e", "PORT=8080", "-e", "ROOST_BIND=0.0.0.0", "-p", &published, &image])
+        .output()?;
+    anyhow::ensure!(run.status.success(), "docker run of the function image: {}", String::from_utf8_lossy(&run.stderr));
+    let container = String::from_utf8_lossy(&run.stdout).trim().to_string();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let measured = async {
         let t = Instant::now();
         while !get_once(addr, "/").await.is_ok_and(|r| r.head.status == 200) {
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "the bare published service never answered");
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "the function container never answered");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let mut direct = Vec::new();
@@ -207,7 +210,7 @@ async fn measure_floors(socket: &str, base_image: &str, rounds: usize, slice: Du
         Ok(direct)
     }
     .await;
-    docker.delete_service(&id).await?;
+    Command::new("docker").args(["rm", "-f", &container]).output()?;
     let direct = measured?;
     let unpause = floors::docker(socket, base_image, rounds).await?.unpause_ms;
     Ok(Floors {
@@ -239,7 +242,13 @@ fn render(runs: &[RuntimeFigures], floors: &Floors, rounds: usize) -> String {
         format!("{} | {:.0}/s | {}", s.map(|s| format!("{:.2} / {:.2} ms", s.p50, s.p99)).unwrap_or_default(), l.throughput(), l.errors)
     };
     let mut out = String::new();
-    let _ = writeln!(out, "Cold start from zero, {rounds} rounds, p50 / p99 (through the public port, routing mesh included):\n");
+    let entry = if Path::new("/proc/sys/net/ipv4/vs").exists() {
+        "Swarm's routing mesh"
+    } else {
+        "the entry relay (this kernel has no IPVS for the routing mesh)"
+    };
+    let _ = writeln!(out, "Through the public port, published by {entry}.\n");
+    let _ = writeln!(out, "Cold start from zero, {rounds} rounds, p50 / p99:\n");
     let _ = writeln!(out, "| runtime | cold start | floor in the same run |\n|---|---:|---|");
     for r in runs {
         let floor = match r.runtime {
@@ -251,7 +260,7 @@ fn render(runs: &[RuntimeFigures], floors: &Floors, rounds: usize) -> String {
     let _ = writeln!(out, "\nWarm `hello`, closed loop (latency p50 / p99 | throughput | errors):\n");
     let _ = writeln!(out, "| path | connections | latency | throughput | errors |\n|---|---:|---:|---:|---:|");
     for (conns, l) in &floors.direct {
-        let _ = writeln!(out, "| floor: the function image as a bare published service | {conns} | {} |", load(l));
+        let _ = writeln!(out, "| floor: the function's container alone, published by Docker on this host | {conns} | {} |", load(l));
     }
     for r in runs {
         for (conns, l) in &r.warm {

@@ -168,6 +168,22 @@ impl Load {
     }
 }
 
+/// From inside the container `replica`, a TCP connect to each of `targets`
+/// (`host:port`, names or addresses): `name -> "reached" | "unreachable: ..."`.
+fn connects_from(replica: &str, targets: &[String]) -> Vec<(String, String)> {
+    let code = "import socket, sys\nfor t in sys.argv[1:]:\n    h, p = t.rsplit(':', 1)\n    try:\n        socket.create_connection((h, int(p)), timeout=1.5).close()\n        print(t, 'reached')\n    except Exception as e:\n        print(t, 'unreachable:', type(e).__name__)\n";
+    let mut args = vec!["exec", replica, "python3", "-c", code];
+    args.extend(targets.iter().map(String::as_str));
+    let out = stdout(&docker(&args));
+    out.lines().filter_map(|l| l.split_once(' ')).map(|(t, r)| (t.to_string(), r.to_string())).collect()
+}
+
+/// Every address of a container, on all its networks.
+fn addresses_of(container: &str) -> Vec<String> {
+    let out = stdout(&docker(&["inspect", container, "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"]));
+    out.split_whitespace().map(String::from).collect()
+}
+
 /// The replica that answered `whoami` (its host name and process id).
 async fn whoami(port: u16) -> Option<String> {
     let r = http::get(port, "/whoami").await.ok()?;
@@ -213,6 +229,19 @@ async fn the_stack_on_a_swarm_serves_scales_rolls_over_and_survives_kills() {
     let first = whoami(port).await.expect("whoami answers from zero");
     eprintln!("cold start of whoami through the stack: {:?}", t.elapsed());
     assert_eq!(replica_services("whoami").len(), 1);
+
+    // Nothing of the control side is reachable from inside a replica: not by name (the
+    // names do not resolve on the functions overlay), not by any address of theirs.
+    let replica = stdout(&docker(&["ps", "-q", "--filter", "label=roost.function=whoami", "--filter", "status=running"]));
+    let mut targets: Vec<String> = vec!["redis:6379".into(), "control-plane:18001".into(), "statsd-listener:9102".into()];
+    for (service, port) in [("redis", 6379), ("control-plane", 18001), ("control-plane", 18000), ("async-worker", 8090)] {
+        for c in stack_containers(service) {
+            targets.extend(addresses_of(&c).into_iter().map(|a| format!("{a}:{port}")));
+        }
+    }
+    let seen = connects_from(replica.lines().next().expect("a whoami replica container"), &targets);
+    assert_eq!(seen.len(), targets.len(), "every probe ran: {seen:?}");
+    assert!(seen.iter().all(|(_, r)| r.starts_with("unreachable")), "from inside a replica: {seen:?}");
 
     // A steady load on both from here on: every failure counts.
     let hello_load = Load::start(port, "/hello");
@@ -285,6 +314,26 @@ async fn the_stack_on_a_swarm_serves_scales_rolls_over_and_survives_kills() {
     eprintln!("steady load so far: hello {hello_ok} ok / {hello_failed} failed; whoami {whoami_ok} ok / {whoami_failed} failed");
     assert_eq!(hello_failed, 0, "hello failures (burst, orchestrator kill, replica kill): {hello_seen:?}");
     assert_eq!(whoami_failed, 0, "whoami failures (orchestrator kill, rollover): {whoami_seen:?}");
+
+    // A gate task killed: the other one takes the calls Envoy sends to the gate (a
+    // function without a replica): `sleep` from zero, one call at a time.
+    let gates = stack_containers("gate");
+    assert_eq!(gates.len(), 2);
+    assert!(docker(&["kill", &gates[0]]).status.success());
+    let mut gate_failed = Vec::new();
+    for _ in 0..3 {
+        wait_until(WAIT, "sleep back to zero replicas", || async { replica_services("sleep").is_empty().then_some(()) }).await;
+        match http::get(port, "/sleep?ms=1").await {
+            Ok(r) if r.status == 200 => {}
+            other => gate_failed.push(format!("{other:?}")),
+        }
+    }
+    assert!(gate_failed.is_empty(), "cold calls with one gate killed: {gate_failed:?}");
+    wait_until(WAIT, "two gates again", || async {
+        let now = stack_containers("gate");
+        (now.len() == 2 && !now.contains(&gates[0])).then_some(())
+    })
+    .await;
 
     // An Envoy task killed: the other one serves; only requests in flight on the killed
     // one may fail (one caller at a time per load: at most one each).
