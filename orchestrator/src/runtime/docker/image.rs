@@ -222,7 +222,7 @@ impl Images {
         Ok(tag)
     }
 
-/// The build context of a python or command function in `folder`: built in memory on
+    /// The build context of a python or command function in `folder`: built in memory on
     /// every `prepare` (its hash is the image tag), which for a small folder costs about a
     /// millisecond; a large folder costs its size in reading and memory each time.
     fn context(&self, spec: &FunctionSpec, folder: &Path) -> std::io::Result<Vec<u8>> {

@@ -153,8 +153,13 @@ impl DockerRuntime {
         docker.ping().await.map_err(|source| EngineError::Ping { socket, source })?;
         let (tx, rx) = mpsc::unbounded_channel();
         let logs = crate::logs::Logs::default();
-        let images =
-            image::Images::new(docker.clone(), config.base_image.clone(), config.definitions_dir.clone(), config.runtime_dir.clone(), logs.clone());
+        let images = image::Images::new(
+            docker.clone(),
+            config.base_image.clone(),
+            config.definitions_dir.clone(),
+            config.runtime_dir.clone(),
+            logs.clone(),
+        );
         let rt = std::sync::Arc::new(DockerRuntime {
             docker: docker.clone(),
             config,
