@@ -65,10 +65,31 @@ fn stack_containers(service: &str) -> Vec<String> {
     stdout(&docker(&["ps", "-q", "--filter", &filter, "--filter", "status=running"])).split_whitespace().map(String::from).collect()
 }
 
-/// The replica services of `function` (the swarm runtime's: one service per replica).
+/// The replica services of `function` (the swarm runtime's: one service per replica),
+/// without its hot spare (a service started ahead, not yet a replica).
 fn replica_services(function: &str) -> Vec<String> {
+    let ids = |extra: &[&str]| {
+        // (sorted: compared as sets)
+        let filter = format!("label=roost.function={function}");
+        let mut args = vec!["service", "ls", "-q", "--filter", filter.as_str()];
+        for e in extra {
+            args.extend(["--filter", e]);
+        }
+        stdout(&docker(&args)).split_whitespace().map(String::from).collect::<Vec<String>>()
+    };
+    let spares = ids(&["label=roost.spare=true"]);
+    let mut out: Vec<String> = ids(&[]).into_iter().filter(|s| !spares.contains(s)).collect();
+    out.sort();
+    out
+}
+
+/// The hot spare services of `function` (started and ready, not yet replicas).
+fn spare_services(function: &str) -> Vec<String> {
     let filter = format!("label=roost.function={function}");
-    stdout(&docker(&["service", "ls", "-q", "--filter", &filter])).split_whitespace().map(String::from).collect()
+    stdout(&docker(&["service", "ls", "-q", "--filter", &filter, "--filter", "label=roost.spare=true"]))
+        .split_whitespace()
+        .map(String::from)
+        .collect()
 }
 
 /// A copy of the function runtime and the three functions under `home/faas-runtime`,
@@ -212,7 +233,8 @@ async fn the_stack_on_a_swarm_serves_scales_rolls_over_and_survives_kills() {
     assert_eq!(stack_containers("gate").len(), 2, "two gates");
     let r = http::get(port, "/hello").await.unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, r#"{"Hello": "World"}"#));
-    assert_eq!(replica_services("hello").len(), 1, "hello's replica is a Swarm service");
+    // (A replica that was a hot spare is relabelled just after its start.)
+    wait_until(WAIT, "hello's replica, a Swarm service", || async { (replica_services("hello").len() == 1).then_some(()) }).await;
 
     // Cold start: whoami from zero (its image built at declaration), answered in one call.
     // Every image is built first (two at a time, at declaration), so no call below waits
@@ -225,10 +247,16 @@ async fn the_stack_on_a_swarm_serves_scales_rolls_over_and_survives_kills() {
         .await;
     }
     assert!(replica_services("whoami").is_empty(), "whoami sleeps before its first call");
+    // Its hot spare: a replica service started and probed ahead, not registered. (Given
+    // a moment to be probed ready once its task runs.)
+    let spare = wait_until(WAIT, "whoami's hot spare", || async { spare_services("whoami").pop() }).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let t = Instant::now();
     let first = whoami(port).await.expect("whoami answers from zero");
-    eprintln!("cold start of whoami through the stack: {:?}", t.elapsed());
-    assert_eq!(replica_services("whoami").len(), 1);
+    eprintln!("cold start of whoami through the stack, from its hot spare: {:?}", t.elapsed());
+    wait_until(WAIT, "the spare, now whoami's replica", || async { (replica_services("whoami") == [spare.clone()]).then_some(()) }).await;
+    wait_until(WAIT, "whoami's next hot spare", || async { spare_services("whoami").iter().any(|s| *s != spare).then_some(()) }).await;
+    wait_until(WAIT, "whoami's replica service", || async { (replica_services("whoami").len() == 1).then_some(()) }).await;
 
     // Nothing of the control side is reachable from inside a replica: not by name (the
     // names do not resolve on the functions overlay), not by any address of theirs.
@@ -261,6 +289,7 @@ async fn the_stack_on_a_swarm_serves_scales_rolls_over_and_survives_kills() {
 
     // The orchestrator killed: Swarm starts a new one, which adopts the running replicas
     // (the same services) instead of starting others.
+    let old_spares: Vec<String> = ["hello", "whoami", "sleep"].iter().flat_map(|f| spare_services(f)).collect();
     let hello_services = replica_services("hello");
     let whoami_services = replica_services("whoami");
     // whoami names its replica by host name: a container's short id.
@@ -279,7 +308,12 @@ async fn the_stack_on_a_swarm_serves_scales_rolls_over_and_survives_kills() {
         (r.status == 200).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The earlier orchestrator's spares are removed (a new one makes its own).
+    wait_until(WAIT, "the earlier orchestrator's spares removed", || async {
+        let now: Vec<String> = ["hello", "whoami", "sleep"].iter().flat_map(|f| spare_services(f)).collect();
+        (!now.iter().any(|s| old_spares.contains(s))).then_some(())
+    })
+    .await;
     assert_eq!(replica_services("hello"), hello_services, "hello's replica adopted, not replaced");
     assert_eq!(replica_services("whoami"), whoami_services, "whoami's replica adopted, not replaced");
     let answered = whoami(port).await.expect("whoami answers");
@@ -288,7 +322,11 @@ async fn the_stack_on_a_swarm_serves_scales_rolls_over_and_survives_kills() {
 
     // A replica's task killed: its service is removed and the function keeps answering.
     let before = hello_load.counts();
-    let replica = stdout(&docker(&["ps", "-q", "--filter", "label=roost.function=hello", "--filter", "status=running"]));
+    // (A replica's, not the hot spare's: the container of one of hello's replica services.)
+    let service = replica_services("hello").pop().expect("a hello replica");
+    let service = stdout(&docker(&["service", "inspect", &service, "--format", "{{.ID}}"]));
+    let replica =
+        stdout(&docker(&["ps", "-q", "--filter", &format!("label=com.docker.swarm.service.id={service}"), "--filter", "status=running"]));
     let replica = replica.lines().next().expect("a running hello replica").to_string();
     assert!(docker(&["kill", &replica]).status.success());
     wait_until(WAIT, "the killed replica's service gone", || async {

@@ -160,6 +160,7 @@ async fn build_runtime(config: &Config) -> Result<Arc<dyn ReplicaRuntime>, Error
                 runtime_dir,
                 stop_grace: Duration::from_millis(config.stop_grace_ms),
                 constraints: config.swarm_constraints.0.clone(),
+                spare_memory: config.spare_memory.0,
             };
             let rt = runtime::swarm::SwarmRuntime::connect(cfg).await.map_err(Error::SwarmRuntime)?;
             Ok(rt)

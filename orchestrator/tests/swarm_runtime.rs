@@ -2,7 +2,9 @@
 //! engine is in none, and left again): a replica is a hardened service whose task is
 //! reached on the overlay, a restarted runtime adopts it, a killed task is reported with
 //! how it ended and its service removed, an import error carries its traceback, a stop
-//! removes the service, and a leftover is cleaned up.
+//! removes the service, and a leftover is cleaned up. Without hot spares: a spare is
+//! probed ready before it is kept, and this test's process is not on the overlay (the
+//! stack test, `cli/tests/swarm.rs`, covers them with the orchestrator on it).
 
 mod support;
 
@@ -24,7 +26,7 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-async fn runtime(net: &str, definitions_dir: &Path) -> Arc<SwarmRuntime> {
+async fn runtime(net: &str, definitions_dir: &Path, spares: Option<u64>) -> Arc<SwarmRuntime> {
     let ok = Command::new("docker").args(["image", "inspect", BASE]).output().map(|o| o.status.success()).unwrap_or(false);
     assert!(ok, "the base image {BASE} is missing: run scripts/build-base-image.sh (bash .ci/run does)");
     SwarmRuntime::connect(SwarmConfig {
@@ -36,6 +38,7 @@ async fn runtime(net: &str, definitions_dir: &Path) -> Arc<SwarmRuntime> {
         runtime_dir: workspace_root().join("faas-runtime"),
         stop_grace: Duration::from_secs(2),
         constraints: Vec::new(),
+        spare_memory: spares,
     })
     .await
     .expect("the swarm manager answers")
@@ -108,7 +111,7 @@ async fn a_replica_is_a_hardened_service_adopted_watched_and_removed() {
     let hello = own_function(&dir, "hello", "async def handle(request):\n    return {'Hello': 'World'}\n");
     let broken = own_function(&dir, "broken", "import roost_no_such_module  # noqa\n\n\nasync def handle(request):\n    return {}\n");
 
-    let rt = runtime(&net, &dir).await;
+    let rt = runtime(&net, &dir, Some(0)).await;
     let mut events = rt.events();
     assert_eq!(docker(&["network", "inspect", &net, "--format", "{{.Driver}} {{.Attachable}} {{.Internal}}"]), "overlay true true");
     rt.prepare(&hello, "hello-hash").await.expect("the image builds");
@@ -138,7 +141,7 @@ async fn a_replica_is_a_hardened_service_adopted_watched_and_removed() {
     assert!(!own.is_empty());
 
     // A restarted orchestrator's runtime adopts it (and a leftover service is removed).
-    let again = runtime(&net, &dir).await;
+    let again = runtime(&net, &dir, Some(0)).await;
     let listed = again.list().await.expect("list");
     assert!(listed.iter().any(|r| r.id == "hello-sw-1" && r.address == replica.address && r.handle == replica.handle), "{listed:?}");
     let mut adopted_events = again.events();
@@ -175,7 +178,7 @@ async fn a_replica_is_a_hardened_service_adopted_watched_and_removed() {
     // A labelled service whose task is not running (a leftover) is removed by `list`.
     let third = rt.start(&hello, "hello-hash", "hello-sw-3").await.expect("a third replica starts");
     let c3 = docker(&["ps", "-q", "--filter", "label=roost.replica=hello-sw-3"]);
-    let fresh = runtime(&net, &dir).await; // nobody watches it for this runtime
+    let fresh = runtime(&net, &dir, Some(0)).await; // nobody watches it for this runtime
     rt.close().await;
     docker(&["kill", &c3]);
     wait_until(WAIT, "the killed task seen as failed", || async {

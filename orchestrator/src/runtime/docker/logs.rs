@@ -155,6 +155,36 @@ pub(crate) async fn last_lines_of(
     (!lines.is_empty()).then(|| lines[skip..].join("\n"))
 }
 
+/// Feeds the output `frames` of a container (or a Swarm task) to `emit`, line by line,
+/// until the stream ends or `closing` is cancelled (the last unended lines included);
+/// the stream's error when it failed.
+pub(crate) async fn pump(
+    frames: impl futures::Stream<Item = Result<LogOutput, bollard::errors::Error>>,
+    closing: &tokio_util::sync::CancellationToken,
+    mut emit: impl FnMut(&str),
+) -> Option<bollard::errors::Error> {
+    let mut frames = std::pin::pin!(frames);
+    let mut streams = Streams::default();
+    let mut failed = None;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = closing.cancelled() => break,
+            frame = frames.next() => frame,
+        };
+        match frame {
+            Some(Ok(frame)) => streams.feed(&frame).iter().for_each(|l| emit(l)),
+            Some(Err(e)) => {
+                failed = Some(e);
+                break;
+            }
+            None => break,
+        }
+    }
+    streams.finish().iter().for_each(|l| emit(l));
+    failed
+}
+
 impl DockerRuntime {
     /// Follows a replica container's output into the log store, from `since` (Unix
     /// seconds; 0: its whole output), as an owned task that ends when the container
@@ -172,29 +202,14 @@ impl DockerRuntime {
         let (container, function, first_id) = (container.to_string(), function.to_string(), replica_id.to_string());
         self.tasks.spawn(async move {
             let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).since(since).build();
-            let mut frames = docker.logs(&container, Some(options));
-            let mut streams = Streams::default();
             let emit = |line: &str| {
                 let id = following.replica(&container).unwrap_or_else(|| first_id.clone());
                 info!(function = %function, replica = %id, "{line}");
                 logs.push(&function, &id, line);
             };
-            loop {
-                let frame = tokio::select! {
-                    biased;
-                    _ = closing.cancelled() => break,
-                    frame = frames.next() => frame,
-                };
-                match frame {
-                    Some(Ok(frame)) => streams.feed(&frame).iter().for_each(|l| emit(l)),
-                    Some(Err(e)) => {
-                        warn!(function = %function, container = %container, error = %e, "stopped following the replica's output");
-                        break;
-                    }
-                    None => break,
-                }
+            if let Some(e) = pump(docker.logs(&container, Some(options)), &closing, emit).await {
+                warn!(function = %function, container = %container, error = %e, "stopped following the replica's output");
             }
-            streams.finish().iter().for_each(|l| emit(l));
             following.end(&container);
         });
     }

@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! - this module: the settings, the runtime, and the [`ReplicaRuntime`] operations;
+//! - `spares`: which definitions keep a hot spare (pure);
 //! - `spec`: the service of one replica (name, labels, limits, hardening, placement);
 //! - `tasks`: the engine's tasks, read by hand (bollard drops their addresses);
 //! - `watch`: which replicas ended without being stopped (pure).
@@ -16,15 +17,18 @@
 //!
 //! # What differs from the Docker runtime
 //!
-//! - No paused spares: pausing is local to a node's engine, which the manager cannot
-//!   reach. A cold start creates a service (about 0.6-0.9 s until its task runs, measured
-//!   in docs/design/swarm-research.md).
+//! - Hot spares instead of paused ones (`spares`): pausing is local to a node's engine,
+//!   which the manager cannot reach, so a spare is a replica service started and probed
+//!   ready but not registered, and a cold start only registers it. Without one a cold
+//!   start creates a service (about 0.6-0.9 s until its task runs, measured in
+//!   docs/design/swarm-research.md).
 //! - Exits are seen by reading the watched services' tasks every [`WATCH_EVERY`] (the
 //!   Engine API has no task events).
 //! - Swarm's API 1.41 has no swap limit and no `no-new-privileges`: a replica's swap is
 //!   Docker's default (twice its memory), and with every capability dropped, user 65534
 //!   and a read-only root it has no way to gain privileges through a setuid file either.
 
+mod spares;
 mod spec;
 mod tasks;
 mod watch;
@@ -32,14 +36,14 @@ mod watch;
 pub use tasks::TasksError;
 
 use super::docker::image::Images;
-use super::docker::logs::{last_lines_of, Streams};
+use super::docker::logs::{last_lines_of, pump};
 use super::docker::{is_gone, MANAGED};
 use super::{with_last_output, Replica, ReplicaRuntime, RuntimeError, RuntimeEvent, LAST_LINES};
-use bollard::models::{NetworkCreateRequest, ServiceSpecMode, ServiceSpecModeReplicated};
+use bollard::models::{NetworkCreateRequest, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated};
 use bollard::query_parameters::{ListServicesOptionsBuilder, LogsOptionsBuilder, UpdateServiceOptionsBuilder};
 use bollard::{ClientVersion, Docker};
-use futures::StreamExt;
 use roost_common::spec::FunctionSpec;
+use spares::{HotSpare, SpareBook};
 use spec::{service_spec, ServiceInput};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -87,6 +91,8 @@ pub struct SwarmConfig {
     pub stop_grace: Duration,
     /// Placement constraints of every replica (`node.labels.roost.functions==true`).
     pub constraints: Vec<String>,
+    /// Memory the hot spares may hold in all (`None`: one per function); see `spares`.
+    pub spare_memory: Option<u64>,
 }
 
 /// The Swarm engine cannot be used.
@@ -193,6 +199,15 @@ pub struct SwarmRuntime {
     images: Images,
     /// The ID of each prepared definition's image.
     image_ids: Mutex<HashMap<String, String>>,
+    /// The engine calls a replica's life needs (for the background tasks too).
+    engine: Engine,
+    /// The hot spares, by definition.
+    spares: Arc<Mutex<SpareBook>>,
+    /// Numbers the spares' replica ids.
+    spare_serial: std::sync::atomic::AtomicU64,
+    /// This runtime's part of its spares' ids (its start time), so a restarted
+    /// orchestrator's spares are not named as the ones of the one before.
+    spare_prefix: String,
     /// The replicas watched for an exit.
     watch: Arc<Mutex<Watch>>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<RuntimeEvent>>>,
@@ -230,6 +245,15 @@ impl SwarmRuntime {
             logs.clone(),
         );
         let rt = Arc::new(SwarmRuntime {
+            engine: Engine {
+                docker: docker.clone(),
+                api: TasksApi::new(&config.socket),
+                network: config.network.clone(),
+                port: config.port,
+            },
+            spares: Arc::new(Mutex::new(SpareBook::new(config.spare_memory))),
+            spare_serial: Default::default(),
+            spare_prefix: format!("{:x}", roost_common::clock::now_ms() & 0xff_ffff),
             api: TasksApi::new(&config.socket),
             docker,
             config,
@@ -304,6 +328,98 @@ impl SwarmRuntime {
         Ok(id)
     }
 
+    /// What the service of replica `replica_id` (a spare's when `spare`) is made from.
+    fn service_input<'a>(&'a self, replica_id: &'a str, spec_hash: &'a str, image: &'a str, spare: bool) -> ServiceInput<'a> {
+        ServiceInput {
+            replica_id,
+            spec_hash,
+            image,
+            network: &self.config.network,
+            port: self.config.port,
+            stop_grace: self.config.stop_grace,
+            constraints: &self.config.constraints,
+            spare,
+        }
+    }
+
+    /// Starts a hot spare of the definition `spec_hash` in the background, unless the
+    /// book says it has one, is making one, cannot keep one or its last one failed; and
+    /// removes the spares of the function's earlier definitions.
+    fn keep_spare(&self, spec: &FunctionSpec, spec_hash: &str, image: &str) {
+        let want = self.spares.lock().unwrap().want(&spec.name, spec_hash);
+        for stale in want.stale {
+            let docker = self.docker.clone();
+            self.tasks.spawn(async move { remove_service(&docker, &stale.service).await });
+        }
+        if !want.prepare {
+            return;
+        }
+        let n = self.spare_serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let label_id = format!("{}-spare-{}-{n}", spec.name, self.spare_prefix);
+        let service = service_spec(spec, &self.service_input(&label_id, spec_hash, image, true));
+        let (engine, book, closing) = (self.engine.clone(), self.spares.clone(), self.closing.clone());
+        let (spec, hash) = (spec.clone(), spec_hash.to_string());
+        self.tasks.spawn(async move {
+            let made = match hot_spare(&engine, service, &spec, &label_id, &closing).await {
+                Ok(spare) => Some(spare),
+                Err(why) => {
+                    info!(function = %spec.name, %why, "no hot spare for this definition");
+                    None
+                }
+            };
+            let unkept = book.lock().unwrap().prepared(&hash, made);
+            if let Some(s) = unkept {
+                remove_service(&engine.docker, &s.service).await;
+            }
+        });
+    }
+
+    /// A spare now serves as `replica_id`: its labels say so (in the background), so a
+    /// restarted orchestrator adopts it as that replica, not as a spare.
+    fn claimed(&self, spare: &HotSpare, replica_id: &str) {
+        let (engine, service, id) = (self.engine.clone(), spare.service.clone(), replica_id.to_string());
+        self.tasks.spawn(async move {
+            let relabel = |spec: &mut ServiceSpec| {
+                let labels = spec.labels.get_or_insert_with(HashMap::new);
+                labels.insert("roost.replica".into(), id.clone());
+                labels.remove(spec::SPARE_LABEL);
+            };
+            if !engine.update_spec(&service, relabel).await {
+                debug!(%service, "cannot relabel the claimed spare; a restarted orchestrator would remove it");
+            }
+        });
+    }
+
+    /// Follows a task's output into the log store from `since` (Unix seconds; 0: all of
+    /// it), as an owned task that ends with the task's output or at `close`.
+    fn follow_logs(&self, task: &str, function: &str, replica_id: &str, since: i32) {
+        let (docker, logs, closing) = (self.docker.clone(), self.logs.clone(), self.closing.clone());
+        let (task, function, replica_id) = (task.to_string(), function.to_string(), replica_id.to_string());
+        self.tasks.spawn(async move {
+            let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).since(since).build();
+            let emit = |line: &str| {
+                info!(function = %function, replica = %replica_id, "{line}");
+                logs.push(&function, &replica_id, line);
+            };
+            if let Some(e) = pump(docker.task_logs(&task, Some(options)), &closing, emit).await {
+                debug!(function = %function, task = %task, error = %e, "stopped following the task's output");
+            }
+        });
+    }
+}
+
+/// The engine calls a replica's life needs, shared with the runtime's background tasks.
+#[derive(Debug, Clone)]
+struct Engine {
+    docker: Docker,
+    api: TasksApi,
+    /// The functions overlay.
+    network: String,
+    /// The port replicas listen on.
+    port: u16,
+}
+
+impl Engine {
     /// Waits until `service`'s task runs and returns it with its address; fails when the
     /// task ends first (with how, and its last lines) or does not run in time.
     async fn until_running(&self, service: &str) -> Result<(String, SocketAddr), TaskError> {
@@ -314,10 +430,8 @@ impl SwarmRuntime {
             if let Some(task) = newest_by_service(tasks).remove(service) {
                 match task.phase() {
                     Phase::Running => {
-                        let ip = task
-                            .address_on(&self.config.network)
-                            .ok_or_else(|| TaskError::NoAddress { network: self.config.network.clone() })?;
-                        return Ok((task.id, SocketAddr::new(ip, self.config.port)));
+                        let ip = task.address_on(&self.network).ok_or_else(|| TaskError::NoAddress { network: self.network.clone() })?;
+                        return Ok((task.id, SocketAddr::new(ip, self.port)));
                     }
                     Phase::Ended { how } => {
                         let tail = task_last_lines(&self.docker, &task.id).await;
@@ -331,63 +445,74 @@ impl SwarmRuntime {
         Err(TaskError::NeverRan { deadline: START_DEADLINE, why })
     }
 
-    /// Follows a task's output into the log store from `since` (Unix seconds; 0: all of
-    /// it), as an owned task that ends with the task's output or at `close`.
-    fn follow_logs(&self, task: &str, function: &str, replica_id: &str, since: i32) {
-        let (docker, logs, closing) = (self.docker.clone(), self.logs.clone(), self.closing.clone());
-        let (task, function, replica_id) = (task.to_string(), function.to_string(), replica_id.to_string());
-        self.tasks.spawn(async move {
-            let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).since(since).build();
-            let mut frames = docker.task_logs(&task, Some(options));
-            let mut streams = Streams::default();
-            let emit = |line: &str| {
-                info!(function = %function, replica = %replica_id, "{line}");
-                logs.push(&function, &replica_id, line);
-            };
-            loop {
-                let frame = tokio::select! {
-                    biased;
-                    _ = closing.cancelled() => break,
-                    frame = frames.next() => frame,
-                };
-                match frame {
-                    Some(Ok(frame)) => streams.feed(&frame).iter().for_each(|l| emit(l)),
-                    Some(Err(e)) => {
-                        debug!(function = %function, task = %task, error = %e, "stopped following the task's output");
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            streams.finish().iter().for_each(|l| emit(l));
-        });
-    }
-}
-
-impl SwarmRuntime {
-    /// Scales a replica's service to no task (Swarm stops it: SIGTERM, then SIGKILL after
-    /// its grace); false when it is gone or cannot be (the removal then stops it).
-    async fn scale_to_zero(&self, service: &str) -> bool {
+    /// Changes a service's spec with `change` (at the version read just before); false
+    /// when it is gone or the manager refused.
+    async fn update_spec(&self, service: &str, change: impl FnOnce(&mut ServiceSpec)) -> bool {
         let current = match self.docker.inspect_service(service, None).await {
             Ok(s) => s,
             Err(e) => {
                 if !is_gone(&e) {
-                    debug!(service, error = %e, "cannot inspect the stopping replica's service; removing it");
+                    debug!(service, error = %e, "cannot inspect the service");
                 }
                 return false;
             }
         };
         let (Some(mut spec), Some(version)) = (current.spec, current.version.and_then(|v| v.index)) else { return false };
-        spec.mode = Some(ServiceSpecMode { replicated: Some(ServiceSpecModeReplicated { replicas: Some(0) }), ..Default::default() });
+        change(&mut spec);
         let options = UpdateServiceOptionsBuilder::default().version(i32::try_from(version).unwrap_or(i32::MAX)).build();
         match self.docker.update_service(service, spec, options, None).await {
             Ok(_) => true,
             Err(e) => {
-                debug!(service, error = %e, "cannot scale the stopping replica's service to zero; removing it");
+                debug!(service, error = %e, "cannot update the service");
                 false
             }
         }
     }
+
+    /// Scales a replica's service to no task (Swarm stops it: SIGTERM, then SIGKILL after
+    /// its grace); false when it is gone or cannot be (the removal then stops it).
+    async fn scale_to_zero(&self, service: &str) -> bool {
+        self.update_spec(service, |spec| {
+            spec.mode = Some(ServiceSpecMode { replicated: Some(ServiceSpecModeReplicated { replicas: Some(0) }), ..Default::default() });
+        })
+        .await
+    }
+
+    /// Whether `service`'s task runs now.
+    async fn runs(&self, service: &str) -> bool {
+        match self.api.of_services(&[service.to_string()]).await {
+            Ok(tasks) => newest_by_service(tasks).get(service).is_some_and(|t| t.phase() == Phase::Running),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Creates a hot spare's service and waits until its task runs and answers its
+/// readiness path; the service is removed when it does not, or when the runtime closes
+/// meanwhile.
+async fn hot_spare(
+    engine: &Engine,
+    service: ServiceSpec,
+    spec: &FunctionSpec,
+    label_id: &str,
+    closing: &tokio_util::sync::CancellationToken,
+) -> Result<HotSpare, String> {
+    let id = engine.docker.create_service(service, None).await.map_err(|e| format!("create service: {e}"))?.id.unwrap_or_default();
+    let ready = async {
+        let (task, address) = engine.until_running(&id).await.map_err(|e| e.to_string())?;
+        crate::probe::until_ready(address, &spec.readiness_path, Duration::from_millis(10), spec.readiness_timeout)
+            .await
+            .ok_or_else(|| format!("it did not answer {} within {:?}", spec.readiness_path, spec.readiness_timeout))?;
+        Ok(HotSpare { service: id.clone(), task, address, label_id: label_id.to_string() })
+    };
+    let made = tokio::select! {
+        made = ready => made,
+        _ = closing.cancelled() => Err("the runtime closed".to_string()),
+    };
+    if made.is_err() {
+        remove_service(&engine.docker, &id).await;
+    }
+    made
 }
 
 /// The last lines of a task's output, through the manager (any node's task).
@@ -418,7 +543,9 @@ impl ReplicaRuntime for SwarmRuntime {
     }
 
     async fn prepare(&self, spec: &FunctionSpec, spec_hash: &str) -> Result<(), RuntimeError> {
-        self.image_id(spec, spec_hash).await.map(|_| ())
+        let image = self.image_id(spec, spec_hash).await?;
+        self.keep_spare(spec, spec_hash, &image);
+        Ok(())
     }
 
     fn building(&self, spec_hash: &str) -> Option<Duration> {
@@ -428,29 +555,38 @@ impl ReplicaRuntime for SwarmRuntime {
     async fn start(&self, spec: &FunctionSpec, spec_hash: &str, replica_id: &str) -> Result<Replica, RuntimeError> {
         let fail = |e: TaskError| RuntimeError::Start { function: spec.name.clone(), source: e.into() };
         let image = self.image_id(spec, spec_hash).await?;
-        let input = ServiceInput {
-            replica_id,
-            spec_hash,
-            image: &image,
-            network: &self.config.network,
-            port: self.config.port,
-            stop_grace: self.config.stop_grace,
-            constraints: &self.config.constraints,
+        let replica = |address: SocketAddr, service: String| Replica {
+            id: replica_id.to_string(),
+            function: spec.name.clone(),
+            version: spec.version.clone(),
+            spec_hash: spec_hash.to_string(),
+            address,
+            handle: service,
         };
+        // A hot spare: started and ready already (its task checked once more: a spare
+        // that died meanwhile is removed and a service made instead).
+        let spare = self.spares.lock().unwrap().take(spec_hash);
+        if let Some(spare) = spare {
+            if self.engine.runs(&spare.service).await {
+                self.watch.lock().unwrap().watch(&spare.service, replica_id, &spec.name);
+                // Its whole output (the import included) is the replica's.
+                self.follow_logs(&spare.task, &spec.name, replica_id, 0);
+                self.claimed(&spare, replica_id);
+                self.keep_spare(spec, spec_hash, &image);
+                return Ok(replica(spare.address, spare.service));
+            }
+            warn!(function = %spec.name, service = %spare.service, "the hot spare no longer runs; creating a replica");
+            remove_service(&self.docker, &spare.service).await;
+        }
+        let input = self.service_input(replica_id, spec_hash, &image, false);
         let created = self.docker.create_service(service_spec(spec, &input), None).await.map_err(|e| fail(TaskError::Create(e)))?;
         let service = created.id.unwrap_or_else(|| spec::service_name(replica_id));
-        match self.until_running(&service).await {
+        match self.engine.until_running(&service).await {
             Ok((task, address)) => {
                 self.watch.lock().unwrap().watch(&service, replica_id, &spec.name);
                 self.follow_logs(&task, &spec.name, replica_id, 0);
-                Ok(Replica {
-                    id: replica_id.to_string(),
-                    function: spec.name.clone(),
-                    version: spec.version.clone(),
-                    spec_hash: spec_hash.to_string(),
-                    address,
-                    handle: service,
-                })
+                self.keep_spare(spec, spec_hash, &image);
+                Ok(replica(address, service))
             }
             Err(e) => {
                 remove_service(&self.docker, &service).await;
@@ -465,7 +601,7 @@ impl ReplicaRuntime for SwarmRuntime {
         // Scaled to zero first, so its task stays listed until it has stopped (a removed
         // service's tasks leave the list at once, while they still run): this returns
         // once the replica no longer runs, on whichever node it was.
-        if self.scale_to_zero(&replica.handle).await {
+        if self.engine.scale_to_zero(&replica.handle).await {
             let deadline = Instant::now() + grace + STOP_EXTRA;
             while Instant::now() < deadline {
                 match self.api.of_services(std::slice::from_ref(&replica.handle)).await {
@@ -496,8 +632,13 @@ impl ReplicaRuntime for SwarmRuntime {
         let mut out = Vec::new();
         for s in services {
             let Some(id) = s.id else { continue };
+            if self.spares.lock().unwrap().keeps(&id) {
+                continue; // this runtime's hot spare: neither a replica nor a leftover
+            }
             let labels = s.spec.and_then(|spec| spec.labels).unwrap_or_default();
-            let task = newest.remove(&id).filter(|t| t.phase() == Phase::Running);
+            // An earlier orchestrator's spare (never claimed) is a leftover, as is a
+            // service whose task does not run.
+            let task = newest.remove(&id).filter(|t| t.phase() == Phase::Running && !labels.contains_key(spec::SPARE_LABEL));
             let replica = task.as_ref().and_then(|t| {
                 let address = t.address_on(&self.config.network)?;
                 Some(Replica {
@@ -532,6 +673,10 @@ impl ReplicaRuntime for SwarmRuntime {
 
     async fn close(&self) {
         self.closing.cancel();
+        let spares = self.spares.lock().unwrap().close();
+        for s in spares {
+            remove_service(&self.docker, &s.service).await;
+        }
         let watcher = self.watcher.lock().unwrap().take();
         if let Some(mut watcher) = watcher {
             if tokio::time::timeout(Duration::from_secs(10), &mut watcher).await.is_err() {
@@ -539,7 +684,8 @@ impl ReplicaRuntime for SwarmRuntime {
                 watcher.abort();
             }
         }
-        self.tasks.close(Duration::from_secs(2)).await;
+        // Spares being made remove their services once they see the close.
+        self.tasks.close(Duration::from_secs(10)).await;
     }
 }
 

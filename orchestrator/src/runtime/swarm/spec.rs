@@ -17,6 +17,10 @@ use bollard::models::{
 use roost_common::spec::FunctionSpec;
 use std::time::Duration;
 
+/// The label of a hot spare's service (not yet a replica: a restarted orchestrator
+/// removes it instead of adopting it).
+pub const SPARE_LABEL: &str = "roost.spare";
+
 /// Longest service name Swarm accepts.
 const MAX_NAME: usize = 63;
 
@@ -42,6 +46,8 @@ pub struct ServiceInput<'a> {
     pub stop_grace: Duration,
     /// Placement constraints (`node.labels.roost.functions==true`); none: any node.
     pub constraints: &'a [String],
+    /// A hot spare's service (labelled [`SPARE_LABEL`]).
+    pub spare: bool,
 }
 
 /// The service's name: `roost-<replica id>`, or `roost-<hash of it>` when that is longer
@@ -58,6 +64,10 @@ pub fn service_name(replica_id: &str) -> String {
 /// The service of one replica of `spec`.
 pub fn service_spec(spec: &FunctionSpec, input: &ServiceInput<'_>) -> ServiceSpec {
     let labels = replica_labels(spec, input.spec_hash, input.replica_id, input.network);
+    let mut service_labels = labels.clone();
+    if input.spare {
+        service_labels.insert(SPARE_LABEL.to_string(), "true".to_string());
+    }
     let container = TaskSpecContainerSpec {
         image: Some(input.image.to_string()),
         labels: Some(labels.clone()),
@@ -90,7 +100,7 @@ pub fn service_spec(spec: &FunctionSpec, input: &ServiceInput<'_>) -> ServiceSpe
     };
     ServiceSpec {
         name: Some(service_name(input.replica_id)),
-        labels: Some(labels),
+        labels: Some(service_labels),
         task_template: Some(task),
         mode: Some(ServiceSpecMode { replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }), ..Default::default() }),
         // One overlay address per replica, no virtual IP nor IPVS entry: Envoy reaches
@@ -118,6 +128,7 @@ mod tests {
             port: 8080,
             stop_grace: Duration::from_secs(5),
             constraints,
+            spare: false,
         }
     }
 
@@ -151,6 +162,14 @@ mod tests {
         assert_eq!((tmp.target.as_deref(), tmp.typ), (Some("/tmp"), Some(MountType::TMPFS)));
         assert!(c.env.as_ref().unwrap().iter().any(|e| e.starts_with("ROOST_")), "the runtime's environment: {:?}", c.env);
         assert_eq!(c.labels, s.labels, "the containers carry the labels too");
+    }
+
+    #[test]
+    fn a_spare_is_labelled_on_its_service_only() {
+        let s = service_spec(&spec(), &ServiceInput { spare: true, ..input(&[]) });
+        assert_eq!(s.labels.as_ref().unwrap()[SPARE_LABEL], "true");
+        let container = s.task_template.unwrap().container_spec.unwrap().labels.unwrap();
+        assert!(!container.contains_key(SPARE_LABEL), "relabelled on the service when claimed; the task is not restarted");
     }
 
     #[test]
