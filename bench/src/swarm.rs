@@ -104,6 +104,9 @@ async fn one_runtime(home: &Path, work: &Path, runtime: &'static str, rounds: us
         ("ROOST_HOME", work.display().to_string()),
         ("ROOST_API_TOKEN", API_TOKEN.to_string()),
         ("ROOST_SWARM_RUNTIME", runtime.to_string()),
+        // A functions network of the run's own: `roost up --runtime docker` leaves a
+        // bridge named roost-functions behind, which an overlay cannot replace.
+        ("ROOST_DOCKER_NETWORK", format!("roost-bench-swarm-{}", std::process::id())),
     ];
     eprintln!("roost-bench: swarm stack with the {runtime} runtime: up");
     sh(home, &["up", "warm"], &env)?;

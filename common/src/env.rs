@@ -122,7 +122,8 @@ names! {
     DOCKER_NETWORK = "ROOST_DOCKER_NETWORK";
     /// Whether the Docker runtime keeps a started, paused spare per function.
     DOCKER_WARM_SPARES = "ROOST_DOCKER_WARM_SPARES";
-    /// Memory the Docker runtime's paused spares may hold in all (a size, or `unlimited`).
+    /// Memory the Docker runtime's paused spares (the swarm runtime's hot spares) may
+    /// hold in all (a size, or `unlimited`).
     SPARE_MEMORY = "ROOST_SPARE_MEMORY";
     /// Whether the Docker runtime keeps a stopping replica as its function's paused spare.
     RECYCLE_REPLICAS = "ROOST_RECYCLE_REPLICAS";

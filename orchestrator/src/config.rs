@@ -150,6 +150,7 @@ pub struct Config {
     /// (no spares), or `unlimited` (one per function). Within it, spares go to the
     /// functions likeliest to be called next, judged from their recent starts
     /// (`runtime/docker/budget.rs`); while every function's spare fits, each has one.
+    /// The swarm runtime spends it on hot spares (`runtime/swarm/spares.rs`).
     #[arg(long, env = env::SPARE_MEMORY, default_value = "512m", value_parser = parse_spare_memory)]
     pub spare_memory: SpareMemory,
 
