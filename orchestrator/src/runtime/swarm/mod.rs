@@ -192,14 +192,12 @@ pub enum TaskError {
 
 /// The Swarm runtime.
 pub struct SwarmRuntime {
-    docker: Docker,
-    api: TasksApi,
     config: SwarmConfig,
     /// The function images, built or found once per definition.
     images: Images,
     /// The ID of each prepared definition's image.
     image_ids: Mutex<HashMap<String, String>>,
-    /// The engine calls a replica's life needs (for the background tasks too).
+    /// The engine (its Docker API and its tasks), shared with the background tasks.
     engine: Engine,
     /// The hot spares, by definition.
     spares: Arc<Mutex<SpareBook>>,
@@ -245,17 +243,10 @@ impl SwarmRuntime {
             logs.clone(),
         );
         let rt = Arc::new(SwarmRuntime {
-            engine: Engine {
-                docker: docker.clone(),
-                api: TasksApi::new(&config.socket),
-                network: config.network.clone(),
-                port: config.port,
-            },
+            engine: Engine { docker, api: TasksApi::new(&config.socket), network: config.network.clone(), port: config.port },
             spares: Arc::new(Mutex::new(SpareBook::new(config.spare_memory))),
             spare_serial: Default::default(),
             spare_prefix: format!("{:x}", roost_common::clock::now_ms() & 0xff_ffff),
-            api: TasksApi::new(&config.socket),
-            docker,
             config,
             images,
             image_ids: Mutex::default(),
@@ -267,14 +258,8 @@ impl SwarmRuntime {
             closing: Default::default(),
         });
         rt.ensure_network().await?;
-        let watcher = Watcher {
-            docker: rt.docker.clone(),
-            api: rt.api.clone(),
-            watch: rt.watch.clone(),
-            tx,
-            logs: rt.logs.clone(),
-            closing: rt.closing.clone(),
-        };
+        let watcher =
+            Watcher { engine: rt.engine.clone(), watch: rt.watch.clone(), tx, logs: rt.logs.clone(), closing: rt.closing.clone() };
         *rt.watcher.lock().unwrap() = Some(tokio::spawn(watcher.run()));
         Ok(rt)
     }
@@ -285,7 +270,7 @@ impl SwarmRuntime {
             Some("overlay") => Ok(()),
             other => Err(SwarmError::NotOverlay { network: network.clone(), driver: other.unwrap_or("unknown").to_string() }),
         };
-        if let Ok(n) = self.docker.inspect_network(network, None).await {
+        if let Ok(n) = self.engine.docker.inspect_network(network, None).await {
             return overlay(n.driver);
         }
         let req = NetworkCreateRequest {
@@ -296,12 +281,12 @@ impl SwarmRuntime {
             labels: Some(HashMap::from([(MANAGED.to_string(), "true".to_string())])),
             ..Default::default()
         };
-        match self.docker.create_network(req).await {
+        match self.engine.docker.create_network(req).await {
             Ok(_) => {
                 info!(%network, "created the functions network (overlay, attachable, internal)");
                 Ok(())
             }
-            Err(source) => match self.docker.inspect_network(network, None).await {
+            Err(source) => match self.engine.docker.inspect_network(network, None).await {
                 // Created meanwhile (by the stack, or another orchestrator).
                 Ok(n) => overlay(n.driver),
                 Err(_) => Err(SwarmError::Network { network: network.clone(), source }),
@@ -322,7 +307,8 @@ impl SwarmRuntime {
                 self.images.prepared(spec_hash).ok_or_else(|| fail(TaskError::NotPrepared))?
             }
         };
-        let inspect = self.docker.inspect_image(&tag).await.map_err(|source| fail(TaskError::Image { image: tag.clone(), source }))?;
+        let inspect =
+            self.engine.docker.inspect_image(&tag).await.map_err(|source| fail(TaskError::Image { image: tag.clone(), source }))?;
         let id = inspect.id.ok_or_else(|| fail(TaskError::NotPrepared))?;
         self.image_ids.lock().unwrap().insert(spec_hash.to_string(), id.clone());
         Ok(id)
@@ -348,7 +334,7 @@ impl SwarmRuntime {
     fn keep_spare(&self, spec: &FunctionSpec, spec_hash: &str, image: &str) {
         let want = self.spares.lock().unwrap().want(&spec.name, spec_hash);
         for stale in want.stale {
-            let docker = self.docker.clone();
+            let docker = self.engine.docker.clone();
             self.tasks.spawn(async move { remove_service(&docker, &stale.service).await });
         }
         if !want.prepare {
@@ -360,7 +346,7 @@ impl SwarmRuntime {
         let (engine, book, closing) = (self.engine.clone(), self.spares.clone(), self.closing.clone());
         let (spec, hash) = (spec.clone(), spec_hash.to_string());
         self.tasks.spawn(async move {
-            let made = match hot_spare(&engine, service, &spec, &label_id, &closing).await {
+            let made = match hot_spare(&engine, service, &spec, &closing).await {
                 Ok(spare) => Some(spare),
                 Err(why) => {
                     info!(function = %spec.name, %why, "no hot spare for this definition");
@@ -393,7 +379,7 @@ impl SwarmRuntime {
     /// Follows a task's output into the log store from `since` (Unix seconds; 0: all of
     /// it), as an owned task that ends with the task's output or at `close`.
     fn follow_logs(&self, task: &str, function: &str, replica_id: &str, since: i32) {
-        let (docker, logs, closing) = (self.docker.clone(), self.logs.clone(), self.closing.clone());
+        let (docker, logs, closing) = (self.engine.docker.clone(), self.logs.clone(), self.closing.clone());
         let (task, function, replica_id) = (task.to_string(), function.to_string(), replica_id.to_string());
         self.tasks.spawn(async move {
             let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).since(since).build();
@@ -494,7 +480,6 @@ async fn hot_spare(
     engine: &Engine,
     service: ServiceSpec,
     spec: &FunctionSpec,
-    label_id: &str,
     closing: &tokio_util::sync::CancellationToken,
 ) -> Result<HotSpare, String> {
     let id = engine.docker.create_service(service, None).await.map_err(|e| format!("create service: {e}"))?.id.unwrap_or_default();
@@ -503,7 +488,7 @@ async fn hot_spare(
         crate::probe::until_ready(address, &spec.readiness_path, Duration::from_millis(10), spec.readiness_timeout)
             .await
             .ok_or_else(|| format!("it did not answer {} within {:?}", spec.readiness_path, spec.readiness_timeout))?;
-        Ok(HotSpare { service: id.clone(), task, address, label_id: label_id.to_string() })
+        Ok(HotSpare { service: id.clone(), task, address })
     };
     let made = tokio::select! {
         made = ready => made,
@@ -576,10 +561,10 @@ impl ReplicaRuntime for SwarmRuntime {
                 return Ok(replica(spare.address, spare.service));
             }
             warn!(function = %spec.name, service = %spare.service, "the hot spare no longer runs; creating a replica");
-            remove_service(&self.docker, &spare.service).await;
+            remove_service(&self.engine.docker, &spare.service).await;
         }
         let input = self.service_input(replica_id, spec_hash, &image, false);
-        let created = self.docker.create_service(service_spec(spec, &input), None).await.map_err(|e| fail(TaskError::Create(e)))?;
+        let created = self.engine.docker.create_service(service_spec(spec, &input), None).await.map_err(|e| fail(TaskError::Create(e)))?;
         let service = created.id.unwrap_or_else(|| spec::service_name(replica_id));
         match self.engine.until_running(&service).await {
             Ok((task, address)) => {
@@ -589,7 +574,7 @@ impl ReplicaRuntime for SwarmRuntime {
                 Ok(replica(address, service))
             }
             Err(e) => {
-                remove_service(&self.docker, &service).await;
+                remove_service(&self.engine.docker, &service).await;
                 Err(fail(e))
             }
         }
@@ -604,7 +589,7 @@ impl ReplicaRuntime for SwarmRuntime {
         if self.engine.scale_to_zero(&replica.handle).await {
             let deadline = Instant::now() + grace + STOP_EXTRA;
             while Instant::now() < deadline {
-                match self.api.of_services(std::slice::from_ref(&replica.handle)).await {
+                match self.engine.api.of_services(std::slice::from_ref(&replica.handle)).await {
                     Ok(tasks) if !tasks.iter().any(|t| matches!(t.phase(), Phase::Running | Phase::Starting { .. })) => break,
                     Ok(_) => {}
                     Err(e) => debug!(replica = %replica.id, error = %e, "cannot read the stopping replica's task; asking again"),
@@ -612,7 +597,7 @@ impl ReplicaRuntime for SwarmRuntime {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        match self.docker.delete_service(&replica.handle).await {
+        match self.engine.docker.delete_service(&replica.handle).await {
             Ok(()) => Ok(()),
             Err(e) if is_gone(&e) => Ok(()),
             Err(source) => Err(SwarmError::Remove { service: replica.handle.clone(), source }.into()),
@@ -623,12 +608,13 @@ impl ReplicaRuntime for SwarmRuntime {
         let mine = format!("roost.network={}", self.config.network);
         let filters = HashMap::from([("label", vec!["roost.managed=true", mine.as_str()])]);
         let services = self
+            .engine
             .docker
             .list_services(Some(ListServicesOptionsBuilder::default().filters(&filters).build()))
             .await
             .map_err(SwarmError::List)?;
         let ids: Vec<String> = services.iter().filter_map(|s| s.id.clone()).collect();
-        let mut newest = newest_by_service(self.api.of_services(&ids).await.map_err(SwarmError::from)?);
+        let mut newest = newest_by_service(self.engine.api.of_services(&ids).await.map_err(SwarmError::from)?);
         let mut out = Vec::new();
         for s in services {
             let Some(id) = s.id else { continue };
@@ -660,7 +646,7 @@ impl ReplicaRuntime for SwarmRuntime {
                 }
                 _ => {
                     info!(service = %id, "removing a replica service that does not run (a leftover)");
-                    remove_service(&self.docker, &id).await;
+                    remove_service(&self.engine.docker, &id).await;
                 }
             }
         }
@@ -675,7 +661,7 @@ impl ReplicaRuntime for SwarmRuntime {
         self.closing.cancel();
         let spares = self.spares.lock().unwrap().close();
         for s in spares {
-            remove_service(&self.docker, &s.service).await;
+            remove_service(&self.engine.docker, &s.service).await;
         }
         let watcher = self.watcher.lock().unwrap().take();
         if let Some(mut watcher) = watcher {
@@ -691,8 +677,7 @@ impl ReplicaRuntime for SwarmRuntime {
 
 /// What the exit watcher reads and writes.
 struct Watcher {
-    docker: Docker,
-    api: TasksApi,
+    engine: Engine,
     watch: Arc<Mutex<Watch>>,
     tx: mpsc::UnboundedSender<RuntimeEvent>,
     logs: crate::logs::Logs,
@@ -716,7 +701,7 @@ impl Watcher {
             if asked.is_empty() {
                 continue;
             }
-            let tasks = match self.api.of_services(&asked).await {
+            let tasks = match self.engine.api.of_services(&asked).await {
                 Ok(t) => {
                     unreadable = false;
                     t
@@ -732,14 +717,14 @@ impl Watcher {
             let ended = self.watch.lock().unwrap().ended(&asked, tasks);
             for e in ended {
                 let tail = match &e.task {
-                    Some(task) => task_last_lines(&self.docker, task).await,
+                    Some(task) => task_last_lines(&self.engine.docker, task).await,
                     None => None,
                 };
                 let tail = tail.or_else(|| self.logs.tail_of(&e.function, &e.replica_id, LAST_LINES));
                 let reason = with_last_output(e.how, tail);
                 info!(function = %e.function, replica = %e.replica_id, %reason, "a replica's task ended");
                 let listened = self.tx.send(RuntimeEvent::Exited { replica_id: e.replica_id, function: e.function, reason }).is_ok();
-                remove_service(&self.docker, &e.service).await;
+                remove_service(&self.engine.docker, &e.service).await;
                 if !listened {
                     return;
                 }

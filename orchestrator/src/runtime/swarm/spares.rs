@@ -26,8 +26,6 @@ pub struct HotSpare {
     pub task: String,
     /// Where it listens on the overlay.
     pub address: SocketAddr,
-    /// The replica id in its labels.
-    pub label_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,12 +133,7 @@ mod tests {
     use super::*;
 
     fn spare(n: u8) -> HotSpare {
-        HotSpare {
-            service: format!("s{n}"),
-            task: format!("t{n}"),
-            address: SocketAddr::from(([10, 0, 1, n], 8080)),
-            label_id: format!("f-spare-{n}"),
-        }
+        HotSpare { service: format!("s{n}"), task: format!("t{n}"), address: SocketAddr::from(([10, 0, 1, n], 8080)) }
     }
 
     #[test]
