@@ -25,8 +25,8 @@
 #   ROOST_DOCKER_NETWORK  the functions overlay's name                      [roost-functions]
 #   ROOST_HOME            the repository on this manager (the definitions)  [this one]
 #   ROOST_API_TOKEN, ROOST_SPARE_MEMORY, ROOST_GATE_MAX_BODY, ROOST_ASYNC_CALLBACK_HOSTS,
-#   ROOST_ASYNC_KEEP_S, RUST_LOG as in compose.yaml; the orchestrator's runtime: see
-#   docs/swarm.md. CARGO_TARGET_DIR is honoured by the build.
+#   ROOST_ASYNC_KEEP_S, RUST_LOG as in compose.yaml (docs/swarm.md). CARGO_TARGET_DIR
+#   is honoured by the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$(pwd)
@@ -45,7 +45,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
