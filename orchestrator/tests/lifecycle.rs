@@ -163,7 +163,13 @@ async fn a_crash_removes_the_endpoint_and_queueing_scales_up() {
         (!r.body.contains(&addr)).then_some(())
     })
     .await;
-    assert_eq!(function_status(api, "f").await["state"], "sleeping");
+    // The endpoint's removal runs beside the rest of the crash's handling (clearing the
+    // ready flag, reading the load), and the status is published after that: it follows
+    // within a Redis round trip or two.
+    wait_until(WAIT, "f asleep after its only replica crashed", || async {
+        (function_status(api, "f").await["state"] == "sleeping").then_some(())
+    })
+    .await;
 
     // The load the statsd-listener would write: 1 in flight and 4 queued, target 1 per
     // replica: the orchestrator scales to what the load needs, capped at max 3.
