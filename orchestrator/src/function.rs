@@ -14,6 +14,7 @@ use roost_common::spec::FunctionSpec;
 use roost_common::wire::calls::AsyncSettings;
 use roost_common::wire::status::{FunctionStatus, WakeReport};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, OwnedRwLockWriteGuard, RwLock};
@@ -67,6 +68,9 @@ pub struct Handle {
     pub tx: mpsc::Sender<Msg>,
     /// The newest status; `None` once the function is removed.
     pub status: SharedStatus,
+    /// The machine is quiet ([`Function::quiet`]) after its last event: the supervisor
+    /// does not tick it and reads its load in its batch instead.
+    pub quiet: Arc<AtomicBool>,
 }
 
 /// A function's newest status, shared by its task (the writer) and `/status` (readers).
@@ -87,18 +91,20 @@ pub fn task(ctx: Arc<Ctx>, spec: Arc<FunctionSpec>, hash: String) -> (Handle, im
     let (tx, rx) = mpsc::channel(MAILBOX);
     let status: SharedStatus = Arc::new(RwLock::new(Some(machine.status(Instant::now()))));
     let span = tracing::info_span!("function", name = %machine.name());
+    let quiet = Arc::new(AtomicBool::new(machine.quiet()));
     let exec = Executor {
         ctx,
         machine,
         waiters: HashMap::new(),
         next_waiter: 0,
         status: status.clone(),
+        quiet: quiet.clone(),
         gone: false,
         reported: (0, 0),
         reported_held: 0,
         work: JoinSet::new(),
     };
-    (Handle { tx, status }, exec.run(rx, first).instrument(span))
+    (Handle { tx, status, quiet }, exec.run(rx, first).instrument(span))
 }
 
 struct Executor {
@@ -107,6 +113,7 @@ struct Executor {
     waiters: HashMap<WaiterId, WakeReply>,
     next_waiter: WaiterId,
     status: SharedStatus,
+    quiet: Arc<AtomicBool>,
     /// Removed: `/status` no longer lists it.
     gone: bool,
     /// The replicas ready and starting last sent as metrics.
@@ -205,6 +212,7 @@ impl Executor {
             }
         }
         self.publish_status(&mut held).await;
+        self.quiet.store(self.machine.quiet(), Ordering::Release);
     }
 
     /// Performs one effect: inline ones now (returning the event they produce), the

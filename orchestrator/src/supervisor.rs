@@ -9,7 +9,7 @@ use crate::definitions::{self, Loaded, Reading, Sources};
 use crate::deployed::store::Stored;
 use crate::function::{self, Handle, Msg, SharedStatus, WakeError, WakeReply};
 use crate::lifecycle::adoption::{self, Stale, Verdict};
-use crate::lifecycle::Event;
+use crate::lifecycle::{Event, QUIET_READ};
 use crate::redis_io::Signal;
 use crate::runtime::RuntimeEvent;
 use roost_common::spec::Definitions;
@@ -106,6 +106,8 @@ struct Functions {
     invalid: BTreeMap<String, String>,
     /// A listing of every function in Redis is under way ([`Functions::declare_all`]).
     declaring: Arc<AtomicBool>,
+    /// A batched read of the quiet functions' loads is under way ([`Functions::sweep`]).
+    sweeping: Arc<AtomicBool>,
     /// Functions whose task ended lately (removed from the file; their task took them
     /// off Redis's list), and when: every listing takes them off again for a while, as
     /// a listing begun before their task ended may land after it.
@@ -117,8 +119,8 @@ const REMOVED_MEMORY: Duration = Duration::from_secs(10);
 
 impl Functions {
     /// Lists every served function in Redis in one command, each tick (in a task, one at
-    /// a time): a sleeping function reads Redis only every `QUIET_READ`, and after Redis
-    /// lost its data the gate must still find every declared name within a tick.
+    /// a time): a quiet function writes nothing to Redis of its own, and after Redis lost
+    /// its data the gate must still find every declared name within a tick.
     fn declare_all(&mut self) {
         let now = std::time::Instant::now();
         self.removed.retain(|_, at| now.duration_since(*at) < REMOVED_MEMORY);
@@ -143,7 +145,8 @@ impl Functions {
     /// Envoy's streams meanwhile) is handed everything that runs at once instead.
     fn resync(&mut self, defs: &Definitions) {
         let cp = self.ctx.cp.clone();
-        let mailboxes: Vec<(String, mpsc::Sender<Msg>)> = self.map.iter().map(|(n, e)| (n.clone(), e.handle.tx.clone())).collect();
+        let mailboxes: Vec<(String, mpsc::Sender<Msg>, bool)> =
+            self.map.iter().map(|(n, e)| (n.clone(), e.handle.tx.clone(), e.handle.quiet.load(Ordering::Acquire))).collect();
         let served: Vec<(Change, Option<SharedStatus>)> =
             defs.values().map(|spec| (self.ctx.cp.declaration(spec), self.map.get(&spec.name).map(|e| e.handle.status.clone()))).collect();
         self.deliveries.spawn(async move {
@@ -169,10 +172,49 @@ impl Functions {
                 return;
             }
             let routed: BTreeMap<String, Vec<std::net::SocketAddr>> = routed.functions.into_iter().collect();
-            for (name, tx) in mailboxes {
+            for (name, tx, quiet) in mailboxes {
+                let routed = routed.get(&name).cloned();
+                // A quiet function has no endpoint to lose: only a control plane that
+                // lost the function itself concerns it.
+                if quiet && routed.is_some() {
+                    continue;
+                }
                 // Like a tick: a full mailbox skips it, the next resync repeats it.
-                let _ = tx.try_send(Msg::Event(Event::Routed(routed.get(&name).cloned())));
+                let _ = tx.try_send(Msg::Event(Event::Routed(routed)));
             }
+        });
+    }
+
+    /// Reads the load of every quiet function in one batch (in a task, one at a time) and
+    /// signals those with requests, or with a ready flag to take away: the net under a
+    /// wake or scale signal that was lost (a Redis restart, a full queue). Their own tasks
+    /// read again and decide.
+    fn sweep(&mut self) {
+        let quiet: Vec<(String, mpsc::Sender<Msg>)> = self
+            .map
+            .iter()
+            .filter(|(_, e)| e.handle.quiet.load(Ordering::Acquire))
+            .map(|(n, e)| (n.clone(), e.handle.tx.clone()))
+            .collect();
+        if quiet.is_empty() || self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (redis, sweeping) = (self.ctx.redis.clone(), self.sweeping.clone());
+        self.deliveries.spawn(async move {
+            let names: Vec<String> = quiet.iter().map(|(n, _)| n.clone()).collect();
+            match redis.quiet_loads(&names).await {
+                Ok(readings) => {
+                    for ((name, tx), reading) in quiet.into_iter().zip(readings) {
+                        if reading.needs_attention() {
+                            debug!(function = %name, ?reading, "a quiet function has requests or a stale ready flag");
+                            // Like a tick: a full mailbox skips it, the next sweep repeats it.
+                            let _ = tx.try_send(Msg::Event(Event::Signal));
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot read the quiet functions' loads; the next sweep tries again"),
+            }
+            sweeping.store(false, Ordering::Release);
         });
     }
 
@@ -389,6 +431,7 @@ pub async fn run(
         generation: 0,
         invalid: BTreeMap::new(),
         declaring: Arc::default(),
+        sweeping: Arc::default(),
         removed: BTreeMap::new(),
     };
     if let Reading::Invalid(e) = &initial {
@@ -405,6 +448,7 @@ pub async fn run(
 
     let mut last_assert = tokio::time::Instant::now();
     let mut last_resync = tokio::time::Instant::now();
+    let mut last_sweep = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(opts.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let outcome = loop {
@@ -429,10 +473,16 @@ pub async fn run(
                     last_assert = tokio::time::Instant::now();
                     fns.assert_invalid();
                 }
+                if last_sweep.elapsed() >= QUIET_READ {
+                    last_sweep = tokio::time::Instant::now();
+                    fns.sweep();
+                }
                 fns.declare_all();
-                let names: Vec<String> = fns.map.keys().cloned().collect();
-                for name in names {
-                    fns.offer(&name, Msg::Event(Event::Tick));
+                // A quiet function has nothing to do on a tick: the sweep reads its load.
+                for e in fns.map.values().filter(|e| !e.handle.quiet.load(Ordering::Acquire)) {
+                    if let Err(mpsc::error::TrySendError::Full(_)) = e.handle.tx.try_send(Msg::Event(Event::Tick)) {
+                        debug!("mailbox full; a tick was skipped");
+                    }
                 }
             }
             Some(signal) = inputs.signals.recv() => {

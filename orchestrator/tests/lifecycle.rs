@@ -191,6 +191,42 @@ async fn a_crash_removes_the_endpoint_and_queueing_scales_up() {
     o.wait().await.expect("the orchestrator stops cleanly");
 }
 
+/// A sleeping function is not ticked; the supervisor's batched read of every quiet
+/// function finds what a lost signal would have told it: requests a gate holds (the
+/// function wakes), a ready flag Redis should not hold (taken away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
+async fn a_quiet_function_is_woken_by_the_batched_read_when_its_signal_was_lost() {
+    use roost_common::wire::redis::{redis_time_ms, HeldShare};
+    let b = Backend::start().await;
+    let defs = Defs::new(DEFS);
+    let rt = FakeRuntime::new(Duration::ZERO);
+    let (o, stop) = start(&b, &defs, rt.clone()).await;
+    let api = o.api_addr.port();
+    let client = redis::Client::open(b.redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    assert_eq!(function_status(api, "f").await["state"], "sleeping");
+
+    // A ready flag left by a Redis restored from an older snapshot: taken away.
+    let _: () = redis::cmd("SET").arg("roost:fn:f:ready").arg(1).query_async(&mut c).await.unwrap();
+    wait_until(WAIT, "the stale ready flag taken away", || async {
+        let mut c = client.get_multiplexed_async_connection().await.ok()?;
+        let flag: Option<String> = redis::cmd("GET").arg("roost:fn:f:ready").query_async(&mut c).await.ok()?;
+        flag.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(rt.starts.load(Ordering::SeqCst), 0, "a stale flag starts nothing");
+
+    // A gate holds a request and its wake was lost: no PUBLISH, only the held share.
+    let time: (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+    let share = HeldShare { count: 1, expires_ms: redis_time_ms(time) + 60_000 }.to_value();
+    let _: () = redis::cmd("HSET").arg("roost:fn:f:held").arg("gate-test").arg(share).query_async(&mut c).await.unwrap();
+    wait_until(WAIT, "f woken by the batched read", || async { (ready_replicas(api, "f").await == 1).then_some(()) }).await;
+    assert_eq!(rt.starts.load(Ordering::SeqCst), 1);
+    stop.cancel();
+    o.wait().await.expect("the orchestrator stops cleanly");
+}
+
 /// A TCP proxy to the control plane that forwards everything except the connection that
 /// carries `PUT /functions/<stuck>`: that one is held forever (a control plane stuck on
 /// one function). Requests on other connections pass.

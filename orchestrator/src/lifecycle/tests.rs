@@ -500,23 +500,49 @@ fn an_undeclared_function_is_declared_again_on_the_tick_and_before_a_start() {
 }
 
 #[test]
-fn a_sleeping_function_reads_its_load_only_now_and_then_but_at_once_on_a_signal() {
+fn a_quiet_function_ignores_ticks_but_reads_at_once_on_a_signal() {
     let spec = spec_yaml("1", 0, 10);
     let t0 = Instant::now();
     let (mut f, _) = Function::new(spec.clone(), hash_of(&spec), "f-7".into(), t0);
-    f.handle(Event::Prepared(hash_of(&spec), Ok(())), t0);
-    f.handle(Event::Declared(Ok(())), t0);
     let reads = |fx: Vec<Effect>| fx.iter().filter(|e| matches!(e, Effect::ReadLoad)).count();
-    assert_eq!(reads(f.handle(Event::Tick, t0)), 1);
+    assert!(!f.quiet(), "not declared nor built yet");
+    f.handle(Event::Prepared(hash_of(&spec), Ok(())), t0);
+    assert!(!f.quiet(), "not declared yet");
+    assert_eq!(reads(f.handle(Event::Tick, t0)), 1, "ticked while not quiet");
+    f.handle(Event::Declared(Ok(())), t0);
+    assert!(f.quiet(), "declared, built, asleep, nothing wanted");
     let tick = Duration::from_millis(250);
-    let quiet: usize = (1..8).map(|i| reads(f.handle(Event::Tick, t0 + tick * i))).sum();
-    assert_eq!(quiet, 0, "asleep: no read for {QUIET_READ:?}");
-    assert_eq!(reads(f.handle(Event::Tick, t0 + QUIET_READ)), 1);
-    assert_eq!(reads(f.handle(Event::Signal, t0 + QUIET_READ + tick)), 1, "a scale signal reads at once");
-    // Once a replica is starting, every tick reads (a burst is sized from what it sees).
-    f.handle(Event::Wake(None), t0 + QUIET_READ + tick);
-    let busy: usize = (2..6).map(|i| reads(f.handle(Event::Tick, t0 + QUIET_READ + tick * i))).sum();
-    assert_eq!(busy, 4);
+    let ticks: Vec<Effect> = (1..20).flat_map(|i| f.handle(Event::Tick, t0 + tick * i)).collect();
+    assert!(ticks.is_empty(), "a quiet function does nothing on a tick: {ticks:?}");
+    assert_eq!(reads(f.handle(Event::Signal, t0 + tick * 20)), 1, "a signal reads at once");
+    // A load with nothing in it leaves it quiet; a wake does not.
+    f.handle(Event::Load(Load::default()), t0 + tick * 20);
+    assert!(f.quiet());
+    f.handle(Event::Wake(None), t0 + tick * 21);
+    assert!(!f.quiet(), "woken");
+    let busy: usize = (22..26).map(|i| reads(f.handle(Event::Tick, t0 + tick * i))).sum();
+    assert_eq!(busy, 4, "every tick reads while a replica starts (a burst is sized from what it sees)");
+}
+
+#[test]
+fn a_function_with_a_minimum_a_failed_build_or_a_back_off_is_never_quiet() {
+    let t0 = Instant::now();
+    let declared_and_built = |spec: Arc<FunctionSpec>, build: Result<(), String>| {
+        let (mut f, _) = Function::new(spec.clone(), hash_of(&spec), "f-7".into(), t0);
+        f.handle(Event::Declared(Ok(())), t0);
+        f.handle(Event::Prepared(hash_of(&spec), build), t0);
+        f
+    };
+    assert!(!declared_and_built(spec_yaml("1", 1, 10), Ok(())).quiet(), "min_replicas 1 keeps ticking");
+    let failed = declared_and_built(spec_yaml("1", 0, 10), Err("pip failed".into()));
+    assert!(!failed.quiet(), "a failed build is asked again on ticks");
+    let mut h = Harness::new(0, 10);
+    assert!(h.f.quiet());
+    assert_eq!(started_ids(&h.send(Event::Wake(None))), ["f-7-1"]);
+    h.send(Event::Started("f-7-1".into(), Err(failure("no such file"))));
+    assert!(!h.f.quiet(), "backing off: its tick lifts the refusal when the back-off ends");
+    h.wait_out_backoff();
+    assert!(h.f.quiet(), "the refusal lifted, asleep again");
 }
 
 #[test]
