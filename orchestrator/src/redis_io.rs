@@ -49,11 +49,6 @@ pub struct Load {
 pub const LOAD_STALE_AFTER_MS: u64 = 10_000;
 
 impl Load {
-    /// No request in flight, queued, held at a gate or waiting at the async worker.
-    pub fn is_idle(&self) -> bool {
-        self.in_flight == 0 && self.pending == 0 && self.held == 0 && self.backlog == 0
-    }
-
     /// Reads the fields of the load hash at `now_ms`; absent or unreadable fields count
     /// as zero, and so do the in-flight and pending counts of a hash not updated within
     /// [`LOAD_STALE_AFTER_MS`] (or never stamped). The last request start is kept
@@ -80,39 +75,29 @@ pub fn stored_count(value: Option<&str>) -> u64 {
 /// in with Redis at once over the one connection.
 pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How many functions one pipeline of [`RedisIo::quiet_loads`] reads: Redis serves
+/// How many functions one pipeline of [`RedisIo::quiet_readings`] reads: Redis serves
 /// nobody else while it answers a pipeline, so one is kept to a few milliseconds.
 pub const QUIET_BATCH: usize = 500;
 
-/// A quiet function as Redis has it.
+/// What Redis holds of a quiet function (no replica, none starting) that its own task
+/// must see: requests waiting for it, or a ready flag to take away. Envoy's gauges are
+/// not read: with no replica nothing is in flight or queued in Envoy, and a last gauge
+/// from before the function went to sleep must not wake it again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QuietReading {
-    /// Its load.
-    pub load: Load,
+    /// Requests the gates hold (their unexpired shares summed).
+    pub held: u64,
+    /// Asynchronous calls waiting at the async worker.
+    pub backlog: u64,
     /// Redis marks it ready (a Redis restored from an older snapshot may).
     pub ready_flag: bool,
 }
 
 impl QuietReading {
-    /// Something the function's own task must see: requests, or a ready flag it must
-    /// take away.
+    /// Requests wait for it, or Redis marks it ready: its own task must read and decide.
     pub fn needs_attention(&self) -> bool {
-        !self.load.is_idle() || self.ready_flag
+        self.held > 0 || self.backlog > 0 || self.ready_flag
     }
-}
-
-/// The load hash, the gates' shares of the held count and the backlog of one function,
-/// as [`load_of`] reads them.
-fn push_load_reads(p: &mut redis::Pipeline, function: &str) {
-    p.hgetall(keys::load(function)).hgetall(keys::held(function)).get(keys::backlog(function));
-}
-
-type LoadReply = (HashMap<String, String>, HashMap<String, String>, Option<String>);
-
-/// The load from what [`push_load_reads`] read, at Redis's time `redis_ms`.
-fn load_of((h, shares, backlog): LoadReply, redis_ms: u64) -> Load {
-    let load = Load::from_hash(&h, roost_common::clock::now_ms());
-    Load { held: held_total(&shares, redis_ms), backlog: stored_count(backlog.as_deref()), ..load }
 }
 
 /// Commands to Redis.
@@ -196,33 +181,41 @@ impl RedisIo {
     /// clock, which stamped them) and the asynchronous calls waiting (zero when none).
     pub async fn load(&self, function: &str) -> redis::RedisResult<Load> {
         let mut c = self.conn.clone();
-        let mut p = redis::pipe();
-        push_load_reads(&mut p, function);
-        let (h, shares, backlog, time): (HashMap<String, String>, HashMap<String, String>, Option<String>, (u64, u64)) =
-            p.cmd("TIME").query_async(&mut c).await?;
-        Ok(load_of((h, shares, backlog), redis_time_ms(time)))
+        // The load hash, the gates' shares of the held count, the backlog, Redis's clock.
+        type Reply = (HashMap<String, String>, HashMap<String, String>, Option<String>, (u64, u64));
+        let (h, shares, backlog, time): Reply = redis::pipe()
+            .hgetall(keys::load(function))
+            .hgetall(keys::held(function))
+            .get(keys::backlog(function))
+            .cmd("TIME")
+            .query_async(&mut c)
+            .await?;
+        let load = Load::from_hash(&h, roost_common::clock::now_ms());
+        Ok(Load { held: held_total(&shares, redis_time_ms(time)), backlog: stored_count(backlog.as_deref()), ..load })
     }
 
-    /// The load and ready flag of each of these functions, in their order: one pipeline
+    /// What Redis holds of each of these quiet functions, in their order: one pipeline
     /// per [`QUIET_BATCH`] functions instead of a round trip each.
-    pub async fn quiet_loads(&self, functions: &[String]) -> redis::RedisResult<Vec<QuietReading>> {
+    pub async fn quiet_readings(&self, functions: &[String]) -> redis::RedisResult<Vec<QuietReading>> {
         let mut c = self.conn.clone();
         let mut readings = Vec::with_capacity(functions.len());
         for batch in functions.chunks(QUIET_BATCH) {
             let mut p = redis::pipe();
             p.cmd("TIME");
             for f in batch {
-                push_load_reads(&mut p, f);
-                p.exists(keys::ready(f));
+                p.hgetall(keys::held(f)).get(keys::backlog(f)).exists(keys::ready(f));
             }
-            let mut replies: std::vec::IntoIter<redis::Value> = p.query_async::<Vec<redis::Value>>(&mut c).await?.into_iter();
+            let mut replies = p.query_async::<Vec<redis::Value>>(&mut c).await?.into_iter();
             let mut next = || replies.next().ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Parse, "a pipeline answered short")));
-            let time: (u64, u64) = redis::from_redis_value(next()?)?;
-            let redis_ms = redis_time_ms(time);
+            let redis_ms = redis_time_ms(redis::from_redis_value(next()?)?);
             for _ in batch {
-                let reply: LoadReply = (redis::from_redis_value(next()?)?, redis::from_redis_value(next()?)?, redis::from_redis_value(next()?)?);
-                let ready_flag: bool = redis::from_redis_value(next()?)?;
-                readings.push(QuietReading { load: load_of(reply, redis_ms), ready_flag });
+                let shares: HashMap<String, String> = redis::from_redis_value(next()?)?;
+                let backlog: Option<String> = redis::from_redis_value(next()?)?;
+                readings.push(QuietReading {
+                    held: held_total(&shares, redis_ms),
+                    backlog: stored_count(backlog.as_deref()),
+                    ready_flag: redis::from_redis_value(next()?)?,
+                });
             }
         }
         Ok(readings)
@@ -463,14 +456,15 @@ mod tests {
         let _: () = c.hset(keys::held(held), "gate-a", share).await.unwrap();
         let _: () = c.set(keys::ready(ready), 1).await.unwrap();
         let _: () = c.set(keys::backlog(backlog), 3).await.unwrap();
-        let readings = io.quiet_loads(&names).await.unwrap();
+        let readings = io.quiet_readings(&names).await.unwrap();
         assert_eq!(readings.len(), names.len());
         for (name, r) in names.iter().zip(&readings) {
-            assert_eq!(r.load, io.load(name).await.unwrap(), "{name}");
+            let load = io.load(name).await.unwrap();
+            assert_eq!((r.held, r.backlog), (load.held, load.backlog), "{name}");
             assert_eq!(r.ready_flag, name == ready, "{name}");
             assert_eq!(r.needs_attention(), [held, ready, backlog].contains(&name), "{name}");
         }
-        assert_eq!(readings[QUIET_BATCH + 1].load.held, 4);
-        assert_eq!(readings.last().unwrap().load.backlog, 3);
+        assert_eq!(readings[QUIET_BATCH + 1].held, 4);
+        assert_eq!(readings.last().unwrap().backlog, 3);
     }
 }

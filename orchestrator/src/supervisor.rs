@@ -202,7 +202,7 @@ impl Functions {
         let (redis, sweeping) = (self.ctx.redis.clone(), self.sweeping.clone());
         self.deliveries.spawn(async move {
             let names: Vec<String> = quiet.iter().map(|(n, _)| n.clone()).collect();
-            match redis.quiet_loads(&names).await {
+            match redis.quiet_readings(&names).await {
                 Ok(readings) => {
                     for ((name, tx), reading) in quiet.into_iter().zip(readings) {
                         if reading.needs_attention() {
