@@ -264,6 +264,12 @@ impl RedisIo {
         p.query_async(&mut c).await
     }
 
+    /// How many functions Redis lists.
+    pub async fn count_functions(&self) -> redis::RedisResult<usize> {
+        let mut c = self.conn.clone();
+        c.scard(keys::FUNCTIONS).await
+    }
+
     /// Lists the function among the declared ones (the gate answers 404 for others).
     pub async fn declare(&self, function: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();

@@ -13,7 +13,6 @@ use crate::lifecycle::{Event, QUIET_READ};
 use crate::redis_io::Signal;
 use crate::runtime::RuntimeEvent;
 use roost_common::spec::Definitions;
-use roost_common::wire::admin::Change;
 use roost_common::wire::redis::Refusal;
 use roost_common::wire::status::{FunctionState, FunctionStatus, Status};
 use std::collections::{BTreeMap, HashSet};
@@ -106,6 +105,10 @@ struct Functions {
     invalid: BTreeMap<String, String>,
     /// A listing of every function in Redis is under way ([`Functions::declare_all`]).
     declaring: Arc<AtomicBool>,
+    /// The served names as last listed, until a function is added or its task ends.
+    listing: Option<Arc<Vec<String>>>,
+    /// When every name was last listed in full.
+    listed_at: Option<std::time::Instant>,
     /// A batched read of the quiet functions' loads is under way ([`Functions::sweep`]).
     sweeping: Arc<AtomicBool>,
     /// Functions whose task ended lately (removed from the file; their task took them
@@ -117,10 +120,20 @@ struct Functions {
 /// How long a removed function is taken off Redis's list by every listing.
 const REMOVED_MEMORY: Duration = Duration::from_secs(10);
 
+/// Whether every served name is listed in Redis again: the full listing is due, names
+/// must be taken off, or Redis's count (`None`: not counted, or the count failed) is not
+/// the one expected.
+fn must_list(due: bool, taking_off: bool, counted: Option<usize>, expected: usize) -> bool {
+    due || taking_off || counted != Some(expected)
+}
+
 impl Functions {
-    /// Lists every served function in Redis in one command, each tick (in a task, one at
-    /// a time): a quiet function writes nothing to Redis of its own, and after Redis lost
-    /// its data the gate must still find every declared name within a tick.
+    /// Keeps every served function listed in Redis (in a task, one at a time): a quiet
+    /// function writes nothing to Redis of its own, and after Redis lost its data the gate
+    /// must still find every declared name within a tick. Each tick counts the listing in
+    /// Redis (one command) and lists every name again when the count is not what it
+    /// should be ([`must_list`]); in full anyway every [`QUIET_READ`] (a Redis restored
+    /// from an older snapshot may hold as many names, but not the same).
     fn declare_all(&mut self) {
         let now = std::time::Instant::now();
         self.removed.retain(|_, at| now.duration_since(*at) < REMOVED_MEMORY);
@@ -128,12 +141,22 @@ impl Functions {
             return;
         }
         let (redis, declaring) = (self.ctx.redis.clone(), self.declaring.clone());
-        let names: Vec<String> = self.map.keys().cloned().collect();
+        let map = &self.map;
+        let names = self.listing.get_or_insert_with(|| Arc::new(map.keys().cloned().collect())).clone();
         let gone: Vec<String> =
             self.removed.keys().filter(|n| !self.map.contains_key(*n) && !self.invalid.contains_key(*n)).cloned().collect();
+        // Invalid functions are listed too (`assert_invalid`).
+        let expected = names.len() + self.invalid.keys().filter(|n| !self.map.contains_key(*n)).count();
+        let due = self.listed_at.is_none_or(|at| now.duration_since(at) >= QUIET_READ);
+        if due {
+            self.listed_at = Some(now);
+        }
         self.deliveries.spawn(async move {
-            if let Err(e) = redis.declare_all(&names, &gone).await {
-                warn!(error = %e, "cannot list the functions in Redis; the next tick tries again");
+            let counted = if due || !gone.is_empty() { None } else { redis.count_functions().await.ok() };
+            if must_list(due, !gone.is_empty(), counted, expected) {
+                if let Err(e) = redis.declare_all(&names, &gone).await {
+                    warn!(error = %e, "cannot list the functions in Redis; the next tick tries again");
+                }
             }
             declaring.store(false, Ordering::Release);
         });
@@ -143,12 +166,14 @@ impl Functions {
     /// never waits on the control plane); each restores what the control plane lost. A
     /// control plane with no confirmed model (it started without a saved one, and holds
     /// Envoy's streams meanwhile) is handed everything that runs at once instead.
-    fn resync(&mut self, defs: &Definitions) {
-        let cp = self.ctx.cp.clone();
-        let mailboxes: Vec<(String, mpsc::Sender<Msg>, bool)> =
-            self.map.iter().map(|(n, e)| (n.clone(), e.handle.tx.clone(), e.handle.quiet.load(Ordering::Acquire))).collect();
-        let served: Vec<(Change, Option<SharedStatus>)> =
-            defs.values().map(|spec| (self.ctx.cp.declaration(spec), self.map.get(&spec.name).map(|e| e.handle.status.clone()))).collect();
+    fn resync(&mut self, defs: &Arc<Definitions>) {
+        let (cp, defs) = (self.ctx.cp.clone(), defs.clone());
+        // In the map's order, by name.
+        let functions: Vec<(String, mpsc::Sender<Msg>, SharedStatus, bool)> = self
+            .map
+            .iter()
+            .map(|(n, e)| (n.clone(), e.handle.tx.clone(), e.handle.status.clone(), e.handle.quiet.load(Ordering::Acquire)))
+            .collect();
         self.deliveries.spawn(async move {
             let routed = match cp.functions().await {
                 Ok(routed) => routed,
@@ -159,10 +184,10 @@ impl Functions {
             };
             if !routed.confirmed {
                 let mut handover = Vec::new();
-                for (declaration, status) in served {
-                    handover.push(declaration);
-                    if let Some(status) = status {
-                        handover.extend(status.read().await.as_ref().map(adoption::ready_endpoints).into_iter().flatten());
+                for spec in defs.values() {
+                    handover.push(cp.declaration(spec));
+                    if let Ok(i) = functions.binary_search_by(|(n, ..)| n.as_str().cmp(&spec.name)) {
+                        handover.extend(functions[i].2.read().await.as_ref().map(adoption::ready_endpoints).into_iter().flatten());
                     }
                 }
                 info!(changes = handover.len(), "the control plane has no confirmed model; handing over what runs");
@@ -172,7 +197,7 @@ impl Functions {
                 return;
             }
             let routed: BTreeMap<String, Vec<std::net::SocketAddr>> = routed.functions.into_iter().collect();
-            for (name, tx, quiet) in mailboxes {
+            for (name, tx, _, quiet) in functions {
                 let routed = routed.get(&name).cloned();
                 // A quiet function has no endpoint to lose: only a control plane that
                 // lost the function itself concerns it.
@@ -306,6 +331,7 @@ impl Functions {
             (n, generation)
         });
         self.map.insert(name, Entry { handle, generation });
+        self.listing = None;
     }
 
     /// Sends a message that may be dropped when the mailbox is full (ticks, scale and
@@ -355,6 +381,7 @@ impl Functions {
             Ok((name, generation)) => {
                 if self.map.get(&name).is_some_and(|e| e.generation == generation) {
                     self.map.remove(&name);
+                    self.listing = None;
                     self.removed.insert(name, std::time::Instant::now());
                 }
                 Ok(())
@@ -422,7 +449,7 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) -> Result<(), SupervisorError> {
-    let mut defs = Definitions::new();
+    let mut defs = Arc::new(Definitions::new());
     let mut fns = Functions {
         ctx: ctx.clone(),
         map: BTreeMap::new(),
@@ -431,6 +458,8 @@ pub async fn run(
         generation: 0,
         invalid: BTreeMap::new(),
         declaring: Arc::default(),
+        listing: None,
+        listed_at: None,
         sweeping: Arc::default(),
         removed: BTreeMap::new(),
     };
@@ -440,7 +469,7 @@ pub async fn run(
     let mut sources = Sources::new(initial, stored);
     let merged = sources.merged();
     let mut defs_error = merged.problems.clone();
-    defs = fns.apply(&defs, merged);
+    defs = Arc::new(fns.apply(&defs, merged));
     adopt(&ctx, &defs, &mut fns).await;
     // A control plane that started without a saved model learns what runs at once.
     fns.resync(&defs);
@@ -504,7 +533,7 @@ pub async fn run(
                 sources.file(reading);
                 let merged = sources.merged();
                 defs_error = merged.problems.clone();
-                defs = fns.apply(&defs, merged);
+                defs = Arc::new(fns.apply(&defs, merged));
             }
             Some(req) = inputs.requests.recv() => match req {
                 Request::Wake(name, reply) => {
@@ -531,7 +560,7 @@ pub async fn run(
                     let merged = sources.merged();
                     defs_error = merged.problems.clone();
                     let added: Vec<String> = merged.valid.keys().filter(|n| !defs.contains_key(*n)).cloned().collect();
-                    defs = fns.apply(&defs, merged);
+                    defs = Arc::new(fns.apply(&defs, merged));
                     // Listed for the gate before the deploy is answered (not at the next
                     // tick): a call right after the deploy finds the function.
                     let redis = ctx.redis.clone();
@@ -550,7 +579,7 @@ pub async fn run(
                     }
                 }
                 Request::Definitions(reply) => {
-                    if reply.send(defs.clone()).is_err() {
+                    if reply.send(Definitions::clone(&defs)).is_err() {
                         debug!("a console page gave up before its answer");
                     }
                 }
@@ -648,5 +677,21 @@ async fn adopt(ctx: &Arc<Ctx>, defs: &Definitions, fns: &mut Functions) {
             }
         }
         Err(e) => warn!(error = %e, "cannot list the control plane's functions; strays not checked"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::must_list;
+
+    #[test]
+    fn the_names_are_listed_again_when_due_or_when_the_count_is_off() {
+        assert!(!must_list(false, false, Some(10), 10), "the count is right: one SCARD and nothing else");
+        assert!(must_list(false, false, Some(0), 10), "an emptied Redis");
+        assert!(must_list(false, false, Some(9), 10), "a Redis restored without one");
+        assert!(must_list(false, false, Some(11), 10), "one more than served: listed (and its removal kept going)");
+        assert!(must_list(false, false, None, 10), "not counted: listed");
+        assert!(must_list(true, false, Some(10), 10), "due: listed whatever the count");
+        assert!(must_list(false, true, Some(10), 10), "names to take off");
     }
 }
