@@ -91,6 +91,16 @@ struct Entry {
     generation: u64,
 }
 
+impl Entry {
+    /// Sends a message that may be dropped when the mailbox is full (ticks, scale and
+    /// wake signals: the next tick or signal repeats it).
+    fn offer(&self, name: &str, msg: Msg) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.handle.tx.try_send(msg) {
+            debug!(function = %name, "mailbox full; a tick or signal was skipped");
+        }
+    }
+}
+
 /// The functions and the tasks that run them.
 struct Functions {
     ctx: Arc<Ctx>,
@@ -215,21 +225,16 @@ impl Functions {
     /// wake or scale signal that was lost (a Redis restart, a full queue). Their own tasks
     /// read again and decide.
     fn sweep(&mut self) {
-        let quiet: Vec<(String, mpsc::Sender<Msg>)> = self
-            .map
-            .iter()
-            .filter(|(_, e)| e.handle.quiet.load(Ordering::Acquire))
-            .map(|(n, e)| (n.clone(), e.handle.tx.clone()))
-            .collect();
-        if quiet.is_empty() || self.sweeping.swap(true, Ordering::AcqRel) {
+        let (names, mailboxes): (Vec<String>, Vec<mpsc::Sender<Msg>>) =
+            self.map.iter().filter(|(_, e)| e.handle.quiet.load(Ordering::Acquire)).map(|(n, e)| (n.clone(), e.handle.tx.clone())).unzip();
+        if names.is_empty() || self.sweeping.swap(true, Ordering::AcqRel) {
             return;
         }
         let (redis, sweeping) = (self.ctx.redis.clone(), self.sweeping.clone());
         self.deliveries.spawn(async move {
-            let names: Vec<String> = quiet.iter().map(|(n, _)| n.clone()).collect();
             match redis.quiet_readings(&names).await {
                 Ok(readings) => {
-                    for ((name, tx), reading) in quiet.into_iter().zip(readings) {
+                    for ((name, tx), reading) in names.iter().zip(mailboxes).zip(readings) {
                         if reading.needs_attention() {
                             debug!(function = %name, ?reading, "a quiet function has requests or a stale ready flag");
                             // Like a tick: a full mailbox skips it, the next sweep repeats it.
@@ -334,12 +339,10 @@ impl Functions {
         self.listing = None;
     }
 
-    /// Sends a message that may be dropped when the mailbox is full (ticks, scale and
-    /// wake signals: the next tick or signal repeats it).
+    /// [`Entry::offer`] to the function named, if it runs.
     fn offer(&self, name: &str, msg: Msg) {
-        let Some(e) = self.map.get(name) else { return };
-        if let Err(mpsc::error::TrySendError::Full(_)) = e.handle.tx.try_send(msg) {
-            debug!(function = %name, "mailbox full; a tick or signal was skipped");
+        if let Some(e) = self.map.get(name) {
+            e.offer(name, msg);
         }
     }
 
@@ -508,10 +511,8 @@ pub async fn run(
                 }
                 fns.declare_all();
                 // A quiet function has nothing to do on a tick: the sweep reads its load.
-                for e in fns.map.values().filter(|e| !e.handle.quiet.load(Ordering::Acquire)) {
-                    if let Err(mpsc::error::TrySendError::Full(_)) = e.handle.tx.try_send(Msg::Event(Event::Tick)) {
-                        debug!("mailbox full; a tick was skipped");
-                    }
+                for (name, e) in fns.map.iter().filter(|(_, e)| !e.handle.quiet.load(Ordering::Acquire)) {
+                    e.offer(name, Msg::Event(Event::Tick));
                 }
             }
             Some(signal) = inputs.signals.recv() => {
