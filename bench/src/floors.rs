@@ -48,7 +48,7 @@ pub fn launcher(python: &str, runtime_dir: &Path) -> Launcher {
         python: PathBuf::from(python),
         state_dir: std::env::temp_dir(),
         bind_ip: [127, 0, 0, 1].into(),
-        spares: 0,
+        spares: roost_orchestrator::runtime::process::SpareCount::Fixed(0),
     })
 }
 

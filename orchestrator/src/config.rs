@@ -72,10 +72,12 @@ pub struct Config {
     pub python: PathBuf,
 
     /// Runtimes the process runtime keeps started ahead of time for any function (the
-    /// interpreter and the runtime loaded, no function yet): a cold start hands one its
-    /// function instead of starting Python (about 10 MB each; 0: none).
-    #[arg(long, env = env::PROCESS_SPARES, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=64))]
-    pub process_spares: u64,
+    /// interpreter and the runtime loaded, no function yet): a cold start or a scale-up
+    /// hands one its function instead of starting Python. `auto`: as many as the largest
+    /// burst of one declared function (its `max_replicas`), within `ROOST_SPARE_MEMORY`
+    /// at 16 MB each, at most 64; or a number from 0 (none) to 64.
+    #[arg(long, env = env::PROCESS_SPARES, default_value = "auto", value_parser = parse_process_spares)]
+    pub process_spares: ProcessSpares,
 
     /// Folder for the process runtime's replica state files (for adoption after a crash).
     #[arg(long, env = env::STATE_DIR, default_value = ".roost/replicas")]
@@ -194,6 +196,25 @@ pub fn parse_constraints(s: &str) -> Result<Constraints, String> {
     Ok(Constraints(out))
 }
 
+/// `ROOST_PROCESS_SPARES`: a number of spares, or `None` for `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessSpares(pub Option<usize>);
+
+/// Reads `ROOST_PROCESS_SPARES`: `auto`, or a whole number from 0 to 64.
+pub fn parse_process_spares(s: &str) -> Result<ProcessSpares, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(ProcessSpares(None));
+    }
+    match s.parse::<usize>() {
+        Ok(n) if n <= crate::runtime::process::MAX_SPARES => Ok(ProcessSpares(Some(n))),
+        _ => Err(format!(
+            "{s:?} is not a number of spares: write `auto` (as many as the largest max_replicas, within ROOST_SPARE_MEMORY) or a whole number from 0 to {}",
+            crate::runtime::process::MAX_SPARES
+        )),
+    }
+}
+
 /// `ROOST_SPARE_MEMORY`: a budget in bytes, or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpareMemory(pub Option<u64>);
@@ -229,5 +250,19 @@ mod tests {
         let e = parse_constraints("node.role=manager").unwrap_err();
         assert!(e.contains("\"node.role=manager\" is not a placement constraint") && e.contains("<key>==<value>"), "{e}");
         assert!(parse_constraints("==true").is_err());
+    }
+
+    #[test]
+    fn process_spares_are_auto_or_a_number_up_to_the_most() {
+        assert_eq!(parse_process_spares("auto"), Ok(ProcessSpares(None)));
+        assert_eq!(parse_process_spares(" AUTO "), Ok(ProcessSpares(None)));
+        assert_eq!(parse_process_spares("0"), Ok(ProcessSpares(Some(0))));
+        assert_eq!(parse_process_spares("64"), Ok(ProcessSpares(Some(64))));
+        for bad in ["65", "-1", "two", ""] {
+            let e = parse_process_spares(bad).unwrap_err();
+            assert!(e.contains("is not a number of spares") && e.contains("`auto`"), "{bad}: {e}");
+        }
+        use clap::Parser;
+        assert_eq!(Config::parse_from(["orchestrator"]).process_spares, ProcessSpares(None), "auto by default");
     }
 }

@@ -378,16 +378,18 @@ impl Functions {
         }
     }
 
-    /// A task ended: forget it unless a newer task of the same name replaced it.
-    fn ended(&mut self, joined: Result<(String, u64), tokio::task::JoinError>) -> Result<(), SupervisorError> {
+    /// A task ended: forget it unless a newer task of the same name replaced it. Returns
+    /// the name when the function is gone (its replicas stopped, no task runs it).
+    fn ended(&mut self, joined: Result<(String, u64), tokio::task::JoinError>) -> Result<Option<String>, SupervisorError> {
         match joined {
             Ok((name, generation)) => {
-                if self.map.get(&name).is_some_and(|e| e.generation == generation) {
-                    self.map.remove(&name);
-                    self.listing = None;
-                    self.removed.insert(name, std::time::Instant::now());
+                if self.map.get(&name).is_none_or(|e| e.generation != generation) {
+                    return Ok(None);
                 }
-                Ok(())
+                self.map.remove(&name);
+                self.listing = None;
+                self.removed.insert(name.clone(), std::time::Instant::now());
+                Ok(Some(name))
             }
             Err(e) if e.is_panic() => {
                 let panic = e.into_panic();
@@ -396,7 +398,7 @@ impl Functions {
             }
             Err(e) => {
                 warn!(error = %e, "a function's task was cancelled");
-                Ok(())
+                Ok(None)
             }
         }
     }
@@ -487,8 +489,10 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             Some(joined) = fns.tasks.join_next() => {
-                if let Err(e) = fns.ended(joined) {
-                    break Err(e);
+                match fns.ended(joined) {
+                    Ok(Some(gone)) => ctx.runtime.forget(&gone),
+                    Ok(None) => {}
+                    Err(e) => break Err(e),
                 }
             }
             Some(delivered) = fns.deliveries.join_next() => {

@@ -46,7 +46,7 @@ fn runtime(root: &Path) -> Arc<ProcessRuntime> {
         python: "python3".into(),
         state_dir: root.join("state"),
         bind_ip: [127, 0, 0, 1].into(),
-        spares: 1,
+        spares: roost_orchestrator::runtime::process::SpareCount::Fixed(1),
     })
     .unwrap()
 }

@@ -512,6 +512,17 @@ async fn the_spare_budget_decides_which_spares_exist() {
     let _ = exec.wait();
     let gone = std::process::Command::new("docker").args(["inspect", &replica.handle]).output().unwrap();
     assert!(!gone.status.success(), "a replica with an exec session was removed, not paused");
+    // The function removed from the definitions: its spare goes with it.
+    rt.prepare(&newer, "budgethash02").await.expect("built already");
+    wait_until(Duration::from_secs(60), "the spare made again", || async {
+        (containers_in_state(&net, "paused") == ["budgethash02"]).then_some(())
+    })
+    .await;
+    rt.forget(&newer.name);
+    wait_until(Duration::from_secs(30), "no spare kept for a removed function", || async {
+        (containers_in_state(&net, "paused").is_empty() && containers_in_state(&net, "created").is_empty()).then_some(())
+    })
+    .await;
     rt.close().await;
     assert!(containers_in_state(&net, "paused").is_empty(), "close removes the spares");
 }

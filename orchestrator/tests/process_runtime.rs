@@ -361,7 +361,7 @@ async fn cold_starts_take_a_spare_runtime_and_the_pool_is_refilled_and_emptied_o
     ));
     let state = state_dir("spares");
     let mut config = b.orchestrator_config(&defs, &state);
-    config.process_spares = 1;
+    config.process_spares = roost_orchestrator::config::ProcessSpares(Some(1));
     let stop = CancellationToken::new();
     let o = roost_orchestrator::start(config, stop.clone()).await.expect("orchestrator starts");
     let api = o.api_addr.port();
@@ -393,6 +393,43 @@ async fn cold_starts_take_a_spare_runtime_and_the_pool_is_refilled_and_emptied_o
         !std::fs::read_dir(&state).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("spare-")),
         "spare logs removed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy and redis-server: full tier (scripts/test.sh)"]
+async fn the_auto_pool_follows_the_largest_max_replicas_declared() {
+    let b = Backend::start().await;
+    // hello: max_replicas 10 by default; sleep: 3.
+    let defs = Defs::new(HELLO);
+    let state = state_dir("auto-spares");
+    let mut config = b.orchestrator_config(&defs, &state);
+    config.process_spares = roost_orchestrator::config::ProcessSpares(None);
+    config.spare_memory = roost_orchestrator::config::SpareMemory(None);
+    let stop = CancellationToken::new();
+    let o = roost_orchestrator::start(config, stop.clone()).await.expect("orchestrator starts");
+    let count = |n: usize| {
+        let state = state.clone();
+        move || {
+            let state = state.clone();
+            async move { (spares_in(&state).len() == n).then_some(()) }
+        }
+    };
+    wait_until(WAIT, "ten spares: hello can take ten replicas at once", count(10)).await;
+
+    // hello lowered to 4: the newest spares beyond four end.
+    defs.write(&HELLO.replace("scaling: {idle_timeout: 1s}", "scaling: {idle_timeout: 1s, max_replicas: 4}"));
+    wait_until(WAIT, "four spares after hello's edit", count(4)).await;
+    // hello removed: sleep's three are left.
+    defs.write(
+        &HELLO
+            .replace("  hello:\n    name: hello\n", "  gone:\n    name: gone\n")
+            .replace("function_folder: hello\n    scaling: {idle_timeout: 1s}", "function_folder: hello\n    env: {PYTHONHASHSEED: \"0\"}"),
+    );
+    wait_until(WAIT, "three spares once hello is removed (gone cannot use one)", count(3)).await;
+
+    stop.cancel();
+    o.wait().await.expect("the orchestrator stops cleanly");
+    assert_eq!(spares_in(&state), Vec::<i32>::new(), "no spare outlives the orchestrator");
 }
 
 const LOGGED: &str = r#"

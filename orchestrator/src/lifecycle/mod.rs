@@ -987,12 +987,15 @@ impl Function {
         self.mode = Mode::Serving;
         if hash == self.hash && !was_leaving {
             // Only `scaling` or `async` changed (the hash leaves them out): no replica is rolled over;
-            // Envoy gets the new concurrency and the load is judged by the new bounds.
+            // Envoy gets the new concurrency and the load is judged by the new bounds. The
+            // runtime is told too (a prepare of a built definition builds nothing): it sizes
+            // what it keeps ahead of time by the scaling (the process runtime's spares).
             if spec != self.spec {
                 tracing::info!("scaling changed");
                 self.spec = spec;
                 self.declaring = false;
                 self.declare(fx);
+                fx.push(Effect::Prepare(self.spec.clone(), self.hash.clone()));
                 fx.push(Effect::ReadLoad);
             }
             return;

@@ -354,7 +354,11 @@ fn a_scaling_change_rolls_nothing_over_and_a_lowered_maximum_drains_the_excess()
     // The same definition with another maximum: the same replica hash (scaling is not in it).
     let max1 = spec_yaml("1", 0, 1);
     let fx = h.send(Event::Changed(max1.clone(), hash_of(&max1)));
-    assert!(matches!(fx[..], [Effect::Declare(_), Effect::ReadLoad]), "re-declared, nothing prepared: {fx:?}");
+    assert!(
+        matches!(&fx[..], [Effect::Declare(_), Effect::Prepare(s, _), Effect::ReadLoad] if s.scaling.max_replicas == 1),
+        "re-declared, and the runtime told the new scaling: {fx:?}"
+    );
+    assert!(h.send(Event::Prepared(hash_of(&max1), Ok(()))).is_empty(), "a built definition's prepare changes nothing");
     assert!(h.status().replicas.iter().all(|r| !r.outdated), "no replica is outdated");
     h.send(Event::Declared(Ok(())));
     let fx = h.load(3, 0);

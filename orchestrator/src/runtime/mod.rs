@@ -184,6 +184,11 @@ pub trait ReplicaRuntime: Send + Sync + 'static {
     /// The stream of replica exits. Called once, when the orchestrator starts.
     fn events(&self) -> mpsc::UnboundedReceiver<RuntimeEvent>;
 
+    /// `function` is no longer declared, and its replicas have stopped: let go of what
+    /// was kept ahead of time for it (its spares, their share of the spare budget, its
+    /// history of starts). A later `prepare` of the same name starts afresh.
+    fn forget(&self, _function: &str) {}
+
     /// Releases what the runtime holds besides replicas (for Docker: containers created
     /// ahead of time). Called once, after every replica has stopped.
     async fn close(&self) {}

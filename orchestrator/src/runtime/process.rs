@@ -87,14 +87,66 @@ pub struct ProcessConfig {
     pub state_dir: PathBuf,
     /// Address replicas listen on (loopback by default).
     pub bind_ip: IpAddr,
-    /// Runtimes kept started ahead of time for any function (0: none).
-    pub spares: usize,
+    /// How many runtimes are kept started ahead of time for any function.
+    pub spares: SpareCount,
+}
+
+/// How many spares the pool keeps (`ROOST_PROCESS_SPARES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpareCount {
+    /// As many as the largest burst one declared function can take at once (its
+    /// `max_replicas`), among the functions a spare can serve, while each spare's
+    /// [`SPARE_BYTES`] fit in `budget` (`ROOST_SPARE_MEMORY`; `None`: no limit), and at
+    /// most [`MAX_SPARES`].
+    Auto { budget: Option<u64> },
+    /// This many, whatever is declared (0: none).
+    Fixed(usize),
+}
+
+/// What a spare is counted to hold against the budget: a spare here had 21 MB resident,
+/// 14.6 MB of it its own (PSS; the interpreter's files are shared), docs/benchmarks.md.
+pub const SPARE_BYTES: u64 = 16 * 1024 * 1024;
+/// The most spares the pool keeps.
+pub const MAX_SPARES: usize = 64;
+
+/// What the declared functions ask of the pool (pure): for each function, the spares a
+/// burst of it can take at once (its `max_replicas`; 0 for a function a spare cannot
+/// serve, see [`takes_a_spare`]).
+#[derive(Debug, Default)]
+struct Demand(HashMap<String, usize>);
+
+impl Demand {
+    fn note(&mut self, function: &str, spares: usize) {
+        self.0.insert(function.to_string(), spares);
+    }
+
+    fn forget(&mut self, function: &str) {
+        self.0.remove(function);
+    }
+
+    /// How many spares to keep now.
+    fn target(&self, count: SpareCount) -> usize {
+        match count {
+            SpareCount::Fixed(n) => n,
+            SpareCount::Auto { budget } => {
+                let burst = self.0.values().copied().max().unwrap_or(0);
+                let affordable = budget.map_or(MAX_SPARES, |b| usize::try_from(b / SPARE_BYTES).unwrap_or(MAX_SPARES));
+                burst.min(affordable).min(MAX_SPARES)
+            }
+        }
+    }
 }
 
 /// Whether a variable is read only when a process starts (by the interpreter or the C
 /// library), so that a spare, started before its function was known, would miss it.
 fn read_at_start(name: &str) -> bool {
     ["PYTHON", "LD_", "LC_", "MALLOC_"].iter().any(|p| name.starts_with(p)) || ["LANG", "LANGUAGE", "TZ"].contains(&name)
+}
+
+/// Whether a spare can serve a function: not one with dependencies (their folders must
+/// be on the path at start) nor one whose environment sets what is read only at start.
+fn takes_a_spare(has_deps: bool, env: &[(String, String)]) -> bool {
+    !has_deps && !env.iter().any(|(k, _)| read_at_start(k))
 }
 
 /// What a spare is told on its stdin when a cold start takes it: the function's kind
@@ -199,6 +251,8 @@ struct Pool {
 #[derive(Debug, Default)]
 struct PoolState {
     spares: Vec<Spare>,
+    /// What the declared functions ask of the pool.
+    demand: Demand,
     /// Spares being spawned (outside the lock, so a cold start's `take` never waits on
     /// a fork).
     starting: usize,
@@ -207,13 +261,22 @@ struct PoolState {
 }
 
 impl Pool {
-    /// Starts spares until there are as many as configured. Spawning blocks (fork and
-    /// exec), so call it off the async workers, as [`Pool::top_up_later`] does.
+    /// Starts spares until there are as many as the demand asks, or ends the newest
+    /// ones past it. Spawning blocks (fork and exec), so call it off the async workers,
+    /// as [`Pool::top_up_later`] does.
     fn top_up(&self) {
         loop {
             {
                 let mut st = self.state.lock().unwrap();
-                if st.closed || st.spares.len() + st.starting >= self.launcher.config.spares {
+                let target = st.demand.target(self.launcher.config.spares);
+                if st.spares.len() > target {
+                    for mut s in st.spares.split_off(target) {
+                        // Fails only if it has exited already.
+                        let _ = s.child.start_kill();
+                        remove_file(&s.log);
+                    }
+                }
+                if st.closed || st.spares.len() + st.starting >= target {
                     return;
                 }
                 st.starting += 1;
@@ -236,6 +299,19 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Notes what `function` asks of the pool (see [`Demand`]; `None`: it is no longer
+    /// declared) and starts or ends spares to match, in the background.
+    fn demand(self: &Arc<Self>, function: &str, spares: Option<usize>) {
+        {
+            let demand = &mut self.state.lock().unwrap().demand;
+            match spares {
+                Some(n) => demand.note(function, n),
+                None => demand.forget(function),
+            }
+        }
+        self.top_up_later();
     }
 
     /// [`Pool::top_up`] on a blocking thread.
@@ -657,12 +733,18 @@ impl ReplicaRuntime for ProcessRuntime {
             Kind::Image { image } => {
                 Err(RuntimeError::Unsupported { function: spec.name.clone(), runtime: "process", image: image.clone() })
             }
-            _ => {
-                self.deps(spec, spec_hash).await?;
-                self.pool.top_up_later();
+            Kind::Python { folder, .. } | Kind::Command { folder, .. } => {
+                let deps = self.deps(spec, spec_hash).await?;
+                let env = function_env(spec, &self.config().definitions_dir.join(folder));
+                let burst = if takes_a_spare(deps.is_some(), &env) { spec.scaling.max_replicas as usize } else { 0 };
+                self.pool.demand(&spec.name, Some(burst));
                 Ok(())
             }
         }
+    }
+
+    fn forget(&self, function: &str) {
+        self.pool.demand(function, None);
     }
 
     fn building(&self, spec_hash: &str) -> Option<Duration> {
@@ -682,7 +764,7 @@ impl ReplicaRuntime for ProcessRuntime {
         let deps = deps.as_deref().map(Vec::as_slice);
         let dir = self.config().definitions_dir.join(folder);
         let env = function_env(spec, &dir);
-        let spare = if deps.is_some() || env.iter().any(|(k, _)| read_at_start(k)) { None } else { self.pool.take() };
+        let spare = if takes_a_spare(deps.is_some(), &env) { self.pool.take() } else { None };
         let (child, port) = match spare {
             Some(s) => match self.assign(s, kind, &env, replica_id).await {
                 Ok(started) => started,
@@ -770,6 +852,35 @@ impl ReplicaRuntime for ProcessRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pool_is_sized_for_the_largest_burst_within_the_budget() {
+        let auto = SpareCount::Auto { budget: None };
+        let mut d = Demand::default();
+        assert_eq!(d.target(auto), 0, "nothing declared, no spare");
+        d.note("a", 3);
+        d.note("b", 10);
+        d.note("deps", 0);
+        assert_eq!(d.target(auto), 10, "b can take ten at once");
+        assert_eq!(d.target(SpareCount::Auto { budget: Some(4 * SPARE_BYTES + 1) }), 4, "four fit in the budget");
+        assert_eq!(d.target(SpareCount::Auto { budget: Some(0) }), 0);
+        assert_eq!(d.target(SpareCount::Fixed(2)), 2, "a number is kept whatever is declared");
+        d.note("b", 2);
+        assert_eq!(d.target(auto), 3, "b's new definition asks for two");
+        d.forget("a");
+        assert_eq!(d.target(auto), 2, "a is no longer declared");
+        d.note("huge", 1000);
+        assert_eq!(d.target(auto), MAX_SPARES);
+    }
+
+    #[test]
+    fn a_spare_serves_no_function_with_dependencies_or_variables_read_at_start() {
+        let var = |k: &str| vec![(k.to_string(), "x".to_string())];
+        assert!(takes_a_spare(false, &var("GREETING")));
+        assert!(!takes_a_spare(true, &var("GREETING")));
+        assert!(!takes_a_spare(false, &var("PYTHONHASHSEED")));
+        assert!(!takes_a_spare(false, &var("TZ")));
+    }
 
     #[test]
     fn start_errors_say_what_failed_and_keep_their_cause() {

@@ -135,6 +135,9 @@ impl Backend {
         c.reload_interval_ms = 50;
         c.stop_grace_ms = 2000;
         c.statsd_addr = Some(self.statsd.udp_addr.to_string());
+        // Two spares, as before `auto` (which would keep one per replica of the largest
+        // `max_replicas`): the pool's sizing has tests of its own.
+        c.process_spares = roost_orchestrator::config::ProcessSpares(Some(2));
         c
     }
 

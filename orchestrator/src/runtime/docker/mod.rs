@@ -394,6 +394,10 @@ impl ReplicaRuntime for DockerRuntime {
         self.events_rx.lock().unwrap().take().expect("DockerRuntime::events is called once")
     }
 
+    fn forget(&self, function: &str) {
+        self.forget_function(function);
+    }
+
     async fn close(&self) {
         self.closing.cancel();
         // The exit follower ends once the death it is handling is handled (its container

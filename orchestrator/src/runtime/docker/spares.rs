@@ -175,6 +175,19 @@ impl DockerRuntime {
         }
     }
 
+    /// Lets go of a function no longer declared: its definition leaves the budget, its
+    /// history and measured size go, and the rebalance removes its spare (one still being
+    /// prepared is removed when it is ready) and gives its share to the next functions.
+    pub(super) fn forget_function(&self, function: &str) {
+        {
+            let mut book = self.book.lock().unwrap();
+            book.current.retain(|c| c.spec.name != function);
+            book.histories.remove(function);
+            book.sizes.remove(function);
+        }
+        self.rebalance();
+    }
+
     /// Chooses the spares again: prepares the chosen ones that have none, removes ready
     /// spares no longer chosen.
     pub(super) fn rebalance(&self) {
@@ -285,7 +298,12 @@ impl DockerRuntime {
             match created {
                 Ok(container) => {
                     // Handed back after `close`: removed, never left behind.
-                    if let Some(left) = preparation.finish(Some(Spare { container, label_id, warm, died })) {
+                    let left = preparation.finish(Some(Spare { container, label_id, warm, died })).or_else(|| {
+                        // Chosen away, or its function removed, while it was prepared.
+                        let unwanted = !book.lock().unwrap().wanted.contains(&hash);
+                        unwanted.then(|| spares.take_ready(&hash)).flatten()
+                    });
+                    if let Some(left) = left {
                         own.lock().unwrap().remove(&left.label_id);
                         remove(&docker, &left.container).await;
                     }

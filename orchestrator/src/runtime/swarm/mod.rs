@@ -657,6 +657,13 @@ impl ReplicaRuntime for SwarmRuntime {
         self.events_rx.lock().unwrap().take().expect("SwarmRuntime::events is called once")
     }
 
+    fn forget(&self, function: &str) {
+        for spare in self.spares.lock().unwrap().forget(function) {
+            let docker = self.engine.docker.clone();
+            self.tasks.spawn(async move { remove_service(&docker, &spare.service).await });
+        }
+    }
+
     async fn close(&self) {
         self.closing.cancel();
         let spares = self.spares.lock().unwrap().close();

@@ -109,6 +109,19 @@ impl SpareBook {
         }
     }
 
+    /// `function` is no longer declared: its slots go (a preparation that ends later is
+    /// not kept), and its ready spares are returned, to remove.
+    pub fn forget(&mut self, function: &str) -> Vec<HotSpare> {
+        let hashes: Vec<String> = self.slots.iter().filter(|(_, (f, _))| f == function).map(|(h, _)| h.clone()).collect();
+        hashes
+            .into_iter()
+            .filter_map(|h| match self.slots.remove(&h) {
+                Some((_, Slot::Ready(s))) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether `service` is a spare this book keeps.
     pub fn keeps(&self, service: &str) -> bool {
         self.slots.values().any(|(_, s)| matches!(s, Slot::Ready(h) if h.service == service))
@@ -187,6 +200,21 @@ mod tests {
         b.prepared("a1", None); // a failed one holds nothing
         assert!(b.want("c", "c1").prepare);
         assert!(!SpareBook::new(Some(0)).want("a", "a1").prepare, "0: no spares");
+    }
+
+    #[test]
+    fn a_forgotten_function_gives_back_its_spare_and_its_share_of_the_budget() {
+        let mut b = SpareBook::new(Some(2 * SPARE_BYTES));
+        b.want("f", "f1");
+        b.prepared("f1", Some(spare(1)));
+        b.want("g", "g1");
+        assert!(!b.want("h", "h1").prepare, "the budget is spent");
+        assert_eq!(b.forget("f"), vec![spare(1)]);
+        assert!(!b.keeps("s1"));
+        assert!(b.want("h", "h1").prepare, "f's share went to h");
+        assert_eq!(b.forget("g"), vec![], "g's spare was still being made");
+        assert_eq!(b.prepared("g1", Some(spare(2))), Some(spare(2)), "made after it was forgotten: removed");
+        assert!(b.want("g", "g1").prepare, "declared again, it starts afresh");
     }
 
     #[test]
