@@ -111,17 +111,29 @@ pub const MAX_SPARES: usize = 64;
 
 /// What the declared functions ask of the pool (pure): for each function, the spares a
 /// burst of it can take at once (its `max_replicas`; 0 for a function a spare cannot
-/// serve, see [`takes_a_spare`]).
+/// serve, see [`takes_a_spare`]), and how many functions ask each number (so the
+/// largest is found without a pass over thousands of functions).
 #[derive(Debug, Default)]
-struct Demand(HashMap<String, usize>);
+struct Demand {
+    by_function: HashMap<String, usize>,
+    asking: BTreeMap<usize, usize>,
+}
 
 impl Demand {
     fn note(&mut self, function: &str, spares: usize) {
-        self.0.insert(function.to_string(), spares);
+        self.forget(function);
+        self.by_function.insert(function.to_string(), spares);
+        *self.asking.entry(spares).or_default() += 1;
     }
 
     fn forget(&mut self, function: &str) {
-        self.0.remove(function);
+        let Some(was) = self.by_function.remove(function) else { return };
+        if let std::collections::btree_map::Entry::Occupied(mut e) = self.asking.entry(was) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 
     /// How many spares to keep now.
@@ -129,7 +141,7 @@ impl Demand {
         match count {
             SpareCount::Fixed(n) => n,
             SpareCount::Auto { budget } => {
-                let burst = self.0.values().copied().max().unwrap_or(0);
+                let burst = self.asking.keys().next_back().copied().unwrap_or(0);
                 let affordable = budget.map_or(MAX_SPARES, |b| usize::try_from(b / SPARE_BYTES).unwrap_or(MAX_SPARES));
                 burst.min(affordable).min(MAX_SPARES)
             }
@@ -871,6 +883,13 @@ mod tests {
         assert_eq!(d.target(auto), 2, "a is no longer declared");
         d.note("huge", 1000);
         assert_eq!(d.target(auto), MAX_SPARES);
+        d.forget("huge");
+        d.note("c", 2);
+        d.forget("b");
+        assert_eq!(d.target(auto), 2, "c still asks for two when b, asking as many, is gone");
+        d.forget("never declared");
+        d.forget("c");
+        assert_eq!(d.target(auto), 0, "only deps is left, and a spare cannot serve it");
     }
 
     #[test]
