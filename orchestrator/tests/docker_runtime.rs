@@ -526,3 +526,44 @@ async fn the_spare_budget_decides_which_spares_exist() {
     rt.close().await;
     assert!(containers_in_state(&net, "paused").is_empty(), "close removes the spares");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Docker engine: full tier (scripts/test.sh)"]
+async fn a_bursts_replicas_become_its_spares_and_the_next_burst_takes_them_all() {
+    let net = network() + "-bursty";
+    let _g = NetworkGuard(net.clone());
+    let rt = budget_runtime(&net, None).await;
+    let spec = hello();
+    rt.prepare(&spec, "bursthash01").await.expect("image builds");
+    let paused = || containers_in_state(&net, "paused");
+    wait_until(Duration::from_secs(60), "the first spare", || async { (paused() == ["bursthash01"]).then_some(()) }).await;
+
+    // A burst: three replicas started within one episode (the first takes the spare).
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        replicas.push(rt.start(&spec, "bursthash01", &format!("hello-burst-{i}")).await.expect("a start"));
+    }
+    for r in &replicas {
+        let ready = roost_orchestrator::probe::until_ready(r.address, "/healthz", Duration::from_millis(10), Duration::from_secs(30)).await;
+        assert!(ready.is_some(), "{} answers", r.id);
+    }
+    // As they stop, each is kept paused: the first spare and two for the burst.
+    for r in &replicas {
+        rt.stop(r, Duration::from_secs(1)).await.unwrap();
+    }
+    wait_until(Duration::from_secs(30), "three paused spares", || async { (paused().len() == 3).then_some(()) }).await;
+    let kept: std::collections::BTreeSet<String> = replicas.iter().map(|r| r.handle.clone()).collect();
+
+    // The next burst unpauses all three: the very containers that served the first.
+    let mut again = Vec::new();
+    for i in 3..6 {
+        again.push(rt.start(&spec, "bursthash01", &format!("hello-burst-{i}")).await.expect("a start"));
+    }
+    let resumed: std::collections::BTreeSet<String> = again.iter().map(|r| r.handle.clone()).collect();
+    assert_eq!(resumed, kept, "every start of the second burst took a spare");
+    for r in &again {
+        rt.stop(r, Duration::from_secs(1)).await.unwrap();
+    }
+    rt.close().await;
+    assert!(paused().is_empty(), "close removes every spare");
+}

@@ -18,6 +18,13 @@
 //! function never started scores 0 but still gets a spare while memory is left, in the
 //! order the functions were declared: a deployment whose spares all fit keeps one per
 //! function, as before the budget.
+//!
+//! A function whose recent calls came as bursts (several starts in one episode: the
+//! scale-ups a burst of requests sized at once) may keep more than one spare: as many as
+//! its largest burst within [`RATE_WINDOW`] started, at most [`MAX_SPARES_EACH`]. Those
+//! further spares ([`Candidate::rank`] 1 and up) get only what is left once every
+//! function's first spare was chosen, and the second spares of all functions come before
+//! any third.
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::Hash;
@@ -33,6 +40,8 @@ pub const HORIZON: Duration = Duration::from_secs(60);
 pub const RATE_WINDOW: Duration = Duration::from_secs(600);
 /// Starts closer together than this are one call (a burst's scale-ups).
 pub const EPISODE: Duration = Duration::from_secs(1);
+/// The most spares one function keeps (the first and those for its bursts).
+pub const MAX_SPARES_EACH: usize = 16;
 /// What a spare is taken to hold until one of its function was measured: a paused
 /// container of the Python runtime held 11-20 MB here (`docs/benchmarks.md`).
 pub const DEFAULT_SPARE_BYTES: u64 = 24 * 1024 * 1024;
@@ -40,19 +49,38 @@ pub const DEFAULT_SPARE_BYTES: u64 = 24 * 1024 * 1024;
 /// One function's recent starts.
 #[derive(Debug, Clone, Default)]
 pub struct History {
+    /// When each call (episode) began.
     starts: VecDeque<Instant>,
+    /// How many starts each call had (beside `starts`).
+    sizes: VecDeque<usize>,
 }
 
 impl History {
-    /// A start at `at` (one within [`EPISODE`] of the last is the same call).
+    /// A start at `at` (one within [`EPISODE`] of the call's first is the same call).
     pub fn record(&mut self, at: Instant) {
-        if self.starts.back().is_some_and(|last| at.saturating_duration_since(*last) < EPISODE) {
+        if self.starts.back().is_some_and(|first| at.saturating_duration_since(*first) < EPISODE) {
+            if let Some(n) = self.sizes.back_mut() {
+                *n += 1;
+            }
             return;
         }
         if self.starts.len() == HISTORY {
             self.starts.pop_front();
+            self.sizes.pop_front();
         }
         self.starts.push_back(at);
+        self.sizes.push_back(1);
+    }
+
+    /// The most starts one call needed within [`RATE_WINDOW`] of `now` (0: none).
+    pub fn burst(&self, now: Instant) -> usize {
+        self.starts
+            .iter()
+            .zip(&self.sizes)
+            .filter(|(t, _)| now.saturating_duration_since(**t) <= RATE_WINDOW)
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The chance that the next start comes within [`HORIZON`] of `now`, in 0..=1.
@@ -83,14 +111,17 @@ pub struct Candidate<K> {
     pub score: f64,
     /// What its spare holds.
     pub bytes: u64,
+    /// Which of its function's spares: 0 the first, 1 and up those for its bursts.
+    pub rank: usize,
 }
 
-/// The spares to keep: by score, highest first (ties in the order given), each while it
-/// still fits in `budget` bytes; `None` keeps one for every candidate.
+/// The spares to keep: by rank (every function's first spare before any second), then by
+/// score, highest first (ties in the order given), each while it still fits in `budget`
+/// bytes; `None` keeps every candidate.
 pub fn choose<K: Clone + Eq + Hash>(candidates: &[Candidate<K>], budget: Option<u64>) -> HashSet<K> {
     let Some(budget) = budget else { return candidates.iter().map(|c| c.key.clone()).collect() };
     let mut order: Vec<&Candidate<K>> = candidates.iter().collect();
-    order.sort_by(|a, b| b.score.total_cmp(&a.score));
+    order.sort_by(|a, b| a.rank.cmp(&b.rank).then(b.score.total_cmp(&a.score)));
     let mut left = budget;
     let mut chosen = HashSet::new();
     for c in order {
@@ -125,6 +156,29 @@ mod tests {
             h.record(t0 + Duration::from_millis(ms));
         }
         assert_eq!(h.starts.len(), 1, "scale-ups within a second are the same call");
+        assert_eq!(h.burst(t0 + S), 4, "a call that needed four replicas");
+    }
+
+    #[test]
+    fn the_largest_recent_burst_is_remembered_for_the_rate_window() {
+        let t0 = Instant::now();
+        let mut h = History::default();
+        for ms in [0, 5, 10] {
+            h.record(t0 + Duration::from_millis(ms));
+        }
+        h.record(t0 + 100 * S);
+        assert_eq!(h.burst(t0 + 101 * S), 3, "the call of three, not the last one's one");
+        assert_eq!(h.burst(t0 + 650 * S), 1, "ten minutes on, only the single start is recent");
+        assert_eq!(History::default().burst(t0), 0);
+    }
+
+    #[test]
+    fn burst_spares_get_what_every_first_spare_left() {
+        let c = |key: &'static str, score: f64, rank: usize| Candidate { key, score, bytes: 10, rank };
+        let all = [c("hot", 0.9, 0), c("hot+1", 0.9, 1), c("hot+2", 0.9, 2), c("cold", 0.0, 0), c("warm", 0.5, 0), c("warm+1", 0.5, 1)];
+        assert_eq!(choose(&all, Some(30)), HashSet::from(["hot", "warm", "cold"]), "first spares first, even the coldest");
+        assert_eq!(choose(&all, Some(50)), HashSet::from(["hot", "warm", "cold", "hot+1", "warm+1"]), "every second before any third");
+        assert_eq!(choose(&all, None).len(), 6);
     }
 
     #[test]
@@ -155,7 +209,7 @@ mod tests {
 
     #[test]
     fn the_budget_goes_to_the_likeliest_first_and_skips_what_does_not_fit() {
-        let c = |key: &'static str, score: f64, bytes: u64| Candidate { key, score, bytes };
+        let c = |key: &'static str, score: f64, bytes: u64| Candidate { key, score, bytes, rank: 0 };
         let all = [c("cold", 0.0, 10), c("hot", 0.9, 10), c("warm", 0.5, 10), c("big", 0.7, 100)];
         assert_eq!(choose(&all, Some(25)), HashSet::from(["hot", "warm"]));
         assert_eq!(choose(&all, Some(30)), HashSet::from(["hot", "warm", "cold"]), "memory left goes to the rest");

@@ -252,9 +252,14 @@ impl ReplicaRuntime for DockerRuntime {
         self.note_start(&spec.name);
         // Spare preparations wait until this start is done.
         let _starting = self.priority.start();
-        // A ready spare, or the one being prepared (waited for, once); else none.
+        // A ready spare (the first, or one a burst left), or the first being prepared
+        // (waited for, once); else none.
         let waited = std::time::Instant::now();
-        let spare = match self.spares.claim(spec_hash, SPARE_WAIT).await {
+        let claim = match self.take_any_ready(spec_hash) {
+            Some(s) => Claim::Ready(s),
+            None => self.spares.claim(spec_hash, SPARE_WAIT).await,
+        };
+        let spare = match claim {
             Claim::Ready(s) => Some(s),
             Claim::Prepared(s) => {
                 info!(function = %spec.name, waited_ms = waited.elapsed().as_millis() as u64, "took the spare that was being prepared");

@@ -25,8 +25,15 @@
 //! starting a second container beside the preparation; only when no spare comes (the
 //! preparation failed, or another cold start waits for it) does it create and start a
 //! container of its own.
+//!
+//! Bursts: a function whose recent calls needed several replicas at once keeps, within
+//! the budget, a spare slot for each (`budget`: as many as its largest recent burst
+//! started). Only the first is prepared ahead of time; the others are filled by the
+//! burst's own replicas, paused as they stop, so the next burst unpauses them all
+//! instead of creating and starting containers while it waits. A start takes the first
+//! spare if ready, else any other ready one, else waits for the first's preparation.
 
-use super::budget::{self, Candidate, History, DEFAULT_SPARE_BYTES};
+use super::budget::{self, Candidate, History, DEFAULT_SPARE_BYTES, MAX_SPARES_EACH};
 use super::container::{create, remove, warm_up, WARM_UP_DEADLINE};
 use super::{ContainerError, DockerRuntime};
 use bollard::Docker;
@@ -50,6 +57,16 @@ pub(super) struct Spare {
     /// last lines. The cold start that claims it fails at once with this instead of
     /// starting another container to watch it fail (the next start tries again).
     pub(super) died: Option<String>,
+}
+
+/// The slot of a definition's `rank`-th spare: its hash for the first (the one prepared
+/// ahead of time), `<hash>+<rank>` for those a burst's recycled replicas fill.
+pub(super) fn slot_key(hash: &str, rank: usize) -> String {
+    if rank == 0 {
+        hash.to_string()
+    } else {
+        format!("{hash}+{rank}")
+    }
 }
 
 /// How long a cold start waits for the spare being prepared: its warm-up deadline and a
@@ -124,9 +141,16 @@ impl DockerRuntime {
             current.map(|c| c.spec.readiness_path.clone())
         };
         let Some(readiness) = readiness.filter(|_| self.config.warm_spares && self.config.recycle) else { return false };
-        if self.spares.keys().contains(&replica.spec_hash) {
-            return false;
-        }
+        // The first of the definition's wanted slots that is free (a burst's replicas fill
+        // the slots its history keeps, one each, as they stop).
+        let slot = {
+            let (book, held) = (self.book.lock().unwrap(), self.spares.keys());
+            (0..MAX_SPARES_EACH)
+                .map(|rank| slot_key(&replica.spec_hash, rank))
+                .take_while(|k| book.wanted.contains(k))
+                .find(|k| !held.contains(k))
+        };
+        let Some(slot) = slot else { return false };
         // Only a replica that answers its readiness path now (not one that failed its
         // probe, crashed or hangs) becomes the next cold start's spare.
         if crate::probe::until_ready(replica.address, &readiness, Duration::from_millis(10), RECYCLE_PROBE).await.is_none() {
@@ -156,7 +180,7 @@ impl DockerRuntime {
             return false;
         }
         let spare = Spare { container: replica.handle.clone(), label_id, warm: Some(replica.address), died: None };
-        match self.spares.offer(&replica.spec_hash, spare) {
+        match self.spares.offer(&slot, spare) {
             Ok(()) => {
                 let (docker, book, container, name) =
                     (self.docker.clone(), self.book.clone(), replica.handle.clone(), replica.function.clone());
@@ -173,6 +197,13 @@ impl DockerRuntime {
                 true
             }
         }
+    }
+
+    /// A ready spare of `spec_hash` for a start: the first one's if ready, else one a
+    /// burst left; `None` when neither is (the caller then claims the first, waiting for
+    /// its preparation).
+    pub(super) fn take_any_ready(&self, spec_hash: &str) -> Option<Spare> {
+        (0..MAX_SPARES_EACH).find_map(|rank| self.spares.take_ready(&slot_key(spec_hash, rank)))
     }
 
     /// Lets go of a function no longer declared: its definition leaves the budget, its
@@ -195,13 +226,19 @@ impl DockerRuntime {
         let (wanted, missing) = {
             let mut book = self.book.lock().unwrap();
             let book = &mut *book;
+            // Spares beyond the first are only ever recycled replicas (a burst's, as it
+            // scales down): none without recycling.
+            let bursts = self.config.recycle && self.config.warm_spares;
             let candidates: Vec<Candidate<String>> = book
                 .current
                 .iter()
-                .map(|c| Candidate {
-                    key: c.hash.clone(),
-                    score: book.histories.get(&c.spec.name).map_or(0.0, |h| h.score(now)),
-                    bytes: book.sizes.get(&c.spec.name).copied().unwrap_or(DEFAULT_SPARE_BYTES),
+                .flat_map(|c| {
+                    let history = book.histories.get(&c.spec.name);
+                    let score = history.map_or(0.0, |h| h.score(now));
+                    let bytes = book.sizes.get(&c.spec.name).copied().unwrap_or(DEFAULT_SPARE_BYTES);
+                    let burst = if bursts { history.map_or(0, |h| h.burst(now)) } else { 0 };
+                    let each = burst.min(c.spec.scaling.max_replicas as usize).clamp(1, MAX_SPARES_EACH);
+                    (0..each).map(move |rank| Candidate { key: slot_key(&c.hash, rank), score, bytes, rank })
                 })
                 .collect();
             let wanted = budget::choose(&candidates, self.config.spare_memory);
