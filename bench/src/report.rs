@@ -237,22 +237,24 @@ impl Report {
             }
             match &r.burst {
                 Ok(b) => {
-                    let _ = writeln!(
-                        s,
-                        "| burst of {} from zero ({} ms each), {rt}: errors; p50 / p99; replicas started | {} errors; {} / {}; {} | {} | {} | 0 errors, {} replicas, p99 <= 1.5 s | {} |",
-                        self.burst_size,
-                        BURST_HANDLER_MS,
-                        b.load.errors,
-                        ms(p50(&b.load.latencies_ms)),
-                        ms(p99(&b.load.latencies_ms)),
-                        b.replicas_started,
-                        ms(self.burst_floor_ms()),
-                        ratio(p99(&b.load.latencies_ms), self.burst_floor_ms()),
-                        BURST_MAX_REPLICAS,
-                        met(b.load.errors == 0
-                            && b.replicas_started as usize >= BURST_MAX_REPLICAS.min(self.burst_size)
-                            && p99(&b.load.latencies_ms) <= 1500.0)
-                    );
+                    for (round, which) in [(&b.first, "from zero"), (&b.again, "from zero again")] {
+                        let _ = writeln!(
+                            s,
+                            "| burst of {} {which} ({} ms each), {rt}: errors; p50 / p99; replicas started | {} errors; {} / {}; {} | {} | {} | 0 errors, {} replicas, p99 <= 1.5 s | {} |",
+                            self.burst_size,
+                            BURST_HANDLER_MS,
+                            round.load.errors,
+                            ms(p50(&round.load.latencies_ms)),
+                            ms(p99(&round.load.latencies_ms)),
+                            round.replicas_started,
+                            ms(self.burst_floor_ms()),
+                            ratio(p99(&round.load.latencies_ms), self.burst_floor_ms()),
+                            BURST_MAX_REPLICAS,
+                            met(round.load.errors == 0
+                                && round.replicas_started as usize >= BURST_MAX_REPLICAS.min(self.burst_size)
+                                && p99(&round.load.latencies_ms) <= 1500.0)
+                        );
+                    }
                 }
                 Err(e) => {
                     let _ = writeln!(s, "| burst, {rt} | failed: {e} | | | | **failed** |");
@@ -398,26 +400,32 @@ impl Report {
             BURST_MAX_REPLICAS,
             ms(self.burst_floor_ms())
         );
-        let _ = writeln!(s, "| runtime | answered 200 | errors | p50 | p99 | max | replicas started | first errors |");
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(
+            s,
+            "Each runtime gets the burst twice, the function back at zero before each: *first* on a function never called in bursts, *again* once its recent calls include one (the Docker runtime then keeps a paused container for each replica the burst started, within `ROOST_SPARE_MEMORY`).\n"
+        );
+        let _ = writeln!(s, "| runtime | burst | answered 200 | errors | p50 | p99 | max | replicas started | first errors |");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---|");
         for r in &self.runtimes {
             match &r.burst {
                 Ok(b) => {
-                    let _ = writeln!(
-                        s,
-                        "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                        r.runtime,
-                        b.load.ok,
-                        b.load.errors,
-                        ms(p50(&b.load.latencies_ms)),
-                        ms(p99(&b.load.latencies_ms)),
-                        ms(max(&b.load.latencies_ms)),
-                        b.replicas_started,
-                        b.load.failures.join("; ")
-                    );
+                    for (round, which) in [(&b.first, "first"), (&b.again, "again")] {
+                        let _ = writeln!(
+                            s,
+                            "| {} | {which} | {} | {} | {} | {} | {} | {} | {} |",
+                            r.runtime,
+                            round.load.ok,
+                            round.load.errors,
+                            ms(p50(&round.load.latencies_ms)),
+                            ms(p99(&round.load.latencies_ms)),
+                            ms(max(&round.load.latencies_ms)),
+                            round.replicas_started,
+                            round.load.failures.join("; ")
+                        );
+                    }
                 }
                 Err(e) => {
-                    let _ = writeln!(s, "| {} | failed: {e} | | | | | | |", r.runtime);
+                    let _ = writeln!(s, "| {} | | failed: {e} | | | | | | |", r.runtime);
                 }
             }
         }
@@ -736,6 +744,7 @@ pub fn splice(doc: &str, generated: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenarios::BurstRound;
 
     #[test]
     fn splice_replaces_only_between_the_markers() {
@@ -763,7 +772,10 @@ mod tests {
         let run = RuntimeRun {
             runtime: "process".into(),
             cold: Ok(cold),
-            burst: Ok(Burst { load: load(&[100.0, 200.0], 1, 1.0), replicas_started: 3 }),
+            burst: Ok(Burst {
+                first: BurstRound { load: load(&[100.0, 200.0], 1, 1.0), replicas_started: 3 },
+                again: BurstRound { load: load(&[100.0, 200.0], 0, 1.0), replicas_started: 3 },
+            }),
             overhead: Ok(vec![Overhead {
                 concurrency: 1,
                 direct: load(&[1.0, 1.0], 0, 1.0),
@@ -819,7 +831,9 @@ mod tests {
         let cold = line("| cold start through the gate, process");
         assert!(cold.contains("90.0 ms / 150.0 ms") && cold.contains("10.0x") && cold.ends_with("| met |"), "{cold}");
         // One burst error misses the target.
-        assert!(line("| burst of 2").ends_with("**missed** |"));
+        assert!(line("| burst of 2 from zero (").ends_with("**missed** |"));
+        // The second burst, without an error, meets it; each has its own row.
+        assert!(line("| burst of 2 from zero again").ends_with("| met |"), "{}", line("| burst of 2 from zero again"));
         // The public entry adds +0.40 / +3.00 ms, the bare Envoy +0.20 / +1.00 ms: 2.0x and
         // 3.0x its floor, over 1.1x.
         let o = line("| warm overhead, process, 1 conn");

@@ -64,13 +64,24 @@ pub async fn cold_start(roost: &Roost, rounds: usize) -> anyhow::Result<ColdStar
     Ok(out)
 }
 
-/// A burst of simultaneous requests to a sleeping function.
+/// One burst of simultaneous requests to a sleeping function.
 #[derive(Debug, Clone)]
-pub struct Burst {
+pub struct BurstRound {
     /// What the clients saw.
     pub load: LoadResult,
     /// Replicas started for it (counted 1 s after the last answer).
     pub replicas_started: u64,
+}
+
+/// The same burst twice, the function back at zero before each: the first on a function
+/// never called in bursts, the second once its history has one (what the runtime keeps
+/// for a bursty function).
+#[derive(Debug, Clone)]
+pub struct Burst {
+    /// The first burst.
+    pub first: BurstRound,
+    /// The second.
+    pub again: BurstRound,
 }
 
 /// How long each request of the burst keeps its replica busy.
@@ -78,14 +89,22 @@ pub const BURST_HANDLER_MS: u64 = 50;
 /// The burst function's `max_replicas` (platform.rs).
 pub const BURST_MAX_REPLICAS: usize = 10;
 
-/// `n` requests at once to `burst`, asleep, each taking [`BURST_HANDLER_MS`].
+/// `n` requests at once to `burst`, asleep, each taking [`BURST_HANDLER_MS`]; twice.
 pub async fn burst(roost: &Roost, n: usize) -> anyhow::Result<Burst> {
+    let first = burst_round(roost, n).await?;
+    // Back to zero, and what a runtime keeps after a burst is in place (a paused
+    // container is kept as each replica stops).
+    let again = burst_round(roost, n).await?;
+    Ok(Burst { first, again })
+}
+
+async fn burst_round(roost: &Roost, n: usize) -> anyhow::Result<BurstRound> {
     let f = roost.wait_function("burst", "asleep", WAIT, |f| f.state == FunctionState::Sleeping).await?;
     let before = f.cold_starts;
     let load = client::burst(roost.public, &format!("/burst?ms={BURST_HANDLER_MS}"), n).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = roost.function("burst").await?.cold_starts;
-    Ok(Burst { load, replicas_started: after - before })
+    Ok(BurstRound { load, replicas_started: after - before })
 }
 
 /// The same function at one concurrency, four ways.
