@@ -547,9 +547,10 @@ async fn a_bursts_replicas_become_its_spares_and_the_next_burst_takes_them_all()
         let ready = roost_orchestrator::probe::until_ready(r.address, "/healthz", Duration::from_millis(10), Duration::from_secs(30)).await;
         assert!(ready.is_some(), "{} answers", r.id);
     }
-    // As they stop, each is kept paused: the first spare and two for the burst.
-    for r in &replicas {
-        rt.stop(r, Duration::from_secs(1)).await.unwrap();
+    // As they stop (all at once, as a burst's replicas scale down), each is kept
+    // paused: the first spare and two for the burst.
+    for stopped in futures::future::join_all(replicas.iter().map(|r| rt.stop(r, Duration::from_secs(1)))).await {
+        stopped.unwrap();
     }
     wait_until(Duration::from_secs(30), "three paused spares", || async { (paused().len() == 3).then_some(()) }).await;
     let kept: std::collections::BTreeSet<String> = replicas.iter().map(|r| r.handle.clone()).collect();

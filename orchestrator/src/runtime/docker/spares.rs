@@ -141,16 +141,16 @@ impl DockerRuntime {
             current.map(|c| c.spec.readiness_path.clone())
         };
         let Some(readiness) = readiness.filter(|_| self.config.warm_spares && self.config.recycle) else { return false };
-        // The first of the definition's wanted slots that is free (a burst's replicas fill
-        // the slots its history keeps, one each, as they stop).
-        let slot = {
-            let (book, held) = (self.book.lock().unwrap(), self.spares.keys());
-            (0..MAX_SPARES_EACH)
-                .map(|rank| slot_key(&replica.spec_hash, rank))
-                .take_while(|k| book.wanted.contains(k))
-                .find(|k| !held.contains(k))
+        // The definition's wanted slots (a burst's replicas fill the slots its history
+        // keeps, one each, as they stop); none free: nothing to keep it for.
+        let slots: Vec<String> = {
+            let book = self.book.lock().unwrap();
+            (0..MAX_SPARES_EACH).map(|rank| slot_key(&replica.spec_hash, rank)).take_while(|k| book.wanted.contains(k)).collect()
         };
-        let Some(slot) = slot else { return false };
+        let held = self.spares.keys();
+        if slots.iter().all(|k| held.contains(k)) {
+            return false;
+        }
         // Only a replica that answers its readiness path now (not one that failed its
         // probe, crashed or hangs) becomes the next cold start's spare.
         if crate::probe::until_ready(replica.address, &readiness, Duration::from_millis(10), RECYCLE_PROBE).await.is_none() {
@@ -180,7 +180,7 @@ impl DockerRuntime {
             return false;
         }
         let spare = Spare { container: replica.handle.clone(), label_id, warm: Some(replica.address), died: None };
-        match self.spares.offer(&slot, spare) {
+        match self.spares.offer(&slots, spare) {
             Ok(()) => {
                 let (docker, book, container, name) =
                     (self.docker.clone(), self.book.clone(), replica.handle.clone(), replica.function.clone());
@@ -474,16 +474,16 @@ impl<T> SpareSlots<T> {
         }
     }
 
-    /// Makes `spare` the ready spare of `key` if it has none ready or being prepared (a
-    /// replica's container recycled as the next spare); hands it back otherwise.
-    pub(super) fn offer(&self, key: &str, spare: T) -> Result<(), T> {
+    /// Makes `spare` the ready spare of the first of `keys` that has none ready or being
+    /// prepared (a replica's container recycled as a spare; several replicas stopping at
+    /// once each find their own slot); hands it back when every one has.
+    pub(super) fn offer(&self, keys: &[String], spare: T) -> Result<(), T> {
         let mut inner = self.inner.lock().unwrap();
-        if inner.closed || inner.slots.contains_key(key) {
-            return Err(spare);
-        }
+        let free = keys.iter().find(|k| !inner.slots.contains_key(k.as_str()));
+        let Some(key) = free.filter(|_| !inner.closed).cloned() else { return Err(spare) };
         inner.next_id += 1;
         let id = inner.next_id;
-        inner.slots.insert(key.to_string(), Slot::Ready { spare, id, reserved: false });
+        inner.slots.insert(key, Slot::Ready { spare, id, reserved: false });
         Ok(())
     }
 
@@ -633,15 +633,29 @@ mod tests {
     #[tokio::test]
     async fn a_recycled_spare_is_taken_only_into_an_empty_slot() {
         let slots = SpareSlots::<&'static str>::new();
+        let f = ["f".to_string()];
         let p = slots.begin("f").unwrap();
-        assert_eq!(slots.offer("f", "recycled"), Err("recycled"), "a preparation is under way");
+        assert_eq!(slots.offer(&f, "recycled"), Err("recycled"), "a preparation is under way");
         assert!(p.finish(Some("prepared")).is_none());
-        assert_eq!(slots.offer("f", "recycled"), Err("recycled"), "one is ready");
+        assert_eq!(slots.offer(&f, "recycled"), Err("recycled"), "one is ready");
         assert_eq!(slots.claim("f", Duration::ZERO).await, Claim::Ready("prepared"));
-        assert_eq!(slots.offer("f", "recycled"), Ok(()));
+        assert_eq!(slots.offer(&f, "recycled"), Ok(()));
         assert_eq!(slots.claim("f", Duration::ZERO).await, Claim::Ready("recycled"));
+        assert_eq!(slots.offer(&[], "nowhere"), Err("nowhere"), "no slot wanted");
         slots.close();
-        assert_eq!(slots.offer("f", "late"), Err("late"), "closed");
+        assert_eq!(slots.offer(&f, "late"), Err("late"), "closed");
+    }
+
+    #[test]
+    fn replicas_stopping_at_once_fill_a_bursts_slots_one_each() {
+        let slots = SpareSlots::<&'static str>::new();
+        let keys: Vec<String> = (0..3).map(|rank| slot_key("h", rank)).collect();
+        assert_eq!(keys, ["h", "h+1", "h+2"]);
+        assert_eq!(slots.offer(&keys, "a"), Ok(()));
+        assert_eq!(slots.offer(&keys, "b"), Ok(()));
+        assert_eq!(slots.offer(&keys, "c"), Ok(()));
+        assert_eq!(slots.offer(&keys, "d"), Err("d"), "every slot is filled");
+        assert_eq!((slots.take_ready("h"), slots.take_ready("h+1"), slots.take_ready("h+2")), (Some("a"), Some("b"), Some("c")));
     }
 
     #[tokio::test]
