@@ -138,6 +138,9 @@ impl Drop for Stopping<'_> {
     }
 }
 
+/// How often the spares are chosen again with nothing started or stopped.
+const REBALANCE_EVERY: Duration = Duration::from_secs(30);
+
 /// Gone, or already being removed.
 pub(crate) fn is_gone(e: &bollard::errors::Error) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404 | 409, .. })
@@ -190,6 +193,21 @@ impl DockerRuntime {
             closing: rt.closing.clone(),
         };
         *rt.exits.lock().unwrap() = Some(tokio::spawn(follow_exits(exits)));
+        // The spares are chosen again now and then as well: scores and bursts fade with
+        // time, so an idle platform gives back what a burst long past still holds.
+        let (weak, closing) = (std::sync::Arc::downgrade(&rt), rt.closing.clone());
+        rt.tasks.spawn(async move {
+            let mut every = tokio::time::interval_at(tokio::time::Instant::now() + REBALANCE_EVERY, REBALANCE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = closing.cancelled() => return,
+                    _ = every.tick() => match weak.upgrade() {
+                        Some(rt) => rt.rebalance(),
+                        None => return,
+                    },
+                }
+            }
+        });
         Ok(rt)
     }
 
