@@ -112,14 +112,7 @@ impl SpareBook {
     /// `function` is no longer declared: its slots go (a preparation that ends later is
     /// not kept), and its ready spares are returned, to remove.
     pub fn forget(&mut self, function: &str) -> Vec<HotSpare> {
-        let hashes: Vec<String> = self.slots.iter().filter(|(_, (f, _))| f == function).map(|(h, _)| h.clone()).collect();
-        hashes
-            .into_iter()
-            .filter_map(|h| match self.slots.remove(&h) {
-                Some((_, Slot::Ready(s))) => Some(s),
-                _ => None,
-            })
-            .collect()
+        self.take_slots(|f, _| f == function)
     }
 
     /// Whether `service` is a spare this book keeps.
@@ -130,11 +123,15 @@ impl SpareBook {
     /// Closes the book: no spare is prepared any more; the ready ones, to remove.
     pub fn close(&mut self) -> Vec<HotSpare> {
         self.closed = true;
-        let ready: Vec<String> = self.slots.iter().filter(|(_, (_, s))| matches!(s, Slot::Ready(_))).map(|(h, _)| h.clone()).collect();
-        ready
-            .into_iter()
-            .filter_map(|h| match self.slots.remove(&h) {
-                Some((_, Slot::Ready(s))) => Some(s),
+        self.take_slots(|_, s| matches!(s, Slot::Ready(_)))
+    }
+
+    /// Removes the slots `pick` chooses (by function and slot); returns their ready spares.
+    fn take_slots(&mut self, pick: impl Fn(&str, &Slot) -> bool) -> Vec<HotSpare> {
+        self.slots
+            .extract_if(|_, (f, s)| pick(f, s))
+            .filter_map(|(_, (_, s))| match s {
+                Slot::Ready(spare) => Some(spare),
                 _ => None,
             })
             .collect()
