@@ -49,6 +49,7 @@ pub fn launcher(python: &str, runtime_dir: &Path) -> Launcher {
         state_dir: std::env::temp_dir(),
         bind_ip: [127, 0, 0, 1].into(),
         spares: roost_orchestrator::runtime::process::SpareCount::Fixed(0),
+        spare_memory: None,
     })
 }
 

@@ -76,8 +76,8 @@ pub struct Config {
     /// hands one its function instead of starting Python. `auto`: as many as the largest
     /// burst of one declared function (its `max_replicas`), within `ROOST_SPARE_MEMORY`
     /// at 16 MB each, at most 64; or a number from 0 (none) to 64.
-    #[arg(long, env = env::PROCESS_SPARES, default_value = "auto", value_parser = parse_process_spares)]
-    pub process_spares: ProcessSpares,
+    #[arg(long, env = env::PROCESS_SPARES, default_value = "auto")]
+    pub process_spares: crate::runtime::process::SpareCount,
 
     /// Folder for the process runtime's replica state files (for adoption after a crash).
     #[arg(long, env = env::STATE_DIR, default_value = ".roost/replicas")]
@@ -196,25 +196,6 @@ pub fn parse_constraints(s: &str) -> Result<Constraints, String> {
     Ok(Constraints(out))
 }
 
-/// `ROOST_PROCESS_SPARES`: a number of spares, or `None` for `auto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcessSpares(pub Option<usize>);
-
-/// Reads `ROOST_PROCESS_SPARES`: `auto`, or a whole number from 0 to 64.
-pub fn parse_process_spares(s: &str) -> Result<ProcessSpares, String> {
-    let s = s.trim();
-    if s.eq_ignore_ascii_case("auto") {
-        return Ok(ProcessSpares(None));
-    }
-    match s.parse::<usize>() {
-        Ok(n) if n <= crate::runtime::process::MAX_SPARES => Ok(ProcessSpares(Some(n))),
-        _ => Err(format!(
-            "{s:?} is not a number of spares: write `auto` (as many as the largest max_replicas, within ROOST_SPARE_MEMORY) or a whole number from 0 to {}",
-            crate::runtime::process::MAX_SPARES
-        )),
-    }
-}
-
 /// `ROOST_SPARE_MEMORY`: a budget in bytes, or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpareMemory(pub Option<u64>);
@@ -253,16 +234,12 @@ mod tests {
     }
 
     #[test]
-    fn process_spares_are_auto_or_a_number_up_to_the_most() {
-        assert_eq!(parse_process_spares("auto"), Ok(ProcessSpares(None)));
-        assert_eq!(parse_process_spares(" AUTO "), Ok(ProcessSpares(None)));
-        assert_eq!(parse_process_spares("0"), Ok(ProcessSpares(Some(0))));
-        assert_eq!(parse_process_spares("64"), Ok(ProcessSpares(Some(64))));
-        for bad in ["65", "-1", "two", ""] {
-            let e = parse_process_spares(bad).unwrap_err();
-            assert!(e.contains("is not a number of spares") && e.contains("`auto`"), "{bad}: {e}");
-        }
+    fn process_spares_are_auto_by_default_and_a_bad_value_is_refused_with_why() {
+        use crate::runtime::process::SpareCount;
         use clap::Parser;
-        assert_eq!(Config::parse_from(["orchestrator"]).process_spares, ProcessSpares(None), "auto by default");
+        assert_eq!(Config::parse_from(["orchestrator"]).process_spares, SpareCount::Auto, "auto by default");
+        assert_eq!(Config::parse_from(["orchestrator", "--process-spares", "3"]).process_spares, SpareCount::Fixed(3));
+        let e = Config::try_parse_from(["orchestrator", "--process-spares", "65"]).unwrap_err().to_string();
+        assert!(e.contains("is not a number of spares"), "{e}");
     }
 }

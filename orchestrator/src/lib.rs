@@ -130,10 +130,8 @@ async fn build_runtime(config: &Config) -> Result<Arc<dyn ReplicaRuntime>, Error
                 python: config.python.clone(),
                 state_dir: config.state_dir.clone(),
                 bind_ip: "127.0.0.1".parse().expect("literal address"),
-                spares: match config.process_spares.0 {
-                    Some(n) => runtime::process::SpareCount::Fixed(n),
-                    None => runtime::process::SpareCount::Auto { budget: config.spare_memory.0 },
-                },
+                spares: config.process_spares,
+                spare_memory: config.spare_memory.0,
             };
             let rt = runtime::process::ProcessRuntime::new(cfg).map_err(Error::ProcessRuntime)?;
             Ok(rt)

@@ -47,6 +47,7 @@ fn runtime(root: &Path) -> Arc<ProcessRuntime> {
         state_dir: root.join("state"),
         bind_ip: [127, 0, 0, 1].into(),
         spares: roost_orchestrator::runtime::process::SpareCount::Fixed(1),
+        spare_memory: None,
     })
     .unwrap()
 }

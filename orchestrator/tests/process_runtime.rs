@@ -4,6 +4,7 @@
 
 mod support;
 
+use roost_orchestrator::runtime::process::SpareCount;
 use roost_testkit::wait_until;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -361,7 +362,7 @@ async fn cold_starts_take_a_spare_runtime_and_the_pool_is_refilled_and_emptied_o
     ));
     let state = state_dir("spares");
     let mut config = b.orchestrator_config(&defs, &state);
-    config.process_spares = roost_orchestrator::config::ProcessSpares(Some(1));
+    config.process_spares = SpareCount::Fixed(1);
     let stop = CancellationToken::new();
     let o = roost_orchestrator::start(config, stop.clone()).await.expect("orchestrator starts");
     let api = o.api_addr.port();
@@ -403,7 +404,7 @@ async fn the_auto_pool_follows_the_largest_max_replicas_declared() {
     let defs = Defs::new(HELLO);
     let state = state_dir("auto-spares");
     let mut config = b.orchestrator_config(&defs, &state);
-    config.process_spares = roost_orchestrator::config::ProcessSpares(None);
+    config.process_spares = SpareCount::Auto;
     config.spare_memory = roost_orchestrator::config::SpareMemory(None);
     let stop = CancellationToken::new();
     let o = roost_orchestrator::start(config, stop.clone()).await.expect("orchestrator starts");

@@ -137,7 +137,7 @@ impl Backend {
         c.statsd_addr = Some(self.statsd.udp_addr.to_string());
         // Two spares, as before `auto` (which would keep one per replica of the largest
         // `max_replicas`): the pool's sizing has tests of its own.
-        c.process_spares = roost_orchestrator::config::ProcessSpares(Some(2));
+        c.process_spares = roost_orchestrator::runtime::process::SpareCount::Fixed(2);
         c
     }
 

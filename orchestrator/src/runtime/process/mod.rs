@@ -95,6 +95,8 @@ pub struct ProcessConfig {
     pub bind_ip: IpAddr,
     /// How many runtimes are kept started ahead of time for any function.
     pub spares: SpareCount,
+    /// Memory the spares may hold in all on `SpareCount::Auto` (`None`: no limit).
+    pub spare_memory: Option<u64>,
 }
 
 /// How replicas and spares are started: the interpreter, its flags and the runtime's

@@ -14,11 +14,29 @@ use tracing::warn;
 pub enum SpareCount {
     /// As many as the largest burst one declared function can take at once (its
     /// `max_replicas`), among the functions a spare can serve, while each spare's
-    /// [`SPARE_BYTES`] fit in `budget` (`ROOST_SPARE_MEMORY`; `None`: no limit), and at
+    /// [`SPARE_BYTES`] fit in the spare memory budget (`ROOST_SPARE_MEMORY`), and at
     /// most [`MAX_SPARES`].
-    Auto { budget: Option<u64> },
+    Auto,
     /// This many, whatever is declared (0: none).
     Fixed(usize),
+}
+
+impl std::str::FromStr for SpareCount {
+    type Err = String;
+
+    /// `auto`, or a whole number from 0 to [`MAX_SPARES`].
+    fn from_str(s: &str) -> Result<SpareCount, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(SpareCount::Auto);
+        }
+        match s.parse::<usize>() {
+            Ok(n) if n <= MAX_SPARES => Ok(SpareCount::Fixed(n)),
+            _ => Err(format!(
+                "{s:?} is not a number of spares: write `auto` (as many as the largest max_replicas, within ROOST_SPARE_MEMORY) or a whole number from 0 to {MAX_SPARES}"
+            )),
+        }
+    }
 }
 
 /// What a spare is counted to hold against the budget: a spare here had 21 MB resident,
@@ -54,11 +72,12 @@ impl Demand {
         }
     }
 
-    /// How many spares to keep now.
-    fn target(&self, count: SpareCount) -> usize {
+    /// How many spares to keep now, spending at most `budget` bytes on `Auto` (`None`:
+    /// no limit).
+    fn target(&self, count: SpareCount, budget: Option<u64>) -> usize {
         match count {
             SpareCount::Fixed(n) => n,
-            SpareCount::Auto { budget } => {
+            SpareCount::Auto => {
                 let burst = self.asking.keys().next_back().copied().unwrap_or(0);
                 let affordable = budget.map_or(MAX_SPARES, |b| usize::try_from(b / SPARE_BYTES).unwrap_or(MAX_SPARES));
                 burst.min(affordable).min(MAX_SPARES)
@@ -138,7 +157,7 @@ impl Pool {
         loop {
             {
                 let mut st = self.state.lock().unwrap();
-                let target = st.demand.target(self.launcher.config.spares);
+                let target = st.demand.target(self.launcher.config.spares, self.launcher.config.spare_memory);
                 if st.spares.len() > target {
                     for mut s in st.spares.split_off(target) {
                         // Fails only if it has exited already.
@@ -246,29 +265,41 @@ mod tests {
 
     #[test]
     fn the_pool_is_sized_for_the_largest_burst_within_the_budget() {
-        let auto = SpareCount::Auto { budget: None };
+        let auto = |d: &Demand| d.target(SpareCount::Auto, None);
         let mut d = Demand::default();
-        assert_eq!(d.target(auto), 0, "nothing declared, no spare");
+        assert_eq!(auto(&d), 0, "nothing declared, no spare");
         d.note("a", 3);
         d.note("b", 10);
         d.note("deps", 0);
-        assert_eq!(d.target(auto), 10, "b can take ten at once");
-        assert_eq!(d.target(SpareCount::Auto { budget: Some(4 * SPARE_BYTES + 1) }), 4, "four fit in the budget");
-        assert_eq!(d.target(SpareCount::Auto { budget: Some(0) }), 0);
-        assert_eq!(d.target(SpareCount::Fixed(2)), 2, "a number is kept whatever is declared");
+        assert_eq!(auto(&d), 10, "b can take ten at once");
+        assert_eq!(d.target(SpareCount::Auto, Some(4 * SPARE_BYTES + 1)), 4, "four fit in the budget");
+        assert_eq!(d.target(SpareCount::Auto, Some(0)), 0);
+        assert_eq!(d.target(SpareCount::Fixed(2), Some(0)), 2, "a number is kept whatever is declared");
         d.note("b", 2);
-        assert_eq!(d.target(auto), 3, "b's new definition asks for two");
+        assert_eq!(auto(&d), 3, "b's new definition asks for two");
         d.forget("a");
-        assert_eq!(d.target(auto), 2, "a is no longer declared");
+        assert_eq!(auto(&d), 2, "a is no longer declared");
         d.note("huge", 1000);
-        assert_eq!(d.target(auto), MAX_SPARES);
+        assert_eq!(auto(&d), MAX_SPARES);
         d.forget("huge");
         d.note("c", 2);
         d.forget("b");
-        assert_eq!(d.target(auto), 2, "c still asks for two when b, asking as many, is gone");
+        assert_eq!(auto(&d), 2, "c still asks for two when b, asking as many, is gone");
         d.forget("never declared");
         d.forget("c");
-        assert_eq!(d.target(auto), 0, "only deps is left, and a spare cannot serve it");
+        assert_eq!(auto(&d), 0, "only deps is left, and a spare cannot serve it");
+    }
+
+    #[test]
+    fn the_setting_is_auto_or_a_number_up_to_the_most() {
+        assert_eq!("auto".parse(), Ok(SpareCount::Auto));
+        assert_eq!(" AUTO ".parse(), Ok(SpareCount::Auto));
+        assert_eq!("0".parse(), Ok(SpareCount::Fixed(0)));
+        assert_eq!("64".parse(), Ok(SpareCount::Fixed(64)));
+        for bad in ["65", "-1", "two", ""] {
+            let e = bad.parse::<SpareCount>().unwrap_err();
+            assert!(e.contains("is not a number of spares") && e.contains("`auto`"), "{bad}: {e}");
+        }
     }
 
     #[test]
