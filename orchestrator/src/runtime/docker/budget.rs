@@ -46,49 +46,43 @@ pub const MAX_SPARES_EACH: usize = 16;
 /// container of the Python runtime held 11-20 MB here (`docs/benchmarks.md`).
 pub const DEFAULT_SPARE_BYTES: u64 = 24 * 1024 * 1024;
 
-/// One function's recent starts.
+/// One function's recent starts, by call.
 #[derive(Debug, Clone, Default)]
 pub struct History {
-    /// When each call (episode) began.
-    starts: VecDeque<Instant>,
-    /// How many starts each call had (beside `starts`).
-    sizes: VecDeque<usize>,
+    calls: VecDeque<Call>,
+}
+
+/// One call (episode): when its first start was, and how many starts it needed.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    at: Instant,
+    starts: usize,
 }
 
 impl History {
     /// A start at `at` (one within [`EPISODE`] of the call's first is the same call).
     pub fn record(&mut self, at: Instant) {
-        if self.starts.back().is_some_and(|first| at.saturating_duration_since(*first) < EPISODE) {
-            if let Some(n) = self.sizes.back_mut() {
-                *n += 1;
-            }
+        if let Some(call) = self.calls.back_mut().filter(|c| at.saturating_duration_since(c.at) < EPISODE) {
+            call.starts += 1;
             return;
         }
-        if self.starts.len() == HISTORY {
-            self.starts.pop_front();
-            self.sizes.pop_front();
+        if self.calls.len() == HISTORY {
+            self.calls.pop_front();
         }
-        self.starts.push_back(at);
-        self.sizes.push_back(1);
+        self.calls.push_back(Call { at, starts: 1 });
     }
 
     /// The most starts one call needed within [`RATE_WINDOW`] of `now` (0: none).
     pub fn burst(&self, now: Instant) -> usize {
-        self.starts
-            .iter()
-            .zip(&self.sizes)
-            .filter(|(t, _)| now.saturating_duration_since(**t) <= RATE_WINDOW)
-            .map(|(_, n)| *n)
-            .max()
-            .unwrap_or(0)
+        self.calls.iter().filter(|c| now.saturating_duration_since(c.at) <= RATE_WINDOW).map(|c| c.starts).max().unwrap_or(0)
     }
 
     /// The chance that the next start comes within [`HORIZON`] of `now`, in 0..=1.
     pub fn score(&self, now: Instant) -> f64 {
-        let Some(last) = self.starts.back() else { return 0.0 };
-        let idle = now.saturating_duration_since(*last);
+        let Some(last) = self.calls.back() else { return 0.0 };
+        let idle = now.saturating_duration_since(last.at);
         let gaps: Vec<Duration> =
-            self.starts.iter().zip(self.starts.iter().skip(1)).map(|(a, b)| b.saturating_duration_since(*a)).collect();
+            self.calls.iter().zip(self.calls.iter().skip(1)).map(|(a, b)| b.at.saturating_duration_since(a.at)).collect();
         if gaps.len() >= MIN_GAPS {
             let longer: Vec<&Duration> = gaps.iter().filter(|g| **g > idle).collect();
             if !longer.is_empty() {
@@ -96,7 +90,7 @@ impl History {
                 return soon as f64 / longer.len() as f64;
             }
         }
-        let recent = self.starts.iter().filter(|t| now.saturating_duration_since(**t) <= RATE_WINDOW).count();
+        let recent = self.calls.iter().filter(|c| now.saturating_duration_since(c.at) <= RATE_WINDOW).count();
         let rate = recent as f64 / RATE_WINDOW.as_secs_f64();
         1.0 - (-rate * HORIZON.as_secs_f64()).exp()
     }
@@ -155,7 +149,7 @@ mod tests {
         for ms in [0, 10, 200, 900] {
             h.record(t0 + Duration::from_millis(ms));
         }
-        assert_eq!(h.starts.len(), 1, "scale-ups within a second are the same call");
+        assert_eq!(h.calls.len(), 1, "scale-ups within a second are the same call");
         assert_eq!(h.burst(t0 + S), 4, "a call that needed four replicas");
     }
 
