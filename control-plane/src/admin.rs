@@ -48,6 +48,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/functions", get(list_functions))
         .route("/functions/{name}", get(get_function).put(put_function).delete(delete_function))
         .route("/functions/{name}/waking", post(waking))
+        .route("/functions/{name}/gated", post(gate).delete(ungate))
         .route("/functions/{name}/endpoints", post(add_endpoint))
         .route("/functions/{name}/endpoints/{address}", axum::routing::delete(remove_endpoint))
         .route("/functions/{name}/endpoints/{address}/drain", post(drain_endpoint))
@@ -207,7 +208,7 @@ async fn envoys(State(s): State<AdminState>) -> Json<Envoys> {
 
 fn function_view(f: &crate::model::Function) -> FunctionView {
     let endpoints = f.endpoints.iter().map(|(a, e)| EndpointView { address: *a, draining: e.draining }).collect();
-    FunctionView { concurrency: f.concurrency, timeout_ms: f.timeout_ms, endpoints }
+    FunctionView { concurrency: f.concurrency, timeout_ms: f.timeout_ms, endpoints, gated: f.gated }
 }
 
 async fn list_functions(State(s): State<AdminState>) -> Json<Functions> {
@@ -249,6 +250,14 @@ async fn delete_function(State(s): State<AdminState>, Path(name): Path<String>, 
 
 async fn waking(State(s): State<AdminState>, Path(name): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
     apply(&s, &q, vec![Change::Waking { function: name }]).await
+}
+
+async fn gate(State(s): State<AdminState>, Path(name): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+    apply(&s, &q, vec![Change::Gated { function: name, gated: true }]).await
+}
+
+async fn ungate(State(s): State<AdminState>, Path(name): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+    apply(&s, &q, vec![Change::Gated { function: name, gated: false }]).await
 }
 
 async fn add_endpoint(

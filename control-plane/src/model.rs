@@ -42,6 +42,10 @@ pub struct Function {
     /// The bearer token every call must carry (`auth: token`); none: public.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
+    /// The public entry sends its requests through the gate even while it has a serving
+    /// replica ([`Change::Gated`]; set by [`Change::Waking`] too).
+    #[serde(default)]
+    pub gated: bool,
 }
 
 /// One replica's address as Envoy sees it.
@@ -156,6 +160,7 @@ impl Model {
                     endpoints: BTreeMap::new(),
                     waking: false,
                     auth: None,
+                    gated: false,
                 });
                 f.concurrency = concurrency;
                 f.timeout_ms = timeout_ms;
@@ -166,6 +171,10 @@ impl Model {
                 // keep it there after its last endpoint.
                 let f = self.function_mut(function)?;
                 f.waking = f.endpoints.is_empty();
+                f.gated |= f.waking;
+            }
+            Change::Gated { function, gated } => {
+                self.function_mut(function)?.gated = *gated;
             }
             Change::RemoveFunction { function } => {
                 self.functions.remove(function).ok_or_else(|| ModelError::UnknownFunction(function.clone()))?;

@@ -69,7 +69,7 @@ impl Store {
         let mut snapshot = self.snapshots.borrow().with_generation(generation);
         // The route tables change when a function in Envoy changes its settings, or a
         // function gains its first replica or loses its last (the public one also when it
-        // starts or stops having a serving replica, or its call token changes: an
+        // starts or stops going direct, or its call token changes: an
         // `auth: token` function has its refusals there, awake or not).
         let mut routes_changed = false;
         let mut public_changed = false;
@@ -94,9 +94,10 @@ impl Store {
         Ok(generation)
     }
 
-    /// Whether a function is in Envoy at all, and whether it has a serving replica.
+    /// Whether a function is in Envoy at all, and whether the public entry sends it
+    /// straight to its replicas.
     fn routing(f: Option<&Function>) -> (bool, bool) {
-        (f.is_some_and(resources::in_envoy), f.is_some_and(resources::public::serving))
+        (f.is_some_and(resources::in_envoy), f.is_some_and(resources::public::direct))
     }
 
     /// Applies `changes` (each of them idempotent: function settings and endpoints that
@@ -172,6 +173,9 @@ mod tests {
             vec![add("b", "127.0.0.1:2")],
             vec![add("b", "127.0.0.1:3")],
             vec![drain("b", "127.0.0.1:3")],
+            // Scaling up: to the gate and back, with a serving replica.
+            vec![Change::Gated { function: "b".into(), gated: true }],
+            vec![Change::Gated { function: "b".into(), gated: false }],
             vec![Change::RemoveFunction { function: "a".into() }],
             vec![drain("b", "127.0.0.1:2")],
             // A sleeping function gains a call token, then loses it, then goes.

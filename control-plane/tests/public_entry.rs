@@ -96,6 +96,14 @@ async fn serving_functions_go_straight_to_replicas_and_everything_else_to_the_ga
     let body = vec![b'a'; 1024];
     assert_eq!(call(public, "POST", "/hello", &[], &body).await.upstream, "replica", "a body of exactly the limit goes direct");
 
+    // Gated (the orchestrator scales it up): to the gate despite its replica, until ungated.
+    admin_ok(admin, "POST", "/functions/hello/gated?wait=true", None).await;
+    assert_eq!(admin_ok(admin, "GET", "/functions/hello", None).await["gated"], true);
+    let s = get("/hello/x?y=1").await;
+    assert_eq!((s.upstream.as_str(), s.path.as_str()), ("gate", "/hello/x?y=1"), "gated: {s:?}");
+    admin_ok(admin, "DELETE", "/functions/hello/gated?wait=true", None).await;
+    assert_eq!(get("/hello/x").await.upstream, "replica", "ungated: straight again");
+
     // Bodies: read whole up to the limit (chunked too), 413 in JSON past it, as the gate.
     let raw = "POST /hello HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
     let answer = String::from_utf8_lossy(&http::raw_exchange(public, raw.as_bytes()).await.expect("an answer")).into_owned();

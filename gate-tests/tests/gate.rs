@@ -282,6 +282,44 @@ async fn a_held_burst_is_counted_in_redis_and_released_within_the_ready_capacity
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
+async fn a_burst_on_a_ready_function_waits_in_the_gate_beyond_its_capacity_and_is_counted() {
+    // What a gated function's requests meet (the public entry sends a ready function
+    // through the gate while it scales up): no request held, a replica ready with room
+    // for 2, then 12 at once.
+    bounded(TEST_LIMIT, "burst on a ready function", async {
+        let mut s = stack(&[]).await;
+        declare(&mut s.conn, "busy").await;
+        s.envoy.set_delay(Duration::from_millis(100));
+        mark_ready_with(&mut s.conn, "busy", 2).await;
+        let r = s.gate.get("/busy").await;
+        assert_eq!((r.status, cold_start_ms(&r)), (200, None), "ready: served at once");
+
+        let port = s.gate.port;
+        let calls: Vec<_> = (0..12).map(|i| tokio::spawn(async move { client::get(port, &format!("/busy?i={i}")).await })).collect();
+        // Beyond the capacity they wait in the gate, and the orchestrator hears of them.
+        let conn = s.conn.clone();
+        wait_until(Duration::from_secs(5), "the requests beyond the capacity counted as held in Redis", || {
+            let mut c = conn.clone();
+            async move { held_in_redis(&mut c, "busy").await.filter(|n| *n >= 5).map(drop) }
+        })
+        .await;
+        let mut held = 0;
+        for (i, c) in calls.into_iter().enumerate() {
+            let r = c.await.unwrap().unwrap_or_else(|e| panic!("request {i}: {e}"));
+            assert_eq!(r.status, 200, "request {i}: {}", r.body);
+            held += usize::from(cold_start_ms(&r).is_some());
+        }
+        assert_eq!(s.envoy.max_in_progress(), 2, "never more in Envoy than the replicas have room for");
+        assert!(held >= 10, "the ones beyond the capacity say how long they waited: {held} of 12");
+        let h = s.gate.healthz().await;
+        assert_eq!(h["released"]["busy"], 0, "every slot given back: {h}");
+        s.gate.assert_clean_log();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx with Lua and redis-server: full tier (scripts/test.sh)"]
 async fn held_requests_over_the_cap_get_503_with_retry_after() {
     bounded(TEST_LIMIT, "cap", async {
         let mut s = stack(&[("ROOST_GATE_MAX_HELD", "3"), ("ROOST_GATE_WAKE_TIMEOUT_MS", "20000")]).await;

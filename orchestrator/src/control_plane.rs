@@ -159,6 +159,13 @@ impl ControlPlane {
         self.send(Method::POST, format!("/functions/{name}/waking"), Some(WaitQuery::at_once()), None::<&()>).await.map(drop)
     }
 
+    /// Gates the function (its requests go through the gate even while it has a serving
+    /// replica) or ungates it; does not wait for Envoy (either route serves the request).
+    pub async fn gated(&self, name: &str, gated: bool) -> Result<(), ControlPlaneError> {
+        let method = if gated { Method::POST } else { Method::DELETE };
+        self.send(method, format!("/functions/{name}/gated"), Some(WaitQuery::at_once()), None::<&()>).await.map(drop)
+    }
+
     /// Removes a function (route, cluster, endpoints).
     pub async fn remove_function(&self, name: &str) -> Result<(), ControlPlaneError> {
         gone_is_fine(self.change(Method::DELETE, format!("/functions/{name}"), None::<&()>).await)

@@ -288,6 +288,18 @@ impl Executor {
                     .instrument(span),
                 );
             }
+            Effect::Gate(gated) => {
+                self.work.spawn(
+                    async move {
+                        let result = ctx.cp.gated(&name, gated).await;
+                        if let Err(e) = &result {
+                            warn!(error = %e, gated, "cannot tell the control plane whether the function is gated; trying again shortly");
+                        }
+                        Some(Event::Gated(gated, result.map_err(cause)))
+                    }
+                    .instrument(span),
+                );
+            }
             Effect::SetReady { id, capacity } => {
                 if let Err(e) = ctx.redis.set_ready(&name, capacity).await {
                     warn!(error = %e, "cannot mark the function ready in Redis; the next tick re-asserts it");

@@ -63,10 +63,23 @@ pub enum Change {
     /// The function's first replica is starting: its cluster goes into Envoy now, while
     /// the replica starts, so that the replica's registration sends Envoy only its
     /// endpoint. A function without replicas is otherwise not in Envoy at all. Ends with
-    /// the function's first endpoint; changes nothing for a function that has one.
+    /// the function's first endpoint; changes nothing for a function that has one. It
+    /// also gates the function ([`Change::Gated`]): a function waking from zero keeps its
+    /// requests in the gate until the orchestrator ends that.
     Waking {
         /// Function name.
         function: String,
+    },
+    /// Whether the public entry sends the function's requests through the gate even while
+    /// it has a serving replica (`true`), or straight to its replicas (`false`, the
+    /// default). The orchestrator gates a function while it scales up, so that a burst
+    /// waits in the gate, which releases it as replicas become ready, instead of queueing
+    /// in Envoy behind the replicas that were ready first. [`Change::Waking`] gates too.
+    Gated {
+        /// Function name.
+        function: String,
+        /// Through the gate.
+        gated: bool,
     },
     /// Removes a function, its route, cluster and endpoints.
     RemoveFunction {
@@ -102,6 +115,7 @@ impl Change {
         match self {
             Change::PutFunction { function, .. }
             | Change::Waking { function }
+            | Change::Gated { function, .. }
             | Change::RemoveFunction { function }
             | Change::AddEndpoint { function, .. }
             | Change::DrainEndpoint { function, .. }
@@ -206,6 +220,10 @@ pub struct FunctionView {
     pub timeout_ms: u64,
     /// Its endpoints, by address.
     pub endpoints: Vec<EndpointView>,
+    /// Its requests go through the gate even while it has a serving replica
+    /// ([`Change::Gated`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gated: bool,
 }
 
 /// `GET /functions`: every function, by name.

@@ -1,9 +1,12 @@
 //! Envoy as the public entry: one listener that sends a function's requests straight to
 //! its replicas while it has one serving, and everything else to the gate (asleep,
-//! waking, draining to zero, an undeclared name, a body the gate must judge).
+//! waking, scaling up, draining to zero, an undeclared name, a body the gate must judge).
 //!
-//! The switch is the route: a function with a serving (not draining) endpoint is routed to
-//! its aggregate cluster `direct.<name>`, else to the gate. The aggregate cluster lists the
+//! The switch is the route: a function with a serving (not draining) endpoint that is not
+//! gated (the orchestrator gates a function while it scales up: the gate then counts every
+//! request against the ready replicas' capacity and holds the rest, so a burst waits for
+//! the replicas starting for it instead of queueing in Envoy behind the first one) is
+//! routed to its aggregate cluster `direct.<name>`, else to the gate. The aggregate cluster lists the
 //! function's cluster first and the gate second, so a request that the route sent "direct"
 //! in the moment a function lost its last serving replica still reaches the gate: Envoy
 //! applies endpoints before routes, and on the way down the endpoint is draining (no
@@ -93,6 +96,13 @@ pub struct PublicEntry {
 /// Whether a function has a replica that takes new requests.
 pub fn serving(f: &Function) -> bool {
     f.endpoints.values().any(|e| !e.draining)
+}
+
+/// Whether the public entry sends a function's requests straight to its replicas: it has
+/// a serving one and is not gated (scaling up: the gate spreads a burst over the replicas
+/// as they become ready).
+pub fn direct(f: &Function) -> bool {
+    !f.gated && serving(f)
 }
 
 /// Adds the public entry's resources to `snap`.
@@ -227,9 +237,9 @@ fn header(name: &str, spec: HeaderMatchSpecifier, invert_match: bool) -> HeaderM
 /// management API; with the async worker, asynchronous calls after the refusals of
 /// `auth: token` functions, so those are checked for the token too), then the requests
 /// only the gate judges (an X-Request-Id it would replace), then each function that has
-/// a serving replica, direct; everything else to the gate (asleep, waking, draining to
-/// zero, undeclared: the gate's 404). The table grows with the functions serving, not
-/// with the functions declared.
+/// a serving replica and is not gated, direct; everything else to the gate (asleep,
+/// waking, scaling up, draining to zero, undeclared: the gate's 404). The table grows with
+/// the functions going direct, not with the functions declared.
 pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguration {
     let id_regex = StringMatcher {
         match_pattern: Some(MatchPattern::SafeRegex(RegexMatcher { regex: REQUEST_ID_PATTERN.into(), ..Default::default() })),
@@ -247,7 +257,7 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
         routes.extend(super::ASYNC_PREFIXES.map(|prefix| to_async(prefix, settings)));
     }
     routes.push(to_gate("other-request-id", vec![header("x-request-id", HeaderMatchSpecifier::StringMatch(id_regex), true)]));
-    for (name, f) in model.functions.iter().filter(|(_, f)| serving(f)) {
+    for (name, f) in model.functions.iter().filter(|(_, f)| direct(f)) {
         let exact = PathSpecifier::Path(format!("/{name}"));
         let below = PathSpecifier::Prefix(format!("/{name}/"));
         for (suffix, spec) in [("exact", exact), ("prefix", below)] {
@@ -300,7 +310,7 @@ pub const PUBLIC_RETRY_ON: &str = "connect-failure,refused-stream,reset";
 /// Retries for every route: each on a host not tried yet (another replica) and a
 /// priority not tried yet (after the replicas, the gate). Set once on the virtual host,
 /// so each route costs only its match and cluster: the table is sent whole whenever a
-/// function starts or stops having a serving replica.
+/// function starts or stops going direct.
 fn retry_policy(settings: &BuildSettings) -> RetryPolicy {
     let mut policy = RetryPolicy { retry_on: PUBLIC_RETRY_ON.into(), ..super::retry_policy(settings) };
     policy.retry_priority = Some(RetryPriority {
@@ -665,6 +675,22 @@ mod tests {
             ("", Some(millis(0))),
             "the gate gets the path as sent, and holds without Envoy's timeout"
         );
+    }
+
+    #[test]
+    fn a_gated_function_goes_through_the_gate_until_it_is_ungated() {
+        let add = Change::AddEndpoint { function: "hello".into(), address: "127.0.0.1:5000".into() };
+        let gated = |g: bool| Change::Gated { function: "hello".into(), gated: g };
+        let names = |m: &Model| routes(&build(m, &settings(), 1)).iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        let mut m = model(&[put("hello"), add.clone(), gated(true)]);
+        assert_eq!(names(&m), ["other-request-id", "other"], "scaling up: to the gate despite its replica");
+        assert!(build(&m, &settings(), 1).of(Kind::Cluster).contains_key("direct.hello"), "its aggregate stays, ready for the switch");
+        m.apply(&gated(false)).unwrap();
+        assert_eq!(names(&m), ["other-request-id", "hello-exact", "hello-prefix", "other"]);
+        // Waking gates: the first endpoint keeps the function at the gate until it is ungated.
+        let m = model(&[put("hello"), Change::Waking { function: "hello".into() }, add]);
+        assert!(m.functions["hello"].gated);
+        assert_eq!(names(&m), ["other-request-id", "other"]);
     }
 
     #[test]

@@ -22,9 +22,12 @@
 --     grows), so the orchestrator starts every replica a burst needs at once
 --     (roost_common::keys::held, roost_common::wire::redis::{HeldShare, HeldSignal});
 --   * a ready notice carries the function's capacity (ready replicas times their
---     concurrency): held requests are released to Envoy at most that many at a time, and
---     while any are held new ones queue behind them, so a burst is spread over the
---     replicas as they become ready instead of queueing in Envoy behind the first one;
+--     concurrency; sent again when a replica leaves): every request the gate sends to
+--     Envoy counts against it until it ends, and one beyond it is held (and counted as
+--     held) until a replica has room, in turn behind those held before it, so a burst is
+--     spread over the replicas as they become ready instead of queueing in Envoy behind
+--     the first one. Behind Envoy's public entry the gate sees a ready function's
+--     requests only while the orchestrator gates it (it scales up);
 --   * more than ROOST_GATE_MAX_HELD held for one function -> 503 JSON + Retry-After;
 --     held longer than the function's hold time (roost:fn:<f>:hold_ms, its readiness
 --     timeout and more; ROOST_GATE_WAKE_TIMEOUT_MS when absent) -> 504 JSON.
@@ -263,7 +266,7 @@ end
 --               count reported.
 --   cap:<f>     requests <f>'s ready replicas serve at once (the last ready notice);
 --               absent: no limit.
---   fwd:<f>     held requests released to Envoy and not finished (at most cap:<f>).
+--   fwd:<f>     requests sent to Envoy within cap:<f> and not finished (at most cap:<f>).
 --   sub:<id>    worker <id> has a live subscription; `subscriptions` counts the
 --               subscriptions made since the start (both for /healthz).
 
@@ -698,8 +701,8 @@ local function count_waiting(fn, delta)
     report_held(fn)
 end
 
--- A place for a held request among the ones released to Envoy, within the function's
--- capacity (none known: no limit). Counted until the request ends (_M.log).
+-- A place for a request among the ones sent to Envoy, within the function's capacity
+-- (none known: no limit). Counted until the request ends (_M.log).
 local function take_slot(fn)
     local cap = dict:get("cap:" .. fn)
     if not cap or ngx.var.roost_fwd == fn then
@@ -942,11 +945,15 @@ end
 
 local function admit(fn, force, waited)
     if not force and cached_ready(fn) then
-        if (dict:get("waiting:" .. fn) or 0) <= 0 or not dict:get("cap:" .. fn) then
+        -- Nobody held ahead of it and a replica has room (or its capacity is not known):
+        -- on to Envoy, counted against the capacity until it ends.
+        if (dict:get("waiting:" .. fn) or 0) <= 0 and take_slot(fn) then
             return
         end
-        -- Others are held for its capacity (a burst while replicas start): queue
-        -- behind them rather than overtake them into Envoy's queue.
+        -- Every ready replica is at its concurrency, or others are held (a burst while
+        -- replicas start): wait here, in turn, for room on any replica (and be counted
+        -- as held, so the orchestrator starts what the wait needs) rather than in
+        -- Envoy's queue of the replica it would pick now.
         return hold(fn, false, nil)
     end
     if dict:get("unknown:" .. fn) then
@@ -1022,15 +1029,15 @@ function _M.access()
     if dict:get("envoy_down") then
         hold_for_envoy(fn)
     end
-    -- A request released within the function's capacity ends in a location that gives
-    -- its slot back (_M.log); the warm path runs no Lua after this.
+    -- A request sent within the function's capacity ends in a location that gives its
+    -- slot back (_M.log); a function whose capacity is not known runs no Lua after this.
     if ngx.var.roost_fwd ~= "" then
         return ngx.exec("@envoy_held")
     end
     return ngx.exec("@envoy")
 end
 
--- The request ended: a held request released within its function's capacity gives its
+-- The request ended: a request sent within its function's capacity gives its
 -- slot back, and one request of this worker waiting for a slot goes.
 function _M.log()
     local fn = ngx.var.roost_fwd

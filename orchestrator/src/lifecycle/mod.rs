@@ -20,12 +20,15 @@
 //! function's folder changes.
 //!
 //! - [`scaling`]: how many replicas the observed load needs (a pure function).
+//! - [`admission`]: whether its requests go straight to its replicas or through the gate.
 //! - [`adoption`]: what a starting orchestrator adopts, stops and removes.
 
+pub mod admission;
 pub mod adoption;
 pub mod scaling;
 
 use crate::runtime::Replica;
+use admission::Admission;
 use roost_common::spec::FunctionSpec;
 use roost_common::wire::redis::Refusal;
 use roost_common::wire::status::{FunctionState, FunctionStatus, Phases, ReplicaPhase, ReplicaStatus, WakeReport};
@@ -169,6 +172,8 @@ pub enum Event {
     Probed(String, Result<(), Option<String>>),
     /// Every Envoy ACKed the replica's endpoint, or the control plane refused it.
     Registered(String, Result<(), Cause>),
+    /// The control plane took (or not) whether the function is gated.
+    Gated(bool, Result<(), Cause>),
     /// The replica was marked ready in Redis (or that failed and was logged).
     Noticed(String),
     /// A draining replica has no request in flight any more (or the deadline passed).
@@ -237,6 +242,10 @@ pub enum Effect {
     Probe(Replica, String),
     /// Add the replica's endpoint, waiting for every Envoy's ACK -> [`Event::Registered`].
     Register(Replica),
+    /// Tell the control plane whether the public entry sends the function's requests
+    /// through the gate (`true`: it scales up) or straight to its replicas
+    /// ([`admission`]) -> [`Event::Gated`].
+    Gate(bool),
     /// Inline: mark the function ready in Redis and tell the gate, with the requests the
     /// ready replicas serve at once (the gate releases at most that many held requests at
     /// a time) -> [`Event::Noticed`] for the replica.
@@ -367,6 +376,8 @@ pub struct Function {
     /// A wake came that no replica has answered yet (it may be the gate's, which has no
     /// waiter): start once the build is done.
     wanted: bool,
+    /// Whether its requests go through the gate while it has a ready replica.
+    admission: Admission,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -397,6 +408,7 @@ impl Function {
             backoff_until: None,
             refusal: None,
             wanted: false,
+            admission: Admission::default(),
         };
         let mut fx = Vec::new();
         f.declare(&mut fx);
@@ -468,6 +480,7 @@ impl Function {
             Event::Started(id, result) => self.started(&id, result, now, &mut fx),
             Event::Probed(id, result) => self.probed(&id, result, now, &mut fx),
             Event::Registered(id, result) => self.registered(&id, result, now, &mut fx),
+            Event::Gated(gated, result) => self.admission.sent(gated, result.is_ok(), now),
             Event::Noticed(id) => self.noticed(&id, now, &mut fx),
             Event::DrainFinished(id) => {
                 if let Some(slot) = self.slots.get_mut(&id).filter(|s| s.stage == Stage::Draining) {
@@ -502,8 +515,22 @@ impl Function {
             Event::Removed => self.leave(Mode::Removing, StartError::Removed(self.spec.name.clone()), now, &mut fx),
             Event::Shutdown => self.leave(Mode::ShuttingDown, StartError::ShuttingDown, now, &mut fx),
         }
+        self.admit(now, &mut fx);
         self.finish_if_done(&mut fx);
         fx
+    }
+
+    /// Gates or ungates the function as [`admission`] says, while it has replicas: a
+    /// replica starting needs the gate (the rest of a burst may be on its way).
+    fn admit(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if self.mode != Mode::Serving || !self.declared || self.declaring || self.slots.is_empty() {
+            return;
+        }
+        if self.starting() > 0 {
+            self.admission.need(now);
+        }
+        let at_max = self.ready() >= self.spec.scaling.max_replicas;
+        fx.extend(self.admission.next(now, at_max).map(Effect::Gate));
     }
 
     /// The function as `/status` shows it at `now`.
@@ -566,6 +593,12 @@ impl Function {
     /// Requests the ready replicas serve at once.
     fn capacity(&self) -> u32 {
         self.ready().saturating_mul(self.spec.scaling.target_concurrency.max(1))
+    }
+
+    /// A ready replica left and others remain: the gate is told the smaller capacity
+    /// (it releases held requests, and admits those of a gated function, within it).
+    fn capacity_fell(&self, id: &str, fx: &mut Vec<Effect>) {
+        fx.push(Effect::SetReady { id: id.to_string(), capacity: self.capacity() });
     }
 
     fn starting(&self) -> u32 {
@@ -696,6 +729,11 @@ impl Function {
 
     fn start(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         let waking = !self.slots.values().any(|s| s.registered || s.is_starting());
+        match waking {
+            // The waking change gates it, when the function is declared to send it.
+            true => self.admission.waking(self.declared, now),
+            false => self.admission.need(now),
+        }
         // Never the id of a replica it has (an adopted one may carry any number).
         let id = loop {
             self.next_id += 1;
@@ -832,6 +870,9 @@ impl Function {
                 slot.stage = Stage::Ready;
                 slot.since = now;
                 fx.push(Effect::SetReady { id: id.to_string(), capacity: self.capacity() });
+                // The rest of a burst may still be coming: it waits in the gate for the
+                // replicas starting for it.
+                self.admission.need(now);
             }
         }
     }
@@ -890,6 +931,8 @@ impl Function {
         if self.ready() == 0 {
             fx.push(Effect::ClearReady);
             fx.push(Effect::Metric(Metric::Reap));
+        } else {
+            self.capacity_fell(id, fx);
         }
         fx.push(Effect::Drain(replica, deadline));
     }
@@ -923,6 +966,9 @@ impl Function {
             observed.surplus_for = Some(now - *self.surplus_since.get_or_insert(now));
         } else {
             self.surplus_since = None;
+        }
+        if observed.pending > 0 || observed.held > 0 {
+            self.admission.need(now);
         }
         let mut decision = scaling::decide(s, &observed);
         if !self.may_start(now) {
@@ -976,6 +1022,7 @@ impl Function {
             "the control plane lost the function or its endpoints; restoring them"
         );
         self.declaring = true;
+        self.admission.forget();
         fx.push(Effect::Restore(self.spec.clone(), lost));
     }
 
@@ -1062,6 +1109,8 @@ impl Function {
                 self.last_error = Some(format!("replica {id} exited: {reason}"));
                 if self.ready() == 0 {
                     fx.push(Effect::ClearReady);
+                } else {
+                    self.capacity_fell(id, fx);
                 }
                 // Its endpoint removed and what is left of it stopped and removed: a
                 // container that something started again (`docker restart`) would run

@@ -5,6 +5,7 @@
 use super::*;
 use crate::runtime::RuntimeError;
 use roost_common::spec;
+use std::collections::VecDeque;
 
 const S: Duration = Duration::from_secs(1);
 
@@ -49,10 +50,29 @@ impl Harness {
         self.send(Event::Tick)
     }
 
+    /// Handles `event`; returns its effects but the gate changes ([`Effect::Gate`]),
+    /// which a control plane takes at once (each answered with [`Event::Gated`]) and only
+    /// the log keeps.
     fn send(&mut self, event: Event) -> Vec<Effect> {
-        let fx = self.f.handle(event, self.now);
-        self.log.extend(fx.iter().cloned());
-        fx
+        let mut out = Vec::new();
+        let mut events = VecDeque::from([event]);
+        while let Some(event) = events.pop_front() {
+            for effect in self.f.handle(event, self.now) {
+                self.log.push(effect.clone());
+                match effect {
+                    Effect::Gate(gated) => events.push_back(Event::Gated(gated, Ok(()))),
+                    other => out.push(other),
+                }
+            }
+        }
+        out
+    }
+
+    /// The gate changes asked for since the log was last read this way.
+    fn gate_changes(&mut self) -> Vec<bool> {
+        let changes = self.log.iter().filter_map(|e| if let Effect::Gate(g) = e { Some(*g) } else { None }).collect();
+        self.log.retain(|e| !matches!(e, Effect::Gate(_)));
+        changes
     }
 
     fn advance(&mut self, d: Duration) {
@@ -753,4 +773,74 @@ fn only_the_first_replica_from_zero_tells_the_control_plane_the_function_is_waki
     h.advance(S);
     let later = waking(&h.load(20, 20));
     assert!(!later.is_empty() && later.iter().all(|w| !w), "a registered replica keeps the function in Envoy: {later:?}");
+}
+
+#[test]
+fn a_burst_from_zero_stays_in_the_gate_until_the_function_settles() {
+    let mut h = Harness::new(0, 10);
+    let fx = h.send(Event::Wake(None));
+    assert!(matches!(&fx[..], [Effect::Start { waking: true, .. }]), "the waking change gates it: {fx:?}");
+    // The first replica is ready before most of the burst has arrived.
+    h.bring_up("f-7-1");
+    assert_eq!(h.gate_changes(), Vec::<bool>::new(), "gated since the wake: nothing to send");
+    // The rest of it arrives in the gate, which holds what the replica has no room for.
+    h.advance(Duration::from_millis(50));
+    let fx = h.send(Event::Load(Load { in_flight: 1, pending: 0, held: 150, backlog: 0, since_last_request: Some(Duration::ZERO) }));
+    let mut ids = started_ids(&fx);
+    assert_eq!(ids.len(), 9);
+    let last = ids.pop().unwrap();
+    for id in ids {
+        h.advance(Duration::from_millis(400));
+        h.bring_up(&id);
+        h.send(Event::Tick);
+    }
+    assert_eq!(h.gate_changes(), Vec::<bool>::new(), "still gated while replicas start and become ready");
+    // Every replica it may have is ready: nothing left to wait for in the gate.
+    h.bring_up(&last);
+    assert_eq!(h.gate_changes(), [false]);
+}
+
+#[test]
+fn a_function_below_its_maximum_goes_direct_once_settled_and_back_to_the_gate_when_requests_wait() {
+    let mut h = Harness::new(0, 3);
+    h.send(Event::Wake(None));
+    h.bring_up("f-7-1");
+    h.advance(admission::SETTLE / 2);
+    h.load(1, 0);
+    assert_eq!(h.gate_changes(), Vec::<bool>::new(), "not settled yet");
+    h.advance(admission::SETTLE / 2);
+    h.send(Event::Tick);
+    assert_eq!(h.gate_changes(), [false], "settled: straight to its replica");
+    h.load(1, 0);
+    assert_eq!(h.gate_changes(), Vec::<bool>::new(), "busy, nothing waiting: stays direct");
+    // Requests queue in Envoy (a burst on a warm function): later ones wait in the gate
+    // for the replica that starts.
+    let fx = h.load(1, 4);
+    assert_eq!(started_ids(&fx), ["f-7-2", "f-7-3"]);
+    assert_eq!(h.gate_changes(), [true]);
+    h.bring_up("f-7-2");
+    h.advance(admission::SETTLE);
+    h.send(Event::Tick);
+    assert_eq!(h.gate_changes(), Vec::<bool>::new(), "one still starting");
+    h.bring_up("f-7-3");
+    assert_eq!(h.gate_changes(), [false], "every replica it may have is ready");
+}
+
+#[test]
+fn the_gate_learns_the_capacity_that_is_left_when_a_replica_goes() {
+    let mut h = Harness::new(0, 3);
+    let mut fx = h.send(Event::Wake(None));
+    fx.extend(h.load(0, 3));
+    for id in started_ids(&fx) {
+        h.bring_up(&id);
+    }
+    let quiet = Load { in_flight: 1, since_last_request: Some(Duration::ZERO), ..Load::default() };
+    h.send(Event::Load(quiet));
+    h.advance(60 * S);
+    let fx = h.send(Event::Load(quiet));
+    let capacities: Vec<u32> =
+        fx.iter().filter_map(|e| if let Effect::SetReady { capacity, .. } = e { Some(*capacity) } else { None }).collect();
+    assert_eq!((drained_ids(&fx).len(), capacities), (1, vec![2]), "a surplus replica drains: {fx:?}");
+    let fx = h.send(Event::Exited("f-7-2".into(), "signal 9".into()));
+    assert!(fx.iter().any(|e| matches!(e, Effect::SetReady { capacity: 1, .. })), "a crash: {fx:?}");
 }
