@@ -568,3 +568,47 @@ async fn a_bursts_replicas_become_its_spares_and_the_next_burst_takes_them_all()
     rt.close().await;
     assert!(paused().is_empty(), "close removes every spare");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Docker engine: full tier (scripts/test.sh)"]
+async fn an_edit_of_the_functions_folder_is_built_into_the_next_start() {
+    // Every start prepares first (as the orchestrator does): unchanged, that is a look at
+    // the folder's metadata; edited, a new image the next start runs, not a spare (or a
+    // recycled replica) of the old one. With created spares, then with warm (paused) ones.
+    let dir = std::env::temp_dir().join(format!("roost-docker-edit-{}", std::process::id()));
+    let code = |v: u32| format!("async def handle(request):\n    return {{\"v\": {v}}}\n");
+    let spec = own_function(&dir, "edited", &code(1));
+    for warm in [false, true] {
+        std::fs::write(dir.join("python/functions/edited/edited.py"), code(1)).unwrap();
+        let net = format!("{}-edit-{warm}", network());
+        let _g = NetworkGuard(net.clone());
+        let rt = runtime_in(&net, &dir, warm).await;
+        let serve = |id: &'static str| {
+            let (rt, spec) = (rt.clone(), spec.clone());
+            async move {
+                rt.prepare(&spec, "edithash01").await.expect("prepared");
+                let r = rt.start(&spec, "edithash01", id).await.expect("container starts");
+                assert!(roost_orchestrator::probe::until_ready(r.address, "/healthz", Duration::from_millis(10), Duration::from_secs(20))
+                    .await
+                    .is_some());
+                let body = raw_get(r.address, "/").await;
+                rt.stop(&r, Duration::from_secs(5)).await.unwrap();
+                body
+            }
+        };
+        assert!(serve("edited-1").await.contains(r#"{"v": 1}"#), "warm {warm}");
+        let unchanged = std::time::Instant::now();
+        rt.prepare(&spec, "edithash01").await.expect("prepared");
+        eprintln!("an unchanged prepare took {:?}", unchanged.elapsed());
+        assert!(serve("edited-2").await.contains(r#"{"v": 1}"#), "unchanged: the same code (warm {warm})");
+        std::fs::write(dir.join("python/functions/edited/edited.py"), code(2)).unwrap();
+        assert!(serve("edited-3").await.contains(r#"{"v": 2}"#), "edited: the new code (warm {warm})");
+        rt.close().await;
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    if let Ok(out) = std::process::Command::new("docker").args(["images", "-q", "--filter", "reference=roost-fn-edited"]).output() {
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            std::process::Command::new("docker").args(["rmi", "-f", id]).output().ok();
+        }
+    }
+}

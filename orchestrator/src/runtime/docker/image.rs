@@ -153,6 +153,10 @@ pub(crate) struct Images {
     slots: tokio::sync::Semaphore,
     /// The image prepared (built, or found) for each definition hash.
     prepared: Mutex<HashMap<String, String>>,
+    /// For each definition hash, the [`Images::stamp`] of what its image was last
+    /// prepared from: unchanged, a `prepare` (which every start makes) is a walk of the
+    /// folders' metadata, not a packing of the context and a question to the engine.
+    stamps: Mutex<HashMap<String, (u64, String)>>,
     /// Where each build's output goes.
     logs: Logs,
 }
@@ -169,6 +173,7 @@ impl Images {
             builds: Builds::default(),
             slots: tokio::sync::Semaphore::new(MAX_BUILDS),
             prepared: Mutex::default(),
+            stamps: Mutex::default(),
             logs,
         }
     }
@@ -188,10 +193,16 @@ impl Images {
     pub(crate) async fn prepare(&self, spec: &FunctionSpec, spec_hash: &str) -> Result<String, RuntimeError> {
         let fail = |source: Arc<PrepareFailure>| RuntimeError::Prepare { function: spec.name.clone(), source };
         let failed = |e: ImageError| fail(Arc::new(e.into()));
+        let mut stamp = None;
         let body = match &spec.runtime {
             Kind::Image { .. } => Vec::new(),
             Kind::Python { folder, .. } | Kind::Command { folder, .. } => {
                 let folder = self.definitions_dir.join(folder);
+                // Nothing it is built from changed since it was prepared: the same image.
+                stamp = context_stamp(spec, &folder, &self.runtime_dir).ok();
+                if let Some(tag) = stamp.and_then(|now| self.unchanged(spec_hash, now)) {
+                    return Ok(tag);
+                }
                 self.context(spec, &folder).map_err(|source| failed(ImageError::Pack { folder, source }))?
             }
         };
@@ -219,7 +230,23 @@ impl Images {
             self.builds.run(&tag, spec_hash, ensure).await.map_err(fail)?;
         }
         self.prepared.lock().unwrap().insert(spec_hash.to_string(), tag.clone());
+        if let Some(stamp) = stamp {
+            self.stamps.lock().unwrap().insert(spec_hash.to_string(), (stamp, tag.clone()));
+        }
         Ok(tag)
+    }
+
+    /// The image prepared for `spec_hash` when it was prepared from what has `stamp`.
+    fn unchanged(&self, spec_hash: &str, stamp: u64) -> Option<String> {
+        let stamps = self.stamps.lock().unwrap();
+        let (last, tag) = stamps.get(spec_hash)?;
+        (*last == stamp && self.prepared(spec_hash).as_deref() == Some(tag.as_str())).then(|| tag.clone())
+    }
+
+    /// The next `prepare` of `spec_hash` packs its context and asks the engine for the
+    /// image again (a start found it missing: removed behind the runtime's back).
+    pub(crate) fn recheck(&self, spec_hash: &str) {
+        self.stamps.lock().unwrap().remove(spec_hash);
     }
 
     /// The build context of a python or command function in `folder`: built in memory on
@@ -241,6 +268,46 @@ impl Images {
         tar.append_dir_all("opt/roost/function", folder)?;
         tar.into_inner()
     }
+}
+
+/// A fingerprint of what the context of a python or command function in `folder` is made
+/// of, from metadata alone: every file's path, size and modification time in the folder
+/// and in the runtime package under `runtime_dir`, and the CA bundle's when pip runs. An
+/// edit changes it; the definition itself is in the hash the stamp is kept under.
+fn context_stamp(spec: &FunctionSpec, folder: &Path, runtime_dir: &Path) -> std::io::Result<u64> {
+    let mut entries = Vec::new();
+    stat_tree(folder, &mut entries)?;
+    stat_tree(&runtime_dir.join("roost_runtime"), &mut entries)?;
+    if !pip_words(spec).is_empty() {
+        if let Some(ca) = ca_bundle() {
+            stat_file(&ca, &std::fs::metadata(&ca)?, &mut entries);
+        }
+    }
+    Ok(roost_common::hash::fnv1a(&entries))
+}
+
+/// Appends the path, size and modification time of every file under `dir` (in a stable
+/// order, following links as the context's packing does) to `out`.
+fn stat_tree(dir: &Path, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut children: Vec<PathBuf> = std::fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    children.sort();
+    for path in children {
+        let meta = std::fs::metadata(&path)?;
+        if meta.is_dir() {
+            stat_tree(&path, out)?;
+        } else {
+            stat_file(&path, &meta, out);
+        }
+    }
+    Ok(())
+}
+
+fn stat_file(path: &Path, meta: &std::fs::Metadata, out: &mut Vec<u8>) {
+    let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
+    out.extend_from_slice(path.as_os_str().as_encoded_bytes());
+    out.push(0);
+    out.extend_from_slice(&meta.len().to_le_bytes());
+    out.extend_from_slice(&modified.as_nanos().to_le_bytes());
 }
 
 /// A line of the build's output worth keeping: without trailing blanks, not empty (the
@@ -356,6 +423,33 @@ mod tests {
         assert_eq!(sh_quote("six==1.16.0"), "six==1.16.0");
         assert_eq!(sh_quote(""), "''");
         assert_eq!(sh_quote("a b"), "'a b'");
+    }
+
+    #[test]
+    fn the_context_stamp_changes_with_any_file_it_is_made_of() {
+        let root = std::env::temp_dir().join(format!("roost-stamp-{}", std::process::id()));
+        let (folder, runtime) = (root.join("fn"), root.join("rt"));
+        std::fs::create_dir_all(folder.join("lib")).unwrap();
+        std::fs::create_dir_all(runtime.join("roost_runtime")).unwrap();
+        std::fs::write(folder.join("hello.py"), "def handle(req): return 'hi'\n").unwrap();
+        std::fs::write(runtime.join("roost_runtime/__init__.py"), "").unwrap();
+        let s = spec(
+            "usable-functions:\n  hello:\n    version: 0.1\n    configuration: {base_function_file_name: hello.py, function_folder: fn}\n",
+        );
+        let stamp = || context_stamp(&s, &folder, &runtime).unwrap();
+        let first = stamp();
+        assert_eq!(stamp(), first, "nothing changed");
+        std::fs::write(folder.join("lib/util.py"), "X = 1\n").unwrap();
+        let with_file = stamp();
+        assert_ne!(with_file, first, "a new file in a subfolder");
+        std::fs::write(folder.join("lib/util.py"), "X = 22\n").unwrap();
+        assert_ne!(stamp(), with_file, "an edit");
+        let edited = stamp();
+        std::fs::write(runtime.join("roost_runtime/__init__.py"), "# new\n").unwrap();
+        assert_ne!(stamp(), edited, "the runtime package");
+        std::fs::remove_dir_all(&folder).unwrap();
+        assert!(context_stamp(&s, &folder, &runtime).is_err(), "a missing folder: packed (and refused) as before");
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

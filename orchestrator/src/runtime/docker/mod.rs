@@ -320,7 +320,11 @@ impl ReplicaRuntime for DockerRuntime {
         let container = match container {
             Some(c) => c,
             None => {
-                let c = create(&self.docker, &self.config, spec, spec_hash, &image, replica_id).await.map_err(fail)?;
+                let c = create(&self.docker, &self.config, spec, spec_hash, &image, replica_id).await.map_err(|e| {
+                    // Its image may be gone: the next prepare looks for it (and builds it) again.
+                    self.images.recheck(spec_hash);
+                    fail(e)
+                })?;
                 if let Err(e) = self.docker.start_container(&c, None).await {
                     remove(&self.docker, &c).await;
                     return Err(fail(ContainerError::Start(e)));

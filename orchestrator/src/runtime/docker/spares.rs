@@ -44,7 +44,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// A container prepared ahead of time.
 #[derive(Debug, Clone)]
@@ -109,13 +109,32 @@ struct Current {
 }
 
 impl DockerRuntime {
-    /// Remembers a function's newest prepared definition (the one its spare is for).
+    /// Remembers a function's newest prepared definition (the one its spare is for). The
+    /// same definition with a new image (its folder was edited) removes the spares of the
+    /// old one: the next start runs the new code.
     pub(super) fn note_prepared(&self, spec: &FunctionSpec, spec_hash: &str, image: &str) {
         let entry = Current { spec: spec.clone(), hash: spec_hash.to_string(), image: image.to_string() };
-        let mut book = self.book.lock().unwrap();
-        match book.current.iter_mut().find(|c| c.spec.name == spec.name) {
-            Some(c) => *c = entry,
-            None => book.current.push(entry),
+        let rebuilt = {
+            let mut book = self.book.lock().unwrap();
+            match book.current.iter_mut().find(|c| c.spec.name == spec.name) {
+                Some(c) => {
+                    let rebuilt = c.hash == spec_hash && c.image != image;
+                    *c = entry;
+                    rebuilt
+                }
+                None => {
+                    book.current.push(entry);
+                    false
+                }
+            }
+        };
+        if rebuilt {
+            for spare in (0..MAX_SPARES_EACH).filter_map(|rank| self.spares.take_ready(&slot_key(spec_hash, rank))) {
+                info!(function = %spec.name, image, "the function's image was rebuilt: its spare of the old one goes");
+                self.own_spares.lock().unwrap().remove(&spare.label_id);
+                let docker = self.docker.clone();
+                self.tasks.spawn(async move { remove(&docker, &spare.container).await });
+            }
         }
     }
 
@@ -135,12 +154,12 @@ impl DockerRuntime {
     /// budget keeps a spare for it and it has none. True when it did (or removed the
     /// container because the slot was filled meanwhile): nothing left to stop.
     pub(super) async fn recycle(&self, replica: &super::Replica) -> bool {
-        let readiness = {
+        let current = {
             let book = self.book.lock().unwrap();
             let current = book.current.iter().find(|c| c.hash == replica.spec_hash && book.wanted.contains(&c.hash));
-            current.map(|c| c.spec.readiness_path.clone())
+            current.map(|c| (c.spec.readiness_path.clone(), c.image.clone()))
         };
-        let Some(readiness) = readiness.filter(|_| self.config.warm_spares && self.config.recycle) else { return false };
+        let Some((readiness, image)) = current.filter(|_| self.config.warm_spares && self.config.recycle) else { return false };
         // The definition's wanted slots (a burst's replicas fill the slots its history
         // keeps, one each, as they stop); none free: nothing to keep it for.
         let slots: Vec<String> = {
@@ -157,9 +176,12 @@ impl DockerRuntime {
             return false;
         }
         // Nor one someone runs a command in (`docker exec`): pausing would freeze their
-        // session, stopping ends it.
+        // session, stopping ends it. Nor one of an older image (its folder was edited
+        // since it started).
         match self.docker.inspect_container(&replica.handle, None::<bollard::query_parameters::InspectContainerOptions>).await {
-            Ok(c) if c.exec_ids.as_ref().is_none_or(|ids| ids.is_empty()) => {}
+            Ok(c)
+                if c.exec_ids.as_ref().is_none_or(|ids| ids.is_empty())
+                    && c.config.as_ref().and_then(|c| c.image.as_deref()) == Some(image.as_str()) => {}
             _ => return false,
         }
         // The label it was created with: a spare's own id (mapped to the replica's), or
@@ -336,8 +358,9 @@ impl DockerRuntime {
                 Ok(container) => {
                     // Handed back after `close`: removed, never left behind.
                     let left = preparation.finish(Some(Spare { container, label_id, warm, died })).or_else(|| {
-                        // Chosen away, or its function removed, while it was prepared.
-                        let unwanted = !book.lock().unwrap().wanted.contains(&hash);
+                        // Chosen away, or its function removed or rebuilt, while it was prepared.
+                        let book = book.lock().unwrap();
+                        let unwanted = !book.wanted.contains(&hash) || !book.current.iter().any(|c| c.hash == hash && c.image == image);
                         unwanted.then(|| spares.take_ready(&hash)).flatten()
                     });
                     if let Some(left) = left {
