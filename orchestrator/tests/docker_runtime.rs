@@ -339,8 +339,13 @@ async fn extra_dependencies_are_pip_installed_into_the_image_and_a_failed_build_
     assert_eq!(logs.lines("deps", None, None).len(), logged, "nothing built again");
     rt.close().await;
     std::fs::remove_dir_all(&root).ok();
-    // The test's images (`deps` is its own function): removed, best effort.
-    if let Ok(out) = std::process::Command::new("docker").args(["images", "-q", "--filter", "reference=roost-fn-deps"]).output() {
+    // The test's images (`deps` is its own function).
+    remove_images("roost-fn-deps");
+}
+
+/// Removes the images of `reference` (a test's own function's), best effort.
+fn remove_images(reference: &str) {
+    if let Ok(out) = std::process::Command::new("docker").args(["images", "-q", "--filter", &format!("reference={reference}")]).output() {
         for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             std::process::Command::new("docker").args(["rmi", "-f", id]).output().ok();
         }
@@ -606,9 +611,5 @@ async fn an_edit_of_the_functions_folder_is_built_into_the_next_start() {
         rt.close().await;
     }
     std::fs::remove_dir_all(&dir).ok();
-    if let Ok(out) = std::process::Command::new("docker").args(["images", "-q", "--filter", "reference=roost-fn-edited"]).output() {
-        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            std::process::Command::new("docker").args(["rmi", "-f", id]).output().ok();
-        }
-    }
+    remove_images("roost-fn-edited");
 }
