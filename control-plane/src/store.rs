@@ -7,6 +7,7 @@
 //! streams are held (Envoy keeps the configuration it has) and nothing is saved.
 
 use crate::model::{Change, Function, Model, ModelError};
+use crate::resources::public::PublicRoute;
 use crate::resources::{self, BuildSettings, Kind, Snapshot};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -54,7 +55,7 @@ impl Store {
         let mut inner = self.lock();
         // Each function touched: (in Envoy, serving) and its call token before the
         // changes, and whether its settings were put.
-        type Before = ((bool, bool), Option<String>, bool);
+        type Before = ((bool, PublicRoute), Option<String>, bool);
         let mut before: BTreeMap<&str, Before> = BTreeMap::new();
         for c in changes {
             let entry = before.entry(c.function()).or_insert_with(|| {
@@ -68,18 +69,18 @@ impl Store {
         let generation = inner.generation;
         let mut snapshot = self.snapshots.borrow().with_generation(generation);
         // The route tables change when a function in Envoy changes its settings, or a
-        // function gains its first replica or loses its last (the public one also when it
-        // starts or stops going direct, or its call token changes: an
-        // `auth: token` function has its refusals there, awake or not).
+        // function gains its first replica or loses its last (the public one also when its
+        // public route changes, or its call token: an `auth: token` function has its
+        // refusals there, awake or not).
         let mut routes_changed = false;
         let mut public_changed = false;
-        for (function, ((was_in_envoy, was_serving), was_auth, settings_put)) in before {
+        for (function, ((was_in_envoy, was_public), was_auth, settings_put)) in before {
             let f = inner.model.functions.get(function);
-            let (in_envoy, serving) = Self::routing(f);
+            let (in_envoy, public) = Self::routing(f);
             // A call token is in both tables whether the function is in Envoy or not.
             let auth_changed = was_auth.as_ref() != f.and_then(|f| f.auth.as_ref());
             routes_changed |= was_in_envoy != in_envoy || (settings_put && in_envoy) || auth_changed;
-            public_changed |= was_serving != serving;
+            public_changed |= was_public != public;
             resources::put_function(&mut snapshot, &inner.model, function, &self.settings);
         }
         if routes_changed {
@@ -94,10 +95,9 @@ impl Store {
         Ok(generation)
     }
 
-    /// Whether a function is in Envoy at all, and whether the public entry sends it
-    /// straight to its replicas.
-    fn routing(f: Option<&Function>) -> (bool, bool) {
-        (f.is_some_and(resources::in_envoy), f.is_some_and(resources::public::direct))
+    /// Whether a function is in Envoy at all, and where the public entry sends it.
+    fn routing(f: Option<&Function>) -> (bool, PublicRoute) {
+        (f.is_some_and(resources::in_envoy), f.map_or(PublicRoute::Gate, resources::public::public_route))
     }
 
     /// Applies `changes` (each of them idempotent: function settings and endpoints that

@@ -100,7 +100,7 @@ async fn serving_functions_go_straight_to_replicas_and_everything_else_to_the_ga
     admin_ok(admin, "POST", "/functions/hello/gated?wait=true", None).await;
     assert_eq!(admin_ok(admin, "GET", "/functions/hello", None).await["gated"], true);
     let s = get("/hello/x?y=1").await;
-    assert_eq!((s.upstream.as_str(), s.path.as_str()), ("gate", "/hello/x?y=1"), "gated: {s:?}");
+    assert_eq!((s.upstream.as_str(), s.original_path.as_deref()), ("gate", Some("/hello/x?y=1")), "gated: {s:?}");
     admin_ok(admin, "DELETE", "/functions/hello/gated?wait=true", None).await;
     assert_eq!(get("/hello/x").await.upstream, "replica", "ungated: straight again");
 
@@ -225,6 +225,35 @@ async fn serving_functions_go_straight_to_replicas_and_everything_else_to_the_ga
     assert!(answer.starts_with("HTTP/1.1 400") && answer.to_ascii_lowercase().contains("content-type: application/json"), "{answer}");
     let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
     assert!(serde_json::from_str::<Value>(body).map(|v| v["error"].is_string()).unwrap_or(false), "{answer}");
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy (ROOST_ENVOY_BIN or scripts/install-deps.sh)"]
+async fn a_gated_function_reaches_its_replica_while_the_gate_is_away() {
+    // The gate restarting (nothing listens on its port): a gated function with a serving
+    // replica is still answered, by the replica; a sleeping one cannot be.
+    let replica = Upstream::start("replica").await;
+    let public = free_port();
+    let config = Config {
+        public_bind: Some(format!("127.0.0.1:{public}").parse().unwrap()),
+        gate_addr: Some(("127.0.0.1".into(), free_port())),
+        ..Config::for_tests()
+    };
+    let shutdown = CancellationToken::new();
+    let cp = start(config, shutdown.clone()).await.expect("control plane starts");
+    let envoy = Envoy::start(&EnvoyOptions::new(cp.xds_addr.port(), XdsMode::Delta)).await;
+    wait_until(WAIT, "Envoy LIVE", || async { envoy.is_live().await.then_some(()) }).await;
+    let admin = cp.admin_addr.port();
+    admin_ok(admin, "PUT", "/functions/hello?wait=true", Some(json!({"concurrency": 2, "timeout_ms": 5000}))).await;
+    admin_ok(admin, "POST", "/functions/hello/waking?wait=true", None).await;
+    let addr = format!("127.0.0.1:{}", replica.port);
+    admin_ok(admin, "POST", "/functions/hello/endpoints?wait=true", Some(json!({"address": addr}))).await;
+    assert_eq!(admin_ok(admin, "GET", "/functions/hello", None).await["gated"], true, "waking gated it");
+    let s = call(public, "GET", "/hello/x?y=1", &[], b"").await;
+    assert_eq!((s.upstream.as_str(), s.path.as_str()), ("replica", "/x?y=1"), "the gate refused: the replica took it: {s:?}");
+    let r = http::get(public, "/asleep").await.unwrap();
+    assert_eq!(r.status, 503, "no gate, no replica: {}", r.body);
     shutdown.cancel();
 }
 

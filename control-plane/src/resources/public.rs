@@ -72,6 +72,12 @@ pub fn direct_cluster(function: &str) -> String {
     format!("direct.{function}")
 }
 
+/// The aggregate cluster of a gated function's route: the gate, then its replicas (for
+/// a request the gate could not take: restarting, say).
+pub fn gated_cluster(function: &str) -> String {
+    format!("gated.{function}")
+}
+
 /// Envoy as the public entry, in front of the gate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicEntry {
@@ -98,11 +104,27 @@ pub fn serving(f: &Function) -> bool {
     f.endpoints.values().any(|e| !e.draining)
 }
 
-/// Whether the public entry sends a function's requests straight to its replicas: it has
-/// a serving one and is not gated (scaling up: the gate spreads a burst over the replicas
-/// as they become ready).
-pub fn direct(f: &Function) -> bool {
-    !f.gated && serving(f)
+/// Where the public entry sends a function's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicRoute {
+    /// To the gate, by the catch-all route: no serving replica (asleep, waking, draining
+    /// to zero), or gated with a call token (which must reach the gate's Envoy listener).
+    Gate,
+    /// Straight to its replicas, then the gate: it has a serving replica.
+    Direct,
+    /// To the gate, then its replicas: it has a serving replica and is gated (scaling up:
+    /// the gate spreads a burst over the replicas as they become ready).
+    Gated,
+}
+
+/// Where the public entry sends `f`'s requests.
+pub fn public_route(f: &Function) -> PublicRoute {
+    match (serving(f), f.gated) {
+        (false, _) => PublicRoute::Gate,
+        (true, false) => PublicRoute::Direct,
+        (true, true) if f.auth.is_some() => PublicRoute::Gate,
+        (true, true) => PublicRoute::Gated,
+    }
 }
 
 /// Adds the public entry's resources to `snap`.
@@ -118,12 +140,18 @@ pub(super) fn add(snap: &mut Snapshot, model: &Model, entry: &PublicEntry, setti
     put_routes(snap, model, settings);
 }
 
-/// Adds one function's aggregate cluster, or removes it when the function is gone or
-/// has no replica (as its own cluster, [`super::put_function`], which calls this).
+/// Adds one function's aggregate clusters, or removes them when the function is gone or
+/// has no replica (as its own cluster, [`super::put_function`], which calls this). Both
+/// stay while it is in Envoy, so a switch between direct and gated changes the route
+/// alone and never leaves it naming a cluster Envoy has not got.
 pub(super) fn put_function(snap: &mut Snapshot, model: &Model, function: &str) {
-    match model.functions.get(function).is_some_and(super::in_envoy) {
-        true => snap.insert(Kind::Cluster, direct_cluster(function), pack_any(aggregate_cluster(function))),
-        false => snap.remove(Kind::Cluster, &direct_cluster(function)),
+    let replicas = cluster_name(function);
+    let gate = GATE_CLUSTER.to_string();
+    for (name, clusters) in [(direct_cluster(function), [replicas.clone(), gate.clone()]), (gated_cluster(function), [gate, replicas])] {
+        match model.functions.get(function).is_some_and(super::in_envoy) {
+            true => snap.insert(Kind::Cluster, name.clone(), pack_any(aggregate_cluster(name, clusters))),
+            false => snap.remove(Kind::Cluster, &name),
+        }
     }
 }
 
@@ -166,10 +194,12 @@ fn peer_cluster(name: &str, host: &str, port: u16) -> Cluster {
     }
 }
 
-fn aggregate_cluster(function: &str) -> Cluster {
-    let config = AggregateConfig { clusters: vec![cluster_name(function), GATE_CLUSTER.into()] };
+/// An aggregate cluster: `clusters` in priority order (the next one is tried when the
+/// one before has no healthy host, or on a retry).
+fn aggregate_cluster(name: String, clusters: [String; 2]) -> Cluster {
+    let config = AggregateConfig { clusters: clusters.into() };
     Cluster {
-        name: direct_cluster(function),
+        name,
         cluster_discovery_type: Some(ClusterDiscoveryType::ClusterType(CustomClusterType {
             name: "envoy.clusters.aggregate".into(),
             typed_config: Some(pack_any(config)),
@@ -257,14 +287,19 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
         routes.extend(super::ASYNC_PREFIXES.map(|prefix| to_async(prefix, settings)));
     }
     routes.push(to_gate("other-request-id", vec![header("x-request-id", HeaderMatchSpecifier::StringMatch(id_regex), true)]));
-    for (name, f) in model.functions.iter().filter(|(_, f)| direct(f)) {
+    for (name, f) in &model.functions {
+        let action = match public_route(f) {
+            PublicRoute::Gate => continue,
+            PublicRoute::Direct => direct_action(name, f, settings),
+            PublicRoute::Gated => gated_action(name, f, settings),
+        };
         let exact = PathSpecifier::Path(format!("/{name}"));
         let below = PathSpecifier::Prefix(format!("/{name}/"));
         for (suffix, spec) in [("exact", exact), ("prefix", below)] {
             routes.push(Route {
                 name: format!("{name}-{suffix}"),
                 r#match: Some(RouteMatch { path_specifier: Some(spec), ..Default::default() }),
-                action: Some(Action::Route(direct_action(name, f, settings))),
+                action: Some(Action::Route(action.clone())),
                 request_headers_to_remove: super::credentials_removed(f),
                 ..Default::default()
             });
@@ -298,6 +333,15 @@ pub fn route_table(model: &Model, settings: &BuildSettings) -> RouteConfiguratio
 /// The retry policy is the virtual host's.
 fn direct_action(name: &str, f: &Function, settings: &BuildSettings) -> RouteAction {
     RouteAction { retry_policy: None, ..replica_action(direct_cluster(name), f, settings) }
+}
+
+/// To the gate, then (a request the gate did not take: it restarts) the function's
+/// replicas, its prefix stripped (the gate reads the path as sent from
+/// `X-Envoy-Original-Path`). No timeout here, as on every route to the gate: it holds a
+/// request for as long as the function's hold time, and Envoy's listener behind it, or a
+/// replica's runtime, keeps the function's own.
+fn gated_action(name: &str, f: &Function, settings: &BuildSettings) -> RouteAction {
+    RouteAction { retry_policy: None, timeout: Some(millis(0)), ..replica_action(gated_cluster(name), f, settings) }
 }
 
 /// What the public listener retries: a request that never reached a replica, and one
@@ -678,19 +722,40 @@ mod tests {
     }
 
     #[test]
-    fn a_gated_function_goes_through_the_gate_until_it_is_ungated() {
-        let add = Change::AddEndpoint { function: "hello".into(), address: "127.0.0.1:5000".into() };
-        let gated = |g: bool| Change::Gated { function: "hello".into(), gated: g };
-        let names = |m: &Model| routes(&build(m, &settings(), 1)).iter().map(|r| r.name.clone()).collect::<Vec<_>>();
-        let mut m = model(&[put("hello"), add.clone(), gated(true)]);
-        assert_eq!(names(&m), ["other-request-id", "other"], "scaling up: to the gate despite its replica");
-        assert!(build(&m, &settings(), 1).of(Kind::Cluster).contains_key("direct.hello"), "its aggregate stays, ready for the switch");
-        m.apply(&gated(false)).unwrap();
-        assert_eq!(names(&m), ["other-request-id", "hello-exact", "hello-prefix", "other"]);
+    fn a_gated_function_goes_to_the_gate_first_until_it_is_ungated() {
+        let add = |f: &str| Change::AddEndpoint { function: f.into(), address: "127.0.0.1:5000".into() };
+        let gated = |f: &str, g: bool| Change::Gated { function: f.into(), gated: g };
+        let clusters = |m: &Model| {
+            let s = build(m, &settings(), 1);
+            routes(&s).iter().map(|r| format!("{} {}", r.name, cluster_of(r))).collect::<Vec<_>>()
+        };
+        let mut m = model(&[put("hello"), add("hello"), gated("hello", true)]);
+        assert_eq!(
+            clusters(&m)[1..3],
+            ["hello-exact gated.hello", "hello-prefix gated.hello"],
+            "scaling up: to the gate despite its replica, and to the replica if the gate cannot take it"
+        );
+        let s = build(&m, &settings(), 1);
+        let c = Cluster::decode(&*s.of(Kind::Cluster)["gated.hello"].body.value).unwrap();
+        let Some(ClusterDiscoveryType::ClusterType(t)) = c.cluster_discovery_type else { panic!("an aggregate") };
+        let order = AggregateConfig::decode(&*t.typed_config.unwrap().value).unwrap().clusters;
+        assert_eq!(order, [GATE_CLUSTER, "fn-hello"], "the gate first");
+        assert!(s.of(Kind::Cluster).contains_key("direct.hello"), "both aggregates stay, ready for the switch");
+        let gated_route = routes(&s).into_iter().find(|r| r.name == "hello-exact").unwrap();
+        let Some(Action::Route(ra)) = gated_route.action else { panic!() };
+        assert_eq!((ra.prefix_rewrite.as_str(), ra.timeout), ("/", Some(millis(0))), "the gate holds without Envoy's timeout");
+        m.apply(&gated("hello", false)).unwrap();
+        assert_eq!(clusters(&m)[1..3], ["hello-exact direct.hello", "hello-prefix direct.hello"]);
         // Waking gates: the first endpoint keeps the function at the gate until it is ungated.
-        let m = model(&[put("hello"), Change::Waking { function: "hello".into() }, add]);
+        let m = model(&[put("hello"), Change::Waking { function: "hello".into() }, add("hello")]);
         assert!(m.functions["hello"].gated);
-        assert_eq!(names(&m), ["other-request-id", "other"]);
+        assert_eq!(clusters(&m)[1], "hello-exact gated.hello");
+        // A call token must reach the gate's listener, never a replica: to the gate alone.
+        let put_secret =
+            Change::PutFunction { function: "s".into(), concurrency: None, timeout_ms: None, auth: Some("s-token-0123456789".into()) };
+        let m = model(&[put_secret, add("s"), gated("s", true)]);
+        let names: Vec<String> = routes(&build(&m, &settings(), 1)).iter().map(|r| r.name.clone()).collect();
+        assert!(!names.iter().any(|n| n == "s-exact" || n == "s-prefix"), "{names:?}");
     }
 
     #[test]
