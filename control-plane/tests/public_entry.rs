@@ -20,6 +20,15 @@ async fn admin_ok(port: u16, method: &str, path: &str, body: Option<Value>) -> V
     serde_json::from_str(&r.body).unwrap()
 }
 
+/// A control plane with `config` and an Envoy of its, live; cancel the token to stop it.
+async fn started(config: Config) -> (roost_control_plane::Running, Envoy, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let cp = start(config, shutdown.clone()).await.expect("control plane starts");
+    let envoy = Envoy::start(&EnvoyOptions::new(cp.xds_addr.port(), XdsMode::Delta)).await;
+    wait_until(WAIT, "Envoy LIVE", || async { envoy.is_live().await.then_some(()) }).await;
+    (cp, envoy, shutdown)
+}
+
 /// Who answered, the path it was sent, and the headers the stand-ins echo.
 #[derive(Debug)]
 struct Seen {
@@ -61,10 +70,7 @@ async fn serving_functions_go_straight_to_replicas_and_everything_else_to_the_ga
         gate_max_body: 1024,
         ..Config::for_tests()
     };
-    let shutdown = CancellationToken::new();
-    let cp = start(config, shutdown.clone()).await.expect("control plane starts");
-    let envoy = Envoy::start(&EnvoyOptions::new(cp.xds_addr.port(), XdsMode::Delta)).await;
-    wait_until(WAIT, "Envoy LIVE", || async { envoy.is_live().await.then_some(()) }).await;
+    let (cp, envoy, shutdown) = started(config).await;
     let admin = cp.admin_addr.port();
     let get = |path: &'static str| call(public, "GET", path, &[], b"");
 
@@ -240,10 +246,7 @@ async fn a_gated_function_reaches_its_replica_while_the_gate_is_away() {
         gate_addr: Some(("127.0.0.1".into(), free_port())),
         ..Config::for_tests()
     };
-    let shutdown = CancellationToken::new();
-    let cp = start(config, shutdown.clone()).await.expect("control plane starts");
-    let envoy = Envoy::start(&EnvoyOptions::new(cp.xds_addr.port(), XdsMode::Delta)).await;
-    wait_until(WAIT, "Envoy LIVE", || async { envoy.is_live().await.then_some(()) }).await;
+    let (cp, _envoy, shutdown) = started(config).await;
     let admin = cp.admin_addr.port();
     admin_ok(admin, "PUT", "/functions/hello?wait=true", Some(json!({"concurrency": 2, "timeout_ms": 5000}))).await;
     admin_ok(admin, "POST", "/functions/hello/waking?wait=true", None).await;
@@ -272,10 +275,7 @@ async fn asynchronous_calls_go_to_the_async_worker_as_sent_with_the_gates_body_l
         gate_max_body: 1024,
         ..Config::for_tests()
     };
-    let shutdown = CancellationToken::new();
-    let cp = start(config, shutdown.clone()).await.expect("control plane starts");
-    let envoy = Envoy::start(&EnvoyOptions::new(cp.xds_addr.port(), XdsMode::Delta)).await;
-    wait_until(WAIT, "Envoy LIVE", || async { envoy.is_live().await.then_some(()) }).await;
+    let (cp, envoy, shutdown) = started(config).await;
     let admin = cp.admin_addr.port();
     let token = "the-api-token-0123456789";
     let bearer = format!("Bearer {token}");

@@ -729,10 +729,10 @@ impl Function {
 
     fn start(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         let waking = !self.slots.values().any(|s| s.registered || s.is_starting());
-        match waking {
-            // The waking change gates it, when the function is declared to send it.
-            true => self.admission.waking(self.declared, now),
-            false => self.admission.need(now),
+        // The waking change gates it, when the function is declared to send it (any other
+        // start needs the gate too: `admit` sees it starting).
+        if waking {
+            self.admission.waking(self.declared, now);
         }
         // Never the id of a replica it has (an adopted one may carry any number).
         let id = loop {

@@ -153,10 +153,10 @@ pub(crate) struct Images {
     slots: tokio::sync::Semaphore,
     /// The image prepared (built, or found) for each definition hash.
     prepared: Mutex<HashMap<String, String>>,
-    /// For each definition hash, the [`Images::stamp`] of what its image was last
-    /// prepared from: unchanged, a `prepare` (which every start makes) is a walk of the
+    /// For each definition hash, the [`context_stamp`] of what its prepared image was
+    /// made from: unchanged, a `prepare` (which every start makes) is a walk of the
     /// folders' metadata, not a packing of the context and a question to the engine.
-    stamps: Mutex<HashMap<String, (u64, String)>>,
+    stamps: Mutex<HashMap<String, u64>>,
     /// Where each build's output goes.
     logs: Logs,
 }
@@ -230,17 +230,18 @@ impl Images {
             self.builds.run(&tag, spec_hash, ensure).await.map_err(fail)?;
         }
         self.prepared.lock().unwrap().insert(spec_hash.to_string(), tag.clone());
-        if let Some(stamp) = stamp {
-            self.stamps.lock().unwrap().insert(spec_hash.to_string(), (stamp, tag.clone()));
-        }
+        let mut stamps = self.stamps.lock().unwrap();
+        match stamp {
+            Some(stamp) => stamps.insert(spec_hash.to_string(), stamp),
+            None => stamps.remove(spec_hash),
+        };
         Ok(tag)
     }
 
-    /// The image prepared for `spec_hash` when it was prepared from what has `stamp`.
+    /// The image prepared for `spec_hash`, when it was made from what has `stamp`.
     fn unchanged(&self, spec_hash: &str, stamp: u64) -> Option<String> {
-        let stamps = self.stamps.lock().unwrap();
-        let (last, tag) = stamps.get(spec_hash)?;
-        (*last == stamp && self.prepared(spec_hash).as_deref() == Some(tag.as_str())).then(|| tag.clone())
+        let made_from = self.stamps.lock().unwrap().get(spec_hash).copied();
+        made_from.filter(|s| *s == stamp).and_then(|_| self.prepared(spec_hash))
     }
 
     /// The next `prepare` of `spec_hash` packs its context and asks the engine for the

@@ -129,13 +129,18 @@ impl DockerRuntime {
             }
         };
         if rebuilt {
-            for spare in (0..MAX_SPARES_EACH).filter_map(|rank| self.spares.take_ready(&slot_key(spec_hash, rank))) {
+            while let Some(spare) = self.take_any_ready(spec_hash) {
                 info!(function = %spec.name, image, "the function's image was rebuilt: its spare of the old one goes");
-                self.own_spares.lock().unwrap().remove(&spare.label_id);
-                let docker = self.docker.clone();
-                self.tasks.spawn(async move { remove(&docker, &spare.container).await });
+                self.discard(spare);
             }
         }
+    }
+
+    /// Removes a ready spare taken from its slot, in the background.
+    fn discard(&self, spare: Spare) {
+        self.own_spares.lock().unwrap().remove(&spare.label_id);
+        let docker = self.docker.clone();
+        self.tasks.spawn(async move { remove(&docker, &spare.container).await });
     }
 
     /// Counts a start of `function` (a call that needed a container).
@@ -280,9 +285,7 @@ impl DockerRuntime {
         }
         for key in self.spares.keys().into_iter().filter(|k| !wanted.contains(k)) {
             if let Some(spare) = self.spares.take_ready(&key) {
-                self.own_spares.lock().unwrap().remove(&spare.label_id);
-                let docker = self.docker.clone();
-                self.tasks.spawn(async move { remove(&docker, &spare.container).await });
+                self.discard(spare);
             }
         }
     }
